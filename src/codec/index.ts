@@ -1,0 +1,29 @@
+/**
+ * codec — everything that turns file bytes into stored bytes and back, exactly and fast.
+ *
+ * Owns:
+ *  - Reed-Solomon erasure coding over GF(2^8) (systematic; ISA-L's coding matrix, so parity is
+ *    bit-identical to ISA-L's and shards written on one machine decode on another);
+ *  - the backends behind one interface (native ISA-L addon, WebAssembly SIMD, reference TypeScript),
+ *    chosen once at start-up and reported;
+ *  - the stripe layout of DESIGN §4 (stripes → K cells → M parity cells → shards; byte range → shard
+ *    ranges);
+ *  - CRC-32C and the chunked shard checksums used by chunk servers and clients.
+ *
+ * May import: only ../common/* and its own dependencies (@node-rs/crc32, its native addon, its wasm).
+ * Nothing here knows about the network, the cluster or the metadata.
+ */
+
+export type { ChunkAlignedRange, ChunkVerifyResult } from './checksum.js';
+export {
+  CHECKSUM_CHUNK_SIZE,
+  ChunkedChecksummer,
+  chunkAlignedRange,
+  chunkCount,
+  computeChunkChecksums,
+  verifyChunks,
+} from './checksum.js';
+export type { Crc32cFunction } from './crc32c.js';
+export { crc32c, crc32cImplementation, crc32cPortable } from './crc32c.js';
+export type { CodecErrorCode } from './errors.js';
+export { CodecError } from './errors.js';
