@@ -14,6 +14,17 @@
  * Nothing here knows about the network, the cluster or the metadata.
  */
 
+export type { BackendName, CodingBackend, PreparedMatrix } from './backend.js';
+export type { BackendReport, CodecOptions } from './backends.js';
+export {
+  activeBackend,
+  activeBackendName,
+  BACKEND_PREFERENCE,
+  backendByName,
+  backendReport,
+  createCodec,
+  selectBackend,
+} from './backends.js';
 export type { ChunkAlignedRange, ChunkVerifyResult } from './checksum.js';
 export {
   CHECKSUM_CHUNK_SIZE,
@@ -27,3 +38,6 @@ export type { Crc32cFunction } from './crc32c.js';
 export { crc32c, crc32cImplementation, crc32cPortable } from './crc32c.js';
 export type { CodecErrorCode } from './errors.js';
 export { CodecError } from './errors.js';
+export { cauchyEncodeMatrix, GF_POLYNOMIAL, gfInv, gfMul, invertMatrix } from './gf256.js';
+export type { ShardList } from './rs.js';
+export { MAX_TOTAL_SHARDS, ReedSolomon } from './rs.js';
