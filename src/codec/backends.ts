@@ -7,6 +7,7 @@
 
 import type { BackendName, CodingBackend } from './backend.js';
 import { CodecError } from './errors.js';
+import { loadNativeBackend } from './native.js';
 import { referenceBackend } from './reference.js';
 import { ReedSolomon } from './rs.js';
 
@@ -16,20 +17,12 @@ type Loader = () => CodingBackend;
 
 /** Loaders for the optional backends; each throws (with the reason) when it cannot load. */
 const loaders: Record<BackendName, Loader> = {
-  native: () => {
-    throw new Error('native backend not built into this version');
-  },
+  native: loadNativeBackend,
   wasm: () => {
     throw new Error('wasm backend not built into this version');
   },
   reference: () => referenceBackend,
 };
-
-/** Registered by the modules that implement the optional backends. */
-export function registerBackendLoader(name: BackendName, loader: Loader): void {
-  loaders[name] = loader;
-  loaded.delete(name);
-}
 
 const loaded = new Map<BackendName, CodingBackend | Error>();
 

@@ -125,7 +125,14 @@ for (const backend of loadedBackends()) {
     const viaAsync = [new Uint8Array(100), new Uint8Array(100)];
     await codec.encodeAsync(data, viaAsync);
     assert.deepEqual(viaAsync, exact);
-    const shards: (Uint8Array | null)[] = [data[0]!, null, new Uint8Array(100), data[3]!, exact[0]!, exact[1]!];
+    const shards: (Uint8Array | null)[] = [
+      data[0]!,
+      null,
+      new Uint8Array(100),
+      data[3]!,
+      exact[0]!,
+      exact[1]!,
+    ];
     await codec.reconstructAsync(shards, [2]);
     assert.deepEqual(shards[2], data[2]);
   });
