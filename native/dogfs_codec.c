@@ -8,6 +8,8 @@
  * definitions bind before the global ones. Debian ships no static libisal.a to link privately, and
  * dlopen also means the addon builds without libisal-dev and simply reports ISA-L missing at run time.
  * DOGFS_ISAL_BIND=global loads without RTLD_DEEPBIND: only the test that proves the trap uses it.
+ * DOGFS_ISAL_LIBRARY=<path> loads that file instead of libisal.so.2 (tests point it nowhere to prove
+ * the fallback).
  *
  * Exports (all argument checking is done by the TypeScript caller; these check only what keeps the
  * process safe: types, counts and buffer sizes):
@@ -53,8 +55,14 @@ static struct {
 } isal;
 
 static void load_isal(void) {
-  static const char *candidates[] = {"libisal.so.2", "libisal.so"};
+  const char *candidates[] = {"libisal.so.2", "libisal.so"};
   const char *bind = getenv("DOGFS_ISAL_BIND");
+  const char *override = getenv("DOGFS_ISAL_LIBRARY"); /* a path, e.g. a non-standard install */
+  size_t candidate_count = sizeof candidates / sizeof candidates[0];
+  if (override && *override) {
+    candidates[0] = override;
+    candidate_count = 1;
+  }
   int flags = RTLD_NOW | RTLD_LOCAL;
 #ifdef RTLD_DEEPBIND
   if (!(bind && strcmp(bind, "global") == 0)) flags |= RTLD_DEEPBIND;
@@ -62,7 +70,7 @@ static void load_isal(void) {
   (void)bind;
 #endif
   isal.error[0] = 0;
-  for (size_t i = 0; i < sizeof candidates / sizeof candidates[0] && !isal.handle; i++) {
+  for (size_t i = 0; i < candidate_count && !isal.handle; i++) {
     isal.handle = dlopen(candidates[i], flags);
     if (isal.handle) isal.library = candidates[i];
     else snprintf(isal.error, sizeof isal.error, "%s", dlerror());

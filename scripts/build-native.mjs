@@ -2,14 +2,15 @@
 // the node-gyp that npm bundles. The addon needs only a C compiler and node's headers: it dlopen()s
 // ISA-L at run time, so it builds without libisal-dev and reports ISA-L missing when it runs.
 // This step never fails the build: if the addon cannot be built, it says so once and the codec falls
-// back to its WebAssembly backend. DOGFS_SKIP_NATIVE=1 skips it.
+// back to its WebAssembly backend. DOGFS_SKIP_NATIVE=1 skips it; --force rebuilds even if up to date;
+// DOGFS_NATIVE_DIR builds a copy of native/ elsewhere (the tests use it to prove the fallback).
 import { spawnSync } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const nativeDir = join(root, 'native');
+const nativeDir = process.env.DOGFS_NATIVE_DIR || join(root, 'native');
 const output = join(nativeDir, 'build', 'Release', 'dogfs_codec.node');
 const sources = ['dogfs_codec.c', 'binding.gyp'].map((f) => join(nativeDir, f));
 
@@ -29,7 +30,17 @@ if (existsSync(output) && statSync(output).mtimeMs >= newestSource && process.ar
 // node-gyp: the one npm runs scripts with, else the one bundled beside this node's npm.
 const candidates = [
   process.env.npm_config_node_gyp,
-  join(dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'),
+  join(
+    dirname(process.execPath),
+    '..',
+    'lib',
+    'node_modules',
+    'npm',
+    'node_modules',
+    'node-gyp',
+    'bin',
+    'node-gyp.js',
+  ),
 ].filter((p) => p && existsSync(p));
 if (candidates.length === 0) fallBack('node-gyp not found');
 
@@ -41,6 +52,7 @@ if (existsSync(join(prefix, 'include', 'node', 'node_api.h'))) args.push(`--node
 const result = spawnSync(process.execPath, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 if (result.status !== 0 || !existsSync(output)) {
   const lines = `${result.stderr ?? ''}${result.error ? String(result.error) : ''}`.trim().split('\n');
-  const reason = lines.filter((l) => /error/i.test(l)).slice(-1)[0] ?? lines.slice(-1)[0] ?? 'node-gyp failed';
+  const reason =
+    lines.filter((l) => /error/i.test(l)).slice(-1)[0] ?? lines.slice(-1)[0] ?? 'node-gyp failed';
   fallBack(reason.trim());
 }

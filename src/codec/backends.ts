@@ -10,6 +10,7 @@ import { CodecError } from './errors.js';
 import { loadNativeBackend } from './native.js';
 import { referenceBackend } from './reference.js';
 import { ReedSolomon } from './rs.js';
+import { loadWasmBackend } from './wasm.js';
 
 export const BACKEND_PREFERENCE: readonly BackendName[] = ['native', 'wasm', 'reference'];
 
@@ -18,9 +19,7 @@ type Loader = () => CodingBackend;
 /** Loaders for the optional backends; each throws (with the reason) when it cannot load. */
 const loaders: Record<BackendName, Loader> = {
   native: loadNativeBackend,
-  wasm: () => {
-    throw new Error('wasm backend not built into this version');
-  },
+  wasm: loadWasmBackend,
   reference: () => referenceBackend,
 };
 

@@ -25,3 +25,24 @@ export function isCodecError(code: string): (e: unknown) => boolean {
   return (e: unknown) =>
     e instanceof Error && e.name === 'CodecError' && (e as { code?: string }).code === code;
 }
+
+/**
+ * How many times the event loop turned (setImmediate callbacks ran) while `work` was pending: zero or
+ * one if the work blocked the JavaScript thread, many if it ran elsewhere.
+ */
+export async function eventLoopTurnsDuring(work: () => Promise<void>): Promise<number> {
+  let turns = 0;
+  let done = false;
+  const spin = () => {
+    if (done) return;
+    turns++;
+    setImmediate(spin);
+  };
+  setImmediate(spin);
+  try {
+    await work();
+  } finally {
+    done = true;
+  }
+  return turns;
+}

@@ -11,7 +11,7 @@ import {
   invertMatrix,
 } from '../../src/codec/index.js';
 import { loadNativeAddon, nativeAddonPath } from '../../src/codec/native.js';
-import { seededBytes } from './helpers.js';
+import { eventLoopTurnsDuring, seededBytes } from './helpers.js';
 
 const isalInstalled = [
   '/usr/lib/x86_64-linux-gnu/libisal.so.2',
@@ -101,16 +101,7 @@ if (isalInstalled) {
     const length = 4 << 20;
     const data = Array.from({ length: 6 }, (_, i) => seededBytes(length, i + 1));
     const parity = Array.from({ length: 3 }, () => new Uint8Array(length));
-    let turns = 0;
-    let done = false;
-    const spin = () => {
-      if (done) return;
-      turns++;
-      setImmediate(spin);
-    };
-    setImmediate(spin);
-    await codec.encodeAsync(data, parity);
-    done = true;
+    const turns = await eventLoopTurnsDuring(() => codec.encodeAsync(data, parity));
     assert.ok(turns >= 3, `event loop turned only ${turns} times during a 24 MiB encode`);
     const check = Array.from({ length: 3 }, () => new Uint8Array(length));
     createCodec(6, 3, { backend: 'native' }).encode(data, check);

@@ -1,0 +1,128 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { cpSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import fc from 'fast-check';
+import { backendByName, CodecError, createCodec } from '../../src/codec/index.js';
+import { eventLoopTurnsDuring, loadedBackends, seededBytes } from './helpers.js';
+
+const root = fileURLToPath(new URL('../../../', import.meta.url));
+const codecModule = new URL('../../src/codec/index.js', import.meta.url).href;
+
+/** Runs a snippet in a fresh node with `env` added; the snippet sees the codec as `codec`. */
+function runWithCodec(body: string, env: Record<string, string>) {
+  const script = `import(${JSON.stringify(codecModule)}).then(async (codec) => { ${body} });`;
+  return spawnSync(process.execPath, ['-e', script], { env: { ...process.env, ...env }, encoding: 'utf8' });
+}
+
+const encodeSnippet = `
+  const c = codec.createCodec(3, 2);
+  const parity = [new Uint8Array(1), new Uint8Array(1)];
+  c.encode([Uint8Array.of(0x51), Uint8Array.of(0xe0), Uint8Array.of(0x7b)], parity);
+  codec.createCodec(6, 3);
+  process.stdout.write(JSON.stringify({ active: codec.activeBackendName(), parity: Buffer.concat(parity).toString('hex'),
+    report: codec.backendReport() }));`;
+
+test('all loaded backends give bit-identical parity (property, against the reference backend)', () => {
+  const backends = loadedBackends();
+  assert.ok(backends.includes('wasm') && backends.includes('reference'));
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 1, max: 16 }),
+      fc.integer({ min: 1, max: 8 }),
+      fc.integer({ min: 0, max: 40_000 }),
+      fc.integer(),
+      (k, mRaw, length, seed) => {
+        const m = Math.min(mRaw, 24 - k);
+        const data = Array.from({ length: k }, (_, i) => seededBytes(length, seed ^ (i * 7919)));
+        const expected = Array.from({ length: m }, () => new Uint8Array(length));
+        createCodec(k, m, { backend: 'reference' }).encode(data, expected);
+        for (const backend of backends) {
+          const parity = Array.from({ length: m }, () => new Uint8Array(length));
+          createCodec(k, m, { backend }).encode(data, parity);
+          assert.deepEqual(parity, expected, `${backend} rs-${k}-${m} length ${length}`);
+        }
+      },
+    ),
+    { numRuns: 40 },
+  );
+});
+
+test('DOGFS_CODEC_BACKEND=wasm forces the portable backend, which gives ISA-L’s parity', () => {
+  const child = runWithCodec(encodeSnippet, { DOGFS_CODEC_BACKEND: 'wasm' });
+  assert.equal(child.status, 0, child.stderr);
+  const result = JSON.parse(child.stdout);
+  assert.equal(result.active, 'wasm');
+  assert.equal(result.parity, 'cf5b');
+  assert.doesNotMatch(child.stderr, /DOGFS_CODEC_FALLBACK/, 'a forced choice is not a fallback');
+});
+
+test('without ISA-L the codec falls back to wasm, says so once, and reports why', () => {
+  const child = runWithCodec(encodeSnippet, {
+    DOGFS_ISAL_LIBRARY: '/nonexistent/libisal.so.2',
+    DOGFS_CODEC_BACKEND: '',
+  });
+  assert.equal(child.status, 0, child.stderr);
+  const result = JSON.parse(child.stdout);
+  assert.equal(result.active, 'wasm');
+  assert.equal(result.parity, 'cf5b');
+  assert.equal(child.stderr.match(/DOGFS_CODEC_FALLBACK/g)?.length, 1, child.stderr);
+  const native = result.report.backends.find((b: { name: string }) => b.name === 'native');
+  assert.equal(native.available, false);
+  assert.match(native.detail, /nonexistent/);
+});
+
+test('forcing a backend that cannot load is BACKEND_UNAVAILABLE, not a silent fallback', () => {
+  const child = runWithCodec(
+    `try { codec.createCodec(3, 2); process.stdout.write('created'); } catch (e) { process.stdout.write(e.code); }`,
+    { DOGFS_ISAL_LIBRARY: '/nonexistent/libisal.so.2', DOGFS_CODEC_BACKEND: 'native' },
+  );
+  assert.equal(child.stdout, 'BACKEND_UNAVAILABLE', child.stderr);
+  assert.throws(
+    () => backendByName('fpga' as 'native'),
+    (e: unknown) => e instanceof CodecError && e.code === 'INVALID_ARGUMENT',
+  );
+});
+
+test('the committed wasm/rs.wasm is exactly what wasm/rs.ts builds to', () => {
+  const result = spawnSync(process.execPath, [join(root, 'scripts/build-wasm.mjs'), '--check'], {
+    encoding: 'utf8',
+  });
+  assert.equal(result.status, 0, result.stderr);
+});
+
+test('a native build that cannot compile leaves the install working: one line, exit 0', () => {
+  const scratch = mkdtempSync(join(tmpdir(), 'dogfs-native-'));
+  try {
+    cpSync(join(root, 'native/dogfs_codec.c'), join(scratch, 'dogfs_codec.c'));
+    cpSync(join(root, 'native/binding.gyp'), join(scratch, 'binding.gyp'));
+    const result = spawnSync(process.execPath, [join(root, 'scripts/build-native.mjs'), '--force'], {
+      env: { ...process.env, DOGFS_NATIVE_DIR: scratch, CC: '/nonexistent/cc', CXX: '/nonexistent/c++' },
+      encoding: 'utf8',
+    });
+    assert.equal(result.status, 0, result.stderr);
+    assert.equal(result.stdout, '');
+    assert.match(
+      result.stderr,
+      /^dogfs codec: native backend not built \(.+\); the codec will use WebAssembly instead\n$/,
+    );
+    assert.equal(existsSync(join(scratch, 'build/Release/dogfs_codec.node')), false);
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
+});
+
+test('wasm encodeAsync runs on a worker thread: the event loop keeps turning while it encodes', async () => {
+  const codec = createCodec(6, 3, { backend: 'wasm' });
+  const length = 2 << 20;
+  const data = Array.from({ length: 6 }, (_, i) => seededBytes(length, i + 11));
+  const parity = Array.from({ length: 3 }, () => new Uint8Array(length));
+  const turns = await eventLoopTurnsDuring(() => codec.encodeAsync(data, parity));
+  assert.ok(turns >= 3, `event loop turned only ${turns} times during a 12 MiB encode`);
+  const check = Array.from({ length: 3 }, () => new Uint8Array(length));
+  codec.encode(data, check);
+  assert.deepEqual(parity, check);
+});
