@@ -41,3 +41,10 @@ export { CodecError } from './errors.js';
 export { cauchyEncodeMatrix, GF_POLYNOMIAL, gfInv, gfMul, invertMatrix } from './gf256.js';
 export type { ShardList } from './rs.js';
 export { MAX_TOTAL_SHARDS, ReedSolomon } from './rs.js';
+export type { CellPiece, ShardSpan, StripeLayoutOptions } from './stripe.js';
+export {
+  DEFAULT_CELL_ALIGNMENT,
+  DEFAULT_MAX_SHARD_BYTES,
+  DEFAULT_STRIPE_SIZE,
+  StripeLayout,
+} from './stripe.js';
