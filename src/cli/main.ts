@@ -1,7 +1,189 @@
 /**
- * cli — the `dogfs` command: argument parsing and dispatch to the client library, the server processes
- * and the local-cluster supervisor. User errors print one line on stderr and exit non-zero.
- * May import: client, cluster, metadata, chunk, wire, common.
+ * cli — the `dogfs` command: argument parsing and dispatch to the server processes (`meta`, `chunk`), the
+ * local-cluster supervisor (`up`) and the client library (put/get/ls/...). A user error prints one line on
+ * stderr (`dogfs: ...`) and exits non-zero; never a stack trace.
+ * May import: client, cluster, metadata, chunk, daemon, wire, common.
  */
-process.stderr.write('dogfs: not implemented yet\n');
-process.exitCode = 1;
+
+import { startChunkServer } from '../chunk/server.js';
+import { runUp, UpError } from '../cluster/up.js';
+import { AddressError, parseAddressList } from '../common/address.js';
+import { DirLockedError } from '../common/dirlock.js';
+import { EcPolicyError, parseEcPolicy } from '../common/ec-policy.js';
+import { DOGFS_VERSION } from '../common/version.js';
+import { DaemonStartError } from '../daemon/daemon.js';
+import { startMetaServer } from '../metadata/server.js';
+import { DogfsError } from '../wire/errors.js';
+import {
+  noPositionals,
+  parseFlags,
+  parseIntFlag,
+  parseListenFlag,
+  parseLogLevel,
+  requireFlag,
+  UsageError,
+} from './args.js';
+
+const USAGE = `usage: dogfs <command> [options]
+
+Local cluster:
+  up --dir DIR [--meta N] [--chunk N] [--ec rs-K-M] [--restart] [--log-level L]
+
+Servers:
+  meta  --dir DIR [--listen HOST:PORT] [--id ID] [--peers ID=HOST:PORT,...] [--ec POLICY] [--log-level L]
+  chunk --dir DIR [--listen HOST:PORT] [--id ID] [--meta HOST:PORT,...] [--failure-domain NAME] [--log-level L]
+
+Files (planned, see README status): put, get, cat, ls, mkdir, rm, mv, stat, admin report
+`;
+
+const CLIENT_COMMANDS = new Set(['put', 'get', 'cat', 'ls', 'mkdir', 'rm', 'mv', 'stat', 'admin']);
+
+/** Where a command's one-line error prefix comes from: `dogfs up: ...`. */
+class CommandFailure extends Error {
+  constructor(
+    readonly command: string,
+    override readonly cause: unknown,
+  ) {
+    super(command);
+  }
+}
+
+function ecFlag(value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  parseEcPolicy(value);
+  return value;
+}
+
+async function up(argv: string[]): Promise<void> {
+  const { flags, positionals } = parseFlags(argv, {
+    dir: { type: 'string', env: 'DOGFS_DIR' },
+    meta: { type: 'string' },
+    chunk: { type: 'string' },
+    ec: { type: 'string' },
+    restart: { type: 'boolean' },
+    'log-level': { type: 'string', env: 'DOGFS_LOG_LEVEL' },
+  });
+  noPositionals(positionals);
+  await runUp({
+    dir: requireFlag(flags.dir, 'dir', 'DOGFS_DIR'),
+    meta: flags.meta === undefined ? undefined : parseIntFlag(flags.meta, 'meta', 3, 1, 9),
+    chunk: flags.chunk === undefined ? undefined : parseIntFlag(flags.chunk, 'chunk', 9, 1, 64),
+    ec: ecFlag(flags.ec),
+    restart: flags.restart,
+    logLevel: parseLogLevel(flags['log-level']),
+  });
+}
+
+async function meta(argv: string[]): Promise<void> {
+  const { flags, positionals } = parseFlags(argv, {
+    dir: { type: 'string', env: 'DOGFS_DIR' },
+    listen: { type: 'string', env: 'DOGFS_LISTEN' },
+    id: { type: 'string', env: 'DOGFS_ID' },
+    peers: { type: 'string', env: 'DOGFS_PEERS' },
+    ec: { type: 'string', env: 'DOGFS_EC' },
+    'log-level': { type: 'string', env: 'DOGFS_LOG_LEVEL' },
+  });
+  noPositionals(positionals);
+  const peers = flags.peers === undefined ? [] : flags.peers.split(',').filter((p) => p !== '');
+  for (const peer of peers) {
+    const [id, address] = peer.split('=');
+    if (id === undefined || id === '' || address === undefined) {
+      throw new UsageError(`invalid --peers entry '${peer}': expected ID=HOST:PORT`);
+    }
+    parseAddressList(address, '--peers address');
+  }
+  ecFlag(flags.ec);
+  await startMetaServer({
+    dir: requireFlag(flags.dir, 'dir', 'DOGFS_DIR'),
+    id: flags.id,
+    listen: parseListenFlag(flags.listen, 'listen', '127.0.0.1:0'),
+    peers,
+    logLevel: parseLogLevel(flags['log-level']),
+  });
+}
+
+async function chunk(argv: string[]): Promise<void> {
+  const { flags, positionals } = parseFlags(argv, {
+    dir: { type: 'string', env: 'DOGFS_DIR' },
+    listen: { type: 'string', env: 'DOGFS_LISTEN' },
+    id: { type: 'string', env: 'DOGFS_ID' },
+    meta: { type: 'string', env: 'DOGFS_META' },
+    'failure-domain': { type: 'string', env: 'DOGFS_FAILURE_DOMAIN' },
+    'log-level': { type: 'string', env: 'DOGFS_LOG_LEVEL' },
+  });
+  noPositionals(positionals);
+  await startChunkServer({
+    dir: requireFlag(flags.dir, 'dir', 'DOGFS_DIR'),
+    id: flags.id,
+    listen: parseListenFlag(flags.listen, 'listen', '127.0.0.1:0'),
+    meta: flags.meta === undefined ? [] : parseAddressList(flags.meta, '--meta'),
+    failureDomain: flags['failure-domain'] ?? 'default',
+    logLevel: parseLogLevel(flags['log-level']),
+  });
+}
+
+/** One line for a person; the codes of errors that are the user's to fix. */
+function describe(error: unknown): { line: string; status: number } {
+  if (error instanceof UsageError) return { line: `${error.message}\n${shortUsageHint()}`, status: 2 };
+  if (error instanceof AddressError || error instanceof EcPolicyError)
+    return { line: error.message, status: 2 };
+  if (error instanceof UpError || error instanceof DaemonStartError || error instanceof DirLockedError) {
+    return { line: error.message, status: 1 };
+  }
+  if (error instanceof DogfsError) return { line: error.message, status: 1 };
+  if (error instanceof Error && typeof (error as NodeJS.ErrnoException).code === 'string') {
+    return { line: error.message, status: 1 };
+  }
+  return {
+    line: `internal error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`,
+    status: 70,
+  };
+}
+
+function shortUsageHint(): string {
+  return "run 'dogfs help' for usage";
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  try {
+    switch (command) {
+      case undefined:
+      case 'help':
+      case '--help':
+      case '-h':
+        process.stdout.write(USAGE);
+        return command === undefined ? 2 : 0;
+      case '--version':
+      case 'version':
+        process.stdout.write(`dogfs ${DOGFS_VERSION}\n`);
+        return 0;
+      case 'up':
+        await up(rest).catch((error: unknown) => Promise.reject(new CommandFailure('up', error)));
+        return 0;
+      case 'meta':
+        await meta(rest).catch((error: unknown) => Promise.reject(new CommandFailure('meta', error)));
+        return 0;
+      case 'chunk':
+        await chunk(rest).catch((error: unknown) => Promise.reject(new CommandFailure('chunk', error)));
+        return 0;
+      default:
+        if (CLIENT_COMMANDS.has(command)) {
+          throw new CommandFailure(
+            command,
+            new DogfsError('UNIMPLEMENTED', 'not implemented yet (see README status)'),
+          );
+        }
+        throw new UsageError(`unknown command '${command}'`);
+    }
+  } catch (error) {
+    const failure = error instanceof CommandFailure ? error : undefined;
+    const { line, status } = describe(failure ? failure.cause : error);
+    process.stderr.write(`dogfs${failure ? ` ${failure.command}` : ''}: ${line}\n`);
+    return status;
+  }
+}
+
+const status = await main(process.argv.slice(2));
+// Servers keep the event loop alive; a command that finished sets the exit status and lets Node exit.
+if (status !== 0) process.exit(status);

@@ -1,0 +1,502 @@
+/**
+ * cluster/up — `dogfs up`: a whole cluster of real processes on loopback, in the foreground.
+ *
+ * DIR/members.json remembers each member's identity and port, so running `dogfs up` again on the same
+ * DIR brings back the same cluster with its data (ports are reused where still free). Children are
+ * spawned with an IPC channel: they report readiness over it, and exit by themselves when it closes —
+ * which is what happens when this supervisor dies, even by SIGKILL. DIR/cluster.json (the contract of
+ * DESIGN section 7) is written once every member answers Health, and removed on a clean stop.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import {
+  closeSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeSync,
+} from 'node:fs';
+import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import { createServer as createNetServer } from 'node:net';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { DirLockedError, isProcessAlive, lockDir, lockHolder } from '../common/dirlock.js';
+import { DEFAULT_EC_POLICY, parseEcPolicy, totalShards } from '../common/ec-policy.js';
+import type { LogLevel } from '../common/log.js';
+import type { ReadyMessage, Role } from '../daemon/daemon.js';
+import { HealthService } from '../wire/gen/types.js';
+import { RpcChannel } from '../wire/rpc.js';
+
+export interface UpOptions {
+  dir: string;
+  /** Undefined: the stored cluster's count, or the default for a new cluster. */
+  meta?: number | undefined;
+  chunk?: number | undefined;
+  ec?: string | undefined;
+  restart: boolean;
+  logLevel: LogLevel;
+  /** Human-readable progress lines (stdout by default). */
+  print?: (line: string) => void;
+  startTimeoutMs?: number;
+}
+
+export class UpError extends Error {
+  override name = 'UpError';
+}
+
+interface MemberRecord {
+  role: Role;
+  id: string;
+  port: number;
+}
+
+interface StoredCluster {
+  version: 1;
+  ec: string;
+  uiPort: number;
+  members: MemberRecord[];
+}
+
+/** What cluster.json says: the contract of DESIGN section 7. */
+export interface ClusterJson {
+  meta: string[];
+  processes: { role: Role; id: string; addr: string; pid: number; dir: string }[];
+  ui: string;
+  ec: string;
+}
+
+const HOST = '127.0.0.1';
+const DEFAULT_META = 3;
+const DEFAULT_CHUNK = 9;
+const STOP_GRACE_MS = 8000;
+const MAIN_MODULE = fileURLToPath(new URL('../cli/main.js', import.meta.url));
+
+function writeFileAtomic(path: string, content: string): void {
+  const tmp = `${path}.tmp`;
+  const fd = openSync(tmp, 'w');
+  try {
+    writeSync(fd, content);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, path);
+}
+
+function portIsFree(port: number): Promise<boolean> {
+  return new Promise((resolvePromise) => {
+    const server = createNetServer();
+    server.once('error', () => resolvePromise(false));
+    server.listen(port, HOST, () => server.close(() => resolvePromise(true)));
+  });
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolvePromise, reject) => {
+    const server = createNetServer();
+    server.once('error', reject);
+    server.listen(0, HOST, () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address !== null ? address.port : 0;
+      server.close(() => resolvePromise(port));
+    });
+  });
+}
+
+async function waitUntil(
+  condition: () => boolean | Promise<boolean>,
+  deadline: number,
+  pollMs = 50,
+): Promise<boolean> {
+  while (Date.now() < deadline) {
+    if (await condition()) return true;
+    await new Promise((r) => setTimeout(r, pollMs));
+  }
+  return condition();
+}
+
+function loadStored(dir: string): StoredCluster | undefined {
+  let text: string;
+  try {
+    text = readFileSync(join(dir, 'members.json'), 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw error;
+  }
+  const stored = JSON.parse(text) as StoredCluster;
+  if (stored.version !== 1 || !Array.isArray(stored.members)) {
+    throw new UpError(`${join(dir, 'members.json')} is not a DogFS cluster description`);
+  }
+  return stored;
+}
+
+function planCluster(options: UpOptions, stored: StoredCluster | undefined): StoredCluster {
+  if (stored !== undefined) {
+    const metaCount = stored.members.filter((m) => m.role === 'meta').length;
+    const chunkCount = stored.members.filter((m) => m.role === 'chunk').length;
+    const conflicts: string[] = [];
+    if (options.meta !== undefined && options.meta !== metaCount) conflicts.push(`--meta ${options.meta}`);
+    if (options.chunk !== undefined && options.chunk !== chunkCount)
+      conflicts.push(`--chunk ${options.chunk}`);
+    if (options.ec !== undefined && options.ec !== stored.ec) conflicts.push(`--ec ${options.ec}`);
+    if (conflicts.length > 0) {
+      throw new UpError(
+        `${options.dir} holds a cluster of ${metaCount} meta and ${chunkCount} chunk servers with ${stored.ec}; ` +
+          `${conflicts.join(', ')} does not match (use another --dir for a different cluster)`,
+      );
+    }
+    return stored;
+  }
+  const ec = options.ec ?? DEFAULT_EC_POLICY;
+  const policy = parseEcPolicy(ec);
+  const metaCount = options.meta ?? DEFAULT_META;
+  const chunkCount = options.chunk ?? DEFAULT_CHUNK;
+  if (chunkCount < Math.min(totalShards(policy), policy.dataShards + 1)) {
+    throw new UpError(
+      `${ec} needs at least ${Math.min(totalShards(policy), policy.dataShards + 1)} chunk servers to accept writes; --chunk is ${chunkCount}`,
+    );
+  }
+  const members: MemberRecord[] = [];
+  for (let i = 1; i <= metaCount; i++) members.push({ role: 'meta', id: `meta-${i}`, port: 0 });
+  for (let i = 1; i <= chunkCount; i++) members.push({ role: 'chunk', id: `chunk-${i}`, port: 0 });
+  return { version: 1, ec, uiPort: 0, members };
+}
+
+interface Running {
+  record: MemberRecord;
+  dir: string;
+  child: ChildProcess | undefined;
+  pid: number;
+  addr: string;
+  restarts: number;
+}
+
+export class LocalCluster {
+  private readonly options: UpOptions;
+  private readonly dir: string;
+  private readonly print: (line: string) => void;
+  private readonly running: Running[] = [];
+  private stored: StoredCluster | undefined;
+  private ui: HttpServer | undefined;
+  private stopping = false;
+  private releaseLock: (() => void) | undefined;
+
+  constructor(options: UpOptions) {
+    this.options = options;
+    this.dir = resolve(options.dir);
+    this.print = options.print ?? ((line) => process.stdout.write(`${line}\n`));
+  }
+
+  get clusterJsonPath(): string {
+    return join(this.dir, 'cluster.json');
+  }
+
+  async start(): Promise<ClusterJson> {
+    mkdirSync(this.dir, { recursive: true });
+    try {
+      this.releaseLock = lockDir(this.dir, 'up.lock').release;
+    } catch (error) {
+      if (error instanceof DirLockedError) {
+        throw new UpError(`${this.dir} is already served by another dogfs up (pid ${error.holderPid})`);
+      }
+      throw error;
+    }
+    try {
+      rmSync(this.clusterJsonPath, { force: true });
+      const stored = planCluster(this.options, loadStored(this.dir));
+      this.stored = stored;
+      await this.waitForPreviousMembers(stored);
+      await this.assignPorts(stored);
+      writeFileAtomic(join(this.dir, 'members.json'), `${JSON.stringify(stored, null, 2)}\n`);
+      const deadline = Date.now() + (this.options.startTimeoutMs ?? 30_000);
+      await Promise.all(stored.members.map((record) => this.spawnMember(record, deadline)));
+      await this.waitForHealth(deadline);
+      this.ui = await this.startUi(stored.uiPort);
+      const cluster = this.clusterJson();
+      writeFileAtomic(this.clusterJsonPath, `${JSON.stringify(cluster, null, 2)}\n`);
+      this.printSummary(cluster);
+      return cluster;
+    } catch (error) {
+      await this.stop();
+      throw error;
+    }
+  }
+
+  /** A previous supervisor that was SIGKILLed leaves children that are still on their way out. */
+  private async waitForPreviousMembers(stored: StoredCluster): Promise<void> {
+    const deadline = Date.now() + 10_000;
+    for (const record of stored.members) {
+      const memberDir = join(this.dir, record.id);
+      const free = await waitUntil(() => lockHolder(memberDir) === undefined, deadline);
+      if (!free) {
+        throw new UpError(
+          `${memberDir} is still in use by pid ${lockHolder(memberDir)}; stop that process first`,
+        );
+      }
+    }
+  }
+
+  private async assignPorts(stored: StoredCluster): Promise<void> {
+    const taken = new Set<number>();
+    const pick = async (remembered: number): Promise<number> => {
+      if (remembered > 0 && !taken.has(remembered) && (await portIsFree(remembered))) {
+        taken.add(remembered);
+        return remembered;
+      }
+      for (let attempt = 0; attempt < 100; attempt++) {
+        const port = await freePort();
+        if (!taken.has(port)) {
+          taken.add(port);
+          return port;
+        }
+      }
+      throw new UpError('could not find a free loopback port');
+    };
+    for (const record of stored.members) record.port = await pick(record.port);
+    stored.uiPort = await pick(stored.uiPort);
+  }
+
+  private argsFor(record: MemberRecord, memberDir: string): string[] {
+    const stored = this.stored!;
+    const metaMembers = stored.members.filter((m) => m.role === 'meta');
+    const common = ['--dir', memberDir, '--id', record.id, '--listen', `${HOST}:${record.port}`];
+    common.push('--log-level', this.options.logLevel);
+    if (record.role === 'meta') {
+      const peers = metaMembers.map((m) => `${m.id}=${HOST}:${m.port}`).join(',');
+      return [MAIN_MODULE, 'meta', ...common, '--peers', peers, '--ec', stored.ec];
+    }
+    const meta = metaMembers.map((m) => `${HOST}:${m.port}`).join(',');
+    return [MAIN_MODULE, 'chunk', ...common, '--meta', meta, '--failure-domain', record.id];
+  }
+
+  private spawnMember(record: MemberRecord, deadline: number): Promise<void> {
+    const memberDir = join(this.dir, record.id);
+    mkdirSync(memberDir, { recursive: true });
+    const logPath = join(memberDir, 'dogfs.log');
+    const logFd = openSync(logPath, 'a');
+    let child: ChildProcess;
+    try {
+      child = spawn(process.execPath, this.argsFor(record, memberDir), {
+        stdio: ['ignore', logFd, logFd, 'ipc'],
+        env: { ...process.env, DOGFS_SUPERVISED: '1' },
+      });
+    } finally {
+      closeSync(logFd);
+    }
+    let entry = this.running.find((r) => r.record.id === record.id);
+    if (entry === undefined) {
+      entry = {
+        record,
+        dir: memberDir,
+        child,
+        pid: child.pid ?? -1,
+        addr: `${HOST}:${record.port}`,
+        restarts: 0,
+      };
+      this.running.push(entry);
+    } else {
+      entry.child = child;
+      entry.pid = child.pid ?? -1;
+    }
+    const running = entry;
+    return new Promise((resolvePromise, reject) => {
+      let settled = false;
+      const timer = setTimeout(
+        () => fail(`${record.id} did not become ready in time (see ${logPath})`),
+        Math.max(0, deadline - Date.now()),
+      );
+      const fail = (message: string) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        reject(new UpError(message));
+      };
+      child.on('message', (message: ReadyMessage) => {
+        if (settled || message?.type !== 'ready') return;
+        settled = true;
+        clearTimeout(timer);
+        running.addr = message.addr;
+        resolvePromise();
+      });
+      child.once('exit', (code, signal) => {
+        if (!settled) {
+          fail(
+            `${record.id} exited during start-up (${signal ?? `code ${code}`}): ${lastLogMessage(logPath)}`,
+          );
+          return;
+        }
+        this.onMemberExit(running, code, signal);
+      });
+      child.once('error', (error) => fail(`${record.id} could not be started: ${error.message}`));
+    });
+  }
+
+  private onMemberExit(running: Running, code: number | null, signal: NodeJS.Signals | null): void {
+    running.child = undefined;
+    if (this.stopping) return;
+    this.print(`dogfs up: ${running.record.id} (pid ${running.pid}) exited (${signal ?? `code ${code}`})`);
+    if (!this.options.restart) return;
+    running.restarts++;
+    const delay = Math.min(10_000, 500 * 2 ** Math.min(running.restarts - 1, 5));
+    setTimeout(() => {
+      if (this.stopping) return;
+      this.spawnMember(running.record, Date.now() + 30_000).then(
+        () => {
+          this.print(`dogfs up: ${running.record.id} restarted (pid ${running.pid})`);
+          writeFileAtomic(this.clusterJsonPath, `${JSON.stringify(this.clusterJson(), null, 2)}\n`);
+        },
+        (error: Error) => this.print(`dogfs up: ${running.record.id} failed to restart: ${error.message}`),
+      );
+    }, delay);
+  }
+
+  private async waitForHealth(deadline: number): Promise<void> {
+    await Promise.all(
+      this.running.map(async (running) => {
+        const channel = new RpcChannel(running.addr);
+        try {
+          let lastError = '';
+          const healthy = await waitUntil(
+            async () => {
+              try {
+                const health = await channel.call(HealthService, 'Check', {}, { timeoutMs: 1000 });
+                return health.id === running.record.id;
+              } catch (error) {
+                lastError = (error as Error).message;
+                return false;
+              }
+            },
+            deadline,
+            100,
+          );
+          if (!healthy)
+            throw new UpError(`${running.record.id} at ${running.addr} does not answer health: ${lastError}`);
+        } finally {
+          channel.close();
+        }
+      }),
+    );
+  }
+
+  clusterJson(): ClusterJson {
+    const stored = this.stored!;
+    return {
+      meta: this.running.filter((r) => r.record.role === 'meta').map((r) => r.addr),
+      processes: this.running.map((r) => ({
+        role: r.record.role,
+        id: r.record.id,
+        addr: r.addr,
+        pid: r.pid,
+        dir: r.dir,
+      })),
+      ui: `http://${HOST}:${stored.uiPort}/`,
+      ec: stored.ec,
+    };
+  }
+
+  private startUi(port: number): Promise<HttpServer> {
+    const server = createHttpServer((request, response) => {
+      if (request.url === '/cluster.json') {
+        response.writeHead(200, { 'content-type': 'application/json' });
+        response.end(JSON.stringify(this.clusterJson()));
+        return;
+      }
+      if (request.url !== '/' && request.url !== '/index.html') {
+        response.writeHead(404, { 'content-type': 'text/plain' });
+        response.end('not found\n');
+        return;
+      }
+      response.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+      response.end(renderStatusPage(this.clusterJson()));
+    });
+    return new Promise((resolvePromise, reject) => {
+      server.once('error', (error) =>
+        reject(new UpError(`cannot serve the status page on ${HOST}:${port}: ${error.message}`)),
+      );
+      server.listen(port, HOST, () => resolvePromise(server));
+    });
+  }
+
+  private printSummary(cluster: ClusterJson): void {
+    this.print(`dogfs up: cluster ready in ${this.dir} (${cluster.ec})`);
+    for (const p of cluster.processes)
+      this.print(`  ${p.role.padEnd(5)} ${p.id.padEnd(10)} ${p.addr.padEnd(21)} pid ${p.pid}`);
+    this.print(`  status page  ${cluster.ui}`);
+    this.print(`  cluster.json ${this.clusterJsonPath}`);
+    this.print(`  export DOGFS_CLUSTER=${this.clusterJsonPath}`);
+  }
+
+  /** Stops every member (SIGTERM, then SIGKILL after a grace period) and releases DIR. Idempotent. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    rmSync(this.clusterJsonPath, { force: true });
+    const live = this.running.filter((r) => r.child !== undefined && r.child.exitCode === null);
+    for (const r of live) r.child?.kill('SIGTERM');
+    const deadline = Date.now() + STOP_GRACE_MS;
+    await waitUntil(() => live.every((r) => !isProcessAlive(r.pid)), deadline);
+    for (const r of live) if (isProcessAlive(r.pid)) r.child?.kill('SIGKILL');
+    await waitUntil(() => live.every((r) => !isProcessAlive(r.pid)), Date.now() + 2000);
+    await new Promise<void>((r) => (this.ui ? this.ui.close(() => r()) : r()));
+    this.ui = undefined;
+    this.releaseLock?.();
+    this.releaseLock = undefined;
+  }
+}
+
+function lastLogMessage(logPath: string): string {
+  try {
+    const lines = readFileSync(logPath, 'utf8').trim().split('\n');
+    for (let i = lines.length - 1; i >= 0 && i >= lines.length - 20; i--) {
+      const line = lines[i] ?? '';
+      try {
+        const record = JSON.parse(line) as { level?: string; msg?: string };
+        if (record.level === 'error' && record.msg) return record.msg;
+      } catch {
+        if (line.trim() !== '') return line.trim();
+      }
+    }
+    return 'no error was logged';
+  } catch {
+    return 'no log';
+  }
+}
+
+function escapeHtml(text: string): string {
+  return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+function renderStatusPage(cluster: ClusterJson): string {
+  const rows = cluster.processes
+    .map((p) => {
+      const alive = isProcessAlive(p.pid);
+      return `<tr><td>${escapeHtml(p.role)}</td><td>${escapeHtml(p.id)}</td><td>${escapeHtml(p.addr)}</td><td>${p.pid}</td><td class="${alive ? 'up' : 'down'}">${alive ? 'running' : 'stopped'}</td></tr>`;
+    })
+    .join('\n');
+  return `<!doctype html><html><head><meta charset="utf-8"><title>DogFS local cluster</title>
+<meta http-equiv="refresh" content="2">
+<style>body{font-family:system-ui,sans-serif;margin:2em}td,th{padding:.2em 1em;text-align:left}.up{color:#080}.down{color:#c00;font-weight:bold}</style>
+</head><body><h1>DogFS local cluster</h1><p>EC policy ${escapeHtml(cluster.ec)} · metadata ${escapeHtml(cluster.meta.join(', '))}</p>
+<table><tr><th>role</th><th>id</th><th>address</th><th>pid</th><th>state</th></tr>
+${rows}
+</table><p><a href="/cluster.json">cluster.json</a></p></body></html>`;
+}
+
+/** Runs `dogfs up` in the foreground until SIGINT/SIGTERM. */
+export async function runUp(options: UpOptions): Promise<void> {
+  const cluster = new LocalCluster(options);
+  let stopRequested = false;
+  const requestStop = (signal: string) => {
+    if (stopRequested) return;
+    stopRequested = true;
+    (options.print ?? console.log)(`dogfs up: ${signal}: stopping the cluster`);
+    cluster.stop().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  };
+  process.on('SIGINT', () => requestStop('SIGINT'));
+  process.on('SIGTERM', () => requestStop('SIGTERM'));
+  await cluster.start();
+}

@@ -1,0 +1,10 @@
+/**
+ * common — small things every part uses: assertions, structured logging, addresses, data-directory
+ * locks, EC policy names, the version. Owns nothing with state. May import: nothing but node builtins.
+ */
+export * from './address.js';
+export * from './assert.js';
+export * from './dirlock.js';
+export * from './ec-policy.js';
+export * from './log.js';
+export * from './version.js';

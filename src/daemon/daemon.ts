@@ -1,0 +1,180 @@
+/**
+ * daemon — what every DogFS server process does the same way, so meta and chunk servers differ only in
+ * the services they add: own a data directory (lock + stable identity), log JSON lines, serve gRPC with
+ * the Health service, tell a supervising parent when it is ready, and shut down cleanly on SIGTERM/SIGINT
+ * or when the supervising parent disappears (so `dogfs up` never leaves orphans, even when SIGKILLed).
+ * May import: wire, common.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { formatHostPort, type HostPort } from '../common/address.js';
+import { type DirLock, lockDir } from '../common/dirlock.js';
+import { createLogger, type Logger, type LogLevel } from '../common/log.js';
+import { DOGFS_VERSION } from '../common/version.js';
+import { HealthService } from '../wire/gen/types.js';
+import { RpcServer } from '../wire/rpc.js';
+
+export type Role = 'meta' | 'chunk';
+
+export interface DaemonOptions {
+  role: Role;
+  dir: string;
+  /** Identity to use; must match the one the directory already has, if any. */
+  id?: string | undefined;
+  listen: HostPort;
+  logLevel: LogLevel;
+}
+
+export interface DaemonContext {
+  readonly role: Role;
+  readonly id: string;
+  readonly dir: string;
+  readonly log: Logger;
+  readonly rpc: RpcServer;
+  /** Runs on shutdown, newest first, before the RPC server closes. */
+  onShutdown(hook: () => Promise<void> | void): void;
+  /** Extra fields for the ready message and the Health answer's log line. */
+  readonly readyInfo: Record<string, string>;
+}
+
+export interface ReadyMessage {
+  type: 'ready';
+  role: Role;
+  id: string;
+  addr: string;
+  pid: number;
+  info: Record<string, string>;
+}
+
+export class DaemonStartError extends Error {
+  override name = 'DaemonStartError';
+}
+
+interface Identity {
+  role: Role;
+  id: string;
+}
+
+const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+function loadOrCreateIdentity(dir: string, role: Role, requestedId: string | undefined): Identity {
+  const path = join(dir, 'identity.json');
+  let existing: Identity | undefined;
+  try {
+    existing = JSON.parse(readFileSync(path, 'utf8')) as Identity;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
+      throw new DaemonStartError(`${path} is unreadable: ${(error as Error).message}`);
+    }
+  }
+  if (existing !== undefined) {
+    if (existing.role !== role) {
+      throw new DaemonStartError(`${dir} belongs to a ${existing.role} server, not a ${role} server`);
+    }
+    if (requestedId !== undefined && requestedId !== existing.id) {
+      throw new DaemonStartError(`${dir} belongs to ${role} server '${existing.id}', not '${requestedId}'`);
+    }
+    return existing;
+  }
+  const id = requestedId ?? `${role}-${randomBytes(4).toString('hex')}`;
+  if (!ID_PATTERN.test(id)) {
+    throw new DaemonStartError(`invalid id '${id}': use 1-64 letters, digits, '.', '_' or '-'`);
+  }
+  const identity: Identity = { role, id };
+  writeFileSync(`${path}.tmp`, `${JSON.stringify(identity)}\n`);
+  renameSync(`${path}.tmp`, path);
+  return identity;
+}
+
+/**
+ * Starts the process's server and returns once it listens. `setup` adds the role's services. The
+ * process exits by itself on a signal or when its supervising parent goes away.
+ */
+export async function runDaemon(
+  options: DaemonOptions,
+  setup: (context: DaemonContext) => Promise<void> | void,
+): Promise<{ addr: string; id: string; shutdown: () => Promise<void> }> {
+  mkdirSync(options.dir, { recursive: true });
+  const lock: DirLock = lockDir(options.dir);
+  const hooks: (() => Promise<void> | void)[] = [];
+  let rpc: RpcServer | undefined;
+  try {
+    const identity = loadOrCreateIdentity(options.dir, options.role, options.id);
+    const log = createLogger(options.logLevel, { role: options.role, id: identity.id, pid: process.pid });
+    const startedAt = Date.now();
+    let addr = '';
+    rpc = new RpcServer({
+      onInternalError: (method, error) => log.error('handler failed', { method, error }),
+    });
+    const server = rpc;
+    server.addService(HealthService, {
+      Check: () => ({
+        role: options.role,
+        id: identity.id,
+        version: DOGFS_VERSION,
+        pid: process.pid,
+        uptimeMs: Date.now() - startedAt,
+        addr,
+      }),
+    });
+    const readyInfo: Record<string, string> = {};
+    await setup({
+      role: options.role,
+      id: identity.id,
+      dir: options.dir,
+      log,
+      rpc: server,
+      readyInfo,
+      onShutdown: (hook) => hooks.push(hook),
+    });
+    const port = await server.listen(options.listen.host, options.listen.port);
+    addr = formatHostPort({ host: options.listen.host, port });
+
+    let stopping: Promise<void> | undefined;
+    const shutdown = (): Promise<void> => {
+      stopping ??= (async () => {
+        log.info('shutting down');
+        for (const hook of hooks.reverse()) {
+          try {
+            await hook();
+          } catch (error) {
+            log.error('shutdown hook failed', { error });
+          }
+        }
+        await server.close(2000);
+        lock.release();
+        log.info('stopped');
+      })();
+      return stopping;
+    };
+    const exitAfterShutdown = (reason: string) => {
+      log.info('stop requested', { reason });
+      shutdown().then(
+        () => process.exit(0),
+        () => process.exit(1),
+      );
+    };
+    process.once('SIGTERM', () => exitAfterShutdown('SIGTERM'));
+    process.once('SIGINT', () => exitAfterShutdown('SIGINT'));
+    if (process.send !== undefined) {
+      // Supervised by `dogfs up` over an IPC channel: when the parent dies, the channel closes.
+      process.once('disconnect', () => exitAfterShutdown('supervisor gone'));
+      const ready: ReadyMessage = {
+        type: 'ready',
+        role: options.role,
+        id: identity.id,
+        addr,
+        pid: process.pid,
+        info: readyInfo,
+      };
+      process.send(ready);
+    }
+    log.info('listening', { addr, version: DOGFS_VERSION, ...readyInfo });
+    return { addr, id: identity.id, shutdown };
+  } catch (error) {
+    await rpc?.close(0);
+    lock.release();
+    throw error;
+  }
+}

@@ -1,0 +1,103 @@
+import assert from 'node:assert/strict';
+import { createServer, type Server } from 'node:net';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { HealthService } from '../../src/wire/gen/types.js';
+import { RpcChannel } from '../../src/wire/rpc.js';
+import { assertOneLineError, runDogfs, startDogfs, tempDir, waitFor } from '../helpers/index.js';
+
+const dir = tempDir('dogfs-servers-');
+after(() => dir.remove());
+
+function listenOnFreePort(): Promise<{ server: Server; port: number }> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      resolve({ server, port: typeof address === 'object' && address ? address.port : 0 });
+    });
+  });
+}
+
+for (const role of ['meta', 'chunk'] as const) {
+  test(`dogfs ${role}: serves health, locks its directory, logs JSON, stops on SIGTERM`, async () => {
+    const serverDir = join(dir.path, `${role}-a`);
+    const server = startDogfs([role, '--dir', serverDir, '--id', `${role}-a`, '--log-level', 'debug']);
+    const listening = await waitFor('listening log line', () => {
+      const line = server.output.stderr.split('\n').find((l) => l.includes('"msg":"listening"'));
+      return line === undefined
+        ? undefined
+        : (JSON.parse(line) as { addr: string; id: string; level: string });
+    });
+    assert.equal(listening.id, `${role}-a`);
+    assert.equal(listening.level, 'info');
+
+    const channel = new RpcChannel(listening.addr);
+    const health = await channel.call(HealthService, 'Check', {}, { timeoutMs: 5000 });
+    channel.close();
+    assert.equal(health.role, role);
+    assert.equal(health.id, `${role}-a`);
+
+    const second = await runDogfs([role, '--dir', serverDir]);
+    assert.equal(second.status, 1);
+    assert.match(
+      assertOneLineError(second.stderr),
+      new RegExp(`^dogfs ${role}: .* is in use by another process \\(pid \\d+\\)`),
+    );
+
+    const otherId = await runDogfs([role, '--dir', join(dir.path, `${role}-b`), '--id', '../etc']);
+    assert.equal(otherId.status, 1);
+    assert.match(assertOneLineError(otherId.stderr), /invalid id '\.\.\/etc'/);
+
+    server.child.kill('SIGTERM');
+    assert.deepEqual(await server.exited, { code: 0, signal: null });
+
+    // Same directory, different identity: refused, the directory keeps its owner.
+    const wrongId = await runDogfs([role, '--dir', serverDir, '--id', 'someone-else']);
+    assert.equal(wrongId.status, 1);
+    assert.match(assertOneLineError(wrongId.stderr), /belongs to .* 'someone-else'|not 'someone-else'/);
+  });
+}
+
+test('an occupied port gives one clear line and a non-zero exit', async () => {
+  const { server, port } = await listenOnFreePort();
+  try {
+    const result = await runDogfs(['meta', '--dir', join(dir.path, 'port'), '--listen', `127.0.0.1:${port}`]);
+    assert.equal(result.status, 1);
+    assert.match(
+      assertOneLineError(result.stderr),
+      new RegExp(`cannot listen on 127\\.0\\.0\\.1:${port}: address already in use`),
+    );
+  } finally {
+    server.close();
+  }
+});
+
+test('usage errors: unknown command, unknown flag, bad address, bad log level', async () => {
+  const cases: [string[], RegExp][] = [
+    [['frobnicate'], /^dogfs: unknown command 'frobnicate'/],
+    [['meta', '--dir', join(dir.path, 'u'), '--bogus'], /^dogfs meta: Unknown option '--bogus'/],
+    [
+      ['chunk', '--dir', join(dir.path, 'u'), '--listen', 'nonsense'],
+      /^dogfs chunk: invalid --listen 'nonsense'/,
+    ],
+    [['meta', '--dir', join(dir.path, 'u'), '--log-level', 'loud'], /^dogfs meta: --log-level must be/],
+    [['meta'], /^dogfs meta: missing --dir \(or \$DOGFS_DIR\)/],
+  ];
+  for (const [args, expected] of cases) {
+    const result = await runDogfs(args);
+    assert.equal(result.status, 2, `exit status of dogfs ${args.join(' ')}`);
+    assert.match(assertOneLineError(result.stderr), expected);
+  }
+});
+
+test('flags fall back to environment variables', async () => {
+  const serverDir = join(dir.path, 'env');
+  const server = startDogfs(['chunk'], { ...process.env, DOGFS_DIR: serverDir, DOGFS_ID: 'from-env' });
+  const line = await waitFor('listening', () =>
+    server.output.stderr.split('\n').find((l) => l.includes('"listening"')),
+  );
+  assert.match(line, /"id":"from-env"/);
+  server.child.kill('SIGINT');
+  assert.equal((await server.exited).code, 0);
+});

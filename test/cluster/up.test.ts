@@ -1,0 +1,103 @@
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import type { ClusterJson } from '../../src/cluster/up.js';
+import { HealthService } from '../../src/wire/gen/types.js';
+import { RpcChannel } from '../../src/wire/rpc.js';
+import {
+  assertOneLineError,
+  processAlive,
+  runDogfs,
+  startDogfs,
+  tempDir,
+  waitFor,
+} from '../helpers/index.js';
+
+const dir = tempDir('dogfs-up-');
+after(() => dir.remove());
+const clusterDir = join(dir.path, 'cluster');
+const clusterJsonPath = join(clusterDir, 'cluster.json');
+
+function readClusterJson(): ClusterJson | undefined {
+  if (!existsSync(clusterJsonPath)) return undefined;
+  return JSON.parse(readFileSync(clusterJsonPath, 'utf8')) as ClusterJson;
+}
+
+async function assertAllHealthy(cluster: ClusterJson): Promise<void> {
+  for (const p of cluster.processes) {
+    assert.ok(processAlive(p.pid), `${p.id} (pid ${p.pid}) is alive`);
+    const channel = new RpcChannel(p.addr);
+    try {
+      const health = await channel.call(HealthService, 'Check', {}, { timeoutMs: 5000 });
+      assert.equal(health.id, p.id);
+      assert.equal(health.role, p.role);
+      assert.equal(health.pid, p.pid);
+    } finally {
+      channel.close();
+    }
+  }
+}
+
+test('dogfs up starts a whole cluster, refuses a second supervisor, stops cleanly and comes back', async () => {
+  const first = startDogfs(['up', '--dir', clusterDir, '--meta', '3', '--chunk', '9']);
+  const cluster = await waitFor('cluster.json', readClusterJson, 30_000);
+  assert.equal(cluster.meta.length, 3);
+  assert.equal(cluster.processes.filter((p) => p.role === 'meta').length, 3);
+  assert.equal(cluster.processes.filter((p) => p.role === 'chunk').length, 9);
+  assert.match(cluster.ui, /^http:\/\/127\.0\.0\.1:\d+\/$/);
+  for (const addr of cluster.meta) assert.match(addr, /^127\.0\.0\.1:\d+$/);
+  await assertAllHealthy(cluster);
+  const page = await fetch(cluster.ui);
+  assert.equal(page.status, 200);
+  assert.match(await page.text(), /meta-1/);
+
+  const second = await runDogfs(['up', '--dir', clusterDir]);
+  assert.notEqual(second.status, 0);
+  assert.match(assertOneLineError(second.stderr), /already served by another dogfs up \(pid \d+\)/);
+  await assertAllHealthy(cluster); // the refused attempt disturbed nothing
+
+  first.child.kill('SIGINT');
+  const exit = await first.exited;
+  assert.equal(exit.code, 0);
+  await waitFor('every member gone', () => cluster.processes.every((p) => !processAlive(p.pid)), 10_000);
+  assert.equal(existsSync(clusterJsonPath), false, 'cluster.json is removed on a clean stop');
+
+  const again = startDogfs(['up', '--dir', clusterDir]);
+  const restarted = await waitFor('cluster.json after restart', readClusterJson, 30_000);
+  assert.deepEqual(
+    restarted.processes.map((p) => p.id),
+    cluster.processes.map((p) => p.id),
+    'the same identities come back',
+  );
+  assert.deepEqual(restarted.meta, cluster.meta, 'free ports are reused');
+  await assertAllHealthy(restarted);
+
+  // SIGKILL of the supervisor: the members notice their parent is gone and exit (no orphans).
+  again.child.kill('SIGKILL');
+  await again.exited;
+  await waitFor(
+    'members exit after the supervisor is killed',
+    () => restarted.processes.every((p) => !processAlive(p.pid)),
+    10_000,
+  );
+});
+
+test('dogfs up rejects bad flags with one clear line', async () => {
+  const missing = await runDogfs(['up']);
+  assert.equal(missing.status, 2);
+  assert.match(assertOneLineError(missing.stderr), /^dogfs up: missing --dir/);
+
+  const unknown = await runDogfs(['up', '--dir', join(dir.path, 'x'), '--frobnicate']);
+  assert.equal(unknown.status, 2);
+  assert.match(assertOneLineError(unknown.stderr), /frobnicate/);
+
+  const badEc = await runDogfs(['up', '--dir', join(dir.path, 'x'), '--ec', 'rs-0-9']);
+  assert.equal(badEc.status, 2);
+  assert.match(assertOneLineError(badEc.stderr), /unknown EC policy 'rs-0-9'/);
+
+  const tooFew = await runDogfs(['up', '--dir', join(dir.path, 'y'), '--chunk', '3']);
+  assert.equal(tooFew.status, 1);
+  assert.match(assertOneLineError(tooFew.stderr), /rs-6-3 needs at least 7 chunk servers/);
+  assert.equal(existsSync(join(dir.path, 'y', 'up.lock')), false, 'a refused start leaves DIR unlocked');
+});

@@ -1,0 +1,91 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { parseAddressList, parseHostPort } from '../../src/common/address.js';
+import { DirLockedError, lockDir, lockHolder } from '../../src/common/dirlock.js';
+import { parseEcPolicy } from '../../src/common/ec-policy.js';
+import { createLogger } from '../../src/common/log.js';
+import { DOGFS_VERSION } from '../../src/common/version.js';
+import { tempDir } from '../helpers/index.js';
+
+const dir = tempDir('dogfs-common-');
+after(() => dir.remove());
+
+test('the version constant matches package.json', () => {
+  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  };
+  assert.equal(DOGFS_VERSION, pkg.version);
+});
+
+test('a directory lock is exclusive, released, and taken over when its holder is dead', () => {
+  const lock = lockDir(dir.path);
+  assert.equal(lockHolder(dir.path), process.pid);
+  // Our own pid counts as held by a live process only for others; simulate another live holder:
+  writeFileSync(join(dir.path, 'LOCK'), `${process.ppid}\n`);
+  assert.throws(
+    () => lockDir(dir.path),
+    (e: unknown) => e instanceof DirLockedError && e.holderPid === process.ppid,
+  );
+  writeFileSync(join(dir.path, 'LOCK'), `${process.pid}\n`);
+  lock.release();
+  assert.equal(lockHolder(dir.path), undefined);
+
+  // A pid that has exited: the lock is stale and is taken over.
+  const dead = spawnSync(process.execPath, [
+    '-e',
+    'process.stdout.write(String(process.pid))',
+  ]).stdout.toString();
+  writeFileSync(join(dir.path, 'LOCK'), `${dead}\n`);
+  const taken = lockDir(dir.path);
+  assert.equal(lockHolder(dir.path), process.pid);
+  taken.release();
+});
+
+test('host:port parsing rejects what is not an address', () => {
+  assert.deepEqual(parseHostPort('127.0.0.1:80'), { host: '127.0.0.1', port: 80 });
+  for (const bad of [
+    '',
+    '127.0.0.1',
+    ':80',
+    '127.0.0.1:',
+    '127.0.0.1:99999',
+    'h:-1',
+    'h:8a',
+    'x'.repeat(400),
+  ]) {
+    assert.throws(() => parseHostPort(bad), /invalid address/, bad);
+  }
+  assert.deepEqual(parseAddressList('a:1, b:2,'), ['a:1', 'b:2']);
+  assert.throws(() => parseAddressList(' , '), /empty/);
+});
+
+test('EC policy names', () => {
+  assert.deepEqual(parseEcPolicy('rs-6-3'), { name: 'rs-6-3', kind: 'rs', dataShards: 6, parityShards: 3 });
+  assert.deepEqual(parseEcPolicy('replicate-3'), {
+    name: 'replicate-3',
+    kind: 'replicate',
+    dataShards: 1,
+    parityShards: 2,
+  });
+  for (const bad of ['rs-0-3', 'rs-6-0', 'rs-30-3', 'rs-6', 'raid5', 'replicate-0', 'rs-6-3 ', 'RS-6-3']) {
+    assert.throws(() => parseEcPolicy(bad), /unknown EC policy/, bad);
+  }
+});
+
+test('logs are JSON lines filtered by level', () => {
+  const lines: string[] = [];
+  const log = createLogger('info', { role: 'meta' }, (line) => lines.push(line));
+  log.debug('hidden');
+  log.info('shown', { n: 1 });
+  log.child({ group: 2 }).error('failed', { error: Object.assign(new Error('boom'), { code: 'EIO' }) });
+  assert.equal(lines.length, 2);
+  const first = JSON.parse(lines[0]!) as Record<string, unknown>;
+  assert.equal(first['msg'], 'shown');
+  assert.equal(first['role'], 'meta');
+  const second = JSON.parse(lines[1]!) as Record<string, unknown>;
+  assert.deepEqual(second['error'], { name: 'Error', message: 'boom', code: 'EIO' });
+  assert.equal(second['group'], 2);
+});
