@@ -6,8 +6,9 @@
 
 import type { CodingBackend, PreparedMatrix } from './backend.js';
 import { MUL_TABLE } from './gf256.js';
+import { runOffThread } from './offthread.js';
 
-function applyReference(
+export function applyReference(
   prepared: PreparedMatrix,
   inputs: readonly Uint8Array[],
   outputs: readonly Uint8Array[],
@@ -35,10 +36,6 @@ export const referenceBackend: CodingBackend = {
   name: 'reference',
   detail: 'plain TypeScript, table lookups',
   apply: applyReference,
-  // The reference backend is for tests and last-resort fallback; it yields once so callers see the same
-  // asynchronous contract, but does its work on this thread.
-  async applyAsync(prepared, inputs, outputs, length) {
-    await new Promise<void>((resolve) => setImmediate(resolve));
-    applyReference(prepared, inputs, outputs, length);
-  },
+  applyAsync: (prepared, inputs, outputs, length) =>
+    runOffThread('reference', prepared, inputs, outputs, length),
 };

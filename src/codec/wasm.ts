@@ -10,8 +10,8 @@
 
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { Worker } from 'node:worker_threads';
 import type { CodingBackend, PreparedMatrix } from './backend.js';
+import { runOffThread } from './offthread.js';
 import { MAX_TOTAL_SHARDS } from './rs.js';
 
 /** Bytes of each shard coded per kernel call. */
@@ -116,71 +116,7 @@ export function loadWasmBackend(): CodingBackend {
     name: 'wasm',
     detail: 'WebAssembly SIMD (i8x16.swizzle split-nibble tables)',
     apply: (prepared, inputs, outputs, length) => coder.apply(prepared, inputs, outputs, length),
-    applyAsync: (prepared, inputs, outputs, length) => runInWorker(prepared, inputs, outputs, length),
+    applyAsync: (prepared, inputs, outputs, length) =>
+      runOffThread('wasm', prepared, inputs, outputs, length),
   };
-}
-
-// ---- async: the same kernel in a worker thread ----
-
-let worker: Worker | undefined;
-let nextJob = 0;
-const pending = new Map<
-  number,
-  { resolve: () => void; reject: (error: Error) => void; outputs: readonly Uint8Array[]; length: number }
->();
-
-function startWorker(): Worker {
-  const w = new Worker(new URL('./wasm-worker.js', import.meta.url));
-  w.unref();
-  w.on('message', (message: { id: number; outputs?: Uint8Array[]; error?: string }) => {
-    const job = pending.get(message.id);
-    if (!job) return;
-    pending.delete(message.id);
-    if (pending.size === 0) w.unref();
-    if (message.error !== undefined) {
-      job.reject(new Error(message.error));
-      return;
-    }
-    message.outputs!.forEach((out, r) => {
-      job.outputs[r]!.set(out.subarray(0, job.length));
-    });
-    job.resolve();
-  });
-  w.on('error', (error) => {
-    for (const job of pending.values()) job.reject(error);
-    pending.clear();
-    worker = undefined;
-  });
-  return w;
-}
-
-/**
- * Code on a worker thread. The inputs are copied to the worker (they are the caller's and must stay
- * usable), and the outputs copied back: twice the memory traffic of `apply`, bought so the event loop
- * never waits on a large job.
- */
-function runInWorker(
-  prepared: PreparedMatrix,
-  inputs: readonly Uint8Array[],
-  outputs: readonly Uint8Array[],
-  length: number,
-): Promise<void> {
-  worker ??= startWorker();
-  const w = worker;
-  const id = nextJob++;
-  return new Promise<void>((resolve, reject) => {
-    pending.set(id, { resolve, reject, outputs, length });
-    w.ref();
-    w.postMessage({
-      id,
-      prepared: {
-        rows: prepared.rows,
-        cols: prepared.cols,
-        matrix: prepared.matrix,
-        tables: prepared.tables,
-      },
-      inputs: inputs.map((input) => input.subarray(0, length)),
-      length,
-    });
-  });
 }

@@ -115,14 +115,41 @@ test('a native build that cannot compile leaves the install working: one line, e
   }
 });
 
-test('wasm encodeAsync runs on a worker thread: the event loop keeps turning while it encodes', async () => {
-  const codec = createCodec(6, 3, { backend: 'wasm' });
-  const length = 2 << 20;
-  const data = Array.from({ length: 6 }, (_, i) => seededBytes(length, i + 11));
-  const parity = Array.from({ length: 3 }, () => new Uint8Array(length));
-  const turns = await eventLoopTurnsDuring(() => codec.encodeAsync(data, parity));
-  assert.ok(turns >= 3, `event loop turned only ${turns} times during a 12 MiB encode`);
-  const check = Array.from({ length: 3 }, () => new Uint8Array(length));
-  codec.encode(data, check);
-  assert.deepEqual(parity, check);
+for (const [backend, length] of [
+  ['wasm', 2 << 20],
+  ['reference', 256 << 10],
+] as const) {
+  test(`${backend} encodeAsync runs on a worker thread: the event loop keeps turning while it encodes`, async () => {
+    const codec = createCodec(6, 3, { backend });
+    const data = Array.from({ length: 6 }, (_, i) => seededBytes(length, i + 11));
+    const parity = Array.from({ length: 3 }, () => new Uint8Array(length));
+    const turns = await eventLoopTurnsDuring(() => codec.encodeAsync(data, parity));
+    assert.ok(turns >= 3, `event loop turned only ${turns} times during an encode of 6 × ${length} bytes`);
+    const check = Array.from({ length: 3 }, () => new Uint8Array(length));
+    codec.encode(data, check);
+    assert.deepEqual(parity, check);
+  });
+}
+
+test('concurrent async jobs of different geometries on the worker all land in their own outputs', async () => {
+  const jobs = [
+    [6, 3, 70_000, 'wasm'],
+    [4, 2, 5, 'reference'],
+    [10, 4, 300_000, 'wasm'],
+    [3, 2, 1, 'wasm'],
+    [6, 3, 100_000, 'reference'],
+  ] as const;
+  const results = await Promise.all(
+    jobs.map(async ([k, m, length, backend], n) => {
+      const data = Array.from({ length: k }, (_, i) => seededBytes(length, n * 100 + i + 1));
+      const parity = Array.from({ length: m }, () => new Uint8Array(length));
+      await createCodec(k, m, { backend }).encodeAsync(data, parity);
+      return { k, m, data, parity };
+    }),
+  );
+  for (const { k, m, data, parity } of results) {
+    const expected = Array.from({ length: m }, () => new Uint8Array(data[0]!.length));
+    createCodec(k, m, { backend: 'reference' }).encode(data, expected);
+    assert.deepEqual(parity, expected);
+  }
 });
