@@ -34,7 +34,10 @@ export interface DaemonContext {
   readonly rpc: RpcServer;
   /** Runs on shutdown, newest first, before the RPC server closes. */
   onShutdown(hook: () => Promise<void> | void): void;
-  /** Extra fields for the ready message and the Health answer's log line. */
+  /**
+   * Extra facts for the supervisor's ready message and the 'listening' log line; `dataAddr` is also
+   * answered by Health. Set during setup.
+   */
   readonly readyInfo: Record<string, string>;
 }
 
@@ -104,6 +107,7 @@ export async function runDaemon(
     const log = createLogger(options.logLevel, { role: options.role, id: identity.id, pid: process.pid });
     const startedAt = Date.now();
     let addr = '';
+    const readyInfo: Record<string, string> = {};
     rpc = new RpcServer({
       onInternalError: (method, error) => log.error('handler failed', { method, error }),
     });
@@ -116,9 +120,9 @@ export async function runDaemon(
         pid: process.pid,
         uptimeMs: Date.now() - startedAt,
         addr,
+        dataAddr: readyInfo['dataAddr'] ?? '',
       }),
     });
-    const readyInfo: Record<string, string> = {};
     await setup({
       role: options.role,
       id: identity.id,
