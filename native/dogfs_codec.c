@@ -24,6 +24,10 @@
  *   hostExportsGfMul: boolean        whether the process (node) exports a gf_mul of its own
  *   benchEncode(tables, k, rows, length, iterations) → seconds   ec_encode_data in a C loop on
  *                                     C-allocated buffers: the "ISA-L itself" reference for benches
+ * and, needing no ISA-L, our own kernel (simd_kernel.c):
+ *   simdKernel: string                  which kernel the CPU got ("avx512+gfni", ..., "scalar")
+ *   simdEncode(matrix, k, rows, inputs[], outputs[], length)       matrix is rows×k coefficients
+ *   simdEncodeAsync(matrix, k, rows, inputs[], outputs[], length) → Promise<void>
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -33,6 +37,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "simd_kernel.h"
 
 #define MAX_SHARDS 256
 
@@ -159,25 +165,27 @@ static int require_isal(napi_env env) {
 
 /* The common part of encode and encodeAsync. */
 typedef struct {
+  int own;               /* 1: our kernel, `tables` is the rows×k matrix; 0: ISA-L, ec_init_tables layout */
   unsigned char *tables;
   int k, rows, length;
   unsigned char *inputs[MAX_SHARDS];
   unsigned char *outputs[MAX_SHARDS];
 } encode_job;
 
-static int parse_encode(napi_env env, napi_callback_info info, encode_job *job, napi_value *argv) {
+static int parse_encode(napi_env env, napi_callback_info info, int own, encode_job *job, napi_value *argv) {
   size_t argc = 6;
+  job->own = own;
   CHECK_NAPI(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   if (argc != 6) {
     napi_throw_type_error(env, NULL, "dogfs_codec: encode(tables, k, rows, inputs, outputs, length)");
     return 0;
   }
   size_t table_length = 0;
-  if (!require_isal(env) || !get_bytes(env, argv[0], &job->tables, &table_length) ||
+  if ((!own && !require_isal(env)) || !get_bytes(env, argv[0], &job->tables, &table_length) ||
       !get_int(env, argv[1], 1, MAX_SHARDS, &job->k) || !get_int(env, argv[2], 1, MAX_SHARDS, &job->rows) ||
       !get_int(env, argv[5], 0, INT32_MAX, &job->length))
     return 0;
-  if (table_length < (size_t)32 * job->k * job->rows) {
+  if (table_length < (size_t)(own ? 1 : 32) * job->k * job->rows) {
     napi_throw_range_error(env, NULL, "dogfs_codec: tables too small for k × rows");
     return 0;
   }
@@ -186,17 +194,23 @@ static int parse_encode(napi_env env, napi_callback_info info, encode_job *job, 
 }
 
 static void run_encode(const encode_job *job) {
-  if (job->length > 0)
+  if (job->own)
+    simd_kernel_run(job->tables, job->k, job->rows, (unsigned char *const *)job->inputs,
+                    (unsigned char *const *)job->outputs, (size_t)job->length);
+  else if (job->length > 0)
     isal.ec_encode_data(job->length, job->k, job->rows, job->tables, (unsigned char **)job->inputs,
                         (unsigned char **)job->outputs);
 }
 
-static napi_value encode(napi_env env, napi_callback_info info) {
+static napi_value encode_with(napi_env env, napi_callback_info info, int own) {
   encode_job job;
   napi_value argv[6];
-  if (parse_encode(env, info, &job, argv)) run_encode(&job);
+  if (parse_encode(env, info, own, &job, argv)) run_encode(&job);
   return NULL;
 }
+
+static napi_value encode(napi_env env, napi_callback_info info) { return encode_with(env, info, 0); }
+static napi_value simd_encode(napi_env env, napi_callback_info info) { return encode_with(env, info, 1); }
 
 /* ---- async: the same work on the libuv thread pool, the JS arrays kept alive by a reference ---- */
 
@@ -229,14 +243,14 @@ static void async_complete(napi_env env, napi_status status, void *data) {
   free(task);
 }
 
-static napi_value encode_async(napi_env env, napi_callback_info info) {
+static napi_value encode_async_with(napi_env env, napi_callback_info info, int own) {
   async_encode *task = calloc(1, sizeof *task);
   napi_value argv[6], holder, promise, name;
   if (!task) {
     napi_throw_error(env, NULL, "dogfs_codec: out of memory");
     return NULL;
   }
-  if (!parse_encode(env, info, &task->job, argv)) {
+  if (!parse_encode(env, info, own, &task->job, argv)) {
     free(task);
     return NULL;
   }
@@ -257,6 +271,11 @@ static napi_value encode_async(napi_env env, napi_callback_info info) {
     return NULL;
   }
   return promise;
+}
+
+static napi_value encode_async(napi_env env, napi_callback_info info) { return encode_async_with(env, info, 0); }
+static napi_value simd_encode_async(napi_env env, napi_callback_info info) {
+  return encode_async_with(env, info, 1);
 }
 
 /* ---- ISA-L's own matrix functions, exposed so tests can compare them with ours ---- */
@@ -376,7 +395,10 @@ static napi_value bench_encode(napi_env env, napi_callback_info info) {
 
 static napi_value init(napi_env env, napi_value exports) {
   load_isal();
+  simd_kernel_init(getenv("DOGFS_SIMD_KERNEL"));
   napi_value value;
+  napi_create_string_utf8(env, simd_kernel_name(), NAPI_AUTO_LENGTH, &value);
+  napi_set_named_property(env, exports, "simdKernel", value);
   if (isal.handle) napi_get_null(env, &value);
   else napi_create_string_utf8(env, isal.error[0] ? isal.error : "libisal not found", NAPI_AUTO_LENGTH, &value);
   napi_set_named_property(env, exports, "loadError", value);
@@ -403,6 +425,8 @@ static napi_value init(napi_env env, napi_value exports) {
       {"initTables", NULL, init_tables, NULL, NULL, NULL, napi_default, NULL},
       {"gfMul", NULL, gf_mul, NULL, NULL, NULL, napi_default, NULL},
       {"benchEncode", NULL, bench_encode, NULL, NULL, NULL, napi_default, NULL},
+      {"simdEncode", NULL, simd_encode, NULL, NULL, NULL, napi_default, NULL},
+      {"simdEncodeAsync", NULL, simd_encode_async, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof functions / sizeof functions[0], functions);
   return exports;

@@ -5,7 +5,11 @@
  * A backend only has to do that fast; matrices, inversion, caching and argument checks live in rs.ts.
  */
 
-export type BackendName = 'native' | 'wasm' | 'reference';
+/**
+ * native: ISA-L through our addon; simd: our own C kernel in the same addon (AVX-512/AVX2, GFNI where the
+ * CPU has it), for machines without ISA-L; wasm: WebAssembly SIMD; reference: plain TypeScript.
+ */
+export type BackendName = 'native' | 'simd' | 'wasm' | 'reference';
 
 /** A coefficient matrix made ready for one backend (built once per erasure pattern, then cached). */
 export interface PreparedMatrix {

@@ -1,24 +1,25 @@
 /**
  * codec/backends — which backend does the coding on this machine, chosen once, on first use, and
- * reported. Preference: native (ISA-L through our N-API addon) → wasm (WebAssembly SIMD) → reference.
- * `DOGFS_CODEC_BACKEND=native|wasm|reference` (or `selectBackend`) forces one; forcing a backend that
+ * reported. Preference: native (ISA-L through our N-API addon) → simd (our own C kernel, same addon) →
+ * wasm (WebAssembly SIMD) → reference. `DOGFS_CODEC_BACKEND=native|simd|wasm|reference` (or `selectBackend`) forces one; forcing a backend that
  * cannot load is an error, not a silent fallback, so tests that force the fallback really test it.
  */
 
 import type { BackendName, CodingBackend } from './backend.js';
 import { CodecError } from './errors.js';
-import { loadNativeBackend } from './native.js';
+import { loadNativeBackend, loadSimdBackend } from './native.js';
 import { referenceBackend } from './reference.js';
 import { ReedSolomon } from './rs.js';
 import { loadWasmBackend } from './wasm.js';
 
-export const BACKEND_PREFERENCE: readonly BackendName[] = ['native', 'wasm', 'reference'];
+export const BACKEND_PREFERENCE: readonly BackendName[] = ['native', 'simd', 'wasm', 'reference'];
 
 type Loader = () => CodingBackend;
 
 /** Loaders for the optional backends; each throws (with the reason) when it cannot load. */
 const loaders: Record<BackendName, Loader> = {
   native: loadNativeBackend,
+  simd: loadSimdBackend,
   wasm: loadWasmBackend,
   reference: () => referenceBackend,
 };

@@ -1,8 +1,11 @@
 /**
- * codec/native — the native backend: ISA-L's `ec_encode_data` through our N-API addon
- * (native/dogfs_codec.c, built by scripts/build-native.mjs). Loads only if the addon was built and
- * ISA-L's shared library (Debian: libisal2) is present; otherwise `loadNativeBackend` throws why.
- * The addon loads ISA-L with RTLD_DEEPBIND so ISA-L's own gf_mul, not node's, is what it calls.
+ * codec/native — the two backends in our N-API addon (native/, built by scripts/build-native.mjs):
+ *  - native: ISA-L's `ec_encode_data`. Loads only if the addon was built and ISA-L's shared library
+ *    (Debian: libisal2) is present. The addon loads ISA-L with RTLD_DEEPBIND so ISA-L's own gf_mul,
+ *    not node's, is what it calls.
+ *  - simd: our own kernel (native/simd_kernel.c), chosen for the CPU at load: AVX-512+GFNI, AVX2+GFNI
+ *    or AVX2. Needs no ISA-L; unavailable where only its scalar fallback would run (wasm is faster).
+ * Each loader throws why when its backend cannot load.
  */
 
 import { existsSync } from 'node:fs';
@@ -11,27 +14,28 @@ import { fileURLToPath } from 'node:url';
 import type { CodingBackend } from './backend.js';
 
 /** What the addon exports (see the header of native/dogfs_codec.c). */
+type CodeFunction = (
+  tables: Uint8Array,
+  k: number,
+  rows: number,
+  inputs: readonly Uint8Array[],
+  outputs: readonly Uint8Array[],
+  length: number,
+) => void;
+type CodeAsyncFunction = (...args: Parameters<CodeFunction>) => Promise<void>;
+
 export interface NativeAddon {
   readonly loadError: string | null;
+  readonly simdKernel: string;
   readonly library: string;
   readonly deepBind: boolean;
   readonly hostExportsGfMul: boolean;
-  encode(
-    tables: Uint8Array,
-    k: number,
-    rows: number,
-    inputs: readonly Uint8Array[],
-    outputs: readonly Uint8Array[],
-    length: number,
-  ): void;
-  encodeAsync(
-    tables: Uint8Array,
-    k: number,
-    rows: number,
-    inputs: readonly Uint8Array[],
-    outputs: readonly Uint8Array[],
-    length: number,
-  ): Promise<void>;
+  /** ISA-L: `tables` in ec_init_tables layout. */
+  encode: CodeFunction;
+  encodeAsync: CodeAsyncFunction;
+  /** Our kernel: `tables` is the rows×k coefficient matrix. */
+  simdEncode: CodeFunction;
+  simdEncodeAsync: CodeAsyncFunction;
   genCauchyMatrix(k: number, m: number): Uint8Array;
   invertMatrix(matrix: Uint8Array, n: number): Uint8Array | null;
   initTables(k: number, rows: number, matrix: Uint8Array): Uint8Array;
@@ -39,30 +43,40 @@ export interface NativeAddon {
   benchEncode(tables: Uint8Array, k: number, rows: number, length: number, iterations: number): number;
 }
 
-/** Where the build puts the addon: <package>/native/build/Release/dogfs_codec.node. */
+/**
+ * Where the build puts the addon: <package>/native/build/Release/dogfs_codec.node, unless
+ * DOGFS_CODEC_ADDON names another file (tests point it nowhere to prove the fallback to wasm).
+ */
 export function nativeAddonPath(): string {
+  const override = process.env['DOGFS_CODEC_ADDON'];
+  if (override) return override;
   // This file runs as dist/src/codec/native.js; the package root is three levels up.
   return fileURLToPath(new URL('../../../native/build/Release/dogfs_codec.node', import.meta.url));
 }
 
 let addon: NativeAddon | Error | undefined;
 
-/** The addon with ISA-L loaded, or throws why not. */
-export function loadNativeAddon(): NativeAddon {
+/** The addon (whether or not ISA-L loaded), or throws why not. */
+export function loadAddon(): NativeAddon {
   if (addon === undefined) {
     try {
       const path = nativeAddonPath();
       if (!existsSync(path))
         throw new Error(`addon not built (${path} missing; see scripts/build-native.mjs)`);
-      const loaded = createRequire(import.meta.url)(path) as NativeAddon;
-      if (loaded.loadError !== null) throw new Error(`ISA-L not loadable: ${loaded.loadError}`);
-      addon = loaded;
+      addon = createRequire(import.meta.url)(path) as NativeAddon;
     } catch (error) {
       addon = error instanceof Error ? error : new Error(String(error));
     }
   }
   if (addon instanceof Error) throw addon;
   return addon;
+}
+
+/** The addon with ISA-L loaded, or throws why not. */
+export function loadNativeAddon(): NativeAddon {
+  const loaded = loadAddon();
+  if (loaded.loadError !== null) throw new Error(`ISA-L not loadable: ${loaded.loadError}`);
+  return loaded;
 }
 
 export function loadNativeBackend(): CodingBackend {
@@ -75,6 +89,22 @@ export function loadNativeBackend(): CodingBackend {
     },
     applyAsync(prepared, inputs, outputs, length) {
       return isal.encodeAsync(prepared.tables, prepared.cols, prepared.rows, inputs, outputs, length);
+    },
+  };
+}
+
+export function loadSimdBackend(): CodingBackend {
+  const own = loadAddon();
+  if (own.simdKernel === 'scalar')
+    throw new Error('no AVX2 on this CPU: only the scalar kernel, slower than wasm');
+  return {
+    name: 'simd',
+    detail: `DogFS C kernel, ${own.simdKernel}`,
+    apply(prepared, inputs, outputs, length) {
+      own.simdEncode(prepared.matrix, prepared.cols, prepared.rows, inputs, outputs, length);
+    },
+    applyAsync(prepared, inputs, outputs, length) {
+      return own.simdEncodeAsync(prepared.matrix, prepared.cols, prepared.rows, inputs, outputs, length);
     },
   };
 }

@@ -60,9 +60,25 @@ test('DOGFS_CODEC_BACKEND=wasm forces the portable backend, which gives ISA-L’
   assert.doesNotMatch(child.stderr, /DOGFS_CODEC_FALLBACK/, 'a forced choice is not a fallback');
 });
 
-test('without ISA-L the codec falls back to wasm, says so once, and reports why', () => {
+test('without ISA-L the codec falls back to the simd kernel (or wasm), says so once, and reports why', () => {
   const child = runWithCodec(encodeSnippet, {
     DOGFS_ISAL_LIBRARY: '/nonexistent/libisal.so.2',
+    DOGFS_CODEC_BACKEND: '',
+  });
+  assert.equal(child.status, 0, child.stderr);
+  const result = JSON.parse(child.stdout);
+  const simd = result.report.backends.find((b: { name: string }) => b.name === 'simd');
+  assert.equal(result.active, simd.available ? 'simd' : 'wasm');
+  assert.equal(result.parity, 'cf5b');
+  assert.equal(child.stderr.match(/DOGFS_CODEC_FALLBACK/g)?.length, 1, child.stderr);
+  const native = result.report.backends.find((b: { name: string }) => b.name === 'native');
+  assert.equal(native.available, false);
+  assert.match(native.detail, /nonexistent/);
+});
+
+test('without the native addon at all the codec falls back to wasm, says so once', () => {
+  const child = runWithCodec(encodeSnippet, {
+    DOGFS_CODEC_ADDON: '/nonexistent/dogfs_codec.node',
     DOGFS_CODEC_BACKEND: '',
   });
   assert.equal(child.status, 0, child.stderr);
@@ -70,9 +86,7 @@ test('without ISA-L the codec falls back to wasm, says so once, and reports why'
   assert.equal(result.active, 'wasm');
   assert.equal(result.parity, 'cf5b');
   assert.equal(child.stderr.match(/DOGFS_CODEC_FALLBACK/g)?.length, 1, child.stderr);
-  const native = result.report.backends.find((b: { name: string }) => b.name === 'native');
-  assert.equal(native.available, false);
-  assert.match(native.detail, /nonexistent/);
+  assert.match(child.stderr, /addon not built/);
 });
 
 test('forcing a backend that cannot load is BACKEND_UNAVAILABLE, not a silent fallback', () => {
@@ -97,8 +111,9 @@ test('the committed wasm/rs.wasm is exactly what wasm/rs.ts builds to', () => {
 test('a native build that cannot compile leaves the install working: one line, exit 0', () => {
   const scratch = mkdtempSync(join(tmpdir(), 'dogfs-native-'));
   try {
-    cpSync(join(root, 'native/dogfs_codec.c'), join(scratch, 'dogfs_codec.c'));
-    cpSync(join(root, 'native/binding.gyp'), join(scratch, 'binding.gyp'));
+    for (const file of ['dogfs_codec.c', 'simd_kernel.c', 'simd_kernel.h', 'binding.gyp']) {
+      cpSync(join(root, 'native', file), join(scratch, file));
+    }
     const result = spawnSync(process.execPath, [join(root, 'scripts/build-native.mjs'), '--force'], {
       env: { ...process.env, DOGFS_NATIVE_DIR: scratch, CC: '/nonexistent/cc', CXX: '/nonexistent/c++' },
       encoding: 'utf8',
@@ -151,5 +166,39 @@ test('concurrent async jobs of different geometries on the worker all land in th
     const expected = Array.from({ length: m }, () => new Uint8Array(data[0]!.length));
     createCodec(k, m, { backend: 'reference' }).encode(data, expected);
     assert.deepEqual(parity, expected);
+  }
+});
+
+test('every simd kernel tier this CPU supports gives the reference backend’s bytes', (t) => {
+  const check = `
+    const results = [];
+    for (const [k, m, length] of [[6, 3, 1], [6, 3, 63], [4, 2, 64], [10, 4, 1000], [3, 2, 4097], [17, 8, 200], [1, 1, 33]]) {
+      const data = Array.from({ length: k }, (_, i) => Uint8Array.from({ length }, (_, b) => (b * 131 + i * 71 + length) & 255));
+      const outs = ['simd', 'reference'].map((backend) => {
+        const parity = Array.from({ length: m }, () => new Uint8Array(length));
+        codec.createCodec(k, m, { backend }).encode(data, parity);
+        return Buffer.concat(parity).toString('hex');
+      });
+      results.push(outs[0] === outs[1]);
+    }
+    const simd = codec.backendReport().backends.find((b) => b.name === 'simd');
+    process.stdout.write(JSON.stringify({ detail: simd.detail, results }));`;
+  for (const tier of ['avx512+gfni', 'avx2+gfni', 'avx2']) {
+    const child = runWithCodec(check, { DOGFS_SIMD_KERNEL: tier });
+    if (child.status !== 0 && /unavailable/.test(child.stderr)) {
+      t.diagnostic(`simd backend unavailable here: ${child.stderr.trim().split('\n')[0]}`);
+      return;
+    }
+    assert.equal(child.status, 0, child.stderr);
+    const { detail, results } = JSON.parse(child.stdout) as { detail: string; results: boolean[] };
+    if (!detail.endsWith(tier)) {
+      t.diagnostic(`CPU lacks ${tier} (got ${detail})`);
+      continue;
+    }
+    assert.deepEqual(
+      results,
+      results.map(() => true),
+      `${tier}: ${JSON.stringify(results)}`,
+    );
   }
 });
