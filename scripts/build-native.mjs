@@ -12,7 +12,9 @@ import { fileURLToPath } from 'node:url';
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const nativeDir = process.env.DOGFS_NATIVE_DIR || join(root, 'native');
 const output = join(nativeDir, 'build', 'Release', 'dogfs_codec.node');
-const sources = ['dogfs_codec.c', 'simd_kernel.c', 'simd_kernel.h', 'binding.gyp'].map((f) => join(nativeDir, f));
+const sources = ['dogfs_codec.c', 'simd_kernel.c', 'simd_kernel.h', 'binding.gyp'].map((f) =>
+  join(nativeDir, f),
+);
 
 function fallBack(reason) {
   console.warn(`dogfs codec: native backend not built (${reason}); the codec will use WebAssembly instead`);
