@@ -1,0 +1,505 @@
+/**
+ * raftnode/host — one process's replicas of many Raft groups (multi-Raft), driven by one event loop:
+ *
+ *   ticks, peer messages, proposals ──▶ cores ──▶ one Ready round for every group that has one:
+ *     stage each group's snapshot/entries/hard state ─▶ ONE storage sync for all groups (group commit)
+ *     ─▶ send messages, batched per peer ─▶ apply committed entries, answer proposals and reads ─▶ advance
+ *
+ * Proposals that arrive while a sync is in flight wait for the next round, so under load one fdatasync
+ * covers many commands of many groups. The core is pure (src/consensus); this file owns time (a tick
+ * timer), randomness (a seeded PRNG per group), the transport (RaftTransport over the wire layer) and the
+ * state machines' application.
+ */
+import { randomInt } from 'node:crypto';
+import { assert } from '../common/assert.js';
+import type { Logger } from '../common/log.js';
+import {
+  asIndex,
+  bootstrapSnapshot,
+  defaultConfig,
+  emptyHardState,
+  type LogIndex,
+  type Message,
+  NO_NODE,
+  type NodeId,
+  Prng,
+  Raft,
+  type RaftConfig,
+  type Ready,
+  type Term,
+} from '../consensus/index.js';
+import { DogfsError } from '../wire/errors.js';
+import { type RaftBatch, type RaftMessage, RaftTransportService } from '../wire/gen/types.js';
+import type { Init } from '../wire/proto.js';
+import { RpcChannel, type RpcServer } from '../wire/rpc.js';
+import { messageFromWire, messageToWire } from './messages.js';
+import type { HostStorage } from './storage.js';
+
+/** A deterministic state machine: every replica applies the same commands in the same order. */
+export interface StateMachine {
+  /** Applies one committed command and returns its result (handed to the proposer on this node). */
+  apply(index: LogIndex, command: Uint8Array): Uint8Array;
+  snapshot(): Uint8Array;
+  restore(data: Uint8Array): void;
+}
+
+export interface PeerInfo {
+  readonly nodeId: NodeId;
+  /** Address of the peer's gRPC server (RaftTransport and the client-facing services). */
+  readonly addr: string;
+}
+
+export interface RaftHostOptions {
+  readonly nodeId: NodeId;
+  /** Every voter, this node included. */
+  readonly peers: readonly PeerInfo[];
+  readonly storage: HostStorage;
+  readonly log: Logger;
+  /** Milliseconds per core tick. Election timeout is electionTicks..2*electionTicks ticks. */
+  readonly tickMs?: number;
+  readonly configure?: (config: RaftConfig) => RaftConfig;
+}
+
+export interface GroupStatus {
+  readonly group: number;
+  readonly role: string;
+  readonly leader: NodeId;
+  readonly leaderAddr: string;
+  readonly term: Term;
+  readonly commit: LogIndex;
+  readonly applied: LogIndex;
+  readonly members: readonly NodeId[];
+}
+
+interface PendingProposal {
+  readonly term: Term;
+  readonly resolve: (result: Uint8Array) => void;
+  readonly reject: (error: DogfsError) => void;
+  readonly timer: NodeJS.Timeout;
+}
+
+interface PendingRead {
+  index: LogIndex | undefined;
+  readonly resolve: () => void;
+  readonly reject: (error: DogfsError) => void;
+  readonly timer: NodeJS.Timeout;
+}
+
+interface Group {
+  readonly id: number;
+  readonly raft: Raft;
+  readonly machine: StateMachine;
+  applied: LogIndex;
+  readonly proposals: Map<LogIndex, PendingProposal>;
+  readonly reads: Map<string, PendingRead>;
+  /** When this replica last knew a leader (ms), for telling "election in progress" from "no quorum". */
+  lastLeaderSeenMs: number;
+}
+
+const MAX_MESSAGES_PER_BATCH = 4096;
+const MAX_INFLIGHT_BATCHES_PER_PEER = 16;
+const SEND_TIMEOUT_MS = 3000;
+
+export class RaftHost {
+  readonly nodeId: NodeId;
+  private readonly options: RaftHostOptions;
+  private readonly groups = new Map<number, Group>();
+  private readonly channels = new Map<NodeId, RpcChannel>();
+  private readonly inflight = new Map<NodeId, number>();
+  private readonly addrOf = new Map<NodeId, string>();
+  private readonly log: Logger;
+  private readonly tickMs: number;
+  private ticker: NodeJS.Timeout | undefined;
+  private roundScheduled = false;
+  private roundRunning = false;
+  private roundAgain = false;
+  private readSeq = 0;
+  private closed = false;
+  private sendFailures = 0;
+
+  constructor(options: RaftHostOptions) {
+    assert(
+      options.peers.some((p) => p.nodeId === options.nodeId),
+      'this node is one of the peers',
+    );
+    this.options = options;
+    this.nodeId = options.nodeId;
+    this.log = options.log;
+    this.tickMs = options.tickMs ?? 50;
+    for (const peer of options.peers) this.addrOf.set(peer.nodeId, peer.addr);
+  }
+
+  /** Hosts a replica of `groupId`, restoring it from storage or bootstrapping it with every peer as voter. */
+  addGroup(groupId: number, machine: StateMachine): void {
+    assert(!this.groups.has(groupId), `group ${groupId} hosted twice`);
+    const storage = this.options.storage.group(groupId);
+    let state = storage.load();
+    if (state === undefined) {
+      const snapshot = bootstrapSnapshot(this.options.peers.map((p) => p.nodeId));
+      storage.saveSnapshot(snapshot);
+      storage.setHardState(emptyHardState());
+      state = { hardState: emptyHardState(), snapshot, entries: [] };
+    }
+    if (state.snapshot.data.byteLength > 0) machine.restore(state.snapshot.data);
+    const prng = new Prng(randomInt(0, 2 ** 31) ^ (groupId * 7919));
+    let config = defaultConfig(this.nodeId, () => prng.next());
+    if (this.options.configure) config = this.options.configure(config);
+    const raft = new Raft(config, state);
+    this.groups.set(groupId, {
+      id: groupId,
+      raft,
+      machine,
+      applied: state.snapshot.meta.index,
+      proposals: new Map(),
+      reads: new Map(),
+      lastLeaderSeenMs: Date.now(),
+    });
+    this.scheduleRound();
+  }
+
+  /** Serves RaftTransport on `server` and starts ticking. */
+  start(server: RpcServer): void {
+    server.addService(RaftTransportService, { Send: (batch) => this.receive(batch) });
+    this.ticker = setInterval(() => this.tick(), this.tickMs);
+  }
+
+  private tick(): void {
+    for (const group of this.groups.values()) group.raft.tick();
+    this.scheduleRound();
+  }
+
+  private receive(batch: RaftBatch): Record<string, never> {
+    if (this.closed) throw new DogfsError('UNAVAILABLE', 'raft host is shutting down');
+    if (batch.messages.length > MAX_MESSAGES_PER_BATCH) {
+      throw new DogfsError(
+        'INVALID_ARGUMENT',
+        `raft batch of ${batch.messages.length} messages exceeds ${MAX_MESSAGES_PER_BATCH}`,
+      );
+    }
+    // Validate the whole batch before stepping any of it: a lying peer changes nothing.
+    const steps: [Group, Message][] = [];
+    for (const wire of batch.messages) {
+      const group = this.groups.get(wire.group);
+      if (group === undefined)
+        throw new DogfsError('NOT_FOUND', `raft group ${wire.group} is not hosted here`);
+      const message = messageFromWire(wire);
+      if (message.to !== this.nodeId) {
+        throw new DogfsError(
+          'INVALID_ARGUMENT',
+          `raft message for node ${message.to} reached node ${this.nodeId}`,
+        );
+      }
+      if (!this.addrOf.has(message.from)) {
+        throw new DogfsError('INVALID_ARGUMENT', `raft message from unknown node ${message.from}`);
+      }
+      steps.push([group, message]);
+    }
+    for (const [group, message] of steps) group.raft.step(message);
+    this.scheduleRound();
+    return {};
+  }
+
+  private scheduleRound(): void {
+    if (this.roundScheduled || this.closed) return;
+    this.roundScheduled = true;
+    setImmediate(() => {
+      this.roundScheduled = false;
+      void this.runRounds();
+    });
+  }
+
+  /** Ready rounds until no group has anything left; never two at once. */
+  private async runRounds(): Promise<void> {
+    if (this.roundRunning) {
+      this.roundAgain = true;
+      return;
+    }
+    this.roundRunning = true;
+    try {
+      do {
+        this.roundAgain = false;
+        await this.runRound();
+      } while (this.roundAgain && !this.closed);
+    } catch (error) {
+      // Storage failure: the node can no longer promise durability. Crash rather than lie.
+      this.log.error('raft round failed; exiting', { error });
+      process.exit(70);
+    } finally {
+      this.roundRunning = false;
+    }
+  }
+
+  private async runRound(): Promise<void> {
+    const readies: [Group, Ready][] = [];
+    for (const group of this.groups.values()) {
+      if (group.raft.hasReady()) readies.push([group, group.raft.ready()]);
+    }
+    if (readies.length === 0) return;
+    let mustSync = false;
+    for (const [group, rd] of readies) {
+      const storage = this.options.storage.group(group.id);
+      if (rd.snapshot) storage.saveSnapshot(rd.snapshot);
+      if (rd.entries.length > 0) storage.append(rd.entries);
+      if (rd.hardState) storage.setHardState(rd.hardState);
+      mustSync ||= rd.mustSync;
+    }
+    if (mustSync) await this.options.storage.sync();
+    const outgoing = new Map<NodeId, Init<RaftMessage>[]>();
+    for (const [group, rd] of readies) {
+      for (const m of rd.messages) {
+        let list = outgoing.get(m.to);
+        if (list === undefined) {
+          list = [];
+          outgoing.set(m.to, list);
+        }
+        list.push(messageToWire(group.id, m));
+      }
+    }
+    for (const [to, messages] of outgoing) this.send(to, messages);
+    for (const [group, rd] of readies) {
+      this.applyReady(group, rd);
+      group.raft.advance(rd);
+    }
+    // What advance() released (and anything stepped meanwhile) runs in the next round.
+    this.roundAgain ||= [...this.groups.values()].some((g) => g.raft.hasReady());
+  }
+
+  private applyReady(group: Group, rd: Ready): void {
+    if (rd.softState && rd.softState.leader !== NO_NODE) group.lastLeaderSeenMs = Date.now();
+    if (rd.softState) {
+      this.log.info('raft role', { group: group.id, role: rd.softState.role, leader: rd.softState.leader });
+    }
+    if (rd.snapshot) {
+      group.machine.restore(rd.snapshot.data);
+      group.applied = rd.snapshot.meta.index;
+    }
+    for (const entry of rd.committedEntries) {
+      if (entry.index <= group.applied) continue;
+      group.applied = entry.index;
+      const pending = group.proposals.get(entry.index);
+      if (entry.kind !== 'normal' || entry.data.byteLength === 0) {
+        if (pending) this.failProposal(group, entry.index, 'leadership changed before the command committed');
+        continue;
+      }
+      const result = group.machine.apply(entry.index, entry.data);
+      if (pending) {
+        group.proposals.delete(entry.index);
+        clearTimeout(pending.timer);
+        if (pending.term === entry.term) pending.resolve(result);
+        else
+          pending.reject(
+            new DogfsError('UNAVAILABLE', 'leadership changed before the command committed; retry'),
+          );
+      }
+    }
+    for (const rs of rd.readStates) {
+      const read = group.reads.get(rs.ctx);
+      if (read) read.index = rs.index;
+    }
+    for (const ctx of rd.failedReads) {
+      const read = group.reads.get(ctx);
+      if (read) {
+        group.reads.delete(ctx);
+        clearTimeout(read.timer);
+        read.reject(this.noLeaderError(group));
+      }
+    }
+    for (const [ctx, read] of group.reads) {
+      if (read.index !== undefined && read.index <= group.applied) {
+        group.reads.delete(ctx);
+        clearTimeout(read.timer);
+        read.resolve();
+      }
+    }
+  }
+
+  private failProposal(group: Group, index: LogIndex, why: string): void {
+    const pending = group.proposals.get(index);
+    if (!pending) return;
+    group.proposals.delete(index);
+    clearTimeout(pending.timer);
+    pending.reject(new DogfsError('UNAVAILABLE', `${why}; retry`));
+  }
+
+  private send(to: NodeId, messages: Init<RaftMessage>[]): void {
+    const addr = this.addrOf.get(to);
+    if (addr === undefined) return;
+    const inflight = this.inflight.get(to) ?? 0;
+    // Raft repairs lost messages by itself; a peer that cannot keep up gets dropped batches, not our memory.
+    if (inflight >= MAX_INFLIGHT_BATCHES_PER_PEER) return;
+    let channel = this.channels.get(to);
+    if (channel === undefined) {
+      channel = new RpcChannel(addr);
+      this.channels.set(to, channel);
+    }
+    for (let start = 0; start < messages.length; start += MAX_MESSAGES_PER_BATCH) {
+      const batch: Init<RaftBatch> = {
+        fromNode: this.nodeId,
+        messages: messages.slice(start, start + MAX_MESSAGES_PER_BATCH),
+      };
+      this.inflight.set(to, (this.inflight.get(to) ?? 0) + 1);
+      channel.call(RaftTransportService, 'Send', batch, { timeoutMs: SEND_TIMEOUT_MS }).then(
+        () => this.inflight.set(to, (this.inflight.get(to) ?? 1) - 1),
+        (error: DogfsError) => {
+          this.inflight.set(to, (this.inflight.get(to) ?? 1) - 1);
+          this.sendFailures++;
+          if (this.sendFailures % 100 === 1) {
+            this.log.debug('raft send failed', { to, addr, code: error.code, failures: this.sendFailures });
+          }
+        },
+      );
+    }
+  }
+
+  private group(groupId: number): Group {
+    const group = this.groups.get(groupId);
+    if (group === undefined) throw new DogfsError('NOT_FOUND', `raft group ${groupId} is not hosted here`);
+    return group;
+  }
+
+  private noLeaderError(group: Group): DogfsError {
+    const leader = group.raft.status().leader;
+    if (leader !== NO_NODE && leader !== this.nodeId) {
+      return new DogfsError('NOT_LEADER', `not the leader of group ${group.id}`, {
+        leaderHint: this.addrOf.get(leader),
+      });
+    }
+    const electionMs = this.tickMs * 20 * 2;
+    if (Date.now() - group.lastLeaderSeenMs > electionMs) {
+      return new DogfsError(
+        'NO_QUORUM',
+        `metadata group ${group.id} has no leader: a majority of metadata servers is unreachable`,
+      );
+    }
+    return new DogfsError('UNAVAILABLE', `metadata group ${group.id} is electing a leader; retry`);
+  }
+
+  /** Proposes a command on this node (which must lead the group) and resolves with its result once applied. */
+  propose(groupId: number, command: Uint8Array, deadline: number): Promise<Uint8Array> {
+    const group = this.group(groupId);
+    const result = group.raft.propose(command);
+    if (!result.ok) {
+      switch (result.code) {
+        case 'not_leader':
+          return Promise.reject(this.noLeaderError(group));
+        case 'transferring':
+          return Promise.reject(
+            new DogfsError('UNAVAILABLE', `group ${groupId} is transferring leadership; retry`),
+          );
+        case 'overloaded':
+          return Promise.reject(
+            new DogfsError('RESOURCE_EXHAUSTED', `group ${groupId} has too many uncommitted commands`),
+          );
+        case 'too_large':
+          return Promise.reject(
+            new DogfsError('INVALID_ARGUMENT', `command of ${command.byteLength} bytes is too large`),
+          );
+      }
+    }
+    this.scheduleRound();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => {
+          group.proposals.delete(result.index);
+          reject(
+            new DogfsError(
+              'DEADLINE_EXCEEDED',
+              `group ${groupId}: command not committed before the deadline`,
+            ),
+          );
+        },
+        Math.max(0, deadline - Date.now()),
+      );
+      group.proposals.set(result.index, { term: result.term, resolve, reject, timer });
+    });
+  }
+
+  /** Resolves once this replica's state machine reflects every command committed before the call (ReadIndex). */
+  readBarrier(groupId: number, deadline: number): Promise<void> {
+    const group = this.group(groupId);
+    const ctx = `${this.nodeId}:${++this.readSeq}`;
+    const result = group.raft.readIndex(ctx);
+    if (!result.ok) {
+      return Promise.reject(
+        result.code === 'no_leader'
+          ? this.noLeaderError(group)
+          : new DogfsError('RESOURCE_EXHAUSTED', `group ${groupId} has too many pending reads`),
+      );
+    }
+    this.scheduleRound();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => {
+          group.reads.delete(ctx);
+          reject(
+            group.raft.status().leader === NO_NODE
+              ? this.noLeaderError(group)
+              : new DogfsError(
+                  'DEADLINE_EXCEEDED',
+                  `group ${groupId}: read not confirmed before the deadline`,
+                ),
+          );
+        },
+        Math.max(0, deadline - Date.now()),
+      );
+      group.reads.set(ctx, { index: undefined, resolve, reject, timer });
+    });
+  }
+
+  isLeader(groupId: number): boolean {
+    return this.group(groupId).raft.status().role === 'leader';
+  }
+
+  /** Throws NOT_LEADER (with a hint), UNAVAILABLE or NO_QUORUM unless this node leads the group. */
+  requireLeader(groupId: number): void {
+    const group = this.group(groupId);
+    if (group.raft.status().role !== 'leader') throw this.noLeaderError(group);
+  }
+
+  status(groupId: number): GroupStatus {
+    const group = this.group(groupId);
+    const s = group.raft.status();
+    return {
+      group: groupId,
+      role: s.role,
+      leader: s.leader,
+      leaderAddr: this.addrOf.get(s.leader) ?? '',
+      term: s.term,
+      commit: s.commit,
+      applied: asIndex(group.applied),
+      members: s.config.voters,
+    };
+  }
+
+  groupIds(): number[] {
+    return [...this.groups.keys()].sort((a, b) => a - b);
+  }
+
+  /** Hands leadership of the groups this node leads to another voter (graceful shutdown). */
+  transferLeadership(): void {
+    for (const group of this.groups.values()) {
+      const s = group.raft.status();
+      if (s.role !== 'leader') continue;
+      const target = s.config.voters.find((v) => v !== this.nodeId);
+      if (target !== undefined) group.raft.transferLeader(target);
+    }
+    this.scheduleRound();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.ticker) clearInterval(this.ticker);
+    for (const group of this.groups.values()) {
+      for (const p of group.proposals.values()) {
+        clearTimeout(p.timer);
+        p.reject(new DogfsError('UNAVAILABLE', 'metadata server is shutting down'));
+      }
+      for (const r of group.reads.values()) {
+        clearTimeout(r.timer);
+        r.reject(new DogfsError('UNAVAILABLE', 'metadata server is shutting down'));
+      }
+    }
+    for (const channel of this.channels.values()) channel.close();
+    await this.options.storage.close();
+  }
+}

@@ -1,0 +1,149 @@
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import { createLogger } from '../../src/common/log.js';
+import { asNodeId, type LogIndex, type NodeId } from '../../src/consensus/index.js';
+import { RaftHost, type StateMachine } from '../../src/raftnode/host.js';
+import { MemoryStorage } from '../../src/raftnode/storage.js';
+import { DogfsError } from '../../src/wire/errors.js';
+import { RpcServer } from '../../src/wire/rpc.js';
+import { waitFor } from '../helpers/index.js';
+
+/** A register per key: "k=v" sets and answers the previous value. */
+class KvMachine implements StateMachine {
+  readonly data = new Map<string, string>();
+  apply(_index: LogIndex, command: Uint8Array): Uint8Array {
+    const [key, value] = Buffer.from(command).toString().split('=') as [string, string];
+    const previous = this.data.get(key) ?? '';
+    this.data.set(key, value);
+    return Buffer.from(previous);
+  }
+  snapshot(): Uint8Array {
+    return Buffer.from(JSON.stringify([...this.data]));
+  }
+  restore(data: Uint8Array): void {
+    this.data.clear();
+    for (const [k, v] of JSON.parse(Buffer.from(data).toString()) as [string, string][]) this.data.set(k, v);
+  }
+}
+
+interface Node {
+  id: NodeId;
+  host: RaftHost;
+  server: RpcServer;
+  machines: Map<number, KvMachine>;
+}
+
+const nodes: Node[] = [];
+after(async () => {
+  for (const n of nodes) {
+    await n.host.close();
+    await n.server.close(0);
+  }
+});
+
+async function startCluster(size: number, groups: number[]): Promise<Node[]> {
+  const servers: RpcServer[] = [];
+  const addrs: string[] = [];
+  for (let i = 0; i < size; i++) {
+    const server = new RpcServer();
+    servers.push(server);
+    addrs.push(`127.0.0.1:${await server.listen('127.0.0.1', 0)}`);
+  }
+  const peers = addrs.map((addr, i) => ({ nodeId: asNodeId(i + 1), addr }));
+  const started: Node[] = [];
+  for (let i = 0; i < size; i++) {
+    const id = asNodeId(i + 1);
+    const host = new RaftHost({
+      nodeId: id,
+      peers,
+      storage: new MemoryStorage(),
+      log: createLogger('warn', { node: id }),
+      tickMs: 20,
+    });
+    const machines = new Map<number, KvMachine>();
+    for (const g of groups) {
+      const m = new KvMachine();
+      machines.set(g, m);
+      host.addGroup(g, m);
+    }
+    host.start(servers[i]!);
+    started.push({ id, host, server: servers[i]!, machines });
+  }
+  nodes.push(...started);
+  return started;
+}
+
+function leaderOf(cluster: Node[], group: number): Node | undefined {
+  return cluster.find((n) => n.host.isLeader(group));
+}
+
+test('three hosts elect a leader per group, replicate commands and answer linearizable reads on followers', async () => {
+  const cluster = await startCluster(3, [0, 1]);
+  for (const group of [0, 1]) {
+    const leader = await waitFor(`leader of group ${group}`, () => leaderOf(cluster, group), 10_000);
+    const first = await leader.host.propose(group, Buffer.from('x=1'), Date.now() + 5000);
+    assert.equal(Buffer.from(first).toString(), '');
+    const second = await leader.host.propose(group, Buffer.from('x=2'), Date.now() + 5000);
+    assert.equal(Buffer.from(second).toString(), '1', 'the result of the applied command comes back');
+
+    const follower = cluster.find((n) => n !== leader)!;
+    await follower.host.readBarrier(group, Date.now() + 5000);
+    assert.equal(follower.machines.get(group)!.data.get('x'), '2', 'a read after the barrier sees the write');
+
+    // A follower refuses to propose and names the leader's address.
+    await assert.rejects(
+      follower.host.propose(group, Buffer.from('y=1'), Date.now() + 1000),
+      (e: unknown) => {
+        return (
+          e instanceof DogfsError &&
+          e.code === 'NOT_LEADER' &&
+          e.leaderHint === leader.host.status(group).leaderAddr
+        );
+      },
+    );
+    assert.notEqual(leader.host.status(group).leaderAddr, '');
+    const status = follower.host.status(group);
+    assert.equal(status.leader, leader.id);
+    assert.equal(status.members.length, 3);
+  }
+});
+
+test('after the leader stops, the others elect a new one and keep every committed command', async () => {
+  const cluster = await startCluster(3, [7]);
+  const leader = await waitFor('leader', () => leaderOf(cluster, 7), 10_000);
+  for (let i = 0; i < 20; i++) await leader.host.propose(7, Buffer.from(`k${i}=${i}`), Date.now() + 5000);
+  await leader.host.close();
+  await leader.server.close(0);
+  const rest = cluster.filter((n) => n !== leader);
+  const next = await waitFor('new leader', () => leaderOf(rest, 7), 10_000);
+  await next.host.propose(7, Buffer.from('after=1'), Date.now() + 5000);
+  for (const n of rest) {
+    await n.host.readBarrier(7, Date.now() + 5000);
+    const data = n.machines.get(7)!.data;
+    for (let i = 0; i < 20; i++) assert.equal(data.get(`k${i}`), String(i));
+    assert.equal(data.get('after'), '1');
+  }
+});
+
+test('with a majority gone, proposals and reads fail with NO_QUORUM within their deadline', async () => {
+  const cluster = await startCluster(3, [3]);
+  await waitFor('leader', () => leaderOf(cluster, 3), 10_000);
+  const [survivor, ...gone] = cluster;
+  for (const n of gone) {
+    await n.host.close();
+    await n.server.close(0);
+  }
+  const error = await waitFor(
+    'NO_QUORUM',
+    async () => {
+      try {
+        await survivor!.host.readBarrier(3, Date.now() + 300);
+        return undefined;
+      } catch (e) {
+        return e instanceof DogfsError && e.code === 'NO_QUORUM' ? e : undefined;
+      }
+    },
+    15_000,
+  );
+  assert.match(error.message, /majority of metadata servers is unreachable/);
+});
