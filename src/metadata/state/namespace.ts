@@ -1,0 +1,1256 @@
+/**
+ * metadata/state/namespace — the namespace state machine of one namespace group (DESIGN §3, §4).
+ *
+ * Pure and deterministic: Raft hands every replica the same commands in the same order, and each replica
+ * must reach the same state. So: no clock (time is `cmd.timeMs`, stamped by the leader, and never allowed
+ * to run backwards), no randomness (placement was done by the leader and arrives in the command), no I/O,
+ * and nothing observable depends on Map iteration order except orders the commands themselves created.
+ *
+ * ## Data model (sharding changes routing, not this)
+ * - A directory is a record keyed by its own inode id: a header (`alive`, file and subdirectory counts)
+ *   and its entries `name → inode` plus a sorted name index for paged listing. A name's attributes (the
+ *   inode: type, mode, size, times, EC policy, block groups) live beside its entry, in the parent's record.
+ * - Ids come from one counter per group, with the group in the high bits (ids.ts).
+ * - A file being written is a *pending* file held by a write lease, outside the directory: lookups see the
+ *   old version or nothing until `completeFile` publishes it atomically (replacing an old version, whose
+ *   block groups then become garbage). An expired or abandoned write never appears.
+ * - Block groups of deleted, replaced, abandoned or expired files go to the garbage list, oldest first,
+ *   until `collectGarbage` says their shards were deleted.
+ *
+ * ## API
+ * - `apply(cmd)` — run one command (commands.ts), returning `{ ok: true, op, ... } | { ok: false, code,
+ *   message }`. A refused command changes nothing (except the session table recording its result).
+ *   `applyEncoded(bytes)` does the same for a log entry (malformed bytes → INVALID_ARGUMENT result).
+ * - Reads, served after ReadIndex by the host: `stat`, `list`, `pendingFile`, `garbage`,
+ *   `earliestLeaseExpiryMs`, `counts`.
+ * - `snapshotChunks(maxBytes)` / `NamespaceRestorer` (or `snapshot()` / `NamespaceState.restore`) and
+ *   `stateHash()`.
+ *
+ * ## Semantics chosen (POSIX where it has an answer)
+ * - mkdir: ALREADY_EXISTS when the path exists (with `parents`, an existing directory is success,
+ *   `created: false`); a file on the way is NOT_A_DIRECTORY; a missing parent without `parents` NOT_FOUND.
+ * - create: parent must exist (no implicit mkdir -p). A directory at the path → IS_A_DIRECTORY; an existing
+ *   file without `overwrite` → ALREADY_EXISTS. One writer per name: another unexpired write of the same
+ *   name → ALREADY_EXISTS without `overwrite`; with `overwrite` the newer create supersedes it (its lease
+ *   is revoked, its block groups become garbage) — the last writer wins instead of waiting for expiry.
+ * - completeFile re-checks the name: a directory created there meanwhile → IS_A_DIRECTORY; a file renamed
+ *   there meanwhile and no `overwrite` → ALREADY_EXISTS; parent removed → NOT_FOUND. It is refused, not
+ *   discarded: the lease expires later.
+ * - rename follows POSIX rename(2): a file replaces a file, a directory replaces an *empty* directory
+ *   (NOT_EMPTY otherwise), file over directory IS_A_DIRECTORY, directory over file NOT_A_DIRECTORY, a
+ *   directory into its own subtree INVALID_ARGUMENT, `src == dst` succeeds doing nothing. `noReplace`
+ *   (renameat2 RENAME_NOREPLACE) refuses any existing destination with ALREADY_EXISTS. The moved inode's
+ *   ctime becomes the command time. `mv SRC DIR/` (moving into a directory) is the CLI's job.
+ * - delete: file, empty directory, or with `recursive` a whole subtree in one command. `/` is refused.
+ * - Directory mtimes are not updated when entries change (that would be a second write in another group
+ *   once directories are sharded).
+ *
+ * ## Exactly-once
+ * Client commands must carry a session; consensus/sessions.ts `ClientSessions` runs each (clientId, seq)
+ * once and answers a retry with the stored result (results are plain values, so they are snapshotted).
+ * A seq from an expired session or one whose result was forgotten → FAILED_PRECONDITION starting with
+ * "session": the client must open a new session (new client id) and check the state.
+ */
+import { createHash } from 'node:crypto';
+import { assert } from '../../common/assert.js';
+import { type EcPolicy, parseEcPolicy } from '../../common/ec-policy.js';
+import { ClientSessions, type SessionLimits, type SessionsSnapshot } from '../../consensus/sessions.js';
+import { ByteReader, ByteWriter, StateCodecError } from './bytes.js';
+import {
+  type AbandonFileCommand,
+  type AllocateBlockGroupCommand,
+  type BlockGroupInfo,
+  CLIENT_OPS,
+  type CollectGarbageCommand,
+  type CommitBlockGroupCommand,
+  type CompleteFileCommand,
+  type CreateCommand,
+  type DeleteCommand,
+  type DirEntry,
+  type DirInode,
+  decodeNamespaceCommand,
+  EMPTY_NUMBERS,
+  type ExpireLeasesCommand,
+  type FileInode,
+  type Inode,
+  MAX_BLOCK_GROUP_BYTES,
+  MAX_BLOCK_GROUPS_PER_FILE,
+  MAX_CLIENT_ID_BYTES,
+  MAX_LEASE_ID_BYTES,
+  MAX_LEASE_MS,
+  MAX_LIST_LIMIT,
+  MAX_SERVER_ID_BYTES,
+  MAX_STRIPE_SIZE,
+  MIN_STRIPE_SIZE,
+  type MkdirCommand,
+  MODE_MASK,
+  minDurableShards,
+  type NamespaceCommand,
+  type NamespaceOp,
+  type NamespaceResult,
+  type RenameCommand,
+  type ResultOf,
+  readBlockGroup,
+  readInode,
+  readResult,
+  type Success,
+  writeBlockGroup,
+  writeInode,
+  writeResult,
+} from './commands.js';
+import {
+  type BlockGroupId,
+  composeId,
+  type InodeId,
+  isValidId,
+  MAX_COUNTER,
+  ROOT_GROUP,
+  ROOT_INODE_ID,
+} from './ids.js';
+import { type ParsedPath, parsePath, utf8Length } from './paths.js';
+import { type Failure, fail } from './result.js';
+import { SortedNames } from './sorted-names.js';
+
+/** Entries one directory may hold; past it, creating refuses with RESOURCE_EXHAUSTED. */
+export const MAX_ENTRIES_PER_DIRECTORY = 10_000_000;
+export const DEFAULT_SESSION_LIMITS: SessionLimits = {
+  ttl: 3_600_000,
+  maxSessions: 4096,
+  maxResultsPerClient: 64,
+};
+export const DEFAULT_SNAPSHOT_CHUNK_BYTES = 1 << 20;
+const ROOT_MODE = 0o755;
+
+export interface NamespaceOptions {
+  /** This namespace group's number (1..8191): the high bits of every id it allocates. */
+  readonly group: number;
+  readonly sessionLimits?: SessionLimits;
+}
+
+interface Directory {
+  readonly id: InodeId;
+  /** False once removal began; kept for the cross-group protocol (with one group, removal is immediate). */
+  alive: boolean;
+  files: number;
+  dirs: number;
+  readonly entries: Map<string, Inode>;
+  readonly names: SortedNames;
+}
+
+/** A file being written: not in any directory until completeFile. */
+export interface PendingFile {
+  readonly id: InodeId;
+  readonly parent: InodeId;
+  readonly name: string;
+  readonly leaseId: string;
+  readonly clientId: string;
+  readonly leaseMs: number;
+  readonly overwrite: boolean;
+  readonly mode: number;
+  readonly ec: string;
+  readonly dataShards: number;
+  readonly parityShards: number;
+  readonly createdMs: number;
+  expiresMs: number;
+  blockGroups: BlockGroupInfo[];
+}
+
+export interface ListPage {
+  readonly ok: true;
+  readonly entries: readonly DirEntry[];
+  /** More entries follow the last one returned (pass its name as the next `startAfter`). */
+  readonly more: boolean;
+}
+
+export interface StatResult {
+  readonly ok: true;
+  /** Canonical path. */
+  readonly path: string;
+  readonly inode: Inode;
+}
+
+interface Resolved {
+  readonly ok: true;
+  readonly dir: Directory;
+  readonly inode: DirInode;
+  /** EC policy inherited at this directory ('' = none on the way down). */
+  readonly ec: string;
+}
+
+function pendingKey(parent: InodeId, name: string): string {
+  return `${parent}/${name}`;
+}
+
+function parsePolicy(name: string): EcPolicy | Failure {
+  try {
+    return parseEcPolicy(name);
+  } catch (error) {
+    return fail('INVALID_ARGUMENT', error instanceof Error ? error.message : String(error));
+  }
+}
+
+function isFailure(value: object): value is Failure {
+  return 'ok' in value && value.ok === false;
+}
+
+export class NamespaceState {
+  readonly group: number;
+  private readonly sessionLimits: SessionLimits;
+  private sessions: ClientSessions<NamespaceResult>;
+  private readonly dirs = new Map<InodeId, Directory>();
+  private readonly pending = new Map<InodeId, PendingFile>();
+  private readonly pendingByName = new Map<string, InodeId>();
+  private readonly garbageList = new Map<BlockGroupId, BlockGroupInfo>();
+  private rootInode: DirInode;
+  private nextCounter: number;
+  private nextLease = 1;
+  private clockMs = 0;
+  /** Commands applied; a snapshot stream checks it did not change under it. */
+  private applied = 0;
+
+  constructor(options: NamespaceOptions) {
+    assert(Number.isInteger(options.group) && options.group >= 1, 'namespace groups are numbered from 1');
+    this.group = options.group;
+    this.sessionLimits = options.sessionLimits ?? DEFAULT_SESSION_LIMITS;
+    this.sessions = new ClientSessions(this.sessionLimits);
+    this.rootInode = { type: 'dir', id: ROOT_INODE_ID, mode: ROOT_MODE, mtimeMs: 0, ctimeMs: 0, ec: '' };
+    // The root group owns the root directory; its counter 1 is the root's id.
+    this.nextCounter = 1;
+    if (options.group === ROOT_GROUP) {
+      this.nextCounter = 2;
+      this.dirs.set(ROOT_INODE_ID, this.newDirectory(ROOT_INODE_ID));
+    }
+  }
+
+  private newDirectory(id: InodeId): Directory {
+    return { id, alive: true, files: 0, dirs: 0, entries: new Map(), names: new SortedNames() };
+  }
+
+  private allocId(): number {
+    assert(this.nextCounter <= MAX_COUNTER, 'id space exhausted (checked before mutating)');
+    return composeId(this.group, this.nextCounter++);
+  }
+
+  private idsLeft(): number {
+    return MAX_COUNTER - this.nextCounter + 1;
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // Commands
+  // ---------------------------------------------------------------------------------------------------
+
+  /** Applies one command. Deterministic; never throws for bad input (only for a broken invariant). */
+  apply<C extends NamespaceCommand>(cmd: C): ResultOf<C['op']> {
+    return this.applyAny(cmd) as ResultOf<C['op']>;
+  }
+
+  /** Applies a command as read from the Raft log; malformed bytes give an INVALID_ARGUMENT result. */
+  applyEncoded(bytes: Uint8Array): NamespaceResult {
+    let cmd: NamespaceCommand;
+    try {
+      cmd = decodeNamespaceCommand(bytes);
+    } catch (error) {
+      if (!(error instanceof StateCodecError)) throw error;
+      this.applied++;
+      return fail('INVALID_ARGUMENT', error.message);
+    }
+    return this.applyAny(cmd);
+  }
+
+  private applyAny(cmd: NamespaceCommand): NamespaceResult {
+    this.applied++;
+    if (!Number.isSafeInteger(cmd.timeMs) || cmd.timeMs < 0)
+      return fail('INVALID_ARGUMENT', 'bad command time');
+    // Time never runs backwards across the log: a deposed leader's slow clock is clamped, not trusted.
+    if (cmd.timeMs > this.clockMs) this.clockMs = cmd.timeMs;
+    if (!CLIENT_OPS.has(cmd.op)) return this.execute(cmd);
+    const session = cmd.session;
+    if (session === undefined) return fail('INVALID_ARGUMENT', `${cmd.op} needs a client session`);
+    const idBytes = utf8Length(session.clientId);
+    if (idBytes < 1 || idBytes > MAX_CLIENT_ID_BYTES)
+      return fail('INVALID_ARGUMENT', `client id must be 1..${MAX_CLIENT_ID_BYTES} bytes of valid UTF-8`);
+    if (!Number.isSafeInteger(session.seq) || session.seq < 1)
+      return fail('INVALID_ARGUMENT', 'session sequence numbers start at 1');
+    if (
+      !Number.isSafeInteger(session.ackedBelow) ||
+      session.ackedBelow < 0 ||
+      session.ackedBelow > session.seq
+    )
+      return fail('INVALID_ARGUMENT', 'session ackedBelow must be between 0 and seq');
+    const outcome = this.sessions.apply(
+      { clientId: session.clientId, seq: session.seq, ackedBelow: session.ackedBelow, time: this.clockMs },
+      () => this.execute(cmd),
+    );
+    switch (outcome.kind) {
+      case 'applied':
+      case 'duplicate':
+        return outcome.result;
+      case 'session_expired':
+        return fail(
+          'FAILED_PRECONDITION',
+          `session expired: client ${session.clientId} seq ${session.seq} is unknown; open a new session`,
+        );
+      case 'result_forgotten':
+        return fail(
+          'FAILED_PRECONDITION',
+          `session: the result of client ${session.clientId} seq ${session.seq} was already forgotten`,
+        );
+    }
+  }
+
+  private execute(cmd: NamespaceCommand): NamespaceResult {
+    switch (cmd.op) {
+      case 'mkdir':
+        return this.mkdir(cmd);
+      case 'create':
+        return this.create(cmd);
+      case 'allocateBlockGroup':
+        return this.allocateBlockGroup(cmd);
+      case 'commitBlockGroup':
+        return this.commitBlockGroup(cmd);
+      case 'completeFile':
+        return this.completeFile(cmd);
+      case 'abandonFile':
+        return this.abandonFile(cmd);
+      case 'rename':
+        return this.rename(cmd);
+      case 'delete':
+        return this.delete(cmd);
+      case 'expireLeases':
+        return this.expireLeases(cmd);
+      case 'collectGarbage':
+        return this.collectGarbage(cmd);
+    }
+  }
+
+  private ok<K extends NamespaceOp>(op: K, payload: Omit<Success<K>, 'ok' | 'op'>): Success<K> {
+    return { ok: true, op, ...payload } as Success<K>;
+  }
+
+  /** Walks `components[0..count)` from the root; every one must be a directory. */
+  private resolveDir(parsed: ParsedPath, count: number): Resolved | Failure {
+    let dir = this.dirs.get(ROOT_INODE_ID);
+    assert(dir !== undefined, 'the root directory exists');
+    let inode: DirInode = this.rootInode;
+    let ec = inode.ec;
+    for (let i = 0; i < count; i++) {
+      const name = parsed.components[i]!;
+      const entry: Inode | undefined = dir.entries.get(name);
+      const prefix = `/${parsed.components.slice(0, i + 1).join('/')}`;
+      if (entry === undefined) return fail('NOT_FOUND', `${prefix}: no such file or directory`);
+      if (entry.type !== 'dir') return fail('NOT_A_DIRECTORY', `${prefix}: not a directory`);
+      const next = this.dirs.get(entry.id);
+      assert(next?.alive, 'a directory entry has a live directory record');
+      dir = next;
+      inode = entry;
+      if (entry.ec !== '') ec = entry.ec;
+    }
+    return { ok: true, dir, inode, ec };
+  }
+
+  private checkMode(mode: number): Failure | undefined {
+    if (!Number.isInteger(mode) || mode < 0 || mode > MODE_MASK)
+      return fail('INVALID_ARGUMENT', `mode ${mode} has bits outside ${MODE_MASK.toString(8)} (octal)`);
+    return undefined;
+  }
+
+  private checkRoom(dir: Directory, path: string): Failure | undefined {
+    if (dir.entries.size >= MAX_ENTRIES_PER_DIRECTORY)
+      return fail(
+        'RESOURCE_EXHAUSTED',
+        `${path}: directory holds ${MAX_ENTRIES_PER_DIRECTORY} entries already`,
+      );
+    return undefined;
+  }
+
+  private mkdir(cmd: MkdirCommand): ResultOf<'mkdir'> {
+    const parsed = parsePath(cmd.path);
+    if (!parsed.ok) return parsed;
+    const badMode = this.checkMode(cmd.mode);
+    if (badMode) return badMode;
+    if (cmd.ec !== '') {
+      const policy = parsePolicy(cmd.ec);
+      if (isFailure(policy)) return policy;
+    }
+    const { components } = parsed;
+    if (components.length === 0)
+      return cmd.parents
+        ? this.ok('mkdir', { inode: this.rootInode, created: false })
+        : fail('ALREADY_EXISTS', '/: directory exists');
+    // Walk down as far as the path exists, refusing before any change.
+    let dir = this.dirs.get(ROOT_INODE_ID)!;
+    let depth = 0;
+    for (; depth < components.length; depth++) {
+      const name = components[depth]!;
+      const entry = dir.entries.get(name);
+      if (entry === undefined) break;
+      const prefix = `/${components.slice(0, depth + 1).join('/')}`;
+      const last = depth === components.length - 1;
+      if (entry.type === 'file')
+        return last
+          ? fail('ALREADY_EXISTS', `${prefix}: file exists`)
+          : fail('NOT_A_DIRECTORY', `${prefix}: not a directory`);
+      if (last)
+        return cmd.parents
+          ? this.ok('mkdir', { inode: entry, created: false })
+          : fail('ALREADY_EXISTS', `${prefix}: directory exists`);
+      dir = this.dirs.get(entry.id)!;
+    }
+    const missing = components.length - depth;
+    if (missing > 1 && !cmd.parents)
+      return fail('NOT_FOUND', `/${components.slice(0, depth + 1).join('/')}: no such file or directory`);
+    const room = this.checkRoom(dir, parsed.path);
+    if (room) return room;
+    if (this.idsLeft() < missing) return fail('RESOURCE_EXHAUSTED', 'inode ids of this group are exhausted');
+    // From here nothing can fail.
+    let created: DirInode | undefined;
+    for (; depth < components.length; depth++) {
+      const name = components[depth]!;
+      const id = this.allocId() as InodeId;
+      const last = depth === components.length - 1;
+      created = {
+        type: 'dir',
+        id,
+        mode: cmd.mode,
+        mtimeMs: this.clockMs,
+        ctimeMs: this.clockMs,
+        ec: last ? cmd.ec : '',
+      };
+      dir.entries.set(name, created);
+      dir.names.insert(name);
+      dir.dirs++;
+      const child = this.newDirectory(id);
+      this.dirs.set(id, child);
+      dir = child;
+    }
+    assert(created !== undefined, 'mkdir created at least one directory');
+    return this.ok('mkdir', { inode: created, created: true });
+  }
+
+  private create(cmd: CreateCommand): ResultOf<'create'> {
+    const parsed = parsePath(cmd.path);
+    if (!parsed.ok) return parsed;
+    if (parsed.components.length === 0) return fail('IS_A_DIRECTORY', '/: is a directory');
+    const badMode = this.checkMode(cmd.mode);
+    if (badMode) return badMode;
+    if (!Number.isInteger(cmd.leaseMs) || cmd.leaseMs < 1 || cmd.leaseMs > MAX_LEASE_MS)
+      return fail('INVALID_ARGUMENT', `lease duration must be 1..${MAX_LEASE_MS} ms`);
+    const parent = this.resolveDir(parsed, parsed.components.length - 1);
+    if (!parent.ok) return parent;
+    const ecName = cmd.ec !== '' ? cmd.ec : parent.ec !== '' ? parent.ec : cmd.defaultEc;
+    if (ecName === '') return fail('INVALID_ARGUMENT', 'no EC policy given, inherited or defaulted');
+    const policy = parsePolicy(ecName);
+    if (isFailure(policy)) return policy;
+    const name = parsed.components[parsed.components.length - 1]!;
+    const existing = parent.dir.entries.get(name);
+    if (existing?.type === 'dir') return fail('IS_A_DIRECTORY', `${parsed.path}: is a directory`);
+    if (existing !== undefined && !cmd.overwrite)
+      return fail('ALREADY_EXISTS', `${parsed.path}: file exists`);
+    const key = pendingKey(parent.dir.id, name);
+    const rivalId = this.pendingByName.get(key);
+    if (rivalId !== undefined && !cmd.overwrite)
+      return fail('ALREADY_EXISTS', `${parsed.path}: being written by another client`);
+    if (existing === undefined) {
+      const room = this.checkRoom(parent.dir, parsed.path);
+      if (room) return room;
+    }
+    if (this.idsLeft() < 1) return fail('RESOURCE_EXHAUSTED', 'inode ids of this group are exhausted');
+    // From here nothing can fail.
+    if (rivalId !== undefined) this.dropPending(this.pending.get(rivalId)!);
+    const id = this.allocId() as InodeId;
+    const leaseId = `L${this.nextLease++}`;
+    const file: PendingFile = {
+      id,
+      parent: parent.dir.id,
+      name,
+      leaseId,
+      clientId: cmd.session?.clientId ?? '',
+      leaseMs: cmd.leaseMs,
+      overwrite: cmd.overwrite,
+      mode: cmd.mode,
+      ec: policy.name,
+      dataShards: policy.dataShards,
+      parityShards: policy.parityShards,
+      createdMs: this.clockMs,
+      expiresMs: this.clockMs + cmd.leaseMs,
+      blockGroups: [],
+    };
+    this.pending.set(id, file);
+    this.pendingByName.set(key, id);
+    return this.ok('create', { inode: this.pendingInode(file), leaseId, leaseExpiresMs: file.expiresMs });
+  }
+
+  private pendingInode(file: PendingFile): FileInode {
+    let size = 0;
+    for (const bg of file.blockGroups) size += bg.length;
+    return {
+      type: 'file',
+      id: file.id,
+      mode: file.mode,
+      size,
+      mtimeMs: file.createdMs,
+      ctimeMs: file.createdMs,
+      ec: file.ec,
+      blockGroups: file.blockGroups.slice(),
+    };
+  }
+
+  /** Discards a pending file: its block groups become garbage. */
+  private dropPending(file: PendingFile): void {
+    for (const bg of file.blockGroups) this.garbageList.set(bg.id, bg);
+    this.pending.delete(file.id);
+    this.pendingByName.delete(pendingKey(file.parent, file.name));
+  }
+
+  /** The pending file `inodeId` held by `leaseId`, with the lease unexpired at the command's time. */
+  private leased(inodeId: InodeId, leaseId: string, allowExpired = false): PendingFile | Failure {
+    const file = this.pending.get(inodeId);
+    if (file === undefined)
+      return fail(
+        'NOT_FOUND',
+        `inode ${inodeId}: no file being written (completed, abandoned or lease expired)`,
+      );
+    if (file.leaseId !== leaseId)
+      return fail('FAILED_PRECONDITION', `inode ${inodeId}: lease ${leaseId} does not hold it`);
+    if (!allowExpired && this.clockMs > file.expiresMs)
+      return fail('FAILED_PRECONDITION', `inode ${inodeId}: lease ${leaseId} expired at ${file.expiresMs}`);
+    return file;
+  }
+
+  private allocateBlockGroup(cmd: AllocateBlockGroupCommand): ResultOf<'allocateBlockGroup'> {
+    const file = this.leased(cmd.inodeId, cmd.leaseId);
+    if (isFailure(file)) return file;
+    if (file.blockGroups.length >= MAX_BLOCK_GROUPS_PER_FILE)
+      return fail('RESOURCE_EXHAUSTED', `a file holds at most ${MAX_BLOCK_GROUPS_PER_FILE} block groups`);
+    const last = file.blockGroups[file.blockGroups.length - 1];
+    if (last !== undefined && !last.committed)
+      return fail('FAILED_PRECONDITION', `block group ${last.id} is not committed yet; commit it first`);
+    const end = last === undefined ? 0 : last.offset + last.length;
+    if (cmd.offset !== end)
+      return fail('INVALID_ARGUMENT', `offset ${cmd.offset} is not the file's end ${end}`);
+    if (
+      !Number.isInteger(cmd.stripeSize) ||
+      cmd.stripeSize < MIN_STRIPE_SIZE ||
+      cmd.stripeSize > MAX_STRIPE_SIZE
+    )
+      return fail('INVALID_ARGUMENT', `stripe size must be ${MIN_STRIPE_SIZE}..${MAX_STRIPE_SIZE}`);
+    if (
+      !Number.isSafeInteger(cmd.maxBytes) ||
+      cmd.maxBytes < cmd.stripeSize ||
+      cmd.maxBytes > MAX_BLOCK_GROUP_BYTES
+    )
+      return fail('INVALID_ARGUMENT', `block group size must be stripe size..${MAX_BLOCK_GROUP_BYTES}`);
+    const k = file.dataShards;
+    const m = file.parityShards;
+    if (cmd.servers.length !== k + m)
+      return fail('INVALID_ARGUMENT', `${file.ec} needs ${k + m} shard targets, got ${cmd.servers.length}`);
+    const seen = new Set<string>();
+    for (const server of cmd.servers) {
+      if (server === '') continue;
+      const bytes = utf8Length(server);
+      if (bytes < 1 || bytes > MAX_SERVER_ID_BYTES) return fail('INVALID_ARGUMENT', 'bad chunk server id');
+      if (seen.has(server)) return fail('INVALID_ARGUMENT', `chunk server ${server} is given two shards`);
+      seen.add(server);
+    }
+    const need = minDurableShards(k, m);
+    if (seen.size < need)
+      return fail('UNAVAILABLE', `${file.ec} needs at least ${need} shard targets, got ${seen.size}`);
+    if (this.idsLeft() < 1) return fail('RESOURCE_EXHAUSTED', 'block group ids of this group are exhausted');
+    const blockGroup: BlockGroupInfo = {
+      id: this.allocId() as BlockGroupId,
+      offset: end,
+      length: 0,
+      dataShards: k,
+      parityShards: m,
+      stripeSize: cmd.stripeSize,
+      maxBytes: cmd.maxBytes,
+      committed: false,
+      servers: cmd.servers.slice(),
+      shardLengths: EMPTY_NUMBERS,
+      crcs: EMPTY_NUMBERS,
+      durableMask: 0,
+    };
+    file.blockGroups.push(blockGroup);
+    file.expiresMs = this.clockMs + file.leaseMs;
+    return this.ok('allocateBlockGroup', { blockGroup });
+  }
+
+  private commitBlockGroup(cmd: CommitBlockGroupCommand): ResultOf<'commitBlockGroup'> {
+    const file = this.leased(cmd.inodeId, cmd.leaseId);
+    if (isFailure(file)) return file;
+    const at = file.blockGroups.findIndex((bg) => bg.id === cmd.blockGroupId);
+    if (at < 0)
+      return fail('NOT_FOUND', `block group ${cmd.blockGroupId} does not belong to inode ${cmd.inodeId}`);
+    const bg = file.blockGroups[at]!;
+    if (bg.committed) return fail('FAILED_PRECONDITION', `block group ${bg.id} is already committed`);
+    if (!Number.isSafeInteger(cmd.length) || cmd.length < 1 || cmd.length > bg.maxBytes)
+      return fail('INVALID_ARGUMENT', `block group length must be 1..${bg.maxBytes}`);
+    const total = bg.dataShards + bg.parityShards;
+    const shardLengths = new Array<number>(total).fill(0);
+    const crcs = new Array<number>(total).fill(0);
+    let durableMask = 0;
+    let durable = 0;
+    let shardLength = -1;
+    const reported = new Set<number>();
+    for (const shard of cmd.shards) {
+      if (!Number.isInteger(shard.index) || shard.index < 0 || shard.index >= total)
+        return fail('INVALID_ARGUMENT', `shard index ${shard.index} is outside 0..${total - 1}`);
+      if (reported.has(shard.index))
+        return fail('INVALID_ARGUMENT', `shard ${shard.index} is reported twice`);
+      reported.add(shard.index);
+      if (!Number.isSafeInteger(shard.length) || shard.length < 0)
+        return fail('INVALID_ARGUMENT', `shard ${shard.index} has a bad length`);
+      if (!Number.isInteger(shard.crc32c) || shard.crc32c < 0 || shard.crc32c > 0xffffffff)
+        return fail('INVALID_ARGUMENT', `shard ${shard.index} has a bad crc32c`);
+      if (!shard.durable) continue;
+      if (bg.servers[shard.index] === '')
+        return fail('INVALID_ARGUMENT', `shard ${shard.index} had no target and cannot be durable`);
+      // Every stripe puts one (padded) cell on every shard, so all shards of a block group are equally long.
+      if (shardLength >= 0 && shard.length !== shardLength)
+        return fail('INVALID_ARGUMENT', `shard lengths differ (${shardLength} and ${shard.length})`);
+      shardLength = shard.length;
+      shardLengths[shard.index] = shard.length;
+      crcs[shard.index] = shard.crc32c;
+      durableMask = (durableMask | (1 << shard.index)) >>> 0;
+      durable++;
+    }
+    const need = minDurableShards(bg.dataShards, bg.parityShards);
+    if (durable < need)
+      return fail(
+        'FAILED_PRECONDITION',
+        `only ${durable} of ${total} shards are durable; ${need} are needed`,
+      );
+    if (shardLength * bg.dataShards < cmd.length)
+      return fail(
+        'INVALID_ARGUMENT',
+        `${bg.dataShards} shards of ${shardLength} bytes cannot hold ${cmd.length} bytes`,
+      );
+    const committed: BlockGroupInfo = {
+      ...bg,
+      length: cmd.length,
+      committed: true,
+      shardLengths,
+      crcs,
+      durableMask,
+    };
+    file.blockGroups[at] = committed;
+    file.expiresMs = this.clockMs + file.leaseMs;
+    return this.ok('commitBlockGroup', { blockGroup: committed });
+  }
+
+  private completeFile(cmd: CompleteFileCommand): ResultOf<'completeFile'> {
+    const file = this.leased(cmd.inodeId, cmd.leaseId);
+    if (isFailure(file)) return file;
+    let size = 0;
+    for (const bg of file.blockGroups) {
+      if (!bg.committed) return fail('FAILED_PRECONDITION', `block group ${bg.id} is not committed`);
+      size += bg.length;
+    }
+    if (cmd.size !== size)
+      return fail('INVALID_ARGUMENT', `size ${cmd.size} differs from the committed ${size} bytes`);
+    const parent = this.dirs.get(file.parent);
+    if (parent === undefined || !parent.alive)
+      return fail('NOT_FOUND', `inode ${file.id}: its directory was removed while it was written`);
+    const existing = parent.entries.get(file.name);
+    if (existing?.type === 'dir') return fail('IS_A_DIRECTORY', `${file.name}: a directory took its name`);
+    if (existing !== undefined && !file.overwrite)
+      return fail('ALREADY_EXISTS', `${file.name}: a file took its name and overwrite was not asked`);
+    if (existing === undefined) {
+      const room = this.checkRoom(parent, file.name);
+      if (room) return room;
+    }
+    // From here nothing can fail: publish atomically.
+    const inode: FileInode = {
+      type: 'file',
+      id: file.id,
+      mode: file.mode,
+      size,
+      mtimeMs: this.clockMs,
+      ctimeMs: this.clockMs,
+      ec: file.ec,
+      blockGroups: file.blockGroups,
+    };
+    if (existing !== undefined) {
+      for (const bg of existing.blockGroups) this.garbageList.set(bg.id, bg);
+    } else {
+      parent.names.insert(file.name);
+      parent.files++;
+    }
+    parent.entries.set(file.name, inode);
+    this.pending.delete(file.id);
+    this.pendingByName.delete(pendingKey(file.parent, file.name));
+    return this.ok('completeFile', { inode });
+  }
+
+  private abandonFile(cmd: AbandonFileCommand): ResultOf<'abandonFile'> {
+    const file = this.leased(cmd.inodeId, cmd.leaseId, true);
+    if (isFailure(file)) return file;
+    this.dropPending(file);
+    return this.ok('abandonFile', {});
+  }
+
+  /** Parent directory and entry of a non-root path. */
+  private lookupEntry(
+    parsed: ParsedPath,
+  ): { ok: true; parent: Directory; name: string; inode: Inode | undefined } | Failure {
+    const parent = this.resolveDir(parsed, parsed.components.length - 1);
+    if (!parent.ok) return parent;
+    const name = parsed.components[parsed.components.length - 1]!;
+    return { ok: true, parent: parent.dir, name, inode: parent.dir.entries.get(name) };
+  }
+
+  private removeEntry(dir: Directory, name: string, inode: Inode): void {
+    dir.entries.delete(name);
+    dir.names.remove(name);
+    if (inode.type === 'dir') dir.dirs--;
+    else dir.files--;
+  }
+
+  private rename(cmd: RenameCommand): ResultOf<'rename'> {
+    const src = parsePath(cmd.src);
+    if (!src.ok) return src;
+    const dst = parsePath(cmd.dst);
+    if (!dst.ok) return dst;
+    if (src.components.length === 0) return fail('INVALID_ARGUMENT', 'cannot rename /');
+    if (dst.components.length === 0) return fail('INVALID_ARGUMENT', 'cannot rename onto /');
+    const from = this.lookupEntry(src);
+    if (!from.ok) return from;
+    const moving = from.inode;
+    if (moving === undefined) return fail('NOT_FOUND', `${src.path}: no such file or directory`);
+    if (moving.type === 'dir' && (dst.path === src.path || dst.path.startsWith(`${src.path}/`))) {
+      if (dst.path === src.path) return this.ok('rename', {});
+      return fail('INVALID_ARGUMENT', `cannot move ${src.path} into its own subtree (${dst.path})`);
+    }
+    const to = this.lookupEntry(dst);
+    if (!to.ok) return to;
+    if (src.path === dst.path) return this.ok('rename', {});
+    const replaced = to.inode;
+    if (replaced !== undefined) {
+      if (cmd.noReplace) return fail('ALREADY_EXISTS', `${dst.path}: exists`);
+      if (moving.type === 'file' && replaced.type === 'dir')
+        return fail('IS_A_DIRECTORY', `${dst.path}: is a directory`);
+      if (moving.type === 'dir' && replaced.type === 'file')
+        return fail('NOT_A_DIRECTORY', `${dst.path}: not a directory`);
+      if (replaced.type === 'dir') {
+        const victim = this.dirs.get(replaced.id)!;
+        if (victim.entries.size > 0) return fail('NOT_EMPTY', `${dst.path}: directory not empty`);
+      }
+    } else if (to.parent !== from.parent) {
+      const room = this.checkRoom(to.parent, dst.path);
+      if (room) return room;
+    }
+    // From here nothing can fail.
+    this.removeEntry(from.parent, from.name, moving);
+    if (replaced !== undefined) {
+      this.removeEntry(to.parent, to.name, replaced);
+      if (replaced.type === 'dir') this.removeDirectoryRecord(replaced.id);
+      else for (const bg of replaced.blockGroups) this.garbageList.set(bg.id, bg);
+    }
+    const moved: Inode = { ...moving, ctimeMs: this.clockMs };
+    to.parent.entries.set(to.name, moved);
+    to.parent.names.insert(to.name);
+    if (moved.type === 'dir') to.parent.dirs++;
+    else to.parent.files++;
+    return this.ok('rename', {});
+  }
+
+  private removeDirectoryRecord(id: InodeId): void {
+    const dir = this.dirs.get(id);
+    assert(dir !== undefined && dir.entries.size === 0, 'only an empty directory record is removed');
+    dir.alive = false;
+    this.dirs.delete(id);
+  }
+
+  private delete(cmd: DeleteCommand): ResultOf<'delete'> {
+    const parsed = parsePath(cmd.path);
+    if (!parsed.ok) return parsed;
+    if (parsed.components.length === 0) return fail('INVALID_ARGUMENT', 'cannot delete /');
+    const found = this.lookupEntry(parsed);
+    if (!found.ok) return found;
+    const inode = found.inode;
+    if (inode === undefined) return fail('NOT_FOUND', `${parsed.path}: no such file or directory`);
+    if (inode.type === 'file') {
+      this.removeEntry(found.parent, found.name, inode);
+      for (const bg of inode.blockGroups) this.garbageList.set(bg.id, bg);
+      return this.ok('delete', { files: 1, dirs: 0 });
+    }
+    const dir = this.dirs.get(inode.id)!;
+    if (dir.entries.size > 0 && !cmd.recursive)
+      return fail('NOT_EMPTY', `${parsed.path}: directory not empty`);
+    // Depth-first, children before parents, in name order so the garbage list's order is deterministic.
+    let files = 0;
+    let dirs = 0;
+    const stack: { dir: Directory; expanded: boolean }[] = [{ dir, expanded: false }];
+    while (stack.length > 0) {
+      const top = stack[stack.length - 1]!;
+      if (!top.expanded) {
+        top.expanded = true;
+        top.dir.alive = false;
+        for (const name of top.dir.names) {
+          const child = top.dir.entries.get(name)!;
+          if (child.type === 'dir') stack.push({ dir: this.dirs.get(child.id)!, expanded: false });
+          else {
+            files++;
+            for (const bg of child.blockGroups) this.garbageList.set(bg.id, bg);
+          }
+        }
+        continue;
+      }
+      stack.pop();
+      this.dirs.delete(top.dir.id);
+      dirs++;
+    }
+    this.removeEntry(found.parent, found.name, inode);
+    return this.ok('delete', { files, dirs });
+  }
+
+  private expireLeases(cmd: ExpireLeasesCommand): ResultOf<'expireLeases'> {
+    const expired: PendingFile[] = [];
+    for (const file of this.pending.values())
+      if (file.expiresMs <= cmd.expiresAtOrBeforeMs) expired.push(file);
+    expired.sort((a, b) => a.id - b.id);
+    for (const file of expired) this.dropPending(file);
+    return this.ok('expireLeases', { expired: expired.map((f) => f.id) });
+  }
+
+  private collectGarbage(cmd: CollectGarbageCommand): ResultOf<'collectGarbage'> {
+    let removed = 0;
+    for (const id of cmd.blockGroupIds) if (this.garbageList.delete(id)) removed++;
+    return this.ok('collectGarbage', { removed });
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // Reads (served by the host after ReadIndex; never change state)
+  // ---------------------------------------------------------------------------------------------------
+
+  stat(path: string): StatResult | Failure {
+    const parsed = parsePath(path);
+    if (!parsed.ok) return parsed;
+    if (parsed.components.length === 0) return { ok: true, path: '/', inode: this.rootInode };
+    const found = this.lookupEntry(parsed);
+    if (!found.ok) return found;
+    if (found.inode === undefined) return fail('NOT_FOUND', `${parsed.path}: no such file or directory`);
+    return { ok: true, path: parsed.path, inode: found.inode };
+  }
+
+  /**
+   * One page of a directory, in code-point order of names, strictly after `startAfter` ('' = from the
+   * start), at most `limit` entries (0 = MAX_LIST_LIMIT; larger is clamped to it). Costs O(log n + limit).
+   */
+  list(path: string, startAfter = '', limit = MAX_LIST_LIMIT): ListPage | Failure {
+    const parsed = parsePath(path);
+    if (!parsed.ok) return parsed;
+    if (!Number.isInteger(limit) || limit < 0)
+      return fail('INVALID_ARGUMENT', 'limit must be a non-negative integer');
+    const pageSize = limit === 0 ? MAX_LIST_LIMIT : Math.min(limit, MAX_LIST_LIMIT);
+    const resolved = this.resolveDir(parsed, parsed.components.length - 1);
+    if (!resolved.ok) return resolved;
+    let dir = resolved.dir;
+    if (parsed.components.length > 0) {
+      const entry = dir.entries.get(parsed.components[parsed.components.length - 1]!);
+      if (entry === undefined) return fail('NOT_FOUND', `${parsed.path}: no such file or directory`);
+      if (entry.type !== 'dir') return fail('NOT_A_DIRECTORY', `${parsed.path}: not a directory`);
+      dir = this.dirs.get(entry.id)!;
+    }
+    const names = dir.names.page(startAfter, pageSize);
+    const entries = names.map((name) => ({ name, inode: dir.entries.get(name)! }));
+    const last = names[names.length - 1];
+    const more = names.length === pageSize && last !== undefined && dir.names.hasAfter(last);
+    return { ok: true, entries, more };
+  }
+
+  /** The file being written as `inodeId` (the leader needs its policy to place the next block group). */
+  pendingFile(inodeId: InodeId): Readonly<PendingFile> | undefined {
+    return this.pending.get(inodeId);
+  }
+
+  /** Up to `limit` garbage block groups, oldest first, for the chunk-server GC. */
+  garbage(limit: number): BlockGroupInfo[] {
+    const out: BlockGroupInfo[] = [];
+    for (const bg of this.garbageList.values()) {
+      if (out.length >= limit) break;
+      out.push(bg);
+    }
+    return out;
+  }
+
+  /** When the leader should next propose expireLeases (undefined: no write in progress). */
+  earliestLeaseExpiryMs(): number | undefined {
+    let earliest: number | undefined;
+    for (const file of this.pending.values())
+      if (earliest === undefined || file.expiresMs < earliest) earliest = file.expiresMs;
+    return earliest;
+  }
+
+  counts(): { directories: number; files: number; pending: number; garbage: number; sessions: number } {
+    let files = 0;
+    for (const dir of this.dirs.values()) files += dir.files;
+    return {
+      directories: this.dirs.size,
+      files,
+      pending: this.pending.size,
+      garbage: this.garbageList.size,
+      sessions: this.sessions.size(),
+    };
+  }
+
+  /** The latest command time seen (the state machine's notion of "now"). */
+  get timeMs(): number {
+    return this.clockMs;
+  }
+
+  /** Verifies the structure (counts, records for every directory entry, pending names); for tests. */
+  checkInvariants(): void {
+    const reachable = new Set<InodeId>([ROOT_INODE_ID]);
+    for (const dir of this.dirs.values()) {
+      assert(dir.alive, 'directory records are alive');
+      assert(dir.names.size === dir.entries.size, 'name index matches entries');
+      let files = 0;
+      let dirs = 0;
+      for (const name of dir.names) {
+        const inode = dir.entries.get(name);
+        assert(inode !== undefined, 'indexed name has an entry');
+        assert(isValidId(inode.id), 'valid inode id');
+        if (inode.type === 'dir') {
+          dirs++;
+          assert(this.dirs.has(inode.id), 'a directory entry has a record');
+          reachable.add(inode.id);
+        } else files++;
+      }
+      assert(dir.files === files && dir.dirs === dirs, 'directory counts match entries');
+    }
+    assert(reachable.size === this.dirs.size, 'every directory record is referenced once');
+    for (const [key, id] of this.pendingByName) {
+      const file = this.pending.get(id);
+      assert(file !== undefined && pendingKey(file.parent, file.name) === key, 'pending name index');
+    }
+    assert(this.pendingByName.size === this.pending.size, 'one pending file per name');
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // Snapshots
+  // ---------------------------------------------------------------------------------------------------
+
+  /**
+   * The whole state as a stream of chunks of exactly `maxChunkBytes` (the last one shorter). It is a
+   * sequence of length-prefixed records (header, then each directory followed by its entries in name
+   * order, pending files, garbage, sessions, and an end record with the record count), so memory is bounded
+   * by one chunk plus one record. The state must not change while the stream is drained (checked): the host
+   * writes it out (to disk, or to a follower through a file) before applying the next command.
+   */
+  *snapshotChunks(maxChunkBytes = DEFAULT_SNAPSHOT_CHUNK_BYTES): Generator<Uint8Array> {
+    assert(Number.isInteger(maxChunkBytes) && maxChunkBytes >= 64, 'snapshot chunk size');
+    const startedAt = this.applied;
+    const out = new ByteWriter(Math.min(maxChunkBytes * 2, 1 << 22));
+    const record = new ByteWriter(256);
+    let records = 0;
+    const self = this;
+    function* emit(): Generator<Uint8Array> {
+      records++;
+      const body = record.take();
+      out.uint(body.length).bytesRaw(body);
+      while (out.length >= maxChunkBytes) {
+        const all = out.take();
+        yield all.subarray(0, maxChunkBytes);
+        out.bytesRaw(all.subarray(maxChunkBytes));
+      }
+      assert(self.applied === startedAt, 'the state changed while its snapshot was streamed');
+    }
+    record.u8(SNAP_HEADER).u8(SNAPSHOT_VERSION).uint(this.group).uint(this.nextCounter).uint(this.nextLease);
+    record.uint(this.clockMs).uint(this.applied);
+    writeInode(record, this.rootInode);
+    yield* emit();
+    for (const dir of this.dirs.values()) {
+      record.u8(SNAP_DIR).uint(dir.id).bool(dir.alive);
+      yield* emit();
+      for (const name of dir.names) {
+        record.u8(SNAP_ENTRY).string(name);
+        writeInode(record, dir.entries.get(name)!);
+        yield* emit();
+      }
+    }
+    for (const file of this.pending.values()) {
+      record.u8(SNAP_PENDING).uint(file.id).uint(file.parent).string(file.name).string(file.leaseId);
+      record.string(file.clientId).uint(file.leaseMs).bool(file.overwrite).uint(file.mode).string(file.ec);
+      record.uint(file.dataShards).uint(file.parityShards).uint(file.createdMs).uint(file.expiresMs);
+      record.uint(file.blockGroups.length);
+      for (const bg of file.blockGroups) writeBlockGroup(record, bg);
+      yield* emit();
+    }
+    for (const bg of this.garbageList.values()) {
+      record.u8(SNAP_GARBAGE);
+      writeBlockGroup(record, bg);
+      yield* emit();
+    }
+    const sessions = this.sessions.snapshot();
+    record.u8(SNAP_SESSION_CLOCK).uint(sessions.latestTime);
+    yield* emit();
+    for (const s of sessions.sessions) {
+      record.u8(SNAP_SESSION).string(s.clientId).uint(s.lastActive).uint(s.floor).uint(s.highest);
+      record.uint(s.results.length);
+      for (const [seq, result] of s.results) {
+        record.uint(seq);
+        writeResult(record, result);
+      }
+      yield* emit();
+    }
+    record.u8(SNAP_END).uint(records + 1);
+    yield* emit();
+    if (out.length > 0) yield out.take();
+  }
+
+  /** The whole snapshot in one buffer (small states, tests). */
+  snapshot(): Uint8Array {
+    const chunks = [...this.snapshotChunks()];
+    const total = chunks.reduce((n, c) => n + c.length, 0);
+    const bytes = new Uint8Array(total);
+    let at = 0;
+    for (const c of chunks) {
+      bytes.set(c, at);
+      at += c.length;
+    }
+    return bytes;
+  }
+
+  /** SHA-256 of the snapshot: equal hashes ⇔ equal states (including session tables and counters). */
+  stateHash(): string {
+    const hash = createHash('sha256');
+    for (const chunk of this.snapshotChunks()) hash.update(chunk);
+    return hash.digest('hex');
+  }
+
+  static restore(bytes: Uint8Array, sessionLimits?: SessionLimits): NamespaceState {
+    const restorer = new NamespaceRestorer(sessionLimits);
+    restorer.push(bytes);
+    return restorer.finish();
+  }
+
+  /** @internal Used by NamespaceRestorer. */
+  static fromParts(parts: RestoredParts, sessionLimits: SessionLimits): NamespaceState {
+    const state = new NamespaceState({ group: parts.group, sessionLimits });
+    state.dirs.clear();
+    for (const dir of parts.dirs) state.dirs.set(dir.id, dir);
+    for (const file of parts.pending) {
+      state.pending.set(file.id, file);
+      state.pendingByName.set(pendingKey(file.parent, file.name), file.id);
+    }
+    for (const bg of parts.garbage) state.garbageList.set(bg.id, bg);
+    state.rootInode = parts.rootInode;
+    state.nextCounter = parts.nextCounter;
+    state.nextLease = parts.nextLease;
+    state.clockMs = parts.clockMs;
+    state.applied = parts.applied;
+    state.sessions = ClientSessions.restore(sessionLimits, parts.sessions);
+    if (!state.dirs.has(ROOT_INODE_ID) && parts.group === ROOT_GROUP)
+      throw new StateCodecError('namespace snapshot: the root directory is missing');
+    try {
+      state.checkInvariants();
+    } catch (error) {
+      throw new StateCodecError(`namespace snapshot: inconsistent state (${(error as Error).message})`);
+    }
+    return state;
+  }
+}
+
+// ---- snapshot records ----
+const SNAPSHOT_VERSION = 1;
+const SNAP_HEADER = 1;
+const SNAP_DIR = 2;
+const SNAP_ENTRY = 3;
+const SNAP_PENDING = 4;
+const SNAP_GARBAGE = 5;
+const SNAP_SESSION_CLOCK = 6;
+const SNAP_SESSION = 7;
+const SNAP_END = 8;
+/** A single record is at most this big (a file with the most block groups fits well within it). */
+const MAX_SNAPSHOT_RECORD_BYTES = 64 << 20;
+
+interface RestoredParts {
+  group: number;
+  nextCounter: number;
+  nextLease: number;
+  clockMs: number;
+  applied: number;
+  rootInode: DirInode;
+  dirs: Directory[];
+  pending: PendingFile[];
+  garbage: BlockGroupInfo[];
+  sessions: SessionsSnapshot<NamespaceResult>;
+}
+
+/**
+ * Rebuilds a NamespaceState from snapshot chunks as they arrive (any chunking), holding at most one
+ * partial record besides the state. `finish()` checks the end record and the state's invariants; any
+ * malformed input throws StateCodecError.
+ */
+export class NamespaceRestorer {
+  private buffered: Uint8Array = new Uint8Array(0);
+  private records = 0;
+  private ended = false;
+  private parts: RestoredParts | undefined;
+  private currentDir: Directory | undefined;
+  private readonly sessionLimits: SessionLimits;
+  private readonly sessionList: SessionsSnapshot<NamespaceResult>['sessions'][number][] = [];
+  private sessionClock = 0;
+
+  constructor(sessionLimits: SessionLimits = DEFAULT_SESSION_LIMITS) {
+    this.sessionLimits = sessionLimits;
+  }
+
+  push(chunk: Uint8Array): void {
+    let data = chunk;
+    if (this.buffered.length > 0) {
+      data = new Uint8Array(this.buffered.length + chunk.length);
+      data.set(this.buffered);
+      data.set(chunk, this.buffered.length);
+    }
+    let at = 0;
+    while (at < data.length) {
+      const frame = new ByteReader(data.subarray(at), 'namespace snapshot');
+      let length: number;
+      try {
+        length = frame.uint('record length', MAX_SNAPSHOT_RECORD_BYTES);
+      } catch (error) {
+        if (data.length - at >= 8) throw error;
+        break; // the varint itself is split across chunks
+      }
+      const header = data.length - at - frame.remaining;
+      if (frame.remaining < length) break;
+      this.record(data.subarray(at + header, at + header + length));
+      at += header + length;
+    }
+    this.buffered = data.slice(at);
+  }
+
+  private record(body: Uint8Array): void {
+    if (this.ended) throw new StateCodecError('namespace snapshot: data after the end record');
+    this.records++;
+    const r = new ByteReader(body, 'namespace snapshot record');
+    const tag = r.u8('record tag');
+    if (this.parts === undefined && tag !== SNAP_HEADER)
+      throw new StateCodecError('namespace snapshot: does not start with a header record');
+    const parts = this.parts;
+    switch (tag) {
+      case SNAP_HEADER: {
+        if (parts !== undefined) throw new StateCodecError('namespace snapshot: two header records');
+        const version = r.u8('snapshot version');
+        if (version !== SNAPSHOT_VERSION)
+          throw new StateCodecError(`namespace snapshot: version ${version}, expected ${SNAPSHOT_VERSION}`);
+        const group = r.uint('group', 8191);
+        if (group < 1) throw new StateCodecError('namespace snapshot: group 0 is not a namespace group');
+        const nextCounter = r.uint('next counter', MAX_COUNTER + 1);
+        const nextLease = r.uint('next lease');
+        const clockMs = r.uint('clock');
+        const applied = r.uint('applied');
+        const rootInode = readInode(r);
+        if (rootInode.type !== 'dir' || rootInode.id !== ROOT_INODE_ID)
+          throw new StateCodecError('namespace snapshot: bad root inode');
+        this.parts = {
+          group,
+          nextCounter,
+          nextLease,
+          clockMs,
+          applied,
+          rootInode,
+          dirs: [],
+          pending: [],
+          garbage: [],
+          sessions: { latestTime: 0, sessions: [] },
+        };
+        break;
+      }
+      case SNAP_DIR: {
+        const id = r.uint('directory id') as InodeId;
+        const alive = r.bool('alive');
+        const dir: Directory = { id, alive, files: 0, dirs: 0, entries: new Map(), names: new SortedNames() };
+        parts!.dirs.push(dir);
+        this.currentDir = dir;
+        break;
+      }
+      case SNAP_ENTRY: {
+        const dir = this.currentDir;
+        if (dir === undefined) throw new StateCodecError('namespace snapshot: an entry before any directory');
+        const name = r.string('name', 1024);
+        const inode = readInode(r);
+        if (dir.entries.has(name)) throw new StateCodecError(`namespace snapshot: entry '${name}' twice`);
+        if (dir.names.hasAfter(name)) throw new StateCodecError('namespace snapshot: entries out of order');
+        dir.entries.set(name, inode);
+        dir.names.insert(name);
+        if (inode.type === 'dir') dir.dirs++;
+        else dir.files++;
+        break;
+      }
+      case SNAP_PENDING: {
+        const id = r.uint('pending id') as InodeId;
+        const parent = r.uint('parent') as InodeId;
+        const name = r.string('name', 1024);
+        const leaseId = r.string('lease id', MAX_LEASE_ID_BYTES);
+        const clientId = r.string('client id', MAX_CLIENT_ID_BYTES);
+        const leaseMs = r.uint('lease ms');
+        const overwrite = r.bool('overwrite');
+        const mode = r.uint('mode', MODE_MASK);
+        const ec = r.string('ec', 64);
+        const dataShards = r.uint('data shards', 255);
+        const parityShards = r.uint('parity shards', 255);
+        const createdMs = r.uint('created');
+        const expiresMs = r.uint('expires');
+        const n = r.count('block groups', MAX_BLOCK_GROUPS_PER_FILE);
+        const blockGroups: BlockGroupInfo[] = [];
+        for (let i = 0; i < n; i++) blockGroups.push(readBlockGroup(r));
+        parts!.pending.push({
+          id,
+          parent,
+          name,
+          leaseId,
+          clientId,
+          leaseMs,
+          overwrite,
+          mode,
+          ec,
+          dataShards,
+          parityShards,
+          createdMs,
+          expiresMs,
+          blockGroups,
+        });
+        break;
+      }
+      case SNAP_GARBAGE:
+        parts!.garbage.push(readBlockGroup(r));
+        break;
+      case SNAP_SESSION_CLOCK:
+        this.sessionClock = r.uint('session clock');
+        break;
+      case SNAP_SESSION: {
+        const clientId = r.string('client id', MAX_CLIENT_ID_BYTES);
+        const lastActive = r.uint('last active');
+        const floor = r.uint('floor');
+        const highest = r.uint('highest');
+        const n = r.count('results', 1 << 20);
+        const results: [number, NamespaceResult][] = [];
+        for (let i = 0; i < n; i++) results.push([r.uint('seq'), readResult(r)]);
+        this.sessionList.push({ clientId, lastActive, floor, highest, results });
+        break;
+      }
+      case SNAP_END: {
+        const count = r.uint('record count');
+        if (count !== this.records)
+          throw new StateCodecError(
+            `namespace snapshot: ${this.records} records, the end record says ${count}`,
+          );
+        this.ended = true;
+        break;
+      }
+      default:
+        throw new StateCodecError(`namespace snapshot: unknown record tag ${tag}`);
+    }
+    r.end();
+  }
+
+  finish(): NamespaceState {
+    if (!this.ended || this.parts === undefined || this.buffered.length > 0)
+      throw new StateCodecError('namespace snapshot: truncated (no end record)');
+    this.parts.sessions = { latestTime: this.sessionClock, sessions: this.sessionList };
+    return NamespaceState.fromParts(this.parts, this.sessionLimits);
+  }
+}
