@@ -19,12 +19,12 @@ import {
   writeSync,
 } from 'node:fs';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
-import { createServer as createNetServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DirLockedError, isProcessAlive, lockDir, lockHolder } from '../common/dirlock.js';
 import { DEFAULT_EC_POLICY, parseEcPolicy, totalShards } from '../common/ec-policy.js';
 import type { LogLevel } from '../common/log.js';
+import { freePort, portIsFree } from '../common/ports.js';
 import type { ReadyMessage, Role } from '../daemon/daemon.js';
 import { HealthService } from '../wire/gen/types.js';
 import { RpcChannel } from '../wire/rpc.js';
@@ -83,26 +83,6 @@ function writeFileAtomic(path: string, content: string): void {
     closeSync(fd);
   }
   renameSync(tmp, path);
-}
-
-function portIsFree(port: number): Promise<boolean> {
-  return new Promise((resolvePromise) => {
-    const server = createNetServer();
-    server.once('error', () => resolvePromise(false));
-    server.listen(port, HOST, () => server.close(() => resolvePromise(true)));
-  });
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolvePromise, reject) => {
-    const server = createNetServer();
-    server.once('error', reject);
-    server.listen(0, HOST, () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address !== null ? address.port : 0;
-      server.close(() => resolvePromise(port));
-    });
-  });
 }
 
 async function waitUntil(

@@ -7,4 +7,5 @@ export * from './assert.js';
 export * from './dirlock.js';
 export * from './ec-policy.js';
 export * from './log.js';
+export * from './ports.js';
 export * from './version.js';

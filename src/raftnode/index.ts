@@ -6,4 +6,5 @@
  */
 export * from './host.js';
 export * from './messages.js';
+export * from './durable.js';
 export * from './storage.js';

@@ -47,13 +47,13 @@ function confToWire(c: ConfState): Init<RaftConfState> {
   return { voters: [...c.voters], learners: [...c.learners] };
 }
 
-function entryToWire(e: Entry): Init<RaftEntry> {
+export function entryToWire(e: Entry): Init<RaftEntry> {
   return e.kind === 'normal'
     ? { term: e.term, index: e.index, data: e.data }
     : { term: e.term, index: e.index, config: confToWire(e.config) };
 }
 
-function metaToWire(m: SnapshotMeta): Init<RaftSnapshotMeta> {
+export function metaToWire(m: SnapshotMeta): Init<RaftSnapshotMeta> {
   return { index: m.index, term: m.term, config: confToWire(m.config) };
 }
 
@@ -119,14 +119,14 @@ function confFromWire(c: RaftConfState | null | undefined): ConfState {
   };
 }
 
-function entryFromWire(e: RaftEntry): Entry {
+export function entryFromWire(e: RaftEntry): Entry {
   const term = asTerm(safe(e.term, 'entry term'));
   const index = asIndex(safe(e.index, 'entry index'));
   if (e.config) return { kind: 'config', term, index, config: confFromWire(e.config) };
   return { kind: 'normal', term, index, data: e.data };
 }
 
-function metaFromWire(m: RaftSnapshotMeta | null | undefined): SnapshotMeta {
+export function metaFromWire(m: RaftSnapshotMeta | null | undefined): SnapshotMeta {
   if (!m) throw bad('missing snapshot meta');
   return {
     index: asIndex(safe(m.index, 'snapshot index')),

@@ -1,0 +1,247 @@
+/**
+ * npm run bench:raft — the Raft library in real processes on loopback, fsync on, against a 3-member etcd
+ * in the same run where the `etcd` binary is installed (Debian: etcd-server).
+ *
+ * For 1 group and then 4 groups per process: 3 replicas of test/raftnode/kv-node.js, 256-byte puts at
+ * concurrency 1/16/64/256 → ops/s, p50/p99. Then leader failover after SIGKILL (median of 5). Prints one
+ * JSON object per line. BENCH_SECONDS (default 5) sets each measurement's length.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import protobuf from 'protobufjs/light.js';
+import { KvClient } from '../test/raftnode/kv-client.js';
+import { closedLoop, emit, freePort, machine } from './lib.js';
+
+const KV_NODE = fileURLToPath(new URL('../test/raftnode/kv-node.js', import.meta.url));
+const SECONDS = Number(process.env['BENCH_SECONDS'] ?? '5');
+const CONCURRENCY = [1, 16, 64, 256];
+const VALUE = 'v'.repeat(256);
+
+interface KvCluster {
+  addrs: string[];
+  procs: (ChildProcess | undefined)[];
+  dir: string;
+  groups: number;
+}
+
+function startNode(cluster: KvCluster, i: number): Promise<void> {
+  const child = spawn(
+    process.execPath,
+    [
+      KV_NODE,
+      '--id',
+      String(i + 1),
+      '--peers',
+      cluster.addrs.join(','),
+      '--dir',
+      join(cluster.dir, `n${i + 1}`),
+      '--groups',
+      String(cluster.groups),
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  cluster.procs[i] = child;
+  return new Promise((resolve, reject) => {
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+      if (d.includes('ready')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`kv-node ${i + 1} exited with ${code}`)));
+  });
+}
+
+async function startKvCluster(groups: number): Promise<KvCluster> {
+  const dir = mkdtempSync(join(tmpdir(), 'dogfs-bench-raft-'));
+  const addrs: string[] = [];
+  for (let i = 0; i < 3; i++) addrs.push(`127.0.0.1:${await freePort()}`);
+  const cluster: KvCluster = { addrs, procs: [], dir, groups };
+  await Promise.all(addrs.map((_, i) => startNode(cluster, i)));
+  return cluster;
+}
+
+async function stopKvCluster(cluster: KvCluster): Promise<void> {
+  for (const p of cluster.procs) p?.kill('SIGKILL');
+  rmSync(cluster.dir, { recursive: true, force: true });
+}
+
+async function measureDogfs(groups: number): Promise<Map<number, number>> {
+  const cluster = await startKvCluster(groups);
+  const rates = new Map<number, number>();
+  try {
+    const clients = Array.from({ length: 8 }, (_, i) => new KvClient(cluster.addrs, `bench-${groups}-${i}`));
+    await clients[0]!.run({ op: 'put', key: 'warmup', value: 'x' }, Date.now() + 30_000);
+    for (const c of CONCURRENCY) {
+      const r = await closedLoop(c, SECONDS * 1000, async (w, i) => {
+        await clients[w % clients.length]!.run({ op: 'put', key: `k${w}-${i % 64}`, value: VALUE });
+      });
+      rates.set(c, r.opsPerSec);
+      const extra = { system: 'dogfs', groups, concurrency: c, errors: r.errors };
+      emit({ bench: 'raft', metric: 'put_ops', value: Math.round(r.opsPerSec), unit: 'ops/s', ...extra });
+      emit({ bench: 'raft', metric: 'put_p50', value: +r.p50Ms.toFixed(2), unit: 'ms', ...extra });
+      emit({ bench: 'raft', metric: 'put_p99', value: +r.p99Ms.toFixed(2), unit: 'ms', ...extra });
+    }
+    for (const c of clients) c.close();
+  } finally {
+    await stopKvCluster(cluster);
+  }
+  return rates;
+}
+
+async function measureFailover(): Promise<void> {
+  const cluster = await startKvCluster(1);
+  const times: number[] = [];
+  try {
+    const client = new KvClient(cluster.addrs, 'failover');
+    await client.run({ op: 'put', key: 'a', value: 'b' }, Date.now() + 30_000);
+    for (let round = 0; round < 5; round++) {
+      await client.run({ op: 'put', key: 'a', value: `r${round}` });
+      const leaderAddr = client.leader;
+      const i = cluster.addrs.indexOf(leaderAddr);
+      const t0 = performance.now();
+      cluster.procs[i]!.kill('SIGKILL');
+      await client.run({ op: 'put', key: 'a', value: `after${round}` }, Date.now() + 30_000);
+      times.push(performance.now() - t0);
+      await startNode(cluster, i);
+    }
+    client.close();
+  } finally {
+    await stopKvCluster(cluster);
+  }
+  times.sort((a, b) => a - b);
+  emit({
+    bench: 'raft',
+    metric: 'failover_median',
+    value: Math.round(times[2]!),
+    unit: 'ms',
+    system: 'dogfs',
+    samples: times.map(Math.round).join(','),
+  });
+}
+
+// etcd's KV.Put: PutRequest { bytes key = 1; bytes value = 2; }
+function encodePut(key: string, value: string): Buffer {
+  const w = protobuf.Writer.create();
+  w.uint32(10).bytes(Buffer.from(key));
+  w.uint32(18).bytes(Buffer.from(value));
+  return Buffer.from(w.finish());
+}
+
+async function measureEtcd(): Promise<Map<number, number> | undefined> {
+  if (!existsSync('/usr/bin/etcd')) {
+    emit({
+      bench: 'raft',
+      metric: 'etcd_unavailable',
+      value: 0,
+      unit: 'none',
+      note: 'install etcd-server to compare',
+    });
+    return undefined;
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'dogfs-bench-etcd-'));
+  const members = await Promise.all(
+    [0, 1, 2].map(async (i) => ({ name: `e${i}`, client: await freePort(), peer: await freePort() })),
+  );
+  const initial = members.map((m) => `${m.name}=http://127.0.0.1:${m.peer}`).join(',');
+  const procs = members.map((m) =>
+    spawn(
+      '/usr/bin/etcd',
+      [
+        '--name',
+        m.name,
+        '--data-dir',
+        join(dir, m.name),
+        '--listen-client-urls',
+        `http://127.0.0.1:${m.client}`,
+        '--advertise-client-urls',
+        `http://127.0.0.1:${m.client}`,
+        '--listen-peer-urls',
+        `http://127.0.0.1:${m.peer}`,
+        '--initial-advertise-peer-urls',
+        `http://127.0.0.1:${m.peer}`,
+        '--initial-cluster',
+        initial,
+        '--initial-cluster-state',
+        'new',
+        '--log-level',
+        'error',
+      ],
+      { stdio: 'ignore' },
+    ),
+  );
+  const clients = members.map(
+    (m) => new grpc.Client(`127.0.0.1:${m.client}`, grpc.credentials.createInsecure()),
+  );
+  const put = (client: grpc.Client, key: string) =>
+    new Promise<void>((resolve, reject) => {
+      client.makeUnaryRequest(
+        '/etcdserverpb.KV/Put',
+        (b: Buffer) => b,
+        (b: Buffer) => b,
+        encodePut(key, VALUE),
+        { deadline: Date.now() + 10_000 },
+        (e) => (e ? reject(e) : resolve()),
+      );
+    });
+  const rates = new Map<number, number>();
+  try {
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      try {
+        await put(clients[0]!, 'warmup');
+        break;
+      } catch (error) {
+        if (Date.now() > deadline) throw error;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+    for (const c of CONCURRENCY) {
+      const r = await closedLoop(c, SECONDS * 1000, (w, i) =>
+        put(clients[w % clients.length]!, `k${w}-${i % 64}`),
+      );
+      rates.set(c, r.opsPerSec);
+      const extra = { system: 'etcd-3.4', groups: 1, concurrency: c, errors: r.errors };
+      emit({ bench: 'raft', metric: 'put_ops', value: Math.round(r.opsPerSec), unit: 'ops/s', ...extra });
+      emit({ bench: 'raft', metric: 'put_p50', value: +r.p50Ms.toFixed(2), unit: 'ms', ...extra });
+      emit({ bench: 'raft', metric: 'put_p99', value: +r.p99Ms.toFixed(2), unit: 'ms', ...extra });
+    }
+  } finally {
+    for (const c of clients) c.close();
+    for (const p of procs) p.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return rates;
+}
+
+async function main(): Promise<void> {
+  emit({ bench: 'raft', metric: 'machine', value: 0, unit: 'none', ...machine() });
+  const etcd = await measureEtcd();
+  const one = await measureDogfs(1);
+  const four = await measureDogfs(4);
+  if (etcd) {
+    for (const c of CONCURRENCY) {
+      const e = etcd.get(c)!;
+      emit({
+        bench: 'raft',
+        metric: 'ratio_vs_etcd',
+        value: +(one.get(c)! / e).toFixed(2),
+        unit: 'x',
+        groups: 1,
+        concurrency: c,
+      });
+      emit({
+        bench: 'raft',
+        metric: 'ratio_vs_etcd',
+        value: +(four.get(c)! / e).toFixed(2),
+        unit: 'x',
+        groups: 4,
+        concurrency: c,
+      });
+    }
+  }
+  await measureFailover();
+}
+
+await main();

@@ -1,0 +1,279 @@
+/**
+ * raftnode/durable — the durable HostStorage: one append-only log file (DIR/raft.log) shared by every
+ * hosted group, so a Ready round of all groups costs one write + one fdatasync (group commit).
+ *
+ * Record framing: [u32 payload length][u32 CRC32C of payload][payload = WalRecord protobuf]. On open the
+ * file is replayed into a per-group mirror (hard state, latest snapshot, entries after it). A torn tail —
+ * the last record cut short or failing its checksum, as a crash mid-write leaves it — is truncated away; a
+ * bad record followed by good ones is corruption in the middle and is refused loudly, because acknowledged
+ * data would be lost silently. Snapshot payloads go to their own files (temp, fsync, rename, fsync dir)
+ * before the record that names them. When the file grows past a threshold it is rewritten from the mirror
+ * (temp file, fsync, rename), which drops entries covered by snapshots.
+ */
+import {
+  closeSync,
+  fsyncSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
+import { type FileHandle, open } from 'node:fs/promises';
+import { join } from 'node:path';
+import { crc32c } from '@node-rs/crc32';
+import { assert } from '../common/assert.js';
+import {
+  asIndex,
+  asNodeId,
+  asTerm,
+  type Entry,
+  type HardState,
+  type RaftStorageState,
+  type Snapshot,
+  type SnapshotMeta,
+} from '../consensus/index.js';
+import type { WalRecord } from '../wire/gen/types.js';
+import { decodeMessage, encodeMessage, type Init } from '../wire/proto.js';
+import { entryFromWire, entryToWire, metaFromWire, metaToWire } from './messages.js';
+import type { GroupStorage, HostStorage } from './storage.js';
+
+const LOG_FILE = 'raft.log';
+const HEADER_BYTES = 8;
+/** No single record may claim more than this: a larger length is corruption, not a record. */
+const MAX_RECORD_BYTES = 64 << 20;
+const REWRITE_THRESHOLD_BYTES = 256 << 20;
+
+export class WalCorruptError extends Error {
+  override name = 'WalCorruptError';
+}
+
+interface Mirror {
+  hardState: HardState | undefined;
+  snapshot: Snapshot | undefined;
+  snapshotFile: string;
+  entries: Entry[];
+}
+
+function fsyncDir(dir: string): void {
+  const fd = openSync(dir, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function frame(record: Init<WalRecord>): Buffer {
+  const payload = encodeMessage('dogfs.v1.WalRecord', record);
+  const framed = Buffer.allocUnsafe(HEADER_BYTES + payload.byteLength);
+  framed.writeUInt32LE(payload.byteLength, 0);
+  framed.writeUInt32LE(crc32c(Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)), 4);
+  framed.set(payload, HEADER_BYTES);
+  return framed;
+}
+
+function appendEntries(mirror: Mirror, entries: readonly Entry[]): void {
+  const first = entries[0];
+  if (first === undefined) return;
+  const keep = mirror.entries.findIndex((e) => e.index >= first.index);
+  if (keep >= 0) mirror.entries.length = keep;
+  const last = mirror.entries[mirror.entries.length - 1];
+  const base = last?.index ?? mirror.snapshot?.meta.index ?? 0;
+  assert(first.index <= base + 1, `log gap: appending ${first.index} after ${base}`);
+  for (const e of entries) mirror.entries.push(e);
+}
+
+function applySnapshot(mirror: Mirror, meta: SnapshotMeta, data: Uint8Array, file: string): void {
+  mirror.snapshot = { meta, data };
+  mirror.snapshotFile = file;
+  mirror.entries = mirror.entries.filter((e) => e.index > meta.index);
+  // A snapshot beyond the log (installed from the leader) replaces the whole log.
+  if (mirror.entries[0] !== undefined && mirror.entries[0].index !== meta.index + 1) mirror.entries = [];
+}
+
+export class DurableStorage implements HostStorage {
+  private readonly dir: string;
+  private readonly mirrors = new Map<number, Mirror>();
+  private pending: Buffer[] = [];
+  private handle: FileHandle;
+  private size: number;
+
+  private constructor(dir: string, handle: FileHandle, size: number) {
+    this.dir = dir;
+    this.handle = handle;
+    this.size = size;
+  }
+
+  static async open(dir: string): Promise<DurableStorage> {
+    const path = join(dir, LOG_FILE);
+    let bytes: Buffer;
+    try {
+      bytes = readFileSync(path);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+      bytes = Buffer.alloc(0);
+    }
+    const mirrors = new Map<number, Mirror>();
+    const validBytes = DurableStorage.replay(dir, bytes, mirrors);
+    const handle = await open(path, 'a+');
+    if (validBytes < bytes.byteLength) {
+      await handle.truncate(validBytes);
+      await handle.datasync();
+    }
+    const storage = new DurableStorage(dir, handle, validBytes);
+    for (const [g, m] of mirrors) storage.mirrors.set(g, m);
+    storage.removeUnreferencedSnapshots();
+    return storage;
+  }
+
+  /** Replays records into mirrors; returns how many bytes are valid (the rest is a torn tail). */
+  private static replay(dir: string, bytes: Buffer, mirrors: Map<number, Mirror>): number {
+    let offset = 0;
+    while (offset < bytes.byteLength) {
+      const remaining = bytes.byteLength - offset;
+      if (remaining < HEADER_BYTES) return offset; // torn header
+      const length = bytes.readUInt32LE(offset);
+      const crc = bytes.readUInt32LE(offset + 4);
+      const end = offset + HEADER_BYTES + length;
+      if (length > MAX_RECORD_BYTES || end > bytes.byteLength) {
+        if (length <= MAX_RECORD_BYTES) return offset; // cut short by a crash: torn tail
+        throw new WalCorruptError(`${join(dir, LOG_FILE)}: record at byte ${offset} claims ${length} bytes`);
+      }
+      const payload = bytes.subarray(offset + HEADER_BYTES, end);
+      if (crc32c(payload) !== crc) {
+        if (end === bytes.byteLength) return offset; // the last record, half written: torn tail
+        throw new WalCorruptError(
+          `${join(dir, LOG_FILE)}: checksum mismatch at byte ${offset} with ${bytes.byteLength - end} bytes after it; refusing to start rather than lose committed entries`,
+        );
+      }
+      const record = decodeMessage('dogfs.v1.WalRecord', payload);
+      let mirror = mirrors.get(record.group);
+      if (mirror === undefined) {
+        mirror = { hardState: undefined, snapshot: undefined, snapshotFile: '', entries: [] };
+        mirrors.set(record.group, mirror);
+      }
+      if (record.snapshot) {
+        const data =
+          record.snapshotFile === '' ? new Uint8Array(0) : readFileSync(join(dir, record.snapshotFile));
+        applySnapshot(mirror, metaFromWire(record.snapshot), data, record.snapshotFile);
+      }
+      if (record.entries.length > 0) appendEntries(mirror, record.entries.map(entryFromWire));
+      if (record.hardState) {
+        mirror.hardState = {
+          term: asTerm(record.hardState.term),
+          vote: asNodeId(record.hardState.vote),
+          commit: asIndex(record.hardState.commit),
+        };
+      }
+      offset = end;
+    }
+    return offset;
+  }
+
+  private removeUnreferencedSnapshots(): void {
+    const referenced = new Set([...this.mirrors.values()].map((m) => m.snapshotFile));
+    for (const name of readdirSync(this.dir)) {
+      if ((name.startsWith('snap-') && !referenced.has(name)) || name.endsWith('.tmp'))
+        unlinkSync(join(this.dir, name));
+    }
+  }
+
+  private mirror(groupId: number): Mirror {
+    let mirror = this.mirrors.get(groupId);
+    if (mirror === undefined) {
+      mirror = { hardState: undefined, snapshot: undefined, snapshotFile: '', entries: [] };
+      this.mirrors.set(groupId, mirror);
+    }
+    return mirror;
+  }
+
+  group(groupId: number): GroupStorage {
+    const mirror = this.mirror(groupId);
+    return {
+      load: (): RaftStorageState | undefined => {
+        if (mirror.hardState === undefined || mirror.snapshot === undefined) return undefined;
+        return { hardState: mirror.hardState, snapshot: mirror.snapshot, entries: [...mirror.entries] };
+      },
+      append: (entries) => {
+        if (entries.length === 0) return;
+        appendEntries(mirror, entries);
+        this.pending.push(frame({ group: groupId, entries: entries.map(entryToWire) }));
+      },
+      setHardState: (hardState) => {
+        mirror.hardState = hardState;
+        this.pending.push(frame({ group: groupId, hardState }));
+      },
+      saveSnapshot: (snapshot) => {
+        const file = snapshot.data.byteLength === 0 ? '' : this.writeSnapshotFile(groupId, snapshot);
+        applySnapshot(mirror, snapshot.meta, snapshot.data, file);
+        this.pending.push(frame({ group: groupId, snapshot: metaToWire(snapshot.meta), snapshotFile: file }));
+      },
+    };
+  }
+
+  private writeSnapshotFile(groupId: number, snapshot: Snapshot): string {
+    const name = `snap-${groupId}-${snapshot.meta.term}-${snapshot.meta.index}.bin`;
+    const tmp = join(this.dir, `${name}.tmp`);
+    const fd = openSync(tmp, 'w');
+    try {
+      writeSync(fd, snapshot.data);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, join(this.dir, name));
+    fsyncDir(this.dir);
+    return name;
+  }
+
+  async sync(): Promise<void> {
+    if (this.pending.length === 0) return;
+    const buffers = this.pending;
+    this.pending = [];
+    let bytes = 0;
+    for (const b of buffers) bytes += b.byteLength;
+    await this.handle.writev(buffers);
+    await this.handle.datasync();
+    this.size += bytes;
+    if (this.size > REWRITE_THRESHOLD_BYTES) await this.rewrite();
+  }
+
+  /** Rewrites the log as the mirror's current state: drops everything snapshots cover. */
+  private async rewrite(): Promise<void> {
+    const records: Buffer[] = [];
+    for (const [group, m] of this.mirrors) {
+      if (m.snapshot)
+        records.push(frame({ group, snapshot: metaToWire(m.snapshot.meta), snapshotFile: m.snapshotFile }));
+      if (m.entries.length > 0) records.push(frame({ group, entries: m.entries.map(entryToWire) }));
+      if (m.hardState) records.push(frame({ group, hardState: m.hardState }));
+    }
+    const path = join(this.dir, LOG_FILE);
+    const tmp = `${path}.tmp`;
+    const out = await open(tmp, 'w');
+    let size = 0;
+    try {
+      await out.writev(records);
+      await out.datasync();
+      for (const r of records) size += r.byteLength;
+    } finally {
+      await out.close();
+    }
+    await this.handle.close();
+    renameSync(tmp, path);
+    fsyncDir(this.dir);
+    this.handle = await open(path, 'a+');
+    this.size = size;
+    this.removeUnreferencedSnapshots();
+  }
+
+  async close(): Promise<void> {
+    await this.sync();
+    await this.handle.close();
+  }
+}
+
+export function openHostStorage(dir: string): Promise<DurableStorage> {
+  return DurableStorage.open(dir);
+}
