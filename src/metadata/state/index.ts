@@ -6,9 +6,11 @@
  * May import: common, consensus (sessions, PRNG), wire (error codes and types).
  */
 export * from './bytes.js';
+export * from './cluster.js';
 export * from './commands.js';
 export * from './ids.js';
 export * from './namespace.js';
 export * from './paths.js';
+export * from './placement.js';
 export * from './result.js';
 export * from './sorted-names.js';

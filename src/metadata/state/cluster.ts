@@ -1,0 +1,542 @@
+/**
+ * metadata/state/cluster — the state machine of group 0, "cluster" (DESIGN §3 Groups): the chunk-server
+ * registry, liveness decisions and cluster settings. Deterministic like the namespace: time comes in the
+ * command (`timeMs`, from the leader), never from a clock.
+ *
+ * Commands (all idempotent by construction, so they need no client session — a chunk server's retried
+ * heartbeat or registration just sets the same values again):
+ * - `register`: a chunk server announces itself (after every start); it is alive from then on.
+ * - `heartbeat`: capacity, usage, shard count, load; records `lastHeartbeatMs = timeMs`. An unknown id
+ *   gets `reregister: true`. A *dead* server's heartbeat is recorded but does not revive it: the result
+ *   says `dead: true` and the leader decides, by proposing `markAlive`.
+ * - `declareDead { id, silentSinceMs }`: proposed by the leader when a server's last heartbeat is older
+ *   than `deadAfterMs`. A compare-and-set: applied only when the server's last heartbeat is still at or
+ *   before `silentSinceMs`, so a heartbeat committed in between wins the race on every replica alike.
+ * - `markAlive { id }`: the leader saw a dead server heartbeat again.
+ * - `setSettings`: default EC policy, stripe size, block-group size, heartbeat/dead timing, lease length.
+ *
+ * Reads: `servers()` (sorted by id), `server(id)`, `placementCandidates()`, `silentServers(nowMs)`
+ * (what the leader should declare dead), `settings`. Snapshot: `snapshot()` / `ClusterState.restore()`
+ * (the registry is small: one record per chunk server) and `stateHash()`.
+ *
+ * Not here yet: the shard map (slot → namespace group and its members), which arrives with sharding.
+ */
+import { createHash } from 'node:crypto';
+import { assert } from '../../common/assert.js';
+import { DEFAULT_EC_POLICY, parseEcPolicy } from '../../common/ec-policy.js';
+import { type ErrorCode, isErrorCode } from '../../wire/errors.js';
+import { ByteReader, ByteWriter, StateCodecError } from './bytes.js';
+import {
+  MAX_BLOCK_GROUP_BYTES,
+  MAX_EC_NAME_BYTES,
+  MAX_LEASE_MS,
+  MAX_SERVER_ID_BYTES,
+  MAX_STRIPE_SIZE,
+  MIN_STRIPE_SIZE,
+} from './commands.js';
+import { utf8Length } from './paths.js';
+import type { PlacementCandidate } from './placement.js';
+import { type Failure, fail } from './result.js';
+
+export const MAX_CHUNK_SERVERS = 10_000;
+export const MAX_ADDRESS_BYTES = 256;
+export const MAX_FAILURE_DOMAIN_BYTES = 128;
+
+export type ServerState = 'alive' | 'dead';
+
+export interface ChunkServerRecord {
+  readonly id: string;
+  /** Data-transfer address (host:port). */
+  readonly dataAddr: string;
+  /** gRPC control address (host:port). */
+  readonly controlAddr: string;
+  /** Failure-domain label (rack, host, zone); '' = unlabeled. */
+  readonly failureDomain: string;
+  readonly capacityBytes: number;
+  readonly usedBytes: number;
+  readonly shardCount: number;
+  readonly activeTransfers: number;
+  readonly state: ServerState;
+  /** Leader time of the last register or heartbeat. */
+  readonly lastHeartbeatMs: number;
+  readonly registeredMs: number;
+  /** Leader time at which `state` last changed. */
+  readonly stateSinceMs: number;
+}
+
+export interface ClusterSettings {
+  readonly defaultEc: string;
+  readonly stripeSize: number;
+  readonly blockGroupMaxBytes: number;
+  readonly heartbeatIntervalMs: number;
+  /** Silence after which the leader proposes declareDead. */
+  readonly deadAfterMs: number;
+  /** Write-lease length given to creates. */
+  readonly leaseMs: number;
+}
+
+export const DEFAULT_CLUSTER_SETTINGS: ClusterSettings = {
+  defaultEc: DEFAULT_EC_POLICY,
+  stripeSize: 1 << 20,
+  blockGroupMaxBytes: 6 * 256 * (1 << 20),
+  heartbeatIntervalMs: 1000,
+  deadAfterMs: 10_000,
+  leaseMs: 60_000,
+};
+
+interface Base {
+  readonly timeMs: number;
+}
+export interface RegisterCommand extends Base {
+  readonly op: 'register';
+  readonly id: string;
+  readonly dataAddr: string;
+  readonly controlAddr: string;
+  readonly failureDomain: string;
+  readonly capacityBytes: number;
+  readonly usedBytes: number;
+}
+export interface HeartbeatCommand extends Base {
+  readonly op: 'heartbeat';
+  readonly id: string;
+  readonly capacityBytes: number;
+  readonly usedBytes: number;
+  readonly shardCount: number;
+  readonly activeTransfers: number;
+}
+export interface DeclareDeadCommand extends Base {
+  readonly op: 'declareDead';
+  readonly id: string;
+  readonly silentSinceMs: number;
+}
+export interface MarkAliveCommand extends Base {
+  readonly op: 'markAlive';
+  readonly id: string;
+}
+export interface SetSettingsCommand extends Base {
+  readonly op: 'setSettings';
+  readonly settings: ClusterSettings;
+}
+export type ClusterCommand =
+  | RegisterCommand
+  | HeartbeatCommand
+  | DeclareDeadCommand
+  | MarkAliveCommand
+  | SetSettingsCommand;
+export type ClusterOp = ClusterCommand['op'];
+
+export interface ClusterResultPayloads {
+  register: { readonly heartbeatIntervalMs: number };
+  heartbeat: { readonly reregister: boolean; readonly dead: boolean };
+  declareDead: { readonly changed: boolean };
+  markAlive: { readonly changed: boolean };
+  setSettings: { readonly settings: ClusterSettings };
+}
+export type ClusterSuccess<K extends ClusterOp> = {
+  readonly ok: true;
+  readonly op: K;
+} & ClusterResultPayloads[K];
+export type ClusterResultOf<K extends ClusterOp> = ClusterSuccess<K> | Failure;
+export type ClusterResult = { [K in ClusterOp]: ClusterSuccess<K> }[ClusterOp] | Failure;
+
+function checkText(value: string, what: string, min: number, max: number): Failure | undefined {
+  const bytes = utf8Length(value);
+  if (bytes < min || bytes > max)
+    return fail('INVALID_ARGUMENT', `${what} must be ${min}..${max} bytes of UTF-8`);
+  return undefined;
+}
+
+function checkCount(value: number, what: string): Failure | undefined {
+  if (!Number.isSafeInteger(value) || value < 0)
+    return fail('INVALID_ARGUMENT', `${what} must be a non-negative integer`);
+  return undefined;
+}
+
+export function checkSettings(s: ClusterSettings): Failure | undefined {
+  try {
+    parseEcPolicy(s.defaultEc);
+  } catch (error) {
+    return fail('INVALID_ARGUMENT', (error as Error).message);
+  }
+  if (!Number.isInteger(s.stripeSize) || s.stripeSize < MIN_STRIPE_SIZE || s.stripeSize > MAX_STRIPE_SIZE)
+    return fail('INVALID_ARGUMENT', `stripe size must be ${MIN_STRIPE_SIZE}..${MAX_STRIPE_SIZE} bytes`);
+  if (s.stripeSize % 4096 !== 0) return fail('INVALID_ARGUMENT', 'stripe size must be a multiple of 4096');
+  if (
+    !Number.isSafeInteger(s.blockGroupMaxBytes) ||
+    s.blockGroupMaxBytes < s.stripeSize ||
+    s.blockGroupMaxBytes > MAX_BLOCK_GROUP_BYTES
+  )
+    return fail('INVALID_ARGUMENT', `block-group size must be stripe size..${MAX_BLOCK_GROUP_BYTES} bytes`);
+  if (
+    !Number.isInteger(s.heartbeatIntervalMs) ||
+    s.heartbeatIntervalMs < 10 ||
+    s.heartbeatIntervalMs > 600_000
+  )
+    return fail('INVALID_ARGUMENT', 'heartbeat interval must be 10..600000 ms');
+  if (
+    !Number.isInteger(s.deadAfterMs) ||
+    s.deadAfterMs < 2 * s.heartbeatIntervalMs ||
+    s.deadAfterMs > 86_400_000
+  )
+    return fail(
+      'INVALID_ARGUMENT',
+      'dead-after must be at least two heartbeat intervals (and at most a day)',
+    );
+  if (!Number.isInteger(s.leaseMs) || s.leaseMs < 1000 || s.leaseMs > MAX_LEASE_MS)
+    return fail('INVALID_ARGUMENT', `lease must be 1000..${MAX_LEASE_MS} ms`);
+  return undefined;
+}
+
+export class ClusterState {
+  private readonly registry = new Map<string, ChunkServerRecord>();
+  private current: ClusterSettings;
+  private clockMs = 0;
+
+  constructor(settings: ClusterSettings = DEFAULT_CLUSTER_SETTINGS) {
+    assert(checkSettings(settings) === undefined, 'initial cluster settings are valid');
+    this.current = settings;
+  }
+
+  get settings(): ClusterSettings {
+    return this.current;
+  }
+
+  get timeMs(): number {
+    return this.clockMs;
+  }
+
+  apply<C extends ClusterCommand>(cmd: C): ClusterResultOf<C['op']> {
+    return this.applyAny(cmd) as ClusterResultOf<C['op']>;
+  }
+
+  applyEncoded(bytes: Uint8Array): ClusterResult {
+    let cmd: ClusterCommand;
+    try {
+      cmd = decodeClusterCommand(bytes);
+    } catch (error) {
+      if (!(error instanceof StateCodecError)) throw error;
+      return fail('INVALID_ARGUMENT', error.message);
+    }
+    return this.applyAny(cmd);
+  }
+
+  private applyAny(cmd: ClusterCommand): ClusterResult {
+    if (!Number.isSafeInteger(cmd.timeMs) || cmd.timeMs < 0)
+      return fail('INVALID_ARGUMENT', 'bad command time');
+    if (cmd.timeMs > this.clockMs) this.clockMs = cmd.timeMs;
+    const now = this.clockMs;
+    if (cmd.op === 'setSettings') {
+      const bad = checkSettings(cmd.settings);
+      if (bad) return bad;
+      this.current = { ...cmd.settings };
+      return { ok: true, op: 'setSettings', settings: this.current };
+    }
+    const badId = checkText(cmd.id, 'chunk server id', 1, MAX_SERVER_ID_BYTES);
+    if (badId) return badId;
+    const known = this.registry.get(cmd.id);
+    switch (cmd.op) {
+      case 'register': {
+        const bad =
+          checkText(cmd.dataAddr, 'data address', 1, MAX_ADDRESS_BYTES) ??
+          checkText(cmd.controlAddr, 'control address', 0, MAX_ADDRESS_BYTES) ??
+          checkText(cmd.failureDomain, 'failure domain', 0, MAX_FAILURE_DOMAIN_BYTES) ??
+          checkCount(cmd.capacityBytes, 'capacity') ??
+          checkCount(cmd.usedBytes, 'used bytes');
+        if (bad) return bad;
+        if (known === undefined && this.registry.size >= MAX_CHUNK_SERVERS)
+          return fail('RESOURCE_EXHAUSTED', `at most ${MAX_CHUNK_SERVERS} chunk servers`);
+        this.registry.set(cmd.id, {
+          id: cmd.id,
+          dataAddr: cmd.dataAddr,
+          controlAddr: cmd.controlAddr,
+          failureDomain: cmd.failureDomain,
+          capacityBytes: cmd.capacityBytes,
+          usedBytes: cmd.usedBytes,
+          shardCount: known?.shardCount ?? 0,
+          activeTransfers: 0,
+          state: 'alive',
+          lastHeartbeatMs: now,
+          registeredMs: now,
+          stateSinceMs: known?.state === 'alive' ? known.stateSinceMs : now,
+        });
+        return { ok: true, op: 'register', heartbeatIntervalMs: this.current.heartbeatIntervalMs };
+      }
+      case 'heartbeat': {
+        const bad =
+          checkCount(cmd.capacityBytes, 'capacity') ??
+          checkCount(cmd.usedBytes, 'used bytes') ??
+          checkCount(cmd.shardCount, 'shard count') ??
+          checkCount(cmd.activeTransfers, 'active transfers');
+        if (bad) return bad;
+        if (known === undefined) return { ok: true, op: 'heartbeat', reregister: true, dead: false };
+        this.registry.set(cmd.id, {
+          ...known,
+          capacityBytes: cmd.capacityBytes,
+          usedBytes: cmd.usedBytes,
+          shardCount: cmd.shardCount,
+          activeTransfers: cmd.activeTransfers,
+          lastHeartbeatMs: now,
+        });
+        return { ok: true, op: 'heartbeat', reregister: false, dead: known.state === 'dead' };
+      }
+      case 'declareDead': {
+        const bad = checkCount(cmd.silentSinceMs, 'silent since');
+        if (bad) return bad;
+        if (known === undefined) return fail('NOT_FOUND', `chunk server ${cmd.id} is not registered`);
+        if (known.state === 'dead' || known.lastHeartbeatMs > cmd.silentSinceMs)
+          return { ok: true, op: 'declareDead', changed: false };
+        this.registry.set(cmd.id, { ...known, state: 'dead', stateSinceMs: now });
+        return { ok: true, op: 'declareDead', changed: true };
+      }
+      case 'markAlive': {
+        if (known === undefined) return fail('NOT_FOUND', `chunk server ${cmd.id} is not registered`);
+        if (known.state === 'alive') return { ok: true, op: 'markAlive', changed: false };
+        this.registry.set(cmd.id, { ...known, state: 'alive', stateSinceMs: now });
+        return { ok: true, op: 'markAlive', changed: true };
+      }
+    }
+  }
+
+  server(id: string): ChunkServerRecord | undefined {
+    return this.registry.get(id);
+  }
+
+  /** Every registered chunk server, sorted by id. */
+  servers(): ChunkServerRecord[] {
+    return [...this.registry.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  }
+
+  placementCandidates(): PlacementCandidate[] {
+    return this.servers();
+  }
+
+  /** Alive servers whose last heartbeat is older than `deadAfterMs` at `nowMs` (leader's clock). */
+  silentServers(nowMs: number): { id: string; silentSinceMs: number }[] {
+    return this.servers()
+      .filter((s) => s.state === 'alive' && nowMs - s.lastHeartbeatMs > this.current.deadAfterMs)
+      .map((s) => ({ id: s.id, silentSinceMs: s.lastHeartbeatMs }));
+  }
+
+  snapshot(): Uint8Array {
+    const w = new ByteWriter(256);
+    w.u8(CLUSTER_FORMAT_VERSION).uint(this.clockMs);
+    writeSettings(w, this.current);
+    const servers = this.servers();
+    w.uint(servers.length);
+    for (const s of servers) {
+      w.string(s.id).string(s.dataAddr).string(s.controlAddr).string(s.failureDomain);
+      w.uint(s.capacityBytes).uint(s.usedBytes).uint(s.shardCount).uint(s.activeTransfers);
+      w.bool(s.state === 'dead')
+        .uint(s.lastHeartbeatMs)
+        .uint(s.registeredMs)
+        .uint(s.stateSinceMs);
+    }
+    return w.finish();
+  }
+
+  /** Throws StateCodecError on malformed bytes. */
+  static restore(bytes: Uint8Array): ClusterState {
+    const r = new ByteReader(bytes, 'cluster snapshot');
+    const version = r.u8('version');
+    if (version !== CLUSTER_FORMAT_VERSION) throw new StateCodecError(`cluster snapshot: version ${version}`);
+    const clockMs = r.uint('clock');
+    const settings = readSettings(r);
+    if (checkSettings(settings) !== undefined)
+      throw new StateCodecError('cluster snapshot: invalid settings');
+    const state = new ClusterState(settings);
+    state.clockMs = clockMs;
+    const n = r.count('servers', MAX_CHUNK_SERVERS);
+    for (let i = 0; i < n; i++) {
+      const record: ChunkServerRecord = {
+        id: r.string('id', MAX_SERVER_ID_BYTES),
+        dataAddr: r.string('data address', MAX_ADDRESS_BYTES),
+        controlAddr: r.string('control address', MAX_ADDRESS_BYTES),
+        failureDomain: r.string('failure domain', MAX_FAILURE_DOMAIN_BYTES),
+        capacityBytes: r.uint('capacity'),
+        usedBytes: r.uint('used'),
+        shardCount: r.uint('shard count'),
+        activeTransfers: r.uint('active transfers'),
+        state: r.bool('dead') ? 'dead' : 'alive',
+        lastHeartbeatMs: r.uint('last heartbeat'),
+        registeredMs: r.uint('registered'),
+        stateSinceMs: r.uint('state since'),
+      };
+      if (state.registry.has(record.id))
+        throw new StateCodecError(`cluster snapshot: server ${record.id} twice`);
+      state.registry.set(record.id, record);
+    }
+    r.end();
+    return state;
+  }
+
+  stateHash(): string {
+    return createHash('sha256').update(this.snapshot()).digest('hex');
+  }
+}
+
+const CLUSTER_FORMAT_VERSION = 1;
+const CLUSTER_OP_TAGS: Record<ClusterOp, number> = {
+  register: 1,
+  heartbeat: 2,
+  declareDead: 3,
+  markAlive: 4,
+  setSettings: 5,
+};
+const CLUSTER_OPS_BY_TAG = new Map<number, ClusterOp>(
+  (Object.entries(CLUSTER_OP_TAGS) as [ClusterOp, number][]).map(([op, tag]) => [tag, op]),
+);
+
+function writeSettings(w: ByteWriter, s: ClusterSettings): void {
+  w.string(s.defaultEc).uint(s.stripeSize).uint(s.blockGroupMaxBytes).uint(s.heartbeatIntervalMs);
+  w.uint(s.deadAfterMs).uint(s.leaseMs);
+}
+
+function readSettings(r: ByteReader): ClusterSettings {
+  return {
+    defaultEc: r.string('default ec', MAX_EC_NAME_BYTES),
+    stripeSize: r.uint('stripe size'),
+    blockGroupMaxBytes: r.uint('block group max bytes'),
+    heartbeatIntervalMs: r.uint('heartbeat interval'),
+    deadAfterMs: r.uint('dead after'),
+    leaseMs: r.uint('lease ms'),
+  };
+}
+
+export function encodeClusterCommand(cmd: ClusterCommand): Uint8Array {
+  const w = new ByteWriter(64);
+  w.u8(CLUSTER_FORMAT_VERSION).u8(CLUSTER_OP_TAGS[cmd.op]).uint(cmd.timeMs);
+  switch (cmd.op) {
+    case 'register':
+      w.string(cmd.id).string(cmd.dataAddr).string(cmd.controlAddr).string(cmd.failureDomain);
+      w.uint(cmd.capacityBytes).uint(cmd.usedBytes);
+      break;
+    case 'heartbeat':
+      w.string(cmd.id)
+        .uint(cmd.capacityBytes)
+        .uint(cmd.usedBytes)
+        .uint(cmd.shardCount)
+        .uint(cmd.activeTransfers);
+      break;
+    case 'declareDead':
+      w.string(cmd.id).uint(cmd.silentSinceMs);
+      break;
+    case 'markAlive':
+      w.string(cmd.id);
+      break;
+    case 'setSettings':
+      writeSettings(w, cmd.settings);
+      break;
+  }
+  return w.finish();
+}
+
+/** Throws StateCodecError on malformed bytes. */
+export function decodeClusterCommand(bytes: Uint8Array): ClusterCommand {
+  const r = new ByteReader(bytes, 'cluster command');
+  const version = r.u8('version');
+  if (version !== CLUSTER_FORMAT_VERSION)
+    throw new StateCodecError(`cluster command: format version ${version}`);
+  const tag = r.u8('op');
+  const op = CLUSTER_OPS_BY_TAG.get(tag);
+  if (op === undefined) throw new StateCodecError(`cluster command: unknown op tag ${tag}`);
+  const timeMs = r.uint('time');
+  const id = () => r.string('id', MAX_SERVER_ID_BYTES);
+  let cmd: ClusterCommand;
+  switch (op) {
+    case 'register':
+      cmd = {
+        op,
+        timeMs,
+        id: id(),
+        dataAddr: r.string('data address', MAX_ADDRESS_BYTES),
+        controlAddr: r.string('control address', MAX_ADDRESS_BYTES),
+        failureDomain: r.string('failure domain', MAX_FAILURE_DOMAIN_BYTES),
+        capacityBytes: r.uint('capacity'),
+        usedBytes: r.uint('used'),
+      };
+      break;
+    case 'heartbeat':
+      cmd = {
+        op,
+        timeMs,
+        id: id(),
+        capacityBytes: r.uint('capacity'),
+        usedBytes: r.uint('used'),
+        shardCount: r.uint('shard count'),
+        activeTransfers: r.uint('active transfers'),
+      };
+      break;
+    case 'declareDead':
+      cmd = { op, timeMs, id: id(), silentSinceMs: r.uint('silent since') };
+      break;
+    case 'markAlive':
+      cmd = { op, timeMs, id: id() };
+      break;
+    case 'setSettings':
+      cmd = { op, timeMs, settings: readSettings(r) };
+      break;
+  }
+  r.end();
+  return cmd;
+}
+
+/** Encodes a cluster result (for hosts that store or forward results as bytes). */
+export function encodeClusterResult(result: ClusterResult): Uint8Array {
+  const w = new ByteWriter(64);
+  w.u8(CLUSTER_FORMAT_VERSION);
+  if (!result.ok) {
+    w.u8(0).string(result.code).string(result.message);
+    return w.finish();
+  }
+  w.u8(CLUSTER_OP_TAGS[result.op]);
+  switch (result.op) {
+    case 'register':
+      w.uint(result.heartbeatIntervalMs);
+      break;
+    case 'heartbeat':
+      w.bool(result.reregister).bool(result.dead);
+      break;
+    case 'declareDead':
+    case 'markAlive':
+      w.bool(result.changed);
+      break;
+    case 'setSettings':
+      writeSettings(w, result.settings);
+      break;
+  }
+  return w.finish();
+}
+
+export function decodeClusterResult(bytes: Uint8Array): ClusterResult {
+  const r = new ByteReader(bytes, 'cluster result');
+  const version = r.u8('version');
+  if (version !== CLUSTER_FORMAT_VERSION)
+    throw new StateCodecError(`cluster result: format version ${version}`);
+  const tag = r.u8('op');
+  let result: ClusterResult;
+  if (tag === 0) {
+    const code = r.string('code', 64);
+    if (!isErrorCode(code)) throw new StateCodecError(`cluster result: unknown error code '${code}'`);
+    result = { ok: false, code: code as ErrorCode, message: r.string('message') };
+  } else {
+    const op = CLUSTER_OPS_BY_TAG.get(tag);
+    if (op === undefined) throw new StateCodecError(`cluster result: unknown op tag ${tag}`);
+    switch (op) {
+      case 'register':
+        result = { ok: true, op, heartbeatIntervalMs: r.uint('heartbeat interval') };
+        break;
+      case 'heartbeat':
+        result = { ok: true, op, reregister: r.bool('reregister'), dead: r.bool('dead') };
+        break;
+      case 'declareDead':
+      case 'markAlive':
+        result = { ok: true, op, changed: r.bool('changed') };
+        break;
+      case 'setSettings':
+        result = { ok: true, op, settings: readSettings(r) };
+        break;
+    }
+  }
+  r.end();
+  return result;
+}
