@@ -1,26 +1,134 @@
 /**
- * chunk/server — the `dogfs chunk` process. Today it owns its data directory and answers Health; the
- * shard store, data-transfer protocol and ChunkControl service are added here (issue 5).
+ * chunk/server — the `dogfs chunk` process: the shard store in DIR/shards, the data-transfer server on
+ * its own TCP port (`dataAddr`, answered by Health and in the ready message), the ChunkControl service
+ * over gRPC beside Health, the scrubber, and the reporter that registers and heartbeats with the
+ * metadata cluster.
  */
-import type { HostPort } from '../common/address.js';
-import type { LogLevel } from '../common/log.js';
+import { formatHostPort, type HostPort } from '../common/address.js';
+import type { Logger, LogLevel } from '../common/log.js';
 import { runDaemon } from '../daemon/daemon.js';
+import { checkShardId, checkWireInteger, MAX_SHARD_BYTES } from '../wire/data-transfer.js';
+import { DogfsError } from '../wire/errors.js';
+import { ChunkControlService, type ShardId } from '../wire/gen/types.js';
+import { DataServer, type DataServerLimits } from './data-server.js';
+import { ChunkMetrics } from './metrics.js';
+import { MetadataReporter } from './reporter.js';
+import { DEFAULT_SCRUB_BYTES_PER_SECOND, Scrubber } from './scrubber.js';
+import { type ShardRecord, ShardStore } from './store.js';
 
 export interface ChunkServerOptions {
   dir: string;
   id?: string | undefined;
   listen: HostPort;
+  /** Where the data-transfer protocol listens (port 0: any free port). */
+  dataListen?: HostPort | undefined;
   /** Metadata servers to register with, host:port. */
   meta: string[];
   failureDomain: string;
   logLevel: LogLevel;
+  /** Most bytes of shards to store; default: the size of the filesystem holding DIR. */
+  capacityBytes?: number | undefined;
+  /** Scrubber rate in bytes per second; 0 turns the scrubber off. Default 1 MiB/s. */
+  scrubBytesPerSecond?: number | undefined;
+  limits?: Partial<DataServerLimits> | undefined;
 }
 
-export function startChunkServer(options: ChunkServerOptions) {
-  return runDaemon(
+const DEFAULT_LIST_LIMIT = 1_000;
+const MAX_LIST_LIMIT = 10_000;
+
+function shardInfo(record: ShardRecord) {
+  return { shard: record.id, length: record.length, crc32c: record.crc32c, mtimeMs: record.mtimeMs };
+}
+
+export async function startChunkServer(options: ChunkServerOptions) {
+  const metrics = new ChunkMetrics();
+  let store: ShardStore | undefined;
+  let dataServer: DataServer | undefined;
+  let scrubber: Scrubber | undefined;
+  let reporter: MetadataReporter | undefined;
+  let dataAddr = '';
+  let logger: Logger | undefined;
+  const daemon = await runDaemon(
     { role: 'chunk', dir: options.dir, id: options.id, listen: options.listen, logLevel: options.logLevel },
-    (context) => {
+    async (context) => {
       context.readyInfo['failureDomain'] = options.failureDomain;
+      const log = context.log;
+      const openedStore = await ShardStore.open({
+        dir: context.dir,
+        capacityBytes: options.capacityBytes,
+        log,
+        onCorrupt: () => metrics.add('corrupt_found'),
+      });
+      store = openedStore;
+      const server = new DataServer(openedStore, metrics, log, options.limits);
+      dataServer = server;
+      const dataListen = options.dataListen ?? { host: options.listen.host, port: 0 };
+      const dataPort = await server.listen(dataListen.host, dataListen.port);
+      dataAddr = formatHostPort({ host: dataListen.host, port: dataPort });
+      context.readyInfo['dataAddr'] = dataAddr;
+      context.onShutdown(() => server.close());
+
+      context.rpc.addService(ChunkControlService, {
+        DeleteShard: async (request) => {
+          const id = checkShardId(request.shard);
+          const existed = await openedStore.delete(id);
+          if (existed) metrics.add('shards_deleted');
+          return { existed };
+        },
+        StatShard: async (request) => ({
+          info: shardInfo(await openedStore.stat(checkShardId(request.shard))),
+        }),
+        ListShards: (request) => {
+          const limit = request.limit === 0 ? DEFAULT_LIST_LIMIT : request.limit;
+          checkWireInteger(limit, MAX_LIST_LIMIT, 'list limit');
+          const startAfter: ShardId | undefined =
+            request.startAfter === null || request.startAfter === undefined
+              ? undefined
+              : checkShardId(request.startAfter, 'start_after');
+          const page = openedStore.list(startAfter, limit);
+          return { shards: page.shards.map(shardInfo), more: page.more };
+        },
+        Status: () => ({
+          id: context.id,
+          dataAddr,
+          capacityBytes: openedStore.capacityBytes,
+          usedBytes: openedStore.usedBytes,
+          shardCount: openedStore.shardCount,
+          activeWrites: server.activeWrites,
+          activeReads: server.activeReads,
+          corruptShards: openedStore.corruptList(),
+          counters: metrics.snapshot(),
+        }),
+      });
+
+      const rate = options.scrubBytesPerSecond ?? DEFAULT_SCRUB_BYTES_PER_SECOND;
+      if (rate > 0) {
+        const started = new Scrubber(openedStore, metrics, log, rate);
+        scrubber = started;
+        started.start();
+        context.onShutdown(() => started.stop());
+      }
+      // Hooks run newest first: the reporter (started below, once the gRPC address is known) stops first.
+      context.onShutdown(() => reporter?.stop());
+      logger = log;
+      log.debug('chunk store ready', { shards: openedStore.shardCount, maxShardBytes: MAX_SHARD_BYTES });
     },
   );
+  if (options.meta.length > 0) {
+    if (store === undefined || dataServer === undefined)
+      throw new DogfsError('INTERNAL', 'chunk server setup incomplete');
+    const server = dataServer;
+    reporter = new MetadataReporter({
+      meta: options.meta,
+      id: daemon.id,
+      dataAddr,
+      controlAddr: daemon.addr,
+      failureDomain: options.failureDomain,
+      store,
+      activeTransfers: () => server.activeWrites + server.activeReads,
+      log: logger,
+    });
+    reporter.start();
+  }
+  return { ...daemon, dataAddr, metrics, scrubber };
 }

@@ -31,7 +31,8 @@ Local cluster:
 
 Servers:
   meta  --dir DIR [--listen HOST:PORT] [--id ID] [--peers ID=HOST:PORT,...] [--ec POLICY] [--log-level L]
-  chunk --dir DIR [--listen HOST:PORT] [--id ID] [--meta HOST:PORT,...] [--failure-domain NAME] [--log-level L]
+  chunk --dir DIR [--listen HOST:PORT] [--data-listen HOST:PORT] [--id ID] [--meta HOST:PORT,...]
+        [--failure-domain NAME] [--capacity BYTES] [--scrub-rate BYTES_PER_S (0: off)] [--log-level L]
 
 Files (planned, see README status): put, get, cat, ls, mkdir, rm, mv, stat, admin report
 `;
@@ -106,18 +107,28 @@ async function chunk(argv: string[]): Promise<void> {
   const { flags, positionals } = parseFlags(argv, {
     dir: { type: 'string', env: 'DOGFS_DIR' },
     listen: { type: 'string', env: 'DOGFS_LISTEN' },
+    'data-listen': { type: 'string', env: 'DOGFS_DATA_LISTEN' },
     id: { type: 'string', env: 'DOGFS_ID' },
     meta: { type: 'string', env: 'DOGFS_META' },
     'failure-domain': { type: 'string', env: 'DOGFS_FAILURE_DOMAIN' },
+    capacity: { type: 'string', env: 'DOGFS_CAPACITY' },
+    'scrub-rate': { type: 'string', env: 'DOGFS_SCRUB_RATE' },
     'log-level': { type: 'string', env: 'DOGFS_LOG_LEVEL' },
   });
   noPositionals(positionals);
+  const listen = parseListenFlag(flags.listen, 'listen', '127.0.0.1:0');
   await startChunkServer({
     dir: requireFlag(flags.dir, 'dir', 'DOGFS_DIR'),
     id: flags.id,
-    listen: parseListenFlag(flags.listen, 'listen', '127.0.0.1:0'),
+    listen,
+    dataListen: parseListenFlag(flags['data-listen'], 'data-listen', `${listen.host}:0`),
     meta: flags.meta === undefined ? [] : parseAddressList(flags.meta, '--meta'),
     failureDomain: flags['failure-domain'] ?? 'default',
+    capacityBytes:
+      flags.capacity === undefined
+        ? undefined
+        : parseIntFlag(flags.capacity, 'capacity', 0, 0, Number.MAX_SAFE_INTEGER),
+    scrubBytesPerSecond: parseIntFlag(flags['scrub-rate'], 'scrub-rate', 1024 * 1024, 0, 2 ** 40),
     logLevel: parseLogLevel(flags['log-level']),
   });
 }

@@ -1,0 +1,390 @@
+/**
+ * chunk/data-server — the chunk server's side of the data-transfer protocol (proto/dogfs/v1/chunk.proto,
+ * framing in wire/data-transfer.ts) over plain TCP.
+ *
+ * Limits, all explicit: connections; concurrent writes and reads; bytes in flight (each operation
+ * reserves two packets — the one on its way to disk or to the socket and the one being received or
+ * read). Beyond them an operation is refused with RESOURCE_EXHAUSTED instead of queuing in memory.
+ * Back-pressure: a write reads its socket only as fast as the disk takes the bytes; a read reads the
+ * disk only as fast as the socket drains.
+ */
+import { createServer, type Server, type Socket } from 'node:net';
+import { chunkAlignedRange } from '../codec/index.js';
+import { assert } from '../common/assert.js';
+import type { Logger } from '../common/log.js';
+import {
+  checkShardId,
+  checkWireInteger,
+  chunksIn,
+  DATA_CHUNK_SIZE,
+  DEFAULT_DATA_TIMEOUT_MS,
+  DEFAULT_PACKET_BYTES,
+  encodeFrame,
+  FrameReader,
+  formatShardId,
+  MAX_DATA_OPERATION_MS,
+  MAX_PACKET_BYTES,
+  MAX_SHARD_BYTES,
+} from '../wire/data-transfer.js';
+import { DogfsError, toDogfsError } from '../wire/errors.js';
+import { DataOp, type DataRequestHeader } from '../wire/gen/types.js';
+import type { ChunkMetrics } from './metrics.js';
+import type { ShardReader, ShardStore, ShardWriteSession } from './store.js';
+
+export interface DataServerLimits {
+  maxConnections: number;
+  maxConcurrentWrites: number;
+  maxConcurrentReads: number;
+  /** Bytes of shard data the server may hold in memory across all operations. */
+  maxBytesInFlight: number;
+  /** A connection with no operation for this long is closed. */
+  idleTimeoutMs: number;
+}
+
+export const DEFAULT_DATA_SERVER_LIMITS: DataServerLimits = {
+  maxConnections: 1024,
+  maxConcurrentWrites: 128,
+  maxConcurrentReads: 256,
+  maxBytesInFlight: 320 * 1024 * 1024,
+  idleTimeoutMs: 120_000,
+};
+
+/** Largest packet the server sends on reads, whatever the client asks for. */
+const MAX_READ_PACKET_BYTES = DEFAULT_PACKET_BYTES;
+
+function packetSizeOf(requested: number): number {
+  if (requested === 0) return DEFAULT_PACKET_BYTES;
+  checkWireInteger(requested, MAX_PACKET_BYTES, 'packet size');
+  if (requested % DATA_CHUNK_SIZE !== 0) {
+    throw new DogfsError(
+      'INVALID_ARGUMENT',
+      `packet size ${requested} is not a multiple of ${DATA_CHUNK_SIZE}`,
+    );
+  }
+  return requested;
+}
+
+export class DataServer {
+  private readonly server: Server;
+  private readonly sockets = new Set<Socket>();
+  private writes = 0;
+  private reads = 0;
+  private bytesInFlight = 0;
+  private readonly limits: DataServerLimits;
+
+  constructor(
+    private readonly store: ShardStore,
+    private readonly metrics: ChunkMetrics,
+    private readonly log: Logger | undefined,
+    limits: Partial<DataServerLimits> = {},
+  ) {
+    this.limits = { ...DEFAULT_DATA_SERVER_LIMITS, ...limits };
+    this.server = createServer({ noDelay: true }, (socket) => this.accept(socket));
+    this.server.maxConnections = this.limits.maxConnections;
+  }
+
+  get activeWrites(): number {
+    return this.writes;
+  }
+  get activeReads(): number {
+    return this.reads;
+  }
+
+  listen(host: string, port: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      const onError = (error: Error) => {
+        const inUse = (error as NodeJS.ErrnoException).code === 'EADDRINUSE';
+        reject(
+          new DogfsError(
+            'UNAVAILABLE',
+            `cannot listen on ${host}:${port} (data): ${inUse ? 'address already in use' : error.message}`,
+          ),
+        );
+      };
+      this.server.once('error', onError);
+      this.server.listen(port, host, () => {
+        this.server.off('error', onError);
+        const address = this.server.address();
+        assert(typeof address === 'object' && address !== null);
+        resolve(address.port);
+      });
+    });
+  }
+
+  /** Stops accepting, cuts every connection (writes in progress are discarded, as after a crash). */
+  close(): Promise<void> {
+    for (const socket of this.sockets) socket.destroy();
+    return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+
+  private accept(socket: Socket): void {
+    this.sockets.add(socket);
+    this.metrics.add('data_connections_accepted');
+    socket.on('error', () => {});
+    socket.setTimeout(this.limits.idleTimeoutMs, () => socket.destroy());
+    socket.once('close', () => this.sockets.delete(socket));
+    this.serve(socket).catch((error: unknown) => {
+      this.log?.error('data connection failed', { error });
+      socket.destroy();
+    });
+  }
+
+  /** One operation after another on a connection, until it closes or an operation fails. */
+  private async serve(socket: Socket): Promise<void> {
+    const reader = new FrameReader(socket);
+    for (;;) {
+      let request: DataRequestHeader | undefined;
+      try {
+        request = await reader.readFrame('dogfs.v1.DataRequestHeader');
+      } catch (error) {
+        this.refuse(socket, toDogfsError(error, 'UNAVAILABLE'), 'request');
+        return;
+      }
+      if (request === undefined) {
+        socket.end();
+        return;
+      }
+      const keepGoing =
+        request.op === DataOp.WRITE_SHARD
+          ? await this.serveWrite(socket, reader, request)
+          : request.op === DataOp.READ_SHARD
+            ? await this.serveRead(socket, request)
+            : this.refuse(
+                socket,
+                new DogfsError('INVALID_ARGUMENT', `unknown data op ${request.op}`),
+                'request',
+              );
+      if (!keepGoing) return;
+    }
+  }
+
+  /** Answers an error and closes the connection once the answer is out. Returns false (stop serving). */
+  private refuse(socket: Socket, error: DogfsError, op: string): false {
+    this.metrics.error(error.code);
+    if (error.code !== 'UNAVAILABLE' && error.code !== 'CANCELLED') {
+      this.log?.debug('data op refused', { op, code: error.code, message: error.message });
+    }
+    if (!socket.destroyed) {
+      socket.end(encodeFrame('dogfs.v1.DataResponseHeader', { code: error.code, message: error.message }));
+      // Stop reading what the client keeps sending; the end() above flushes our answer first.
+      socket.pause();
+      setTimeout(() => socket.destroy(), 5_000).unref();
+    }
+    return false;
+  }
+
+  private deadlineOf(request: DataRequestHeader): number {
+    const now = Date.now();
+    const asked = request.deadlineMs === 0 ? now + DEFAULT_DATA_TIMEOUT_MS : request.deadlineMs;
+    return Math.min(asked, now + MAX_DATA_OPERATION_MS);
+  }
+
+  /** Runs `work` under a deadline: when it passes, the socket is destroyed, failing whatever awaits it. */
+  private withDeadline<T>(
+    socket: Socket,
+    deadline: number,
+    work: (expired: () => boolean) => Promise<T>,
+  ): Promise<T> {
+    let expired = false;
+    const timer = setTimeout(
+      () => {
+        expired = true;
+        socket.destroy();
+      },
+      Math.max(0, deadline - Date.now()),
+    );
+    return work(() => expired).finally(() => clearTimeout(timer));
+  }
+
+  private async serveWrite(
+    socket: Socket,
+    reader: FrameReader,
+    request: DataRequestHeader,
+  ): Promise<boolean> {
+    let shardId: ReturnType<typeof checkShardId>;
+    let packetSize: number;
+    try {
+      shardId = checkShardId(request.shard);
+      checkWireInteger(request.length, MAX_SHARD_BYTES, 'shard length');
+      packetSize = packetSizeOf(request.packetSize);
+    } catch (error) {
+      return this.refuse(socket, toDogfsError(error), 'write');
+    }
+    const reservation = 2 * packetSize;
+    if (
+      this.writes >= this.limits.maxConcurrentWrites ||
+      this.bytesInFlight + reservation > this.limits.maxBytesInFlight
+    ) {
+      return this.refuse(
+        socket,
+        new DogfsError(
+          'RESOURCE_EXHAUSTED',
+          `chunk server busy: ${this.writes} writes, ${this.bytesInFlight} bytes in flight; retry later`,
+        ),
+        'write',
+      );
+    }
+    this.writes++;
+    this.bytesInFlight += reservation;
+    let session: ShardWriteSession | undefined;
+    const deadline = this.deadlineOf(request);
+    try {
+      return await this.withDeadline(socket, deadline, async (expired) => {
+        try {
+          session = await this.store.beginWrite(shardId, request.length);
+          while (session.received < request.length) {
+            const packet = await reader.readFrame('dogfs.v1.DataPacketHeader');
+            if (packet === undefined) throw new DogfsError('UNAVAILABLE', 'connection closed mid-write');
+            if (packet.length === 0 || packet.length > packetSize) {
+              throw new DogfsError(
+                'INVALID_ARGUMENT',
+                `packet of ${packet.length} bytes (limit ${packetSize})`,
+              );
+            }
+            if (packet.chunkCrc32c.length !== chunksIn(packet.length)) {
+              throw new DogfsError(
+                'INVALID_ARGUMENT',
+                `packet of ${packet.length} bytes with ${packet.chunkCrc32c.length} checksums`,
+              );
+            }
+            const slices = await reader.readPayload(packet.length);
+            await session.append(slices, packet.length, packet.chunkCrc32c);
+          }
+          const trailer = await reader.readFrame('dogfs.v1.WriteShardTrailer');
+          if (trailer === undefined)
+            throw new DogfsError('UNAVAILABLE', 'connection closed before the trailer');
+          if (trailer.length !== request.length) {
+            throw new DogfsError(
+              'INVALID_ARGUMENT',
+              `trailer length ${trailer.length} differs from ${request.length}`,
+            );
+          }
+          const record = await session.commit(trailer.crc32c);
+          this.metrics.add('shards_written');
+          this.metrics.add('bytes_written', record.length);
+          socket.write(
+            encodeFrame('dogfs.v1.DataResponseHeader', {
+              code: 'OK',
+              length: record.length,
+              crc32c: record.crc32c,
+            }),
+          );
+          return true;
+        } catch (error) {
+          await session?.abort();
+          const failure = expired()
+            ? new DogfsError('DEADLINE_EXCEEDED', `write ${formatShardId(shardId)}: deadline exceeded`)
+            : toDogfsError(error);
+          if (failure.code === 'INTERNAL')
+            this.log?.error('write failed', { shard: formatShardId(shardId), error });
+          return this.refuse(socket, failure, 'write');
+        }
+      });
+    } finally {
+      this.writes--;
+      this.bytesInFlight -= reservation;
+    }
+  }
+
+  private async serveRead(socket: Socket, request: DataRequestHeader): Promise<boolean> {
+    let shardId: ReturnType<typeof checkShardId>;
+    let packetSize: number;
+    try {
+      shardId = checkShardId(request.shard);
+      checkWireInteger(request.offset, MAX_SHARD_BYTES, 'read offset');
+      checkWireInteger(request.length, MAX_SHARD_BYTES, 'read length');
+      packetSize = Math.min(packetSizeOf(request.packetSize), MAX_READ_PACKET_BYTES);
+    } catch (error) {
+      return this.refuse(socket, toDogfsError(error), 'read');
+    }
+    const reservation = 2 * packetSize;
+    if (
+      this.reads >= this.limits.maxConcurrentReads ||
+      this.bytesInFlight + reservation > this.limits.maxBytesInFlight
+    ) {
+      return this.refuse(
+        socket,
+        new DogfsError(
+          'RESOURCE_EXHAUSTED',
+          `chunk server busy: ${this.reads} reads in progress; retry later`,
+        ),
+        'read',
+      );
+    }
+    this.reads++;
+    this.bytesInFlight += reservation;
+    let shard: ShardReader | undefined;
+    let headerSent = false;
+    const deadline = this.deadlineOf(request);
+    try {
+      return await this.withDeadline(socket, deadline, async (expired) => {
+        try {
+          shard = await this.store.openRead(shardId);
+          if (request.offset > shard.length) {
+            throw new DogfsError(
+              'INVALID_ARGUMENT',
+              `offset ${request.offset} is past the shard's end (${shard.length})`,
+            );
+          }
+          const end = Math.min(shard.length, request.offset + request.length);
+          // Whole chunks go out so the reader can verify them; it trims to what it asked for.
+          const aligned = chunkAlignedRange(
+            request.offset,
+            end - request.offset,
+            shard.length,
+            DATA_CHUNK_SIZE,
+          );
+          const alignedStart = aligned.start;
+          const alignedEnd = aligned.end;
+          socket.write(
+            encodeFrame('dogfs.v1.DataResponseHeader', {
+              code: 'OK',
+              offset: alignedStart,
+              length: alignedEnd - alignedStart,
+              shardLength: shard.length,
+            }),
+          );
+          headerSent = true;
+          // Two buffers take turns: one is being filled from disk while the other drains to the socket.
+          const buffers = [Buffer.allocUnsafe(packetSize), Buffer.allocUnsafe(packetSize)];
+          const flushed: (Promise<void> | undefined)[] = [undefined, undefined];
+          let turn = 0;
+          for (let position = alignedStart; position < alignedEnd; turn ^= 1) {
+            await flushed[turn];
+            if (socket.destroyed) throw new DogfsError('CANCELLED', 'reader went away');
+            const bytes = Math.min(packetSize, alignedEnd - position);
+            const { data, crcs } = await shard.readChunks(position, bytes, buffers[turn]!);
+            socket.cork();
+            socket.write(encodeFrame('dogfs.v1.DataPacketHeader', { length: bytes, chunkCrc32c: crcs }));
+            flushed[turn] = new Promise<void>((resolve) => socket.write(data, () => resolve()));
+            socket.uncork();
+            position += bytes;
+            this.metrics.add('bytes_read', bytes);
+          }
+          await Promise.all(flushed);
+          this.metrics.add('shards_read');
+          return !socket.destroyed;
+        } catch (error) {
+          const failure = expired()
+            ? new DogfsError('DEADLINE_EXCEEDED', `read ${formatShardId(shardId)}: deadline exceeded`)
+            : toDogfsError(error);
+          if (!headerSent) return this.refuse(socket, failure, 'read');
+          this.metrics.error(failure.code);
+          if (!socket.destroyed) {
+            socket.end(
+              encodeFrame('dogfs.v1.DataPacketHeader', {
+                errorCode: failure.code,
+                errorMessage: failure.message,
+              }),
+            );
+          }
+          return false;
+        }
+      });
+    } finally {
+      await shard?.close();
+      this.reads--;
+      this.bytesInFlight -= reservation;
+    }
+  }
+}

@@ -1,0 +1,239 @@
+/**
+ * chunk/reporter — the chunk server's side of the metadata conversation: register, then send the whole
+ * inventory (a block report, paged), then heartbeat (capacity, load, corrupt shards) at the interval the
+ * metadata service asks for, with a fresh block report now and then.
+ *
+ * Any metadata server may be asked; one that is not the leader answers NOT_LEADER with the leader's
+ * address, which is followed at once. Other failures move to the next known address with exponential
+ * backoff and full jitter. A new leader (or a heartbeat answered with `reregister`) gets a new
+ * registration and a full block report, because location state on the metadata side is soft.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { assert } from '../common/assert.js';
+import type { Logger } from '../common/log.js';
+import { type DogfsError, toDogfsError } from '../wire/errors.js';
+import type { ShardId } from '../wire/gen/types.js';
+import { MetadataService } from '../wire/gen/types.js';
+import { RpcChannel } from '../wire/rpc.js';
+import type { ShardStore } from './store.js';
+
+export interface ReporterOptions {
+  /** Metadata servers (gRPC host:port). */
+  meta: string[];
+  id: string;
+  dataAddr: string;
+  controlAddr: string;
+  failureDomain: string;
+  store: ShardStore;
+  /** Transfers in progress, reported as load. */
+  activeTransfers: () => number;
+  log?: Logger | undefined;
+  /** Shards per BlockReport page (bounded well below the RPC message limit). */
+  blockReportPageSize?: number;
+  /** A full block report is sent again after this long. */
+  blockReportIntervalMs?: number;
+  baseDelayMs?: number;
+  maxDelayMs?: number;
+  callTimeoutMs?: number;
+  random?: () => number;
+}
+
+const MIN_HEARTBEAT_MS = 50;
+const MAX_HEARTBEAT_MS = 60_000;
+const DEFAULT_HEARTBEAT_MS = 3_000;
+const MAX_BLOCK_REPORT_PAGE = 10_000;
+/** Most corrupt shards named in one heartbeat (the rest follow in later ones). */
+const MAX_CORRUPT_PER_HEARTBEAT = 1_000;
+/** Hints to addresses outside the configured list are followed, but only this many are remembered. */
+const MAX_KNOWN_ADDRESSES = 64;
+
+export interface ReporterState {
+  registered: boolean;
+  target: string;
+  registrations: number;
+  heartbeats: number;
+  blockReports: number;
+  lastError: string | undefined;
+}
+
+export class MetadataReporter {
+  private readonly abort = new AbortController();
+  private readonly channels = new Map<string, RpcChannel>();
+  private readonly addresses: string[];
+  private targetIndex = 0;
+  private running: Promise<void> | undefined;
+  private readonly pageSize: number;
+  readonly state: ReporterState;
+
+  constructor(private readonly options: ReporterOptions) {
+    assert(options.meta.length > 0, 'at least one metadata address');
+    this.addresses = [...options.meta];
+    this.pageSize = Math.min(options.blockReportPageSize ?? 5_000, MAX_BLOCK_REPORT_PAGE);
+    this.state = {
+      registered: false,
+      target: this.addresses[0]!,
+      registrations: 0,
+      heartbeats: 0,
+      blockReports: 0,
+      lastError: undefined,
+    };
+  }
+
+  start(): void {
+    assert(this.running === undefined, 'reporter started twice');
+    this.running = this.loop().catch((error: unknown) => {
+      if (!this.abort.signal.aborted) this.options.log?.error('metadata reporter stopped', { error });
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.abort.abort();
+    await this.running;
+    for (const channel of this.channels.values()) channel.close();
+    this.channels.clear();
+  }
+
+  private channel(address: string): RpcChannel {
+    let channel = this.channels.get(address);
+    if (channel === undefined) {
+      channel = new RpcChannel(address);
+      this.channels.set(address, channel);
+    }
+    return channel;
+  }
+
+  private get target(): string {
+    return this.addresses[this.targetIndex]!;
+  }
+
+  /** After a failure: follow a leader hint, or move on to the next address. */
+  private retarget(error: DogfsError): void {
+    const hint = error.code === 'NOT_LEADER' ? error.leaderHint : undefined;
+    if (hint !== undefined && hint !== '') {
+      let at = this.addresses.indexOf(hint);
+      if (at < 0 && this.addresses.length < MAX_KNOWN_ADDRESSES) {
+        this.addresses.push(hint);
+        at = this.addresses.length - 1;
+      }
+      if (at >= 0) this.targetIndex = at;
+    } else {
+      this.targetIndex = (this.targetIndex + 1) % this.addresses.length;
+    }
+    this.state.target = this.target;
+  }
+
+  private async loop(): Promise<void> {
+    const signal = this.abort.signal;
+    const random = this.options.random ?? Math.random;
+    const base = this.options.baseDelayMs ?? 100;
+    const cap = this.options.maxDelayMs ?? 5_000;
+    let failures = 0;
+    while (!signal.aborted) {
+      try {
+        await this.session();
+      } catch (error) {
+        if (signal.aborted) return;
+        const failure = toDogfsError(error, 'UNAVAILABLE');
+        this.state.registered = false;
+        this.state.lastError = `${failure.code}: ${failure.message}`;
+        this.retarget(failure);
+        failures++;
+        // A leader hint is followed at once the first time; otherwise back off.
+        const followHint = failure.code === 'NOT_LEADER' && failure.leaderHint !== undefined && failures <= 1;
+        if (!followHint) {
+          const delay = random() * Math.min(cap, base * 2 ** Math.min(failures - 1, 16));
+          this.options.log?.debug('metadata unreachable, retrying', { error: this.state.lastError, delay });
+          await sleep(delay, undefined, { signal }).catch(() => {});
+        }
+        continue;
+      }
+      failures = 0;
+    }
+  }
+
+  /** Register, report, heartbeat until something fails (thrown) or a re-registration is asked for. */
+  private async session(): Promise<void> {
+    const signal = this.abort.signal;
+    const timeoutMs = this.options.callTimeoutMs ?? 5_000;
+    const { store } = this.options;
+    const registered = await this.channel(this.target).call(
+      MetadataService,
+      'RegisterChunkServer',
+      {
+        id: this.options.id,
+        addr: this.options.dataAddr,
+        controlAddr: this.options.controlAddr,
+        failureDomain: this.options.failureDomain,
+        capacityBytes: store.capacityBytes,
+        usedBytes: store.usedBytes,
+      },
+      { timeoutMs, signal },
+    );
+    this.state.registered = true;
+    this.state.registrations++;
+    this.state.lastError = undefined;
+    const interval = Math.min(
+      MAX_HEARTBEAT_MS,
+      Math.max(MIN_HEARTBEAT_MS, registered.heartbeatIntervalMs || DEFAULT_HEARTBEAT_MS),
+    );
+    this.options.log?.info('registered with metadata', { target: this.target, heartbeatMs: interval });
+    await this.blockReport(timeoutMs);
+    let lastReport = Date.now();
+    const reportEvery = this.options.blockReportIntervalMs ?? 3_600_000;
+    while (!signal.aborted) {
+      await sleep(interval, undefined, { signal }).catch(() => {});
+      if (signal.aborted) return;
+      const corrupt: ShardId[] = store.corruptList().slice(0, MAX_CORRUPT_PER_HEARTBEAT);
+      const response = await this.channel(this.target).call(
+        MetadataService,
+        'Heartbeat',
+        {
+          id: this.options.id,
+          capacityBytes: store.capacityBytes,
+          usedBytes: store.usedBytes,
+          shardCount: store.shardCount,
+          activeTransfers: this.options.activeTransfers(),
+          corruptShards: corrupt,
+        },
+        { timeoutMs, signal },
+      );
+      this.state.heartbeats++;
+      if (response.reregister) return;
+      if (Date.now() - lastReport >= reportEvery) {
+        await this.blockReport(timeoutMs);
+        lastReport = Date.now();
+      }
+    }
+  }
+
+  /** The whole inventory, in pages: first..last replace what the metadata service knew. */
+  private async blockReport(timeoutMs: number): Promise<void> {
+    const signal = this.abort.signal;
+    let cursor: ShardId | undefined;
+    let first = true;
+    for (;;) {
+      const page = this.options.store.list(cursor, this.pageSize);
+      await this.channel(this.target).call(
+        MetadataService,
+        'BlockReport',
+        {
+          id: this.options.id,
+          shards: page.shards.map((r) => ({
+            shard: r.id,
+            length: r.length,
+            crc32c: r.crc32c,
+            mtimeMs: r.mtimeMs,
+          })),
+          first,
+          last: !page.more,
+        },
+        { timeoutMs, signal },
+      );
+      first = false;
+      const last = page.shards[page.shards.length - 1];
+      if (!page.more || last === undefined) break;
+      cursor = last.id;
+    }
+    this.state.blockReports++;
+  }
+}

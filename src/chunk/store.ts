@@ -1,0 +1,697 @@
+/**
+ * chunk/store — shards on local disk.
+ *
+ * Layout: DIR/shards/XX/YY/<name>, where XX/YY (64 × 64 directories, created when first needed) come
+ * from a hash of (block group id, shard index), so no directory holds more than a few thousand files
+ * even with millions of shards. The file name carries everything the inventory needs —
+ * `b<blockGroupId>_i<index>_g<generation>_l<length>_c<crc32c hex>.shard` — so start-up rebuilds the
+ * inventory from directory listings alone, without opening a single shard.
+ *
+ * A shard file:
+ *   [64-byte header: magic, version, chunk size, ids, length, header CRC32C]
+ *   [length bytes of shard data]
+ *   [CRC32C of each 64 KiB chunk, 4 bytes each, big-endian]
+ *   [8-byte footer: CRC32C of the whole shard, CRC32C of the checksum block]
+ * Writes go to `<name>.<random>.tmp` in the same directory, are fdatasynced, renamed into place, and the
+ * directory is fsynced: a shard is wholly there or not at all. Leftover tmp files (a crash mid-write)
+ * are deleted at start-up. Every read verifies the chunks it touches; a mismatch is CORRUPT, never bytes.
+ */
+import { randomBytes } from 'node:crypto';
+import { constants as fsConstants } from 'node:fs';
+import { type FileHandle, mkdir, open, readdir, rename, statfs, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CHECKSUM_CHUNK_SIZE, crc32c } from '../codec/index.js';
+import { assert } from '../common/assert.js';
+import type { Logger } from '../common/log.js';
+import {
+  checkShardId,
+  chunkChecksumsOfSlices,
+  DATA_CHUNK_SIZE,
+  formatShardId,
+  MAX_PACKET_BYTES,
+  MAX_SHARD_BYTES,
+} from '../wire/data-transfer.js';
+import { DogfsError } from '../wire/errors.js';
+import type { ShardId } from '../wire/gen/types.js';
+
+export const SHARD_HEADER_BYTES = 64;
+export const SHARD_FOOTER_BYTES = 8;
+const MAGIC = Buffer.from('DOGFSHRD', 'latin1');
+const FORMAT_VERSION = 1;
+const FANOUT = 64;
+/** Directories listed at once while rebuilding the inventory. */
+const REBUILD_CONCURRENCY = 32;
+/** Kept free on the filesystem whatever the configured capacity says. */
+const FILESYSTEM_RESERVE_BYTES = 16 * 1024 * 1024;
+const NAME_PATTERN = /^b(\d{1,16})_i(\d{1,2})_g(\d{1,16})_l(\d{1,10})_c([0-9a-f]{8})\.shard$/;
+const TMP_PATTERN = /\.tmp$/;
+
+assert(DATA_CHUNK_SIZE === CHECKSUM_CHUNK_SIZE, 'the wire and the disk checksum the same chunks');
+
+export interface ShardRecord {
+  readonly id: ShardId;
+  readonly length: number;
+  readonly crc32c: number;
+  /** Modification time when known (written since start-up or stat'ed); 0 otherwise. */
+  mtimeMs: number;
+  /** Bytes the file occupies: header, data, checksums, footer. */
+  readonly fileBytes: number;
+}
+
+/** The file-system calls a write makes, replaceable so tests can inject ENOSPC. */
+export interface StoreIo {
+  writev(handle: FileHandle, buffers: readonly Uint8Array[], position: number): Promise<void>;
+}
+
+const defaultIo: StoreIo = {
+  async writev(handle, buffers, position) {
+    let pending = buffers.filter((b) => b.length > 0);
+    let at = position;
+    // Local files rarely write short, but when they do the rest is written, never dropped.
+    while (pending.length > 0) {
+      let written = (await handle.writev(pending as Uint8Array[], at)).bytesWritten;
+      assert(written > 0, 'write made no progress');
+      at += written;
+      while (written > 0 && pending.length > 0) {
+        const head = pending[0]!;
+        if (head.length <= written) {
+          written -= head.length;
+          pending = pending.slice(1);
+        } else {
+          pending = [head.subarray(written), ...pending.slice(1)];
+          written = 0;
+        }
+      }
+    }
+  },
+};
+
+export interface ShardStoreOptions {
+  dir: string;
+  /** Most bytes of shard files to hold; default: the filesystem's size. */
+  capacityBytes?: number | undefined;
+  log?: Logger | undefined;
+  io?: StoreIo | undefined;
+  /** Called when a read or the scrubber finds a corrupt shard. */
+  onCorrupt?: ((id: ShardId, reason: string) => void) | undefined;
+}
+
+export function shardKey(id: ShardId): string {
+  return `${id.blockGroupId}_${id.index}_${id.generation}`;
+}
+
+export function compareShardIds(a: ShardId, b: ShardId): number {
+  return a.blockGroupId - b.blockGroupId || a.index - b.index || a.generation - b.generation;
+}
+
+export function shardFileBytes(length: number): number {
+  return SHARD_HEADER_BYTES + length + 4 * Math.ceil(length / DATA_CHUNK_SIZE) + SHARD_FOOTER_BYTES;
+}
+
+function fanoutOf(id: ShardId): [string, string] {
+  const low = id.blockGroupId % 0x1_0000_0000;
+  const high = Math.floor(id.blockGroupId / 0x1_0000_0000);
+  let h = Math.imul(low ^ Math.imul(high, 0x9e3779b1) ^ Math.imul(id.index + 1, 0x85ebca6b), 0xc2b2ae35);
+  h ^= h >>> 15;
+  h = Math.imul(h, 0x27d4eb2f);
+  h ^= h >>> 13;
+  const bucket = (h >>> 0) % (FANOUT * FANOUT);
+  const hex = (n: number) => n.toString(16).padStart(2, '0');
+  return [hex(Math.floor(bucket / FANOUT)), hex(bucket % FANOUT)];
+}
+
+function fileName(id: ShardId, length: number, crc: number): string {
+  const crcHex = (crc >>> 0).toString(16).padStart(8, '0');
+  return `b${id.blockGroupId}_i${id.index}_g${id.generation}_l${length}_c${crcHex}.shard`;
+}
+
+function parseFileName(name: string): { id: ShardId; length: number; crc32c: number } | undefined {
+  const match = NAME_PATTERN.exec(name);
+  if (match === null) return undefined;
+  const id = { blockGroupId: Number(match[1]), index: Number(match[2]), generation: Number(match[3]) };
+  const length = Number(match[4]);
+  try {
+    checkShardId(id);
+  } catch {
+    return undefined;
+  }
+  if (!Number.isSafeInteger(length) || length > MAX_SHARD_BYTES) return undefined;
+  return { id, length, crc32c: Number.parseInt(match[5]!, 16) };
+}
+
+function encodeHeader(id: ShardId, length: number): Buffer {
+  const header = Buffer.alloc(SHARD_HEADER_BYTES);
+  MAGIC.copy(header, 0);
+  header.writeUInt16BE(FORMAT_VERSION, 8);
+  header.writeUInt32BE(DATA_CHUNK_SIZE, 12);
+  header.writeBigUInt64BE(BigInt(id.blockGroupId), 16);
+  header.writeUInt32BE(id.index, 24);
+  header.writeBigUInt64BE(BigInt(id.generation), 32);
+  header.writeBigUInt64BE(BigInt(length), 40);
+  header.writeUInt32BE(crc32c(header.subarray(0, 48)), 48);
+  return header;
+}
+
+function isNoSpace(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'ENOSPC' || code === 'EDQUOT';
+}
+
+async function fsyncDir(path: string): Promise<void> {
+  const handle = await open(path, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+function corrupt(id: ShardId, what: string): DogfsError {
+  return new DogfsError('CORRUPT', `shard ${formatShardId(id)}: ${what}`);
+}
+
+export class ShardStore {
+  readonly dir: string;
+  private readonly shardsDir: string;
+  private readonly records = new Map<string, ShardRecord>();
+  private sorted: ShardRecord[] | undefined;
+  private readonly writing = new Set<string>();
+  private readonly corruptShards = new Map<string, ShardId>();
+  private readonly knownDirs = new Set<string>();
+  private readonly io: StoreIo;
+  private readonly log: Logger | undefined;
+  private readonly onCorrupt: ((id: ShardId, reason: string) => void) | undefined;
+  private capacity = 0;
+  private used = 0;
+  private reserved = 0;
+  private filesystemFree = Number.POSITIVE_INFINITY;
+  private filesystemCheckedAt = 0;
+
+  private constructor(options: ShardStoreOptions) {
+    this.dir = options.dir;
+    this.shardsDir = join(options.dir, 'shards');
+    this.io = options.io ?? defaultIo;
+    this.log = options.log;
+    this.onCorrupt = options.onCorrupt;
+  }
+
+  /** Opens (creating if needed) the store in `dir`, rebuilding the inventory and removing tmp files. */
+  static async open(options: ShardStoreOptions): Promise<ShardStore> {
+    const store = new ShardStore(options);
+    await mkdir(store.shardsDir, { recursive: true });
+    const stats = await statfs(store.shardsDir);
+    const filesystemBytes = stats.blocks * stats.bsize;
+    store.capacity = options.capacityBytes ?? filesystemBytes;
+    assert(Number.isSafeInteger(store.capacity) && store.capacity >= 0, 'capacity is a byte count');
+    await store.rebuild();
+    return store;
+  }
+
+  private async rebuild(): Promise<void> {
+    const started = Date.now();
+    let tmpRemoved = 0;
+    let ignored = 0;
+    const leaves: string[] = [];
+    for (const first of await readdir(this.shardsDir)) {
+      if (!/^[0-9a-f]{2}$/.test(first)) continue;
+      for (const second of await readdir(join(this.shardsDir, first))) {
+        if (/^[0-9a-f]{2}$/.test(second)) leaves.push(join(this.shardsDir, first, second));
+      }
+    }
+    for (let i = 0; i < leaves.length; i += REBUILD_CONCURRENCY) {
+      await Promise.all(
+        leaves.slice(i, i + REBUILD_CONCURRENCY).map(async (leaf) => {
+          this.knownDirs.add(leaf);
+          for (const name of await readdir(leaf)) {
+            if (TMP_PATTERN.test(name)) {
+              await unlink(join(leaf, name));
+              tmpRemoved++;
+              continue;
+            }
+            const parsed = parseFileName(name);
+            if (parsed === undefined || join(this.shardsDir, ...fanoutOf(parsed.id)) !== leaf) {
+              ignored++;
+              continue;
+            }
+            const record: ShardRecord = {
+              id: parsed.id,
+              length: parsed.length,
+              crc32c: parsed.crc32c,
+              mtimeMs: 0,
+              fileBytes: shardFileBytes(parsed.length),
+            };
+            const key = shardKey(parsed.id);
+            assert(!this.records.has(key), `two files for shard ${key}`);
+            this.records.set(key, record);
+            this.used += record.fileBytes;
+          }
+        }),
+      );
+    }
+    if (tmpRemoved > 0) await Promise.all(leaves.map((leaf) => fsyncDir(leaf)));
+    this.log?.info('inventory rebuilt', {
+      shards: this.records.size,
+      usedBytes: this.used,
+      tmpRemoved,
+      ignored,
+      ms: Date.now() - started,
+    });
+  }
+
+  get shardCount(): number {
+    return this.records.size;
+  }
+  get capacityBytes(): number {
+    return this.capacity;
+  }
+  get usedBytes(): number {
+    return this.used;
+  }
+  /** Bytes a new shard may still take (capacity minus used and reserved by writes in progress). */
+  get freeBytes(): number {
+    return Math.max(0, Math.min(this.capacity - this.used - this.reserved, this.filesystemFree));
+  }
+  get activeWrites(): number {
+    return this.writing.size;
+  }
+
+  get(id: ShardId): ShardRecord | undefined {
+    return this.records.get(shardKey(id));
+  }
+
+  /** Shards in id order after `startAfter`, at most `limit`. */
+  list(startAfter: ShardId | undefined, limit: number): { shards: ShardRecord[]; more: boolean } {
+    assert(limit > 0);
+    this.sorted ??= [...this.records.values()].sort((a, b) => compareShardIds(a.id, b.id));
+    const all = this.sorted;
+    let low = 0;
+    if (startAfter !== undefined) {
+      let high = all.length;
+      while (low < high) {
+        const mid = (low + high) >>> 1;
+        if (compareShardIds(all[mid]!.id, startAfter) <= 0) low = mid + 1;
+        else high = mid;
+      }
+    }
+    return { shards: all.slice(low, low + limit), more: low + limit < all.length };
+  }
+
+  corruptList(): ShardId[] {
+    return [...this.corruptShards.values()];
+  }
+
+  markCorrupt(id: ShardId, reason: string): void {
+    const key = shardKey(id);
+    if (!this.records.has(key) || this.corruptShards.has(key)) return;
+    this.corruptShards.set(key, id);
+    this.log?.warn('corrupt shard', { shard: formatShardId(id), reason });
+    this.onCorrupt?.(id, reason);
+  }
+
+  private pathOf(id: ShardId, record: { length: number; crc32c: number }): { dir: string; path: string } {
+    const dir = join(this.shardsDir, ...fanoutOf(id));
+    return { dir, path: join(dir, fileName(id, record.length, record.crc32c)) };
+  }
+
+  private async refreshFilesystemFree(): Promise<void> {
+    if (Date.now() - this.filesystemCheckedAt < 1000) return;
+    const stats = await statfs(this.shardsDir);
+    this.filesystemFree = Math.max(0, stats.bavail * stats.bsize - FILESYSTEM_RESERVE_BYTES);
+    this.filesystemCheckedAt = Date.now();
+  }
+
+  /**
+   * Starts writing a shard of `length` bytes. NO_SPACE when it would not fit, ALREADY_EXISTS when the
+   * same shard (ids and generation) is stored or being written.
+   */
+  async beginWrite(shard: ShardId, length: number): Promise<ShardWriteSession> {
+    const id = checkShardId(shard);
+    if (!Number.isSafeInteger(length) || length < 0 || length > MAX_SHARD_BYTES) {
+      throw new DogfsError('INVALID_ARGUMENT', `shard length ${length} out of range [0, ${MAX_SHARD_BYTES}]`);
+    }
+    const key = shardKey(id);
+    if (this.records.has(key) || this.writing.has(key)) {
+      throw new DogfsError('ALREADY_EXISTS', `shard ${formatShardId(id)} already exists`);
+    }
+    const fileBytes = shardFileBytes(length);
+    await this.refreshFilesystemFree();
+    if (fileBytes > this.freeBytes) {
+      throw new DogfsError(
+        'NO_SPACE',
+        `no space for shard ${formatShardId(id)}: ${fileBytes} bytes needed, ${this.freeBytes} free`,
+      );
+    }
+    this.writing.add(key);
+    this.reserved += fileBytes;
+    const dir = join(this.shardsDir, ...fanoutOf(id));
+    let handle: FileHandle | undefined;
+    let tmpPath = '';
+    try {
+      if (!this.knownDirs.has(dir)) {
+        await mkdir(dir, { recursive: true });
+        await fsyncDir(join(dir, '..'));
+        await fsyncDir(this.shardsDir);
+        this.knownDirs.add(dir);
+      }
+      tmpPath = join(
+        dir,
+        `b${id.blockGroupId}_i${id.index}_g${id.generation}.${randomBytes(6).toString('hex')}.tmp`,
+      );
+      handle = await open(tmpPath, 'wx');
+      await this.io.writev(handle, [encodeHeader(id, length)], 0);
+    } catch (error) {
+      await handle?.close().catch(() => {});
+      if (tmpPath !== '') await unlink(tmpPath).catch(() => {});
+      this.writing.delete(key);
+      this.reserved -= fileBytes;
+      throw isNoSpace(error)
+        ? new DogfsError('NO_SPACE', `no space for shard ${formatShardId(id)}: ${(error as Error).message}`)
+        : error;
+    }
+    return new ShardWriteSession(this, id, length, fileBytes, dir, tmpPath, handle, this.io);
+  }
+
+  /** @internal Called by a session when it ends, committed or not. */
+  finishWrite(session: ShardWriteSession, record: ShardRecord | undefined): void {
+    const key = shardKey(session.id);
+    assert(this.writing.delete(key), 'finishing a write that was not in progress');
+    this.reserved -= session.fileBytes;
+    if (record !== undefined) {
+      this.records.set(key, record);
+      this.used += record.fileBytes;
+      this.sorted = undefined;
+    }
+  }
+
+  /** Opens a shard for verified reads. NOT_FOUND if absent; CORRUPT if its header or checksums are bad. */
+  async openRead(shard: ShardId): Promise<ShardReader> {
+    const id = checkShardId(shard);
+    const record = this.records.get(shardKey(id));
+    if (record === undefined) throw new DogfsError('NOT_FOUND', `shard ${formatShardId(id)} not found`);
+    const { path } = this.pathOf(id, record);
+    let handle: FileHandle;
+    try {
+      handle = await open(path, 'r');
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
+        // Deleted since the lookup, or removed behind our back.
+        throw new DogfsError('NOT_FOUND', `shard ${formatShardId(id)} not found`);
+      }
+      throw error;
+    }
+    try {
+      const chunks = Math.ceil(record.length / DATA_CHUNK_SIZE);
+      const size = (await handle.stat()).size;
+      if (size !== record.fileBytes) throw corrupt(id, `file is ${size} bytes, expected ${record.fileBytes}`);
+      const header = await readExactly(handle, SHARD_HEADER_BYTES, 0);
+      if (
+        !header.subarray(0, 8).equals(MAGIC) ||
+        header.readUInt32BE(48) !== crc32c(header.subarray(0, 48)) ||
+        !header.equals(encodeHeader(id, record.length))
+      ) {
+        throw corrupt(id, 'bad header');
+      }
+      const tail = await readExactly(
+        handle,
+        chunks * 4 + SHARD_FOOTER_BYTES,
+        SHARD_HEADER_BYTES + record.length,
+      );
+      const checksumBlock = tail.subarray(0, chunks * 4);
+      if (tail.readUInt32BE(chunks * 4 + 4) !== crc32c(checksumBlock))
+        throw corrupt(id, 'bad checksum block');
+      if (tail.readUInt32BE(chunks * 4) !== record.crc32c)
+        throw corrupt(id, 'whole-shard checksum differs from its name');
+      const checksums = new Uint32Array(chunks);
+      for (let i = 0; i < chunks; i++) checksums[i] = checksumBlock.readUInt32BE(i * 4);
+      return new ShardReader(this, id, record, handle, checksums);
+    } catch (error) {
+      await handle.close();
+      if (error instanceof DogfsError && error.code === 'CORRUPT') this.markCorrupt(id, error.message);
+      throw error;
+    }
+  }
+
+  /** Removes a shard; false if it was not there. */
+  async delete(shard: ShardId): Promise<boolean> {
+    const id = checkShardId(shard);
+    const key = shardKey(id);
+    const record = this.records.get(key);
+    if (record === undefined) return false;
+    const { dir, path } = this.pathOf(id, record);
+    this.records.delete(key);
+    this.sorted = undefined;
+    this.corruptShards.delete(key);
+    this.used -= record.fileBytes;
+    try {
+      await unlink(path);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    }
+    await fsyncDir(dir);
+    return true;
+  }
+
+  /** Stat for a shard, with its modification time read from disk when not known. */
+  async stat(shard: ShardId): Promise<ShardRecord> {
+    const id = checkShardId(shard);
+    const record = this.records.get(shardKey(id));
+    if (record === undefined) throw new DogfsError('NOT_FOUND', `shard ${formatShardId(id)} not found`);
+    if (record.mtimeMs === 0) {
+      const handle = await open(this.pathOf(id, record).path, 'r').catch(() => undefined);
+      if (handle !== undefined) {
+        record.mtimeMs = Math.floor((await handle.stat()).mtimeMs);
+        await handle.close();
+      }
+    }
+    return record;
+  }
+}
+
+async function readExactly(
+  handle: FileHandle,
+  bytes: number,
+  position: number,
+  into?: Buffer,
+): Promise<Buffer> {
+  const buffer = into ?? Buffer.allocUnsafe(bytes);
+  assert(buffer.length >= bytes);
+  let done = 0;
+  while (done < bytes) {
+    const { bytesRead } = await handle.read(buffer, done, bytes - done, position + done);
+    if (bytesRead === 0) throw new DogfsError('CORRUPT', `short read at ${position + done}`);
+    done += bytesRead;
+  }
+  return buffer.subarray(0, bytes);
+}
+
+/**
+ * A shard being written. `append` takes whole chunks (the last may be short) with their CRC32Cs as sent
+ * by the writer, verifies them, and writes them; one append may be on its way to disk while the next
+ * packet is received, never more (that bounds the bytes held per write).
+ */
+export class ShardWriteSession {
+  private position = 0;
+  private readonly chunkCrcs: number[] = [];
+  private wholeCrc = 0;
+  private inflight: Promise<void> | undefined;
+  private failure: unknown;
+  private ended = false;
+
+  constructor(
+    private readonly store: ShardStore,
+    readonly id: ShardId,
+    readonly length: number,
+    readonly fileBytes: number,
+    private readonly dir: string,
+    private readonly tmpPath: string,
+    private readonly handle: FileHandle,
+    private readonly io: StoreIo,
+  ) {}
+
+  get received(): number {
+    return this.position;
+  }
+
+  /**
+   * Verifies and queues the next piece of the shard. Resolves once the previous piece is on its way
+   * to disk — so a slow disk slows the caller. CORRUPT if a chunk's CRC differs from `chunkCrcs`.
+   */
+  async append(slices: Buffer[], bytes: number, chunkCrcs: readonly number[]): Promise<void> {
+    assert(!this.ended, 'append after end');
+    assert(bytes > 0 && bytes <= MAX_PACKET_BYTES);
+    if (this.position % DATA_CHUNK_SIZE !== 0) {
+      throw new DogfsError(
+        'INVALID_ARGUMENT',
+        `packet at ${this.position} does not start on a chunk boundary`,
+      );
+    }
+    if (this.position + bytes > this.length) {
+      throw new DogfsError('INVALID_ARGUMENT', `packet runs past the declared length ${this.length}`);
+    }
+    if (bytes % DATA_CHUNK_SIZE !== 0 && this.position + bytes !== this.length) {
+      throw new DogfsError('INVALID_ARGUMENT', 'only the last packet may end inside a chunk');
+    }
+    const expectedChunks = Math.ceil(bytes / DATA_CHUNK_SIZE);
+    if (chunkCrcs.length !== expectedChunks) {
+      throw new DogfsError(
+        'INVALID_ARGUMENT',
+        `packet of ${bytes} bytes needs ${expectedChunks} chunk checksums`,
+      );
+    }
+    const actual = chunkChecksumsOfSlices(slices, crc32c);
+    for (let chunk = 0; chunk < expectedChunks; chunk++) {
+      if (actual[chunk] !== chunkCrcs[chunk]! >>> 0) {
+        throw new DogfsError(
+          'CORRUPT',
+          `chunk at offset ${this.position + chunk * DATA_CHUNK_SIZE} damaged in transit (checksum mismatch)`,
+        );
+      }
+      this.chunkCrcs.push(actual[chunk]!);
+    }
+    for (const slice of slices) this.wholeCrc = crc32c(slice, this.wholeCrc);
+    const position = SHARD_HEADER_BYTES + this.position;
+    this.position += bytes;
+    await this.settleInflight();
+    this.inflight = this.io.writev(this.handle, slices, position).catch((error: unknown) => {
+      this.failure ??= error;
+    });
+  }
+
+  private async settleInflight(): Promise<void> {
+    if (this.inflight !== undefined) await this.inflight;
+    this.inflight = undefined;
+    if (this.failure !== undefined) {
+      throw isNoSpace(this.failure)
+        ? new DogfsError(
+            'NO_SPACE',
+            `no space for shard ${formatShardId(this.id)}: ${(this.failure as Error).message}`,
+          )
+        : this.failure;
+    }
+  }
+
+  /** CRC32C of the bytes appended so far. */
+  get crc32c(): number {
+    return this.wholeCrc >>> 0;
+  }
+
+  /**
+   * Writes checksums and footer, fdatasyncs, renames into place and fsyncs the directory. Only after
+   * this resolves is the shard visible (and may be acknowledged).
+   */
+  async commit(expectedCrc: number): Promise<ShardRecord> {
+    assert(!this.ended, 'commit after end');
+    try {
+      await this.settleInflight();
+      if (this.position !== this.length) {
+        throw new DogfsError(
+          'INVALID_ARGUMENT',
+          `shard ended after ${this.position} of ${this.length} bytes`,
+        );
+      }
+      if (expectedCrc >>> 0 !== this.crc32c) {
+        throw new DogfsError(
+          'CORRUPT',
+          `whole-shard checksum differs from the writer's (damaged in transit)`,
+        );
+      }
+      const tail = Buffer.allocUnsafe(this.chunkCrcs.length * 4 + SHARD_FOOTER_BYTES);
+      for (let i = 0; i < this.chunkCrcs.length; i++) tail.writeUInt32BE(this.chunkCrcs[i]!, i * 4);
+      tail.writeUInt32BE(this.crc32c, this.chunkCrcs.length * 4);
+      tail.writeUInt32BE(crc32c(tail.subarray(0, this.chunkCrcs.length * 4)), this.chunkCrcs.length * 4 + 4);
+      await this.io.writev(this.handle, [tail], SHARD_HEADER_BYTES + this.length);
+      await this.handle.datasync();
+      await this.handle.close();
+      const finalPath = join(this.dir, fileName(this.id, this.length, this.crc32c));
+      await rename(this.tmpPath, finalPath);
+      await fsyncDir(this.dir);
+      this.ended = true;
+      const record: ShardRecord = {
+        id: this.id,
+        length: this.length,
+        crc32c: this.crc32c,
+        mtimeMs: Date.now(),
+        fileBytes: this.fileBytes,
+      };
+      this.store.finishWrite(this, record);
+      return record;
+    } catch (error) {
+      await this.abort();
+      throw isNoSpace(error)
+        ? new DogfsError(
+            'NO_SPACE',
+            `no space for shard ${formatShardId(this.id)}: ${(error as Error).message}`,
+          )
+        : error;
+    }
+  }
+
+  /** Discards the shard: nothing of it remains. Safe to call more than once. */
+  async abort(): Promise<void> {
+    if (this.ended) return;
+    this.ended = true;
+    if (this.inflight !== undefined) await this.inflight;
+    await this.handle.close().catch(() => {});
+    await unlink(this.tmpPath).catch(() => {});
+    this.store.finishWrite(this, undefined);
+  }
+}
+
+/** An open shard: verified reads of whole chunks. */
+export class ShardReader {
+  constructor(
+    private readonly store: ShardStore,
+    readonly id: ShardId,
+    readonly record: ShardRecord,
+    private readonly handle: FileHandle,
+    readonly checksums: Uint32Array,
+  ) {}
+
+  get length(): number {
+    return this.record.length;
+  }
+
+  /**
+   * Reads shard bytes [start, start+bytes) into `buffer` and verifies them. `start` is on a chunk
+   * boundary and the range ends on one or at the shard's end. CORRUPT on a mismatch (and the shard is
+   * reported corrupt). Returns the stored CRC32C of each chunk read.
+   */
+  async readChunks(start: number, bytes: number, buffer: Buffer): Promise<{ data: Buffer; crcs: number[] }> {
+    assert(
+      start % DATA_CHUNK_SIZE === 0 && start + bytes <= this.length,
+      'chunk-aligned read within the shard',
+    );
+    assert(
+      bytes % DATA_CHUNK_SIZE === 0 || start + bytes === this.length,
+      'read ends on a chunk boundary or the end',
+    );
+    let data: Buffer;
+    try {
+      data = await readExactly(this.handle, bytes, SHARD_HEADER_BYTES + start, buffer);
+    } catch (error) {
+      if (error instanceof DogfsError && error.code === 'CORRUPT') {
+        const failure = corrupt(this.id, error.message);
+        this.store.markCorrupt(this.id, failure.message);
+        throw failure;
+      }
+      throw error;
+    }
+    const crcs: number[] = [];
+    const firstChunk = start / DATA_CHUNK_SIZE;
+    for (let offset = 0; offset < bytes; offset += DATA_CHUNK_SIZE) {
+      const actual = crc32c(data.subarray(offset, Math.min(offset + DATA_CHUNK_SIZE, bytes)));
+      const chunk = firstChunk + offset / DATA_CHUNK_SIZE;
+      if (actual !== this.checksums[chunk]) {
+        const failure = corrupt(this.id, `checksum mismatch in chunk ${chunk} (offset ${start + offset})`);
+        this.store.markCorrupt(this.id, failure.message);
+        throw failure;
+      }
+      crcs.push(actual);
+    }
+    return { data, crcs };
+  }
+
+  async close(): Promise<void> {
+    await this.handle.close();
+  }
+}

@@ -1,0 +1,829 @@
+/**
+ * wire/data-transfer — the bulk data path between clients (and repairing chunk servers) and chunk
+ * servers: a streaming protocol over plain TCP (DESIGN section 5; proto/dogfs/v1/chunk.proto describes the
+ * exchange). This file holds what both ends share — framing, limits, validation of shard ids — and the
+ * client side, `DataTransferClient`: pooled connections, WriteShard with back-pressure, ReadShard as an
+ * async iterable of verified bytes that can be cancelled, deadlines, and errors as DogfsError codes.
+ *
+ * Checksums: shard bytes are cut into DATA_CHUNK_SIZE chunks, and every packet carries the CRC32C of each
+ * chunk it covers. Packets start on chunk boundaries, so the writer's chunk CRCs are exactly what the
+ * chunk server stores, and on reads the stored CRCs travel back to the reader, which checks them again:
+ * bytes are verified end to end without the server recomputing anything for the reader.
+ *
+ * wire may not import codec, so the CRC32C function is handed in (`crc32c` option): the codec's.
+ */
+import { connect, type Socket } from 'node:net';
+import { assert } from '../common/assert.js';
+import { DogfsError, type ErrorCode, isErrorCode, toDogfsError } from './errors.js';
+import { DataOp, type MessageTypes, type ShardId } from './gen/types.js';
+import { decodeMessage, encodeMessage, type Init, type MessageName } from './proto.js';
+
+/** Bytes per checksum chunk; the chunk server stores one CRC32C per chunk of this size. */
+export const DATA_CHUNK_SIZE = 64 * 1024;
+/** Largest protobuf header frame either side accepts. */
+export const MAX_FRAME_HEADER_BYTES = 16 * 1024;
+/** Largest packet payload; packets are whole chunks, so this is a multiple of DATA_CHUNK_SIZE. */
+export const MAX_PACKET_BYTES = 4 * 1024 * 1024;
+export const DEFAULT_PACKET_BYTES = 1024 * 1024;
+/** Largest shard the protocol carries (a block group's shard is 256 MiB by default). */
+export const MAX_SHARD_BYTES = 1024 * 1024 * 1024;
+/** Shard indexes are below this (K+M of any policy; codec's MAX_TOTAL_SHARDS). */
+export const MAX_SHARD_INDEX = 32;
+/** Deadline of an operation whose caller gave none. */
+export const DEFAULT_DATA_TIMEOUT_MS = 60_000;
+/** Largest deadline a chunk server honours for one operation. */
+export const MAX_DATA_OPERATION_MS = 30 * 60_000;
+
+const FRAME_PREFIX_BYTES = 4;
+
+export type Crc32c = (data: Uint8Array, initial?: number) => number;
+
+assert(MAX_PACKET_BYTES % DATA_CHUNK_SIZE === 0 && DEFAULT_PACKET_BYTES % DATA_CHUNK_SIZE === 0);
+
+/**
+ * A shard id from the wire, checked: numbers in range, never anything that could become a path. Throws
+ * INVALID_ARGUMENT.
+ */
+export function checkShardId(shard: ShardId | null | undefined, what = 'shard'): ShardId {
+  if (shard === null || shard === undefined) throw new DogfsError('INVALID_ARGUMENT', `${what}: missing`);
+  const { blockGroupId, index, generation } = shard;
+  if (!Number.isSafeInteger(blockGroupId) || blockGroupId < 0) {
+    throw new DogfsError('INVALID_ARGUMENT', `${what}: block group id ${String(blockGroupId)} out of range`);
+  }
+  if (!Number.isSafeInteger(index) || index < 0 || index >= MAX_SHARD_INDEX) {
+    throw new DogfsError(
+      'INVALID_ARGUMENT',
+      `${what}: index ${String(index)} out of range [0, ${MAX_SHARD_INDEX})`,
+    );
+  }
+  if (!Number.isSafeInteger(generation) || generation < 0) {
+    throw new DogfsError('INVALID_ARGUMENT', `${what}: generation ${String(generation)} out of range`);
+  }
+  return { blockGroupId, index, generation };
+}
+
+export function formatShardId(shard: ShardId): string {
+  return `${shard.blockGroupId}/${shard.index}@${shard.generation}`;
+}
+
+/** A checked non-negative integer no larger than `max`. Throws INVALID_ARGUMENT. */
+export function checkWireInteger(value: number, max: number, what: string): number {
+  if (!Number.isSafeInteger(value) || value < 0 || value > max) {
+    throw new DogfsError('INVALID_ARGUMENT', `${what} ${String(value)} out of range [0, ${max}]`);
+  }
+  return value;
+}
+
+/** One frame: 4-byte big-endian length, then the encoded message. */
+export function encodeFrame<N extends MessageName>(name: N, message: Init<MessageTypes[N]>): Buffer {
+  const body = encodeMessage(name, message);
+  assert(body.length <= MAX_FRAME_HEADER_BYTES, `${name} frame of ${body.length} bytes exceeds the limit`);
+  const frame = Buffer.allocUnsafe(FRAME_PREFIX_BYTES + body.length);
+  frame.writeUInt32BE(body.length, 0);
+  frame.set(body, FRAME_PREFIX_BYTES);
+  return frame;
+}
+
+/**
+ * Reads frames and raw payloads from a byte stream, pulling only as much as it needs (so a consumer
+ * that stops pulling stops the socket: back-pressure). Payload bytes are handed out as slices of the
+ * buffers the socket produced, never copied.
+ */
+export class FrameReader {
+  private readonly source: AsyncIterator<Buffer>;
+  private readonly pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private ended = false;
+
+  constructor(stream: AsyncIterable<Buffer>) {
+    this.source = stream[Symbol.asyncIterator]();
+  }
+
+  /** Bytes received but not yet consumed. */
+  get buffered(): number {
+    return this.pendingBytes;
+  }
+
+  /** Pulls until `bytes` are buffered; false if the stream ended first. */
+  private async fill(bytes: number): Promise<boolean> {
+    while (this.pendingBytes < bytes) {
+      if (this.ended) return false;
+      const next = await this.source.next();
+      if (next.done) {
+        this.ended = true;
+        return false;
+      }
+      if (next.value.length > 0) {
+        this.pending.push(next.value);
+        this.pendingBytes += next.value.length;
+      }
+    }
+    return true;
+  }
+
+  /** Removes up to `bytes` from the front, as slices; the caller made sure they are buffered. */
+  private take(bytes: number, out: Buffer[]): void {
+    let remaining = bytes;
+    while (remaining > 0) {
+      const head = this.pending[0];
+      assert(head !== undefined, 'take beyond buffered bytes');
+      if (head.length <= remaining) {
+        out.push(head);
+        this.pending.shift();
+        remaining -= head.length;
+        this.pendingBytes -= head.length;
+      } else {
+        out.push(head.subarray(0, remaining));
+        this.pending[0] = head.subarray(remaining);
+        this.pendingBytes -= remaining;
+        remaining = 0;
+      }
+    }
+  }
+
+  /** Small contiguous read (frame headers): copies only when the bytes span socket buffers. */
+  private takeContiguous(bytes: number): Buffer {
+    const head = this.pending[0];
+    if (head !== undefined && head.length >= bytes) {
+      const slice = head.subarray(0, bytes);
+      if (head.length === bytes) this.pending.shift();
+      else this.pending[0] = head.subarray(bytes);
+      this.pendingBytes -= bytes;
+      return slice;
+    }
+    const parts: Buffer[] = [];
+    this.take(bytes, parts);
+    return Buffer.concat(parts, bytes);
+  }
+
+  /**
+   * The next frame decoded as `name`; undefined if the stream ended cleanly before it began. A frame
+   * over `maxBytes`, or that fails to decode, is INVALID_ARGUMENT; a stream cut mid-frame is UNAVAILABLE.
+   */
+  async readFrame<N extends MessageName>(
+    name: N,
+    maxBytes = MAX_FRAME_HEADER_BYTES,
+  ): Promise<MessageTypes[N] | undefined> {
+    if (!(await this.fill(FRAME_PREFIX_BYTES))) {
+      if (this.pendingBytes === 0) return undefined;
+      throw new DogfsError('UNAVAILABLE', `connection closed inside a ${name} frame`);
+    }
+    const length = this.takeContiguous(FRAME_PREFIX_BYTES).readUInt32BE(0);
+    if (length > maxBytes) {
+      throw new DogfsError(
+        'INVALID_ARGUMENT',
+        `${name} frame of ${length} bytes exceeds the ${maxBytes}-byte limit`,
+      );
+    }
+    if (!(await this.fill(length)))
+      throw new DogfsError('UNAVAILABLE', `connection closed inside a ${name} frame`);
+    const body = this.takeContiguous(length);
+    try {
+      return decodeMessage(name, body);
+    } catch (error) {
+      throw new DogfsError('INVALID_ARGUMENT', `malformed ${name}: ${(error as Error).message}`);
+    }
+  }
+
+  /** Exactly `bytes` of payload as slices (no copy). The stream ending first is UNAVAILABLE. */
+  async readPayload(bytes: number): Promise<Buffer[]> {
+    assert(bytes >= 0 && bytes <= MAX_PACKET_BYTES, `payload of ${bytes} bytes`);
+    if (!(await this.fill(bytes))) throw new DogfsError('UNAVAILABLE', 'connection closed inside a packet');
+    const slices: Buffer[] = [];
+    this.take(bytes, slices);
+    return slices;
+  }
+}
+
+/**
+ * CRC32C of each DATA_CHUNK_SIZE chunk of a payload given as slices (chunks may span slices). The
+ * payload starts on a chunk boundary; its last chunk may be short.
+ */
+export function chunkChecksumsOfSlices(
+  slices: readonly Uint8Array[],
+  crc32c: Crc32c,
+  out: number[] = [],
+): number[] {
+  let chunkCrc = 0;
+  let chunkFill = 0;
+  for (const slice of slices) {
+    let offset = 0;
+    while (offset < slice.length) {
+      const take = Math.min(DATA_CHUNK_SIZE - chunkFill, slice.length - offset);
+      chunkCrc = crc32c(slice.subarray(offset, offset + take), chunkCrc);
+      chunkFill += take;
+      offset += take;
+      if (chunkFill === DATA_CHUNK_SIZE) {
+        out.push(chunkCrc);
+        chunkCrc = 0;
+        chunkFill = 0;
+      }
+    }
+  }
+  if (chunkFill > 0) out.push(chunkCrc);
+  return out;
+}
+
+/** Chunks a payload of `bytes` covers. */
+export function chunksIn(bytes: number): number {
+  return Math.ceil(bytes / DATA_CHUNK_SIZE);
+}
+
+/** A socket error as a code the caller can act on. */
+export function socketErrorCode(error: unknown): ErrorCode {
+  if (error instanceof DogfsError) return error.code;
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  if (code === 'ETIMEDOUT') return 'DEADLINE_EXCEEDED';
+  if (code === 'ABORT_ERR') return 'CANCELLED';
+  return 'UNAVAILABLE';
+}
+
+function asDogfsError(error: unknown, context: string): DogfsError {
+  if (error instanceof DogfsError) return error;
+  const message = error instanceof Error ? error.message : String(error);
+  return new DogfsError(socketErrorCode(error), `${context}: ${message}`, { cause: error });
+}
+
+function responseError(code: string, message: string, context: string): DogfsError {
+  const known: ErrorCode = isErrorCode(code) ? code : 'INTERNAL';
+  return new DogfsError(known, message === '' ? `${context}: ${code}` : message);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Client
+
+export interface DataTransferClientOptions {
+  /** CRC32C (Castagnoli), e.g. the codec's `crc32c`. */
+  crc32c: Crc32c;
+  /** Idle connections kept per chunk server. */
+  maxIdlePerAddress?: number;
+  /** An idle pooled connection is closed after this long (below the server's idle timeout). */
+  idleTimeoutMs?: number;
+  connectTimeoutMs?: number;
+  /** Payload bytes per write packet, and asked for on reads: a multiple of 64 KiB up to 4 MiB. */
+  packetSize?: number;
+}
+
+export interface DataCallOptions {
+  /** Absolute deadline, ms since the epoch. */
+  deadline?: number;
+  /** Relative timeout, when no deadline is given (default 60 s). */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+export interface ReadShardOptions extends DataCallOptions {
+  /** First byte to read (default 0). */
+  offset?: number;
+  /** Bytes to read; clamped to the shard's end (default: to the end). */
+  length?: number;
+}
+
+export interface WriteShardResult {
+  /** Bytes made durable. */
+  length: number;
+  /** CRC32C of the whole shard, as the chunk server stored it. */
+  crc32c: number;
+}
+
+interface Connection {
+  readonly address: string;
+  readonly socket: Socket;
+  readonly reader: FrameReader;
+  idleTimer: NodeJS.Timeout | undefined;
+  /** Set once the connection served an operation: a failure before any answer may be a stale socket. */
+  reused: boolean;
+}
+
+function parseAddress(address: string): { host: string; port: number } {
+  const colon = address.lastIndexOf(':');
+  const port = Number(address.slice(colon + 1));
+  if (colon <= 0 || !Number.isInteger(port) || port <= 0 || port > 65535) {
+    throw new DogfsError('INVALID_ARGUMENT', `invalid data address '${address}'`);
+  }
+  return { host: address.slice(0, colon), port };
+}
+
+/**
+ * Enforces an operation's deadline and cancellation by destroying its socket: whatever awaits the
+ * socket then fails, and `failure` says why.
+ */
+class OperationGuard {
+  failure: DogfsError | undefined;
+  private readonly timer: NodeJS.Timeout;
+  private readonly onAbort: () => void;
+
+  constructor(
+    private readonly connection: Connection,
+    private readonly context: string,
+    deadline: number,
+    private readonly signal: AbortSignal | undefined,
+  ) {
+    this.timer = setTimeout(
+      () => this.fail(new DogfsError('DEADLINE_EXCEEDED', `${context}: deadline exceeded`)),
+      Math.max(0, deadline - Date.now()),
+    );
+    this.onAbort = () => this.fail(new DogfsError('CANCELLED', `${context}: cancelled`));
+    signal?.addEventListener('abort', this.onAbort, { once: true });
+  }
+
+  fail(error: DogfsError): void {
+    this.failure ??= error;
+    this.connection.socket.destroy();
+  }
+
+  /** The reason to report for `error` raised while the guard was active. */
+  explain(error: unknown): DogfsError {
+    return this.failure ?? asDogfsError(error, this.context);
+  }
+
+  done(): void {
+    clearTimeout(this.timer);
+    this.signal?.removeEventListener('abort', this.onAbort);
+  }
+}
+
+/**
+ * Client side of the data-transfer protocol, shared by every operation of a process: one pool of
+ * connections per chunk-server address, each carrying one operation at a time.
+ */
+export class DataTransferClient {
+  private readonly crc32c: Crc32c;
+  private readonly maxIdlePerAddress: number;
+  private readonly idleTimeoutMs: number;
+  private readonly connectTimeoutMs: number;
+  readonly packetSize: number;
+  private readonly idle = new Map<string, Connection[]>();
+  private closed = false;
+
+  constructor(options: DataTransferClientOptions) {
+    this.crc32c = options.crc32c;
+    this.maxIdlePerAddress = options.maxIdlePerAddress ?? 8;
+    this.idleTimeoutMs = options.idleTimeoutMs ?? 30_000;
+    this.connectTimeoutMs = options.connectTimeoutMs ?? 5_000;
+    this.packetSize = options.packetSize ?? DEFAULT_PACKET_BYTES;
+    if (
+      !Number.isInteger(this.packetSize) ||
+      this.packetSize <= 0 ||
+      this.packetSize > MAX_PACKET_BYTES ||
+      this.packetSize % DATA_CHUNK_SIZE !== 0
+    ) {
+      throw new DogfsError('INVALID_ARGUMENT', `packet size must be a multiple of 64 KiB up to 4 MiB`);
+    }
+  }
+
+  /** Idle pooled connections (for tests and metrics). */
+  idleConnections(address?: string): number {
+    if (address !== undefined) return this.idle.get(address)?.length ?? 0;
+    let total = 0;
+    for (const list of this.idle.values()) total += list.length;
+    return total;
+  }
+
+  private async acquire(address: string, deadline: number): Promise<Connection> {
+    if (this.closed) throw new DogfsError('CANCELLED', 'data-transfer client closed');
+    const pool = this.idle.get(address);
+    while (pool !== undefined && pool.length > 0) {
+      const connection = pool.pop()!;
+      clearTimeout(connection.idleTimer);
+      connection.idleTimer = undefined;
+      if (!connection.socket.destroyed && connection.socket.readable && connection.reader.buffered === 0) {
+        connection.reused = true;
+        return connection;
+      }
+      connection.socket.destroy();
+    }
+    return this.connect(address, deadline);
+  }
+
+  private connect(address: string, deadline: number): Promise<Connection> {
+    const { host, port } = parseAddress(address);
+    return new Promise((resolve, reject) => {
+      const socket = connect({ host, port, noDelay: true });
+      const timeoutMs = Math.max(0, Math.min(this.connectTimeoutMs, deadline - Date.now()));
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(new DogfsError('UNAVAILABLE', `${address}: connect timed out after ${timeoutMs} ms`));
+      }, timeoutMs);
+      const onError = (error: Error) => {
+        clearTimeout(timer);
+        reject(new DogfsError('UNAVAILABLE', `${address}: ${error.message}`, { cause: error }));
+      };
+      socket.once('error', onError);
+      socket.once('connect', () => {
+        clearTimeout(timer);
+        socket.off('error', onError);
+        // Errors surface through the reader and writes; this keeps an idle socket's error from crashing.
+        socket.on('error', () => {});
+        resolve({ address, socket, reader: new FrameReader(socket), idleTimer: undefined, reused: false });
+      });
+    });
+  }
+
+  /** Returns a connection that finished an operation cleanly to the pool. */
+  private release(connection: Connection): void {
+    const pool = this.idle.get(connection.address) ?? [];
+    if (this.closed || connection.socket.destroyed || pool.length >= this.maxIdlePerAddress) {
+      connection.socket.destroy();
+      return;
+    }
+    connection.idleTimer = setTimeout(() => {
+      const list = this.idle.get(connection.address);
+      const at = list?.indexOf(connection) ?? -1;
+      if (list !== undefined && at >= 0) list.splice(at, 1);
+      connection.socket.destroy();
+    }, this.idleTimeoutMs);
+    connection.idleTimer.unref();
+    pool.push(connection);
+    this.idle.set(connection.address, pool);
+  }
+
+  private deadlineOf(options: DataCallOptions): number {
+    return options.deadline ?? Date.now() + (options.timeoutMs ?? DEFAULT_DATA_TIMEOUT_MS);
+  }
+
+  /**
+   * Starts writing a shard of exactly `length` bytes. Feed it with `write` (which resolves when the
+   * connection can take more: back-pressure) and end with `finish`, which resolves once the chunk
+   * server has made the shard durable. The bytes handed to `write` must not change until `finish`.
+   */
+  async openWrite(
+    address: string,
+    shard: ShardId,
+    length: number,
+    options: DataCallOptions = {},
+  ): Promise<ShardWriter> {
+    checkShardId(shard);
+    checkWireInteger(length, MAX_SHARD_BYTES, 'shard length');
+    if (options.signal?.aborted)
+      throw new DogfsError('CANCELLED', `write ${formatShardId(shard)}: cancelled`);
+    const deadline = this.deadlineOf(options);
+    const connection = await this.acquire(address, deadline);
+    const context = `${address} write ${formatShardId(shard)}`;
+    const guard = new OperationGuard(connection, context, deadline, options.signal);
+    return new ShardWriter(connection, guard, this.crc32c, this.packetSize, shard, length, deadline, (ok) => {
+      guard.done();
+      if (ok) this.release(connection);
+      else connection.socket.destroy();
+    });
+  }
+
+  /** Writes a whole shard from bytes or a stream of bytes, with back-pressure. */
+  async writeShard(
+    address: string,
+    shard: ShardId,
+    data: Uint8Array | Iterable<Uint8Array> | AsyncIterable<Uint8Array>,
+    options: DataCallOptions & { length?: number } = {},
+  ): Promise<WriteShardResult> {
+    const length = data instanceof Uint8Array ? data.length : options.length;
+    if (length === undefined)
+      throw new DogfsError('INVALID_ARGUMENT', 'writeShard of a stream needs its length');
+    const writer = await this.openWrite(address, shard, length, options);
+    try {
+      if (data instanceof Uint8Array) await writer.write(data);
+      else for await (const piece of data) await writer.write(piece);
+      return await writer.finish();
+    } catch (error) {
+      writer.abort(error);
+      throw writer.failure ?? toDogfsError(error);
+    }
+  }
+
+  /**
+   * Reads shard bytes [offset, offset+length) (clamped to the shard's end) as verified Buffers, in order.
+   * Stop iterating (or abort the signal) to cancel: the connection is closed rather than drained.
+   */
+  readShard(
+    address: string,
+    shard: ShardId,
+    options: ReadShardOptions = {},
+  ): AsyncGenerator<Buffer, void, undefined> {
+    return this.readShardGenerator(address, shard, options);
+  }
+
+  /** A whole range in one Buffer (for small reads and tests). */
+  async readShardBytes(address: string, shard: ShardId, options: ReadShardOptions = {}): Promise<Buffer> {
+    const parts: Buffer[] = [];
+    for await (const part of this.readShard(address, shard, options)) parts.push(part);
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+  }
+
+  private async *readShardGenerator(
+    address: string,
+    shard: ShardId,
+    options: ReadShardOptions,
+  ): AsyncGenerator<Buffer, void, undefined> {
+    checkShardId(shard);
+    const offset = checkWireInteger(options.offset ?? 0, MAX_SHARD_BYTES, 'read offset');
+    const length = checkWireInteger(options.length ?? MAX_SHARD_BYTES, MAX_SHARD_BYTES, 'read length');
+    const deadline = this.deadlineOf(options);
+    const context = `${address} read ${formatShardId(shard)}`;
+    if (options.signal?.aborted) throw new DogfsError('CANCELLED', `${context}: cancelled`);
+    const request = encodeFrame('dogfs.v1.DataRequestHeader', {
+      op: DataOp.READ_SHARD,
+      shard,
+      offset,
+      length,
+      packetSize: this.packetSize,
+      deadlineMs: deadline,
+    });
+
+    // A pooled connection the server closed while idle fails before any answer: retry once on a new one.
+    let connection: Connection | undefined;
+    let guard: OperationGuard | undefined;
+    let response: MessageTypes['dogfs.v1.DataResponseHeader'] | undefined;
+    for (let attempt = 0; response === undefined; attempt++) {
+      connection = await this.acquire(address, deadline);
+      guard = new OperationGuard(connection, context, deadline, options.signal);
+      try {
+        connection.socket.write(request);
+        response = await connection.reader.readFrame('dogfs.v1.DataResponseHeader');
+        if (response === undefined) throw new DogfsError('UNAVAILABLE', `${context}: connection closed`);
+      } catch (error) {
+        guard.done();
+        connection.socket.destroy();
+        const failure = guard.explain(error);
+        if (!connection.reused || attempt > 0 || guard.failure !== undefined) throw failure;
+        response = undefined;
+      }
+    }
+    assert(connection !== undefined && guard !== undefined);
+    let complete = false;
+    try {
+      if (response.code !== 'OK') throw responseError(response.code, response.message, context);
+      const alignedStart = response.offset;
+      const alignedLength = response.length;
+      if (
+        alignedStart % DATA_CHUNK_SIZE !== 0 ||
+        alignedStart > offset ||
+        alignedStart + alignedLength > response.shardLength ||
+        response.shardLength > MAX_SHARD_BYTES
+      ) {
+        throw new DogfsError('INTERNAL', `${context}: server answered an inconsistent range`);
+      }
+      const wantEnd = Math.min(offset + length, response.shardLength);
+      let position = alignedStart;
+      const end = alignedStart + alignedLength;
+      const crcs: number[] = [];
+      while (position < end) {
+        const packet = await connection.reader.readFrame('dogfs.v1.DataPacketHeader');
+        if (packet === undefined)
+          throw new DogfsError('UNAVAILABLE', `${context}: connection closed mid-read`);
+        if (packet.errorCode !== '') throw responseError(packet.errorCode, packet.errorMessage, context);
+        if (
+          packet.length === 0 ||
+          packet.length > MAX_PACKET_BYTES ||
+          packet.length > end - position ||
+          (packet.length % DATA_CHUNK_SIZE !== 0 && position + packet.length !== end) ||
+          packet.chunkCrc32c.length !== chunksIn(packet.length)
+        ) {
+          throw new DogfsError('INTERNAL', `${context}: malformed packet from the server`);
+        }
+        const slices = await connection.reader.readPayload(packet.length);
+        crcs.length = 0;
+        chunkChecksumsOfSlices(slices, this.crc32c, crcs);
+        for (let i = 0; i < crcs.length; i++) {
+          if (crcs[i] !== packet.chunkCrc32c[i]) {
+            throw new DogfsError(
+              'CORRUPT',
+              `${context}: chunk at offset ${position + i * DATA_CHUNK_SIZE} damaged in transit (checksum mismatch)`,
+            );
+          }
+        }
+        // Trim to the asked range: the server sends whole chunks so they can be verified here.
+        for (const slice of slices) {
+          const sliceStart = position;
+          position += slice.length;
+          const from = Math.max(offset, sliceStart);
+          const to = Math.min(wantEnd, position);
+          if (to > from) yield slice.subarray(from - sliceStart, to - sliceStart);
+        }
+      }
+      complete = true;
+    } catch (error) {
+      throw guard.explain(error);
+    } finally {
+      guard.done();
+      if (complete && guard.failure === undefined) this.release(connection);
+      else connection.socket.destroy();
+    }
+  }
+
+  /** Closes every pooled connection; operations in progress keep theirs until they end. */
+  close(): void {
+    this.closed = true;
+    for (const list of this.idle.values()) {
+      for (const connection of list) {
+        clearTimeout(connection.idleTimer);
+        connection.socket.destroy();
+      }
+    }
+    this.idle.clear();
+  }
+}
+
+/**
+ * One WriteShard in progress. Packets are cut on chunk boundaries; each carries its chunks' CRC32C.
+ * The chunk server may answer early with an error (no space, too busy, bad request): the next `write`
+ * or `finish` rejects with it.
+ */
+export class ShardWriter {
+  private readonly pieces: Uint8Array[] = [];
+  private pieceBytes = 0;
+  private readonly packetCrcs: number[] = [];
+  private chunkCrc = 0;
+  private chunkFill = 0;
+  private wholeCrc = 0;
+  private written = 0;
+  private settled = false;
+  /** The server's answer; it may arrive before `finish` when the server refuses the write. */
+  private readonly response: Promise<MessageTypes['dogfs.v1.DataResponseHeader'] | undefined>;
+  private earlyResponse: MessageTypes['dogfs.v1.DataResponseHeader'] | undefined;
+  failure: DogfsError | undefined;
+
+  constructor(
+    private readonly connection: Connection,
+    private readonly guard: OperationGuard,
+    private readonly crc32c: Crc32c,
+    private readonly packetSize: number,
+    private readonly shard: ShardId,
+    readonly length: number,
+    deadline: number,
+    private readonly onDone: (ok: boolean) => void,
+  ) {
+    connection.socket.write(
+      encodeFrame('dogfs.v1.DataRequestHeader', {
+        op: DataOp.WRITE_SHARD,
+        shard,
+        length,
+        packetSize,
+        deadlineMs: deadline,
+      }),
+    );
+    this.response = connection.reader.readFrame('dogfs.v1.DataResponseHeader');
+    this.response.then(
+      (response) => {
+        this.earlyResponse = response;
+      },
+      () => {},
+    );
+  }
+
+  private get context(): string {
+    return `${this.connection.address} write ${formatShardId(this.shard)}`;
+  }
+
+  private check(): void {
+    if (this.failure !== undefined) throw this.failure;
+    if (this.guard.failure !== undefined) throw this.fail(this.guard.failure);
+    const early = this.earlyResponse;
+    if (early !== undefined && early.code !== 'OK')
+      throw this.fail(responseError(early.code, early.message, this.context));
+  }
+
+  private fail(error: DogfsError): DogfsError {
+    this.failure ??= error;
+    if (!this.settled) {
+      this.settled = true;
+      this.onDone(false);
+    }
+    return this.failure;
+  }
+
+  /** Appends bytes; resolves when the connection can take more. */
+  async write(data: Uint8Array): Promise<void> {
+    this.check();
+    if (this.written + data.length > this.length) {
+      throw this.fail(
+        new DogfsError(
+          'INVALID_ARGUMENT',
+          `${this.context}: more than the declared ${this.length} bytes written`,
+        ),
+      );
+    }
+    let offset = 0;
+    let needDrain = false;
+    while (offset < data.length) {
+      const take = Math.min(this.packetSize - this.pieceBytes, data.length - offset);
+      const piece = data.subarray(offset, offset + take);
+      this.checksum(piece);
+      this.pieces.push(piece);
+      this.pieceBytes += take;
+      offset += take;
+      if (this.pieceBytes === this.packetSize) needDrain = !this.flushPacket() || needDrain;
+    }
+    this.written += data.length;
+    if (needDrain) await this.drain();
+  }
+
+  private checksum(piece: Uint8Array): void {
+    this.wholeCrc = this.crc32c(piece, this.wholeCrc);
+    let offset = 0;
+    while (offset < piece.length) {
+      const take = Math.min(DATA_CHUNK_SIZE - this.chunkFill, piece.length - offset);
+      this.chunkCrc = this.crc32c(piece.subarray(offset, offset + take), this.chunkCrc);
+      this.chunkFill += take;
+      offset += take;
+      if (this.chunkFill === DATA_CHUNK_SIZE) {
+        this.packetCrcs.push(this.chunkCrc);
+        this.chunkCrc = 0;
+        this.chunkFill = 0;
+      }
+    }
+  }
+
+  /** Sends the buffered pieces as one packet; false when the socket wants the writer to wait. */
+  private flushPacket(): boolean {
+    if (this.pieceBytes === 0) return true;
+    if (this.chunkFill > 0) {
+      this.packetCrcs.push(this.chunkCrc);
+      this.chunkCrc = 0;
+      this.chunkFill = 0;
+    }
+    const socket = this.connection.socket;
+    socket.cork();
+    socket.write(
+      encodeFrame('dogfs.v1.DataPacketHeader', { length: this.pieceBytes, chunkCrc32c: this.packetCrcs }),
+    );
+    let ok = true;
+    for (const piece of this.pieces) ok = socket.write(piece);
+    socket.uncork();
+    this.pieces.length = 0;
+    this.pieceBytes = 0;
+    this.packetCrcs.length = 0;
+    return ok;
+  }
+
+  private drain(): Promise<void> {
+    const socket = this.connection.socket;
+    return new Promise<void>((resolve, reject) => {
+      const cleanup = () => {
+        socket.off('drain', onDrain);
+        socket.off('close', onClose);
+      };
+      const onDrain = () => {
+        cleanup();
+        resolve();
+      };
+      const onClose = () => {
+        cleanup();
+        reject(this.guard.explain(new DogfsError('UNAVAILABLE', `${this.context}: connection closed`)));
+      };
+      socket.on('drain', onDrain);
+      socket.on('close', onClose);
+      // The server may have refused the write and stopped reading: its answer ends the wait.
+      this.response.then(
+        (response) => {
+          if (response !== undefined && response.code !== 'OK') {
+            cleanup();
+            resolve();
+          }
+        },
+        () => {},
+      );
+    }).then(() => this.check());
+  }
+
+  /** Ends the shard; resolves once the chunk server has made it durable. */
+  async finish(): Promise<WriteShardResult> {
+    this.check();
+    if (this.written !== this.length) {
+      throw this.fail(
+        new DogfsError(
+          'INVALID_ARGUMENT',
+          `${this.context}: ${this.written} of ${this.length} declared bytes written`,
+        ),
+      );
+    }
+    this.flushPacket();
+    this.connection.socket.write(
+      encodeFrame('dogfs.v1.WriteShardTrailer', { length: this.length, crc32c: this.wholeCrc }),
+    );
+    let response: MessageTypes['dogfs.v1.DataResponseHeader'] | undefined;
+    try {
+      response = await this.response;
+    } catch (error) {
+      throw this.fail(this.guard.explain(error));
+    }
+    if (response === undefined) {
+      throw this.fail(
+        this.guard.explain(new DogfsError('UNAVAILABLE', `${this.context}: connection closed`)),
+      );
+    }
+    if (response.code !== 'OK') throw this.fail(responseError(response.code, response.message, this.context));
+    if (response.length !== this.length || response.crc32c >>> 0 !== this.wholeCrc >>> 0) {
+      throw this.fail(
+        new DogfsError('CORRUPT', `${this.context}: server stored a different length or checksum`),
+      );
+    }
+    this.settled = true;
+    this.onDone(true);
+    return { length: response.length, crc32c: response.crc32c >>> 0 };
+  }
+
+  /** Gives up: the connection is closed, and the server discards what it received. */
+  abort(reason?: unknown): void {
+    if (this.settled) return;
+    this.fail(toDogfsError(reason ?? new DogfsError('CANCELLED', `${this.context}: aborted`), 'CANCELLED'));
+  }
+}

@@ -1,0 +1,148 @@
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import type { DogfsError } from '../../src/wire/errors.js';
+import { ChunkControlService } from '../../src/wire/gen/types.js';
+import { tempDir } from '../helpers/index.js';
+import {
+  counter,
+  newClient,
+  type RunningChunk,
+  seededBytes,
+  seededRandom,
+  shardFiles,
+  startChunk,
+  status,
+} from './helpers.js';
+
+const dir = tempDir('dogfs-chunk-');
+let chunk: RunningChunk;
+const client = newClient();
+
+before(async () => {
+  chunk = await startChunk(join(dir.path, 'c1'), ['--scrub-rate', '0']);
+});
+after(async () => {
+  client.close();
+  await chunk.stop();
+  dir.remove();
+});
+
+const KiB = 1024;
+const SIZES = [0, 1, 64 * KiB - 1, 64 * KiB, 64 * KiB + 1, 5 * 1024 * KiB + 123];
+
+test('write then read back shards of sizes 0, 1, 64 KiB ± 1 and several MiB; stat and list them', async () => {
+  for (const [i, size] of SIZES.entries()) {
+    const shard = { blockGroupId: 1000 + i, index: i % 9, generation: 1 };
+    const data = seededBytes(size, 7 + i);
+    const result = await client.writeShard(chunk.dataAddr, shard, data);
+    assert.equal(result.length, size);
+    const back = await client.readShardBytes(chunk.dataAddr, shard);
+    assert.equal(back.length, size);
+    assert.ok(back.equals(data), `shard of ${size} bytes reads back unchanged`);
+    const stat = await chunk.control.call(ChunkControlService, 'StatShard', { shard });
+    assert.equal(stat.info?.length, size);
+    assert.equal(stat.info?.crc32c, result.crc32c);
+  }
+  // Paged listing returns every shard once, in id order.
+  const seen: number[] = [];
+  let startAfter: { blockGroupId: number; index: number; generation: number } | undefined;
+  for (let page = 0; page < 10; page++) {
+    const list = await chunk.control.call(ChunkControlService, 'ListShards', { startAfter, limit: 4 });
+    for (const info of list.shards) seen.push(info.shard!.blockGroupId);
+    if (!list.more) break;
+    startAfter = list.shards[list.shards.length - 1]!.shard!;
+  }
+  assert.deepEqual(
+    seen,
+    SIZES.map((_, i) => 1000 + i),
+  );
+  // One connection carried all of that, reused from the pool.
+  assert.equal(client.idleConnections(chunk.dataAddr), 1);
+  assert.equal(counter(await status(chunk), 'data_connections_accepted'), 1);
+});
+
+test('range reads at random offsets return exactly the bytes asked for', async () => {
+  const size = 3 * 1024 * KiB + 777;
+  const shard = { blockGroupId: 2000, index: 3, generation: 5 };
+  const data = seededBytes(size, 99);
+  await client.writeShard(chunk.dataAddr, shard, data);
+  const random = seededRandom(42);
+  for (let i = 0; i < 40; i++) {
+    const offset = Math.floor(random() * (size + 1));
+    const length = Math.floor(random() * (i % 2 === 0 ? 200 * KiB : size));
+    const back = await client.readShardBytes(chunk.dataAddr, shard, { offset, length });
+    const expected = data.subarray(offset, Math.min(size, offset + length));
+    assert.equal(back.length, expected.length, `read [${offset}, +${length})`);
+    assert.ok(back.equals(expected), `bytes of [${offset}, +${length})`);
+  }
+  // Reading from the very end gives nothing; past it is refused.
+  assert.equal((await client.readShardBytes(chunk.dataAddr, shard, { offset: size })).length, 0);
+  await assert.rejects(client.readShardBytes(chunk.dataAddr, shard, { offset: size + 1 }), {
+    code: 'INVALID_ARGUMENT',
+  });
+});
+
+test('64 concurrent writers and readers', async () => {
+  const size = 300 * KiB + 17;
+  const shards = Array.from({ length: 64 }, (_, i) => ({
+    blockGroupId: 3000 + i,
+    index: i % 9,
+    generation: 1,
+  }));
+  await Promise.all(
+    shards.map((shard, i) => client.writeShard(chunk.dataAddr, shard, seededBytes(size, 1000 + i))),
+  );
+  // Now read all 64 back while 64 more are being written.
+  const more = shards.map((s) => ({ ...s, generation: 2 }));
+  const [reads] = await Promise.all([
+    Promise.all(shards.map((shard) => client.readShardBytes(chunk.dataAddr, shard))),
+    Promise.all(
+      more.map((shard, i) => client.writeShard(chunk.dataAddr, shard, seededBytes(size, 5000 + i))),
+    ),
+  ]);
+  for (const [i, back] of reads.entries()) assert.ok(back.equals(seededBytes(size, 1000 + i)), `shard ${i}`);
+  const again = await Promise.all(more.map((shard) => client.readShardBytes(chunk.dataAddr, shard)));
+  for (const [i, back] of again.entries())
+    assert.ok(back.equals(seededBytes(size, 5000 + i)), `shard ${i} gen 2`);
+});
+
+test('a write that stops mid-way leaves nothing; a read can be cancelled', async () => {
+  const before = shardFiles(chunk.dir);
+  const shard = { blockGroupId: 4000, index: 0, generation: 1 };
+  const writer = await client.openWrite(chunk.dataAddr, shard, 4 * 1024 * KiB);
+  await writer.write(seededBytes(1024 * KiB + 5, 1));
+  writer.abort();
+  await assert.rejects(writer.finish(), (error: DogfsError) => error.code === 'CANCELLED');
+  // The server notices the closed connection and discards the temporary file.
+  const { waitFor } = await import('../helpers/index.js');
+  await waitFor('tmp file removed', () => status(chunk).then((s) => s.activeWrites === 0));
+  assert.deepEqual(shardFiles(chunk.dir), before);
+  await assert.rejects(chunk.control.call(ChunkControlService, 'StatShard', { shard }), {
+    code: 'NOT_FOUND',
+  });
+
+  // Declaring more bytes than are sent is refused by the writer itself, and leaves nothing either.
+  const short = await client.openWrite(chunk.dataAddr, { ...shard, generation: 2 }, 10);
+  await short.write(Buffer.alloc(4));
+  await assert.rejects(short.finish(), { code: 'INVALID_ARGUMENT' });
+
+  // Cancel a read after its first piece: the server stops and frees the read.
+  const big = { blockGroupId: 4001, index: 0, generation: 1 };
+  await client.writeShard(chunk.dataAddr, big, seededBytes(8 * 1024 * KiB, 3));
+  for await (const piece of client.readShard(chunk.dataAddr, big)) {
+    assert.ok(piece.length > 0);
+    break;
+  }
+  await waitFor('read released', () => status(chunk).then((s) => s.activeReads === 0));
+  const controller = new AbortController();
+  const reading = (async () => {
+    for await (const _ of client.readShard(chunk.dataAddr, big, { signal: controller.signal }))
+      controller.abort();
+  })();
+  await assert.rejects(reading, { code: 'CANCELLED' });
+  assert.deepEqual(
+    shardFiles(chunk.dir).filter((f) => f.endsWith('.tmp')),
+    [],
+  );
+});
