@@ -15,7 +15,7 @@
  */
 
 import { CodecError } from './errors.js';
-import { checkGeometry } from './rs.js';
+import { MAX_TOTAL_SHARDS } from './rs.js';
 
 export const DEFAULT_STRIPE_SIZE = 1024 * 1024;
 export const DEFAULT_CELL_ALIGNMENT = 4096;
@@ -69,7 +69,13 @@ export class StripeLayout {
 
   constructor(options: StripeLayoutOptions) {
     const { k, m } = options;
-    checkGeometry(k, m);
+    // M = 0 is a valid layout (striping without parity, e.g. replicate-1); only the codec needs M ≥ 1.
+    if (!Number.isInteger(k) || !Number.isInteger(m) || k < 1 || m < 0 || k + m > MAX_TOTAL_SHARDS) {
+      throw new CodecError(
+        'INVALID_ARGUMENT',
+        `need integers K ≥ 1, M ≥ 0, K+M ≤ ${MAX_TOTAL_SHARDS}; got K=${k}, M=${m}`,
+      );
+    }
     const stripeSize = options.stripeSize ?? DEFAULT_STRIPE_SIZE;
     const alignment = options.cellAlignment ?? DEFAULT_CELL_ALIGNMENT;
     const maxShardBytes = options.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES;

@@ -141,6 +141,8 @@ test('layout rejects impossible geometry and out-of-range requests', () => {
   const invalid = isCodecError('INVALID_ARGUMENT');
   assert.throws(() => new StripeLayout({ k: 6, m: 3, stripeSize: 4096 }), invalid);
   assert.throws(() => new StripeLayout({ k: 0, m: 3 }), invalid);
+  assert.throws(() => new StripeLayout({ k: 4, m: -1 }), invalid);
+  assert.equal(new StripeLayout({ k: 1, m: 0 }).shardLength(10), 10, 'M = 0: striping without parity');
   assert.throws(() => new StripeLayout({ k: 4, m: 2, cellAlignment: 0 }), invalid);
   const layout = new StripeLayout({ k: 4, m: 2, stripeSize: 64, cellAlignment: 4, maxShardBytes: 64 });
   assert.equal(layout.groupDataSize, 256);
