@@ -1,26 +1,72 @@
 /**
- * metadata/server — the `dogfs meta` process. Today it owns its data directory and answers Health;
- * the Raft groups (cluster group 0 and namespace groups) and the Metadata service are added here as
- * they land (issues 3 and 6).
+ * metadata/server — the `dogfs meta` process: the daemon lifecycle plus a Raft host (durable log in
+ * DIR/raft) carrying group 0 (cluster) and group 1 (namespace), and the Metadata service.
+ *
+ * Raft node ids are positions in --peers (1-based), so every metadata server must be given the same list
+ * in the same order (`dogfs up` does). Without --peers the server is a one-member cluster of itself.
  */
-import type { HostPort } from '../common/address.js';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { activeBackendName } from '../codec/index.js';
+import { formatHostPort, type HostPort } from '../common/address.js';
 import type { LogLevel } from '../common/log.js';
-import { runDaemon } from '../daemon/daemon.js';
+import { asNodeId } from '../consensus/index.js';
+import { DaemonStartError, runDaemon } from '../daemon/daemon.js';
+import { DurableStorage } from '../raftnode/durable.js';
+import { RaftHost } from '../raftnode/host.js';
+import { MetadataNode } from './service.js';
 
 export interface MetaServerOptions {
   dir: string;
   id?: string | undefined;
   listen: HostPort;
-  /** Other metadata servers, id=host:port. Not used until Raft is hosted here. */
+  /** Every metadata server, this one included, as id=host:port, in the same order on every server. */
   peers: string[];
   logLevel: LogLevel;
+}
+
+interface Peer {
+  id: string;
+  addr: string;
+}
+
+function parsePeers(peers: string[]): Peer[] {
+  return peers.map((p) => {
+    const eq = p.indexOf('=');
+    return { id: p.slice(0, eq), addr: p.slice(eq + 1) };
+  });
 }
 
 export function startMetaServer(options: MetaServerOptions) {
   return runDaemon(
     { role: 'meta', dir: options.dir, id: options.id, listen: options.listen, logLevel: options.logLevel },
-    (context) => {
-      context.readyInfo['peers'] = options.peers.join(',');
+    async (context) => {
+      let peers = parsePeers(options.peers);
+      if (peers.length === 0) peers = [{ id: context.id, addr: formatHostPort(options.listen) }];
+      const position = peers.findIndex((p) => p.id === context.id);
+      if (position < 0) {
+        throw new DaemonStartError(`--peers does not name this server ('${context.id}')`);
+      }
+      if (new Set(peers.map((p) => p.id)).size !== peers.length)
+        throw new DaemonStartError('--peers names a server twice');
+      const raftDir = join(options.dir, 'raft');
+      mkdirSync(raftDir, { recursive: true });
+      const storage = await DurableStorage.open(raftDir);
+      const host = new RaftHost({
+        nodeId: asNodeId(position + 1),
+        peers: peers.map((p, i) => ({ nodeId: asNodeId(i + 1), addr: p.addr })),
+        storage,
+        log: context.log,
+      });
+      const node = new MetadataNode(host, context.log, activeBackendName());
+      host.start(context.rpc);
+      node.start(context.rpc);
+      context.readyInfo['peers'] = peers.map((p) => `${p.id}=${p.addr}`).join(',');
+      context.readyInfo['raftNode'] = String(position + 1);
+      context.onShutdown(async () => {
+        node.stop();
+        await host.close();
+      });
     },
   );
 }

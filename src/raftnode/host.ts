@@ -37,8 +37,11 @@ import type { HostStorage } from './storage.js';
 
 /** A deterministic state machine: every replica applies the same commands in the same order. */
 export interface StateMachine {
-  /** Applies one committed command and returns its result (handed to the proposer on this node). */
-  apply(index: LogIndex, command: Uint8Array): Uint8Array;
+  /**
+   * Applies one committed command. Its result is handed, in memory, to the proposer on this node (the
+   * proposer is always local), so it is never serialised.
+   */
+  apply(index: LogIndex, command: Uint8Array): unknown;
   snapshot(): Uint8Array;
   restore(data: Uint8Array): void;
 }
@@ -73,7 +76,7 @@ export interface GroupStatus {
 
 interface PendingProposal {
   readonly term: Term;
-  readonly resolve: (result: Uint8Array) => void;
+  readonly resolve: (result: unknown) => void;
   readonly reject: (error: DogfsError) => void;
   readonly timer: NodeJS.Timeout;
 }
@@ -375,7 +378,7 @@ export class RaftHost {
   }
 
   /** Proposes a command on this node (which must lead the group) and resolves with its result once applied. */
-  propose(groupId: number, command: Uint8Array, deadline: number): Promise<Uint8Array> {
+  propose(groupId: number, command: Uint8Array, deadline: number): Promise<unknown> {
     const group = this.group(groupId);
     const result = group.raft.propose(command);
     if (!result.ok) {

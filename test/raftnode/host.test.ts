@@ -82,9 +82,13 @@ test('three hosts elect a leader per group, replicate commands and answer linear
   for (const group of [0, 1]) {
     const leader = await waitFor(`leader of group ${group}`, () => leaderOf(cluster, group), 10_000);
     const first = await leader.host.propose(group, Buffer.from('x=1'), Date.now() + 5000);
-    assert.equal(Buffer.from(first).toString(), '');
+    assert.equal(Buffer.from(first as Uint8Array).toString(), '');
     const second = await leader.host.propose(group, Buffer.from('x=2'), Date.now() + 5000);
-    assert.equal(Buffer.from(second).toString(), '1', 'the result of the applied command comes back');
+    assert.equal(
+      Buffer.from(second as Uint8Array).toString(),
+      '1',
+      'the result of the applied command comes back',
+    );
 
     const follower = cluster.find((n) => n !== leader)!;
     await follower.host.readBarrier(group, Date.now() + 5000);

@@ -78,7 +78,7 @@ async function main(): Promise<void> {
     Propose: async (request, context) => {
       const key = decodeCommand(request.command).input.key;
       const result = await host.propose(groupOfKey(key, groups), request.command, context.deadline);
-      return { result };
+      return { result: result as Uint8Array };
     },
     Read: async (request, context) => {
       const group = groupOfKey(request.key, groups);
