@@ -24,6 +24,8 @@ function fallBack(reason) {
 if (process.env.DOGFS_SKIP_NATIVE === '1') fallBack('DOGFS_SKIP_NATIVE=1');
 if (process.platform === 'win32') fallBack('not supported on Windows');
 
+const missing = sources.filter((f) => !existsSync(f));
+if (missing.length > 0) fallBack(`sources missing: ${missing.join(', ')}`);
 const newestSource = Math.max(...sources.map((f) => statSync(f).mtimeMs));
 if (existsSync(output) && statSync(output).mtimeMs >= newestSource && process.argv[2] !== '--force') {
   process.exit(0);
