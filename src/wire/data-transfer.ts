@@ -638,7 +638,8 @@ export class ShardWriter {
   private settled = false;
   /** The server's answer; it may arrive before `finish` when the server refuses the write. */
   private readonly response: Promise<MessageTypes['dogfs.v1.DataResponseHeader'] | undefined>;
-  private earlyResponse: MessageTypes['dogfs.v1.DataResponseHeader'] | undefined;
+  /** Set when the answer (or the end of the connection) arrived: before `finish`, always a failure. */
+  private early: DogfsError | undefined;
   failure: DogfsError | undefined;
 
   constructor(
@@ -663,9 +664,14 @@ export class ShardWriter {
     this.response = connection.reader.readFrame('dogfs.v1.DataResponseHeader');
     this.response.then(
       (response) => {
-        this.earlyResponse = response;
+        if (response === undefined)
+          this.early = new DogfsError('UNAVAILABLE', `${this.context}: connection closed`);
+        else if (response.code !== 'OK')
+          this.early = responseError(response.code, response.message, this.context);
       },
-      () => {},
+      (error: unknown) => {
+        this.early = asDogfsError(error, this.context);
+      },
     );
   }
 
@@ -676,9 +682,7 @@ export class ShardWriter {
   private check(): void {
     if (this.failure !== undefined) throw this.failure;
     if (this.guard.failure !== undefined) throw this.fail(this.guard.failure);
-    const early = this.earlyResponse;
-    if (early !== undefined && early.code !== 'OK')
-      throw this.fail(responseError(early.code, early.message, this.context));
+    if (this.early !== undefined) throw this.fail(this.guard.explain(this.early));
   }
 
   private fail(error: DogfsError): DogfsError {
@@ -773,13 +777,14 @@ export class ShardWriter {
       socket.on('close', onClose);
       // The server may have refused the write and stopped reading: its answer ends the wait.
       this.response.then(
-        (response) => {
-          if (response !== undefined && response.code !== 'OK') {
-            cleanup();
-            resolve();
-          }
+        () => {
+          cleanup();
+          resolve();
         },
-        () => {},
+        () => {
+          cleanup();
+          resolve();
+        },
       );
     }).then(() => this.check());
   }
