@@ -1,0 +1,216 @@
+/**
+ * client/client — `DogfsClient`, the typed entry point: namespace calls (mkdir, stat, list, rename,
+ * delete), the cluster report, and the write and read streams.
+ */
+
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { assert } from '../common/assert.js';
+import { DogfsError } from '../wire/errors.js';
+import { type ClusterReportResponse, FileType, type Inode } from '../wire/gen/types.js';
+import { DataTransferShardTransport } from './data-transport.js';
+import { type MetaCallOptions, MetadataConnection } from './meta.js';
+import { joinPath, normalizePath } from './paths.js';
+import { FileReadStream, type ReadStreamOptions } from './reader.js';
+import { ClientSession } from './session.js';
+import type { ShardTransport } from './transport.js';
+import { FileWriteStream, type WriteStreamOptions } from './writer.js';
+
+export interface DogfsClientOptions {
+  /** Metadata server addresses (host:port); any subset that includes a reachable one will do. */
+  meta: readonly string[];
+  /** Default deadline of each metadata call, retries included (10 s). */
+  timeoutMs?: number;
+  /** How long one attempt on one metadata server may take before another is tried (5 s). */
+  attemptTimeoutMs?: number;
+  /** The data plane; default: the data-transfer protocol over TCP. */
+  transport?: ShardTransport;
+  /** Client id of the session (default: random). */
+  clientId?: string;
+}
+
+export type FileKind = 'file' | 'dir';
+
+/** What `stat` and `list` give for a name (`dogfs stat --json` prints this). */
+export interface FileStatus {
+  readonly path: string;
+  readonly name: string;
+  readonly type: FileKind;
+  readonly size: number;
+  /** Modification time, ms since the epoch. */
+  readonly mtime: number;
+  /** EC policy ("" for directories that inherit the cluster's). */
+  readonly ec: string;
+  readonly mode: number;
+  readonly id: number;
+  /** The raw inode, with block groups and shard locations. */
+  readonly inode: Inode;
+}
+
+export interface ListOptions extends MetaCallOptions {
+  /** Entries per page (the service bounds it). */
+  pageSize?: number;
+  /** Start after this name (paging cursor). */
+  startAfter?: string;
+}
+
+/** Pages a single `list` walks at most; a directory bigger than this many pages is refused. */
+const MAX_LIST_PAGES = 1_000_000;
+
+export function toFileStatus(path: string, inode: Inode): FileStatus {
+  const name = path === '/' ? '/' : path.slice(path.lastIndexOf('/') + 1);
+  return {
+    path,
+    name,
+    type: inode.type === FileType.DIRECTORY ? 'dir' : 'file',
+    size: inode.size,
+    mtime: inode.mtimeMs,
+    ec: inode.ec,
+    mode: inode.mode,
+    id: inode.id,
+    inode,
+  };
+}
+
+export class DogfsClient {
+  readonly session: ClientSession;
+  private readonly meta: MetadataConnection;
+  private transportInstance: ShardTransport | undefined;
+
+  constructor(options: DogfsClientOptions) {
+    this.meta = new MetadataConnection({
+      seeds: options.meta,
+      ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
+      ...(options.attemptTimeoutMs === undefined ? {} : { attemptTimeoutMs: options.attemptTimeoutMs }),
+    });
+    this.session = new ClientSession(options.clientId);
+    this.transportInstance = options.transport;
+  }
+
+  /** The metadata connection (leader tracking, raw calls). */
+  get metadata(): MetadataConnection {
+    return this.meta;
+  }
+
+  async mkdir(
+    path: string,
+    options: { parents?: boolean; mode?: number } & MetaCallOptions = {},
+  ): Promise<FileStatus> {
+    const p = normalizePath(path);
+    const answer = await this.meta.mutate(
+      this.session,
+      'Mkdir',
+      { path: p, parents: options.parents ?? false, mode: options.mode ?? 0o755 },
+      options,
+    );
+    if (!answer.inode) throw new DogfsError('INTERNAL', `${p}: Mkdir answered without an inode`);
+    return toFileStatus(p, answer.inode);
+  }
+
+  async stat(path: string, options: MetaCallOptions = {}): Promise<FileStatus> {
+    const p = normalizePath(path);
+    const answer = await this.meta.call('Stat', { path: p }, options);
+    if (!answer.inode) throw new DogfsError('NOT_FOUND', `${p}: No such file or directory`);
+    return toFileStatus(p, answer.inode);
+  }
+
+  /** The entries of a directory, page by page (each page one List call), in name order. */
+  async *list(path: string, options: ListOptions = {}): AsyncGenerator<FileStatus> {
+    const p = normalizePath(path);
+    let startAfter = options.startAfter ?? '';
+    for (let page = 0; page < MAX_LIST_PAGES; page++) {
+      const answer = await this.meta.call(
+        'List',
+        { path: p, startAfter, limit: options.pageSize ?? 1000 },
+        options,
+      );
+      for (const entry of answer.entries) {
+        if (!entry.inode) continue;
+        yield toFileStatus(joinPath(p, entry.name), entry.inode);
+      }
+      const last = answer.entries[answer.entries.length - 1];
+      if (!answer.more || last === undefined) return;
+      assert(last.name > startAfter || startAfter === '', 'list pages must advance');
+      startAfter = last.name;
+    }
+    throw new DogfsError('RESOURCE_EXHAUSTED', `${p}: more than ${MAX_LIST_PAGES} pages`);
+  }
+
+  async rename(src: string, dst: string, options: MetaCallOptions = {}): Promise<void> {
+    await this.meta.mutate(
+      this.session,
+      'Rename',
+      { src: normalizePath(src), dst: normalizePath(dst) },
+      options,
+    );
+  }
+
+  async delete(path: string, options: { recursive?: boolean } & MetaCallOptions = {}): Promise<void> {
+    await this.meta.mutate(
+      this.session,
+      'Delete',
+      { path: normalizePath(path), recursive: options.recursive ?? false },
+      options,
+    );
+  }
+
+  /** Groups, leaders and terms; chunk servers and their state; files missing shards. */
+  report(options: MetaCallOptions = {}): Promise<ClusterReportResponse> {
+    return this.meta.call('ClusterReport', {}, options);
+  }
+
+  /**
+   * A writable stream that stores a file. The file appears, with all its bytes, when the stream
+   * finishes ('finish'); on 'error' it does not appear.
+   */
+  createWriteStream(path: string, options: WriteStreamOptions = {}): FileWriteStream {
+    return new FileWriteStream(
+      { meta: this.meta, session: this.session, transport: this.transport() },
+      normalizePath(path),
+      options,
+    );
+  }
+
+  /** A readable stream of a file or of bytes [start, end] (inclusive) of it. */
+  createReadStream(path: string, options: ReadStreamOptions = {}): FileReadStream {
+    return new FileReadStream({ meta: this.meta, transport: this.transport() }, normalizePath(path), options);
+  }
+
+  /** Stores `data` (bytes or a readable stream) as `path`; resolves once the file is complete. */
+  async writeFile(
+    path: string,
+    data: Uint8Array | Readable,
+    options: WriteStreamOptions = {},
+  ): Promise<FileWriteStream> {
+    const size = data instanceof Uint8Array ? data.length : options.size;
+    const stream = this.createWriteStream(path, size === undefined ? options : { ...options, size });
+    if (data instanceof Uint8Array) {
+      await new Promise<void>((resolve, reject) => {
+        stream.once('error', reject);
+        stream.once('finish', resolve);
+        stream.end(data);
+      });
+    } else {
+      await pipeline(data, stream);
+    }
+    return stream;
+  }
+
+  /** A whole (small) file in memory. Use createReadStream for large ones. */
+  async readFile(path: string, options: ReadStreamOptions = {}): Promise<Buffer> {
+    const parts: Buffer[] = [];
+    for await (const chunk of this.createReadStream(path, options)) parts.push(chunk as Buffer);
+    return Buffer.concat(parts);
+  }
+
+  close(): void {
+    this.meta.close();
+    this.transportInstance?.close();
+  }
+
+  /** The default transport, built on first use. */
+  private transport(): ShardTransport {
+    this.transportInstance ??= new DataTransferShardTransport();
+    return this.transportInstance;
+  }
+}

@@ -1,0 +1,247 @@
+/**
+ * client/meta — calls to the metadata service from a seed list: finds the leader (Metadata.FindLeader,
+ * NOT_LEADER hints), moves to another seed when one is unreachable, retries idempotent calls with backoff
+ * until the call's deadline, and turns "nobody could answer" into one clear NO_QUORUM/UNAVAILABLE error
+ * within that deadline — never a hang.
+ */
+import { assert } from '../common/assert.js';
+import { DogfsError, isRetryable, toDogfsError } from '../wire/errors.js';
+import { type MetadataMethods, MetadataService } from '../wire/gen/types.js';
+import type { Init } from '../wire/proto.js';
+import { DEFAULT_TIMEOUT_MS, type RequestOf, type ResponseOf, RpcChannel, withRetry } from '../wire/rpc.js';
+import type { ClientSession } from './session.js';
+
+export type MetadataMethod = keyof MetadataMethods & string;
+
+export interface MetaCallOptions {
+  /** Relative timeout for the whole call, retries included; ignored when `deadline` is given. */
+  timeoutMs?: number;
+  /** Absolute deadline, ms since the epoch. */
+  deadline?: number;
+  signal?: AbortSignal;
+}
+
+export interface MetadataConnectionOptions {
+  /** Metadata server addresses, host:port. */
+  seeds: readonly string[];
+  /** Default deadline of one call, retries included (10 s). */
+  timeoutMs?: number;
+  /** Longest a single attempt on one server may take before the next server is tried (5 s). */
+  attemptTimeoutMs?: number;
+  /** Uniform [0,1) for backoff jitter; injectable for tests. */
+  random?: () => number;
+}
+
+/** Raft group whose leader serves a method: 0 = cluster, 1 = the (single, for now) namespace group. */
+function groupOf(method: MetadataMethod): number {
+  switch (method) {
+    case 'RegisterChunkServer':
+    case 'Heartbeat':
+    case 'ClusterReport':
+      return 0;
+    default:
+      return 1;
+  }
+}
+
+/** Codes meaning "this server cannot serve it now; another server or a later try may". */
+function isUnavailability(code: DogfsError['code']): boolean {
+  return isRetryable(code) || code === 'DEADLINE_EXCEEDED';
+}
+
+const MAX_ATTEMPTS = 1000;
+const MAX_HINT_HOPS = 3;
+
+export class MetadataConnection {
+  readonly seeds: readonly string[];
+  private readonly timeoutMs: number;
+  private readonly attemptTimeoutMs: number;
+  private readonly random: () => number;
+  private readonly channels = new Map<string, RpcChannel>();
+  /** Last known leader per Raft group. */
+  private readonly leaders = new Map<number, string>();
+  private seedCursor = 0;
+  private closed = false;
+
+  constructor(options: MetadataConnectionOptions) {
+    const seeds = [...new Set(options.seeds.map((s) => s.trim()).filter((s) => s !== ''))];
+    if (seeds.length === 0) throw new DogfsError('INVALID_ARGUMENT', 'no metadata server addresses given');
+    this.seeds = seeds;
+    this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.attemptTimeoutMs = options.attemptTimeoutMs ?? 5000;
+    this.random = options.random ?? Math.random;
+    assert(this.timeoutMs > 0 && this.attemptTimeoutMs > 0, 'timeouts must be positive');
+  }
+
+  /** The deadline a call made now with these options gets. */
+  deadlineOf(options: MetaCallOptions = {}): number {
+    return options.deadline ?? Date.now() + (options.timeoutMs ?? this.timeoutMs);
+  }
+
+  /** The leader address currently believed for `group`, if any. */
+  knownLeader(group: number): string | undefined {
+    return this.leaders.get(group);
+  }
+
+  /**
+   * One metadata call: to the known leader (else a seed), following NOT_LEADER hints, moving on to the
+   * next seed when a server is unreachable, retried (idempotent methods only) until the deadline.
+   */
+  async call<K extends MetadataMethod>(
+    method: K,
+    request: Init<RequestOf<MetadataMethods, K>>,
+    options: MetaCallOptions = {},
+  ): Promise<ResponseOf<MetadataMethods, K>> {
+    if (this.closed) throw new DogfsError('CANCELLED', 'client is closed');
+    const started = Date.now();
+    const deadline = this.deadlineOf(options);
+    const group = groupOf(method);
+    const failures = new Map<string, DogfsError>();
+    let sawAnswer = false;
+    try {
+      return await withRetry(
+        {
+          deadline,
+          idempotent: MetadataService.methods[method].idempotent,
+          maxAttempts: MAX_ATTEMPTS,
+          baseDelayMs: 20,
+          maxDelayMs: 500,
+          signal: options.signal,
+          random: this.random,
+        },
+        async () => {
+          let target = this.leaders.get(group) ?? (await this.discover(group, deadline, options.signal));
+          for (let hop = 0; ; hop++) {
+            try {
+              return await this.attempt(target, method, request, deadline, options.signal);
+            } catch (error) {
+              const e = toDogfsError(error);
+              failures.set(target, e);
+              if (e.code !== 'UNAVAILABLE') sawAnswer = true;
+              if (e.code === 'NOT_LEADER' && e.leaderHint && e.leaderHint !== target && hop < MAX_HINT_HOPS) {
+                this.leaders.set(group, e.leaderHint);
+                target = e.leaderHint;
+                continue;
+              }
+              if (this.leaders.get(group) === target) this.leaders.delete(group);
+              if (e.code === 'UNAVAILABLE' || e.code === 'NOT_LEADER') this.seedCursor++;
+              throw e;
+            }
+          }
+        },
+      );
+    } catch (error) {
+      throw this.finalError(method, toDogfsError(error), failures, sawAnswer, started);
+    }
+  }
+
+  /**
+   * A mutating call stamped with the session: one sequence number for the call and all its retries, so
+   * the state machine applies it once.
+   */
+  mutate<K extends MetadataMethod>(
+    session: ClientSession,
+    method: K,
+    request: Omit<Init<RequestOf<MetadataMethods, K>>, 'session'>,
+    options: MetaCallOptions = {},
+  ): Promise<ResponseOf<MetadataMethods, K>> {
+    return session.run((stamp) =>
+      this.call(method, { ...request, session: stamp } as Init<RequestOf<MetadataMethods, K>>, options),
+    );
+  }
+
+  /** One attempt on one server, bounded by the attempt timeout; a timed-out attempt counts as UNAVAILABLE. */
+  private async attempt<K extends MetadataMethod>(
+    address: string,
+    method: K,
+    request: Init<RequestOf<MetadataMethods, K>>,
+    deadline: number,
+    signal: AbortSignal | undefined,
+  ): Promise<ResponseOf<MetadataMethods, K>> {
+    const attemptDeadline = Math.min(deadline, Date.now() + this.attemptTimeoutMs);
+    try {
+      return await this.channel(address).call(MetadataService, method, request, {
+        deadline: attemptDeadline,
+        signal,
+      });
+    } catch (error) {
+      const e = toDogfsError(error);
+      if (e.code === 'DEADLINE_EXCEEDED' && attemptDeadline < deadline) {
+        throw new DogfsError(
+          'UNAVAILABLE',
+          `${address}: no answer to ${method} in ${this.attemptTimeoutMs} ms`,
+          {
+            cause: e,
+          },
+        );
+      }
+      throw e;
+    }
+  }
+
+  /**
+   * The next seed to try for `group`; asks it (Metadata.FindLeader) who leads, so the call goes straight
+   * to the leader. A seed that cannot say is used as it is (it answers NOT_LEADER with a hint, or serves).
+   */
+  private async discover(group: number, deadline: number, signal: AbortSignal | undefined): Promise<string> {
+    const seed = this.seeds[this.seedCursor % this.seeds.length]!;
+    try {
+      const answer = await this.channel(seed).call(
+        MetadataService,
+        'FindLeader',
+        { group },
+        { deadline: Math.min(deadline, Date.now() + Math.min(this.attemptTimeoutMs, 1000)), signal },
+      );
+      if (answer.leaderAddr !== '') {
+        this.leaders.set(group, answer.leaderAddr);
+        return answer.leaderAddr;
+      }
+    } catch {
+      // FindLeader is only a shortcut: the real call on this seed reports what is wrong with it.
+    }
+    return seed;
+  }
+
+  private finalError(
+    method: string,
+    error: DogfsError,
+    failures: Map<string, DogfsError>,
+    sawAnswer: boolean,
+    started: number,
+  ): DogfsError {
+    if (!isUnavailability(error.code) || error.code === 'RESOURCE_EXHAUSTED') return error;
+    const tried = [...failures.entries()]
+      .slice(0, 8)
+      .map(([address, e]) => `${address}: ${e.message}`)
+      .join('; ');
+    const waited = `${Date.now() - started} ms`;
+    if (!sawAnswer) {
+      return new DogfsError(
+        'UNAVAILABLE',
+        `cannot reach any metadata server (${this.seeds.join(', ')}) for ${method}${tried ? ` (${tried})` : ''}`,
+        { cause: error },
+      );
+    }
+    return new DogfsError(
+      'NO_QUORUM',
+      `metadata service has no quorum: no leader answered ${method} before the deadline (~${waited}; ${tried})`,
+      { cause: error },
+    );
+  }
+
+  private channel(address: string): RpcChannel {
+    let channel = this.channels.get(address);
+    if (channel === undefined) {
+      assert(this.channels.size < 1024, 'too many metadata channels');
+      channel = new RpcChannel(address);
+      this.channels.set(address, channel);
+    }
+    return channel;
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const channel of this.channels.values()) channel.close();
+    this.channels.clear();
+  }
+}

@@ -1,0 +1,451 @@
+/**
+ * client/reader — the read path (DESIGN §4): a Node Readable over a file or a byte range of it. It reads
+ * the needed ranges of the K data shards in parallel, straight from the chunk servers (the transport
+ * checks every packet's CRC32C, the chunk server its stored chunk checksums). On a dead, slow or corrupt
+ * shard it reads the same rows of parity shards and decodes (degraded read), and reports the bad shard to
+ * the metadata service. More than M shards of a block group unavailable fails the stream with an error
+ * naming them. Memory is bounded: one stripe's rows at a time, plus what the transport buffers.
+ */
+import { Readable } from 'node:stream';
+import { createCodec } from '../codec/backends.js';
+import type { ReedSolomon } from '../codec/rs.js';
+import { type CellPiece, DEFAULT_STRIPE_SIZE, StripeLayout } from '../codec/stripe.js';
+import { assert } from '../common/assert.js';
+import { DogfsError, toDogfsError } from '../wire/errors.js';
+import { type BlockGroup, FileType, type Inode, type ShardLocation } from '../wire/gen/types.js';
+import type { MetaCallOptions, MetadataConnection } from './meta.js';
+import { withStepTimeout } from './timeout.js';
+import type { ShardReadHandle, ShardTransport } from './transport.js';
+
+export interface ReadStreamOptions {
+  /** First byte to read (default 0). */
+  start?: number;
+  /** Last byte to read, inclusive, as in fs.createReadStream (default: the end of the file). */
+  end?: number;
+  /** Deadline of each metadata call (default: the client's). */
+  timeoutMs?: number;
+  /** A shard that delivers nothing for this long is treated as dead and decoded around (5 s). */
+  shardTimeoutMs?: number;
+}
+
+export interface ReaderContext {
+  readonly meta: MetadataConnection;
+  readonly transport: ShardTransport;
+}
+
+export interface BadShard {
+  readonly blockGroupId: number;
+  readonly index: number;
+  readonly chunkServerId: string;
+  readonly addr: string;
+  readonly error: DogfsError;
+}
+
+/** Largest shard a read layout accepts (only a bound for range checks; real shards are far smaller). */
+const READ_LAYOUT_MAX_SHARD_BYTES = 2 ** 40;
+/** Bad-shard reports a stream keeps (each block group reports at most K+M). */
+const MAX_REPORTS = 1024;
+
+/** A sequential reader of one shard range, able to hand out any later sub-range. */
+class ShardCursor {
+  readonly index: number;
+  private readonly handle: ShardReadHandle;
+  /** Shard offset of the first byte of `pending`. */
+  position: number;
+  readonly end: number;
+  private pending: Uint8Array | null = null;
+
+  constructor(index: number, handle: ShardReadHandle, start: number, end: number) {
+    this.index = index;
+    this.handle = handle;
+    this.position = start;
+    this.end = end;
+  }
+
+  /** Bytes [offset, offset + length) of the shard; offset must not be behind the cursor. */
+  async take(offset: number, length: number): Promise<Uint8Array> {
+    assert(offset >= this.position && offset + length <= this.end, 'cursor read outside its range');
+    const parts: Uint8Array[] = [];
+    let needed = length;
+    while (needed > 0) {
+      if (this.pending === null || this.pending.length === 0) {
+        const next = await this.handle.next();
+        if (next === null) {
+          throw new DogfsError(
+            'CORRUPT',
+            `shard ${this.index}: stream ended at ${this.position} before ${this.end}`,
+          );
+        }
+        this.pending = next;
+      }
+      const skip = offset - this.position;
+      if (skip > 0) {
+        const drop = Math.min(skip, this.pending.length);
+        this.pending = this.pending.subarray(drop);
+        this.position += drop;
+        continue;
+      }
+      const part = this.pending.subarray(0, Math.min(needed, this.pending.length));
+      this.pending = this.pending.subarray(part.length);
+      this.position += part.length;
+      offset += part.length;
+      needed -= part.length;
+      parts.push(part);
+    }
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts, length);
+  }
+
+  close(): void {
+    this.handle.close();
+  }
+}
+
+/** Reads one block group's part of the range. */
+class GroupReader {
+  private readonly context: ReaderContext;
+  private readonly stream: FileReadStream;
+  private readonly block: BlockGroup;
+  readonly layout: StripeLayout;
+  private readonly shards: (ShardLocation | undefined)[];
+  private readonly cursors = new Map<number, ShardCursor>();
+  private readonly failed = new Map<number, DogfsError>();
+  private readonly codec: ReedSolomon | undefined;
+  private readonly shardTimeoutMs: number;
+  /** End of the shard bytes any read of this range may need. */
+  private readonly spanEnd: number;
+
+  constructor(
+    context: ReaderContext,
+    stream: FileReadStream,
+    block: BlockGroup,
+    offset: number,
+    length: number,
+    shardTimeoutMs: number,
+  ) {
+    this.context = context;
+    this.stream = stream;
+    this.block = block;
+    this.shardTimeoutMs = shardTimeoutMs;
+    const k = block.dataShards;
+    const m = block.parityShards;
+    if (k < 1 || m < 0) throw new DogfsError('CORRUPT', `block group ${block.id}: K=${k} M=${m}`);
+    this.layout = new StripeLayout({
+      k,
+      m: Math.max(m, 1),
+      stripeSize: block.stripeSize > 0 ? block.stripeSize : DEFAULT_STRIPE_SIZE,
+      maxShardBytes: READ_LAYOUT_MAX_SHARD_BYTES,
+    });
+    this.shards = [];
+    for (let i = 0; i < k + m; i++) {
+      const location = block.shards.find((s) => s.index === i);
+      this.shards.push(location);
+      if (location === undefined || location.addr === '') {
+        this.failed.set(i, new DogfsError('UNAVAILABLE', 'no location recorded'));
+      } else if (!location.durable) {
+        this.failed.set(i, new DogfsError('UNAVAILABLE', 'not durable (awaiting repair)'));
+      }
+    }
+    this.codec = m === 0 || stream.replicate ? undefined : createCodec(k, m);
+    this.spanEnd = this.layout.degradedSpan(offset, length, block.length).end;
+  }
+
+  /** Yields the range's bytes, stripe by stripe. */
+  async *read(offset: number, length: number): AsyncGenerator<Uint8Array> {
+    const { layout } = this;
+    const end = offset + length;
+    try {
+      for (let position = offset; position < end; ) {
+        const stripe = Math.floor(position / layout.stripeDataSize);
+        const stripeEnd = Math.min(end, (stripe + 1) * layout.stripeDataSize);
+        const pieces = layout.mapRange(position, stripeEnd - position, this.block.length);
+        const bytes = await this.readStripe(pieces);
+        for (const b of bytes) yield b;
+        position = stripeEnd;
+      }
+    } finally {
+      for (const cursor of this.cursors.values()) cursor.close();
+      this.cursors.clear();
+    }
+  }
+
+  private async readStripe(pieces: CellPiece[]): Promise<Uint8Array[]> {
+    if (!pieces.some((p) => this.failed.has(p.shard))) {
+      const results = await Promise.allSettled(
+        pieces.map((p) => this.take(p.shard, p.shardOffset, p.length)),
+      );
+      if (results.every((r) => r.status === 'fulfilled')) {
+        return results.map((r) => (r as PromiseFulfilledResult<Uint8Array>).value);
+      }
+      results.forEach((r, i) => {
+        if (r.status === 'rejected') this.markFailed(pieces[i]!.shard, r.reason);
+      });
+    }
+    return this.readStripeDegraded(pieces);
+  }
+
+  /** Reads the rows the pieces cover from K healthy shards and rebuilds the missing data cells. */
+  private async readStripeDegraded(pieces: CellPiece[]): Promise<Uint8Array[]> {
+    const k = this.layout.k;
+    const total = this.shards.length;
+    const rowStart = Math.min(...pieces.map((p) => p.shardOffset));
+    const rowEnd = Math.max(...pieces.map((p) => p.shardOffset + p.length));
+    const needed = new Set(pieces.map((p) => p.shard));
+    for (let round = 0; round <= total; round++) {
+      const order = [...needed];
+      for (let i = 0; i < total; i++) if (!needed.has(i)) order.push(i);
+      const sources = order.filter((i) => !this.failed.has(i)).slice(0, k);
+      if (sources.length < k) throw this.unavailableError();
+      const results = await Promise.allSettled(sources.map((i) => this.take(i, rowStart, rowEnd - rowStart)));
+      let ok = true;
+      results.forEach((r, j) => {
+        if (r.status === 'rejected') {
+          ok = false;
+          this.markFailed(sources[j]!, r.reason);
+        }
+      });
+      if (!ok) continue;
+      const rows: (Uint8Array | null)[] = new Array<Uint8Array | null>(total).fill(null);
+      sources.forEach((i, j) => {
+        rows[i] = (results[j] as PromiseFulfilledResult<Uint8Array>).value;
+      });
+      const missing = [...needed].filter((i) => rows[i] === null);
+      if (missing.length > 0) {
+        if (this.codec === undefined) {
+          // Replicas: every shard holds the same bytes.
+          for (const i of missing) rows[i] = rows[sources[0]!]!;
+        } else {
+          for (const i of missing) rows[i] = Buffer.allocUnsafe(rowEnd - rowStart);
+          await this.codec.reconstructAsync(rows, missing);
+        }
+      }
+      return pieces.map((p) =>
+        rows[p.shard]!.subarray(p.shardOffset - rowStart, p.shardOffset - rowStart + p.length),
+      );
+    }
+    throw this.unavailableError();
+  }
+
+  private async take(index: number, offset: number, length: number): Promise<Uint8Array> {
+    let cursor = this.cursors.get(index);
+    if (cursor !== undefined && cursor.position > offset) {
+      cursor.close();
+      cursor = undefined;
+    }
+    if (cursor === undefined) {
+      const location = this.shards[index]!;
+      const handle = this.context.transport.openRead(
+        {
+          addr: location.addr,
+          shard: { blockGroupId: this.block.id, index, generation: location.generation },
+        },
+        offset,
+        this.spanEnd - offset,
+        { deadline: Date.now() + 24 * 3600_000 },
+      );
+      cursor = new ShardCursor(index, handle, offset, this.spanEnd);
+      this.cursors.set(index, cursor);
+    }
+    return withStepTimeout(cursor.take(offset, length), this.shardTimeoutMs, `shard ${index}`, 'UNAVAILABLE');
+  }
+
+  private markFailed(index: number, reason: unknown): void {
+    const error = toDogfsError(reason, 'UNAVAILABLE');
+    this.failed.set(index, error);
+    this.cursors.get(index)?.close();
+    this.cursors.delete(index);
+    const location = this.shards[index];
+    this.stream.reportBadShard({
+      blockGroupId: this.block.id,
+      index,
+      chunkServerId: location?.chunkServerId ?? '',
+      addr: location?.addr ?? '',
+      error,
+    });
+  }
+
+  private unavailableError(): DogfsError {
+    const names = [...this.failed.entries()]
+      .sort((a, b) => a[0] - b[0])
+      .map(([i, e]) => {
+        const s = this.shards[i];
+        return `shard ${i} on ${s?.chunkServerId || '?'} (${s?.addr || '?'}): ${e.message}`;
+      });
+    return new DogfsError(
+      'UNAVAILABLE',
+      `block group ${this.block.id}: ${this.failed.size} of ${this.shards.length} shards unavailable, at most ${this.shards.length - this.layout.k} may be: ${names.join('; ')}`,
+    );
+  }
+}
+
+/**
+ * The readable stream `DogfsClient.createReadStream` returns. `badShards` lists the shards that failed
+ * (and were reported) while reading.
+ */
+export class FileReadStream extends Readable {
+  readonly path: string;
+  inode: Inode | undefined;
+  readonly badShards: BadShard[] = [];
+  /** Reports to the metadata service that failed (the read itself still succeeded). */
+  readonly reportErrors: DogfsError[] = [];
+  replicate = false;
+
+  private readonly context: ReaderContext;
+  private readonly options: ReadStreamOptions;
+  private source: AsyncGenerator<Uint8Array> | undefined;
+  private pumping = false;
+  private readonly reports: Promise<void>[] = [];
+
+  constructor(context: ReaderContext, path: string, options: ReadStreamOptions = {}) {
+    super({ highWaterMark: 1024 * 1024 });
+    this.context = context;
+    this.path = path;
+    this.options = options;
+    for (const [name, value] of [
+      ['start', options.start],
+      ['end', options.end],
+    ] as const) {
+      if (value !== undefined && !(Number.isSafeInteger(value) && value >= 0)) {
+        throw new DogfsError('INVALID_ARGUMENT', `${name} must be a non-negative integer, got ${value}`);
+      }
+    }
+  }
+
+  private metaOptions(): MetaCallOptions {
+    return this.options.timeoutMs === undefined ? {} : { timeoutMs: this.options.timeoutMs };
+  }
+
+  override _construct(callback: (error?: Error | null) => void): void {
+    this.context.meta.call('Stat', { path: this.path }, this.metaOptions()).then(
+      (answer) => {
+        const inode = answer.inode;
+        if (inode === undefined || inode === null) {
+          callback(new DogfsError('NOT_FOUND', `${this.path}: No such file or directory`));
+          return;
+        }
+        if (inode.type === FileType.DIRECTORY) {
+          callback(new DogfsError('IS_A_DIRECTORY', `${this.path}: Is a directory`));
+          return;
+        }
+        this.inode = inode;
+        this.replicate = inode.ec.startsWith('replicate-');
+        this.source = this.generate(inode);
+        callback();
+      },
+      (error: unknown) => callback(this.pathError(error)),
+    );
+  }
+
+  override _read(): void {
+    if (this.pumping) return;
+    this.pumping = true;
+    this.pump().then(
+      () => {
+        this.pumping = false;
+      },
+      (error: unknown) => {
+        this.pumping = false;
+        this.destroy(this.pathError(error));
+      },
+    );
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    const iterator = this.source;
+    this.source = undefined;
+    if (iterator === undefined) {
+      callback(error);
+      return;
+    }
+    iterator.return(undefined).then(
+      () => callback(error),
+      () => callback(error),
+    );
+  }
+
+  private async pump(): Promise<void> {
+    for (;;) {
+      const iterator = this.source;
+      if (iterator === undefined) return;
+      const next = await iterator.next();
+      if (next.done) {
+        await Promise.all(this.reports);
+        this.push(null);
+        return;
+      }
+      if (!this.push(next.value)) return;
+    }
+  }
+
+  private async *generate(inode: Inode): AsyncGenerator<Uint8Array> {
+    const size = inode.size;
+    const start = this.options.start ?? 0;
+    const endExclusive = Math.min(size, this.options.end === undefined ? size : this.options.end + 1);
+    if (start >= endExclusive) return;
+    const groups = [...inode.blockGroups].sort((a, b) => a.offset - b.offset);
+    let delivered = 0;
+    let expectedOffset = 0;
+    for (const block of groups) {
+      if (block.offset !== expectedOffset) {
+        throw new DogfsError(
+          'CORRUPT',
+          `block group ${block.id} starts at ${block.offset}, expected ${expectedOffset}`,
+        );
+      }
+      expectedOffset += block.length;
+      const from = Math.max(start, block.offset);
+      const to = Math.min(endExclusive, block.offset + block.length);
+      if (from >= to) continue;
+      const reader = new GroupReader(
+        this.context,
+        this,
+        block,
+        from - block.offset,
+        to - from,
+        this.options.shardTimeoutMs ?? 5000,
+      );
+      for await (const bytes of reader.read(from - block.offset, to - from)) {
+        delivered += bytes.length;
+        yield bytes;
+      }
+    }
+    if (delivered !== endExclusive - start) {
+      throw new DogfsError(
+        'CORRUPT',
+        `block groups hold ${delivered} of the ${endExclusive - start} bytes asked for (file size ${size})`,
+      );
+    }
+  }
+
+  /** Records a bad shard and reports it (best effort: a failed report is kept in `reportErrors`). */
+  reportBadShard(bad: BadShard): void {
+    if (this.badShards.length >= MAX_REPORTS) return;
+    this.badShards.push(bad);
+    this.emit('badshard', bad);
+    this.reports.push(
+      this.context.meta
+        .call(
+          'ReportBadShard',
+          {
+            blockGroupId: bad.blockGroupId,
+            index: bad.index,
+            chunkServerId: bad.chunkServerId,
+            reason: `${bad.error.code}: ${bad.error.message}`.slice(0, 500),
+          },
+          this.metaOptions(),
+        )
+        .then(
+          () => undefined,
+          (error: unknown) => {
+            this.reportErrors.push(toDogfsError(error));
+          },
+        ),
+    );
+  }
+
+  private pathError(error: unknown): DogfsError {
+    const e = toDogfsError(error);
+    return e.message.startsWith(this.path)
+      ? e
+      : new DogfsError(e.code, `${this.path}: ${e.message}`, { cause: e });
+  }
+}

@@ -1,0 +1,518 @@
+/**
+ * client/writer — the write path (DESIGN §4): a Node Writable that creates the file, allocates block
+ * groups, cuts the bytes into stripes, encodes parity, streams the K+M shards to their chunk servers in
+ * parallel, commits each block group with the shards' lengths, checksums and durability, and completes
+ * the file. Memory is bounded: two stripe buffers (one filling, one sending) and their parity cells.
+ *
+ * A block group is good when at least K+1 of its shards (K when M = 1) are durable; the missing ones are
+ * committed as not durable (the gap repair fills). With fewer, the stream fails, nothing is committed for
+ * that group and CompleteFile is never called, so the file never appears.
+ */
+import { Writable } from 'node:stream';
+import { createCodec } from '../codec/backends.js';
+import type { ReedSolomon } from '../codec/rs.js';
+import { DEFAULT_STRIPE_SIZE, StripeLayout } from '../codec/stripe.js';
+import { assert } from '../common/assert.js';
+import { DogfsError, toDogfsError } from '../wire/errors.js';
+import type { BlockGroup, Inode, ShardLocation } from '../wire/gen/types.js';
+import type { Init } from '../wire/proto.js';
+import type { MetaCallOptions, MetadataConnection } from './meta.js';
+import type { ClientSession } from './session.js';
+import { withStepTimeout } from './timeout.js';
+import type { ShardTransport, ShardWriteHandle } from './transport.js';
+
+export interface WriteStreamOptions {
+  /** EC policy, e.g. "rs-6-3"; default: inherited from the directory / the cluster. */
+  ec?: string;
+  /** Replace an existing file (atomically, when the new one completes). */
+  overwrite?: boolean;
+  mode?: number;
+  /**
+   * Total bytes that will be written, when known in advance (a local file's size). Lets each shard be
+   * announced with its exact length; writing a different number of bytes fails the stream.
+   */
+  size?: number;
+  /** Deadline of each metadata call (default: the client's). */
+  timeoutMs?: number;
+  /** A shard that accepts no bytes (or does not confirm durability) for this long is given up (30 s). */
+  shardTimeoutMs?: number;
+}
+
+export interface WriterContext {
+  readonly meta: MetadataConnection;
+  readonly session: ClientSession;
+  readonly transport: ShardTransport;
+}
+
+/**
+ * When the total size is not known in advance (stdin), a block group's length is not known until its
+ * bytes have arrived, and every shard is announced with its exact length: the writer then buffers up to
+ * this many bytes before each block group (so such streams use block groups of at most this size).
+ */
+export const UNKNOWN_SIZE_WINDOW_BYTES = 16 * 1024 * 1024;
+
+export interface ShardOutcome {
+  readonly index: number;
+  readonly chunkServerId: string;
+  readonly addr: string;
+  readonly durable: boolean;
+  readonly error?: DogfsError;
+}
+
+export interface BlockGroupOutcome {
+  readonly id: number;
+  readonly offset: number;
+  readonly length: number;
+  readonly shards: readonly ShardOutcome[];
+}
+
+/** Shards that must be durable for a block group to be kept. */
+export function requiredDurable(k: number, m: number): number {
+  return m === 1 ? k : k + 1;
+}
+
+/** The stripe being filled. Fresh buffers per stripe: the transport may hold them until the shard ends. */
+interface Stripe {
+  readonly data: Buffer;
+  filled: number;
+}
+
+class ShardStream {
+  readonly location: Init<ShardLocation>;
+  handle: ShardWriteHandle | undefined;
+  crc = 0;
+  error: DogfsError | undefined;
+
+  constructor(location: Init<ShardLocation>) {
+    this.location = location;
+  }
+
+  get alive(): boolean {
+    return this.handle !== undefined && this.error === undefined;
+  }
+
+  fail(error: unknown): void {
+    if (this.error !== undefined) return;
+    const e = toDogfsError(error, 'UNAVAILABLE');
+    this.error = new DogfsError(
+      e.code,
+      `shard ${this.location.index} on ${this.location.chunkServerId ?? '?'} (${this.location.addr ?? '?'}): ${e.message}`,
+      { cause: e },
+    );
+    this.handle?.abort(this.error);
+  }
+}
+
+class GroupWriter {
+  readonly block: BlockGroup;
+  readonly layout: StripeLayout;
+  /** File data bytes this group holds (known before its shards open: each is announced with its length). */
+  readonly length: number;
+  readonly shards: ShardStream[];
+  readonly required: number;
+  /** Bytes encoded and handed to the shards. */
+  written = 0;
+  /** The send of the last stripe: stripes go out in order, at most two in flight. */
+  inFlight: Promise<void> = Promise.resolve();
+
+  constructor(
+    block: BlockGroup,
+    layout: StripeLayout,
+    length: number,
+    transport: ShardTransport,
+    deadline: number,
+  ) {
+    this.block = block;
+    this.layout = layout;
+    this.length = length;
+    this.required = requiredDurable(layout.k, layout.m);
+    const total = layout.k + layout.m;
+    if (block.shards.length !== total) {
+      throw new DogfsError(
+        'INTERNAL',
+        `block group ${block.id}: metadata gave ${block.shards.length} targets for ${total} shards`,
+      );
+    }
+    const shardLength = layout.shardLength(length);
+    this.shards = [];
+    for (let i = 0; i < total; i++) {
+      const target = block.shards.find((s) => s.index === i);
+      if (target === undefined)
+        throw new DogfsError('INTERNAL', `block group ${block.id}: no target for shard ${i}`);
+      const stream = new ShardStream({
+        index: i,
+        chunkServerId: target.chunkServerId,
+        addr: target.addr,
+        generation: target.generation,
+      });
+      try {
+        stream.handle = transport.openWrite(
+          { addr: target.addr, shard: { blockGroupId: block.id, index: i, generation: target.generation } },
+          { length: shardLength, deadline },
+        );
+      } catch (error) {
+        stream.fail(error);
+      }
+      this.shards.push(stream);
+    }
+    this.checkEnoughAlive();
+  }
+
+  alive(): number {
+    return this.shards.filter((s) => s.alive).length;
+  }
+
+  /** Throws when too few shards are left for the group to be kept. */
+  checkEnoughAlive(): void {
+    if (this.alive() >= this.required) return;
+    const failed = this.shards.filter((s) => s.error !== undefined).map((s) => s.error!.message);
+    throw new DogfsError(
+      'UNAVAILABLE',
+      `write failed: only ${this.alive()} of ${this.shards.length} shards of block group ${this.block.id} could be written, ${this.required} needed (${failed.join('; ')})`,
+    );
+  }
+
+  /** Sends cell i to shard i; a shard that fails is dropped (and the group checked). */
+  async send(cells: readonly Uint8Array[], timeoutMs: number): Promise<void> {
+    await Promise.all(
+      this.shards.map(async (stream, i) => {
+        if (!stream.alive) return;
+        try {
+          await withStepTimeout(
+            stream.handle!.write(cells[i]!),
+            timeoutMs,
+            `shard ${i}`,
+            'DEADLINE_EXCEEDED',
+          );
+        } catch (error) {
+          stream.fail(error);
+        }
+      }),
+    );
+  }
+
+  abort(reason: Error): void {
+    for (const stream of this.shards) if (stream.alive) stream.handle!.abort(reason);
+  }
+
+  /** Ends every shard and waits for durability; the locations to commit. */
+  async finish(timeoutMs: number): Promise<Init<ShardLocation>[]> {
+    const expected = this.layout.shardLength(this.written);
+    await Promise.all(
+      this.shards.map(async (stream) => {
+        if (!stream.alive) return;
+        try {
+          const result = await withStepTimeout(
+            stream.handle!.finish(),
+            timeoutMs,
+            `shard ${stream.location.index}`,
+            'DEADLINE_EXCEEDED',
+          );
+          if (result.length !== expected) {
+            stream.fail(new DogfsError('CORRUPT', `stored ${result.length} bytes, sent ${expected}`));
+          }
+          stream.crc = result.crc32c >>> 0;
+        } catch (error) {
+          stream.fail(error);
+        }
+      }),
+    );
+    this.checkEnoughAlive();
+    return this.shards.map((s) => ({
+      ...s.location,
+      length: expected,
+      crc32c: s.alive ? s.crc : 0,
+      durable: s.alive,
+    }));
+  }
+
+  outcome(): BlockGroupOutcome {
+    return {
+      id: this.block.id,
+      offset: this.block.offset,
+      length: this.written,
+      shards: this.shards.map((s) => ({
+        index: s.location.index ?? 0,
+        chunkServerId: s.location.chunkServerId ?? '',
+        addr: s.location.addr ?? '',
+        durable: s.alive,
+        ...(s.error === undefined ? {} : { error: s.error }),
+      })),
+    };
+  }
+}
+
+/**
+ * The writable stream `DogfsClient.createWriteStream` returns. `'finish'` means the file is complete and
+ * visible; an `'error'` means it is not (and was never made visible).
+ */
+export class FileWriteStream extends Writable {
+  readonly path: string;
+  /** The inode, once created (and, after 'finish', as completed). */
+  inode: Inode | undefined;
+  /** Per block group: which shards are durable (the gap repair fills). */
+  readonly blockGroups: BlockGroupOutcome[] = [];
+  /** File bytes accepted so far. */
+  bytesWritten = 0;
+
+  private readonly context: WriterContext;
+  private readonly options: WriteStreamOptions;
+  private readonly shardTimeoutMs: number;
+  private leaseId = '';
+  private codec: ReedSolomon | undefined;
+  private replicate = false;
+  private group: GroupWriter | undefined;
+  private stripe: Stripe | undefined;
+  /** File bytes handed to block groups (the next group starts here). */
+  private groupedBytes = 0;
+  /** Unknown size: bytes waiting for their block group (at most UNKNOWN_SIZE_WINDOW_BYTES + a chunk). */
+  private readonly pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private readonly cells: Uint8Array[] = [];
+  private completeCalled = false;
+
+  constructor(context: WriterContext, path: string, options: WriteStreamOptions = {}) {
+    super({ highWaterMark: 1024 * 1024, decodeStrings: true });
+    this.context = context;
+    this.path = path;
+    this.options = options;
+    this.shardTimeoutMs = options.shardTimeoutMs ?? 30_000;
+    if (options.size !== undefined) {
+      assert(Number.isSafeInteger(options.size) && options.size >= 0, 'size must be a non-negative integer');
+    }
+  }
+
+  /** True once CompleteFile has been asked (tests use it to prove a failed write never completes). */
+  get completed(): boolean {
+    return this.completeCalled;
+  }
+
+  private metaOptions(): MetaCallOptions {
+    return this.options.timeoutMs === undefined ? {} : { timeoutMs: this.options.timeoutMs };
+  }
+
+  override _construct(callback: (error?: Error | null) => void): void {
+    this.context.meta
+      .mutate(
+        this.context.session,
+        'Create',
+        {
+          path: this.path,
+          ec: this.options.ec ?? '',
+          overwrite: this.options.overwrite ?? false,
+          mode: this.options.mode ?? 0o644,
+        },
+        this.metaOptions(),
+      )
+      .then((created) => {
+        if (created.inode === undefined || created.inode === null || created.leaseId === '') {
+          throw new DogfsError('INTERNAL', 'Create answered without an inode or lease');
+        }
+        this.inode = created.inode;
+        this.leaseId = created.leaseId;
+        this.replicate = created.inode.ec.startsWith('replicate-');
+      })
+      .then(
+        () => callback(),
+        (error: unknown) => callback(this.pathError(error)),
+      );
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    this.accept(chunk).then(
+      () => callback(),
+      (error: unknown) => callback(this.pathError(error)),
+    );
+  }
+
+  override _final(callback: (error?: Error | null) => void): void {
+    this.finishAll().then(
+      () => callback(),
+      (error: unknown) => callback(this.pathError(error)),
+    );
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.group?.abort(error ?? new DogfsError('CANCELLED', 'write stream destroyed'));
+    this.group = undefined;
+    this.pending.length = 0;
+    callback(error);
+  }
+
+  private pathError(error: unknown): DogfsError {
+    const e = toDogfsError(error);
+    return e.message.startsWith(this.path)
+      ? e
+      : new DogfsError(e.code, `${this.path}: ${e.message}`, { cause: e });
+  }
+
+  private async accept(chunk: Buffer): Promise<void> {
+    const size = this.options.size;
+    if (size !== undefined && this.bytesWritten + chunk.length > size) {
+      throw new DogfsError('INVALID_ARGUMENT', `more bytes written than the announced size ${size}`);
+    }
+    this.bytesWritten += chunk.length;
+    if (size !== undefined) {
+      await this.feed(chunk);
+      return;
+    }
+    this.pending.push(chunk);
+    this.pendingBytes += chunk.length;
+    while (this.pendingBytes >= UNKNOWN_SIZE_WINDOW_BYTES) await this.writePending(UNKNOWN_SIZE_WINDOW_BYTES);
+  }
+
+  /** Unknown size: opens a block group for the next `bytes` buffered bytes (or fewer) and writes them. */
+  private async writePending(bytes: number): Promise<void> {
+    await this.openGroup(bytes);
+    const length = this.group!.length;
+    let left = length;
+    while (left > 0) {
+      const head = this.pending[0]!;
+      const take = Math.min(head.length, left);
+      if (take === head.length) this.pending.shift();
+      else this.pending[0] = head.subarray(take);
+      this.pendingBytes -= take;
+      left -= take;
+      await this.feed(head.subarray(0, take));
+    }
+    assert(this.group === undefined, 'block group closed once its bytes are written');
+  }
+
+  /** Copies bytes into stripes of the open block group (opening groups as needed: known size). */
+  private async feed(chunk: Buffer): Promise<void> {
+    let offset = 0;
+    while (offset < chunk.length) {
+      if (this.group === undefined) await this.openGroup(this.options.size! - this.groupedBytes);
+      const group = this.group!;
+      const layout = group.layout;
+      if (this.stripe === undefined) {
+        const remaining = group.length - group.written;
+        this.stripe = { data: Buffer.allocUnsafe(Math.min(layout.stripeDataSize, remaining)), filled: 0 };
+      }
+      const stripe = this.stripe;
+      const take = Math.min(stripe.data.length - stripe.filled, chunk.length - offset);
+      assert(take > 0, 'no room in the stripe');
+      chunk.copy(stripe.data, stripe.filled, offset, offset + take);
+      stripe.filled += take;
+      offset += take;
+      if (stripe.filled === stripe.data.length) {
+        this.stripe = undefined;
+        await this.sendStripe(group, stripe.data);
+        if (group.written === group.length) await this.closeGroup();
+      }
+    }
+  }
+
+  /** Allocates the next block group, holding at most `wanted` bytes, and opens its K+M shard streams. */
+  private async openGroup(wanted: number): Promise<void> {
+    assert(this.inode !== undefined && this.group === undefined && wanted > 0, 'one group at a time');
+    const offset = this.groupedBytes;
+    const allocated = await this.context.meta.mutate(
+      this.context.session,
+      'AllocateBlockGroup',
+      { inodeId: this.inode.id, leaseId: this.leaseId, offset },
+      this.metaOptions(),
+    );
+    const block = allocated.blockGroup;
+    if (block === undefined || block === null || block.dataShards < 1 || block.parityShards < 1) {
+      throw new DogfsError('INTERNAL', 'AllocateBlockGroup answered without a usable block group');
+    }
+    const stripeSize = block.stripeSize > 0 ? block.stripeSize : DEFAULT_STRIPE_SIZE;
+    const layout = new StripeLayout({ k: block.dataShards, m: block.parityShards, stripeSize });
+    // The metadata may bound a group's data (block_group.length at allocation, e.g. a small block-group
+    // size); else the layout's limit. Whole stripes, except in a file's last group.
+    const limit = block.length > 0 ? Math.min(block.length, layout.groupDataSize) : layout.groupDataSize;
+    const capacity = Math.max(layout.stripeDataSize, limit - (limit % layout.stripeDataSize));
+    const length = Math.min(capacity, wanted);
+    if (this.codec === undefined || this.codec.k !== layout.k || this.codec.m !== layout.m) {
+      this.codec = this.replicate ? undefined : createCodec(layout.k, layout.m);
+    }
+    this.group = new GroupWriter(
+      { ...block, offset, length },
+      layout,
+      length,
+      this.context.transport,
+      Date.now() + 30 * 60_000,
+    );
+    this.groupedBytes += length;
+  }
+
+  /** Encodes a stripe and starts sending it; waits while the stripe before it is still being sent. */
+  private async sendStripe(group: GroupWriter, data: Buffer): Promise<void> {
+    const { layout } = group;
+    const padding =
+      data.length === layout.stripeDataSize ? Buffer.alloc(0) : Buffer.alloc(2 * layout.cellSize);
+    const cellLength = layout.splitStripe(data, this.cells, padding);
+    const cells: Uint8Array[] = this.cells.slice(0, layout.k);
+    if (this.codec === undefined) {
+      for (let p = 0; p < layout.m; p++) cells.push(cells[0]!);
+    } else {
+      const parity: Uint8Array[] = [];
+      for (let p = 0; p < layout.m; p++) parity.push(Buffer.allocUnsafe(cellLength));
+      await this.codec.encodeAsync(cells, parity);
+      cells.push(...parity);
+    }
+    group.written += data.length;
+    const previous = group.inFlight;
+    const sending = previous.then(async () => {
+      await group.send(cells, this.shardTimeoutMs);
+      group.checkEnoughAlive();
+    });
+    sending.catch(() => {});
+    group.inFlight = sending;
+    await previous;
+  }
+
+  private async closeGroup(): Promise<void> {
+    const group = this.group!;
+    assert(group.written === group.length && this.stripe === undefined, 'block group written in full');
+    await group.inFlight;
+    const shards = await group.finish(this.shardTimeoutMs);
+    assert(this.inode !== undefined, 'file created');
+    await this.context.meta.mutate(
+      this.context.session,
+      'CommitBlockGroup',
+      {
+        inodeId: this.inode.id,
+        leaseId: this.leaseId,
+        blockGroup: {
+          id: group.block.id,
+          dataShards: group.layout.k,
+          parityShards: group.layout.m,
+          stripeSize: group.block.stripeSize,
+          offset: group.block.offset,
+          length: group.length,
+          shards,
+        },
+      },
+      this.metaOptions(),
+    );
+    this.blockGroups.push(group.outcome());
+    this.group = undefined;
+  }
+
+  private async finishAll(): Promise<void> {
+    const size = this.options.size;
+    if (size === undefined) {
+      for (let groups = 0; this.pendingBytes > 0; groups++) {
+        assert(groups < 1024, 'bounded number of final block groups');
+        await this.writePending(this.pendingBytes);
+      }
+    } else if (this.bytesWritten !== size) {
+      throw new DogfsError('INVALID_ARGUMENT', `${this.bytesWritten} bytes written, ${size} announced`);
+    }
+    assert(
+      this.group === undefined && this.groupedBytes === this.bytesWritten,
+      'every byte in a block group',
+    );
+    assert(this.inode !== undefined, 'file created');
+    this.completeCalled = true;
+    const completed = await this.context.meta.mutate(
+      this.context.session,
+      'CompleteFile',
+      { inodeId: this.inode.id, leaseId: this.leaseId, size: this.bytesWritten },
+      this.metaOptions(),
+    );
+    if (completed.inode) this.inode = completed.inode;
+  }
+}

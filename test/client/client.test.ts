@@ -1,0 +1,287 @@
+/**
+ * The client library against a fake metadata service (in-process gRPC) and an in-memory data plane with
+ * fault injection: namespace calls, leader discovery, exactly-once retries, no-quorum errors, the write
+ * path's stripes/block groups/durability rule and the read path's ranges and degraded reads.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { after, before, describe, test } from 'node:test';
+import { DogfsClient } from '../../src/client/index.js';
+import { StripeLayout } from '../../src/codec/stripe.js';
+import { DogfsError } from '../../src/wire/errors.js';
+import { FakeMeta, FakeMetaState, startFakeMetaCluster } from './fake-meta.js';
+import { MemoryTransport } from './memory-transport.js';
+
+const STRIPE = 64 * 1024; // rs-3-2: cells of 20 KiB, stripes of 60 KiB
+const layout = new StripeLayout({ k: 3, m: 2, stripeSize: STRIPE });
+
+async function rejectsWith(promise: Promise<unknown>, code: string, pattern?: RegExp): Promise<DogfsError> {
+  try {
+    await promise;
+  } catch (error) {
+    assert.ok(error instanceof DogfsError, `a DogfsError, got ${String(error)}`);
+    assert.equal(error.code, code, error.message);
+    if (pattern) assert.match(error.message, pattern);
+    return error;
+  }
+  assert.fail(`expected ${code}`);
+}
+
+describe('namespace and leader discovery', () => {
+  let cluster: Awaited<ReturnType<typeof startFakeMetaCluster>>;
+  let client: DogfsClient;
+
+  before(async () => {
+    cluster = await startFakeMetaCluster(2);
+    // A dead seed first, then a follower: the client must move on and follow the hint.
+    client = new DogfsClient({ meta: ['127.0.0.1:1', cluster.followers[0]!.address], timeoutMs: 5000 });
+  });
+  after(async () => {
+    client.close();
+    await cluster.close();
+  });
+
+  test('mkdir, stat, list in pages, rename, delete', async () => {
+    const made = await client.mkdir('/a/b/c', { parents: true });
+    assert.equal(made.type, 'dir');
+    assert.equal(client.metadata.knownLeader(1), cluster.leader.address, 'found the leader');
+    await rejectsWith(client.mkdir('/x/y'), 'NOT_FOUND', /No such file/);
+    await rejectsWith(client.mkdir('/a'), 'ALREADY_EXISTS');
+    for (let i = 0; i < 7; i++) await client.mkdir(`/a/d${i}`);
+    const seen: string[] = [];
+    const listCallsBefore = cluster.state.count('List');
+    for await (const entry of client.list('/a', { pageSize: 3 })) seen.push(entry.name);
+    assert.deepEqual(seen, ['b', 'd0', 'd1', 'd2', 'd3', 'd4', 'd5', 'd6']);
+    assert.equal(cluster.state.count('List') - listCallsBefore, 3, 'three pages of at most 3');
+    await client.rename('/a/d0', '/a/b/moved');
+    assert.equal((await client.stat('a/b/moved/')).path, '/a/b/moved');
+    await rejectsWith(client.stat('/a/d0'), 'NOT_FOUND');
+    await rejectsWith(client.delete('/a'), 'NOT_EMPTY');
+    await client.delete('/a', { recursive: true });
+    await rejectsWith(client.stat('/a/b'), 'NOT_FOUND');
+  });
+
+  test('a retried mutation reuses its sequence number: applied once, answered with the first result', async () => {
+    cluster.state.dropReply.set('Mkdir', 1);
+    const seqBefore = client.session.lastSeq;
+    const made = await client.mkdir('/once');
+    assert.equal(made.path, '/once', 'the retry got the original answer, not ALREADY_EXISTS');
+    assert.equal(client.session.lastSeq, seqBefore + 1, 'one sequence number for the call and its retry');
+    assert.ok(cluster.state.count('Mkdir') >= 2);
+  });
+
+  test('every server without quorum: NO_QUORUM within the deadline', async () => {
+    const state = new FakeMetaState();
+    const servers = [new FakeMeta(state), new FakeMeta(state)];
+    for (const s of servers) {
+      await s.start();
+      s.noQuorum = true;
+    }
+    const c = new DogfsClient({ meta: servers.map((s) => s.address), timeoutMs: 800 });
+    const started = Date.now();
+    const error = await rejectsWith(c.stat('/'), 'NO_QUORUM', /no quorum/);
+    assert.ok(
+      Date.now() - started < 3000,
+      `failed within the deadline (${Date.now() - started} ms): ${error.message}`,
+    );
+    c.close();
+    await Promise.all(servers.map((s) => s.close()));
+  });
+
+  test('no server reachable: UNAVAILABLE naming the seeds', async () => {
+    const c = new DogfsClient({ meta: ['127.0.0.1:1', '127.0.0.1:2'], timeoutMs: 600 });
+    await rejectsWith(c.stat('/'), 'UNAVAILABLE', /127\.0\.0\.1:1, 127\.0\.0\.1:2/);
+    c.close();
+  });
+
+  test('followers that know no leader, and one that does: the client finds it', async () => {
+    const state = new FakeMetaState();
+    const leader = new FakeMeta(state);
+    await leader.start();
+    const lost = new FakeMeta(state, '');
+    await lost.start();
+    const c = new DogfsClient({ meta: [lost.address, leader.address], timeoutMs: 3000 });
+    assert.equal((await c.stat('/')).type, 'dir');
+    c.close();
+    await Promise.all([leader.close(), lost.close()]);
+  });
+});
+
+describe('write and read paths (in-memory data plane)', () => {
+  let cluster: Awaited<ReturnType<typeof startFakeMetaCluster>>;
+  let transport: MemoryTransport;
+  let client: DogfsClient;
+
+  before(async () => {
+    cluster = await startFakeMetaCluster(0, {
+      stripeSize: STRIPE,
+      blockGroupBytes: 3 * layout.stripeDataSize,
+    });
+    for (let i = 0; i < 7; i++) {
+      cluster.state.chunkServers.set(`cs-${i}`, { id: `cs-${i}`, addr: `mem-${i}:1`, alive: true });
+    }
+    transport = new MemoryTransport();
+    client = new DogfsClient({ meta: [cluster.leader.address], transport, timeoutMs: 5000 });
+  });
+  after(async () => {
+    client.close();
+    await cluster.close();
+  });
+
+  const S = layout.stripeDataSize;
+  const G = 3 * S;
+  for (const size of [0, 1, layout.cellSize - 1, layout.cellSize + 1, S - 1, S, S + 1, G, G + 1, 2 * G + 5]) {
+    test(`round trip of ${size} bytes (known and unknown size)`, async () => {
+      const data = randomBytes(size);
+      const written = await client.writeFile(`/f-${size}`, data, { ec: 'rs-3-2' });
+      assert.equal(written.blockGroups.length, Math.ceil(size / G), 'block groups of at most G bytes');
+      assert.deepEqual(await client.readFile(`/f-${size}`), data);
+      const stat = await client.stat(`/f-${size}`);
+      assert.equal(stat.size, size);
+      // Unknown size (a stream): same bytes back.
+      await client.writeFile(
+        `/s-${size}`,
+        Readable.from([data.subarray(0, size >> 1), data.subarray(size >> 1)]),
+      );
+      assert.deepEqual(await client.readFile(`/s-${size}`), data);
+    });
+  }
+
+  test('range reads fetch only the shard bytes they need', async () => {
+    const data = randomBytes(G + S);
+    await client.writeFile('/ranges', data, { ec: 'rs-3-2' });
+    for (const [start, end] of [
+      [0, 0],
+      [5, 100],
+      [layout.cellSize - 2, layout.cellSize + 2],
+      [S - 1, S],
+      [G - 3, G + 3],
+      [0, G + S - 1],
+      [G + S - 1, G + S + 100],
+    ] as const) {
+      transport.reads.length = 0;
+      const got = await client.readFile('/ranges', { start, end });
+      assert.deepEqual(got, data.subarray(start, end + 1), `range ${start}-${end}`);
+      const fetched = transport.reads.reduce((a, r) => a + r.length, 0);
+      assert.ok(
+        fetched <= end - start + 1 + layout.cellSize * 3,
+        `range ${start}-${end} fetched ${fetched} bytes`,
+      );
+    }
+    assert.deepEqual(await client.readFile('/ranges', { start: G + S + 10 }), Buffer.alloc(0));
+  });
+
+  test('a directory or a missing file cannot be read or overwritten by accident', async () => {
+    await client.mkdir('/dir');
+    await rejectsWith(client.readFile('/dir'), 'IS_A_DIRECTORY', /^\/dir: Is a directory/);
+    await rejectsWith(client.readFile('/nope'), 'NOT_FOUND', /^\/nope: No such file/);
+    await client.writeFile('/exists', Buffer.from('one'));
+    await rejectsWith(client.writeFile('/exists', Buffer.from('two')), 'ALREADY_EXISTS');
+    await client.writeFile('/exists', Buffer.from('three'), { overwrite: true });
+    assert.equal((await client.readFile('/exists')).toString(), 'three');
+  });
+
+  test('M servers down: degraded read returns the bytes and reports the shards; M+1: a clear error', async () => {
+    const data = randomBytes(2 * S + 777);
+    await client.writeFile('/degraded', data, { ec: 'rs-3-2' });
+    const inode = (await client.stat('/degraded')).inode;
+    const shards = inode.blockGroups[0]!.shards;
+    transport.dead.add(shards.find((s) => s.index === 0)!.addr);
+    transport.dead.add(shards.find((s) => s.index === 2)!.addr);
+    const reportsBefore = cluster.state.badShards.length;
+    const stream = client.createReadStream('/degraded');
+    const parts: Buffer[] = [];
+    for await (const part of stream) parts.push(part as Buffer);
+    assert.deepEqual(Buffer.concat(parts), data);
+    assert.deepEqual(stream.badShards.map((b) => b.index).sort(), [0, 2]);
+    const reported = cluster.state.badShards.slice(reportsBefore).map((b) => b.index);
+    assert.deepEqual(reported.sort(), [0, 2]);
+
+    transport.dead.add(shards.find((s) => s.index === 4)!.addr);
+    await rejectsWith(client.readFile('/degraded'), 'UNAVAILABLE', /shard 0 on .*shard 2 on .*shard 4 on/);
+    transport.dead.clear();
+  });
+
+  test('a silent shard is decoded around after the shard timeout', async () => {
+    const data = randomBytes(S + 10);
+    await client.writeFile('/slow', data, { ec: 'rs-3-2' });
+    const shard1 = (await client.stat('/slow')).inode.blockGroups[0]!.shards.find((s) => s.index === 1)!;
+    transport.hung.add(shard1.addr);
+    try {
+      const stream = client.createReadStream('/slow', { shardTimeoutMs: 200 });
+      const parts: Buffer[] = [];
+      for await (const part of stream) parts.push(part as Buffer);
+      assert.deepEqual(Buffer.concat(parts), data);
+      assert.deepEqual(
+        stream.badShards.map((b) => b.index),
+        [1],
+      );
+    } finally {
+      transport.hung.clear();
+    }
+  });
+
+  test('a server dying mid-write: stored with K+1 durable, the gap recorded', async () => {
+    const data = randomBytes(2 * S);
+    const victim = 'mem-3:1';
+    transport.dieAfter.set(victim, 100);
+    // Exactly five live servers: the victim holds one shard of every block group.
+    for (const id of ['cs-5', 'cs-6']) cluster.state.chunkServers.get(id)!.alive = false;
+    try {
+      const stream = await client.writeFile('/one-down', data, { ec: 'rs-3-2' });
+      const outcome = stream.blockGroups[0]!.shards;
+      assert.deepEqual(
+        outcome.filter((s) => !s.durable).map((s) => s.addr),
+        [victim],
+      );
+      const committed = (await client.stat('/one-down')).inode.blockGroups[0]!.shards;
+      assert.deepEqual(
+        committed.filter((s) => !s.durable).map((s) => s.addr),
+        [victim],
+      );
+      assert.equal(committed.filter((s) => s.durable).length, 4);
+      assert.deepEqual(await client.readFile('/one-down'), data);
+    } finally {
+      for (const id of ['cs-5', 'cs-6']) cluster.state.chunkServers.get(id)!.alive = true;
+      transport.dieAfter.clear();
+      transport.dead.clear();
+    }
+  });
+
+  test('too few durable shards: the write fails, CompleteFile is never called, nothing appears', async () => {
+    const completes = cluster.state.count('CompleteFile');
+    // Four of the seven servers die after their first bytes: five shards on seven servers put at least
+    // two on them, more than the one rs-3-2 may lose while keeping K+1 durable.
+    for (const addr of ['mem-0:1', 'mem-1:1', 'mem-2:1', 'mem-3:1']) transport.dieAfter.set(addr, 10);
+    try {
+      const stream = client.createWriteStream('/too-few', { ec: 'rs-3-2' });
+      const done = new Promise<void>((resolve, reject) => {
+        stream.once('finish', resolve);
+        stream.once('error', reject);
+      });
+      stream.end(randomBytes(S));
+      await rejectsWith(done, 'UNAVAILABLE', /^\/too-few: write failed: only \d of 5 shards/);
+      assert.equal(stream.completed, false);
+      assert.equal(cluster.state.count('CompleteFile'), completes);
+      await rejectsWith(client.stat('/too-few'), 'NOT_FOUND');
+    } finally {
+      transport.dieAfter.clear();
+      transport.dead.clear();
+    }
+  });
+
+  test('replicate-N keeps copies and reads from any of them', async () => {
+    const data = randomBytes(S + 3);
+    await client.writeFile('/replicated', data, { ec: 'replicate-3' });
+    const shards = (await client.stat('/replicated')).inode.blockGroups[0]!.shards;
+    assert.equal(shards.length, 3);
+    transport.dead.add(shards.find((s) => s.index === 0)!.addr);
+    transport.dead.add(shards.find((s) => s.index === 1)!.addr);
+    try {
+      assert.deepEqual(await client.readFile('/replicated'), data);
+    } finally {
+      transport.dead.clear();
+    }
+  });
+});
