@@ -1,0 +1,208 @@
+/**
+ * The store and the data server inside the test process, where faults can be injected: ENOSPC from
+ * the disk mid-write, a disk that stalls (back-pressure), server limits (RESOURCE_EXHAUSTED), and the
+ * inventory rebuilt from disk with leftover temporary files.
+ */
+import assert from 'node:assert/strict';
+import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { DataServer } from '../../src/chunk/data-server.js';
+import { ChunkMetrics } from '../../src/chunk/metrics.js';
+import { ShardStore, type StoreIo } from '../../src/chunk/store.js';
+import { crc32c } from '../../src/codec/index.js';
+import { tempDir, waitFor } from '../helpers/index.js';
+import { newClient, seededBytes, shardFiles } from './helpers.js';
+
+const dir = tempDir('dogfs-chunk-inproc-');
+const client = newClient();
+after(() => {
+  client.close();
+  dir.remove();
+});
+const MiB = 1024 * 1024;
+
+async function serve(name: string, io?: StoreIo, limits = {}) {
+  const store = await ShardStore.open({ dir: join(dir.path, name), io });
+  const metrics = new ChunkMetrics();
+  const server = new DataServer(store, metrics, undefined, limits);
+  const port = await server.listen('127.0.0.1', 0);
+  return { store, server, metrics, addr: `127.0.0.1:${port}`, dir: join(dir.path, name) };
+}
+
+test('ENOSPC from the disk mid-write: NO_SPACE, no partial file, reads keep working', async () => {
+  let failWrites = false;
+  const io: StoreIo = {
+    async writev(handle, buffers, position) {
+      if (failWrites && position > 0) {
+        throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+      }
+      await handle.writev(buffers as Uint8Array[], position);
+    },
+  };
+  const { store, server, metrics, addr, dir: storeDir } = await serve('enospc', io);
+  try {
+    const kept = { blockGroupId: 1, index: 0, generation: 1 };
+    await client.writeShard(addr, kept, seededBytes(3 * MiB, 1));
+    failWrites = true;
+    await assert.rejects(
+      client.writeShard(addr, { blockGroupId: 2, index: 0, generation: 1 }, seededBytes(3 * MiB, 2)),
+      {
+        code: 'NO_SPACE',
+      },
+    );
+    await waitFor('write released', () => server.activeWrites === 0);
+    assert.deepEqual(
+      shardFiles(storeDir).filter((f) => !f.includes('b1_')),
+      [],
+    );
+    assert.equal(store.shardCount, 1);
+    assert.equal(metrics.get('errors_NO_SPACE'), 1);
+    assert.ok((await client.readShardBytes(addr, kept)).equals(seededBytes(3 * MiB, 1)));
+    failWrites = false;
+    await client.writeShard(addr, { blockGroupId: 2, index: 0, generation: 1 }, seededBytes(3 * MiB, 2));
+    assert.equal(store.shardCount, 2);
+  } finally {
+    await server.close();
+  }
+});
+
+test('a stalled disk stalls the sender: bytes accepted stay bounded, nothing piles up in memory', async () => {
+  let release: () => void = () => {};
+  let gate: Promise<void> | undefined = new Promise((resolve) => {
+    release = resolve;
+  });
+  let diskWrites = 0;
+  const io: StoreIo = {
+    async writev(handle, buffers, position) {
+      if (position > 0) {
+        diskWrites++;
+        await gate;
+      }
+      await handle.writev(buffers as Uint8Array[], position);
+    },
+  };
+  const { server, addr } = await serve('stall', io);
+  try {
+    const length = 64 * MiB;
+    const shard = { blockGroupId: 7, index: 0, generation: 1 };
+    const writer = await client.openWrite(addr, shard, length);
+    const piece = seededBytes(256 * 1024, 7);
+    let accepted = 0;
+    const sending = (async () => {
+      while (accepted < length) {
+        await writer.write(piece);
+        accepted += piece.length;
+      }
+      return writer.finish();
+    })();
+    // Wait until the disk holds a write and the sender has stopped making progress.
+    let previous = -1;
+    await waitFor(
+      'sender blocked by the stalled disk',
+      () => {
+        const stalled = diskWrites > 0 && accepted === previous;
+        previous = accepted;
+        return stalled;
+      },
+      20_000,
+      200,
+    );
+    // Two packets at the server plus the sockets' buffers: far below the 64 MiB being written.
+    assert.ok(accepted < 32 * MiB, `sender got ${accepted} bytes ahead of a stalled disk`);
+    release();
+    gate = undefined;
+    const result = await sending;
+    assert.equal(result.length, length);
+  } finally {
+    release();
+    await server.close();
+  }
+});
+
+test('beyond the concurrent-write or bytes-in-flight limit: RESOURCE_EXHAUSTED, and it passes', async () => {
+  const { server, addr } = await serve('limits', undefined, {
+    maxConcurrentWrites: 1,
+    maxBytesInFlight: 4 * MiB,
+  });
+  try {
+    const first = await client.openWrite(addr, { blockGroupId: 1, index: 0, generation: 1 }, 2 * MiB);
+    await first.write(seededBytes(MiB, 1));
+    await waitFor('first write admitted', () => server.activeWrites === 1);
+    await assert.rejects(
+      client.writeShard(addr, { blockGroupId: 2, index: 0, generation: 1 }, seededBytes(MiB, 2)),
+      {
+        code: 'RESOURCE_EXHAUSTED',
+      },
+    );
+    await first.write(seededBytes(MiB, 3));
+    await first.finish();
+    await waitFor('first write released', () => server.activeWrites === 0);
+    await client.writeShard(addr, { blockGroupId: 2, index: 0, generation: 1 }, seededBytes(MiB, 2));
+  } finally {
+    await server.close();
+  }
+  const tight = await serve('inflight', undefined, { maxBytesInFlight: 3 * MiB });
+  try {
+    const holding = await client.openWrite(tight.addr, { blockGroupId: 1, index: 0, generation: 1 }, 2 * MiB);
+    await holding.write(seededBytes(MiB, 1));
+    await waitFor('write admitted', () => tight.server.activeWrites === 1);
+    await assert.rejects(client.readShardBytes(tight.addr, { blockGroupId: 1, index: 0, generation: 1 }), {
+      code: 'RESOURCE_EXHAUSTED',
+    });
+    holding.abort();
+  } finally {
+    await tight.server.close();
+  }
+});
+
+test('the inventory is rebuilt from disk; leftover tmp files are removed; same shard twice is refused', async () => {
+  const storeDir = join(dir.path, 'rebuild');
+  const first = await ShardStore.open({ dir: storeDir });
+  const ids = Array.from({ length: 120 }, (_, i) => ({
+    blockGroupId: 2 ** 40 + i,
+    index: i % 14,
+    generation: i % 3,
+  }));
+  for (const [i, id] of ids.entries()) {
+    const session = await first.beginWrite(id, i);
+    const data = seededBytes(i, i);
+    if (i > 0) {
+      await session.append([data], i, [crc32c(data)]);
+    }
+    await session.commit(session.crc32c);
+  }
+  await assert.rejects(first.beginWrite(ids[5]!, 10), { code: 'ALREADY_EXISTS' });
+  // A crash mid-write leaves a tmp file; some unrelated file is ignored, not deleted.
+  const tmp = await first.beginWrite({ blockGroupId: 99, index: 0, generation: 0 }, 100);
+  const leaf = join(storeDir, 'shards', '00', '00');
+  mkdirSync(leaf, { recursive: true });
+  writeFileSync(join(leaf, 'notes.txt'), 'hello');
+  const usedBefore = first.usedBytes;
+
+  const second = await ShardStore.open({ dir: storeDir });
+  assert.equal(second.shardCount, ids.length);
+  assert.equal(second.usedBytes, usedBefore);
+  assert.equal(shardFiles(storeDir).filter((f) => f.endsWith('.tmp')).length, 0);
+  assert.ok(readdirSync(leaf).includes('notes.txt'));
+  await tmp.abort();
+  const listed = second.list(undefined, 1000).shards.map((r) => r.id);
+  assert.deepEqual(
+    listed,
+    [...ids].sort(
+      (a, b) => a.blockGroupId - b.blockGroupId || a.index - b.index || a.generation - b.generation,
+    ),
+  );
+  for (const [i, id] of ids.entries()) {
+    const record = second.get(id);
+    assert.equal(record?.length, i);
+  }
+  // Fan-out: no directory holds more than a handful of the 120 shards.
+  const perDir = new Map<string, number>();
+  for (const f of shardFiles(storeDir)) perDir.set(f.slice(0, 5), (perDir.get(f.slice(0, 5)) ?? 0) + 1);
+  assert.ok(Math.max(...perDir.values()) < 10);
+  const reader = await second.openRead(ids[119]!);
+  const { data } = await reader.readChunks(0, 119, Buffer.alloc(119));
+  await reader.close();
+  assert.ok(data.equals(seededBytes(119, 119)));
+});

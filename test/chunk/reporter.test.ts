@@ -1,0 +1,143 @@
+/**
+ * The registration/heartbeat/block-report client against a small fake Metadata service: a follower
+ * that answers NOT_LEADER with a hint, an unreachable address, and a leader that asks for
+ * re-registration.
+ */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { MetadataReporter } from '../../src/chunk/reporter.js';
+import { ShardStore } from '../../src/chunk/store.js';
+import { DogfsError } from '../../src/wire/errors.js';
+import {
+  type BlockReportRequest,
+  type HeartbeatRequest,
+  type MetadataMethods,
+  MetadataService,
+  type RegisterChunkServerRequest,
+} from '../../src/wire/gen/types.js';
+import { RpcServer, type ServiceHandlers } from '../../src/wire/rpc.js';
+import { tempDir, waitFor } from '../helpers/index.js';
+
+const dir = tempDir('dogfs-chunk-reporter-');
+after(() => dir.remove());
+
+function fakeMetadata(handlers: Partial<ServiceHandlers<MetadataMethods>>): ServiceHandlers<MetadataMethods> {
+  const unimplemented = () => {
+    throw new DogfsError('UNIMPLEMENTED', 'not in this fake');
+  };
+  const all = {} as Record<string, unknown>;
+  for (const name of Object.keys(MetadataService.methods)) all[name] = unimplemented;
+  return { ...(all as unknown as ServiceHandlers<MetadataMethods>), ...handlers };
+}
+
+test('registers with the leader (following NOT_LEADER hints), reports its inventory, heartbeats corrupt shards', async () => {
+  const store = await ShardStore.open({ dir: join(dir.path, 'c') });
+  for (let i = 0; i < 25; i++) {
+    const session = await store.beginWrite({ blockGroupId: 500 + i, index: 1, generation: 0 }, 0);
+    await session.commit(0);
+  }
+
+  const leader = new RpcServer();
+  const follower = new RpcServer();
+  const registrations: RegisterChunkServerRequest[] = [];
+  const reports: BlockReportRequest[] = [];
+  const heartbeats: HeartbeatRequest[] = [];
+  let followerCalls = 0;
+  let askReregister = false;
+  const leaderPort = await (async () => {
+    leader.addService(
+      MetadataService,
+      fakeMetadata({
+        RegisterChunkServer: (request) => {
+          registrations.push(request);
+          return { heartbeatIntervalMs: 50 };
+        },
+        BlockReport: (request) => {
+          reports.push(request);
+          return {};
+        },
+        Heartbeat: (request) => {
+          heartbeats.push(request);
+          const reregister = askReregister;
+          askReregister = false;
+          return { reregister };
+        },
+      }),
+    );
+    return leader.listen('127.0.0.1', 0);
+  })();
+  const leaderAddr = `127.0.0.1:${leaderPort}`;
+  follower.addService(
+    MetadataService,
+    fakeMetadata({
+      RegisterChunkServer: () => {
+        followerCalls++;
+        throw new DogfsError('NOT_LEADER', 'not the leader', { leaderHint: leaderAddr });
+      },
+    }),
+  );
+  const followerAddr = `127.0.0.1:${await follower.listen('127.0.0.1', 0)}`;
+
+  // First an address where nobody listens, then the follower: the reporter must find the leader.
+  const reporter = new MetadataReporter({
+    meta: ['127.0.0.1:1', followerAddr],
+    id: 'chunk-7',
+    dataAddr: '127.0.0.1:7000',
+    controlAddr: '127.0.0.1:7001',
+    failureDomain: 'rack-a',
+    store,
+    activeTransfers: () => 3,
+    blockReportPageSize: 10,
+    baseDelayMs: 10,
+    maxDelayMs: 50,
+    callTimeoutMs: 1000,
+  });
+  reporter.start();
+  try {
+    await waitFor('registered with the leader', () => registrations.length === 1 && heartbeats.length >= 1);
+    assert.ok(followerCalls >= 1, 'the follower was asked first');
+    assert.equal(reporter.state.target, leaderAddr);
+    assert.deepEqual(
+      { ...registrations[0]!, capacityBytes: 0 },
+      {
+        id: 'chunk-7',
+        addr: '127.0.0.1:7000',
+        controlAddr: '127.0.0.1:7001',
+        failureDomain: 'rack-a',
+        capacityBytes: 0,
+        usedBytes: store.usedBytes,
+      },
+    );
+    // 25 shards in pages of 10: first..last, every shard once, in order.
+    assert.deepEqual(
+      reports.map((r) => [r.shards.length, r.first, r.last]),
+      [
+        [10, true, false],
+        [10, false, false],
+        [5, false, true],
+      ],
+    );
+    assert.deepEqual(
+      reports.flatMap((r) => r.shards.map((s) => s.shard?.blockGroupId)),
+      Array.from({ length: 25 }, (_, i) => 500 + i),
+    );
+    assert.equal(heartbeats[0]!.shardCount, 25);
+    assert.equal(heartbeats[0]!.activeTransfers, 3);
+    assert.deepEqual(heartbeats[0]!.corruptShards, []);
+
+    // A corrupt shard shows up in the next heartbeats.
+    store.markCorrupt({ blockGroupId: 503, index: 1, generation: 0 }, 'test');
+    await waitFor('heartbeat names the corrupt shard', () =>
+      heartbeats.some((h) => h.corruptShards.some((s) => s.blockGroupId === 503)),
+    );
+
+    // The leader asks for re-registration (it lost its soft state): register and report again.
+    askReregister = true;
+    await waitFor('registered again', () => registrations.length === 2 && reports.length === 6);
+  } finally {
+    await reporter.stop();
+    await leader.close(0);
+    await follower.close(0);
+  }
+});
