@@ -77,7 +77,43 @@ export class ByteWriter {
   }
 
   string(v: string): this {
+    // ASCII fast path writes code units directly; otherwise encode in place after the length prefix.
+    let ascii = true;
+    for (let i = 0; i < v.length; i++) {
+      if (v.charCodeAt(i) >= 0x80) {
+        ascii = false;
+        break;
+      }
+    }
+    if (ascii) {
+      this.uint(v.length);
+      this.reserve(v.length);
+      for (let i = 0; i < v.length; i++) this.buf[this.pos++] = v.charCodeAt(i);
+      return this;
+    }
     return this.bytes(encoder.encode(v));
+  }
+
+  /** Reserves a fixed 4-byte little-endian slot to fill in later with `patchU32`. */
+  placeholderU32(): number {
+    const at = this.pos;
+    this.u32(0);
+    return at;
+  }
+
+  patchU32(at: number, v: number): void {
+    new DataView(this.buf.buffer, this.buf.byteOffset).setUint32(at, v >>> 0, true);
+  }
+
+  /** A view of bytes [from, to) written so far (valid until the next write). */
+  view(from: number, to: number): Uint8Array {
+    return this.buf.subarray(from, to);
+  }
+
+  /** Drops the first `n` bytes, keeping the rest (for chunked output). */
+  shift(n: number): void {
+    this.buf.copyWithin(0, n, this.pos);
+    this.pos -= n;
   }
 
   /** Appends bytes without a length prefix. */

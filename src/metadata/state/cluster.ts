@@ -136,7 +136,7 @@ export type ClusterSuccess<K extends ClusterOp> = {
   readonly ok: true;
   readonly op: K;
 } & ClusterResultPayloads[K];
-export type ClusterResultOf<K extends ClusterOp> = ClusterSuccess<K> | Failure;
+export type ClusterResultOf<K extends ClusterOp> = K extends ClusterOp ? ClusterSuccess<K> | Failure : never;
 export type ClusterResult = { [K in ClusterOp]: ClusterSuccess<K> }[ClusterOp] | Failure;
 
 function checkText(value: string, what: string, min: number, max: number): Failure | undefined {

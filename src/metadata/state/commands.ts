@@ -230,7 +230,8 @@ export interface ResultPayloads {
 }
 
 export type Success<K extends NamespaceOp> = { readonly ok: true; readonly op: K } & ResultPayloads[K];
-export type ResultOf<K extends NamespaceOp> = Success<K> | Failure;
+/** The result of a command with op K (distributes over a union of ops, so it stays discriminated). */
+export type ResultOf<K extends NamespaceOp> = K extends NamespaceOp ? Success<K> | Failure : never;
 export type NamespaceResult = { [K in NamespaceOp]: Success<K> }[NamespaceOp] | Failure;
 
 // ---- encoding ----
@@ -415,7 +416,7 @@ export function decodeNamespaceCommand(bytes: Uint8Array): NamespaceCommand {
   const op = readOp(r);
   const timeMs = r.uint('time');
   const session = readSession(r);
-  const base = { timeMs, session };
+  const base = session === undefined ? { timeMs } : { timeMs, session };
   const path = (field = 'path') => r.string(field, MAX_PATH_BYTES);
   let cmd: NamespaceCommand;
   switch (op) {

@@ -941,23 +941,23 @@ export class NamespaceState {
   *snapshotChunks(maxChunkBytes = DEFAULT_SNAPSHOT_CHUNK_BYTES): Generator<Uint8Array> {
     assert(Number.isInteger(maxChunkBytes) && maxChunkBytes >= 64, 'snapshot chunk size');
     const startedAt = this.applied;
-    const out = new ByteWriter(Math.min(maxChunkBytes * 2, 1 << 22));
-    const record = new ByteWriter(256);
+    // Records are framed by a fixed 4-byte length written in place, so nothing is copied per record.
+    const record = new ByteWriter(Math.min(maxChunkBytes * 2, 1 << 22));
+    let frameAt = record.placeholderU32();
     let records = 0;
     const self = this;
     function* emit(): Generator<Uint8Array> {
       records++;
-      const body = record.take();
-      out.uint(body.length).bytesRaw(body);
-      while (out.length >= maxChunkBytes) {
-        const all = out.take();
-        yield all.subarray(0, maxChunkBytes);
-        out.bytesRaw(all.subarray(maxChunkBytes));
+      record.patchU32(frameAt, record.length - frameAt - 4);
+      while (record.length >= maxChunkBytes) {
+        yield record.view(0, maxChunkBytes).slice();
+        record.shift(maxChunkBytes);
       }
       assert(self.applied === startedAt, 'the state changed while its snapshot was streamed');
+      frameAt = record.placeholderU32();
     }
     record.u8(SNAP_HEADER).u8(SNAPSHOT_VERSION).uint(this.group).uint(this.nextCounter).uint(this.nextLease);
-    record.uint(this.clockMs).uint(this.applied);
+    record.uint(this.clockMs);
     writeInode(record, this.rootInode);
     yield* emit();
     for (const dir of this.dirs.values()) {
@@ -996,7 +996,8 @@ export class NamespaceState {
     }
     record.u8(SNAP_END).uint(records + 1);
     yield* emit();
-    if (out.length > 0) yield out.take();
+    // emit() left an empty frame slot open at the end; drop it.
+    if (record.length > 4) yield record.view(0, record.length - 4).slice();
   }
 
   /** The whole snapshot in one buffer (small states, tests). */
@@ -1039,7 +1040,6 @@ export class NamespaceState {
     state.nextCounter = parts.nextCounter;
     state.nextLease = parts.nextLease;
     state.clockMs = parts.clockMs;
-    state.applied = parts.applied;
     state.sessions = ClientSessions.restore(sessionLimits, parts.sessions);
     if (!state.dirs.has(ROOT_INODE_ID) && parts.group === ROOT_GROUP)
       throw new StateCodecError('namespace snapshot: the root directory is missing');
@@ -1070,7 +1070,6 @@ interface RestoredParts {
   nextCounter: number;
   nextLease: number;
   clockMs: number;
-  applied: number;
   rootInode: DirInode;
   dirs: Directory[];
   pending: PendingFile[];
@@ -1104,20 +1103,15 @@ export class NamespaceRestorer {
       data.set(this.buffered);
       data.set(chunk, this.buffered.length);
     }
+    const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
     let at = 0;
-    while (at < data.length) {
-      const frame = new ByteReader(data.subarray(at), 'namespace snapshot');
-      let length: number;
-      try {
-        length = frame.uint('record length', MAX_SNAPSHOT_RECORD_BYTES);
-      } catch (error) {
-        if (data.length - at >= 8) throw error;
-        break; // the varint itself is split across chunks
-      }
-      const header = data.length - at - frame.remaining;
-      if (frame.remaining < length) break;
-      this.record(data.subarray(at + header, at + header + length));
-      at += header + length;
+    while (data.length - at >= 4) {
+      const length = view.getUint32(at, true);
+      if (length > MAX_SNAPSHOT_RECORD_BYTES)
+        throw new StateCodecError(`namespace snapshot: record of ${length} bytes exceeds the limit`);
+      if (data.length - at - 4 < length) break;
+      this.record(data.subarray(at + 4, at + 4 + length));
+      at += 4 + length;
     }
     this.buffered = data.slice(at);
   }
@@ -1141,7 +1135,6 @@ export class NamespaceRestorer {
         const nextCounter = r.uint('next counter', MAX_COUNTER + 1);
         const nextLease = r.uint('next lease');
         const clockMs = r.uint('clock');
-        const applied = r.uint('applied');
         const rootInode = readInode(r);
         if (rootInode.type !== 'dir' || rootInode.id !== ROOT_INODE_ID)
           throw new StateCodecError('namespace snapshot: bad root inode');
@@ -1150,7 +1143,6 @@ export class NamespaceRestorer {
           nextCounter,
           nextLease,
           clockMs,
-          applied,
           rootInode,
           dirs: [],
           pending: [],

@@ -1,0 +1,110 @@
+/**
+ * Test helpers for the metadata state machines: a client that stamps sessions and time, and a full
+ * write (create → allocate → commit → complete).
+ */
+import assert from 'node:assert/strict';
+import type {
+  InodeId,
+  NamespaceCommand,
+  NamespaceOp,
+  NamespaceState,
+  ResultOf,
+  Success,
+} from '../../src/metadata/state/index.js';
+
+type Body<C> = C extends NamespaceCommand ? Omit<C, 'timeMs' | 'session'> : never;
+
+export class TestClient {
+  seq = 0;
+  constructor(
+    readonly ns: NamespaceState,
+    readonly clientId = 'client-1',
+    public timeMs = 1_000_000,
+  ) {}
+
+  /** Sends one command with the next seq; `time` advances by 1 ms per command. */
+  send<C extends Body<NamespaceCommand>>(body: C): ResultOf<C['op']> {
+    this.seq++;
+    this.timeMs++;
+    const cmd = {
+      ...body,
+      timeMs: this.timeMs,
+      session: { clientId: this.clientId, seq: this.seq, ackedBelow: 0 },
+    };
+    return this.ns.apply(cmd as NamespaceCommand) as ResultOf<C['op']>;
+  }
+
+  /** Like send, asserting success. */
+  ok<C extends Body<NamespaceCommand>>(body: C): Success<C['op']> {
+    const result = this.send(body);
+    if (!result.ok) assert.fail(`${body.op} failed: ${result.code} ${result.message}`);
+    return result as Success<NamespaceOp> as Success<C['op']>;
+  }
+
+  mkdir(path: string, parents = false) {
+    return this.send({ op: 'mkdir', path, parents, mode: 0o755, ec: '' });
+  }
+
+  create(path: string, options: { overwrite?: boolean; ec?: string; leaseMs?: number } = {}) {
+    return this.send({
+      op: 'create',
+      path,
+      overwrite: options.overwrite ?? false,
+      mode: 0o644,
+      ec: options.ec ?? '',
+      defaultEc: 'rs-2-1',
+      leaseMs: options.leaseMs ?? 60_000,
+    });
+  }
+
+  allocate(inodeId: InodeId, leaseId: string, offset: number, servers = ['s1', 's2', 's3']) {
+    return this.send({
+      op: 'allocateBlockGroup',
+      inodeId,
+      leaseId,
+      offset,
+      stripeSize: 1 << 20,
+      maxBytes: 6 << 20,
+      servers,
+    });
+  }
+
+  /** A whole successful write of `size` bytes (one block group per `6 MiB`), returning the inode id. */
+  writeFile(path: string, size: number, options: { overwrite?: boolean; ec?: string } = {}): InodeId {
+    const created = this.ok({
+      op: 'create',
+      path,
+      overwrite: options.overwrite ?? false,
+      mode: 0o644,
+      ec: options.ec ?? '',
+      defaultEc: 'rs-2-1',
+      leaseMs: 60_000,
+    });
+    const { id } = created.inode;
+    let offset = 0;
+    while (offset < size) {
+      const length = Math.min(size - offset, 6 << 20);
+      const allocated = this.ok({
+        op: 'allocateBlockGroup',
+        inodeId: id,
+        leaseId: created.leaseId,
+        offset,
+        stripeSize: 1 << 20,
+        maxBytes: 6 << 20,
+        servers: ['s1', 's2', 's3'],
+      });
+      const shardLength = Math.ceil(length / 2);
+      this.ok({
+        op: 'commitBlockGroup',
+        inodeId: id,
+        leaseId: created.leaseId,
+        blockGroupId: allocated.blockGroup.id,
+        length,
+        shards: [0, 1, 2].map((index) => ({ index, length: shardLength, crc32c: 0xdeadbeef, durable: true })),
+      });
+      offset += length;
+    }
+    this.ok({ op: 'completeFile', inodeId: id, leaseId: created.leaseId, size });
+    return id;
+  }
+}

@@ -1,0 +1,714 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import {
+  groupOfId,
+  type InodeId,
+  MAX_LIST_LIMIT,
+  type NamespaceCommand,
+  NamespaceState,
+  ROOT_INODE_ID,
+} from '../../src/metadata/state/index.js';
+import { TestClient } from './helpers.js';
+
+function fresh(): { ns: NamespaceState; c: TestClient } {
+  const ns = new NamespaceState({ group: 1 });
+  return { ns, c: new TestClient(ns) };
+}
+
+/** Runs `body`, which must be refused with `code`, and checks that the state did not change. */
+function refusedUnchanged(
+  ns: NamespaceState,
+  c: TestClient,
+  code: string,
+  body: Parameters<TestClient['send']>[0],
+) {
+  // The session table records every result (a refusal too), so the whole-state hash changes; what must
+  // not change is the namespace: every path and inode, pending writes, garbage.
+  const before = fingerprint(ns);
+  const result = c.send(body);
+  assert.equal(result.ok, false, `${body.op} should be refused`);
+  if (!result.ok) assert.equal(result.code, code, result.message);
+  assert.equal(fingerprint(ns), before, `${body.op} refused with ${code} must change nothing`);
+  ns.checkInvariants();
+  return result;
+}
+
+/** The namespace's visible content: every path with its inode, pending files and garbage. */
+function fingerprint(ns: NamespaceState): string {
+  const lines: string[] = [];
+  const walk = (path: string) => {
+    let after = '';
+    for (;;) {
+      const page = ns.list(path, after, MAX_LIST_LIMIT);
+      assert.ok(page.ok);
+      for (const e of page.entries) {
+        const child = path === '/' ? `/${e.name}` : `${path}/${e.name}`;
+        lines.push(`${child} ${JSON.stringify(e.inode)}`);
+        if (e.inode.type === 'dir') walk(child);
+      }
+      if (!page.more) break;
+      after = page.entries[page.entries.length - 1]!.name;
+    }
+  };
+  walk('/');
+  lines.push(JSON.stringify(ns.counts()), JSON.stringify(ns.garbage(1e9)));
+  return lines.join('\n');
+}
+
+test('ids carry the group in the high bits and stay below 2^53', () => {
+  const { c } = fresh();
+  const made = c.ok({ op: 'mkdir', path: '/a', parents: false, mode: 0o755, ec: '' });
+  assert.equal(groupOfId(made.inode.id), 1);
+  assert.equal(groupOfId(ROOT_INODE_ID), 1);
+  assert.ok(Number.isSafeInteger(made.inode.id));
+  const ns7 = new NamespaceState({ group: 7 });
+  assert.equal(ns7.counts().directories, 0, 'only the root group holds the root directory');
+});
+
+test('mkdir: single, with parents, existing; bad inputs change nothing', () => {
+  const { ns, c } = fresh();
+  const a = c.mkdir('/a');
+  assert.ok(a.ok && a.created);
+  const deep = c.mkdir('/a/b/c/d', true);
+  assert.ok(deep.ok && deep.created);
+  const again = c.mkdir('/a/b/c/d', true);
+  assert.ok(again.ok && !again.created);
+  assert.equal(again.inode.id, deep.inode.id);
+  assert.ok(c.mkdir('/', true).ok);
+  refusedUnchanged(ns, c, 'ALREADY_EXISTS', { op: 'mkdir', path: '/a', parents: false, mode: 0o755, ec: '' });
+  refusedUnchanged(ns, c, 'ALREADY_EXISTS', { op: 'mkdir', path: '/', parents: false, mode: 0o755, ec: '' });
+  refusedUnchanged(ns, c, 'NOT_FOUND', { op: 'mkdir', path: '/x/y', parents: false, mode: 0o755, ec: '' });
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', {
+    op: 'mkdir',
+    path: '/a/../b',
+    parents: true,
+    mode: 0o755,
+    ec: '',
+  });
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', {
+    op: 'mkdir',
+    path: '/a//b',
+    parents: true,
+    mode: 0o755,
+    ec: '',
+  });
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', {
+    op: 'mkdir',
+    path: `/${'n'.repeat(256)}`,
+    parents: true,
+    mode: 0o755,
+    ec: '',
+  });
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', {
+    op: 'mkdir',
+    path: '/a\0',
+    parents: true,
+    mode: 0o755,
+    ec: '',
+  });
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', {
+    op: 'mkdir',
+    path: '/z',
+    parents: true,
+    mode: 0o10000,
+    ec: '',
+  });
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', {
+    op: 'mkdir',
+    path: '/z',
+    parents: true,
+    mode: 0o755,
+    ec: 'rs-9-99',
+  });
+  c.writeFile('/a/f', 10);
+  const overFile = refusedUnchanged(ns, c, 'ALREADY_EXISTS', {
+    op: 'mkdir',
+    path: '/a/f',
+    parents: true,
+    mode: 0o755,
+    ec: '',
+  });
+  assert.match(overFile.message, /file exists/);
+  refusedUnchanged(ns, c, 'NOT_A_DIRECTORY', {
+    op: 'mkdir',
+    path: '/a/f/g',
+    parents: true,
+    mode: 0o755,
+    ec: '',
+  });
+  ns.checkInvariants();
+});
+
+test('create → allocate → commit → complete: the file appears only at complete, with all its bytes', () => {
+  const { ns, c } = fresh();
+  c.mkdir('/d');
+  const created = c.ok({
+    op: 'create',
+    path: '/d/f',
+    overwrite: false,
+    mode: 0o600,
+    ec: '',
+    defaultEc: 'rs-2-1',
+    leaseMs: 10_000,
+  });
+  assert.equal(ns.stat('/d/f').ok, false, 'not visible before complete');
+  const list = ns.list('/d');
+  assert.ok(list.ok && list.entries.length === 0);
+  const bg1 = c.ok({
+    op: 'allocateBlockGroup',
+    inodeId: created.inode.id,
+    leaseId: created.leaseId,
+    offset: 0,
+    stripeSize: 1 << 20,
+    maxBytes: 4 << 20,
+    servers: ['s1', 's2', ''],
+  });
+  // The next group cannot be allocated before this one is committed.
+  assert.equal(c.allocate(created.inode.id, created.leaseId, 0).ok, false);
+  const commit = c.send({
+    op: 'commitBlockGroup',
+    inodeId: created.inode.id,
+    leaseId: created.leaseId,
+    blockGroupId: bg1.blockGroup.id,
+    length: 4 << 20,
+    shards: [
+      { index: 0, length: 2 << 20, crc32c: 1, durable: true },
+      { index: 1, length: 2 << 20, crc32c: 2, durable: true },
+    ],
+  });
+  assert.ok(commit.ok, 'K durable shards suffice when M = 1');
+  const bg2 = c.ok({
+    op: 'allocateBlockGroup',
+    inodeId: created.inode.id,
+    leaseId: created.leaseId,
+    offset: 4 << 20,
+    stripeSize: 1 << 20,
+    maxBytes: 4 << 20,
+    servers: ['s3', 's1', 's2'],
+  });
+  c.ok({
+    op: 'commitBlockGroup',
+    inodeId: created.inode.id,
+    leaseId: created.leaseId,
+    blockGroupId: bg2.blockGroup.id,
+    length: 5,
+    shards: [0, 1, 2].map((index) => ({ index, length: 3, crc32c: 0xffffffff, durable: true })),
+  });
+  assert.equal(ns.stat('/d/f').ok, false);
+  const done = c.ok({
+    op: 'completeFile',
+    inodeId: created.inode.id,
+    leaseId: created.leaseId,
+    size: (4 << 20) + 5,
+  });
+  const stat = ns.stat('/d/f/');
+  assert.ok(stat.ok && stat.inode.type === 'file');
+  assert.equal(stat.inode.size, (4 << 20) + 5);
+  assert.equal(stat.inode.blockGroups.length, 2);
+  assert.deepEqual(stat.inode.blockGroups[1]!.crcs, [0xffffffff, 0xffffffff, 0xffffffff]);
+  assert.equal(stat.inode.blockGroups[0]!.durableMask, 0b011);
+  assert.equal(stat.inode.mode, 0o600);
+  assert.equal(stat.inode.ec, 'rs-2-1');
+  assert.equal(done.inode.id, created.inode.id);
+  ns.checkInvariants();
+});
+
+test('create and write-path bad inputs are refused and change nothing', () => {
+  const { ns, c } = fresh();
+  c.mkdir('/d');
+  c.writeFile('/d/old', 3);
+  const create = (
+    path: string,
+    extra: Partial<{ overwrite: boolean; ec: string; defaultEc: string; leaseMs: number; mode: number }> = {},
+  ) =>
+    ({
+      op: 'create',
+      path,
+      overwrite: false,
+      mode: 0o644,
+      ec: '',
+      defaultEc: 'rs-2-1',
+      leaseMs: 1000,
+      ...extra,
+    }) as const;
+  refusedUnchanged(ns, c, 'IS_A_DIRECTORY', create('/d'));
+  refusedUnchanged(ns, c, 'IS_A_DIRECTORY', create('/'));
+  refusedUnchanged(ns, c, 'ALREADY_EXISTS', create('/d/old'));
+  refusedUnchanged(ns, c, 'NOT_FOUND', create('/nope/f'));
+  refusedUnchanged(ns, c, 'NOT_A_DIRECTORY', create('/d/old/f'));
+  const unknownEc = refusedUnchanged(ns, c, 'INVALID_ARGUMENT', create('/d/x', { ec: 'rs-7' }));
+  assert.match(unknownEc.message, /unknown EC policy/);
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', create('/d/x', { defaultEc: '' }));
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', create('/d/x', { leaseMs: 0 }));
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', create('/d/../x'));
+
+  const w = c.ok(create('/d/new', { ec: 'rs-3-2' }));
+  const id = w.inode.id;
+  const lease = w.leaseId;
+  const alloc = (over: object) =>
+    ({
+      op: 'allocateBlockGroup',
+      inodeId: id,
+      leaseId: lease,
+      offset: 0,
+      stripeSize: 1 << 20,
+      maxBytes: 1 << 30,
+      servers: ['a', 'b', 'c', 'd', 'e'],
+      ...over,
+    }) as const;
+  refusedUnchanged(ns, c, 'FAILED_PRECONDITION', alloc({ leaseId: 'L999' }));
+  refusedUnchanged(ns, c, 'NOT_FOUND', alloc({ inodeId: 12345 as InodeId }));
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', alloc({ offset: 7 }));
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', alloc({ servers: ['a', 'b', 'c'] }));
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', alloc({ servers: ['a', 'a', 'c', 'd', 'e'] }));
+  refusedUnchanged(ns, c, 'UNAVAILABLE', alloc({ servers: ['a', 'b', 'c', '', ''] }));
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', alloc({ stripeSize: 100 }));
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', alloc({ maxBytes: 10 }));
+  const bg = c.ok(alloc({ servers: ['a', 'b', 'c', 'd', ''] }));
+  const commit = (over: object) =>
+    ({
+      op: 'commitBlockGroup',
+      inodeId: id,
+      leaseId: lease,
+      blockGroupId: bg.blockGroup.id,
+      length: 30,
+      shards: [0, 1, 2, 3].map((index) => ({ index, length: 10, crc32c: index, durable: true })),
+      ...over,
+    }) as const;
+  refusedUnchanged(
+    ns,
+    c,
+    'FAILED_PRECONDITION',
+    commit({ shards: [0, 1, 2].map((index) => ({ index, length: 10, crc32c: 0, durable: true })) }),
+  );
+  refusedUnchanged(
+    ns,
+    c,
+    'INVALID_ARGUMENT',
+    commit({ shards: [0, 1, 2, 4].map((index) => ({ index, length: 10, crc32c: 0, durable: true })) }),
+  );
+  refusedUnchanged(
+    ns,
+    c,
+    'INVALID_ARGUMENT',
+    commit({ shards: [0, 1, 2, 9].map((index) => ({ index, length: 10, crc32c: 0, durable: true })) }),
+  );
+  refusedUnchanged(
+    ns,
+    c,
+    'INVALID_ARGUMENT',
+    commit({
+      shards: [0, 1, 2, 3].map((index) => ({ index, length: 10 + index, crc32c: 0, durable: true })),
+    }),
+  );
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', commit({ length: 31 }));
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', commit({ length: 0 }));
+  refusedUnchanged(ns, c, 'NOT_FOUND', commit({ blockGroupId: 42 }));
+  refusedUnchanged(ns, c, 'FAILED_PRECONDITION', {
+    op: 'completeFile',
+    inodeId: id,
+    leaseId: lease,
+    size: 0,
+  });
+  c.ok(commit({}));
+  refusedUnchanged(ns, c, 'FAILED_PRECONDITION', commit({}));
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', { op: 'completeFile', inodeId: id, leaseId: lease, size: 29 });
+  c.ok({ op: 'completeFile', inodeId: id, leaseId: lease, size: 30 });
+  refusedUnchanged(ns, c, 'NOT_FOUND', { op: 'completeFile', inodeId: id, leaseId: lease, size: 30 });
+  ns.checkInvariants();
+});
+
+test('overwrite replaces atomically at complete; old block groups become garbage', () => {
+  const { ns, c } = fresh();
+  const oldId = c.writeFile('/f', 10);
+  const oldStat = ns.stat('/f');
+  assert.ok(oldStat.ok && oldStat.inode.type === 'file');
+  const oldBg = oldStat.inode.blockGroups[0]!.id;
+  const w = c.ok({
+    op: 'create',
+    path: '/f',
+    overwrite: true,
+    mode: 0o644,
+    ec: '',
+    defaultEc: 'rs-2-1',
+    leaseMs: 1000,
+  });
+  const mid = ns.stat('/f');
+  assert.ok(
+    mid.ok && mid.inode.id === oldId && mid.inode.type === 'file' && mid.inode.size === 10,
+    'old version while writing',
+  );
+  const bg = c.ok({
+    op: 'allocateBlockGroup',
+    inodeId: w.inode.id,
+    leaseId: w.leaseId,
+    offset: 0,
+    stripeSize: 1 << 20,
+    maxBytes: 1 << 20,
+    servers: ['x', 'y', 'z'],
+  });
+  c.ok({
+    op: 'commitBlockGroup',
+    inodeId: w.inode.id,
+    leaseId: w.leaseId,
+    blockGroupId: bg.blockGroup.id,
+    length: 20,
+    shards: [0, 1, 2].map((index) => ({ index, length: 10, crc32c: 0, durable: true })),
+  });
+  assert.deepEqual(ns.garbage(10), []);
+  c.ok({ op: 'completeFile', inodeId: w.inode.id, leaseId: w.leaseId, size: 20 });
+  const after = ns.stat('/f');
+  assert.ok(
+    after.ok && after.inode.type === 'file' && after.inode.size === 20 && after.inode.id === w.inode.id,
+  );
+  assert.deepEqual(
+    ns.garbage(10).map((g) => g.id),
+    [oldBg],
+  );
+  assert.equal(ns.counts().files, 1);
+  const collected = c.ns.apply({
+    op: 'collectGarbage',
+    timeMs: c.timeMs,
+    blockGroupIds: [oldBg as never, 999 as never],
+  });
+  assert.ok(collected.ok && collected.removed === 1);
+  assert.deepEqual(ns.garbage(10), []);
+});
+
+test('one writer per name: a second create is refused, or with overwrite supersedes the first', () => {
+  const { ns, c } = fresh();
+  const other = new TestClient(ns, 'client-2');
+  const first = c.ok({
+    op: 'create',
+    path: '/f',
+    overwrite: false,
+    mode: 0o644,
+    ec: '',
+    defaultEc: 'rs-2-1',
+    leaseMs: 1000,
+  });
+  c.ok({
+    op: 'allocateBlockGroup',
+    inodeId: first.inode.id,
+    leaseId: first.leaseId,
+    offset: 0,
+    stripeSize: 1 << 20,
+    maxBytes: 1 << 20,
+    servers: ['x', 'y', 'z'],
+  });
+  other.timeMs = c.timeMs;
+  const refused = other.create('/f');
+  assert.ok(!refused.ok && refused.code === 'ALREADY_EXISTS' && /being written/.test(refused.message));
+  const second = other.create('/f', { overwrite: true });
+  assert.ok(second.ok);
+  assert.equal(ns.garbage(10).length, 1, "the superseded write's block group is garbage");
+  const late = c.send({ op: 'completeFile', inodeId: first.inode.id, leaseId: first.leaseId, size: 0 });
+  assert.ok(!late.ok && late.code === 'NOT_FOUND');
+  other.ok({ op: 'completeFile', inodeId: second.inode.id, leaseId: second.leaseId, size: 0 });
+  const stat = ns.stat('/f');
+  assert.ok(stat.ok && stat.inode.type === 'file' && stat.inode.size === 0);
+  ns.checkInvariants();
+});
+
+test('lease expiry: an unfinished file never appears, its block groups become garbage', () => {
+  const { ns, c } = fresh();
+  const w = c.ok({
+    op: 'create',
+    path: '/f',
+    overwrite: false,
+    mode: 0o644,
+    ec: '',
+    defaultEc: 'rs-2-1',
+    leaseMs: 1000,
+  });
+  c.ok({
+    op: 'allocateBlockGroup',
+    inodeId: w.inode.id,
+    leaseId: w.leaseId,
+    offset: 0,
+    stripeSize: 1 << 20,
+    maxBytes: 1 << 20,
+    servers: ['x', 'y', 'z'],
+  });
+  const renewedUntil = ns.pendingFile(w.inode.id)!.expiresMs;
+  assert.equal(ns.earliestLeaseExpiryMs(), renewedUntil);
+  assert.ok(renewedUntil > w.leaseExpiresMs, 'allocation renews the lease');
+  const early = ns.apply({ op: 'expireLeases', timeMs: c.timeMs, expiresAtOrBeforeMs: renewedUntil - 1 });
+  assert.ok(early.ok && early.expired.length === 0);
+  // Past the lease, the writer's commands are refused even before the expiry command.
+  c.timeMs = renewedUntil + 5;
+  const tooLate = c.send({ op: 'completeFile', inodeId: w.inode.id, leaseId: w.leaseId, size: 0 });
+  assert.ok(!tooLate.ok && tooLate.code === 'FAILED_PRECONDITION' && /expired/.test(tooLate.message));
+  const expired = ns.apply({ op: 'expireLeases', timeMs: c.timeMs, expiresAtOrBeforeMs: renewedUntil });
+  assert.ok(expired.ok);
+  assert.deepEqual(expired.expired, [w.inode.id]);
+  assert.equal(ns.stat('/f').ok, false);
+  assert.equal(ns.garbage(10).length, 1);
+  assert.equal(ns.earliestLeaseExpiryMs(), undefined);
+  // The name is free again.
+  assert.ok(c.create('/f').ok);
+});
+
+test('abandonFile: nothing appears and the name is free', () => {
+  const { ns, c } = fresh();
+  const w = c.ok({
+    op: 'create',
+    path: '/f',
+    overwrite: false,
+    mode: 0o644,
+    ec: '',
+    defaultEc: 'rs-2-1',
+    leaseMs: 1000,
+  });
+  c.ok({ op: 'abandonFile', inodeId: w.inode.id, leaseId: w.leaseId });
+  assert.equal(ns.stat('/f').ok, false);
+  assert.ok(c.create('/f').ok);
+});
+
+test('complete re-checks the name: directory there now, parent removed', () => {
+  const { ns, c } = fresh();
+  c.mkdir('/d');
+  const w = c.ok({
+    op: 'create',
+    path: '/d/x',
+    overwrite: false,
+    mode: 0o644,
+    ec: '',
+    defaultEc: 'rs-2-1',
+    leaseMs: 10_000,
+  });
+  c.mkdir('/d/x');
+  const dirThere = c.send({ op: 'completeFile', inodeId: w.inode.id, leaseId: w.leaseId, size: 0 });
+  assert.ok(!dirThere.ok && dirThere.code === 'IS_A_DIRECTORY');
+  c.ok({ op: 'delete', path: '/d', recursive: true });
+  const gone = c.send({ op: 'completeFile', inodeId: w.inode.id, leaseId: w.leaseId, size: 0 });
+  assert.ok(!gone.ok && gone.code === 'NOT_FOUND');
+  ns.checkInvariants();
+});
+
+test('EC policy: explicit, inherited from the nearest directory, or the cluster default', () => {
+  const { ns, c } = fresh();
+  c.ok({ op: 'mkdir', path: '/hot/cold', parents: true, mode: 0o755, ec: 'rs-4-2' });
+  c.ok({ op: 'mkdir', path: '/hot/cold/x', parents: true, mode: 0o755, ec: '' });
+  c.writeFile('/plain', 0);
+  c.writeFile('/hot/cold/x/f', 0);
+  c.writeFile('/hot/cold/g', 0, { ec: 'replicate-3' });
+  const ec = (p: string) => {
+    const s = ns.stat(p);
+    assert.ok(s.ok);
+    return s.inode.ec;
+  };
+  assert.equal(ec('/plain'), 'rs-2-1');
+  assert.equal(ec('/hot/cold'), 'rs-4-2');
+  assert.equal(ec('/hot/cold/x/f'), 'rs-4-2');
+  assert.equal(ec('/hot/cold/g'), 'replicate-3');
+});
+
+test('rename: files and directories, POSIX replacement rules, own-subtree refusal', () => {
+  const { ns, c } = fresh();
+  c.mkdir('/a/b/c', true);
+  c.writeFile('/a/b/c/f', 5);
+  c.writeFile('/a/g', 7);
+  c.mkdir('/empty');
+  c.mkdir('/full/x', true);
+  const mv = (src: string, dst: string, noReplace = false) =>
+    ({ op: 'rename', src, dst, noReplace }) as const;
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', mv('/a', '/a/b/c/a2'));
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', mv('/a/b', '/a/b/x'));
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', mv('/', '/z'));
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', mv('/a', '/'));
+  refusedUnchanged(ns, c, 'NOT_FOUND', mv('/missing', '/z'));
+  refusedUnchanged(ns, c, 'NOT_FOUND', mv('/a/g', '/missing/z'));
+  refusedUnchanged(ns, c, 'NOT_A_DIRECTORY', mv('/a/g', '/a/g/z'));
+  refusedUnchanged(ns, c, 'NOT_EMPTY', mv('/a', '/full'));
+  refusedUnchanged(ns, c, 'IS_A_DIRECTORY', mv('/a/g', '/empty'));
+  refusedUnchanged(ns, c, 'NOT_A_DIRECTORY', mv('/a/b', '/a/g'));
+  refusedUnchanged(ns, c, 'ALREADY_EXISTS', mv('/a/b', '/empty', true));
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', mv('/a/./b', '/q'));
+  assert.ok(c.send(mv('/a', '/a')).ok, 'rename onto itself is a no-op');
+  // A directory moves as one entry; its subtree comes along.
+  const before = ns.stat('/a/b');
+  c.ok(mv('/a/b', '/moved'));
+  const after = ns.stat('/moved/c/f');
+  assert.ok(after.ok && after.inode.type === 'file' && after.inode.size === 5);
+  assert.ok(before.ok && (ns.stat('/moved') as { inode: { id: number } }).inode.id === before.inode.id);
+  assert.equal(ns.stat('/a/b').ok, false);
+  // A directory replaces an empty directory.
+  c.ok(mv('/moved', '/empty'));
+  assert.ok(ns.stat('/empty/c/f').ok);
+  // A file replaces a file; the replaced file's blocks are garbage.
+  c.writeFile('/h', 3);
+  c.ok(mv('/a/g', '/h'));
+  const h = ns.stat('/h');
+  assert.ok(h.ok && h.inode.type === 'file' && h.inode.size === 7);
+  assert.equal(ns.garbage(10).length, 1);
+  ns.checkInvariants();
+});
+
+test('delete: file, empty directory, recursive; non-empty without recursive is refused', () => {
+  const { ns, c } = fresh();
+  c.mkdir('/t/u/v', true);
+  c.writeFile('/t/u/v/f1', 1);
+  c.writeFile('/t/u/f2', (6 << 20) + 1); // two block groups
+  c.writeFile('/t/f3', 1);
+  c.mkdir('/e');
+  refusedUnchanged(ns, c, 'NOT_EMPTY', { op: 'delete', path: '/t', recursive: false });
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', { op: 'delete', path: '/', recursive: true });
+  refusedUnchanged(ns, c, 'NOT_FOUND', { op: 'delete', path: '/nope', recursive: true });
+  refusedUnchanged(ns, c, 'NOT_A_DIRECTORY', { op: 'delete', path: '/t/f3/x', recursive: true });
+  const e = c.ok({ op: 'delete', path: '/e', recursive: false });
+  assert.deepEqual([e.files, e.dirs], [0, 1]);
+  const f = c.ok({ op: 'delete', path: '/t/f3', recursive: false });
+  assert.deepEqual([f.files, f.dirs], [1, 0]);
+  const r = c.ok({ op: 'delete', path: '/t', recursive: true });
+  assert.deepEqual([r.files, r.dirs], [2, 3]);
+  assert.equal(ns.garbage(100).length, 4);
+  assert.deepEqual(ns.counts().directories, 1);
+  const root = ns.list('/');
+  assert.ok(root.ok && root.entries.length === 0);
+  // Creating inside a removed directory is refused.
+  assert.equal(c.create('/t/u/new').ok, false);
+  ns.checkInvariants();
+});
+
+test('stat and list: errors and shapes', () => {
+  const { ns, c } = fresh();
+  c.writeFile('/f', 1);
+  assert.ok(ns.stat('/').ok);
+  const s = ns.stat('/nope');
+  assert.ok(!s.ok && s.code === 'NOT_FOUND');
+  const l = ns.list('/f');
+  assert.ok(!l.ok && l.code === 'NOT_A_DIRECTORY');
+  const bad = ns.list('/a//b');
+  assert.ok(!bad.ok && bad.code === 'INVALID_ARGUMENT');
+  const neg = ns.list('/', '', -1);
+  assert.ok(!neg.ok && neg.code === 'INVALID_ARGUMENT');
+});
+
+test('exactly-once: a retried command returns the original result and applies once', () => {
+  const { ns } = fresh();
+  const session = (seq: number, ackedBelow = 0) => ({ clientId: 'c', seq, ackedBelow });
+  const mkdir: NamespaceCommand = {
+    op: 'mkdir',
+    timeMs: 10,
+    session: session(1),
+    path: '/a',
+    parents: false,
+    mode: 0o755,
+    ec: '',
+  };
+  const first = ns.apply(mkdir);
+  const hash = ns.stateHash();
+  const retry = ns.apply({ ...mkdir, timeMs: 10 });
+  assert.deepEqual(retry, first, 'a retry answers the original success, not ALREADY_EXISTS');
+  assert.equal(ns.stateHash(), hash);
+  // A retried create does not allocate a second inode or lease.
+  const create: NamespaceCommand = {
+    op: 'create',
+    timeMs: 11,
+    session: session(2),
+    path: '/a/f',
+    overwrite: false,
+    mode: 0o644,
+    ec: '',
+    defaultEc: 'rs-2-1',
+    leaseMs: 1000,
+  };
+  const c1 = ns.apply(create);
+  const c2 = ns.apply(create);
+  assert.deepEqual(c2, c1);
+  assert.equal(ns.counts().pending, 1);
+  // A refused command's retry is refused identically (it is a result too).
+  const bad: NamespaceCommand = {
+    op: 'delete',
+    timeMs: 12,
+    session: session(3),
+    path: '/zz',
+    recursive: false,
+  };
+  assert.deepEqual(ns.apply(bad), ns.apply(bad));
+  // Once acknowledged, old results are forgotten and a stale retry is refused, not re-run.
+  ns.apply({
+    op: 'mkdir',
+    timeMs: 13,
+    session: session(4, 4),
+    path: '/b',
+    parents: false,
+    mode: 0o755,
+    ec: '',
+  });
+  const stale = ns.apply(mkdir);
+  assert.ok(!stale.ok && stale.code === 'FAILED_PRECONDITION' && /^session/.test(stale.message));
+  // Client commands without a session are refused; a new client's first command must be seq 1-ish.
+  const { session: _omit, ...noSession } = mkdir as { session: unknown } & NamespaceCommand;
+  const none = ns.apply(noSession as NamespaceCommand);
+  assert.ok(!none.ok && none.code === 'INVALID_ARGUMENT');
+  const unknown = ns.apply({ ...mkdir, session: { clientId: 'new', seq: 5, ackedBelow: 5 } });
+  assert.ok(!unknown.ok && /session expired/.test(unknown.message));
+});
+
+test('time never runs backwards: a stale leader time is clamped', () => {
+  const { ns, c } = fresh();
+  c.timeMs = 5000;
+  c.mkdir('/a');
+  c.timeMs = 10;
+  const made = c.ok({ op: 'mkdir', path: '/b', parents: false, mode: 0o755, ec: '' });
+  assert.equal(made.inode.mtimeMs, 5001);
+  assert.equal(ns.timeMs, 5001);
+});
+
+test('a directory of 100,000 entries lists in pages, in order, each page O(page)', () => {
+  const { ns, c } = fresh();
+  c.mkdir('/big');
+  const names: string[] = [];
+  const session = (seq: number) => ({ clientId: 'bulk', seq, ackedBelow: seq });
+  for (let i = 0; i < 100_000; i++) {
+    // Insertion order is scrambled relative to name order.
+    const name = `f${((i * 7919) % 100_000).toString().padStart(6, '0')}`;
+    names.push(name);
+    const created = ns.apply({
+      op: 'create',
+      timeMs: 1,
+      session: session(2 * i + 1),
+      path: `/big/${name}`,
+      overwrite: false,
+      mode: 0o644,
+      ec: '',
+      defaultEc: 'rs-6-3',
+      leaseMs: 1000,
+    });
+    assert.ok(created.ok);
+    const done = ns.apply({
+      op: 'completeFile',
+      timeMs: 1,
+      session: session(2 * i + 2),
+      inodeId: created.inode.id,
+      leaseId: created.leaseId,
+      size: 0,
+    });
+    assert.ok(done.ok);
+  }
+  names.sort();
+  let after = '';
+  let seen = 0;
+  let pages = 0;
+  for (;;) {
+    const page = ns.list('/big', after, 1000);
+    assert.ok(page.ok);
+    assert.ok(page.entries.length <= 1000);
+    for (const e of page.entries) assert.equal(e.name, names[seen++]);
+    pages++;
+    if (!page.more) break;
+    after = page.entries[page.entries.length - 1]!.name;
+  }
+  assert.equal(seen, 100_000);
+  assert.equal(pages, 100);
+  const clamped = ns.list('/big', '', 1_000_000);
+  assert.ok(clamped.ok && clamped.entries.length === MAX_LIST_LIMIT && clamped.more);
+  const tail = ns.list('/big', names[99_998]!, 10);
+  assert.ok(tail.ok && tail.entries.length === 1 && !tail.more);
+  // Snapshot round trip of a big state, restored from small chunks.
+  const hash = ns.stateHash();
+  const restored = NamespaceState.restore(ns.snapshot());
+  assert.equal(restored.stateHash(), hash);
+});
