@@ -26,7 +26,7 @@ import { DEFAULT_EC_POLICY, parseEcPolicy, totalShards } from '../common/ec-poli
 import type { LogLevel } from '../common/log.js';
 import { freePort, portIsFree } from '../common/ports.js';
 import type { ReadyMessage, Role } from '../daemon/daemon.js';
-import { HealthService } from '../wire/gen/types.js';
+import { HealthService, MetadataService } from '../wire/gen/types.js';
 import { RpcChannel } from '../wire/rpc.js';
 
 export interface UpOptions {
@@ -193,6 +193,7 @@ export class LocalCluster {
       const deadline = Date.now() + (this.options.startTimeoutMs ?? 30_000);
       await Promise.all(stored.members.map((record) => this.spawnMember(record, deadline)));
       await this.waitForHealth(deadline);
+      await this.waitForMetadataLeaders(deadline);
       this.ui = await this.startUi(stored.uiPort);
       const cluster = this.clusterJson();
       writeFileAtomic(this.clusterJsonPath, `${JSON.stringify(cluster, null, 2)}\n`);
@@ -358,6 +359,34 @@ export class LocalCluster {
         }
       }),
     );
+  }
+
+  /** "Can serve" means the metadata groups have leaders, not just that processes answer Health. */
+  private async waitForMetadataLeaders(deadline: number): Promise<void> {
+    const meta = this.running.find((r) => r.record.role === 'meta');
+    if (meta === undefined) return;
+    const channel = new RpcChannel(meta.addr);
+    try {
+      for (const group of [0, 1]) {
+        let lastError = '';
+        const led = await waitUntil(
+          async () => {
+            try {
+              await channel.call(MetadataService, 'FindLeader', { group }, { timeoutMs: 1000 });
+              return true;
+            } catch (error) {
+              lastError = (error as Error).message;
+              return false;
+            }
+          },
+          deadline,
+          100,
+        );
+        if (!led) throw new UpError(`metadata group ${group} elected no leader in time: ${lastError}`);
+      }
+    } finally {
+      channel.close();
+    }
   }
 
   clusterJson(): ClusterJson {

@@ -119,6 +119,7 @@ export class RaftHost {
   private readSeq = 0;
   private closed = false;
   private sendFailures = 0;
+  private maxElectionTicks = 0;
 
   constructor(options: RaftHostOptions) {
     assert(
@@ -147,6 +148,7 @@ export class RaftHost {
     const prng = new Prng(randomInt(0, 2 ** 31) ^ (groupId * 7919));
     let config = defaultConfig(this.nodeId, () => prng.next());
     if (this.options.configure) config = this.options.configure(config);
+    this.maxElectionTicks = Math.max(this.maxElectionTicks, config.electionTicks);
     const raft = new Raft(config, state);
     this.groups.set(groupId, {
       id: groupId,
@@ -367,8 +369,9 @@ export class RaftHost {
         leaderHint: this.addrOf.get(leader),
       });
     }
-    const electionMs = this.tickMs * 20 * 2;
-    if (Date.now() - group.lastLeaderSeenMs > electionMs) {
+    // Several maximal election timeouts without any leader: not an election in progress but a lost majority.
+    const noLeaderLimitMs = this.tickMs * 2 * this.maxElectionTicks * 4;
+    if (Date.now() - group.lastLeaderSeenMs > noLeaderLimitMs) {
       return new DogfsError(
         'NO_QUORUM',
         `metadata group ${group.id} has no leader: a majority of metadata servers is unreachable`,

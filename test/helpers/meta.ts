@@ -1,0 +1,78 @@
+/**
+ * A minimal metadata client for tests of the metadata server itself: follows NOT_LEADER hints, moves to
+ * another server on UNAVAILABLE, keeps one client session (a retry reuses its sequence number). The real
+ * client library lives in src/client; this one stays small so server tests do not depend on it.
+ */
+import { randomBytes } from 'node:crypto';
+import { DogfsError } from '../../src/wire/errors.js';
+import { type MetadataMethods, MetadataService } from '../../src/wire/gen/types.js';
+import type { Init } from '../../src/wire/proto.js';
+import { type RequestOf, type ResponseOf, RpcChannel } from '../../src/wire/rpc.js';
+
+export class TestMetaClient {
+  private readonly channels = new Map<string, RpcChannel>();
+  private target: string;
+  private seq = 0;
+  /** Sequence numbers sent whose outcome is unknown (no answer, or a transport error). */
+  private readonly outstanding = new Set<number>();
+  readonly clientId = `test-${randomBytes(6).toString('hex')}`;
+
+  constructor(private readonly addrs: readonly string[]) {
+    this.target = addrs[0]!;
+  }
+
+  private channel(addr: string): RpcChannel {
+    let c = this.channels.get(addr);
+    if (!c) {
+      c = new RpcChannel(addr);
+      this.channels.set(addr, c);
+    }
+    return c;
+  }
+
+  /**
+   * A new sequence number. `ackedBelow` is the lowest one whose outcome is still unknown: the server may
+   * forget results below it, and must still accept a session whose first commands never arrived.
+   */
+  nextSession(): { clientId: string; seq: number; ackedBelow: number } {
+    const seq = ++this.seq;
+    this.outstanding.add(seq);
+    return { clientId: this.clientId, seq, ackedBelow: Math.min(...this.outstanding) };
+  }
+
+  /** Calls until success, a non-retryable error, or the deadline. */
+  async call<K extends keyof MetadataMethods & string>(
+    method: K,
+    request: Init<RequestOf<MetadataMethods, K>>,
+    timeoutMs = 10_000,
+  ): Promise<ResponseOf<MetadataMethods, K>> {
+    const deadline = Date.now() + timeoutMs;
+    const seq = (request as { session?: { seq?: number } | null }).session?.seq;
+    let last: DogfsError | undefined;
+    for (let attempt = 0; attempt < 1000 && Date.now() < deadline; attempt++) {
+      try {
+        const response = await this.channel(this.target).call(MetadataService, method, request, { deadline });
+        if (seq !== undefined) this.outstanding.delete(seq);
+        return response;
+      } catch (error) {
+        last = error as DogfsError;
+        if (last.code === 'NOT_LEADER' && last.leaderHint) {
+          this.target = last.leaderHint;
+          continue;
+        }
+        if (!['UNAVAILABLE', 'NOT_LEADER', 'DEADLINE_EXCEEDED', 'NO_QUORUM'].includes(last.code)) {
+          // The state machine answered (or the server refused before proposing): the outcome is known.
+          if (seq !== undefined) this.outstanding.delete(seq);
+          throw last;
+        }
+        this.target = this.addrs[(this.addrs.indexOf(this.target) + 1) % this.addrs.length]!;
+        await new Promise((r) => setTimeout(r, 25));
+      }
+    }
+    throw last ?? new DogfsError('DEADLINE_EXCEEDED', `${method}: deadline exceeded`);
+  }
+
+  close(): void {
+    for (const c of this.channels.values()) c.close();
+  }
+}
