@@ -24,6 +24,8 @@
  *   hostExportsGfMul: boolean        whether the process (node) exports a gf_mul of its own
  *   benchEncode(tables, k, rows, length, iterations) → seconds   ec_encode_data in a C loop on
  *                                     C-allocated buffers: the "ISA-L itself" reference for benches
+ *   crc32c(data, initial?) → number   CRC-32C by ISA-L's crc32_iscsi (throws if ISA-L lacks it)
+ *   hasCrc32c: boolean                 whether it can
  * and, needing no ISA-L, our own kernel (simd_kernel.c):
  *   simdKernel: string                  which kernel the CPU got ("avx512+gfni", ..., "scalar")
  *   simdEncode(matrix, k, rows, inputs[], outputs[], length)       matrix is rows×k coefficients
@@ -48,6 +50,7 @@ typedef void (*ec_init_tables_fn)(int k, int rows, unsigned char *a, unsigned ch
 typedef void (*gf_gen_cauchy1_matrix_fn)(unsigned char *a, int m, int k);
 typedef int (*gf_invert_matrix_fn)(unsigned char *in, unsigned char *out, const int n);
 typedef unsigned char (*gf_mul_fn)(unsigned char a, unsigned char b);
+typedef unsigned int (*crc32_iscsi_fn)(unsigned char *buffer, int len, unsigned int init_crc);
 
 static struct {
   void *handle;
@@ -58,6 +61,7 @@ static struct {
   gf_gen_cauchy1_matrix_fn gf_gen_cauchy1_matrix;
   gf_invert_matrix_fn gf_invert_matrix;
   gf_mul_fn gf_mul;
+  crc32_iscsi_fn crc32_iscsi; /* optional: CRC-32C, NULL if this ISA-L lacks it */
 } isal;
 
 static void load_isal(void) {
@@ -87,6 +91,7 @@ static void load_isal(void) {
   isal.gf_gen_cauchy1_matrix = (gf_gen_cauchy1_matrix_fn)dlsym(isal.handle, "gf_gen_cauchy1_matrix");
   isal.gf_invert_matrix = (gf_invert_matrix_fn)dlsym(isal.handle, "gf_invert_matrix");
   isal.gf_mul = (gf_mul_fn)dlsym(isal.handle, "gf_mul");
+  isal.crc32_iscsi = (crc32_iscsi_fn)dlsym(isal.handle, "crc32_iscsi");
   if (!isal.ec_encode_data || !isal.ec_init_tables || !isal.gf_gen_cauchy1_matrix || !isal.gf_invert_matrix ||
       !isal.gf_mul) {
     snprintf(isal.error, sizeof isal.error, "%s lacks an erasure-code symbol", isal.library);
@@ -354,6 +359,34 @@ static napi_value gf_mul(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* crc32c(data, initial) → CRC-32C of data continuing from `initial` (0 to start), as @node-rs/crc32.
+ * ISA-L's crc32_iscsi keeps the register un-inverted, hence the two inversions. */
+static napi_value crc32c(napi_env env, napi_callback_info info) {
+  size_t argc = 2, length = 0;
+  napi_value argv[2], result;
+  unsigned char *data;
+  uint32_t crc = 0;
+  CHECK_NAPI(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || !get_bytes(env, argv[0], &data, &length)) return NULL;
+  if (argc > 1 && napi_get_value_uint32(env, argv[1], &crc) != napi_ok) {
+    napi_throw_type_error(env, NULL, "dogfs_codec: crc32c initial value must be a uint32");
+    return NULL;
+  }
+  if (!isal.crc32_iscsi) {
+    napi_throw_error(env, NULL, "dogfs_codec: ISA-L crc32_iscsi is not loaded");
+    return NULL;
+  }
+  crc = ~crc;
+  while (length > 0) { /* ISA-L takes an int length */
+    const int piece = length > (1u << 30) ? (1 << 30) : (int)length;
+    crc = isal.crc32_iscsi(data, piece, crc);
+    data += piece;
+    length -= (size_t)piece;
+  }
+  napi_create_uint32(env, ~crc, &result);
+  return result;
+}
+
 /* ---- benchmark reference: ISA-L in a C loop, no JavaScript in between ---- */
 
 /* CPU time of this thread: per-core throughput, unaffected by other processes sharing the machine. */
@@ -413,6 +446,8 @@ static napi_value init(napi_env env, napi_value exports) {
 #endif
                    &value);
   napi_set_named_property(env, exports, "deepBind", value);
+  napi_get_boolean(env, isal.handle != NULL && isal.crc32_iscsi != NULL, &value);
+  napi_set_named_property(env, exports, "hasCrc32c", value);
   {
     void *host = dlsym(RTLD_DEFAULT, "gf_mul");
     napi_get_boolean(env, host != NULL && (!isal.gf_mul || host != (void *)isal.gf_mul), &value);
@@ -427,6 +462,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"gfMul", NULL, gf_mul, NULL, NULL, NULL, napi_default, NULL},
       {"benchEncode", NULL, bench_encode, NULL, NULL, NULL, napi_default, NULL},
       {"simdEncode", NULL, simd_encode, NULL, NULL, NULL, napi_default, NULL},
+      {"crc32c", NULL, crc32c, NULL, NULL, NULL, napi_default, NULL},
       {"simdEncodeAsync", NULL, simd_encode_async, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof functions / sizeof functions[0], functions);

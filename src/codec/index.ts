@@ -4,13 +4,20 @@
  * Owns:
  *  - Reed-Solomon erasure coding over GF(2^8) (systematic; ISA-L's coding matrix, so parity is
  *    bit-identical to ISA-L's and shards written on one machine decode on another);
- *  - the backends behind one interface (native ISA-L addon, WebAssembly SIMD, reference TypeScript),
- *    chosen once at start-up and reported;
+ *  - the backends behind one interface, chosen once at start-up and reported (`backendReport`,
+ *    `activeBackendName`; `DOGFS_CODEC_BACKEND` forces one): native (ISA-L through our N-API addon),
+ *    simd (our own AVX-512/AVX2 + GFNI C kernel in the same addon, for machines without ISA-L), wasm
+ *    (WebAssembly SIMD, runs anywhere), reference (plain TypeScript, the tests' oracle);
  *  - the stripe layout of DESIGN §4 (stripes → K cells → M parity cells → shards; byte range → shard
  *    ranges);
  *  - CRC-32C and the chunked shard checksums used by chunk servers and clients.
  *
- * May import: only ../common/* and its own dependencies (@node-rs/crc32, its native addon, its wasm).
+ * May import: only ../common/* and its own dependencies (@node-rs/crc32, its native addon in native/,
+ * its wasm kernel in wasm/).
+ *
+ * Entry points: `createCodec(k, m)` → ReedSolomon (encode / reconstruct / verify, sync and async, into
+ * caller buffers); `StripeLayout` (stripes, cells, range → shard pieces); `crc32c` and the chunk
+ * checksum helpers (`computeChunkChecksums`, `verifyChunks`, `chunkAlignedRange`, `ChunkedChecksummer`).
  * Nothing here knows about the network, the cluster or the metadata.
  */
 
@@ -34,7 +41,7 @@ export {
   computeChunkChecksums,
   verifyChunks,
 } from './checksum.js';
-export type { Crc32cFunction } from './crc32c.js';
+export type { Crc32cFunction, Crc32cImplementation } from './crc32c.js';
 export { crc32c, crc32cImplementation, crc32cPortable } from './crc32c.js';
 export type { CodecErrorCode } from './errors.js';
 export { CodecError } from './errors.js';

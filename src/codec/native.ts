@@ -30,6 +30,8 @@ export interface NativeAddon {
   readonly library: string;
   readonly deepBind: boolean;
   readonly hostExportsGfMul: boolean;
+  readonly hasCrc32c: boolean;
+  crc32c(data: Uint8Array, initial?: number): number;
   /** ISA-L: `tables` in ec_init_tables layout. */
   encode: CodeFunction;
   encodeAsync: CodeAsyncFunction;

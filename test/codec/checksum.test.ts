@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { test } from 'node:test';
 import fc from 'fast-check';
 import {
@@ -25,8 +26,11 @@ test('crc32c matches the standard check value and known vectors', () => {
   assert.equal(crc32c(new Uint8Array(0)), 0);
 });
 
-test('crc32c uses the hardware implementation here', () => {
-  assert.equal(crc32cImplementation(), 'native');
+test('crc32c uses ISA-L where it is installed, else @node-rs/crc32', () => {
+  const isal = ['/usr/lib/x86_64-linux-gnu/libisal.so.2', '/usr/lib/aarch64-linux-gnu/libisal.so.2'].some(
+    existsSync,
+  );
+  assert.equal(crc32cImplementation(), isal ? 'isal' : 'node-rs');
 });
 
 test('portable crc32c equals native on random data, and both continue incrementally', () => {
@@ -42,16 +46,35 @@ test('portable crc32c equals native on random data, and both continue incrementa
   );
 });
 
-test('DOGFS_CRC32C=js forces the table fallback, which still gives the right answer', () => {
-  const script = `import('${new URL('../../src/codec/crc32c.js', import.meta.url).href}').then((m) => {
-    process.stdout.write(m.crc32cImplementation() + ' ' + m.crc32c(Buffer.from('123456789')).toString(16));
-  });`;
-  const child = spawnSync(process.execPath, ['-e', script], {
-    env: { ...process.env, DOGFS_CRC32C: 'js' },
-    encoding: 'utf8',
+for (const forced of ['isal', 'node-rs', 'js'] as const) {
+  test(`DOGFS_CRC32C=${forced}: that implementation agrees with the table one, including continuation`, (t) => {
+    const script = `import('${new URL('../../src/codec/crc32c.js', import.meta.url).href}').then((m) => {
+      const data = Buffer.alloc(200_003);
+      for (let i = 0; i < data.length; i++) data[i] = (i * 2654435761) >>> 24;
+      const parts = [0, 1, 7, 64, 4096, 65536, 200_003].map((cut) =>
+        m.crc32c(data.subarray(cut), m.crc32c(data.subarray(0, cut))));
+      process.stdout.write(JSON.stringify({ used: m.crc32cImplementation(), check: m.crc32c(Buffer.from('123456789')),
+        parts, expected: m.crc32cPortable(data) }));
+    });`;
+    const child = spawnSync(process.execPath, ['-e', script], {
+      env: { ...process.env, DOGFS_CRC32C: forced },
+      encoding: 'utf8',
+    });
+    assert.equal(child.status, 0, child.stderr);
+    const result = JSON.parse(child.stdout) as {
+      used: string;
+      check: number;
+      parts: number[];
+      expected: number;
+    };
+    if (result.used !== forced) {
+      assert.notEqual(forced, 'js', 'the table implementation is always available');
+      t.diagnostic(`${forced} is not available here (got ${result.used})`);
+    }
+    assert.equal(result.check, 0xe3069283);
+    for (const part of result.parts) assert.equal(part, result.expected);
   });
-  assert.equal(child.stdout, 'js e3069283', child.stderr);
-});
+}
 
 test('chunk checksums cover each chunk exactly, the last one short', () => {
   const data = randomBytes(2 * 1000 + 17);
