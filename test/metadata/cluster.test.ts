@@ -1,0 +1,317 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import fc from 'fast-check';
+import {
+  type ClusterCommand,
+  ClusterState,
+  DEFAULT_CLUSTER_SETTINGS,
+  decodeClusterCommand,
+  decodeClusterResult,
+  encodeClusterCommand,
+  encodeClusterResult,
+  type PlacementCandidate,
+  placeBlockGroup,
+  StateCodecError,
+} from '../../src/metadata/state/index.js';
+
+function register(id: string, timeMs: number, domain = ''): ClusterCommand {
+  return {
+    op: 'register',
+    timeMs,
+    id,
+    dataAddr: `127.0.0.1:${1000 + id.length}`,
+    controlAddr: '127.0.0.1:2000',
+    failureDomain: domain,
+    capacityBytes: 1000,
+    usedBytes: 10,
+  };
+}
+
+test('cluster: register, heartbeat, declare dead (compare-and-set), alive again', () => {
+  const cluster = new ClusterState();
+  const reg = cluster.apply(register('cs1', 100, 'rack-a'));
+  assert.ok(
+    reg.ok &&
+      reg.op === 'register' &&
+      reg.heartbeatIntervalMs === DEFAULT_CLUSTER_SETTINGS.heartbeatIntervalMs,
+  );
+  cluster.apply(register('cs2', 100, 'rack-b'));
+  const hb = cluster.apply({
+    op: 'heartbeat',
+    timeMs: 600,
+    id: 'cs1',
+    capacityBytes: 2000,
+    usedBytes: 500,
+    shardCount: 7,
+    activeTransfers: 2,
+  });
+  assert.deepEqual(hb, { ok: true, op: 'heartbeat', reregister: false, dead: false });
+  const unknown = cluster.apply({
+    op: 'heartbeat',
+    timeMs: 600,
+    id: 'ghost',
+    capacityBytes: 1,
+    usedBytes: 0,
+    shardCount: 0,
+    activeTransfers: 0,
+  });
+  assert.ok(unknown.ok && unknown.reregister);
+  assert.equal(cluster.server('cs1')!.usedBytes, 500);
+  assert.equal(cluster.server('cs1')!.lastHeartbeatMs, 600);
+  // At 10_550 the leader sees cs2 silent since 100 (past deadAfter = 10 s), but cs1 (600) not yet.
+  const silent = cluster.silentServers(10_550);
+  assert.deepEqual(silent, [{ id: 'cs2', silentSinceMs: 100 }]);
+  // A heartbeat committed between the leader's decision and its command wins the race.
+  cluster.apply({
+    op: 'heartbeat',
+    timeMs: 10_700,
+    id: 'cs2',
+    capacityBytes: 1000,
+    usedBytes: 10,
+    shardCount: 0,
+    activeTransfers: 0,
+  });
+  const stale = cluster.apply({ op: 'declareDead', timeMs: 10_701, id: 'cs2', silentSinceMs: 100 });
+  assert.ok(stale.ok && !stale.changed);
+  assert.equal(cluster.server('cs2')!.state, 'alive');
+  const dead = cluster.apply({ op: 'declareDead', timeMs: 30_000, id: 'cs2', silentSinceMs: 10_700 });
+  assert.ok(dead.ok && dead.changed);
+  assert.equal(cluster.server('cs2')!.state, 'dead');
+  assert.equal(cluster.server('cs2')!.stateSinceMs, 30_000);
+  // A dead server's heartbeat is recorded but does not revive it: the leader decides with markAlive.
+  const back = cluster.apply({
+    op: 'heartbeat',
+    timeMs: 31_000,
+    id: 'cs2',
+    capacityBytes: 1000,
+    usedBytes: 10,
+    shardCount: 0,
+    activeTransfers: 0,
+  });
+  assert.ok(back.ok && back.dead);
+  assert.equal(cluster.server('cs2')!.state, 'dead');
+  const alive = cluster.apply({ op: 'markAlive', timeMs: 31_001, id: 'cs2' });
+  assert.ok(alive.ok && alive.changed);
+  assert.equal(cluster.server('cs2')!.state, 'alive');
+  const again = cluster.apply({ op: 'markAlive', timeMs: 31_002, id: 'cs2' });
+  assert.ok(again.ok && !again.changed);
+  const missing = cluster.apply({ op: 'declareDead', timeMs: 1, id: 'nope', silentSinceMs: 1 });
+  assert.ok(!missing.ok && missing.code === 'NOT_FOUND');
+  assert.deepEqual(
+    cluster.servers().map((s) => s.id),
+    ['cs1', 'cs2'],
+  );
+});
+
+test('cluster: bad inputs are refused and change nothing; settings are validated', () => {
+  const cluster = new ClusterState();
+  cluster.apply(register('cs1', 100));
+  const hash = cluster.stateHash();
+  const refuse = (cmd: ClusterCommand, code = 'INVALID_ARGUMENT') => {
+    const r = cluster.apply(cmd);
+    assert.ok(!r.ok && r.code === code, JSON.stringify(r));
+  };
+  refuse(register('', 100));
+  refuse(register('x'.repeat(200), 100));
+  refuse({ ...register('cs3', 100), capacityBytes: -1 } as ClusterCommand);
+  refuse({ ...register('cs3', 100), dataAddr: '' } as ClusterCommand);
+  refuse({
+    op: 'heartbeat',
+    timeMs: 100,
+    id: 'cs1',
+    capacityBytes: 1.5,
+    usedBytes: 0,
+    shardCount: 0,
+    activeTransfers: 0,
+  });
+  refuse({ op: 'setSettings', timeMs: 100, settings: { ...DEFAULT_CLUSTER_SETTINGS, defaultEc: 'rs-0-0' } });
+  refuse({ op: 'setSettings', timeMs: 100, settings: { ...DEFAULT_CLUSTER_SETTINGS, stripeSize: 1000 } });
+  refuse({
+    op: 'setSettings',
+    timeMs: 100,
+    settings: { ...DEFAULT_CLUSTER_SETTINGS, blockGroupMaxBytes: 4096 },
+  });
+  refuse({ op: 'setSettings', timeMs: 100, settings: { ...DEFAULT_CLUSTER_SETTINGS, deadAfterMs: 1000 } });
+  assert.equal(cluster.stateHash(), hash);
+  const set = cluster.apply({
+    op: 'setSettings',
+    timeMs: 200,
+    settings: { ...DEFAULT_CLUSTER_SETTINGS, defaultEc: 'rs-4-2', blockGroupMaxBytes: 4 << 20 },
+  });
+  assert.ok(set.ok);
+  assert.equal(cluster.settings.defaultEc, 'rs-4-2');
+  assert.equal(DEFAULT_CLUSTER_SETTINGS.stripeSize, 1 << 20);
+});
+
+test('cluster: commands, results and snapshots round-trip; replicas agree; bad bytes are clear errors', () => {
+  const commands: ClusterCommand[] = [];
+  for (let i = 0; i < 200; i++) {
+    const id = `cs${i % 13}`;
+    const t = 1000 + i * 500;
+    switch (i % 5) {
+      case 0:
+        commands.push(register(id, t, `rack-${i % 3}`));
+        break;
+      case 1:
+        commands.push({
+          op: 'heartbeat',
+          timeMs: t,
+          id,
+          capacityBytes: 5000 + i,
+          usedBytes: i,
+          shardCount: i,
+          activeTransfers: i % 4,
+        });
+        break;
+      case 2:
+        commands.push({ op: 'declareDead', timeMs: t, id, silentSinceMs: Math.max(0, t - 20_000) });
+        break;
+      case 3:
+        commands.push({ op: 'markAlive', timeMs: t, id });
+        break;
+      default:
+        commands.push({
+          op: 'setSettings',
+          timeMs: t,
+          settings: { ...DEFAULT_CLUSTER_SETTINGS, leaseMs: 2000 + i },
+        });
+    }
+  }
+  const a = new ClusterState();
+  const b = new ClusterState();
+  for (const cmd of commands) {
+    const bytes = encodeClusterCommand(cmd);
+    assert.deepEqual(decodeClusterCommand(bytes), cmd);
+    const ra = a.applyEncoded(bytes);
+    assert.deepEqual(decodeClusterResult(encodeClusterResult(ra)), ra);
+    assert.deepEqual(b.apply(cmd), ra);
+  }
+  assert.equal(a.stateHash(), b.stateHash());
+  const restored = ClusterState.restore(a.snapshot());
+  assert.equal(restored.stateHash(), a.stateHash());
+  assert.deepEqual(restored.servers(), a.servers());
+  const bad = a.applyEncoded(Uint8Array.of(1, 77));
+  assert.ok(!bad.ok && bad.code === 'INVALID_ARGUMENT' && /unknown op tag 77/.test(bad.message));
+  fc.assert(
+    fc.property(fc.nat(), fc.nat(255), (at, value) => {
+      const snap = a.snapshot();
+      snap[at % snap.length] = value;
+      try {
+        ClusterState.restore(snap);
+      } catch (error) {
+        assert.ok(error instanceof StateCodecError, String(error));
+      }
+    }),
+    { numRuns: 200 },
+  );
+});
+
+// ---- placement ----
+
+function servers(count: number, domains: number, free = (i: number) => 1000 + i): PlacementCandidate[] {
+  return Array.from({ length: count }, (_, i) => ({
+    id: `s${String(i).padStart(2, '0')}`,
+    failureDomain: domains === 0 ? '' : `d${i % domains}`,
+    capacityBytes: free(i) + 100,
+    usedBytes: 100,
+    state: 'alive' as const,
+  }));
+}
+
+test('placement: K+M distinct live servers, spread evenly over failure domains (property)', () => {
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 1, max: 8 }),
+      fc.integer({ min: 0, max: 4 }),
+      fc.integer({ min: 1, max: 30 }),
+      fc.integer({ min: 0, max: 10 }),
+      fc.integer(),
+      fc.array(fc.nat(29), { maxLength: 5 }),
+      (k, m, n, domainCount, seed, deadIdx) => {
+        const all = servers(n, domainCount, (i) => 1 + ((i * 7919) % 1000)).map((s, i) =>
+          deadIdx.includes(i) ? { ...s, state: 'dead' as const } : s,
+        );
+        const live = all.filter((s) => s.state === 'alive');
+        const need = m <= 1 ? k : k + 1;
+        const p = placeBlockGroup({ servers: all, dataShards: k, parityShards: m, seed });
+        if (live.length < need) {
+          assert.ok(!p.ok && p.code === 'UNAVAILABLE', 'refused below the minimum');
+          return;
+        }
+        assert.ok(p.ok);
+        assert.equal(p.servers.length, k + m);
+        const chosen = p.servers.filter((s) => s !== '');
+        assert.equal(chosen.length, Math.min(k + m, live.length));
+        assert.equal(new Set(chosen).size, chosen.length, 'distinct');
+        for (const id of chosen) assert.equal(all.find((s) => s.id === id)!.state, 'alive');
+        // Data shards are filled first; the missing ones are the highest indexes.
+        assert.deepEqual(
+          p.missing,
+          Array.from({ length: k + m - chosen.length }, (_, i) => chosen.length + i),
+        );
+        // Spread: per-domain counts differ by at most one among domains that still had servers to give.
+        if (domainCount > 0) {
+          const perDomain = new Map<string, number>();
+          const available = new Map<string, number>();
+          for (const s of live) available.set(s.failureDomain, (available.get(s.failureDomain) ?? 0) + 1);
+          for (const id of chosen) {
+            const d = all.find((s) => s.id === id)!.failureDomain;
+            perDomain.set(d, (perDomain.get(d) ?? 0) + 1);
+          }
+          const max = Math.max(...perDomain.values());
+          for (const [d, avail] of available) {
+            const used = perDomain.get(d) ?? 0;
+            assert.ok(used === avail || used >= max - 1, `domain ${d}: ${used} of ${avail}, max ${max}`);
+          }
+        }
+        // Deterministic: same input (in any order) and seed → same answer.
+        const again = placeBlockGroup({ servers: [...all].reverse(), dataShards: k, parityShards: m, seed });
+        assert.deepEqual(again, p);
+      },
+    ),
+    { numRuns: 300 },
+  );
+});
+
+test('placement: one shard per domain when there are enough domains', () => {
+  for (let seed = 0; seed < 50; seed++) {
+    const p = placeBlockGroup({ servers: servers(27, 9), dataShards: 6, parityShards: 3, seed });
+    assert.ok(p.ok);
+    const domains = new Set(p.servers.map((id) => `d${Number(id.slice(1)) % 9}`));
+    assert.equal(domains.size, 9);
+  }
+});
+
+test('placement: weighted by free space; full, dead and excluded servers are never chosen', () => {
+  const pool: PlacementCandidate[] = [
+    { id: 'big', failureDomain: '', capacityBytes: 10_000, usedBytes: 0, state: 'alive' },
+    { id: 'small', failureDomain: '', capacityBytes: 1_000, usedBytes: 0, state: 'alive' },
+    { id: 'full', failureDomain: '', capacityBytes: 1_000, usedBytes: 1_000, state: 'alive' },
+    { id: 'dead', failureDomain: '', capacityBytes: 99_000, usedBytes: 0, state: 'dead' },
+    { id: 'other', failureDomain: '', capacityBytes: 1_000, usedBytes: 0, state: 'alive' },
+  ];
+  const firstPick = new Map<string, number>();
+  for (let seed = 0; seed < 2000; seed++) {
+    const p = placeBlockGroup({ servers: pool, dataShards: 1, parityShards: 0, seed, exclude: ['other'] });
+    assert.ok(p.ok);
+    firstPick.set(p.servers[0]!, (firstPick.get(p.servers[0]!) ?? 0) + 1);
+  }
+  assert.deepEqual([...firstPick.keys()].sort(), ['big', 'small']);
+  const ratio = firstPick.get('big')! / firstPick.get('small')!;
+  assert.ok(ratio > 7 && ratio < 13, `free space 10:1 → picks ${ratio.toFixed(2)}:1`);
+});
+
+test('placement: refusal below K+1 names the counts; between K+1 and K+M returns what it can', () => {
+  const refused = placeBlockGroup({ servers: servers(6, 3), dataShards: 6, parityShards: 3, seed: 1 });
+  assert.ok(!refused.ok);
+  assert.equal(refused.code, 'UNAVAILABLE');
+  assert.match(refused.message, /6 usable chunk servers .*need at least 7, ideally 9/);
+  const partial = placeBlockGroup({ servers: servers(7, 3), dataShards: 6, parityShards: 3, seed: 1 });
+  assert.ok(partial.ok);
+  assert.deepEqual(partial.missing, [7, 8]);
+  assert.deepEqual(partial.servers.slice(7), ['', '']);
+  const rs41 = placeBlockGroup({ servers: servers(4, 0), dataShards: 4, parityShards: 1, seed: 1 });
+  assert.ok(rs41.ok && rs41.missing.length === 1, 'with M = 1, K servers suffice');
+  const bad = placeBlockGroup({ servers: servers(4, 0), dataShards: 0, parityShards: 1, seed: 1 });
+  assert.ok(!bad.ok && bad.code === 'INVALID_ARGUMENT');
+});
