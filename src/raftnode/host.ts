@@ -61,6 +61,8 @@ export interface RaftHostOptions {
   /** Milliseconds per core tick. Election timeout is electionTicks..2*electionTicks ticks. */
   readonly tickMs?: number;
   readonly configure?: (config: RaftConfig) => RaftConfig;
+  /** Applied entries beyond the last snapshot after which a group snapshots its state machine. */
+  readonly snapshotEvery?: number;
 }
 
 export interface GroupStatus {
@@ -264,6 +266,7 @@ export class RaftHost {
     for (const [group, rd] of readies) {
       this.applyReady(group, rd);
       group.raft.advance(rd);
+      this.maybeSnapshot(group);
     }
     // What advance() released (and anything stepped meanwhile) runs in the next round.
     this.roundAgain ||= [...this.groups.values()].some((g) => g.raft.hasReady());
@@ -316,6 +319,21 @@ export class RaftHost {
         read.resolve();
       }
     }
+  }
+
+  /**
+   * Bounds the log: once enough entries are applied past the last snapshot, capture the state machine,
+   * make it durable, and let the core drop the entries it covers. Restart then loads the snapshot and
+   * replays only the entries after it; a lagging follower gets the snapshot in chunks.
+   */
+  private maybeSnapshot(group: Group): void {
+    const every = this.options.snapshotEvery ?? 10_000;
+    const snapshotIndex = group.raft.snapshotMeta().index;
+    if (group.applied - snapshotIndex < every) return;
+    const data = group.machine.snapshot();
+    const meta = group.raft.compact(group.applied, data);
+    this.options.storage.group(group.id).saveSnapshot({ meta, data });
+    this.log.info('raft snapshot', { group: group.id, index: meta.index, bytes: data.byteLength });
   }
 
   private failProposal(group: Group, index: LogIndex, why: string): void {

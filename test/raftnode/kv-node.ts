@@ -2,7 +2,7 @@
  * A real process hosting the Raft library with the small KV state machine (test/consensus/sim/kv.ts) on
  * group 1, serving RaftKv over gRPC. Used by the real-process consensus test and by `npm run bench:raft`.
  *
- *   node dist/test/raftnode/kv-node.js --id N --peers HOST:PORT,HOST:PORT,... --dir DIR [--groups G]
+ *   node dist/test/raftnode/kv-node.js --id N --peers HOST:PORT,... --dir DIR [--groups G] [--snapshot-every N]
  *
  * Node N listens on the N-th address of --peers. With --groups G it hosts groups 1..G (the bench's
  * multi-group runs) and a key's hash picks its group, so every group gets load.
@@ -47,6 +47,7 @@ async function main(): Promise<void> {
       peers: { type: 'string' },
       dir: { type: 'string' },
       groups: { type: 'string' },
+      'snapshot-every': { type: 'string' },
     },
     strict: true,
   });
@@ -65,6 +66,7 @@ async function main(): Promise<void> {
     peers: addrs.map((addr, i) => ({ nodeId: asNodeId(i + 1), addr })),
     storage,
     log,
+    snapshotEvery: Number(values['snapshot-every'] ?? '10000'),
   });
   const machines = new Map<number, KvMachineAdapter>();
   for (let g = 1; g <= groups; g++) {

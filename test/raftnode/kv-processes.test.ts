@@ -25,7 +25,18 @@ after(() => {
 function startNode(addrs: string[], i: number): Promise<void> {
   const child = spawn(
     process.execPath,
-    [KV_NODE, '--id', String(i + 1), '--peers', addrs.join(','), '--dir', join(dir.path, `n${i + 1}`)],
+    // Frequent snapshots: restarted nodes recover from snapshot + log, and lagging ones get InstallSnapshot.
+    [
+      KV_NODE,
+      '--id',
+      String(i + 1),
+      '--peers',
+      addrs.join(','),
+      '--dir',
+      join(dir.path, `n${i + 1}`),
+      '--snapshot-every',
+      '50',
+    ],
     { stdio: ['ignore', 'pipe', 'inherit'] },
   );
   procs[i] = child;
