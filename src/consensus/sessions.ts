@@ -1,0 +1,151 @@
+/**
+ * consensus/sessions — client sessions for exactly-once application of commands (Raft dissertation §6.3).
+ *
+ * A command carries (clientId, seq, time). `time` is assigned by the leader when proposing and travels in
+ * the log entry, so every replica sees the same value and expiry is deterministic: no replica ever reads
+ * its own clock while applying. A state machine calls `apply` for each command; a retry of an already
+ * applied (clientId, seq) gets the original result without executing again. Each client also reports
+ * `ackedBelow` (every seq below it has been answered), which lets the table forget old results; results
+ * are otherwise kept up to `maxResultsPerClient` per client. Sessions idle for `ttl` (in command time) are
+ * expired, as are the least recently used ones beyond `maxSessions`; a command from an expired or unknown
+ * session whose seq is not its first is refused ('session_expired'), since it may already have applied.
+ */
+
+import { assert } from '../common/assert.js';
+
+export interface SessionLimits {
+  readonly ttl: number;
+  readonly maxSessions: number;
+  readonly maxResultsPerClient: number;
+}
+
+export interface SessionCommand {
+  readonly clientId: string;
+  readonly seq: number;
+  readonly ackedBelow: number;
+  readonly time: number;
+}
+
+export type SessionOutcome<R> =
+  | { readonly kind: 'applied'; readonly result: R }
+  | { readonly kind: 'duplicate'; readonly result: R }
+  | { readonly kind: 'session_expired' }
+  | { readonly kind: 'result_forgotten' };
+
+interface Session<R> {
+  lastActive: number;
+  /** seq -> result, for seqs not yet acknowledged by the client. */
+  readonly results: Map<number, R>;
+  /** Every seq below this was acknowledged or forgotten; a retry of one is refused. */
+  floor: number;
+  highest: number;
+}
+
+export interface SessionsSnapshot<R> {
+  readonly latestTime: number;
+  readonly sessions: readonly {
+    readonly clientId: string;
+    readonly lastActive: number;
+    readonly floor: number;
+    readonly highest: number;
+    readonly results: readonly (readonly [number, R])[];
+  }[];
+}
+
+export class ClientSessions<R> {
+  private sessions = new Map<string, Session<R>>();
+  private latestTime = 0;
+
+  constructor(private readonly limits: SessionLimits) {
+    assert(limits.ttl > 0 && limits.maxSessions > 0 && limits.maxResultsPerClient > 0, 'session limits');
+  }
+
+  /**
+   * Applies `cmd` exactly once: `execute` runs only for a new (clientId, seq). Sequence numbers start at 1;
+   * seq 1 (or ackedBelow <= 1 with no session) opens a session.
+   */
+  apply(cmd: SessionCommand, execute: () => R): SessionOutcome<R> {
+    // Time must not run backwards across the log; a stale leader's clock is clamped, not trusted.
+    if (cmd.time > this.latestTime) this.latestTime = cmd.time;
+    this.expire();
+    let s = this.sessions.get(cmd.clientId);
+    if (s === undefined) {
+      if (cmd.ackedBelow > 1 || cmd.seq < 1) return { kind: 'session_expired' };
+      s = { lastActive: this.latestTime, results: new Map(), floor: 1, highest: 0 };
+      this.sessions.set(cmd.clientId, s);
+      this.evictBeyondLimit(cmd.clientId);
+    }
+    s.lastActive = this.latestTime;
+    if (cmd.ackedBelow > s.floor) {
+      for (const seq of s.results.keys()) if (seq < cmd.ackedBelow) s.results.delete(seq);
+      s.floor = cmd.ackedBelow;
+    }
+    if (s.results.has(cmd.seq)) return { kind: 'duplicate', result: s.results.get(cmd.seq) as R };
+    if (cmd.seq < s.floor || cmd.seq <= s.highest) return { kind: 'result_forgotten' };
+    const result = execute();
+    s.highest = cmd.seq;
+    s.results.set(cmd.seq, result);
+    while (s.results.size > this.limits.maxResultsPerClient) {
+      const oldest = s.results.keys().next().value as number;
+      s.results.delete(oldest);
+      if (oldest >= s.floor) s.floor = oldest + 1;
+    }
+    return { kind: 'applied', result };
+  }
+
+  size(): number {
+    return this.sessions.size;
+  }
+
+  snapshot(): SessionsSnapshot<R> {
+    return {
+      latestTime: this.latestTime,
+      sessions: [...this.sessions].map(([clientId, s]) => ({
+        clientId,
+        lastActive: s.lastActive,
+        floor: s.floor,
+        highest: s.highest,
+        results: [...s.results],
+      })),
+    };
+  }
+
+  static restore<R>(limits: SessionLimits, snap: SessionsSnapshot<R>): ClientSessions<R> {
+    const out = new ClientSessions<R>(limits);
+    out.latestTime = snap.latestTime;
+    for (const s of snap.sessions) {
+      out.sessions.set(s.clientId, {
+        lastActive: s.lastActive,
+        floor: s.floor,
+        highest: s.highest,
+        results: new Map(s.results),
+      });
+    }
+    return out;
+  }
+
+  private expire(): void {
+    for (const [id, s] of this.sessions) {
+      if (this.latestTime - s.lastActive > this.limits.ttl) this.sessions.delete(id);
+    }
+  }
+
+  private evictBeyondLimit(keep: string): void {
+    while (this.sessions.size > this.limits.maxSessions) {
+      let victim: string | undefined;
+      let oldest = Number.POSITIVE_INFINITY;
+      for (const [id, s] of this.sessions) {
+        // Ties broken by id so every replica evicts the same session.
+        if (
+          id !== keep &&
+          (s.lastActive < oldest || (s.lastActive === oldest && victim !== undefined && id < victim))
+        ) {
+          oldest = s.lastActive;
+          victim = id;
+        }
+      }
+      if (victim === undefined) return;
+      this.sessions.delete(victim);
+    }
+  }
+}
