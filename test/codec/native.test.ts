@@ -98,11 +98,11 @@ if (isalInstalled) {
 
   test('native encodeAsync runs on the thread pool: the event loop keeps turning while it encodes', async () => {
     const codec = createCodec(6, 3, { backend: 'native' });
-    const length = 4 << 20;
+    const length = 8 << 20;
     const data = Array.from({ length: 6 }, (_, i) => seededBytes(length, i + 1));
     const parity = Array.from({ length: 3 }, () => new Uint8Array(length));
     const turns = await eventLoopTurnsDuring(() => codec.encodeAsync(data, parity));
-    assert.ok(turns >= 3, `event loop turned only ${turns} times during a 24 MiB encode`);
+    assert.ok(turns >= 3, `event loop turned only ${turns} times during a 48 MiB encode`);
     const check = Array.from({ length: 3 }, () => new Uint8Array(length));
     createCodec(6, 3, { backend: 'native' }).encode(data, check);
     assert.deepEqual(parity, check);
