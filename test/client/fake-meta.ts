@@ -49,6 +49,8 @@ export class FakeMetaState {
   readonly failNext = new Map<string, { error: DogfsError; count: number }>();
   /** Per method: how many more calls are applied but answered UNAVAILABLE (a lost reply). */
   readonly dropReply = new Map<string, number>();
+  /** Chunk-server ids to place the next block groups on, in shard order (default: round robin). */
+  placement: string[] | undefined;
   nextId = 100;
   options: FakeMetaOptions;
 
@@ -239,7 +241,8 @@ export class FakeMeta {
           offset: r.offset,
           length: s.options.blockGroupBytes ?? 0,
           shards: Array.from({ length: k + m }, (_, i) => {
-            const c = alive[(start + i) % alive.length]!;
+            const placed = s.placement?.[i];
+            const c = placed === undefined ? alive[(start + i) % alive.length]! : s.chunkServers.get(placed)!;
             return { index: i, chunkServerId: c.id, addr: c.addr, generation: 1 };
           }),
         };
