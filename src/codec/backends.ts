@@ -5,6 +5,7 @@
  * cannot load is an error, not a silent fallback, so tests that force the fallback really test it.
  */
 
+import { assert } from '../common/assert.js';
 import type { BackendName, CodingBackend } from './backend.js';
 import { CodecError } from './errors.js';
 import { loadNativeBackend, loadSimdBackend } from './native.js';
@@ -80,7 +81,7 @@ export function activeBackend(): CodingBackend {
     active = result;
     break;
   }
-  if (active === undefined) throw new Error('unreachable: the reference backend always loads');
+  assert(active !== undefined, 'the reference backend always loads');
   if (active.name !== 'native' && !fallbackNoted) {
     // Said once per process, so an operator knows why encoding is slower than it could be.
     fallbackNoted = true;

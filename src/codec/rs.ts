@@ -8,6 +8,7 @@
  * checked before any byte is written, so a thrown CodecError leaves all outputs untouched.
  */
 
+import { assert } from '../common/assert.js';
 import type { CodingBackend, PreparedMatrix } from './backend.js';
 import { CodecError } from './errors.js';
 import { cauchyEncodeMatrix, gfMul, invertMatrix, splitNibbleTables } from './gf256.js';
@@ -236,7 +237,7 @@ export class ReedSolomon {
       sub.set(this.encodeMatrix.subarray(s * k, s * k + k), row * k);
     });
     const inverse = invertMatrix(sub, k);
-    if (inverse === undefined) throw new Error('unreachable: a Cauchy submatrix is always invertible');
+    assert(inverse !== undefined, 'every square submatrix of a Cauchy matrix is invertible');
     const decode = new Uint8Array(targets.length * k);
     targets.forEach((target, row) => {
       if (target < k) {
