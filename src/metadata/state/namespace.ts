@@ -177,6 +177,17 @@ interface Resolved {
   readonly ec: string;
 }
 
+/**
+ * A flat copy of `s`. Names come from splitting a path, and V8 represents a substring of 13 or more
+ * characters as a slice that keeps the whole path alive; stored names must not pin their paths.
+ */
+function ownString(s: string): string {
+  return s.length < 13 ? s : (JSON.parse(JSON.stringify(s)) as string);
+}
+
+/** Interning table size limit: chunk-server ids and EC names are few; past this, strings are kept as they are. */
+const MAX_INTERNED = 65_536;
+
 function pendingKey(parent: InodeId, name: string): string {
   return `${parent}/${name}`;
 }
@@ -205,6 +216,8 @@ export class NamespaceState {
   private nextCounter: number;
   private nextLease = 1;
   private clockMs = 0;
+  /** Chunk-server ids and EC policy names, shared by every block group and inode that names them. */
+  private readonly interned = new Map<string, string>();
   /** Commands applied; a snapshot stream checks it did not change under it. */
   private applied = 0;
 
@@ -220,6 +233,14 @@ export class NamespaceState {
       this.nextCounter = 2;
       this.dirs.set(ROOT_INODE_ID, this.newDirectory(ROOT_INODE_ID));
     }
+  }
+
+  /** Memory only: equal strings share one copy. Does not affect behaviour, so needs no snapshotting. */
+  intern(s: string): string {
+    const known = this.interned.get(s);
+    if (known !== undefined) return known;
+    if (this.interned.size < MAX_INTERNED) this.interned.set(s, s);
+    return s;
   }
 
   private newDirectory(id: InodeId): Directory {
@@ -416,8 +437,9 @@ export class NamespaceState {
         ctimeMs: this.clockMs,
         ec: last ? cmd.ec : '',
       };
-      dir.entries.set(name, created);
-      dir.names.insert(name);
+      const owned = ownString(name);
+      dir.entries.set(owned, created);
+      dir.names.insert(owned);
       dir.dirs++;
       const child = this.newDirectory(id);
       this.dirs.set(id, child);
@@ -441,7 +463,7 @@ export class NamespaceState {
     if (ecName === '') return fail('INVALID_ARGUMENT', 'no EC policy given, inherited or defaulted');
     const policy = parsePolicy(ecName);
     if (isFailure(policy)) return policy;
-    const name = parsed.components[parsed.components.length - 1]!;
+    const name = ownString(parsed.components[parsed.components.length - 1]!);
     const existing = parent.dir.entries.get(name);
     if (existing?.type === 'dir') return fail('IS_A_DIRECTORY', `${parsed.path}: is a directory`);
     if (existing !== undefined && !cmd.overwrite)
@@ -468,7 +490,7 @@ export class NamespaceState {
       leaseMs: cmd.leaseMs,
       overwrite: cmd.overwrite,
       mode: cmd.mode,
-      ec: policy.name,
+      ec: this.intern(policy.name),
       dataShards: policy.dataShards,
       parityShards: policy.parityShards,
       createdMs: this.clockMs,
@@ -565,7 +587,7 @@ export class NamespaceState {
       stripeSize: cmd.stripeSize,
       maxBytes: cmd.maxBytes,
       committed: false,
-      servers: cmd.servers.slice(),
+      servers: cmd.servers.map((server) => this.intern(server)),
       shardLengths: EMPTY_NUMBERS,
       crcs: EMPTY_NUMBERS,
       durableMask: 0,
@@ -668,7 +690,8 @@ export class NamespaceState {
       mtimeMs: this.clockMs,
       ctimeMs: this.clockMs,
       ec: file.ec,
-      blockGroups: file.blockGroups,
+      // An exact-size copy: a pushed-to array keeps spare capacity, paid by every file.
+      blockGroups: file.blockGroups.slice(),
     };
     if (existing !== undefined) {
       for (const bg of existing.blockGroups) this.garbageList.set(bg.id, bg);
@@ -747,8 +770,9 @@ export class NamespaceState {
       else for (const bg of replaced.blockGroups) this.garbageList.set(bg.id, bg);
     }
     const moved: Inode = { ...moving, ctimeMs: this.clockMs };
-    to.parent.entries.set(to.name, moved);
-    to.parent.names.insert(to.name);
+    const newName = ownString(to.name);
+    to.parent.entries.set(newName, moved);
+    to.parent.names.insert(newName);
     if (moved.type === 'dir') to.parent.dirs++;
     else to.parent.files++;
     return this.ok('rename', {});
@@ -1026,11 +1050,23 @@ export class NamespaceState {
     return restorer.finish();
   }
 
+  private internInode(inode: FileInode): FileInode {
+    return {
+      ...inode,
+      ec: this.intern(inode.ec),
+      blockGroups: inode.blockGroups.map((bg) => ({ ...bg, servers: bg.servers.map((s) => this.intern(s)) })),
+    };
+  }
+
   /** @internal Used by NamespaceRestorer. */
   static fromParts(parts: RestoredParts, sessionLimits: SessionLimits): NamespaceState {
     const state = new NamespaceState({ group: parts.group, sessionLimits });
     state.dirs.clear();
-    for (const dir of parts.dirs) state.dirs.set(dir.id, dir);
+    for (const dir of parts.dirs) {
+      state.dirs.set(dir.id, dir);
+      for (const [name, inode] of dir.entries)
+        if (inode.type === 'file') dir.entries.set(name, state.internInode(inode));
+    }
     for (const file of parts.pending) {
       state.pending.set(file.id, file);
       state.pendingByName.set(pendingKey(file.parent, file.name), file.id);
