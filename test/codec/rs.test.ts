@@ -2,7 +2,17 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { cauchyEncodeMatrix, createCodec, gfInv, gfMul, invertMatrix } from '../../src/codec/index.js';
+import {
+  backendByName,
+  type CodingBackend,
+  cauchyEncodeMatrix,
+  createCodec,
+  gfInv,
+  gfMul,
+  invertMatrix,
+  type PreparedMatrix,
+  ReedSolomon,
+} from '../../src/codec/index.js';
 import { isCodecError, loadedBackends, seededBytes } from './helpers.js';
 
 interface Vector {
@@ -224,4 +234,36 @@ test('rs-10-4 and rs-17-3 reconstruct four and three lost shards of every kind',
       for (const i of lost) assert.deepEqual(shards[i], original[i]);
     }
   }
+});
+
+test('decode matrices are built once per erasure pattern and then reused', () => {
+  const seen: PreparedMatrix[] = [];
+  const reference = backendByName('reference');
+  const spy: CodingBackend = {
+    ...reference,
+    apply(prepared, inputs, outputs, length) {
+      seen.push(prepared);
+      reference.apply(prepared, inputs, outputs, length);
+    },
+  };
+  const codec = new ReedSolomon(4, 2, spy);
+  const data = Array.from({ length: 4 }, (_, i) => seededBytes(50, i + 3));
+  const parity = [new Uint8Array(50), new Uint8Array(50)];
+  codec.encode(data, parity);
+  codec.encode(data, parity);
+  assert.equal(seen[0], seen[1], 'the parity matrix is prepared once');
+  const lose = (missing: number[]) => {
+    const shards = [...data, ...parity].map((s, i) => (missing.includes(i) ? new Uint8Array(50) : s));
+    codec.reconstruct(shards, missing);
+    missing.forEach((i) => {
+      assert.deepEqual(shards[i], [...data, ...parity][i]);
+    });
+  };
+  lose([1, 4]);
+  lose([1, 4]);
+  lose([4, 1]);
+  lose([0, 2]);
+  assert.equal(seen[2], seen[3]);
+  assert.equal(seen[3], seen[4], 'the order missing shards are listed in does not matter');
+  assert.notEqual(seen[4], seen[5]);
 });
