@@ -53,7 +53,12 @@ const prefix = resolve(dirname(process.execPath), '..');
 const args = [candidates[0], 'rebuild', `--directory=${nativeDir}`];
 if (existsSync(join(prefix, 'include', 'node', 'node_api.h'))) args.push(`--nodedir=${prefix}`);
 
-const result = spawnSync(process.execPath, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+// Bounded, so a node-gyp stuck fetching headers cannot hang `npm ci`.
+const result = spawnSync(process.execPath, args, {
+  encoding: 'utf8',
+  stdio: ['ignore', 'pipe', 'pipe'],
+  timeout: 180_000,
+});
 if (result.status !== 0 || !existsSync(output)) {
   const lines = `${result.stderr ?? ''}${result.error ? String(result.error) : ''}`.trim().split('\n');
   const reason =
