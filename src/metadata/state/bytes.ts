@@ -63,9 +63,17 @@ export class ByteWriter {
 
   u32(v: number): this {
     this.reserve(4);
-    new DataView(this.buf.buffer, this.buf.byteOffset).setUint32(this.pos, v >>> 0, true);
+    this.put32(this.pos, v);
     this.pos += 4;
     return this;
+  }
+
+  private put32(at: number, v: number): void {
+    const b = this.buf;
+    b[at] = v & 0xff;
+    b[at + 1] = (v >>> 8) & 0xff;
+    b[at + 2] = (v >>> 16) & 0xff;
+    b[at + 3] = (v >>> 24) & 0xff;
   }
 
   bytes(v: Uint8Array): this {
@@ -102,7 +110,7 @@ export class ByteWriter {
   }
 
   patchU32(at: number, v: number): void {
-    new DataView(this.buf.buffer, this.buf.byteOffset).setUint32(at, v >>> 0, true);
+    this.put32(at, v);
   }
 
   /** A view of bytes [from, to) written so far (valid until the next write). */
@@ -183,9 +191,10 @@ export class ByteReader {
 
   u32(field: string): number {
     this.need(4, field);
-    const v = new DataView(this.buf.buffer, this.buf.byteOffset).getUint32(this.pos, true);
+    const b = this.buf;
+    const at = this.pos;
     this.pos += 4;
-    return v;
+    return (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24)) >>> 0;
   }
 
   bytes(field: string, maxLength: number): Uint8Array {
@@ -198,6 +207,17 @@ export class ByteReader {
 
   string(field: string, maxBytes = 1 << 20): string {
     const raw = this.bytes(field, maxBytes);
+    // Short ASCII strings (ids, names, policies) skip the decoder: most strings here are such.
+    if (raw.length <= 64) {
+      let ascii = true;
+      for (let i = 0; i < raw.length; i++) {
+        if (raw[i]! >= 0x80) {
+          ascii = false;
+          break;
+        }
+      }
+      if (ascii) return String.fromCharCode.apply(null, raw as unknown as number[]);
+    }
     try {
       return decoder.decode(raw);
     } catch {

@@ -282,7 +282,10 @@ export function writeBlockGroup(w: ByteWriter, bg: BlockGroupInfo): void {
   w.uint(bg.durableMask);
 }
 
-export function readBlockGroup(r: ByteReader): BlockGroupInfo {
+const identity = (s: string): string => s;
+
+/** `intern` lets a restoring replica share one copy of each server id among all block groups. */
+export function readBlockGroup(r: ByteReader, intern: (s: string) => string = identity): BlockGroupInfo {
   const id = r.uint('block group id') as BlockGroupId;
   const offset = r.uint('offset');
   const length = r.uint('length');
@@ -291,7 +294,7 @@ export function readBlockGroup(r: ByteReader): BlockGroupInfo {
   const stripeSize = r.uint('stripe size', MAX_STRIPE_SIZE);
   const maxBytes = r.uint('max bytes', MAX_BLOCK_GROUP_BYTES);
   const committed = r.bool('committed');
-  const servers = readStrings(r, 'servers', MAX_TOTAL_SHARDS, MAX_SERVER_ID_BYTES);
+  const servers = readStrings(r, 'servers', MAX_TOTAL_SHARDS, MAX_SERVER_ID_BYTES).map(intern);
   const nl = r.count('shard lengths', MAX_TOTAL_SHARDS);
   const shardLengths: number[] = [];
   for (let i = 0; i < nl; i++) shardLengths.push(r.uint('shard length'));
@@ -331,19 +334,19 @@ export function writeInode(w: ByteWriter, inode: Inode): void {
   }
 }
 
-export function readInode(r: ByteReader): Inode {
+export function readInode(r: ByteReader, intern: (s: string) => string = identity): Inode {
   const kind = r.u8('inode type');
   if (kind !== 1 && kind !== 2) throw new StateCodecError(`inode type ${kind} is neither file nor dir`);
   const id = r.uint('inode id') as InodeId;
   const mode = r.uint('mode', MODE_MASK);
   const mtimeMs = r.uint('mtime');
   const ctimeMs = r.uint('ctime');
-  const ec = r.string('ec', MAX_EC_NAME_BYTES);
+  const ec = intern(r.string('ec', MAX_EC_NAME_BYTES));
   if (kind === 2) return { type: 'dir', id, mode, mtimeMs, ctimeMs, ec };
   const size = r.uint('size');
   const n = r.count('block groups', MAX_BLOCK_GROUPS_PER_FILE);
   const blockGroups: BlockGroupInfo[] = [];
-  for (let i = 0; i < n; i++) blockGroups.push(readBlockGroup(r));
+  for (let i = 0; i < n; i++) blockGroups.push(readBlockGroup(r, intern));
   return { type: 'file', id, mode, size, mtimeMs, ctimeMs, ec, blockGroups };
 }
 

@@ -1050,23 +1050,12 @@ export class NamespaceState {
     return restorer.finish();
   }
 
-  private internInode(inode: FileInode): FileInode {
-    return {
-      ...inode,
-      ec: this.intern(inode.ec),
-      blockGroups: inode.blockGroups.map((bg) => ({ ...bg, servers: bg.servers.map((s) => this.intern(s)) })),
-    };
-  }
-
   /** @internal Used by NamespaceRestorer. */
   static fromParts(parts: RestoredParts, sessionLimits: SessionLimits): NamespaceState {
     const state = new NamespaceState({ group: parts.group, sessionLimits });
     state.dirs.clear();
-    for (const dir of parts.dirs) {
-      state.dirs.set(dir.id, dir);
-      for (const [name, inode] of dir.entries)
-        if (inode.type === 'file') dir.entries.set(name, state.internInode(inode));
-    }
+    for (const dir of parts.dirs) state.dirs.set(dir.id, dir);
+    for (const s of parts.interned.keys()) state.intern(s);
     for (const file of parts.pending) {
       state.pending.set(file.id, file);
       state.pendingByName.set(pendingKey(file.parent, file.name), file.id);
@@ -1107,6 +1096,8 @@ interface RestoredParts {
   nextLease: number;
   clockMs: number;
   rootInode: DirInode;
+  /** Strings shared while decoding (server ids, EC names), handed to the state's intern table. */
+  interned: Map<string, string>;
   dirs: Directory[];
   pending: PendingFile[];
   garbage: BlockGroupInfo[];
@@ -1127,6 +1118,13 @@ export class NamespaceRestorer {
   private readonly sessionLimits: SessionLimits;
   private readonly sessionList: SessionsSnapshot<NamespaceResult>['sessions'][number][] = [];
   private sessionClock = 0;
+  private readonly interned = new Map<string, string>();
+  private readonly intern = (s: string): string => {
+    const known = this.interned.get(s);
+    if (known !== undefined) return known;
+    if (this.interned.size < MAX_INTERNED) this.interned.set(s, s);
+    return s;
+  };
 
   constructor(sessionLimits: SessionLimits = DEFAULT_SESSION_LIMITS) {
     this.sessionLimits = sessionLimits;
@@ -1180,6 +1178,7 @@ export class NamespaceRestorer {
           nextLease,
           clockMs,
           rootInode,
+          interned: this.interned,
           dirs: [],
           pending: [],
           garbage: [],
@@ -1199,7 +1198,7 @@ export class NamespaceRestorer {
         const dir = this.currentDir;
         if (dir === undefined) throw new StateCodecError('namespace snapshot: an entry before any directory');
         const name = r.string('name', 1024);
-        const inode = readInode(r);
+        const inode = readInode(r, this.intern);
         if (dir.entries.has(name)) throw new StateCodecError(`namespace snapshot: entry '${name}' twice`);
         if (dir.names.hasAfter(name)) throw new StateCodecError('namespace snapshot: entries out of order');
         dir.entries.set(name, inode);
@@ -1217,14 +1216,14 @@ export class NamespaceRestorer {
         const leaseMs = r.uint('lease ms');
         const overwrite = r.bool('overwrite');
         const mode = r.uint('mode', MODE_MASK);
-        const ec = r.string('ec', 64);
+        const ec = this.intern(r.string('ec', 64));
         const dataShards = r.uint('data shards', 255);
         const parityShards = r.uint('parity shards', 255);
         const createdMs = r.uint('created');
         const expiresMs = r.uint('expires');
         const n = r.count('block groups', MAX_BLOCK_GROUPS_PER_FILE);
         const blockGroups: BlockGroupInfo[] = [];
-        for (let i = 0; i < n; i++) blockGroups.push(readBlockGroup(r));
+        for (let i = 0; i < n; i++) blockGroups.push(readBlockGroup(r, this.intern));
         parts!.pending.push({
           id,
           parent,
@@ -1244,7 +1243,7 @@ export class NamespaceRestorer {
         break;
       }
       case SNAP_GARBAGE:
-        parts!.garbage.push(readBlockGroup(r));
+        parts!.garbage.push(readBlockGroup(r, this.intern));
         break;
       case SNAP_SESSION_CLOCK:
         this.sessionClock = r.uint('session clock');
