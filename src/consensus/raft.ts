@@ -462,8 +462,10 @@ export class Raft {
         // Tell a deposed leader about the newer term so it steps down (needed with CheckQuorum/PreVote,
         // where our term may be newer without the old leader ever seeing a vote request).
         this.send(this.appendResponse(m.from, false, asIndex(0)));
-      } else if (m.type === 'preVote') {
-        this.send({ type: 'preVoteResp', from: this.id, to: m.from, term: this.term, granted: false });
+      } else if (m.type === 'preVote' || m.type === 'vote') {
+        // Refuse with our term so a stale candidate learns it is behind at once.
+        const type = m.type === 'vote' ? 'voteResp' : 'preVoteResp';
+        this.send({ type, from: this.id, to: m.from, term: this.term, granted: false });
       }
       return;
     }

@@ -62,7 +62,7 @@ export function checkKvHistory(history: readonly HistoryOp[], maxSteps = 5_000_0
  * have happened, unless a known failed cas could have been linearized after it (its failure might need
  * that value in place). Proof sketch: in any linearization containing it, no known get or successful cas
  * falls between it and the next write (each would have to observe its value), so removing it changes no
- * known output. Values must be unique per write for this to hold; the simulator's are.
+ * known output. (This needs no uniqueness of values: "nobody observed this value" is about the value.)
  */
 export function dropIrrelevantUnknownWrites(ops: readonly HistoryOp[]): HistoryOp[] {
   const observed = new Set<string>();

@@ -1,0 +1,81 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { ClientSessions } from '../../src/consensus/index.js';
+
+const limits = { ttl: 100, maxSessions: 2, maxResultsPerClient: 3 };
+
+test('sessions: a command runs once; a retry gets the original result without running again', () => {
+  const s = new ClientSessions<number>(limits);
+  let runs = 0;
+  const exec = () => ++runs;
+  assert.deepEqual(s.apply({ clientId: 'a', seq: 1, ackedBelow: 1, time: 0 }, exec), {
+    kind: 'applied',
+    result: 1,
+  });
+  assert.deepEqual(s.apply({ clientId: 'a', seq: 1, ackedBelow: 1, time: 1 }, exec), {
+    kind: 'duplicate',
+    result: 1,
+  });
+  assert.deepEqual(s.apply({ clientId: 'a', seq: 2, ackedBelow: 1, time: 2 }, exec), {
+    kind: 'applied',
+    result: 2,
+  });
+  assert.equal(runs, 2);
+  // Once the client acknowledges below 3, the result of 1 and 2 is forgotten and a late retry is refused.
+  assert.deepEqual(s.apply({ clientId: 'a', seq: 3, ackedBelow: 3, time: 3 }, exec), {
+    kind: 'applied',
+    result: 3,
+  });
+  assert.deepEqual(s.apply({ clientId: 'a', seq: 2, ackedBelow: 3, time: 4 }, exec), {
+    kind: 'result_forgotten',
+  });
+  assert.equal(runs, 3);
+});
+
+test('sessions: expiry follows command time only, so every replica expires the same sessions', () => {
+  const replay = () => {
+    const s = new ClientSessions<string>(limits);
+    s.apply({ clientId: 'a', seq: 1, ackedBelow: 1, time: 10 }, () => 'x');
+    s.apply({ clientId: 'b', seq: 1, ackedBelow: 1, time: 50 }, () => 'y');
+    // 'a' idle for 101 > ttl: expired; its next command (not its first) is refused.
+    const late = s.apply({ clientId: 'a', seq: 2, ackedBelow: 2, time: 111 }, () => 'z');
+    return { late, snap: s.snapshot() };
+  };
+  const one = replay();
+  assert.deepEqual(one.late, { kind: 'session_expired' });
+  assert.deepEqual(one, replay());
+});
+
+test('sessions: beyond maxSessions the least recently active is evicted (ties by id), and state round-trips', () => {
+  const s = new ClientSessions<number>(limits);
+  s.apply({ clientId: 'b', seq: 1, ackedBelow: 1, time: 5 }, () => 1);
+  s.apply({ clientId: 'a', seq: 1, ackedBelow: 1, time: 5 }, () => 2);
+  s.apply({ clientId: 'c', seq: 1, ackedBelow: 1, time: 6 }, () => 3);
+  assert.equal(s.size(), 2);
+  const restored = ClientSessions.restore(limits, s.snapshot());
+  assert.deepEqual(restored.snapshot(), s.snapshot());
+  assert.deepEqual(
+    restored.snapshot().sessions.map((x) => x.clientId),
+    ['b', 'c'],
+    "'a' and 'b' tie on time; 'a' sorts first and is evicted",
+  );
+  assert.deepEqual(
+    restored.apply({ clientId: 'c', seq: 1, ackedBelow: 1, time: 7 }, () => 9),
+    { kind: 'duplicate', result: 3 },
+  );
+});
+
+test('sessions: at most maxResultsPerClient results are kept per client', () => {
+  const s = new ClientSessions<number>(limits);
+  for (let seq = 1; seq <= 5; seq++)
+    s.apply({ clientId: 'a', seq, ackedBelow: 1, time: seq }, () => seq * 10);
+  const results = s.snapshot().sessions[0]!.results;
+  assert.deepEqual(
+    results.map(([seq]) => seq),
+    [3, 4, 5],
+  );
+  assert.deepEqual(
+    s.apply({ clientId: 'a', seq: 1, ackedBelow: 1, time: 9 }, () => -1),
+    { kind: 'result_forgotten' },
+  );
+});
