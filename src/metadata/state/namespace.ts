@@ -962,7 +962,11 @@ export class NamespaceState {
    * by one chunk plus one record. The state must not change while the stream is drained (checked): the host
    * writes it out (to disk, or to a follower through a file) before applying the next command.
    */
-  *snapshotChunks(maxChunkBytes = DEFAULT_SNAPSHOT_CHUNK_BYTES): Generator<Uint8Array> {
+  snapshotChunks(maxChunkBytes = DEFAULT_SNAPSHOT_CHUNK_BYTES): Generator<Uint8Array> {
+    return this.chunks(maxChunkBytes, true);
+  }
+
+  private *chunks(maxChunkBytes: number, withSessions: boolean): Generator<Uint8Array> {
     assert(Number.isInteger(maxChunkBytes) && maxChunkBytes >= 64, 'snapshot chunk size');
     const startedAt = this.applied;
     // Records are framed by a fixed 4-byte length written in place, so nothing is copied per record.
@@ -981,7 +985,7 @@ export class NamespaceState {
       frameAt = record.placeholderU32();
     }
     record.u8(SNAP_HEADER).u8(SNAPSHOT_VERSION).uint(this.group).uint(this.nextCounter).uint(this.nextLease);
-    record.uint(this.clockMs);
+    record.uint(withSessions ? this.clockMs : 0);
     writeInode(record, this.rootInode);
     yield* emit();
     for (const dir of this.dirs.values()) {
@@ -1006,9 +1010,11 @@ export class NamespaceState {
       writeBlockGroup(record, bg);
       yield* emit();
     }
-    const sessions = this.sessions.snapshot();
-    record.u8(SNAP_SESSION_CLOCK).uint(sessions.latestTime);
-    yield* emit();
+    const sessions = withSessions ? this.sessions.snapshot() : { latestTime: 0, sessions: [] };
+    if (withSessions) {
+      record.u8(SNAP_SESSION_CLOCK).uint(sessions.latestTime);
+      yield* emit();
+    }
     for (const s of sessions.sessions) {
       record.u8(SNAP_SESSION).string(s.clientId).uint(s.lastActive).uint(s.floor).uint(s.highest);
       record.uint(s.results.length);
@@ -1037,10 +1043,14 @@ export class NamespaceState {
     return bytes;
   }
 
-  /** SHA-256 of the snapshot: equal hashes ⇔ equal states (including session tables and counters). */
-  stateHash(): string {
+  /**
+   * SHA-256 of the snapshot: equal hashes ⇔ equal states, including the session table and id counters.
+   * `withSessions: false` leaves out the session table and the latest command time (which every command,
+   * refused or not, updates), so a test can check that a refused command changed nothing else.
+   */
+  stateHash(withSessions = true): string {
     const hash = createHash('sha256');
-    for (const chunk of this.snapshotChunks()) hash.update(chunk);
+    for (const chunk of this.chunks(DEFAULT_SNAPSHOT_CHUNK_BYTES, withSessions)) hash.update(chunk);
     return hash.digest('hex');
   }
 
