@@ -26,6 +26,7 @@ import type { Logger } from '../common/log.js';
 import {
   checkShardId,
   chunkChecksumsOfSlices,
+  crc32cCombine,
   DATA_CHUNK_SIZE,
   formatShardId,
   MAX_PACKET_BYTES,
@@ -308,7 +309,8 @@ export class ShardStore {
     this.onCorrupt?.(id, reason);
   }
 
-  private pathOf(id: ShardId, record: { length: number; crc32c: number }): { dir: string; path: string } {
+  /** Where a shard of this length and checksum lives (its directory and file). */
+  pathFor(id: ShardId, record: { length: number; crc32c: number }): { dir: string; path: string } {
     const dir = join(this.shardsDir, ...fanoutOf(id));
     return { dir, path: join(dir, fileName(id, record.length, record.crc32c)) };
   }
@@ -388,7 +390,7 @@ export class ShardStore {
     const id = checkShardId(shard);
     const record = this.records.get(shardKey(id));
     if (record === undefined) throw new DogfsError('NOT_FOUND', `shard ${formatShardId(id)} not found`);
-    const { path } = this.pathOf(id, record);
+    const { path } = this.pathFor(id, record);
     let handle: FileHandle;
     try {
       handle = await open(path, 'r');
@@ -437,7 +439,7 @@ export class ShardStore {
     const key = shardKey(id);
     const record = this.records.get(key);
     if (record === undefined) return false;
-    const { dir, path } = this.pathOf(id, record);
+    const { dir, path } = this.pathFor(id, record);
     this.records.delete(key);
     this.sorted = undefined;
     this.corruptShards.delete(key);
@@ -457,7 +459,7 @@ export class ShardStore {
     const record = this.records.get(shardKey(id));
     if (record === undefined) throw new DogfsError('NOT_FOUND', `shard ${formatShardId(id)} not found`);
     if (record.mtimeMs === 0) {
-      const handle = await open(this.pathOf(id, record).path, 'r').catch(() => undefined);
+      const handle = await open(this.pathFor(id, record).path, 'r').catch(() => undefined);
       if (handle !== undefined) {
         record.mtimeMs = Math.floor((await handle.stat()).mtimeMs);
         await handle.close();
@@ -547,8 +549,9 @@ export class ShardWriteSession {
         );
       }
       this.chunkCrcs.push(actual[chunk]!);
+      const chunkLength = Math.min(DATA_CHUNK_SIZE, bytes - chunk * DATA_CHUNK_SIZE);
+      this.wholeCrc = crc32cCombine(this.wholeCrc, actual[chunk]!, chunkLength);
     }
-    for (const slice of slices) this.wholeCrc = crc32c(slice, this.wholeCrc);
     const position = SHARD_HEADER_BYTES + this.position;
     this.position += bytes;
     await this.settleInflight();

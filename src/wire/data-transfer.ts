@@ -224,6 +224,57 @@ export function chunkChecksumsOfSlices(
   return out;
 }
 
+// CRC32C of a concatenation from the CRCs of its parts (zlib's crc32_combine, for the Castagnoli
+// polynomial): crc(A‖B) = shift(crc(A), |B|) ⊕ crc(B), where shift is a linear map over GF(2) kept as a
+// 32×32 bit matrix (entry n = image of bit n). It lets the whole-shard CRC be folded from the chunk CRCs,
+// so each byte is checksummed once per end instead of twice.
+
+const CASTAGNOLI_REFLECTED = 0x82f63b78;
+
+function gf2Times(matrix: Uint32Array, vector: number): number {
+  let sum = 0;
+  let v = vector >>> 0;
+  for (let bit = 0; v !== 0; bit++, v >>>= 1) if (v & 1) sum ^= matrix[bit]!;
+  return sum >>> 0;
+}
+
+/** The matrix of `outer` after `inner`. */
+function gf2Compose(outer: Uint32Array, inner: Uint32Array): Uint32Array {
+  const result = new Uint32Array(32);
+  for (let bit = 0; bit < 32; bit++) result[bit] = gf2Times(outer, inner[bit]!);
+  return result;
+}
+
+/** The shift through one zero byte. */
+const ONE_BYTE_SHIFT: Uint32Array = (() => {
+  let bitShift: Uint32Array = new Uint32Array(32);
+  bitShift[0] = CASTAGNOLI_REFLECTED;
+  for (let bit = 1; bit < 32; bit++) bitShift[bit] = (1 << (bit - 1)) >>> 0;
+  for (let i = 0; i < 3; i++) bitShift = gf2Compose(bitShift, bitShift);
+  return bitShift;
+})();
+
+/** The linear map that appends `bytes` zero bytes to a CRC32C register (binary exponentiation). */
+export function crc32cShiftOperator(bytes: number): Uint32Array {
+  assert(Number.isSafeInteger(bytes) && bytes >= 0);
+  let result: Uint32Array = new Uint32Array(32);
+  for (let bit = 0; bit < 32; bit++) result[bit] = (1 << bit) >>> 0;
+  let power = ONE_BYTE_SHIFT;
+  for (let n = bytes; n > 0; n = Math.floor(n / 2)) {
+    if (n % 2 === 1) result = gf2Compose(power, result);
+    if (n > 1) power = gf2Compose(power, power);
+  }
+  return result;
+}
+
+const CHUNK_SHIFT = crc32cShiftOperator(DATA_CHUNK_SIZE);
+
+/** CRC32C of A‖B from crc(A), crc(B) and |B|. */
+export function crc32cCombine(crcA: number, crcB: number, lengthB: number): number {
+  const shift = lengthB === DATA_CHUNK_SIZE ? CHUNK_SHIFT : crc32cShiftOperator(lengthB);
+  return (gf2Times(shift, crcA) ^ crcB) >>> 0;
+}
+
 /** Chunks a payload of `bytes` covers. */
 export function chunksIn(bytes: number): number {
   return Math.ceil(bytes / DATA_CHUNK_SIZE);
@@ -721,29 +772,27 @@ export class ShardWriter {
   }
 
   private checksum(piece: Uint8Array): void {
-    this.wholeCrc = this.crc32c(piece, this.wholeCrc);
     let offset = 0;
     while (offset < piece.length) {
       const take = Math.min(DATA_CHUNK_SIZE - this.chunkFill, piece.length - offset);
       this.chunkCrc = this.crc32c(piece.subarray(offset, offset + take), this.chunkCrc);
       this.chunkFill += take;
       offset += take;
-      if (this.chunkFill === DATA_CHUNK_SIZE) {
-        this.packetCrcs.push(this.chunkCrc);
-        this.chunkCrc = 0;
-        this.chunkFill = 0;
-      }
+      if (this.chunkFill === DATA_CHUNK_SIZE) this.endChunk();
     }
+  }
+
+  private endChunk(): void {
+    this.packetCrcs.push(this.chunkCrc);
+    this.wholeCrc = crc32cCombine(this.wholeCrc, this.chunkCrc, this.chunkFill);
+    this.chunkCrc = 0;
+    this.chunkFill = 0;
   }
 
   /** Sends the buffered pieces as one packet; false when the socket wants the writer to wait. */
   private flushPacket(): boolean {
     if (this.pieceBytes === 0) return true;
-    if (this.chunkFill > 0) {
-      this.packetCrcs.push(this.chunkCrc);
-      this.chunkCrc = 0;
-      this.chunkFill = 0;
-    }
+    if (this.chunkFill > 0) this.endChunk();
     const socket = this.connection.socket;
     socket.cork();
     socket.write(

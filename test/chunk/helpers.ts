@@ -21,14 +21,25 @@ export interface RunningChunk {
 
 export async function startChunk(dir: string, extraArgs: string[] = []): Promise<RunningChunk> {
   const child = startDogfs(['chunk', '--dir', dir, '--log-level', 'debug', ...extraArgs]);
-  const ready = await waitFor('chunk server listening', () => {
-    const line = child.output.stderr.split('\n').find((l) => l.includes('"msg":"listening"'));
-    if (line === undefined) {
-      if (child.child.exitCode !== null) throw new Error(`chunk server exited: ${child.output.stderr}`);
-      return undefined;
-    }
-    return JSON.parse(line) as { addr: string; dataAddr: string };
-  });
+  let ready: { addr: string; dataAddr: string };
+  try {
+    ready = await waitFor(
+      'chunk server listening',
+      () => {
+        const line = child.output.stderr.split('\n').find((l) => l.includes('"msg":"listening"'));
+        if (line === undefined) {
+          if (child.child.exitCode !== null) throw new Error(`chunk server exited: ${child.output.stderr}`);
+          return undefined;
+        }
+        return JSON.parse(line) as { addr: string; dataAddr: string };
+      },
+      30_000,
+    );
+  } catch (error) {
+    // Never leave a half-started server behind: it would keep the test process alive.
+    child.child.kill('SIGKILL');
+    throw error;
+  }
   const control = new RpcChannel(ready.addr);
   return {
     dir,

@@ -11,6 +11,7 @@ import { DataServer } from '../../src/chunk/data-server.js';
 import { ChunkMetrics } from '../../src/chunk/metrics.js';
 import { ShardStore, type StoreIo } from '../../src/chunk/store.js';
 import { crc32c } from '../../src/codec/index.js';
+import { crc32cCombine } from '../../src/wire/data-transfer.js';
 import { tempDir, waitFor } from '../helpers/index.js';
 import { newClient, seededBytes, shardFiles } from './helpers.js';
 
@@ -205,4 +206,20 @@ test('the inventory is rebuilt from disk; leftover tmp files are removed; same s
   const { data } = await reader.readChunks(0, 119, Buffer.alloc(119));
   await reader.close();
   assert.ok(data.equals(seededBytes(119, 119)));
+});
+
+test('crc32cCombine folds chunk CRCs into the CRC of the whole (any split, any lengths)', () => {
+  const data = seededBytes(3 * 64 * 1024 + 12345, 77);
+  const whole = crc32c(data);
+  for (const split of [0, 1, 100, 64 * 1024, 64 * 1024 + 1, data.length - 1, data.length]) {
+    const left = data.subarray(0, split);
+    const right = data.subarray(split);
+    assert.equal(crc32cCombine(crc32c(left), crc32c(right), right.length), whole, `split at ${split}`);
+  }
+  let folded = 0;
+  for (let offset = 0; offset < data.length; offset += 64 * 1024) {
+    const chunk = data.subarray(offset, offset + 64 * 1024);
+    folded = crc32cCombine(folded, crc32c(chunk), chunk.length);
+  }
+  assert.equal(folded, whole);
 });

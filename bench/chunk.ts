@@ -1,0 +1,313 @@
+/**
+ * bench/chunk — one chunk server (a real `dogfs chunk` process) over loopback, one JSON object per line:
+ *   {"bench":"chunk","metric":...,"value":...,"unit":...,...}
+ * Write and read MB/s of 64 MiB shards streamed in 1 MiB messages, against the raw limits measured in
+ * the same run: sequential 1 MiB writes + fdatasync per 64 MiB file on the same filesystem, and a raw TCP
+ * socket between two processes over loopback. Ratios are to the smaller of the two limits (and, for
+ * reads, which come from the page cache, to the socket alone). CPU seconds per GB for the server and the
+ * client; the server's peak resident memory while 16 clients stream into it; the time to rebuild an
+ * inventory of 100,000 shards at start-up.
+ *
+ * Usage: npm run bench:chunk [-- --mib 512 --rss-mib 256 --inventory 100000]
+ *   --mib       MiB per measurement of write/read (default 512)
+ *   --rss-mib   MiB each of the 16 clients streams during the memory measurement (default 256; the issue
+ *               asks for 1 GiB each, which takes minutes on a small machine — the figure says which ran)
+ *   --inventory shards for the rebuild measurement (0 to skip)
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { connect, createServer } from 'node:net';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ShardStore } from '../src/chunk/store.js';
+import { crc32c, crc32cImplementation } from '../src/codec/index.js';
+import { DataTransferClient } from '../src/wire/data-transfer.js';
+import { ChunkControlService } from '../src/wire/gen/types.js';
+import { RpcChannel } from '../src/wire/rpc.js';
+
+const MiB = 1024 * 1024;
+const SHARD_BYTES = 64 * MiB;
+const MESSAGE_BYTES = MiB;
+
+function argNumber(name: string, fallback: number): number {
+  const at = process.argv.indexOf(`--${name}`);
+  return at > 0 ? Number(process.argv[at + 1]) : fallback;
+}
+const TOTAL_MIB = argNumber('mib', 512);
+const RSS_MIB_PER_CLIENT = argNumber('rss-mib', 256);
+const INVENTORY_SHARDS = argNumber('inventory', 100_000);
+
+function emit(metric: string, value: number, unit: string, extra: Record<string, unknown> = {}): void {
+  const rounded = Number(value.toPrecision(4));
+  process.stdout.write(`${JSON.stringify({ bench: 'chunk', metric, value: rounded, unit, ...extra })}\n`);
+}
+
+const CLOCK_TICKS = 100;
+/** CPU seconds (user + system) a process has used, from /proc. */
+function processCpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+}
+function processRssBytes(pid: number): number {
+  const line = readFileSync(`/proc/${pid}/status`, 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith('VmRSS:'));
+  return Number(line?.split(/\s+/)[1] ?? 0) * 1024;
+}
+function selfCpuSeconds(): number {
+  const usage = process.cpuUsage();
+  return (usage.user + usage.system) / 1e6;
+}
+
+const work = mkdtempSync(join(tmpdir(), 'dogfs-bench-chunk-'));
+const children: ChildProcess[] = [];
+process.on('exit', () => {
+  for (const child of children) child.kill('SIGKILL');
+  rmSync(work, { recursive: true, force: true });
+});
+
+/** Sequential 1 MiB writes into 64 MiB files, fdatasync each: what the disk gives a shard write. */
+async function rawDiskWrite(totalBytes: number): Promise<number> {
+  const buffer = randomBytes(MESSAGE_BYTES);
+  const dir = join(work, 'raw-disk');
+  mkdirSync(dir);
+  const started = performance.now();
+  for (let file = 0; file * SHARD_BYTES < totalBytes; file++) {
+    const handle = await open(join(dir, `f${file}`), 'w');
+    for (let offset = 0; offset < SHARD_BYTES; offset += MESSAGE_BYTES)
+      await handle.write(buffer, 0, MESSAGE_BYTES, offset);
+    await handle.datasync();
+    await handle.close();
+  }
+  const seconds = (performance.now() - started) / 1000;
+  rmSync(dir, { recursive: true, force: true });
+  return totalBytes / MiB / seconds;
+}
+
+/** A raw TCP socket between this process and a child that discards (or sends) bytes. */
+async function rawTcp(totalBytes: number, direction: 'send' | 'receive'): Promise<number> {
+  const script = `
+    const net = require('node:net');
+    const buffer = Buffer.alloc(${MESSAGE_BYTES}, 7);
+    const server = net.createServer((socket) => {
+      if (${direction === 'receive'}) {
+        let sent = 0;
+        const pump = () => {
+          while (sent < ${totalBytes}) { sent += buffer.length; if (!socket.write(buffer)) return socket.once('drain', pump); }
+          socket.end();
+        };
+        pump();
+      } else {
+        let got = 0;
+        socket.on('data', (d) => { got += d.length; if (got >= ${totalBytes}) socket.end('k'); });
+      }
+    });
+    server.listen(0, '127.0.0.1', () => process.stdout.write(String(server.address().port) + '\\n'));`;
+  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  children.push(child);
+  const port = await new Promise<number>((resolve) =>
+    child.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString()))),
+  );
+  const socket = connect({ host: '127.0.0.1', port, noDelay: true });
+  await new Promise((resolve) => socket.once('connect', resolve));
+  const started = performance.now();
+  if (direction === 'send') {
+    const buffer = randomBytes(MESSAGE_BYTES);
+    for (let sent = 0; sent < totalBytes; sent += MESSAGE_BYTES) {
+      if (!socket.write(buffer)) await new Promise((resolve) => socket.once('drain', resolve));
+    }
+    await new Promise((resolve) => socket.once('data', resolve));
+  } else {
+    for await (const _ of socket) {
+      // Count nothing: the loop ends when the child has sent everything.
+    }
+  }
+  const seconds = (performance.now() - started) / 1000;
+  socket.destroy();
+  child.kill();
+  return totalBytes / MiB / seconds;
+}
+
+async function startChunkProcess(
+  dir: string,
+): Promise<{ child: ChildProcess; dataAddr: string; addr: string }> {
+  const bin = fileURLToPath(new URL('../../bin/dogfs.js', import.meta.url));
+  const child = spawn(
+    process.execPath,
+    [bin, 'chunk', '--dir', dir, '--scrub-rate', '0', '--log-level', 'warn'],
+    {
+      stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
+    },
+  );
+  children.push(child);
+  return new Promise((resolve, reject) => {
+    child.once('exit', (code) => reject(new Error(`chunk server exited with ${code}`)));
+    child.on('message', (message: { type?: string; addr?: string; info?: Record<string, string> }) => {
+      if (message.type === 'ready')
+        resolve({ child, dataAddr: message.info!['dataAddr']!, addr: message.addr! });
+    });
+  });
+}
+
+async function main(): Promise<void> {
+  emit('machine', cpus().length, 'cores', {
+    cpu: cpus()[0]?.model ?? 'unknown',
+    crc32c: crc32cImplementation(),
+  });
+  const totalBytes = Math.max(1, Math.round(TOTAL_MIB / 64)) * SHARD_BYTES;
+
+  const disk = await rawDiskWrite(totalBytes);
+  emit('raw-disk-write-fdatasync', disk, 'MB/s', { fileMiB: 64, messageMiB: 1, totalMiB: totalBytes / MiB });
+  const tcpSend = await rawTcp(totalBytes * 2, 'send');
+  emit('raw-tcp-loopback-send', tcpSend, 'MB/s', { messageMiB: 1, totalMiB: (2 * totalBytes) / MiB });
+  const tcpReceive = await rawTcp(totalBytes * 2, 'receive');
+  emit('raw-tcp-loopback-receive', tcpReceive, 'MB/s', { messageMiB: 1, totalMiB: (2 * totalBytes) / MiB });
+  const writeLimit = Math.min(disk, tcpSend);
+
+  const server = await startChunkProcess(join(work, 'chunk'));
+  const pid = server.child.pid!;
+  const client = new DataTransferClient({ crc32c, packetSize: MESSAGE_BYTES });
+  const control = new RpcChannel(server.addr);
+  const payload = randomBytes(SHARD_BYTES);
+  const shards = totalBytes / SHARD_BYTES;
+
+  for (const streams of [1, 4]) {
+    const generation = streams;
+    const cpuServer = processCpuSeconds(pid);
+    const cpuClient = selfCpuSeconds();
+    let started = performance.now();
+    let next = 0;
+    const writeOne = async () => {
+      while (next < shards) {
+        const index = next++;
+        const writer = await client.openWrite(
+          server.dataAddr,
+          { blockGroupId: index, index: 0, generation },
+          SHARD_BYTES,
+        );
+        for (let offset = 0; offset < SHARD_BYTES; offset += MESSAGE_BYTES) {
+          await writer.write(payload.subarray(offset, offset + MESSAGE_BYTES));
+        }
+        await writer.finish();
+      }
+    };
+    await Promise.all(Array.from({ length: streams }, writeOne));
+    let seconds = (performance.now() - started) / 1000;
+    const gb = totalBytes / 1e9;
+    const write = totalBytes / MiB / seconds;
+    emit('chunk-write', write, 'MB/s', {
+      streams,
+      shardMiB: 64,
+      messageMiB: 1,
+      totalMiB: totalBytes / MiB,
+      ratioToLimit: Number((write / writeLimit).toFixed(3)),
+      limit: disk <= tcpSend ? 'disk' : 'tcp',
+      serverCpuSecondsPerGB: Number(((processCpuSeconds(pid) - cpuServer) / gb).toFixed(3)),
+      clientCpuSecondsPerGB: Number(((selfCpuSeconds() - cpuClient) / gb).toFixed(3)),
+    });
+
+    const cpuServerRead = processCpuSeconds(pid);
+    const cpuClientRead = selfCpuSeconds();
+    started = performance.now();
+    next = 0;
+    let readBytes = 0;
+    const readOne = async () => {
+      while (next < shards) {
+        const index = next++;
+        for await (const piece of client.readShard(server.dataAddr, {
+          blockGroupId: index,
+          index: 0,
+          generation,
+        })) {
+          readBytes += piece.length;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: streams }, readOne));
+    seconds = (performance.now() - started) / 1000;
+    if (readBytes !== totalBytes) throw new Error(`read ${readBytes} of ${totalBytes} bytes`);
+    const read = totalBytes / MiB / seconds;
+    emit('chunk-read', read, 'MB/s', {
+      streams,
+      shardMiB: 64,
+      messageMiB: 1,
+      totalMiB: totalBytes / MiB,
+      source: 'page cache (just written)',
+      ratioToLimit: Number((read / Math.min(disk, tcpReceive)).toFixed(3)),
+      ratioToTcp: Number((read / tcpReceive).toFixed(3)),
+      serverCpuSecondsPerGB: Number(((processCpuSeconds(pid) - cpuServerRead) / gb).toFixed(3)),
+      clientCpuSecondsPerGB: Number(((selfCpuSeconds() - cpuClientRead) / gb).toFixed(3)),
+    });
+    for (let index = 0; index < shards; index++) {
+      await control.call(ChunkControlService, 'DeleteShard', {
+        shard: { blockGroupId: index, index: 0, generation },
+      });
+    }
+  }
+
+  // Resident memory while 16 clients stream into the server at once.
+  const clients = 16;
+  const perClient = Math.max(64, Math.round(RSS_MIB_PER_CLIENT / 64) * 64) * MiB;
+  let peakRss = processRssBytes(pid);
+  const sampler = setInterval(() => {
+    peakRss = Math.max(peakRss, processRssBytes(pid));
+  }, 50);
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: clients }, async (_, c) => {
+      const own = new DataTransferClient({ crc32c, packetSize: MESSAGE_BYTES });
+      for (let s = 0; s * SHARD_BYTES < perClient; s++) {
+        const shard = { blockGroupId: 10_000 + c * 100 + s, index: 1, generation: 0 };
+        const writer = await own.openWrite(server.dataAddr, shard, SHARD_BYTES);
+        for (let offset = 0; offset < SHARD_BYTES; offset += MESSAGE_BYTES) {
+          await writer.write(payload.subarray(offset, offset + MESSAGE_BYTES));
+        }
+        await writer.finish();
+        await control.call(ChunkControlService, 'DeleteShard', { shard });
+      }
+      own.close();
+    }),
+  );
+  clearInterval(sampler);
+  const seconds = (performance.now() - started) / 1000;
+  emit('server-peak-rss-16-clients', peakRss / MiB, 'MiB', {
+    clients,
+    mibPerClient: perClient / MiB,
+    scaledDown:
+      perClient < 1024 * MiB ? `from 1024 MiB per client to ${perClient / MiB} to keep the run short` : false,
+    aggregateMBps: Number(((clients * perClient) / MiB / seconds).toFixed(1)),
+    limitMiB: 256,
+  });
+  client.close();
+  control.close();
+  server.child.kill('SIGTERM');
+
+  if (INVENTORY_SHARDS > 0) {
+    // The rebuild reads only directory listings, so files with valid names stand in for real shards.
+    const dir = join(work, 'inventory');
+    mkdirSync(join(dir, 'shards'), { recursive: true });
+    const store = await ShardStore.open({ dir });
+    const createStarted = performance.now();
+    for (let i = 0; i < INVENTORY_SHARDS; i++) {
+      const id = { blockGroupId: 1_000_000 + Math.floor(i / 9), index: i % 9, generation: 0 };
+      const path = store.pathFor(id, { length: 0, crc32c: 0 });
+      mkdirSync(path.dir, { recursive: true });
+      writeFileSync(path.path, '');
+    }
+    const createSeconds = (performance.now() - createStarted) / 1000;
+    const started = performance.now();
+    const reopened = await ShardStore.open({ dir });
+    const ms = performance.now() - started;
+    if (reopened.shardCount !== INVENTORY_SHARDS) throw new Error(`rebuilt ${reopened.shardCount} shards`);
+    emit('inventory-rebuild', ms, 'ms', {
+      shards: INVENTORY_SHARDS,
+      createSeconds: Number(createSeconds.toFixed(1)),
+    });
+  }
+}
+
+await main();
+process.exit(0);
