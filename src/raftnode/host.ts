@@ -122,6 +122,19 @@ export class RaftHost {
   private closed = false;
   private sendFailures = 0;
   private maxElectionTicks = 0;
+  /** Counters for dashboards and benchmarks; monotonically increasing. */
+  readonly counters = {
+    rounds: 0,
+    syncs: 0,
+    syncMs: 0,
+    roundMs: 0,
+    proposals: 0,
+    applied: 0,
+    messagesSent: 0,
+    batchesSent: 0,
+    batchesDropped: 0,
+    messagesReceived: 0,
+  };
 
   constructor(options: RaftHostOptions) {
     assert(
@@ -202,6 +215,7 @@ export class RaftHost {
       steps.push([group, message]);
     }
     for (const [group, message] of steps) group.raft.step(message);
+    this.counters.messagesReceived += steps.length;
     this.scheduleRound();
     return {};
   }
@@ -242,6 +256,7 @@ export class RaftHost {
       if (group.raft.hasReady()) readies.push([group, group.raft.ready()]);
     }
     if (readies.length === 0) return;
+    this.counters.rounds++;
     let mustSync = false;
     for (const [group, rd] of readies) {
       const storage = this.options.storage.group(group.id);
@@ -250,7 +265,12 @@ export class RaftHost {
       if (rd.hardState) storage.setHardState(rd.hardState);
       mustSync ||= rd.mustSync;
     }
-    if (mustSync) await this.options.storage.sync();
+    const roundStart = performance.now();
+    if (mustSync) {
+      this.counters.syncs++;
+      await this.options.storage.sync();
+      this.counters.syncMs += performance.now() - roundStart;
+    }
     const outgoing = new Map<NodeId, Init<RaftMessage>[]>();
     for (const [group, rd] of readies) {
       for (const m of rd.messages) {
@@ -268,6 +288,7 @@ export class RaftHost {
       group.raft.advance(rd);
       this.maybeSnapshot(group);
     }
+    this.counters.roundMs += performance.now() - roundStart;
     // What advance() released (and anything stepped meanwhile) runs in the next round.
     this.roundAgain ||= [...this.groups.values()].some((g) => g.raft.hasReady());
   }
@@ -290,6 +311,7 @@ export class RaftHost {
         continue;
       }
       const result = group.machine.apply(entry.index, entry.data);
+      this.counters.applied++;
       if (pending) {
         group.proposals.delete(entry.index);
         clearTimeout(pending.timer);
@@ -349,7 +371,10 @@ export class RaftHost {
     if (addr === undefined) return;
     const inflight = this.inflight.get(to) ?? 0;
     // Raft repairs lost messages by itself; a peer that cannot keep up gets dropped batches, not our memory.
-    if (inflight >= MAX_INFLIGHT_BATCHES_PER_PEER) return;
+    if (inflight >= MAX_INFLIGHT_BATCHES_PER_PEER) {
+      this.counters.batchesDropped++;
+      return;
+    }
     let channel = this.channels.get(to);
     if (channel === undefined) {
       channel = new RpcChannel(addr);
@@ -361,6 +386,8 @@ export class RaftHost {
         messages: messages.slice(start, start + MAX_MESSAGES_PER_BATCH),
       };
       this.inflight.set(to, (this.inflight.get(to) ?? 0) + 1);
+      this.counters.batchesSent++;
+      this.counters.messagesSent += batch.messages?.length ?? 0;
       channel.call(RaftTransportService, 'Send', batch, { timeoutMs: SEND_TIMEOUT_MS }).then(
         () => this.inflight.set(to, (this.inflight.get(to) ?? 1) - 1),
         (error: DogfsError) => {
@@ -420,6 +447,7 @@ export class RaftHost {
           );
       }
     }
+    this.counters.proposals++;
     this.scheduleRound();
     return new Promise((resolve, reject) => {
       const timer = setTimeout(

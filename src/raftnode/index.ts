@@ -4,7 +4,8 @@
  * (storage.ts interface; the write-ahead log). Owns: everything about Raft that touches time, disk or
  * network. May import: consensus, wire, common.
  */
+
+export * from './durable.js';
 export * from './host.js';
 export * from './messages.js';
-export * from './durable.js';
 export * from './storage.js';

@@ -7,6 +7,7 @@
  * callers see only decoded messages and DogfsErrors, never gRPC types, so a leaner transport for hot
  * internal paths can be added behind the same `RpcServer`/`RpcChannel` surface (DESIGN section 5).
  */
+import type { Server as NetServer, Socket } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { DogfsError, type ErrorCode, isErrorCode, isRetryable, toDogfsError } from './errors.js';
 import type { MethodDescriptor, ServiceDescriptor } from './gen/types.js';
@@ -214,11 +215,28 @@ export class RpcServer {
               new DogfsError('UNAVAILABLE', `cannot listen on ${host}:${port}: ${reason}`, { cause: error }),
             );
           } else {
+            this.disableNagle();
             resolve(boundPort);
           }
         },
       );
     });
+  }
+
+  /**
+   * grpc-js sets TCP_NODELAY on client sockets but not on server sockets, so a small response can wait for
+   * the peer's delayed ACK (up to 40 ms on Linux) under Nagle's algorithm. Its server keeps the underlying
+   * http2 servers in a private map; set NODELAY on each accepted connection (a no-op if that changes).
+   */
+  private disableNagle(): void {
+    const servers = (this.server as unknown as { http2Servers?: Map<unknown, unknown> }).http2Servers;
+    if (!(servers instanceof Map)) return;
+    for (const candidate of servers.keys()) {
+      const server = candidate as { on?: unknown; __dogfsNoDelay?: boolean };
+      if (typeof server.on !== 'function' || server.__dogfsNoDelay) continue;
+      server.__dogfsNoDelay = true;
+      (candidate as NetServer).on('connection', (socket: Socket) => socket.setNoDelay(true));
+    }
   }
 
   /** Stops accepting calls, lets running ones finish for up to graceMs, then cuts them. */

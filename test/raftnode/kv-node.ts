@@ -95,6 +95,9 @@ async function main(): Promise<void> {
   ];
   await server.listen(host_, port);
   process.stdout.write(`ready ${myAddr}\n`);
+  if (process.env['KV_NODE_STATS']) {
+    setInterval(() => process.stderr.write(`stats ${id} ${JSON.stringify(host.counters)}\n`), 1000).unref();
+  }
   const stop = () => {
     void host
       .close()
