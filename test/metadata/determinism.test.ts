@@ -209,6 +209,26 @@ test('the random sequences reach interesting states (the property is not vacuous
   assert.ok(maxFiles > 3, `files seen at once: ${maxFiles}`);
 });
 
+test('a refused command changes nothing but the session table and clock, in any state (random sequences)', () => {
+  for (const seed of [5, 6, 7]) {
+    const ns = new NamespaceState({ group: 1 });
+    let refusals = 0;
+    for (const cmd of randomCommands(seed, 600)) {
+      const before = ns.stateHash(false);
+      const result = ns.apply(cmd);
+      if (result.ok) continue;
+      refusals++;
+      assert.equal(
+        ns.stateHash(false),
+        before,
+        `${cmd.op} refused (${result.code}: ${result.message}) changed the state`,
+      );
+    }
+    assert.ok(refusals > 50, `refusals exercised: ${refusals}`);
+    ns.checkInvariants();
+  }
+});
+
 test('snapshots restore to an identical state from any chunking', () => {
   const ns = new NamespaceState({ group: 1 });
   for (const cmd of randomCommands(777, 2000)) ns.apply(cmd);

@@ -970,7 +970,7 @@ export class NamespaceState {
     assert(Number.isInteger(maxChunkBytes) && maxChunkBytes >= 64, 'snapshot chunk size');
     const startedAt = this.applied;
     // Records are framed by a fixed 4-byte length written in place, so nothing is copied per record.
-    const record = new ByteWriter(Math.min(maxChunkBytes * 2, 1 << 22));
+    const record = new ByteWriter(Math.min(maxChunkBytes + 1024, 1 << 16));
     let frameAt = record.placeholderU32();
     let records = 0;
     const self = this;
