@@ -108,7 +108,16 @@ export class FrameReader {
   private async fill(bytes: number): Promise<boolean> {
     while (this.pendingBytes < bytes) {
       if (this.ended) return false;
-      const next = await this.source.next();
+      let next: IteratorResult<Buffer>;
+      try {
+        next = await this.source.next();
+      } catch (error) {
+        // A reset or destroyed socket: the peer is gone, which callers handle as UNAVAILABLE.
+        this.ended = true;
+        throw new DogfsError('UNAVAILABLE', `connection failed: ${(error as Error).message}`, {
+          cause: error,
+        });
+      }
       if (next.done) {
         this.ended = true;
         return false;

@@ -146,3 +146,17 @@ test('a write that stops mid-way leaves nothing; a read can be cancelled', async
     [],
   );
 });
+
+test('dogfs chunk flags: bad --capacity, --scrub-rate or --data-listen give one usage line', async () => {
+  const { runDogfs, assertOneLineError } = await import('../helpers/index.js');
+  const cases: [string[], RegExp][] = [
+    [['--capacity', 'lots'], /^dogfs chunk: --capacity must be a whole number/],
+    [['--scrub-rate=-1'], /^dogfs chunk: --scrub-rate must be a whole number/],
+    [['--data-listen', 'nowhere'], /^dogfs chunk: invalid --data-listen 'nowhere'/],
+  ];
+  for (const [args, pattern] of cases) {
+    const result = await runDogfs(['chunk', '--dir', join(dir.path, 'flags'), ...args]);
+    assert.equal(result.status, 2, result.stderr);
+    assert.match(assertOneLineError(result.stderr), pattern);
+  }
+});
