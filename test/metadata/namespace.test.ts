@@ -65,6 +65,10 @@ test('ids carry the group in the high bits and stay below 2^53', () => {
   assert.ok(Number.isSafeInteger(made.inode.id));
   const ns7 = new NamespaceState({ group: 7 });
   assert.equal(ns7.counts().directories, 0, 'only the root group holds the root directory');
+  const elsewhere = new TestClient(ns7).mkdir('/x');
+  assert.ok(!elsewhere.ok && elsewhere.code === 'FAILED_PRECONDITION');
+  const stat = ns7.stat('/x');
+  assert.ok(!stat.ok && stat.code === 'FAILED_PRECONDITION');
 });
 
 test('mkdir: single, with parents, existing; bad inputs change nothing', () => {

@@ -348,10 +348,15 @@ export class NamespaceState {
     return { ok: true, op, ...payload } as Success<K>;
   }
 
+  /** Paths start at the root, which only the root group holds until cross-group lookups exist. */
+  private noRoot(): Failure {
+    return fail('FAILED_PRECONDITION', `namespace group ${this.group} does not hold the root directory`);
+  }
+
   /** Walks `components[0..count)` from the root; every one must be a directory. */
   private resolveDir(parsed: ParsedPath, count: number): Resolved | Failure {
     let dir = this.dirs.get(ROOT_INODE_ID);
-    assert(dir !== undefined, 'the root directory exists');
+    if (dir === undefined) return this.noRoot();
     let inode: DirInode = this.rootInode;
     let ec = inode.ec;
     for (let i = 0; i < count; i++) {
@@ -399,7 +404,9 @@ export class NamespaceState {
         ? this.ok('mkdir', { inode: this.rootInode, created: false })
         : fail('ALREADY_EXISTS', '/: directory exists');
     // Walk down as far as the path exists, refusing before any change.
-    let dir = this.dirs.get(ROOT_INODE_ID)!;
+    const root = this.dirs.get(ROOT_INODE_ID);
+    if (root === undefined) return this.noRoot();
+    let dir = root;
     let depth = 0;
     for (; depth < components.length; depth++) {
       const name = components[depth]!;
