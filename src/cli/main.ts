@@ -23,6 +23,7 @@ import {
   requireFlag,
   UsageError,
 } from './args.js';
+import { FILE_COMMANDS_USAGE, runFileCommand } from './files.js';
 
 const USAGE = `usage: dogfs <command> [options]
 
@@ -34,8 +35,7 @@ Servers:
   chunk --dir DIR [--listen HOST:PORT] [--data-listen HOST:PORT] [--id ID] [--meta HOST:PORT,...]
         [--failure-domain NAME] [--capacity BYTES] [--scrub-rate BYTES_PER_S (0: off)] [--log-level L]
 
-Files (planned, see README status): put, get, cat, ls, mkdir, rm, mv, stat, admin report
-`;
+${FILE_COMMANDS_USAGE}`;
 
 const CLIENT_COMMANDS = new Set(['put', 'get', 'cat', 'ls', 'mkdir', 'rm', 'mv', 'stat', 'admin']);
 
@@ -179,12 +179,7 @@ export async function main(argv: string[]): Promise<number> {
         await chunk(rest).catch((error: unknown) => Promise.reject(new CommandFailure('chunk', error)));
         return 0;
       default:
-        if (CLIENT_COMMANDS.has(command)) {
-          throw new CommandFailure(
-            command,
-            new DogfsError('UNIMPLEMENTED', 'not implemented yet (see README status)'),
-          );
-        }
+        if (CLIENT_COMMANDS.has(command)) return await runFileCommand(command, rest);
         throw new UsageError(`unknown command '${command}'`);
     }
   } catch (error) {

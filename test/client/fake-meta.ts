@@ -6,6 +6,7 @@
  * the shards; CompleteFile makes the file appear (replacing an old one atomically). Several instances can
  * share one state, one of them the leader, the others answering NOT_LEADER with a hint.
  */
+import { join } from 'node:path';
 import { DogfsError } from '../../src/wire/errors.js';
 import {
   type BlockGroup,
@@ -16,6 +17,7 @@ import {
 } from '../../src/wire/gen/types.js';
 import type { Init } from '../../src/wire/proto.js';
 import { type RequestOf, RpcServer, type ServiceHandlers } from '../../src/wire/rpc.js';
+import { type RunningChunk, startChunk } from '../chunk/helpers.js';
 
 interface ChunkServer {
   id: string;
@@ -388,4 +390,19 @@ export async function startFakeMetaCluster(
       await Promise.all([leader, ...rest].map((m) => m.close()));
     },
   };
+}
+
+/** Starts real `dogfs chunk` processes (scrubber off) under `dir` and registers them with the fake. */
+export async function startChunkServers(
+  state: FakeMetaState,
+  dir: string,
+  ids: string[],
+): Promise<RunningChunk[]> {
+  const started = await Promise.all(
+    ids.map((id) => startChunk(join(dir, id), ['--id', id, '--scrub-rate', '0', '--log-level', 'info'])),
+  );
+  started.forEach((chunk, i) => {
+    state.chunkServers.set(ids[i]!, { id: ids[i]!, addr: chunk.dataAddr, alive: true });
+  });
+  return started;
 }

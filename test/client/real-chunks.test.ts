@@ -12,9 +12,9 @@ import { after, before, describe, test } from 'node:test';
 import { DogfsClient } from '../../src/client/index.js';
 import { StripeLayout } from '../../src/codec/stripe.js';
 import { DogfsError } from '../../src/wire/errors.js';
-import { type RunningChunk, startChunk } from '../chunk/helpers.js';
+import type { RunningChunk } from '../chunk/helpers.js';
 import { tempDir } from '../helpers/index.js';
-import { startFakeMetaCluster } from './fake-meta.js';
+import { startChunkServers, startFakeMetaCluster } from './fake-meta.js';
 
 const STRIPE = 256 * 1024;
 const layout = new StripeLayout({ k: 3, m: 2, stripeSize: STRIPE });
@@ -39,15 +39,7 @@ describe('client ↔ real chunk servers', () => {
 
   before(async () => {
     meta = await startFakeMetaCluster(0, { stripeSize: STRIPE, blockGroupBytes: GROUP, defaultEc: 'rs-3-2' });
-    const started = await Promise.all(
-      ids.map((id) =>
-        startChunk(join(dir.path, id), ['--id', id, '--scrub-rate', '0', '--log-level', 'info']),
-      ),
-    );
-    started.forEach((chunk, i) => {
-      chunks.push(chunk);
-      meta.state.chunkServers.set(ids[i]!, { id: ids[i]!, addr: chunk.dataAddr, alive: true });
-    });
+    chunks.push(...(await startChunkServers(meta.state, dir.path, ids)));
     // Data shards 0 and 1 on cs3 and cs4: the servers the later tests kill.
     meta.state.placement = ['cs3', 'cs4', 'cs0', 'cs1', 'cs2'];
     client = new DogfsClient({ meta: [meta.leader.address], timeoutMs: 10_000 });

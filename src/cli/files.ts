@@ -1,0 +1,596 @@
+/**
+ * cli/files — the file commands of DESIGN §7 on the client library: put, get, cat, ls, mkdir, rm, mv,
+ * stat, admin report, admin repair. Endpoints come from --meta, else $DOGFS_META, else $DOGFS_CLUSTER /
+ * ./cluster.json. Every failure is one line on stderr (`dogfs: /a/b: No such file or directory`) and a
+ * non-zero exit; put and get show a progress bar on stderr when it is a terminal.
+ */
+import { randomBytes } from 'node:crypto';
+import { stat as localStat, open, readFile, rename, unlink } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { Transform, type TransformCallback, type Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { DogfsClient, type FileStatus, joinPath, normalizePath } from '../client/index.js';
+import { AddressError, parseAddressList } from '../common/address.js';
+import { EcPolicyError, parseEcPolicy } from '../common/ec-policy.js';
+import { DogfsError, type ErrorCode } from '../wire/errors.js';
+import { type ClusterReportResponse, MetadataService } from '../wire/gen/types.js';
+import { parseFlags, UsageError } from './args.js';
+
+export const FILE_COMMANDS_USAGE = `Files (endpoints: --meta HOST:PORT,... | $DOGFS_META | $DOGFS_CLUSTER | ./cluster.json;
+       $DOGFS_TIMEOUT_MS: deadline of each metadata call, default 10000):
+  put LOCAL REMOTE [--ec rs-K-M] [-f]   store a file (LOCAL - reads stdin; -f replaces REMOTE)
+  get REMOTE LOCAL                      fetch a file (LOCAL - writes stdout)
+  cat REMOTE                            print a file
+  ls [-R] [--json] [PATH]               list a directory
+  mkdir [-p] PATH                       make a directory (-p: with parents, no error if it exists)
+  rm [-r] PATH                          remove a file or empty directory (-r: recursively)
+  mv SRC DST                            rename or move
+  stat [--json] PATH                    show a file's or directory's attributes
+  admin report [--json]                 metadata groups, leaders, terms; chunk servers; damaged files
+  admin repair [PATH]                   rebuild missing shards of PATH (or of every file)
+`;
+
+/** Familiar messages for the codes a person sees about a path. */
+const FAMILIAR: Partial<Record<ErrorCode, string>> = {
+  NOT_FOUND: 'No such file or directory',
+  ALREADY_EXISTS: 'File exists',
+  NOT_A_DIRECTORY: 'Not a directory',
+  IS_A_DIRECTORY: 'Is a directory',
+  NOT_EMPTY: 'Directory not empty',
+  PERMISSION_DENIED: 'Permission denied',
+  NO_SPACE: 'No space left on device',
+};
+
+const ERRNO_MESSAGES: Record<string, string> = {
+  ENOENT: 'No such file or directory',
+  EEXIST: 'File exists',
+  ENOTDIR: 'Not a directory',
+  EISDIR: 'Is a directory',
+  EACCES: 'Permission denied',
+  EPERM: 'Operation not permitted',
+  ENOSPC: 'No space left on device',
+  EROFS: 'Read-only file system',
+  ENOTEMPTY: 'Directory not empty',
+};
+
+/** An error about a local path (the user's machine, not DogFS). */
+class LocalError extends Error {
+  override name = 'LocalError';
+}
+
+function localError(path: string, error: unknown): LocalError {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  const text = code !== undefined ? ERRNO_MESSAGES[code] : undefined;
+  return new LocalError(`${path}: ${text ?? (error instanceof Error ? error.message : String(error))}`);
+}
+
+/** The one line printed for an error (without the `dogfs: ` prefix) and the exit status. */
+export function describeClientError(error: unknown, operand?: string): { line: string; status: number } {
+  if (error instanceof UsageError) return { line: `${error.message}\nrun 'dogfs help' for usage`, status: 2 };
+  if (error instanceof AddressError || error instanceof EcPolicyError)
+    return { line: error.message, status: 2 };
+  if (error instanceof LocalError) return { line: error.message, status: 1 };
+  if (error instanceof DogfsError) {
+    const familiar = FAMILIAR[error.code];
+    const firstLine = error.message.split('\n')[0] ?? '';
+    if (familiar !== undefined) {
+      const at = /^(\/[^:]*): /.exec(firstLine);
+      const path = at?.[1] ?? operand;
+      return { line: path === undefined ? familiar : `${path}: ${familiar}`, status: 1 };
+    }
+    if (error.code === 'INVALID_ARGUMENT' && operand !== undefined && !firstLine.startsWith('/')) {
+      return { line: `${operand}: ${firstLine}`, status: 1 };
+    }
+    return { line: firstLine, status: 1 };
+  }
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  if (error instanceof Error && typeof code === 'string') return { line: error.message, status: 1 };
+  return {
+    line: `internal error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`,
+    status: 70,
+  };
+}
+
+/** Metadata endpoints: --meta, else $DOGFS_META, else $DOGFS_CLUSTER or ./cluster.json. */
+export async function resolveEndpoints(
+  flag: string | undefined,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<string[]> {
+  const direct = flag ?? (env['DOGFS_META'] === '' ? undefined : env['DOGFS_META']);
+  if (direct !== undefined) return parseAddressList(direct, flag === undefined ? '$DOGFS_META' : '--meta');
+  const fromEnv = env['DOGFS_CLUSTER'];
+  const file = fromEnv !== undefined && fromEnv !== '' ? fromEnv : 'cluster.json';
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT' && (fromEnv === undefined || fromEnv === '')) {
+      throw new UsageError(
+        'no metadata servers given: use --meta HOST:PORT,..., $DOGFS_META, $DOGFS_CLUSTER or ./cluster.json',
+      );
+    }
+    throw localError(file, error);
+  }
+  let meta: unknown;
+  try {
+    meta = (JSON.parse(text) as { meta?: unknown }).meta;
+  } catch {
+    throw new LocalError(`${file}: not valid JSON`);
+  }
+  if (!Array.isArray(meta) || meta.length === 0 || !meta.every((m) => typeof m === 'string')) {
+    throw new LocalError(`${file}: no "meta" array of host:port strings`);
+  }
+  return parseAddressList((meta as string[]).join(','), `${file} meta`);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Progress
+
+function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let value = n;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return unit === 0 ? `${n} B` : `${value.toFixed(1)} ${units[unit]}`;
+}
+
+function formatDuration(seconds: number): string {
+  if (!Number.isFinite(seconds) || seconds < 0) return '--:--';
+  const s = Math.round(seconds);
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const rest = String(s % 60).padStart(2, '0');
+  return h > 0 ? `${h}:${String(m).padStart(2, '0')}:${rest}` : `${m}:${rest}`;
+}
+
+/** Counts bytes passing through (no copy) and draws a bar on a terminal's stderr. */
+class Progress extends Transform {
+  private bytes = 0;
+  private readonly started = Date.now();
+  private lastDraw = 0;
+  private readonly tty: boolean;
+
+  constructor(
+    private readonly label: string,
+    private readonly total: number | undefined,
+    private readonly out: NodeJS.WriteStream = process.stderr,
+  ) {
+    super();
+    this.tty = out.isTTY === true;
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.bytes += chunk.length;
+    const now = Date.now();
+    if (this.tty && now - this.lastDraw >= 200) {
+      this.lastDraw = now;
+      this.draw(now);
+    }
+    callback(null, chunk);
+  }
+
+  override _flush(callback: TransformCallback): void {
+    if (this.tty) {
+      this.draw(Date.now());
+      this.out.write('\n');
+    }
+    callback();
+  }
+
+  private draw(now: number): void {
+    const seconds = Math.max((now - this.started) / 1000, 0.001);
+    const rate = this.bytes / seconds;
+    const total = this.total;
+    const width = 24;
+    let bar = '';
+    let eta = '';
+    if (total !== undefined && total > 0) {
+      const done = Math.min(1, this.bytes / total);
+      const filled = Math.round(done * width);
+      bar = `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${(done * 100).toFixed(0).padStart(3)}% `;
+      eta = ` ETA ${formatDuration((total - this.bytes) / Math.max(rate, 1))}`;
+    }
+    const of = total === undefined ? '' : ` / ${formatBytes(total)}`;
+    const line = `${this.label} ${bar}${formatBytes(this.bytes)}${of}  ${formatBytes(rate)}/s${eta}`;
+    this.out.write(`\r${line.slice(0, (this.out.columns ?? 100) - 1)}\x1b[K`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Commands
+
+interface Context {
+  client: DogfsClient;
+  stdout: Writable;
+  stdin: NodeJS.ReadableStream;
+}
+
+function modeString(status: FileStatus): string {
+  const bits = 'rwxrwxrwx';
+  let out = status.type === 'dir' ? 'd' : '-';
+  for (let i = 0; i < 9; i++) out += status.mode & (1 << (8 - i)) ? bits[i] : '-';
+  return out;
+}
+
+function timeString(ms: number): string {
+  return ms > 0 ? new Date(ms).toISOString().slice(0, 19).replace('T', ' ') : '-';
+}
+
+/** What `stat --json` and `ls --json` print for a name. */
+export function statusJson(status: FileStatus): Record<string, unknown> {
+  return {
+    path: status.path,
+    name: status.name,
+    type: status.type,
+    size: status.size,
+    mtime: status.mtime,
+    ec: status.ec,
+    mode: `0${(status.mode & 0o7777).toString(8)}`,
+    id: status.id,
+  };
+}
+
+function lsLine(status: FileStatus): string {
+  const name = status.type === 'dir' ? `${status.name}/` : status.name;
+  return `${modeString(status)} ${String(status.size).padStart(12)} ${timeString(status.mtime)} ${(status.ec || '-').padEnd(8)} ${name}\n`;
+}
+
+/** Writes to stdout honouring back-pressure. */
+async function print(out: Writable, text: string): Promise<void> {
+  if (!out.write(text)) {
+    await new Promise<void>((resolve, reject) => {
+      const onError = (error: Error) => {
+        out.off('drain', onDrain);
+        reject(error);
+      };
+      const onDrain = () => {
+        out.off('error', onError);
+        resolve();
+      };
+      out.once('drain', onDrain);
+      out.once('error', onError);
+    });
+  }
+}
+
+const MAX_LS_DEPTH = 256;
+
+async function ls(ctx: Context, argv: string[]): Promise<string | undefined> {
+  const { flags, positionals } = parseFlags(argv, {
+    recursive: { type: 'boolean', short: 'R' },
+    json: { type: 'boolean' },
+    meta: { type: 'string' },
+  });
+  if (positionals.length > 1) throw new UsageError(`ls takes one PATH, got ${positionals.length}`);
+  const path = normalizePath(positionals[0] ?? '/');
+  const top = await ctx.client.stat(path);
+  let first = true;
+  if (flags.json) await print(ctx.stdout, '[');
+  const emit = async (status: FileStatus) => {
+    if (flags.json) {
+      await print(ctx.stdout, `${first ? '\n' : ',\n'}${JSON.stringify(statusJson(status))}`);
+    } else {
+      await print(ctx.stdout, lsLine(status));
+    }
+    first = false;
+  };
+  if (top.type === 'file') {
+    await emit(top);
+  } else {
+    const walk = async (dir: string, depth: number): Promise<void> => {
+      if (depth > MAX_LS_DEPTH)
+        throw new DogfsError('INVALID_ARGUMENT', `${dir}: deeper than ${MAX_LS_DEPTH} levels`);
+      const subdirs: string[] = [];
+      if (flags.recursive && !flags.json) await print(ctx.stdout, `${depth === 0 ? '' : '\n'}${dir}:\n`);
+      for await (const entry of ctx.client.list(dir)) {
+        await emit(entry);
+        if (flags.recursive && entry.type === 'dir') subdirs.push(entry.path);
+      }
+      for (const sub of subdirs) await walk(sub, depth + 1);
+    };
+    await walk(path, 0);
+  }
+  if (flags.json) await print(ctx.stdout, first ? ']\n' : '\n]\n');
+  return path;
+}
+
+async function statCommand(ctx: Context, argv: string[]): Promise<void> {
+  const { flags, positionals } = parseFlags(argv, { json: { type: 'boolean' }, meta: { type: 'string' } });
+  const path = onePath(positionals, 'stat');
+  const status = await ctx.client.stat(path);
+  const groups = status.inode.blockGroups.map((g) => ({
+    id: g.id,
+    offset: g.offset,
+    length: g.length,
+    k: g.dataShards,
+    m: g.parityShards,
+    shards: g.shards.map((s) => ({
+      index: s.index,
+      chunkServer: s.chunkServerId,
+      addr: s.addr,
+      durable: s.durable,
+    })),
+  }));
+  if (flags.json) {
+    await print(ctx.stdout, `${JSON.stringify({ ...statusJson(status), blockGroups: groups })}\n`);
+    return;
+  }
+  const durable = groups.reduce((a, g) => a + g.shards.filter((s) => s.durable).length, 0);
+  const total = groups.reduce((a, g) => a + g.shards.length, 0);
+  const lines = [
+    `path: ${status.path}`,
+    `type: ${status.type === 'dir' ? 'directory' : 'file'}`,
+    `size: ${status.size}`,
+    `mode: ${modeString(status)} (0${(status.mode & 0o7777).toString(8)})`,
+    `mtime: ${timeString(status.mtime)} UTC`,
+    `ec: ${status.ec || '-'}`,
+    `inode: ${status.id}`,
+  ];
+  if (status.type === 'file')
+    lines.push(`block groups: ${groups.length} (${durable} of ${total} shards durable)`);
+  await print(ctx.stdout, `${lines.join('\n')}\n`);
+}
+
+function onePath(positionals: string[], command: string): string {
+  if (positionals.length !== 1) throw new UsageError(`${command} takes one PATH`);
+  return normalizePath(positionals[0]!);
+}
+
+async function put(ctx: Context, argv: string[]): Promise<string> {
+  const { flags, positionals } = parseFlags(argv, {
+    ec: { type: 'string' },
+    force: { type: 'boolean', short: 'f' },
+    meta: { type: 'string' },
+  });
+  if (positionals.length !== 2) throw new UsageError('put takes LOCAL REMOTE');
+  const [local, remoteArg] = positionals as [string, string];
+  if (flags.ec !== undefined) parseEcPolicy(flags.ec);
+  let remote = normalizePath(remoteArg);
+  // Putting into an existing directory stores the file under its own name there, as cp does.
+  const existing = await ctx.client.stat(remote).catch((error: unknown) => {
+    if (error instanceof DogfsError && error.code === 'NOT_FOUND') return undefined;
+    throw error;
+  });
+  if (existing?.type === 'dir') {
+    if (local === '-') throw new DogfsError('IS_A_DIRECTORY', `${remote}: Is a directory`);
+    remote = joinPath(remote, basename(local));
+  }
+  let source: NodeJS.ReadableStream;
+  let size: number | undefined;
+  if (local === '-') {
+    source = ctx.stdin;
+  } else {
+    let handle: Awaited<ReturnType<typeof open>>;
+    try {
+      handle = await open(local, 'r');
+      const info = await handle.stat();
+      if (info.isDirectory()) {
+        await handle.close();
+        throw new LocalError(`${local}: Is a directory`);
+      }
+      size = info.isFile() ? info.size : undefined;
+    } catch (error) {
+      if (error instanceof LocalError) throw error;
+      throw localError(local, error);
+    }
+    source = handle.createReadStream({ highWaterMark: 1024 * 1024 });
+  }
+  const options = {
+    ...(flags.ec === undefined ? {} : { ec: flags.ec }),
+    ...(flags.force ? { overwrite: true } : {}),
+    ...(size === undefined ? {} : { size }),
+  };
+  const sink = ctx.client.createWriteStream(remote, options);
+  await pipeline(source, new Progress(`put ${remote}`, size), sink);
+  return remote;
+}
+
+async function get(ctx: Context, argv: string[]): Promise<string> {
+  const { positionals } = parseFlags(argv, { meta: { type: 'string' } });
+  if (positionals.length !== 2) throw new UsageError('get takes REMOTE LOCAL');
+  const [remoteArg, localArg] = positionals as [string, string];
+  const remote = normalizePath(remoteArg);
+  const status = await ctx.client.stat(remote);
+  if (status.type === 'dir') throw new DogfsError('IS_A_DIRECTORY', `${remote}: Is a directory`);
+  if (localArg === '-') {
+    await pipeline(ctx.client.createReadStream(remote), ctx.stdout, { end: false });
+    return remote;
+  }
+  let local = localArg;
+  const localInfo = await localStat(local).catch(() => undefined);
+  if (localInfo?.isDirectory()) local = join(local, basename(remote));
+  // Into a temporary file beside the target, renamed into place at the end: never half a file.
+  const temp = join(dirname(local), `.${basename(local)}.dogfs-${randomBytes(4).toString('hex')}.tmp`);
+  let out: Writable;
+  try {
+    const handle = await open(temp, 'wx', 0o644);
+    out = handle.createWriteStream();
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    throw localError(
+      code === 'ENOENT' || code === 'EACCES' || code === 'EROFS' ? dirname(local) : local,
+      error,
+    );
+  }
+  try {
+    await pipeline(ctx.client.createReadStream(remote), new Progress(`get ${remote}`, status.size), out);
+    await rename(temp, local).catch((error: unknown) => {
+      throw localError(local, error);
+    });
+  } catch (error) {
+    await unlink(temp).catch(() => {});
+    throw error;
+  }
+  return remote;
+}
+
+async function cat(ctx: Context, argv: string[]): Promise<string> {
+  const { positionals } = parseFlags(argv, { meta: { type: 'string' } });
+  const remote = onePath(positionals, 'cat');
+  await pipeline(ctx.client.createReadStream(remote), ctx.stdout, { end: false });
+  return remote;
+}
+
+function formatReport(report: ClusterReportResponse): string {
+  const lines: string[] = ['Metadata groups:'];
+  lines.push('  group  leader                 term      commit  members');
+  for (const g of report.groups) {
+    lines.push(
+      `  ${String(g.group).padEnd(5)}  ${(g.leader || '(none)').padEnd(21)}  ${String(g.term).padStart(4)}  ${String(g.commitIndex).padStart(10)}  ${g.members.join(',')}`,
+    );
+  }
+  lines.push('', 'Chunk servers:');
+  lines.push('  id           state  domain     used / capacity          shards  address');
+  for (const c of report.chunkServers) {
+    lines.push(
+      `  ${c.id.padEnd(11)}  ${c.state.padEnd(5)}  ${(c.failureDomain || '-').padEnd(9)}  ${`${formatBytes(c.usedBytes)} / ${formatBytes(c.capacityBytes)}`.padEnd(23)}  ${String(c.shardCount).padStart(6)}  ${c.addr}`,
+    );
+  }
+  const alive = report.chunkServers.filter((c) => c.state === 'alive').length;
+  lines.push(`  ${alive} of ${report.chunkServers.length} alive`);
+  lines.push('', `Files with missing shards: ${report.filesWithMissingShards.length}`);
+  for (const f of report.filesWithMissingShards.slice(0, 100)) lines.push(`  ${f}`);
+  if (report.filesWithMissingShards.length > 100) lines.push('  ...');
+  if (report.codecBackend) lines.push('', `Codec backend: ${report.codecBackend}`);
+  return `${lines.join('\n')}\n`;
+}
+
+async function admin(ctx: Context, argv: string[]): Promise<string | undefined> {
+  const [sub, ...rest] = argv;
+  if (sub === 'report') {
+    const { flags, positionals } = parseFlags(rest, { json: { type: 'boolean' }, meta: { type: 'string' } });
+    if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`);
+    const report = await ctx.client.report();
+    await print(ctx.stdout, flags.json ? `${JSON.stringify(report, null, 2)}\n` : formatReport(report));
+    return undefined;
+  }
+  if (sub === 'repair') {
+    const { positionals } = parseFlags(rest, { meta: { type: 'string' } });
+    if (positionals.length > 1) throw new UsageError('admin repair takes at most one PATH');
+    const path = positionals[0] === undefined ? '' : normalizePath(positionals[0]);
+    // The Repair call arrives with the metadata service's repair work; until then, say so cleanly.
+    const methods: Record<string, unknown> = MetadataService.methods;
+    if (!('Repair' in methods)) {
+      throw new DogfsError('UNIMPLEMENTED', 'admin repair: the metadata service has no Repair call yet');
+    }
+    const answer = await ctx.client.metadata.mutate(
+      ctx.client.session,
+      'Repair' as 'Stat',
+      { path } as { path: string },
+      { timeoutMs: 10 * 60_000 },
+    );
+    await print(ctx.stdout, `${JSON.stringify(answer)}\n`);
+    return path || undefined;
+  }
+  throw new UsageError(
+    sub === undefined ? 'admin needs a subcommand: report or repair' : `unknown admin command '${sub}'`,
+  );
+}
+
+/** The leading operand of a command, for errors that do not name their path. */
+function operandOf(command: string, argv: string[]): string | undefined {
+  const positionals = argv.filter((a) => !a.startsWith('-') || a === '-');
+  if (command === 'get' || command === 'put' || command === 'mv') {
+    const remote = command === 'put' ? positionals[1] : positionals[0];
+    return remote === undefined ? undefined : remote.startsWith('/') ? remote : `/${remote}`;
+  }
+  const first = positionals[0];
+  if (first === undefined || command === 'admin') return undefined;
+  return first.startsWith('/') ? first : `/${first}`;
+}
+
+/**
+ * Runs one file command; prints its one-line error (if any) and returns the exit status. Never throws.
+ */
+export async function runFileCommand(
+  command: string,
+  argv: string[],
+  io: { stdin?: NodeJS.ReadableStream; stdout?: Writable; stderr?: Writable; env?: NodeJS.ProcessEnv } = {},
+): Promise<number> {
+  const stdout = io.stdout ?? process.stdout;
+  const stderr = io.stderr ?? process.stderr;
+  let client: DogfsClient | undefined;
+  let brokenPipe = false;
+  const onStdoutError = (error: NodeJS.ErrnoException) => {
+    if (error.code === 'EPIPE') brokenPipe = true;
+  };
+  stdout.on('error', onStdoutError);
+  try {
+    const metaFlag = extractMetaFlag(argv);
+    const endpoints = await resolveEndpoints(metaFlag, io.env ?? process.env);
+    const timeout = (io.env ?? process.env)['DOGFS_TIMEOUT_MS'];
+    const timeoutMs = timeout !== undefined && /^\d{1,7}$/.test(timeout) ? Number(timeout) : undefined;
+    client = new DogfsClient({ meta: endpoints, ...(timeoutMs === undefined ? {} : { timeoutMs }) });
+    const ctx: Context = { client, stdout, stdin: io.stdin ?? process.stdin };
+    switch (command) {
+      case 'put':
+        await put(ctx, argv);
+        break;
+      case 'get':
+        await get(ctx, argv);
+        break;
+      case 'cat':
+        await cat(ctx, argv);
+        break;
+      case 'ls':
+        await ls(ctx, argv);
+        break;
+      case 'mkdir': {
+        const { flags, positionals } = parseFlags(argv, {
+          parents: { type: 'boolean', short: 'p' },
+          meta: { type: 'string' },
+        });
+        await client.mkdir(onePath(positionals, 'mkdir'), { parents: flags.parents });
+        break;
+      }
+      case 'rm': {
+        const { flags, positionals } = parseFlags(argv, {
+          recursive: { type: 'boolean', short: 'r' },
+          meta: { type: 'string' },
+        });
+        await client.delete(onePath(positionals, 'rm'), { recursive: flags.recursive });
+        break;
+      }
+      case 'mv': {
+        const { positionals } = parseFlags(argv, { meta: { type: 'string' } });
+        if (positionals.length !== 2) throw new UsageError('mv takes SRC DST');
+        await client.rename(positionals[0]!, positionals[1]!);
+        break;
+      }
+      case 'stat':
+        await statCommand(ctx, argv);
+        break;
+      case 'admin':
+        await admin(ctx, argv);
+        break;
+      default:
+        throw new UsageError(`unknown command '${command}'`);
+    }
+    return 0;
+  } catch (error) {
+    if (brokenPipe || (error as NodeJS.ErrnoException | undefined)?.code === 'EPIPE') return 0;
+    const { line, status } = describeClientError(error, operandOf(command, argv));
+    stderr.write(`dogfs: ${line}\n`);
+    return status;
+  } finally {
+    stdout.off('error', onStdoutError);
+    client?.close();
+  }
+}
+
+/** `--meta X` / `--meta=X` anywhere in argv (each command also accepts it in its own flags). */
+function extractMetaFlag(argv: string[]): string | undefined {
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--meta') {
+      const value = argv[i + 1];
+      if (value === undefined) throw new UsageError("option '--meta <value>' argument missing");
+      return value;
+    }
+    if (arg.startsWith('--meta=')) return arg.slice('--meta='.length);
+  }
+  return undefined;
+}

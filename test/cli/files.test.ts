@@ -1,0 +1,288 @@
+/**
+ * The file commands of DESIGN §7, run as the real `dogfs` binary against a fake metadata service
+ * (in this process) and real chunk servers: output formats, stdin/stdout, endpoints resolution, and one
+ * clear line on stderr with a non-zero exit for every error.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { PassThrough, Readable } from 'node:stream';
+import { after, before, describe, test } from 'node:test';
+import { runFileCommand } from '../../src/cli/files.js';
+import type { RunningChunk } from '../chunk/helpers.js';
+import { startChunkServers, startFakeMetaCluster } from '../client/fake-meta.js';
+import { assertOneLineError, DOGFS_BIN, runDogfs, tempDir } from '../helpers/index.js';
+
+describe('dogfs file commands', () => {
+  const dir = tempDir('dogfs-cli-files-');
+  const chunks: RunningChunk[] = [];
+  let meta: Awaited<ReturnType<typeof startFakeMetaCluster>>;
+  let env: NodeJS.ProcessEnv;
+
+  /** The real binary (a process per call: used where the process boundary matters). */
+  const binary = (args: string[], extraEnv: NodeJS.ProcessEnv = {}) =>
+    runDogfs(args, { env: { ...env, ...extraEnv }, timeoutMs: 30_000 });
+
+  /** The same command code main.ts dispatches to, in this process (the machine is shared: cheap runs). */
+  async function dogfs(args: string[], extraEnv: NodeJS.ProcessEnv = {}, stdin?: Buffer) {
+    const out: Buffer[] = [];
+    let stderr = '';
+    const stdout = new PassThrough();
+    stdout.on('data', (d: Buffer) => out.push(d));
+    const errors = new PassThrough();
+    errors.setEncoding('utf8').on('data', (d: string) => {
+      stderr += d;
+    });
+    const [command, ...rest] = args;
+    const status = await runFileCommand(command!, rest, {
+      stdout,
+      stderr: errors,
+      env: { ...env, ...extraEnv },
+      stdin: Readable.from(stdin === undefined ? [] : [stdin]),
+    });
+    return { status, stdout: Buffer.concat(out).toString('utf8'), bytes: Buffer.concat(out), stderr };
+  }
+
+  /** Runs dogfs with `input` on stdin, collecting stdout as bytes. */
+  function dogfsWithInput(args: string[], input: Buffer) {
+    return new Promise<{ status: number | null; stdout: Buffer; stderr: string }>((resolve, reject) => {
+      const child = spawn(process.execPath, [DOGFS_BIN, ...args], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+      const out: Buffer[] = [];
+      let stderr = '';
+      child.stdout.on('data', (d: Buffer) => out.push(d));
+      child.stderr.setEncoding('utf8').on('data', (d: string) => {
+        stderr += d;
+      });
+      child.once('error', reject);
+      child.once('close', (status) => resolve({ status, stdout: Buffer.concat(out), stderr }));
+      child.stdin.end(input);
+    });
+  }
+
+  before(async () => {
+    meta = await startFakeMetaCluster(1, {
+      stripeSize: 128 * 1024,
+      blockGroupBytes: 1 << 20,
+      defaultEc: 'rs-3-2',
+    });
+    chunks.push(...(await startChunkServers(meta.state, dir.path, ['c0', 'c1', 'c2', 'c3', 'c4'])));
+    // The follower first: every command has to follow the NOT_LEADER hint.
+    env = { ...process.env, DOGFS_META: `${meta.followers[0]!.address},${meta.leader.address}` };
+  });
+
+  after(async () => {
+    await Promise.all(chunks.map((c) => c.stop().catch(() => {})));
+    await meta?.close();
+    dir.remove();
+  });
+
+  test('mkdir, ls, ls -R, ls --json, stat --json, mv, rm', async () => {
+    assert.equal((await dogfs(['mkdir', '-p', '/proj/src/lib'])).status, 0);
+    assert.equal((await dogfs(['mkdir', '/proj/docs'])).status, 0);
+    const local = join(dir.path, 'small.txt');
+    writeFileSync(local, 'hello dogfs\n');
+    const put = await dogfs(['put', local, '/proj/docs/readme.txt']);
+    assert.equal(put.status, 0, put.stderr);
+    assert.equal(put.stderr, '', 'nothing on stderr when it is not a terminal');
+
+    const listing = await dogfs(['ls', '/proj']);
+    assert.equal(listing.status, 0, listing.stderr);
+    const names = listing.stdout
+      .trim()
+      .split('\n')
+      .map((l) => l.split(/\s+/).pop());
+    assert.deepEqual(names, ['docs/', 'src/']);
+    assert.match(listing.stdout, /^drwxr-xr-x +0 /m);
+
+    const recursive = await dogfs(['ls', '-R', '/proj']);
+    assert.match(recursive.stdout, /^\/proj:\n/);
+    assert.match(recursive.stdout, /\n\/proj\/docs:\n-rw-r--r-- +12 .* rs-3-2 +readme\.txt\n/);
+    assert.match(recursive.stdout, /\n\/proj\/src\/lib:\n/);
+
+    const json = JSON.parse((await dogfs(['ls', '--json', '-R', '/proj'])).stdout) as Record<
+      string,
+      unknown
+    >[];
+    assert.deepEqual(
+      json.map((e) => [e['path'], e['type']]),
+      [
+        ['/proj/docs', 'dir'],
+        ['/proj/src', 'dir'],
+        ['/proj/docs/readme.txt', 'file'],
+        ['/proj/src/lib', 'dir'],
+      ],
+    );
+    const file = JSON.parse((await dogfs(['stat', '--json', '/proj/docs/readme.txt'])).stdout) as Record<
+      string,
+      unknown
+    >;
+    assert.equal(file['path'], '/proj/docs/readme.txt');
+    assert.equal(file['type'], 'file');
+    assert.equal(file['size'], 12);
+    assert.equal(file['ec'], 'rs-3-2');
+    assert.equal(typeof file['mtime'], 'number');
+    const asDir = JSON.parse((await dogfs(['stat', '--json', '/proj'])).stdout) as Record<string, unknown>;
+    assert.equal(asDir['type'], 'dir');
+    assert.match(
+      (await dogfs(['stat', '/proj/docs/readme.txt'])).stdout,
+      /^path: \/proj\/docs\/readme\.txt\ntype: file\nsize: 12\n/,
+    );
+    assert.deepEqual(JSON.parse((await dogfs(['ls', '--json', '/proj/src/lib'])).stdout), []);
+
+    assert.equal((await dogfs(['mv', '/proj/docs', '/proj/manual'])).status, 0);
+    assert.equal((await dogfs(['cat', '/proj/manual/readme.txt'])).stdout, 'hello dogfs\n');
+    const notEmpty = await dogfs(['rm', '/proj']);
+    assert.equal(notEmpty.status, 1);
+    assert.equal(assertOneLineError(notEmpty.stderr), 'dogfs: /proj: Directory not empty');
+    assert.equal((await dogfs(['rm', '-r', '/proj'])).status, 0);
+    const gone = await dogfs(['stat', '/proj']);
+    assert.equal(gone.status, 1);
+    assert.equal(assertOneLineError(gone.stderr), 'dogfs: /proj: No such file or directory');
+  });
+
+  test('put and get: files, stdin, stdout, into directories, byte-exact', async () => {
+    const data = randomBytes(3 * 1024 * 1024 + 11);
+    const local = join(dir.path, 'big.bin');
+    writeFileSync(local, data);
+    assert.equal((await dogfs(['mkdir', '/data'])).status, 0);
+    const put = await binary(['put', local, '/data/big.bin', '--ec', 'rs-3-2']);
+    assert.equal(put.status, 0, put.stderr);
+    assert.equal(put.stderr, '', 'no progress bar when stderr is not a terminal');
+    const back = join(dir.path, 'back.bin');
+    const got = await binary(['get', '/data/big.bin', back]);
+    assert.equal(got.status, 0, got.stderr);
+    assert.ok(readFileSync(back).equals(data), 'get returns the same bytes');
+    assert.deepEqual(
+      readdirSync(dir.path).filter((f) => f.endsWith('.tmp')),
+      [],
+      'no temporary file left',
+    );
+
+    // Into an existing directory (remote and local), as cp does.
+    assert.equal((await dogfs(['put', local, '/data'])).status, 1, 'big.bin already exists there');
+    const into = join(dir.path, 'into');
+    mkdirSync(into);
+    assert.equal((await dogfs(['get', '/data/big.bin', into])).status, 0);
+    assert.ok(readFileSync(join(into, 'big.bin')).equals(data));
+
+    // stdin → DogFS → stdout.
+    const piped = randomBytes(300_000);
+    const fromStdin = await dogfsWithInput(['put', '-', '/data/piped'], piped);
+    assert.equal(fromStdin.status, 0, fromStdin.stderr);
+    const toStdout = await dogfsWithInput(['get', '/data/piped', '-'], Buffer.alloc(0));
+    assert.equal(toStdout.status, 0, toStdout.stderr);
+    assert.ok(toStdout.stdout.equals(piped), 'stdout carries the exact bytes');
+    const catted = await dogfs(['cat', '/data/piped']);
+    assert.ok(catted.bytes.equals(piped));
+    const stdinInProcess = await dogfs(['put', '-', '/data/piped2'], {}, piped);
+    assert.equal(stdinInProcess.status, 0, stdinInProcess.stderr);
+    assert.ok((await dogfs(['cat', '/data/piped2'])).bytes.equals(piped));
+
+    // -f replaces; without it, an existing file is refused.
+    writeFileSync(local, 'v2');
+    const refused = await dogfs(['put', local, '/data/big.bin']);
+    assert.equal(assertOneLineError(refused.stderr), 'dogfs: /data/big.bin: File exists');
+    assert.equal((await dogfs(['put', '-f', local, '/data/big.bin'])).status, 0);
+    assert.equal((await dogfs(['cat', '/data/big.bin'])).stdout, 'v2');
+
+    const empty = join(dir.path, 'empty');
+    writeFileSync(empty, '');
+    assert.equal((await dogfs(['put', empty, '/data/empty'])).status, 0);
+    const emptyBack = join(dir.path, 'empty-back');
+    assert.equal((await dogfs(['get', '/data/empty', emptyBack])).status, 0);
+    assert.equal(readFileSync(emptyBack).length, 0);
+  });
+
+  test('every error: one line, non-zero exit, nothing changed', async () => {
+    await dogfs(['mkdir', '-p', '/e/sub']);
+    const local = join(dir.path, 'e.txt');
+    writeFileSync(local, 'x');
+    await dogfs(['put', local, '/e/file']);
+    const readOnly = join(dir.path, 'ro');
+    mkdirSync(readOnly);
+    chmodSync(readOnly, 0o500);
+    const cases: [string[], RegExp, number?][] = [
+      [['put', join(dir.path, 'missing'), '/e/x'], /^dogfs: .*missing: No such file or directory$/],
+      [['put', dir.path, '/e/x'], /^dogfs: .*: Is a directory$/],
+      [['get', '/e/sub', join(dir.path, 'x')], /^dogfs: \/e\/sub: Is a directory$/],
+      [['get', '/e/nope', join(dir.path, 'x')], /^dogfs: \/e\/nope: No such file or directory$/],
+      [
+        ['get', '/e/file', join(dir.path, 'no-such-dir', 'x')],
+        /^dogfs: .*no-such-dir: No such file or directory$/,
+      ],
+      [['mkdir', '/e/a/b'], /^dogfs: \/e\/a(\/b)?: No such file or directory$/],
+      [['mkdir', '/e/sub'], /^dogfs: \/e\/sub: File exists$/],
+      [['mkdir', '/e/file/x'], /^dogfs: \/e\/file(\/x)?: Not a directory$/],
+      [['rm', '/e'], /^dogfs: \/e: Directory not empty$/],
+      [['mv', '/e', '/e/sub/e'], /^dogfs: \/e\/sub\/e: .*into itself/],
+      [['cat', '/e/sub'], /^dogfs: \/e\/sub: Is a directory$/],
+      [['ls', '/e/a//b'], /^dogfs: \/e\/a\/\/b: invalid path$/],
+      [['put', local, '/e/y', '--ec', 'rs-9-99'], /^dogfs: unknown EC policy 'rs-9-99'/, 2],
+      [['put', local], /^dogfs: put takes LOCAL REMOTE$/, 2],
+      [['ls', '--bogus', '/'], /^dogfs: Unknown option '--bogus'/, 2],
+      [['admin', 'frob'], /^dogfs: unknown admin command 'frob'/, 2],
+      [['admin', 'repair'], /^dogfs: admin repair: the metadata service has no Repair call yet$/],
+    ];
+    if (process.getuid?.() !== 0) {
+      cases.push([['get', '/e/file', join(readOnly, 'x')], /^dogfs: .*ro: Permission denied$/]);
+    }
+    for (const [args, pattern, status] of cases) {
+      const result = await dogfs(args);
+      assert.equal(result.status, status ?? 1, `${args.join(' ')}: ${result.stderr}`);
+      assert.match(assertOneLineError(result.stderr), pattern, args.join(' '));
+      // A usage mistake may add the "run 'dogfs help'" hint; everything else is exactly one line.
+      if (status === undefined) assert.equal(result.stderr.trim().split('\n').length, 1, result.stderr);
+    }
+    chmodSync(readOnly, 0o700);
+    // The binary: same line, exit status 1, no stack trace.
+    const viaBinary = await binary(['get', '/e/sub', join(dir.path, 'x')]);
+    assert.equal(viaBinary.status, 1);
+    assert.equal(assertOneLineError(viaBinary.stderr), 'dogfs: /e/sub: Is a directory');
+    assert.equal(viaBinary.stderr.trim().split('\n').length, 1);
+    const listing = JSON.parse((await dogfs(['ls', '--json', '/e'])).stdout) as { name: string }[];
+    assert.deepEqual(
+      listing.map((e) => e.name),
+      ['file', 'sub'],
+      'nothing was created by the failed commands',
+    );
+  });
+
+  test('endpoints: --meta, $DOGFS_META, $DOGFS_CLUSTER, ./cluster.json; none reachable: a clear error', async () => {
+    const clusterFile = join(dir.path, 'cluster.json');
+    writeFileSync(clusterFile, JSON.stringify({ meta: [meta.leader.address], processes: [] }));
+    const noMeta = { ...env, DOGFS_META: '' };
+    const viaFile = await binary(['stat', '/'], { DOGFS_META: '', DOGFS_CLUSTER: clusterFile });
+    assert.equal(viaFile.status, 0, viaFile.stderr);
+    const viaFlag = await dogfs(['stat', '--meta', meta.leader.address, '/'], noMeta);
+    assert.equal(viaFlag.status, 0, viaFlag.stderr);
+    const none = await dogfs(['stat', '/'], { ...noMeta, DOGFS_CLUSTER: '' });
+    assert.equal(none.status, 2);
+    assert.match(assertOneLineError(none.stderr), /^dogfs: no metadata servers given/);
+    const unreachable = await dogfs(['ls', '/'], {
+      ...noMeta,
+      DOGFS_META: '127.0.0.1:1',
+      DOGFS_TIMEOUT_MS: '1000',
+    });
+    assert.equal(unreachable.status, 1);
+    assert.match(
+      assertOneLineError(unreachable.stderr),
+      /^dogfs: cannot reach any metadata server \(127\.0\.0\.1:1\)/,
+    );
+  });
+
+  test('admin report: text and --json', async () => {
+    const text = await binary(['admin', 'report']);
+    assert.equal(text.status, 0, text.stderr);
+    assert.match(text.stdout, /Metadata groups:\n/);
+    assert.match(text.stdout, /\n {2}c0 +alive /);
+    assert.match(text.stdout, /5 of 5 alive/);
+    const json = JSON.parse((await dogfs(['admin', 'report', '--json'])).stdout) as {
+      chunkServers: { id: string; state: string }[];
+      groups: { leader: string }[];
+    };
+    assert.deepEqual(json.chunkServers.map((c) => c.id).sort(), ['c0', 'c1', 'c2', 'c3', 'c4']);
+    assert.equal(json.groups[0]!.leader, meta.leader.address);
+  });
+});
