@@ -12,6 +12,12 @@ import type {
   Success,
 } from '../../src/metadata/state/index.js';
 
+export interface WriteOptions {
+  readonly overwrite?: boolean;
+  readonly ec?: string;
+  readonly leaseMs?: number;
+}
+
 type Body<C> = C extends NamespaceCommand ? Omit<C, 'timeMs' | 'session'> : never;
 
 export class TestClient {
@@ -45,8 +51,17 @@ export class TestClient {
     return this.send({ op: 'mkdir', path, parents, mode: 0o755, ec: '' });
   }
 
-  create(path: string, options: { overwrite?: boolean; ec?: string; leaseMs?: number } = {}) {
-    return this.send({
+  create(path: string, options: WriteOptions = {}) {
+    return this.send(this.createBody(path, options));
+  }
+
+  /** Starts a write, asserting success. */
+  startWrite(path: string, options: WriteOptions = {}): Success<'create'> {
+    return this.ok(this.createBody(path, options));
+  }
+
+  private createBody(path: string, options: WriteOptions) {
+    return {
       op: 'create',
       path,
       overwrite: options.overwrite ?? false,
@@ -54,6 +69,24 @@ export class TestClient {
       ec: options.ec ?? '',
       defaultEc: 'rs-2-1',
       leaseMs: options.leaseMs ?? 60_000,
+    } as const;
+  }
+
+  /** Allocates the next block group of a write, asserting success. */
+  allocateOk(
+    write: Success<'create'>,
+    offset: number,
+    servers: readonly string[] = ['s1', 's2', 's3'],
+    maxBytes = 6 << 20,
+  ): Success<'allocateBlockGroup'> {
+    return this.ok({
+      op: 'allocateBlockGroup',
+      inodeId: write.inode.id,
+      leaseId: write.leaseId,
+      offset,
+      stripeSize: 1 << 20,
+      maxBytes,
+      servers,
     });
   }
 
@@ -70,29 +103,13 @@ export class TestClient {
   }
 
   /** A whole successful write of `size` bytes (one block group per `6 MiB`), returning the inode id. */
-  writeFile(path: string, size: number, options: { overwrite?: boolean; ec?: string } = {}): InodeId {
-    const created = this.ok({
-      op: 'create',
-      path,
-      overwrite: options.overwrite ?? false,
-      mode: 0o644,
-      ec: options.ec ?? '',
-      defaultEc: 'rs-2-1',
-      leaseMs: 60_000,
-    });
+  writeFile(path: string, size: number, options: WriteOptions = {}): InodeId {
+    const created = this.startWrite(path, options);
     const { id } = created.inode;
     let offset = 0;
     while (offset < size) {
       const length = Math.min(size - offset, 6 << 20);
-      const allocated = this.ok({
-        op: 'allocateBlockGroup',
-        inodeId: id,
-        leaseId: created.leaseId,
-        offset,
-        stripeSize: 1 << 20,
-        maxBytes: 6 << 20,
-        servers: ['s1', 's2', 's3'],
-      });
+      const allocated = this.allocateOk(created, offset);
       const shardLength = Math.ceil(length / 2);
       this.ok({
         op: 'commitBlockGroup',

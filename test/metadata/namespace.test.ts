@@ -160,15 +160,7 @@ test('create → allocate → commit → complete: the file appears only at comp
   assert.equal(ns.stat('/d/f').ok, false, 'not visible before complete');
   const list = ns.list('/d');
   assert.ok(list.ok && list.entries.length === 0);
-  const bg1 = c.ok({
-    op: 'allocateBlockGroup',
-    inodeId: created.inode.id,
-    leaseId: created.leaseId,
-    offset: 0,
-    stripeSize: 1 << 20,
-    maxBytes: 4 << 20,
-    servers: ['s1', 's2', ''],
-  });
+  const bg1 = c.allocateOk(created, 0, ['s1', 's2', ''], 4 << 20);
   // The next group cannot be allocated before this one is committed.
   assert.equal(c.allocate(created.inode.id, created.leaseId, 0).ok, false);
   const commit = c.send({
@@ -183,15 +175,7 @@ test('create → allocate → commit → complete: the file appears only at comp
     ],
   });
   assert.ok(commit.ok, 'K durable shards suffice when M = 1');
-  const bg2 = c.ok({
-    op: 'allocateBlockGroup',
-    inodeId: created.inode.id,
-    leaseId: created.leaseId,
-    offset: 4 << 20,
-    stripeSize: 1 << 20,
-    maxBytes: 4 << 20,
-    servers: ['s3', 's1', 's2'],
-  });
+  const bg2 = c.allocateOk(created, 4 << 20, ['s3', 's1', 's2'], 4 << 20);
   c.ok({
     op: 'commitBlockGroup',
     inodeId: created.inode.id,
@@ -330,29 +314,13 @@ test('overwrite replaces atomically at complete; old block groups become garbage
   const oldStat = ns.stat('/f');
   assert.ok(oldStat.ok && oldStat.inode.type === 'file');
   const oldBg = oldStat.inode.blockGroups[0]!.id;
-  const w = c.ok({
-    op: 'create',
-    path: '/f',
-    overwrite: true,
-    mode: 0o644,
-    ec: '',
-    defaultEc: 'rs-2-1',
-    leaseMs: 1000,
-  });
+  const w = c.startWrite('/f', { overwrite: true, leaseMs: 1000 });
   const mid = ns.stat('/f');
   assert.ok(
     mid.ok && mid.inode.id === oldId && mid.inode.type === 'file' && mid.inode.size === 10,
     'old version while writing',
   );
-  const bg = c.ok({
-    op: 'allocateBlockGroup',
-    inodeId: w.inode.id,
-    leaseId: w.leaseId,
-    offset: 0,
-    stripeSize: 1 << 20,
-    maxBytes: 1 << 20,
-    servers: ['x', 'y', 'z'],
-  });
+  const bg = c.allocateOk(w, 0, ['x', 'y', 'z'], 1 << 20);
   c.ok({
     op: 'commitBlockGroup',
     inodeId: w.inode.id,
@@ -384,24 +352,8 @@ test('overwrite replaces atomically at complete; old block groups become garbage
 test('one writer per name: a second create is refused, or with overwrite supersedes the first', () => {
   const { ns, c } = fresh();
   const other = new TestClient(ns, 'client-2');
-  const first = c.ok({
-    op: 'create',
-    path: '/f',
-    overwrite: false,
-    mode: 0o644,
-    ec: '',
-    defaultEc: 'rs-2-1',
-    leaseMs: 1000,
-  });
-  c.ok({
-    op: 'allocateBlockGroup',
-    inodeId: first.inode.id,
-    leaseId: first.leaseId,
-    offset: 0,
-    stripeSize: 1 << 20,
-    maxBytes: 1 << 20,
-    servers: ['x', 'y', 'z'],
-  });
+  const first = c.startWrite('/f', { overwrite: false, leaseMs: 1000 });
+  c.allocateOk(first, 0, ['x', 'y', 'z'], 1 << 20);
   other.timeMs = c.timeMs;
   const refused = other.create('/f');
   assert.ok(!refused.ok && refused.code === 'ALREADY_EXISTS' && /being written/.test(refused.message));
@@ -418,24 +370,8 @@ test('one writer per name: a second create is refused, or with overwrite superse
 
 test('lease expiry: an unfinished file never appears, its block groups become garbage', () => {
   const { ns, c } = fresh();
-  const w = c.ok({
-    op: 'create',
-    path: '/f',
-    overwrite: false,
-    mode: 0o644,
-    ec: '',
-    defaultEc: 'rs-2-1',
-    leaseMs: 1000,
-  });
-  c.ok({
-    op: 'allocateBlockGroup',
-    inodeId: w.inode.id,
-    leaseId: w.leaseId,
-    offset: 0,
-    stripeSize: 1 << 20,
-    maxBytes: 1 << 20,
-    servers: ['x', 'y', 'z'],
-  });
+  const w = c.startWrite('/f', { overwrite: false, leaseMs: 1000 });
+  c.allocateOk(w, 0, ['x', 'y', 'z'], 1 << 20);
   const renewedUntil = ns.pendingFile(w.inode.id)!.expiresMs;
   assert.equal(ns.earliestLeaseExpiryMs(), renewedUntil);
   assert.ok(renewedUntil > w.leaseExpiresMs, 'allocation renews the lease');
@@ -457,15 +393,7 @@ test('lease expiry: an unfinished file never appears, its block groups become ga
 
 test('abandonFile: nothing appears and the name is free', () => {
   const { ns, c } = fresh();
-  const w = c.ok({
-    op: 'create',
-    path: '/f',
-    overwrite: false,
-    mode: 0o644,
-    ec: '',
-    defaultEc: 'rs-2-1',
-    leaseMs: 1000,
-  });
+  const w = c.startWrite('/f', { overwrite: false, leaseMs: 1000 });
   c.ok({ op: 'abandonFile', inodeId: w.inode.id, leaseId: w.leaseId });
   assert.equal(ns.stat('/f').ok, false);
   assert.ok(c.create('/f').ok);
@@ -474,15 +402,7 @@ test('abandonFile: nothing appears and the name is free', () => {
 test('complete re-checks the name: directory there now, parent removed', () => {
   const { ns, c } = fresh();
   c.mkdir('/d');
-  const w = c.ok({
-    op: 'create',
-    path: '/d/x',
-    overwrite: false,
-    mode: 0o644,
-    ec: '',
-    defaultEc: 'rs-2-1',
-    leaseMs: 10_000,
-  });
+  const w = c.startWrite('/d/x', { overwrite: false, leaseMs: 10_000 });
   c.mkdir('/d/x');
   const dirThere = c.send({ op: 'completeFile', inodeId: w.inode.id, leaseId: w.leaseId, size: 0 });
   assert.ok(!dirThere.ok && dirThere.code === 'IS_A_DIRECTORY');

@@ -162,6 +162,13 @@ export class ByteReader {
       throw new StateCodecError(`${this.what}: truncated at byte ${this.pos} reading ${field}`);
   }
 
+  /** Reads the leading format-version byte and refuses any other version than `expected`. */
+  version(expected: number): void {
+    const version = this.u8('version');
+    if (version !== expected)
+      throw new StateCodecError(`${this.what}: format version ${version}, expected ${expected}`);
+  }
+
   u8(field: string): number {
     this.need(1, field);
     return this.buf[this.pos++]!;

@@ -337,8 +337,7 @@ export class ClusterState {
   /** Throws StateCodecError on malformed bytes. */
   static restore(bytes: Uint8Array): ClusterState {
     const r = new ByteReader(bytes, 'cluster snapshot');
-    const version = r.u8('version');
-    if (version !== CLUSTER_FORMAT_VERSION) throw new StateCodecError(`cluster snapshot: version ${version}`);
+    r.version(CLUSTER_FORMAT_VERSION);
     const clockMs = r.uint('clock');
     const settings = readSettings(r);
     if (checkSettings(settings) !== undefined)
@@ -433,9 +432,7 @@ export function encodeClusterCommand(cmd: ClusterCommand): Uint8Array {
 /** Throws StateCodecError on malformed bytes. */
 export function decodeClusterCommand(bytes: Uint8Array): ClusterCommand {
   const r = new ByteReader(bytes, 'cluster command');
-  const version = r.u8('version');
-  if (version !== CLUSTER_FORMAT_VERSION)
-    throw new StateCodecError(`cluster command: format version ${version}`);
+  r.version(CLUSTER_FORMAT_VERSION);
   const tag = r.u8('op');
   const op = CLUSTER_OPS_BY_TAG.get(tag);
   if (op === undefined) throw new StateCodecError(`cluster command: unknown op tag ${tag}`);
@@ -509,9 +506,7 @@ export function encodeClusterResult(result: ClusterResult): Uint8Array {
 
 export function decodeClusterResult(bytes: Uint8Array): ClusterResult {
   const r = new ByteReader(bytes, 'cluster result');
-  const version = r.u8('version');
-  if (version !== CLUSTER_FORMAT_VERSION)
-    throw new StateCodecError(`cluster result: format version ${version}`);
+  r.version(CLUSTER_FORMAT_VERSION);
   const tag = r.u8('op');
   let result: ClusterResult;
   if (tag === 0) {

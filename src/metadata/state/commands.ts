@@ -413,9 +413,7 @@ export function encodeNamespaceCommand(cmd: NamespaceCommand): Uint8Array {
 /** Throws StateCodecError on malformed bytes (unknown version/op, truncation, bad UTF-8, trailing bytes). */
 export function decodeNamespaceCommand(bytes: Uint8Array): NamespaceCommand {
   const r = new ByteReader(bytes, 'namespace command');
-  const version = r.u8('version');
-  if (version !== FORMAT_VERSION)
-    throw new StateCodecError(`namespace command: format version ${version}, expected ${FORMAT_VERSION}`);
+  r.version(FORMAT_VERSION);
   const op = readOp(r);
   const timeMs = r.uint('time');
   const session = readSession(r);
@@ -608,8 +606,7 @@ export function encodeNamespaceResult(result: NamespaceResult): Uint8Array {
 
 export function decodeNamespaceResult(bytes: Uint8Array): NamespaceResult {
   const r = new ByteReader(bytes, 'namespace result');
-  const version = r.u8('version');
-  if (version !== FORMAT_VERSION) throw new StateCodecError(`namespace result: format version ${version}`);
+  r.version(FORMAT_VERSION);
   const result = readResult(r);
   r.end();
   return result;
