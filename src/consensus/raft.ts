@@ -31,11 +31,12 @@
  * entry of its own term (its election no-op) and until the previous configuration entry is committed.
  *
  * Lease reads (readMode 'lease', requires checkQuorum): the leader answers a read from its commit index
- * without a round trip, trusting that no other leader can have been elected since it last heard from a
- * majority. That holds only if every node's tick runs at the same rate within a small bound (clock drift
- * well below electionTicks/heartbeat margins) and followers refuse votes while they have heard from a
- * leader within electionTicks. With unbounded pauses (GC, VM freeze) a lease read can be stale; 'safe'
- * (the default) has no clock assumption.
+ * without a round trip while its lease holds: a majority answered a heartbeat round sent less than
+ * electionTicks - LEASE_DRIFT_MARGIN_TICKS of its ticks ago. Followers refuse votes for electionTicks after
+ * hearing from the leader, so no other leader can exist within the lease — PROVIDED every replica's ticks
+ * run at the same rate within that margin (bounded clock drift, no long pauses of the follower's clock
+ * relative to the leader's). With unbounded pauses (GC, VM freeze, a stopped clock) a lease read can be
+ * stale; an expired lease falls back to ReadIndex; 'safe' (the default) has no clock assumption.
  *
  * Limits (all explicit in RaftConfig): entries and bytes per append, in-flight messages and bytes per
  * follower, uncommitted bytes on the leader, snapshot chunk bytes, committed bytes per Ready, pending reads.
@@ -211,6 +212,9 @@ interface IncomingSnapshot {
 }
 
 const EMPTY = new Uint8Array(0);
+/** Ticks of an election timeout a lease gives up to tolerate clock drift between replicas. */
+const LEASE_DRIFT_MARGIN_TICKS = 2;
+const MAX_REMEMBERED_ROUNDS = 1024;
 
 export function bootstrapSnapshot(voters: readonly NodeId[], learners: readonly NodeId[] = []): Snapshot {
   return { meta: { index: asIndex(0), term: asTerm(0), config: { voters, learners } }, data: EMPTY };
@@ -267,7 +271,14 @@ export class Raft {
   private uncommittedBytes = 0;
   private pendingBroadcast = false;
 
+  /**
+   * Heartbeat rounds: every heartbeat broadcast is a new round (also used by ReadIndex), and the tick it
+   * was sent at is remembered so a lease can be measured from when followers last reset their timers.
+   */
   private readSeq = 0;
+  private readonly roundSentAt = new Map<number, number>();
+  /** Ticks seen by this replica (its only notion of time). */
+  private ticks = 0;
   private pendingReads: PendingRead[] = [];
   /** Reads that arrived before this leader committed an entry of its term; served once it has. */
   private readsAwaitingCommit: { ctx: string; from: NodeId }[] = [];
@@ -350,6 +361,7 @@ export class Raft {
   }
 
   tick(): void {
+    this.ticks++;
     if (this.role === 'leader') this.tickLeader();
     else this.tickElection();
   }
@@ -608,6 +620,7 @@ export class Raft {
     this.pendingReads = [];
     this.readsAwaitingCommit = [];
     this.readSeq = 0;
+    this.roundSentAt.clear();
   }
 
   private becomeFollower(term: Term, lead: NodeId): void {
@@ -930,6 +943,12 @@ export class Raft {
   }
 
   private broadcastHeartbeat(): void {
+    this.readSeq++;
+    this.roundSentAt.set(this.readSeq, this.ticks);
+    if (this.roundSentAt.size > MAX_REMEMBERED_ROUNDS) {
+      const oldest = this.roundSentAt.keys().next().value as number;
+      this.roundSentAt.delete(oldest);
+    }
     for (const [id, pr] of this.progress) {
       if (id === this.id) continue;
       const hb: Heartbeat = {
@@ -1044,15 +1063,35 @@ export class Raft {
     }
     const index = this.log.committed();
     const soleVoter = this.config.voters.length === 1 && this.config.voters[0] === this.id;
-    if (soleVoter || this.cfg.readMode === 'lease') {
+    if (soleVoter || (this.cfg.readMode === 'lease' && this.leaseValid())) {
       this.releaseRead({ seq: 0, index, ctx, from });
       return { ok: true };
     }
     if (this.pendingReads.length >= this.cfg.maxPendingReads) return { ok: false, code: 'overloaded' };
-    this.readSeq++;
-    this.pendingReads.push({ seq: this.readSeq, index, ctx, from });
+    // The round broadcast now, after the read arrived, is the one whose quorum of answers confirms it.
     this.broadcastHeartbeat();
+    this.pendingReads.push({ seq: this.readSeq, index, ctx, from });
     return { ok: true };
+  }
+
+  /**
+   * Lease: a majority (counting us) answered a heartbeat round sent at tick T, so each of them reset its
+   * election timer at or after T and will not vote for anyone else before T + electionTicks of its own
+   * ticks. If ticks run at the same rate everywhere (within LEASE_DRIFT_MARGIN_TICKS over an election
+   * timeout), no other leader can exist before then, so our commit index is current until that point.
+   */
+  private leaseValid(): boolean {
+    // A transfer lets the transferee campaign through everyone's lease: no lease while one is pending.
+    if (this.leadTransferee !== NO_NODE) return false;
+    const sent = this.config.voters
+      .map((v) => {
+        if (v === this.id) return this.ticks;
+        const acked = this.progress.get(v)?.readSeqAcked ?? 0;
+        return this.roundSentAt.get(acked) ?? Number.NEGATIVE_INFINITY;
+      })
+      .sort((a, b) => b - a);
+    const leaseStart = sent[Math.floor(this.config.voters.length / 2)] ?? Number.NEGATIVE_INFINITY;
+    return this.ticks - leaseStart < this.cfg.electionTicks - LEASE_DRIFT_MARGIN_TICKS;
   }
 
   /** A read is safe once a majority answered a heartbeat sent after it arrived, in this term. */

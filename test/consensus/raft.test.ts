@@ -270,6 +270,33 @@ test('trap: a deposed leader never serves a stale ReadIndex read; a lease read w
   }
 });
 
+test('lease reads: served at once while a majority answered recently; once the lease lapses, a cut-off leader falls back to ReadIndex', () => {
+  const h = new Harness(3, { readMode: 'lease', checkQuorum: true });
+  h.elect(1);
+  h.tickAll(1);
+  h.deliver();
+  assert.ok(h.raft(1).readIndex('fresh').ok);
+  h.flush();
+  assert.ok(
+    h.node(1).readStates.some((r) => r.ctx === 'fresh'),
+    'lease held: answered without a round trip',
+  );
+  // Cut off (its clock keeps running): after electionTicks - margin ticks without answers the lease is gone.
+  for (let i = 0; i < 8; i++) {
+    h.raft(1).tick();
+    h.deliver(() => false);
+  }
+  assert.equal(h.raft(1).status().role, 'leader');
+  assert.ok(h.raft(1).readIndex('late').ok);
+  h.deliver(() => false);
+  assert.ok(!h.node(1).readStates.some((r) => r.ctx === 'late'), 'expired lease: no answer without a quorum');
+  // Once the others answer again, the read completes through the ReadIndex round.
+  h.deliver();
+  h.tick(1);
+  h.deliver();
+  assert.ok(h.node(1).readStates.some((r) => r.ctx === 'late'));
+});
+
 test('trap: a rejoining node disrupts the leader without PreVote, and does not with it', () => {
   for (const preVote of [false, true]) {
     const h = new Harness(3, { preVote, checkQuorum: false });
