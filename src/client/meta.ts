@@ -98,6 +98,8 @@ export class MetadataConnection {
     const group = groupOf(method);
     const failures = new Map<string, DogfsError>();
     let sawAnswer = false;
+    /** The last refusal a server itself sent (e.g. "not enough live chunk servers"), not a lost connection. */
+    let refusal: DogfsError | undefined;
     try {
       return await withRetry(
         {
@@ -117,7 +119,9 @@ export class MetadataConnection {
             } catch (error) {
               const e = toDogfsError(error);
               failures.set(target, e);
-              if (e.code !== 'UNAVAILABLE') sawAnswer = true;
+              const unreachable = e.code === 'UNAVAILABLE' && this.isTransportFailure(e, target, method);
+              if (!unreachable) sawAnswer = true;
+              if ((e.code === 'UNAVAILABLE' || e.code === 'RESOURCE_EXHAUSTED') && !unreachable) refusal = e;
               if (e.code === 'NOT_LEADER' && e.leaderHint && e.leaderHint !== target && hop < MAX_HINT_HOPS) {
                 this.leaders.set(group, e.leaderHint);
                 target = e.leaderHint;
@@ -131,7 +135,10 @@ export class MetadataConnection {
         },
       );
     } catch (error) {
-      throw this.finalError(method, toDogfsError(error), failures, sawAnswer, started);
+      const e = toDogfsError(error);
+      // A server that answered "cannot now" (placement, load) says more than "the deadline passed".
+      if (refusal !== undefined && isUnavailability(e.code)) throw refusal;
+      throw this.finalError(method, e, failures, sawAnswer, started);
     }
   }
 
@@ -169,7 +176,7 @@ export class MetadataConnection {
       if (e.code === 'DEADLINE_EXCEEDED' && attemptDeadline < deadline) {
         throw new DogfsError(
           'UNAVAILABLE',
-          `${address}: no answer to ${method} in ${this.attemptTimeoutMs} ms`,
+          `${address} ${method}: no answer in ${this.attemptTimeoutMs} ms`,
           {
             cause: e,
           },
@@ -202,6 +209,12 @@ export class MetadataConnection {
     return seed;
   }
 
+  /** True for errors made on this side of the wire (refused connection, no answer), not sent by a server. */
+  private isTransportFailure(error: DogfsError, address: string, method: string): boolean {
+    // RpcChannel and `attempt` name the address and method in the errors they make themselves.
+    return error.message.startsWith(`${address} ${method}: `);
+  }
+
   private finalError(
     method: string,
     error: DogfsError,
@@ -209,7 +222,7 @@ export class MetadataConnection {
     sawAnswer: boolean,
     started: number,
   ): DogfsError {
-    if (!isUnavailability(error.code) || error.code === 'RESOURCE_EXHAUSTED') return error;
+    if (!isUnavailability(error.code)) return error;
     const tried = [...failures.entries()]
       .slice(0, 8)
       .map(([address, e]) => `${address}: ${e.message}`)

@@ -271,6 +271,21 @@ describe('write and read paths (in-memory data plane)', () => {
     }
   });
 
+  test("a server's own refusal (too few chunk servers) is the error, not a generic timeout", async () => {
+    for (const id of ['cs-0', 'cs-1', 'cs-2', 'cs-3']) cluster.state.chunkServers.get(id)!.alive = false;
+    const c = new DogfsClient({ meta: [cluster.leader.address], transport, timeoutMs: 700 });
+    try {
+      await rejectsWith(
+        c.writeFile('/refused', randomBytes(10)),
+        'UNAVAILABLE',
+        /^\/refused: need 5 live chunk servers, 3 alive$/,
+      );
+    } finally {
+      c.close();
+      for (const id of ['cs-0', 'cs-1', 'cs-2', 'cs-3']) cluster.state.chunkServers.get(id)!.alive = true;
+    }
+  });
+
   test('replicate-N keeps copies and reads from any of them', async () => {
     const data = randomBytes(S + 3);
     await client.writeFile('/replicated', data, { ec: 'replicate-3' });
