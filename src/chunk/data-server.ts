@@ -45,9 +45,12 @@ export const DEFAULT_DATA_SERVER_LIMITS: DataServerLimits = {
   maxConnections: 1024,
   maxConcurrentWrites: 128,
   maxConcurrentReads: 256,
-  maxBytesInFlight: 320 * 1024 * 1024,
+  maxBytesInFlight: 384 * 1024 * 1024,
   idleTimeoutMs: 120_000,
 };
+
+/** Bytes a connection's socket may read ahead of the operation consuming them. */
+const SOCKET_READ_AHEAD_BYTES = DEFAULT_PACKET_BYTES;
 
 /** Largest packet the server sends on reads, whatever the client asks for. */
 const MAX_READ_PACKET_BYTES = DEFAULT_PACKET_BYTES;
@@ -79,7 +82,11 @@ export class DataServer {
     limits: Partial<DataServerLimits> = {},
   ) {
     this.limits = { ...DEFAULT_DATA_SERVER_LIMITS, ...limits };
-    this.server = createServer({ noDelay: true }, (socket) => this.accept(socket));
+    // Read ahead up to one packet: without it the socket stops and restarts reading (two syscalls
+    // and an event-loop turn) for every 64 KiB, which halves throughput. Counted in each write's budget.
+    this.server = createServer({ noDelay: true, highWaterMark: SOCKET_READ_AHEAD_BYTES }, (socket) =>
+      this.accept(socket),
+    );
     this.server.maxConnections = this.limits.maxConnections;
   }
 

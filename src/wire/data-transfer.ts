@@ -12,7 +12,7 @@
  *
  * wire may not import codec, so the CRC32C function is handed in (`crc32c` option): the codec's.
  */
-import { connect, type Socket } from 'node:net';
+import { connect, type NetConnectOpts, type Socket } from 'node:net';
 import { assert } from '../common/assert.js';
 import { DogfsError, type ErrorCode, isErrorCode, toDogfsError } from './errors.js';
 import { DataOp, type MessageTypes, type ShardId } from './gen/types.js';
@@ -459,7 +459,18 @@ export class DataTransferClient {
   private connect(address: string, deadline: number): Promise<Connection> {
     const { host, port } = parseAddress(address);
     return new Promise((resolve, reject) => {
-      const socket = connect({ host, port, noDelay: true });
+      // Read ahead a packet (see the server), and let a writer queue a second packet while the first
+      // is still going out, so the connection never waits for the writer between packets.
+      // (net.connect hands these Duplex options to the socket; @types/node does not list them.)
+      const socketOptions: NetConnectOpts & { readableHighWaterMark: number; writableHighWaterMark: number } =
+        {
+          host,
+          port,
+          noDelay: true,
+          readableHighWaterMark: this.packetSize,
+          writableHighWaterMark: 2 * this.packetSize,
+        };
+      const socket = connect(socketOptions);
       const timeoutMs = Math.max(0, Math.min(this.connectTimeoutMs, deadline - Date.now()));
       const timer = setTimeout(() => {
         socket.destroy();

@@ -23,18 +23,23 @@ export async function startChunk(dir: string, extraArgs: string[] = []): Promise
   const child = startDogfs(['chunk', '--dir', dir, '--log-level', 'debug', ...extraArgs]);
   let ready: { addr: string; dataAddr: string };
   try {
-    ready = await waitFor(
-      'chunk server listening',
-      () => {
-        const line = child.output.stderr.split('\n').find((l) => l.includes('"msg":"listening"'));
-        if (line === undefined) {
-          if (child.child.exitCode !== null) throw new Error(`chunk server exited: ${child.output.stderr}`);
-          return undefined;
-        }
-        return JSON.parse(line) as { addr: string; dataAddr: string };
-      },
-      30_000,
-    );
+    const outcome = await Promise.race([
+      waitFor(
+        'chunk server listening',
+        () => {
+          const line = child.output.stderr.split('\n').find((l) => l.includes('"msg":"listening"'));
+          return line === undefined ? undefined : (JSON.parse(line) as { addr: string; dataAddr: string });
+        },
+        30_000,
+      ),
+      child.exited,
+    ]);
+    if (!('addr' in outcome)) {
+      throw new Error(
+        `chunk server exited (${outcome.code ?? outcome.signal}) before listening: ${child.output.stderr}`,
+      );
+    }
+    ready = outcome;
   } catch (error) {
     // Never leave a half-started server behind: it would keep the test process alive.
     child.child.kill('SIGKILL');
