@@ -263,6 +263,11 @@ export class Raft {
   private snapshotData: Uint8Array;
 
   private electionElapsed = 0;
+  /**
+   * Lease mode: a replica that just (re)started may have acknowledged a leader's heartbeat right before it
+   * went down; it honours that lease by refusing votes for one election timeout after boot.
+   */
+  private leaseEmbargo: boolean;
   private heartbeatElapsed = 0;
   private randomizedElectionTimeout = 0;
   private votes = new Map<NodeId, boolean>();
@@ -323,6 +328,7 @@ export class Raft {
     this.applying = applied;
     this.applied = applied;
     this.prevSoftState = { leader: NO_NODE, role: 'follower' };
+    this.leaseEmbargo = cfg.readMode === 'lease';
     this.resetTimers();
   }
 
@@ -454,7 +460,9 @@ export class Raft {
     if (m.term > this.term) {
       if (m.type === 'preVote' || m.type === 'vote') {
         const inLease =
-          this.cfg.checkQuorum && this.lead !== NO_NODE && this.electionElapsed < this.cfg.electionTicks;
+          this.cfg.checkQuorum &&
+          (this.lead !== NO_NODE || this.leaseEmbargo) &&
+          this.electionElapsed < this.cfg.electionTicks;
         // A node that heard from a live leader recently ignores campaigns (unless the leader asked for
         // one via TimeoutNow): this is what stops a partitioned node's rejoin from deposing the leader,
         // and what lease reads rely on.
@@ -695,6 +703,7 @@ export class Raft {
 
   private tickElection(): void {
     this.electionElapsed++;
+    if (this.electionElapsed >= this.cfg.electionTicks) this.leaseEmbargo = false;
     if (this.promotable() && this.electionElapsed >= this.randomizedElectionTimeout) {
       this.electionElapsed = 0;
       this.campaign(this.cfg.preVote ? 'preVote' : 'vote', false);

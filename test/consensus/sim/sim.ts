@@ -209,7 +209,7 @@ class Simulation {
   private readonly blocked = new Set<string>();
   private readonly pendingRemovals = new Set<NodeId>();
   private readonly faults: boolean;
-  private readonly base: Omit<RaftConfig, 'id' | 'rand'>;
+  private base: Omit<RaftConfig, 'id' | 'rand'>;
   private nextNodeId: number;
   private maxNodeId: number;
   private dropRate = 0;
@@ -242,6 +242,7 @@ class Simulation {
       ...template,
       preVote: rng.chance(0.85),
       checkQuorum: rng.chance(0.85),
+      readMode: 'safe',
       maxEntriesPerAppend: churn ? 1 : rng.pick([1, 2, 4, 16, 64]),
       maxBytesPerAppend: rng.pick([256, 4096, 1 << 20]),
       maxInflightMsgs: churn ? 1 : rng.pick([1, 2, 4, 16]),
@@ -250,6 +251,8 @@ class Simulation {
       maxCommittedBytesPerReady: rng.pick([200, 1 << 20]),
       testingBugs: opts.bugs ?? {},
     };
+    // Lease reads rely on equal tick rates, which the simulator provides (every node ticks every TICK).
+    if (this.base.checkQuorum && rng.chance(0.3)) this.base = { ...this.base, readMode: 'lease' };
     this.compactEvery = rng.pick([8, 30, 1_000_000]);
     const ids = Array.from({ length: voters }, (_, i) => asNodeId(i + 1));
     const boot = bootstrapSnapshot(ids);
