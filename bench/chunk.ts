@@ -70,10 +70,11 @@ process.on('exit', () => {
 });
 
 /** Sequential 1 MiB writes into 64 MiB files, fdatasync each: what the disk gives a shard write. */
-async function rawDiskWrite(totalBytes: number): Promise<number> {
+async function rawDiskWrite(totalBytes: number): Promise<{ mbps: number; cpuSecondsPerGB: number }> {
   const buffer = randomBytes(MESSAGE_BYTES);
   const dir = join(work, 'raw-disk');
   mkdirSync(dir);
+  const cpu = selfCpuSeconds();
   const started = performance.now();
   for (let file = 0; file * SHARD_BYTES < totalBytes; file++) {
     const handle = await open(join(dir, `f${file}`), 'w');
@@ -83,12 +84,16 @@ async function rawDiskWrite(totalBytes: number): Promise<number> {
     await handle.close();
   }
   const seconds = (performance.now() - started) / 1000;
+  const cpuSecondsPerGB = (selfCpuSeconds() - cpu) / (totalBytes / 1e9);
   rmSync(dir, { recursive: true, force: true });
-  return totalBytes / MiB / seconds;
+  return { mbps: totalBytes / MiB / seconds, cpuSecondsPerGB };
 }
 
 /** A raw TCP socket between this process and a child that discards (or sends) bytes. */
-async function rawTcp(totalBytes: number, direction: 'send' | 'receive'): Promise<number> {
+async function rawTcp(
+  totalBytes: number,
+  direction: 'send' | 'receive',
+): Promise<{ mbps: number; peerCpuSecondsPerGB: number }> {
   const script = `
     const net = require('node:net');
     const buffer = Buffer.alloc(${MESSAGE_BYTES}, 7);
@@ -113,6 +118,7 @@ async function rawTcp(totalBytes: number, direction: 'send' | 'receive'): Promis
   );
   const socket = connect({ host: '127.0.0.1', port, noDelay: true });
   await new Promise((resolve) => socket.once('connect', resolve));
+  const peerCpu = processCpuSeconds(child.pid!);
   const started = performance.now();
   if (direction === 'send') {
     const buffer = randomBytes(MESSAGE_BYTES);
@@ -126,9 +132,10 @@ async function rawTcp(totalBytes: number, direction: 'send' | 'receive'): Promis
     }
   }
   const seconds = (performance.now() - started) / 1000;
+  const peerCpuSecondsPerGB = (processCpuSeconds(child.pid!) - peerCpu) / (totalBytes / 1e9);
   socket.destroy();
   child.kill();
-  return totalBytes / MiB / seconds;
+  return { mbps: totalBytes / MiB / seconds, peerCpuSecondsPerGB };
 }
 
 async function startChunkProcess(
@@ -159,12 +166,28 @@ async function main(): Promise<void> {
   });
   const totalBytes = Math.max(1, Math.round(TOTAL_MIB / 64)) * SHARD_BYTES;
 
-  const disk = await rawDiskWrite(totalBytes);
-  emit('raw-disk-write-fdatasync', disk, 'MB/s', { fileMiB: 64, messageMiB: 1, totalMiB: totalBytes / MiB });
-  const tcpSend = await rawTcp(totalBytes * 2, 'send');
-  emit('raw-tcp-loopback-send', tcpSend, 'MB/s', { messageMiB: 1, totalMiB: (2 * totalBytes) / MiB });
-  const tcpReceive = await rawTcp(totalBytes * 2, 'receive');
-  emit('raw-tcp-loopback-receive', tcpReceive, 'MB/s', { messageMiB: 1, totalMiB: (2 * totalBytes) / MiB });
+  const rawDisk = await rawDiskWrite(totalBytes);
+  const disk = rawDisk.mbps;
+  emit('raw-disk-write-fdatasync', disk, 'MB/s', {
+    fileMiB: 64,
+    messageMiB: 1,
+    totalMiB: totalBytes / MiB,
+    cpuSecondsPerGB: Number(rawDisk.cpuSecondsPerGB.toFixed(3)),
+  });
+  const rawSend = await rawTcp(totalBytes * 2, 'send');
+  const tcpSend = rawSend.mbps;
+  emit('raw-tcp-loopback-send', tcpSend, 'MB/s', {
+    messageMiB: 1,
+    totalMiB: (2 * totalBytes) / MiB,
+    receiverCpuSecondsPerGB: Number(rawSend.peerCpuSecondsPerGB.toFixed(3)),
+  });
+  const rawReceive = await rawTcp(totalBytes * 2, 'receive');
+  const tcpReceive = rawReceive.mbps;
+  emit('raw-tcp-loopback-receive', tcpReceive, 'MB/s', {
+    messageMiB: 1,
+    totalMiB: (2 * totalBytes) / MiB,
+    senderCpuSecondsPerGB: Number(rawReceive.peerCpuSecondsPerGB.toFixed(3)),
+  });
   const writeLimit = Math.min(disk, tcpSend);
 
   const server = await startChunkProcess(join(work, 'chunk'));

@@ -35,6 +35,8 @@ export interface ChunkServerOptions {
 
 const DEFAULT_LIST_LIMIT = 1_000;
 const MAX_LIST_LIMIT = 10_000;
+/** Corrupt shards named in one Status answer (heartbeats carry them too, bounded the same way). */
+const MAX_STATUS_CORRUPT = 10_000;
 
 function shardInfo(record: ShardRecord) {
   return { shard: record.id, length: record.length, crc32c: record.crc32c, mtimeMs: record.mtimeMs };
@@ -96,7 +98,7 @@ export async function startChunkServer(options: ChunkServerOptions) {
           shardCount: openedStore.shardCount,
           activeWrites: server.activeWrites,
           activeReads: server.activeReads,
-          corruptShards: openedStore.corruptList(),
+          corruptShards: openedStore.corruptList().slice(0, MAX_STATUS_CORRUPT),
           counters: metrics.snapshot(),
         }),
       });

@@ -175,7 +175,8 @@ export class ShardStore {
   readonly dir: string;
   private readonly shardsDir: string;
   private readonly records = new Map<string, ShardRecord>();
-  private sorted: ShardRecord[] | undefined;
+  /** The records in id order, kept up to date (paging and block reports must not re-sort millions). */
+  private sorted: ShardRecord[] = [];
   private readonly writing = new Set<string>();
   private readonly corruptShards = new Map<string, ShardId>();
   private readonly knownDirs = new Set<string>();
@@ -249,6 +250,7 @@ export class ShardStore {
         }),
       );
     }
+    this.sorted = [...this.records.values()].sort((a, b) => compareShardIds(a.id, b.id));
     if (tmpRemoved > 0) await Promise.all(leaves.map((leaf) => fsyncDir(leaf)));
     this.log?.info('inventory rebuilt', {
       shards: this.records.size,
@@ -283,18 +285,21 @@ export class ShardStore {
   /** Shards in id order after `startAfter`, at most `limit`. */
   list(startAfter: ShardId | undefined, limit: number): { shards: ShardRecord[]; more: boolean } {
     assert(limit > 0);
-    this.sorted ??= [...this.records.values()].sort((a, b) => compareShardIds(a.id, b.id));
     const all = this.sorted;
-    let low = 0;
-    if (startAfter !== undefined) {
-      let high = all.length;
-      while (low < high) {
-        const mid = (low + high) >>> 1;
-        if (compareShardIds(all[mid]!.id, startAfter) <= 0) low = mid + 1;
-        else high = mid;
-      }
-    }
+    const low = startAfter === undefined ? 0 : this.sortedIndexAfter(startAfter);
     return { shards: all.slice(low, low + limit), more: low + limit < all.length };
+  }
+
+  /** Index of the first record whose id is greater than `id`. */
+  private sortedIndexAfter(id: ShardId): number {
+    let low = 0;
+    let high = this.sorted.length;
+    while (low < high) {
+      const mid = (low + high) >>> 1;
+      if (compareShardIds(this.sorted[mid]!.id, id) <= 0) low = mid + 1;
+      else high = mid;
+    }
+    return low;
   }
 
   corruptList(): ShardId[] {
@@ -381,7 +386,7 @@ export class ShardStore {
     if (record !== undefined) {
       this.records.set(key, record);
       this.used += record.fileBytes;
-      this.sorted = undefined;
+      this.sorted.splice(this.sortedIndexAfter(record.id), 0, record);
     }
   }
 
@@ -441,7 +446,9 @@ export class ShardStore {
     if (record === undefined) return false;
     const { dir, path } = this.pathFor(id, record);
     this.records.delete(key);
-    this.sorted = undefined;
+    const at = this.sortedIndexAfter(id) - 1;
+    assert(at >= 0 && this.sorted[at] === record, 'the sorted index holds every record');
+    this.sorted.splice(at, 1);
     this.corruptShards.delete(key);
     this.used -= record.fileBytes;
     try {
