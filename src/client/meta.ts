@@ -50,6 +50,64 @@ function isUnavailability(code: DogfsError['code']): boolean {
 }
 
 const MAX_ATTEMPTS = 1000;
+
+/**
+ * What went wrong on each server during one call's attempts, to give one clear reason at the deadline:
+ * NO_QUORUM when the servers that answered said so (or could not find a leader while others were
+ * unreachable), a server's own refusal (e.g. too few chunk servers) when that is what stood in the way,
+ * UNAVAILABLE "cannot reach" when no server answered at all.
+ */
+class FailureTally {
+  /** Per address, the last failure: "unreachable" or the server's message. */
+  private readonly last = new Map<string, string>();
+  private unreachable = 0;
+  private answered = 0;
+  private noQuorum: DogfsError | undefined;
+  private noLeader = false;
+  private refusal: DogfsError | undefined;
+  private refusalFromLeader = false;
+
+  /** `fromLeader`: the server was believed to lead (so a refusal from it is not a quorum problem). */
+  add(address: string, method: string, error: DogfsError, fromLeader: boolean): void {
+    // RpcChannel and `attempt` name the address and method in the errors they make themselves.
+    const local = error.code === 'UNAVAILABLE' && error.message.startsWith(`${address} ${method}: `);
+    if (this.last.size < 16 || this.last.has(address)) {
+      this.last.set(address, local ? 'unreachable' : error.message.slice(0, 200));
+    }
+    if (local) {
+      this.unreachable++;
+      return;
+    }
+    this.answered++;
+    if (error.code === 'NO_QUORUM') this.noQuorum = error;
+    else if (error.code === 'NOT_LEADER' && !error.leaderHint) this.noLeader = true;
+    else if (error.code === 'UNAVAILABLE' || error.code === 'RESOURCE_EXHAUSTED') {
+      this.refusal = error;
+      this.refusalFromLeader = fromLeader;
+    }
+  }
+
+  verdict(method: string, seeds: readonly string[], waitedMs: number, last: DogfsError): DogfsError {
+    const detail = [...this.last.entries()].map(([address, why]) => `${address}: ${why}`).join('; ');
+    if (this.answered === 0) {
+      return new DogfsError(
+        'UNAVAILABLE',
+        `cannot reach any metadata server (${seeds.join(', ')}) for ${method}`,
+        {
+          cause: last,
+        },
+      );
+    }
+    const quorumLost =
+      this.noQuorum !== undefined || this.noLeader || (this.unreachable > 0 && !this.refusalFromLeader);
+    if (this.refusal !== undefined && !quorumLost) return this.refusal;
+    return new DogfsError(
+      'NO_QUORUM',
+      `metadata service has no quorum: ${method} not served within ${waitedMs} ms (${detail})`,
+      { cause: this.noQuorum ?? last },
+    );
+  }
+}
 const MAX_HINT_HOPS = 3;
 
 export class MetadataConnection {
@@ -96,10 +154,7 @@ export class MetadataConnection {
     const started = Date.now();
     const deadline = this.deadlineOf(options);
     const group = groupOf(method);
-    const failures = new Map<string, DogfsError>();
-    let sawAnswer = false;
-    /** The last refusal a server itself sent (e.g. "not enough live chunk servers"), not a lost connection. */
-    let refusal: DogfsError | undefined;
+    const tally = new FailureTally();
     try {
       return await withRetry(
         {
@@ -118,10 +173,7 @@ export class MetadataConnection {
               return await this.attempt(target, method, request, deadline, options.signal);
             } catch (error) {
               const e = toDogfsError(error);
-              failures.set(target, e);
-              const unreachable = e.code === 'UNAVAILABLE' && this.isTransportFailure(e, target, method);
-              if (!unreachable) sawAnswer = true;
-              if ((e.code === 'UNAVAILABLE' || e.code === 'RESOURCE_EXHAUSTED') && !unreachable) refusal = e;
+              tally.add(target, method, e, this.leaders.get(group) === target);
               if (e.code === 'NOT_LEADER' && e.leaderHint && e.leaderHint !== target && hop < MAX_HINT_HOPS) {
                 this.leaders.set(group, e.leaderHint);
                 target = e.leaderHint;
@@ -136,9 +188,8 @@ export class MetadataConnection {
       );
     } catch (error) {
       const e = toDogfsError(error);
-      // A server that answered "cannot now" (placement, load) says more than "the deadline passed".
-      if (refusal !== undefined && isUnavailability(e.code)) throw refusal;
-      throw this.finalError(method, e, failures, sawAnswer, started);
+      if (!isUnavailability(e.code)) throw e;
+      throw tally.verdict(method, this.seeds, Date.now() - started, e);
     }
   }
 
@@ -207,39 +258,6 @@ export class MetadataConnection {
       // FindLeader is only a shortcut: the real call on this seed reports what is wrong with it.
     }
     return seed;
-  }
-
-  /** True for errors made on this side of the wire (refused connection, no answer), not sent by a server. */
-  private isTransportFailure(error: DogfsError, address: string, method: string): boolean {
-    // RpcChannel and `attempt` name the address and method in the errors they make themselves.
-    return error.message.startsWith(`${address} ${method}: `);
-  }
-
-  private finalError(
-    method: string,
-    error: DogfsError,
-    failures: Map<string, DogfsError>,
-    sawAnswer: boolean,
-    started: number,
-  ): DogfsError {
-    if (!isUnavailability(error.code)) return error;
-    const tried = [...failures.entries()]
-      .slice(0, 8)
-      .map(([address, e]) => `${address}: ${e.message}`)
-      .join('; ');
-    const waited = `${Date.now() - started} ms`;
-    if (!sawAnswer) {
-      return new DogfsError(
-        'UNAVAILABLE',
-        `cannot reach any metadata server (${this.seeds.join(', ')}) for ${method}${tried ? ` (${tried})` : ''}`,
-        { cause: error },
-      );
-    }
-    return new DogfsError(
-      'NO_QUORUM',
-      `metadata service has no quorum: no leader answered ${method} before the deadline (~${waited}; ${tried})`,
-      { cause: error },
-    );
   }
 
   private channel(address: string): RpcChannel {

@@ -89,6 +89,24 @@ describe('namespace and leader discovery', () => {
     await Promise.all(servers.map((s) => s.close()));
   });
 
+  test('a majority down, the survivor still electing: NO_QUORUM naming what each server said', async () => {
+    const state = new FakeMetaState();
+    const survivor = new FakeMeta(state, '');
+    await survivor.start();
+    state.failNext.set('Stat', {
+      error: new DogfsError('UNAVAILABLE', 'metadata group 1 is electing a leader; retry'),
+      count: 1_000_000,
+    });
+    const c = new DogfsClient({ meta: ['127.0.0.1:1', survivor.address], timeoutMs: 800 });
+    await rejectsWith(
+      c.stat('/'),
+      'NO_QUORUM',
+      /^metadata service has no quorum: Stat not served within \d+ ms \(127\.0\.0\.1:1: unreachable; .*electing a leader/,
+    );
+    c.close();
+    await survivor.close();
+  });
+
   test('no server reachable: UNAVAILABLE naming the seeds', async () => {
     const c = new DogfsClient({ meta: ['127.0.0.1:1', '127.0.0.1:2'], timeoutMs: 600 });
     await rejectsWith(c.stat('/'), 'UNAVAILABLE', /127\.0\.0\.1:1, 127\.0\.0\.1:2/);
