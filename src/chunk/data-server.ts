@@ -96,6 +96,9 @@ export class DataServer {
   get activeReads(): number {
     return this.reads;
   }
+  get openConnections(): number {
+    return this.sockets.size;
+  }
 
   listen(host: string, port: number): Promise<number> {
     return new Promise((resolve, reject) => {

@@ -223,3 +223,43 @@ test('crc32cCombine folds chunk CRCs into the CRC of the whole (any split, any l
   }
   assert.equal(folded, whole);
 });
+
+test('deadlines: a write stuck on a stalled disk fails with DEADLINE_EXCEEDED and leaves nothing', async () => {
+  let release: () => void = () => {};
+  const gate = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  const io: StoreIo = {
+    async writev(handle, buffers, position) {
+      if (position > 0) await gate;
+      await handle.writev(buffers as Uint8Array[], position);
+    },
+  };
+  const { server, addr, dir: storeDir, store } = await serve('deadline', io);
+  try {
+    const shard = { blockGroupId: 5, index: 0, generation: 1 };
+    await assert.rejects(client.writeShard(addr, shard, seededBytes(8 * MiB, 5), { timeoutMs: 500 }), {
+      code: 'DEADLINE_EXCEEDED',
+    });
+    release();
+    await waitFor('write released', () => server.activeWrites === 0);
+    assert.deepEqual(shardFiles(storeDir), []);
+    assert.equal(store.shardCount, 0);
+  } finally {
+    release();
+    await server.close();
+  }
+});
+
+test('a pooled connection the server closed while idle is replaced transparently', async () => {
+  const { server, addr } = await serve('idle', undefined, { idleTimeoutMs: 200 });
+  try {
+    const shard = { blockGroupId: 6, index: 0, generation: 1 };
+    await client.writeShard(addr, shard, seededBytes(1000, 6));
+    assert.equal(client.idleConnections(addr), 1);
+    await waitFor('server closed the idle connection', () => server.openConnections === 0);
+    assert.ok((await client.readShardBytes(addr, shard)).equals(seededBytes(1000, 6)));
+  } finally {
+    await server.close();
+  }
+});
