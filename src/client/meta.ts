@@ -203,9 +203,26 @@ export class MetadataConnection {
     request: Omit<Init<RequestOf<MetadataMethods, K>>, 'session'>,
     options: MetaCallOptions = {},
   ): Promise<ResponseOf<MetadataMethods, K>> {
-    return session.run((stamp) =>
-      this.call(method, { ...request, session: stamp } as Init<RequestOf<MetadataMethods, K>>, options),
-    );
+    const deadline = this.deadlineOf(options);
+    const once = () =>
+      session.run((stamp) =>
+        this.call(method, { ...request, session: stamp } as Init<RequestOf<MetadataMethods, K>>, {
+          ...options,
+          deadline,
+        }),
+      );
+    return once().catch((error: unknown) => {
+      // The service forgot an idle session and refused the call unapplied: a new session may redo it.
+      if (
+        error instanceof DogfsError &&
+        error.code === 'FAILED_PRECONDITION' &&
+        /^session expired/.test(error.message)
+      ) {
+        session.renew();
+        return once();
+      }
+      throw error;
+    });
   }
 
   /** One attempt on one server, bounded by the attempt timeout; a timed-out attempt counts as UNAVAILABLE. */

@@ -12,13 +12,27 @@ import type { ClientSession as SessionMessage } from '../wire/gen/types.js';
 const MAX_OUTSTANDING = 100_000;
 
 export class ClientSession {
-  readonly clientId: string;
+  private id: string;
   private seq = 0;
   private readonly outstanding = new Set<number>();
 
   constructor(clientId: string = randomBytes(16).toString('hex')) {
     assert(clientId.length > 0 && clientId.length <= 128, 'client id must be 1..128 characters');
-    this.clientId = clientId;
+    this.id = clientId;
+  }
+
+  get clientId(): string {
+    return this.id;
+  }
+
+  /**
+   * Starts a fresh session (new random id, numbers from 1), after the service forgot this one (idle past
+   * its time to live). Calls still in flight keep their old stamps.
+   */
+  renew(): void {
+    this.id = randomBytes(16).toString('hex');
+    this.seq = 0;
+    this.outstanding.clear();
   }
 
   /** The lowest sequence number not yet answered (the next one when none is in flight). */
@@ -34,12 +48,12 @@ export class ClientSession {
     this.seq++;
     assert(Number.isSafeInteger(this.seq), 'session sequence overflow');
     this.outstanding.add(this.seq);
-    return { clientId: this.clientId, seq: this.seq, ackedBelow: this.ackedBelow };
+    return { clientId: this.id, seq: this.seq, ackedBelow: this.ackedBelow };
   }
 
   /** Marks a call answered (or given up on: it is never retried after this). */
   done(stamp: SessionMessage): void {
-    this.outstanding.delete(stamp.seq);
+    if (stamp.clientId === this.id) this.outstanding.delete(stamp.seq);
   }
 
   /** Runs one call with a fresh stamp, marking it answered whatever the outcome. */

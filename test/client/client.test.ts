@@ -71,6 +71,20 @@ describe('namespace and leader discovery', () => {
     assert.ok(cluster.state.count('Mkdir') >= 2);
   });
 
+  test('a session the service forgot is renewed and the call redone once', async () => {
+    cluster.state.failNext.set('Mkdir', {
+      error: new DogfsError(
+        'FAILED_PRECONDITION',
+        'session expired: client x seq 9 is unknown; open a new session',
+      ),
+      count: 1,
+    });
+    const before = client.session.clientId;
+    assert.equal((await client.mkdir('/renewed')).path, '/renewed');
+    assert.notEqual(client.session.clientId, before);
+    assert.equal(client.session.lastSeq, 1, 'the new session starts at 1');
+  });
+
   test('every server without quorum: NO_QUORUM within the deadline', async () => {
     const state = new FakeMetaState();
     const servers = [new FakeMeta(state), new FakeMeta(state)];
