@@ -141,3 +141,49 @@ test('registers with the leader (following NOT_LEADER hints), reports its invent
     await follower.close(0);
   }
 });
+
+test('dogfs chunk --meta registers its data and control addresses and heartbeats; SIGTERM stops it cleanly', async () => {
+  const { startChunk } = await import('./helpers.js');
+  const registrations: RegisterChunkServerRequest[] = [];
+  const heartbeats: HeartbeatRequest[] = [];
+  const meta = new RpcServer();
+  meta.addService(
+    MetadataService,
+    fakeMetadata({
+      RegisterChunkServer: (request) => {
+        registrations.push(request);
+        return { heartbeatIntervalMs: 100 };
+      },
+      BlockReport: () => ({}),
+      Heartbeat: (request) => {
+        heartbeats.push(request);
+        return {};
+      },
+    }),
+  );
+  const metaAddr = `127.0.0.1:${await meta.listen('127.0.0.1', 0)}`;
+  const chunk = await startChunk(join(dir.path, 'proc'), [
+    '--meta',
+    metaAddr,
+    '--id',
+    'chunk-p',
+    '--failure-domain',
+    'rack-9',
+    '--capacity',
+    String(1 << 30),
+  ]);
+  try {
+    await waitFor('registered and heartbeating', () => registrations.length >= 1 && heartbeats.length >= 2);
+    const registration = registrations[0]!;
+    assert.equal(registration.id, 'chunk-p');
+    assert.equal(registration.addr, chunk.dataAddr);
+    assert.equal(registration.controlAddr, chunk.addr);
+    assert.equal(registration.failureDomain, 'rack-9');
+    assert.equal(registration.capacityBytes, 1 << 30);
+    assert.equal(heartbeats[0]!.id, 'chunk-p');
+  } finally {
+    await chunk.stop();
+    assert.deepEqual(await chunk.process.exited, { code: 0, signal: null });
+    await meta.close(0);
+  }
+});
