@@ -41,8 +41,8 @@ function round(nodes: Raft[]): { messages: number; applied: number } {
   for (const n of nodes) {
     if (!n.hasReady()) continue;
     const rd = n.ready();
-    inbox.push(...rd.messages);
-    messages += rd.messages.length;
+    inbox.push(...rd.earlyMessages, ...rd.messages);
+    messages += rd.earlyMessages.length + rd.messages.length;
     if (n.status().role === 'leader') applied += rd.committedEntries.length;
     n.advance(rd);
   }

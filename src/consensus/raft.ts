@@ -97,6 +97,14 @@ export interface RaftConfig {
   readonly maxPendingReads: number;
   /** Heartbeat rounds without replication progress before a pipelined follower is re-probed. */
   readonly stallHeartbeats: number;
+  /**
+   * Opt-in (default off): the leader's appends and heartbeats go to Ready.earlyMessages, which the host may
+   * send BEFORE persisting the Ready (Raft dissertation §10.2.1: the leader writes its log in parallel with
+   * its followers). Safe because the leader counts itself towards a quorum only after advance(), and
+   * those messages carry nothing else that depends on this Ready being durable. Off: everything is in
+   * Ready.messages and earlyMessages is always empty.
+   */
+  readonly earlyAppends?: boolean;
   readonly testingBugs?: TestingBugs;
 }
 
@@ -144,6 +152,8 @@ export interface Ready {
   readonly entries: readonly Entry[];
   readonly committedEntries: readonly Entry[];
   readonly messages: readonly Message[];
+  /** Leader appends/heartbeats that may leave before this Ready is persisted (only with earlyAppends). */
+  readonly earlyMessages: readonly Message[];
   readonly readStates: readonly ReadState[];
   /** Read contexts that will never get a ReadState (leadership lost); answer them with a retryable error. */
   readonly failedReads: readonly string[];
@@ -291,6 +301,7 @@ export class Raft {
 
   // Ready bookkeeping.
   private msgs: Message[] = [];
+  private earlyMsgs: Message[] = [];
   private readStates: ReadState[] = [];
   private failedReads: string[] = [];
   private prevHardState: HardState;
@@ -517,7 +528,8 @@ export class Raft {
   hasReady(): boolean {
     if (this.outstanding !== undefined) return false;
     if (this.role === 'leader' && this.pendingBroadcast) return true;
-    if (this.msgs.length > 0 || this.readStates.length > 0 || this.failedReads.length > 0) return true;
+    if (this.msgs.length > 0 || this.earlyMsgs.length > 0) return true;
+    if (this.readStates.length > 0 || this.failedReads.length > 0) return true;
     if (this.snapshotToPersist !== undefined) return true;
     if (this.log.stable() < this.log.lastIndex()) return true;
     if (this.applying < this.log.committed()) return true;
@@ -543,6 +555,7 @@ export class Raft {
       entries,
       committedEntries,
       messages: this.msgs,
+      earlyMessages: this.earlyMsgs,
       readStates: this.readStates,
       failedReads: this.failedReads,
       softState: softChanged ? soft : undefined,
@@ -553,6 +566,7 @@ export class Raft {
         hs.vote !== this.prevHardState.vote,
     };
     this.msgs = [];
+    this.earlyMsgs = [];
     this.readStates = [];
     this.failedReads = [];
     if (hardStateChanged) this.prevHardState = hs;
@@ -1261,7 +1275,9 @@ export class Raft {
   }
 
   private send(m: Message): void {
-    this.msgs.push(m);
+    if (this.cfg.earlyAppends === true && (m.type === 'append' || m.type === 'heartbeat'))
+      this.earlyMsgs.push(m);
+    else this.msgs.push(m);
   }
 
   private nextCommittedEntries(): Entry[] {

@@ -104,7 +104,7 @@ export class Harness {
         if (first !== undefined)
           n.entries = n.entries.filter((e) => e.index < first.index).concat(rd.entries);
         if (rd.hardState !== undefined) n.hardState = rd.hardState;
-        this.inFlight.push(...rd.messages);
+        this.inFlight.push(...rd.earlyMessages, ...rd.messages);
         n.applied.push(...rd.committedEntries);
         n.readStates.push(...rd.readStates);
         n.failedReads.push(...rd.failedReads);

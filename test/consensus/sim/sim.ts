@@ -225,6 +225,8 @@ class Simulation {
   private readonly profile: 'calm' | 'mixed' | 'churn';
   private crashAfterCommit = 0;
   private crashAfterPropose = 0;
+  /** fdatasync latency bound: some seeds have disks slower than the network (as real ones often are). */
+  private maxSyncDelay = 4;
   now = 0;
   events = 0;
 
@@ -243,6 +245,7 @@ class Simulation {
       preVote: rng.chance(0.85),
       checkQuorum: rng.chance(0.85),
       readMode: 'safe',
+      earlyAppends: rng.chance(0.5),
       maxEntriesPerAppend: churn ? 1 : rng.pick([1, 2, 4, 16, 64]),
       maxBytesPerAppend: rng.pick([256, 4096, 1 << 20]),
       maxInflightMsgs: churn ? 1 : rng.pick([1, 2, 4, 16]),
@@ -254,6 +257,7 @@ class Simulation {
     // Lease reads rely on equal tick rates, which the simulator provides (every node ticks every TICK).
     if (this.base.checkQuorum && rng.chance(0.3)) this.base = { ...this.base, readMode: 'lease' };
     this.compactEvery = rng.pick([8, 30, 1_000_000]);
+    this.maxSyncDelay = rng.pick([4, 4, 30]);
     const ids = Array.from({ length: voters }, (_, i) => asNodeId(i + 1));
     const boot = bootstrapSnapshot(ids);
     for (const id of ids) this.startNode(id, boot);
@@ -519,9 +523,15 @@ class Simulation {
     if (rd.snapshot !== undefined) n.disk.writeSnapshot(rd.snapshot);
     n.disk.writeEntries(rd.entries);
     if (rd.hardState !== undefined) n.disk.writeHardState(rd.hardState);
+    // Leader appends may leave before the disk write completes (earlyAppends); everything else waits.
+    for (const m of rd.earlyMessages) this.send(m);
     n.busy = true;
     n.inflight = rd;
-    this.queue.push(this.now + (rd.mustSync ? this.rng.int(1, 4) : 0), { kind: 'sync', node: id, inc });
+    this.queue.push(this.now + (rd.mustSync ? this.rng.int(1, this.maxSyncDelay) : 0), {
+      kind: 'sync',
+      node: id,
+      inc,
+    });
   }
 
   private syncAndApply(id: NodeId, inc: number): void {
