@@ -22,7 +22,7 @@ test(`simulation: ${seeds.length} seed(s) x ${steps} steps of mixed faults stay 
   let historyOps = 0;
   for (const seed of seeds) {
     const r = runSimulation({ seed, steps });
-    if (!r.ok) assert.fail(`seed ${seed} failed: ${r.failure}\nreplay: ${replayCommand(seed)}`);
+    if (!r.ok) assert.fail(`seed ${seed} failed: ${r.failure}\nreplay: ${replayCommand(seed, steps)}`);
     assert.ok(r.stats.events >= steps, `seed ${seed} ran only ${r.stats.events} events`);
     events += r.stats.events;
     committed += r.stats.committed;

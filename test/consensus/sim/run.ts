@@ -34,7 +34,7 @@ for (let seed = first; seed < first + seeds; seed++) {
   commits += r.stats.committed;
   if (!r.ok) {
     failures++;
-    console.log(`FAIL seed ${seed}: ${r.failure}\n  replay: ${replayCommand(seed)}`);
+    console.log(`FAIL seed ${seed}: ${r.failure}\n  replay: ${replayCommand(seed, steps)}`);
   }
 }
 const secs = (performance.now() - started) / 1000;

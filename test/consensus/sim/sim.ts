@@ -62,8 +62,8 @@ export type SimResult =
   | { readonly ok: true; readonly seed: number; readonly stats: SimStats }
   | { readonly ok: false; readonly seed: number; readonly failure: string; readonly stats: SimStats };
 
-export function replayCommand(seed: number): string {
-  return `SEED=${seed} node --test dist/test/consensus/sim.test.js`;
+export function replayCommand(seed: number, steps = 5000): string {
+  return `SEED=${seed} SIM_STEPS=${steps} node --test dist/test/consensus/sim.test.js`;
 }
 
 const TICK = 10;
