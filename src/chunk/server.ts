@@ -38,6 +38,11 @@ const MAX_LIST_LIMIT = 10_000;
 /** Corrupt shards named in one Status answer (heartbeats carry them too, bounded the same way). */
 const MAX_STATUS_CORRUPT = 10_000;
 
+function memoryGauges() {
+  const memory = process.memoryUsage();
+  return { rssBytes: memory.rss, heapUsedBytes: memory.heapUsed, externalBytes: memory.external };
+}
+
 function shardInfo(record: ShardRecord) {
   return { shard: record.id, length: record.length, crc32c: record.crc32c, mtimeMs: record.mtimeMs };
 }
@@ -100,6 +105,7 @@ export async function startChunkServer(options: ChunkServerOptions) {
           activeReads: server.activeReads,
           corruptShards: openedStore.corruptList().slice(0, MAX_STATUS_CORRUPT),
           counters: metrics.snapshot(),
+          ...memoryGauges(),
         }),
       });
 
