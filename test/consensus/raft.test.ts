@@ -454,3 +454,76 @@ test('fast back-tracking: a follower with a long divergent term is repaired in a
   assert.equal(h.raft(1).status().lastIndex, h.raft(2).status().lastIndex);
   assert.equal(h.raft(1).logEntry(asIndex(h.raft(1).status().lastIndex))?.term, h.raft(2).status().term);
 });
+
+test('ReadIndex on a follower: forwarded to the leader, answered on the follower with the leader commit index', () => {
+  const h = new Harness(3);
+  h.elect(1);
+  assert.ok(h.raft(1).propose(bytes('w')).ok);
+  h.deliver();
+  const commit = h.raft(1).status().commit;
+  assert.ok(h.raft(2).readIndex('f1').ok);
+  h.deliver();
+  const rs = h.node(2).readStates.find((r) => r.ctx === 'f1');
+  assert.ok(rs !== undefined);
+  assert.equal(rs.index, commit);
+  // With no known leader the follower refuses at once.
+  const lone = new Harness(3);
+  assert.deepEqual(lone.raft(2).readIndex('x'), { ok: false, code: 'no_leader' });
+});
+
+test('limits: a proposal over maxBytesPerAppend is too_large; uncommitted bytes beyond the limit are overloaded', () => {
+  const h = new Harness(3, { maxBytesPerAppend: 1000, maxUncommittedBytes: 2000 });
+  h.elect(1);
+  assert.deepEqual(h.raft(1).propose(new Uint8Array(1001)), { ok: false, code: 'too_large' });
+  let accepted = 0;
+  let refused = 0;
+  for (let i = 0; i < 10; i++) {
+    const r = h.raft(1).propose(new Uint8Array(900));
+    if (r.ok) accepted++;
+    else if (r.code === 'overloaded') refused++;
+  }
+  assert.ok(accepted >= 2 && accepted <= 3, `${accepted} accepted`);
+  assert.equal(refused, 10 - accepted);
+  h.deliver(); // commit drains the budget
+  assert.ok(h.raft(1).propose(new Uint8Array(900)).ok);
+});
+
+test('membership: a leader that removes itself steps down once the removal commits; the rest elect a leader', () => {
+  const h = new Harness(3);
+  h.elect(1);
+  h.tickAll(1);
+  h.deliver();
+  assert.ok(h.raft(1).proposeConfChange({ type: 'remove', node: asNodeId(1) }).ok);
+  h.deliver();
+  assert.notEqual(h.raft(1).status().role, 'leader');
+  assert.deepEqual([...h.raft(2).status().config.voters].sort(), [2, 3]);
+  h.crash(1);
+  for (let i = 0; i < 60 && h.leaders().length === 0; i++) {
+    h.tickAll(1);
+    h.deliver();
+  }
+  const [leader] = h.leaders();
+  assert.ok(leader !== undefined && leader.id !== 1);
+  assert.ok(leader.raft.propose(bytes('after-removal')).ok);
+  h.deliver();
+  h.tickAll(1);
+  h.deliver();
+  assert.ok(commands(h.node(2)).includes('after-removal'));
+});
+
+test('leadership transfer to an unreachable node is abandoned after an election timeout', () => {
+  const h = new Harness(3, { checkQuorum: false });
+  h.elect(1);
+  h.crash(3);
+  assert.ok(h.raft(1).propose(bytes('x')).ok);
+  h.deliver();
+  assert.ok(h.raft(1).transferLeader(asNodeId(3)).ok);
+  assert.deepEqual(h.raft(1).propose(bytes('y')), { ok: false, code: 'transferring' });
+  for (let i = 0; i < 12; i++) {
+    h.raft(1).tick();
+    h.deliver();
+  }
+  assert.equal(h.raft(1).status().role, 'leader');
+  assert.equal(h.raft(1).status().transferee, NO_NODE);
+  assert.ok(h.raft(1).propose(bytes('z')).ok);
+});
