@@ -147,7 +147,7 @@ function formatDuration(seconds: number): string {
 }
 
 /** Counts bytes passing through (no copy) and draws a bar on a terminal's stderr. */
-class Progress extends Transform {
+export class Progress extends Transform {
   private bytes = 0;
   private readonly started = Date.now();
   private lastDraw = 0;
@@ -156,7 +156,7 @@ class Progress extends Transform {
   constructor(
     private readonly label: string,
     private readonly total: number | undefined,
-    private readonly out: NodeJS.WriteStream = process.stderr,
+    private readonly out: Pick<NodeJS.WriteStream, 'write' | 'isTTY' | 'columns'> = process.stderr,
   ) {
     super();
     this.tty = out.isTTY === true;

@@ -9,8 +9,9 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { after, before, describe, test } from 'node:test';
-import { runFileCommand } from '../../src/cli/files.js';
+import { Progress, runFileCommand } from '../../src/cli/files.js';
 import type { RunningChunk } from '../chunk/helpers.js';
 import { startChunkServers, startFakeMetaCluster } from '../client/fake-meta.js';
 import { assertOneLineError, DOGFS_BIN, runDogfs, tempDir } from '../helpers/index.js';
@@ -285,4 +286,28 @@ describe('dogfs file commands', () => {
     assert.deepEqual(json.chunkServers.map((c) => c.id).sort(), ['c0', 'c1', 'c2', 'c3', 'c4']);
     assert.equal(json.groups[0]!.leader, meta.leader.address);
   });
+});
+
+test('the progress bar: bytes, rate and ETA on a terminal, nothing otherwise', async () => {
+  const drawn: string[] = [];
+  const terminal = { isTTY: true, columns: 120, write: (s: string) => drawn.push(s) > 0 };
+  const bar = new Progress('put /x', 3 * 1024 * 1024, terminal);
+  const sink = new PassThrough();
+  sink.resume();
+  await pipeline(
+    Readable.from([Buffer.alloc(1024 * 1024), Buffer.alloc(1024 * 1024), Buffer.alloc(1024 * 1024)]),
+    bar,
+    sink,
+  );
+  const last = drawn.filter((s) => s.startsWith('\r')).pop() ?? '';
+  assert.match(last, /^\rput \/x \[#{24}\] 100% 3\.0 MiB \/ 3\.0 MiB {2}[\d.]+ [KMG]?i?B\/s ETA 0:00/);
+  assert.equal(drawn[drawn.length - 1], '\n');
+  const quiet: string[] = [];
+  const pipe = new Progress('get /x', 10, {
+    isTTY: false,
+    columns: 80,
+    write: (s: string) => quiet.push(s) > 0,
+  } as never);
+  await pipeline(Readable.from([Buffer.alloc(10)]), pipe, new PassThrough().resume());
+  assert.deepEqual(quiet, []);
 });
