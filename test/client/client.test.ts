@@ -318,6 +318,47 @@ describe('write and read paths (in-memory data plane)', () => {
     }
   });
 
+  test('lost replies to Allocate, Commit and Complete: retried under the same numbers, applied once', async () => {
+    for (const method of ['Create', 'AllocateBlockGroup', 'CommitBlockGroup', 'CompleteFile']) {
+      cluster.state.dropReply.set(method, 1);
+    }
+    const data = randomBytes(G + 5);
+    await client.writeFile('/lost-replies', data, { ec: 'rs-3-2' });
+    const inode = (await client.stat('/lost-replies')).inode;
+    assert.equal(inode.blockGroups.length, 2, 'each block group allocated and committed once');
+    assert.deepEqual(await client.readFile('/lost-replies'), data);
+  });
+
+  test('the metadata leader moves mid-write: the stream follows the hint and completes', async () => {
+    const follower = new FakeMeta(cluster.state, cluster.leader.address);
+    await follower.start();
+    const c = new DogfsClient({
+      meta: [cluster.leader.address, follower.address],
+      transport,
+      timeoutMs: 5000,
+    });
+    try {
+      const data = randomBytes(2 * G + 9);
+      const stream = c.createWriteStream('/failover', { ec: 'rs-3-2', size: data.length });
+      const done = new Promise<void>((resolve, reject) => {
+        stream.once('finish', resolve);
+        stream.once('error', reject);
+      });
+      await new Promise<void>((resolve) => stream.write(data.subarray(0, G + 1), () => resolve()));
+      // Leadership moves: the old leader now answers NOT_LEADER pointing at the new one.
+      cluster.leader.leaderHint = follower.address;
+      follower.leaderHint = undefined;
+      stream.end(data.subarray(G + 1));
+      await done;
+      assert.equal(c.metadata.knownLeader(1), follower.address);
+      assert.deepEqual(await c.readFile('/failover'), data);
+    } finally {
+      cluster.leader.leaderHint = undefined;
+      c.close();
+      await follower.close();
+    }
+  });
+
   test('replicate-N keeps copies and reads from any of them', async () => {
     const data = randomBytes(S + 3);
     await client.writeFile('/replicated', data, { ec: 'replicate-3' });
