@@ -9,7 +9,7 @@ import { stat as localStat, open, readFile, rename, unlink } from 'node:fs/promi
 import { basename, dirname, join } from 'node:path';
 import { Transform, type TransformCallback, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { DogfsClient, type FileStatus, joinPath, normalizePath } from '../client/index.js';
+import { baseName, DogfsClient, type FileStatus, joinPath, normalizePath } from '../client/index.js';
 import { AddressError, parseAddressList } from '../common/address.js';
 import { EcPolicyError, parseEcPolicy } from '../common/ec-policy.js';
 import { DogfsError, type ErrorCode } from '../wire/errors.js';
@@ -334,6 +334,15 @@ async function statCommand(ctx: Context, argv: string[]): Promise<void> {
   await print(ctx.stdout, `${lines.join('\n')}\n`);
 }
 
+async function statIfExists(client: DogfsClient, path: string): Promise<FileStatus | undefined> {
+  try {
+    return await client.stat(path);
+  } catch (error) {
+    if (error instanceof DogfsError && error.code === 'NOT_FOUND') return undefined;
+    throw error;
+  }
+}
+
 function onePath(positionals: string[], command: string): string {
   if (positionals.length !== 1) throw new UsageError(`${command} takes one PATH`);
   return normalizePath(positionals[0]!);
@@ -350,10 +359,7 @@ async function put(ctx: Context, argv: string[]): Promise<string> {
   if (flags.ec !== undefined) parseEcPolicy(flags.ec);
   let remote = normalizePath(remoteArg);
   // Putting into an existing directory stores the file under its own name there, as cp does.
-  const existing = await ctx.client.stat(remote).catch((error: unknown) => {
-    if (error instanceof DogfsError && error.code === 'NOT_FOUND') return undefined;
-    throw error;
-  });
+  const existing = await statIfExists(ctx.client, remote);
   if (existing?.type === 'dir') {
     if (local === '-') throw new DogfsError('IS_A_DIRECTORY', `${remote}: Is a directory`);
     remote = joinPath(remote, basename(local));
@@ -557,7 +563,11 @@ export async function runFileCommand(
       case 'mv': {
         const { positionals } = parseFlags(argv, { meta: { type: 'string' } });
         if (positionals.length !== 2) throw new UsageError('mv takes SRC DST');
-        await client.rename(positionals[0]!, positionals[1]!);
+        const src = normalizePath(positionals[0]!);
+        let dst = normalizePath(positionals[1]!);
+        // Into an existing directory, keeping the name, as mv does.
+        if ((await statIfExists(client, dst))?.type === 'dir') dst = joinPath(dst, baseName(src));
+        await client.rename(src, dst);
         break;
       }
       case 'stat':

@@ -133,6 +133,9 @@ describe('dogfs file commands', () => {
     assert.deepEqual(JSON.parse((await dogfs(['ls', '--json', '/proj/src/lib'])).stdout), []);
 
     assert.equal((await dogfs(['mv', '/proj/docs', '/proj/manual'])).status, 0);
+    // Into an existing directory: keeps its name.
+    assert.equal((await dogfs(['mv', '/proj/manual/readme.txt', '/proj/src'])).status, 0);
+    assert.equal((await dogfs(['mv', '/proj/src/readme.txt', '/proj/manual/readme.txt'])).status, 0);
     assert.equal((await dogfs(['cat', '/proj/manual/readme.txt'])).stdout, 'hello dogfs\n');
     const notEmpty = await dogfs(['rm', '/proj']);
     assert.equal(notEmpty.status, 1);
@@ -217,7 +220,7 @@ describe('dogfs file commands', () => {
       [['mkdir', '/e/sub'], /^dogfs: \/e\/sub: File exists$/],
       [['mkdir', '/e/file/x'], /^dogfs: \/e\/file(\/x)?: Not a directory$/],
       [['rm', '/e'], /^dogfs: \/e: Directory not empty$/],
-      [['mv', '/e', '/e/sub/e'], /^dogfs: \/e\/sub\/e: .*into itself/],
+      [['mv', '/e', '/e/sub'], /^dogfs: \/e\/sub\/e: .*into itself/],
       [['cat', '/e/sub'], /^dogfs: \/e\/sub: Is a directory$/],
       [['ls', '/e/a//b'], /^dogfs: \/e\/a\/\/b: invalid path$/],
       [['put', local, '/e/y', '--ec', 'rs-9-99'], /^dogfs: unknown EC policy 'rs-9-99'/, 2],
