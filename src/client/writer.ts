@@ -145,6 +145,12 @@ class GroupWriter {
         addr: target.addr,
         generation: target.generation,
       });
+      if (target.addr === '') {
+        // Placement found no server for this shard (fewer live servers than K+M): it starts as a gap.
+        stream.fail(new DogfsError('UNAVAILABLE', 'no chunk server was placed for it'));
+        this.shards.push(stream);
+        continue;
+      }
       try {
         stream.handle = transport.openWrite(
           { addr: target.addr, shard: { blockGroupId: block.id, index: i, generation: target.generation } },

@@ -359,6 +359,21 @@ describe('write and read paths (in-memory data plane)', () => {
     }
   });
 
+  test('a shard placement could not fill starts as a gap; K+1 others suffice', async () => {
+    cluster.state.placement = ['cs-0', 'cs-1', 'cs-2', 'cs-3', ''];
+    try {
+      const data = randomBytes(S + 1);
+      const stream = await client.writeFile('/gap', data, { ec: 'rs-3-2' });
+      assert.deepEqual(
+        stream.blockGroups[0]!.shards.map((s) => s.durable),
+        [true, true, true, true, false],
+      );
+      assert.deepEqual(await client.readFile('/gap'), data);
+    } finally {
+      cluster.state.placement = undefined;
+    }
+  });
+
   test('replicate-N keeps copies and reads from any of them', async () => {
     const data = randomBytes(S + 3);
     await client.writeFile('/replicated', data, { ec: 'replicate-3' });

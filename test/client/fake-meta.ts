@@ -244,6 +244,7 @@ export class FakeMeta {
           length: s.options.blockGroupBytes ?? 0,
           shards: Array.from({ length: k + m }, (_, i) => {
             const placed = s.placement?.[i];
+            if (placed === '') return { index: i, chunkServerId: '', addr: '', generation: 1 };
             const c = placed === undefined ? alive[(start + i) % alive.length]! : s.chunkServers.get(placed)!;
             return { index: i, chunkServerId: c.id, addr: c.addr, generation: 1 };
           }),
