@@ -68,7 +68,7 @@ export interface BlockGroupOutcome {
 
 /** Shards that must be durable for a block group to be kept. */
 export function requiredDurable(k: number, m: number): number {
-  return m === 1 ? k : k + 1;
+  return m <= 1 ? k : k + 1;
 }
 
 /** The stripe being filled. Fresh buffers per stripe: the transport may hold them until the shard ends. */
@@ -420,7 +420,7 @@ export class FileWriteStream extends Writable {
       this.metaOptions(),
     );
     const block = allocated.blockGroup;
-    if (block === undefined || block === null || block.dataShards < 1 || block.parityShards < 1) {
+    if (block === undefined || block === null || block.dataShards < 1 || block.parityShards < 0) {
       throw new DogfsError('INTERNAL', 'AllocateBlockGroup answered without a usable block group');
     }
     const stripeSize = block.stripeSize > 0 ? block.stripeSize : DEFAULT_STRIPE_SIZE;
@@ -431,7 +431,7 @@ export class FileWriteStream extends Writable {
     const capacity = Math.max(layout.stripeDataSize, limit - (limit % layout.stripeDataSize));
     const length = Math.min(capacity, wanted);
     if (this.codec === undefined || this.codec.k !== layout.k || this.codec.m !== layout.m) {
-      this.codec = this.replicate ? undefined : createCodec(layout.k, layout.m);
+      this.codec = this.replicate || layout.m === 0 ? undefined : createCodec(layout.k, layout.m);
     }
     this.group = new GroupWriter(
       { ...block, offset, length },

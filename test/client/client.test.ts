@@ -377,6 +377,8 @@ describe('write and read paths (in-memory data plane)', () => {
   test('replicate-N keeps copies and reads from any of them', async () => {
     const data = randomBytes(S + 3);
     await client.writeFile('/replicated', data, { ec: 'replicate-3' });
+    await client.writeFile('/single', data, { ec: 'replicate-1' });
+    assert.deepEqual(await client.readFile('/single'), data, 'replicate-1: K = 1, M = 0');
     const shards = (await client.stat('/replicated')).inode.blockGroups[0]!.shards;
     assert.equal(shards.length, 3);
     transport.dead.add(shards.find((s) => s.index === 0)!.addr);
