@@ -43,6 +43,10 @@ export interface BadShard {
 
 /** Largest shard a read layout accepts (only a bound for range checks; real shards are far smaller). */
 const READ_LAYOUT_MAX_SHARD_BYTES = 2 ** 40;
+/** Deadline of one range read of a shard (chunk servers honour at most 30 min). */
+const SHARD_READ_DEADLINE_MS = 30 * 60_000;
+/** A range read older than its deadline minus this is replaced rather than used further. */
+const SHARD_READ_RENEW_MARGIN_MS = 5 * 60_000;
 /** Bad-shard reports a stream keeps (each block group reports at most K+M). */
 const MAX_REPORTS = 1024;
 
@@ -53,6 +57,8 @@ class ShardCursor {
   /** Shard offset of the first byte of `pending`. */
   position: number;
   readonly end: number;
+  /** After this time the read is replaced by a new one before the chunk server's deadline cuts it. */
+  readonly renewAt = Date.now() + SHARD_READ_DEADLINE_MS - SHARD_READ_RENEW_MARGIN_MS;
   private pending: Uint8Array | null = null;
 
   constructor(index: number, handle: ShardReadHandle, start: number, end: number) {
@@ -227,7 +233,8 @@ class GroupReader {
 
   private async take(index: number, offset: number, length: number): Promise<Uint8Array> {
     let cursor = this.cursors.get(index);
-    if (cursor !== undefined && cursor.position > offset) {
+    // Behind the cursor, or near the end of its read's deadline (a slow consumer): a fresh range read.
+    if (cursor !== undefined && (cursor.position > offset || Date.now() > cursor.renewAt)) {
       cursor.close();
       cursor = undefined;
     }
@@ -240,7 +247,7 @@ class GroupReader {
         },
         offset,
         this.spanEnd - offset,
-        { deadline: Date.now() + 24 * 3600_000 },
+        { deadline: Date.now() + SHARD_READ_DEADLINE_MS },
       );
       cursor = new ShardCursor(index, handle, offset, this.spanEnd);
       this.cursors.set(index, cursor);
