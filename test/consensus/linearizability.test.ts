@@ -126,3 +126,19 @@ test('property: any history produced by a sequential execution with widened inte
     { numRuns: 300, seed: 7 },
   );
 });
+
+test('unknown outcome with a deadline: it took effect before the deadline or never', () => {
+  const late: HistoryOp = { ...op('a', put('x', '1'), 0, undefined), deadline: 5 };
+  assert.deepEqual(checkKvHistory([late, op('b', get('x'), 10, 11, '1')]), { ok: true });
+  assert.deepEqual(checkKvHistory([late, op('b', get('x'), 10, 11, null)]), { ok: true }, 'never happened');
+  assert.deepEqual(
+    checkKvHistory([late, op('b', get('x'), 2, 3, null), op('b', get('x'), 10, 11, '1')]),
+    { ok: true },
+    'happened between 3 and 5',
+  );
+  assert.equal(
+    checkKvHistory([late, op('b', get('x'), 6, 7, null), op('b', get('x'), 10, 11, '1')]).ok,
+    false,
+    'cannot take effect after its deadline',
+  );
+});

@@ -3,9 +3,11 @@
  * after Wing & Gong with Lowe's memoisation, partitioned per key as Porcupine does (operations on different
  * keys commute, so each key's sub-history is checked on its own).
  *
- * Operations whose outcome is unknown (the client timed out) have no return event: they may take effect at
- * any point after their call or never, and their output is unconstrained. The search succeeds once every
- * operation with a known outcome is linearized.
+ * Operations whose outcome is unknown (the client timed out) may take effect at any point after their call
+ * or never, and their output is unconstrained. If the history knows a `deadline` for one (e.g. a later
+ * command of the same client session completed, after which the session refuses the old one), it took
+ * effect by then or never: the search must linearize or drop it before passing that time. The search
+ * succeeds once every operation with a known outcome is linearized.
  */
 
 import { type KvInput, type KvOutput, stepKv } from './sim/kv.js';
@@ -17,6 +19,8 @@ export interface HistoryOp {
   /** undefined: outcome unknown (timed out / crashed before answering). */
   readonly ret: number | undefined;
   readonly output: KvOutput | undefined;
+  /** Only for unknown outcomes: the operation took effect before this time or not at all. */
+  readonly deadline?: number;
 }
 
 export type CheckResult =
@@ -92,9 +96,10 @@ function checkPartition(ops: readonly HistoryOp[], maxSteps: number): boolean | 
     const call: Node = { op: i, isCall: true, time: op.call, prev: null, next: null, match: null };
     calls.push(call);
     events.push(call);
-    if (op.ret !== undefined) {
-      if (op.ret < op.call) throw new RangeError(`operation returns before its call: ${JSON.stringify(op)}`);
-      const ret: Node = { op: i, isCall: false, time: op.ret, prev: null, next: null, match: call };
+    const end = op.ret ?? op.deadline;
+    if (end !== undefined) {
+      if (end < op.call) throw new RangeError(`operation returns before its call: ${JSON.stringify(op)}`);
+      const ret: Node = { op: i, isCall: false, time: end, prev: null, next: null, match: call };
       call.match = ret;
       events.push(ret);
     }
@@ -134,14 +139,22 @@ function checkPartition(ops: readonly HistoryOp[], maxSteps: number): boolean | 
   const linearized = new Uint8Array(ops.length);
   const cache = new Set<string>();
   const keyOf = (s: string | null) => `${linearized.join('')}|${s === null ? '\u0000' : s}`;
-  const candidates = (): Node[] => {
-    const known: Node[] = [];
-    const unknown: Node[] = [];
-    for (let e = head.next; e?.isCall; e = e.next) (e.match === null ? unknown : known).push(e);
+  const isKnown = (n: Node) => ops[n.op]!.ret !== undefined;
+  /** Actions: linearize a call, or (for an unknown op whose deadline is the next event) drop it. */
+  interface Action {
+    readonly call: Node;
+    readonly drop: boolean;
+  }
+  const candidates = (): Action[] => {
+    const known: Action[] = [];
+    const unknown: Action[] = [];
+    let e = head.next;
+    for (; e?.isCall; e = e.next) (isKnown(e) ? known : unknown).push({ call: e, drop: false });
+    if (e !== null && !isKnown(e) && e.match !== null) unknown.push({ call: e.match, drop: true });
     return known.concat(unknown);
   };
   interface Frame {
-    readonly cands: Node[];
+    readonly cands: Action[];
     i: number;
     /** The call linearized to reach this frame, and the state before it (undefined at the root). */
     readonly via: Node | undefined;
@@ -154,21 +167,22 @@ function checkPartition(ops: readonly HistoryOp[], maxSteps: number): boolean | 
     if (knownRemaining === 0) return true;
     if (++steps > maxSteps) return 'unknown';
     const frame = frames[frames.length - 1]!;
-    const cand = frame.cands[frame.i++];
-    if (cand === undefined) {
+    const action = frame.cands[frame.i++];
+    if (action === undefined) {
       frames.pop();
       const via = frame.via;
       if (via !== undefined) {
         linearized[via.op] = 0;
-        if (via.match !== null) knownRemaining++;
+        if (isKnown(via)) knownRemaining++;
         state = frame.stateBefore;
         unlift(via);
       }
       continue;
     }
+    const cand = action.call;
     const op = ops[cand.op]!;
-    const { next, output } = stepKv(state, op.input);
-    if (!outputMatches(output, op.output)) continue;
+    const { next, output } = action.drop ? { next: state, output: undefined } : stepKv(state, op.input);
+    if (!action.drop && !outputMatches(output as KvOutput, op.output)) continue;
     linearized[cand.op] = 1;
     const key = keyOf(next);
     if (cache.has(key)) {
@@ -176,7 +190,7 @@ function checkPartition(ops: readonly HistoryOp[], maxSteps: number): boolean | 
       continue;
     }
     cache.add(key);
-    if (cand.match !== null) knownRemaining--;
+    if (isKnown(cand)) knownRemaining--;
     const before = state;
     state = next;
     lift(cand);
