@@ -9,7 +9,8 @@
  * disk only as fast as the socket drains.
  */
 import { createServer, type Server, type Socket } from 'node:net';
-import { chunkAlignedRange } from '../codec/index.js';
+// Only the checksum modules: the chunk server needs no erasure-coding backend in memory.
+import { chunkAlignedRange } from '../codec/checksum.js';
 import { assert } from '../common/assert.js';
 import type { Logger } from '../common/log.js';
 import {
@@ -50,7 +51,7 @@ export const DEFAULT_DATA_SERVER_LIMITS: DataServerLimits = {
 };
 
 /** Bytes a connection's socket may read ahead of the operation consuming them. */
-const SOCKET_READ_AHEAD_BYTES = DEFAULT_PACKET_BYTES;
+const SOCKET_READ_AHEAD_BYTES = 256 * 1024;
 
 /** Largest packet the server sends on reads, whatever the client asks for. */
 const MAX_READ_PACKET_BYTES = DEFAULT_PACKET_BYTES;
