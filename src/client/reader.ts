@@ -68,8 +68,11 @@ class ShardCursor {
     this.end = end;
   }
 
-  /** Bytes [offset, offset + length) of the shard; offset must not be behind the cursor. */
-  async take(offset: number, length: number): Promise<Uint8Array> {
+  /**
+   * Bytes [offset, offset + length) of the shard, as slices of what the transport delivered (no copy);
+   * offset must not be behind the cursor.
+   */
+  async take(offset: number, length: number): Promise<Uint8Array[]> {
     assert(offset >= this.position && offset + length <= this.end, 'cursor read outside its range');
     const parts: Uint8Array[] = [];
     let needed = length;
@@ -98,7 +101,7 @@ class ShardCursor {
       needed -= part.length;
       parts.push(part);
     }
-    return parts.length === 1 ? parts[0]! : Buffer.concat(parts, length);
+    return parts;
   }
 
   close(): void {
@@ -180,7 +183,7 @@ class GroupReader {
         pieces.map((p) => this.take(p.shard, p.shardOffset, p.length)),
       );
       if (results.every((r) => r.status === 'fulfilled')) {
-        return results.map((r) => (r as PromiseFulfilledResult<Uint8Array>).value);
+        return results.flatMap((r) => (r as PromiseFulfilledResult<Uint8Array[]>).value);
       }
       results.forEach((r, i) => {
         if (r.status === 'rejected') this.markFailed(pieces[i]!.shard, r.reason);
@@ -201,7 +204,13 @@ class GroupReader {
       for (let i = 0; i < total; i++) if (!needed.has(i)) order.push(i);
       const sources = order.filter((i) => !this.failed.has(i)).slice(0, k);
       if (sources.length < k) throw this.unavailableError();
-      const results = await Promise.allSettled(sources.map((i) => this.take(i, rowStart, rowEnd - rowStart)));
+      const rowLength = rowEnd - rowStart;
+      const results = await Promise.allSettled(
+        sources.map(async (i) => {
+          const parts = await this.take(i, rowStart, rowLength);
+          return parts.length === 1 ? parts[0]! : Buffer.concat(parts, rowLength);
+        }),
+      );
       let ok = true;
       results.forEach((r, j) => {
         if (r.status === 'rejected') {
@@ -231,7 +240,7 @@ class GroupReader {
     throw this.unavailableError();
   }
 
-  private async take(index: number, offset: number, length: number): Promise<Uint8Array> {
+  private async take(index: number, offset: number, length: number): Promise<Uint8Array[]> {
     let cursor = this.cursors.get(index);
     // Behind the cursor, or near the end of its read's deadline (a slow consumer): a fresh range read.
     if (cursor !== undefined && (cursor.position > offset || Date.now() > cursor.renewAt)) {
