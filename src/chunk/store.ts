@@ -39,6 +39,8 @@ import type { ShardId } from '../wire/gen/types.js';
 
 export const SHARD_HEADER_BYTES = 64;
 export const SHARD_FOOTER_BYTES = 8;
+/** A write in progress fdatasyncs in the background after this many bytes since the last one. */
+const SYNC_BEHIND_BYTES = 8 * 1024 * 1024;
 const MAGIC = Buffer.from('DOGFSHRD', 'latin1');
 const FORMAT_VERSION = 1;
 const FANOUT = 64;
@@ -505,6 +507,8 @@ export class ShardWriteSession {
   private readonly chunkCrcs: number[] = [];
   private wholeCrc = 0;
   private inflight: Promise<void> | undefined;
+  private syncing: Promise<void> | undefined;
+  private unsyncedBytes = 0;
   private failure: unknown;
   private ended = false;
 
@@ -567,10 +571,26 @@ export class ShardWriteSession {
     this.inflight = this.io.writev(this.handle, slices, position).catch((error: unknown) => {
       this.failure ??= error;
     });
+    this.unsyncedBytes += bytes;
+    if (this.unsyncedBytes >= SYNC_BEHIND_BYTES && this.syncing === undefined) {
+      // Sync behind the writes, so the disk works while the network does and the final fdatasync has
+      // little left to flush (HDFS's sync-behind-writes). Only one at a time; failures surface at commit.
+      this.unsyncedBytes = 0;
+      const written = this.inflight;
+      this.syncing = written
+        .then(() => this.handle.datasync())
+        .catch((error: unknown) => {
+          this.failure ??= error;
+        })
+        .finally(() => {
+          this.syncing = undefined;
+        });
+    }
   }
 
   private async settleInflight(): Promise<void> {
     if (this.inflight !== undefined) await this.inflight;
+    if (this.position === this.length && this.syncing !== undefined) await this.syncing;
     this.inflight = undefined;
     if (this.failure !== undefined) {
       throw isNoSpace(this.failure)
@@ -643,6 +663,7 @@ export class ShardWriteSession {
     if (this.ended) return;
     this.ended = true;
     if (this.inflight !== undefined) await this.inflight;
+    if (this.syncing !== undefined) await this.syncing;
     await this.handle.close().catch(() => {});
     await unlink(this.tmpPath).catch(() => {});
     this.store.finishWrite(this, undefined);
