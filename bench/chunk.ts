@@ -70,7 +70,10 @@ process.on('exit', () => {
 });
 
 /** Sequential 1 MiB writes into 64 MiB files, fdatasync each: what the disk gives a shard write. */
-async function rawDiskWrite(totalBytes: number): Promise<{ mbps: number; cpuSecondsPerGB: number }> {
+async function rawDiskWrite(
+  totalBytes: number,
+  syncEveryBytes: number,
+): Promise<{ mbps: number; cpuSecondsPerGB: number }> {
   const buffer = randomBytes(MESSAGE_BYTES);
   const dir = join(work, 'raw-disk');
   mkdirSync(dir);
@@ -166,14 +169,20 @@ async function main(): Promise<void> {
   });
   const totalBytes = Math.max(1, Math.round(TOTAL_MIB / 64)) * SHARD_BYTES;
 
-  const rawDisk = await rawDiskWrite(totalBytes);
-  const disk = rawDisk.mbps;
-  emit('raw-disk-write-fdatasync', disk, 'MB/s', {
-    fileMiB: 64,
-    messageMiB: 1,
-    totalMiB: totalBytes / MiB,
-    cpuSecondsPerGB: Number(rawDisk.cpuSecondsPerGB.toFixed(3)),
-  });
+  // Two raw disk figures: one fdatasync per 64 MiB file, and syncing behind every 8 MiB as the chunk
+  // server does; the better one is the limit.
+  let disk = 0;
+  for (const syncEvery of [SHARD_BYTES, 8 * MiB]) {
+    const rawDisk = await rawDiskWrite(totalBytes, syncEvery);
+    disk = Math.max(disk, rawDisk.mbps);
+    emit('raw-disk-write-fdatasync', rawDisk.mbps, 'MB/s', {
+      fileMiB: 64,
+      messageMiB: 1,
+      syncEveryMiB: syncEvery / MiB,
+      totalMiB: totalBytes / MiB,
+      cpuSecondsPerGB: Number(rawDisk.cpuSecondsPerGB.toFixed(3)),
+    });
+  }
   const rawSend = await rawTcp(totalBytes * 2, 'send');
   const tcpSend = rawSend.mbps;
   emit('raw-tcp-loopback-send', tcpSend, 'MB/s', {
