@@ -20,6 +20,7 @@ import {
   DATA_CHUNK_SIZE,
   DEFAULT_DATA_TIMEOUT_MS,
   DEFAULT_PACKET_BYTES,
+  DEFAULT_READ_AHEAD_BYTES,
   encodeFrame,
   FrameReader,
   formatShardId,
@@ -50,8 +51,12 @@ export const DEFAULT_DATA_SERVER_LIMITS: DataServerLimits = {
   idleTimeoutMs: 120_000,
 };
 
-/** Bytes a connection's socket may read ahead of the operation consuming them. */
-const SOCKET_READ_AHEAD_BYTES = 256 * 1024;
+/**
+ * Bytes a connection's socket may read ahead of the operation consuming them: without read-ahead the
+ * socket stops and restarts (syscalls and an event-loop turn) for every 64 KiB. Counted in each write's
+ * budget.
+ */
+const SOCKET_READ_AHEAD_BYTES = DEFAULT_READ_AHEAD_BYTES;
 
 /** Largest packet the server sends on reads, whatever the client asks for. */
 const MAX_READ_PACKET_BYTES = DEFAULT_PACKET_BYTES;
@@ -83,11 +88,7 @@ export class DataServer {
     limits: Partial<DataServerLimits> = {},
   ) {
     this.limits = { ...DEFAULT_DATA_SERVER_LIMITS, ...limits };
-    // Read ahead up to one packet: without it the socket stops and restarts reading (two syscalls
-    // and an event-loop turn) for every 64 KiB, which halves throughput. Counted in each write's budget.
-    this.server = createServer({ noDelay: true, highWaterMark: SOCKET_READ_AHEAD_BYTES }, (socket) =>
-      this.accept(socket),
-    );
+    this.server = createServer({ noDelay: true }, (socket) => this.accept(socket));
     this.server.maxConnections = this.limits.maxConnections;
   }
 
@@ -142,7 +143,7 @@ export class DataServer {
 
   /** One operation after another on a connection, until it closes or an operation fails. */
   private async serve(socket: Socket): Promise<void> {
-    const reader = new FrameReader(socket);
+    const reader = new FrameReader(socket, SOCKET_READ_AHEAD_BYTES);
     for (;;) {
       let request: DataRequestHeader | undefined;
       try {

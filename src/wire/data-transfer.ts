@@ -13,6 +13,7 @@
  * wire may not import codec, so the CRC32C function is handed in (`crc32c` option): the codec's.
  */
 import { connect, type NetConnectOpts, type Socket } from 'node:net';
+import type { Readable } from 'node:stream';
 import { assert } from '../common/assert.js';
 import { DogfsError, type ErrorCode, isErrorCode, toDogfsError } from './errors.js';
 import { DataOp, type MessageTypes, type ShardId } from './gen/types.js';
@@ -84,19 +85,51 @@ export function encodeFrame<N extends MessageName>(name: N, message: Init<Messag
   return frame;
 }
 
+/** Bytes a connection reads ahead of the operation consuming them (then the socket is paused). */
+export const DEFAULT_READ_AHEAD_BYTES = 256 * 1024;
+
 /**
- * Reads frames and raw payloads from a byte stream, pulling only as much as it needs (so a consumer
- * that stops pulling stops the socket: back-pressure). Payload bytes are handed out as slices of the
- * buffers the socket produced, never copied.
+ * Reads frames and raw payloads from a socket. The socket flows until `readAheadBytes` are buffered,
+ * then is paused until the consumer takes them (back-pressure: a consumer that stops pulling stops the
+ * socket, and the kernel's window stops the peer). Payload bytes are handed out as slices of the buffers
+ * the socket produced, never copied — which is why this does not use the stream's own buffering, whose
+ * `read()` concatenates whatever is buffered.
  */
 export class FrameReader {
-  private readonly source: AsyncIterator<Buffer>;
   private readonly pending: Buffer[] = [];
   private pendingBytes = 0;
   private ended = false;
+  private failure: Error | undefined;
+  private wake: (() => void) | undefined;
 
-  constructor(stream: AsyncIterable<Buffer>) {
-    this.source = stream[Symbol.asyncIterator]();
+  constructor(
+    private readonly stream: Readable,
+    private readonly readAheadBytes = DEFAULT_READ_AHEAD_BYTES,
+  ) {
+    assert(readAheadBytes > 0);
+    stream.on('data', (chunk: Buffer) => {
+      if (chunk.length === 0) return;
+      this.pending.push(chunk);
+      this.pendingBytes += chunk.length;
+      if (this.pendingBytes >= this.readAheadBytes) stream.pause();
+      this.notify();
+    });
+    const finish = () => {
+      this.ended = true;
+      this.notify();
+    };
+    stream.once('end', finish);
+    stream.once('close', finish);
+    stream.on('error', (error: Error) => {
+      this.failure ??= error;
+      finish();
+    });
+  }
+
+  private notify(): void {
+    const wake = this.wake;
+    this.wake = undefined;
+    wake?.();
   }
 
   /** Bytes received but not yet consumed. */
@@ -104,30 +137,36 @@ export class FrameReader {
     return this.pendingBytes;
   }
 
-  /** Pulls until `bytes` are buffered; false if the stream ended first. */
+  /** True once the peer closed the connection or it failed (a pooled connection is then stale). */
+  get closed(): boolean {
+    return this.ended;
+  }
+
+  /** Waits until `bytes` are buffered; false if the stream ended first. */
   private async fill(bytes: number): Promise<boolean> {
     while (this.pendingBytes < bytes) {
-      if (this.ended) return false;
-      let next: IteratorResult<Buffer>;
-      try {
-        next = await this.source.next();
-      } catch (error) {
+      if (this.ended) {
         // A reset or destroyed socket: the peer is gone, which callers handle as UNAVAILABLE.
-        this.ended = true;
-        throw new DogfsError('UNAVAILABLE', `connection failed: ${(error as Error).message}`, {
-          cause: error,
-        });
-      }
-      if (next.done) {
-        this.ended = true;
+        if (this.failure !== undefined) {
+          throw new DogfsError('UNAVAILABLE', `connection failed: ${this.failure.message}`, {
+            cause: this.failure,
+          });
+        }
         return false;
       }
-      if (next.value.length > 0) {
-        this.pending.push(next.value);
-        this.pendingBytes += next.value.length;
-      }
+      if (this.stream.isPaused()) this.stream.resume();
+      assert(this.wake === undefined, 'one reader at a time');
+      await new Promise<void>((resolve) => {
+        this.wake = resolve;
+      });
     }
     return true;
+  }
+
+  /** After consuming: let the socket flow again once below the read-ahead. */
+  private consumed(): void {
+    if (this.pendingBytes < this.readAheadBytes && this.stream.isPaused() && !this.ended)
+      this.stream.resume();
   }
 
   /** Removes up to `bytes` from the front, as slices; the caller made sure they are buffered. */
@@ -187,6 +226,7 @@ export class FrameReader {
     if (!(await this.fill(length)))
       throw new DogfsError('UNAVAILABLE', `connection closed inside a ${name} frame`);
     const body = this.takeContiguous(length);
+    this.consumed();
     try {
       return decodeMessage(name, body);
     } catch (error) {
@@ -200,6 +240,7 @@ export class FrameReader {
     if (!(await this.fill(bytes))) throw new DogfsError('UNAVAILABLE', 'connection closed inside a packet');
     const slices: Buffer[] = [];
     this.take(bytes, slices);
+    this.consumed();
     return slices;
   }
 }
@@ -447,7 +488,7 @@ export class DataTransferClient {
       const connection = pool.pop()!;
       clearTimeout(connection.idleTimer);
       connection.idleTimer = undefined;
-      if (!connection.socket.destroyed && connection.socket.readable && connection.reader.buffered === 0) {
+      if (!connection.socket.destroyed && !connection.reader.closed && connection.reader.buffered === 0) {
         connection.reused = true;
         return connection;
       }
@@ -486,7 +527,9 @@ export class DataTransferClient {
         socket.off('error', onError);
         // Errors surface through the reader and writes; this keeps an idle socket's error from crashing.
         socket.on('error', () => {});
-        resolve({ address, socket, reader: new FrameReader(socket), idleTimer: undefined, reused: false });
+        // Read ahead up to a packet: fewer pauses, and the bytes are counted by the caller's budget.
+        const reader = new FrameReader(socket, this.packetSize);
+        resolve({ address, socket, reader, idleTimer: undefined, reused: false });
       });
     });
   }
