@@ -81,8 +81,17 @@ async function rawDiskWrite(
   const started = performance.now();
   for (let file = 0; file * SHARD_BYTES < totalBytes; file++) {
     const handle = await open(join(dir, `f${file}`), 'w');
-    for (let offset = 0; offset < SHARD_BYTES; offset += MESSAGE_BYTES)
+    let syncing: Promise<void> | undefined;
+    for (let offset = 0; offset < SHARD_BYTES; offset += MESSAGE_BYTES) {
       await handle.write(buffer, 0, MESSAGE_BYTES, offset);
+      // Optionally sync behind the writes, as the chunk server does (one fdatasync in flight).
+      if ((offset + MESSAGE_BYTES) % syncEveryBytes === 0 && syncing === undefined) {
+        syncing = handle.datasync().finally(() => {
+          syncing = undefined;
+        });
+      }
+    }
+    await syncing;
     await handle.datasync();
     await handle.close();
   }
@@ -169,18 +178,26 @@ async function main(): Promise<void> {
   });
   const totalBytes = Math.max(1, Math.round(TOTAL_MIB / 64)) * SHARD_BYTES;
 
-  // Two raw disk figures: one fdatasync per 64 MiB file, and syncing behind every 8 MiB as the chunk
-  // server does; the better one is the limit.
+  // Two raw disk figures — one fdatasync per 64 MiB file, and syncing behind every 8 MiB as the chunk
+  // server does — each the best of two interleaved runs (the first write to fresh space is often slow
+  // here); the better one is the limit.
   let disk = 0;
-  for (const syncEvery of [SHARD_BYTES, 8 * MiB]) {
-    const rawDisk = await rawDiskWrite(totalBytes, syncEvery);
-    disk = Math.max(disk, rawDisk.mbps);
-    emit('raw-disk-write-fdatasync', rawDisk.mbps, 'MB/s', {
+  const best = new Map<number, { mbps: number; cpuSecondsPerGB: number }>();
+  for (let round = 0; round < 2; round++) {
+    for (const syncEvery of [SHARD_BYTES, 8 * MiB]) {
+      const run = await rawDiskWrite(totalBytes, syncEvery);
+      if (run.mbps > (best.get(syncEvery)?.mbps ?? 0)) best.set(syncEvery, run);
+    }
+  }
+  for (const [syncEvery, run] of best) {
+    disk = Math.max(disk, run.mbps);
+    emit('raw-disk-write-fdatasync', run.mbps, 'MB/s', {
       fileMiB: 64,
       messageMiB: 1,
       syncEveryMiB: syncEvery / MiB,
       totalMiB: totalBytes / MiB,
-      cpuSecondsPerGB: Number(rawDisk.cpuSecondsPerGB.toFixed(3)),
+      bestOf: 2,
+      cpuSecondsPerGB: Number(run.cpuSecondsPerGB.toFixed(3)),
     });
   }
   const rawSend = await rawTcp(totalBytes * 2, 'send');
