@@ -101,6 +101,8 @@ export class FrameReader {
   private ended = false;
   private failure: Error | undefined;
   private wake: (() => void) | undefined;
+  /** Bytes the waiting consumer needs buffered (0: nobody waits). */
+  private wanted = 0;
 
   constructor(
     private readonly stream: Readable,
@@ -111,8 +113,10 @@ export class FrameReader {
       if (chunk.length === 0) return;
       this.pending.push(chunk);
       this.pendingBytes += chunk.length;
-      if (this.pendingBytes >= this.readAheadBytes) stream.pause();
-      this.notify();
+      // Buffer up to the read-ahead, or up to what the waiting consumer needs if that is more (a
+      // packet), and wake the consumer only once it has all it needs: one wake-up per packet.
+      if (this.pendingBytes >= Math.max(this.readAheadBytes, this.wanted)) stream.pause();
+      if (this.wanted > 0 && this.pendingBytes >= this.wanted) this.notify();
     });
     const finish = () => {
       this.ended = true;
@@ -154,11 +158,13 @@ export class FrameReader {
         }
         return false;
       }
-      if (this.stream.isPaused()) this.stream.resume();
       assert(this.wake === undefined, 'one reader at a time');
+      this.wanted = bytes;
+      if (this.stream.isPaused()) this.stream.resume();
       await new Promise<void>((resolve) => {
         this.wake = resolve;
       });
+      this.wanted = 0;
     }
     return true;
   }
