@@ -93,12 +93,12 @@ async function meta(argv: string[]): Promise<void> {
     }
     parseAddressList(address, '--peers address');
   }
-  ecFlag(flags.ec);
   await startMetaServer({
     dir: requireFlag(flags.dir, 'dir', 'DOGFS_DIR'),
     id: flags.id,
     listen: parseListenFlag(flags.listen, 'listen', '127.0.0.1:0'),
     peers,
+    defaultEc: ecFlag(flags.ec),
     logLevel: parseLogLevel(flags['log-level']),
   });
 }

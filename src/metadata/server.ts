@@ -22,6 +22,8 @@ export interface MetaServerOptions {
   listen: HostPort;
   /** Every metadata server, this one included, as id=host:port, in the same order on every server. */
   peers: string[];
+  /** The cluster's default EC policy for files that name none (`dogfs up --ec`); else the built-in default. */
+  defaultEc?: string | undefined;
   logLevel: LogLevel;
 }
 
@@ -58,7 +60,7 @@ export function startMetaServer(options: MetaServerOptions) {
         storage,
         log: context.log,
       });
-      const node = new MetadataNode(host, context.log, activeBackendName());
+      const node = new MetadataNode(host, context.log, activeBackendName(), options.defaultEc);
       host.start(context.rpc);
       node.start(context.rpc);
       context.readyInfo['peers'] = peers.map((p) => `${p.id}=${p.addr}`).join(',');

@@ -41,6 +41,7 @@ import {
   NamespaceState,
   placeBlockGroup,
   type Session,
+  StateCodecError,
 } from './state/index.js';
 
 export const CLUSTER_GROUP = 0;
@@ -79,6 +80,16 @@ function raise(failure: Failure): never {
   throw new DogfsError(failure.code, failure.message);
 }
 
+/** A request whose values the command codec cannot hold (e.g. a number over 2^53) is the caller's error. */
+function encodeOrRefuse(encode: () => Uint8Array): Uint8Array {
+  try {
+    return encode();
+  } catch (error) {
+    if (error instanceof StateCodecError) throw new DogfsError('INVALID_ARGUMENT', error.message);
+    throw error;
+  }
+}
+
 function sessionOf(session: ClientSession | null | undefined): Session {
   if (!session || session.clientId === '' || !(session.seq >= 1)) {
     throw new DogfsError(
@@ -114,6 +125,8 @@ export class MetadataNode {
     private readonly host: RaftHost,
     private readonly log: Logger,
     private readonly codecBackend: string,
+    /** From `--ec`: every metadata server of a cluster is started with the same value. */
+    private readonly defaultEc?: string,
   ) {
     host.addGroup(CLUSTER_GROUP, this.cluster);
     host.addGroup(NAMESPACE_GROUP, this.namespace);
@@ -129,15 +142,13 @@ export class MetadataNode {
   }
 
   private async proposeNamespace(command: NamespaceCommand, deadline: number): Promise<NamespaceResult> {
-    return (await this.host.propose(
-      NAMESPACE_GROUP,
-      encodeNamespaceCommand(command),
-      deadline,
-    )) as NamespaceResult;
+    const bytes = encodeOrRefuse(() => encodeNamespaceCommand(command));
+    return (await this.host.propose(NAMESPACE_GROUP, bytes, deadline)) as NamespaceResult;
   }
 
   private async proposeCluster(command: ClusterCommand, deadline: number): Promise<ClusterResult> {
-    return (await this.host.propose(CLUSTER_GROUP, encodeClusterCommand(command), deadline)) as ClusterResult;
+    const bytes = encodeOrRefuse(() => encodeClusterCommand(command));
+    return (await this.host.propose(CLUSTER_GROUP, bytes, deadline)) as ClusterResult;
   }
 
   /** Leader-only work: each node does it for the groups it leads, so exactly the leaders act. */
@@ -182,7 +193,8 @@ export class MetadataNode {
       parityShards: bg.parityShards,
       stripeSize: bg.stripeSize,
       offset: bg.offset,
-      length: bg.length,
+      // Before commit the client needs the most it may write into the group; after, what it holds.
+      length: bg.committed ? bg.length : bg.maxBytes,
       shards: bg.servers.map((serverId, index) => ({
         index,
         chunkServerId: serverId,
@@ -195,7 +207,7 @@ export class MetadataNode {
     };
   }
 
-  private inodeToWire(inode: Inode): Init<WireInode> {
+  private inodeToWire(inode: Inode, withBlockGroups = true): Init<WireInode> {
     if (inode.type === 'dir') {
       return {
         id: inode.id,
@@ -214,7 +226,7 @@ export class MetadataNode {
       mtimeMs: inode.mtimeMs,
       ctimeMs: inode.ctimeMs,
       ec: inode.ec,
-      blockGroups: inode.blockGroups.map((bg) => this.blockGroupToWire(bg)),
+      blockGroups: withBlockGroups ? inode.blockGroups.map((bg) => this.blockGroupToWire(bg)) : [],
     };
   }
 
@@ -248,7 +260,7 @@ export class MetadataNode {
             overwrite: req.overwrite,
             mode: req.mode || 0o644,
             ec: req.ec,
-            defaultEc: settings.defaultEc,
+            defaultEc: this.defaultEc ?? settings.defaultEc,
             leaseMs: settings.leaseMs,
           },
           ctx.deadline,
@@ -349,7 +361,8 @@ export class MetadataNode {
         const result = this.namespace.state.list(req.path, req.startAfter, req.limit);
         if (!result.ok) raise(result);
         return {
-          entries: result.entries.map((e) => ({ name: e.name, inode: this.inodeToWire(e.inode) })),
+          // Listings carry attributes, not block-group maps (Stat has those): pages stay small.
+          entries: result.entries.map((e) => ({ name: e.name, inode: this.inodeToWire(e.inode, false) })),
           more: result.more,
         };
       },

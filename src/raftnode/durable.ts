@@ -2,7 +2,9 @@
  * raftnode/durable — the durable HostStorage: one append-only log file (DIR/raft.log) shared by every
  * hosted group, so a Ready round of all groups costs one write + one fdatasync (group commit).
  *
- * Record framing: [u32 payload length][u32 CRC32C of payload][payload = WalRecord protobuf]. On open the
+ * Record framing: [u32 payload length][u32 CRC32C of those 4 length bytes][u32 CRC32C of payload][payload =
+ * WalRecord protobuf]. The length has its own checksum so a damaged length can never pass for a torn tail
+ * (which would truncate every good record after it). On open the
  * file is replayed into a per-group mirror (hard state, latest snapshot, entries after it). A torn tail —
  * the last record cut short or failing its checksum, as a crash mid-write leaves it — is truncated away; a
  * bad record followed by good ones is corruption in the middle and is refused loudly, because acknowledged
@@ -40,7 +42,7 @@ import { entryFromWire, entryToWire, metaFromWire, metaToWire } from './messages
 import type { GroupStorage, HostStorage } from './storage.js';
 
 const LOG_FILE = 'raft.log';
-const HEADER_BYTES = 8;
+const HEADER_BYTES = 12;
 /** No single record may claim more than this: a larger length is corruption, not a record. */
 const MAX_RECORD_BYTES = 64 << 20;
 const REWRITE_THRESHOLD_BYTES = 256 << 20;
@@ -69,7 +71,8 @@ function frame(record: Init<WalRecord>): Buffer {
   const payload = encodeMessage('dogfs.v1.WalRecord', record);
   const framed = Buffer.allocUnsafe(HEADER_BYTES + payload.byteLength);
   framed.writeUInt32LE(payload.byteLength, 0);
-  framed.writeUInt32LE(crc32c(Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)), 4);
+  framed.writeUInt32LE(crc32c(framed.subarray(0, 4)), 4);
+  framed.writeUInt32LE(crc32c(Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)), 8);
   framed.set(payload, HEADER_BYTES);
   return framed;
 }
@@ -135,12 +138,15 @@ export class DurableStorage implements HostStorage {
       const remaining = bytes.byteLength - offset;
       if (remaining < HEADER_BYTES) return offset; // torn header
       const length = bytes.readUInt32LE(offset);
-      const crc = bytes.readUInt32LE(offset + 4);
+      if (crc32c(bytes.subarray(offset, offset + 4)) !== bytes.readUInt32LE(offset + 4)) {
+        throw new WalCorruptError(`${join(dir, LOG_FILE)}: damaged record length at byte ${offset}`);
+      }
+      const crc = bytes.readUInt32LE(offset + 8);
       const end = offset + HEADER_BYTES + length;
-      if (length > MAX_RECORD_BYTES || end > bytes.byteLength) {
-        if (length <= MAX_RECORD_BYTES) return offset; // cut short by a crash: torn tail
+      if (length > MAX_RECORD_BYTES) {
         throw new WalCorruptError(`${join(dir, LOG_FILE)}: record at byte ${offset} claims ${length} bytes`);
       }
+      if (end > bytes.byteLength) return offset; // a checked length past the end: cut short by a crash
       const payload = bytes.subarray(offset + HEADER_BYTES, end);
       if (crc32c(payload) !== crc) {
         if (end === bytes.byteLength) return offset; // the last record, half written: torn tail

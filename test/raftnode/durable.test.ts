@@ -117,7 +117,7 @@ test('a torn tail is truncated; corruption in the middle is refused loudly', asy
   await (await DurableStorage.open(dir)).close();
 
   const bytes = readFileSync(log);
-  bytes[12] = (bytes[12]! ^ 0xff) & 0xff; // flip a byte in the first record, good records follow it
+  bytes[16] = (bytes[16]! ^ 0xff) & 0xff; // flip a byte in the first record's payload, good records follow it
   writeFileSync(log, bytes);
   await assert.rejects(
     DurableStorage.open(dir),
