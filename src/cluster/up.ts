@@ -361,7 +361,10 @@ export class LocalCluster {
     );
   }
 
-  /** "Can serve" means the metadata groups have leaders, not just that processes answer Health. */
+  /**
+   * "Can serve" means the metadata groups have leaders and every chunk server is registered, not just
+   * that processes answer Health.
+   */
   private async waitForMetadataLeaders(deadline: number): Promise<void> {
     const meta = this.running.find((r) => r.record.role === 'meta');
     if (meta === undefined) return;
@@ -383,6 +386,28 @@ export class LocalCluster {
           100,
         );
         if (!led) throw new UpError(`metadata group ${group} elected no leader in time: ${lastError}`);
+      }
+      // Every chunk server registered and alive, so the first write is placed on all of them.
+      const chunkIds = this.running.filter((r) => r.record.role === 'chunk').map((r) => r.record.id);
+      let registered = 0;
+      const allRegistered = await waitUntil(
+        async () => {
+          try {
+            const report = await channel.call(MetadataService, 'ClusterReport', {}, { timeoutMs: 1000 });
+            const alive = new Set(report.chunkServers.filter((c) => c.state === 'alive').map((c) => c.id));
+            registered = chunkIds.filter((id) => alive.has(id)).length;
+            return registered === chunkIds.length;
+          } catch {
+            return false;
+          }
+        },
+        deadline,
+        100,
+      );
+      if (!allRegistered) {
+        throw new UpError(
+          `only ${registered} of ${chunkIds.length} chunk servers registered with the metadata service in time`,
+        );
       }
     } finally {
       channel.close();

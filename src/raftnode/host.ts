@@ -161,7 +161,7 @@ export class RaftHost {
     }
     if (state.snapshot.data.byteLength > 0) machine.restore(state.snapshot.data);
     const prng = new Prng(randomInt(0, 2 ** 31) ^ (groupId * 7919));
-    let config = defaultConfig(this.nodeId, () => prng.next());
+    let config: RaftConfig = { ...defaultConfig(this.nodeId, () => prng.next()), earlyAppends: true };
     if (this.options.configure) config = this.options.configure(config);
     this.maxElectionTicks = Math.max(this.maxElectionTicks, config.electionTicks);
     const raft = new Raft(config, state);
@@ -265,15 +265,31 @@ export class RaftHost {
       if (rd.hardState) storage.setHardState(rd.hardState);
       mustSync ||= rd.mustSync;
     }
+    // A leader's appends may leave before its own fsync (the core counts the leader towards a commit only
+    // once persisted), so the followers' fsyncs run in parallel with the leader's.
+    this.sendAll(readies, (rd) => rd.earlyMessages);
     const roundStart = performance.now();
     if (mustSync) {
       this.counters.syncs++;
       await this.options.storage.sync();
       this.counters.syncMs += performance.now() - roundStart;
     }
+    this.sendAll(readies, (rd) => rd.messages);
+    for (const [group, rd] of readies) {
+      this.applyReady(group, rd);
+      group.raft.advance(rd);
+      this.maybeSnapshot(group);
+    }
+    this.counters.roundMs += performance.now() - roundStart;
+    // What advance() released (and anything stepped meanwhile) runs in the next round.
+    this.roundAgain ||= [...this.groups.values()].some((g) => g.raft.hasReady());
+  }
+
+  /** Sends the chosen messages of every Ready, one batch per peer. */
+  private sendAll(readies: readonly [Group, Ready][], pick: (rd: Ready) => readonly Message[]): void {
     const outgoing = new Map<NodeId, Init<RaftMessage>[]>();
     for (const [group, rd] of readies) {
-      for (const m of rd.messages) {
+      for (const m of pick(rd)) {
         let list = outgoing.get(m.to);
         if (list === undefined) {
           list = [];
@@ -283,14 +299,6 @@ export class RaftHost {
       }
     }
     for (const [to, messages] of outgoing) this.send(to, messages);
-    for (const [group, rd] of readies) {
-      this.applyReady(group, rd);
-      group.raft.advance(rd);
-      this.maybeSnapshot(group);
-    }
-    this.counters.roundMs += performance.now() - roundStart;
-    // What advance() released (and anything stepped meanwhile) runs in the next round.
-    this.roundAgain ||= [...this.groups.values()].some((g) => g.raft.hasReady());
   }
 
   private applyReady(group: Group, rd: Ready): void {
