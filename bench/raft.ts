@@ -71,7 +71,10 @@ async function measureDogfs(groups: number): Promise<Map<number, number>> {
   const cluster = await startKvCluster(groups);
   const rates = new Map<number, number>();
   try {
-    const clients = Array.from({ length: 8 }, (_, i) => new KvClient(cluster.addrs, `bench-${groups}-${i}`));
+    const clients = Array.from(
+      { length: 8 },
+      (_, i) => new KvClient(cluster.addrs, `bench-${groups}-${i}`, groups),
+    );
     await clients[0]!.run({ op: 'put', key: 'warmup', value: 'x' }, Date.now() + 30_000);
     for (const c of CONCURRENCY) {
       const r = await closedLoop(c, SECONDS * 1000, async (w, i) => {

@@ -7,6 +7,7 @@ import { DogfsError } from '../../src/wire/errors.js';
 import { RaftKvService } from '../../src/wire/gen/types.js';
 import { RpcChannel } from '../../src/wire/rpc.js';
 import type { KvApplyResult, KvInput, KvOutput } from '../consensus/sim/kv.js';
+import { groupOfKey } from './kv-node.js';
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -14,15 +15,24 @@ const MAX_ATTEMPTS = 500;
 
 export class KvClient {
   private readonly channels = new Map<string, RpcChannel>();
-  /** The node this client believes leads (updated from NOT_LEADER hints). */
-  leader: string;
-  private seq = 0;
+  /** Per group, the node this client believes leads it (updated from NOT_LEADER hints). */
+  private readonly leaders = new Map<number, string>();
+  /** Sessions live in each group's state machine, so sequence numbers are counted per group. */
+  private readonly seqByGroup = new Map<number, number>();
 
   constructor(
     private readonly addrs: readonly string[],
     readonly clientId: string,
-  ) {
-    this.leader = addrs[0]!;
+    private readonly groups = 1,
+  ) {}
+
+  /** The node believed to lead the group of `key` (group 1 by default). */
+  leaderOf(key = ''): string {
+    return this.leaders.get(groupOfKey(key, this.groups)) ?? this.addrs[0]!;
+  }
+
+  get leader(): string {
+    return this.leaderOf();
   }
 
   private channel(addr: string): RpcChannel {
@@ -34,17 +44,23 @@ export class KvClient {
     return c;
   }
 
-  private async attempt<T>(deadline: number, call: (channel: RpcChannel) => Promise<T>): Promise<T> {
+  private async attempt<T>(
+    key: string,
+    deadline: number,
+    call: (channel: RpcChannel) => Promise<T>,
+  ): Promise<T> {
+    const group = groupOfKey(key, this.groups);
     for (let attempt = 0; ; attempt++) {
+      const leader = this.leaders.get(group) ?? this.addrs[0]!;
       try {
-        return await call(this.channel(this.leader));
+        return await call(this.channel(leader));
       } catch (error) {
         const e = error instanceof DogfsError ? error : new DogfsError('INTERNAL', String(error));
         if (Date.now() >= deadline || attempt >= MAX_ATTEMPTS) throw e;
         if (e.code === 'NOT_LEADER' && e.leaderHint) {
-          this.leader = e.leaderHint;
+          this.leaders.set(group, e.leaderHint);
         } else {
-          this.leader = this.addrs[(this.addrs.indexOf(this.leader) + 1) % this.addrs.length]!;
+          this.leaders.set(group, this.addrs[(this.addrs.indexOf(leader) + 1) % this.addrs.length]!);
           await new Promise((r) => setTimeout(r, 20));
         }
       }
@@ -54,16 +70,18 @@ export class KvClient {
   /** put / cas through the log; get through ReadIndex. */
   async run(input: KvInput, deadline = Date.now() + 10_000): Promise<KvOutput> {
     if (input.op === 'get') {
-      const r = await this.attempt(deadline, (c) =>
+      const r = await this.attempt(input.key, deadline, (c) =>
         c.call(RaftKvService, 'Read', { key: input.key }, { deadline }),
       );
       return r.found ? r.value : null;
     }
-    const seq = ++this.seq;
+    const group = groupOfKey(input.key, this.groups);
+    const seq = (this.seqByGroup.get(group) ?? 0) + 1;
+    this.seqByGroup.set(group, seq);
     const command = encoder.encode(
       JSON.stringify({ clientId: this.clientId, seq, ackedBelow: seq, time: Date.now(), input }),
     );
-    const response = await this.attempt(deadline, (c) =>
+    const response = await this.attempt(input.key, deadline, (c) =>
       c.call(RaftKvService, 'Propose', { command }, { deadline }),
     );
     const result = JSON.parse(decoder.decode(response.result)) as KvApplyResult;
