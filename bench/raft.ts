@@ -10,13 +10,11 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import protobuf from 'protobufjs/light.js';
-import { KvClient } from '../test/raftnode/kv-client.js';
+import { KvClient, spawnKvNode } from '../test/raftnode/kv-client.js';
 import { closedLoop, emit, freePort, machine } from './lib.js';
 
-const KV_NODE = fileURLToPath(new URL('../test/raftnode/kv-node.js', import.meta.url));
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? '5');
 const CONCURRENCY = [1, 16, 64, 256];
 const VALUE = 'v'.repeat(256);
@@ -28,29 +26,8 @@ interface KvCluster {
   groups: number;
 }
 
-function startNode(cluster: KvCluster, i: number): Promise<void> {
-  const child = spawn(
-    process.execPath,
-    [
-      KV_NODE,
-      '--id',
-      String(i + 1),
-      '--peers',
-      cluster.addrs.join(','),
-      '--dir',
-      join(cluster.dir, `n${i + 1}`),
-      '--groups',
-      String(cluster.groups),
-    ],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
-  );
-  cluster.procs[i] = child;
-  return new Promise((resolve, reject) => {
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-      if (d.includes('ready')) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`kv-node ${i + 1} exited with ${code}`)));
-  });
+async function startNode(cluster: KvCluster, i: number): Promise<void> {
+  cluster.procs[i] = await spawnKvNode(cluster.addrs, i, cluster.dir, ['--groups', String(cluster.groups)]);
 }
 
 async function startKvCluster(groups: number): Promise<KvCluster> {

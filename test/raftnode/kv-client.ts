@@ -3,6 +3,9 @@
  * retried command keeps its sequence number (exactly-once), NOT_LEADER hints are followed, other errors
  * move on to the next node, all within the caller's deadline.
  */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { DogfsError } from '../../src/wire/errors.js';
 import { RaftKvService } from '../../src/wire/gen/types.js';
 import { RpcChannel } from '../../src/wire/rpc.js';
@@ -93,4 +96,37 @@ export class KvClient {
   close(): void {
     for (const c of this.channels.values()) c.close();
   }
+}
+
+const KV_NODE = fileURLToPath(new URL('./kv-node.js', import.meta.url));
+
+/**
+ * Starts node i (0-based) of a kv-node cluster whose members listen on `addrs`, with its data in
+ * DIR/n<i+1>; resolves with the process once it serves.
+ */
+export function spawnKvNode(
+  addrs: readonly string[],
+  i: number,
+  dir: string,
+  extraArgs: string[] = [],
+): Promise<ChildProcess> {
+  const args = [
+    KV_NODE,
+    '--id',
+    String(i + 1),
+    '--peers',
+    addrs.join(','),
+    '--dir',
+    join(dir, `n${i + 1}`),
+    ...extraArgs,
+  ];
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+  return new Promise((resolve, reject) => {
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+      if (d.includes('ready')) resolve(child);
+    });
+    child.once('exit', (code, signal) =>
+      reject(new Error(`kv-node ${i + 1} exited (${signal ?? code}) before ready`)),
+    );
+  });
 }

@@ -4,17 +4,14 @@
  * the recorded history — operations that timed out count as unknown outcomes — is linearizable.
  */
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
-import { join } from 'node:path';
+import type { ChildProcess } from 'node:child_process';
 import { after, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { freePort } from '../../src/common/ports.js';
 import { checkKvHistory, describeOps, type HistoryOp } from '../consensus/linearizability.js';
 import type { KvInput } from '../consensus/sim/kv.js';
 import { tempDir, waitFor } from '../helpers/index.js';
-import { KvClient } from './kv-client.js';
+import { KvClient, spawnKvNode } from './kv-client.js';
 
-const KV_NODE = fileURLToPath(new URL('./kv-node.js', import.meta.url));
 const dir = tempDir('dogfs-kv-');
 const procs: (ChildProcess | undefined)[] = [];
 after(() => {
@@ -22,32 +19,9 @@ after(() => {
   dir.remove();
 });
 
-function startNode(addrs: string[], i: number): Promise<void> {
-  const child = spawn(
-    process.execPath,
-    // Frequent snapshots: restarted nodes recover from snapshot + log, and lagging ones get InstallSnapshot.
-    [
-      KV_NODE,
-      '--id',
-      String(i + 1),
-      '--peers',
-      addrs.join(','),
-      '--dir',
-      join(dir.path, `n${i + 1}`),
-      '--snapshot-every',
-      '50',
-    ],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
-  );
-  procs[i] = child;
-  return new Promise((resolve, reject) => {
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-      if (d.includes('ready')) resolve();
-    });
-    child.once('exit', (code, signal) =>
-      reject(new Error(`kv-node ${i + 1} exited (${signal ?? code}) before ready`)),
-    );
-  });
+async function startNode(addrs: string[], i: number): Promise<void> {
+  // Frequent snapshots: restarted nodes recover from snapshot + log, and lagging ones get InstallSnapshot.
+  procs[i] = await spawnKvNode(addrs, i, dir.path, ['--snapshot-every', '50']);
 }
 
 test('a history recorded across two leader SIGKILLs and restarts is linearizable', async () => {
