@@ -100,10 +100,16 @@ function sessionOf(session: ClientSession | null | undefined): Session {
   return { clientId: session.clientId, seq: session.seq, ackedBelow: session.ackedBelow };
 }
 
-function inodeId(value: number, what = 'inode id'): InodeId {
-  if (!Number.isSafeInteger(value) || value <= 0)
+/** An id from the wire: a positive safe integer, or INVALID_ARGUMENT. */
+function wireId<T extends number>(value: number, what: string): T {
+  if (!Number.isSafeInteger(value) || value <= 0) {
     throw new DogfsError('INVALID_ARGUMENT', `invalid ${what} ${value}`);
-  return value as InodeId;
+  }
+  return value as T;
+}
+
+function inodeId(value: number): InodeId {
+  return wireId<InodeId>(value, 'inode id');
 }
 
 export interface BadShardReport {
@@ -320,7 +326,7 @@ export class MetadataNode {
             session: sessionOf(req.session),
             inodeId: inodeId(req.inodeId),
             leaseId: req.leaseId,
-            blockGroupId: inodeId(bg.id, 'block group id') as number as BlockGroupInfo['id'],
+            blockGroupId: wireId<BlockGroupInfo['id']>(bg.id, 'block group id'),
             length: bg.length,
             shards: bg.shards.map((s) => ({
               index: s.index,
