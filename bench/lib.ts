@@ -2,8 +2,13 @@
  * bench/lib — shared by the benchmarks: JSON-line results, the machine they ran on, latency percentiles,
  * closed-loop load at a fixed concurrency, and free loopback ports.
  */
-import { readFileSync } from 'node:fs';
-import { cpus, totalmem } from 'node:os';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { cpus, tmpdir, totalmem } from 'node:os';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import protobuf from 'protobufjs/light.js';
+import { freePort } from '../src/common/ports.js';
 
 export interface BenchResult {
   bench: string;
@@ -68,6 +73,8 @@ export async function closedLoop(
         if (measuring) latencies.push(performance.now() - started);
       } catch {
         if (measuring) errors++;
+        // A failing op may reject at once: yield to the timers, or the loop starves the clock that stops it.
+        await new Promise((r) => setImmediate(r));
       }
     }
   });
@@ -90,4 +97,110 @@ export async function closedLoop(
   };
 }
 
-export { freePort } from '../src/common/ports.js';
+export { freePort };
+
+/** Emits the put_ops, put_p50 and put_p99 lines of one closed-loop measurement. */
+export function emitLoad(
+  bench: string,
+  op: string,
+  r: LoadResult,
+  extra: Record<string, string | number>,
+): void {
+  const all = { ...extra, errors: r.errors };
+  emit({ bench, metric: `${op}_ops`, value: Math.round(r.opsPerSec), unit: 'ops/s', ...all });
+  emit({ bench, metric: `${op}_p50`, value: +r.p50Ms.toFixed(2), unit: 'ms', ...all });
+  emit({ bench, metric: `${op}_p99`, value: +r.p99Ms.toFixed(2), unit: 'ms', ...all });
+}
+
+const ETCD = '/usr/bin/etcd';
+
+// etcd's KV.Put: PutRequest { bytes key = 1; bytes value = 2; }
+function encodePut(key: string, value: string): Buffer {
+  const w = protobuf.Writer.create();
+  w.uint32(10).bytes(Buffer.from(key));
+  w.uint32(18).bytes(Buffer.from(value));
+  return Buffer.from(w.finish());
+}
+
+/**
+ * The reference: a 3-member etcd (Debian's etcd-server) on loopback with its default durability (fsync
+ * per batch), `value`-byte puts from closed-loop workers spread over the three members' client ports,
+ * one measurement per concurrency. Emits put_ops/p50/p99 lines with system "etcd-3.4" and returns ops/s
+ * per concurrency, or undefined (after an etcd_unavailable line) where etcd is not installed.
+ */
+export async function measureEtcdPuts(
+  bench: string,
+  concurrencies: readonly number[],
+  seconds: number,
+  value: string,
+): Promise<Map<number, number> | undefined> {
+  if (!existsSync(ETCD)) {
+    emit({
+      bench,
+      metric: 'etcd_unavailable',
+      value: 0,
+      unit: 'none',
+      note: 'install etcd-server to compare',
+    });
+    return undefined;
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'dogfs-bench-etcd-'));
+  const members = await Promise.all(
+    [0, 1, 2].map(async (i) => ({ name: `e${i}`, client: await freePort(), peer: await freePort() })),
+  );
+  const initial = members.map((m) => `${m.name}=http://127.0.0.1:${m.peer}`).join(',');
+  const procs = members.map((m) =>
+    spawn(
+      ETCD,
+      [
+        ...['--name', m.name, '--data-dir', join(dir, m.name)],
+        ...['--listen-client-urls', `http://127.0.0.1:${m.client}`],
+        ...['--advertise-client-urls', `http://127.0.0.1:${m.client}`],
+        ...['--listen-peer-urls', `http://127.0.0.1:${m.peer}`],
+        ...['--initial-advertise-peer-urls', `http://127.0.0.1:${m.peer}`],
+        ...['--initial-cluster', initial, '--initial-cluster-state', 'new', '--log-level', 'error'],
+      ],
+      { stdio: 'ignore' },
+    ),
+  );
+  const clients = members.map(
+    (m) => new grpc.Client(`127.0.0.1:${m.client}`, grpc.credentials.createInsecure()),
+  );
+  const payload = (key: string) => encodePut(key, value);
+  const put = (client: grpc.Client, key: string) =>
+    new Promise<void>((resolve, reject) => {
+      client.makeUnaryRequest(
+        '/etcdserverpb.KV/Put',
+        (b: Buffer) => b,
+        (b: Buffer) => b,
+        payload(key),
+        { deadline: Date.now() + 10_000 },
+        (e) => (e ? reject(e) : resolve()),
+      );
+    });
+  const rates = new Map<number, number>();
+  try {
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      try {
+        await put(clients[0]!, 'warmup');
+        break;
+      } catch (error) {
+        if (Date.now() > deadline) throw error;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+    for (const c of concurrencies) {
+      const r = await closedLoop(c, seconds * 1000, (w, i) =>
+        put(clients[w % clients.length]!, `k${w}-${i % 64}`),
+      );
+      rates.set(c, r.opsPerSec);
+      emitLoad(bench, 'put', r, { system: 'etcd-3.4', groups: 1, concurrency: c });
+    }
+  } finally {
+    for (const c of clients) c.close();
+    for (const p of procs) p.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return rates;
+}

@@ -6,14 +6,12 @@
  * concurrency 1/16/64/256 → ops/s, p50/p99. Then leader failover after SIGKILL (median of 5). Prints one
  * JSON object per line. BENCH_SECONDS (default 5) sets each measurement's length.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import * as grpc from '@grpc/grpc-js';
-import protobuf from 'protobufjs/light.js';
 import { KvClient, spawnKvNode } from '../test/raftnode/kv-client.js';
-import { closedLoop, emit, freePort, machine } from './lib.js';
+import { closedLoop, emit, emitLoad, freePort, machine, measureEtcdPuts } from './lib.js';
 
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? '5');
 const CONCURRENCY = [1, 16, 64, 256];
@@ -58,10 +56,7 @@ async function measureDogfs(groups: number): Promise<Map<number, number>> {
         await clients[w % clients.length]!.run({ op: 'put', key: `k${w}-${i % 64}`, value: VALUE });
       });
       rates.set(c, r.opsPerSec);
-      const extra = { system: 'dogfs', groups, concurrency: c, errors: r.errors };
-      emit({ bench: 'raft', metric: 'put_ops', value: Math.round(r.opsPerSec), unit: 'ops/s', ...extra });
-      emit({ bench: 'raft', metric: 'put_p50', value: +r.p50Ms.toFixed(2), unit: 'ms', ...extra });
-      emit({ bench: 'raft', metric: 'put_p99', value: +r.p99Ms.toFixed(2), unit: 'ms', ...extra });
+      emitLoad('raft', 'put', r, { system: 'dogfs', groups, concurrency: c });
     }
     for (const c of clients) c.close();
   } finally {
@@ -101,98 +96,8 @@ async function measureFailover(): Promise<void> {
   });
 }
 
-// etcd's KV.Put: PutRequest { bytes key = 1; bytes value = 2; }
-function encodePut(key: string, value: string): Buffer {
-  const w = protobuf.Writer.create();
-  w.uint32(10).bytes(Buffer.from(key));
-  w.uint32(18).bytes(Buffer.from(value));
-  return Buffer.from(w.finish());
-}
-
 async function measureEtcd(): Promise<Map<number, number> | undefined> {
-  if (!existsSync('/usr/bin/etcd')) {
-    emit({
-      bench: 'raft',
-      metric: 'etcd_unavailable',
-      value: 0,
-      unit: 'none',
-      note: 'install etcd-server to compare',
-    });
-    return undefined;
-  }
-  const dir = mkdtempSync(join(tmpdir(), 'dogfs-bench-etcd-'));
-  const members = await Promise.all(
-    [0, 1, 2].map(async (i) => ({ name: `e${i}`, client: await freePort(), peer: await freePort() })),
-  );
-  const initial = members.map((m) => `${m.name}=http://127.0.0.1:${m.peer}`).join(',');
-  const procs = members.map((m) =>
-    spawn(
-      '/usr/bin/etcd',
-      [
-        '--name',
-        m.name,
-        '--data-dir',
-        join(dir, m.name),
-        '--listen-client-urls',
-        `http://127.0.0.1:${m.client}`,
-        '--advertise-client-urls',
-        `http://127.0.0.1:${m.client}`,
-        '--listen-peer-urls',
-        `http://127.0.0.1:${m.peer}`,
-        '--initial-advertise-peer-urls',
-        `http://127.0.0.1:${m.peer}`,
-        '--initial-cluster',
-        initial,
-        '--initial-cluster-state',
-        'new',
-        '--log-level',
-        'error',
-      ],
-      { stdio: 'ignore' },
-    ),
-  );
-  const clients = members.map(
-    (m) => new grpc.Client(`127.0.0.1:${m.client}`, grpc.credentials.createInsecure()),
-  );
-  const put = (client: grpc.Client, key: string) =>
-    new Promise<void>((resolve, reject) => {
-      client.makeUnaryRequest(
-        '/etcdserverpb.KV/Put',
-        (b: Buffer) => b,
-        (b: Buffer) => b,
-        encodePut(key, VALUE),
-        { deadline: Date.now() + 10_000 },
-        (e) => (e ? reject(e) : resolve()),
-      );
-    });
-  const rates = new Map<number, number>();
-  try {
-    const deadline = Date.now() + 30_000;
-    for (;;) {
-      try {
-        await put(clients[0]!, 'warmup');
-        break;
-      } catch (error) {
-        if (Date.now() > deadline) throw error;
-        await new Promise((r) => setTimeout(r, 200));
-      }
-    }
-    for (const c of CONCURRENCY) {
-      const r = await closedLoop(c, SECONDS * 1000, (w, i) =>
-        put(clients[w % clients.length]!, `k${w}-${i % 64}`),
-      );
-      rates.set(c, r.opsPerSec);
-      const extra = { system: 'etcd-3.4', groups: 1, concurrency: c, errors: r.errors };
-      emit({ bench: 'raft', metric: 'put_ops', value: Math.round(r.opsPerSec), unit: 'ops/s', ...extra });
-      emit({ bench: 'raft', metric: 'put_p50', value: +r.p50Ms.toFixed(2), unit: 'ms', ...extra });
-      emit({ bench: 'raft', metric: 'put_p99', value: +r.p99Ms.toFixed(2), unit: 'ms', ...extra });
-    }
-  } finally {
-    for (const c of clients) c.close();
-    for (const p of procs) p.kill('SIGKILL');
-    rmSync(dir, { recursive: true, force: true });
-  }
-  return rates;
+  return measureEtcdPuts('raft', CONCURRENCY, SECONDS, VALUE);
 }
 
 async function main(): Promise<void> {
