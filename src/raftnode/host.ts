@@ -34,6 +34,7 @@ import type { Init } from '../wire/proto.js';
 import { RpcChannel, type RpcServer } from '../wire/rpc.js';
 import { messageFromWire, messageToWire } from './messages.js';
 import type { HostStorage } from './storage.js';
+import { FramePeer, FrameServer } from './transport.js';
 
 /** A deterministic state machine: every replica applies the same commands in the same order. */
 export interface StateMachine {
@@ -102,15 +103,14 @@ interface Group {
 }
 
 const MAX_MESSAGES_PER_BATCH = 4096;
-const MAX_INFLIGHT_BATCHES_PER_PEER = 16;
-const SEND_TIMEOUT_MS = 3000;
 
 export class RaftHost {
   readonly nodeId: NodeId;
   private readonly options: RaftHostOptions;
   private readonly groups = new Map<number, Group>();
   private readonly channels = new Map<NodeId, RpcChannel>();
-  private readonly inflight = new Map<NodeId, number>();
+  private readonly peers = new Map<NodeId, FramePeer>();
+  private frames: FrameServer | undefined;
   private readonly addrOf = new Map<NodeId, string>();
   private readonly log: Logger;
   private readonly tickMs: number;
@@ -120,7 +120,6 @@ export class RaftHost {
   private roundAgain = false;
   private readSeq = 0;
   private closed = false;
-  private sendFailures = 0;
   private maxElectionTicks = 0;
   /** Counters for dashboards and benchmarks; monotonically increasing. */
   readonly counters = {
@@ -133,6 +132,7 @@ export class RaftHost {
     messagesSent: 0,
     batchesSent: 0,
     batchesDropped: 0,
+    connects: 0,
     messagesReceived: 0,
   };
 
@@ -177,9 +177,22 @@ export class RaftHost {
     this.scheduleRound();
   }
 
-  /** Serves RaftTransport on `server` and starts ticking. */
+  /**
+   * Serves RaftTransport on `server` (Send: batches over gRPC; Endpoint: the port of the framed transport,
+   * which listens on the host of this node's peer address) and starts ticking.
+   */
   start(server: RpcServer): void {
-    server.addService(RaftTransportService, { Send: (batch) => this.receive(batch) });
+    const own = this.addrOf.get(this.nodeId)!;
+    const frames = new FrameServer(
+      own.slice(0, own.lastIndexOf(':')),
+      (batch) => this.receive(batch),
+      this.log,
+    );
+    this.frames = frames;
+    server.addService(RaftTransportService, {
+      Send: (batch) => this.receive(batch),
+      Endpoint: async () => ({ port: await frames.port }),
+    });
     this.ticker = setInterval(() => this.tick(), this.tickMs);
   }
 
@@ -375,37 +388,18 @@ export class RaftHost {
   }
 
   private send(to: NodeId, messages: Init<RaftMessage>[]): void {
-    const addr = this.addrOf.get(to);
-    if (addr === undefined) return;
-    const inflight = this.inflight.get(to) ?? 0;
-    // Raft repairs lost messages by itself; a peer that cannot keep up gets dropped batches, not our memory.
-    if (inflight >= MAX_INFLIGHT_BATCHES_PER_PEER) {
-      this.counters.batchesDropped++;
-      return;
-    }
-    let channel = this.channels.get(to);
-    if (channel === undefined) {
-      channel = new RpcChannel(addr);
+    let peer = this.peers.get(to);
+    if (peer === undefined) {
+      const addr = this.addrOf.get(to);
+      if (addr === undefined) return;
+      const channel = new RpcChannel(addr);
       this.channels.set(to, channel);
+      peer = new FramePeer(addr, channel, this.counters, this.log);
+      this.peers.set(to, peer);
     }
     for (let start = 0; start < messages.length; start += MAX_MESSAGES_PER_BATCH) {
-      const batch: Init<RaftBatch> = {
-        fromNode: this.nodeId,
-        messages: messages.slice(start, start + MAX_MESSAGES_PER_BATCH),
-      };
-      this.inflight.set(to, (this.inflight.get(to) ?? 0) + 1);
-      this.counters.batchesSent++;
-      this.counters.messagesSent += batch.messages?.length ?? 0;
-      channel.call(RaftTransportService, 'Send', batch, { timeoutMs: SEND_TIMEOUT_MS }).then(
-        () => this.inflight.set(to, (this.inflight.get(to) ?? 1) - 1),
-        (error: DogfsError) => {
-          this.inflight.set(to, (this.inflight.get(to) ?? 1) - 1);
-          this.sendFailures++;
-          if (this.sendFailures % 100 === 1) {
-            this.log.debug('raft send failed', { to, addr, code: error.code, failures: this.sendFailures });
-          }
-        },
-      );
+      const slice = messages.slice(start, start + MAX_MESSAGES_PER_BATCH);
+      peer.send({ fromNode: this.nodeId, messages: slice }, slice.length);
     }
   }
 
@@ -559,6 +553,8 @@ export class RaftHost {
         r.reject(new DogfsError('UNAVAILABLE', 'metadata server is shutting down'));
       }
     }
+    for (const peer of this.peers.values()) peer.close();
+    this.frames?.close();
     for (const channel of this.channels.values()) channel.close();
     await this.options.storage.close();
   }
