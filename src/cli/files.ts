@@ -9,11 +9,18 @@ import { stat as localStat, open, readFile, rename, unlink } from 'node:fs/promi
 import { basename, dirname, join } from 'node:path';
 import { Transform, type TransformCallback, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { baseName, DogfsClient, type FileStatus, joinPath, normalizePath } from '../client/index.js';
+import {
+  baseName,
+  DogfsClient,
+  type FileStatus,
+  joinPath,
+  normalizePath,
+  type RepairOutcome,
+} from '../client/index.js';
 import { AddressError, parseAddressList } from '../common/address.js';
 import { EcPolicyError, parseEcPolicy } from '../common/ec-policy.js';
 import { DogfsError, type ErrorCode } from '../wire/errors.js';
-import { type ClusterReportResponse, MetadataService } from '../wire/gen/types.js';
+import type { ClusterReportResponse } from '../wire/gen/types.js';
 import { parseFlags, UsageError } from './args.js';
 
 export const FILE_COMMANDS_USAGE = `Files (endpoints: --meta HOST:PORT,... | $DOGFS_META | $DOGFS_CLUSTER | ./cluster.json;
@@ -27,7 +34,7 @@ export const FILE_COMMANDS_USAGE = `Files (endpoints: --meta HOST:PORT,... | $DO
   mv SRC DST                            rename or move
   stat [--json] PATH                    show a file's or directory's attributes
   admin report [--json]                 metadata groups, leaders, terms; chunk servers; damaged files
-  admin repair [PATH]                   rebuild missing shards of PATH (or of every file)
+  admin repair [--json] [PATH]          rebuild missing shards of PATH (or of every damaged file)
 `;
 
 /** Familiar messages for the codes a person sees about a path. */
@@ -440,6 +447,35 @@ async function cat(ctx: Context, argv: string[]): Promise<string> {
   return remote;
 }
 
+/**
+ * `admin report --json`: every field, numbers as numbers. (A protobuf message's own toJSON leaves out
+ * defaults — an empty list, a zero — and writes 64-bit numbers as strings.)
+ */
+function reportJson(report: ClusterReportResponse) {
+  return {
+    groups: report.groups.map((g) => ({
+      group: g.group,
+      leader: g.leader,
+      term: g.term,
+      commitIndex: g.commitIndex,
+      members: [...g.members],
+    })),
+    chunkServers: report.chunkServers.map((c) => ({
+      id: c.id,
+      addr: c.addr,
+      state: c.state,
+      failureDomain: c.failureDomain,
+      capacityBytes: c.capacityBytes,
+      usedBytes: c.usedBytes,
+      shardCount: c.shardCount,
+      lastHeartbeatMs: c.lastHeartbeatMs,
+    })),
+    filesWithMissingShards: [...report.filesWithMissingShards],
+    filesWithMissingShardsCount: report.filesWithMissingShardsCount,
+    codecBackend: report.codecBackend,
+  };
+}
+
 function formatReport(report: ClusterReportResponse): string {
   const lines: string[] = ['Metadata groups:'];
   lines.push('  group  leader                 term      commit  members');
@@ -457,11 +493,25 @@ function formatReport(report: ClusterReportResponse): string {
   }
   const alive = report.chunkServers.filter((c) => c.state === 'alive').length;
   lines.push(`  ${alive} of ${report.chunkServers.length} alive`);
-  lines.push('', `Files with missing shards: ${report.filesWithMissingShards.length}`);
+  lines.push(
+    '',
+    `Files with missing shards: ${Math.max(report.filesWithMissingShardsCount, report.filesWithMissingShards.length)}`,
+  );
   for (const f of report.filesWithMissingShards.slice(0, 100)) lines.push(`  ${f}`);
-  if (report.filesWithMissingShards.length > 100) lines.push('  ...');
+  if (report.filesWithMissingShardsCount > 100) lines.push('  ...');
   if (report.codecBackend) lines.push('', `Codec backend: ${report.codecBackend}`);
   return `${lines.join('\n')}\n`;
+}
+
+/** Deadline of each metadata call of a repair. */
+const REPAIR_CALL_MS = 60_000;
+/** Passes over the damaged-file list of `admin repair` without a PATH. */
+const MAX_REPAIR_PASSES = 1000;
+
+function formatRepair(o: RepairOutcome): string {
+  if (o.damagedBlockGroups === 0) return `${o.path}: no missing shards`;
+  const rebuilt = `${o.path}: rebuilt ${o.shardsRebuilt} shard(s) in ${o.repairedBlockGroups} of ${o.damagedBlockGroups} damaged block group(s), ${formatBytes(o.bytesWritten)} written`;
+  return o.unrepaired.length === 0 ? rebuilt : `${rebuilt}; ${o.unrepaired.length} left: ${o.unrepaired[0]}`;
 }
 
 async function admin(ctx: Context, argv: string[]): Promise<string | undefined> {
@@ -470,26 +520,50 @@ async function admin(ctx: Context, argv: string[]): Promise<string | undefined> 
     const { flags, positionals } = parseFlags(rest, { json: { type: 'boolean' }, meta: { type: 'string' } });
     if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`);
     const report = await ctx.client.report();
-    await print(ctx.stdout, flags.json ? `${JSON.stringify(report, null, 2)}\n` : formatReport(report));
+    await print(
+      ctx.stdout,
+      flags.json ? `${JSON.stringify(reportJson(report), null, 2)}\n` : formatReport(report),
+    );
     return undefined;
   }
   if (sub === 'repair') {
-    const { positionals } = parseFlags(rest, { meta: { type: 'string' } });
+    const { flags, positionals } = parseFlags(rest, { json: { type: 'boolean' }, meta: { type: 'string' } });
     if (positionals.length > 1) throw new UsageError('admin repair takes at most one PATH');
-    const path = positionals[0] === undefined ? '' : normalizePath(positionals[0]);
-    // The Repair call arrives with the metadata service's repair work; until then, say so cleanly.
-    const methods: Record<string, unknown> = MetadataService.methods;
-    if (!('Repair' in methods)) {
-      throw new DogfsError('UNIMPLEMENTED', 'admin repair: the metadata service has no Repair call yet');
+    const outcomes: RepairOutcome[] = [];
+    const report = async (outcome: RepairOutcome) => {
+      outcomes.push(outcome);
+      if (!flags.json) await print(ctx.stdout, `${formatRepair(outcome)}\n`);
+    };
+    if (positionals[0] !== undefined) {
+      await report(await ctx.client.repair(normalizePath(positionals[0]), { timeoutMs: REPAIR_CALL_MS }));
+    } else {
+      // Every damaged file the cluster leader knows of, page by page (a report names at most 1000), until a
+      // pass repairs nothing more.
+      const attempted = new Set<string>();
+      for (let pass = 0; pass < MAX_REPAIR_PASSES; pass++) {
+        const damaged = (await ctx.client.report()).filesWithMissingShards.filter((p) => !attempted.has(p));
+        if (damaged.length === 0) break;
+        for (const path of damaged) {
+          attempted.add(path);
+          try {
+            await report(await ctx.client.repair(path, { timeoutMs: REPAIR_CALL_MS }));
+          } catch (error) {
+            // Deleted or replaced since the report: nothing left to repair there.
+            if (!(error instanceof DogfsError && error.code === 'NOT_FOUND')) throw error;
+          }
+        }
+      }
     }
-    const answer = await ctx.client.metadata.mutate(
-      ctx.client.session,
-      'Repair' as 'Stat',
-      { path } as { path: string },
-      { timeoutMs: 10 * 60_000 },
-    );
-    await print(ctx.stdout, `${JSON.stringify(answer)}\n`);
-    return path || undefined;
+    if (flags.json) await print(ctx.stdout, `${JSON.stringify(outcomes, null, 2)}\n`);
+    const left = outcomes.flatMap((o) => o.unrepaired.map((u) => `${o.path}: ${u}`));
+    if (left.length > 0)
+      throw new DogfsError('UNAVAILABLE', `${left.length} shard(s) could not be repaired, first: ${left[0]}`);
+    if (!flags.json && positionals[0] === undefined)
+      await print(
+        ctx.stdout,
+        `repair: ${outcomes.length} damaged file(s), ${outcomes.reduce((n, o) => n + o.shardsRebuilt, 0)} shard(s) rebuilt\n`,
+      );
+    return undefined;
   }
   throw new UsageError(
     sub === undefined ? 'admin needs a subcommand: report or repair' : `unknown admin command '${sub}'`,
@@ -503,8 +577,9 @@ function operandOf(command: string, argv: string[]): string | undefined {
     const remote = command === 'put' ? positionals[1] : positionals[0];
     return remote === undefined ? undefined : remote.startsWith('/') ? remote : `/${remote}`;
   }
-  const first = positionals[0];
-  if (first === undefined || command === 'admin') return undefined;
+  const first =
+    command === 'admin' ? (positionals[0] === 'repair' ? positionals[1] : undefined) : positionals[0];
+  if (first === undefined) return undefined;
   return first.startsWith('/') ? first : `/${first}`;
 }
 

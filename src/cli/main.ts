@@ -31,7 +31,8 @@ Local cluster:
   up --dir DIR [--meta N] [--chunk N] [--ec rs-K-M] [--restart] [--log-level L]
 
 Servers:
-  meta  --dir DIR [--listen HOST:PORT] [--id ID] [--peers ID=HOST:PORT,...] [--ec POLICY] [--log-level L]
+  meta  --dir DIR [--listen HOST:PORT] [--id ID] [--peers ID=HOST:PORT,...] [--ec POLICY]
+        [--gc-grace MS (garbage shards are deleted this long after their file went; 30000)] [--log-level L]
   chunk --dir DIR [--listen HOST:PORT] [--data-listen HOST:PORT] [--id ID] [--meta HOST:PORT,...]
         [--failure-domain NAME] [--capacity BYTES] [--scrub-rate BYTES_PER_S (0: off)] [--log-level L]
 
@@ -82,6 +83,7 @@ async function meta(argv: string[]): Promise<void> {
     id: { type: 'string', env: 'DOGFS_ID' },
     peers: { type: 'string', env: 'DOGFS_PEERS' },
     ec: { type: 'string', env: 'DOGFS_EC' },
+    'gc-grace': { type: 'string', env: 'DOGFS_GC_GRACE_MS' },
     'log-level': { type: 'string', env: 'DOGFS_LOG_LEVEL' },
   });
   noPositionals(positionals);
@@ -99,6 +101,10 @@ async function meta(argv: string[]): Promise<void> {
     listen: parseListenFlag(flags.listen, 'listen', '127.0.0.1:0'),
     peers,
     defaultEc: ecFlag(flags.ec),
+    gcGraceMs:
+      flags['gc-grace'] === undefined
+        ? undefined
+        : parseIntFlag(flags['gc-grace'], 'gc-grace', 30_000, 0, 86_400_000),
     logLevel: parseLogLevel(flags['log-level']),
   });
 }

@@ -12,6 +12,7 @@ import { DataTransferShardTransport } from './data-transport.js';
 import { type MetaCallOptions, MetadataConnection } from './meta.js';
 import { joinPath, normalizePath } from './paths.js';
 import { FileReadStream, type ReadStreamOptions } from './reader.js';
+import { type RepairOptions, type RepairOutcome, repairFile } from './repair.js';
 import { ClientSession } from './session.js';
 import type { ShardTransport } from './transport.js';
 import { FileWriteStream, type WriteStreamOptions } from './writer.js';
@@ -157,6 +158,18 @@ export class DogfsClient {
   /** Groups, leaders and terms; chunk servers and their state; files missing shards. */
   report(options: MetaCallOptions = {}): Promise<ClusterReportResponse> {
     return this.meta.call('ClusterReport', {}, options);
+  }
+
+  /**
+   * Rebuilds the missing shards of the file at `path` onto healthy chunk servers and commits their new
+   * locations (client/repair.ts). Shards that could not be repaired are listed in the outcome.
+   */
+  repair(path: string, options: RepairOptions = {}): Promise<RepairOutcome> {
+    return repairFile(
+      { meta: this.meta, session: this.session, transport: this.transport() },
+      normalizePath(path),
+      options,
+    );
   }
 
   /**

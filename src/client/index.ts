@@ -12,6 +12,8 @@ export { MetadataConnection } from './meta.js';
 export { baseName, joinPath, normalizePath } from './paths.js';
 export type { BadShard, ReadStreamOptions } from './reader.js';
 export { FileReadStream } from './reader.js';
+export type { RepairOptions, RepairOutcome } from './repair.js';
+export { repairFile } from './repair.js';
 export { ClientSession } from './session.js';
 export type {
   OpenReadOptions,

@@ -37,7 +37,11 @@ function groupOf(method: MetadataMethod): number {
   switch (method) {
     case 'RegisterChunkServer':
     case 'Heartbeat':
+    case 'BlockReport':
+    // Shard health (bad shards, what to repair) is soft state of the cluster group's leader.
+    case 'ReportBadShard':
     case 'ClusterReport':
+    case 'PlanRepair':
       return 0;
     default:
       return 1;

@@ -390,10 +390,23 @@ export class LocalCluster {
       // Every chunk server registered and alive, so the first write is placed on all of them.
       const chunkIds = this.running.filter((r) => r.record.role === 'chunk').map((r) => r.record.id);
       let registered = 0;
+      const leaderChannels = new Map<string, RpcChannel>();
       const allRegistered = await waitUntil(
         async () => {
           try {
-            const report = await channel.call(MetadataService, 'ClusterReport', {}, { timeoutMs: 1000 });
+            // The report is served by the cluster group's leader (its shard-health view is the complete one).
+            const { leaderAddr } = await channel.call(
+              MetadataService,
+              'FindLeader',
+              { group: 0 },
+              { timeoutMs: 1000 },
+            );
+            let leader = leaderChannels.get(leaderAddr);
+            if (leader === undefined) {
+              leader = new RpcChannel(leaderAddr);
+              leaderChannels.set(leaderAddr, leader);
+            }
+            const report = await leader.call(MetadataService, 'ClusterReport', {}, { timeoutMs: 1000 });
             const alive = new Set(report.chunkServers.filter((c) => c.state === 'alive').map((c) => c.id));
             registered = chunkIds.filter((id) => alive.has(id)).length;
             return registered === chunkIds.length;
@@ -404,6 +417,7 @@ export class LocalCluster {
         deadline,
         100,
       );
+      for (const leader of leaderChannels.values()) leader.close();
       if (!allRegistered) {
         throw new UpError(
           `only ${registered} of ${chunkIds.length} chunk servers registered with the metadata service in time`,

@@ -24,6 +24,8 @@ export interface MetaServerOptions {
   peers: string[];
   /** The cluster's default EC policy for files that name none (`dogfs up --ec`); else the built-in default. */
   defaultEc?: string | undefined;
+  /** How long garbage block groups wait before their shards are deleted (default 30 s). */
+  gcGraceMs?: number | undefined;
   logLevel: LogLevel;
 }
 
@@ -60,7 +62,10 @@ export function startMetaServer(options: MetaServerOptions) {
         storage,
         log: context.log,
       });
-      const node = new MetadataNode(host, context.log, activeBackendName(), options.defaultEc);
+      const node = new MetadataNode(host, context.log, activeBackendName(), {
+        defaultEc: options.defaultEc,
+        ...(options.gcGraceMs === undefined ? {} : { gcGraceMs: options.gcGraceMs }),
+      });
       host.start(context.rpc);
       node.start(context.rpc);
       context.readyInfo['peers'] = peers.map((p) => `${p.id}=${p.addr}`).join(',');

@@ -8,8 +8,14 @@
  *   answered with the applied result; a refused command is a DogfsError with the state machine's code.
  * - Reads (Stat, List) wait on ReadIndex (`readBarrier`) and then read this replica, so followers serve
  *   linearizable reads too.
- * - The leader's duties run on timers: declaring silent chunk servers dead (group 0) and expiring write
- *   leases (group 1). Placement of new block groups reads this node's replica of group 0.
+ * - The leader's duties run on timers: declaring silent chunk servers dead (group 0), expiring write
+ *   leases and deleting the shards of garbage block groups from chunk servers (group 1). Placement of new
+ *   block groups reads this node's replica of group 0.
+ * - Shard health is soft state kept by group 0's leader, where chunk servers heartbeat (their scrubbers'
+ *   corrupt shards) and clients report bad shards: a shard is missing when it was never durable, its
+ *   server is dead or unknown, or it was reported bad. `ClusterReport` lists the files with missing
+ *   shards; `PlanRepair` names them with new targets, and `CommitRepair` records rebuilt shards (DESIGN §4).
+ *   After a leader change the new leader starts without reports; they come back with the next heartbeats.
  */
 import { randomInt } from 'node:crypto';
 import type { Logger } from '../common/log.js';
@@ -19,13 +25,15 @@ import { DogfsError } from '../wire/errors.js';
 import type { MetadataMethods } from '../wire/gen/types.js';
 import {
   type BlockGroup,
+  type BlockGroupRepair,
+  ChunkControlService,
   type ClientSession,
   FileType,
   MetadataService,
   type Inode as WireInode,
 } from '../wire/gen/types.js';
 import type { Init } from '../wire/proto.js';
-import type { RpcServer, ServiceHandlers } from '../wire/rpc.js';
+import { RpcChannel, type RpcServer, type ServiceHandlers } from '../wire/rpc.js';
 import {
   type BlockGroupInfo,
   type ClusterCommand,
@@ -49,6 +57,16 @@ export const NAMESPACE_GROUP = 1;
 /** How often the leader looks for silent chunk servers and expired leases. */
 const DUTY_INTERVAL_MS = 1000;
 const MAX_BAD_SHARD_REPORTS = 10_000;
+/** Paths of files with missing shards that one ClusterReport names (the count covers all of them). */
+const MAX_REPORTED_DAMAGED_FILES = 1000;
+/** Suspect shards one PlanRepair may name (a file's block groups times their shards is far more than enough). */
+const MAX_REPAIR_SUSPECTS = 4096;
+/** Garbage block groups whose shards the leader deletes per duty round. */
+const GC_BATCH = 256;
+/** How long a block group stays garbage before its shards are deleted: readers of a replaced or deleted file finish first. */
+const DEFAULT_GC_GRACE_MS = 30_000;
+/** Deadline of one DeleteShard call to a chunk server. */
+const DELETE_SHARD_TIMEOUT_MS = 5_000;
 
 class NamespaceMachine implements StateMachine {
   state = new NamespaceState({ group: NAMESPACE_GROUP });
@@ -120,20 +138,40 @@ export interface BadShardReport {
   readonly atMs: number;
 }
 
+function shardKey(blockGroupId: number, index: number): string {
+  return `${blockGroupId}:${index}`;
+}
+
+export interface MetadataNodeOptions {
+  /** From `--ec`: every metadata server of a cluster is started with the same value. */
+  readonly defaultEc?: string | undefined;
+  /** Garbage block groups wait this long before their shards are deleted (30 s). */
+  readonly gcGraceMs?: number;
+}
+
 export class MetadataNode {
   private readonly namespace = new NamespaceMachine();
   private readonly cluster = new ClusterMachine();
-  private readonly badShards: BadShardReport[] = [];
+  /** Shards reported bad (by readers or scrubbers), by shardKey; oldest first, bounded. */
+  private readonly badShards = new Map<string, BadShardReport>();
   private readonly inventories = new Map<string, number>();
+  /** Garbage block group id → when this node (as group 1's leader) first saw it. */
+  private readonly garbageSeen = new Map<number, number>();
+  /** gRPC channels to chunk servers' control addresses (DeleteShard). */
+  private readonly chunkChannels = new Map<string, RpcChannel>();
+  private readonly defaultEc: string | undefined;
+  private readonly gcGraceMs: number;
   private duties: NodeJS.Timeout | undefined;
+  private dutyRunning = false;
 
   constructor(
     private readonly host: RaftHost,
     private readonly log: Logger,
     private readonly codecBackend: string,
-    /** From `--ec`: every metadata server of a cluster is started with the same value. */
-    private readonly defaultEc?: string,
+    options: MetadataNodeOptions = {},
   ) {
+    this.defaultEc = options.defaultEc;
+    this.gcGraceMs = options.gcGraceMs ?? DEFAULT_GC_GRACE_MS;
     host.addGroup(CLUSTER_GROUP, this.cluster);
     host.addGroup(NAMESPACE_GROUP, this.namespace);
   }
@@ -145,6 +183,8 @@ export class MetadataNode {
 
   stop(): void {
     if (this.duties) clearInterval(this.duties);
+    for (const channel of this.chunkChannels.values()) channel.close();
+    this.chunkChannels.clear();
   }
 
   private async proposeNamespace(command: NamespaceCommand, deadline: number): Promise<NamespaceResult> {
@@ -159,6 +199,9 @@ export class MetadataNode {
 
   /** Leader-only work: each node does it for the groups it leads, so exactly the leaders act. */
   private async runLeaderDuties(): Promise<void> {
+    // A slow round (deleting shards from a hung server) must not overlap the next one.
+    if (this.dutyRunning) return;
+    this.dutyRunning = true;
     const deadline = Date.now() + DUTY_INTERVAL_MS * 5;
     try {
       if (this.host.isLeader(CLUSTER_GROUP)) {
@@ -181,11 +224,164 @@ export class MetadataNode {
             deadline,
           );
         }
+        await this.collectGarbage(now, deadline);
+      } else {
+        this.garbageSeen.clear();
       }
     } catch (error) {
       // Lost leadership or quorum mid-duty: the next leader repeats it; nothing is half done.
       this.log.debug('leader duty interrupted', { error });
+    } finally {
+      this.dutyRunning = false;
     }
+  }
+
+  private chunkControl(addr: string): RpcChannel {
+    let channel = this.chunkChannels.get(addr);
+    if (channel === undefined) {
+      channel = new RpcChannel(addr);
+      this.chunkChannels.set(addr, channel);
+    }
+    return channel;
+  }
+
+  /**
+   * Deletes shard `index` of `blockGroupId` from `serverId`. True when the server no longer has it; false
+   * when the server is dead, unknown or did not answer (the caller keeps the work for later or gives up).
+   */
+  private async deleteShard(serverId: string, blockGroupId: number, index: number): Promise<boolean> {
+    const server = this.cluster.state.server(serverId);
+    if (server === undefined || server.state !== 'alive' || server.controlAddr === '') return false;
+    try {
+      await this.chunkControl(server.controlAddr).call(
+        ChunkControlService,
+        'DeleteShard',
+        { shard: { blockGroupId, index, generation: 0 } },
+        { timeoutMs: DELETE_SHARD_TIMEOUT_MS },
+      );
+      return true;
+    } catch (error) {
+      this.log.debug('delete shard failed', { server: serverId, blockGroupId, index, error });
+      return false;
+    }
+  }
+
+  /**
+   * Group 1's leader: shards of garbage block groups (deleted, replaced, abandoned or expired files) are
+   * deleted from their chunk servers once the grace period has passed, then forgotten by a collectGarbage
+   * command. Only committed metadata made them garbage, so nothing live is ever deleted. A server that is
+   * dead keeps its copies (logged): its inventory will name them as orphans when it returns.
+   */
+  private async collectGarbage(now: number, deadline: number): Promise<void> {
+    const batch = this.namespace.state.garbage(GC_BATCH);
+    if (batch.length === 0) {
+      this.garbageSeen.clear();
+      return;
+    }
+    const due: BlockGroupInfo[] = [];
+    for (const bg of batch) {
+      const seen = this.garbageSeen.get(bg.id);
+      if (seen === undefined) this.garbageSeen.set(bg.id, now);
+      else if (now - seen >= this.gcGraceMs) due.push(bg);
+    }
+    const collected: BlockGroupInfo['id'][] = [];
+    for (const bg of due) {
+      if (Date.now() >= deadline) break;
+      let complete = true;
+      await Promise.all(
+        bg.servers.map(async (serverId, index) => {
+          if (serverId === '') return;
+          const record = this.cluster.state.server(serverId);
+          if (record === undefined || record.state !== 'alive') {
+            this.log.info('garbage shard left on an unavailable chunk server', {
+              server: serverId,
+              blockGroupId: bg.id,
+              index,
+            });
+            return;
+          }
+          if (!(await this.deleteShard(serverId, bg.id, index))) complete = false;
+        }),
+      );
+      if (complete) collected.push(bg.id);
+    }
+    if (collected.length === 0) return;
+    const result = await this.proposeNamespace(
+      { op: 'collectGarbage', timeMs: Date.now(), blockGroupIds: collected },
+      deadline,
+    );
+    if (result.ok) for (const id of collected) this.garbageSeen.delete(id);
+  }
+
+  /** Records a bad shard (bounded: the oldest report goes first). */
+  private noteBadShard(report: BadShardReport): void {
+    const key = shardKey(report.blockGroupId, report.index);
+    this.badShards.delete(key);
+    if (this.badShards.size >= MAX_BAD_SHARD_REPORTS) {
+      const oldest = this.badShards.keys().next();
+      if (!oldest.done) this.badShards.delete(oldest.value);
+    }
+    this.badShards.set(key, report);
+  }
+
+  /**
+   * Shard indexes of a committed block group that cannot be counted on: never durable, no server, a dead
+   * or unknown server, reported bad on the server that holds it, or named by the caller as a suspect.
+   */
+  private missingShards(bg: BlockGroupInfo, suspects?: ReadonlySet<string>): number[] {
+    const missing: number[] = [];
+    const total = bg.dataShards + bg.parityShards;
+    for (let i = 0; i < total; i++) {
+      const serverId = bg.servers[i] ?? '';
+      const server = serverId === '' ? undefined : this.cluster.state.server(serverId);
+      const bad = this.badShards.get(shardKey(bg.id, i));
+      if (
+        (bg.durableMask & (2 ** i)) === 0 ||
+        server === undefined ||
+        server.state !== 'alive' ||
+        (bad !== undefined && bad.chunkServerId === serverId) ||
+        suspects?.has(shardKey(bg.id, i))
+      )
+        missing.push(i);
+    }
+    return missing;
+  }
+
+  /** Files with missing shards, in path order: the first `limit` paths and the count of all. */
+  private damagedFiles(limit: number): { paths: string[]; count: number } {
+    const paths: string[] = [];
+    let count = 0;
+    for (const { path, inode } of this.namespace.state.files()) {
+      if (!inode.blockGroups.some((bg) => this.missingShards(bg).length > 0)) continue;
+      count++;
+      if (paths.length < limit) paths.push(path);
+    }
+    return { paths, count };
+  }
+
+  /** A new server for each missing shard that can be placed (none that already holds a shard of the group). */
+  private repairTargets(bg: BlockGroupInfo, missing: readonly number[]): Init<BlockGroupRepair>['targets'] {
+    const candidates = this.cluster.state.placementCandidates();
+    for (let count = missing.length; count >= 1; count--) {
+      const placement = placeBlockGroup({
+        servers: candidates,
+        dataShards: count,
+        parityShards: 0,
+        seed: randomInt(0, 2 ** 31),
+        exclude: bg.servers.filter((s) => s !== ''),
+      });
+      if (!placement.ok) continue;
+      return placement.servers.map((serverId, j) => ({
+        index: missing[j]!,
+        chunkServerId: serverId,
+        addr: this.dataAddrOf(serverId),
+        length: 0,
+        crc32c: 0,
+        durable: false,
+        generation: 0,
+      }));
+    }
+    return [];
   }
 
   private dataAddrOf(serverId: string): string {
@@ -402,9 +598,9 @@ export class MetadataNode {
         return {};
       },
       ReportBadShard: (req) => {
-        if (this.badShards.length >= MAX_BAD_SHARD_REPORTS) this.badShards.shift();
-        this.badShards.push({
-          blockGroupId: req.blockGroupId,
+        this.host.requireLeader(CLUSTER_GROUP);
+        this.noteBadShard({
+          blockGroupId: wireId(req.blockGroupId, 'block group id'),
           index: req.index,
           chunkServerId: req.chunkServerId,
           reason: req.reason.slice(0, 200),
@@ -452,6 +648,17 @@ export class MetadataNode {
         );
         if (!result.ok) raise(result);
         if (result.op !== 'heartbeat') throw new DogfsError('INTERNAL', `heartbeat answered ${result.op}`);
+        for (const shard of req.corruptShards.slice(0, MAX_REPAIR_SUSPECTS)) {
+          const known = this.badShards.get(shardKey(shard.blockGroupId, shard.index));
+          if (known?.chunkServerId === req.id) continue;
+          this.noteBadShard({
+            blockGroupId: shard.blockGroupId,
+            index: shard.index,
+            chunkServerId: req.id,
+            reason: 'the chunk server found it corrupt',
+            atMs: now,
+          });
+        }
         if (result.dead) {
           const alive = await this.proposeCluster({ op: 'markAlive', timeMs: now, id: req.id }, ctx.deadline);
           if (alive.ok) this.log.info('chunk server alive again', { server: req.id });
@@ -459,6 +666,7 @@ export class MetadataNode {
         return { reregister: result.reregister };
       },
       BlockReport: (req) => {
+        this.host.requireLeader(CLUSTER_GROUP);
         // Inventories are soft state (GFS/HDFS style): kept by whichever node receives them, rebuilt after
         // a restart from the next reports. Used for missing-shard detection and repair.
         const before = req.first ? 0 : (this.inventories.get(req.id) ?? 0);
@@ -466,7 +674,11 @@ export class MetadataNode {
         return {};
       },
       ClusterReport: async (_req, ctx) => {
+        // Shard health is the cluster leader's soft state: only its answer is complete.
+        this.host.requireLeader(CLUSTER_GROUP);
         await this.host.readBarrier(CLUSTER_GROUP, ctx.deadline);
+        await this.host.readBarrier(NAMESPACE_GROUP, ctx.deadline);
+        const damaged = this.damagedFiles(MAX_REPORTED_DAMAGED_FILES);
         return {
           groups: this.host.groupIds().map((g) => {
             const s = this.host.status(g);
@@ -488,9 +700,76 @@ export class MetadataNode {
             shardCount: s.shardCount,
             lastHeartbeatMs: s.lastHeartbeatMs,
           })),
-          filesWithMissingShards: [],
+          filesWithMissingShards: damaged.paths,
+          filesWithMissingShardsCount: damaged.count,
           codecBackend: this.codecBackend,
         };
+      },
+      PlanRepair: async (req, ctx) => {
+        this.host.requireLeader(CLUSTER_GROUP);
+        if (req.suspects.length > MAX_REPAIR_SUSPECTS)
+          throw new DogfsError('INVALID_ARGUMENT', `at most ${MAX_REPAIR_SUSPECTS} suspect shards`);
+        const suspects = new Set(
+          req.suspects.map((s) => shardKey(wireId(s.blockGroupId, 'block group id'), s.index)),
+        );
+        await this.host.readBarrier(NAMESPACE_GROUP, ctx.deadline);
+        const found = this.namespace.state.stat(req.path);
+        if (!found.ok) raise(found);
+        if (found.inode.type !== 'file')
+          throw new DogfsError('IS_A_DIRECTORY', `${found.path}: is a directory`);
+        const blockGroups: Init<BlockGroupRepair>[] = [];
+        for (const bg of found.inode.blockGroups) {
+          const missing = this.missingShards(bg, suspects);
+          if (missing.length === 0) continue;
+          blockGroups.push({
+            blockGroup: this.blockGroupToWire(bg),
+            missing,
+            targets: this.repairTargets(bg, missing),
+          });
+        }
+        return { inode: this.inodeToWire(found.inode, false), blockGroups };
+      },
+      CommitRepair: async (req, ctx) => {
+        const result = await this.proposeNamespace(
+          {
+            op: 'repairShards',
+            timeMs: Date.now(),
+            session: sessionOf(req.session),
+            path: req.path,
+            inodeId: inodeId(req.inodeId),
+            blockGroupId: wireId<BlockGroupInfo['id']>(req.blockGroupId, 'block group id'),
+            shards: req.shards.map((s) => ({
+              index: s.index,
+              server: s.chunkServerId,
+              replaces: s.replaces,
+              length: s.length,
+              crc32c: s.crc32c,
+            })),
+          },
+          ctx.deadline,
+        );
+        if (!result.ok) raise(result);
+        if (result.op !== 'repairShards') throw new DogfsError('INTERNAL', `repair answered ${result.op}`);
+        // The new locations are committed: the replaced copies (corrupt, or on a server that came back) can go.
+        for (const shard of req.shards) {
+          this.badShards.delete(shardKey(req.blockGroupId, shard.index));
+          if (shard.replaces !== '') void this.deleteShard(shard.replaces, req.blockGroupId, shard.index);
+        }
+        return { blockGroup: this.blockGroupToWire(result.blockGroup) };
+      },
+      AbandonFile: async (req, ctx) => {
+        const result = await this.proposeNamespace(
+          {
+            op: 'abandonFile',
+            timeMs: Date.now(),
+            session: sessionOf(req.session),
+            inodeId: inodeId(req.inodeId),
+            leaseId: req.leaseId,
+          },
+          ctx.deadline,
+        );
+        if (!result.ok) raise(result);
+        return {};
       },
       FindLeader: (req) => {
         const status = this.host.status(req.group);

@@ -227,7 +227,7 @@ describe('dogfs file commands', () => {
       [['put', local], /^dogfs: put takes LOCAL REMOTE$/, 2],
       [['ls', '--bogus', '/'], /^dogfs: Unknown option '--bogus'/, 2],
       [['admin', 'frob'], /^dogfs: unknown admin command 'frob'/, 2],
-      [['admin', 'repair'], /^dogfs: admin repair: the metadata service has no Repair call yet$/],
+      [['admin', 'repair', '/e/file', '/e/sub'], /^dogfs: admin repair takes at most one PATH$/, 2],
     ];
     if (process.getuid?.() !== 0) {
       cases.push([['get', '/e/file', join(readOnly, 'x')], /^dogfs: .*ro: Permission denied$/]);

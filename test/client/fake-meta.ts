@@ -358,6 +358,17 @@ export class FakeMeta {
         this.gate('FindLeader');
         return { leaderAddr: this.leaderHint ?? this.address, term: 3 };
       },
+      AbandonFile: mutate('AbandonFile', (r) => {
+        this.lease(r.inodeId, r.leaseId);
+        this.state.pending.delete(r.inodeId);
+        return {};
+      }),
+      PlanRepair: () => {
+        throw new DogfsError('UNIMPLEMENTED', 'the fake has no repair');
+      },
+      CommitRepair: () => {
+        throw new DogfsError('UNIMPLEMENTED', 'the fake has no repair');
+      },
     };
   }
 

@@ -5,28 +5,18 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import type { ClusterJson } from '../../src/cluster/up.js';
-import { assertOneLineError, runDogfs, startDogfs, tempDir, waitFor } from '../helpers/index.js';
+import { assertOneLineError, runDogfs, startCluster } from '../helpers/index.js';
 
-const dir = tempDir('dogfs-files-e2e-');
-const up = startDogfs(['up', '--dir', join(dir.path, 'c'), '--meta', '3', '--chunk', '5', '--ec', 'rs-3-2']);
-after(async () => {
-  up.child.kill('SIGINT');
-  await up.exited;
-  dir.remove();
-});
+const up = startCluster(['--meta', '3', '--chunk', '5', '--ec', 'rs-3-2']);
+const dir = up.dir;
+after(() => up.stop());
 
 test('put, get, and degraded get through the real metadata service', async () => {
-  const clusterPath = join(dir.path, 'c', 'cluster.json');
-  const cluster = await waitFor(
-    'cluster.json',
-    () => existsSync(clusterPath) && (JSON.parse(readFileSync(clusterPath, 'utf8')) as ClusterJson),
-    60_000,
-  );
-  const env = { ...process.env, DOGFS_CLUSTER: clusterPath };
+  const cluster = await up.ready();
+  const env = { ...process.env, DOGFS_CLUSTER: up.clusterPath };
   const original = randomBytes(2_500_000 + 17);
   const local = join(dir.path, 'original.bin');
   writeFileSync(local, original);

@@ -3,10 +3,11 @@
  * synchronisation), and running the real `dogfs` command as a child process.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { ClusterJson } from '../../src/cluster/up.js';
 
 export const DOGFS_BIN = fileURLToPath(new URL('../../../bin/dogfs.js', import.meta.url));
 
@@ -109,4 +110,32 @@ export function assertOneLineError(stderr: string): string {
   const lines = stderr.trim().split('\n');
   if (lines.some((l) => /^\s+at /.test(l))) throw new Error(`stack trace on stderr:\n${stderr}`);
   return lines[0] ?? '';
+}
+
+/**
+ * `dogfs up --dir TMP/c ARGS` in a fresh temporary directory. `ready()` waits for its cluster.json (written
+ * once the cluster can serve); `stop()` stops it (SIGINT) and removes the directory.
+ */
+export function startCluster(args: string[], env: NodeJS.ProcessEnv = process.env) {
+  const dir = tempDir('dogfs-cluster-');
+  const clusterDir = join(dir.path, 'c');
+  const clusterPath = join(clusterDir, 'cluster.json');
+  const up = startDogfs(['up', '--dir', clusterDir, ...args], env);
+  return {
+    dir,
+    clusterDir,
+    clusterPath,
+    up,
+    ready: (): Promise<ClusterJson> =>
+      waitFor(
+        'cluster.json',
+        () => existsSync(clusterPath) && (JSON.parse(readFileSync(clusterPath, 'utf8')) as ClusterJson),
+        60_000,
+      ),
+    stop: async (): Promise<void> => {
+      up.child.kill('SIGINT');
+      await up.exited;
+      dir.remove();
+    },
+  };
 }

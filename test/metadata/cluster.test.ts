@@ -235,7 +235,7 @@ test('placement: K+M distinct live servers, spread evenly over failure domains (
         const need = m <= 1 ? k : k + 1;
         const p = placeBlockGroup({ servers: all, dataShards: k, parityShards: m, seed });
         if (live.length < need) {
-          assert.ok(!p.ok && p.code === 'UNAVAILABLE', 'refused below the minimum');
+          assert.ok(!p.ok && p.code === 'FAILED_PRECONDITION', 'refused below the minimum');
           return;
         }
         assert.ok(p.ok);
@@ -304,7 +304,7 @@ test('placement: weighted by free space; full, dead and excluded servers are nev
 test('placement: refusal below K+1 names the counts; between K+1 and K+M returns what it can', () => {
   const refused = placeBlockGroup({ servers: servers(6, 3), dataShards: 6, parityShards: 3, seed: 1 });
   assert.ok(!refused.ok);
-  assert.equal(refused.code, 'UNAVAILABLE');
+  assert.equal(refused.code, 'FAILED_PRECONDITION');
   assert.match(refused.message, /6 usable chunk servers .*need at least 7, ideally 9/);
   const partial = placeBlockGroup({ servers: servers(7, 3), dataShards: 6, parityShards: 3, seed: 1 });
   assert.ok(partial.ok);

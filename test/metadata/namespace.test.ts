@@ -251,7 +251,7 @@ test('create and write-path bad inputs are refused and change nothing', () => {
   refusedUnchanged(ns, c, 'INVALID_ARGUMENT', alloc({ offset: 7 }));
   refusedUnchanged(ns, c, 'INVALID_ARGUMENT', alloc({ servers: ['a', 'b', 'c'] }));
   refusedUnchanged(ns, c, 'INVALID_ARGUMENT', alloc({ servers: ['a', 'a', 'c', 'd', 'e'] }));
-  refusedUnchanged(ns, c, 'UNAVAILABLE', alloc({ servers: ['a', 'b', 'c', '', ''] }));
+  refusedUnchanged(ns, c, 'FAILED_PRECONDITION', alloc({ servers: ['a', 'b', 'c', '', ''] }));
   refusedUnchanged(ns, c, 'INVALID_ARGUMENT', alloc({ stripeSize: 100 }));
   refusedUnchanged(ns, c, 'INVALID_ARGUMENT', alloc({ maxBytes: 10 }));
   const bg = c.ok(alloc({ servers: ['a', 'b', 'c', 'd', ''] }));
@@ -637,4 +637,82 @@ test('a directory of 100,000 entries lists in pages, in order, each page O(page)
   const hash = ns.stateHash();
   const restored = NamespaceState.restore(ns.snapshot());
   assert.equal(restored.stateHash(), hash);
+});
+
+test('repairShards: moves shards to new servers by compare-and-set; bad repairs change nothing', () => {
+  const { ns, c } = fresh();
+  const id = c.writeFile('/f', 5000); // rs-2-1 on s1 s2 s3, every crc 0xdeadbeef, shards of 2500 bytes
+  const bg = () => {
+    const stat = ns.stat('/f');
+    assert.ok(stat.ok && stat.inode.type === 'file');
+    return stat.inode.blockGroups[0]!;
+  };
+  const bgId = bg().id;
+  const body = (
+    shards: { index: number; server: string; replaces: string; length?: number; crc32c?: number }[],
+  ) =>
+    ({
+      op: 'repairShards',
+      path: '/f',
+      inodeId: id,
+      blockGroupId: bgId,
+      shards: shards.map((s) => ({ length: 2500, crc32c: 0xdeadbeef, ...s })),
+    }) as const;
+  refusedUnchanged(ns, c, 'FAILED_PRECONDITION', body([{ index: 1, server: 's9', replaces: 's1' }]));
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', body([{ index: 1, server: 's3', replaces: 's2' }]));
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', body([{ index: 3, server: 's9', replaces: '' }]));
+  refusedUnchanged(
+    ns,
+    c,
+    'INVALID_ARGUMENT',
+    body([{ index: 1, server: 's9', replaces: 's2', length: 2499 }]),
+  );
+  refusedUnchanged(ns, c, 'CORRUPT', body([{ index: 1, server: 's9', replaces: 's2', crc32c: 1 }]));
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', body([]));
+  refusedUnchanged(ns, c, 'FAILED_PRECONDITION', {
+    ...body([{ index: 1, server: 's9', replaces: 's2' }]),
+    inodeId: (id + 1) as InodeId,
+  });
+  refusedUnchanged(ns, c, 'NOT_FOUND', { ...body([{ index: 1, server: 's9', replaces: 's2' }]), path: '/g' });
+  const done = c.ok(body([{ index: 1, server: 's9', replaces: 's2' }]));
+  assert.deepEqual(done.blockGroup.servers, ['s1', 's9', 's3']);
+  assert.deepEqual(bg().servers, ['s1', 's9', 's3']);
+  // The same repair again: s2 no longer holds shard 1, so it is refused (a racing repairer loses).
+  refusedUnchanged(ns, c, 'FAILED_PRECONDITION', body([{ index: 1, server: 's8', replaces: 's2' }]));
+  // A rename keeps the repaired locations; a snapshot carries them.
+  c.ok({ op: 'rename', src: '/f', dst: '/g', noReplace: false });
+  const restored = NamespaceState.restore(ns.snapshot());
+  const moved = restored.stat('/g');
+  assert.ok(moved.ok && moved.inode.type === 'file');
+  assert.deepEqual(moved.inode.blockGroups[0]!.servers, ['s1', 's9', 's3']);
+  assert.deepEqual(
+    [...restored.files()].map((f) => f.path),
+    ['/g'],
+  );
+  ns.checkInvariants();
+});
+
+test('repairShards: a shard that was never durable gets its length and crc from the repair', () => {
+  const { c } = fresh();
+  const write = c.startWrite('/h', { ec: 'rs-2-2' });
+  const allocated = c.allocateOk(write, 0, ['s1', 's2', 's3', 's4']);
+  c.ok({
+    op: 'commitBlockGroup',
+    inodeId: write.inode.id,
+    leaseId: write.leaseId,
+    blockGroupId: allocated.blockGroup.id,
+    length: 10,
+    shards: [0, 1, 2].map((index) => ({ index, length: 5, crc32c: 7, durable: true })),
+  });
+  c.ok({ op: 'completeFile', inodeId: write.inode.id, leaseId: write.leaseId, size: 10 });
+  const repaired = c.ok({
+    op: 'repairShards',
+    path: '/h',
+    inodeId: write.inode.id,
+    blockGroupId: allocated.blockGroup.id,
+    shards: [{ index: 3, server: 's5', replaces: 's4', length: 5, crc32c: 1234 }],
+  });
+  assert.equal(repaired.blockGroup.durableMask, 0b1111);
+  assert.deepEqual(repaired.blockGroup.crcs, [7, 7, 7, 1234]);
+  assert.deepEqual(repaired.blockGroup.servers, ['s1', 's2', 's3', 's5']);
 });

@@ -57,6 +57,9 @@ before(async () => {
     BlockReport: unimplemented,
     ClusterReport: unimplemented,
     FindLeader: unimplemented,
+    PlanRepair: unimplemented,
+    CommitRepair: unimplemented,
+    AbandonFile: unimplemented,
   });
   const port = await server.listen('127.0.0.1', 0);
   address = `127.0.0.1:${port}`;

@@ -177,6 +177,28 @@ export interface DeleteCommand extends CommandBase {
   readonly recursive: boolean;
 }
 
+export interface RepairedShard {
+  readonly index: number;
+  /** The new holder. */
+  readonly server: string;
+  /** The holder recorded before ('' = none): the shard is only moved if it is still there. */
+  readonly replaces: string;
+  readonly length: number;
+  readonly crc32c: number;
+}
+
+/**
+ * Records rebuilt shards of a committed block group of the file at `path` (which must still be inode
+ * `inodeId`): each moves to its new server, made durable, if its recorded holder is still `replaces`.
+ */
+export interface RepairShardsCommand extends CommandBase {
+  readonly op: 'repairShards';
+  readonly path: string;
+  readonly inodeId: InodeId;
+  readonly blockGroupId: BlockGroupId;
+  readonly shards: readonly RepairedShard[];
+}
+
 /** Leader-internal: drops every write lease that expires at or before the given time. */
 export interface ExpireLeasesCommand extends CommandBase {
   readonly op: 'expireLeases';
@@ -199,7 +221,8 @@ export type NamespaceCommand =
   | RenameCommand
   | DeleteCommand
   | ExpireLeasesCommand
-  | CollectGarbageCommand;
+  | CollectGarbageCommand
+  | RepairShardsCommand;
 
 export type NamespaceOp = NamespaceCommand['op'];
 
@@ -213,6 +236,7 @@ export const CLIENT_OPS: ReadonlySet<NamespaceOp> = new Set<NamespaceOp>([
   'abandonFile',
   'rename',
   'delete',
+  'repairShards',
 ]);
 
 // ---- results ----
@@ -227,6 +251,7 @@ export interface ResultPayloads {
   delete: { readonly files: number; readonly dirs: number };
   expireLeases: { readonly expired: readonly InodeId[] };
   collectGarbage: { readonly removed: number };
+  repairShards: { readonly blockGroup: BlockGroupInfo };
 }
 
 export type Success<K extends NamespaceOp> = { readonly ok: true; readonly op: K } & ResultPayloads[K];
@@ -247,6 +272,7 @@ const OP_TAGS: Record<NamespaceOp, number> = {
   delete: 8,
   expireLeases: 9,
   collectGarbage: 10,
+  repairShards: 11,
 };
 const OPS_BY_TAG = new Map<number, NamespaceOp>(
   (Object.entries(OP_TAGS) as [NamespaceOp, number][]).map(([op, tag]) => [tag, op]),
@@ -406,6 +432,11 @@ export function encodeNamespaceCommand(cmd: NamespaceCommand): Uint8Array {
       w.uint(cmd.blockGroupIds.length);
       for (const id of cmd.blockGroupIds) w.uint(id);
       break;
+    case 'repairShards':
+      w.string(cmd.path).uint(cmd.inodeId).uint(cmd.blockGroupId).uint(cmd.shards.length);
+      for (const s of cmd.shards)
+        w.uint(s.index).string(s.server).string(s.replaces).uint(s.length).u32(s.crc32c);
+      break;
   }
   return w.finish();
 }
@@ -505,6 +536,23 @@ export function decodeNamespaceCommand(bytes: Uint8Array): NamespaceCommand {
       cmd = { op, ...base, blockGroupIds };
       break;
     }
+    case 'repairShards': {
+      const repairPath = path();
+      const inodeId = r.uint('inode id') as InodeId;
+      const blockGroupId = r.uint('block group id') as BlockGroupId;
+      const n = r.count('shards', MAX_TOTAL_SHARDS);
+      const shards: RepairedShard[] = [];
+      for (let i = 0; i < n; i++)
+        shards.push({
+          index: r.uint('shard index'),
+          server: r.string('server', MAX_SERVER_ID_BYTES),
+          replaces: r.string('replaces', MAX_SERVER_ID_BYTES),
+          length: r.uint('shard length'),
+          crc32c: r.u32('crc32c'),
+        });
+      cmd = { op, ...base, path: repairPath, inodeId, blockGroupId, shards };
+      break;
+    }
   }
   r.end();
   return cmd;
@@ -527,6 +575,7 @@ export function writeResult(w: ByteWriter, result: NamespaceResult): void {
       break;
     case 'allocateBlockGroup':
     case 'commitBlockGroup':
+    case 'repairShards':
       writeBlockGroup(w, result.blockGroup);
       break;
     case 'completeFile':
@@ -578,6 +627,7 @@ export function readResult(r: ByteReader): NamespaceResult {
       };
     case 'allocateBlockGroup':
     case 'commitBlockGroup':
+    case 'repairShards':
       return { ok: true, op, blockGroup: readBlockGroup(r) };
     case 'completeFile':
       return { ok: true, op, inode: fileInode() };

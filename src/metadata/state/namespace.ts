@@ -89,6 +89,7 @@ import {
   type NamespaceOp,
   type NamespaceResult,
   type RenameCommand,
+  type RepairShardsCommand,
   type ResultOf,
   readBlockGroup,
   readInode,
@@ -341,6 +342,8 @@ export class NamespaceState {
         return this.expireLeases(cmd);
       case 'collectGarbage':
         return this.collectGarbage(cmd);
+      case 'repairShards':
+        return this.repairShards(cmd);
     }
   }
 
@@ -583,7 +586,7 @@ export class NamespaceState {
     }
     const need = minDurableShards(k, m);
     if (seen.size < need)
-      return fail('UNAVAILABLE', `${file.ec} needs at least ${need} shard targets, got ${seen.size}`);
+      return fail('FAILED_PRECONDITION', `${file.ec} needs at least ${need} shard targets, got ${seen.size}`);
     if (this.idsLeft() < 1) return fail('RESOURCE_EXHAUSTED', 'block group ids of this group are exhausted');
     const blockGroup: BlockGroupInfo = {
       id: this.allocId() as BlockGroupId,
@@ -850,6 +853,79 @@ export class NamespaceState {
     return this.ok('collectGarbage', { removed });
   }
 
+  private repairShards(cmd: RepairShardsCommand): ResultOf<'repairShards'> {
+    const parsed = parsePath(cmd.path);
+    if (!parsed.ok) return parsed;
+    if (parsed.components.length === 0) return fail('IS_A_DIRECTORY', '/: is a directory');
+    const found = this.lookupEntry(parsed);
+    if (!found.ok) return found;
+    const inode = found.inode;
+    if (inode === undefined) return fail('NOT_FOUND', `${parsed.path}: no such file or directory`);
+    if (inode.type !== 'file') return fail('IS_A_DIRECTORY', `${parsed.path}: is a directory`);
+    if (inode.id !== cmd.inodeId)
+      return fail(
+        'FAILED_PRECONDITION',
+        `${parsed.path}: is now inode ${inode.id}, not ${cmd.inodeId} (replaced while it was repaired)`,
+      );
+    const at = inode.blockGroups.findIndex((bg) => bg.id === cmd.blockGroupId);
+    if (at < 0) return fail('NOT_FOUND', `block group ${cmd.blockGroupId} does not belong to ${parsed.path}`);
+    const bg = inode.blockGroups[at]!;
+    assert(bg.committed, 'a completed file has only committed block groups');
+    if (cmd.shards.length === 0) return fail('INVALID_ARGUMENT', 'a repair names at least one shard');
+    const total = bg.dataShards + bg.parityShards;
+    let shardLength = -1;
+    for (let i = 0; i < total && shardLength < 0; i++)
+      if ((bg.durableMask & (2 ** i)) !== 0) shardLength = bg.shardLengths[i]!;
+    assert(shardLength >= 0, 'a committed block group has durable shards');
+    const servers = bg.servers.slice();
+    const shardLengths =
+      bg.shardLengths.length === total ? bg.shardLengths.slice() : new Array(total).fill(0);
+    const crcs = bg.crcs.length === total ? bg.crcs.slice() : new Array(total).fill(0);
+    let durableMask = bg.durableMask;
+    const seen = new Set<number>();
+    for (const shard of cmd.shards) {
+      const i = shard.index;
+      if (!Number.isInteger(i) || i < 0 || i >= total)
+        return fail('INVALID_ARGUMENT', `shard index ${i} is outside 0..${total - 1}`);
+      if (seen.has(i)) return fail('INVALID_ARGUMENT', `shard ${i} is repaired twice`);
+      seen.add(i);
+      const bytes = utf8Length(shard.server);
+      if (bytes < 1 || bytes > MAX_SERVER_ID_BYTES) return fail('INVALID_ARGUMENT', 'bad chunk server id');
+      if (servers[i] !== shard.replaces)
+        return fail(
+          'FAILED_PRECONDITION',
+          `shard ${i} of block group ${bg.id} is on '${servers[i]}' now, not '${shard.replaces}'`,
+        );
+      const other = servers.findIndex((server, j) => j !== i && server === shard.server);
+      if (other >= 0)
+        return fail('INVALID_ARGUMENT', `chunk server ${shard.server} already holds shard ${other}`);
+      if (shard.length !== shardLength)
+        return fail(
+          'INVALID_ARGUMENT',
+          `shard ${i}: ${shard.length} bytes, the group's shards hold ${shardLength}`,
+        );
+      if (!Number.isInteger(shard.crc32c) || shard.crc32c < 0 || shard.crc32c > 0xffffffff)
+        return fail('INVALID_ARGUMENT', `shard ${i} has a bad crc32c`);
+      const wasDurable = (bg.durableMask & (2 ** i)) !== 0;
+      // A rebuilt shard must be the shard that was written: a repairer that decoded wrongly (or lies) is caught.
+      if (wasDurable && crcs[i] !== shard.crc32c)
+        return fail(
+          'CORRUPT',
+          `shard ${i} of block group ${bg.id}: rebuilt crc32c ${shard.crc32c} differs from the recorded ${crcs[i]}`,
+        );
+      servers[i] = this.intern(shard.server);
+      shardLengths[i] = shard.length;
+      crcs[i] = shard.crc32c;
+      durableMask = (durableMask | (2 ** i)) >>> 0;
+    }
+    // From here nothing can fail.
+    const repaired: BlockGroupInfo = { ...bg, servers, shardLengths, crcs, durableMask };
+    const blockGroups = inode.blockGroups.slice();
+    blockGroups[at] = repaired;
+    found.parent.entries.set(found.name, { ...inode, blockGroups });
+    return this.ok('repairShards', { blockGroup: repaired });
+  }
+
   // ---------------------------------------------------------------------------------------------------
   // Reads (served by the host after ReadIndex; never change state)
   // ---------------------------------------------------------------------------------------------------
@@ -888,6 +964,26 @@ export class NamespaceState {
     const last = names[names.length - 1];
     const more = names.length === pageSize && last !== undefined && dir.names.hasAfter(last);
     return { ok: true, entries, more };
+  }
+
+  /**
+   * Every complete file with its path, depth first, in name order. O(files): for admin scans (the
+   * report's files with missing shards), not for the request path.
+   */
+  *files(): Generator<{ readonly path: string; readonly inode: FileInode }> {
+    const root = this.dirs.get(ROOT_INODE_ID);
+    if (root === undefined) return;
+    const stack: { dir: Directory; path: string }[] = [{ dir: root, path: '' }];
+    while (stack.length > 0) {
+      const { dir, path } = stack.pop()!;
+      const subdirs: { dir: Directory; path: string }[] = [];
+      for (const name of dir.names) {
+        const inode = dir.entries.get(name)!;
+        if (inode.type === 'file') yield { path: `${path}/${name}`, inode };
+        else subdirs.push({ dir: this.dirs.get(inode.id)!, path: `${path}/${name}` });
+      }
+      for (let i = subdirs.length - 1; i >= 0; i--) stack.push(subdirs[i]!);
+    }
   }
 
   /** The file being written as `inodeId` (the leader needs its policy to place the next block group). */

@@ -10,9 +10,9 @@
  *   label is a domain of its own (unknown means "assume independent");
  * - weighted by free space: among the least-used domains, one is drawn with probability proportional
  *   to its servers' free bytes, then a server within it likewise;
- * - fewer than `minDurableShards(K, M)` (K+1; K when M <= 1) eligible servers: refused with UNAVAILABLE —
- *   a transient cluster condition the caller may retry (servers come back), which wire treats as
- *   retryable; the message gives the counts. Between that and K+M: as many as possible, data shards
+ * - fewer than `minDurableShards(K, M)` (K+1; K when M <= 1) eligible servers: refused with
+ *   FAILED_PRECONDITION, which callers do not retry: a write should fail now with the counts in its
+ *   message, not wait out its deadline for servers that may never come back. Between that and K+M: as many as possible, data shards
  *   first, and `missing` lists the shard indexes left without a target (servers[i] === '').
  */
 import { Prng } from '../../consensus/prng.js';
@@ -83,7 +83,7 @@ export function placeBlockGroup(request: PlacementRequest): Placement | Failure 
   if (eligible.length < need) {
     const live = request.servers.filter((s) => s.state === 'alive').length;
     return fail(
-      'UNAVAILABLE',
+      'FAILED_PRECONDITION',
       `placement: ${eligible.length} usable chunk servers (${live} live of ${request.servers.length} registered); ` +
         `${k}+${m} shards need at least ${need}, ideally ${total}`,
     );

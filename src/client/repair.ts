@@ -1,0 +1,287 @@
+/**
+ * client/repair — rebuilds the missing shards of a file (DESIGN §4 "Repair"; `dogfs admin repair`).
+ *
+ * The cluster leader says what is missing and where each rebuilt shard goes (PlanRepair); this side reads
+ * K surviving shards of each damaged block group in windows, decodes the missing ones (Reed-Solomon is
+ * byte-column-wise, so any row window of the shards is a set of codewords), streams them to their new
+ * servers, and commits the new locations (CommitRepair, a compare-and-set on each shard's old holder).
+ * The namespace checks each rebuilt shard's CRC32C against the one recorded at write time, so a wrong
+ * decode can never be committed. A source that fails while being read is named as a suspect in the next
+ * plan, which then rebuilds it too (bounded rounds). Memory: one window per shard plus the transport's.
+ */
+import { createCodec } from '../codec/backends.js';
+import { assert } from '../common/assert.js';
+import { DogfsError, toDogfsError } from '../wire/errors.js';
+import type { BlockGroup, BlockGroupRepair, ShardId, ShardLocation } from '../wire/gen/types.js';
+import type { MetaCallOptions, MetadataConnection } from './meta.js';
+import type { ClientSession } from './session.js';
+import type { ShardReadHandle, ShardTransport, ShardWriteHandle } from './transport.js';
+
+export interface RepairContext {
+  readonly meta: MetadataConnection;
+  readonly session: ClientSession;
+  readonly transport: ShardTransport;
+}
+
+export interface RepairOptions extends MetaCallOptions {
+  /** Shard bytes rebuilt per step (1 MiB): memory is about (K + missing) windows. */
+  windowBytes?: number;
+  /** Called after each window, with the shard bytes written so far. */
+  onProgress?: (writtenBytes: number) => void;
+}
+
+export interface RepairOutcome {
+  readonly path: string;
+  /** Block groups found damaged, and those fully repaired. */
+  readonly damagedBlockGroups: number;
+  readonly repairedBlockGroups: number;
+  readonly shardsRebuilt: number;
+  readonly bytesWritten: number;
+  /** Shards that are still missing (no target could be placed, or their rebuild failed), with why. */
+  readonly unrepaired: readonly string[];
+}
+
+const DEFAULT_WINDOW_BYTES = 1 << 20;
+/** Plans per file: each further round follows a source that failed mid-read (at most M can). */
+const MAX_ROUNDS = 8;
+/** Deadline of one shard transfer during repair. */
+const SHARD_TRANSFER_MS = 30 * 60_000;
+
+/** A source shard that failed while being read: the next plan treats it as missing. */
+class SourceFailed extends Error {
+  constructor(
+    readonly shard: ShardId,
+    readonly error: DogfsError,
+  ) {
+    super(error.message);
+  }
+}
+
+/** Reads exactly `length` bytes from a range read, as one buffer. */
+async function readExactly(handle: ShardReadHandle, carry: { rest: Uint8Array | null }, length: number) {
+  const out = Buffer.allocUnsafe(length);
+  let filled = 0;
+  while (filled < length) {
+    let piece = carry.rest;
+    carry.rest = null;
+    if (piece === null || piece.length === 0) {
+      piece = await handle.next();
+      if (piece === null) throw new DogfsError('CORRUPT', `shard ended ${length - filled} bytes early`);
+    }
+    const take = Math.min(piece.length, length - filled);
+    out.set(piece.subarray(0, take), filled);
+    filled += take;
+    if (take < piece.length) carry.rest = piece.subarray(take);
+  }
+  return out;
+}
+
+function shardLengthOf(bg: BlockGroup): number {
+  const durable = bg.shards.find((s) => s.durable);
+  if (durable === undefined) throw new DogfsError('CORRUPT', `block group ${bg.id} has no durable shard`);
+  return durable.length;
+}
+
+interface Rebuilt {
+  readonly location: ShardLocation;
+  readonly length: number;
+  readonly crc32c: number;
+}
+
+/**
+ * Rebuilds the planned shards of one block group. Resolves with the shards that are now durable on their
+ * targets (a target that failed is left out: it stays missing); rejects with SourceFailed when a source
+ * could not be read, or UNAVAILABLE when fewer than K sources exist.
+ */
+async function rebuildBlockGroup(
+  context: RepairContext,
+  plan: BlockGroupRepair,
+  replicate: boolean,
+  options: RepairOptions,
+  progress: { written: number },
+): Promise<{ rebuilt: Rebuilt[]; failures: string[] }> {
+  const bg = plan.blockGroup;
+  if (!bg) throw new DogfsError('INTERNAL', 'PlanRepair answered a block group without its layout');
+  const k = bg.dataShards;
+  const total = k + bg.parityShards;
+  const missing = new Set(plan.missing);
+  const sources = bg.shards
+    .filter((s) => !missing.has(s.index) && s.durable && s.addr !== '')
+    .sort((a, b) => a.index - b.index)
+    .slice(0, replicate ? 1 : k);
+  if (sources.length < (replicate ? 1 : k))
+    throw new DogfsError(
+      'UNAVAILABLE',
+      `block group ${bg.id}: ${total - missing.size} of ${total} shards survive, ${k} are needed to rebuild the rest`,
+    );
+  const shardLength = shardLengthOf(bg);
+  const window = Math.max(1, Math.min(options.windowBytes ?? DEFAULT_WINDOW_BYTES, shardLength));
+  const deadline = Date.now() + SHARD_TRANSFER_MS;
+  const reads = sources.map((s) => ({
+    location: s,
+    handle: context.transport.openRead(
+      { addr: s.addr, shard: { blockGroupId: bg.id, index: s.index, generation: s.generation } },
+      0,
+      shardLength,
+      { deadline },
+    ),
+    carry: { rest: null as Uint8Array | null },
+  }));
+  const writes = new Map<number, { location: ShardLocation; handle: ShardWriteHandle }>();
+  for (const target of plan.targets) {
+    writes.set(target.index, {
+      location: target,
+      handle: context.transport.openWrite(
+        { addr: target.addr, shard: { blockGroupId: bg.id, index: target.index, generation: 0 } },
+        { length: shardLength, deadline },
+      ),
+    });
+  }
+  const failures: string[] = [];
+  const dropTarget = (index: number, error: unknown) => {
+    const write = writes.get(index);
+    if (write === undefined) return;
+    write.handle.abort(toDogfsError(error));
+    writes.delete(index);
+    failures.push(
+      `shard ${index} of block group ${bg.id} to ${write.location.chunkServerId}: ${toDogfsError(error).message}`,
+    );
+  };
+  const codec = replicate ? undefined : createCodec(k, bg.parityShards);
+  try {
+    for (let offset = 0; offset < shardLength && writes.size > 0; offset += window) {
+      const length = Math.min(window, shardLength - offset);
+      const rows: (Uint8Array | null)[] = new Array<Uint8Array | null>(total).fill(null);
+      await Promise.all(
+        reads.map(async (read) => {
+          try {
+            rows[read.location.index] = await readExactly(read.handle, read.carry, length);
+          } catch (error) {
+            throw new SourceFailed(
+              { blockGroupId: bg.id, index: read.location.index, generation: read.location.generation },
+              toDogfsError(error, 'UNAVAILABLE'),
+            );
+          }
+        }),
+      );
+      const wanted = [...writes.keys()];
+      if (codec === undefined) {
+        for (const i of wanted) rows[i] = rows[reads[0]!.location.index]!;
+      } else {
+        const absent = rows.map((r, i) => (r === null ? i : -1)).filter((i) => i >= 0);
+        for (const i of absent) rows[i] = Buffer.allocUnsafe(length);
+        await codec.reconstructAsync(rows, absent);
+      }
+      await Promise.all(
+        wanted.map(async (i) => {
+          try {
+            await writes.get(i)?.handle.write(rows[i]!);
+          } catch (error) {
+            dropTarget(i, error);
+          }
+        }),
+      );
+      progress.written += length * writes.size;
+      options.onProgress?.(progress.written);
+    }
+    const rebuilt: Rebuilt[] = [];
+    await Promise.all(
+      [...writes.entries()].map(async ([index, write]) => {
+        try {
+          const result = await write.handle.finish();
+          if (result.length !== shardLength)
+            throw new DogfsError('CORRUPT', `stored ${result.length} bytes of ${shardLength}`);
+          rebuilt.push({ location: write.location, length: result.length, crc32c: result.crc32c });
+        } catch (error) {
+          dropTarget(index, error);
+        }
+      }),
+    );
+    return { rebuilt: rebuilt.sort((a, b) => a.location.index - b.location.index), failures };
+  } catch (error) {
+    for (const write of writes.values()) write.handle.abort(toDogfsError(error));
+    throw error;
+  } finally {
+    for (const read of reads) read.handle.close();
+  }
+}
+
+/**
+ * Rebuilds every missing shard of the file at `path` that can be placed. Resolves with what was done;
+ * shards that could not be repaired are listed in `unrepaired` (the caller decides whether that is an
+ * error). Rejects when the file cannot be read at all (fewer than K shards of a block group survive).
+ */
+export async function repairFile(
+  context: RepairContext,
+  path: string,
+  options: RepairOptions = {},
+): Promise<RepairOutcome> {
+  const suspects = new Map<string, ShardId>();
+  const progress = { written: 0 };
+  let damaged = -1;
+  let shardsRebuilt = 0;
+  const repairedGroups = new Set<number>();
+  let unrepaired: string[] = [];
+  for (let round = 0; round < MAX_ROUNDS; round++) {
+    const plan = await context.meta.call('PlanRepair', { path, suspects: [...suspects.values()] }, options);
+    if (damaged < 0) damaged = plan.blockGroups.length;
+    if (plan.blockGroups.length === 0 || !plan.inode) {
+      unrepaired = [];
+      break;
+    }
+    const replicate = plan.inode.ec.startsWith('replicate-');
+    unrepaired = [];
+    let replan = false;
+    for (const group of plan.blockGroups) {
+      const bg = group.blockGroup;
+      assert(bg !== null && bg !== undefined, 'a repair plan names its block group');
+      const placed = new Set(group.targets.map((t) => t.index));
+      for (const index of group.missing)
+        if (!placed.has(index))
+          unrepaired.push(`shard ${index} of block group ${bg.id}: no chunk server to put it on`);
+      if (group.targets.length === 0) continue;
+      let result: { rebuilt: Rebuilt[]; failures: string[] };
+      try {
+        result = await rebuildBlockGroup(context, group, replicate, options, progress);
+      } catch (error) {
+        if (!(error instanceof SourceFailed)) throw error;
+        const key = `${error.shard.blockGroupId}:${error.shard.index}`;
+        if (suspects.has(key)) throw error.error;
+        suspects.set(key, error.shard);
+        replan = true;
+        break;
+      }
+      unrepaired.push(...result.failures);
+      if (result.rebuilt.length === 0) continue;
+      await context.meta.mutate(
+        context.session,
+        'CommitRepair',
+        {
+          path,
+          inodeId: plan.inode.id,
+          blockGroupId: bg.id,
+          shards: result.rebuilt.map((r) => ({
+            index: r.location.index,
+            chunkServerId: r.location.chunkServerId,
+            replaces: bg.shards.find((s) => s.index === r.location.index)?.chunkServerId ?? '',
+            length: r.length,
+            crc32c: r.crc32c,
+          })),
+        },
+        options,
+      );
+      shardsRebuilt += result.rebuilt.length;
+      if (result.rebuilt.length === group.missing.length) repairedGroups.add(bg.id);
+    }
+    if (!replan) break;
+    if (round === MAX_ROUNDS - 1) unrepaired.push(`${path}: sources kept failing after ${MAX_ROUNDS} plans`);
+  }
+  return {
+    path,
+    damagedBlockGroups: Math.max(0, damaged),
+    repairedBlockGroups: repairedGroups.size,
+    shardsRebuilt,
+    bytesWritten: progress.written,
+    unrepaired,
+  };
+}

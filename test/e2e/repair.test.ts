@@ -1,0 +1,151 @@
+/**
+ * Damage and repair through the real cluster (`dogfs up`, 3 metadata servers, 7 chunk servers, rs-3-2):
+ * a chunk server SIGKILLed in the middle of a put, a flipped byte in a shard file, `dogfs admin report`
+ * naming the damaged files, `dogfs admin repair` restoring full redundancy (proved by losing M more
+ * servers afterwards), garbage shards deleted from disk after `rm`, and a put refused when too few chunk
+ * servers are left.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import type { ClusterReportResponse } from '../../src/wire/gen/types.js';
+import { assertOneLineError, processAlive, runDogfs, startCluster, waitFor } from '../helpers/index.js';
+
+// Garbage shards are deleted as soon as the leader sees them, so the test can watch them go.
+const up = startCluster(['--meta', '3', '--chunk', '7', '--ec', 'rs-3-2'], {
+  ...process.env,
+  DOGFS_GC_GRACE_MS: '0',
+});
+const dir = up.dir;
+after(() => up.stop());
+
+/** Every shard file (and tmp file) under a chunk server's directory. */
+function filesUnder(root: string, match: (name: string) => boolean): string[] {
+  const found: string[] = [];
+  const walk = (d: string) => {
+    let entries: import('node:fs').Dirent[];
+    try {
+      entries = readdirSync(d, { withFileTypes: true });
+    } catch {
+      return; // removed meanwhile (tmp directories come and go)
+    }
+    for (const e of entries) {
+      if (e.isDirectory()) walk(join(d, e.name));
+      else if (match(e.name)) found.push(join(d, e.name));
+    }
+  };
+  walk(root);
+  return found;
+}
+
+const shardOf = (blockGroupId: number) => (name: string) =>
+  name.startsWith(`b${blockGroupId}_`) && name.endsWith('.shard');
+
+test('kill during put, corruption, report, repair, garbage collection, too few servers', async () => {
+  const cluster = await up.ready();
+  const env = { ...process.env, DOGFS_CLUSTER: up.clusterPath };
+  const chunks = cluster.processes.filter((p) => p.role === 'chunk');
+  const dogfs = (args: string[], timeoutMs = 120_000) => runDogfs(args, { env, timeoutMs });
+  const report = async () => {
+    const r = await dogfs(['admin', 'report', '--json']);
+    assert.equal(r.status, 0, r.stderr);
+    return JSON.parse(r.stdout) as ClusterReportResponse;
+  };
+  const sameBytes = async (remote: string, expected: Buffer, what: string) => {
+    const local = join(dir.path, `got-${randomBytes(4).toString('hex')}`);
+    const get = await dogfs(['get', remote, local]);
+    assert.equal(get.status, 0, `${what}: ${get.stderr}`);
+    assert.ok(readFileSync(local).equals(expected), `${what}: bytes identical`);
+  };
+
+  // 1. A flipped byte in a shard file: the get still returns the right bytes and the shard is reported.
+  const small = randomBytes(700_000);
+  writeFileSync(join(dir.path, 'small.bin'), small);
+  assert.equal((await dogfs(['put', join(dir.path, 'small.bin'), '/small.bin'])).status, 0);
+  const smallShards = chunks.flatMap((c) => filesUnder(c.dir, (n) => n.endsWith('.shard')));
+  assert.equal(smallShards.length, 5, 'one block group of 3+2 shards');
+  const victimShard = smallShards.find((f) => /_i0_/.test(f))!;
+  const smallGroup = Number(/\/b(\d+)_i0_/.exec(victimShard)![1]);
+  const bytes = readFileSync(victimShard);
+  bytes[64 + 1000]! ^= 0x5a; // past the 64-byte header: shard data
+  writeFileSync(victimShard, bytes);
+  await sameBytes('/small.bin', small, 'get over a corrupt shard');
+  const afterCorruption = await waitFor('the corrupt shard in the report', async () => {
+    const r = await report();
+    return r.filesWithMissingShards.includes('/small.bin') && r;
+  });
+  assert.equal(afterCorruption.filesWithMissingShardsCount, 1);
+
+  const missing = await dogfs(['admin', 'repair', '/nope.bin']);
+  assert.equal(missing.status, 1);
+  assert.match(assertOneLineError(missing.stderr), /^dogfs: \/nope\.bin: No such file or directory$/);
+  const directory = await dogfs(['admin', 'repair', '/']);
+  assert.equal(directory.status, 1);
+  assert.match(assertOneLineError(directory.stderr), /^dogfs: \/: Is a directory$/);
+  const fixSmall = await dogfs(['admin', 'repair', '/small.bin']);
+  assert.equal(fixSmall.status, 0, fixSmall.stderr);
+  assert.match(fixSmall.stdout, /\/small\.bin: rebuilt 1 shard\(s\) in 1 of 1 damaged block group/);
+  assert.deepEqual((await report()).filesWithMissingShards, []);
+  // The corrupt copy is deleted once the new location is committed.
+  await waitFor('the corrupt copy deleted', () => !existsSync(victimShard), 20_000);
+  await sameBytes('/small.bin', small, 'get after repairing the corrupt shard');
+
+  // 2. A chunk server SIGKILLed while a put streams to it: the put succeeds with K+1 durable shards.
+  const big = randomBytes(48 * 1024 * 1024 + 12_345);
+  writeFileSync(join(dir.path, 'big.bin'), big);
+  const put = dogfs(['put', join(dir.path, 'big.bin'), '/big.bin']);
+  const victim = await waitFor(
+    'a chunk server receiving a shard',
+    () => chunks.find((c) => filesUnder(c.dir, (n) => n.endsWith('.tmp')).length > 0),
+    60_000,
+    5,
+  );
+  process.kill(victim.pid, 'SIGKILL');
+  const putResult = await put;
+  assert.equal(putResult.status, 0, putResult.stderr);
+  await sameBytes('/big.bin', big, 'get after a server died during the put');
+  assert.ok((await report()).filesWithMissingShards.includes('/big.bin'), 'the gap is reported at once');
+  // Once the leader declares the server dead, every file with a shard on it is damaged too.
+  await waitFor(
+    'the killed server declared dead',
+    async () => (await report()).chunkServers.find((c) => c.id === victim.id)?.state === 'dead',
+    30_000,
+    200,
+  );
+
+  // 3. admin repair (every damaged file) restores full redundancy...
+  const repair = await dogfs(['admin', 'repair']);
+  assert.equal(repair.status, 0, repair.stderr);
+  assert.match(repair.stdout, /\/big\.bin: rebuilt [1-9]\d* shard\(s\)/);
+  assert.match(repair.stdout, /repair: [12] damaged file\(s\)/);
+  assert.deepEqual((await report()).filesWithMissingShards, []);
+  const again = await dogfs(['admin', 'repair', '/big.bin']);
+  assert.equal(again.status, 0, again.stderr);
+  assert.match(again.stdout, /\/big\.bin: no missing shards/);
+
+  // ...so that losing M = 2 more chunk servers still loses nothing.
+  const alive = chunks.filter((c) => c !== victim);
+  for (const c of alive.slice(0, 2)) process.kill(c.pid, 'SIGKILL');
+  await waitFor('servers gone', () => alive.slice(0, 2).every((c) => !processAlive(c.pid)));
+  await sameBytes('/big.bin', big, 'get with 3 chunk servers down after repair');
+  await sameBytes('/small.bin', small, 'small file with 3 chunk servers down after repair');
+
+  // 4. rm: the file's shards are deleted from the chunk servers that are alive.
+  const survivors = alive.slice(2);
+  const smallOnSurvivors = () => survivors.flatMap((c) => filesUnder(c.dir, shardOf(smallGroup)));
+  const before = smallOnSurvivors().length;
+  assert.ok(before > 0, 'the small file has shards on the surviving servers');
+  assert.equal((await dogfs(['rm', '/small.bin'])).status, 0);
+  await waitFor('garbage shards deleted', () => smallOnSurvivors().length === 0, 30_000);
+
+  // 5. Too few chunk servers for rs-3-2 (4 needed): the put fails with one clear line, nothing appears.
+  process.kill(survivors[0]!.pid, 'SIGKILL');
+  const tooFew = await dogfs(['put', join(dir.path, 'big.bin'), '/never.bin']);
+  assert.notEqual(tooFew.status, 0);
+  assertOneLineError(tooFew.stderr);
+  const stat = await dogfs(['stat', '/never.bin']);
+  assert.notEqual(stat.status, 0);
+  assert.match(stat.stderr, /No such file or directory/);
+});
