@@ -96,7 +96,8 @@ test('namespace operations, refusals that change nothing, and exactly-once retri
 test('concurrent clients: every empty file created is present; one of two racing renames wins', async () => {
   await client.call('Mkdir', { path: '/many/shared', parents: true, session: client.nextSession() });
   const clients = Array.from({ length: 16 }, () => new TestMetaClient(cluster.meta));
-  const perClient = 25;
+  // 500 creates per client: half in one shared directory, half in the client's own.
+  const perClient = 250;
   await Promise.all(
     clients.map(async (c, i) => {
       await c.call('Mkdir', { path: `/many/own-${i}`, session: c.nextSession() });
@@ -113,12 +114,19 @@ test('concurrent clients: every empty file created is present; one of two racing
       }
     }),
   );
-  const shared = await client.call('List', { path: '/many/shared', limit: 1000 });
-  assert.equal(shared.entries.length, 16 * perClient);
-  for (let i = 0; i < 16; i++) {
-    const own = await client.call('List', { path: `/many/own-${i}` });
-    assert.equal(own.entries.length, perClient);
-  }
+  const names = async (path: string) => {
+    const all: string[] = [];
+    for (let startAfter = ''; ; ) {
+      const page = await client.call('List', { path, startAfter, limit: 1000 });
+      all.push(...page.entries.map((e) => e.name));
+      if (!page.more) return all;
+      startAfter = all[all.length - 1]!;
+    }
+  };
+  const shared = await names('/many/shared');
+  assert.equal(new Set(shared).size, 16 * perClient);
+  assert.equal(shared.length, 16 * perClient);
+  for (let i = 0; i < 16; i++) assert.equal((await names(`/many/own-${i}`)).length, perClient);
 
   const outcomes = await Promise.all(
     [clients[0]!, clients[1]!].map((c, i) =>
