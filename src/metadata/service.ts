@@ -757,6 +757,21 @@ export class MetadataNode {
         }
         return { blockGroup: this.blockGroupToWire(result.blockGroup) };
       },
+      RenewLease: async (req, ctx) => {
+        const result = await this.proposeNamespace(
+          {
+            op: 'renewLease',
+            timeMs: Date.now(),
+            session: sessionOf(req.session),
+            inodeId: inodeId(req.inodeId),
+            leaseId: req.leaseId,
+          },
+          ctx.deadline,
+        );
+        if (!result.ok) raise(result);
+        if (result.op !== 'renewLease') throw new DogfsError('INTERNAL', `renew answered ${result.op}`);
+        return { leaseExpiresMs: result.leaseExpiresMs };
+      },
       AbandonFile: async (req, ctx) => {
         const result = await this.proposeNamespace(
           {

@@ -363,6 +363,10 @@ export class FakeMeta {
         this.state.pending.delete(r.inodeId);
         return {};
       }),
+      RenewLease: mutate('RenewLease', (r) => {
+        this.lease(r.inodeId, r.leaseId);
+        return { leaseExpiresMs: Date.now() + 60_000 };
+      }),
       PlanRepair: () => {
         throw new DogfsError('UNIMPLEMENTED', 'the fake has no repair');
       },

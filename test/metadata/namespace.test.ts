@@ -391,6 +391,27 @@ test('lease expiry: an unfinished file never appears, its block groups become ga
   assert.ok(c.create('/f').ok);
 });
 
+test('renewLease: a writer at work keeps its lease; an expired or foreign lease is refused', () => {
+  const { ns, c } = fresh();
+  const w = c.startWrite('/r', { leaseMs: 1000 });
+  c.timeMs += 900;
+  const renewed = c.ok({ op: 'renewLease', inodeId: w.inode.id, leaseId: w.leaseId });
+  assert.equal(renewed.leaseExpiresMs, c.timeMs + 1000);
+  assert.equal(ns.pendingFile(w.inode.id)!.expiresMs, renewed.leaseExpiresMs);
+  refusedUnchanged(ns, c, 'FAILED_PRECONDITION', { op: 'renewLease', inodeId: w.inode.id, leaseId: 'L999' });
+  c.timeMs += 1001;
+  refusedUnchanged(ns, c, 'FAILED_PRECONDITION', {
+    op: 'renewLease',
+    inodeId: w.inode.id,
+    leaseId: w.leaseId,
+  });
+  refusedUnchanged(ns, c, 'NOT_FOUND', {
+    op: 'renewLease',
+    inodeId: (w.inode.id + 1) as InodeId,
+    leaseId: w.leaseId,
+  });
+});
+
 test('abandonFile: nothing appears and the name is free', () => {
   const { ns, c } = fresh();
   const w = c.startWrite('/f', { overwrite: false, leaseMs: 1000 });

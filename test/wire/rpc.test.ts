@@ -60,6 +60,7 @@ before(async () => {
     PlanRepair: unimplemented,
     CommitRepair: unimplemented,
     AbandonFile: unimplemented,
+    RenewLease: unimplemented,
   });
   const port = await server.listen('127.0.0.1', 0);
   address = `127.0.0.1:${port}`;

@@ -156,6 +156,13 @@ export interface CompleteFileCommand extends CommandBase {
   readonly size: number;
 }
 
+/** The writer is still at work (a block group can take longer than a lease): the lease starts again. */
+export interface RenewLeaseCommand extends CommandBase {
+  readonly op: 'renewLease';
+  readonly inodeId: InodeId;
+  readonly leaseId: string;
+}
+
 /** The writer gives up: nothing appears, the block groups become garbage. */
 export interface AbandonFileCommand extends CommandBase {
   readonly op: 'abandonFile';
@@ -222,7 +229,8 @@ export type NamespaceCommand =
   | DeleteCommand
   | ExpireLeasesCommand
   | CollectGarbageCommand
-  | RepairShardsCommand;
+  | RepairShardsCommand
+  | RenewLeaseCommand;
 
 export type NamespaceOp = NamespaceCommand['op'];
 
@@ -237,6 +245,7 @@ export const CLIENT_OPS: ReadonlySet<NamespaceOp> = new Set<NamespaceOp>([
   'rename',
   'delete',
   'repairShards',
+  'renewLease',
 ]);
 
 // ---- results ----
@@ -252,6 +261,7 @@ export interface ResultPayloads {
   expireLeases: { readonly expired: readonly InodeId[] };
   collectGarbage: { readonly removed: number };
   repairShards: { readonly blockGroup: BlockGroupInfo };
+  renewLease: { readonly leaseExpiresMs: number };
 }
 
 export type Success<K extends NamespaceOp> = { readonly ok: true; readonly op: K } & ResultPayloads[K];
@@ -273,6 +283,7 @@ const OP_TAGS: Record<NamespaceOp, number> = {
   expireLeases: 9,
   collectGarbage: 10,
   repairShards: 11,
+  renewLease: 12,
 };
 const OPS_BY_TAG = new Map<number, NamespaceOp>(
   (Object.entries(OP_TAGS) as [NamespaceOp, number][]).map(([op, tag]) => [tag, op]),
@@ -417,6 +428,7 @@ export function encodeNamespaceCommand(cmd: NamespaceCommand): Uint8Array {
       w.uint(cmd.inodeId).string(cmd.leaseId).uint(cmd.size);
       break;
     case 'abandonFile':
+    case 'renewLease':
       w.uint(cmd.inodeId).string(cmd.leaseId);
       break;
     case 'rename':
@@ -513,6 +525,7 @@ export function decodeNamespaceCommand(bytes: Uint8Array): NamespaceCommand {
       };
       break;
     case 'abandonFile':
+    case 'renewLease':
       cmd = {
         op,
         ...base,
@@ -594,6 +607,9 @@ export function writeResult(w: ByteWriter, result: NamespaceResult): void {
     case 'collectGarbage':
       w.uint(result.removed);
       break;
+    case 'renewLease':
+      w.uint(result.leaseExpiresMs);
+      break;
   }
 }
 
@@ -644,6 +660,8 @@ export function readResult(r: ByteReader): NamespaceResult {
     }
     case 'collectGarbage':
       return { ok: true, op, removed: r.uint('removed') };
+    case 'renewLease':
+      return { ok: true, op, leaseExpiresMs: r.uint('lease expires') };
   }
 }
 

@@ -89,6 +89,7 @@ import {
   type NamespaceOp,
   type NamespaceResult,
   type RenameCommand,
+  type RenewLeaseCommand,
   type RepairShardsCommand,
   type ResultOf,
   readBlockGroup,
@@ -344,6 +345,8 @@ export class NamespaceState {
         return this.collectGarbage(cmd);
       case 'repairShards':
         return this.repairShards(cmd);
+      case 'renewLease':
+        return this.renewLease(cmd);
     }
   }
 
@@ -720,6 +723,13 @@ export class NamespaceState {
     if (isFailure(file)) return file;
     this.dropPending(file);
     return this.ok('abandonFile', {});
+  }
+
+  private renewLease(cmd: RenewLeaseCommand): ResultOf<'renewLease'> {
+    const file = this.leased(cmd.inodeId, cmd.leaseId);
+    if (isFailure(file)) return file;
+    file.expiresMs = this.clockMs + file.leaseMs;
+    return this.ok('renewLease', { leaseExpiresMs: file.expiresMs });
   }
 
   /** Parent directory and entry of a non-root path. */
