@@ -163,6 +163,8 @@ export class MetadataNode {
   private readonly gcGraceMs: number;
   private duties: NodeJS.Timeout | undefined;
   private dutyRunning = false;
+  /** When this node last became group 0's leader (undefined while it is not). */
+  private clusterLeaderSinceMs: number | undefined;
 
   constructor(
     private readonly host: RaftHost,
@@ -204,9 +206,14 @@ export class MetadataNode {
     this.dutyRunning = true;
     const deadline = Date.now() + DUTY_INTERVAL_MS * 5;
     try {
-      if (this.host.isLeader(CLUSTER_GROUP)) {
+      if (!this.host.isLeader(CLUSTER_GROUP)) this.clusterLeaderSinceMs = undefined;
+      else {
         const now = Date.now();
-        for (const silent of this.cluster.state.silentServers(now)) {
+        this.clusterLeaderSinceMs ??= now;
+        // Safe mode: a new leader (after an election, or a whole-cluster restart where every recorded
+        // heartbeat is old) first gives every chunk server one dead-timeout to find it and heartbeat.
+        const safeMode = now - this.clusterLeaderSinceMs < this.cluster.state.settings.deadAfterMs;
+        for (const silent of safeMode ? [] : this.cluster.state.silentServers(now)) {
           const result = await this.proposeCluster({ op: 'declareDead', timeMs: now, ...silent }, deadline);
           if (result.ok)
             this.log.warn('chunk server declared dead', {
