@@ -16,9 +16,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { open } from 'node:fs/promises';
-import { connect } from 'node:net';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -27,8 +25,8 @@ import { crc32c, crc32cImplementation } from '../src/codec/index.js';
 import { DataTransferClient } from '../src/wire/data-transfer.js';
 import { ChunkControlService } from '../src/wire/gen/types.js';
 import { RpcChannel } from '../src/wire/rpc.js';
+import { MiB, processCpuSeconds, processStatusBytes, rawDiskWrite, rawTcp, selfCpuSeconds } from './raw.js';
 
-const MiB = 1024 * 1024;
 const SHARD_BYTES = 64 * MiB;
 const MESSAGE_BYTES = MiB;
 
@@ -45,110 +43,12 @@ function emit(metric: string, value: number, unit: string, extra: Record<string,
   process.stdout.write(`${JSON.stringify({ bench: 'chunk', metric, value: rounded, unit, ...extra })}\n`);
 }
 
-const CLOCK_TICKS = 100;
-/** CPU seconds (user + system) a process has used, from /proc. */
-function processCpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
-}
-function processRssBytes(pid: number): number {
-  const line = readFileSync(`/proc/${pid}/status`, 'utf8')
-    .split('\n')
-    .find((l) => l.startsWith('VmRSS:'));
-  return Number(line?.split(/\s+/)[1] ?? 0) * 1024;
-}
-function selfCpuSeconds(): number {
-  const usage = process.cpuUsage();
-  return (usage.user + usage.system) / 1e6;
-}
-
 const work = mkdtempSync(join(tmpdir(), 'dogfs-bench-chunk-'));
 const children: ChildProcess[] = [];
 process.on('exit', () => {
   for (const child of children) child.kill('SIGKILL');
   rmSync(work, { recursive: true, force: true });
 });
-
-/** Sequential 1 MiB writes into 64 MiB files, fdatasync each: what the disk gives a shard write. */
-async function rawDiskWrite(
-  totalBytes: number,
-  syncEveryBytes: number,
-): Promise<{ mbps: number; cpuSecondsPerGB: number }> {
-  const buffer = randomBytes(MESSAGE_BYTES);
-  const dir = join(work, 'raw-disk');
-  mkdirSync(dir);
-  const cpu = selfCpuSeconds();
-  const started = performance.now();
-  for (let file = 0; file * SHARD_BYTES < totalBytes; file++) {
-    const handle = await open(join(dir, `f${file}`), 'w');
-    let syncing: Promise<void> | undefined;
-    for (let offset = 0; offset < SHARD_BYTES; offset += MESSAGE_BYTES) {
-      await handle.write(buffer, 0, MESSAGE_BYTES, offset);
-      // Optionally sync behind the writes, as the chunk server does (one fdatasync in flight).
-      if ((offset + MESSAGE_BYTES) % syncEveryBytes === 0 && syncing === undefined) {
-        syncing = handle.datasync().finally(() => {
-          syncing = undefined;
-        });
-      }
-    }
-    await syncing;
-    await handle.datasync();
-    await handle.close();
-  }
-  const seconds = (performance.now() - started) / 1000;
-  const cpuSecondsPerGB = (selfCpuSeconds() - cpu) / (totalBytes / 1e9);
-  rmSync(dir, { recursive: true, force: true });
-  return { mbps: totalBytes / MiB / seconds, cpuSecondsPerGB };
-}
-
-/** A raw TCP socket between this process and a child that discards (or sends) bytes. */
-async function rawTcp(
-  totalBytes: number,
-  direction: 'send' | 'receive',
-): Promise<{ mbps: number; peerCpuSecondsPerGB: number }> {
-  const script = `
-    const net = require('node:net');
-    const buffer = Buffer.alloc(${MESSAGE_BYTES}, 7);
-    const server = net.createServer((socket) => {
-      if (${direction === 'receive'}) {
-        let sent = 0;
-        const pump = () => {
-          while (sent < ${totalBytes}) { sent += buffer.length; if (!socket.write(buffer)) return socket.once('drain', pump); }
-          socket.end();
-        };
-        pump();
-      } else {
-        let got = 0;
-        socket.on('data', (d) => { got += d.length; if (got >= ${totalBytes}) socket.end('k'); });
-      }
-    });
-    server.listen(0, '127.0.0.1', () => process.stdout.write(String(server.address().port) + '\\n'));`;
-  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
-  children.push(child);
-  const port = await new Promise<number>((resolve) =>
-    child.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString()))),
-  );
-  const socket = connect({ host: '127.0.0.1', port, noDelay: true });
-  await new Promise((resolve) => socket.once('connect', resolve));
-  const peerCpu = processCpuSeconds(child.pid!);
-  const started = performance.now();
-  if (direction === 'send') {
-    const buffer = randomBytes(MESSAGE_BYTES);
-    for (let sent = 0; sent < totalBytes; sent += MESSAGE_BYTES) {
-      if (!socket.write(buffer)) await new Promise((resolve) => socket.once('drain', resolve));
-    }
-    await new Promise((resolve) => socket.once('data', resolve));
-  } else {
-    for await (const _ of socket) {
-      // Count nothing: the loop ends when the child has sent everything.
-    }
-  }
-  const seconds = (performance.now() - started) / 1000;
-  const peerCpuSecondsPerGB = (processCpuSeconds(child.pid!) - peerCpu) / (totalBytes / 1e9);
-  socket.destroy();
-  child.kill();
-  return { mbps: totalBytes / MiB / seconds, peerCpuSecondsPerGB };
-}
 
 async function startChunkProcess(
   dir: string,
@@ -185,7 +85,13 @@ async function main(): Promise<void> {
   const best = new Map<number, { mbps: number; cpuSecondsPerGB: number }>();
   for (let round = 0; round < 2; round++) {
     for (const syncEvery of [SHARD_BYTES, 8 * MiB]) {
-      const run = await rawDiskWrite(totalBytes, syncEvery);
+      const run = await rawDiskWrite({
+        dir: join(work, 'raw-disk'),
+        totalBytes,
+        fileBytes: SHARD_BYTES,
+        messageBytes: MESSAGE_BYTES,
+        syncEveryBytes: syncEvery,
+      });
       if (run.mbps > (best.get(syncEvery)?.mbps ?? 0)) best.set(syncEvery, run);
     }
   }
@@ -200,14 +106,15 @@ async function main(): Promise<void> {
       cpuSecondsPerGB: Number(run.cpuSecondsPerGB.toFixed(3)),
     });
   }
-  const rawSend = await rawTcp(totalBytes * 2, 'send');
+  const tcp = { totalBytes: totalBytes * 2, messageBytes: MESSAGE_BYTES, children };
+  const rawSend = await rawTcp({ ...tcp, direction: 'send' });
   const tcpSend = rawSend.mbps;
   emit('raw-tcp-loopback-send', tcpSend, 'MB/s', {
     messageMiB: 1,
     totalMiB: (2 * totalBytes) / MiB,
     receiverCpuSecondsPerGB: Number(rawSend.peerCpuSecondsPerGB.toFixed(3)),
   });
-  const rawReceive = await rawTcp(totalBytes * 2, 'receive');
+  const rawReceive = await rawTcp({ ...tcp, direction: 'receive' });
   const tcpReceive = rawReceive.mbps;
   emit('raw-tcp-loopback-receive', tcpReceive, 'MB/s', {
     messageMiB: 1,
@@ -300,9 +207,9 @@ async function main(): Promise<void> {
   // Resident memory while 16 clients stream into the server at once.
   const clients = 16;
   const perClient = Math.max(64, Math.round(RSS_MIB_PER_CLIENT / 64) * 64) * MiB;
-  let peakRss = processRssBytes(pid);
+  let peakRss = processStatusBytes(pid, 'VmRSS');
   const sampler = setInterval(() => {
-    peakRss = Math.max(peakRss, processRssBytes(pid));
+    peakRss = Math.max(peakRss, processStatusBytes(pid, 'VmRSS'));
   }, 50);
   const started = performance.now();
   await Promise.all(

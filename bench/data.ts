@@ -1,0 +1,211 @@
+/**
+ * bench/data — the whole data path through the CLI, one JSON object per line:
+ *   {"bench":"data","metric":...,"value":...,"unit":...,...}
+ * A `dogfs up` cluster (3 metadata servers, 9 chunk servers, rs-6-3, fsync on); `dogfs put` then
+ * `dogfs get` of one file (1 GiB by default) as separate client processes, each timed from spawn to exit;
+ * in the same run the raw limits: sequential 1 MiB writes with fdatasync on the same filesystem, and a
+ * raw TCP socket over loopback. Ratios are to the raw disk-write limit (issue #6: put >= 0.5x,
+ * get >= 0.7x). Also: the client process's peak resident memory (VmHWM, sampled from /proc; limit
+ * 256 MiB), CPU seconds per GB of file data of the client, the chunk servers and the metadata servers.
+ * The file read back is compared with the original (outside the timing).
+ *
+ * Usage: npm run bench:data [-- --mib 1024 --runs 1]
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { ClusterJson } from '../src/cluster/up.js';
+import { crc32c } from '../src/codec/index.js';
+import { machine } from './lib.js';
+import { MiB, processCpuSeconds, processStatusBytes, rawDiskWrite, rawTcp } from './raw.js';
+
+function argNumber(name: string, fallback: number): number {
+  const at = process.argv.indexOf(`--${name}`);
+  return at > 0 ? Number(process.argv[at + 1]) : fallback;
+}
+const FILE_MIB = argNumber('mib', 1024);
+const RUNS = argNumber('runs', 1);
+const MEMORY_LIMIT_MIB = 256;
+const PUT_TARGET = 0.5;
+const GET_TARGET = 0.7;
+const BIN = fileURLToPath(new URL('../../bin/dogfs.js', import.meta.url));
+
+function emit(metric: string, value: number, unit: string, extra: Record<string, unknown> = {}): void {
+  const rounded = Number(value.toPrecision(4));
+  process.stdout.write(`${JSON.stringify({ bench: 'data', metric, value: rounded, unit, ...extra })}\n`);
+}
+
+const work = mkdtempSync(join(tmpdir(), 'dogfs-bench-data-'));
+const children: ChildProcess[] = [];
+process.on('exit', () => {
+  for (const child of children) if (child.exitCode === null) child.kill('SIGKILL');
+  rmSync(work, { recursive: true, force: true });
+});
+
+async function waitForFile(path: string, timeoutMs: number, up: ChildProcess): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!existsSync(path)) {
+    if (up.exitCode !== null) throw new Error(`dogfs up exited with ${up.exitCode}`);
+    if (Date.now() > deadline) throw new Error(`no ${path} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Fills `path` with `bytes` random bytes (page cache only: the put reads it back from memory). */
+async function makeInput(path: string, bytes: number): Promise<number> {
+  const handle = await open(path, 'w');
+  const block = randomBytes(4 * MiB);
+  let crc = 0;
+  for (let offset = 0; offset < bytes; offset += block.length) {
+    // Vary every block so no two stripes are equal.
+    block.writeUInt32LE(offset / block.length, 0);
+    const piece = block.subarray(0, Math.min(block.length, bytes - offset));
+    crc = crc32c(piece, crc);
+    await handle.write(piece, 0, piece.length, offset);
+  }
+  await handle.close();
+  return crc >>> 0;
+}
+
+async function fileCrc(path: string): Promise<number> {
+  const handle = await open(path, 'r');
+  let crc = 0;
+  for await (const piece of handle.createReadStream({ highWaterMark: 4 * MiB })) {
+    crc = crc32c(piece as Buffer, crc);
+  }
+  return crc >>> 0;
+}
+
+interface ClientRun {
+  seconds: number;
+  peakRssBytes: number;
+  cpuSeconds: number;
+  serverCpuSeconds: { chunk: number; meta: number };
+}
+
+/** Runs one CLI command as its own process; samples its memory and CPU from /proc until it exits. */
+async function runClient(args: string[], cluster: ClusterJson, clusterPath: string): Promise<ClientRun> {
+  const cpuOf = (role: 'chunk' | 'meta') =>
+    cluster.processes.filter((p) => p.role === role).reduce((sum, p) => sum + processCpuSeconds(p.pid), 0);
+  const chunkCpu = cpuOf('chunk');
+  const metaCpu = cpuOf('meta');
+  const started = performance.now();
+  const child = spawn(process.execPath, [BIN, ...args], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, DOGFS_CLUSTER: clusterPath },
+  });
+  children.push(child);
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => {
+    stderr += d.toString();
+  });
+  let peakRssBytes = 0;
+  let cpuSeconds = 0;
+  // VmHWM is the kernel's own peak, so sampling only has to catch the last value before exit.
+  const sample = () => {
+    try {
+      peakRssBytes = Math.max(peakRssBytes, processStatusBytes(child.pid!, 'VmHWM'));
+      cpuSeconds = Math.max(cpuSeconds, processCpuSeconds(child.pid!));
+    } catch {
+      // exited between samples: the last sample stands
+    }
+  };
+  const sampler = setInterval(sample, 20);
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  clearInterval(sampler);
+  const seconds = (performance.now() - started) / 1000;
+  if (code !== 0) throw new Error(`dogfs ${args.join(' ')} exited with ${code}: ${stderr.trim()}`);
+  return {
+    seconds,
+    peakRssBytes,
+    cpuSeconds,
+    serverCpuSeconds: { chunk: cpuOf('chunk') - chunkCpu, meta: cpuOf('meta') - metaCpu },
+  };
+}
+
+function load(): string {
+  return loadavg()
+    .map((l) => l.toFixed(2))
+    .join(' ');
+}
+
+async function main(): Promise<void> {
+  emit('machine', 1, 'info', { ...machine(), loadBefore: load() });
+  const fileBytes = FILE_MIB * MiB;
+
+  // Raw limits, best of two each (the first write to fresh space is often slow here).
+  let disk = { mbps: 0, cpuSecondsPerGB: 0 };
+  for (let round = 0; round < 2; round++) {
+    const run = await rawDiskWrite({
+      dir: join(work, `raw-disk-${round}`),
+      totalBytes: fileBytes,
+      fileBytes: 64 * MiB,
+      messageBytes: MiB,
+      syncEveryBytes: 8 * MiB,
+    });
+    if (run.mbps > disk.mbps) disk = run;
+  }
+  emit('raw-disk-write-fdatasync', disk.mbps, 'MB/s', {
+    fileMiB: 64,
+    messageMiB: 1,
+    syncEveryMiB: 8,
+    totalMiB: FILE_MIB,
+    bestOf: 2,
+  });
+  const tcp = await rawTcp({ totalBytes: fileBytes, messageBytes: MiB, direction: 'send', children });
+  emit('raw-tcp-loopback', tcp.mbps, 'MB/s', { messageMiB: 1, totalMiB: FILE_MIB });
+
+  const input = join(work, 'input.bin');
+  const inputCrc = await makeInput(input, fileBytes);
+
+  const clusterDir = join(work, 'cluster');
+  const up = spawn(process.execPath, [BIN, 'up', '--dir', clusterDir, '--log-level', 'warn'], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  children.push(up);
+  const clusterPath = join(clusterDir, 'cluster.json');
+  await waitForFile(clusterPath, 60_000, up);
+  const cluster = JSON.parse(readFileSync(clusterPath, 'utf8')) as ClusterJson;
+  const chunkServers = cluster.processes.filter((p) => p.role === 'chunk').length;
+  const common = { fileMiB: FILE_MIB, ec: cluster.ec, chunkServers, metaServers: cluster.meta.length };
+  const perGB = (seconds: number) => Number((seconds / (fileBytes / 1e9)).toFixed(3));
+  const describe = (run: ClientRun, target: number, mbps: number) => ({
+    ...common,
+    seconds: Number(run.seconds.toFixed(2)),
+    ratioToDisk: Number((mbps / disk.mbps).toFixed(3)),
+    target,
+    targetMet: mbps / disk.mbps >= target,
+    ratioToTcp: Number((mbps / tcp.mbps).toFixed(3)),
+    clientPeakRssMiB: Number((run.peakRssBytes / MiB).toFixed(1)),
+    clientRssLimitMiB: MEMORY_LIMIT_MIB,
+    clientCpuSecondsPerGB: perGB(run.cpuSeconds),
+    chunkServersCpuSecondsPerGB: perGB(run.serverCpuSeconds.chunk),
+    metaServersCpuSecondsPerGB: perGB(run.serverCpuSeconds.meta),
+    load: load(),
+  });
+
+  for (let run = 0; run < RUNS; run++) {
+    const remote = `/bench-data-${run}.bin`;
+    const put = await runClient(['put', input, remote], cluster, clusterPath);
+    const putMbps = FILE_MIB / put.seconds;
+    emit('put', putMbps, 'MB/s', { run, ...describe(put, PUT_TARGET, putMbps) });
+
+    const output = join(work, `output-${run}.bin`);
+    const get = await runClient(['get', remote, output], cluster, clusterPath);
+    const getMbps = FILE_MIB / get.seconds;
+    const intact = (await fileCrc(output)) === inputCrc;
+    emit('get', getMbps, 'MB/s', { run, ...describe(get, GET_TARGET, getMbps), intact });
+    rmSync(output, { force: true });
+    if (!intact) throw new Error(`${remote}: the bytes read back differ from those written`);
+  }
+
+  up.kill('SIGTERM');
+  await new Promise((resolve) => up.once('exit', resolve));
+}
+
+await main();
+process.exit(0);

@@ -1,0 +1,135 @@
+/**
+ * bench/raw — the machine's raw limits that the data-path benches compare against in the same run
+ * (sequential writes with fdatasync, a raw TCP socket over loopback), and per-process CPU and memory
+ * figures read from /proc.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+
+export const MiB = 1024 * 1024;
+const CLOCK_TICKS = 100;
+
+/** CPU seconds (user + system) a process has used, from /proc. */
+export function processCpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+}
+
+/** A field of /proc/PID/status in bytes (VmRSS, VmHWM); 0 once the process is gone. */
+export function processStatusBytes(pid: number, field: 'VmRSS' | 'VmHWM'): number {
+  try {
+    const line = readFileSync(`/proc/${pid}/status`, 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith(`${field}:`));
+    return Number(line?.split(/\s+/)[1] ?? 0) * 1024;
+  } catch {
+    return 0;
+  }
+}
+
+export function selfCpuSeconds(): number {
+  const usage = process.cpuUsage();
+  return (usage.user + usage.system) / 1e6;
+}
+
+export interface RawDiskResult {
+  mbps: number;
+  cpuSecondsPerGB: number;
+}
+
+/**
+ * Sequential `messageBytes` writes into files of `fileBytes` under `dir`, with fdatasync: one per file,
+ * plus (when `syncEveryBytes` is smaller) one in flight behind the writes every `syncEveryBytes`, as
+ * the chunk server does.
+ */
+export async function rawDiskWrite(options: {
+  dir: string;
+  totalBytes: number;
+  fileBytes: number;
+  messageBytes: number;
+  syncEveryBytes: number;
+}): Promise<RawDiskResult> {
+  const { dir, totalBytes, fileBytes, messageBytes, syncEveryBytes } = options;
+  const buffer = randomBytes(messageBytes);
+  mkdirSync(dir);
+  const cpu = selfCpuSeconds();
+  const started = performance.now();
+  for (let file = 0; file * fileBytes < totalBytes; file++) {
+    const handle = await open(join(dir, `f${file}`), 'w');
+    let syncing: Promise<void> | undefined;
+    for (let offset = 0; offset < fileBytes; offset += messageBytes) {
+      await handle.write(buffer, 0, messageBytes, offset);
+      if ((offset + messageBytes) % syncEveryBytes === 0 && syncing === undefined) {
+        syncing = handle.datasync().finally(() => {
+          syncing = undefined;
+        });
+      }
+    }
+    await syncing;
+    await handle.datasync();
+    await handle.close();
+  }
+  const seconds = (performance.now() - started) / 1000;
+  const cpuSecondsPerGB = (selfCpuSeconds() - cpu) / (totalBytes / 1e9);
+  rmSync(dir, { recursive: true, force: true });
+  return { mbps: totalBytes / MiB / seconds, cpuSecondsPerGB };
+}
+
+/**
+ * A raw TCP socket between this process and a child that discards (`send`) or produces (`receive`)
+ * `totalBytes` in `messageBytes` writes. `children` collects the child so the caller can kill it on exit.
+ */
+export async function rawTcp(options: {
+  totalBytes: number;
+  messageBytes: number;
+  direction: 'send' | 'receive';
+  children: ChildProcess[];
+}): Promise<{ mbps: number; peerCpuSecondsPerGB: number }> {
+  const { totalBytes, messageBytes, direction } = options;
+  const script = `
+    const net = require('node:net');
+    const buffer = Buffer.alloc(${messageBytes}, 7);
+    const server = net.createServer((socket) => {
+      if (${direction === 'receive'}) {
+        let sent = 0;
+        const pump = () => {
+          while (sent < ${totalBytes}) { sent += buffer.length; if (!socket.write(buffer)) return socket.once('drain', pump); }
+          socket.end();
+        };
+        pump();
+      } else {
+        let got = 0;
+        socket.on('data', (d) => { got += d.length; if (got >= ${totalBytes}) socket.end('k'); });
+      }
+    });
+    server.listen(0, '127.0.0.1', () => process.stdout.write(String(server.address().port) + '\\n'));`;
+  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  options.children.push(child);
+  const port = await new Promise<number>((resolve) =>
+    child.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString()))),
+  );
+  const socket = connect({ host: '127.0.0.1', port, noDelay: true });
+  await new Promise((resolve) => socket.once('connect', resolve));
+  const peerCpu = processCpuSeconds(child.pid!);
+  const started = performance.now();
+  if (direction === 'send') {
+    const buffer = randomBytes(messageBytes);
+    for (let sent = 0; sent < totalBytes; sent += messageBytes) {
+      if (!socket.write(buffer)) await new Promise((resolve) => socket.once('drain', resolve));
+    }
+    await new Promise((resolve) => socket.once('data', resolve));
+  } else {
+    for await (const _ of socket) {
+      // Count nothing: the loop ends when the child has sent everything.
+    }
+  }
+  const seconds = (performance.now() - started) / 1000;
+  const peerCpuSecondsPerGB = (processCpuSeconds(child.pid!) - peerCpu) / (totalBytes / 1e9);
+  socket.destroy();
+  child.kill();
+  return { mbps: totalBytes / MiB / seconds, peerCpuSecondsPerGB };
+}
