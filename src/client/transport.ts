@@ -20,9 +20,9 @@ export interface ShardWriteResult {
 
 export interface ShardWriteHandle {
   /**
-   * Sends bytes. Resolves when the transport can take more (back-pressure). The transport may keep
-   * references to `data` until `finish`: the caller must not change it. Rejects with a DogfsError if the
-   * shard failed.
+   * Sends bytes. Resolves when the transport can take more (back-pressure) and has copied or sent
+   * `data`: the caller may reuse it from then on (the writer refills its stripe buffers). Rejects with
+   * a DogfsError if the shard failed.
    */
   write(data: Uint8Array): Promise<void>;
   /** Ends the shard; resolves when the chunk server answers that it is durable. */

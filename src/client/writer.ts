@@ -2,7 +2,9 @@
  * client/writer — the write path (DESIGN §4): a Node Writable that creates the file, allocates block
  * groups, cuts the bytes into stripes, encodes parity, streams the K+M shards to their chunk servers in
  * parallel, commits each block group with the shards' lengths, checksums and durability, and completes
- * the file. Memory is bounded: two stripe buffers (one filling, one sending) and their parity cells.
+ * the file. Memory is bounded: two stripe buffers (one filling, one sending) and their parity cells,
+ * allocated once per stream and reused (fresh memory costs a page fault per 4 KiB here, more than the
+ * copy into it), plus the transport's per-shard packet buffers.
  *
  * A block group is good when at least K+1 of its shards (K when M = 1) are durable; the missing ones are
  * committed as not durable (the gap repair fills). With fewer, the stream fails, nothing is committed for
@@ -71,10 +73,24 @@ export function requiredDurable(k: number, m: number): number {
   return m <= 1 ? k : k + 1;
 }
 
-/** The stripe being filled. Fresh buffers per stripe: the transport may hold them until the shard ends. */
+/** The stripe being filled: a view of one of the stream's two stripe buffers. */
 interface Stripe {
   readonly data: Buffer;
+  readonly parity: readonly Buffer[];
+  readonly padding: Buffer;
   filled: number;
+}
+
+/**
+ * A stripe's data and parity buffers. Two take turns: one fills while the other is being sent. The
+ * transport has taken a stripe's bytes once its send resolves (ShardWriteHandle.write), and a stripe's
+ * send is awaited before the stripe after next begins (sendStripe), so a buffer is never refilled while
+ * its bytes are still wanted.
+ */
+interface StripeBuffers {
+  readonly data: Buffer;
+  readonly parity: Buffer[];
+  readonly padding: Buffer;
 }
 
 class ShardStream {
@@ -275,6 +291,8 @@ export class FileWriteStream extends Writable {
   private readonly pending: Buffer[] = [];
   private pendingBytes = 0;
   private readonly cells: Uint8Array[] = [];
+  private stripeBuffers: StripeBuffers[] = [];
+  private stripeTurn = 0;
   private completeCalled = false;
 
   constructor(context: WriterContext, path: string, options: WriteStreamOptions = {}) {
@@ -393,7 +411,13 @@ export class FileWriteStream extends Writable {
       const layout = group.layout;
       if (this.stripe === undefined) {
         const remaining = group.length - group.written;
-        this.stripe = { data: Buffer.allocUnsafe(Math.min(layout.stripeDataSize, remaining)), filled: 0 };
+        const buffers = this.nextStripeBuffers(layout);
+        this.stripe = {
+          data: buffers.data.subarray(0, Math.min(layout.stripeDataSize, remaining)),
+          parity: buffers.parity,
+          padding: buffers.padding,
+          filled: 0,
+        };
       }
       const stripe = this.stripe;
       const take = Math.min(stripe.data.length - stripe.filled, chunk.length - offset);
@@ -403,7 +427,7 @@ export class FileWriteStream extends Writable {
       offset += take;
       if (stripe.filled === stripe.data.length) {
         this.stripe = undefined;
-        await this.sendStripe(group, stripe.data);
+        await this.sendStripe(group, stripe);
         if (group.written === group.length) await this.closeGroup();
       }
     }
@@ -443,18 +467,36 @@ export class FileWriteStream extends Writable {
     this.groupedBytes += length;
   }
 
+  /** The stripe buffers to fill next (allocated on first use, again only if the layout changes). */
+  private nextStripeBuffers(layout: StripeLayout): StripeBuffers {
+    this.stripeTurn ^= 1;
+    let buffers = this.stripeBuffers[this.stripeTurn];
+    if (
+      buffers === undefined ||
+      buffers.data.length !== layout.stripeDataSize ||
+      buffers.parity.length !== layout.m ||
+      buffers.padding.length !== 2 * layout.cellSize
+    ) {
+      buffers = {
+        data: Buffer.allocUnsafe(layout.stripeDataSize),
+        parity: Array.from({ length: layout.m }, () => Buffer.allocUnsafe(layout.cellSize)),
+        padding: Buffer.allocUnsafe(2 * layout.cellSize),
+      };
+      this.stripeBuffers[this.stripeTurn] = buffers;
+    }
+    return buffers;
+  }
+
   /** Encodes a stripe and starts sending it; waits while the stripe before it is still being sent. */
-  private async sendStripe(group: GroupWriter, data: Buffer): Promise<void> {
+  private async sendStripe(group: GroupWriter, stripe: Stripe): Promise<void> {
     const { layout } = group;
-    const padding =
-      data.length === layout.stripeDataSize ? Buffer.alloc(0) : Buffer.alloc(2 * layout.cellSize);
-    const cellLength = layout.splitStripe(data, this.cells, padding);
+    const data = stripe.data;
+    const cellLength = layout.splitStripe(data, this.cells, stripe.padding);
     const cells: Uint8Array[] = this.cells.slice(0, layout.k);
     if (this.codec === undefined) {
       for (let p = 0; p < layout.m; p++) cells.push(cells[0]!);
     } else {
-      const parity: Uint8Array[] = [];
-      for (let p = 0; p < layout.m; p++) parity.push(Buffer.allocUnsafe(cellLength));
+      const parity = stripe.parity.map((buffer) => buffer.subarray(0, cellLength));
       await this.codec.encodeAsync(cells, parity);
       cells.push(...parity);
     }

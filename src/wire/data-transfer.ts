@@ -565,7 +565,7 @@ export class DataTransferClient {
   /**
    * Starts writing a shard of exactly `length` bytes. Feed it with `write` (which resolves when the
    * connection can take more: back-pressure) and end with `finish`, which resolves once the chunk
-   * server has made the shard durable. The bytes handed to `write` must not change until `finish`.
+   * server has made the shard durable. `write` copies its bytes: they may be reused once it resolves.
    */
   async openWrite(
     address: string,
@@ -743,13 +743,20 @@ export class DataTransferClient {
 }
 
 /**
- * One WriteShard in progress. Packets are cut on chunk boundaries; each carries its chunks' CRC32C.
+ * One WriteShard in progress. Bytes are copied into two packet buffers the writer owns, which take
+ * turns: one fills while the other is on its way into the socket (so the caller may reuse its bytes as
+ * soon as `write` resolves, and nothing is allocated per packet). Packets are cut on chunk boundaries;
+ * each carries its chunks' CRC32C. At most two packets per shard are queued in the socket, which is the
+ * back-pressure: a slow server makes `write` wait for the older packet to be taken by the kernel.
  * The chunk server may answer early with an error (no space, too busy, bad request): the next `write`
  * or `finish` rejects with it.
  */
 export class ShardWriter {
-  private readonly pieces: Uint8Array[] = [];
-  private pieceBytes = 0;
+  private readonly buffers: Buffer[];
+  /** Per buffer: resolves once the socket has taken the packet last sent from it. */
+  private readonly inSocket: (Promise<void> | undefined)[] = [undefined, undefined];
+  private turn = 0;
+  private fill = 0;
   private readonly packetCrcs: number[] = [];
   private chunkCrc = 0;
   private chunkFill = 0;
@@ -758,6 +765,8 @@ export class ShardWriter {
   private settled = false;
   /** The server's answer; it may arrive before `finish` when the server refuses the write. */
   private readonly response: Promise<MessageTypes['dogfs.v1.DataResponseHeader'] | undefined>;
+  /** Settles with the answer or the end of the connection: ends any wait on the socket. */
+  private readonly answered: Promise<void>;
   /** Set when the answer (or the end of the connection) arrived: before `finish`, always a failure. */
   private early: DogfsError | undefined;
   failure: DogfsError | undefined;
@@ -766,12 +775,14 @@ export class ShardWriter {
     private readonly connection: Connection,
     private readonly guard: OperationGuard,
     private readonly crc32c: Crc32c,
-    private readonly packetSize: number,
+    packetSize: number,
     private readonly shard: ShardId,
     readonly length: number,
     deadline: number,
     private readonly onDone: (ok: boolean) => void,
   ) {
+    const bufferBytes = Math.min(packetSize, length);
+    this.buffers = [Buffer.allocUnsafe(bufferBytes), Buffer.allocUnsafe(bufferBytes)];
     connection.socket.write(
       encodeFrame('dogfs.v1.DataRequestHeader', {
         op: DataOp.WRITE_SHARD,
@@ -793,6 +804,10 @@ export class ShardWriter {
         this.early = asDogfsError(error, this.context);
       },
     );
+    this.answered = this.response.then(
+      () => undefined,
+      () => undefined,
+    );
   }
 
   private get context(): string {
@@ -803,6 +818,11 @@ export class ShardWriter {
     if (this.failure !== undefined) throw this.failure;
     if (this.guard.failure !== undefined) throw this.fail(this.guard.failure);
     if (this.early !== undefined) throw this.fail(this.guard.explain(this.early));
+    if (this.connection.socket.destroyed) {
+      throw this.fail(
+        this.guard.explain(new DogfsError('UNAVAILABLE', `${this.context}: connection closed`)),
+      );
+    }
   }
 
   private fail(error: DogfsError): DogfsError {
@@ -814,7 +834,7 @@ export class ShardWriter {
     return this.failure;
   }
 
-  /** Appends bytes; resolves when the connection can take more. */
+  /** Copies bytes into the packet buffers; resolves when they may be reused and more can be taken. */
   async write(data: Uint8Array): Promise<void> {
     this.check();
     if (this.written + data.length > this.length) {
@@ -826,18 +846,27 @@ export class ShardWriter {
       );
     }
     let offset = 0;
-    let needDrain = false;
     while (offset < data.length) {
-      const take = Math.min(this.packetSize - this.pieceBytes, data.length - offset);
-      const piece = data.subarray(offset, offset + take);
-      this.checksum(piece);
-      this.pieces.push(piece);
-      this.pieceBytes += take;
+      if (this.fill === 0) await this.bufferFree(this.turn);
+      const buffer = this.buffers[this.turn]!;
+      const take = Math.min(buffer.length - this.fill, data.length - offset);
+      buffer.set(data.subarray(offset, offset + take), this.fill);
+      this.checksum(buffer.subarray(this.fill, this.fill + take));
+      this.fill += take;
       offset += take;
-      if (this.pieceBytes === this.packetSize) needDrain = !this.flushPacket() || needDrain;
+      if (this.fill === buffer.length) this.flushPacket();
     }
     this.written += data.length;
-    if (needDrain) await this.drain();
+  }
+
+  /** Waits until the socket has taken the packet last sent from buffer `turn` (or the write ended). */
+  private async bufferFree(turn: number): Promise<void> {
+    const pending = this.inSocket[turn];
+    if (pending !== undefined) {
+      await Promise.race([pending, this.answered]);
+      this.inSocket[turn] = undefined;
+    }
+    this.check();
   }
 
   private checksum(piece: Uint8Array): void {
@@ -858,53 +887,23 @@ export class ShardWriter {
     this.chunkFill = 0;
   }
 
-  /** Sends the buffered pieces as one packet; false when the socket wants the writer to wait. */
-  private flushPacket(): boolean {
-    if (this.pieceBytes === 0) return true;
+  /** Sends the filled buffer as one packet and turns to the other buffer. */
+  private flushPacket(): void {
+    if (this.fill === 0) return;
     if (this.chunkFill > 0) this.endChunk();
     const socket = this.connection.socket;
     socket.cork();
     socket.write(
-      encodeFrame('dogfs.v1.DataPacketHeader', { length: this.pieceBytes, chunkCrc32c: this.packetCrcs }),
+      encodeFrame('dogfs.v1.DataPacketHeader', { length: this.fill, chunkCrc32c: this.packetCrcs }),
     );
-    let ok = true;
-    for (const piece of this.pieces) ok = socket.write(piece);
+    // The callback runs once the kernel has the bytes, or with an error when the socket is destroyed.
+    this.inSocket[this.turn] = new Promise<void>((resolve) =>
+      socket.write(this.buffers[this.turn]!.subarray(0, this.fill), () => resolve()),
+    );
     socket.uncork();
-    this.pieces.length = 0;
-    this.pieceBytes = 0;
+    this.turn ^= 1;
+    this.fill = 0;
     this.packetCrcs.length = 0;
-    return ok;
-  }
-
-  private drain(): Promise<void> {
-    const socket = this.connection.socket;
-    return new Promise<void>((resolve, reject) => {
-      const cleanup = () => {
-        socket.off('drain', onDrain);
-        socket.off('close', onClose);
-      };
-      const onDrain = () => {
-        cleanup();
-        resolve();
-      };
-      const onClose = () => {
-        cleanup();
-        reject(this.guard.explain(new DogfsError('UNAVAILABLE', `${this.context}: connection closed`)));
-      };
-      socket.on('drain', onDrain);
-      socket.on('close', onClose);
-      // The server may have refused the write and stopped reading: its answer ends the wait.
-      this.response.then(
-        () => {
-          cleanup();
-          resolve();
-        },
-        () => {
-          cleanup();
-          resolve();
-        },
-      );
-    }).then(() => this.check());
   }
 
   /** Ends the shard; resolves once the chunk server has made it durable. */
