@@ -21,7 +21,7 @@ import { AddressError, parseAddressList } from '../common/address.js';
 import { EcPolicyError, parseEcPolicy } from '../common/ec-policy.js';
 import { DogfsError, type ErrorCode } from '../wire/errors.js';
 import type { ClusterReportResponse } from '../wire/gen/types.js';
-import { parseFlags, UsageError } from './args.js';
+import { parseFlags, parseIntFlag, UsageError } from './args.js';
 
 export const FILE_COMMANDS_USAGE = `Files (endpoints: --meta HOST:PORT,... | $DOGFS_META | $DOGFS_CLUSTER | ./cluster.json;
        $DOGFS_TIMEOUT_MS: deadline of each metadata call, default 10000):
@@ -34,6 +34,8 @@ export const FILE_COMMANDS_USAGE = `Files (endpoints: --meta HOST:PORT,... | $DO
   mv SRC DST                            rename or move
   stat [--json] PATH                    show a file's or directory's attributes
   admin report [--json]                 metadata groups, leaders, terms; chunk servers; damaged files
+  admin settings [--json] [--stripe-size B] [--block-group-size B] [--dead-after MS] [--lease MS]
+                 [--heartbeat MS] [--default-ec POLICY]   show or change cluster settings (for new files)
   admin repair [--json] [PATH]          rebuild missing shards of PATH (or of every damaged file)
 `;
 
@@ -526,6 +528,57 @@ async function admin(ctx: Context, argv: string[]): Promise<string | undefined> 
     );
     return undefined;
   }
+  if (sub === 'settings') {
+    const { flags, positionals } = parseFlags(rest, {
+      json: { type: 'boolean' },
+      meta: { type: 'string' },
+      'stripe-size': { type: 'string' },
+      'block-group-size': { type: 'string' },
+      'dead-after': { type: 'string' },
+      lease: { type: 'string' },
+      heartbeat: { type: 'string' },
+      'default-ec': { type: 'string' },
+    });
+    if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`);
+    type NumberFlag = 'stripe-size' | 'block-group-size' | 'dead-after' | 'lease' | 'heartbeat';
+    const number = (flag: NumberFlag, max: number) => parseIntFlag(flags[flag], flag, 0, 1, max);
+    const ec = flags['default-ec'];
+    if (ec !== undefined) parseEcPolicy(ec);
+    const update = {
+      stripeSize: number('stripe-size', 2 ** 31),
+      blockGroupMaxBytes: number('block-group-size', 2 ** 50),
+      deadAfterMs: number('dead-after', 2 ** 31),
+      leaseMs: number('lease', 2 ** 31),
+      heartbeatIntervalMs: number('heartbeat', 2 ** 31),
+      defaultEc: ec ?? '',
+    };
+    const changing = Object.values(update).some((v) => v !== 0 && v !== '');
+    const settings = changing ? await ctx.client.setSettings(update) : (await ctx.client.report()).settings;
+    if (!settings) throw new DogfsError('INTERNAL', 'the cluster report carried no settings');
+    const plain = {
+      defaultEc: settings.defaultEc,
+      stripeSize: settings.stripeSize,
+      blockGroupMaxBytes: settings.blockGroupMaxBytes,
+      heartbeatIntervalMs: settings.heartbeatIntervalMs,
+      deadAfterMs: settings.deadAfterMs,
+      leaseMs: settings.leaseMs,
+    };
+    await print(
+      ctx.stdout,
+      flags.json
+        ? `${JSON.stringify(plain, null, 2)}\n`
+        : [
+            `default EC        ${plain.defaultEc}`,
+            `stripe size       ${plain.stripeSize} (${formatBytes(plain.stripeSize)})`,
+            `block-group size  ${plain.blockGroupMaxBytes} (${formatBytes(plain.blockGroupMaxBytes)})`,
+            `heartbeat         ${plain.heartbeatIntervalMs} ms`,
+            `dead after        ${plain.deadAfterMs} ms`,
+            `write lease       ${plain.leaseMs} ms`,
+            '',
+          ].join('\n'),
+    );
+    return undefined;
+  }
   if (sub === 'repair') {
     const { flags, positionals } = parseFlags(rest, { json: { type: 'boolean' }, meta: { type: 'string' } });
     if (positionals.length > 1) throw new UsageError('admin repair takes at most one PATH');
@@ -566,7 +619,7 @@ async function admin(ctx: Context, argv: string[]): Promise<string | undefined> 
     return undefined;
   }
   throw new UsageError(
-    sub === undefined ? 'admin needs a subcommand: report or repair' : `unknown admin command '${sub}'`,
+    sub === undefined ? 'admin needs a subcommand: report, settings or repair' : `unknown admin command '${sub}'`,
   );
 }
 

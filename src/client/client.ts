@@ -7,7 +7,8 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { assert } from '../common/assert.js';
 import { DogfsError } from '../wire/errors.js';
-import { type ClusterReportResponse, FileType, type Inode } from '../wire/gen/types.js';
+import { type ClusterReportResponse, type ClusterSettings, FileType, type Inode } from '../wire/gen/types.js';
+import type { Init } from '../wire/proto.js';
 import { DataTransferShardTransport } from './data-transport.js';
 import { type MetaCallOptions, MetadataConnection } from './meta.js';
 import { joinPath, normalizePath } from './paths.js';
@@ -153,6 +154,19 @@ export class DogfsClient {
       { path: normalizePath(path), recursive: options.recursive ?? false },
       options,
     );
+  }
+
+  /**
+   * Changes cluster settings (stripe size, block-group size, timeouts, default EC policy); fields left out
+   * keep their value. Resolves with the settings now in force. New files use them; existing ones keep theirs.
+   */
+  async setSettings(
+    settings: Init<ClusterSettings>,
+    options: MetaCallOptions = {},
+  ): Promise<ClusterSettings> {
+    const answer = await this.meta.call('SetSettings', { settings }, options);
+    if (!answer.settings) throw new DogfsError('INTERNAL', 'SetSettings answered without settings');
+    return answer.settings;
   }
 
   /** Groups, leaders and terms; chunk servers and their state; files missing shards. */

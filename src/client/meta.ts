@@ -42,6 +42,7 @@ function groupOf(method: MetadataMethod): number {
     case 'ReportBadShard':
     case 'ClusterReport':
     case 'PlanRepair':
+    case 'SetSettings':
       return 0;
     default:
       return 1;

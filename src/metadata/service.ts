@@ -38,6 +38,7 @@ import {
   type BlockGroupInfo,
   type ClusterCommand,
   type ClusterResult,
+  type ClusterSettings,
   ClusterState,
   encodeClusterCommand,
   encodeNamespaceCommand,
@@ -709,6 +710,7 @@ export class MetadataNode {
           })),
           filesWithMissingShards: damaged.paths,
           filesWithMissingShardsCount: damaged.count,
+          settings: this.cluster.state.settings,
           codecBackend: this.codecBackend,
         };
       },
@@ -763,6 +765,26 @@ export class MetadataNode {
           if (shard.replaces !== '') void this.deleteShard(shard.replaces, req.blockGroupId, shard.index);
         }
         return { blockGroup: this.blockGroupToWire(result.blockGroup) };
+      },
+      SetSettings: async (req, ctx) => {
+        this.host.requireLeader(CLUSTER_GROUP);
+        const current = this.cluster.state.settings;
+        const asked = req.settings;
+        const settings: ClusterSettings = {
+          defaultEc: asked?.defaultEc || current.defaultEc,
+          stripeSize: asked?.stripeSize || current.stripeSize,
+          blockGroupMaxBytes: asked?.blockGroupMaxBytes || current.blockGroupMaxBytes,
+          heartbeatIntervalMs: asked?.heartbeatIntervalMs || current.heartbeatIntervalMs,
+          deadAfterMs: asked?.deadAfterMs || current.deadAfterMs,
+          leaseMs: asked?.leaseMs || current.leaseMs,
+        };
+        const result = await this.proposeCluster(
+          { op: 'setSettings', timeMs: Date.now(), settings },
+          ctx.deadline,
+        );
+        if (!result.ok) raise(result);
+        if (result.op !== 'setSettings') throw new DogfsError('INTERNAL', `settings answered ${result.op}`);
+        return { settings: result.settings };
       },
       RenewLease: async (req, ctx) => {
         const result = await this.proposeNamespace(

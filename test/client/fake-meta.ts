@@ -367,6 +367,9 @@ export class FakeMeta {
         this.lease(r.inodeId, r.leaseId);
         return { leaseExpiresMs: Date.now() + 60_000 };
       }),
+      SetSettings: () => {
+        throw new DogfsError('UNIMPLEMENTED', 'the fake has no settings');
+      },
       PlanRepair: () => {
         throw new DogfsError('UNIMPLEMENTED', 'the fake has no repair');
       },

@@ -8,11 +8,74 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
+import { DogfsClient } from '../../src/client/index.js';
 import { assertOneLineError, runDogfs, startCluster } from '../helpers/index.js';
 
 const up = startCluster(['--meta', '3', '--chunk', '5', '--ec', 'rs-3-2']);
 const dir = up.dir;
 after(() => up.stop());
+
+test('byte-exact round trips at every size boundary, over several block groups (admin settings)', async () => {
+  const cluster = await up.ready();
+  const env = { ...process.env, DOGFS_CLUSTER: up.clusterPath };
+  // rs-3-2 with 4 KiB cells: a stripe holds 12 KiB of file data, a block group 3 stripes.
+  const cell = 4096;
+  const stripe = 3 * cell;
+  const group = 3 * stripe;
+  const set = await runDogfs(
+    ['admin', 'settings', '--json', '--stripe-size', String(stripe), '--block-group-size', String(group)],
+    { env },
+  );
+  assert.equal(set.status, 0, set.stderr);
+  const settings = JSON.parse(set.stdout) as {
+    stripeSize: number;
+    blockGroupMaxBytes: number;
+    leaseMs: number;
+  };
+  assert.deepEqual([settings.stripeSize, settings.blockGroupMaxBytes], [stripe, group]);
+  assert.equal(settings.leaseMs, 60_000, 'fields not given keep their value');
+  const refused = await runDogfs(['admin', 'settings', '--stripe-size', '5000'], { env });
+  assert.equal(refused.status, 1);
+  assert.match(assertOneLineError(refused.stderr), /stripe size must be a multiple of 4096/);
+
+  const client = new DogfsClient({ meta: cluster.meta });
+  try {
+    await client.mkdir('/sizes');
+    const sizes = [
+      0,
+      1,
+      cell - 1,
+      cell,
+      cell + 1,
+      stripe - 1,
+      stripe,
+      stripe + 1,
+      5 * stripe + 7,
+      group,
+      2 * group + 100,
+    ];
+    for (const size of sizes) {
+      const data = randomBytes(size);
+      await client.writeFile(`/sizes/${size}`, data);
+      const status = await client.stat(`/sizes/${size}`);
+      assert.equal(status.size, size);
+      assert.equal(status.inode.blockGroups.length, Math.ceil(size / group), `${size} bytes: block groups`);
+      assert.ok((await client.readFile(`/sizes/${size}`)).equals(data), `${size} bytes round trip`);
+    }
+    // A range across a block-group boundary reads only what it asks for.
+    const whole = await client.readFile(`/sizes/${2 * group + 100}`);
+    const range = await client.readFile(`/sizes/${2 * group + 100}`, { start: group - 10, end: group + 9 });
+    assert.ok(range.equals(whole.subarray(group - 10, group + 10)));
+  } finally {
+    client.close();
+  }
+  // Back to the defaults for the test below.
+  const reset = await runDogfs(
+    ['admin', 'settings', '--stripe-size', String(1 << 20), '--block-group-size', String(6 * 256 * 2 ** 20)],
+    { env },
+  );
+  assert.equal(reset.status, 0, reset.stderr);
+});
 
 test('put, get, and degraded get through the real metadata service', async () => {
   const cluster = await up.ready();

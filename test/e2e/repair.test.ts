@@ -60,6 +60,10 @@ test('kill during put, corruption, report, repair, garbage collection, too few s
     assert.ok(readFileSync(local).equals(expected), `${what}: bytes identical`);
   };
 
+  // Silent chunk servers are declared dead after 3 s instead of 10.
+  const fast = await dogfs(['admin', 'settings', '--dead-after', '3000']);
+  assert.equal(fast.status, 0, fast.stderr);
+
   // 1. A flipped byte in a shard file: the get still returns the right bytes and the shard is reported.
   const small = randomBytes(700_000);
   writeFileSync(join(dir.path, 'small.bin'), small);

@@ -61,6 +61,7 @@ before(async () => {
     CommitRepair: unimplemented,
     AbandonFile: unimplemented,
     RenewLease: unimplemented,
+    SetSettings: unimplemented,
   });
   const port = await server.listen('127.0.0.1', 0);
   address = `127.0.0.1:${port}`;
