@@ -619,7 +619,9 @@ async function admin(ctx: Context, argv: string[]): Promise<string | undefined> 
     return undefined;
   }
   throw new UsageError(
-    sub === undefined ? 'admin needs a subcommand: report, settings or repair' : `unknown admin command '${sub}'`,
+    sub === undefined
+      ? 'admin needs a subcommand: report, settings or repair'
+      : `unknown admin command '${sub}'`,
   );
 }
 

@@ -51,6 +51,10 @@ export interface WriterContext {
  * bytes have arrived, and every shard is announced with its exact length: the writer then buffers up to
  * this many bytes before each block group (so such streams use block groups of at most this size).
  */
+/** Lease renewals come at least this far apart. */
+const MIN_RENEW_MS = 1000;
+/** Deadline of the AbandonFile call a failed stream makes on its way out. */
+const ABANDON_TIMEOUT_MS = 5000;
 export const UNKNOWN_SIZE_WINDOW_BYTES = 16 * 1024 * 1024;
 
 export interface ShardOutcome {
@@ -294,6 +298,9 @@ export class FileWriteStream extends Writable {
   private stripeBuffers: StripeBuffers[] = [];
   private stripeTurn = 0;
   private completeCalled = false;
+  /** Renews the write lease while the stream lives (a block group may take longer than a lease). */
+  private renewTimer: NodeJS.Timeout | undefined;
+  private renewing: Promise<void> | undefined;
 
   constructor(context: WriterContext, path: string, options: WriteStreamOptions = {}) {
     super({ highWaterMark: 1024 * 1024, decodeStrings: true });
@@ -335,6 +342,10 @@ export class FileWriteStream extends Writable {
         this.inode = created.inode;
         this.leaseId = created.leaseId;
         this.replicate = created.inode.ec.startsWith('replicate-');
+        // The lease runs from the create's time (the pending inode's ctime) to leaseExpiresMs.
+        const leaseMs = created.leaseExpiresMs - created.inode.ctimeMs;
+        this.renewTimer = setInterval(() => this.renewLease(), Math.max(MIN_RENEW_MS, leaseMs / 3));
+        this.renewTimer.unref();
       })
       .then(
         () => callback(),
@@ -360,7 +371,45 @@ export class FileWriteStream extends Writable {
     this.group?.abort(error ?? new DogfsError('CANCELLED', 'write stream destroyed'));
     this.group = undefined;
     this.pending.length = 0;
+    clearInterval(this.renewTimer);
+    if (error !== null && this.leaseId !== '' && this.inode) {
+      // Free the name now rather than when the lease expires; the block groups become garbage. If this
+      // fails (no quorum), the lease expiry does the same later.
+      this.context.meta
+        .mutate(
+          this.context.session,
+          'AbandonFile',
+          { inodeId: this.inode.id, leaseId: this.leaseId },
+          {
+            timeoutMs: ABANDON_TIMEOUT_MS,
+          },
+        )
+        .catch(() => undefined);
+    }
     callback(error);
+  }
+
+  /** One renewal at a time; a lease found lost fails the stream now instead of at its next commit. */
+  private renewLease(): void {
+    if (this.renewing !== undefined || this.completeCalled || this.inode === undefined) return;
+    this.renewing = this.context.meta
+      .mutate(
+        this.context.session,
+        'RenewLease',
+        { inodeId: this.inode.id, leaseId: this.leaseId },
+        this.metaOptions(),
+      )
+      .then(
+        () => undefined,
+        (error: unknown) => {
+          const e = toDogfsError(error);
+          if (e.code === 'FAILED_PRECONDITION' || e.code === 'NOT_FOUND') this.destroy(this.pathError(e));
+          // Anything else (no quorum for a while) is retried by the next tick.
+        },
+      )
+      .finally(() => {
+        this.renewing = undefined;
+      });
   }
 
   private pathError(error: unknown): DogfsError {

@@ -10,6 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import { DogfsClient } from '../../src/client/index.js';
 import { StripeLayout } from '../../src/codec/stripe.js';
 import { DogfsError } from '../../src/wire/errors.js';
+import { waitFor } from '../helpers/index.js';
 import { FakeMeta, FakeMetaState, startFakeMetaCluster } from './fake-meta.js';
 import { MemoryTransport } from './memory-transport.js';
 
@@ -179,6 +180,40 @@ describe('write and read paths (in-memory data plane)', () => {
       assert.deepEqual(await client.readFile(`/s-${size}`), data);
     });
   }
+
+  test('an open write renews its lease past the lease length; a failed write is abandoned at once', async () => {
+    cluster.state.options = { ...cluster.state.options, leaseMs: 1500 };
+    try {
+      const data = randomBytes(2 * S);
+      const stream = client.createWriteStream('/long-write', { ec: 'rs-3-2', size: data.length });
+      const done = new Promise<void>((resolve, reject) => {
+        stream.once('finish', resolve);
+        stream.once('error', reject);
+      });
+      await new Promise<void>((resolve) => stream.write(data.subarray(0, S), () => resolve()));
+      const started = Date.now();
+      const before = cluster.state.count('RenewLease');
+      await waitFor('two renewals', () => cluster.state.count('RenewLease') >= before + 2, 10_000);
+      assert.ok(Date.now() - started > 1500, 'the original lease is over');
+      stream.end(data.subarray(S));
+      await done;
+      assert.deepEqual(await client.readFile('/long-write'), data);
+
+      const abandonsBefore = cluster.state.count('AbandonFile');
+      const failing = client.createWriteStream('/given-up', { ec: 'rs-3-2', size: 10 });
+      await new Promise<void>((resolve) => failing.write(Buffer.alloc(5), () => resolve()));
+      const failed = new Promise((resolve) => failing.once('error', resolve));
+      failing.destroy(new Error('the caller gave up'));
+      await failed;
+      await waitFor('the write abandoned', () => cluster.state.count('AbandonFile') > abandonsBefore);
+      assert.ok(
+        ![...cluster.state.pending.values()].some((p) => p.path === '/given-up'),
+        'no pending file left',
+      );
+    } finally {
+      cluster.state.options = { ...cluster.state.options, leaseMs: 60_000 };
+    }
+  });
 
   test('range reads fetch only the shard bytes they need', async () => {
     const data = randomBytes(G + S);

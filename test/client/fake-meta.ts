@@ -30,6 +30,7 @@ interface Pending {
   path: string;
   leaseId: string;
   overwrite: boolean;
+  expiresMs: number;
 }
 
 export interface FakeMetaOptions {
@@ -37,6 +38,8 @@ export interface FakeMetaOptions {
   blockGroupBytes?: number;
   stripeSize?: number;
   defaultEc?: string;
+  /** Write lease length (60 s); an expired lease refuses the writer's calls, as the real service does. */
+  leaseMs?: number;
 }
 
 /** The shared state: the tree, pending files, chunk servers, and a log of calls. */
@@ -223,8 +226,9 @@ export class FakeMeta {
         if (existing && !r.overwrite) throw new DogfsError('ALREADY_EXISTS', `${r.path}: File exists`);
         const inode = s.inode(FileType.FILE, ec);
         const leaseId = `lease-${inode.id}`;
-        s.pending.set(inode.id, { inode, path: r.path, leaseId, overwrite: r.overwrite });
-        return { inode, leaseId, leaseExpiresMs: Date.now() + 60_000 };
+        const expiresMs = inode.ctimeMs + (s.options.leaseMs ?? 60_000);
+        s.pending.set(inode.id, { inode, path: r.path, leaseId, overwrite: r.overwrite, expiresMs });
+        return { inode, leaseId, leaseExpiresMs: expiresMs };
       }),
       AllocateBlockGroup: mutate('AllocateBlockGroup', (r) => {
         const p = this.lease(r.inodeId, r.leaseId);
@@ -364,8 +368,9 @@ export class FakeMeta {
         return {};
       }),
       RenewLease: mutate('RenewLease', (r) => {
-        this.lease(r.inodeId, r.leaseId);
-        return { leaseExpiresMs: Date.now() + 60_000 };
+        const p = this.lease(r.inodeId, r.leaseId);
+        p.expiresMs = Date.now() + (s.options.leaseMs ?? 60_000);
+        return { leaseExpiresMs: p.expiresMs };
       }),
       SetSettings: () => {
         throw new DogfsError('UNIMPLEMENTED', 'the fake has no settings');
@@ -383,6 +388,8 @@ export class FakeMeta {
     const p = this.state.pending.get(inodeId);
     if (!p || p.leaseId !== leaseId)
       throw new DogfsError('FAILED_PRECONDITION', `no lease ${leaseId} on inode ${inodeId}`);
+    if (Date.now() > p.expiresMs)
+      throw new DogfsError('FAILED_PRECONDITION', `lease ${leaseId} on inode ${inodeId} expired`);
     return p;
   }
 }
