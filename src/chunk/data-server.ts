@@ -30,6 +30,7 @@ import {
 } from '../wire/data-transfer.js';
 import { DogfsError, toDogfsError } from '../wire/errors.js';
 import { DataOp, type DataRequestHeader } from '../wire/gen/types.js';
+import { listenOn } from './listen.js';
 import type { ChunkMetrics } from './metrics.js';
 import type { ShardReader, ShardStore, ShardWriteSession } from './store.js';
 
@@ -103,24 +104,7 @@ export class DataServer {
   }
 
   listen(host: string, port: number): Promise<number> {
-    return new Promise((resolve, reject) => {
-      const onError = (error: Error) => {
-        const inUse = (error as NodeJS.ErrnoException).code === 'EADDRINUSE';
-        reject(
-          new DogfsError(
-            'UNAVAILABLE',
-            `cannot listen on ${host}:${port} (data): ${inUse ? 'address already in use' : error.message}`,
-          ),
-        );
-      };
-      this.server.once('error', onError);
-      this.server.listen(port, host, () => {
-        this.server.off('error', onError);
-        const address = this.server.address();
-        assert(typeof address === 'object' && address !== null);
-        resolve(address.port);
-      });
-    });
+    return listenOn(this.server, host, port, 'data');
   }
 
   /** Stops accepting, cuts every connection (writes in progress are discarded, as after a crash). */

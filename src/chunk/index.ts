@@ -11,10 +11,12 @@
  *                    and back-pressure both ways; the client side and the framing are wire/data-transfer.ts
  *  - scrubber.ts     background verification at a configured byte rate
  *  - reporter.ts     RegisterChunkServer, BlockReport (paged), Heartbeat — following NOT_LEADER hints
- *  - metrics.ts      counters answered by ChunkControl/Status
+ *  - metrics.ts      counters answered by ChunkControl/Status, and the Prometheus endpoint (GET
+ *                    /metrics on `ChunkServerOptions.metricsListen`: counters and gauges as text)
  *  - server.ts       the `dogfs chunk` process putting these together
  */
 export * from './data-server.js';
+export * from './listen.js';
 export * from './metrics.js';
 export * from './reporter.js';
 export * from './scrubber.js';

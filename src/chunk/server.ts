@@ -11,7 +11,7 @@ import { checkShardId, checkWireInteger, MAX_SHARD_BYTES } from '../wire/data-tr
 import { DogfsError } from '../wire/errors.js';
 import { ChunkControlService, type ShardId } from '../wire/gen/types.js';
 import { DataServer, type DataServerLimits } from './data-server.js';
-import { ChunkMetrics } from './metrics.js';
+import { ChunkMetrics, MetricsEndpoint, prometheusGauges } from './metrics.js';
 import { MetadataReporter } from './reporter.js';
 import { DEFAULT_SCRUB_BYTES_PER_SECOND, Scrubber } from './scrubber.js';
 import { type ShardRecord, ShardStore } from './store.js';
@@ -22,6 +22,8 @@ export interface ChunkServerOptions {
   listen: HostPort;
   /** Where the data-transfer protocol listens (port 0: any free port). */
   dataListen?: HostPort | undefined;
+  /** Where the Prometheus endpoint (GET /metrics) listens; none when undefined. */
+  metricsListen?: HostPort | undefined;
   /** Metadata servers to register with, host:port. */
   meta: string[];
   failureDomain: string;
@@ -74,6 +76,26 @@ export async function startChunkServer(options: ChunkServerOptions) {
       dataAddr = formatHostPort({ host: dataListen.host, port: dataPort });
       context.readyInfo['dataAddr'] = dataAddr;
       context.onShutdown(() => server.close());
+
+      if (options.metricsListen !== undefined) {
+        const endpoint = new MetricsEndpoint(
+          () =>
+            metrics.prometheus(context.id) +
+            prometheusGauges(context.id, {
+              capacityBytes: openedStore.capacityBytes,
+              usedBytes: openedStore.usedBytes,
+              shards: openedStore.shardCount,
+              corruptShards: openedStore.corruptList().length,
+              activeWrites: server.activeWrites,
+              activeReads: server.activeReads,
+              rssBytes: process.memoryUsage.rss(),
+            }),
+        );
+        const { host } = options.metricsListen;
+        const port = await endpoint.listen(host, options.metricsListen.port);
+        context.readyInfo['metricsAddr'] = formatHostPort({ host, port });
+        context.onShutdown(() => endpoint.close());
+      }
 
       context.rpc.addService(ChunkControlService, {
         DeleteShard: async (request) => {

@@ -63,9 +63,17 @@ export interface ShardRecord {
   readonly fileBytes: number;
 }
 
-/** The file-system calls a write makes, replaceable so tests can inject ENOSPC. */
+/** The file-system calls writes (and reads) make, replaceable so tests can inject ENOSPC and EIO. */
 export interface StoreIo {
   writev(handle: FileHandle, buffers: readonly Uint8Array[], position: number): Promise<void>;
+  /** Reads into `buffer` at `offset`; bytes read (0 at the end of the file). Default: handle.read. */
+  read?(
+    handle: FileHandle,
+    buffer: Buffer,
+    offset: number,
+    length: number,
+    position: number,
+  ): Promise<number>;
 }
 
 const defaultIo: StoreIo = {
@@ -173,6 +181,19 @@ async function fsyncDir(path: string): Promise<void> {
 
 function corrupt(id: ShardId, what: string): DogfsError {
   return new DogfsError('CORRUPT', `shard ${formatShardId(id)}: ${what}`);
+}
+
+/**
+ * A read error that means the shard's bytes are lost or unreliable on this disk (EIO: a bad sector, a
+ * failing device): CORRUPT, so the reader decodes around it and the shard is reported for repair just
+ * like one whose checksum failed. Anything else is returned as it was.
+ */
+function readFailure(id: ShardId, error: unknown, where: string): unknown {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  if (code === 'EIO' || code === 'EUCLEAN' || code === 'EBADMSG') {
+    return corrupt(id, `disk I/O error (${code}) reading ${where}`);
+  }
+  return error;
 }
 
 export class ShardStore {
@@ -414,7 +435,7 @@ export class ShardStore {
       const chunks = Math.ceil(record.length / DATA_CHUNK_SIZE);
       const size = (await handle.stat()).size;
       if (size !== record.fileBytes) throw corrupt(id, `file is ${size} bytes, expected ${record.fileBytes}`);
-      const header = await readExactly(handle, SHARD_HEADER_BYTES, 0);
+      const header = await readExactly(this.io, handle, SHARD_HEADER_BYTES, 0);
       if (
         !header.subarray(0, 8).equals(MAGIC) ||
         header.readUInt32BE(48) !== crc32c(header.subarray(0, 48)) ||
@@ -423,6 +444,7 @@ export class ShardStore {
         throw corrupt(id, 'bad header');
       }
       const tail = await readExactly(
+        this.io,
         handle,
         chunks * 4 + SHARD_FOOTER_BYTES,
         SHARD_HEADER_BYTES + record.length,
@@ -434,9 +456,10 @@ export class ShardStore {
         throw corrupt(id, 'whole-shard checksum differs from its name');
       const checksums = new Uint32Array(chunks);
       for (let i = 0; i < chunks; i++) checksums[i] = checksumBlock.readUInt32BE(i * 4);
-      return new ShardReader(this, id, record, handle, checksums);
-    } catch (error) {
+      return new ShardReader(this, id, record, handle, checksums, this.io);
+    } catch (caught) {
       await handle.close();
+      const error = readFailure(id, caught, 'its header or checksums');
       if (error instanceof DogfsError && error.code === 'CORRUPT') this.markCorrupt(id, error.message);
       throw error;
     }
@@ -481,6 +504,7 @@ export class ShardStore {
 }
 
 async function readExactly(
+  io: StoreIo,
   handle: FileHandle,
   bytes: number,
   position: number,
@@ -490,7 +514,10 @@ async function readExactly(
   assert(buffer.length >= bytes);
   let done = 0;
   while (done < bytes) {
-    const { bytesRead } = await handle.read(buffer, done, bytes - done, position + done);
+    const bytesRead =
+      io.read === undefined
+        ? (await handle.read(buffer, done, bytes - done, position + done)).bytesRead
+        : await io.read(handle, buffer, done, bytes - done, position + done);
     if (bytesRead === 0) throw new DogfsError('CORRUPT', `short read at ${position + done}`);
     done += bytesRead;
   }
@@ -678,6 +705,7 @@ export class ShardReader {
     readonly record: ShardRecord,
     private readonly handle: FileHandle,
     readonly checksums: Uint32Array,
+    private readonly io: StoreIo,
   ) {}
 
   get length(): number {
@@ -687,7 +715,8 @@ export class ShardReader {
   /**
    * Reads shard bytes [start, start+bytes) into `buffer` and verifies them. `start` is on a chunk
    * boundary and the range ends on one or at the shard's end. CORRUPT on a mismatch (and the shard is
-   * reported corrupt). Returns the stored CRC32C of each chunk read.
+   * reported corrupt); a disk I/O error (EIO) is CORRUPT too, and reported the same way. Returns the
+   * stored CRC32C of each chunk read.
    */
   async readChunks(start: number, bytes: number, buffer: Buffer): Promise<{ data: Buffer; crcs: number[] }> {
     assert(
@@ -700,13 +729,15 @@ export class ShardReader {
     );
     let data: Buffer;
     try {
-      data = await readExactly(this.handle, bytes, SHARD_HEADER_BYTES + start, buffer);
-    } catch (error) {
-      if (error instanceof DogfsError && error.code === 'CORRUPT') {
-        const failure = corrupt(this.id, error.message);
-        this.store.markCorrupt(this.id, failure.message);
-        throw failure;
-      }
+      data = await readExactly(this.io, this.handle, bytes, SHARD_HEADER_BYTES + start, buffer);
+    } catch (caught) {
+      // A short read (readExactly's CORRUPT, without the shard's name) or a disk I/O error.
+      const error =
+        caught instanceof DogfsError && caught.code === 'CORRUPT'
+          ? corrupt(this.id, caught.message)
+          : readFailure(this.id, caught, `offset ${start}`);
+      if (error instanceof DogfsError && error.code === 'CORRUPT')
+        this.store.markCorrupt(this.id, error.message);
       throw error;
     }
     const crcs: number[] = [];

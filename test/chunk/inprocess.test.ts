@@ -9,9 +9,10 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { DataServer } from '../../src/chunk/data-server.js';
 import { ChunkMetrics } from '../../src/chunk/metrics.js';
-import { ShardStore, type StoreIo } from '../../src/chunk/store.js';
+import { SHARD_HEADER_BYTES, ShardStore, type StoreIo } from '../../src/chunk/store.js';
 import { crc32c } from '../../src/codec/index.js';
 import { crc32cCombine } from '../../src/wire/data-transfer.js';
+import type { DogfsError } from '../../src/wire/errors.js';
 import { tempDir, waitFor } from '../helpers/index.js';
 import { newClient, seededBytes, shardFiles } from './helpers.js';
 
@@ -63,6 +64,52 @@ test('ENOSPC from the disk mid-write: NO_SPACE, no partial file, reads keep work
     failWrites = false;
     await client.writeShard(addr, { blockGroupId: 2, index: 0, generation: 1 }, seededBytes(3 * MiB, 2));
     assert.equal(store.shardCount, 2);
+  } finally {
+    await server.close();
+  }
+});
+
+test('EIO from the disk on a read: CORRUPT naming the I/O error, the shard reported, others still served', async () => {
+  let failReadsFrom: number | undefined;
+  const io: StoreIo = {
+    async writev(handle, buffers, position) {
+      await handle.writev(buffers as Uint8Array[], position);
+    },
+    async read(handle, buffer, offset, length, position) {
+      if (
+        failReadsFrom !== undefined &&
+        position + length > failReadsFrom &&
+        position < failReadsFrom + 4096
+      ) {
+        throw Object.assign(new Error('EIO: i/o error, read'), { code: 'EIO', errno: -5 });
+      }
+      return (await handle.read(buffer, offset, length, position)).bytesRead;
+    },
+  };
+  const { store, server, metrics, addr } = await serve('eio', io);
+  try {
+    const bad = { blockGroupId: 1, index: 0, generation: 1 };
+    const good = { blockGroupId: 2, index: 0, generation: 1 };
+    await client.writeShard(addr, bad, seededBytes(2 * MiB, 1));
+    await client.writeShard(addr, good, seededBytes(2 * MiB, 2));
+    // A bad sector 1 MiB into the shard files' data (their header is 64 bytes).
+    failReadsFrom = SHARD_HEADER_BYTES + MiB;
+    await assert.rejects(client.readShardBytes(addr, bad), (error: DogfsError) => {
+      assert.equal(error.code, 'CORRUPT');
+      assert.match(error.message, /disk I\/O error \(EIO\)/);
+      return true;
+    });
+    assert.deepEqual(store.corruptList(), [bad]);
+    assert.equal(metrics.get('corrupt_found'), 0, 'the test store has no onCorrupt hook');
+    assert.ok(metrics.get('errors_CORRUPT') >= 1);
+    // Bytes before the bad sector still read; the other shard is untouched by the fault.
+    assert.ok(
+      (await client.readShardBytes(addr, bad, { offset: 0, length: 64 * 1024 })).equals(
+        seededBytes(2 * MiB, 1).subarray(0, 64 * 1024),
+      ),
+    );
+    failReadsFrom = undefined;
+    assert.ok((await client.readShardBytes(addr, good)).equals(seededBytes(2 * MiB, 2)));
   } finally {
     await server.close();
   }
