@@ -11,7 +11,6 @@
 import { createServer, type Server, type Socket } from 'node:net';
 // Only the checksum modules: the chunk server needs no erasure-coding backend in memory.
 import { chunkAlignedRange } from '../codec/checksum.js';
-import { assert } from '../common/assert.js';
 import type { Logger } from '../common/log.js';
 import {
   checkShardId,
