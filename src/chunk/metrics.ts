@@ -125,17 +125,26 @@ export class MetricsEndpoint {
       response.writeHead(status, { 'content-type': 'text/plain; charset=utf-8', ...headers });
       response.end(body);
     };
-    if (path !== '/metrics') return reply(404, 'not found: the metrics are at /metrics\n');
-    if (request.method !== 'GET' && request.method !== 'HEAD')
-      return reply(405, 'method not allowed\n', { allow: 'GET, HEAD' });
-    if (this.scrapes >= MAX_CONCURRENT_SCRAPES) return reply(503, 'too many scrapes at once\n');
+    if (path !== '/metrics') {
+      reply(404, 'not found: the metrics are at /metrics\n');
+      return;
+    }
+    if (request.method !== 'GET' && request.method !== 'HEAD') {
+      reply(405, 'method not allowed\n', { allow: 'GET, HEAD' });
+      return;
+    }
+    if (this.scrapes >= MAX_CONCURRENT_SCRAPES) {
+      reply(503, 'too many scrapes at once\n');
+      return;
+    }
     this.scrapes++;
     response.once('close', () => this.scrapes--);
     let body: string;
     try {
       body = this.render();
     } catch (error) {
-      return reply(500, `metrics unavailable: ${(error as Error).message}\n`);
+      reply(500, `metrics unavailable: ${(error as Error).message}\n`);
+      return;
     }
     reply(200, body, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
   }
