@@ -113,13 +113,17 @@ describe('namespace and leader discovery', () => {
       count: 1_000_000,
     });
     const c = new DogfsClient({ meta: ['127.0.0.1:1', survivor.address], timeoutMs: 800 });
-    await rejectsWith(
-      c.stat('/'),
-      'NO_QUORUM',
-      /^metadata service has no quorum: Stat not served within \d+ ms \(127\.0\.0\.1:1: unreachable; .*electing a leader/,
-    );
-    c.close();
-    await survivor.close();
+    // Closed whatever the outcome: a failed assertion must fail this test, not hang the file.
+    try {
+      await rejectsWith(
+        c.stat('/'),
+        'NO_QUORUM',
+        /^metadata service has no quorum: Stat not served within \d+ ms \(127\.0\.0\.1:1: unreachable; .*electing a leader/,
+      );
+    } finally {
+      c.close();
+      await survivor.close();
+    }
   });
 
   test('no server reachable: UNAVAILABLE naming the seeds', async () => {
