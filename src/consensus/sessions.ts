@@ -75,17 +75,22 @@ export class ClientSessions<R> {
       this.sessions.set(cmd.clientId, s);
       this.evictBeyondLimit(cmd.clientId);
     }
-    s.lastActive = this.latestTime;
+    this.touch(cmd.clientId, s);
     if (cmd.ackedBelow > s.floor) {
       for (const seq of s.results.keys()) if (seq < cmd.ackedBelow) s.results.delete(seq);
       s.floor = cmd.ackedBelow;
     }
     if (s.results.has(cmd.seq)) return { kind: 'duplicate', result: s.results.get(cmd.seq) as R };
-    if (cmd.seq < s.floor || cmd.seq <= s.highest) return { kind: 'result_forgotten' };
+    // Every applied seq at or above the floor has its result kept, so a seq at or above the floor without
+    // one never ran: it may run now even below `highest` (a client's concurrent calls may be proposed out
+    // of order, e.g. after one was retried on a new leader).
+    if (cmd.seq < s.floor) return { kind: 'result_forgotten' };
     const result = execute();
-    s.highest = cmd.seq;
+    if (cmd.seq > s.highest) s.highest = cmd.seq;
     s.results.set(cmd.seq, result);
     while (s.results.size > this.limits.maxResultsPerClient) {
+      // The first result kept (nearly always the lowest seq) goes, and the floor rises past it: a seq
+      // below the floor that never ran is refused rather than possibly run twice.
       const oldest = s.results.keys().next().value as number;
       s.results.delete(oldest);
       if (oldest >= s.floor) s.floor = oldest + 1;
@@ -113,7 +118,9 @@ export class ClientSessions<R> {
   static restore<R>(limits: SessionLimits, snap: SessionsSnapshot<R>): ClientSessions<R> {
     const out = new ClientSessions<R>(limits);
     out.latestTime = snap.latestTime;
-    for (const s of snap.sessions) {
+    // The table is kept in order of activity (see touch); a stable sort keeps an ordered snapshot as it is.
+    const ordered = [...snap.sessions].sort((a, b) => a.lastActive - b.lastActive);
+    for (const s of ordered) {
       out.sessions.set(s.clientId, {
         lastActive: s.lastActive,
         floor: s.floor,
@@ -124,25 +131,35 @@ export class ClientSessions<R> {
     return out;
   }
 
+  /**
+   * Marks a session active now and moves it to the end of the table, which therefore stays ordered by
+   * lastActive (command time never runs backwards): expiry and eviction look only at its front instead of
+   * scanning every session for every command.
+   */
+  private touch(clientId: string, s: Session<R>): void {
+    s.lastActive = this.latestTime;
+    this.sessions.delete(clientId);
+    this.sessions.set(clientId, s);
+  }
+
   private expire(): void {
     for (const [id, s] of this.sessions) {
-      if (this.latestTime - s.lastActive > this.limits.ttl) this.sessions.delete(id);
+      if (this.latestTime - s.lastActive <= this.limits.ttl) return;
+      this.sessions.delete(id);
     }
   }
 
   private evictBeyondLimit(keep: string): void {
     while (this.sessions.size > this.limits.maxSessions) {
+      // The least recently active are at the front; among those tied on time the smallest id goes, so
+      // every replica evicts the same session.
       let victim: string | undefined;
-      let oldest = Number.POSITIVE_INFINITY;
+      let oldest: number | undefined;
       for (const [id, s] of this.sessions) {
-        // Ties broken by id so every replica evicts the same session.
-        if (
-          id !== keep &&
-          (s.lastActive < oldest || (s.lastActive === oldest && victim !== undefined && id < victim))
-        ) {
-          oldest = s.lastActive;
-          victim = id;
-        }
+        if (id === keep) continue;
+        if (oldest === undefined) oldest = s.lastActive;
+        else if (s.lastActive !== oldest) break;
+        if (victim === undefined || id < victim) victim = id;
       }
       if (victim === undefined) return;
       this.sessions.delete(victim);

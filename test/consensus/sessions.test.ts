@@ -79,3 +79,36 @@ test('sessions: at most maxResultsPerClient results are kept per client', () => 
     { kind: 'result_forgotten' },
   );
 });
+
+test('sessions: concurrent calls of one client may apply out of order, each exactly once', () => {
+  const s = new ClientSessions<number>(limits);
+  let runs = 0;
+  const exec = () => ++runs;
+  s.apply({ clientId: 'a', seq: 1, ackedBelow: 1, time: 0 }, exec);
+  // seq 3 overtakes seq 2 (e.g. 2 was retried on a new leader): both run, once.
+  assert.equal(s.apply({ clientId: 'a', seq: 3, ackedBelow: 1, time: 1 }, exec).kind, 'applied');
+  assert.equal(s.apply({ clientId: 'a', seq: 2, ackedBelow: 1, time: 2 }, exec).kind, 'applied');
+  assert.deepEqual(s.apply({ clientId: 'a', seq: 3, ackedBelow: 1, time: 3 }, exec), {
+    kind: 'duplicate',
+    result: 2,
+  });
+  assert.deepEqual(s.apply({ clientId: 'a', seq: 2, ackedBelow: 1, time: 3 }, exec), {
+    kind: 'duplicate',
+    result: 3,
+  });
+  assert.equal(runs, 3);
+});
+
+test('sessions: expiry keeps the recently active, whatever order the sessions began in', () => {
+  const s = new ClientSessions<number>({ ttl: 100, maxSessions: 100, maxResultsPerClient: 3 });
+  for (let i = 0; i < 50; i++) s.apply({ clientId: `c${i}`, seq: 1, ackedBelow: 1, time: i }, () => i);
+  // c0 is active again at 55; at 125 the sessions last active before 25 have been idle for over 100.
+  s.apply({ clientId: 'c0', seq: 2, ackedBelow: 2, time: 55 }, () => 0);
+  s.apply({ clientId: 'late', seq: 1, ackedBelow: 1, time: 125 }, () => 0);
+  assert.deepEqual(
+    s.snapshot().sessions.map((x) => x.clientId),
+    [...Array.from({ length: 25 }, (_, i) => `c${25 + i}`), 'c0', 'late'],
+  );
+  const restored = ClientSessions.restore(limits, s.snapshot());
+  assert.deepEqual(restored.snapshot(), s.snapshot());
+});

@@ -22,6 +22,8 @@ export class KvClient {
   private readonly leaders = new Map<number, string>();
   /** Sessions live in each group's state machine, so sequence numbers are counted per group. */
   private readonly seqByGroup = new Map<number, number>();
+  /** Per group, the sequence numbers sent whose outcome is not known yet. */
+  private readonly outstanding = new Map<number, Set<number>>();
 
   constructor(
     private readonly addrs: readonly string[],
@@ -81,12 +83,23 @@ export class KvClient {
     const group = groupOfKey(input.key, this.groups);
     const seq = (this.seqByGroup.get(group) ?? 0) + 1;
     this.seqByGroup.set(group, seq);
+    let outstanding = this.outstanding.get(group);
+    if (outstanding === undefined) {
+      outstanding = new Set();
+      this.outstanding.set(group, outstanding);
+    }
+    outstanding.add(seq);
+    // Only the calls answered may be forgotten by the server: concurrent calls of this client are below
+    // `seq` and still unanswered (claiming `seq` here had the server refuse them when they came late).
+    let ackedBelow = seq;
+    for (const s of outstanding) if (s < ackedBelow) ackedBelow = s;
     const command = encoder.encode(
-      JSON.stringify({ clientId: this.clientId, seq, ackedBelow: seq, time: Date.now(), input }),
+      JSON.stringify({ clientId: this.clientId, seq, ackedBelow, time: Date.now(), input }),
     );
+    // Answered or given up on: never retried after this.
     const response = await this.attempt(input.key, deadline, (c) =>
       c.call(RaftKvService, 'Propose', { command }, { deadline }),
-    );
+    ).finally(() => outstanding.delete(seq));
     const result = JSON.parse(decoder.decode(response.result)) as KvApplyResult;
     if (result.kind !== 'ok')
       throw new DogfsError('FAILED_PRECONDITION', `command refused: ${result.reason}`);
