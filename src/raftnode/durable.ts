@@ -1,6 +1,6 @@
 /**
  * raftnode/durable — the durable HostStorage: one append-only log file (DIR/raft.log) shared by every
- * hosted group, so a Ready round of all groups costs one write + one fdatasync (group commit).
+ * hosted group, so a Ready round of all groups costs one durable (O_DSYNC) write (group commit).
  *
  * Record framing: [u32 payload length][u32 CRC32C of those 4 length bytes][u32 CRC32C of payload][payload =
  * WalRecord protobuf]. The length has its own checksum so a damaged length can never pass for a torn tail
@@ -14,6 +14,7 @@
  */
 import {
   closeSync,
+  constants,
   fsyncSync,
   openSync,
   readdirSync,
@@ -46,6 +47,12 @@ const HEADER_BYTES = 12;
 /** No single record may claim more than this: a larger length is corruption, not a record. */
 const MAX_RECORD_BYTES = 64 << 20;
 const REWRITE_THRESHOLD_BYTES = 256 << 20;
+/**
+ * The log is opened with O_DSYNC: a write returns once its data is durable, so a round's records cost one
+ * writev (one trip to the thread pool) instead of a writev and then an fdatasync (two trips, each waiting
+ * for the event loop to come back to it; ~0.3 ms more per round on a loaded machine).
+ */
+const LOG_FLAGS = constants.O_RDWR | constants.O_APPEND | constants.O_CREAT | constants.O_DSYNC;
 
 export class WalCorruptError extends Error {
   override name = 'WalCorruptError';
@@ -120,7 +127,7 @@ export class DurableStorage implements HostStorage {
     }
     const mirrors = new Map<number, Mirror>();
     const validBytes = DurableStorage.replay(dir, bytes, mirrors);
-    const handle = await open(path, 'a+');
+    const handle = await open(path, LOG_FLAGS);
     if (validBytes < bytes.byteLength) {
       await handle.truncate(validBytes);
       await handle.datasync();
@@ -240,8 +247,8 @@ export class DurableStorage implements HostStorage {
     this.pending = [];
     let bytes = 0;
     for (const b of buffers) bytes += b.byteLength;
-    await this.handle.writev(buffers);
-    await this.handle.datasync();
+    const { bytesWritten } = await this.handle.writev(buffers);
+    assert(bytesWritten === bytes, `short write to the raft log: ${bytesWritten} of ${bytes} bytes`);
     this.size += bytes;
     if (this.size > REWRITE_THRESHOLD_BYTES) await this.rewrite();
   }
@@ -269,7 +276,7 @@ export class DurableStorage implements HostStorage {
     await this.handle.close();
     renameSync(tmp, path);
     fsyncDir(this.dir);
-    this.handle = await open(path, 'a+');
+    this.handle = await open(path, LOG_FLAGS);
     this.size = size;
     this.removeUnreferencedSnapshots();
   }
