@@ -27,6 +27,11 @@ const MAX_PENDING_FRAMES = 64;
 /** After a failed connection, how long batches are dropped before the next attempt. */
 const RECONNECT_DELAY_MS = 100;
 const ENDPOINT_TIMEOUT_MS = 1000;
+/**
+ * A connection holding unsent data on which nothing has moved for this long is stuck (a peer gone without
+ * a reset, its receive window full): it is dropped and made again.
+ */
+const STALL_TIMEOUT_MS = 5000;
 const LENGTH_BYTES = 4;
 
 /** Encodes one batch as a frame. */
@@ -204,6 +209,12 @@ export class FramePeer {
         socket.on('error', (error) => this.log.debug('raft connection failed', { to: this.addr, error }));
         socket.once('close', () => {
           if (this.socket === socket) this.failed(undefined);
+        });
+        socket.setTimeout(STALL_TIMEOUT_MS, () => {
+          // Idle is fine (a follower sends nothing to the other followers); unsent data is a stall.
+          if (socket.writableLength === 0) return;
+          this.log.warn('raft connection stalled; reconnecting', { to: this.addr });
+          socket.destroy();
         });
         // The peer never writes on this connection; reading keeps a half-closed socket from lingering.
         socket.resume();
