@@ -19,9 +19,15 @@ import { RpcServer } from '../../src/wire/rpc.js';
 import { decodeCommand, KvStateMachine } from '../consensus/sim/kv.js';
 
 const encoder = new TextEncoder();
+/**
+ * Room for bench:raft's load: up to 256 workers share 8 client sessions, so a session has ~32 calls in
+ * flight. With the simulator's 4 kept results, a late call of such a session finds its seq below the floor
+ * and is refused (the c=256 errors).
+ */
+const SESSION_LIMITS = { ttl: 1e12, maxSessions: 1000, maxResultsPerClient: 1024 };
 
 class KvMachineAdapter implements StateMachine {
-  machine = new KvStateMachine();
+  machine = new KvStateMachine(SESSION_LIMITS);
   apply(_index: LogIndex, command: Uint8Array): Uint8Array {
     return encoder.encode(JSON.stringify(this.machine.apply(decodeCommand(command))));
   }
@@ -29,7 +35,7 @@ class KvMachineAdapter implements StateMachine {
     return this.machine.snapshot();
   }
   restore(data: Uint8Array): void {
-    this.machine = KvStateMachine.restore(data);
+    this.machine = KvStateMachine.restore(data, SESSION_LIMITS);
   }
 }
 

@@ -58,7 +58,12 @@ interface KvSnapshot {
 
 export class KvStateMachine {
   private data = new Map<string, string>();
-  private sessions = new ClientSessions<KvOutput>(SIM_SESSION_LIMITS);
+  private sessions: ClientSessions<KvOutput>;
+
+  /** The simulator's limits are small to exercise forgetting; real processes pass room for their load. */
+  constructor(limits: SessionLimits = SIM_SESSION_LIMITS) {
+    this.sessions = new ClientSessions<KvOutput>(limits);
+  }
 
   apply(cmd: KvCommand): KvApplyResult {
     const outcome = this.sessions.apply(cmd, () => {
@@ -86,12 +91,12 @@ export class KvStateMachine {
     return encoder.encode(JSON.stringify(snap));
   }
 
-  static restore(bytes: Uint8Array): KvStateMachine {
-    const sm = new KvStateMachine();
+  static restore(bytes: Uint8Array, limits: SessionLimits = SIM_SESSION_LIMITS): KvStateMachine {
+    const sm = new KvStateMachine(limits);
     if (bytes.byteLength === 0) return sm;
     const snap = JSON.parse(decoder.decode(bytes)) as KvSnapshot;
     sm.data = new Map(snap.data);
-    sm.sessions = ClientSessions.restore(SIM_SESSION_LIMITS, snap.sessions);
+    sm.sessions = ClientSessions.restore(limits, snap.sessions);
     return sm;
   }
 }
