@@ -16,6 +16,7 @@ import type { Logger } from '../common/log.js';
 import {
   asIndex,
   bootstrapSnapshot,
+  type ConfChange,
   defaultConfig,
   emptyHardState,
   type LogIndex,
@@ -64,6 +65,13 @@ export interface RaftHostOptions {
   readonly configure?: (config: RaftConfig) => RaftConfig;
   /** Applied entries beyond the last snapshot after which a group snapshots its state machine. */
   readonly snapshotEvery?: number;
+  /**
+   * This node joins groups that already run elsewhere: a group without stored state starts with no
+   * members (it never campaigns) and is brought up to date by the leader's snapshot once the leader adds
+   * it (changeMembership addLearner, then promote). Without it, a new group is bootstrapped with every
+   * peer as voter.
+   */
+  readonly joining?: boolean;
 }
 
 export interface GroupStatus {
@@ -154,7 +162,7 @@ export class RaftHost {
     const storage = this.options.storage.group(groupId);
     let state = storage.load();
     if (state === undefined) {
-      const snapshot = bootstrapSnapshot(this.options.peers.map((p) => p.nodeId));
+      const snapshot = bootstrapSnapshot(this.options.joining ? [] : this.options.peers.map((p) => p.nodeId));
       storage.saveSnapshot(snapshot);
       storage.setHardState(emptyHardState());
       state = { hardState: emptyHardState(), snapshot, entries: [] };
@@ -327,21 +335,19 @@ export class RaftHost {
       if (entry.index <= group.applied) continue;
       group.applied = entry.index;
       const pending = group.proposals.get(entry.index);
-      if (entry.kind !== 'normal' || entry.data.byteLength === 0) {
+      if (entry.kind === 'config') {
+        // A membership change took effect (when appended); its proposer learns that it is committed.
+        this.log.info('raft membership committed', { group: group.id, index: entry.index, ...entry.config });
+        if (pending) this.settle(group, entry.index, entry.term, undefined);
+        continue;
+      }
+      if (entry.data.byteLength === 0) {
         if (pending) this.failProposal(group, entry.index, 'leadership changed before the command committed');
         continue;
       }
       const result = group.machine.apply(entry.index, entry.data);
       this.counters.applied++;
-      if (pending) {
-        group.proposals.delete(entry.index);
-        clearTimeout(pending.timer);
-        if (pending.term === entry.term) pending.resolve(result);
-        else
-          pending.reject(
-            new DogfsError('UNAVAILABLE', 'leadership changed before the command committed; retry'),
-          );
-      }
+      if (pending) this.settle(group, entry.index, entry.term, result);
     }
     for (const rs of rd.readStates) {
       const read = group.reads.get(rs.ctx);
@@ -377,6 +383,17 @@ export class RaftHost {
     const meta = group.raft.compact(group.applied, data);
     this.options.storage.group(group.id).saveSnapshot({ meta, data });
     this.log.info('raft snapshot', { group: group.id, index: meta.index, bytes: data.byteLength });
+  }
+
+  /** Answers the proposal at `index` with `result`, unless another leader's entry took its place. */
+  private settle(group: Group, index: LogIndex, term: Term, result: unknown): void {
+    const pending = group.proposals.get(index);
+    if (!pending) return;
+    group.proposals.delete(index);
+    clearTimeout(pending.timer);
+    if (pending.term === term) pending.resolve(result);
+    else
+      pending.reject(new DogfsError('UNAVAILABLE', 'leadership changed before the command committed; retry'));
   }
 
   private failProposal(group: Group, index: LogIndex, why: string): void {
@@ -450,22 +467,66 @@ export class RaftHost {
       }
     }
     this.counters.proposals++;
+    return this.awaitCommit(group, result.index, result.term, deadline);
+  }
+
+  /** Resolves with the result of the entry at `index` once applied here (proposed by this node in `term`). */
+  private awaitCommit(group: Group, index: LogIndex, term: Term, deadline: number): Promise<unknown> {
     this.scheduleRound();
     return new Promise((resolve, reject) => {
       const timer = setTimeout(
         () => {
-          group.proposals.delete(result.index);
+          group.proposals.delete(index);
           reject(
             new DogfsError(
               'DEADLINE_EXCEEDED',
-              `group ${groupId}: command not committed before the deadline`,
+              `group ${group.id}: command not committed before the deadline`,
             ),
           );
         },
         Math.max(0, deadline - Date.now()),
       );
-      group.proposals.set(result.index, { term: result.term, resolve, reject, timer });
+      group.proposals.set(index, { term, resolve, reject, timer });
     });
+  }
+
+  /** Makes `peer` known (its address), so this node can talk to it once a group adds it as a member. */
+  addPeer(peer: PeerInfo): void {
+    const known = this.addrOf.get(peer.nodeId);
+    if (known !== undefined && known !== peer.addr) {
+      throw new DogfsError('ALREADY_EXISTS', `raft node ${peer.nodeId} is already known at ${known}`);
+    }
+    this.addrOf.set(peer.nodeId, peer.addr);
+  }
+
+  /**
+   * Changes a group's membership, one server at a time (consensus/raft.ts says why): add a learner (it
+   * catches up, by snapshot if need be, without voting), promote it to voter, or remove a member. Must be
+   * called on the group's leader; resolves once the change is committed. The node must be known (addPeer).
+   */
+  changeMembership(groupId: number, change: ConfChange, deadline: number): Promise<void> {
+    const group = this.group(groupId);
+    if (!this.addrOf.has(change.node)) {
+      return Promise.reject(
+        new DogfsError(
+          'FAILED_PRECONDITION',
+          `raft node ${change.node} has no known address (addPeer first)`,
+        ),
+      );
+    }
+    const result = group.raft.proposeConfChange(change);
+    if (!result.ok) {
+      if (result.code === 'not_leader') return Promise.reject(this.noLeaderError(group));
+      const code = result.code === 'invalid_change' ? 'FAILED_PRECONDITION' : 'UNAVAILABLE';
+      const detail = 'detail' in result ? `: ${result.detail}` : '';
+      return Promise.reject(
+        new DogfsError(
+          code,
+          `group ${groupId}: membership change ${change.type} ${change.node} refused (${result.code}${detail})`,
+        ),
+      );
+    }
+    return this.awaitCommit(group, result.index, result.term, deadline).then(() => undefined);
   }
 
   /** Resolves once this replica's state machine reflects every command committed before the call (ReadIndex). */

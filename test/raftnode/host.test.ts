@@ -28,6 +28,7 @@ class KvMachine implements StateMachine {
 
 interface Node {
   id: NodeId;
+  addr: string;
   host: RaftHost;
   server: RpcServer;
   machines: Map<number, KvMachine>;
@@ -41,7 +42,7 @@ after(async () => {
   }
 });
 
-async function startCluster(size: number, groups: number[]): Promise<Node[]> {
+async function startCluster(size: number, groups: number[], snapshotEvery?: number): Promise<Node[]> {
   const servers: RpcServer[] = [];
   const addrs: string[] = [];
   for (let i = 0; i < size; i++) {
@@ -59,6 +60,7 @@ async function startCluster(size: number, groups: number[]): Promise<Node[]> {
       storage: new MemoryStorage(),
       log: createLogger('warn', { node: id }),
       tickMs: 20,
+      ...(snapshotEvery === undefined ? {} : { snapshotEvery }),
     });
     const machines = new Map<number, KvMachine>();
     for (const g of groups) {
@@ -67,7 +69,7 @@ async function startCluster(size: number, groups: number[]): Promise<Node[]> {
       host.addGroup(g, m);
     }
     host.start(servers[i]!);
-    started.push({ id, host, server: servers[i]!, machines });
+    started.push({ id, addr: addrs[i]!, host, server: servers[i]!, machines });
   }
   nodes.push(...started);
   return started;
@@ -150,4 +152,55 @@ test('with a majority gone, proposals and reads fail with NO_QUORUM within their
     15_000,
   );
   assert.match(error.message, /majority of metadata servers is unreachable/);
+});
+
+test('a joining host is added as learner, caught up by snapshot, promoted, and removed again', async () => {
+  // Snapshots every 10 entries: the leader's log no longer reaches back, so the learner needs a snapshot.
+  const cluster = await startCluster(3, [5], 10);
+  const leader = await waitFor('leader', () => leaderOf(cluster, 5), 10_000);
+  for (let i = 0; i < 30; i++) await leader.host.propose(5, Buffer.from(`k${i}=${i}`), Date.now() + 5000);
+
+  // The new host knows everyone; it starts with no members and waits to be added.
+  const server = new RpcServer();
+  const addr = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
+  const id = asNodeId(4);
+  const host = new RaftHost({
+    nodeId: id,
+    peers: [...cluster.map((n) => ({ nodeId: n.id, addr: n.addr })), { nodeId: id, addr }],
+    storage: new MemoryStorage(),
+    log: createLogger('warn', { node: id }),
+    tickMs: 20,
+    snapshotEvery: 10,
+    joining: true,
+  });
+  let restores = 0;
+  const machine = new (class extends KvMachine {
+    override restore(data: Uint8Array): void {
+      restores++;
+      super.restore(data);
+    }
+  })();
+  host.addGroup(5, machine);
+  host.start(server);
+  nodes.push({ id, addr, host, server, machines: new Map([[5, machine]]) });
+  assert.equal(host.status(5).members.length, 0, 'a joining replica starts with no members');
+
+  // Unknown to the cluster: refused with a clear error, nothing changes.
+  await assert.rejects(
+    leader.host.changeMembership(5, { type: 'addLearner', node: id }, Date.now() + 5000),
+    (e: unknown) => e instanceof DogfsError && e.code === 'FAILED_PRECONDITION',
+  );
+  for (const n of cluster) n.host.addPeer({ nodeId: id, addr });
+  await leader.host.changeMembership(5, { type: 'addLearner', node: id }, Date.now() + 5000);
+  await waitFor('the learner catches up', () => machine.data.get('k29') === '29', 10_000);
+  assert.ok(restores >= 1, 'the learner was caught up by a snapshot');
+  await leader.host.changeMembership(5, { type: 'promote', node: id }, Date.now() + 5000);
+  assert.deepEqual([...leader.host.status(5).members].sort(), [1, 2, 3, 4]);
+  await leader.host.propose(5, Buffer.from('after=1'), Date.now() + 5000);
+  await waitFor('the new voter applies new commands', () => machine.data.get('after') === '1', 10_000);
+
+  // A second change while none is pending works; removing the new member leaves three voters.
+  await leader.host.changeMembership(5, { type: 'remove', node: id }, Date.now() + 5000);
+  assert.deepEqual([...leader.host.status(5).members].sort(), [1, 2, 3]);
+  await leader.host.propose(5, Buffer.from('last=1'), Date.now() + 5000);
 });
