@@ -19,7 +19,7 @@ import {
 } from '../client/index.js';
 import { AddressError, parseAddressList } from '../common/address.js';
 import { EcPolicyError, parseEcPolicy } from '../common/ec-policy.js';
-import { DogfsError, type ErrorCode } from '../wire/errors.js';
+import { DogfsError, type ErrorCode, toDogfsError } from '../wire/errors.js';
 import type { ClusterReportResponse } from '../wire/gen/types.js';
 import { parseFlags, parseIntFlag, UsageError } from './args.js';
 
@@ -507,8 +507,8 @@ function formatReport(report: ClusterReportResponse): string {
 
 /** Deadline of each metadata call of a repair. */
 const REPAIR_CALL_MS = 60_000;
-/** Passes over the damaged-file list of `admin repair` without a PATH. */
-const MAX_REPAIR_PASSES = 1000;
+/** Report pages (of up to 1000 damaged files) one `admin repair` without a PATH goes through. */
+const MAX_REPAIR_PAGES = 100_000;
 
 function formatRepair(o: RepairOutcome): string {
   if (o.damagedBlockGroups === 0) return `${o.path}: no missing shards`;
@@ -583,6 +583,7 @@ async function admin(ctx: Context, argv: string[]): Promise<string | undefined> 
     const { flags, positionals } = parseFlags(rest, { json: { type: 'boolean' }, meta: { type: 'string' } });
     if (positionals.length > 1) throw new UsageError('admin repair takes at most one PATH');
     const outcomes: RepairOutcome[] = [];
+    const failed: string[] = [];
     const report = async (outcome: RepairOutcome) => {
       outcomes.push(outcome);
       if (!flags.json) await print(ctx.stdout, `${formatRepair(outcome)}\n`);
@@ -590,25 +591,28 @@ async function admin(ctx: Context, argv: string[]): Promise<string | undefined> 
     if (positionals[0] !== undefined) {
       await report(await ctx.client.repair(normalizePath(positionals[0]), { timeoutMs: REPAIR_CALL_MS }));
     } else {
-      // Every damaged file the cluster leader knows of, page by page (a report names at most 1000), until a
-      // pass repairs nothing more.
-      const attempted = new Set<string>();
-      for (let pass = 0; pass < MAX_REPAIR_PASSES; pass++) {
-        const damaged = (await ctx.client.report()).filesWithMissingShards.filter((p) => !attempted.has(p));
+      // Every damaged file the cluster leader knows of, page by page in the namespace's walk order (a
+      // report names at most 1000); one file that cannot be repaired does not stop the others.
+      let after = '';
+      for (let page = 0; page < MAX_REPAIR_PAGES; page++) {
+        const damaged = (await ctx.client.report({ damagedAfter: after })).filesWithMissingShards;
         if (damaged.length === 0) break;
         for (const path of damaged) {
-          attempted.add(path);
           try {
             await report(await ctx.client.repair(path, { timeoutMs: REPAIR_CALL_MS }));
           } catch (error) {
+            const e = toDogfsError(error);
             // Deleted or replaced since the report: nothing left to repair there.
-            if (!(error instanceof DogfsError && error.code === 'NOT_FOUND')) throw error;
+            if (e.code === 'NOT_FOUND') continue;
+            failed.push(`${path}: ${e.message}`);
+            if (!flags.json) await print(ctx.stdout, `${path}: not repaired: ${e.message}\n`);
           }
         }
+        after = damaged[damaged.length - 1]!;
       }
     }
     if (flags.json) await print(ctx.stdout, `${JSON.stringify(outcomes, null, 2)}\n`);
-    const left = outcomes.flatMap((o) => o.unrepaired.map((u) => `${o.path}: ${u}`));
+    const left = [...failed, ...outcomes.flatMap((o) => o.unrepaired.map((u) => `${o.path}: ${u}`))];
     if (left.length > 0)
       throw new DogfsError('UNAVAILABLE', `${left.length} shard(s) could not be repaired, first: ${left[0]}`);
     if (!flags.json && positionals[0] === undefined)

@@ -170,8 +170,9 @@ export class DogfsClient {
   }
 
   /** Groups, leaders and terms; chunk servers and their state; files missing shards. */
-  report(options: MetaCallOptions = {}): Promise<ClusterReportResponse> {
-    return this.meta.call('ClusterReport', {}, options);
+  report(options: MetaCallOptions & { damagedAfter?: string } = {}): Promise<ClusterReportResponse> {
+    const { damagedAfter, ...callOptions } = options;
+    return this.meta.call('ClusterReport', { damagedAfter: damagedAfter ?? '' }, callOptions);
   }
 
   /**

@@ -5,11 +5,13 @@
  * K surviving shards of each damaged block group in windows, decodes the missing ones (Reed-Solomon is
  * byte-column-wise, so any row window of the shards is a set of codewords), streams them to their new
  * servers, and commits the new locations (CommitRepair, a compare-and-set on each shard's old holder).
- * The namespace checks each rebuilt shard's CRC32C against the one recorded at write time, so a wrong
- * decode can never be committed. A source that fails while being read is named as a suspect in the next
+ * Every source is checked end to end against the CRC32C recorded when it was written (besides the chunk
+ * checksums the transport verifies), so a wrong decode is never written; the metadata service then checks
+ * each rebuilt shard on its new server before committing it. A source that fails while being read is named as a suspect in the next
  * plan, which then rebuilds it too (bounded rounds). Memory: one window per shard plus the transport's.
  */
 import { createCodec } from '../codec/backends.js';
+import { crc32c } from '../codec/crc32c.js';
 import { assert } from '../common/assert.js';
 import { DogfsError, toDogfsError } from '../wire/errors.js';
 import type { BlockGroup, BlockGroupRepair, ShardId, ShardLocation } from '../wire/gen/types.js';
@@ -126,6 +128,7 @@ async function rebuildBlockGroup(
       { deadline },
     ),
     carry: { rest: null as Uint8Array | null },
+    crc: 0,
   }));
   const writes = new Map<number, { location: ShardLocation; handle: ShardWriteHandle }>();
   for (const target of plan.targets) {
@@ -155,7 +158,14 @@ async function rebuildBlockGroup(
       await Promise.all(
         reads.map(async (read) => {
           try {
-            rows[read.location.index] = await readExactly(read.handle, read.carry, length);
+            const row = await readExactly(read.handle, read.carry, length);
+            read.crc = crc32c(row, read.crc);
+            if (offset + length === shardLength && read.crc !== read.location.crc32c)
+              throw new DogfsError(
+                'CORRUPT',
+                `shard ${read.location.index} reads back with crc32c ${read.crc}, recorded ${read.location.crc32c}`,
+              );
+            rows[read.location.index] = row;
           } catch (error) {
             throw new SourceFailed(
               { blockGroupId: bg.id, index: read.location.index, generation: read.location.generation },
@@ -244,32 +254,45 @@ export async function repairFile(
       try {
         result = await rebuildBlockGroup(context, group, replicate, options, progress);
       } catch (error) {
-        if (!(error instanceof SourceFailed)) throw error;
-        const key = `${error.shard.blockGroupId}:${error.shard.index}`;
-        if (suspects.has(key)) throw error.error;
-        suspects.set(key, error.shard);
-        replan = true;
-        break;
+        if (error instanceof SourceFailed) {
+          const key = `${error.shard.blockGroupId}:${error.shard.index}`;
+          if (!suspects.has(key)) {
+            suspects.set(key, error.shard);
+            replan = true;
+            break;
+          }
+        }
+        // This block group cannot be repaired now (too few survivors, ...): the others still can.
+        const e = error instanceof SourceFailed ? error.error : toDogfsError(error);
+        unrepaired.push(`block group ${bg.id}: ${e.message}`);
+        continue;
       }
       unrepaired.push(...result.failures);
       if (result.rebuilt.length === 0) continue;
-      await context.meta.mutate(
-        context.session,
-        'CommitRepair',
-        {
-          path,
-          inodeId: plan.inode.id,
-          blockGroupId: bg.id,
-          shards: result.rebuilt.map((r) => ({
-            index: r.location.index,
-            chunkServerId: r.location.chunkServerId,
-            replaces: bg.shards.find((s) => s.index === r.location.index)?.chunkServerId ?? '',
-            length: r.length,
-            crc32c: r.crc32c,
-          })),
-        },
-        options,
-      );
+      try {
+        await context.meta.mutate(
+          context.session,
+          'CommitRepair',
+          {
+            path,
+            inodeId: plan.inode.id,
+            blockGroupId: bg.id,
+            shards: result.rebuilt.map((r) => ({
+              index: r.location.index,
+              chunkServerId: r.location.chunkServerId,
+              replaces: bg.shards.find((s) => s.index === r.location.index)?.chunkServerId ?? '',
+              length: r.length,
+              crc32c: r.crc32c,
+            })),
+          },
+          options,
+        );
+      } catch (error) {
+        // Lost a race (another repair, an overwrite) or the service refused: the rebuilt copies stay as
+        // orphans on their servers; this block group is reported as not repaired.
+        unrepaired.push(`block group ${bg.id}: commit refused: ${toDogfsError(error).message}`);
+        continue;
+      }
       shardsRebuilt += result.rebuilt.length;
       if (result.rebuilt.length === group.missing.length) repairedGroups.add(bg.id);
     }

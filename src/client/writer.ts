@@ -51,8 +51,8 @@ export interface WriterContext {
  * bytes have arrived, and every shard is announced with its exact length: the writer then buffers up to
  * this many bytes before each block group (so such streams use block groups of at most this size).
  */
-/** Lease renewals come at least this far apart. */
-const MIN_RENEW_MS = 1000;
+/** Lease renewals come at least this far apart (a lease is at least 1 s; renewals come every quarter). */
+const MIN_RENEW_MS = 250;
 /** Deadline of the AbandonFile call a failed stream makes on its way out. */
 const ABANDON_TIMEOUT_MS = 5000;
 export const UNKNOWN_SIZE_WINDOW_BYTES = 16 * 1024 * 1024;
@@ -344,7 +344,7 @@ export class FileWriteStream extends Writable {
         this.replicate = created.inode.ec.startsWith('replicate-');
         // The lease runs from the create's time (the pending inode's ctime) to leaseExpiresMs.
         const leaseMs = created.leaseExpiresMs - created.inode.ctimeMs;
-        this.renewTimer = setInterval(() => this.renewLease(), Math.max(MIN_RENEW_MS, leaseMs / 3));
+        this.renewTimer = setInterval(() => this.renewLease(), Math.max(MIN_RENEW_MS, leaseMs / 4));
         this.renewTimer.unref();
       })
       .then(
@@ -402,6 +402,9 @@ export class FileWriteStream extends Writable {
       .then(
         () => undefined,
         (error: unknown) => {
+          // A renewal that lands after CompleteFile (retried through a leader change) finds no pending
+          // file: the write is done, not lost.
+          if (this.completeCalled || this.destroyed) return;
           const e = toDogfsError(error);
           if (e.code === 'FAILED_PRECONDITION' || e.code === 'NOT_FOUND') this.destroy(this.pathError(e));
           // Anything else (no quorum for a while) is retried by the next tick.
@@ -603,6 +606,8 @@ export class FileWriteStream extends Writable {
       'every byte in a block group',
     );
     assert(this.inode !== undefined, 'file created');
+    clearInterval(this.renewTimer);
+    await this.renewing;
     this.completeCalled = true;
     const completed = await this.context.meta.mutate(
       this.context.session,

@@ -21,7 +21,7 @@ import { randomInt } from 'node:crypto';
 import type { Logger } from '../common/log.js';
 import type { LogIndex } from '../consensus/index.js';
 import type { RaftHost, StateMachine } from '../raftnode/host.js';
-import { DogfsError } from '../wire/errors.js';
+import { DogfsError, toDogfsError } from '../wire/errors.js';
 import type { MetadataMethods } from '../wire/gen/types.js';
 import {
   type BlockGroup,
@@ -40,6 +40,7 @@ import {
   type ClusterResult,
   type ClusterSettings,
   ClusterState,
+  compareNames,
   encodeClusterCommand,
   encodeNamespaceCommand,
   type Failure,
@@ -66,8 +67,18 @@ const MAX_REPAIR_SUSPECTS = 4096;
 const GC_BATCH = 256;
 /** How long a block group stays garbage before its shards are deleted: readers of a replaced or deleted file finish first. */
 const DEFAULT_GC_GRACE_MS = 30_000;
-/** Deadline of one DeleteShard call to a chunk server. */
-const DELETE_SHARD_TIMEOUT_MS = 5_000;
+/** Deadline of one DeleteShard or StatShard call to a chunk server. */
+const CHUNK_CONTROL_TIMEOUT_MS = 5_000;
+/** Time one duty round may spend deleting garbage shards before it commits what it did. */
+const GC_ROUND_BUDGET_MS = 3_000;
+/** A garbage block group whose shards could not all be deleted waits this long (doubling) before the next try. */
+const GC_RETRY_MS = 5_000;
+const GC_MAX_RETRY_MS = 5 * 60_000;
+/** Replaced shard copies waiting to be deleted (after a repair), retried by the duty; beyond, left as orphans. */
+const MAX_PENDING_DELETES = 10_000;
+/** Shards one CommitRepair may name (K + M is at most 32). */
+const MAX_REPAIRED_SHARDS = 32;
+const MAX_REPORT_REASON_CHARS = 200;
 
 class NamespaceMachine implements StateMachine {
   state = new NamespaceState({ group: NAMESPACE_GROUP });
@@ -139,6 +150,15 @@ export interface BadShardReport {
   readonly atMs: number;
 }
 
+/** Orders paths (as components) the way the namespace walk visits them: component by component. */
+function compareWalkOrder(a: readonly string[], b: readonly string[]): number {
+  for (let i = 0; i < Math.min(a.length, b.length); i++) {
+    const c = compareNames(a[i]!, b[i]!);
+    if (c !== 0) return c;
+  }
+  return a.length - b.length;
+}
+
 function shardKey(blockGroupId: number, index: number): string {
   return `${blockGroupId}:${index}`;
 }
@@ -158,14 +178,21 @@ export class MetadataNode {
   private readonly inventories = new Map<string, number>();
   /** Garbage block group id → when this node (as group 1's leader) first saw it. */
   private readonly garbageSeen = new Map<number, number>();
+  /** Garbage block groups that failed to delete: when to try again, and the current backoff. */
+  private readonly garbageRetry = new Map<number, { atMs: number; backoffMs: number }>();
+  /** Replaced shard copies to delete (after repairs committed elsewhere), by server:bg:index. */
+  private readonly pendingDeletes = new Map<
+    string,
+    { server: string; blockGroupId: number; index: number; path: string }
+  >();
   /** gRPC channels to chunk servers' control addresses (DeleteShard). */
   private readonly chunkChannels = new Map<string, RpcChannel>();
   private readonly defaultEc: string | undefined;
   private readonly gcGraceMs: number;
   private duties: NodeJS.Timeout | undefined;
   private dutyRunning = false;
-  /** When this node last became group 0's leader (undefined while it is not). */
-  private clusterLeaderSinceMs: number | undefined;
+  /** When this node became group 0's leader, and in which term (undefined while it is not). */
+  private clusterLeadership: { sinceMs: number; term: number } | undefined;
 
   constructor(
     private readonly host: RaftHost,
@@ -207,13 +234,16 @@ export class MetadataNode {
     this.dutyRunning = true;
     const deadline = Date.now() + DUTY_INTERVAL_MS * 5;
     try {
-      if (!this.host.isLeader(CLUSTER_GROUP)) this.clusterLeaderSinceMs = undefined;
+      const clusterTerm = this.host.status(CLUSTER_GROUP).term;
+      if (!this.host.isLeader(CLUSTER_GROUP)) this.clusterLeadership = undefined;
       else {
         const now = Date.now();
-        this.clusterLeaderSinceMs ??= now;
+        // A term change means leadership was lost and won again between two rounds: a new leadership.
+        if (this.clusterLeadership?.term !== clusterTerm)
+          this.clusterLeadership = { sinceMs: now, term: clusterTerm };
         // Safe mode: a new leader (after an election, or a whole-cluster restart where every recorded
         // heartbeat is old) first gives every chunk server one dead-timeout to find it and heartbeat.
-        const safeMode = now - this.clusterLeaderSinceMs < this.cluster.state.settings.deadAfterMs;
+        const safeMode = now - this.clusterLeadership.sinceMs < this.cluster.state.settings.deadAfterMs;
         for (const silent of safeMode ? [] : this.cluster.state.silentServers(now)) {
           const result = await this.proposeCluster({ op: 'declareDead', timeMs: now, ...silent }, deadline);
           if (result.ok)
@@ -232,9 +262,11 @@ export class MetadataNode {
             deadline,
           );
         }
-        await this.collectGarbage(now, deadline);
+        await this.collectGarbage(now);
+        await this.deleteReplacedCopies(now + GC_ROUND_BUDGET_MS);
       } else {
         this.garbageSeen.clear();
+        this.garbageRetry.clear();
       }
     } catch (error) {
       // Lost leadership or quorum mid-duty: the next leader repeats it; nothing is half done.
@@ -265,7 +297,7 @@ export class MetadataNode {
         ChunkControlService,
         'DeleteShard',
         { shard: { blockGroupId, index, generation: 0 } },
-        { timeoutMs: DELETE_SHARD_TIMEOUT_MS },
+        { timeoutMs: CHUNK_CONTROL_TIMEOUT_MS },
       );
       return true;
     } catch (error) {
@@ -280,21 +312,25 @@ export class MetadataNode {
    * command. Only committed metadata made them garbage, so nothing live is ever deleted. A server that is
    * dead keeps its copies (logged): its inventory will name them as orphans when it returns.
    */
-  private async collectGarbage(now: number, deadline: number): Promise<void> {
-    const batch = this.namespace.state.garbage(GC_BATCH);
+  private async collectGarbage(now: number): Promise<void> {
+    // Look past the oldest entries: block groups waiting to be retried must not starve the rest.
+    const batch = this.namespace.state.garbage(GC_BATCH * 16);
     if (batch.length === 0) {
       this.garbageSeen.clear();
+      this.garbageRetry.clear();
       return;
     }
     const due: BlockGroupInfo[] = [];
     for (const bg of batch) {
+      if (due.length >= GC_BATCH) break;
       const seen = this.garbageSeen.get(bg.id);
       if (seen === undefined) this.garbageSeen.set(bg.id, now);
-      else if (now - seen >= this.gcGraceMs) due.push(bg);
+      else if (now - seen >= this.gcGraceMs && (this.garbageRetry.get(bg.id)?.atMs ?? 0) <= now) due.push(bg);
     }
+    const budgetEnd = now + GC_ROUND_BUDGET_MS;
     const collected: BlockGroupInfo['id'][] = [];
     for (const bg of due) {
-      if (Date.now() >= deadline) break;
+      if (Date.now() >= budgetEnd) break;
       let complete = true;
       await Promise.all(
         bg.servers.map(async (serverId, index) => {
@@ -312,13 +348,92 @@ export class MetadataNode {
         }),
       );
       if (complete) collected.push(bg.id);
+      else {
+        const backoffMs = Math.min(
+          GC_MAX_RETRY_MS,
+          (this.garbageRetry.get(bg.id)?.backoffMs ?? GC_RETRY_MS / 2) * 2,
+        );
+        this.garbageRetry.set(bg.id, { atMs: Date.now() + backoffMs, backoffMs });
+      }
     }
     if (collected.length === 0) return;
+    // A deadline of its own: the deletes above may have used up the round's time.
     const result = await this.proposeNamespace(
       { op: 'collectGarbage', timeMs: Date.now(), blockGroupIds: collected },
-      deadline,
+      Date.now() + DUTY_INTERVAL_MS * 5,
     );
-    if (result.ok) for (const id of collected) this.garbageSeen.delete(id);
+    if (result.ok)
+      for (const id of collected) {
+        this.garbageSeen.delete(id);
+        this.garbageRetry.delete(id);
+      }
+  }
+
+  /** Copies replaced by committed repairs, deleted from their servers (retried while the server is alive). */
+  private async deleteReplacedCopies(budgetEnd: number): Promise<void> {
+    for (const [key, copy] of [...this.pendingDeletes]) {
+      if (Date.now() >= budgetEnd) return;
+      const server = this.cluster.state.server(copy.server);
+      // Dead or unknown: it may never return; if it does, its inventory names the copy as an orphan.
+      if (server === undefined || server.state !== 'alive') {
+        this.pendingDeletes.delete(key);
+        continue;
+      }
+      // A later repair may have put the shard back on that very server: then the copy is live again.
+      const file = this.namespace.state.stat(copy.path);
+      const live =
+        file.ok &&
+        file.inode.type === 'file' &&
+        file.inode.blockGroups.some(
+          (bg) => bg.id === copy.blockGroupId && bg.servers[copy.index] === copy.server,
+        );
+      if (live) {
+        this.pendingDeletes.delete(key);
+        continue;
+      }
+      if (await this.deleteShard(copy.server, copy.blockGroupId, copy.index)) this.pendingDeletes.delete(key);
+    }
+  }
+
+  /**
+   * Proof that a rebuilt shard is where a repairer says it is: its chunk server (registered, alive) holds
+   * it with the group's shard length and, when the shard was durable before, its recorded CRC32C.
+   * Otherwise a repairer could "move" a shard to a server that does not have it, and the old copy — the
+   * real one — would be deleted.
+   */
+  private async verifyRebuilt(
+    bg: BlockGroupInfo,
+    shard: { index: number; chunkServerId: string; length: number; crc32c: number },
+    deadline: number,
+  ): Promise<void> {
+    const server = this.cluster.state.server(shard.chunkServerId);
+    if (server === undefined || server.state !== 'alive' || server.controlAddr === '')
+      throw new DogfsError(
+        'FAILED_PRECONDITION',
+        `shard ${shard.index}: chunk server '${shard.chunkServerId.slice(0, 128)}' is not a live registered server`,
+      );
+    const stat = await this.chunkControl(server.controlAddr)
+      .call(
+        ChunkControlService,
+        'StatShard',
+        { shard: { blockGroupId: bg.id, index: shard.index, generation: 0 } },
+        { deadline: Math.min(deadline, Date.now() + CHUNK_CONTROL_TIMEOUT_MS) },
+      )
+      .catch((error: unknown) => {
+        const e = toDogfsError(error);
+        if (e.code !== 'NOT_FOUND') throw e;
+        throw new DogfsError(
+          'FAILED_PRECONDITION',
+          `shard ${shard.index} of block group ${bg.id} is not on ${shard.chunkServerId}`,
+        );
+      });
+    const wasDurable = (bg.durableMask & (2 ** shard.index)) !== 0;
+    const expectedCrc = wasDurable ? bg.crcs[shard.index] : shard.crc32c;
+    if (stat.info?.length !== shard.length || stat.info.crc32c !== expectedCrc)
+      throw new DogfsError(
+        'CORRUPT',
+        `shard ${shard.index} of block group ${bg.id} on ${shard.chunkServerId}: holds ${stat.info?.length ?? 0} bytes with crc32c ${stat.info?.crc32c ?? 0}, expected ${shard.length} and ${expectedCrc}`,
+      );
   }
 
   /** Records a bad shard (bounded: the oldest report goes first). */
@@ -355,14 +470,19 @@ export class MetadataNode {
     return missing;
   }
 
-  /** Files with missing shards, in path order: the first `limit` paths and the count of all. */
-  private damagedFiles(limit: number): { paths: string[]; count: number } {
+  /**
+   * Files with missing shards in the namespace's walk order (depth first, names in order): the first
+   * `limit` after `after` ('' = from the start), and the count of all.
+   */
+  private damagedFiles(limit: number, after: string): { paths: string[]; count: number } {
+    const cursor = after === '' ? undefined : after.split('/');
     const paths: string[] = [];
     let count = 0;
     for (const { path, inode } of this.namespace.state.files()) {
       if (!inode.blockGroups.some((bg) => this.missingShards(bg).length > 0)) continue;
       count++;
-      if (paths.length < limit) paths.push(path);
+      if (paths.length < limit && (cursor === undefined || compareWalkOrder(path.split('/'), cursor) > 0))
+        paths.push(path);
     }
     return { paths, count };
   }
@@ -607,18 +727,23 @@ export class MetadataNode {
       },
       ReportBadShard: (req) => {
         this.host.requireLeader(CLUSTER_GROUP);
+        // Only registered servers and real indexes: reports are kept in memory, so nothing else gets in.
+        if (this.cluster.state.server(req.chunkServerId) === undefined)
+          throw new DogfsError('INVALID_ARGUMENT', 'the reported chunk server is not registered');
+        if (!Number.isInteger(req.index) || req.index >= MAX_REPAIRED_SHARDS)
+          throw new DogfsError('INVALID_ARGUMENT', `shard index ${req.index} is out of range`);
         this.noteBadShard({
           blockGroupId: wireId(req.blockGroupId, 'block group id'),
           index: req.index,
           chunkServerId: req.chunkServerId,
-          reason: req.reason.slice(0, 200),
+          reason: req.reason.slice(0, MAX_REPORT_REASON_CHARS),
           atMs: Date.now(),
         });
         this.log.warn('bad shard reported', {
           blockGroupId: req.blockGroupId,
           index: req.index,
           server: req.chunkServerId,
-          reason: req.reason.slice(0, 200),
+          reason: req.reason.slice(0, MAX_REPORT_REASON_CHARS),
         });
         return {};
       },
@@ -657,6 +782,12 @@ export class MetadataNode {
         if (!result.ok) raise(result);
         if (result.op !== 'heartbeat') throw new DogfsError('INTERNAL', `heartbeat answered ${result.op}`);
         for (const shard of req.corruptShards.slice(0, MAX_REPAIR_SUSPECTS)) {
+          if (
+            !Number.isSafeInteger(shard.blockGroupId) ||
+            shard.blockGroupId <= 0 ||
+            shard.index >= MAX_REPAIRED_SHARDS
+          )
+            continue;
           const known = this.badShards.get(shardKey(shard.blockGroupId, shard.index));
           if (known?.chunkServerId === req.id) continue;
           this.noteBadShard({
@@ -681,12 +812,12 @@ export class MetadataNode {
         this.inventories.set(req.id, before + req.shards.length);
         return {};
       },
-      ClusterReport: async (_req, ctx) => {
+      ClusterReport: async (req, ctx) => {
         // Shard health is the cluster leader's soft state: only its answer is complete.
         this.host.requireLeader(CLUSTER_GROUP);
         await this.host.readBarrier(CLUSTER_GROUP, ctx.deadline);
         await this.host.readBarrier(NAMESPACE_GROUP, ctx.deadline);
-        const damaged = this.damagedFiles(MAX_REPORTED_DAMAGED_FILES);
+        const damaged = this.damagedFiles(MAX_REPORTED_DAMAGED_FILES, req.damagedAfter);
         return {
           groups: this.host.groupIds().map((g) => {
             const s = this.host.status(g);
@@ -739,6 +870,21 @@ export class MetadataNode {
         return { inode: this.inodeToWire(found.inode, false), blockGroups };
       },
       CommitRepair: async (req, ctx) => {
+        this.host.requireLeader(NAMESPACE_GROUP);
+        if (req.shards.length === 0 || req.shards.length > MAX_REPAIRED_SHARDS)
+          throw new DogfsError('INVALID_ARGUMENT', `a repair names 1..${MAX_REPAIRED_SHARDS} shards`);
+        const found = this.namespace.state.stat(req.path);
+        if (!found.ok) raise(found);
+        const bg =
+          found.inode.type === 'file'
+            ? found.inode.blockGroups.find((b) => b.id === req.blockGroupId)
+            : undefined;
+        if (bg === undefined)
+          throw new DogfsError(
+            'NOT_FOUND',
+            `block group ${req.blockGroupId} does not belong to ${found.path}`,
+          );
+        await Promise.all(req.shards.map((shard) => this.verifyRebuilt(bg, shard, ctx.deadline)));
         const result = await this.proposeNamespace(
           {
             op: 'repairShards',
@@ -759,15 +905,24 @@ export class MetadataNode {
         );
         if (!result.ok) raise(result);
         if (result.op !== 'repairShards') throw new DogfsError('INTERNAL', `repair answered ${result.op}`);
-        // The new locations are committed: the replaced copies (corrupt, or on a server that came back) can go.
+        // The new locations are committed (and were verified on their servers): the replaced copies
+        // (corrupt, or on a server that may come back) go, by the leader duty, retried while it can.
         for (const shard of req.shards) {
           this.badShards.delete(shardKey(req.blockGroupId, shard.index));
-          if (shard.replaces !== '') void this.deleteShard(shard.replaces, req.blockGroupId, shard.index);
+          if (shard.replaces === '' || this.pendingDeletes.size >= MAX_PENDING_DELETES) continue;
+          this.pendingDeletes.set(`${shard.replaces}:${req.blockGroupId}:${shard.index}`, {
+            server: shard.replaces,
+            blockGroupId: req.blockGroupId,
+            index: shard.index,
+            path: req.path,
+          });
         }
         return { blockGroup: this.blockGroupToWire(result.blockGroup) };
       },
       SetSettings: async (req, ctx) => {
         this.host.requireLeader(CLUSTER_GROUP);
+        // Merge onto every committed change (a new leader may not have applied them all yet).
+        await this.host.readBarrier(CLUSTER_GROUP, ctx.deadline);
         const current = this.cluster.state.settings;
         const asked = req.settings;
         const settings: ClusterSettings = {

@@ -10,6 +10,8 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
+import { ClientSession, DogfsClient, MetadataConnection } from '../../src/client/index.js';
+import type { DogfsError } from '../../src/wire/errors.js';
 import type { ClusterReportResponse } from '../../src/wire/gen/types.js';
 import { assertOneLineError, processAlive, runDogfs, startCluster, waitFor } from '../helpers/index.js';
 
@@ -96,19 +98,80 @@ test('kill during put, corruption, report, repair, garbage collection, too few s
   await waitFor('the corrupt copy deleted', () => !existsSync(victimShard), 20_000);
   await sameBytes('/small.bin', small, 'get after repairing the corrupt shard');
 
+  // A repairer that lies is refused and changes nothing: a shard "moved" to a server that does not hold
+  // it, or onto the server it already is on (whose copy would then be deleted as replaced).
+  {
+    const meta = new MetadataConnection({ seeds: cluster.meta });
+    const session = new ClientSession();
+    try {
+      const before = (await meta.call('Stat', { path: '/small.bin' })).inode!;
+      const bg = before.blockGroups[0]!;
+      const holder = bg.shards.find((s) => s.index === 0)!;
+      const stranger = chunks.find((c) => !bg.shards.some((s) => s.chunkServerId === c.id))!;
+      const lie = (chunkServerId: string) =>
+        meta
+          .mutate(session, 'CommitRepair', {
+            path: '/small.bin',
+            inodeId: before.id,
+            blockGroupId: bg.id,
+            shards: [
+              {
+                index: 0,
+                chunkServerId,
+                replaces: holder.chunkServerId,
+                length: holder.length,
+                crc32c: holder.crc32c,
+              },
+            ],
+          })
+          .then(
+            () => 'OK',
+            (e: DogfsError) => e.code,
+          );
+      assert.equal(await lie(stranger.id), 'FAILED_PRECONDITION');
+      assert.equal(await lie(holder.chunkServerId), 'INVALID_ARGUMENT');
+      const after = (await meta.call('Stat', { path: '/small.bin' })).inode!;
+      assert.deepEqual(
+        after.blockGroups[0]!.shards.map((s) => s.chunkServerId),
+        bg.shards.map((s) => s.chunkServerId),
+      );
+    } finally {
+      meta.close();
+    }
+  }
+
   // 2. A chunk server SIGKILLed while a put streams to it: the put succeeds with K+1 durable shards.
+  // The writer is held half way (one block group of known size: no shard can be finished before the
+  // end), so the kill lands mid-shard whatever the machine's speed.
   const big = randomBytes(48 * 1024 * 1024 + 12_345);
   writeFileSync(join(dir.path, 'big.bin'), big);
-  const put = dogfs(['put', join(dir.path, 'big.bin'), '/big.bin']);
-  const victim = await waitFor(
-    'a chunk server receiving a shard',
-    () => chunks.find((c) => filesUnder(c.dir, (n) => n.endsWith('.tmp')).length > 0),
-    60_000,
-    5,
-  );
-  process.kill(victim.pid, 'SIGKILL');
-  const putResult = await put;
-  assert.equal(putResult.status, 0, putResult.stderr);
+  const client = new DogfsClient({ meta: cluster.meta });
+  let victim: (typeof chunks)[number];
+  try {
+    const stream = client.createWriteStream('/big.bin', { size: big.length });
+    const stored = new Promise<void>((resolve, reject) => {
+      stream.once('finish', resolve);
+      stream.once('error', reject);
+    });
+    const half = big.length >> 1;
+    await new Promise<void>((resolve, reject) =>
+      stream.write(big.subarray(0, half), (error) => (error ? reject(error) : resolve())),
+    );
+    victim = await waitFor(
+      'a chunk server receiving a shard',
+      () => chunks.find((c) => filesUnder(c.dir, (n) => n.endsWith('.tmp')).length > 0),
+      60_000,
+    );
+    process.kill(victim.pid, 'SIGKILL');
+    stream.end(big.subarray(half));
+    await stored;
+    assert.ok(
+      stream.blockGroups.every((g) => g.shards.filter((s) => s.durable).length === 4),
+      'K+1 durable',
+    );
+  } finally {
+    client.close();
+  }
   await sameBytes('/big.bin', big, 'get after a server died during the put');
   assert.ok((await report()).filesWithMissingShards.includes('/big.bin'), 'the gap is reported at once');
   // Once the leader declares the server dead, every file with a shard on it is damaged too.
@@ -144,11 +207,18 @@ test('kill during put, corruption, report, repair, garbage collection, too few s
   assert.equal((await dogfs(['rm', '/small.bin'])).status, 0);
   await waitFor('garbage shards deleted', () => smallOnSurvivors().length === 0, 30_000);
 
-  // 5. Too few chunk servers for rs-3-2 (4 needed): the put fails with one clear line, nothing appears.
+  // 5. Too few chunk servers for rs-3-2 (4 needed): once the cluster knows, a put is refused at once with
+  // one clear line, and nothing appears.
   process.kill(survivors[0]!.pid, 'SIGKILL');
+  await waitFor(
+    'only 3 chunk servers alive',
+    async () => (await report()).chunkServers.filter((c) => c.state === 'alive').length === 3,
+    30_000,
+    200,
+  );
   const tooFew = await dogfs(['put', join(dir.path, 'big.bin'), '/never.bin']);
-  assert.notEqual(tooFew.status, 0);
-  assertOneLineError(tooFew.stderr);
+  assert.equal(tooFew.status, 1);
+  assert.match(assertOneLineError(tooFew.stderr), /3 usable chunk servers .*need at least 4/);
   const stat = await dogfs(['stat', '/never.bin']);
   assert.notEqual(stat.status, 0);
   assert.match(stat.stderr, /No such file or directory/);

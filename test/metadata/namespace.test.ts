@@ -737,3 +737,15 @@ test('repairShards: a shard that was never durable gets its length and crc from 
   assert.deepEqual(repaired.blockGroup.crcs, [7, 7, 7, 1234]);
   assert.deepEqual(repaired.blockGroup.servers, ['s1', 's2', 's3', 's5']);
 });
+
+test('files(): every complete file, depth first in name order (component by component)', () => {
+  const { ns, c } = fresh();
+  c.mkdir('/a');
+  c.mkdir('/a/d');
+  for (const path of ['/z', '/a b', '/a/x', '/a/d/y', '/b']) c.writeFile(path, 10);
+  c.startWrite('/pending'); // not complete: not listed
+  assert.deepEqual(
+    [...ns.files()].map((f) => f.path),
+    ['/a/d/y', '/a/x', '/a b', '/b', '/z'],
+  );
+});

@@ -901,6 +901,8 @@ export class NamespaceState {
       seen.add(i);
       const bytes = utf8Length(shard.server);
       if (bytes < 1 || bytes > MAX_SERVER_ID_BYTES) return fail('INVALID_ARGUMENT', 'bad chunk server id');
+      if (shard.server === shard.replaces)
+        return fail('INVALID_ARGUMENT', `shard ${i}: the new holder must differ from the one it replaces`);
       if (servers[i] !== shard.replaces)
         return fail(
           'FAILED_PRECONDITION',
@@ -983,16 +985,25 @@ export class NamespaceState {
   *files(): Generator<{ readonly path: string; readonly inode: FileInode }> {
     const root = this.dirs.get(ROOT_INODE_ID);
     if (root === undefined) return;
-    const stack: { dir: Directory; path: string }[] = [{ dir: root, path: '' }];
+    // Depth first, each directory's names in order, descending as soon as a subdirectory comes up: so
+    // the walk order is the component-by-component order of paths (a resumable cursor for callers).
+    const stack: { dir: Directory; path: string; names: Iterator<string> }[] = [
+      { dir: root, path: '', names: root.names[Symbol.iterator]() },
+    ];
     while (stack.length > 0) {
-      const { dir, path } = stack.pop()!;
-      const subdirs: { dir: Directory; path: string }[] = [];
-      for (const name of dir.names) {
-        const inode = dir.entries.get(name)!;
-        if (inode.type === 'file') yield { path: `${path}/${name}`, inode };
-        else subdirs.push({ dir: this.dirs.get(inode.id)!, path: `${path}/${name}` });
+      const top = stack[stack.length - 1]!;
+      const next = top.names.next();
+      if (next.done) {
+        stack.pop();
+        continue;
       }
-      for (let i = subdirs.length - 1; i >= 0; i--) stack.push(subdirs[i]!);
+      const inode = top.dir.entries.get(next.value)!;
+      const path = `${top.path}/${next.value}`;
+      if (inode.type === 'file') yield { path, inode };
+      else {
+        const dir = this.dirs.get(inode.id)!;
+        stack.push({ dir, path, names: dir.names[Symbol.iterator]() });
+      }
     }
   }
 
