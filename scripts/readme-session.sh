@@ -1,8 +1,8 @@
 #!/bin/bash
 # Produces the README's "real session": starts a cluster in a temporary directory, runs the commands, prints them with their output.
 set -u
-WORK=$(mktemp -d); cd "$WORK"
 D="$(cd "$(dirname "$0")/.." && pwd)/bin/dogfs.js"
+WORK=$(mktemp -d); cd "$WORK"
 dogfs() { node $D "$@"; }
 node $D up --dir ./dogfs-data > up.log 2>&1 &
 UP=$!
