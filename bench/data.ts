@@ -2,7 +2,9 @@
  * bench/data — the whole data path through the CLI, one JSON object per line:
  *   {"bench":"data","metric":...,"value":...,"unit":...,...}
  * A `dogfs up` cluster (3 metadata servers, 9 chunk servers, rs-6-3, fsync on); `dogfs put` then
- * `dogfs get` of one file (1 GiB by default) as separate client processes, each timed from spawn to exit;
+ * `dogfs get` of one file (1 GiB by default) as separate client processes, each timed from spawn to exit
+ * (get twice: into a local file, the headline, and to stdout into /dev/null, which shows what writing
+ * the local file costs);
  * in the same run the raw limits: sequential 1 MiB writes with fdatasync on the same filesystem, and a
  * raw TCP socket over loopback. Ratios are to the raw disk-write limit (issue #6: put >= 0.5x,
  * get >= 0.7x). Also: the client process's peak resident memory (VmHWM, sampled from /proc; limit
@@ -87,7 +89,10 @@ interface ClientRun {
   serverCpuSeconds: { chunk: number; meta: number };
 }
 
-/** Runs one CLI command as its own process; samples its memory and CPU from /proc until it exits. */
+/**
+ * Runs one CLI command as its own process; samples its memory and CPU from /proc until it exits. Its
+ * stdout goes to /dev/null.
+ */
 async function runClient(args: string[], cluster: ClusterJson, clusterPath: string): Promise<ClientRun> {
   const cpuOf = (role: 'chunk' | 'meta') =>
     cluster.processes.filter((p) => p.role === role).reduce((sum, p) => sum + processCpuSeconds(p.pid), 0);
@@ -198,9 +203,21 @@ async function main(): Promise<void> {
     const get = await runClient(['get', remote, output], cluster, clusterPath);
     const getMbps = FILE_MIB / get.seconds;
     const intact = (await fileCrc(output)) === inputCrc;
-    emit('get', getMbps, 'MB/s', { run, ...describe(get, GET_TARGET, getMbps), intact });
+    emit('get', getMbps, 'MB/s', {
+      run,
+      into: 'local file',
+      ...describe(get, GET_TARGET, getMbps),
+      intact,
+    });
     rmSync(output, { force: true });
     if (!intact) throw new Error(`${remote}: the bytes read back differ from those written`);
+    const toStdout = await runClient(['get', remote, '-'], cluster, clusterPath);
+    const stdoutMbps = FILE_MIB / toStdout.seconds;
+    emit('get-stdout', stdoutMbps, 'MB/s', {
+      run,
+      into: 'stdout to /dev/null',
+      ...describe(toStdout, GET_TARGET, stdoutMbps),
+    });
   }
 
   up.kill('SIGTERM');
