@@ -8,10 +8,10 @@
  * client; the server's peak resident memory while 16 clients stream into it; the time to rebuild an
  * inventory of 100,000 shards at start-up.
  *
- * Usage: npm run bench:chunk [-- --mib 512 --rss-mib 256 --inventory 100000]
+ * Usage: npm run bench:chunk [-- --mib 512 --rss-mib 1024 --inventory 100000]
  *   --mib       MiB per measurement of write/read (default 512)
- *   --rss-mib   MiB each of the 16 clients streams during the memory measurement (default 256; the issue
- *               asks for 1 GiB each, which takes minutes on a small machine — the figure says which ran)
+ *   --rss-mib   MiB each of the 16 clients streams during the memory measurement (default 1024, as the
+ *               issue asks: about 40 s of writing here; less to iterate — the figure says which ran)
  *   --inventory shards for the rebuild measurement (0 to skip)
  */
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -35,7 +35,7 @@ function argNumber(name: string, fallback: number): number {
   return at > 0 ? Number(process.argv[at + 1]) : fallback;
 }
 const TOTAL_MIB = argNumber('mib', 512);
-const RSS_MIB_PER_CLIENT = argNumber('rss-mib', 256);
+const RSS_MIB_PER_CLIENT = argNumber('rss-mib', 1024);
 const INVENTORY_SHARDS = argNumber('inventory', 100_000);
 
 function emit(metric: string, value: number, unit: string, extra: Record<string, unknown> = {}): void {
