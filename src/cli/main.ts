@@ -34,7 +34,8 @@ Servers:
   meta  --dir DIR [--listen HOST:PORT] [--id ID] [--peers ID=HOST:PORT,...] [--ec POLICY]
         [--gc-grace MS (garbage shards are deleted this long after their file went; 30000)] [--log-level L]
   chunk --dir DIR [--listen HOST:PORT] [--data-listen HOST:PORT] [--id ID] [--meta HOST:PORT,...]
-        [--failure-domain NAME] [--capacity BYTES] [--scrub-rate BYTES_PER_S (0: off)] [--log-level L]
+        [--failure-domain NAME] [--capacity BYTES] [--scrub-rate BYTES_PER_S (0: off)]
+        [--metrics-listen HOST:PORT (Prometheus text at /metrics)] [--log-level L]
 
 ${FILE_COMMANDS_USAGE}`;
 
@@ -119,6 +120,7 @@ async function chunk(argv: string[]): Promise<void> {
     'failure-domain': { type: 'string', env: 'DOGFS_FAILURE_DOMAIN' },
     capacity: { type: 'string', env: 'DOGFS_CAPACITY' },
     'scrub-rate': { type: 'string', env: 'DOGFS_SCRUB_RATE' },
+    'metrics-listen': { type: 'string', env: 'DOGFS_METRICS_LISTEN' },
     'log-level': { type: 'string', env: 'DOGFS_LOG_LEVEL' },
   });
   noPositionals(positionals);
@@ -135,6 +137,10 @@ async function chunk(argv: string[]): Promise<void> {
         ? undefined
         : parseIntFlag(flags.capacity, 'capacity', 0, 0, Number.MAX_SAFE_INTEGER),
     scrubBytesPerSecond: parseIntFlag(flags['scrub-rate'], 'scrub-rate', 1024 * 1024, 0, 2 ** 40),
+    metricsListen:
+      flags['metrics-listen'] === undefined
+        ? undefined
+        : parseListenFlag(flags['metrics-listen'], 'metrics-listen', `${listen.host}:0`),
     logLevel: parseLogLevel(flags['log-level']),
   });
 }

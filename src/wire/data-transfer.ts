@@ -423,7 +423,7 @@ class OperationGuard {
   constructor(
     private readonly connection: Connection,
     private readonly context: string,
-    deadline: number,
+    private readonly deadline: number,
     private readonly signal: AbortSignal | undefined,
   ) {
     this.timer = setTimeout(
@@ -441,7 +441,13 @@ class OperationGuard {
 
   /** The reason to report for `error` raised while the guard was active. */
   explain(error: unknown): DogfsError {
-    return this.failure ?? asDogfsError(error, this.context);
+    if (this.failure) return this.failure;
+    // The server enforces the same deadline and may close the connection a moment before our own timer
+    // fires: a connection lost at or past the deadline is the deadline's doing.
+    if (Date.now() >= this.deadline) {
+      return new DogfsError('DEADLINE_EXCEEDED', `${this.context}: deadline exceeded`, { cause: error });
+    }
+    return asDogfsError(error, this.context);
   }
 
   done(): void {

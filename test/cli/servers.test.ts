@@ -101,3 +101,21 @@ test('flags fall back to environment variables', async () => {
   server.child.kill('SIGINT');
   assert.equal((await server.exited).code, 0);
 });
+
+test('dogfs chunk --metrics-listen: Prometheus text at /metrics', async () => {
+  const server = startDogfs(['chunk', '--dir', join(dir.path, 'metrics'), '--metrics-listen', '127.0.0.1:0']);
+  try {
+    const listening = await waitFor('listening log line', () => {
+      const line = server.output.stderr.split('\n').find((l) => l.includes('"msg":"listening"'));
+      return line === undefined ? undefined : (JSON.parse(line) as { metricsAddr?: string });
+    });
+    assert.ok(listening.metricsAddr, 'the ready line names the metrics address');
+    const response = await fetch(`http://${listening.metricsAddr}/metrics`);
+    assert.equal(response.status, 200);
+    assert.match(response.headers.get('content-type') ?? '', /^text\/plain/);
+    assert.match(await response.text(), /^# TYPE \S+ (counter|gauge)$/m);
+  } finally {
+    server.child.kill('SIGTERM');
+    await server.exited;
+  }
+});
