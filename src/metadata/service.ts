@@ -176,6 +176,8 @@ export class MetadataNode {
   /** Shards reported bad (by readers or scrubbers), by shardKey; oldest first, bounded. */
   private readonly badShards = new Map<string, BadShardReport>();
   private readonly inventories = new Map<string, number>();
+  /** Registered chunk server id → when this node (as group 0's leader) last heard its heartbeat. */
+  private readonly lastSeen = new Map<string, number>();
   /** Garbage block group id → when this node (as group 1's leader) first saw it. */
   private readonly garbageSeen = new Map<number, number>();
   /** Garbage block groups that failed to delete: when to try again, and the current backoff. */
@@ -235,8 +237,10 @@ export class MetadataNode {
     const deadline = Date.now() + DUTY_INTERVAL_MS * 5;
     try {
       const clusterTerm = this.host.status(CLUSTER_GROUP).term;
-      if (!this.host.isLeader(CLUSTER_GROUP)) this.clusterLeadership = undefined;
-      else {
+      if (!this.host.isLeader(CLUSTER_GROUP)) {
+        this.clusterLeadership = undefined;
+        this.lastSeen.clear();
+      } else {
         const now = Date.now();
         // A term change means leadership was lost and won again between two rounds: a new leadership.
         if (this.clusterLeadership?.term !== clusterTerm)
@@ -244,7 +248,10 @@ export class MetadataNode {
         // Safe mode: a new leader (after an election, or a whole-cluster restart where every recorded
         // heartbeat is old) first gives every chunk server one dead-timeout to find it and heartbeat.
         const safeMode = now - this.clusterLeadership.sinceMs < this.cluster.state.settings.deadAfterMs;
-        for (const silent of safeMode ? [] : this.cluster.state.silentServers(now)) {
+        const silentServers = this.cluster.state
+          .silentServers(now)
+          .filter((s) => now - (this.lastSeen.get(s.id) ?? 0) > this.cluster.state.settings.deadAfterMs);
+        for (const silent of safeMode ? [] : silentServers) {
           const result = await this.proposeCluster({ op: 'declareDead', timeMs: now, ...silent }, deadline);
           if (result.ok)
             this.log.warn('chunk server declared dead', {
@@ -766,21 +773,36 @@ export class MetadataNode {
         return { heartbeatIntervalMs: result.heartbeatIntervalMs };
       },
       Heartbeat: async (req, ctx) => {
+        this.host.requireLeader(CLUSTER_GROUP);
         const now = Date.now();
-        const result = await this.proposeCluster(
-          {
-            op: 'heartbeat',
-            timeMs: now,
-            id: req.id,
-            capacityBytes: req.capacityBytes,
-            usedBytes: req.usedBytes,
-            shardCount: req.shardCount,
-            activeTransfers: req.activeTransfers,
-          },
-          ctx.deadline,
-        );
-        if (!result.ok) raise(result);
-        if (result.op !== 'heartbeat') throw new DogfsError('INTERNAL', `heartbeat answered ${result.op}`);
+        const known = this.cluster.state.server(req.id);
+        // Liveness is the leader's memory between commits: a heartbeat is committed (one Raft entry and
+        // fsync on every replica) only every third of the dead-timeout, or when the server is unknown or
+        // dead — not once a second per chunk server, which kept the metadata servers busy while idle.
+        let result: { reregister: boolean; dead: boolean } = { reregister: false, dead: false };
+        if (
+          known === undefined ||
+          known.state !== 'alive' ||
+          now - known.lastHeartbeatMs >= this.cluster.state.settings.deadAfterMs / 3
+        ) {
+          const committed = await this.proposeCluster(
+            {
+              op: 'heartbeat',
+              timeMs: now,
+              id: req.id,
+              capacityBytes: req.capacityBytes,
+              usedBytes: req.usedBytes,
+              shardCount: req.shardCount,
+              activeTransfers: req.activeTransfers,
+            },
+            ctx.deadline,
+          );
+          if (!committed.ok) raise(committed);
+          if (committed.op !== 'heartbeat')
+            throw new DogfsError('INTERNAL', `heartbeat answered ${committed.op}`);
+          result = committed;
+        }
+        if (known !== undefined) this.lastSeen.set(req.id, now);
         for (const shard of req.corruptShards.slice(0, MAX_REPAIR_SUSPECTS)) {
           if (
             !Number.isSafeInteger(shard.blockGroupId) ||
