@@ -74,8 +74,12 @@ class FailureTally {
 
   /** `fromLeader`: the server was believed to lead (so a refusal from it is not a quorum problem). */
   add(address: string, method: string, error: DogfsError, fromLeader: boolean): void {
-    // RpcChannel and `attempt` name the address and method in the errors they make themselves.
-    const local = error.code === 'UNAVAILABLE' && error.message.startsWith(`${address} ${method}: `);
+    // RpcChannel and `attempt` name the address and method in the errors they make themselves. A call cut
+    // by the deadline before any answer (the channel still connecting: "Waiting for LB pick") is the same
+    // as unreachable: the server said nothing.
+    const local =
+      (error.code === 'UNAVAILABLE' || error.code === 'DEADLINE_EXCEEDED') &&
+      error.message.startsWith(`${address} ${method}: `);
     if (this.last.size < 16 || this.last.has(address)) {
       this.last.set(address, local ? 'unreachable' : error.message.slice(0, 200));
     }

@@ -49,6 +49,8 @@ export class TestMetaClient {
     const deadline = Date.now() + timeoutMs;
     const seq = (request as { session?: { seq?: number } | null }).session?.seq;
     let last: DogfsError | undefined;
+    // What a server said, rather than the deadline cutting the last attempt (NO_QUORUM, not "deadline").
+    let lastAnswer: DogfsError | undefined;
     for (let attempt = 0; attempt < 1000 && Date.now() < deadline; attempt++) {
       try {
         const response = await this.channel(this.target).call(MetadataService, method, request, { deadline });
@@ -56,6 +58,7 @@ export class TestMetaClient {
         return response;
       } catch (error) {
         last = error as DogfsError;
+        if (last.code !== 'DEADLINE_EXCEEDED') lastAnswer = last;
         if (last.code === 'NOT_LEADER' && last.leaderHint) {
           this.target = last.leaderHint;
           continue;
@@ -69,7 +72,7 @@ export class TestMetaClient {
         await new Promise((r) => setTimeout(r, 25));
       }
     }
-    throw last ?? new DogfsError('DEADLINE_EXCEEDED', `${method}: deadline exceeded`);
+    throw lastAnswer ?? last ?? new DogfsError('DEADLINE_EXCEEDED', `${method}: deadline exceeded`);
   }
 
   close(): void {
