@@ -4,6 +4,7 @@
  *
  * At concurrency 1/16/64, closed loop, through the client library (src/client: leader tracking, sessions):
  *   create  an empty file that appears: Create + CompleteFile (two Raft commands, as every put makes);
+ *   touch   an empty file that appears in one command (Create with complete: `dogfs touch`);
  *   stat    Stat of a created file (ReadIndex on the leader);
  *   list    a whole 10,000-entry directory, paged (lists/s and entries/s);
  *   rename  a created file to a new name in the same directory;
@@ -113,9 +114,10 @@ async function forAll(n: number, concurrency: number, fn: (i: number) => Promise
   );
 }
 
-async function measureDogfs(): Promise<Map<number, number>> {
+async function measureDogfs(): Promise<{ creates: Map<number, number>; touches: Map<number, number> }> {
   const cluster = await startCluster();
   const creates = new Map<number, number>();
+  const touches = new Map<number, number>();
   const clients = Array.from({ length: CLIENTS }, () => new DogfsClient({ meta: cluster.json.meta }));
   try {
     await clients[0]!.mkdir('/warmup');
@@ -137,6 +139,17 @@ async function measureDogfs(): Promise<Map<number, number>> {
         clients,
       );
       creates.set(c, r.opsPerSec);
+      const touched = await measure(
+        'touch',
+        c,
+        async (client, w, i) => {
+          const path = `${base}/t${w}-${i}`;
+          await client.touch(path);
+          files[w]!.push(path);
+        },
+        clients,
+      );
+      touches.set(c, touched.opsPerSec);
       const pick = (w: number, i: number) => {
         const mine = files[w]!;
         if (mine.length === 0) throw new Error('worker has no file');
@@ -201,7 +214,7 @@ async function measureDogfs(): Promise<Map<number, number>> {
     for (const c of clients) c.close();
     await stopCluster(cluster);
   }
-  return creates;
+  return { creates, touches };
 }
 
 /** The leader's RSS and raft directory before and after MEMORY_FILES more files (64 workers). */
@@ -268,7 +281,7 @@ async function measureMemory(cluster: Cluster, clients: DogfsClient[]): Promise<
 async function main(): Promise<void> {
   emit({ bench: 'meta', metric: 'machine', value: 0, unit: 'none', ...machine() });
   const etcd = await measureEtcdPuts('meta', CONCURRENCY, SECONDS, 'v'.repeat(256));
-  const creates = await measureDogfs();
+  const { creates, touches } = await measureDogfs();
   if (etcd) {
     for (const c of CONCURRENCY) {
       emit({
@@ -278,6 +291,13 @@ async function main(): Promise<void> {
         unit: 'x',
         concurrency: c,
         target: c === 64 ? 1 : 0,
+      });
+      emit({
+        bench: 'meta',
+        metric: 'touch_ratio_vs_etcd_put',
+        value: +(touches.get(c)! / etcd.get(c)!).toFixed(2),
+        unit: 'x',
+        concurrency: c,
       });
     }
   }

@@ -30,6 +30,7 @@ export const FILE_COMMANDS_USAGE = `Files (endpoints: --meta HOST:PORT,... | $DO
   cat REMOTE                            print a file
   ls [-R] [--json] [PATH]               list a directory
   mkdir [-p] PATH                       make a directory (-p: with parents, no error if it exists)
+  touch [--ec rs-K-M] PATH              create an empty file (an existing one is left as it is)
   rm [-r] PATH                          remove a file or empty directory (-r: recursively)
   mv SRC DST                            rename or move
   stat [--json] PATH                    show a file's or directory's attributes
@@ -690,6 +691,23 @@ export async function runFileCommand(
           meta: { type: 'string' },
         });
         await client.mkdir(onePath(positionals, 'mkdir'), { parents: flags.parents });
+        break;
+      }
+      case 'touch': {
+        const { flags, positionals } = parseFlags(argv, { ec: { type: 'string' }, meta: { type: 'string' } });
+        if (flags.ec !== undefined) parseEcPolicy(flags.ec);
+        const path = onePath(positionals, 'touch');
+        // Like touch(1) without the time update: an existing file or directory is left as it is.
+        const touching = ctx.client;
+        await touching
+          .touch(path, flags.ec === undefined ? {} : { ec: flags.ec })
+          .catch(async (error: unknown) => {
+            const exists =
+              error instanceof DogfsError &&
+              (error.code === 'ALREADY_EXISTS' || error.code === 'IS_A_DIRECTORY');
+            if (!exists) throw error;
+            await touching.stat(path);
+          });
         break;
       }
       case 'rm': {

@@ -39,7 +39,7 @@ Servers:
 
 ${FILE_COMMANDS_USAGE}`;
 
-const CLIENT_COMMANDS = new Set(['put', 'get', 'cat', 'ls', 'mkdir', 'rm', 'mv', 'stat', 'admin']);
+const CLIENT_COMMANDS = new Set(['put', 'get', 'cat', 'ls', 'mkdir', 'touch', 'rm', 'mv', 'stat', 'admin']);
 
 /** Where a command's one-line error prefix comes from: `dogfs up: ...`. */
 class CommandFailure extends Error {

@@ -109,6 +109,31 @@ export class DogfsClient {
     return toFileStatus(p, answer.inode);
   }
 
+  /**
+   * Creates an empty file that appears at once (one metadata command: no write lease, no CompleteFile).
+   * ALREADY_EXISTS if the name is taken, unless `overwrite` (which replaces a file, not a directory).
+   */
+  async touch(
+    path: string,
+    options: { ec?: string; overwrite?: boolean; mode?: number } & MetaCallOptions = {},
+  ): Promise<FileStatus> {
+    const p = normalizePath(path);
+    const answer = await this.meta.mutate(
+      this.session,
+      'Create',
+      {
+        path: p,
+        ec: options.ec ?? '',
+        overwrite: options.overwrite ?? false,
+        mode: options.mode ?? 0o644,
+        complete: true,
+      },
+      options,
+    );
+    if (!answer.inode) throw new DogfsError('INTERNAL', `${p}: Create answered without an inode`);
+    return toFileStatus(p, answer.inode);
+  }
+
   async stat(path: string, options: MetaCallOptions = {}): Promise<FileStatus> {
     const p = normalizePath(path);
     const answer = await this.meta.call('Stat', { path: p }, options);

@@ -599,6 +599,7 @@ export class MetadataNode {
             ec: req.ec,
             defaultEc: this.defaultEc ?? settings.defaultEc,
             leaseMs: settings.leaseMs,
+            complete: req.complete,
           },
           ctx.deadline,
         );

@@ -87,6 +87,17 @@ describe('dogfs file commands', () => {
     const put = await dogfs(['put', local, '/proj/docs/readme.txt']);
     assert.equal(put.status, 0, put.stderr);
     assert.equal(put.stderr, '', 'nothing on stderr when it is not a terminal');
+    // touch: an empty file at once; again, or on a directory, changes nothing and succeeds.
+    for (const path of ['/proj/docs/empty', '/proj/docs/empty', '/proj/docs']) {
+      const touched = await dogfs(['touch', path]);
+      assert.equal(touched.status, 0, touched.stderr);
+    }
+    const empty = JSON.parse((await dogfs(['stat', '--json', '/proj/docs/empty'])).stdout) as {
+      type: string;
+      size: number;
+    };
+    assert.deepEqual([empty.type, empty.size], ['file', 0]);
+    assert.equal((await dogfs(['rm', '/proj/docs/empty'])).status, 0);
 
     const listing = await dogfs(['ls', '/proj']);
     assert.equal(listing.status, 0, listing.stderr);
@@ -228,6 +239,7 @@ describe('dogfs file commands', () => {
       [['ls', '--bogus', '/'], /^dogfs: Unknown option '--bogus'/, 2],
       [['admin', 'frob'], /^dogfs: unknown admin command 'frob'/, 2],
       [['admin', 'repair', '/e/file', '/e/sub'], /^dogfs: admin repair takes at most one PATH$/, 2],
+      [['touch', '/e/no-dir/t'], /^dogfs: \/e\/no-dir(\/t)?: No such file or directory$/],
     ];
     if (process.getuid?.() !== 0) {
       cases.push([['get', '/e/file', join(readOnly, 'x')], /^dogfs: .*ro: Permission denied$/]);

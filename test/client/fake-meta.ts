@@ -225,6 +225,10 @@ export class FakeMeta {
           throw new DogfsError('IS_A_DIRECTORY', `${r.path}: Is a directory`);
         if (existing && !r.overwrite) throw new DogfsError('ALREADY_EXISTS', `${r.path}: File exists`);
         const inode = s.inode(FileType.FILE, ec);
+        if (r.complete) {
+          s.nodes.set(r.path, inode);
+          return { inode, leaseId: '', leaseExpiresMs: 0 };
+        }
         const leaseId = `lease-${inode.id}`;
         const expiresMs = inode.ctimeMs + (s.options.leaseMs ?? 60_000);
         s.pending.set(inode.id, { inode, path: r.path, leaseId, overwrite: r.overwrite, expiresMs });

@@ -749,3 +749,38 @@ test('files(): every complete file, depth first in name order (component by comp
     ['/a/d/y', '/a/x', '/a b', '/b', '/z'],
   );
 });
+
+test('create with complete: an empty file appears at once; overwrite replaces, a directory is refused', () => {
+  const { ns, c } = fresh();
+  const body = (path: string, overwrite = false) =>
+    ({
+      op: 'create',
+      path,
+      overwrite,
+      mode: 0o600,
+      ec: '',
+      defaultEc: 'rs-2-1',
+      leaseMs: 10_000,
+      complete: true,
+    }) as const;
+  const made = c.ok(body('/t'));
+  assert.equal(made.leaseId, '');
+  const stat = ns.stat('/t');
+  assert.ok(
+    stat.ok && stat.inode.type === 'file' && stat.inode.size === 0 && stat.inode.blockGroups.length === 0,
+  );
+  assert.equal(ns.pendingFile(made.inode.id), undefined, 'no write in progress');
+  refusedUnchanged(ns, c, 'ALREADY_EXISTS', body('/t'));
+  c.writeFile('/w', 100);
+  const replaced = c.ok(body('/w', true));
+  const w = ns.stat('/w');
+  assert.ok(w.ok && w.inode.id === replaced.inode.id && w.inode.type === 'file' && w.inode.size === 0);
+  assert.equal(ns.garbage(10).length, 1, 'the replaced content is garbage');
+  c.mkdir('/d');
+  refusedUnchanged(ns, c, 'IS_A_DIRECTORY', body('/d', true));
+  assert.equal(ns.counts().files, 2);
+  ns.checkInvariants();
+  // Entries written before the flag existed decode as not complete.
+  const restored = NamespaceState.restore(ns.snapshot());
+  assert.equal(restored.stateHash(), ns.stateHash());
+});

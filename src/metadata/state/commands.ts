@@ -120,6 +120,8 @@ export interface CreateCommand extends CommandBase {
   readonly defaultEc: string;
   /** How long the write lease lasts without activity (leader's setting). */
   readonly leaseMs: number;
+  /** An empty file that appears at once (no lease, no completeFile). */
+  readonly complete?: boolean | undefined;
 }
 
 /** Adds the next block group to a file being written; `servers` were chosen by the leader's placement. */
@@ -414,7 +416,8 @@ export function encodeNamespaceCommand(cmd: NamespaceCommand): Uint8Array {
         .uint(cmd.mode)
         .string(cmd.ec)
         .string(cmd.defaultEc)
-        .uint(cmd.leaseMs);
+        .uint(cmd.leaseMs)
+        .bool(cmd.complete === true);
       break;
     case 'allocateBlockGroup':
       w.uint(cmd.inodeId).string(cmd.leaseId).uint(cmd.offset).uint(cmd.stripeSize).uint(cmd.maxBytes);
@@ -484,6 +487,8 @@ export function decodeNamespaceCommand(bytes: Uint8Array): NamespaceCommand {
         ec: r.string('ec', MAX_EC_NAME_BYTES),
         defaultEc: r.string('default ec', MAX_EC_NAME_BYTES),
         leaseMs: r.uint('lease ms'),
+        // Absent in entries written before the flag existed.
+        complete: r.remaining > 0 ? r.bool('complete') : false,
       };
       break;
     case 'allocateBlockGroup':

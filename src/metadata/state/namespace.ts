@@ -492,6 +492,26 @@ export class NamespaceState {
     if (this.idsLeft() < 1) return fail('RESOURCE_EXHAUSTED', 'inode ids of this group are exhausted');
     // From here nothing can fail.
     if (rivalId !== undefined) this.dropPending(this.pending.get(rivalId)!);
+    if (cmd.complete === true) {
+      const inode: FileInode = {
+        type: 'file',
+        id: this.allocId() as InodeId,
+        mode: cmd.mode,
+        size: 0,
+        mtimeMs: this.clockMs,
+        ctimeMs: this.clockMs,
+        ec: this.intern(policy.name),
+        blockGroups: [],
+      };
+      if (existing !== undefined) {
+        for (const bg of (existing as FileInode).blockGroups) this.garbageList.set(bg.id, bg);
+      } else {
+        parent.dir.names.insert(name);
+        parent.dir.files++;
+      }
+      parent.dir.entries.set(name, inode);
+      return this.ok('create', { inode, leaseId: '', leaseExpiresMs: 0 });
+    }
     const id = this.allocId() as InodeId;
     const leaseId = `L${this.nextLease++}`;
     const file: PendingFile = {
