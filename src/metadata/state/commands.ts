@@ -477,8 +477,8 @@ export function decodeNamespaceCommand(bytes: Uint8Array): NamespaceCommand {
         ec: r.string('ec', MAX_EC_NAME_BYTES),
       };
       break;
-    case 'create':
-      cmd = {
+    case 'create': {
+      const created = {
         op,
         ...base,
         path: path(),
@@ -487,10 +487,12 @@ export function decodeNamespaceCommand(bytes: Uint8Array): NamespaceCommand {
         ec: r.string('ec', MAX_EC_NAME_BYTES),
         defaultEc: r.string('default ec', MAX_EC_NAME_BYTES),
         leaseMs: r.uint('lease ms'),
-        // Absent in entries written before the flag existed.
-        complete: r.remaining > 0 ? r.bool('complete') : false,
       };
+      // Absent in entries written before the flag existed; present only when set, as callers write it.
+      const complete = r.remaining > 0 ? r.bool('complete') : false;
+      cmd = complete ? { ...created, complete } : created;
       break;
+    }
     case 'allocateBlockGroup':
       cmd = {
         op,
