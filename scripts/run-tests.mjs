@@ -1,7 +1,7 @@
 // Runs the compiled test files (dist/test/**/*.test.js) with Node's built-in test runner.
 // Usage: node scripts/run-tests.mjs [substring ...]   — only files whose path contains one of the substrings.
 import { spawnSync } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 
 const root = 'dist/test';
@@ -9,6 +9,8 @@ const filters = process.argv.slice(2);
 const files = readdirSync(root, { recursive: true })
   .map(String)
   .filter((f) => f.endsWith('.test.js'))
+  // tsc's incremental build leaves the output of a deleted test behind: only tests with a source run.
+  .filter((f) => existsSync(join('test', f.replace(/\.js$/, '.ts'))))
   .map((f) => join(root, f))
   .filter((f) => filters.length === 0 || filters.some((s) => f.includes(s)))
   .sort();
