@@ -224,6 +224,26 @@ export class MetadataNode {
     return (await this.host.propose(NAMESPACE_GROUP, bytes, deadline)) as NamespaceResult;
   }
 
+  /** A writer's command on its own lease (renew, abandon): applied, or the state machine's refusal raised. */
+  private async leaseCommand(
+    op: 'renewLease' | 'abandonFile',
+    req: { inodeId: number; leaseId: string; session?: ClientSession | null },
+    deadline: number,
+  ): Promise<NamespaceResult & { ok: true }> {
+    const result = await this.proposeNamespace(
+      {
+        op,
+        timeMs: Date.now(),
+        session: sessionOf(req.session),
+        inodeId: inodeId(req.inodeId),
+        leaseId: req.leaseId,
+      },
+      deadline,
+    );
+    if (!result.ok) raise(result);
+    return result;
+  }
+
   private async proposeCluster(command: ClusterCommand, deadline: number): Promise<ClusterResult> {
     const bytes = encodeOrRefuse(() => encodeClusterCommand(command));
     return (await this.host.propose(CLUSTER_GROUP, bytes, deadline)) as ClusterResult;
@@ -965,32 +985,12 @@ export class MetadataNode {
         return { settings: result.settings };
       },
       RenewLease: async (req, ctx) => {
-        const result = await this.proposeNamespace(
-          {
-            op: 'renewLease',
-            timeMs: Date.now(),
-            session: sessionOf(req.session),
-            inodeId: inodeId(req.inodeId),
-            leaseId: req.leaseId,
-          },
-          ctx.deadline,
-        );
-        if (!result.ok) raise(result);
+        const result = await this.leaseCommand('renewLease', req, ctx.deadline);
         if (result.op !== 'renewLease') throw new DogfsError('INTERNAL', `renew answered ${result.op}`);
         return { leaseExpiresMs: result.leaseExpiresMs };
       },
       AbandonFile: async (req, ctx) => {
-        const result = await this.proposeNamespace(
-          {
-            op: 'abandonFile',
-            timeMs: Date.now(),
-            session: sessionOf(req.session),
-            inodeId: inodeId(req.inodeId),
-            leaseId: req.leaseId,
-          },
-          ctx.deadline,
-        );
-        if (!result.ok) raise(result);
+        await this.leaseCommand('abandonFile', req, ctx.deadline);
         return {};
       },
       FindLeader: (req) => {
