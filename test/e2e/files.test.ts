@@ -9,7 +9,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { DogfsClient } from '../../src/client/index.js';
-import { assertOneLineError, runDogfs, startCluster } from '../helpers/index.js';
+import { assertOneLineError, runDogfs, startCluster, waitFor } from '../helpers/index.js';
 
 const up = startCluster(['--meta', '3', '--chunk', '5', '--ec', 'rs-3-2']);
 const dir = up.dir;
@@ -75,6 +75,53 @@ test('byte-exact round trips at every size boundary, over several block groups (
     { env },
   );
   assert.equal(reset.status, 0, reset.stderr);
+});
+
+test('a write outlives a short lease by renewing it; an abandoned write frees its name at once', async () => {
+  const cluster = await up.ready();
+  const env = { ...process.env, DOGFS_CLUSTER: up.clusterPath };
+  const short = await runDogfs(['admin', 'settings', '--lease', '1000'], { env });
+  assert.equal(short.status, 0, short.stderr);
+  const client = new DogfsClient({ meta: cluster.meta });
+  try {
+    const data = randomBytes(300_000);
+    const stream = client.createWriteStream('/leased', { size: data.length });
+    const stored = new Promise<void>((resolve, reject) => {
+      stream.once('finish', resolve);
+      stream.once('error', reject);
+    });
+    await new Promise<void>((resolve) => stream.write(data.subarray(0, 1000), () => resolve()));
+    // Hold the write open for several lease lengths: only renewals keep it alive.
+    const started = Date.now();
+    await waitFor('three lease lengths', () => Date.now() - started > 3000, 10_000, 100);
+    stream.end(data.subarray(1000));
+    await stored;
+    assert.ok((await client.readFile('/leased')).equals(data));
+
+    // A write that gives up: with a 60 s lease again, the name is free for a new create (no overwrite)
+    // within seconds only because the stream abandoned it.
+    const long = await runDogfs(['admin', 'settings', '--lease', '60000'], { env });
+    assert.equal(long.status, 0, long.stderr);
+    const abandoned = client.createWriteStream('/abandoned', { size: 10 });
+    await new Promise<void>((resolve) => abandoned.write(Buffer.alloc(5), () => resolve()));
+    const failed = new Promise((resolve) => abandoned.once('error', resolve));
+    abandoned.destroy(new Error('given up'));
+    await failed;
+    await waitFor(
+      'the name free again',
+      async () =>
+        client.touch('/abandoned').then(
+          () => true,
+          () => false,
+        ),
+      5000,
+    );
+    assert.equal((await client.stat('/abandoned')).size, 0);
+  } finally {
+    client.close();
+    const reset = await runDogfs(['admin', 'settings', '--lease', '60000'], { env });
+    assert.equal(reset.status, 0, reset.stderr);
+  }
 });
 
 test('put, get, and degraded get through the real metadata service', async () => {
