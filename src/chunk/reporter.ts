@@ -14,7 +14,7 @@ import type { Logger } from '../common/log.js';
 import { type DogfsError, toDogfsError } from '../wire/errors.js';
 import type { ShardId } from '../wire/gen/types.js';
 import { MetadataService } from '../wire/gen/types.js';
-import { RpcChannel } from '../wire/rpc.js';
+import { type RpcChannel, RpcChannelPool } from '../wire/rpc.js';
 import type { ShardStore } from './store.js';
 
 export interface ReporterOptions {
@@ -58,7 +58,7 @@ export interface ReporterState {
 
 export class MetadataReporter {
   private readonly abort = new AbortController();
-  private readonly channels = new Map<string, RpcChannel>();
+  private readonly channels = new RpcChannelPool();
   private readonly addresses: string[];
   private targetIndex = 0;
   private running: Promise<void> | undefined;
@@ -89,17 +89,11 @@ export class MetadataReporter {
   async stop(): Promise<void> {
     this.abort.abort();
     await this.running;
-    for (const channel of this.channels.values()) channel.close();
-    this.channels.clear();
+    this.channels.close();
   }
 
   private channel(address: string): RpcChannel {
-    let channel = this.channels.get(address);
-    if (channel === undefined) {
-      channel = new RpcChannel(address);
-      this.channels.set(address, channel);
-    }
-    return channel;
+    return this.channels.get(address);
   }
 
   private get target(): string {

@@ -8,7 +8,14 @@ import { assert } from '../common/assert.js';
 import { DogfsError, isRetryable, toDogfsError } from '../wire/errors.js';
 import { type MetadataMethods, MetadataService } from '../wire/gen/types.js';
 import type { Init } from '../wire/proto.js';
-import { DEFAULT_TIMEOUT_MS, type RequestOf, type ResponseOf, RpcChannel, withRetry } from '../wire/rpc.js';
+import {
+  DEFAULT_TIMEOUT_MS,
+  type RequestOf,
+  type ResponseOf,
+  type RpcChannel,
+  RpcChannelPool,
+  withRetry,
+} from '../wire/rpc.js';
 import type { ClientSession } from './session.js';
 
 export type MetadataMethod = keyof MetadataMethods & string;
@@ -124,7 +131,7 @@ export class MetadataConnection {
   private readonly timeoutMs: number;
   private readonly attemptTimeoutMs: number;
   private readonly random: () => number;
-  private readonly channels = new Map<string, RpcChannel>();
+  private readonly channels = new RpcChannelPool();
   /** Last known leader per Raft group. */
   private readonly leaders = new Map<number, string>();
   private seedCursor = 0;
@@ -287,18 +294,11 @@ export class MetadataConnection {
   }
 
   private channel(address: string): RpcChannel {
-    let channel = this.channels.get(address);
-    if (channel === undefined) {
-      assert(this.channels.size < 1024, 'too many metadata channels');
-      channel = new RpcChannel(address);
-      this.channels.set(address, channel);
-    }
-    return channel;
+    return this.channels.get(address);
   }
 
   close(): void {
     this.closed = true;
-    for (const channel of this.channels.values()) channel.close();
-    this.channels.clear();
+    this.channels.close();
   }
 }

@@ -27,7 +27,7 @@ import type { LogLevel } from '../common/log.js';
 import { freePort, portIsFree } from '../common/ports.js';
 import type { ReadyMessage, Role } from '../daemon/daemon.js';
 import { HealthService, MetadataService } from '../wire/gen/types.js';
-import { RpcChannel } from '../wire/rpc.js';
+import { RpcChannel, RpcChannelPool } from '../wire/rpc.js';
 
 export interface UpOptions {
   dir: string;
@@ -390,7 +390,7 @@ export class LocalCluster {
       // Every chunk server registered and alive, so the first write is placed on all of them.
       const chunkIds = this.running.filter((r) => r.record.role === 'chunk').map((r) => r.record.id);
       let registered = 0;
-      const leaderChannels = new Map<string, RpcChannel>();
+      const leaderChannels = new RpcChannelPool(16);
       const allRegistered = await waitUntil(
         async () => {
           try {
@@ -401,12 +401,9 @@ export class LocalCluster {
               { group: 0 },
               { timeoutMs: 1000 },
             );
-            let leader = leaderChannels.get(leaderAddr);
-            if (leader === undefined) {
-              leader = new RpcChannel(leaderAddr);
-              leaderChannels.set(leaderAddr, leader);
-            }
-            const report = await leader.call(MetadataService, 'ClusterReport', {}, { timeoutMs: 1000 });
+            const report = await leaderChannels
+              .get(leaderAddr)
+              .call(MetadataService, 'ClusterReport', {}, { timeoutMs: 1000 });
             const alive = new Set(report.chunkServers.filter((c) => c.state === 'alive').map((c) => c.id));
             registered = chunkIds.filter((id) => alive.has(id)).length;
             return registered === chunkIds.length;
@@ -417,7 +414,7 @@ export class LocalCluster {
         deadline,
         100,
       );
-      for (const leader of leaderChannels.values()) leader.close();
+      leaderChannels.close();
       if (!allRegistered) {
         throw new UpError(
           `only ${registered} of ${chunkIds.length} chunk servers registered with the metadata service in time`,

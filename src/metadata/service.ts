@@ -33,7 +33,7 @@ import {
   type Inode as WireInode,
 } from '../wire/gen/types.js';
 import type { Init } from '../wire/proto.js';
-import { RpcChannel, type RpcServer, type ServiceHandlers } from '../wire/rpc.js';
+import { RpcChannelPool, type RpcServer, type ServiceHandlers } from '../wire/rpc.js';
 import {
   type BlockGroupInfo,
   type ClusterCommand,
@@ -188,7 +188,7 @@ export class MetadataNode {
     { server: string; blockGroupId: number; index: number; path: string }
   >();
   /** gRPC channels to chunk servers' control addresses (DeleteShard). */
-  private readonly chunkChannels = new Map<string, RpcChannel>();
+  private readonly chunkChannels = new RpcChannelPool();
   private readonly defaultEc: string | undefined;
   private readonly gcGraceMs: number;
   private duties: NodeJS.Timeout | undefined;
@@ -215,8 +215,7 @@ export class MetadataNode {
 
   stop(): void {
     if (this.duties) clearInterval(this.duties);
-    for (const channel of this.chunkChannels.values()) channel.close();
-    this.chunkChannels.clear();
+    this.chunkChannels.close();
   }
 
   private async proposeNamespace(command: NamespaceCommand, deadline: number): Promise<NamespaceResult> {
@@ -303,15 +302,6 @@ export class MetadataNode {
     }
   }
 
-  private chunkControl(addr: string): RpcChannel {
-    let channel = this.chunkChannels.get(addr);
-    if (channel === undefined) {
-      channel = new RpcChannel(addr);
-      this.chunkChannels.set(addr, channel);
-    }
-    return channel;
-  }
-
   /**
    * Deletes shard `index` of `blockGroupId` from `serverId`. True when the server no longer has it; false
    * when the server is dead, unknown or did not answer (the caller keeps the work for later or gives up).
@@ -320,12 +310,14 @@ export class MetadataNode {
     const server = this.cluster.state.server(serverId);
     if (server === undefined || server.state !== 'alive' || server.controlAddr === '') return false;
     try {
-      await this.chunkControl(server.controlAddr).call(
-        ChunkControlService,
-        'DeleteShard',
-        { shard: { blockGroupId, index, generation: 0 } },
-        { timeoutMs: CHUNK_CONTROL_TIMEOUT_MS },
-      );
+      await this.chunkChannels
+        .get(server.controlAddr)
+        .call(
+          ChunkControlService,
+          'DeleteShard',
+          { shard: { blockGroupId, index, generation: 0 } },
+          { timeoutMs: CHUNK_CONTROL_TIMEOUT_MS },
+        );
       return true;
     } catch (error) {
       this.log.debug('delete shard failed', { server: serverId, blockGroupId, index, error });
@@ -439,7 +431,8 @@ export class MetadataNode {
         'FAILED_PRECONDITION',
         `shard ${shard.index}: chunk server '${shard.chunkServerId.slice(0, 128)}' is not a live registered server`,
       );
-    const stat = await this.chunkControl(server.controlAddr)
+    const stat = await this.chunkChannels
+      .get(server.controlAddr)
       .call(
         ChunkControlService,
         'StatShard',

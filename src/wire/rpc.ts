@@ -341,6 +341,33 @@ export class RpcChannel {
   }
 }
 
+/** One channel per address, made on first use and reused (a process talking to a few known servers). */
+export class RpcChannelPool {
+  private readonly channels = new Map<string, RpcChannel>();
+
+  /** `maxChannels` bounds the addresses one pool may hold (they come from configuration or peers). */
+  constructor(private readonly maxChannels = 1024) {}
+
+  get(address: string): RpcChannel {
+    let channel = this.channels.get(address);
+    if (channel === undefined) {
+      if (this.channels.size >= this.maxChannels)
+        throw new DogfsError(
+          'RESOURCE_EXHAUSTED',
+          `more than ${this.maxChannels} addresses in one channel pool`,
+        );
+      channel = new RpcChannel(address);
+      this.channels.set(address, channel);
+    }
+    return channel;
+  }
+
+  close(): void {
+    for (const channel of this.channels.values()) channel.close();
+    this.channels.clear();
+  }
+}
+
 export interface RetryOptions {
   /** Absolute deadline for all attempts together. */
   deadline: number;
