@@ -6,9 +6,9 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
-import * as grpc from '@grpc/grpc-js';
 import protobuf from 'protobufjs/light.js';
 import { freePort } from '../src/common/ports.js';
+import { RpcChannel } from '../src/wire/rpc.js';
 
 export interface BenchResult {
   bench: string;
@@ -163,21 +163,12 @@ export async function measureEtcdPuts(
       { stdio: 'ignore' },
     ),
   );
-  const clients = members.map(
-    (m) => new grpc.Client(`127.0.0.1:${m.client}`, grpc.credentials.createInsecure()),
-  );
-  const payload = (key: string) => encodePut(key, value);
-  const put = (client: grpc.Client, key: string) =>
-    new Promise<void>((resolve, reject) => {
-      client.makeUnaryRequest(
-        '/etcdserverpb.KV/Put',
-        (b: Buffer) => b,
-        (b: Buffer) => b,
-        payload(key),
-        { deadline: Date.now() + 10_000 },
-        (e) => (e ? reject(e) : resolve()),
-      );
-    });
+  // The same gRPC client as DogFS's own calls (wire/grpc-client.ts), so the comparison is of the
+  // servers and not of two client stacks.
+  const clients = members.map((m) => new RpcChannel(`127.0.0.1:${m.client}`));
+  const put = async (client: RpcChannel, key: string): Promise<void> => {
+    await client.callRaw('/etcdserverpb.KV/Put', encodePut(key, value), { timeoutMs: 10_000 }, 'Put');
+  };
   const rates = new Map<number, number>();
   try {
     const deadline = Date.now() + 30_000;

@@ -1,15 +1,22 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createServer, type Socket } from 'node:net';
 import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { DogfsError } from '../../src/wire/errors.js';
 import { FileType, HealthService, MetadataService } from '../../src/wire/gen/types.js';
 import { decodeMessage, encodeMessage } from '../../src/wire/proto.js';
 import { callWithRetry, RpcChannel, RpcServer, withRetry } from '../../src/wire/rpc.js';
+import { waitFor } from '../helpers/index.js';
 
 const server = new RpcServer({ maxMessageBytes: 64 * 1024 });
 let address = '';
 let statCalls = 0;
 let mkdirCalls = 0;
+/** Set while a '/slow' Stat waits; then the code of the reason its signal fired with. */
+let slowStarted = false;
+let slowAbortCode: string | undefined;
 
 function unimplemented(): never {
   throw new DogfsError('UNIMPLEMENTED', 'not in this test');
@@ -34,8 +41,13 @@ before(async () => {
       }
       if (request.path === '/flaky' && statCalls % 3 !== 0) throw new DogfsError('UNAVAILABLE', 'try again');
       if (request.path === '/slow') {
+        slowStarted = true;
         await new Promise((resolve) => context.signal.addEventListener('abort', resolve, { once: true }));
+        slowAbortCode = (context.signal.reason as DogfsError).code;
         throw context.signal.reason;
+      }
+      if (request.path === '/big') {
+        return { inode: { id: 8, type: FileType.FILE, size: 0, ec: 'x'.repeat(4096) } };
       }
       if (request.path === '/bug') throw new TypeError('undefined is not a function');
       return { inode: { id: 7, type: FileType.FILE, size: request.path.length, ec: 'rs-6-3' } };
@@ -243,5 +255,166 @@ test('Mkdir is retried (IDEMPOTENT in proto) until attempts run out', async () =
     assert.equal(MetadataService.methods.Mkdir.idempotent, true);
   } finally {
     channel.close();
+  }
+});
+
+test('an AbortSignal cancels a call in flight, and the server sees the cancellation', async () => {
+  const channel = new RpcChannel(address);
+  try {
+    slowStarted = false;
+    slowAbortCode = undefined;
+    const abort = new AbortController();
+    const call = channel.call(
+      MetadataService,
+      'Stat',
+      { path: '/slow' },
+      { timeoutMs: 30_000, signal: abort.signal },
+    );
+    await waitFor('the slow handler to start', () => slowStarted);
+    abort.abort();
+    await assert.rejects(call, (e: unknown) => e instanceof DogfsError && e.code === 'CANCELLED');
+    assert.equal(await waitFor('the handler to see the cancellation', () => slowAbortCode), 'CANCELLED');
+  } finally {
+    channel.close();
+  }
+});
+
+test('a response over the channel limit is refused with RESOURCE_EXHAUSTED', async () => {
+  const channel = new RpcChannel(address, { maxMessageBytes: 1024 });
+  try {
+    await assert.rejects(
+      channel.call(MetadataService, 'Stat', { path: '/big' }),
+      (e: unknown) =>
+        e instanceof DogfsError && e.code === 'RESOURCE_EXHAUSTED' && e.message.includes('1024'),
+    );
+    // The channel stays usable for answers within the limit.
+    assert.equal((await channel.call(MetadataService, 'Stat', { path: '/ok' })).inode?.id, 7);
+  } finally {
+    channel.close();
+  }
+});
+
+test('a peer that accepts but never answers: the call ends at its deadline and the connection is replaced', async () => {
+  const sockets: Socket[] = [];
+  let closed = 0;
+  const silent = createServer((socket) => {
+    sockets.push(socket);
+    socket.on('error', () => {});
+    socket.on('close', () => closed++);
+    // Read (and ignore) what the client sends, so its hang-up is seen.
+    socket.resume();
+  });
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+  const port = (silent.address() as { port: number }).port;
+  const channel = new RpcChannel(`127.0.0.1:${port}`);
+  try {
+    const started = Date.now();
+    await assert.rejects(
+      channel.call(HealthService, 'Check', {}, { timeoutMs: 300 }),
+      (e: unknown) => e instanceof DogfsError && e.code === 'DEADLINE_EXCEEDED',
+    );
+    assert.ok(Date.now() - started < 5000, 'within its deadline, not a transport timeout');
+    // The unanswered ping drops the connection, so the next call dials again instead of queueing on it.
+    await waitFor(
+      'the silent connection to be dropped',
+      () => sockets[0]?.destroyed || sockets[0]?.readableEnded,
+    );
+    await assert.rejects(channel.call(HealthService, 'Check', {}, { timeoutMs: 300 }));
+    assert.equal(sockets.length, 2, 'a second connection');
+  } finally {
+    channel.close();
+    for (const socket of sockets) socket.destroy();
+    silent.close();
+  }
+});
+
+test('an open channel does not keep a finished process alive', async () => {
+  const rpc = fileURLToPath(new URL('../../src/wire/rpc.js', import.meta.url));
+  const types = fileURLToPath(new URL('../../src/wire/gen/types.js', import.meta.url));
+  const script = `
+    const { RpcChannel } = await import(${JSON.stringify(rpc)});
+    const { HealthService } = await import(${JSON.stringify(types)});
+    const channel = new RpcChannel(${JSON.stringify(address)});
+    const health = await channel.call(HealthService, 'Check', {});
+    process.stdout.write(health.id);`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let out = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => {
+    out += d;
+  });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+  try {
+    const code = await Promise.race([
+      exited,
+      new Promise<'hung'>((r) => setTimeout(() => r('hung'), 15_000).unref()),
+    ]);
+    assert.equal(code, 0);
+    assert.equal(out, 'test');
+  } finally {
+    child.kill('SIGKILL');
+  }
+});
+
+test('the server refuses an oversized request from a stock gRPC client with RESOURCE_EXHAUSTED', async () => {
+  const raw = new grpc.Client(address, grpc.credentials.createInsecure());
+  try {
+    const big = encodeMessage('dogfs.v1.StatRequest', { path: 'x'.repeat(100 * 1024) });
+    const status = await new Promise<grpc.ServiceError>((resolve) => {
+      raw.makeUnaryRequest(
+        `/${MetadataService.name}/Stat`,
+        (b: Buffer) => b,
+        (b: Buffer) => b,
+        Buffer.from(big),
+        (error) => resolve(error as grpc.ServiceError),
+      );
+    });
+    assert.equal(status.code, grpc.status.RESOURCE_EXHAUSTED);
+    assert.equal(status.metadata.get('dogfs-code')[0], 'RESOURCE_EXHAUSTED');
+  } finally {
+    raw.close();
+  }
+});
+
+test('a DogFS channel calls a stock gRPC server: answers, and its statuses as codes', async () => {
+  const stock = new grpc.Server();
+  stock.addService(
+    {
+      Echo: {
+        path: '/test.Stock/Echo',
+        requestStream: false,
+        responseStream: false,
+        requestSerialize: (b: Buffer) => b,
+        requestDeserialize: (b: Buffer) => b,
+        responseSerialize: (b: Buffer) => b,
+        responseDeserialize: (b: Buffer) => b,
+      },
+    },
+    {
+      Echo: (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
+        if (call.request.byteLength === 0)
+          callback({ code: grpc.status.NOT_FOUND, details: 'nothing 100% here' });
+        else callback(null, call.request);
+      },
+    },
+  );
+  const port = await new Promise<number>((resolve, reject) =>
+    stock.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) =>
+      e ? reject(e) : resolve(p),
+    ),
+  );
+  const channel = new RpcChannel(`127.0.0.1:${port}`);
+  try {
+    const answer = await channel.callRaw('/test.Stock/Echo', Buffer.from('hello'));
+    assert.equal(answer.toString(), 'hello');
+    await assert.rejects(
+      channel.callRaw('/test.Stock/Echo', Buffer.alloc(0), {}, 'Echo'),
+      (e: unknown) =>
+        e instanceof DogfsError && e.code === 'NOT_FOUND' && e.message.includes('nothing 100% here'),
+    );
+  } finally {
+    channel.close();
+    stock.forceShutdown();
   }
 });

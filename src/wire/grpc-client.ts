@@ -1,0 +1,324 @@
+/**
+ * wire/grpc-client — a lean gRPC client for unary calls, straight on node:http2.
+ *
+ * Why not @grpc/grpc-js on this side: its client stack (resolver, load balancer, retry and interceptor
+ * layers, a Metadata object and several promises per call) cost ~175 µs of CPU per call here against
+ * ~60 µs for the same call written directly on node:http2 (same grpc-js server, 64 calls in flight,
+ * bench notes in docs/ARCHITECTURE.md). DogFS's callers make one unary call at a time to an address they
+ * already know, so none of those layers does work for them. The bytes on the wire are plain gRPC
+ * (HTTP/2, length-prefixed messages, grpc-status trailers): it calls stock gRPC servers (etcd in the
+ * benches, grpc-js in test/wire/rpc.test.ts) as well as DogFS's own (wire/grpc-server.ts).
+ *
+ * What it does: one HTTP/2 session per address, opened on first use and replaced when it closes or
+ * fails; every call carries `grpc-timeout` and is cut locally at its deadline (RST_STREAM CANCEL, which
+ * the server sees as a cancellation); an AbortSignal cancels; responses larger than the limit are cut and
+ * refused; statuses come back as DogfsErrors (the server's `dogfs-code` trailer when present, otherwise
+ * the gRPC status). A call that hits its deadline pings the session: a peer that does not answer the ping
+ * promptly gets the session dropped, so a vanished host is not waited on call after call.
+ */
+import http2 from 'node:http2';
+import { DogfsError, type ErrorCode, isErrorCode } from './errors.js';
+
+const {
+  HTTP2_HEADER_METHOD,
+  HTTP2_HEADER_PATH,
+  HTTP2_HEADER_CONTENT_TYPE,
+  HTTP2_HEADER_TE,
+  HTTP2_HEADER_STATUS,
+  NGHTTP2_CANCEL,
+  NGHTTP2_REFUSED_STREAM,
+  NGHTTP2_ENHANCE_YOUR_CALM,
+} = http2.constants;
+
+/** Trailers that carry DogFS's exact error code and a NOT_LEADER hint beside the gRPC status. */
+export const CODE_KEY = 'dogfs-code';
+export const LEADER_KEY = 'dogfs-leader';
+/** The gRPC message prefix: 1 byte "compressed" flag + 4 bytes big-endian length. */
+export const PREFIX_BYTES = 5;
+
+/** The prefix of an uncompressed gRPC message of `length` bytes. */
+export function messagePrefix(length: number): Buffer {
+  const prefix = Buffer.allocUnsafe(PREFIX_BYTES);
+  prefix[0] = 0;
+  prefix.writeUInt32BE(length, 1);
+  return prefix;
+}
+/** How long a session may leave a ping unanswered after a call timed out before it is dropped. */
+const PING_TIMEOUT_MS = 2000;
+/** grpc-timeout allows at most 8 digits per unit. */
+const MAX_TIMEOUT_DIGITS = 99_999_999;
+
+/** gRPC status codes (https://grpc.github.io/grpc/core/md_doc_statuscodes.html), numbers on the wire. */
+export const GrpcStatus = {
+  OK: 0,
+  CANCELLED: 1,
+  UNKNOWN: 2,
+  INVALID_ARGUMENT: 3,
+  DEADLINE_EXCEEDED: 4,
+  NOT_FOUND: 5,
+  ALREADY_EXISTS: 6,
+  PERMISSION_DENIED: 7,
+  RESOURCE_EXHAUSTED: 8,
+  FAILED_PRECONDITION: 9,
+  ABORTED: 10,
+  OUT_OF_RANGE: 11,
+  UNIMPLEMENTED: 12,
+  INTERNAL: 13,
+  UNAVAILABLE: 14,
+  DATA_LOSS: 15,
+  UNAUTHENTICATED: 16,
+} as const;
+
+/** For statuses made by gRPC itself, without a dogfs-code trailer: connection refused, too large, ... */
+export function codeOfGrpcStatus(status: number): ErrorCode {
+  switch (status) {
+    case GrpcStatus.INVALID_ARGUMENT:
+      return 'INVALID_ARGUMENT';
+    case GrpcStatus.NOT_FOUND:
+      return 'NOT_FOUND';
+    case GrpcStatus.ALREADY_EXISTS:
+      return 'ALREADY_EXISTS';
+    case GrpcStatus.DEADLINE_EXCEEDED:
+      return 'DEADLINE_EXCEEDED';
+    case GrpcStatus.CANCELLED:
+      return 'CANCELLED';
+    case GrpcStatus.RESOURCE_EXHAUSTED:
+      return 'RESOURCE_EXHAUSTED';
+    case GrpcStatus.UNIMPLEMENTED:
+      return 'UNIMPLEMENTED';
+    case GrpcStatus.UNAVAILABLE:
+      return 'UNAVAILABLE';
+    case GrpcStatus.DATA_LOSS:
+      return 'CORRUPT';
+    case GrpcStatus.PERMISSION_DENIED:
+      return 'PERMISSION_DENIED';
+    case GrpcStatus.FAILED_PRECONDITION:
+      return 'FAILED_PRECONDITION';
+    default:
+      return 'INTERNAL';
+  }
+}
+
+/** `grpc-timeout` for `ms` milliseconds: the unit is chosen so the value fits in 8 digits. */
+export function grpcTimeout(ms: number): string {
+  const whole = Math.max(1, Math.ceil(ms));
+  if (whole <= MAX_TIMEOUT_DIGITS) return `${whole}m`;
+  return `${Math.min(MAX_TIMEOUT_DIGITS, Math.ceil(whole / 1000))}S`;
+}
+
+function headerString(value: string | string[] | number | undefined): string | undefined {
+  if (Array.isArray(value)) return value[0];
+  return value === undefined ? undefined : String(value);
+}
+
+/** grpc-message is percent-encoded; a malformed one is shown as sent rather than lost. */
+function decodeGrpcMessage(raw: string | undefined): string {
+  if (raw === undefined) return '';
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    return raw;
+  }
+}
+
+export interface UnaryOptions {
+  /** Absolute deadline, ms since the epoch. */
+  readonly deadline: number;
+  readonly signal?: AbortSignal | undefined;
+  /** Largest request or response message accepted, in bytes. */
+  readonly maxMessageBytes: number;
+  /** For error messages: what was called (e.g. "Create"). */
+  readonly label: string;
+}
+
+/** A lazily opened HTTP/2 session to one gRPC server; reopened after it closes. */
+export class GrpcConnection {
+  private session: http2.ClientHttp2Session | undefined;
+  private closed = false;
+
+  constructor(readonly address: string) {}
+
+  private current(): http2.ClientHttp2Session {
+    if (this.closed) throw new DogfsError('CANCELLED', `${this.address}: channel closed`);
+    const existing = this.session;
+    if (existing !== undefined && !existing.closed && !existing.destroyed) return existing;
+    const session = http2.connect(`http://${this.address}`, {
+      // Responses of up to 16 MiB may be in flight on several streams at once.
+      maxSessionMemory: 256,
+    });
+    // Failures surface on the calls themselves (their streams error and close); the session only goes.
+    session.on('error', () => this.forget(session));
+    session.on('close', () => this.forget(session));
+    session.on('goaway', () => this.forget(session));
+    // Open sessions do not keep a process alive; a call in flight does, through its deadline timer.
+    session.unref();
+    this.session = session;
+    return session;
+  }
+
+  private forget(session: http2.ClientHttp2Session): void {
+    if (this.session === session) this.session = undefined;
+  }
+
+  /** After a call timed out: drop the session unless the peer still answers a ping promptly. */
+  private probe(session: http2.ClientHttp2Session): void {
+    if (session.closed || session.destroyed) return;
+    const timer = setTimeout(() => session.destroy(), PING_TIMEOUT_MS);
+    timer.unref();
+    const sent = session.ping((error) => {
+      clearTimeout(timer);
+      if (error) session.destroy();
+    });
+    if (!sent) {
+      clearTimeout(timer);
+      session.destroy();
+    }
+  }
+
+  /** One unary call: `message` is the encoded request; resolves with the encoded response. */
+  unary(path: string, message: Uint8Array, options: UnaryOptions): Promise<Buffer> {
+    const where = `${this.address} ${options.label}`;
+    if (message.byteLength > options.maxMessageBytes) {
+      return Promise.reject(
+        new DogfsError(
+          'RESOURCE_EXHAUSTED',
+          `${where}: request of ${message.byteLength} bytes exceeds the ${options.maxMessageBytes}-byte limit`,
+        ),
+      );
+    }
+    if (options.signal?.aborted) return Promise.reject(new DogfsError('CANCELLED', `${where}: cancelled`));
+    const remaining = options.deadline - Date.now();
+    if (remaining <= 0)
+      return Promise.reject(new DogfsError('DEADLINE_EXCEEDED', `${where}: deadline exceeded`));
+    let session: http2.ClientHttp2Session;
+    let stream: http2.ClientHttp2Stream;
+    try {
+      session = this.current();
+      stream = session.request({
+        [HTTP2_HEADER_METHOD]: 'POST',
+        [HTTP2_HEADER_PATH]: path,
+        [HTTP2_HEADER_CONTENT_TYPE]: 'application/grpc',
+        [HTTP2_HEADER_TE]: 'trailers',
+        'grpc-timeout': grpcTimeout(remaining),
+      });
+    } catch (error) {
+      return Promise.reject(
+        error instanceof DogfsError
+          ? error
+          : new DogfsError('UNAVAILABLE', `${where}: ${(error as Error).message}`, { cause: error }),
+      );
+    }
+    return new Promise<Buffer>((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      let received = 0;
+      /** Set once the outcome is known locally (deadline, cancel, too large, transport error). */
+      let localError: DogfsError | undefined;
+      let status: http2.IncomingHttpHeaders | undefined;
+      let httpStatus: number | undefined;
+
+      const cut = (error: DogfsError): void => {
+        if (localError !== undefined) return;
+        localError = error;
+        stream.close(NGHTTP2_CANCEL);
+      };
+      const timer = setTimeout(() => {
+        cut(new DogfsError('DEADLINE_EXCEEDED', `${where}: deadline exceeded`));
+        this.probe(session);
+      }, remaining);
+      const onAbort = (): void => cut(new DogfsError('CANCELLED', `${where}: cancelled`));
+      options.signal?.addEventListener('abort', onAbort, { once: true });
+
+      stream.on('response', (headers) => {
+        httpStatus = Number(headers[HTTP2_HEADER_STATUS]);
+        // Trailers-only responses (errors) carry grpc-status in the headers.
+        if (headers['grpc-status'] !== undefined) status = headers;
+      });
+      stream.on('trailers', (trailers) => {
+        status = trailers;
+      });
+      stream.on('data', (chunk: Buffer) => {
+        received += chunk.byteLength;
+        if (received > options.maxMessageBytes + PREFIX_BYTES) {
+          cut(
+            new DogfsError(
+              'RESOURCE_EXHAUSTED',
+              `${where}: response exceeds the ${options.maxMessageBytes}-byte limit`,
+            ),
+          );
+          return;
+        }
+        chunks.push(chunk);
+      });
+      stream.on('error', (error: Error) => {
+        if (localError !== undefined) return;
+        const rst = stream.rstCode;
+        const code: ErrorCode =
+          rst === NGHTTP2_REFUSED_STREAM
+            ? 'UNAVAILABLE'
+            : rst === NGHTTP2_ENHANCE_YOUR_CALM
+              ? 'RESOURCE_EXHAUSTED'
+              : rst === NGHTTP2_CANCEL
+                ? 'CANCELLED'
+                : 'UNAVAILABLE';
+        localError = new DogfsError(code, `${where}: ${error.message}`, { cause: error });
+      });
+      stream.on('close', () => {
+        clearTimeout(timer);
+        options.signal?.removeEventListener('abort', onAbort);
+        if (localError !== undefined) {
+          reject(localError);
+          return;
+        }
+        const outcome = this.outcome(where, status, httpStatus, chunks, received);
+        if (outcome instanceof DogfsError) reject(outcome);
+        else resolve(outcome);
+      });
+      // Two writes rather than a concatenation: the message is not copied.
+      stream.write(messagePrefix(message.byteLength));
+      stream.end(message);
+    });
+  }
+
+  /** The response message, or the error the server (or a broken response) gave. */
+  private outcome(
+    where: string,
+    status: http2.IncomingHttpHeaders | undefined,
+    httpStatus: number | undefined,
+    chunks: Buffer[],
+    received: number,
+  ): Buffer | DogfsError {
+    if (status === undefined) {
+      const why =
+        httpStatus !== undefined && httpStatus !== 200
+          ? `HTTP status ${httpStatus}`
+          : 'the stream ended without a gRPC status';
+      return new DogfsError('UNAVAILABLE', `${where}: ${why}`);
+    }
+    const grpcStatus = Number(headerString(status['grpc-status']));
+    if (grpcStatus !== GrpcStatus.OK) {
+      const sent = headerString(status[CODE_KEY]);
+      const leader = headerString(status[LEADER_KEY]);
+      const message = decodeGrpcMessage(headerString(status['grpc-message']));
+      const code = sent !== undefined && isErrorCode(sent) ? sent : codeOfGrpcStatus(grpcStatus);
+      // Server-sent errors carry their own message; others get the address so they make sense alone.
+      return new DogfsError(code, sent !== undefined ? message : `${where}: ${message}`, {
+        leaderHint: leader !== undefined && leader !== '' ? leader : undefined,
+      });
+    }
+    const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, received);
+    if (body.byteLength < PREFIX_BYTES)
+      return new DogfsError('INTERNAL', `${where}: response without a message`);
+    if (body[0] !== 0) return new DogfsError('INTERNAL', `${where}: compressed response (not negotiated)`);
+    const length = body.readUInt32BE(1);
+    if (length !== body.byteLength - PREFIX_BYTES) {
+      return new DogfsError('INTERNAL', `${where}: response of ${body.byteLength} bytes frames ${length}`);
+    }
+    return body.subarray(PREFIX_BYTES);
+  }
+
+  close(): void {
+    this.closed = true;
+    this.session?.close();
+    this.session = undefined;
+  }
+}
