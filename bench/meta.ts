@@ -235,13 +235,13 @@ async function measureMemory(cluster: Cluster, clients: DogfsClient[]): Promise<
   );
   const seconds = (performance.now() - t0) / 1000;
   // Right after the load (garbage included), then once settled: sampled every second until it has not
-  // fallen for 20 s (at most 120 s). V8's memory reducer gives back what only garbage held only after the
-  // allocation rate has stayed low for a while: here it started 20-30 s after the load, so a shorter
+  // fallen for 45 s (at most 150 s). V8's memory reducer gives back what only garbage held only after the
+  // allocation rate has stayed low for a while: here it started 20-37 s after the load, so a shorter
   // window reported the garbage as if files held it.
   await new Promise((r) => setTimeout(r, 3000));
   const rssLoaded = rssBytes(leader.pid);
   let rss1 = rssLoaded;
-  for (let s = 0, still = 0; s < 120 && still < 20; s++) {
+  for (let s = 0, still = 0; s < 150 && still < 45; s++) {
     await new Promise((r) => setTimeout(r, 1000));
     const now = rssBytes(leader.pid);
     still = now < rss1 - (1 << 20) ? 0 : still + 1;

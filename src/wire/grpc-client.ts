@@ -13,10 +13,13 @@
  * fails; every call carries `grpc-timeout` and is cut locally at its deadline (RST_STREAM CANCEL, which
  * the server sees as a cancellation); an AbortSignal cancels; responses larger than the limit are cut and
  * refused; statuses come back as DogfsErrors (the server's `dogfs-code` trailer when present, otherwise
- * the gRPC status). A call that hits its deadline pings the session: a peer that does not answer the ping
- * promptly gets the session dropped, so a vanished host is not waited on call after call.
+ * the gRPC status). A call that hits its deadline pings the session (one probe at a time per session): a
+ * peer that does not answer the ping promptly gets the session dropped, so a vanished host is not waited
+ * on call after call; TCP keepalive covers idle sessions. A session whose stream ids run out (2^31 calls)
+ * is replaced. Deadlines beyond what a timer holds (~24.8 days) are cut to that.
  */
 import http2 from 'node:http2';
+import type { Socket } from 'node:net';
 import { DogfsError, type ErrorCode, isErrorCode } from './errors.js';
 
 const {
@@ -45,6 +48,10 @@ export function messagePrefix(length: number): Buffer {
 }
 /** How long a session may leave a ping unanswered after a call timed out before it is dropped. */
 const PING_TIMEOUT_MS = 2000;
+/** Idle time before TCP keepalive probes start, on both ends of a connection. */
+export const KEEPALIVE_MS = 30_000;
+/** The longest a call may wait: what a timer can hold (2^31-1 ms, about 24.8 days). */
+const MAX_CALL_MS = 2 ** 31 - 1;
 /** grpc-timeout allows at most 8 digits per unit. */
 const MAX_TIMEOUT_DIGITS = 99_999_999;
 
@@ -99,6 +106,38 @@ export function codeOfGrpcStatus(status: number): ErrorCode {
   }
 }
 
+/** A response without gRPC status: the HTTP status as the gRPC spec maps it. */
+function codeOfHttpStatus(httpStatus: number): ErrorCode {
+  switch (httpStatus) {
+    case 401:
+    case 403:
+      return 'PERMISSION_DENIED';
+    case 404:
+      return 'UNIMPLEMENTED';
+    case 429:
+    case 502:
+    case 503:
+    case 504:
+      return 'UNAVAILABLE';
+    default:
+      return 'INTERNAL';
+  }
+}
+
+/** A stream the server reset without a status (the connection itself still up). */
+function codeOfReset(rstCode: number | undefined): ErrorCode {
+  switch (rstCode) {
+    case NGHTTP2_REFUSED_STREAM:
+      return 'UNAVAILABLE';
+    case NGHTTP2_ENHANCE_YOUR_CALM:
+      return 'RESOURCE_EXHAUSTED';
+    case NGHTTP2_CANCEL:
+      return 'CANCELLED';
+    default:
+      return 'INTERNAL';
+  }
+}
+
 /** `grpc-timeout` for `ms` milliseconds: the unit is chosen so the value fits in 8 digits. */
 export function grpcTimeout(ms: number): string {
   const whole = Math.max(1, Math.ceil(ms));
@@ -134,6 +173,7 @@ export interface UnaryOptions {
 /** A lazily opened HTTP/2 session to one gRPC server; reopened after it closes. */
 export class GrpcConnection {
   private session: http2.ClientHttp2Session | undefined;
+  private readonly probing = new WeakSet<http2.ClientHttp2Session>();
   private closed = false;
 
   constructor(readonly address: string) {}
@@ -146,6 +186,10 @@ export class GrpcConnection {
       // Responses of up to 16 MiB may be in flight on several streams at once.
       maxSessionMemory: 256,
     });
+    // TCP keepalive finds a vanished host under an idle session (grpc-js pinged every 30 s for this).
+    session.on('connect', (_session: http2.ClientHttp2Session, socket: Socket) =>
+      socket.setKeepAlive(true, KEEPALIVE_MS),
+    );
     // Failures surface on the calls themselves (their streams error and close); the session only goes.
     session.on('error', () => this.forget(session));
     session.on('close', () => this.forget(session));
@@ -160,18 +204,27 @@ export class GrpcConnection {
     if (this.session === session) this.session = undefined;
   }
 
-  /** After a call timed out: drop the session unless the peer still answers a ping promptly. */
+  /**
+   * After a call timed out: drop the session unless the peer answers a ping promptly. One probe per
+   * session at a time, so many calls timing out together (a stalled leader) cost one ping, not one each
+   * (HTTP/2 peers limit outstanding pings, and Node refuses more than 10).
+   */
   private probe(session: http2.ClientHttp2Session): void {
-    if (session.closed || session.destroyed) return;
+    if (session.closed || session.destroyed || this.probing.has(session)) return;
+    this.probing.add(session);
     const timer = setTimeout(() => session.destroy(), PING_TIMEOUT_MS);
     timer.unref();
-    const sent = session.ping((error) => {
+    const done = (alive: boolean): void => {
       clearTimeout(timer);
-      if (error) session.destroy();
-    });
-    if (!sent) {
-      clearTimeout(timer);
-      session.destroy();
+      this.probing.delete(session);
+      if (!alive) session.destroy();
+    };
+    try {
+      // false: too many pings already outstanding — that proves nothing about the peer; leave it.
+      if (!session.ping((error) => done(error === null))) done(true);
+    } catch {
+      // ping() throws before the session is connected: a peer that never completed the handshake.
+      done(false);
     }
   }
 
@@ -187,8 +240,9 @@ export class GrpcConnection {
       );
     }
     if (options.signal?.aborted) return Promise.reject(new DogfsError('CANCELLED', `${where}: cancelled`));
-    const remaining = options.deadline - Date.now();
-    if (remaining <= 0)
+    // Timers hold at most 2^31-1 ms; no DogFS server lets a call run anywhere near that long anyway.
+    const remaining = Math.min(options.deadline - Date.now(), MAX_CALL_MS);
+    if (!(remaining > 0))
       return Promise.reject(new DogfsError('DEADLINE_EXCEEDED', `${where}: deadline exceeded`));
     let session: http2.ClientHttp2Session;
     let stream: http2.ClientHttp2Stream;
@@ -211,15 +265,26 @@ export class GrpcConnection {
     return new Promise<Buffer>((resolve, reject) => {
       const chunks: Buffer[] = [];
       let received = 0;
-      /** Set once the outcome is known locally (deadline, cancel, too large, transport error). */
-      let localError: DogfsError | undefined;
+      let settled = false;
+      /** A transport failure seen on the stream; the outcome is decided when it closes. */
+      let streamError: DogfsError | undefined;
       let status: http2.IncomingHttpHeaders | undefined;
       let httpStatus: number | undefined;
 
+      const finish = (outcome: Buffer | DogfsError): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        options.signal?.removeEventListener('abort', onAbort);
+        if (outcome instanceof DogfsError) reject(outcome);
+        else resolve(outcome);
+      };
+      /** Ends the call now with `error`, whatever the stream is doing (even still waiting to connect). */
       const cut = (error: DogfsError): void => {
-        if (localError !== undefined) return;
-        localError = error;
-        stream.close(NGHTTP2_CANCEL);
+        if (settled) return;
+        finish(error);
+        if (stream.pending) stream.destroy();
+        else stream.close(NGHTTP2_CANCEL);
       };
       const timer = setTimeout(() => {
         cut(new DogfsError('DEADLINE_EXCEEDED', `${where}: deadline exceeded`));
@@ -237,8 +302,10 @@ export class GrpcConnection {
         status = trailers;
       });
       stream.on('data', (chunk: Buffer) => {
+        if (settled) return;
         received += chunk.byteLength;
         if (received > options.maxMessageBytes + PREFIX_BYTES) {
+          chunks.length = 0;
           cut(
             new DogfsError(
               'RESOURCE_EXHAUSTED',
@@ -249,29 +316,18 @@ export class GrpcConnection {
         }
         chunks.push(chunk);
       });
-      stream.on('error', (error: Error) => {
-        if (localError !== undefined) return;
-        const rst = stream.rstCode;
-        const code: ErrorCode =
-          rst === NGHTTP2_REFUSED_STREAM
-            ? 'UNAVAILABLE'
-            : rst === NGHTTP2_ENHANCE_YOUR_CALM
-              ? 'RESOURCE_EXHAUSTED'
-              : rst === NGHTTP2_CANCEL
-                ? 'CANCELLED'
-                : 'UNAVAILABLE';
-        localError = new DogfsError(code, `${where}: ${error.message}`, { cause: error });
+      stream.on('error', (error: NodeJS.ErrnoException) => {
+        // Stream ids run out after 2^31 calls on one connection: the next call needs a new one.
+        if (error.code === 'ERR_HTTP2_OUT_OF_STREAMS') {
+          this.forget(session);
+          session.close();
+        }
+        streamError ??= new DogfsError('UNAVAILABLE', `${where}: ${error.message}`, { cause: error });
       });
       stream.on('close', () => {
-        clearTimeout(timer);
-        options.signal?.removeEventListener('abort', onAbort);
-        if (localError !== undefined) {
-          reject(localError);
-          return;
-        }
-        const outcome = this.outcome(where, status, httpStatus, chunks, received);
-        if (outcome instanceof DogfsError) reject(outcome);
-        else resolve(outcome);
+        if (settled) return;
+        if (status === undefined && streamError !== undefined) finish(streamError);
+        else finish(this.outcome(where, status, httpStatus, stream.rstCode, session, chunks, received));
       });
       // Two writes rather than a concatenation: the message is not copied.
       stream.write(messagePrefix(message.byteLength));
@@ -284,15 +340,22 @@ export class GrpcConnection {
     where: string,
     status: http2.IncomingHttpHeaders | undefined,
     httpStatus: number | undefined,
+    rstCode: number | undefined,
+    session: http2.ClientHttp2Session,
     chunks: Buffer[],
     received: number,
   ): Buffer | DogfsError {
     if (status === undefined) {
-      const why =
-        httpStatus !== undefined && httpStatus !== 200
-          ? `HTTP status ${httpStatus}`
-          : 'the stream ended without a gRPC status';
-      return new DogfsError('UNAVAILABLE', `${where}: ${why}`);
+      if (httpStatus !== undefined && httpStatus !== 200) {
+        return new DogfsError(codeOfHttpStatus(httpStatus), `${where}: HTTP status ${httpStatus}`);
+      }
+      if (session.destroyed || session.closed) {
+        return new DogfsError('UNAVAILABLE', `${where}: connection lost before the answer`);
+      }
+      return new DogfsError(
+        codeOfReset(rstCode),
+        `${where}: the stream ended without a gRPC status (RST_STREAM ${rstCode ?? 'none'})`,
+      );
     }
     const grpcStatus = Number(headerString(status['grpc-status']));
     if (grpcStatus !== GrpcStatus.OK) {

@@ -8,14 +8,24 @@
  * `application/grpc`, 5-byte length prefixes, `grpc-timeout`, `grpc-status`/`grpc-message` trailers — so
  * stock gRPC clients in any language still talk to DogFS (test/wire/rpc.test.ts calls it with grpc-js).
  *
- * Limits, all explicit: concurrent streams per connection, bytes of one request (counted while it
- * arrives, so an oversized one is refused before it is buffered), how long a call may run whatever
- * deadline the caller sent. Only identity encoding is accepted (DogFS never compresses).
+ * Limits, all explicit: concurrent streams per connection (256); bytes of one request and of all
+ * requests in progress together (counted while they arrive, so an oversized one is refused before it is
+ * buffered, and the stream is then reset so the sender stops); how long a call may run, counted from its
+ * headers whatever grpc-timeout it sent (a request that never finishes arriving is answered too); the
+ * length of an error message (4 KiB); idle connections (closed after 10 minutes). Only identity encoding
+ * is accepted (DogFS never compresses).
  */
 import http2 from 'node:http2';
 import type { Socket } from 'node:net';
 import { DogfsError, type ErrorCode, toDogfsError } from './errors.js';
-import { CODE_KEY, GrpcStatus, LEADER_KEY, messagePrefix, PREFIX_BYTES } from './grpc-client.js';
+import {
+  CODE_KEY,
+  GrpcStatus,
+  KEEPALIVE_MS,
+  LEADER_KEY,
+  messagePrefix,
+  PREFIX_BYTES,
+} from './grpc-client.js';
 
 const {
   HTTP2_HEADER_METHOD,
@@ -23,10 +33,16 @@ const {
   HTTP2_HEADER_STATUS,
   HTTP2_HEADER_CONTENT_TYPE,
   NGHTTP2_CANCEL,
+  NGHTTP2_NO_ERROR,
+  NGHTTP2_INTERNAL_ERROR,
 } = http2.constants;
 
 /** Streams one client connection may have open at once; more are refused by HTTP/2 itself. */
-const MAX_CONCURRENT_STREAMS = 1024;
+const MAX_CONCURRENT_STREAMS = 256;
+/** grpc-message is cut to this many bytes: an error line, not a payload (and HTTP/2 frames are 16 KiB). */
+const MAX_STATUS_MESSAGE_BYTES = 4096;
+/** A connection without any stream for this long is closed. */
+const IDLE_SESSION_MS = 10 * 60_000;
 
 const GRPC_STATUS_OF: Record<ErrorCode, number> = {
   INVALID_ARGUMENT: GrpcStatus.INVALID_ARGUMENT,
@@ -63,8 +79,8 @@ export function parseGrpcTimeout(value: string | undefined): number | undefined 
 export interface UnaryCall {
   /** The encoded request message. */
   readonly request: Buffer;
-  /** Milliseconds the caller allows (grpc-timeout), or undefined when it sent none. */
-  readonly timeoutMs: number | undefined;
+  /** Milliseconds the call may still run: the caller's grpc-timeout, capped by the server's limit. */
+  readonly timeoutMs: number;
   readonly peer: string;
   /** Called at most once, when the caller goes away before the answer (cancel, RST, connection lost). */
   onCancel(listener: () => void): void;
@@ -78,24 +94,64 @@ function header(headers: http2.IncomingHttpHeaders, name: string): string | unde
   return Array.isArray(value) ? value[0] : value;
 }
 
+/**
+ * grpc-message for `message`: at most MAX_STATUS_MESSAGE_BYTES of UTF-8 (lone surrogates replaced),
+ * percent-encoded as the gRPC spec asks (printable ASCII other than '%' as is).
+ */
+export function encodeGrpcMessage(message: string): string {
+  const bytes = Buffer.from(message, 'utf8').subarray(0, MAX_STATUS_MESSAGE_BYTES);
+  let out = '';
+  for (const byte of bytes) {
+    out +=
+      byte >= 0x20 && byte <= 0x7e && byte !== 0x25
+        ? String.fromCharCode(byte)
+        : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  return out;
+}
+
+function isGrpcContentType(value: string): boolean {
+  return (
+    value === 'application/grpc' ||
+    value.startsWith('application/grpc+') ||
+    value.startsWith('application/grpc;')
+  );
+}
+
+export interface GrpcServerLimits {
+  /** Largest request message, in bytes. */
+  readonly maxMessageBytes: number;
+  /** Request bytes all calls together may hold while they arrive and run; beyond, RESOURCE_EXHAUSTED. */
+  readonly maxBufferedBytes: number;
+  /** Longest a call may run (from its headers), whatever grpc-timeout the caller sent. */
+  readonly maxCallMs: number;
+}
+
 export class GrpcServer {
   private readonly server: http2.Http2Server;
   private readonly handlers = new Map<string, UnaryHandler>();
   private readonly sessions = new Set<http2.ServerHttp2Session>();
+  /** Request bytes held now by calls still arriving or running (bounded by limits.maxBufferedBytes). */
+  private bufferedBytes = 0;
 
-  constructor(private readonly maxMessageBytes: number) {
+  constructor(private readonly limits: GrpcServerLimits) {
     this.server = http2.createServer({
       settings: { maxConcurrentStreams: MAX_CONCURRENT_STREAMS },
       // Requests of up to maxMessageBytes may arrive on several streams at once.
       maxSessionMemory: 256,
     });
-    // A small answer must not wait for the peer's delayed ACK under Nagle's algorithm.
-    this.server.on('connection', (socket: Socket) => socket.setNoDelay(true));
+    this.server.on('connection', (socket: Socket) => {
+      // A small answer must not wait for the peer's delayed ACK under Nagle's algorithm.
+      socket.setNoDelay(true);
+      socket.setKeepAlive(true, KEEPALIVE_MS);
+    });
     this.server.on('session', (session) => {
       this.sessions.add(session);
       session.on('close', () => this.sessions.delete(session));
       // A broken connection ends its streams, whose own handlers answer for them.
       session.on('error', () => {});
+      // A connection with nothing to do for this long is closed (GOAWAY); clients simply dial again.
+      session.setTimeout(IDLE_SESSION_MS, () => session.close());
     });
     this.server.on('stream', (stream, headers) => this.onStream(stream, headers));
   }
@@ -109,8 +165,10 @@ export class GrpcServer {
   private onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
     stream.on('error', () => {});
     const path = header(headers, HTTP2_HEADER_PATH) ?? '';
-    const contentType = header(headers, HTTP2_HEADER_CONTENT_TYPE) ?? '';
-    if (header(headers, HTTP2_HEADER_METHOD) !== 'POST' || !contentType.startsWith('application/grpc')) {
+    if (
+      header(headers, HTTP2_HEADER_METHOD) !== 'POST' ||
+      !isGrpcContentType(header(headers, HTTP2_HEADER_CONTENT_TYPE) ?? '')
+    ) {
       // Not gRPC at all: plain HTTP refusal.
       stream.respond({ [HTTP2_HEADER_STATUS]: 415 }, { endStream: true });
       return;
@@ -121,29 +179,54 @@ export class GrpcServer {
       return;
     }
     const timeoutMs = parseGrpcTimeout(header(headers, 'grpc-timeout'));
+    // The deadline runs from the headers, so a request that never finishes arriving is answered too.
+    const callMs = Math.min(timeoutMs ?? this.limits.maxCallMs, this.limits.maxCallMs);
+    const deadlineTimer = setTimeout(
+      () => this.fail(stream, new DogfsError('DEADLINE_EXCEEDED', `${path}: deadline exceeded`)),
+      callMs,
+    );
+    let held = 0;
+    const release = (): void => {
+      this.bufferedBytes -= held;
+      held = 0;
+    };
+    stream.once('close', () => {
+      clearTimeout(deadlineTimer);
+      release();
+    });
     const chunks: Buffer[] = [];
-    let received = 0;
     let refused = false;
+    const refuse = (error: DogfsError): void => {
+      refused = true;
+      chunks.length = 0;
+      release();
+      this.fail(stream, error);
+    };
     stream.on('data', (chunk: Buffer) => {
       if (refused) return;
-      received += chunk.byteLength;
-      if (received > this.maxMessageBytes + PREFIX_BYTES) {
-        refused = true;
-        chunks.length = 0;
-        this.fail(
-          stream,
+      held += chunk.byteLength;
+      this.bufferedBytes += chunk.byteLength;
+      if (held > this.limits.maxMessageBytes + PREFIX_BYTES) {
+        refuse(
           new DogfsError(
             'RESOURCE_EXHAUSTED',
-            `${path}: request exceeds the ${this.maxMessageBytes}-byte limit`,
+            `${path}: request exceeds the ${this.limits.maxMessageBytes}-byte limit`,
           ),
         );
-        return;
+      } else if (this.bufferedBytes > this.limits.maxBufferedBytes) {
+        refuse(
+          new DogfsError(
+            'RESOURCE_EXHAUSTED',
+            `${path}: server busy: ${this.limits.maxBufferedBytes} bytes of requests already in progress`,
+          ),
+        );
+      } else {
+        chunks.push(chunk);
       }
-      chunks.push(chunk);
     });
     stream.on('end', () => {
-      if (refused) return;
-      const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, received);
+      if (refused || stream.headersSent) return;
+      const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, held);
       const framing = this.checkFraming(path, body);
       if (framing !== undefined) {
         this.fail(stream, framing);
@@ -152,7 +235,7 @@ export class GrpcServer {
       const socket = stream.session?.socket;
       const call: UnaryCall = {
         request: body.subarray(PREFIX_BYTES),
-        timeoutMs,
+        timeoutMs: callMs,
         peer: socket ? `${socket.remoteAddress}:${socket.remotePort}` : '',
         onCancel: (listener) => {
           // 'close' before our answer was sent means the caller is gone (RST_STREAM or lost connection).
@@ -185,31 +268,44 @@ export class GrpcServer {
 
   private answer(stream: http2.ServerHttp2Stream, response: Uint8Array): void {
     if (stream.destroyed || stream.closed || stream.headersSent) return;
-    stream.respond(
-      { [HTTP2_HEADER_STATUS]: 200, [HTTP2_HEADER_CONTENT_TYPE]: 'application/grpc' },
-      { waitForTrailers: true },
-    );
-    stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
-    stream.write(messagePrefix(response.byteLength));
-    stream.end(response);
+    try {
+      stream.respond(
+        { [HTTP2_HEADER_STATUS]: 200, [HTTP2_HEADER_CONTENT_TYPE]: 'application/grpc' },
+        { waitForTrailers: true },
+      );
+      stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+      stream.write(messagePrefix(response.byteLength));
+      stream.end(response);
+    } catch {
+      // The stream died under us (its peer went away); nothing is left to tell.
+      stream.close(NGHTTP2_INTERNAL_ERROR);
+    }
   }
 
-  /** A trailers-only answer carrying the error: the closest gRPC status plus DogFS's exact code. */
+  /**
+   * A trailers-only answer carrying the error: the closest gRPC status plus DogFS's exact code. If the
+   * request was still arriving, the stream is then reset with NO_ERROR so the caller stops sending.
+   */
   private fail(stream: http2.ServerHttp2Stream, error: DogfsError): void {
     if (stream.destroyed || stream.closed) return;
     if (stream.headersSent) {
       stream.close(NGHTTP2_CANCEL);
       return;
     }
-    const headers: http2.OutgoingHttpHeaders = {
-      [HTTP2_HEADER_STATUS]: 200,
-      [HTTP2_HEADER_CONTENT_TYPE]: 'application/grpc',
-      'grpc-status': String(GRPC_STATUS_OF[error.code]),
-      'grpc-message': encodeURIComponent(error.message),
-      [CODE_KEY]: error.code,
-    };
-    if (error.leaderHint !== undefined) headers[LEADER_KEY] = error.leaderHint;
-    stream.respond(headers, { endStream: true });
+    try {
+      const headers: http2.OutgoingHttpHeaders = {
+        [HTTP2_HEADER_STATUS]: 200,
+        [HTTP2_HEADER_CONTENT_TYPE]: 'application/grpc',
+        'grpc-status': String(GRPC_STATUS_OF[error.code]),
+        'grpc-message': encodeGrpcMessage(error.message),
+        [CODE_KEY]: error.code,
+      };
+      if (error.leaderHint !== undefined) headers[LEADER_KEY] = encodeGrpcMessage(error.leaderHint);
+      stream.respond(headers, { endStream: true });
+      if (!stream.readableEnded) stream.close(NGHTTP2_NO_ERROR);
+    } catch {
+      stream.close(NGHTTP2_INTERNAL_ERROR);
+    }
   }
 
   /** Binds host:port (port 0 picks a free one) and resolves with the port actually bound. */

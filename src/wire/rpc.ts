@@ -50,7 +50,13 @@ export class RpcServer {
 
   constructor(options: RpcServerOptions = {}) {
     this.onInternalError = options.onInternalError ?? (() => {});
-    this.server = new GrpcServer(options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES);
+    const maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+    this.server = new GrpcServer({
+      maxMessageBytes,
+      // Room for 16 largest messages at once; far more small ones.
+      maxBufferedBytes: 16 * maxMessageBytes,
+      maxCallMs: MAX_SERVER_CALL_MS,
+    });
   }
 
   addService<M>(service: ServiceDescriptor<M>, handlers: ServiceHandlers<M>): void {
@@ -80,7 +86,7 @@ export class RpcServer {
     } catch (error) {
       throw new DogfsError('INVALID_ARGUMENT', `${path}: malformed request: ${(error as Error).message}`);
     }
-    const deadline = Date.now() + Math.min(call.timeoutMs ?? MAX_SERVER_CALL_MS, MAX_SERVER_CALL_MS);
+    const deadline = Date.now() + call.timeoutMs;
     const abort = new AbortController();
     const timer = setTimeout(
       () => abort.abort(new DogfsError('DEADLINE_EXCEEDED', `${path}: deadline exceeded`)),

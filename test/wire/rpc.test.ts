@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import http2 from 'node:http2';
 import { createServer, type Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -45,6 +46,18 @@ before(async () => {
         await new Promise((resolve) => context.signal.addEventListener('abort', resolve, { once: true }));
         slowAbortCode = (context.signal.reason as DogfsError).code;
         throw context.signal.reason;
+      }
+      if (request.path === '/later') {
+        // Answers late but within its caller's deadline.
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        return { inode: { id: 9, type: FileType.FILE, size: 0, ec: '' } };
+      }
+      if (request.path === '/odd-error') {
+        // Half an emoji (a lone surrogate) and far more than fits in one HTTP/2 frame.
+        throw new DogfsError(
+          'INVALID_ARGUMENT',
+          `bad name ${'\u{1F600}'.slice(0, 1)} ${'x'.repeat(100_000)}`,
+        );
       }
       if (request.path === '/big') {
         return { inode: { id: 8, type: FileType.FILE, size: 0, ec: 'x'.repeat(4096) } };
@@ -416,5 +429,90 @@ test('a DogFS channel calls a stock gRPC server: answers, and its statuses as co
   } finally {
     channel.close();
     stock.forceShutdown();
+  }
+});
+
+test('an error message that is not well-formed or is huge arrives cut and readable; the server lives on', async () => {
+  const channel = new RpcChannel(address);
+  try {
+    await assert.rejects(
+      channel.call(MetadataService, 'Stat', { path: '/odd-error' }),
+      (e: unknown) =>
+        e instanceof DogfsError &&
+        e.code === 'INVALID_ARGUMENT' &&
+        e.message.startsWith('bad name \uFFFD x') &&
+        e.message.length <= 4096,
+    );
+    assert.equal((await channel.call(MetadataService, 'Stat', { path: '/ok' })).inode?.id, 7);
+  } finally {
+    channel.close();
+  }
+});
+
+test('many calls timing out together do not take down the connection other calls use', async () => {
+  const channel = new RpcChannel(address);
+  try {
+    const late = channel.call(MetadataService, 'Stat', { path: '/later' }, { timeoutMs: 5000 });
+    const timeouts = Array.from({ length: 20 }, () =>
+      channel.call(MetadataService, 'Stat', { path: '/slow' }, { timeoutMs: 100 }),
+    );
+    for (const t of await Promise.allSettled(timeouts)) {
+      assert.equal(t.status, 'rejected');
+      assert.equal((t as PromiseRejectedResult).reason.code, 'DEADLINE_EXCEEDED');
+    }
+    assert.equal((await late).inode?.id, 9);
+  } finally {
+    channel.close();
+  }
+});
+
+test('a deadline beyond what a timer holds is a long deadline, not an immediate one', async () => {
+  const channel = new RpcChannel(address);
+  try {
+    const month = 30 * 24 * 3600 * 1000;
+    assert.equal(
+      (await channel.call(MetadataService, 'Stat', { path: '/ok' }, { timeoutMs: month })).inode?.id,
+      7,
+    );
+    const forever = { deadline: Number.POSITIVE_INFINITY };
+    assert.equal((await channel.call(MetadataService, 'Stat', { path: '/ok' }, forever)).inode?.id, 7);
+  } finally {
+    channel.close();
+  }
+});
+
+test('the server answers at the deadline even while the request is still arriving; non-gRPC is refused', async () => {
+  const session = http2.connect(`http://${address}`);
+  session.on('error', () => {});
+  try {
+    const started = Date.now();
+    const stream = session.request({
+      ':method': 'POST',
+      ':path': `/${MetadataService.name}/Stat`,
+      'content-type': 'application/grpc',
+      'grpc-timeout': '300m',
+    });
+    stream.on('error', () => {});
+    // A prefix announcing 100 bytes, then only 3 of them, never the end.
+    stream.write(Buffer.from([0, 0, 0, 0, 100, 1, 2, 3]));
+    const headers = await new Promise<http2.IncomingHttpHeaders>((resolve) =>
+      stream.once('response', resolve),
+    );
+    assert.equal(headers['dogfs-code'], 'DEADLINE_EXCEEDED');
+    assert.ok(Date.now() - started < 5000);
+
+    const web = session.request({
+      ':method': 'POST',
+      ':path': `/${MetadataService.name}/Stat`,
+      'content-type': 'application/grpc-web',
+    });
+    web.on('error', () => {});
+    web.end();
+    const webHeaders = await new Promise<http2.IncomingHttpHeaders>((resolve) =>
+      web.once('response', resolve),
+    );
+    assert.equal(webHeaders[':status'], 415);
+  } finally {
+    session.destroy();
   }
 });
