@@ -7,12 +7,16 @@
  * read). Beyond them an operation is refused with RESOURCE_EXHAUSTED instead of queuing in memory.
  * Back-pressure: a write reads its socket only as fast as the disk takes the bytes; a read reads the
  * disk only as fast as the socket drains.
+ * Receiving: each accepted socket reads into its own receive arena (wire/data-transfer.ts,
+ * `adoptAcceptedSocket`), large reads into reused memory; a write gives a packet's memory back once the
+ * packet is on disk.
  */
 import { createServer, type Server, type Socket } from 'node:net';
 // Only the checksum modules: the chunk server needs no erasure-coding backend in memory.
 import { chunkAlignedRange } from '../codec/checksum.js';
 import type { Logger } from '../common/log.js';
 import {
+  adoptAcceptedSocket,
   checkShardId,
   checkWireInteger,
   chunksIn,
@@ -88,7 +92,8 @@ export class DataServer {
     limits: Partial<DataServerLimits> = {},
   ) {
     this.limits = { ...DEFAULT_DATA_SERVER_LIMITS, ...limits };
-    this.server = createServer({ noDelay: true }, (socket) => this.accept(socket));
+    // Paused on connect: nothing is read before the socket is adopted into a receive arena.
+    this.server = createServer({ noDelay: true, pauseOnConnect: true }, (socket) => this.accept(socket));
     this.server.maxConnections = this.limits.maxConnections;
   }
 
@@ -112,21 +117,22 @@ export class DataServer {
     return new Promise((resolve) => this.server.close(() => resolve()));
   }
 
-  private accept(socket: Socket): void {
+  private accept(accepted: Socket): void {
+    const reader = new FrameReader(undefined, SOCKET_READ_AHEAD_BYTES);
+    const socket = adoptAcceptedSocket(accepted, reader);
     this.sockets.add(socket);
     this.metrics.add('data_connections_accepted');
     socket.on('error', () => {});
     socket.setTimeout(this.limits.idleTimeoutMs, () => socket.destroy());
     socket.once('close', () => this.sockets.delete(socket));
-    this.serve(socket).catch((error: unknown) => {
+    this.serve(socket, reader).catch((error: unknown) => {
       this.log?.error('data connection failed', { error });
       socket.destroy();
     });
   }
 
   /** One operation after another on a connection, until it closes or an operation fails. */
-  private async serve(socket: Socket): Promise<void> {
-    const reader = new FrameReader(socket, SOCKET_READ_AHEAD_BYTES);
+  private async serve(socket: Socket, reader: FrameReader): Promise<void> {
     for (;;) {
       let request: DataRequestHeader | undefined;
       try {
@@ -150,6 +156,7 @@ export class DataServer {
                 'request',
               );
       if (!keepGoing) return;
+      reader.trim();
     }
   }
 
@@ -227,6 +234,8 @@ export class DataServer {
       return await this.withDeadline(socket, deadline, async (expired) => {
         try {
           session = await this.store.beginWrite(shardId, request.length);
+          // The packet on its way to disk: its receive memory is given back once it is written.
+          let writing: Buffer[] = [];
           while (session.received < request.length) {
             const packet = await reader.readFrame('dogfs.v1.DataPacketHeader');
             if (packet === undefined) throw new DogfsError('UNAVAILABLE', 'connection closed mid-write');
@@ -243,7 +252,10 @@ export class DataServer {
               );
             }
             const slices = await reader.readPayload(packet.length);
+            // Resolves once the previous packet is written (and this one is on its way).
             await session.append(slices, packet.length, packet.chunkCrc32c);
+            reader.release(writing);
+            writing = slices;
           }
           const trailer = await reader.readFrame('dogfs.v1.WriteShardTrailer');
           if (trailer === undefined)
@@ -255,6 +267,7 @@ export class DataServer {
             );
           }
           const record = await session.commit(trailer.crc32c);
+          reader.release(writing);
           this.metrics.add('shards_written');
           this.metrics.add('bytes_written', record.length);
           socket.write(

@@ -12,7 +12,7 @@
  *
  * wire may not import codec, so the CRC32C function is handed in (`crc32c` option): the codec's.
  */
-import { connect, type NetConnectOpts, type Socket } from 'node:net';
+import { connect, type NetConnectOpts, type OnReadOpts, Socket, type SocketConstructorOpts } from 'node:net';
 import type { Readable } from 'node:stream';
 import { assert } from '../common/assert.js';
 import { DogfsError, type ErrorCode, isErrorCode, toDogfsError } from './errors.js';
@@ -89,13 +89,111 @@ export function encodeFrame<N extends MessageName>(name: N, message: Init<Messag
 export const DEFAULT_READ_AHEAD_BYTES = 256 * 1024;
 
 /**
+ * Bytes of one receive slab: the most one socket read takes in. Reads of 512 KiB-1 MiB cost a third of
+ * the CPU per byte of 64 KiB ones here. A connection always holds one slab (the socket's next read goes
+ * into it), so it is no larger: 1024 open connections hold at most 512 MiB, and only as far as touched.
+ */
+export const RECEIVE_SLAB_BYTES = 512 * 1024;
+/** A slab with less room than this left is retired: reads stay large. */
+const MIN_RECEIVE_BYTES = 64 * 1024;
+/**
+ * Released slabs a connection keeps for reuse while an operation runs (more are left to the garbage
+ * collector): a packet's worth (1 MiB by default, spanning up to three slabs) is released at once.
+ */
+const MAX_FREE_SLABS = 3;
+
+interface Slab {
+  readonly buffer: Buffer;
+  /** Bytes received into the slab and not yet released. */
+  outstanding: number;
+  /** Reads have moved on to another slab: it is free once nothing of it is outstanding. */
+  retired: boolean;
+}
+
+/**
+ * The receive memory of one connection, for sockets that read through net's `onread` option. Node
+ * otherwise allocates a new 64 KiB Buffer for every socket read; on loopback here those small reads
+ * and the fresh pages each new buffer faults in cost about four times the CPU of the receive copy
+ * itself (bench/chunk: the raw TCP receiver's CPU per GB with 'data' events and with `onread`). Reads
+ * go instead into slabs of RECEIVE_SLAB_BYTES, as much as the kernel has per read, and the bytes are
+ * handed out as slices of the slab (no copy). A slice stays valid until its holder gives it back with
+ * `release`; a slab whose bytes were all released is reused. Release is only an optimisation: bytes
+ * never released keep their slab alive as long as they are referenced, like any Buffer.
+ */
+class ReceiveArena {
+  private readonly slabs = new WeakMap<ArrayBufferLike, Slab>();
+  private readonly free: Buffer[] = [];
+  private current: Slab;
+  private used = 0;
+
+  constructor() {
+    this.current = this.newSlab();
+  }
+
+  private newSlab(): Slab {
+    // allocUnsafeSlow: a slab owns its ArrayBuffer, which is how a slice finds its slab again.
+    const buffer = this.free.pop() ?? Buffer.allocUnsafeSlow(RECEIVE_SLAB_BYTES);
+    const slab: Slab = { buffer, outstanding: 0, retired: false };
+    this.slabs.set(buffer.buffer, slab);
+    return slab;
+  }
+
+  /** Where the next socket read goes: the rest of the current slab, or a new slab. */
+  nextRegion(): Buffer {
+    if (RECEIVE_SLAB_BYTES - this.used < MIN_RECEIVE_BYTES) {
+      const old = this.current;
+      old.retired = true;
+      this.recycle(old);
+      this.current = this.newSlab();
+      this.used = 0;
+    }
+    return this.current.buffer.subarray(this.used);
+  }
+
+  /** Records that the socket read `bytes` into the region last returned; returns them. */
+  received(bytes: number): Buffer {
+    assert(bytes > 0 && this.used + bytes <= RECEIVE_SLAB_BYTES, 'read beyond the receive region');
+    const data = this.current.buffer.subarray(this.used, this.used + bytes);
+    this.used += bytes;
+    this.current.outstanding += bytes;
+    return data;
+  }
+
+  /** Gives bytes back; their memory may be reused from now on. Each byte is released at most once. */
+  release(slice: Uint8Array): void {
+    const slab = this.slabs.get(slice.buffer);
+    if (slab === undefined || slice.length === 0) return;
+    slab.outstanding -= slice.length;
+    assert(slab.outstanding >= 0, 'receive bytes released twice');
+    this.recycle(slab);
+  }
+
+  /** Lets go of the free slabs (a connection between operations keeps only the one it reads into). */
+  trim(): void {
+    this.free.length = 0;
+  }
+
+  private recycle(slab: Slab): void {
+    if (!slab.retired || slab.outstanding > 0) return;
+    this.slabs.delete(slab.buffer.buffer);
+    if (this.free.length < MAX_FREE_SLABS) this.free.push(slab.buffer);
+  }
+}
+
+/**
  * Reads frames and raw payloads from a socket. The socket flows until `readAheadBytes` are buffered,
  * then is paused until the consumer takes them (back-pressure: a consumer that stops pulling stops the
- * socket, and the kernel's window stops the peer). Payload bytes are handed out as slices of the buffers
- * the socket produced, never copied — which is why this does not use the stream's own buffering, whose
- * `read()` concatenates whatever is buffered.
+ * socket, and the kernel's window stops the peer). Payload bytes are handed out as slices of the memory
+ * the socket read into, never copied — which is why this does not use the stream's own buffering,
+ * whose `read()` concatenates whatever is buffered.
+ *
+ * Two ways to feed it: a socket constructed with `reader.onread` (the connection reads into the
+ * reader's ReceiveArena; payload slices may be given back with `release`), or `attach` to any readable
+ * stream ('data' events; `release` does nothing).
  */
 export class FrameReader {
+  private stream: Readable | undefined;
+  private readonly arena: ReceiveArena | undefined;
   private readonly pending: Buffer[] = [];
   private pendingBytes = 0;
   private ended = false;
@@ -103,21 +201,39 @@ export class FrameReader {
   private wake: (() => void) | undefined;
   /** Bytes the waiting consumer needs buffered (0: nobody waits). */
   private wanted = 0;
+  /** For a socket's `onread` option: reads go into this reader's receive arena. */
+  readonly onread: OnReadOpts | undefined;
 
+  /** A reader for a stream given now (`attach`ed), or, without one, for a socket built with `onread`. */
   constructor(
-    private readonly stream: Readable,
+    stream: Readable | undefined,
     private readonly readAheadBytes = DEFAULT_READ_AHEAD_BYTES,
   ) {
     assert(readAheadBytes > 0);
-    stream.on('data', (chunk: Buffer) => {
-      if (chunk.length === 0) return;
-      this.pending.push(chunk);
-      this.pendingBytes += chunk.length;
-      // Buffer up to the read-ahead, or up to what the waiting consumer needs if that is more (a
-      // packet), and wake the consumer only once it has all it needs: one wake-up per packet.
-      if (this.pendingBytes >= Math.max(this.readAheadBytes, this.wanted)) stream.pause();
-      if (this.wanted > 0 && this.pendingBytes >= this.wanted) this.notify();
-    });
+    if (stream !== undefined) {
+      this.attach(stream);
+      return;
+    }
+    const arena = new ReceiveArena();
+    this.arena = arena;
+    this.onread = {
+      buffer: () => arena.nextRegion(),
+      callback: (bytes: number) => {
+        this.push(arena.received(bytes));
+        return true;
+      },
+    };
+  }
+
+  /** Starts reading `stream`: the socket built with `onread`, or any stream for 'data' events. */
+  attach(stream: Readable): void {
+    assert(this.stream === undefined, 'a reader reads one stream');
+    this.stream = stream;
+    if (this.arena === undefined) {
+      stream.on('data', (chunk: Buffer) => {
+        if (chunk.length > 0) this.push(chunk);
+      });
+    }
     const finish = () => {
       this.ended = true;
       this.notify();
@@ -128,6 +244,15 @@ export class FrameReader {
       this.failure ??= error;
       finish();
     });
+  }
+
+  private push(chunk: Buffer): void {
+    this.pending.push(chunk);
+    this.pendingBytes += chunk.length;
+    // Buffer up to the read-ahead, or up to what the waiting consumer needs if that is more (a
+    // packet), and wake the consumer only once it has all it needs: one wake-up per packet.
+    if (this.pendingBytes >= Math.max(this.readAheadBytes, this.wanted)) this.stream?.pause();
+    if (this.wanted > 0 && this.pendingBytes >= this.wanted) this.notify();
   }
 
   private notify(): void {
@@ -146,6 +271,20 @@ export class FrameReader {
     return this.ended;
   }
 
+  /**
+   * Gives back payload slices (from `readPayload`) the caller is done with, so their memory can take
+   * new reads. Never release a slice still in use, nor one twice.
+   */
+  release(slices: readonly Uint8Array[]): void {
+    if (this.arena === undefined) return;
+    for (const slice of slices) this.arena.release(slice);
+  }
+
+  /** Between operations: gives up receive memory kept for reuse. */
+  trim(): void {
+    this.arena?.trim();
+  }
+
   /** Waits until `bytes` are buffered; false if the stream ended first. */
   private async fill(bytes: number): Promise<boolean> {
     while (this.pendingBytes < bytes) {
@@ -158,6 +297,7 @@ export class FrameReader {
         }
         return false;
       }
+      assert(this.stream !== undefined, 'reading before the stream is attached');
       assert(this.wake === undefined, 'one reader at a time');
       this.wanted = bytes;
       if (this.stream.isPaused()) this.stream.resume();
@@ -171,7 +311,7 @@ export class FrameReader {
 
   /** After consuming: let the socket flow again once below the read-ahead. */
   private consumed(): void {
-    if (this.pendingBytes < this.readAheadBytes && this.stream.isPaused() && !this.ended)
+    if (this.pendingBytes < this.readAheadBytes && this.stream?.isPaused() === true && !this.ended)
       this.stream.resume();
   }
 
@@ -195,19 +335,18 @@ export class FrameReader {
     }
   }
 
-  /** Small contiguous read (frame headers): copies only when the bytes span socket buffers. */
-  private takeContiguous(bytes: number): Buffer {
-    const head = this.pending[0];
-    if (head !== undefined && head.length >= bytes) {
-      const slice = head.subarray(0, bytes);
-      if (head.length === bytes) this.pending.shift();
-      else this.pending[0] = head.subarray(bytes);
-      this.pendingBytes -= bytes;
-      return slice;
-    }
+  /**
+   * Small contiguous read (frame headers), decoded by `use` at once: the bytes go back to the arena
+   * right after, so `use` must not keep them. Copies only when they span receive buffers.
+   */
+  private takeContiguous<T>(bytes: number, use: (bytes: Buffer) => T): T {
     const parts: Buffer[] = [];
     this.take(bytes, parts);
-    return Buffer.concat(parts, bytes);
+    try {
+      return use(parts.length === 1 ? parts[0]! : Buffer.concat(parts, bytes));
+    } finally {
+      this.release(parts);
+    }
   }
 
   /**
@@ -222,7 +361,7 @@ export class FrameReader {
       if (this.pendingBytes === 0) return undefined;
       throw new DogfsError('UNAVAILABLE', `connection closed inside a ${name} frame`);
     }
-    const length = this.takeContiguous(FRAME_PREFIX_BYTES).readUInt32BE(0);
+    const length = this.takeContiguous(FRAME_PREFIX_BYTES, (prefix) => prefix.readUInt32BE(0));
     if (length > maxBytes) {
       throw new DogfsError(
         'INVALID_ARGUMENT',
@@ -231,16 +370,22 @@ export class FrameReader {
     }
     if (!(await this.fill(length)))
       throw new DogfsError('UNAVAILABLE', `connection closed inside a ${name} frame`);
-    const body = this.takeContiguous(length);
+    // Decoded messages hold numbers and strings, never views of the bytes (no `bytes` fields).
+    const message = this.takeContiguous(length, (body) => {
+      try {
+        return decodeMessage(name, body);
+      } catch (error) {
+        throw new DogfsError('INVALID_ARGUMENT', `malformed ${name}: ${(error as Error).message}`);
+      }
+    });
     this.consumed();
-    try {
-      return decodeMessage(name, body);
-    } catch (error) {
-      throw new DogfsError('INVALID_ARGUMENT', `malformed ${name}: ${(error as Error).message}`);
-    }
+    return message;
   }
 
-  /** Exactly `bytes` of payload as slices (no copy). The stream ending first is UNAVAILABLE. */
+  /**
+   * Exactly `bytes` of payload as slices (no copy), valid until given back with `release` (or for as
+   * long as they are referenced, if never). The stream ending first is UNAVAILABLE.
+   */
   async readPayload(bytes: number): Promise<Buffer[]> {
     assert(bytes >= 0 && bytes <= MAX_PACKET_BYTES, `payload of ${bytes} bytes`);
     if (!(await this.fill(bytes))) throw new DogfsError('UNAVAILABLE', 'connection closed inside a packet');
@@ -249,6 +394,40 @@ export class FrameReader {
     this.consumed();
     return slices;
   }
+}
+
+/**
+ * The connection a net.Server accepted, as a socket that reads into `reader`'s receive arena. Node 20
+ * applies `onread` only to sockets built from options, never to accepted ones, so the accepted socket's
+ * handle (the server must be created with `pauseOnConnect`, so nothing was read yet) moves into a new
+ * Socket built with `reader.onread`, and the server's connection count moves with it: closing the new
+ * socket counts for `maxConnections` and `server.close()`. This reaches into net's private `_handle` and
+ * `_server`; if they are not there, the accepted socket is kept and read through 'data' events.
+ */
+export function adoptAcceptedSocket(accepted: Socket, reader: FrameReader): Socket {
+  const inner = accepted as unknown as { _handle: unknown; _server: unknown; server: unknown };
+  const handle = inner._handle as { readStart?: unknown; useUserBuffer?: unknown } | null;
+  if (
+    reader.onread === undefined ||
+    handle === null ||
+    typeof handle.readStart !== 'function' ||
+    typeof handle.useUserBuffer !== 'function' ||
+    inner._server === undefined
+  ) {
+    reader.attach(accepted);
+    accepted.resume();
+    return accepted;
+  }
+  const options = { handle, onread: reader.onread } as SocketConstructorOpts;
+  const socket = new Socket(options);
+  const adopted = socket as unknown as typeof inner;
+  adopted._server = inner._server;
+  adopted.server = inner.server;
+  inner._server = null;
+  inner.server = null;
+  inner._handle = null;
+  reader.attach(socket);
+  return socket;
 }
 
 /**
@@ -749,16 +928,20 @@ export class DataTransferClient {
 }
 
 /**
- * One WriteShard in progress. Bytes are copied into two packet buffers the writer owns, which take
- * turns: one fills while the other is on its way into the socket (so the caller may reuse its bytes as
- * soon as `write` resolves, and nothing is allocated per packet). Packets are cut on chunk boundaries;
- * each carries its chunks' CRC32C. At most two packets per shard are queued in the socket, which is the
- * back-pressure: a slow server makes `write` wait for the older packet to be taken by the kernel.
+ * One WriteShard in progress. Packets are cut on chunk boundaries; each carries its chunks' CRC32C.
+ * Whole packets of the caller's bytes are sent as they are, and `write` resolves once the socket has
+ * taken them; smaller pieces are copied into two packet buffers the writer owns (allocated when first
+ * needed). Packets take turns in two slots: one is on its way into the socket while the next is cut, so
+ * at most two packets per shard are queued in the socket, which is the back-pressure: a slow server
+ * makes `write` wait for the older packet to be taken by the kernel. Either way the caller may reuse its
+ * bytes as soon as `write` resolves, and nothing is allocated per packet.
  * The chunk server may answer early with an error (no space, too busy, bad request): the next `write`
  * or `finish` rejects with it.
  */
 export class ShardWriter {
-  private readonly buffers: Buffer[];
+  /** The two packet buffers, allocated when first needed (whole packets are not copied). */
+  private readonly buffers: (Buffer | undefined)[] = [undefined, undefined];
+  private readonly packetBytes: number;
   /** Per buffer: resolves once the socket has taken the packet last sent from it. */
   private readonly inSocket: (Promise<void> | undefined)[] = [undefined, undefined];
   private turn = 0;
@@ -787,8 +970,7 @@ export class ShardWriter {
     deadline: number,
     private readonly onDone: (ok: boolean) => void,
   ) {
-    const bufferBytes = Math.min(packetSize, length);
-    this.buffers = [Buffer.allocUnsafe(bufferBytes), Buffer.allocUnsafe(bufferBytes)];
+    this.packetBytes = Math.min(packetSize, length);
     connection.socket.write(
       encodeFrame('dogfs.v1.DataRequestHeader', {
         op: DataOp.WRITE_SHARD,
@@ -852,8 +1034,20 @@ export class ShardWriter {
       );
     }
     let offset = 0;
+    /** Resolves once the socket has taken the last packet sent straight from `data`. */
+    let sentDirectly: Promise<void> | undefined;
     while (offset < data.length) {
       if (this.fill === 0) await this.bufferFree(this.turn);
+      if (this.fill === 0 && data.length - offset >= this.packetBytes) {
+        // A whole packet of the caller's bytes goes out as it is, without the copy; it takes the turn
+        // of a buffer, so at most two packets are still queued in the socket, as with copied ones.
+        const piece = data.subarray(offset, offset + this.packetBytes);
+        this.checksum(piece);
+        sentDirectly = this.sendPacket(piece);
+        offset += piece.length;
+        continue;
+      }
+      this.buffers[this.turn] ??= Buffer.allocUnsafe(this.packetBytes);
       const buffer = this.buffers[this.turn]!;
       const take = Math.min(buffer.length - this.fill, data.length - offset);
       buffer.set(data.subarray(offset, offset + take), this.fill);
@@ -863,6 +1057,11 @@ export class ShardWriter {
       if (this.fill === buffer.length) this.flushPacket();
     }
     this.written += data.length;
+    // The caller may reuse `data` once this resolves: its packets must be in the kernel by then.
+    if (sentDirectly !== undefined) {
+      await Promise.race([sentDirectly, this.answered]);
+      this.check();
+    }
   }
 
   /** Waits until the socket has taken the packet last sent from buffer `turn` (or the write ended). */
@@ -896,20 +1095,30 @@ export class ShardWriter {
   /** Sends the filled buffer as one packet and turns to the other buffer. */
   private flushPacket(): void {
     if (this.fill === 0) return;
+    this.sendPacket(this.buffers[this.turn]!.subarray(0, this.fill));
+    this.fill = 0;
+  }
+
+  /**
+   * Sends `payload` (whose chunks were checksummed) as one packet in the current turn, and turns to the
+   * other buffer. Resolves once the socket has taken the payload.
+   */
+  private sendPacket(payload: Uint8Array): Promise<void> {
+    // A packet ends on a chunk boundary or at the end of the shard: a short last chunk ends with it.
     if (this.chunkFill > 0) this.endChunk();
+    assert(this.packetCrcs.length === chunksIn(payload.length), 'a packet carries one CRC per chunk');
     const socket = this.connection.socket;
     socket.cork();
     socket.write(
-      encodeFrame('dogfs.v1.DataPacketHeader', { length: this.fill, chunkCrc32c: this.packetCrcs }),
+      encodeFrame('dogfs.v1.DataPacketHeader', { length: payload.length, chunkCrc32c: this.packetCrcs }),
     );
     // The callback runs once the kernel has the bytes, or with an error when the socket is destroyed.
-    this.inSocket[this.turn] = new Promise<void>((resolve) =>
-      socket.write(this.buffers[this.turn]!.subarray(0, this.fill), () => resolve()),
-    );
+    const taken = new Promise<void>((resolve) => socket.write(payload, () => resolve()));
+    this.inSocket[this.turn] = taken;
     socket.uncork();
     this.turn ^= 1;
-    this.fill = 0;
     this.packetCrcs.length = 0;
+    return taken;
   }
 
   /** Ends the shard; resolves once the chunk server has made it durable. */
