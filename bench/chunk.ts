@@ -3,7 +3,8 @@
  *   {"bench":"chunk","metric":...,"value":...,"unit":...,...}
  * Write and read MB/s of 64 MiB shards streamed in 1 MiB messages, against the raw limits measured in
  * the same run: sequential 1 MiB writes + fdatasync per 64 MiB file on the same filesystem, and a raw TCP
- * socket between two processes over loopback. Ratios are to the smaller of the two limits (and, for
+ * socket between two processes over loopback (the better of a receiver on 'data' events and one reading
+ * into a reused buffer, as the chunk server does). Ratios are to the smaller of the two limits (and, for
  * reads, which come from the page cache, to the socket alone). CPU seconds per GB for the server and the
  * client; the server's peak resident memory while 16 clients stream into it; the time to rebuild an
  * inventory of 100,000 shards at start-up.
@@ -106,21 +107,27 @@ async function main(): Promise<void> {
       cpuSecondsPerGB: Number(run.cpuSecondsPerGB.toFixed(3)),
     });
   }
+  // Raw TCP both ways, with the receiving end reading through 'data' events (Node's default: a new
+  // 64 KiB Buffer per read) and into one reused buffer (`onread`, as the chunk server reads): the better
+  // of the two is what a socket carries here, and the limit.
   const tcp = { totalBytes: totalBytes * 2, messageBytes: MESSAGE_BYTES, children };
-  const rawSend = await rawTcp({ ...tcp, direction: 'send' });
-  const tcpSend = rawSend.mbps;
-  emit('raw-tcp-loopback-send', tcpSend, 'MB/s', {
-    messageMiB: 1,
-    totalMiB: (2 * totalBytes) / MiB,
-    receiverCpuSecondsPerGB: Number(rawSend.peerCpuSecondsPerGB.toFixed(3)),
-  });
-  const rawReceive = await rawTcp({ ...tcp, direction: 'receive' });
-  const tcpReceive = rawReceive.mbps;
-  emit('raw-tcp-loopback-receive', tcpReceive, 'MB/s', {
-    messageMiB: 1,
-    totalMiB: (2 * totalBytes) / MiB,
-    senderCpuSecondsPerGB: Number(rawReceive.peerCpuSecondsPerGB.toFixed(3)),
-  });
+  let tcpSend = 0;
+  let tcpReceive = 0;
+  for (const direction of ['send', 'receive'] as const) {
+    for (const receiver of ['data', 'onread'] as const) {
+      const run = await rawTcp({ ...tcp, direction, receiver });
+      if (direction === 'send') tcpSend = Math.max(tcpSend, run.mbps);
+      else tcpReceive = Math.max(tcpReceive, run.mbps);
+      emit(`raw-tcp-loopback-${direction}`, run.mbps, 'MB/s', {
+        receiver,
+        messageMiB: 1,
+        totalMiB: (2 * totalBytes) / MiB,
+        [direction === 'send' ? 'receiverCpuSecondsPerGB' : 'senderCpuSecondsPerGB']: Number(
+          run.peerCpuSecondsPerGB.toFixed(3),
+        ),
+      });
+    }
+  }
   const writeLimit = Math.min(disk, tcpSend);
 
   const server = await startChunkProcess(join(work, 'chunk'));

@@ -9,8 +9,11 @@ import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
+import { RECEIVE_SLAB_BYTES } from '../src/wire/data-transfer.js';
 
 export const MiB = 1024 * 1024;
+/** The reused receive buffer of the `onread` raw socket: as large as the chunk server's reads. */
+const RECEIVE_BUFFER_BYTES = RECEIVE_SLAB_BYTES;
 const CLOCK_TICKS = 100;
 
 /** CPU seconds (user + system) a process has used, from /proc. */
@@ -82,19 +85,27 @@ export async function rawDiskWrite(options: {
 /**
  * A raw TCP socket between this process and a child that discards (`send`) or produces (`receive`)
  * `totalBytes` in `messageBytes` writes. `children` collects the child so the caller can kill it on exit.
+ * The receiving end reads through 'data' events (a new 64 KiB Buffer per read, Node's default) or, with
+ * `receiver: 'onread'`, into one reused buffer of `RECEIVE_BUFFER_BYTES` (net's `onread` option; for the
+ * child's accepted socket, its handle moved into a socket built with it, as the chunk server does): the
+ * cheapest way Node receives, so the better of the two is what a socket can carry here.
  */
 export async function rawTcp(options: {
   totalBytes: number;
   messageBytes: number;
   direction: 'send' | 'receive';
+  receiver?: 'data' | 'onread';
   children: ChildProcess[];
 }): Promise<{ mbps: number; peerCpuSecondsPerGB: number }> {
   const { totalBytes, messageBytes, direction } = options;
+  const onread = options.receiver === 'onread';
   const script = `
     const net = require('node:net');
     const buffer = Buffer.alloc(${messageBytes}, 7);
-    const server = net.createServer((socket) => {
+    const server = net.createServer({ pauseOnConnect: true }, (accepted) => {
       if (${direction === 'receive'}) {
+        const socket = accepted;
+        socket.resume();
         let sent = 0;
         const pump = () => {
           while (sent < ${totalBytes}) { sent += buffer.length; if (!socket.write(buffer)) return socket.once('drain', pump); }
@@ -103,7 +114,15 @@ export async function rawTcp(options: {
         pump();
       } else {
         let got = 0;
-        socket.on('data', (d) => { got += d.length; if (got >= ${totalBytes}) socket.end('k'); });
+        const done = (socket) => { if (got >= ${totalBytes}) socket.end('k'); };
+        if (${onread}) {
+          const socket = new net.Socket({ handle: accepted._handle, onread: {
+            buffer: Buffer.allocUnsafe(${RECEIVE_BUFFER_BYTES}), callback: (n) => { got += n; done(socket); } } });
+          accepted._handle = null;
+        } else {
+          accepted.on('data', (d) => { got += d.length; done(accepted); });
+          accepted.resume();
+        }
       }
     });
     server.listen(0, '127.0.0.1', () => process.stdout.write(String(server.address().port) + '\\n'));`;
@@ -112,7 +131,24 @@ export async function rawTcp(options: {
   const port = await new Promise<number>((resolve) =>
     child.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString()))),
   );
-  const socket = connect({ host: '127.0.0.1', port, noDelay: true });
+  let received = 0;
+  const receiveBuffer = Buffer.allocUnsafe(RECEIVE_BUFFER_BYTES);
+  const socket = connect({
+    host: '127.0.0.1',
+    port,
+    noDelay: true,
+    ...(onread && direction === 'receive'
+      ? {
+          onread: {
+            buffer: receiveBuffer,
+            callback: (n: number) => {
+              received += n;
+              return true;
+            },
+          },
+        }
+      : {}),
+  });
   await new Promise((resolve) => socket.once('connect', resolve));
   const peerCpu = processCpuSeconds(child.pid!);
   const started = performance.now();
@@ -122,6 +158,9 @@ export async function rawTcp(options: {
       if (!socket.write(buffer)) await new Promise((resolve) => socket.once('drain', resolve));
     }
     await new Promise((resolve) => socket.once('data', resolve));
+  } else if (onread) {
+    await new Promise((resolve) => socket.once('end', resolve));
+    if (received !== totalBytes) throw new Error(`raw TCP: received ${received} of ${totalBytes} bytes`);
   } else {
     for await (const _ of socket) {
       // Count nothing: the loop ends when the child has sent everything.
