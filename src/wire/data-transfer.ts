@@ -563,6 +563,12 @@ export interface ReadShardOptions extends DataCallOptions {
   offset?: number;
   /** Bytes to read; clamped to the shard's end (default: to the end). */
   length?: number;
+  /**
+   * Each Buffer yielded is valid only until the next iteration: its memory is the connection's receive
+   * memory, reused for what follows (no copy). For consumers that copy or use the bytes at once. Without
+   * it, every packet is copied once into a Buffer the caller owns.
+   */
+  transient?: boolean;
 }
 
 export interface WriteShardResult {
@@ -702,7 +708,9 @@ export class DataTransferClient {
           readableHighWaterMark: this.packetSize,
           writableHighWaterMark: 2 * this.packetSize,
         };
-      const socket = connect(socketOptions);
+      // The connection reads into the reader's receive arena: large reads into reused memory.
+      const reader = new FrameReader(undefined, this.packetSize);
+      const socket = connect({ ...socketOptions, onread: reader.onread });
       const timeoutMs = Math.max(0, Math.min(this.connectTimeoutMs, deadline - Date.now()));
       const timer = setTimeout(() => {
         socket.destroy();
@@ -719,7 +727,7 @@ export class DataTransferClient {
         // Errors surface through the reader and writes; this keeps an idle socket's error from crashing.
         socket.on('error', () => {});
         // Read ahead up to a packet: fewer pauses, and the bytes are counted by the caller's budget.
-        const reader = new FrameReader(socket, this.packetSize);
+        reader.attach(socket);
         resolve({ address, socket, reader, idleTimer: undefined, reused: false });
       });
     });
@@ -896,13 +904,40 @@ export class DataTransferClient {
           }
         }
         // Trim to the asked range: the server sends whole chunks so they can be verified here.
-        for (const slice of slices) {
-          const sliceStart = position;
-          position += slice.length;
-          const from = Math.max(offset, sliceStart);
-          const to = Math.min(wantEnd, position);
-          if (to > from) yield slice.subarray(from - sliceStart, to - sliceStart);
+        const packetStart = position;
+        position += packet.length;
+        const from = Math.max(offset, packetStart);
+        const to = Math.min(wantEnd, position);
+        if (options.transient === true) {
+          let sliceStart = packetStart;
+          for (const slice of slices) {
+            const sliceEnd = sliceStart + slice.length;
+            if (Math.min(to, sliceEnd) > Math.max(from, sliceStart)) {
+              yield slice.subarray(
+                Math.max(from, sliceStart) - sliceStart,
+                Math.min(to, sliceEnd) - sliceStart,
+              );
+            }
+            sliceStart = sliceEnd;
+          }
+        } else if (to > from) {
+          // One copy into memory the caller owns, so the receive memory can take the next packet.
+          const owned = Buffer.allocUnsafeSlow(to - from);
+          let at = 0;
+          let sliceStart = packetStart;
+          for (const slice of slices) {
+            const sliceEnd = sliceStart + slice.length;
+            const start = Math.max(from, sliceStart);
+            const stop = Math.min(to, sliceEnd);
+            if (stop > start) at += slice.copy(owned, at, start - sliceStart, stop - sliceStart);
+            sliceStart = sliceEnd;
+          }
+          assert(at === owned.length);
+          connection.reader.release(slices);
+          yield owned;
+          continue;
         }
+        connection.reader.release(slices);
       }
       complete = true;
     } catch (error) {

@@ -101,6 +101,21 @@ test('range reads at random offsets return exactly the bytes asked for', async (
     assert.equal(back.length, expected.length, `read [${offset}, +${length})`);
     assert.ok(back.equals(expected), `bytes of [${offset}, +${length})`);
   }
+  // Transient reads: each piece is valid until the next one, so it is copied at once; same bytes.
+  for (const [offset, length] of [
+    [0, size],
+    [100_000, 2 * 1024 * KiB],
+    [size - 5, 100],
+  ] as const) {
+    const pieces: Buffer[] = [];
+    for await (const piece of client.readShard(chunk.dataAddr, shard, { offset, length, transient: true })) {
+      pieces.push(Buffer.from(piece));
+    }
+    assert.ok(
+      Buffer.concat(pieces).equals(data.subarray(offset, offset + length)),
+      `transient [${offset}, +${length})`,
+    );
+  }
   // Reading from the very end gives nothing; past it is refused.
   assert.equal((await client.readShardBytes(chunk.dataAddr, shard, { offset: size })).length, 0);
   await assert.rejects(client.readShardBytes(chunk.dataAddr, shard, { offset: size + 1 }), {
