@@ -72,6 +72,12 @@ export interface RaftHostOptions {
    * peer as voter.
    */
   readonly joining?: boolean;
+  /**
+   * Spread leadership of the hosted groups over the voters: a node leading at least two groups more
+   * than some voter hands one to it (TimeoutNow), at most one transfer per balance interval, so a
+   * process hosting many groups does not do every group's leader work alone. Off by default.
+   */
+  readonly balanceLeaders?: boolean;
 }
 
 export interface GroupStatus {
@@ -111,6 +117,8 @@ interface Group {
 }
 
 const MAX_MESSAGES_PER_BATCH = 4096;
+/** Ticks between leader-balance checks (with the default 50 ms tick, 2 s): transfers never thrash. */
+const BALANCE_EVERY_TICKS = 40;
 
 export class RaftHost {
   readonly nodeId: NodeId;
@@ -129,6 +137,10 @@ export class RaftHost {
   private readSeq = 0;
   private closed = false;
   private maxElectionTicks = 0;
+  private ticksSinceBalance = 0;
+  private balancing: boolean;
+  /** When a message from each peer last arrived (ms): the balancer transfers only to peers heard lately. */
+  private readonly lastHeardFrom = new Map<NodeId, number>();
   /** Counters for dashboards and benchmarks; monotonically increasing. */
   readonly counters = {
     rounds: 0,
@@ -153,6 +165,7 @@ export class RaftHost {
     this.nodeId = options.nodeId;
     this.log = options.log;
     this.tickMs = options.tickMs ?? 50;
+    this.balancing = options.balanceLeaders ?? false;
     for (const peer of options.peers) this.addrOf.set(peer.nodeId, peer.addr);
   }
 
@@ -206,7 +219,52 @@ export class RaftHost {
 
   private tick(): void {
     for (const group of this.groups.values()) group.raft.tick();
+    if (this.balancing && ++this.ticksSinceBalance >= BALANCE_EVERY_TICKS) {
+      this.ticksSinceBalance = 0;
+      this.balanceLeaders();
+    }
     this.scheduleRound();
+  }
+
+  /**
+   * One step towards an even spread of leaders: counts who leads each hosted group (as this node knows
+   * it) and, if this node leads at least two more groups than the voter leading the fewest, transfers its
+   * highest-numbered group to that voter. Every node runs the same rule, so the spread converges; a group
+   * without a known leader (an election) postpones balancing to the next interval.
+   */
+  private balanceLeaders(): void {
+    const led = new Map<NodeId, number>();
+    const mine: Group[] = [];
+    for (const group of this.groups.values()) {
+      const s = group.raft.status();
+      if (s.leader === NO_NODE || s.transferee !== NO_NODE) return;
+      for (const v of s.config.voters) if (!led.has(v)) led.set(v, 0);
+      led.set(s.leader, (led.get(s.leader) ?? 0) + 1);
+      if (s.leader === this.nodeId) mine.push(group);
+    }
+    if (mine.length === 0) return;
+    const group = mine.reduce((a, b) => (b.id > a.id ? b : a));
+    const voters = group.raft.status().config.voters;
+    // Heard from within an election timeout (the core's own recentActive flag is reset on a tick schedule
+    // that this check, also tick-driven, can stay in phase with).
+    const now = Date.now();
+    const recentMs = this.tickMs * this.maxElectionTicks;
+    let target: NodeId | undefined;
+    for (const v of voters) {
+      if (v === this.nodeId) continue;
+      // Only to a follower that is up and replicating: a transfer to a dead node would stall the group's
+      // proposals for an election timeout, every interval.
+      const pr = group.raft.peerProgress(v);
+      const heard = this.lastHeardFrom.get(v);
+      if (pr === undefined || pr.state !== 'replicate' || heard === undefined || now - heard > recentMs)
+        continue;
+      const count = led.get(v) ?? 0;
+      if (target === undefined || count < (led.get(target) ?? 0) || (count === led.get(target) && v < target))
+        target = v;
+    }
+    if (target === undefined || mine.length - (led.get(target) ?? 0) < 2) return;
+    this.log.info('raft leader balance', { group: group.id, to: target, leading: mine.length });
+    group.raft.transferLeader(target);
   }
 
   private receive(batch: RaftBatch): Record<string, never> {
@@ -235,7 +293,11 @@ export class RaftHost {
       }
       steps.push([group, message]);
     }
-    for (const [group, message] of steps) group.raft.step(message);
+    const now = Date.now();
+    for (const [group, message] of steps) {
+      this.lastHeardFrom.set(message.from, now);
+      group.raft.step(message);
+    }
     this.counters.messagesReceived += steps.length;
     this.scheduleRound();
     return {};
@@ -588,6 +650,11 @@ export class RaftHost {
 
   groupIds(): number[] {
     return [...this.groups.keys()].sort((a, b) => a - b);
+  }
+
+  /** Turns leader balancing (see RaftHostOptions.balanceLeaders) on or off. */
+  setLeaderBalancing(on: boolean): void {
+    this.balancing = on;
   }
 
   /** Hands leadership of the groups this node leads to another voter (graceful shutdown). */

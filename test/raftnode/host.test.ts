@@ -204,3 +204,28 @@ test('a joining host is added as learner, caught up by snapshot, promoted, and r
   assert.deepEqual([...leader.host.status(5).members].sort(), [1, 2, 3]);
   await leader.host.propose(5, Buffer.from('last=1'), Date.now() + 5000);
 });
+
+test('leader balancing spreads four groups that one host leads over all three hosts', async () => {
+  const cluster = await startCluster(3, [1, 2, 3, 4]);
+  const groups = [1, 2, 3, 4];
+  const ledBy = (n: Node) => groups.filter((g) => n.host.isLeader(g)).length;
+  // First every group onto host 1: hosts 2 and 3 hand theirs to host 1 (the first other voter) until it
+  // leads all four.
+  await waitFor(
+    'host 1 to lead every group',
+    () => {
+      cluster[1]!.host.transferLeadership();
+      cluster[2]!.host.transferLeadership();
+      return ledBy(cluster[0]!) === 4;
+    },
+    20_000,
+    200,
+  );
+  for (const n of cluster) n.host.setLeaderBalancing(true);
+  // 4 groups over 3 voters: balanced means no host leads two more than another, so each leads 1 or 2.
+  await waitFor('leaders spread over every host', () => cluster.every((n) => ledBy(n) >= 1), 20_000);
+  for (const g of groups) {
+    const leader = await waitFor(`a leader of group ${g}`, () => leaderOf(cluster, g));
+    await leader.host.propose(g, Buffer.from(`k${g}=v`), Date.now() + 5000);
+  }
+});

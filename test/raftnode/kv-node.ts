@@ -73,6 +73,8 @@ async function main(): Promise<void> {
     storage,
     log,
     snapshotEvery: Number(values['snapshot-every'] ?? '10000'),
+    // Several groups per process: spread their leaders, or one process does every group's leader work.
+    balanceLeaders: groups > 1,
   });
   const machines = new Map<number, KvMachineAdapter>();
   for (let g = 1; g <= groups; g++) {
