@@ -3,7 +3,7 @@
  * synchronisation), and running the real `dogfs` command as a child process.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -112,6 +112,27 @@ export function assertOneLineError(stderr: string): string {
   return lines[0] ?? '';
 }
 
+/** dogfs up's output and the last log lines of every member under `clusterDir`, for a failure message. */
+function clusterDiagnosis(clusterDir: string, output: { stdout: string; stderr: string }): string {
+  const parts = [
+    `dogfs up stdout:\n${output.stdout.slice(-2000)}`,
+    `dogfs up stderr:\n${output.stderr.slice(-2000)}`,
+  ];
+  let members: string[] = [];
+  try {
+    members = readdirSync(clusterDir);
+  } catch {
+    // no directory yet: nothing more to show
+  }
+  for (const member of members) {
+    const log = join(clusterDir, member, 'dogfs.log');
+    if (!existsSync(log)) continue;
+    const lines = readFileSync(log, 'utf8').trim().split('\n');
+    parts.push(`${member}/dogfs.log (last lines):\n${lines.slice(-8).join('\n')}`);
+  }
+  return parts.join('\n');
+}
+
 /**
  * `dogfs up --dir TMP/c ARGS` in a fresh temporary directory. `ready()` waits for its cluster.json (written
  * once the cluster can serve); `stop()` stops it (SIGINT) and removes the directory.
@@ -126,12 +147,18 @@ export function startCluster(args: string[], env: NodeJS.ProcessEnv = process.en
     clusterDir,
     clusterPath,
     up,
-    ready: (): Promise<ClusterJson> =>
-      waitFor(
-        'cluster.json',
-        () => existsSync(clusterPath) && (JSON.parse(readFileSync(clusterPath, 'utf8')) as ClusterJson),
-        60_000,
-      ),
+    ready: async (): Promise<ClusterJson> => {
+      try {
+        return await waitFor(
+          'cluster.json',
+          () => existsSync(clusterPath) && (JSON.parse(readFileSync(clusterPath, 'utf8')) as ClusterJson),
+          60_000,
+        );
+      } catch (error) {
+        // A cluster that does not come up must say why: dogfs up's own output and each member's last lines.
+        throw new Error(`${(error as Error).message}\n${clusterDiagnosis(clusterDir, up.output)}`);
+      }
+    },
     stop: async (): Promise<void> => {
       up.child.kill('SIGINT');
       await up.exited;
