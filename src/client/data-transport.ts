@@ -60,12 +60,13 @@ class ReadHandle implements ShardReadHandle {
     target: ShardTarget,
     offset: number,
     length: number,
-    deadline: number,
+    options: OpenReadOptions,
   ) {
     this.source = client.readShard(target.addr, target.shard, {
       offset,
       length,
-      deadline,
+      deadline: options.deadline,
+      transient: options.transient === true,
       signal: this.controller.signal,
     });
   }
@@ -103,7 +104,7 @@ export class DataTransferShardTransport implements ShardTransport {
   }
 
   openRead(target: ShardTarget, offset: number, length: number, options: OpenReadOptions): ShardReadHandle {
-    return new ReadHandle(this.client, target, offset, length, options.deadline);
+    return new ReadHandle(this.client, target, offset, length, options);
   }
 
   close(): void {

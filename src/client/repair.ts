@@ -125,7 +125,8 @@ async function rebuildBlockGroup(
       { addr: s.addr, shard: { blockGroupId: bg.id, index: s.index, generation: s.generation } },
       0,
       shardLength,
-      { deadline },
+      // readExactly copies every piece (and uses up a carried rest) before asking for the next.
+      { deadline, transient: true },
     ),
     carry: { rest: null as Uint8Array | null },
     crc: 0,

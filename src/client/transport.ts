@@ -50,6 +50,11 @@ export interface ShardReadHandle {
 
 export interface OpenReadOptions {
   readonly deadline: number;
+  /**
+   * Each piece `next` returns is valid only until the following `next` (the transport may reuse its
+   * memory, saving a copy): for callers that copy or use the bytes at once.
+   */
+  readonly transient?: boolean;
 }
 
 export interface ShardTransport {
