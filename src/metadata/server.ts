@@ -61,6 +61,9 @@ export function startMetaServer(options: MetaServerOptions) {
         peers: peers.map((p, i) => ({ nodeId: asNodeId(i + 1), addr: p.addr })),
         storage,
         log: context.log,
+        // The cluster group and the namespace group led from different servers where there are enough:
+        // heartbeats, registration and repair planning do not share a leader's event loop with creates.
+        balanceLeaders: true,
       });
       const node = new MetadataNode(host, context.log, activeBackendName(), {
         defaultEc: options.defaultEc,

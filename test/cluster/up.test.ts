@@ -48,6 +48,21 @@ test('dogfs up starts a whole cluster, refuses a second supervisor, stops cleanl
   assert.match(cluster.ui, /^http:\/\/127\.0\.0\.1:\d+\/$/);
   for (const addr of cluster.meta) assert.match(addr, /^127\.0\.0\.1:\d+$/);
   await assertAllHealthy(cluster);
+  // Leader balancing puts the cluster group and the namespace group on different metadata servers.
+  await waitFor(
+    'groups 0 and 1 led by different servers',
+    async () => {
+      const report = await runDogfs(['admin', 'report', '--json'], {
+        env: { ...process.env, DOGFS_CLUSTER: clusterJsonPath },
+      });
+      if (report.status !== 0) return false;
+      const groups = (JSON.parse(report.stdout) as { groups: { group: number; leader: string }[] }).groups;
+      const leaderOf = (g: number) => groups.find((x) => x.group === g)?.leader ?? '';
+      return leaderOf(0) !== '' && leaderOf(1) !== '' && leaderOf(0) !== leaderOf(1);
+    },
+    20_000,
+    500,
+  );
   const page = await fetch(cluster.ui);
   assert.equal(page.status, 200);
   assert.match(await page.text(), /meta-1/);
