@@ -54,6 +54,7 @@ test('what was synced survives a reopen, for every group, and what was not synce
     );
   }
   await reopened.close();
+  await s.close(); // the "crashed" storage's handle, released after the checks
 });
 
 test('a conflicting append replaces the suffix; a snapshot drops what it covers', async () => {
@@ -65,7 +66,15 @@ test('a conflicting append replaces the suffix; a snapshot drops what it covers'
   g.append([entry(2, 2, 'new')]);
   g.setHardState(hard(2, 0, 1));
   await s.sync();
-  let state = (await DurableStorage.open(dir)).group(5).load()!;
+  const peek = async (): Promise<ReturnType<ReturnType<DurableStorage['group']>['load']>> => {
+    const other = await DurableStorage.open(dir);
+    try {
+      return other.group(5).load();
+    } finally {
+      await other.close();
+    }
+  };
+  let state = (await peek())!;
   assert.deepEqual(
     state.entries.map((e) => [e.index, e.term]),
     [
@@ -78,7 +87,7 @@ test('a conflicting append replaces the suffix; a snapshot drops what it covers'
     data: Buffer.from('state@1'),
   });
   await s.close();
-  state = (await DurableStorage.open(dir)).group(5).load()!;
+  state = (await peek())!;
   assert.equal(state.snapshot.meta.index, 1);
   assert.equal(Buffer.from(state.snapshot.data).toString(), 'state@1');
   assert.deepEqual(
