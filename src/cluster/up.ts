@@ -71,6 +71,8 @@ const HOST = '127.0.0.1';
 const DEFAULT_META = 3;
 const DEFAULT_CHUNK = 9;
 const STOP_GRACE_MS = 8000;
+/** Start-up attempts when a member finds the port chosen for it taken by then. */
+const PORT_ATTEMPTS = 3;
 const MAIN_MODULE = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 
 function writeFileAtomic(path: string, content: string): void {
@@ -191,7 +193,7 @@ export class LocalCluster {
       await this.assignPorts(stored);
       writeFileAtomic(join(this.dir, 'members.json'), `${JSON.stringify(stored, null, 2)}\n`);
       const deadline = Date.now() + (this.options.startTimeoutMs ?? 30_000);
-      await Promise.all(stored.members.map((record) => this.spawnMember(record, deadline)));
+      await this.spawnAll(stored, deadline);
       await this.waitForHealth(deadline);
       await this.waitForMetadataLeaders(deadline);
       this.ui = await this.startUi(stored.uiPort);
@@ -202,6 +204,31 @@ export class LocalCluster {
     } catch (error) {
       await this.stop();
       throw error;
+    }
+  }
+
+  /**
+   * Starts every member. Ports are chosen before the members bind them, so another process (an outgoing
+   * connection's ephemeral port, another cluster) can take one in between: a member that finds its port
+   * in use makes every member start again on fresh ports, a few times at most.
+   */
+  private async spawnAll(stored: StoredCluster, deadline: number): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await Promise.all(stored.members.map((record) => this.spawnMember(record, deadline)));
+        return;
+      } catch (error) {
+        const portTaken = error instanceof UpError && error.message.includes('address already in use');
+        if (!portTaken || attempt >= PORT_ATTEMPTS) throw error;
+        this.print(`dogfs up: ${(error as Error).message}; starting again on other ports`);
+        this.stopping = true;
+        await this.stopMembers();
+        this.stopping = false;
+        for (const record of stored.members) record.port = 0;
+        stored.uiPort = 0;
+        await this.assignPorts(stored);
+        writeFileAtomic(join(this.dir, 'members.json'), `${JSON.stringify(stored, null, 2)}\n`);
+      }
     }
   }
 
@@ -308,7 +335,8 @@ export class LocalCluster {
           );
           return;
         }
-        this.onMemberExit(running, code, signal);
+        // A child replaced since (a start-up retried on other ports) is not the member any more.
+        if (running.child === child) this.onMemberExit(running, code, signal);
       });
       child.once('error', (error) => fail(`${record.id} could not be started: ${error.message}`));
     });
@@ -474,15 +502,33 @@ export class LocalCluster {
   }
 
   /** Stops every member (SIGTERM, then SIGKILL after a grace period) and releases DIR. Idempotent. */
+  /** SIGTERM to every running member, SIGKILL after the grace; resolves once each one's exit was seen. */
+  private async stopMembers(): Promise<void> {
+    const live = this.running.filter((r) => r.child !== undefined && r.child.exitCode === null);
+    const exited = live.map(
+      (r) =>
+        new Promise<void>((resolve) => {
+          const child = r.child!;
+          if (child.exitCode !== null || child.signalCode !== null) resolve();
+          else child.once('exit', () => resolve());
+        }),
+    );
+    for (const r of live) r.child?.kill('SIGTERM');
+    const all = Promise.all(exited);
+    const graceful = await Promise.race([
+      all.then(() => true),
+      new Promise<boolean>((r) => setTimeout(() => r(false), STOP_GRACE_MS).unref()),
+    ]);
+    if (!graceful) {
+      for (const r of live) if (isProcessAlive(r.pid)) r.child?.kill('SIGKILL');
+      await Promise.race([all, new Promise<void>((r) => setTimeout(r, 2000).unref())]);
+    }
+  }
+
   async stop(): Promise<void> {
     this.stopping = true;
     rmSync(this.clusterJsonPath, { force: true });
-    const live = this.running.filter((r) => r.child !== undefined && r.child.exitCode === null);
-    for (const r of live) r.child?.kill('SIGTERM');
-    const deadline = Date.now() + STOP_GRACE_MS;
-    await waitUntil(() => live.every((r) => !isProcessAlive(r.pid)), deadline);
-    for (const r of live) if (isProcessAlive(r.pid)) r.child?.kill('SIGKILL');
-    await waitUntil(() => live.every((r) => !isProcessAlive(r.pid)), Date.now() + 2000);
+    await this.stopMembers();
     await new Promise<void>((r) => (this.ui ? this.ui.close(() => r()) : r()));
     this.ui = undefined;
     this.releaseLock?.();

@@ -148,15 +148,24 @@ export function startCluster(args: string[], env: NodeJS.ProcessEnv = process.en
     clusterPath,
     up,
     ready: async (): Promise<ClusterJson> => {
-      try {
-        return await waitFor(
-          'cluster.json',
-          () => existsSync(clusterPath) && (JSON.parse(readFileSync(clusterPath, 'utf8')) as ClusterJson),
-          60_000,
-        );
-      } catch (error) {
-        // A cluster that does not come up must say why: dogfs up's own output and each member's last lines.
-        throw new Error(`${(error as Error).message}\n${clusterDiagnosis(clusterDir, up.output)}`);
+      // Polls for cluster.json; fails at once if dogfs up exits first, and either way says why.
+      const deadline = Date.now() + 60_000;
+      for (;;) {
+        if (existsSync(clusterPath)) {
+          try {
+            return JSON.parse(readFileSync(clusterPath, 'utf8')) as ClusterJson;
+          } catch {
+            // written atomically, so only a torn read of a concurrent rename: poll again
+          }
+        }
+        const exited = up.child.exitCode !== null || up.child.signalCode !== null;
+        if (exited || Date.now() >= deadline) {
+          const why = exited
+            ? `dogfs up exited (${up.child.signalCode ?? up.child.exitCode}) before writing cluster.json`
+            : 'timed out after 60000 ms waiting for cluster.json';
+          throw new Error(`${why}\n${clusterDiagnosis(clusterDir, up.output)}`);
+        }
+        await new Promise((r) => setTimeout(r, 50));
       }
     },
     stop: async (): Promise<void> => {
