@@ -41,6 +41,7 @@ import {
   type ClusterSettings,
   ClusterState,
   compareNames,
+  decodeNamespaceCommand,
   encodeClusterCommand,
   encodeNamespaceCommand,
   type Failure,
@@ -82,8 +83,24 @@ const MAX_REPORT_REASON_CHARS = 200;
 
 class NamespaceMachine implements StateMachine {
   state = new NamespaceState({ group: NAMESPACE_GROUP });
+  /**
+   * `onRepaired` hears every shard relocation as this replica applies it — on every metadata server, so
+   * the cluster group's leader (which keeps the bad-shard reports) hears it even when another server
+   * leads the namespace group and served the CommitRepair.
+   */
+  constructor(private readonly onRepaired: (blockGroupId: number, indexes: readonly number[]) => void) {}
   apply(_index: LogIndex, command: Uint8Array): NamespaceResult {
-    return this.state.applyEncoded(command);
+    const result = this.state.applyEncoded(command);
+    if (result.ok && result.op === 'repairShards') {
+      // Rare: decoding the command a second time costs nothing that matters.
+      const cmd = decodeNamespaceCommand(command);
+      if (cmd.op === 'repairShards')
+        this.onRepaired(
+          cmd.blockGroupId,
+          cmd.shards.map((s) => s.index),
+        );
+    }
+    return result;
   }
   snapshot(): Uint8Array {
     return this.state.snapshot();
@@ -171,7 +188,10 @@ export interface MetadataNodeOptions {
 }
 
 export class MetadataNode {
-  private readonly namespace = new NamespaceMachine();
+  /** A relocated shard's bad reports were about its old copy: they go (see NamespaceMachine). */
+  private readonly namespace = new NamespaceMachine((blockGroupId, indexes) => {
+    for (const index of indexes) this.badShards.delete(shardKey(blockGroupId, index));
+  });
   private readonly cluster = new ClusterMachine();
   /** Shards reported bad (by readers or scrubbers), by shardKey; oldest first, bounded. */
   private readonly badShards = new Map<string, BadShardReport>();
@@ -944,7 +964,6 @@ export class MetadataNode {
         // The new locations are committed (and were verified on their servers): the replaced copies
         // (corrupt, or on a server that may come back) go, by the leader duty, retried while it can.
         for (const shard of req.shards) {
-          this.badShards.delete(shardKey(req.blockGroupId, shard.index));
           if (shard.replaces === '' || this.pendingDeletes.size >= MAX_PENDING_DELETES) continue;
           this.pendingDeletes.set(`${shard.replaces}:${req.blockGroupId}:${shard.index}`, {
             server: shard.replaces,
