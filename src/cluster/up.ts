@@ -501,8 +501,10 @@ export class LocalCluster {
     this.print(`  export DOGFS_CLUSTER=${this.clusterJsonPath}`);
   }
 
-  /** Stops every member (SIGTERM, then SIGKILL after a grace period) and releases DIR. Idempotent. */
-  /** SIGTERM to every running member, SIGKILL after the grace; resolves once each one's exit was seen. */
+  /**
+   * SIGTERM to every running member, SIGKILL after the grace; resolves once each one's exit was seen.
+   * The timers are unref'd: the children's own handles keep the process alive while they run.
+   */
   private async stopMembers(): Promise<void> {
     const live = this.running.filter((r) => r.child !== undefined && r.child.exitCode === null);
     const exited = live.map(
@@ -525,6 +527,7 @@ export class LocalCluster {
     }
   }
 
+  /** Stops every member (SIGTERM, then SIGKILL after a grace period) and releases DIR. Idempotent. */
   async stop(): Promise<void> {
     this.stopping = true;
     rmSync(this.clusterJsonPath, { force: true });
