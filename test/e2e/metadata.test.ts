@@ -139,6 +139,65 @@ test('concurrent clients: every empty file created is present; one of two racing
   for (const c of clients) c.close();
 });
 
+test('a paused leader (SIGSTOP) is replaced; resumed, it answers no stale read and loses nothing acknowledged', async () => {
+  await client.call('Mkdir', { path: '/pause/v1', parents: true, session: client.nextSession() });
+  const oldAddr = (await client.call('FindLeader', { group: 1 })).leaderAddr;
+  const old = cluster.processes.find((p) => p.addr === oldAddr)!;
+  const others = cluster.processes.filter((p) => p.role === 'meta' && p.addr !== oldAddr).map((p) => p.addr);
+  const majority = new TestMetaClient(others);
+  const pinned = new TestMetaClient([oldAddr]);
+  process.kill(old.pid, 'SIGSTOP');
+  let resumed = false;
+  try {
+    // The other two elect a leader and go on: v1 becomes v2.
+    await majority.call(
+      'Rename',
+      { src: '/pause/v1', dst: '/pause/v2', session: majority.nextSession() },
+      30_000,
+    );
+    const newAddr = (await majority.call('FindLeader', { group: 1 })).leaderAddr;
+    assert.notEqual(newAddr, oldAddr);
+
+    // Calls to the paused server wait in its socket buffers; it meets them the moment it resumes, before
+    // it has heard of the new term. A read it answers must still see v2 and not v1; a write it accepts
+    // must be there afterwards.
+    const statV1 = pinned.call('Stat', { path: '/pause/v1' }, 30_000).then(
+      () => 'FOUND',
+      (e: DogfsError) => e.code,
+    );
+    const statV2 = pinned.call('Stat', { path: '/pause/v2' }, 30_000).then(
+      (r) => (r.inode ? 'FOUND' : 'EMPTY'),
+      (e: DogfsError) => e.code,
+    );
+    const queuedWrite = pinned
+      .call('Mkdir', { path: '/pause/queued', session: pinned.nextSession() }, 30_000)
+      .then(
+        () => 'OK',
+        (e: DogfsError) => e.code,
+      );
+    process.kill(old.pid, 'SIGCONT');
+    resumed = true;
+    assert.equal(await statV1, 'NOT_FOUND', 'the resumed server does not answer from its stale state');
+    assert.equal(await statV2, 'FOUND');
+    const wrote = await queuedWrite;
+    if (wrote === 'OK') {
+      assert.equal((await majority.call('Stat', { path: '/pause/queued' })).inode?.type, 2);
+    }
+    // It rejoins as a follower and catches up: linearizable reads through it see the new state.
+    const rejoined = await waitFor(
+      'the resumed server to follow the new leader',
+      async () => (await pinned.call('FindLeader', { group: 1 })).leaderAddr !== oldAddr,
+      30_000,
+    );
+    assert.ok(rejoined);
+    assert.equal((await pinned.call('Stat', { path: '/pause/v2' })).inode?.type, 2);
+  } finally {
+    if (!resumed) process.kill(old.pid, 'SIGCONT');
+    majority.close();
+    pinned.close();
+  }
+});
+
 test('leader SIGKILL during a stream of writes loses nothing acknowledged; two of three down is NO_QUORUM', async () => {
   await client.call('Mkdir', { path: '/stream', session: client.nextSession() });
   const acknowledged: string[] = [];

@@ -9,6 +9,8 @@ import { type MetadataMethods, MetadataService } from '../../src/wire/gen/types.
 import type { Init } from '../../src/wire/proto.js';
 import { type RequestOf, type ResponseOf, RpcChannel } from '../../src/wire/rpc.js';
 
+const ATTEMPT_MS = 5000;
+
 export class TestMetaClient {
   private readonly channels = new Map<string, RpcChannel>();
   private target: string;
@@ -53,7 +55,12 @@ export class TestMetaClient {
     let lastAnswer: DogfsError | undefined;
     for (let attempt = 0; attempt < 1000 && Date.now() < deadline; attempt++) {
       try {
-        const response = await this.channel(this.target).call(MetadataService, method, request, { deadline });
+        // One server may not answer at all (paused, or cut off): try the next after ATTEMPT_MS, as the
+        // client library does.
+        const attemptDeadline = Math.min(deadline, Date.now() + ATTEMPT_MS);
+        const response = await this.channel(this.target).call(MetadataService, method, request, {
+          deadline: attemptDeadline,
+        });
         if (seq !== undefined) this.outstanding.delete(seq);
         return response;
       } catch (error) {
