@@ -12,9 +12,23 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KvClient, spawnKvNode } from '../test/raftnode/kv-client.js';
 import { closedLoop, emit, emitLoad, freePort, machine, measureEtcdPuts } from './lib.js';
+import { processCpuSeconds, selfCpuSeconds } from './raw.js';
 
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? '5');
-const CONCURRENCY = [1, 16, 64, 256];
+/** BENCH_CONCURRENCY=64 (comma-separated) measures only those; ratios need etcd at the same ones. */
+const CONCURRENCY = (process.env['BENCH_CONCURRENCY'] ?? '1,16,64,256').split(',').map(Number);
+/** BENCH_FAILOVER=0 skips the failover measurement (quicker iterations on throughput). */
+const FAILOVER = process.env['BENCH_FAILOVER'] !== '0';
+/** BENCH_GROUPS=1 (or 4) measures only that layout (no ratio lines for the other). */
+const GROUPS = (process.env['BENCH_GROUPS'] ?? '1,4').split(',').map(Number);
+/** BENCH_ETCD=0 skips the etcd reference (profiling runs only: no ratio is printed then). */
+const ETCD = process.env['BENCH_ETCD'] !== '0';
+/**
+ * Node options for the kv-nodes, e.g. BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof': the nodes
+ * are then stopped by SIGTERM (a profile is written at exit) instead of SIGKILL.
+ */
+const NODE_ARGS = (process.env['BENCH_NODE_ARGS'] ?? '').split(' ').filter((a) => a !== '');
+
 const VALUE = 'v'.repeat(256);
 
 interface KvCluster {
@@ -25,7 +39,13 @@ interface KvCluster {
 }
 
 async function startNode(cluster: KvCluster, i: number): Promise<void> {
-  cluster.procs[i] = await spawnKvNode(cluster.addrs, i, cluster.dir, ['--groups', String(cluster.groups)]);
+  cluster.procs[i] = await spawnKvNode(
+    cluster.addrs,
+    i,
+    cluster.dir,
+    ['--groups', String(cluster.groups)],
+    NODE_ARGS,
+  );
 }
 
 async function startKvCluster(groups: number): Promise<KvCluster> {
@@ -38,6 +58,10 @@ async function startKvCluster(groups: number): Promise<KvCluster> {
 }
 
 async function stopKvCluster(cluster: KvCluster): Promise<void> {
+  if (NODE_ARGS.length > 0) {
+    const live = cluster.procs.filter((p): p is ChildProcess => p !== undefined && p.exitCode === null);
+    await Promise.all(live.map((p) => new Promise((r) => p.once('exit', r).kill('SIGTERM'))));
+  }
   for (const p of cluster.procs) p?.kill('SIGKILL');
   rmSync(cluster.dir, { recursive: true, force: true });
 }
@@ -51,12 +75,43 @@ async function measureDogfs(groups: number): Promise<Map<number, number>> {
       (_, i) => new KvClient(cluster.addrs, `bench-${groups}-${i}`, groups),
     );
     await clients[0]!.run({ op: 'put', key: 'warmup', value: 'x' }, Date.now() + 30_000);
+    const pids = cluster.procs.map((p) => p!.pid!);
     for (const c of CONCURRENCY) {
+      // CPU per put of each process, over every put of the loop (its warm-up and drain included).
+      let puts = 0;
+      const cpu0 = pids.map(processCpuSeconds);
+      const self0 = selfCpuSeconds();
       const r = await closedLoop(c, SECONDS * 1000, async (w, i) => {
         await clients[w % clients.length]!.run({ op: 'put', key: `k${w}-${i % 64}`, value: VALUE });
+        puts++;
       });
+      const perPut = (seconds: number) => Math.round((seconds * 1e6) / Math.max(1, puts));
       rates.set(c, r.opsPerSec);
       emitLoad('raft', 'put', r, { system: 'dogfs', groups, concurrency: c });
+      emit({
+        bench: 'raft',
+        metric: 'cpu_per_put',
+        value: perPut(selfCpuSeconds() - self0),
+        unit: 'us',
+        process: 'client',
+        groups,
+        concurrency: c,
+      });
+      pids.forEach((pid, n) => {
+        const leads = Array.from({ length: groups }, (_, g) => clients[0]!.leaderOfGroup(g + 1)).filter(
+          (a) => a === cluster.addrs[n],
+        ).length;
+        emit({
+          bench: 'raft',
+          metric: 'cpu_per_put',
+          value: perPut(processCpuSeconds(pid) - cpu0[n]!),
+          unit: 'us',
+          process: `node${n + 1}`,
+          leads,
+          groups,
+          concurrency: c,
+        });
+      });
     }
     for (const c of clients) c.close();
   } finally {
@@ -102,31 +157,24 @@ async function measureEtcd(): Promise<Map<number, number> | undefined> {
 
 async function main(): Promise<void> {
   emit({ bench: 'raft', metric: 'machine', value: 0, unit: 'none', ...machine() });
-  const etcd = await measureEtcd();
-  const one = await measureDogfs(1);
-  const four = await measureDogfs(4);
+  const etcd = ETCD ? await measureEtcd() : undefined;
+  const dogfs = new Map<number, Map<number, number>>();
+  for (const groups of GROUPS) dogfs.set(groups, await measureDogfs(groups));
   if (etcd) {
     for (const c of CONCURRENCY) {
-      const e = etcd.get(c)!;
-      emit({
-        bench: 'raft',
-        metric: 'ratio_vs_etcd',
-        value: +(one.get(c)! / e).toFixed(2),
-        unit: 'x',
-        groups: 1,
-        concurrency: c,
-      });
-      emit({
-        bench: 'raft',
-        metric: 'ratio_vs_etcd',
-        value: +(four.get(c)! / e).toFixed(2),
-        unit: 'x',
-        groups: 4,
-        concurrency: c,
-      });
+      for (const [groups, rates] of dogfs) {
+        emit({
+          bench: 'raft',
+          metric: 'ratio_vs_etcd',
+          value: +(rates.get(c)! / etcd.get(c)!).toFixed(2),
+          unit: 'x',
+          groups,
+          concurrency: c,
+        });
+      }
     }
   }
-  await measureFailover();
+  if (FAILOVER) await measureFailover();
 }
 
 await main();

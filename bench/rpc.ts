@@ -125,6 +125,10 @@ if (process.argv[2] === 'serve') {
 } else {
   emit({ bench: 'rpc', metric: 'machine', value: 0, unit: 'none', ...machine() });
   const impls: Impl[] = ['dogfs', 'grpc-js'];
-  for (const client of impls) for (const server of impls) await measure(client, server);
+  // BENCH_PAIRS=dogfs:dogfs (comma-separated client:server) measures only those pairings.
+  const pairs = process.env['BENCH_PAIRS']?.split(',').map((p) => p.split(':') as [Impl, Impl]);
+  for (const client of impls)
+    for (const server of impls)
+      if (!pairs || pairs.some(([c, s]) => c === client && s === server)) await measure(client, server);
   process.exit(0);
 }

@@ -36,6 +36,11 @@ export class KvClient {
     return this.leaders.get(groupOfKey(key, this.groups)) ?? this.addrs[0]!;
   }
 
+  /** The node believed to lead `group`. */
+  leaderOfGroup(group: number): string {
+    return this.leaders.get(group) ?? this.addrs[0]!;
+  }
+
   get leader(): string {
     return this.leaderOf();
   }
@@ -115,15 +120,17 @@ const KV_NODE = fileURLToPath(new URL('./kv-node.js', import.meta.url));
 
 /**
  * Starts node i (0-based) of a kv-node cluster whose members listen on `addrs`, with its data in
- * DIR/n<i+1>; resolves with the process once it serves.
+ * DIR/n<i+1> (`nodeArgs` go to node itself, e.g. --cpu-prof); resolves with the process once it serves.
  */
 export function spawnKvNode(
   addrs: readonly string[],
   i: number,
   dir: string,
   extraArgs: string[] = [],
+  nodeArgs: string[] = [],
 ): Promise<ChildProcess> {
   const args = [
+    ...nodeArgs,
     KV_NODE,
     '--id',
     String(i + 1),
