@@ -232,11 +232,14 @@ export class GrpcServer {
         this.fail(stream, framing);
         return;
       }
-      const socket = stream.session?.socket;
       const call: UnaryCall = {
         request: body.subarray(PREFIX_BYTES),
         timeoutMs: callMs,
-        peer: socket ? `${socket.remoteAddress}:${socket.remotePort}` : '',
+        // Computed only if asked for: the session's socket is a proxy, and few handlers want the peer.
+        get peer() {
+          const socket = stream.session?.socket;
+          return socket ? `${socket.remoteAddress}:${socket.remotePort}` : '';
+        },
         onCancel: (listener) => {
           // 'close' before our answer was sent means the caller is gone (RST_STREAM or lost connection).
           stream.once('close', () => {
@@ -274,8 +277,11 @@ export class GrpcServer {
         { waitForTrailers: true },
       );
       stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
-      stream.write(messagePrefix(response.byteLength));
-      stream.end(response);
+      // One write of prefix and message: each stream write is a trip through the stream machinery.
+      const framed = Buffer.allocUnsafe(PREFIX_BYTES + response.byteLength);
+      framed.set(messagePrefix(response.byteLength), 0);
+      framed.set(response, PREFIX_BYTES);
+      stream.end(framed);
     } catch {
       // The stream died under us (its peer went away); nothing is left to tell.
       stream.close(NGHTTP2_INTERNAL_ERROR);
