@@ -28,8 +28,9 @@ const SESSION_LIMITS = { ttl: 1e12, maxSessions: 1000, maxResultsPerClient: 1024
 
 class KvMachineAdapter implements StateMachine {
   machine = new KvStateMachine(SESSION_LIMITS);
-  apply(_index: LogIndex, command: Uint8Array): Uint8Array {
-    return encoder.encode(JSON.stringify(this.machine.apply(decodeCommand(command))));
+  /** The result stays an object: only the proposer (on the leader) encodes it, followers never need it. */
+  apply(_index: LogIndex, command: Uint8Array): unknown {
+    return this.machine.apply(decodeCommand(command));
   }
   snapshot(): Uint8Array {
     return this.machine.snapshot();
@@ -86,9 +87,10 @@ async function main(): Promise<void> {
   host.start(server);
   server.addService(RaftKvService, {
     Propose: async (request, context) => {
-      const key = decodeCommand(request.command).input.key;
-      const result = await host.propose(groupOfKey(key, groups), request.command, context.deadline);
-      return { result: result as Uint8Array };
+      // With one group there is no key to route by: the command is decoded once, when applied.
+      const group = groups === 1 ? 1 : groupOfKey(decodeCommand(request.command).input.key, groups);
+      const result = await host.propose(group, request.command, context.deadline);
+      return { result: encoder.encode(JSON.stringify(result)) };
     },
     Read: async (request, context) => {
       const group = groupOfKey(request.key, groups);
