@@ -3,7 +3,9 @@
  * in the same run where the `etcd` binary is installed (Debian: etcd-server).
  *
  * For 1 group and then 4 groups per process: 3 replicas of test/raftnode/kv-node.js, 256-byte puts at
- * concurrency 1/16/64/256 → ops/s, p50/p99. Then leader failover after SIGKILL (median of 5). Prints one
+ * concurrency 1/16/64/256 → ops/s, p50/p99, and CPU µs per put of each process. Four groups are measured
+ * twice: leaders spread over the processes (balanceLeaders) and all on one process (preferredLeader),
+ * lines tagged leaders "spread" / "one". Then leader failover after SIGKILL (median of 5). Prints one
  * JSON object per line. BENCH_SECONDS (default 5) sets each measurement's length.
  */
 import type { ChildProcess } from 'node:child_process';
@@ -11,6 +13,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KvClient, spawnKvNode } from '../test/raftnode/kv-client.js';
+import { groupOfKey } from '../test/raftnode/kv-node.js';
 import { closedLoop, emit, emitLoad, freePort, machine, measureEtcdPuts } from './lib.js';
 import { processCpuSeconds, selfCpuSeconds } from './raw.js';
 
@@ -36,23 +39,29 @@ interface KvCluster {
   procs: (ChildProcess | undefined)[];
   dir: string;
   groups: number;
+  leaders: Layout;
 }
+
+/** Where the leaders of several groups go: spread over the processes, or all on the first one. */
+type Layout = 'spread' | 'one';
+/** BENCH_LAYOUTS=one (or spread) measures only that layout of the multi-group runs. */
+const LAYOUTS = (process.env['BENCH_LAYOUTS'] ?? 'spread,one').split(',') as Layout[];
 
 async function startNode(cluster: KvCluster, i: number): Promise<void> {
   cluster.procs[i] = await spawnKvNode(
     cluster.addrs,
     i,
     cluster.dir,
-    ['--groups', String(cluster.groups)],
+    ['--groups', String(cluster.groups), ...(cluster.leaders === 'one' ? ['--prefer-leader', '1'] : [])],
     NODE_ARGS,
   );
 }
 
-async function startKvCluster(groups: number): Promise<KvCluster> {
+async function startKvCluster(groups: number, leaders: Layout = 'spread'): Promise<KvCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'dogfs-bench-raft-'));
   const addrs: string[] = [];
   for (let i = 0; i < 3; i++) addrs.push(`127.0.0.1:${await freePort()}`);
-  const cluster: KvCluster = { addrs, procs: [], dir, groups };
+  const cluster: KvCluster = { addrs, procs: [], dir, groups, leaders };
   await Promise.all(addrs.map((_, i) => startNode(cluster, i)));
   return cluster;
 }
@@ -66,8 +75,22 @@ async function stopKvCluster(cluster: KvCluster): Promise<void> {
   rmSync(cluster.dir, { recursive: true, force: true });
 }
 
-async function measureDogfs(groups: number): Promise<Map<number, number>> {
-  const cluster = await startKvCluster(groups);
+/** Puts into every group until the client finds the first process leading each (NOT_LEADER hints). */
+async function awaitLeadersOnFirst(cluster: KvCluster, client: KvClient): Promise<void> {
+  const keys = new Map<number, string>();
+  for (let i = 0; keys.size < cluster.groups; i++)
+    keys.set(groupOfKey(`layout${i}`, cluster.groups), `layout${i}`);
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    for (const key of keys.values()) await client.run({ op: 'put', key, value: 'x' }, deadline);
+    if ([...keys.keys()].every((g) => client.leaderOfGroup(g) === cluster.addrs[0])) return;
+    if (Date.now() > deadline) throw new Error('leaders not gathered on the first process within 60 s');
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+async function measureDogfs(groups: number, leaders: Layout = 'spread'): Promise<Map<number, number>> {
+  const cluster = await startKvCluster(groups, leaders);
   const rates = new Map<number, number>();
   try {
     const clients = Array.from(
@@ -75,6 +98,7 @@ async function measureDogfs(groups: number): Promise<Map<number, number>> {
       (_, i) => new KvClient(cluster.addrs, `bench-${groups}-${i}`, groups),
     );
     await clients[0]!.run({ op: 'put', key: 'warmup', value: 'x' }, Date.now() + 30_000);
+    if (leaders === 'one') await awaitLeadersOnFirst(cluster, clients[0]!);
     const pids = cluster.procs.map((p) => p!.pid!);
     for (const c of CONCURRENCY) {
       // CPU per put of each process, over every put of the loop (its warm-up and drain included).
@@ -87,14 +111,15 @@ async function measureDogfs(groups: number): Promise<Map<number, number>> {
       });
       const perPut = (seconds: number) => Math.round((seconds * 1e6) / Math.max(1, puts));
       rates.set(c, r.opsPerSec);
-      emitLoad('raft', 'put', r, { system: 'dogfs', groups, concurrency: c });
+      const tags: Record<string, string | number> = groups > 1 ? { groups, leaders } : { groups };
+      emitLoad('raft', 'put', r, { system: 'dogfs', ...tags, concurrency: c });
       emit({
         bench: 'raft',
         metric: 'cpu_per_put',
         value: perPut(selfCpuSeconds() - self0),
         unit: 'us',
         process: 'client',
-        groups,
+        ...tags,
         concurrency: c,
       });
       pids.forEach((pid, n) => {
@@ -108,7 +133,7 @@ async function measureDogfs(groups: number): Promise<Map<number, number>> {
           unit: 'us',
           process: `node${n + 1}`,
           leads,
-          groups,
+          ...tags,
           concurrency: c,
         });
       });
@@ -158,17 +183,21 @@ async function measureEtcd(): Promise<Map<number, number> | undefined> {
 async function main(): Promise<void> {
   emit({ bench: 'raft', metric: 'machine', value: 0, unit: 'none', ...machine() });
   const etcd = ETCD ? await measureEtcd() : undefined;
-  const dogfs = new Map<number, Map<number, number>>();
-  for (const groups of GROUPS) dogfs.set(groups, await measureDogfs(groups));
+  const dogfs: [Record<string, string | number>, Map<number, number>][] = [];
+  for (const groups of GROUPS) {
+    if (groups === 1) dogfs.push([{ groups }, await measureDogfs(groups)]);
+    else
+      for (const leaders of LAYOUTS) dogfs.push([{ groups, leaders }, await measureDogfs(groups, leaders)]);
+  }
   if (etcd) {
     for (const c of CONCURRENCY) {
-      for (const [groups, rates] of dogfs) {
+      for (const [tags, rates] of dogfs) {
         emit({
           bench: 'raft',
           metric: 'ratio_vs_etcd',
           value: +(rates.get(c)! / etcd.get(c)!).toFixed(2),
           unit: 'x',
-          groups,
+          ...tags,
           concurrency: c,
         });
       }

@@ -78,6 +78,15 @@ export interface RaftHostOptions {
    * process hosting many groups does not do every group's leader work alone. Off by default.
    */
   readonly balanceLeaders?: boolean;
+  /**
+   * Gather leadership of every hosted group on this voter while it is up and replicating: a host leading
+   * a group hands it to the preferred node (TimeoutNow), one transfer per balance interval. The opposite
+   * of balanceLeaders, for machines where the processes share too few cores: there, every group's rounds
+   * then fall on one leader's rounds (one write and one frame per peer for all groups), where spread
+   * leaders make each process write and send for each group at its own time (bench:raft measures both).
+   * Takes precedence over balanceLeaders.
+   */
+  readonly preferredLeader?: NodeId;
 }
 
 export interface GroupStatus {
@@ -221,9 +230,11 @@ export class RaftHost {
   private tick(): void {
     for (const group of this.groups.values()) group.raft.tick();
     this.expireProposals();
-    if (this.balancing && ++this.ticksSinceBalance >= BALANCE_EVERY_TICKS) {
+    const preferred = this.options.preferredLeader;
+    if ((this.balancing || preferred !== undefined) && ++this.ticksSinceBalance >= BALANCE_EVERY_TICKS) {
       this.ticksSinceBalance = 0;
-      this.balanceLeaders();
+      if (preferred !== undefined) this.gatherLeaders(preferred);
+      else this.balanceLeaders();
     }
     this.scheduleRound();
   }
@@ -247,19 +258,9 @@ export class RaftHost {
     if (mine.length === 0) return;
     const group = mine.reduce((a, b) => (b.id > a.id ? b : a));
     const voters = group.raft.status().config.voters;
-    // Heard from within an election timeout (the core's own recentActive flag is reset on a tick schedule
-    // that this check, also tick-driven, can stay in phase with).
-    const now = Date.now();
-    const recentMs = this.tickMs * this.maxElectionTicks;
     let target: NodeId | undefined;
     for (const v of voters) {
-      if (v === this.nodeId) continue;
-      // Only to a follower that is up and replicating: a transfer to a dead node would stall the group's
-      // proposals for an election timeout, every interval.
-      const pr = group.raft.peerProgress(v);
-      const heard = this.lastHeardFrom.get(v);
-      if (pr === undefined || pr.state !== 'replicate' || heard === undefined || now - heard > recentMs)
-        continue;
+      if (v === this.nodeId || !this.transferable(group, v)) continue;
       const count = led.get(v) ?? 0;
       if (target === undefined || count < (led.get(target) ?? 0) || (count === led.get(target) && v < target))
         target = v;
@@ -285,6 +286,34 @@ export class RaftHost {
         );
       }
     }
+  }
+
+  /** One step towards `preferred` leading every group: this node hands it one group it leads, if any. */
+  private gatherLeaders(preferred: NodeId): void {
+    if (preferred === this.nodeId) return;
+    for (const group of this.groups.values()) {
+      const s = group.raft.status();
+      if (s.role !== 'leader' || s.transferee !== NO_NODE || !s.config.voters.includes(preferred)) continue;
+      if (!this.transferable(group, preferred)) return;
+      this.log.info('raft leader to the preferred node', { group: group.id, to: preferred });
+      group.raft.transferLeader(preferred);
+      return;
+    }
+  }
+
+  /**
+   * A transfer target must be up and replicating: a transfer to a dead node would stall the group's
+   * proposals for an election timeout, every interval. Heard from within an election timeout (the core's
+   * own recentActive flag is reset on a tick schedule that this check, also tick-driven, can stay in
+   * phase with).
+   */
+  private transferable(group: Group, to: NodeId): boolean {
+    const pr = group.raft.peerProgress(to);
+    const heard = this.lastHeardFrom.get(to);
+    const recentMs = this.tickMs * this.maxElectionTicks;
+    return (
+      pr !== undefined && pr.state === 'replicate' && heard !== undefined && Date.now() - heard <= recentMs
+    );
   }
 
   private receive(batch: RaftBatch): Record<string, never> {

@@ -42,7 +42,12 @@ after(async () => {
   }
 });
 
-async function startCluster(size: number, groups: number[], snapshotEvery?: number): Promise<Node[]> {
+async function startCluster(
+  size: number,
+  groups: number[],
+  snapshotEvery?: number,
+  preferredLeader?: NodeId,
+): Promise<Node[]> {
   const servers: RpcServer[] = [];
   const addrs: string[] = [];
   for (let i = 0; i < size; i++) {
@@ -61,6 +66,7 @@ async function startCluster(size: number, groups: number[], snapshotEvery?: numb
       log: createLogger('warn', { node: id }),
       tickMs: 20,
       ...(snapshotEvery === undefined ? {} : { snapshotEvery }),
+      ...(preferredLeader === undefined ? {} : { preferredLeader }),
     });
     const machines = new Map<number, KvMachine>();
     for (const g of groups) {
@@ -227,5 +233,19 @@ test('leader balancing spreads four groups that one host leads over all three ho
   for (const g of groups) {
     const leader = await waitFor(`a leader of group ${g}`, () => leaderOf(cluster, g));
     await leader.host.propose(g, Buffer.from(`k${g}=v`), Date.now() + 5000);
+  }
+});
+
+test('a preferred leader gathers the leadership of every group, and the groups keep serving', async () => {
+  const groups = [1, 2, 3, 4];
+  // Host 3: not the first voter, whom elections and transferLeadership() favour anyway.
+  const cluster = await startCluster(3, groups, undefined, asNodeId(3));
+  const preferred = cluster[2]!;
+  await waitFor('host 3 to lead every group', () => groups.every((g) => preferred.host.isLeader(g)), 20_000);
+  for (const g of groups) await preferred.host.propose(g, Buffer.from(`k${g}=v`), Date.now() + 5000);
+  for (const g of groups) {
+    await waitFor(`group ${g} applied on every host`, () =>
+      cluster.every((n) => n.machines.get(g)!.data.get(`k${g}`) === 'v'),
+    );
   }
 });

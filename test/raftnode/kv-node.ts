@@ -3,6 +3,7 @@
  * group 1, serving RaftKv over gRPC. Used by the real-process consensus test and by `npm run bench:raft`.
  *
  *   node dist/test/raftnode/kv-node.js --id N --peers HOST:PORT,... --dir DIR [--groups G] [--snapshot-every N]
+ *     [--prefer-leader N]
  *
  * Node N listens on the N-th address of --peers. With --groups G it hosts groups 1..G (the bench's
  * multi-group runs) and a key's hash picks its group, so every group gets load.
@@ -55,6 +56,7 @@ async function main(): Promise<void> {
       dir: { type: 'string' },
       groups: { type: 'string' },
       'snapshot-every': { type: 'string' },
+      'prefer-leader': { type: 'string' },
     },
     strict: true,
   });
@@ -74,8 +76,12 @@ async function main(): Promise<void> {
     storage,
     log,
     snapshotEvery: Number(values['snapshot-every'] ?? '10000'),
-    // Several groups per process: spread their leaders, or one process does every group's leader work.
+    // Several groups per process: spread their leaders (else one process does every group's leader
+    // work), or with --prefer-leader N gather them all on node N (bench:raft measures both).
     balanceLeaders: groups > 1,
+    ...(values['prefer-leader'] === undefined
+      ? {}
+      : { preferredLeader: asNodeId(Number(values['prefer-leader'])) }),
   });
   const machines = new Map<number, KvMachineAdapter>();
   for (let g = 1; g <= groups; g++) {
