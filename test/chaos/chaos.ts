@@ -1,0 +1,357 @@
+/**
+ * test/chaos/chaos — fault tolerance you can watch: a real cluster (`dogfs up --restart`: 3 metadata
+ * servers, 7 chunk servers, rs-3-2) takes a stream of puts and gets while faults are injected, each one
+ * printed as it happens:
+ *   kill-chunk    SIGKILL a chunk server (at most one down at a time; `--restart` brings it back)
+ *   kill-leader   SIGKILL the leader of a metadata group (at most one metadata server down at a time)
+ *   pause-leader  SIGSTOP a metadata group's leader for 1.5 s, then SIGCONT (a GC pause, a frozen VM)
+ *   corrupt       flip a byte in one shard file of a stored file (at most one per file)
+ * Then it heals (every process back, every chunk server alive), runs `repair` on whatever the cluster
+ * reports damaged, and checks the claims: every acknowledged put reads back byte-exact; no get ever
+ * returned wrong bytes; a put whose outcome was unknown left either nothing or the whole file; nothing
+ * is reported damaged after repair. Gets may fail while faults are on (counted, with their codes).
+ *
+ * The seed drives the choice and timing of faults and the file sizes; the processes' own timing is
+ * real, so a seed does not replay exactly. Used by `npm run chaos` (test/chaos/run.ts) and, briefly, by
+ * the test suite (test/chaos/chaos.test.ts).
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { DogfsClient } from '../../src/client/index.js';
+import type { ClusterJson } from '../../src/cluster/up.js';
+import { crc32c } from '../../src/codec/index.js';
+import { DogfsError, toDogfsError } from '../../src/wire/errors.js';
+
+const DOGFS_BIN = fileURLToPath(new URL('../../../bin/dogfs.js', import.meta.url));
+/** Shard files start with a 64-byte header; a flip past it hits shard data. */
+const SHARD_HEADER_BYTES = 64;
+const PAUSE_MS = 1500;
+const CALL_TIMEOUT_MS = 30_000;
+const HEAL_TIMEOUT_MS = 90_000;
+
+export interface ChaosOptions {
+  readonly dir: string;
+  readonly seconds: number;
+  readonly seed: number;
+  /** Puts in flight at once. */
+  readonly writers?: number;
+  readonly log?: (line: string) => void;
+}
+
+export interface ChaosOutcome {
+  readonly ok: boolean;
+  readonly seed: number;
+  readonly problems: readonly string[];
+  readonly faults: Readonly<Record<string, number>>;
+  readonly putsAcknowledged: number;
+  readonly putsFailed: number;
+  readonly getsOk: number;
+  readonly getsFailed: Readonly<Record<string, number>>;
+  readonly repairedFiles: number;
+  readonly shardsRebuilt: number;
+}
+
+/** mulberry32: small, seeded, good enough to choose faults. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+async function until<T>(
+  what: string,
+  timeoutMs: number,
+  check: () => Promise<T | undefined | false>,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError = '';
+  while (Date.now() < deadline) {
+    try {
+      const value = await check();
+      if (value !== undefined && value !== false) return value;
+    } catch (error) {
+      lastError = `: last error ${toDogfsError(error).message}`;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError}`);
+}
+
+/** Shard files of one block group under a chunk server's directory. */
+function shardFiles(root: string, blockGroupId: number): string[] {
+  const found: string[] = [];
+  const walk = (dir: string, depth: number) => {
+    if (depth > 6) return;
+    let entries: import('node:fs').Dirent[];
+    try {
+      entries = readdirSync(dir, { withFileTypes: true });
+    } catch {
+      return; // a temporary directory that went meanwhile
+    }
+    for (const entry of entries) {
+      if (entry.isDirectory()) walk(join(dir, entry.name), depth + 1);
+      else if (entry.name.startsWith(`b${blockGroupId}_`) && entry.name.endsWith('.shard'))
+        found.push(join(dir, entry.name));
+    }
+  };
+  walk(root, 0);
+  return found;
+}
+
+interface Written {
+  readonly size: number;
+  readonly crc: number;
+}
+
+export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
+  const log = options.log ?? (() => {});
+  const random = prng(options.seed);
+  const started = Date.now();
+  const stamp = () => `t=${((Date.now() - started) / 1000).toFixed(1).padStart(5)}s`;
+  const say = (line: string) => log(`${stamp()} ${line}`);
+  const problems: string[] = [];
+  const faults: Record<string, number> = {};
+  const getsFailed: Record<string, number> = {};
+  const acknowledged = new Map<string, Written>();
+  const uncertain = new Map<string, Written>();
+  let putsFailed = 0;
+  let getsOk = 0;
+
+  const clusterDir = join(options.dir, 'cluster');
+  const up: ChildProcess = spawn(
+    process.execPath,
+    [DOGFS_BIN, 'up', '--dir', clusterDir, '--meta', '3', '--chunk', '7', '--ec', 'rs-3-2', '--restart'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let upOutput = '';
+  up.stdout!.setEncoding('utf8').on('data', (d: string) => {
+    upOutput += d;
+    for (const line of d.split('\n'))
+      if (line.includes('exited') || line.includes('restarted')) say(line.trim());
+  });
+  up.stderr!.setEncoding('utf8').on('data', (d: string) => {
+    upOutput += d;
+  });
+  const clusterPath = join(clusterDir, 'cluster.json');
+  const readCluster = () => JSON.parse(readFileSync(clusterPath, 'utf8')) as ClusterJson;
+  let client: DogfsClient | undefined;
+  const paused = new Set<number>();
+  try {
+    await until('dogfs up to write cluster.json', 60_000, async () => {
+      if (up.exitCode !== null) throw new Error(`dogfs up exited with ${up.exitCode}: ${upOutput}`);
+      return existsSync(clusterPath);
+    });
+    const cluster = readCluster();
+    client = new DogfsClient({ meta: cluster.meta, timeoutMs: CALL_TIMEOUT_MS });
+    const dogfs = client;
+    // A silent chunk server is declared dead after 3 s instead of 10, so faults are seen quickly.
+    await dogfs.setSettings({ deadAfterMs: 3000 });
+    await dogfs.mkdir('/chaos');
+    say(`cluster up: ${cluster.meta.length} metadata servers, 7 chunk servers, rs-3-2; seed ${options.seed}`);
+
+    let stopping = false;
+    const sizes = [0, 1, 4096, 100_000, 700_000, 1_500_000, 3_000_000];
+    let fileNumber = 0;
+    const writer = async (w: number) => {
+      while (!stopping) {
+        const path = `/chaos/f${fileNumber++}-w${w}`;
+        const data = randomBytes(sizes[Math.floor(random() * sizes.length)]!);
+        const written = { size: data.length, crc: crc32c(data) >>> 0 };
+        try {
+          await dogfs.writeFile(path, data);
+          acknowledged.set(path, written);
+        } catch (error) {
+          putsFailed++;
+          uncertain.set(path, written);
+          say(`put ${path} failed: ${toDogfsError(error).code} ${toDogfsError(error).message.slice(0, 120)}`);
+        }
+      }
+    };
+    const reader = async () => {
+      while (!stopping) {
+        const paths = [...acknowledged.keys()];
+        if (paths.length === 0) {
+          await new Promise((resolve) => setTimeout(resolve, 50));
+          continue;
+        }
+        const path = paths[Math.floor(random() * paths.length)]!;
+        const expected = acknowledged.get(path)!;
+        try {
+          const got = await dogfs.readFile(path);
+          if (got.length !== expected.size || crc32c(got) >>> 0 !== expected.crc) {
+            problems.push(
+              `get ${path} returned wrong bytes (${got.length} bytes, expected ${expected.size})`,
+            );
+            say(`WRONG BYTES from get ${path}`);
+          } else getsOk++;
+        } catch (error) {
+          const code = toDogfsError(error).code;
+          getsFailed[code] = (getsFailed[code] ?? 0) + 1;
+          say(`get ${path} failed: ${code} ${toDogfsError(error).message.slice(0, 120)}`);
+        }
+      }
+    };
+
+    const corrupted = new Set<string>();
+    const injectOne = async () => {
+      const now = readCluster();
+      const chunks = now.processes.filter((p) => p.role === 'chunk');
+      const metas = now.processes.filter((p) => p.role === 'meta');
+      const kinds = ['kill-chunk', 'kill-leader', 'pause-leader', 'corrupt'] as const;
+      const kind = kinds[Math.floor(random() * kinds.length)]!;
+      if (kind === 'kill-chunk') {
+        if (chunks.some((p) => !alive(p.pid))) return; // one down at a time
+        const victim = chunks[Math.floor(random() * chunks.length)]!;
+        process.kill(victim.pid, 'SIGKILL');
+        say(`FAULT kill-chunk ${victim.id} (pid ${victim.pid})`);
+      } else if (kind === 'kill-leader' || kind === 'pause-leader') {
+        if (metas.some((p) => !alive(p.pid)) || paused.size > 0) return; // one metadata server at a time
+        const group = random() < 0.5 ? 0 : 1;
+        const leaderAddr = (await dogfs.metadata.call('FindLeader', { group })).leaderAddr;
+        const victim = metas.find((p) => p.addr === leaderAddr);
+        if (victim === undefined) return;
+        if (kind === 'kill-leader') {
+          process.kill(victim.pid, 'SIGKILL');
+          say(`FAULT kill-leader of group ${group}: ${victim.id} (pid ${victim.pid})`);
+        } else {
+          process.kill(victim.pid, 'SIGSTOP');
+          paused.add(victim.pid);
+          say(`FAULT pause-leader of group ${group}: ${victim.id} for ${PAUSE_MS} ms`);
+          setTimeout(() => {
+            process.kill(victim.pid, 'SIGCONT');
+            paused.delete(victim.pid);
+            say(`      resume ${victim.id}`);
+          }, PAUSE_MS);
+        }
+      } else {
+        const candidates = [...acknowledged.entries()].filter(([p, w]) => w.size > 0 && !corrupted.has(p));
+        if (candidates.length === 0) return;
+        const [path] = candidates[Math.floor(random() * candidates.length)]!;
+        const status = await dogfs.stat(path);
+        const group = status.inode.blockGroups[0];
+        if (group === undefined) return;
+        const files = chunks.flatMap((c) => shardFiles(c.dir, group.id));
+        const target = files[Math.floor(random() * files.length)];
+        if (target === undefined) return;
+        const bytes = readFileSync(target);
+        if (bytes.length <= SHARD_HEADER_BYTES) return;
+        const at = SHARD_HEADER_BYTES + Math.floor(random() * (bytes.length - SHARD_HEADER_BYTES));
+        bytes[at]! ^= 0x5a;
+        writeFileSync(target, bytes);
+        corrupted.add(path);
+        say(`FAULT corrupt ${path}: byte ${at} of ${target.slice(target.lastIndexOf('/') + 1)}`);
+      }
+      faults[kind] = (faults[kind] ?? 0) + 1;
+    };
+
+    const workers = [...Array.from({ length: options.writers ?? 2 }, (_, w) => writer(w)), reader()];
+    const end = Date.now() + options.seconds * 1000;
+    while (Date.now() < end) {
+      await new Promise((resolve) => setTimeout(resolve, 1000 + random() * 2000));
+      if (Date.now() >= end) break;
+      await injectOne().catch((error: unknown) => say(`fault skipped: ${toDogfsError(error).message}`));
+    }
+    stopping = true;
+    await Promise.all(workers);
+    say(`faults stop: ${acknowledged.size} puts acknowledged, ${putsFailed} failed; ${getsOk} gets ok`);
+
+    // Heal: every member running again (dogfs up --restart), every chunk server alive in the report.
+    await until('every member running and every chunk server alive', HEAL_TIMEOUT_MS, async () => {
+      if (paused.size > 0) return false;
+      const now = readCluster();
+      if (!now.processes.every((p) => alive(p.pid))) return false;
+      const report = await dogfs.report({ timeoutMs: 5000 });
+      return (
+        report.chunkServers.length === 7 &&
+        report.chunkServers.every((s) => s.state === 'alive') &&
+        report.groups.every((g) => g.leader !== '')
+      );
+    });
+    say('healed: every process up, every chunk server alive');
+
+    // Repair what the cluster reports damaged, until nothing is.
+    let repairedFiles = 0;
+    let shardsRebuilt = 0;
+    for (let round = 0; round < 5; round++) {
+      const damaged = (await dogfs.report()).filesWithMissingShards;
+      if (damaged.length === 0) break;
+      for (const path of damaged) {
+        const outcome = await dogfs.repair(path);
+        repairedFiles++;
+        shardsRebuilt += outcome.shardsRebuilt;
+        say(
+          `repair ${path}: ${outcome.shardsRebuilt} shard(s) rebuilt${outcome.unrepaired.length > 0 ? `, unrepaired: ${outcome.unrepaired.join('; ')}` : ''}`,
+        );
+      }
+    }
+    const left = await dogfs.report();
+    if (left.filesWithMissingShardsCount > 0)
+      problems.push(
+        `after repair ${left.filesWithMissingShardsCount} file(s) still miss shards: ${left.filesWithMissingShards.join(', ')}`,
+      );
+
+    // Every acknowledged file, byte-exact; an uncertain one whole or absent.
+    for (const [path, expected] of acknowledged) {
+      try {
+        const got = await dogfs.readFile(path);
+        if (got.length !== expected.size || crc32c(got) >>> 0 !== expected.crc)
+          problems.push(
+            `acknowledged ${path} reads back wrong (${got.length} bytes, expected ${expected.size})`,
+          );
+      } catch (error) {
+        problems.push(
+          `acknowledged ${path} is lost: ${toDogfsError(error).code} ${toDogfsError(error).message}`,
+        );
+      }
+    }
+    for (const [path, expected] of uncertain) {
+      try {
+        const got = await dogfs.readFile(path);
+        if (got.length !== expected.size || crc32c(got) >>> 0 !== expected.crc)
+          problems.push(`${path} (put failed) exists but is not the whole file`);
+      } catch (error) {
+        if (!(error instanceof DogfsError && error.code === 'NOT_FOUND'))
+          problems.push(`${path} (put failed): ${toDogfsError(error).code} ${toDogfsError(error).message}`);
+      }
+    }
+    say(
+      `checked ${acknowledged.size + uncertain.size} files: ${problems.length === 0 ? 'nothing lost, no wrong bytes' : `${problems.length} problem(s)`}`,
+    );
+    return {
+      ok: problems.length === 0,
+      seed: options.seed,
+      problems,
+      faults,
+      putsAcknowledged: acknowledged.size,
+      putsFailed,
+      getsOk,
+      getsFailed,
+      repairedFiles,
+      shardsRebuilt,
+    };
+  } finally {
+    for (const pid of paused) process.kill(pid, 'SIGCONT');
+    client?.close();
+    if (up.exitCode === null) {
+      up.kill('SIGTERM');
+      await new Promise((resolve) => up.once('exit', resolve));
+    }
+  }
+}

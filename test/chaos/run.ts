@@ -1,0 +1,32 @@
+/**
+ * test/chaos/run — `npm run chaos [-- --seconds 60 --seed 7 --writers 2]`: faults against a real cluster,
+ * printed as they happen, then the verdict (test/chaos/chaos.ts). Exit status 1 if anything acknowledged
+ * was lost or a get returned wrong bytes.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { runChaos } from './chaos.js';
+
+function flag(name: string, fallback: number): number {
+  const i = process.argv.indexOf(`--${name}`);
+  const v = i >= 0 ? Number(process.argv[i + 1]) : fallback;
+  if (!Number.isInteger(v) || v < 0) throw new RangeError(`--${name} must be a non-negative integer`);
+  return v;
+}
+
+const dir = mkdtempSync(join(tmpdir(), 'dogfs-chaos-'));
+try {
+  const outcome = await runChaos({
+    dir,
+    seconds: flag('seconds', 60),
+    seed: flag('seed', Date.now() % 1_000_000),
+    writers: flag('writers', 2),
+    log: (line) => console.log(line),
+  });
+  console.log(JSON.stringify({ ...outcome, problems: outcome.problems.length }, null, 2));
+  for (const problem of outcome.problems) console.log(`PROBLEM: ${problem}`);
+  process.exitCode = outcome.ok ? 0 : 1;
+} finally {
+  rmSync(dir, { recursive: true, force: true });
+}
