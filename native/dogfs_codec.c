@@ -30,6 +30,10 @@
  *   simdKernel: string                  which kernel the CPU got ("avx512+gfni", ..., "scalar")
  *   simdEncode(matrix, k, rows, inputs[], outputs[], length)       matrix is rows×k coefficients
  *   simdEncodeAsync(matrix, k, rows, inputs[], outputs[], length) → Promise<void>
+ * and, for the process rather than the codec (the only native code DogFS has):
+ *   retainFreedMemory(mmapThreshold, trimThreshold) → boolean   glibc mallopt: blocks below
+ *                                     mmapThreshold come from the heap, and up to trimThreshold freed
+ *                                     bytes stay mapped for reuse; false where there is no glibc
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -39,6 +43,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "simd_kernel.h"
 
@@ -427,6 +434,24 @@ static napi_value bench_encode(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* ---- allocator: keep freed memory for reuse (see retainFreedMemory in src/codec/native.ts) ---- */
+
+static napi_value retain_freed_memory(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], result;
+  int mmap_threshold, trim_threshold, ok = 0;
+  CHECK_NAPI(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  /* glibc caps M_MMAP_THRESHOLD at 32 MiB on 64-bit systems. */
+  if (argc != 2 || !get_int(env, argv[0], 0, 32 << 20, &mmap_threshold) ||
+      !get_int(env, argv[1], 0, INT32_MAX, &trim_threshold))
+    return NULL;
+#ifdef __GLIBC__
+  ok = mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1 && mallopt(M_TRIM_THRESHOLD, trim_threshold) == 1;
+#endif
+  napi_get_boolean(env, ok, &result);
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   load_isal();
   simd_kernel_init(getenv("DOGFS_SIMD_KERNEL"));
@@ -464,6 +489,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"simdEncode", NULL, simd_encode, NULL, NULL, NULL, napi_default, NULL},
       {"crc32c", NULL, crc32c, NULL, NULL, NULL, napi_default, NULL},
       {"simdEncodeAsync", NULL, simd_encode_async, NULL, NULL, NULL, napi_default, NULL},
+      {"retainFreedMemory", NULL, retain_freed_memory, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof functions / sizeof functions[0], functions);
   return exports;

@@ -4,6 +4,7 @@
  * per-chunk CRC32C checked at both ends, durable acknowledgements after fsync.
  */
 import { crc32c } from '../codec/crc32c.js';
+import { retainFreedMemory } from '../codec/native.js';
 import {
   DataTransferClient,
   type DataTransferClientOptions,
@@ -94,6 +95,11 @@ export class DataTransferShardTransport implements ShardTransport {
   readonly client: DataTransferClient;
 
   constructor(options: Partial<DataTransferClientOptions> = {}) {
+    // A process that moves file bytes streams them through buffers of about a MiB that it cannot reuse
+    // (what a read stream pushes belongs to its consumer; fs read streams allocate each read): keep
+    // freed ones for reuse instead of faulting in fresh pages for each (codec/native.ts; bench/data:
+    // about 1 CPU-s less per GB for the put client, 0.4-0.6 for the get client).
+    retainFreedMemory();
     this.client = new DataTransferClient({ crc32c, ...options });
   }
 

@@ -46,6 +46,11 @@ export { crc32c, crc32cImplementation, crc32cPortable } from './crc32c.js';
 export type { CodecErrorCode } from './errors.js';
 export { CodecError } from './errors.js';
 export { cauchyEncodeMatrix, GF_POLYNOMIAL, gfInv, gfMul, invertMatrix } from './gf256.js';
+export {
+  RETAIN_MMAP_THRESHOLD_BYTES,
+  RETAIN_TRIM_THRESHOLD_BYTES,
+  retainFreedMemory,
+} from './native.js';
 export type { ShardList } from './rs.js';
 export { MAX_TOTAL_SHARDS, ReedSolomon } from './rs.js';
 export type { CellPiece, ShardSpan, StripeLayoutOptions } from './stripe.js';

@@ -108,3 +108,50 @@ if (isalInstalled) {
     assert.deepEqual(parity, check);
   });
 }
+
+const glibc =
+  (process.report.getReport() as { header?: { glibcVersionRuntime?: string } }).header
+    ?.glibcVersionRuntime !== undefined;
+
+test('retainFreedMemory: freed MiB buffers are reused instead of faulting in fresh pages (glibc)', () => {
+  // In a child (the tuning is process-wide): allocate, touch and free 1 MiB buffers, collecting the
+  // garbage every 8 MiB, and count the page faults that cost. Untuned glibc maps and unmaps each one.
+  const snippet = `
+    const { readFileSync } = await import('node:fs');
+    const { retainFreedMemory } = await import(${JSON.stringify(new URL('../../src/codec/native.js', import.meta.url).href)});
+    const tuned = retainFreedMemory();
+    const faults = () => Number(readFileSync('/proc/self/stat', 'utf8').split(') ')[1].split(' ')[7]);
+    const round = () => { for (let i = 0; i < 8; i++) Buffer.allocUnsafeSlow(1 << 20).fill(i); globalThis.gc(); };
+    for (let i = 0; i < 4; i++) round();
+    const before = faults();
+    for (let i = 0; i < 32; i++) round();
+    process.stdout.write(JSON.stringify({ tuned, again: retainFreedMemory(), faults: faults() - before }));
+  `;
+  const child = spawnSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', snippet], {
+    encoding: 'utf8',
+  });
+  assert.equal(child.status, 0, child.stderr);
+  const result = JSON.parse(child.stdout) as { tuned: boolean; again: boolean; faults: number };
+  const addonBuilt = existsSync(nativeAddonPath());
+  assert.equal(result.tuned, addonBuilt && glibc, 'tuned exactly where the addon and glibc are');
+  assert.equal(result.again, result.tuned, 'idempotent');
+  if (!result.tuned) return;
+  const pagesTouched = (32 * 8 * (1 << 20)) / 4096;
+  assert.ok(
+    result.faults < pagesTouched / 8,
+    `${result.faults} page faults for ${pagesTouched} pages touched in reused memory`,
+  );
+});
+
+test('retainFreedMemory without the addon is false and changes nothing', () => {
+  const snippet = `
+    const { retainFreedMemory } = await import(${JSON.stringify(new URL('../../src/codec/native.js', import.meta.url).href)});
+    process.stdout.write(String(retainFreedMemory()));
+  `;
+  const child = spawnSync(process.execPath, ['--input-type=module', '-e', snippet], {
+    encoding: 'utf8',
+    env: { ...process.env, DOGFS_CODEC_ADDON: '/nonexistent/dogfs_codec.node' },
+  });
+  assert.equal(child.status, 0, child.stderr);
+  assert.equal(child.stdout, 'false');
+});
