@@ -116,6 +116,24 @@ test('range reads at random offsets return exactly the bytes asked for', async (
       `transient [${offset}, +${length})`,
     );
   }
+  // Without `transient`, pieces are the caller's: they keep their bytes while the same pooled
+  // connection goes on to carry other reads (whose receive memory is reused and scribbled over).
+  const other = { blockGroupId: 2001, index: 3, generation: 5 };
+  const otherData = seededBytes(size, 100);
+  await client.writeShard(chunk.dataAddr, other, otherData);
+  const kept: Buffer[] = [];
+  for await (const piece of client.readShard(chunk.dataAddr, shard)) kept.push(piece);
+  for (let i = 0; i < 3; i++) {
+    assert.ok((await client.readShardBytes(chunk.dataAddr, other)).equals(otherData));
+    const scribbled: Buffer[] = [];
+    for await (const piece of client.readShard(chunk.dataAddr, other, { transient: true })) {
+      scribbled.push(Buffer.from(piece));
+      piece.fill(0xee);
+    }
+    assert.ok(Buffer.concat(scribbled).equals(otherData));
+  }
+  assert.equal(client.idleConnections(chunk.dataAddr), 1, 'one pooled connection carried every read');
+  assert.ok(Buffer.concat(kept).equals(data), 'pieces the caller owns keep their bytes');
   // Reading from the very end gives nothing; past it is refused.
   assert.equal((await client.readShardBytes(chunk.dataAddr, shard, { offset: size })).length, 0);
   await assert.rejects(client.readShardBytes(chunk.dataAddr, shard, { offset: size + 1 }), {
