@@ -87,8 +87,12 @@ function frame(record: Init<WalRecord>): Buffer {
 function appendEntries(mirror: Mirror, entries: readonly Entry[]): void {
   const first = entries[0];
   if (first === undefined) return;
-  const keep = mirror.entries.findIndex((e) => e.index >= first.index);
-  if (keep >= 0) mirror.entries.length = keep;
+  // The mirror's entries are contiguous (every append and snapshot keeps them so), so where `first`
+  // goes is arithmetic, not a scan of up to snapshotEvery entries per round.
+  const head = mirror.entries[0];
+  if (head !== undefined && first.index < head.index + mirror.entries.length) {
+    mirror.entries.length = Math.max(0, first.index - head.index);
+  }
   const last = mirror.entries[mirror.entries.length - 1];
   const base = last?.index ?? mirror.snapshot?.meta.index ?? 0;
   assert(first.index <= base + 1, `log gap: appending ${first.index} after ${base}`);

@@ -96,6 +96,35 @@ test('a conflicting append replaces the suffix; a snapshot drops what it covers'
   );
 });
 
+test('an append overlapping the log replaces from its first index, at the head, in the middle, or past a snapshot', async () => {
+  const s = await DurableStorage.open(freshDir());
+  try {
+    const g = s.group(1);
+    g.saveSnapshot(bootstrap);
+    g.setHardState(hard(1, 0, 0));
+    const shape = () => g.load()!.entries.map((e) => `${e.index}@${e.term}`);
+    g.append([entry(1, 1), entry(1, 2), entry(1, 3), entry(1, 4)]);
+    g.append([entry(1, 5)]);
+    assert.deepEqual(shape(), ['1@1', '2@1', '3@1', '4@1', '5@1']);
+    g.append([entry(2, 3), entry(2, 4)]);
+    assert.deepEqual(shape(), ['1@1', '2@1', '3@2', '4@2']);
+    g.append([entry(3, 1)]);
+    assert.deepEqual(shape(), ['1@3']);
+    g.append([entry(3, 2), entry(3, 3), entry(3, 4)]);
+    g.saveSnapshot({
+      meta: { index: asIndex(2), term: asTerm(3), config: bootstrap.meta.config },
+      data: Buffer.from('state@2'),
+    });
+    assert.deepEqual(shape(), ['3@3', '4@3']);
+    g.append([entry(4, 3)]);
+    assert.deepEqual(shape(), ['3@4']);
+    g.append([entry(4, 4), entry(4, 5)]);
+    assert.deepEqual(shape(), ['3@4', '4@4', '5@4']);
+  } finally {
+    await s.close();
+  }
+});
+
 test('a torn tail is truncated; corruption in the middle is refused loudly', async () => {
   const dir = freshDir();
   const s = await DurableStorage.open(dir);
