@@ -59,6 +59,11 @@ export const CLUSTER_GROUP = 0;
 export const NAMESPACE_GROUP = 1;
 /** How often the leader looks for silent chunk servers and expired leases. */
 const DUTY_INTERVAL_MS = 1000;
+/**
+ * Duty rounds further apart than this mean this process stalled (a GC pause, a suspended VM, SIGSTOP):
+ * see runLeaderDuties.
+ */
+const DUTY_STALL_MS = 2 * DUTY_INTERVAL_MS;
 const MAX_BAD_SHARD_REPORTS = 10_000;
 /** Paths of files with missing shards that one ClusterReport names (the count covers all of them). */
 const MAX_REPORTED_DAMAGED_FILES = 1000;
@@ -213,6 +218,8 @@ export class MetadataNode {
   private readonly gcGraceMs: number;
   private duties: NodeJS.Timeout | undefined;
   private dutyRunning = false;
+  /** performance.now() of the last duty timer callback, to notice this process stalling. */
+  private lastDutyTickMs: number | undefined;
   /** When this node became group 0's leader, and in which term (undefined while it is not). */
   private clusterLeadership: { sinceMs: number; term: number } | undefined;
 
@@ -270,6 +277,20 @@ export class MetadataNode {
 
   /** Leader-only work: each node does it for the groups it leads, so exactly the leaders act. */
   private async runLeaderDuties(): Promise<void> {
+    // After a stall of this process the clock has run on while nothing was read: heartbeats (and lease
+    // renewals) wait unread in the sockets, and timers run before them. Judged now, every chunk server
+    // would look silent and be declared dead. So the round after a stall does nothing and leadership
+    // starts over as new: one dead-timeout of safe mode, for the queued heartbeats to be read.
+    const tick = performance.now();
+    const sinceLastMs = tick - (this.lastDutyTickMs ?? tick);
+    this.lastDutyTickMs = tick;
+    if (sinceLastMs > DUTY_STALL_MS) {
+      this.clusterLeadership = undefined;
+      this.log.warn('this server stalled: leader duties skip a round, liveness starts a safe mode', {
+        sinceLastRoundMs: Math.round(sinceLastMs),
+      });
+      return;
+    }
     // A slow round (deleting shards from a hung server) must not overlap the next one.
     if (this.dutyRunning) return;
     this.dutyRunning = true;

@@ -1,0 +1,66 @@
+/**
+ * Chunk-server liveness across a stall of the metadata servers (`dogfs up`, 3 metadata servers, 4 chunk
+ * servers): a frozen process (GC pause, suspended VM, SIGSTOP) reads no heartbeats while the clock runs
+ * on, and when it resumes its timers run before the heartbeats queued in its sockets are read. Found by
+ * `npm run chaos`: group 0's leader then declared healthy chunk servers dead and puts were refused.
+ */
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import type { ClusterReportResponse } from '../../src/wire/gen/types.js';
+import { runDogfs, startCluster, waitFor } from '../helpers/index.js';
+
+const up = startCluster(['--meta', '3', '--chunk', '4', '--ec', 'rs-2-1']);
+after(() => up.stop());
+
+/** How long every metadata server is frozen: longer than the dead-timeout set below. */
+const FREEZE_MS = 4500;
+const DEAD_AFTER_MS = 3000;
+
+test('a stall of the metadata servers longer than the dead-timeout declares no chunk server dead', async () => {
+  const cluster = await up.ready();
+  const env = { ...process.env, DOGFS_CLUSTER: up.clusterPath };
+  const dogfs = (args: string[]) => runDogfs(args, { env, timeoutMs: 60_000 });
+  const report = async () => {
+    const r = await dogfs(['admin', 'report', '--json']);
+    assert.equal(r.status, 0, r.stderr);
+    return JSON.parse(r.stdout) as ClusterReportResponse;
+  };
+  const settings = await dogfs(['admin', 'settings', '--dead-after', String(DEAD_AFTER_MS)]);
+  assert.equal(settings.status, 0, settings.stderr);
+  await waitFor('every chunk server alive', async () => {
+    const r = await report();
+    return r.chunkServers.length === 4 && r.chunkServers.every((s) => s.state === 'alive');
+  });
+
+  const metas = cluster.processes.filter((p) => p.role === 'meta');
+  for (const meta of metas) process.kill(meta.pid, 'SIGSTOP');
+  // The fault itself lasts FREEZE_MS (not a wait for anything).
+  await new Promise((resolve) => setTimeout(resolve, FREEZE_MS));
+  for (const meta of metas) process.kill(meta.pid, 'SIGCONT');
+
+  // Group 0 commits each server's heartbeat at most every third of the dead-timeout: once it has
+  // committed four more entries, the leader has run its duties several times since resuming.
+  const commitAt = async () => (await report()).groups.find((g) => g.group === 0)!.commitIndex;
+  const resumedAt = await commitAt();
+  await waitFor(
+    'group 0 committing heartbeats again',
+    async () => (await commitAt()) >= resumedAt + 4,
+    30_000,
+  );
+
+  const declared = metas.flatMap((m) =>
+    readFileSync(join(m.dir, 'dogfs.log'), 'utf8')
+      .split('\n')
+      .filter((line) => line.includes('chunk server declared dead')),
+  );
+  assert.deepEqual(declared, [], 'no chunk server was declared dead');
+  const r = await report();
+  assert.ok(
+    r.chunkServers.every((s) => s.state === 'alive'),
+    JSON.stringify(r.chunkServers),
+  );
+  const put = await dogfs(['touch', '/after-the-stall']);
+  assert.equal(put.status, 0, put.stderr);
+});
