@@ -128,6 +128,10 @@ export class MetadataReporter {
       } catch (error) {
         if (signal.aborted) return;
         const failure = toDogfsError(error, 'UNAVAILABLE');
+        // A session that got registered worked until now: this failure (a leader change, most often)
+        // starts the backoff afresh. Counting every failure of the server's life instead grew the wait
+        // to seconds after a few leader changes, long enough for a new leader to declare it dead.
+        if (this.state.registered) failures = 0;
         this.state.registered = false;
         this.state.lastError = `${failure.code}: ${failure.message}`;
         this.retarget(failure);

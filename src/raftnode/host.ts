@@ -479,6 +479,19 @@ export class RaftHost {
         read.resolve();
       }
     }
+    // A leader that lost its role still holds the proposals it appended. The next leader commits or
+    // overwrites them, but this node learns which only when the new leader's log reaches their indexes,
+    // which in a quiet group may take until their deadline. Their callers are told now, after this
+    // round's commits have answered whatever did commit: the outcome is unknown, so they retry
+    // elsewhere (client sessions make a retry exactly-once).
+    if (rd.softState !== undefined && rd.softState.role !== 'leader') {
+      for (const index of [...group.proposals.keys()])
+        this.failProposal(
+          group,
+          index,
+          'leadership was lost before the command committed (it may still commit)',
+        );
+    }
   }
 
   /**

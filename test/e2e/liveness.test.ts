@@ -17,6 +17,8 @@ after(() => up.stop());
 /** How long every metadata server is frozen: longer than the dead-timeout set below. */
 const FREEZE_MS = 4500;
 const DEAD_AFTER_MS = 3000;
+/** How long the group 0 leader alone is paused: past an election, short of the dead-timeout. */
+const PAUSE_MS = 2500;
 
 test('a stall of the metadata servers longer than the dead-timeout declares no chunk server dead', async () => {
   const cluster = await up.ready();
@@ -63,4 +65,46 @@ test('a stall of the metadata servers longer than the dead-timeout declares no c
   );
   const put = await dogfs(['touch', '/after-the-stall']);
   assert.equal(put.status, 0, put.stderr);
+});
+
+test("a paused group 0 leader, replaced meanwhile, does not hold chunk servers' heartbeats past the new leader's safe mode", async () => {
+  const cluster = await up.ready();
+  const env = { ...process.env, DOGFS_CLUSTER: up.clusterPath };
+  const dogfs = (args: string[]) => runDogfs(args, { env, timeoutMs: 60_000 });
+  const report = async () => {
+    const r = await dogfs(['admin', 'report', '--json']);
+    assert.equal(r.status, 0, r.stderr);
+    return JSON.parse(r.stdout) as ClusterReportResponse;
+  };
+  const metas = cluster.processes.filter((p) => p.role === 'meta');
+  const declaredDead = () =>
+    metas.flatMap((m) =>
+      readFileSync(join(m.dir, 'dogfs.log'), 'utf8')
+        .split('\n')
+        .filter((line) => line.includes('chunk server declared dead')),
+    );
+  const before = declaredDead().length;
+  const group0 = async () => (await report()).groups.find((g) => g.group === 0)!;
+  const old = await group0();
+  const leader = metas.find((m) => m.addr === old.leader)!;
+  // Heartbeats sent to the paused leader wait in its socket; resumed, it proposes them in its old term
+  // and steps down. Those proposals must fail at once, so the chunk servers turn to the new leader
+  // before its safe mode (one dead-timeout) ends, instead of at their 5 s call timeout.
+  process.kill(leader.pid, 'SIGSTOP');
+  // The fault itself lasts PAUSE_MS (not a wait for anything): long enough for the others to elect.
+  await new Promise((resolve) => setTimeout(resolve, PAUSE_MS));
+  process.kill(leader.pid, 'SIGCONT');
+  const resumed = await waitFor('a new leader of group 0', async () => {
+    const g = await group0();
+    return g.leader !== '' && g.term > old.term && g;
+  });
+  // Each chunk server's heartbeat is committed every third of the dead-timeout: three rounds of all
+  // four take the new leader past its safe mode.
+  await waitFor(
+    'three rounds of heartbeats committed',
+    async () => (await group0()).commitIndex >= resumed.commitIndex + 12,
+    30_000,
+  );
+  assert.deepEqual(declaredDead().slice(before), [], 'no chunk server was declared dead');
+  assert.ok((await report()).chunkServers.every((s) => s.state === 'alive'));
 });
