@@ -113,12 +113,20 @@ export async function rawDiskWrite(options: {
   return { mbps: totalBytes / MiB / seconds, cpuSecondsPerGB };
 }
 
-/** `rawDiskWrite` into just-freed memory, as every measured write of the benches starts. */
+/** How many runs a disk reference takes the best of: a limit is the most the machine did. */
+export const DISK_REFERENCE_RUNS = 2;
+
+/** `rawDiskWrite` into just-freed memory, as every measured write of the benches starts; best of runs. */
 export async function rawDiskWriteJustFreed(
   options: Parameters<typeof rawDiskWrite>[0],
 ): Promise<RawDiskResult> {
-  await freeMemoryJustBefore(`${options.dir}-scratch`, options.totalBytes);
-  return rawDiskWrite(options);
+  let best: RawDiskResult | undefined;
+  for (let run = 0; run < DISK_REFERENCE_RUNS; run++) {
+    await freeMemoryJustBefore(`${options.dir}-scratch`, options.totalBytes);
+    const result = await rawDiskWrite(options);
+    if (best === undefined || result.mbps > best.mbps) best = result;
+  }
+  return best!;
 }
 
 /**
