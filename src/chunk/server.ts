@@ -4,6 +4,7 @@
  * over gRPC beside Health, the scrubber, and the reporter that registers and heartbeats with the
  * metadata cluster.
  */
+import { retainFreedMemory } from '../codec/native.js';
 import { formatHostPort, type HostPort } from '../common/address.js';
 import type { Logger, LogLevel } from '../common/log.js';
 import { runDaemon } from '../daemon/daemon.js';
@@ -62,6 +63,9 @@ export async function startChunkServer(options: ChunkServerOptions) {
     async (context) => {
       context.readyInfo['failureDomain'] = options.failureDomain;
       const log = context.log;
+      // Each connection's receive memory and each shard's buffers come back from the allocator instead
+      // of as fresh pages (codec/native.ts says what a fresh page costs on this kind of machine).
+      context.readyInfo['retainFreedMemory'] = String(retainFreedMemory());
       const openedStore = await ShardStore.open({
         dir: context.dir,
         capacityBytes: options.capacityBytes,
