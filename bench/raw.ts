@@ -62,7 +62,7 @@ export async function freeMemoryJustBefore(dir: string, bytes: number): Promise<
   rmSync(dir, { recursive: true, force: true });
 }
 
-/** Whether freed memory goes back to a hypervisor here (so `settleFreedMemory` matters), for the output. */
+/** Whether freed memory goes back to a hypervisor here (so `freeMemoryJustBefore` matters), for the output. */
 export function freePageReporting(): string {
   const balloon = existsSync('/sys/bus/virtio/drivers/virtio_balloon/virtio0');
   const order = /page_reporting\.page_reporting_order=(\d+)/.exec(readFileSync('/proc/cmdline', 'utf8'))?.[1];

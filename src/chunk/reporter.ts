@@ -61,6 +61,8 @@ export class MetadataReporter {
   private readonly channels = new RpcChannelPool();
   private readonly addresses: string[];
   private targetIndex = 0;
+  /** Heartbeats answered in the current session (0 until the session has worked). */
+  private sessionHeartbeats = 0;
   private running: Promise<void> | undefined;
   private readonly pageSize: number;
   readonly state: ReporterState;
@@ -128,10 +130,11 @@ export class MetadataReporter {
       } catch (error) {
         if (signal.aborted) return;
         const failure = toDogfsError(error, 'UNAVAILABLE');
-        // A session that got registered worked until now: this failure (a leader change, most often)
-        // starts the backoff afresh. Counting every failure of the server's life instead grew the wait
-        // to seconds after a few leader changes, long enough for a new leader to declare it dead.
-        if (this.state.registered) failures = 0;
+        // A session that got as far as a heartbeat worked until now: this failure (a leader change, most
+        // often) starts the backoff afresh. Counting every failure of the server's life instead grew the
+        // wait to seconds after a few leader changes, long enough for a new leader to declare it dead.
+        // (Registration alone does not count: a session failing right after it must keep backing off.)
+        if (this.sessionHeartbeats > 0) failures = 0;
         this.state.registered = false;
         this.state.lastError = `${failure.code}: ${failure.message}`;
         this.retarget(failure);
@@ -154,6 +157,7 @@ export class MetadataReporter {
     const signal = this.abort.signal;
     const timeoutMs = this.options.callTimeoutMs ?? 5_000;
     const { store } = this.options;
+    this.sessionHeartbeats = 0;
     const registered = await this.channel(this.target).call(
       MetadataService,
       'RegisterChunkServer',
@@ -196,6 +200,7 @@ export class MetadataReporter {
         { timeoutMs, signal },
       );
       this.state.heartbeats++;
+      this.sessionHeartbeats++;
       if (response.reregister) return;
       if (Date.now() - lastReport >= reportEvery) {
         await this.blockReport(timeoutMs);

@@ -60,10 +60,10 @@ export const NAMESPACE_GROUP = 1;
 /** How often the leader looks for silent chunk servers and expired leases. */
 const DUTY_INTERVAL_MS = 1000;
 /**
- * Duty rounds further apart than this mean this process stalled (a GC pause, a suspended VM, SIGSTOP):
- * see runLeaderDuties.
+ * Duty rounds further apart than DUTY_INTERVAL_MS plus this (capped at half the dead-timeout) mean this
+ * process stalled (a GC pause, a suspended VM, SIGSTOP): see runLeaderDuties.
  */
-const DUTY_STALL_MS = 2 * DUTY_INTERVAL_MS;
+const DUTY_STALL_SLACK_MS = DUTY_INTERVAL_MS;
 const MAX_BAD_SHARD_REPORTS = 10_000;
 /** Paths of files with missing shards that one ClusterReport names (the count covers all of them). */
 const MAX_REPORTED_DAMAGED_FILES = 1000;
@@ -218,8 +218,10 @@ export class MetadataNode {
   private readonly gcGraceMs: number;
   private duties: NodeJS.Timeout | undefined;
   private dutyRunning = false;
-  /** performance.now() of the last duty timer callback, to notice this process stalling. */
-  private lastDutyTickMs: number | undefined;
+  /** performance.now() and Date.now() of the last duty timer callback, to notice this process stalling. */
+  private lastDutyTick: { monotonicMs: number; wallMs: number } | undefined;
+  /** After a stall, no chunk server is declared dead before this (Date.now()). */
+  private livenessGraceUntilMs = 0;
   /** When this node became group 0's leader, and in which term (undefined while it is not). */
   private clusterLeadership: { sinceMs: number; term: number } | undefined;
 
@@ -281,14 +283,26 @@ export class MetadataNode {
     // renewals) wait unread in the sockets, and timers run before them. Judged now, every chunk server
     // would look silent and be declared dead. So the round after a stall does nothing and leadership
     // starts over as new: one dead-timeout of safe mode, for the queued heartbeats to be read.
-    const tick = performance.now();
-    const sinceLastMs = tick - (this.lastDutyTickMs ?? tick);
-    this.lastDutyTickMs = tick;
-    if (sinceLastMs > DUTY_STALL_MS) {
-      this.clusterLeadership = undefined;
-      this.log.warn('this server stalled: leader duties skip a round, liveness starts a safe mode', {
-        sinceLastRoundMs: Math.round(sinceLastMs),
-      });
+    // After a stall of this process the clock has run on while nothing was read: heartbeats (and lease
+    // renewals) wait unread in the sockets, and timers run before them. Judged now, every chunk server
+    // would look silent and be declared dead. So the round after a stall does nothing, and no server is
+    // declared dead for the length of the stall plus two heartbeat intervals (capped at a dead-timeout,
+    // so stalls that keep coming delay the detection of a dead server but never stop it).
+    const tick = { monotonicMs: performance.now(), wallMs: Date.now() };
+    const last = this.lastDutyTick ?? tick;
+    this.lastDutyTick = tick;
+    const { deadAfterMs, heartbeatIntervalMs } = this.cluster.state.settings;
+    const gapMs = Math.max(tick.monotonicMs - last.monotonicMs, tick.wallMs - last.wallMs);
+    if (gapMs > DUTY_INTERVAL_MS + Math.min(DUTY_STALL_SLACK_MS, deadAfterMs / 2)) {
+      const graceMs = Math.min(deadAfterMs, gapMs + 2 * heartbeatIntervalMs);
+      this.livenessGraceUntilMs = Math.max(this.livenessGraceUntilMs, tick.wallMs + graceMs);
+      this.log.warn(
+        'this server stalled: leader duties skip a round, no chunk server is declared dead meanwhile',
+        {
+          sinceLastRoundMs: Math.round(gapMs),
+          graceMs: Math.round(graceMs),
+        },
+      );
       return;
     }
     // A slow round (deleting shards from a hung server) must not overlap the next one.
@@ -307,7 +321,9 @@ export class MetadataNode {
           this.clusterLeadership = { sinceMs: now, term: clusterTerm };
         // Safe mode: a new leader (after an election, or a whole-cluster restart where every recorded
         // heartbeat is old) first gives every chunk server one dead-timeout to find it and heartbeat.
-        const safeMode = now - this.clusterLeadership.sinceMs < this.cluster.state.settings.deadAfterMs;
+        const safeMode =
+          now - this.clusterLeadership.sinceMs < this.cluster.state.settings.deadAfterMs ||
+          now < this.livenessGraceUntilMs;
         const silentServers = this.cluster.state
           .silentServers(now)
           .filter((s) => now - (this.lastSeen.get(s.id) ?? 0) > this.cluster.state.settings.deadAfterMs);

@@ -84,7 +84,8 @@ export interface RaftHostOptions {
    * of balanceLeaders, for machines where the processes share too few cores: there, every group's rounds
    * then fall on one leader's rounds (one write and one frame per peer for all groups), where spread
    * leaders make each process write and send for each group at its own time (bench:raft measures both).
-   * Takes precedence over balanceLeaders.
+   * Takes precedence over balanceLeaders. Every node must be given the same value: two nodes preferring
+   * different leaders would hand groups back and forth every interval.
    */
   readonly preferredLeader?: NodeId;
 }
@@ -484,7 +485,8 @@ export class RaftHost {
     // which in a quiet group may take until their deadline. Their callers are told now, after this
     // round's commits have answered whatever did commit: the outcome is unknown, so they retry
     // elsewhere (client sessions make a retry exactly-once).
-    if (rd.softState !== undefined && rd.softState.role !== 'leader') {
+    // (The role now, not the Ready's: the node may have won a new term while this round synced.)
+    if (rd.softState !== undefined && group.raft.status().role !== 'leader') {
       for (const index of [...group.proposals.keys()])
         this.failProposal(
           group,

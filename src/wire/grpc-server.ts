@@ -242,6 +242,11 @@ export class GrpcServer {
         },
         onCancel: (listener) => {
           // 'close' before our answer was sent means the caller is gone (RST_STREAM or lost connection).
+          // A listener added after that (the signal is made lazily) hears it at once.
+          if (stream.closed) {
+            if (!stream.headersSent) queueMicrotask(listener);
+            return;
+          }
           stream.once('close', () => {
             if (!stream.headersSent) listener();
           });

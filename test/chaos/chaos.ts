@@ -153,6 +153,17 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
   const readCluster = () => JSON.parse(readFileSync(clusterPath, 'utf8')) as ClusterJson;
   let client: DogfsClient | undefined;
   const paused = new Set<number>();
+  // A process left stopped would stay stopped for good (its supervisor is gone): resume it on any exit.
+  const resumePaused = () => {
+    for (const pid of paused) {
+      try {
+        process.kill(pid, 'SIGCONT');
+      } catch {
+        // already gone
+      }
+    }
+  };
+  process.on('exit', resumePaused);
   try {
     await until('dogfs up to write cluster.json', 60_000, async () => {
       if (up.exitCode !== null) throw new Error(`dogfs up exited with ${up.exitCode}: ${upOutput}`);
@@ -210,6 +221,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
     };
 
     const corrupted = new Set<string>();
+    let lastChunkKill: { id: string; atMs: number } | undefined;
     const injectOne = async () => {
       const now = readCluster();
       const chunks = now.processes.filter((p) => p.role === 'chunk');
@@ -217,9 +229,18 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
       const kinds = ['kill-chunk', 'kill-leader', 'pause-leader', 'corrupt'] as const;
       const kind = kinds[Math.floor(random() * kinds.length)]!;
       if (kind === 'kill-chunk') {
-        if (chunks.some((p) => !alive(p.pid))) return; // one down at a time
+        // One down at a time: the last one killed must be running again and have heartbeated since.
+        if (chunks.some((p) => !alive(p.pid))) return;
+        if (lastChunkKill !== undefined) {
+          const back = (await dogfs.report({ timeoutMs: 5000 })).chunkServers.find(
+            (s) => s.id === lastChunkKill!.id,
+          );
+          if (back === undefined || back.state !== 'alive' || back.lastHeartbeatMs <= lastChunkKill.atMs)
+            return;
+        }
         const victim = chunks[Math.floor(random() * chunks.length)]!;
         process.kill(victim.pid, 'SIGKILL');
+        lastChunkKill = { id: victim.id, atMs: Date.now() };
         say(`FAULT kill-chunk ${victim.id} (pid ${victim.pid})`);
       } else if (kind === 'kill-leader' || kind === 'pause-leader') {
         if (metas.some((p) => !alive(p.pid)) || paused.size > 0) return; // one metadata server at a time
@@ -235,9 +256,13 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
           paused.add(victim.pid);
           say(`FAULT pause-leader of group ${group}: ${victim.id} for ${PAUSE_MS} ms`);
           setTimeout(() => {
-            process.kill(victim.pid, 'SIGCONT');
             paused.delete(victim.pid);
-            say(`      resume ${victim.id}`);
+            try {
+              process.kill(victim.pid, 'SIGCONT');
+              say(`      resume ${victim.id}`);
+            } catch {
+              say(`      ${victim.id} is gone`);
+            }
           }, PAUSE_MS);
         }
       } else {
@@ -347,7 +372,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
       shardsRebuilt,
     };
   } finally {
-    for (const pid of paused) process.kill(pid, 'SIGCONT');
+    resumePaused();
+    process.off('exit', resumePaused);
     client?.close();
     if (up.exitCode === null) {
       up.kill('SIGTERM');

@@ -13,6 +13,28 @@ import { runDogfs, startCluster, waitFor } from '../helpers/index.js';
 
 const up = startCluster(['--meta', '3', '--chunk', '4', '--ec', 'rs-2-1']);
 after(() => up.stop());
+/** Processes this file stopped: resumed however the test ends, or they would stay stopped for good. */
+const stopped = new Set<number>();
+const resumeAll = () => {
+  for (const pid of stopped) {
+    try {
+      process.kill(pid, 'SIGCONT');
+    } catch {
+      // already gone
+    }
+  }
+  stopped.clear();
+};
+process.on('exit', resumeAll);
+after(resumeAll);
+function pause(pid: number): void {
+  stopped.add(pid);
+  process.kill(pid, 'SIGSTOP');
+}
+function resume(pid: number): void {
+  process.kill(pid, 'SIGCONT');
+  stopped.delete(pid);
+}
 
 /** How long every metadata server is frozen: longer than the dead-timeout set below. */
 const FREEZE_MS = 4500;
@@ -37,13 +59,13 @@ test('a stall of the metadata servers longer than the dead-timeout declares no c
   });
 
   const metas = cluster.processes.filter((p) => p.role === 'meta');
-  for (const meta of metas) process.kill(meta.pid, 'SIGSTOP');
+  for (const meta of metas) pause(meta.pid);
   // The fault itself lasts FREEZE_MS (not a wait for anything).
   await new Promise((resolve) => setTimeout(resolve, FREEZE_MS));
-  for (const meta of metas) process.kill(meta.pid, 'SIGCONT');
+  for (const meta of metas) resume(meta.pid);
 
-  // Group 0 commits each server's heartbeat at most every third of the dead-timeout: once it has
-  // committed four more entries, the leader has run its duties several times since resuming.
+  // Group 0 commits each server's heartbeat every third of the dead-timeout: four more entries mean the
+  // leader has run its first duty rounds since resuming (where the false deaths came).
   const commitAt = async () => (await report()).groups.find((g) => g.group === 0)!.commitIndex;
   const resumedAt = await commitAt();
   await waitFor(
@@ -76,6 +98,8 @@ test("a paused group 0 leader, replaced meanwhile, does not hold chunk servers' 
     assert.equal(r.status, 0, r.stderr);
     return JSON.parse(r.stdout) as ClusterReportResponse;
   };
+  const settings = await dogfs(['admin', 'settings', '--dead-after', String(DEAD_AFTER_MS)]);
+  assert.equal(settings.status, 0, settings.stderr);
   const metas = cluster.processes.filter((p) => p.role === 'meta');
   const declaredDead = () =>
     metas.flatMap((m) =>
@@ -90,10 +114,10 @@ test("a paused group 0 leader, replaced meanwhile, does not hold chunk servers' 
   // Heartbeats sent to the paused leader wait in its socket; resumed, it proposes them in its old term
   // and steps down. Those proposals must fail at once, so the chunk servers turn to the new leader
   // before its safe mode (one dead-timeout) ends, instead of at their 5 s call timeout.
-  process.kill(leader.pid, 'SIGSTOP');
+  pause(leader.pid);
   // The fault itself lasts PAUSE_MS (not a wait for anything): long enough for the others to elect.
   await new Promise((resolve) => setTimeout(resolve, PAUSE_MS));
-  process.kill(leader.pid, 'SIGCONT');
+  resume(leader.pid);
   const resumed = await waitFor('a new leader of group 0', async () => {
     const g = await group0();
     return g.leader !== '' && g.term > old.term && g;
