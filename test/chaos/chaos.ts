@@ -48,6 +48,8 @@ export interface ChaosOutcome {
   readonly faults: Readonly<Record<string, number>>;
   readonly putsAcknowledged: number;
   readonly putsFailed: number;
+  /** Failed puts by error code. */
+  readonly putsFailedByCode: Readonly<Record<string, number>>;
   readonly getsOk: number;
   readonly getsFailed: Readonly<Record<string, number>>;
   readonly repairedFiles: number;
@@ -132,6 +134,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
   const acknowledged = new Map<string, Written>();
   const uncertain = new Map<string, Written>();
   let putsFailed = 0;
+  const putsFailedByCode: Record<string, number> = {};
   let getsOk = 0;
 
   const clusterDir = join(options.dir, 'cluster');
@@ -190,8 +193,10 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
           acknowledged.set(path, written);
         } catch (error) {
           putsFailed++;
+          const code = toDogfsError(error).code;
+          putsFailedByCode[code] = (putsFailedByCode[code] ?? 0) + 1;
           uncertain.set(path, written);
-          say(`put ${path} failed: ${toDogfsError(error).code} ${toDogfsError(error).message.slice(0, 120)}`);
+          say(`put ${path} failed: ${toDogfsError(error).code} ${toDogfsError(error).message.slice(0, 600)}`);
         }
       }
     };
@@ -366,6 +371,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
       faults,
       putsAcknowledged: acknowledged.size,
       putsFailed,
+      putsFailedByCode,
       getsOk,
       getsFailed,
       repairedFiles,
