@@ -42,17 +42,21 @@ const DEAD_AFTER_MS = 3000;
 /** How long the group 0 leader alone is paused: past an election, short of the dead-timeout. */
 const PAUSE_MS = 2500;
 
-test('a stall of the metadata servers longer than the dead-timeout declares no chunk server dead', async () => {
-  const cluster = await up.ready();
-  const env = { ...process.env, DOGFS_CLUSTER: up.clusterPath };
-  const dogfs = (args: string[]) => runDogfs(args, { env, timeoutMs: 60_000 });
-  const report = async () => {
-    const r = await dogfs(['admin', 'report', '--json']);
-    assert.equal(r.status, 0, r.stderr);
-    return JSON.parse(r.stdout) as ClusterReportResponse;
-  };
+const dogfs = (args: string[]) =>
+  runDogfs(args, { env: { ...process.env, DOGFS_CLUSTER: up.clusterPath }, timeoutMs: 60_000 });
+async function report(): Promise<ClusterReportResponse> {
+  const r = await dogfs(['admin', 'report', '--json']);
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout) as ClusterReportResponse;
+}
+async function shortDeadTimeout(): Promise<void> {
   const settings = await dogfs(['admin', 'settings', '--dead-after', String(DEAD_AFTER_MS)]);
   assert.equal(settings.status, 0, settings.stderr);
+}
+
+test('a stall of the metadata servers longer than the dead-timeout declares no chunk server dead', async () => {
+  const cluster = await up.ready();
+  await shortDeadTimeout();
   await waitFor('every chunk server alive', async () => {
     const r = await report();
     return r.chunkServers.length === 4 && r.chunkServers.every((s) => s.state === 'alive');
@@ -91,15 +95,7 @@ test('a stall of the metadata servers longer than the dead-timeout declares no c
 
 test("a paused group 0 leader, replaced meanwhile, does not hold chunk servers' heartbeats past the new leader's safe mode", async () => {
   const cluster = await up.ready();
-  const env = { ...process.env, DOGFS_CLUSTER: up.clusterPath };
-  const dogfs = (args: string[]) => runDogfs(args, { env, timeoutMs: 60_000 });
-  const report = async () => {
-    const r = await dogfs(['admin', 'report', '--json']);
-    assert.equal(r.status, 0, r.stderr);
-    return JSON.parse(r.stdout) as ClusterReportResponse;
-  };
-  const settings = await dogfs(['admin', 'settings', '--dead-after', String(DEAD_AFTER_MS)]);
-  assert.equal(settings.status, 0, settings.stderr);
+  await shortDeadTimeout();
   const metas = cluster.processes.filter((p) => p.role === 'meta');
   const declaredDead = () =>
     metas.flatMap((m) =>
