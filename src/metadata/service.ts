@@ -281,10 +281,6 @@ export class MetadataNode {
   private async runLeaderDuties(): Promise<void> {
     // After a stall of this process the clock has run on while nothing was read: heartbeats (and lease
     // renewals) wait unread in the sockets, and timers run before them. Judged now, every chunk server
-    // would look silent and be declared dead. So the round after a stall does nothing and leadership
-    // starts over as new: one dead-timeout of safe mode, for the queued heartbeats to be read.
-    // After a stall of this process the clock has run on while nothing was read: heartbeats (and lease
-    // renewals) wait unread in the sockets, and timers run before them. Judged now, every chunk server
     // would look silent and be declared dead. So the round after a stall does nothing, and no server is
     // declared dead for the length of the stall plus two heartbeat intervals (capped at a dead-timeout,
     // so stalls that keep coming delay the detection of a dead server but never stop it).

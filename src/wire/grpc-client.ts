@@ -46,14 +46,34 @@ export function messagePrefix(length: number): Buffer {
   prefix.writeUInt32BE(length, 1);
   return prefix;
 }
+
+/** Requests and answers up to this size go as one buffer (prefix + copy); larger ones in two writes, uncopied. */
+const COPY_BELOW_BYTES = 16 * 1024;
+
+/**
+ * Ends an HTTP/2 stream with one length-prefixed gRPC message: a small one copied behind its prefix (one
+ * stream write costs less than two), a large one in two writes (it is not copied).
+ */
+export function endWithMessage(
+  stream: { write(chunk: Uint8Array): unknown; end(chunk: Uint8Array): unknown },
+  message: Uint8Array,
+): void {
+  if (message.byteLength <= COPY_BELOW_BYTES) {
+    const framed = Buffer.allocUnsafe(PREFIX_BYTES + message.byteLength);
+    framed.set(messagePrefix(message.byteLength), 0);
+    framed.set(message, PREFIX_BYTES);
+    stream.end(framed);
+  } else {
+    stream.write(messagePrefix(message.byteLength));
+    stream.end(message);
+  }
+}
 /** How long a session may leave a ping unanswered after a call timed out before it is dropped. */
 const PING_TIMEOUT_MS = 2000;
 /** Idle time before TCP keepalive probes start, on both ends of a connection. */
 export const KEEPALIVE_MS = 30_000;
 /** The longest a call may wait: what a timer can hold (2^31-1 ms, about 24.8 days). */
 const MAX_CALL_MS = 2 ** 31 - 1;
-/** Requests up to this size are sent as one buffer (prefix + copy); larger ones in two writes, uncopied. */
-const COPY_BELOW_BYTES = 16 * 1024;
 /** grpc-timeout allows at most 8 digits per unit. */
 const MAX_TIMEOUT_DIGITS = 99_999_999;
 
@@ -331,17 +351,7 @@ export class GrpcConnection {
         if (status === undefined && streamError !== undefined) finish(streamError);
         else finish(this.outcome(where, status, httpStatus, stream.rstCode, session, chunks, received));
       });
-      if (message.byteLength <= COPY_BELOW_BYTES) {
-        // A small message is copied behind its prefix: one stream write costs less than two.
-        const framed = Buffer.allocUnsafe(PREFIX_BYTES + message.byteLength);
-        framed.set(messagePrefix(message.byteLength), 0);
-        framed.set(message, PREFIX_BYTES);
-        stream.end(framed);
-      } else {
-        // Two writes rather than a concatenation: a large message is not copied.
-        stream.write(messagePrefix(message.byteLength));
-        stream.end(message);
-      }
+      endWithMessage(stream, message);
     });
   }
 

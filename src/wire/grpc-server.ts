@@ -20,10 +20,10 @@ import type { Socket } from 'node:net';
 import { DogfsError, type ErrorCode, toDogfsError } from './errors.js';
 import {
   CODE_KEY,
+  endWithMessage,
   GrpcStatus,
   KEEPALIVE_MS,
   LEADER_KEY,
-  messagePrefix,
   PREFIX_BYTES,
 } from './grpc-client.js';
 
@@ -282,11 +282,7 @@ export class GrpcServer {
         { waitForTrailers: true },
       );
       stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
-      // One write of prefix and message: each stream write is a trip through the stream machinery.
-      const framed = Buffer.allocUnsafe(PREFIX_BYTES + response.byteLength);
-      framed.set(messagePrefix(response.byteLength), 0);
-      framed.set(response, PREFIX_BYTES);
-      stream.end(framed);
+      endWithMessage(stream, response);
     } catch {
       // The stream died under us (its peer went away); nothing is left to tell.
       stream.close(NGHTTP2_INTERNAL_ERROR);
