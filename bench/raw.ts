@@ -5,7 +5,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
@@ -64,7 +64,8 @@ export async function freeMemoryJustBefore(dir: string, bytes: number): Promise<
 
 /** Whether freed memory goes back to a hypervisor here (so `freeMemoryJustBefore` matters), for the output. */
 export function freePageReporting(): string {
-  const balloon = existsSync('/sys/bus/virtio/drivers/virtio_balloon/virtio0');
+  const driver = '/sys/bus/virtio/drivers/virtio_balloon';
+  const balloon = existsSync(driver) && readdirSync(driver).some((name) => name.startsWith('virtio'));
   const order = /page_reporting\.page_reporting_order=(\d+)/.exec(readFileSync('/proc/cmdline', 'utf8'))?.[1];
   if (!balloon) return 'none seen';
   return `virtio-balloon${order === undefined ? '' : ` (order ${order}: ${(4 << Number(order)) / 1024} MiB blocks)`}`;

@@ -24,6 +24,7 @@ import { DogfsClient } from '../../src/client/index.js';
 import type { ClusterJson } from '../../src/cluster/up.js';
 import { crc32c } from '../../src/codec/index.js';
 import { DogfsError, toDogfsError } from '../../src/wire/errors.js';
+import { processAlive, waitFor } from '../helpers/index.js';
 
 const DOGFS_BIN = fileURLToPath(new URL('../../../bin/dogfs.js', import.meta.url));
 /** Shard files start with a 64-byte header; a flip past it hits shard data. */
@@ -66,34 +67,6 @@ function prng(seed: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-async function until<T>(
-  what: string,
-  timeoutMs: number,
-  check: () => Promise<T | undefined | false>,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let lastError = '';
-  while (Date.now() < deadline) {
-    try {
-      const value = await check();
-      if (value !== undefined && value !== false) return value;
-    } catch (error) {
-      lastError = `: last error ${toDogfsError(error).message}`;
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError}`);
 }
 
 /** Shard files of one block group under a chunk server's directory. */
@@ -168,10 +141,13 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
   };
   process.on('exit', resumePaused);
   try {
-    await until('dogfs up to write cluster.json', 60_000, async () => {
-      if (up.exitCode !== null) throw new Error(`dogfs up exited with ${up.exitCode}: ${upOutput}`);
-      return existsSync(clusterPath);
-    });
+    const started = await waitFor(
+      'dogfs up to write cluster.json',
+      () => (up.exitCode !== null ? 'exited' : existsSync(clusterPath) && 'ready'),
+      60_000,
+      100,
+    );
+    if (started === 'exited') throw new Error(`dogfs up exited with ${up.exitCode}: ${upOutput}`);
     const cluster = readCluster();
     client = new DogfsClient({ meta: cluster.meta, timeoutMs: CALL_TIMEOUT_MS });
     const dogfs = client;
@@ -235,7 +211,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
       const kind = kinds[Math.floor(random() * kinds.length)]!;
       if (kind === 'kill-chunk') {
         // One down at a time: the last one killed must be running again and have heartbeated since.
-        if (chunks.some((p) => !alive(p.pid))) return;
+        if (chunks.some((p) => !processAlive(p.pid))) return;
         if (lastChunkKill !== undefined) {
           const back = (await dogfs.report({ timeoutMs: 5000 })).chunkServers.find(
             (s) => s.id === lastChunkKill!.id,
@@ -248,7 +224,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
         lastChunkKill = { id: victim.id, atMs: Date.now() };
         say(`FAULT kill-chunk ${victim.id} (pid ${victim.pid})`);
       } else if (kind === 'kill-leader' || kind === 'pause-leader') {
-        if (metas.some((p) => !alive(p.pid)) || paused.size > 0) return; // one metadata server at a time
+        if (metas.some((p) => !processAlive(p.pid)) || paused.size > 0) return; // one metadata server at a time
         const group = random() < 0.5 ? 0 : 1;
         const leaderAddr = (await dogfs.metadata.call('FindLeader', { group })).leaderAddr;
         const victim = metas.find((p) => p.addr === leaderAddr);
@@ -303,17 +279,22 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
     say(`faults stop: ${acknowledged.size} puts acknowledged, ${putsFailed} failed; ${getsOk} gets ok`);
 
     // Heal: every member running again (dogfs up --restart), every chunk server alive in the report.
-    await until('every member running and every chunk server alive', HEAL_TIMEOUT_MS, async () => {
-      if (paused.size > 0) return false;
-      const now = readCluster();
-      if (!now.processes.every((p) => alive(p.pid))) return false;
-      const report = await dogfs.report({ timeoutMs: 5000 });
-      return (
-        report.chunkServers.length === 7 &&
-        report.chunkServers.every((s) => s.state === 'alive') &&
-        report.groups.every((g) => g.leader !== '')
-      );
-    });
+    await waitFor(
+      'every member running and every chunk server alive',
+      async () => {
+        if (paused.size > 0) return false;
+        const now = readCluster();
+        if (!now.processes.every((p) => processAlive(p.pid))) return false;
+        const report = await dogfs.report({ timeoutMs: 5000 });
+        return (
+          report.chunkServers.length === 7 &&
+          report.chunkServers.every((s) => s.state === 'alive') &&
+          report.groups.every((g) => g.leader !== '')
+        );
+      },
+      HEAL_TIMEOUT_MS,
+      100,
+    );
     say('healed: every process up, every chunk server alive');
 
     // Repair what the cluster reports damaged, until nothing is.
