@@ -3,9 +3,11 @@
  * servers): a frozen process (GC pause, suspended VM, SIGSTOP) reads no heartbeats while the clock runs
  * on, and when it resumes its timers run before the heartbeats queued in its sockets are read. Found by
  * `npm run chaos`: group 0's leader then declared healthy chunk servers dead and puts were refused.
+ * And what survives the loss of group 0's leader: a shard found corrupt stays reported.
  */
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import type { ClusterReportResponse } from '../../src/wire/gen/types.js';
@@ -128,3 +130,59 @@ test("a paused group 0 leader, replaced meanwhile, does not hold chunk servers' 
   assert.deepEqual(declaredDead().slice(before), [], 'no chunk server was declared dead');
   assert.ok((await report()).chunkServers.every((s) => s.state === 'alive'));
 });
+
+test("a corrupt shard stays reported after group 0's leader is SIGKILLed (the chunk server re-sends it)", async () => {
+  const cluster = await up.ready();
+  const data = randomBytes(300_000);
+  const local = join(up.dir.path, 'small.bin');
+  writeFileSync(local, data);
+  const put = await dogfs(['put', local, '/small.bin']);
+  assert.equal(put.status, 0, put.stderr);
+  // Flip a byte of the file's first data shard, past the 64-byte header.
+  const stat = JSON.parse((await dogfs(['stat', '--json', '/small.bin'])).stdout) as {
+    blockGroups: { id: number }[];
+  };
+  const id = stat.blockGroups[0]!.id;
+  const shardFile = cluster.processes
+    .filter((p) => p.role === 'chunk')
+    .flatMap((c) => shardFilesUnder(c.dir))
+    .find((f) => f.includes(`/b${id}_i0_`))!;
+  const bytes = readFileSync(shardFile);
+  bytes[64 + 1000]! ^= 0x5a;
+  writeFileSync(shardFile, bytes);
+  const got = join(up.dir.path, 'got.bin');
+  const get = await dogfs(['get', '/small.bin', got]);
+  assert.equal(get.status, 0, get.stderr);
+  assert.ok(readFileSync(got).equals(data), 'the get decodes around the corrupt shard');
+  const reported = await waitFor('the corrupt shard in the report', async () => {
+    const r = await report();
+    return r.filesWithMissingShards.includes('/small.bin') && r;
+  });
+  // Group 0's leader keeps bad-shard reports in memory only; the chunk server's store remembers the
+  // corruption its read found and names it in every heartbeat, so a new leader learns it again.
+  const oldLeader = reported.groups.find((g) => g.group === 0)!.leader;
+  const leader = cluster.processes.find((p) => p.role === 'meta' && p.addr === oldLeader);
+  assert.ok(leader, `group 0's leader ${oldLeader} is one of the metadata servers`);
+  process.kill(leader.pid, 'SIGKILL');
+  await waitFor(
+    'a new leader of group 0 naming the corrupt shard',
+    async () => {
+      const r = await report();
+      const now = r.groups.find((g) => g.group === 0)?.leader;
+      return (
+        now !== undefined &&
+        now !== '' &&
+        now !== oldLeader &&
+        r.filesWithMissingShards.includes('/small.bin')
+      );
+    },
+    30_000,
+  );
+});
+
+/** Shard files under a chunk server's directory. */
+function shardFilesUnder(root: string): string[] {
+  return readdirSync(root, { recursive: true, encoding: 'utf8' })
+    .filter((name) => name.endsWith('.shard'))
+    .map((name) => join(root, name));
+}
