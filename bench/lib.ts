@@ -7,7 +7,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import protobuf from 'protobufjs/light.js';
-import { freePort } from '../src/common/ports.js';
+import { freePort, randomLoopbackHost } from '../src/common/ports.js';
 import { RpcChannel } from '../src/wire/rpc.js';
 
 export interface BenchResult {
@@ -97,7 +97,7 @@ export async function closedLoop(
   };
 }
 
-export { freePort };
+export { freePort, randomLoopbackHost };
 
 /** Emits the put_ops, put_p50 and put_p99 lines of one closed-loop measurement. */
 export function emitLoad(
@@ -145,19 +145,24 @@ export async function measureEtcdPuts(
     return undefined;
   }
   const dir = mkdtempSync(join(tmpdir(), 'dogfs-bench-etcd-'));
+  const host = randomLoopbackHost();
   const members = await Promise.all(
-    [0, 1, 2].map(async (i) => ({ name: `e${i}`, client: await freePort(), peer: await freePort() })),
+    [0, 1, 2].map(async (i) => ({
+      name: `e${i}`,
+      client: await freePort(host),
+      peer: await freePort(host),
+    })),
   );
-  const initial = members.map((m) => `${m.name}=http://127.0.0.1:${m.peer}`).join(',');
+  const initial = members.map((m) => `${m.name}=http://${host}:${m.peer}`).join(',');
   const procs = members.map((m) =>
     spawn(
       ETCD,
       [
         ...['--name', m.name, '--data-dir', join(dir, m.name)],
-        ...['--listen-client-urls', `http://127.0.0.1:${m.client}`],
-        ...['--advertise-client-urls', `http://127.0.0.1:${m.client}`],
-        ...['--listen-peer-urls', `http://127.0.0.1:${m.peer}`],
-        ...['--initial-advertise-peer-urls', `http://127.0.0.1:${m.peer}`],
+        ...['--listen-client-urls', `http://${host}:${m.client}`],
+        ...['--advertise-client-urls', `http://${host}:${m.client}`],
+        ...['--listen-peer-urls', `http://${host}:${m.peer}`],
+        ...['--initial-advertise-peer-urls', `http://${host}:${m.peer}`],
         ...['--initial-cluster', initial, '--initial-cluster-state', 'new', '--log-level', 'error'],
       ],
       { stdio: 'ignore' },
@@ -165,7 +170,7 @@ export async function measureEtcdPuts(
   );
   // The same gRPC client as DogFS's own calls (wire/grpc-client.ts), so the comparison is of the
   // servers and not of two client stacks.
-  const clients = members.map((m) => new RpcChannel(`127.0.0.1:${m.client}`));
+  const clients = members.map((m) => new RpcChannel(`${host}:${m.client}`));
   const put = async (client: RpcChannel, key: string): Promise<void> => {
     await client.callRaw('/etcdserverpb.KV/Put', encodePut(key, value), { timeoutMs: 10_000 }, 'Put');
   };

@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KvClient, spawnKvNode } from '../test/raftnode/kv-client.js';
 import { groupOfKey } from '../test/raftnode/kv-node.js';
-import { closedLoop, emit, emitLoad, freePort, machine, measureEtcdPuts } from './lib.js';
+import { closedLoop, emit, emitLoad, freePort, machine, measureEtcdPuts, randomLoopbackHost } from './lib.js';
 import { processCpuSeconds, selfCpuSeconds } from './raw.js';
 
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? '5');
@@ -60,7 +60,8 @@ async function startNode(cluster: KvCluster, i: number): Promise<void> {
 async function startKvCluster(groups: number, leaders: Layout = 'spread'): Promise<KvCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'dogfs-bench-raft-'));
   const addrs: string[] = [];
-  for (let i = 0; i < 3; i++) addrs.push(`127.0.0.1:${await freePort()}`);
+  const host = randomLoopbackHost();
+  for (let i = 0; i < 3; i++) addrs.push(`${host}:${await freePort(host)}`);
   const cluster: KvCluster = { addrs, procs: [], dir, groups, leaders };
   await Promise.all(addrs.map((_, i) => startNode(cluster, i)));
   return cluster;

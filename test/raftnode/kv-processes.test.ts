@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { after, test } from 'node:test';
-import { freePort } from '../../src/common/ports.js';
+import { freePort, randomLoopbackHost } from '../../src/common/ports.js';
 import { checkKvHistory, describeOps, type HistoryOp } from '../consensus/linearizability.js';
 import type { KvInput } from '../consensus/sim/kv.js';
 import { tempDir, waitFor } from '../helpers/index.js';
@@ -25,8 +25,10 @@ async function startNode(addrs: string[], i: number): Promise<void> {
 }
 
 test('a history recorded across two leader SIGKILLs and restarts is linearizable', async () => {
+  // Its own loopback address: the SIGKILLed leader must get its port back when it restarts.
+  const host = randomLoopbackHost();
   const addrs: string[] = [];
-  for (let i = 0; i < 3; i++) addrs.push(`127.0.0.1:${await freePort()}`);
+  for (let i = 0; i < 3; i++) addrs.push(`${host}:${await freePort(host)}`);
   await Promise.all(addrs.map((_, i) => startNode(addrs, i)));
 
   const history: HistoryOp[] = [];
