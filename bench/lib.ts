@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import protobuf from 'protobufjs/light.js';
 import { freePort, randomLoopbackHost } from '../src/common/ports.js';
 import { RpcChannel } from '../src/wire/rpc.js';
+import { processCpuSeconds, selfCpuSeconds } from './raw.js';
 
 export interface BenchResult {
   bench: string;
@@ -187,11 +188,25 @@ export async function measureEtcdPuts(
       }
     }
     for (const c of concurrencies) {
-      const r = await closedLoop(c, seconds * 1000, (w, i) =>
-        put(clients[w % clients.length]!, `k${w}-${i % 64}`),
-      );
+      // CPU per put of the client and of each member, over every put of the loop, as bench:raft
+      // reports its own: where the two systems spend the machine's two cores.
+      let puts = 0;
+      const cpu0 = procs.map((p) => processCpuSeconds(p.pid!));
+      const self0 = selfCpuSeconds();
+      const r = await closedLoop(c, seconds * 1000, async (w, i) => {
+        await put(clients[w % clients.length]!, `k${w}-${i % 64}`);
+        puts++;
+      });
+      const perPut = (cpuSeconds: number) => Math.round((cpuSeconds * 1e6) / Math.max(1, puts));
       rates.set(c, r.opsPerSec);
-      emitLoad(bench, 'put', r, { system: 'etcd-3.4', groups: 1, concurrency: c });
+      const tags = { system: 'etcd-3.4', groups: 1, concurrency: c };
+      emitLoad(bench, 'put', r, tags);
+      const cpu = [
+        { process: 'client', seconds: selfCpuSeconds() - self0 },
+        ...procs.map((p, n) => ({ process: `etcd${n + 1}`, seconds: processCpuSeconds(p.pid!) - cpu0[n]! })),
+      ];
+      for (const { process, seconds } of cpu)
+        emit({ bench, metric: 'cpu_per_put', value: perPut(seconds), unit: 'us', process, ...tags });
     }
   } finally {
     for (const c of clients) c.close();
