@@ -22,6 +22,7 @@ import { EcPolicyError, parseEcPolicy } from '../common/ec-policy.js';
 import { DogfsError, type ErrorCode, toDogfsError } from '../wire/errors.js';
 import type { ClusterReportResponse } from '../wire/gen/types.js';
 import { parseFlags, parseIntFlag, UsageError } from './args.js';
+import { LocalFileSink } from './local-file.js';
 
 export const FILE_COMMANDS_USAGE = `Files (endpoints: --meta HOST:PORT,... | $DOGFS_META | $DOGFS_CLUSTER | ./cluster.json;
        $DOGFS_TIMEOUT_MS: deadline of each metadata call, default 10000):
@@ -427,9 +428,8 @@ async function get(ctx: Context, argv: string[]): Promise<string> {
   const temp = join(dirname(local), `.${basename(local)}.dogfs-${randomBytes(4).toString('hex')}.tmp`);
   let out: Writable;
   try {
-    const handle = await open(temp, 'wx', 0o644);
-    // Buffered writes of several chunks at once (writev) instead of one file write per 16 KiB.
-    out = handle.createWriteStream({ highWaterMark: STREAM_BUFFER_BYTES });
+    // Around the page cache where the filesystem allows (cli/local-file.ts says why).
+    out = await LocalFileSink.create(temp, { mode: 0o644 });
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     throw localError(

@@ -1,0 +1,59 @@
+/**
+ * The local file `dogfs get` writes (cli/local-file.ts): byte-exact at every size around its staging
+ * buffers, with O_DIRECT and through the page cache, and an existing name refused without touching it.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { after, describe, test } from 'node:test';
+import { LocalFileSink, STAGE_BYTES } from '../../src/cli/local-file.js';
+import { tempDir } from '../helpers/index.js';
+
+/** `bytes` in pieces of awkward sizes, so stage boundaries fall inside pieces. */
+function pieces(bytes: Buffer): Readable {
+  const parts: Buffer[] = [];
+  for (let at = 0, i = 0; at < bytes.length; i++) {
+    const size = [1, 4095, 700_001, 1 << 20][i % 4]!;
+    parts.push(bytes.subarray(at, at + size));
+    at += size;
+  }
+  return Readable.from(parts, { objectMode: false });
+}
+
+describe('LocalFileSink', () => {
+  const dir = tempDir('dogfs-local-file-');
+  after(() => dir.remove());
+  const data = randomBytes(2 * STAGE_BYTES + 12_345);
+  const sizes = [0, 1, 4096, STAGE_BYTES - 1, STAGE_BYTES, STAGE_BYTES + 1, 2 * STAGE_BYTES + 12_345];
+
+  for (const direct of [true, false]) {
+    test(`byte-exact at every size around a stage (${direct ? 'O_DIRECT where possible' : 'page cache'})`, async () => {
+      for (const size of sizes) {
+        const path = join(dir.path, `out-${direct}-${size}`);
+        const sink = await LocalFileSink.create(path, { mode: 0o600, direct });
+        if (!direct) assert.equal(sink.direct, false);
+        await pipeline(pieces(data.subarray(0, size)), sink);
+        const back = readFileSync(path);
+        assert.equal(back.length, size, `size ${size}`);
+        assert.ok(back.equals(data.subarray(0, size)), `bytes of size ${size}`);
+        assert.equal(statSync(path).mode & 0o777, 0o600);
+      }
+    });
+  }
+
+  test('an existing file is refused (EEXIST) and left as it was', async () => {
+    const path = join(dir.path, 'exists');
+    writeFileSync(path, 'keep');
+    await assert.rejects(LocalFileSink.create(path), { code: 'EEXIST' });
+    assert.equal(readFileSync(path, 'utf8'), 'keep');
+  });
+
+  test('a missing directory is ENOENT and creates nothing', async () => {
+    const path = join(dir.path, 'no-such-dir', 'out');
+    await assert.rejects(LocalFileSink.create(path), { code: 'ENOENT' });
+    assert.equal(existsSync(join(dir.path, 'no-such-dir')), false);
+  });
+});
