@@ -42,6 +42,15 @@ export interface UpOptions {
   startTimeoutMs?: number;
 }
 
+/**
+ * Node options for every member process, from DOGFS_MEMBER_NODE_ARGS (space-separated), e.g.
+ * `--cpu-prof --cpu-prof-dir=/tmp/prof` to profile a running cluster: Node refuses --cpu-prof in
+ * NODE_OPTIONS, and members write their profiles when dogfs up stops them cleanly.
+ */
+function memberNodeArgs(): string[] {
+  return (process.env['DOGFS_MEMBER_NODE_ARGS'] ?? '').split(' ').filter((a) => a !== '');
+}
+
 export class UpError extends Error {
   override name = 'UpError';
 }
@@ -273,10 +282,19 @@ export class LocalCluster {
     common.push('--log-level', this.options.logLevel);
     if (record.role === 'meta') {
       const peers = metaMembers.map((m) => `${m.id}=${HOST}:${m.port}`).join(',');
-      return [MAIN_MODULE, 'meta', ...common, '--peers', peers, '--ec', stored.ec];
+      return [...memberNodeArgs(), MAIN_MODULE, 'meta', ...common, '--peers', peers, '--ec', stored.ec];
     }
     const meta = metaMembers.map((m) => `${HOST}:${m.port}`).join(',');
-    return [MAIN_MODULE, 'chunk', ...common, '--meta', meta, '--failure-domain', record.id];
+    return [
+      ...memberNodeArgs(),
+      MAIN_MODULE,
+      'chunk',
+      ...common,
+      '--meta',
+      meta,
+      '--failure-domain',
+      record.id,
+    ];
   }
 
   private spawnMember(record: MemberRecord, deadline: number): Promise<void> {

@@ -64,6 +64,12 @@ export function startMetaServer(options: MetaServerOptions) {
         // The cluster group and the namespace group led from different servers where there are enough:
         // heartbeats, registration and repair planning do not share a leader's event loop with creates.
         balanceLeaders: true,
+        // Heartbeats every 2 ticks (100 ms, etcd's default) instead of every tick: an idle cluster's three
+        // metadata servers then use ~0.09 of a core instead of ~0.13 (each heartbeat wakes two processes
+        // per group; measured with dogfs up, 3 meta + 9 chunk, idle, 2-core VM). Failure detection is
+        // unchanged (followers still campaign after 10-20 ticks of silence) and ReadIndex does not wait for
+        // a tick: it sends its own heartbeat round at once.
+        configure: (c) => ({ ...c, heartbeatTicks: 2 }),
       });
       const node = new MetadataNode(host, context.log, activeBackendName(), {
         defaultEc: options.defaultEc,
