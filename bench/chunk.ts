@@ -22,6 +22,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { STAGING_BYTES } from '../src/chunk/shard-file.js';
 import { ShardStore } from '../src/chunk/store.js';
 import { crc32c, crc32cImplementation } from '../src/codec/index.js';
 import { DataTransferClient } from '../src/wire/data-transfer.js';
@@ -64,13 +65,15 @@ process.on('exit', () => {
 
 async function startChunkProcess(
   dir: string,
-): Promise<{ child: ChildProcess; dataAddr: string; addr: string }> {
+  directWrites: boolean,
+): Promise<{ child: ChildProcess; dataAddr: string; addr: string; writeMode: string }> {
   const bin = fileURLToPath(new URL('../../bin/dogfs.js', import.meta.url));
   const child = spawn(
     process.execPath,
     [bin, 'chunk', '--dir', dir, '--scrub-rate', '0', '--log-level', 'warn'],
     {
       stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
+      env: { ...process.env, DOGFS_CHUNK_DIRECT_WRITES: directWrites ? '1' : '0' },
     },
   );
   children.push(child);
@@ -78,7 +81,12 @@ async function startChunkProcess(
     child.once('exit', (code) => reject(new Error(`chunk server exited with ${code}`)));
     child.on('message', (message: { type?: string; addr?: string; info?: Record<string, string> }) => {
       if (message.type === 'ready')
-        resolve({ child, dataAddr: message.info!['dataAddr']!, addr: message.addr! });
+        resolve({
+          child,
+          dataAddr: message.info!['dataAddr']!,
+          addr: message.addr!,
+          writeMode: message.info!['writeMode'] ?? 'unknown',
+        });
     });
   });
 }
@@ -91,25 +99,28 @@ async function main(): Promise<void> {
   });
   const totalBytes = Math.max(1, Math.round(TOTAL_MIB / 64)) * SHARD_BYTES;
 
-  // Two raw disk figures — one fdatasync per 64 MiB file, and syncing behind every 8 MiB as the chunk
-  // server does — each into just-freed memory, as the server's writes run (bench/raw.ts says why that
-  // matters on this machine); the better one is the limit.
+  // Three raw disk figures, each into just-freed memory as the server's writes run (bench/raw.ts says
+  // why that matters on this machine): through the page cache with one fdatasync per 64 MiB file, and
+  // syncing behind every 8 MiB as the server's buffered writes do; and with O_DIRECT in 4 MiB writes as
+  // its direct writes do. The best of them is the limit, so neither way of writing flatters itself.
   let disk = 0;
-  for (const syncEvery of [SHARD_BYTES, 8 * MiB]) {
+  for (const syncEvery of [SHARD_BYTES, 8 * MiB, 0]) {
+    const direct = syncEvery === 0;
     const run = await rawDiskWriteJustFreed({
       dir: join(work, 'raw-disk'),
       totalBytes,
       fileBytes: SHARD_BYTES,
       messageBytes: MESSAGE_BYTES,
-      syncEveryBytes: syncEvery,
+      syncEveryBytes: direct ? SHARD_BYTES : syncEvery,
+      direct,
     });
     disk = Math.max(disk, run.mbps);
-    emit('raw-disk-write-fdatasync', run.mbps, 'MB/s', {
+    emit(direct ? 'raw-disk-write-direct' : 'raw-disk-write-fdatasync', run.mbps, 'MB/s', {
       memory: 'just freed',
       bestOf: DISK_REFERENCE_RUNS,
       fileMiB: 64,
-      messageMiB: 1,
-      syncEveryMiB: syncEvery / MiB,
+      ...(direct ? { writeMiB: STAGING_BYTES / MiB, inFlight: 1 } : { messageMiB: 1 }),
+      syncEveryMiB: direct ? 64 : syncEvery / MiB,
       totalMiB: totalBytes / MiB,
       cpuSecondsPerGB: Number(run.cpuSecondsPerGB.toFixed(3)),
     });
@@ -136,92 +147,117 @@ async function main(): Promise<void> {
     }
   }
 
-  const server = await startChunkProcess(join(work, 'chunk'));
-  const pid = server.child.pid!;
   const client = new DataTransferClient({ crc32c, packetSize: MESSAGE_BYTES });
-  const control = new RpcChannel(server.addr);
   const payload = randomBytes(SHARD_BYTES);
   const shards = totalBytes / SHARD_BYTES;
-
   const writeLimit = Math.min(disk, tcpSend);
-  for (const streams of [1, 4]) {
-    const generation = streams;
-    await freeMemoryJustBefore(join(work, 'scratch'), totalBytes);
-    const cpuServer = processCpuSeconds(pid);
-    const cpuClient = selfCpuSeconds();
-    let started = performance.now();
-    let next = 0;
-    const writeOne = async () => {
-      while (next < shards) {
-        const index = next++;
-        const writer = await client.openWrite(
-          server.dataAddr,
-          { blockGroupId: index, index: 0, generation },
-          SHARD_BYTES,
-        );
-        for (let offset = 0; offset < SHARD_BYTES; offset += MESSAGE_BYTES) {
-          await writer.write(payload.subarray(offset, offset + MESSAGE_BYTES));
+  // The server both ways in the same run: with O_DIRECT (its default where the filesystem takes it) and
+  // through the page cache (DOGFS_CHUNK_DIRECT_WRITES=0), each write figure against the same limit.
+  const writeMBps = new Map<string, number>();
+  let server: Awaited<ReturnType<typeof startChunkProcess>> | undefined;
+  for (const directWrites of [false, true]) {
+    server?.child.kill('SIGTERM');
+    server = await startChunkProcess(
+      join(work, directWrites ? 'chunk-direct' : 'chunk-buffered'),
+      directWrites,
+    );
+    const writeMode = server.writeMode;
+    const pid = server.child.pid!;
+    const control = new RpcChannel(server.addr);
+    for (const streams of [1, 4]) {
+      const generation = streams;
+      await freeMemoryJustBefore(join(work, 'scratch'), totalBytes);
+      const cpuServer = processCpuSeconds(pid);
+      const cpuClient = selfCpuSeconds();
+      let started = performance.now();
+      let next = 0;
+      const dataAddr = server.dataAddr;
+      const writeOne = async () => {
+        while (next < shards) {
+          const index = next++;
+          const writer = await client.openWrite(
+            dataAddr,
+            { blockGroupId: index, index: 0, generation },
+            SHARD_BYTES,
+          );
+          for (let offset = 0; offset < SHARD_BYTES; offset += MESSAGE_BYTES) {
+            await writer.write(payload.subarray(offset, offset + MESSAGE_BYTES));
+          }
+          await writer.finish();
         }
-        await writer.finish();
-      }
-    };
-    await Promise.all(Array.from({ length: streams }, writeOne));
-    let seconds = (performance.now() - started) / 1000;
-    const gb = totalBytes / 1e9;
-    const write = totalBytes / MiB / seconds;
-    emit('chunk-write', write, 'MB/s', {
-      streams,
-      memory: 'just freed',
-      shardMiB: 64,
-      messageMiB: 1,
-      totalMiB: totalBytes / MiB,
-      ratioToLimit: Number((write / writeLimit).toFixed(3)),
-      limit: disk <= tcpSend ? 'disk' : 'tcp',
-      serverCpuSecondsPerGB: Number(((processCpuSeconds(pid) - cpuServer) / gb).toFixed(3)),
-      clientCpuSecondsPerGB: Number(((selfCpuSeconds() - cpuClient) / gb).toFixed(3)),
-    });
-
-    const cpuServerRead = processCpuSeconds(pid);
-    const cpuClientRead = selfCpuSeconds();
-    started = performance.now();
-    next = 0;
-    let readBytes = 0;
-    const readOne = async () => {
-      while (next < shards) {
-        const index = next++;
-        // Transient: the client's receive memory is reused for each packet (no copy), as for a
-        // consumer that uses the bytes at once; this one only counts them.
-        for await (const piece of client.readShard(
-          server.dataAddr,
-          { blockGroupId: index, index: 0, generation },
-          { transient: true },
-        )) {
-          readBytes += piece.length;
-        }
-      }
-    };
-    await Promise.all(Array.from({ length: streams }, readOne));
-    seconds = (performance.now() - started) / 1000;
-    if (readBytes !== totalBytes) throw new Error(`read ${readBytes} of ${totalBytes} bytes`);
-    const read = totalBytes / MiB / seconds;
-    emit('chunk-read', read, 'MB/s', {
-      streams,
-      shardMiB: 64,
-      messageMiB: 1,
-      totalMiB: totalBytes / MiB,
-      source: 'page cache (just written)',
-      clientBuffers: 'transient',
-      ratioToLimit: Number((read / Math.min(disk, tcpReceive)).toFixed(3)),
-      ratioToTcp: Number((read / tcpReceive).toFixed(3)),
-      serverCpuSecondsPerGB: Number(((processCpuSeconds(pid) - cpuServerRead) / gb).toFixed(3)),
-      clientCpuSecondsPerGB: Number(((selfCpuSeconds() - cpuClientRead) / gb).toFixed(3)),
-    });
-    for (let index = 0; index < shards; index++) {
-      await control.call(ChunkControlService, 'DeleteShard', {
-        shard: { blockGroupId: index, index: 0, generation },
+      };
+      await Promise.all(Array.from({ length: streams }, writeOne));
+      let seconds = (performance.now() - started) / 1000;
+      const gb = totalBytes / 1e9;
+      const write = totalBytes / MiB / seconds;
+      writeMBps.set(`${writeMode}/${streams}`, write);
+      emit('chunk-write', write, 'MB/s', {
+        streams,
+        writeMode,
+        memory: 'just freed',
+        shardMiB: 64,
+        messageMiB: 1,
+        totalMiB: totalBytes / MiB,
+        ratioToLimit: Number((write / writeLimit).toFixed(3)),
+        limit: disk <= tcpSend ? 'disk' : 'tcp',
+        serverCpuSecondsPerGB: Number(((processCpuSeconds(pid) - cpuServer) / gb).toFixed(3)),
+        clientCpuSecondsPerGB: Number(((selfCpuSeconds() - cpuClient) / gb).toFixed(3)),
       });
+
+      const cpuServerRead = processCpuSeconds(pid);
+      const cpuClientRead = selfCpuSeconds();
+      started = performance.now();
+      next = 0;
+      let readBytes = 0;
+      const readOne = async () => {
+        while (next < shards) {
+          const index = next++;
+          // Transient: the client's receive memory is reused for each packet (no copy), as for a
+          // consumer that uses the bytes at once; this one only counts them.
+          for await (const piece of client.readShard(
+            dataAddr,
+            { blockGroupId: index, index: 0, generation },
+            { transient: true },
+          )) {
+            readBytes += piece.length;
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: streams }, readOne));
+      seconds = (performance.now() - started) / 1000;
+      if (readBytes !== totalBytes) throw new Error(`read ${readBytes} of ${totalBytes} bytes`);
+      const read = totalBytes / MiB / seconds;
+      emit('chunk-read', read, 'MB/s', {
+        streams,
+        shardMiB: 64,
+        messageMiB: 1,
+        totalMiB: totalBytes / MiB,
+        // Direct writes leave nothing in the page cache: those shards are read from the disk.
+        source: writeMode === 'direct' ? 'disk (written with O_DIRECT)' : 'page cache (just written)',
+        clientBuffers: 'transient',
+        ratioToLimit: Number((read / Math.min(disk, tcpReceive)).toFixed(3)),
+        ratioToTcp: Number((read / tcpReceive).toFixed(3)),
+        serverCpuSecondsPerGB: Number(((processCpuSeconds(pid) - cpuServerRead) / gb).toFixed(3)),
+        clientCpuSecondsPerGB: Number(((selfCpuSeconds() - cpuClientRead) / gb).toFixed(3)),
+      });
+      for (let index = 0; index < shards; index++) {
+        await control.call(ChunkControlService, 'DeleteShard', {
+          shard: { blockGroupId: index, index: 0, generation },
+        });
+      }
+    }
+    control.close();
+  }
+  for (const streams of [1, 4]) {
+    const direct = writeMBps.get(`direct/${streams}`);
+    const buffered = writeMBps.get(`buffered/${streams}`);
+    if (direct !== undefined && buffered !== undefined) {
+      emit('chunk-write-direct-vs-buffered', direct / buffered, 'ratio', { streams });
     }
   }
+  const pid = server!.child.pid!;
+  const control = new RpcChannel(server!.addr);
+  const dataAddr = server!.dataAddr;
 
   // Resident memory while 16 clients stream into the server at once.
   const clients = 16;
@@ -236,7 +272,7 @@ async function main(): Promise<void> {
       const own = new DataTransferClient({ crc32c, packetSize: MESSAGE_BYTES });
       for (let s = 0; s * SHARD_BYTES < perClient; s++) {
         const shard = { blockGroupId: 10_000 + c * 100 + s, index: 1, generation: 0 };
-        const writer = await own.openWrite(server.dataAddr, shard, SHARD_BYTES);
+        const writer = await own.openWrite(dataAddr, shard, SHARD_BYTES);
         for (let offset = 0; offset < SHARD_BYTES; offset += MESSAGE_BYTES) {
           await writer.write(payload.subarray(offset, offset + MESSAGE_BYTES));
         }
@@ -255,10 +291,11 @@ async function main(): Promise<void> {
       perClient < 1024 * MiB ? `from 1024 MiB per client to ${perClient / MiB} to keep the run short` : false,
     aggregateMBps: Number(((clients * perClient) / MiB / seconds).toFixed(1)),
     limitMiB: 256,
+    writeMode: server!.writeMode,
   });
   client.close();
   control.close();
-  server.child.kill('SIGTERM');
+  server!.child.kill('SIGTERM');
 
   if (INVENTORY_SHARDS > 0) {
     // The rebuild reads only directory listings, so files with valid names stand in for real shards.

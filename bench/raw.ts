@@ -5,10 +5,12 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { existsSync, constants as fsConstants, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { type FileHandle, open } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
+import { STAGING_BYTES } from '../src/chunk/shard-file.js';
+import { alignedAllocator } from '../src/codec/native.js';
 import { RECEIVE_SLAB_BYTES } from '../src/wire/data-transfer.js';
 
 export const MiB = 1024 * 1024;
@@ -79,7 +81,9 @@ export interface RawDiskResult {
 /**
  * Sequential `messageBytes` writes into files of `fileBytes` under `dir`, with fdatasync: one per file,
  * plus (when `syncEveryBytes` is smaller) one in flight behind the writes every `syncEveryBytes`, as
- * the chunk server does.
+ * the chunk server's buffered writes do. With `direct`, the files are opened O_DIRECT and written in
+ * 4 MiB writes from 2 MiB-aligned memory, one in flight while the next is filled, then one fdatasync
+ * per file — as the chunk server's direct writes do (`messageBytes` and `syncEveryBytes` are unused).
  */
 export async function rawDiskWrite(options: {
   dir: string;
@@ -87,24 +91,46 @@ export async function rawDiskWrite(options: {
   fileBytes: number;
   messageBytes: number;
   syncEveryBytes: number;
+  direct?: boolean;
 }): Promise<RawDiskResult> {
   const { dir, totalBytes, fileBytes, messageBytes, syncEveryBytes } = options;
+  const direct = options.direct === true;
+  const allocate = alignedAllocator();
+  if (direct && allocate === undefined) throw new Error('direct writes need the native addon');
+  // Two buffers for direct writes: one on its way to disk while the other is filled (here: already is).
+  const staging = direct ? [0, 1].map(() => allocate!(STAGING_BYTES, 2 * MiB)) : [];
+  for (const b of staging) randomBytes(STAGING_BYTES).copy(b);
   const buffer = randomBytes(messageBytes);
   mkdirSync(dir);
   const cpu = selfCpuSeconds();
   const started = performance.now();
   for (let file = 0; file * fileBytes < totalBytes; file++) {
-    const handle = await open(join(dir, `f${file}`), 'w');
-    let syncing: Promise<void> | undefined;
-    for (let offset = 0; offset < fileBytes; offset += messageBytes) {
-      await handle.write(buffer, 0, messageBytes, offset);
-      if ((offset + messageBytes) % syncEveryBytes === 0 && syncing === undefined) {
-        syncing = handle.datasync().finally(() => {
-          syncing = undefined;
-        });
+    const path = join(dir, `f${file}`);
+    const handle: FileHandle = direct
+      ? await open(
+          path,
+          fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_DIRECT,
+        )
+      : await open(path, 'w');
+    if (direct) {
+      let writing: Promise<unknown> | undefined;
+      for (let offset = 0, n = 0; offset < fileBytes; offset += STAGING_BYTES, n++) {
+        await writing;
+        writing = handle.write(staging[n % 2]!, 0, Math.min(STAGING_BYTES, fileBytes - offset), offset);
       }
+      await writing;
+    } else {
+      let syncing: Promise<void> | undefined;
+      for (let offset = 0; offset < fileBytes; offset += messageBytes) {
+        await handle.write(buffer, 0, messageBytes, offset);
+        if ((offset + messageBytes) % syncEveryBytes === 0 && syncing === undefined) {
+          syncing = handle.datasync().finally(() => {
+            syncing = undefined;
+          });
+        }
+      }
+      await syncing;
     }
-    await syncing;
     await handle.datasync();
     await handle.close();
   }

@@ -266,6 +266,9 @@ export class DataServer {
               `trailer length ${trailer.length} differs from ${request.length}`,
             );
           }
+          // Past the deadline the writer has been told the write failed (its socket is cut): the rest
+          // of the shard may still have been in the receive buffer, but it must not appear now.
+          if (expired()) throw new DogfsError('DEADLINE_EXCEEDED', 'write deadline exceeded');
           const record = await session.commit(trailer.crc32c);
           reader.release(writing);
           this.metrics.add('shards_written');

@@ -34,6 +34,11 @@ export interface ChunkServerOptions {
   /** Scrubber rate in bytes per second; 0 turns the scrubber off. Default 1 MiB/s. */
   scrubBytesPerSecond?: number | undefined;
   limits?: Partial<DataServerLimits> | undefined;
+  /**
+   * Write shards with O_DIRECT where the filesystem takes it (chunk/shard-file.ts). Default: true unless
+   * the environment has DOGFS_CHUNK_DIRECT_WRITES=0 (how the benches run the page-cache way beside it).
+   */
+  directWrites?: boolean | undefined;
 }
 
 const DEFAULT_LIST_LIMIT = 1_000;
@@ -71,7 +76,9 @@ export async function startChunkServer(options: ChunkServerOptions) {
         capacityBytes: options.capacityBytes,
         log,
         onCorrupt: () => metrics.add('corrupt_found'),
+        directWrites: options.directWrites ?? process.env['DOGFS_CHUNK_DIRECT_WRITES'] !== '0',
       });
+      context.readyInfo['writeMode'] = openedStore.writeMode;
       store = openedStore;
       const server = new DataServer(openedStore, metrics, log, options.limits);
       dataServer = server;

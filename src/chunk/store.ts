@@ -15,6 +15,8 @@
  * Writes go to `<name>.<random>.tmp` in the same directory, are fdatasynced, renamed into place, and the
  * directory is fsynced: a shard is wholly there or not at all. Leftover tmp files (a crash mid-write)
  * are deleted at start-up. Every read verifies the chunks it touches; a mismatch is CORRUPT, never bytes.
+ * How the bytes reach the disk — O_DIRECT where the filesystem takes it, else the page cache — is
+ * shard-file.ts's; the file is the same either way (reads are always through the page cache).
  */
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
@@ -23,6 +25,7 @@ import { join } from 'node:path';
 // Only the checksum modules: the chunk server needs no erasure-coding backend in memory.
 import { CHECKSUM_CHUNK_SIZE } from '../codec/checksum.js';
 import { crc32c } from '../codec/crc32c.js';
+import { alignedAllocator } from '../codec/native.js';
 import { assert } from '../common/assert.js';
 import type { Logger } from '../common/log.js';
 import {
@@ -36,11 +39,19 @@ import {
 } from '../wire/data-transfer.js';
 import { DogfsError } from '../wire/errors.js';
 import type { ShardId } from '../wire/gen/types.js';
+import {
+  createShardFile,
+  defaultIo,
+  probeDirectWrites,
+  type ShardFileSink,
+  StagingPool,
+  type StoreIo,
+} from './shard-file.js';
+
+export type { StoreIo } from './shard-file.js';
 
 export const SHARD_HEADER_BYTES = 64;
 export const SHARD_FOOTER_BYTES = 8;
-/** A write in progress fdatasyncs in the background after this many bytes since the last one. */
-const SYNC_BEHIND_BYTES = 8 * 1024 * 1024;
 const MAGIC = Buffer.from('DOGFSHRD', 'latin1');
 const FORMAT_VERSION = 1;
 const FANOUT = 64;
@@ -63,42 +74,6 @@ export interface ShardRecord {
   readonly fileBytes: number;
 }
 
-/** The file-system calls writes (and reads) make, replaceable so tests can inject ENOSPC and EIO. */
-export interface StoreIo {
-  writev(handle: FileHandle, buffers: readonly Uint8Array[], position: number): Promise<void>;
-  /** Reads into `buffer` at `offset`; bytes read (0 at the end of the file). Default: handle.read. */
-  read?(
-    handle: FileHandle,
-    buffer: Buffer,
-    offset: number,
-    length: number,
-    position: number,
-  ): Promise<number>;
-}
-
-const defaultIo: StoreIo = {
-  async writev(handle, buffers, position) {
-    let pending = buffers.filter((b) => b.length > 0);
-    let at = position;
-    // Local files rarely write short, but when they do the rest is written, never dropped.
-    while (pending.length > 0) {
-      let written = (await handle.writev(pending as Uint8Array[], at)).bytesWritten;
-      assert(written > 0, 'write made no progress');
-      at += written;
-      while (written > 0 && pending.length > 0) {
-        const head = pending[0]!;
-        if (head.length <= written) {
-          written -= head.length;
-          pending = pending.slice(1);
-        } else {
-          pending = [head.subarray(written), ...pending.slice(1)];
-          written = 0;
-        }
-      }
-    }
-  },
-};
-
 export interface ShardStoreOptions {
   dir: string;
   /** Most bytes of shard files to hold; default: the filesystem's size. */
@@ -107,7 +82,15 @@ export interface ShardStoreOptions {
   io?: StoreIo | undefined;
   /** Called when a read or the scrubber finds a corrupt shard. */
   onCorrupt?: ((id: ShardId, reason: string) => void) | undefined;
+  /**
+   * Write shards with O_DIRECT when the filesystem takes it (shard-file.ts says why); default true.
+   * False: always through the page cache.
+   */
+  directWrites?: boolean | undefined;
 }
+
+/** Staging buffers of all direct writes together (4 MiB each): 2 per write, so 8 writes at full speed. */
+const STAGING_POOL_BUFFERS = 16;
 
 export function shardKey(id: ShardId): string {
   return `${id.blockGroupId}_${id.index}_${id.generation}`;
@@ -213,6 +196,9 @@ export class ShardStore {
   private reserved = 0;
   private filesystemFree = Number.POSITIVE_INFINITY;
   private filesystemCheckedAt = 0;
+  /** Staging buffers when shards are written with O_DIRECT; undefined when through the page cache. */
+  private staging: StagingPool | undefined;
+  private writeModeReason = '';
 
   private constructor(options: ShardStoreOptions) {
     this.dir = options.dir;
@@ -230,8 +216,29 @@ export class ShardStore {
     const filesystemBytes = stats.blocks * stats.bsize;
     store.capacity = options.capacityBytes ?? filesystemBytes;
     assert(Number.isSafeInteger(store.capacity) && store.capacity >= 0, 'capacity is a byte count');
+    await store.chooseWriteMode(options.directWrites ?? true);
     await store.rebuild();
     return store;
+  }
+
+  private async chooseWriteMode(direct: boolean): Promise<void> {
+    const allocate = alignedAllocator();
+    let refused: string | undefined;
+    if (!direct) refused = 'turned off';
+    else if (allocate === undefined) refused = 'no native addon to allocate aligned memory';
+    else refused = await probeDirectWrites(this.shardsDir, this.io, allocate);
+    if (refused === undefined) this.staging = new StagingPool(STAGING_POOL_BUFFERS, allocate!);
+    this.writeModeReason = refused ?? 'the filesystem takes O_DIRECT';
+    this.log?.info('shard write mode', { mode: this.writeMode, why: this.writeModeReason });
+  }
+
+  /** How shard files are written: 'direct' (O_DIRECT) or 'buffered' (through the page cache). */
+  get writeMode(): 'direct' | 'buffered' {
+    return this.staging === undefined ? 'buffered' : 'direct';
+  }
+  /** Why `writeMode` is what it is. */
+  get writeModeWhy(): string {
+    return this.writeModeReason;
   }
 
   private async rebuild(): Promise<void> {
@@ -376,7 +383,7 @@ export class ShardStore {
     this.writing.add(key);
     this.reserved += fileBytes;
     const dir = join(this.shardsDir, ...fanoutOf(id));
-    let handle: FileHandle | undefined;
+    let sink: ShardFileSink | undefined;
     let tmpPath = '';
     try {
       if (!this.knownDirs.has(dir)) {
@@ -389,10 +396,8 @@ export class ShardStore {
         dir,
         `b${id.blockGroupId}_i${id.index}_g${id.generation}.${randomBytes(6).toString('hex')}.tmp`,
       );
-      handle = await open(tmpPath, 'wx');
-      await this.io.writev(handle, [encodeHeader(id, length)], 0);
+      sink = await createShardFile(tmpPath, encodeHeader(id, length), this.io, this.staging);
     } catch (error) {
-      await handle?.close().catch(() => {});
       if (tmpPath !== '') await unlink(tmpPath).catch(() => {});
       this.writing.delete(key);
       this.reserved -= fileBytes;
@@ -400,7 +405,7 @@ export class ShardStore {
         ? new DogfsError('NO_SPACE', `no space for shard ${formatShardId(id)}: ${(error as Error).message}`)
         : error;
     }
-    return new ShardWriteSession(this, id, length, fileBytes, dir, tmpPath, handle, this.io);
+    return new ShardWriteSession(this, id, length, fileBytes, dir, tmpPath, sink);
   }
 
   /** @internal Called by a session when it ends, committed or not. */
@@ -526,17 +531,13 @@ async function readExactly(
 
 /**
  * A shard being written. `append` takes whole chunks (the last may be short) with their CRC32Cs as sent
- * by the writer, verifies them, and writes them; one append may be on its way to disk while the next
- * packet is received, never more (that bounds the bytes held per write).
+ * by the writer, verifies them, and hands them to the file's sink (shard-file.ts), which has one write
+ * on its way to disk while the next packet is received, never more (that bounds the bytes held per write).
  */
 export class ShardWriteSession {
   private position = 0;
   private readonly chunkCrcs: number[] = [];
   private wholeCrc = 0;
-  private inflight: Promise<void> | undefined;
-  private syncing: Promise<void> | undefined;
-  private unsyncedBytes = 0;
-  private failure: unknown;
   private ended = false;
 
   constructor(
@@ -546,8 +547,7 @@ export class ShardWriteSession {
     readonly fileBytes: number,
     private readonly dir: string,
     private readonly tmpPath: string,
-    private readonly handle: FileHandle,
-    private readonly io: StoreIo,
+    private readonly sink: ShardFileSink,
   ) {}
 
   get received(): number {
@@ -592,41 +592,21 @@ export class ShardWriteSession {
       const chunkLength = Math.min(DATA_CHUNK_SIZE, bytes - chunk * DATA_CHUNK_SIZE);
       this.wholeCrc = crc32cCombine(this.wholeCrc, actual[chunk]!, chunkLength);
     }
-    const position = SHARD_HEADER_BYTES + this.position;
     this.position += bytes;
-    await this.settleInflight();
-    this.inflight = this.io.writev(this.handle, slices, position).catch((error: unknown) => {
-      this.failure ??= error;
-    });
-    this.unsyncedBytes += bytes;
-    if (this.unsyncedBytes >= SYNC_BEHIND_BYTES && this.syncing === undefined) {
-      // Sync behind the writes, so the disk works while the network does and the final fdatasync has
-      // little left to flush (HDFS's sync-behind-writes). Only one at a time; failures surface at commit.
-      this.unsyncedBytes = 0;
-      const written = this.inflight;
-      this.syncing = written
-        .then(() => this.handle.datasync())
-        .catch((error: unknown) => {
-          this.failure ??= error;
-        })
-        .finally(() => {
-          this.syncing = undefined;
-        });
+    try {
+      await this.sink.append(slices, bytes);
+    } catch (error) {
+      throw this.noSpaceOr(error);
     }
   }
 
-  private async settleInflight(): Promise<void> {
-    if (this.inflight !== undefined) await this.inflight;
-    if (this.position === this.length && this.syncing !== undefined) await this.syncing;
-    this.inflight = undefined;
-    if (this.failure !== undefined) {
-      throw isNoSpace(this.failure)
-        ? new DogfsError(
-            'NO_SPACE',
-            `no space for shard ${formatShardId(this.id)}: ${(this.failure as Error).message}`,
-          )
-        : this.failure;
-    }
+  private noSpaceOr(error: unknown): unknown {
+    return isNoSpace(error)
+      ? new DogfsError(
+          'NO_SPACE',
+          `no space for shard ${formatShardId(this.id)}: ${(error as Error).message}`,
+        )
+      : error;
   }
 
   /** CRC32C of the bytes appended so far. */
@@ -641,7 +621,6 @@ export class ShardWriteSession {
   async commit(expectedCrc: number): Promise<ShardRecord> {
     assert(!this.ended, 'commit after end');
     try {
-      await this.settleInflight();
       if (this.position !== this.length) {
         throw new DogfsError(
           'INVALID_ARGUMENT',
@@ -658,9 +637,8 @@ export class ShardWriteSession {
       for (let i = 0; i < this.chunkCrcs.length; i++) tail.writeUInt32BE(this.chunkCrcs[i]!, i * 4);
       tail.writeUInt32BE(this.crc32c, this.chunkCrcs.length * 4);
       tail.writeUInt32BE(crc32c(tail.subarray(0, this.chunkCrcs.length * 4)), this.chunkCrcs.length * 4 + 4);
-      await this.io.writev(this.handle, [tail], SHARD_HEADER_BYTES + this.length);
-      await this.handle.datasync();
-      await this.handle.close();
+      await this.sink.finish(tail, this.fileBytes);
+      await this.sink.close();
       const finalPath = join(this.dir, fileName(this.id, this.length, this.crc32c));
       await rename(this.tmpPath, finalPath);
       await fsyncDir(this.dir);
@@ -676,12 +654,7 @@ export class ShardWriteSession {
       return record;
     } catch (error) {
       await this.abort();
-      throw isNoSpace(error)
-        ? new DogfsError(
-            'NO_SPACE',
-            `no space for shard ${formatShardId(this.id)}: ${(error as Error).message}`,
-          )
-        : error;
+      throw this.noSpaceOr(error);
     }
   }
 
@@ -689,9 +662,7 @@ export class ShardWriteSession {
   async abort(): Promise<void> {
     if (this.ended) return;
     this.ended = true;
-    if (this.inflight !== undefined) await this.inflight;
-    if (this.syncing !== undefined) await this.syncing;
-    await this.handle.close().catch(() => {});
+    await this.sink.discard();
     await unlink(this.tmpPath).catch(() => {});
     this.store.finishWrite(this, undefined);
   }

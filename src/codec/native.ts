@@ -45,6 +45,8 @@ export interface NativeAddon {
   benchEncode(tables: Uint8Array, k: number, rows: number, length: number, iterations: number): number;
   /** glibc mallopt(M_MMAP_THRESHOLD, M_TRIM_THRESHOLD); false without glibc. Absent in older builds. */
   retainFreedMemory?(mmapThreshold: number, trimThreshold: number): boolean;
+  /** Zeroed memory at an address that is a multiple of `alignment`. Absent in older builds. */
+  alignedBuffer?(bytes: number, alignment: number): Buffer;
 }
 
 /**
@@ -143,4 +145,22 @@ export function retainFreedMemory(): boolean {
     retaining = own?.retainFreedMemory?.(RETAIN_MMAP_THRESHOLD_BYTES, RETAIN_TRIM_THRESHOLD_BYTES) === true;
   }
   return retaining;
+}
+
+/**
+ * An allocator of zeroed Buffers whose memory starts at a multiple of `alignment` (a power of two from
+ * 512 B to 2 MiB, dividing `bytes`), as O_DIRECT file I/O requires; at 2 MiB the memory is advised to be
+ * huge pages. Node's own allocations promise no such alignment (large ones come from malloc, 16-byte
+ * aligned). Undefined without the addon (or with one built before it had this): the caller then does
+ * without, e.g. the chunk store falls back to buffered writes.
+ */
+export function alignedAllocator(): ((bytes: number, alignment: number) => Buffer) | undefined {
+  let own: NativeAddon;
+  try {
+    own = loadAddon();
+  } catch {
+    return undefined;
+  }
+  const allocate = own.alignedBuffer;
+  return allocate === undefined ? undefined : (bytes, alignment) => allocate(bytes, alignment);
 }

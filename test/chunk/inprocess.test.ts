@@ -4,7 +4,7 @@
  * inventory rebuilt from disk with leftover temporary files.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { DataServer } from '../../src/chunk/data-server.js';
@@ -24,50 +24,72 @@ after(() => {
 });
 const MiB = 1024 * 1024;
 
-async function serve(name: string, io?: StoreIo, limits = {}) {
-  const store = await ShardStore.open({ dir: join(dir.path, name), io });
+/** Both ways of writing shard files (chunk/shard-file.ts); the fault tests run under each. */
+const WRITE_MODES = ['direct', 'buffered'] as const;
+type WriteMode = (typeof WRITE_MODES)[number];
+
+async function serve(
+  name: string,
+  io?: StoreIo,
+  limits = {},
+  mode: WriteMode = 'direct',
+  expected: WriteMode = mode,
+) {
+  const store = await ShardStore.open({ dir: join(dir.path, name), io, directWrites: mode === 'direct' });
+  // The test directory's filesystem takes O_DIRECT here (ext4; tmpfs too since Linux 6.6): a store
+  // asked for direct writes that fell back would leave the direct path untested, so that fails.
+  assert.equal(store.writeMode, expected, `write mode (${store.writeModeWhy})`);
   const metrics = new ChunkMetrics();
   const server = new DataServer(store, metrics, undefined, limits);
   const port = await server.listen('127.0.0.1', 0);
   return { store, server, metrics, addr: `127.0.0.1:${port}`, dir: join(dir.path, name) };
 }
 
-test('ENOSPC from the disk mid-write: NO_SPACE, no partial file, reads keep working', async () => {
-  let failWrites = false;
-  const io: StoreIo = {
-    async writev(handle, buffers, position) {
-      if (failWrites && position > 0) {
-        throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
-      }
-      await handle.writev(buffers as Uint8Array[], position);
-    },
-  };
-  const { store, server, metrics, addr, dir: storeDir } = await serve('enospc', io);
-  try {
-    const kept = { blockGroupId: 1, index: 0, generation: 1 };
-    await client.writeShard(addr, kept, seededBytes(3 * MiB, 1));
-    failWrites = true;
-    await assert.rejects(
-      client.writeShard(addr, { blockGroupId: 2, index: 0, generation: 1 }, seededBytes(3 * MiB, 2)),
-      {
-        code: 'NO_SPACE',
+/**
+ * Whether a file write carries shard data, not only the header: a buffered write writes the 64-byte
+ * header alone first, a direct one holds it and writes it with the first data.
+ */
+function carriesData(buffers: readonly Uint8Array[]): boolean {
+  return buffers.reduce((sum, b) => sum + b.length, 0) > SHARD_HEADER_BYTES;
+}
+
+for (const mode of WRITE_MODES)
+  test(`ENOSPC from the disk mid-write (${mode}): NO_SPACE, no partial file, reads keep working`, async () => {
+    let failWrites = false;
+    const io: StoreIo = {
+      async writev(handle, buffers, position) {
+        if (failWrites && carriesData(buffers)) {
+          throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+        }
+        await handle.writev(buffers as Uint8Array[], position);
       },
-    );
-    await waitFor('write released', () => server.activeWrites === 0);
-    assert.deepEqual(
-      shardFiles(storeDir).filter((f) => !f.includes('b1_')),
-      [],
-    );
-    assert.equal(store.shardCount, 1);
-    assert.equal(metrics.get('errors_NO_SPACE'), 1);
-    assert.ok((await client.readShardBytes(addr, kept)).equals(seededBytes(3 * MiB, 1)));
-    failWrites = false;
-    await client.writeShard(addr, { blockGroupId: 2, index: 0, generation: 1 }, seededBytes(3 * MiB, 2));
-    assert.equal(store.shardCount, 2);
-  } finally {
-    await server.close();
-  }
-});
+    };
+    const { store, server, metrics, addr, dir: storeDir } = await serve(`enospc-${mode}`, io, {}, mode);
+    try {
+      const kept = { blockGroupId: 1, index: 0, generation: 1 };
+      await client.writeShard(addr, kept, seededBytes(3 * MiB, 1));
+      failWrites = true;
+      await assert.rejects(
+        client.writeShard(addr, { blockGroupId: 2, index: 0, generation: 1 }, seededBytes(3 * MiB, 2)),
+        {
+          code: 'NO_SPACE',
+        },
+      );
+      await waitFor('write released', () => server.activeWrites === 0);
+      assert.deepEqual(
+        shardFiles(storeDir).filter((f) => !f.includes('b1_')),
+        [],
+      );
+      assert.equal(store.shardCount, 1);
+      assert.equal(metrics.get('errors_NO_SPACE'), 1);
+      assert.ok((await client.readShardBytes(addr, kept)).equals(seededBytes(3 * MiB, 1)));
+      failWrites = false;
+      await client.writeShard(addr, { blockGroupId: 2, index: 0, generation: 1 }, seededBytes(3 * MiB, 2));
+      assert.equal(store.shardCount, 2);
+    } finally {
+      await server.close();
+    }
+  });
 
 test('EIO from the disk on a read: CORRUPT naming the I/O error, the shard reported, others still served', async () => {
   let failReadsFrom: number | undefined;
@@ -115,58 +137,59 @@ test('EIO from the disk on a read: CORRUPT naming the I/O error, the shard repor
   }
 });
 
-test('a stalled disk stalls the sender: bytes accepted stay bounded, nothing piles up in memory', async () => {
-  let release: () => void = () => {};
-  let gate: Promise<void> | undefined = new Promise((resolve) => {
-    release = resolve;
-  });
-  let diskWrites = 0;
-  const io: StoreIo = {
-    async writev(handle, buffers, position) {
-      if (position > 0) {
-        diskWrites++;
-        await gate;
-      }
-      await handle.writev(buffers as Uint8Array[], position);
-    },
-  };
-  const { server, addr } = await serve('stall', io);
-  try {
-    const length = 64 * MiB;
-    const shard = { blockGroupId: 7, index: 0, generation: 1 };
-    const writer = await client.openWrite(addr, shard, length);
-    const piece = seededBytes(256 * 1024, 7);
-    let accepted = 0;
-    const sending = (async () => {
-      while (accepted < length) {
-        await writer.write(piece);
-        accepted += piece.length;
-      }
-      return writer.finish();
-    })();
-    // Wait until the disk holds a write and the sender has stopped making progress.
-    let previous = -1;
-    await waitFor(
-      'sender blocked by the stalled disk',
-      () => {
-        const stalled = diskWrites > 0 && accepted === previous;
-        previous = accepted;
-        return stalled;
+for (const mode of WRITE_MODES)
+  test(`a stalled disk stalls the sender (${mode}): bytes accepted stay bounded, nothing piles up in memory`, async () => {
+    let release: () => void = () => {};
+    let gate: Promise<void> | undefined = new Promise((resolve) => {
+      release = resolve;
+    });
+    let diskWrites = 0;
+    const io: StoreIo = {
+      async writev(handle, buffers, position) {
+        if (carriesData(buffers)) {
+          diskWrites++;
+          await gate;
+        }
+        await handle.writev(buffers as Uint8Array[], position);
       },
-      20_000,
-      200,
-    );
-    // Two packets at the server plus the sockets' buffers: far below the 64 MiB being written.
-    assert.ok(accepted < 32 * MiB, `sender got ${accepted} bytes ahead of a stalled disk`);
-    release();
-    gate = undefined;
-    const result = await sending;
-    assert.equal(result.length, length);
-  } finally {
-    release();
-    await server.close();
-  }
-});
+    };
+    const { server, addr } = await serve(`stall-${mode}`, io, {}, mode);
+    try {
+      const length = 64 * MiB;
+      const shard = { blockGroupId: 7, index: 0, generation: 1 };
+      const writer = await client.openWrite(addr, shard, length);
+      const piece = seededBytes(256 * 1024, 7);
+      let accepted = 0;
+      const sending = (async () => {
+        while (accepted < length) {
+          await writer.write(piece);
+          accepted += piece.length;
+        }
+        return writer.finish();
+      })();
+      // Wait until the disk holds a write and the sender has stopped making progress.
+      let previous = -1;
+      await waitFor(
+        'sender blocked by the stalled disk',
+        () => {
+          const stalled = diskWrites > 0 && accepted === previous;
+          previous = accepted;
+          return stalled;
+        },
+        20_000,
+        200,
+      );
+      // Two packets at the server plus the sockets' buffers: far below the 64 MiB being written.
+      assert.ok(accepted < 32 * MiB, `sender got ${accepted} bytes ahead of a stalled disk`);
+      release();
+      gate = undefined;
+      const result = await sending;
+      assert.equal(result.length, length);
+    } finally {
+      release();
+      await server.close();
+    }
+  });
 
 test('beyond the concurrent-write or bytes-in-flight limit: RESOURCE_EXHAUSTED, and it passes', async () => {
   const { server, addr } = await serve('limits', undefined, {
@@ -271,32 +294,33 @@ test('crc32cCombine folds chunk CRCs into the CRC of the whole (any split, any l
   assert.equal(folded, whole);
 });
 
-test('deadlines: a write stuck on a stalled disk fails with DEADLINE_EXCEEDED and leaves nothing', async () => {
-  let release: () => void = () => {};
-  const gate = new Promise<void>((resolve) => {
-    release = resolve;
-  });
-  const io: StoreIo = {
-    async writev(handle, buffers, position) {
-      if (position > 0) await gate;
-      await handle.writev(buffers as Uint8Array[], position);
-    },
-  };
-  const { server, addr, dir: storeDir, store } = await serve('deadline', io);
-  try {
-    const shard = { blockGroupId: 5, index: 0, generation: 1 };
-    await assert.rejects(client.writeShard(addr, shard, seededBytes(8 * MiB, 5), { timeoutMs: 500 }), {
-      code: 'DEADLINE_EXCEEDED',
+for (const mode of WRITE_MODES)
+  test(`deadlines (${mode}): a write stuck on a stalled disk fails with DEADLINE_EXCEEDED and leaves nothing`, async () => {
+    let release: () => void = () => {};
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
     });
-    release();
-    await waitFor('write released', () => server.activeWrites === 0);
-    assert.deepEqual(shardFiles(storeDir), []);
-    assert.equal(store.shardCount, 0);
-  } finally {
-    release();
-    await server.close();
-  }
-});
+    const io: StoreIo = {
+      async writev(handle, buffers, position) {
+        if (carriesData(buffers)) await gate;
+        await handle.writev(buffers as Uint8Array[], position);
+      },
+    };
+    const { server, addr, dir: storeDir, store } = await serve(`deadline-${mode}`, io, {}, mode);
+    try {
+      const shard = { blockGroupId: 5, index: 0, generation: 1 };
+      await assert.rejects(client.writeShard(addr, shard, seededBytes(8 * MiB, 5), { timeoutMs: 500 }), {
+        code: 'DEADLINE_EXCEEDED',
+      });
+      release();
+      await waitFor('write released', () => server.activeWrites === 0);
+      assert.deepEqual(shardFiles(storeDir), []);
+      assert.equal(store.shardCount, 0);
+    } finally {
+      release();
+      await server.close();
+    }
+  });
 
 test('a pooled connection the server closed while idle is replaced transparently', async () => {
   const { server, addr } = await serve('idle', undefined, { idleTimeoutMs: 200 });
@@ -306,6 +330,86 @@ test('a pooled connection the server closed while idle is replaced transparently
     assert.equal(client.idleConnections(addr), 1);
     await waitFor('server closed the idle connection', () => server.openConnections === 0);
     assert.ok((await client.readShardBytes(addr, shard)).equals(seededBytes(1000, 6)));
+  } finally {
+    await server.close();
+  }
+});
+
+test('direct and buffered writes make byte-identical shard files, each readable by a store of the other mode', async () => {
+  // Lengths around the edges of a direct write: empty, one byte, a chunk ± 1, a file of exactly one
+  // 4 MiB staging buffer (64-byte header + 4,193,976 data bytes + 64 checksums + 8-byte footer) and
+  // one byte either side of it, and several buffers with a short last one.
+  const lengths = [0, 1, 64 * 1024 - 1, 64 * 1024 + 1, 4_193_975, 4_193_976, 4_193_977, 9 * MiB + 12345];
+  const stores = {
+    direct: await ShardStore.open({ dir: join(dir.path, 'same-direct') }),
+    buffered: await ShardStore.open({ dir: join(dir.path, 'same-buffered'), directWrites: false }),
+  };
+  assert.equal(stores.direct.writeMode, 'direct', stores.direct.writeModeWhy);
+  assert.equal(stores.buffered.writeMode, 'buffered');
+  const ids = lengths.map((_, i) => ({ blockGroupId: 500 + i, index: 3, generation: 2 }));
+  for (const store of Object.values(stores)) {
+    for (const [i, length] of lengths.entries()) {
+      const data = seededBytes(length, i);
+      const session = await store.beginWrite(ids[i]!, length);
+      // In packets of up to 1 MiB, whole chunks each, as the data server hands them over.
+      for (let offset = 0; offset < length; offset += MiB) {
+        const packet = data.subarray(offset, Math.min(length, offset + MiB));
+        const crcs: number[] = [];
+        for (let at = 0; at < packet.length; at += 64 * 1024) {
+          crcs.push(crc32c(packet.subarray(at, Math.min(packet.length, at + 64 * 1024))));
+        }
+        await session.append([packet], packet.length, crcs);
+      }
+      const record = await session.commit(crc32c(data));
+      assert.equal(record.length, length);
+    }
+  }
+  const files = (store: ShardStore) => shardFiles(store.dir).filter((f) => f.endsWith('.shard'));
+  assert.deepEqual(files(stores.direct), files(stores.buffered));
+  for (const name of files(stores.direct)) {
+    const direct = readFileSync(join(stores.direct.dir, 'shards', name));
+    const buffered = readFileSync(join(stores.buffered.dir, 'shards', name));
+    assert.ok(direct.equals(buffered), `${name}: same bytes both ways`);
+  }
+  // Each store's files opened by a store of the other mode: the format is one (no version change).
+  const swapped = {
+    direct: await ShardStore.open({ dir: stores.buffered.dir }),
+    buffered: await ShardStore.open({ dir: stores.direct.dir, directWrites: false }),
+  };
+  for (const store of Object.values(swapped)) {
+    for (const [i, length] of lengths.entries()) {
+      const reader = await store.openRead(ids[i]!);
+      const { data } = await reader.readChunks(0, length, Buffer.alloc(length));
+      await reader.close();
+      assert.ok(data.equals(seededBytes(length, i)), `${store.writeMode} store reads shard of ${length}`);
+    }
+  }
+});
+
+test('a filesystem that refuses O_DIRECT (EINVAL at open): the store writes through the page cache instead', async () => {
+  let refused = 0;
+  const io: StoreIo = {
+    async writev(handle, buffers, position) {
+      await handle.writev(buffers as Uint8Array[], position);
+    },
+    async createDirect() {
+      refused++;
+      throw Object.assign(new Error('EINVAL: invalid argument, open'), { code: 'EINVAL' });
+    },
+  };
+  const { store, server, addr } = await serve('no-direct', io, {}, 'direct', 'buffered');
+  try {
+    assert.equal(refused, 1, 'probed once at start-up, never tried per shard');
+    assert.match(store.writeModeWhy, /EINVAL/);
+    const shard = { blockGroupId: 8, index: 1, generation: 1 };
+    await client.writeShard(addr, shard, seededBytes(5 * MiB + 3, 8));
+    assert.ok((await client.readShardBytes(addr, shard)).equals(seededBytes(5 * MiB + 3, 8)));
+    assert.equal(refused, 1);
+    assert.deepEqual(
+      shardFiles(join(dir.path, 'no-direct')).filter((f) => !f.endsWith('.shard')),
+      [],
+      'the probe file is gone',
+    );
   } finally {
     await server.close();
   }
