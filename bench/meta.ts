@@ -10,8 +10,12 @@
  *   rename  a created file to a new name in the same directory;
  *   delete  a created file.
  * First memory: the metadata leader's resident set growth per file over BENCH_META_FILES (100,000) creates,
- * and the bytes per file in its raft directory. One JSON object per line; BENCH_SECONDS (default 5) sets
- * each measurement's length. The ratio line compares creates at each concurrency with etcd's puts (256 B).
+ * and the bytes per file in its raft directory (BENCH_META_FILES=0 skips it). Then WARM_UP_SECONDS of
+ * untimed creates and touches, so that what is measured is the servers' steady state and not V8 compiling
+ * them (the first create phase on a fresh cluster measured 0.6-0.8x of the same phase run again). Each
+ * measurement also reports CPU µs per operation of the client and of each metadata server. One JSON object
+ * per line; BENCH_SECONDS (default 5) sets each measurement's length. The ratio line compares creates at
+ * each concurrency with etcd's puts (256 B).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
@@ -21,10 +25,14 @@ import { fileURLToPath } from 'node:url';
 import { DogfsClient } from '../src/client/index.js';
 import type { ClusterJson } from '../src/cluster/up.js';
 import { closedLoop, emit, emitLoad, type LoadResult, machine, measureEtcdPuts } from './lib.js';
+import { processCpuSeconds, selfCpuSeconds } from './raw.js';
 
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? '5');
 const MEMORY_FILES = Number(process.env['BENCH_META_FILES'] ?? '100000');
-const CONCURRENCY = [1, 16, 64];
+/** BENCH_CONCURRENCY=64 (comma-separated) measures only those. */
+const CONCURRENCY = (process.env['BENCH_CONCURRENCY'] ?? '1,16,64').split(',').map(Number);
+/** BENCH_META_OPS=create,touch measures only creates and touches (quicker iterations); default all. */
+const ONLY_CREATES = process.env['BENCH_META_OPS'] === 'create,touch';
 const LIST_ENTRIES = 10_000;
 const CLIENTS = 8;
 const DOGFS_BIN = fileURLToPath(new URL('../../bin/dogfs.js', import.meta.url));
@@ -99,9 +107,45 @@ async function measure(
   fn: (client: DogfsClient, worker: number, i: number) => Promise<void>,
   clients: DogfsClient[],
 ): Promise<LoadResult> {
-  const r = await closedLoop(concurrency, SECONDS * 1000, (w, i) => fn(clients[w % clients.length]!, w, i));
+  const metas = currentCluster!.json.processes.filter((p) => p.role === 'meta');
+  const cpu0 = metas.map((p) => processCpuSeconds(p.pid));
+  const self0 = selfCpuSeconds();
+  let ops = 0;
+  const r = await closedLoop(concurrency, SECONDS * 1000, async (w, i) => {
+    await fn(clients[w % clients.length]!, w, i);
+    ops++;
+  });
   emitLoad('meta', op, r, { system: 'dogfs', concurrency });
+  // CPU per operation of the client library and of each metadata server (every op of the loop).
+  const cpu = [
+    { process: 'client', seconds: selfCpuSeconds() - self0 },
+    ...metas.map((p, n) => ({ process: p.id, seconds: processCpuSeconds(p.pid) - cpu0[n]! })),
+  ];
+  for (const { process, seconds } of cpu) {
+    const value = Math.round((seconds * 1e6) / Math.max(1, ops));
+    emit({ bench: 'meta', metric: `cpu_per_${op}`, value, unit: 'us', process, concurrency });
+  }
   return r;
+}
+
+const WARM_UP_SECONDS = 4;
+
+/** Untimed creates, touches and stats at concurrency 64 in a directory of their own. */
+async function warmUp(clients: DogfsClient[]): Promise<void> {
+  await clients[0]!.mkdir('/warm-up');
+  const until = Date.now() + WARM_UP_SECONDS * 1000;
+  let n = 0;
+  await Promise.all(
+    Array.from({ length: 64 }, async (_, w) => {
+      const client = clients[w % clients.length]!;
+      while (Date.now() < until) {
+        const i = n++;
+        if (i % 2 === 0) await createFile(client, `/warm-up/c${i}`);
+        else await client.touch(`/warm-up/t${i}`);
+        await client.stat(`/warm-up/${i % 2 === 0 ? 'c' : 't'}${i}`);
+      }
+    }),
+  );
 }
 
 /** Runs `fn` for i in [0, n) from `concurrency` workers. */
@@ -114,15 +158,20 @@ async function forAll(n: number, concurrency: number, fn: (i: number) => Promise
   );
 }
 
+/** The cluster being measured (for the CPU figures of its metadata servers). */
+let currentCluster: Cluster | undefined;
+
 async function measureDogfs(): Promise<{ creates: Map<number, number>; touches: Map<number, number> }> {
   const cluster = await startCluster();
+  currentCluster = cluster;
   const creates = new Map<number, number>();
   const touches = new Map<number, number>();
   const clients = Array.from({ length: CLIENTS }, () => new DogfsClient({ meta: cluster.json.meta }));
   try {
     await clients[0]!.mkdir('/warmup');
     // Memory first, on a fresh leader, so the other phases' garbage does not blur the baseline.
-    await measureMemory(cluster, clients);
+    if (MEMORY_FILES > 0) await measureMemory(cluster, clients);
+    await warmUp(clients);
     for (const c of CONCURRENCY) {
       const base = `/c${c}`;
       await clients[0]!.mkdir(base);
@@ -150,6 +199,7 @@ async function measureDogfs(): Promise<{ creates: Map<number, number>; touches: 
         clients,
       );
       touches.set(c, touched.opsPerSec);
+      if (ONLY_CREATES) continue;
       const pick = (w: number, i: number) => {
         const mine = files[w]!;
         if (mine.length === 0) throw new Error('worker has no file');
@@ -187,6 +237,7 @@ async function measureDogfs(): Promise<{ creates: Map<number, number>; touches: 
       );
     }
 
+    if (ONLY_CREATES) return { creates, touches };
     await clients[0]!.mkdir('/list');
     await forAll(LIST_ENTRIES, 64, (i) => createFile(clients[i % CLIENTS]!, `/list/f${i}`));
     for (const c of CONCURRENCY) {
