@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { stat as localStat, open, readFile, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { Transform, type TransformCallback, type Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { finished, pipeline } from 'node:stream/promises';
 import {
   baseName,
   DogfsClient,
@@ -179,21 +179,31 @@ export class Progress extends Transform {
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    this.bytes += chunk.length;
+    this.update(this.bytes + chunk.length);
+    callback(null, chunk);
+  }
+
+  override _flush(callback: TransformCallback): void {
+    this.done();
+    callback();
+  }
+
+  /** For bytes that do not pass through: `bytes` have been moved so far. */
+  update(bytes: number): void {
+    this.bytes = bytes;
     const now = Date.now();
     if (this.tty && now - this.lastDraw >= 200) {
       this.lastDraw = now;
       this.draw(now);
     }
-    callback(null, chunk);
   }
 
-  override _flush(callback: TransformCallback): void {
+  /** The final state of the bar, and the end of its line. */
+  done(): void {
     if (this.tty) {
       this.draw(Date.now());
       this.out.write('\n');
     }
-    callback();
   }
 
   private draw(now: number): void {
@@ -380,12 +390,9 @@ async function put(ctx: Context, argv: string[]): Promise<string> {
     if (local === '-') throw new DogfsError('IS_A_DIRECTORY', `${remote}: Is a directory`);
     remote = joinPath(remote, basename(local));
   }
-  let source: NodeJS.ReadableStream;
   let size: number | undefined;
-  if (local === '-') {
-    source = ctx.stdin;
-  } else {
-    let handle: Awaited<ReturnType<typeof open>>;
+  let handle: Awaited<ReturnType<typeof open>> | undefined;
+  if (local !== '-') {
     try {
       handle = await open(local, 'r');
       const info = await handle.stat();
@@ -398,15 +405,42 @@ async function put(ctx: Context, argv: string[]): Promise<string> {
       if (error instanceof LocalError) throw error;
       throw localError(local, error);
     }
-    source = handle.createReadStream({ highWaterMark: 1024 * 1024 });
   }
   const options = {
     ...(flags.ec === undefined ? {} : { ec: flags.ec }),
     ...(flags.force ? { overwrite: true } : {}),
-    ...(size === undefined ? {} : { size }),
   };
-  const sink = ctx.client.createWriteStream(remote, options);
-  await pipeline(source, new Progress(`put ${remote}`, size), sink);
+  const progress = new Progress(`put ${remote}`, size);
+  if (handle === undefined || size === undefined) {
+    // stdin, a pipe or a device: a stream of unknown length.
+    const source = handle?.createReadStream({ highWaterMark: 1024 * 1024 }) ?? ctx.stdin;
+    await pipeline(source, progress, ctx.client.createWriteStream(remote, options));
+    return remote;
+  }
+  // A regular file: read straight into the writer's stripe buffers, no stream in between (each read
+  // stream buffer is fresh memory, and its bytes were then copied into a stripe).
+  const file = handle;
+  try {
+    const sink = ctx.client.createWriteStream(remote, {
+      ...options,
+      size,
+      source: {
+        read: (buffer, offset, length, position) =>
+          file.read(buffer, offset, length, position).catch((error: unknown) => {
+            throw localError(local, error);
+          }),
+      },
+      onProgress: (bytes) => progress.update(bytes),
+    });
+    sink.end();
+    await finished(sink);
+    progress.done();
+  } catch (error) {
+    // The failure of the put is what gets reported, not a failure to close after it.
+    await file.close().catch(() => {});
+    throw error;
+  }
+  await file.close();
   return remote;
 }
 

@@ -24,5 +24,5 @@ export type {
   ShardWriteHandle,
   ShardWriteResult,
 } from './transport.js';
-export type { BlockGroupOutcome, ShardOutcome, WriteStreamOptions } from './writer.js';
+export type { BlockGroupOutcome, PositionalSource, ShardOutcome, WriteStreamOptions } from './writer.js';
 export { FileWriteStream, requiredDurable } from './writer.js';

@@ -38,6 +38,25 @@ export interface WriteStreamOptions {
   timeoutMs?: number;
   /** A shard that accepts no bytes (or does not confirm durability) for this long is given up (30 s). */
   shardTimeoutMs?: number;
+  /**
+   * Where the bytes come from instead of `write()`: a local file (an fs/promises FileHandle, or
+   * anything with its positional `read`) of exactly `size` bytes (required), read straight into the
+   * stripe buffers when the stream is ended (`end()` with no bytes). Saves the read stream's buffers
+   * and the copy out of them. A file shorter than `size` fails the stream (INVALID_ARGUMENT).
+   */
+  source?: PositionalSource;
+  /** With `source`: called with the bytes read so far after each stripe's worth. */
+  onProgress?: (bytes: number) => void;
+}
+
+/** The part of fs/promises' FileHandle a write stream reads its `source` through. */
+export interface PositionalSource {
+  read(
+    buffer: Uint8Array,
+    offset: number,
+    length: number,
+    position: number,
+  ): Promise<{ readonly bytesRead: number }>;
 }
 
 export interface WriterContext {
@@ -75,6 +94,15 @@ export interface BlockGroupOutcome {
 /** Shards that must be durable for a block group to be kept. */
 export function requiredDurable(k: number, m: number): number {
   return m <= 1 ? k : k + 1;
+}
+
+/** Puts bytes [offset, offset + length) of the input at stripe[at...] (FileWriteStream.feed). */
+type StripeFill = (stripe: Buffer, at: number, offset: number, length: number) => void | Promise<void>;
+
+function copyFrom(chunk: Buffer): StripeFill {
+  return (stripe, at, offset, length) => {
+    chunk.copy(stripe, at, offset, offset + length);
+  };
 }
 
 /** The stripe being filled: a view of one of the stream's two stripe buffers. */
@@ -311,6 +339,9 @@ export class FileWriteStream extends Writable {
     if (options.size !== undefined) {
       assert(Number.isSafeInteger(options.size) && options.size >= 0, 'size must be a non-negative integer');
     }
+    if (options.source !== undefined && options.size === undefined) {
+      throw new DogfsError('INVALID_ARGUMENT', `${path}: a source needs its size`);
+    }
   }
 
   /** True once CompleteFile has been asked (tests use it to prove a failed write never completes). */
@@ -361,7 +392,8 @@ export class FileWriteStream extends Writable {
   }
 
   override _final(callback: (error?: Error | null) => void): void {
-    this.finishAll().then(
+    const source = this.options.source;
+    (source === undefined ? this.finishAll() : this.pull(source).then(() => this.finishAll())).then(
       () => callback(),
       (error: unknown) => callback(this.pathError(error)),
     );
@@ -423,13 +455,16 @@ export class FileWriteStream extends Writable {
   }
 
   private async accept(chunk: Buffer): Promise<void> {
+    if (this.options.source !== undefined) {
+      throw new DogfsError('INVALID_ARGUMENT', 'bytes written to a stream that reads its source');
+    }
     const size = this.options.size;
     if (size !== undefined && this.bytesWritten + chunk.length > size) {
       throw new DogfsError('INVALID_ARGUMENT', `more bytes written than the announced size ${size}`);
     }
     this.bytesWritten += chunk.length;
     if (size !== undefined) {
-      await this.feed(chunk);
+      await this.feed(chunk.length, copyFrom(chunk));
       return;
     }
     this.pending.push(chunk);
@@ -449,15 +484,39 @@ export class FileWriteStream extends Writable {
       else this.pending[0] = head.subarray(take);
       this.pendingBytes -= take;
       left -= take;
-      await this.feed(head.subarray(0, take));
+      await this.feed(take, copyFrom(head));
     }
     assert(this.group === undefined, 'block group closed once its bytes are written');
   }
 
-  /** Copies bytes into stripes of the open block group (opening groups as needed: known size). */
-  private async feed(chunk: Buffer): Promise<void> {
+  /** Reads the whole source (of `size` bytes) straight into the stripe buffers. */
+  private async pull(source: PositionalSource): Promise<void> {
+    const size = this.options.size!;
+    assert(this.bytesWritten === 0, 'a stream with a source takes no other bytes');
+    await this.feed(size, async (stripe, at, offset, length) => {
+      for (let done = 0; done < length; ) {
+        const { bytesRead } = await source.read(stripe, at + done, length - done, offset + done);
+        if (bytesRead <= 0) {
+          throw new DogfsError(
+            'INVALID_ARGUMENT',
+            `the source ended after ${offset + done} of its announced ${size} bytes`,
+          );
+        }
+        done += bytesRead;
+      }
+      this.bytesWritten += length;
+      this.options.onProgress?.(this.bytesWritten);
+    });
+  }
+
+  /**
+   * Fills stripes of the open block group with `length` bytes that `fill` puts in place (opening groups
+   * as needed: known size): `fill(stripe, at, offset, n)` writes bytes [offset, offset + n) of the
+   * input at stripe[at...].
+   */
+  private async feed(length: number, fill: StripeFill): Promise<void> {
     let offset = 0;
-    while (offset < chunk.length) {
+    while (offset < length) {
       if (this.group === undefined) await this.openGroup(this.options.size! - this.groupedBytes);
       const group = this.group!;
       const layout = group.layout;
@@ -472,9 +531,9 @@ export class FileWriteStream extends Writable {
         };
       }
       const stripe = this.stripe;
-      const take = Math.min(stripe.data.length - stripe.filled, chunk.length - offset);
+      const take = Math.min(stripe.data.length - stripe.filled, length - offset);
       assert(take > 0, 'no room in the stripe');
-      chunk.copy(stripe.data, stripe.filled, offset, offset + take);
+      await fill(stripe.data, stripe.filled, offset, take);
       stripe.filled += take;
       offset += take;
       if (stripe.filled === stripe.data.length) {

@@ -6,8 +6,10 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import { after, before, describe, test } from 'node:test';
-import { DogfsClient } from '../../src/client/index.js';
+import { DogfsClient, type PositionalSource } from '../../src/client/index.js';
+
 import { StripeLayout } from '../../src/codec/stripe.js';
 import { DogfsError } from '../../src/wire/errors.js';
 import { waitFor } from '../helpers/index.js';
@@ -16,6 +18,17 @@ import { MemoryTransport } from './memory-transport.js';
 
 const STRIPE = 64 * 1024; // rs-3-2: cells of 20 KiB, stripes of 60 KiB
 const layout = new StripeLayout({ k: 3, m: 2, stripeSize: STRIPE });
+
+/** A PositionalSource over `data` that returns at most `most` bytes per read. */
+function bytesSource(data: Buffer, most: number): PositionalSource {
+  return {
+    read: async (buffer, offset, length, position) => {
+      const n = Math.max(0, Math.min(length, most, data.length - position));
+      data.copy(buffer, offset, position, position + n);
+      return { bytesRead: n };
+    },
+  };
+}
 
 async function rejectsWith(promise: Promise<unknown>, code: string, pattern?: RegExp): Promise<DogfsError> {
   try {
@@ -182,8 +195,43 @@ describe('write and read paths (in-memory data plane)', () => {
         Readable.from([data.subarray(0, size >> 1), data.subarray(size >> 1)]),
       );
       assert.deepEqual(await client.readFile(`/s-${size}`), data);
+      // Read from a source into the stripe buffers (what `dogfs put` of a local file does), in short
+      // reads of at most 7000 bytes, so reads end inside cells.
+      const progress: number[] = [];
+      await finished(
+        client
+          .createWriteStream(`/r-${size}`, {
+            size,
+            source: bytesSource(data, 7000),
+            onProgress: (bytes) => progress.push(bytes),
+          })
+          .end(),
+      );
+      assert.deepEqual(await client.readFile(`/r-${size}`), data);
+      assert.equal(progress.at(-1) ?? 0, size, 'progress reaches the size');
     });
   }
+
+  test('a source shorter than its size fails the stream and nothing appears; write() is refused', async () => {
+    const data = randomBytes(2 * S + 10);
+    const short = client.createWriteStream('/short', {
+      size: data.length + 1,
+      source: bytesSource(data, 1 << 20),
+    });
+    await rejectsWith(
+      finished(short.end()),
+      'INVALID_ARGUMENT',
+      /ended after 122890 of its announced 122891/,
+    );
+    await rejectsWith(client.stat('/short'), 'NOT_FOUND');
+    const both = client.createWriteStream('/both', { size: 1, source: bytesSource(Buffer.from('x'), 1) });
+    await rejectsWith(finished(both.end(Buffer.from('y'))), 'INVALID_ARGUMENT', /reads its source/);
+    await rejectsWith(client.stat('/both'), 'NOT_FOUND');
+    assert.throws(
+      () => client.createWriteStream('/nosize', { source: bytesSource(data, 1) }),
+      /needs its size/,
+    );
+  });
 
   test('an open write renews its lease past the lease length; a failed write is abandoned at once', async () => {
     cluster.state.options = { ...cluster.state.options, leaseMs: 1500 };
