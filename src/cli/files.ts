@@ -460,7 +460,7 @@ async function get(ctx: Context, argv: string[]): Promise<string> {
   if (localInfo?.isDirectory()) local = join(local, basename(remote));
   // Into a temporary file beside the target, renamed into place at the end: never half a file.
   const temp = join(dirname(local), `.${basename(local)}.dogfs-${randomBytes(4).toString('hex')}.tmp`);
-  let out: Writable;
+  let out: LocalFileSink;
   try {
     // Around the page cache where the filesystem allows (cli/local-file.ts says why).
     out = await LocalFileSink.create(temp, { mode: 0o644 });
@@ -472,7 +472,28 @@ async function get(ctx: Context, argv: string[]): Promise<string> {
     );
   }
   try {
-    await pipeline(ctx.client.createReadStream(remote), new Progress(`get ${remote}`, status.size), out);
+    // Each stripe is copied once, from the receive buffers straight into the file's staging memory.
+    const progress = new Progress(`get ${remote}`, status.size);
+    let bytes = 0;
+    let reserved = 0;
+    try {
+      await ctx.client.readInto(remote, {
+        reserve: (length) => {
+          reserved = length;
+          return out.reserve(length);
+        },
+        commit: async () => {
+          await out.commit();
+          bytes += reserved;
+          progress.update(bytes);
+        },
+      });
+    } catch (error) {
+      out.destroy();
+      throw error;
+    }
+    await finished(out.end());
+    progress.done();
     await rename(temp, local).catch((error: unknown) => {
       throw localError(local, error);
     });

@@ -4,12 +4,13 @@
  * Writing new file data through the page cache costs this machine 1.5-2.2 s of kernel CPU per GiB
  * (fresh page-cache pages come from memory the VM has given back to the hypervisor, and each is faulted
  * in again), against about 0.15 s with O_DIRECT (`dd bs=1M` of 512 MiB: 1.1-1.2 s sys buffered, 0.08
- * s with oflag=direct). So the bytes are copied into two staging buffers of STAGE_BYTES that take
- * turns: one fills while the other is written with one positional O_DIRECT write. O_DIRECT wants the
- * memory, the file offset and the length aligned to the device's block size: the staging memory is a
- * WebAssembly.Memory (its backing store is page-aligned, which no Buffer promises), every stage but the
- * last is a whole STAGE_BYTES at a multiple of STAGE_BYTES, and the last, short stage goes through a
- * second, ordinary descriptor. Where O_DIRECT is refused (a filesystem without it, such as tmpfs, or
+ * s with oflag=direct). So the bytes go into two staging buffers that take turns: one fills while the
+ * other is written with one positional O_DIRECT write of about STAGE_BYTES. As a ReadSink
+ * (DogfsClient.readInto) the reader copies each stripe straight into a stage; as a Writable, chunks are
+ * copied in. O_DIRECT wants the memory, the file offset and the length aligned to the device's block
+ * size: the staging memory is a WebAssembly.Memory (its backing store is page-aligned, which no Buffer
+ * promises), every write but the last has the same length, a multiple of 4 KiB, at a multiple of it,
+ * and the last, short one goes through a second, ordinary descriptor. Where O_DIRECT is refused (a filesystem without it, such as tmpfs, or
  * memory it finds misaligned: EINVAL), every write goes through the ordinary descriptor instead, still
  * one write per stage. Nothing here fsyncs: as with `cp`, the file is as durable as the page cache
  * makes it (direct writes have reached the device, only the short last stage has not).
@@ -17,9 +18,15 @@
 import { constants as fsConstants } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
 import { Writable } from 'node:stream';
+import type { ReadSink } from '../client/index.js';
+import { assert } from '../common/assert.js';
 
 /** Bytes of one staging buffer: one direct write each (a multiple of any block size, 512 to 64 KiB). */
 export const STAGE_BYTES = 4 * 1024 * 1024;
+/** Room past STAGE_BYTES in each stage, for a reservation that runs past the write size. */
+const SLACK_BYTES = 4 * 1024 * 1024;
+/** What O_DIRECT offsets, lengths and memory are aligned to (any block size up to 4 KiB). */
+const BLOCK_BYTES = 4096;
 const WASM_PAGE_BYTES = 64 * 1024;
 
 // The WebAssembly global, typed here: this package's TypeScript lib (ES2023, no DOM) does not declare it.
@@ -43,13 +50,18 @@ function refusesDirect(error: unknown): boolean {
   return code === 'EINVAL' || code === 'EOPNOTSUPP' || code === 'ENOTSUP';
 }
 
-export class LocalFileSink extends Writable {
+export class LocalFileSink extends Writable implements ReadSink {
   /** True while writes go around the page cache (false after a fallback). */
   direct = false;
   private readonly path: string;
   private directHandle: FileHandle | undefined;
   private plainHandle: FileHandle | undefined;
   private readonly stages: Stage[];
+  /** The staging memory (a reservation elsewhere was too large for it). */
+  private readonly memory: ArrayBuffer;
+  /** Bytes of each stage written at once: a multiple of BLOCK_BYTES, set by the first use. */
+  private limit: number | undefined;
+  private reserved: Uint8Array | undefined;
   private turn = 0;
   private fill = 0;
   /** File offset of the current stage's first byte. */
@@ -87,12 +99,14 @@ export class LocalFileSink extends Writable {
     this.directHandle = directHandle;
     this.plainHandle = plainHandle;
     this.direct = directHandle !== undefined;
+    const stageBytes = STAGE_BYTES + SLACK_BYTES;
     const memory = new WasmMemory({
-      initial: (2 * STAGE_BYTES) / WASM_PAGE_BYTES,
-      maximum: (2 * STAGE_BYTES) / WASM_PAGE_BYTES,
+      initial: (2 * stageBytes) / WASM_PAGE_BYTES,
+      maximum: (2 * stageBytes) / WASM_PAGE_BYTES,
     });
+    this.memory = memory.buffer;
     this.stages = [0, 1].map((i) => ({
-      buffer: Buffer.from(memory.buffer, i * STAGE_BYTES, STAGE_BYTES),
+      buffer: Buffer.from(memory.buffer, i * stageBytes, stageBytes),
       writing: undefined,
     }));
   }
@@ -122,27 +136,73 @@ export class LocalFileSink extends Writable {
   }
 
   /** Copies `chunk` into the stages, starting a write whenever one is full. */
-  private async take(chunk: Buffer): Promise<void> {
+  private async take(chunk: Uint8Array): Promise<void> {
+    this.limit ??= STAGE_BYTES;
     let offset = 0;
     while (offset < chunk.length) {
-      const stage = this.stages[this.turn]!;
-      if (this.fill === 0 && stage.writing !== undefined) {
-        // Back-pressure: this buffer's previous write must be done before it is refilled.
-        await stage.writing;
-        stage.writing = undefined;
-      }
-      const copied = chunk.copy(stage.buffer, this.fill, offset);
-      this.fill += copied;
-      offset += copied;
-      if (this.fill === STAGE_BYTES) {
-        stage.writing = this.writeStage(stage.buffer, this.position);
-        // Never an unhandled rejection: the failure surfaces when the stage is next awaited.
-        stage.writing.catch(() => {});
-        this.position += STAGE_BYTES;
-        this.fill = 0;
-        this.turn ^= 1;
-      }
+      const n = Math.min(chunk.length - offset, this.limit - this.fill);
+      this.stages[this.turn]!.buffer.set(chunk.subarray(offset, offset + n), this.fill);
+      this.fill += n;
+      offset += n;
+      if (this.fill === this.limit) await this.flush();
     }
+  }
+
+  /**
+   * ReadSink (DogfsClient.readInto): memory in the current stage for the next `length` bytes, so the
+   * reader's one copy out of its receive buffers puts them where the write takes them from. The first
+   * reservation sets the stage's write size to the most whole stripes of that length that fit in
+   * STAGE_BYTES (a stripe is a whole number of 4 KiB cells, so that is still a multiple of the block
+   * size): stripes then never straddle two writes. Bytes past the write size go to the next stage.
+   */
+  reserve(length: number): Uint8Array {
+    assert(this.reserved === undefined, 'one reservation at a time');
+    if (this.limit === undefined) {
+      const stripes = Math.floor(STAGE_BYTES / length);
+      this.limit = length % BLOCK_BYTES === 0 && stripes > 0 ? stripes * length : STAGE_BYTES;
+    }
+    const reserved =
+      this.fill + length <= STAGE_BYTES + SLACK_BYTES
+        ? this.stages[this.turn]!.buffer.subarray(this.fill, this.fill + length)
+        : Buffer.allocUnsafe(length); // larger than any stage: copied in by commit
+    this.reserved = reserved;
+    return reserved;
+  }
+
+  /** ReadSink: the reserved bytes are filled; writes what is complete, waiting while both writes run. */
+  async commit(): Promise<void> {
+    const reserved = this.reserved;
+    assert(reserved !== undefined, 'commit after reserve');
+    this.reserved = undefined;
+    if (reserved.buffer !== this.memory) {
+      await this.take(reserved);
+      return;
+    }
+    this.fill += reserved.length;
+    while (this.fill >= this.limit!) await this.flush();
+  }
+
+  /**
+   * Starts the write of the current stage's first `limit` bytes and turns to the other stage (once its
+   * own write is done), which takes any bytes past `limit`.
+   */
+  private async flush(): Promise<void> {
+    const limit = this.limit!;
+    const stage = this.stages[this.turn]!;
+    stage.writing = this.writeStage(stage.buffer.subarray(0, limit), this.position);
+    // Never an unhandled rejection: the failure surfaces when the stage is next awaited.
+    stage.writing.catch(() => {});
+    this.position += limit;
+    this.turn ^= 1;
+    const next = this.stages[this.turn]!;
+    if (next.writing !== undefined) {
+      // Back-pressure: this buffer's previous write must be done before it is refilled.
+      await next.writing;
+      next.writing = undefined;
+    }
+    const over = this.fill - limit;
+    if (over > 0) next.buffer.set(stage.buffer.subarray(limit, this.fill), 0);
+    this.fill = over;
   }
 
   /** One positional write of a whole stage: direct if it can be, else through the ordinary descriptor. */

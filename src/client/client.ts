@@ -12,7 +12,13 @@ import type { Init } from '../wire/proto.js';
 import { DataTransferShardTransport } from './data-transport.js';
 import { type MetaCallOptions, MetadataConnection } from './meta.js';
 import { joinPath, normalizePath } from './paths.js';
-import { FileReadStream, type ReadStreamOptions } from './reader.js';
+import {
+  FileReader,
+  FileReadStream,
+  type ReadOutcome,
+  type ReadSink,
+  type ReadStreamOptions,
+} from './reader.js';
 import { type RepairOptions, type RepairOutcome, repairFile } from './repair.js';
 import { ClientSession } from './session.js';
 import type { ShardTransport } from './transport.js';
@@ -227,6 +233,26 @@ export class DogfsClient {
   /** A readable stream of a file or of bytes [start, end] (inclusive) of it. */
   createReadStream(path: string, options: ReadStreamOptions = {}): FileReadStream {
     return new FileReadStream({ meta: this.meta, transport: this.transport() }, normalizePath(path), options);
+  }
+
+  /**
+   * Reads a file (or bytes [start, end] of it) into `sink`, stripe by stripe, each straight from the
+   * shards' receive buffers into the memory the sink reserves (no stream, no buffer per stripe): what
+   * `dogfs get` into a local file does. Degraded reads, checksums and reports as createReadStream.
+   */
+  async readInto(path: string, sink: ReadSink, options: ReadStreamOptions = {}): Promise<ReadOutcome> {
+    const reader = new FileReader(
+      { meta: this.meta, transport: this.transport() },
+      normalizePath(path),
+      options,
+    );
+    await reader.readInto(sink);
+    return {
+      inode: reader.inode!,
+      bytes: reader.delivered,
+      badShards: reader.badShards,
+      reportErrors: reader.reportErrors,
+    };
   }
 
   /** Stores `data` (bytes or a readable stream) as `path`; resolves once the file is complete. */

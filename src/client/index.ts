@@ -10,7 +10,7 @@ export { DataTransferShardTransport } from './data-transport.js';
 export type { MetaCallOptions, MetadataConnectionOptions, MetadataMethod } from './meta.js';
 export { MetadataConnection } from './meta.js';
 export { baseName, joinPath, normalizePath } from './paths.js';
-export type { BadShard, ReadStreamOptions } from './reader.js';
+export type { BadShard, ReadOutcome, ReadSink, ReadStreamOptions } from './reader.js';
 export { FileReadStream } from './reader.js';
 export type { RepairOptions, RepairOutcome } from './repair.js';
 export { repairFile } from './repair.js';

@@ -60,6 +60,7 @@ class ShardCursor {
   /** After this time the read is replaced by a new one before the chunk server's deadline cuts it. */
   readonly renewAt = Date.now() + SHARD_READ_DEADLINE_MS - SHARD_READ_RENEW_MARGIN_MS;
   private pending: Uint8Array | null = null;
+  private closed = false;
 
   constructor(index: number, handle: ShardReadHandle, start: number, end: number) {
     this.index = index;
@@ -69,16 +70,18 @@ class ShardCursor {
   }
 
   /**
-   * Bytes [offset, offset + length) of the shard, as slices of what the transport delivered (no copy);
-   * offset must not be behind the cursor.
+   * Copies bytes [offset, offset + length) of the shard to dest[at...]; offset must not be behind the
+   * cursor. The transport's pieces are transient (valid until its next `next()`), so each is copied as
+   * soon as it arrives; a cursor closed meanwhile (given up as slow or failed) copies nothing more.
    */
-  async take(offset: number, length: number): Promise<Uint8Array[]> {
+  async take(offset: number, length: number, dest: Uint8Array, at: number): Promise<void> {
     assert(offset >= this.position && offset + length <= this.end, 'cursor read outside its range');
-    const parts: Uint8Array[] = [];
     let needed = length;
     while (needed > 0) {
       if (this.pending === null || this.pending.length === 0) {
+        this.pending = null;
         const next = await this.handle.next();
+        if (this.closed) throw new DogfsError('CANCELLED', `shard ${this.index}: read given up`);
         if (next === null) {
           throw new DogfsError(
             'CORRUPT',
@@ -95,16 +98,18 @@ class ShardCursor {
         continue;
       }
       const part = this.pending.subarray(0, Math.min(needed, this.pending.length));
+      dest.set(part, at);
+      at += part.length;
       this.pending = this.pending.subarray(part.length);
       this.position += part.length;
       offset += part.length;
       needed -= part.length;
-      parts.push(part);
     }
-    return parts;
   }
 
   close(): void {
+    this.closed = true;
+    this.pending = null;
     this.handle.close();
   }
 }
@@ -112,7 +117,7 @@ class ShardCursor {
 /** Reads one block group's part of the range. */
 class GroupReader {
   private readonly context: ReaderContext;
-  private readonly stream: FileReadStream;
+  private readonly stream: FileReader;
   private readonly block: BlockGroup;
   readonly layout: StripeLayout;
   private readonly shards: (ShardLocation | undefined)[];
@@ -125,7 +130,7 @@ class GroupReader {
 
   constructor(
     context: ReaderContext,
-    stream: FileReadStream,
+    stream: FileReader,
     block: BlockGroup,
     offset: number,
     length: number,
@@ -158,8 +163,8 @@ class GroupReader {
     this.spanEnd = this.layout.degradedSpan(offset, length, block.length).end;
   }
 
-  /** Yields the range's bytes, stripe by stripe. */
-  async *read(offset: number, length: number): AsyncGenerator<Uint8Array> {
+  /** Puts the range's bytes into `sink`, stripe by stripe. */
+  async readInto(offset: number, length: number, sink: ReadSink): Promise<void> {
     const { layout } = this;
     const end = offset + length;
     try {
@@ -167,49 +172,54 @@ class GroupReader {
         const stripe = Math.floor(position / layout.stripeDataSize);
         const stripeEnd = Math.min(end, (stripe + 1) * layout.stripeDataSize);
         const pieces = layout.mapRange(position, stripeEnd - position, this.block.length);
-        const bytes = await this.readStripe(pieces);
-        for (const b of bytes) yield b;
+        const dest = sink.reserve(stripeEnd - position);
+        assert(dest.length === stripeEnd - position, 'the sink reserved what was asked');
+        await this.readStripe(pieces, dest);
+        await sink.commit();
         position = stripeEnd;
       }
     } finally {
-      for (const cursor of this.cursors.values()) cursor.close();
-      this.cursors.clear();
+      this.close();
     }
   }
 
-  private async readStripe(pieces: CellPiece[]): Promise<Uint8Array[]> {
+  /** Stops every shard read of this group (their connections close; nothing more is copied). */
+  close(): void {
+    for (const cursor of this.cursors.values()) cursor.close();
+    this.cursors.clear();
+  }
+
+  /** Fills `dest` with the pieces' bytes (piece p at p.rangeOffset), decoding around failed shards. */
+  private async readStripe(pieces: CellPiece[], dest: Uint8Array): Promise<void> {
     if (!pieces.some((p) => this.failed.has(p.shard))) {
       const results = await Promise.allSettled(
-        pieces.map((p) => this.take(p.shard, p.shardOffset, p.length)),
+        pieces.map((p) => this.take(p.shard, p.shardOffset, p.length, dest, p.rangeOffset)),
       );
-      if (results.every((r) => r.status === 'fulfilled')) {
-        return results.flatMap((r) => (r as PromiseFulfilledResult<Uint8Array[]>).value);
-      }
+      if (results.every((r) => r.status === 'fulfilled')) return;
       results.forEach((r, i) => {
         if (r.status === 'rejected') this.markFailed(pieces[i]!.shard, r.reason);
       });
     }
-    return this.readStripeDegraded(pieces);
+    await this.readStripeDegraded(pieces, dest);
   }
 
   /** Reads the rows the pieces cover from K healthy shards and rebuilds the missing data cells. */
-  private async readStripeDegraded(pieces: CellPiece[]): Promise<Uint8Array[]> {
+  private async readStripeDegraded(pieces: CellPiece[], dest: Uint8Array): Promise<void> {
     const k = this.layout.k;
     const total = this.shards.length;
     const rowStart = Math.min(...pieces.map((p) => p.shardOffset));
     const rowEnd = Math.max(...pieces.map((p) => p.shardOffset + p.length));
+    const rowLength = rowEnd - rowStart;
     const needed = new Set(pieces.map((p) => p.shard));
     for (let round = 0; round <= total; round++) {
       const order = [...needed];
       for (let i = 0; i < total; i++) if (!needed.has(i)) order.push(i);
       const sources = order.filter((i) => !this.failed.has(i)).slice(0, k);
       if (sources.length < k) throw this.unavailableError();
-      const rowLength = rowEnd - rowStart;
+      const rows: (Uint8Array | null)[] = new Array<Uint8Array | null>(total).fill(null);
+      for (const i of sources) rows[i] = Buffer.allocUnsafe(rowLength);
       const results = await Promise.allSettled(
-        sources.map(async (i) => {
-          const parts = await this.take(i, rowStart, rowLength);
-          return parts.length === 1 ? parts[0]! : Buffer.concat(parts, rowLength);
-        }),
+        sources.map((i) => this.take(i, rowStart, rowLength, rows[i]!, 0)),
       );
       let ok = true;
       results.forEach((r, j) => {
@@ -219,28 +229,32 @@ class GroupReader {
         }
       });
       if (!ok) continue;
-      const rows: (Uint8Array | null)[] = new Array<Uint8Array | null>(total).fill(null);
-      sources.forEach((i, j) => {
-        rows[i] = (results[j] as PromiseFulfilledResult<Uint8Array>).value;
-      });
       const missing = [...needed].filter((i) => rows[i] === null);
       if (missing.length > 0) {
         if (this.codec === undefined) {
           // Replicas: every shard holds the same bytes.
           for (const i of missing) rows[i] = rows[sources[0]!]!;
         } else {
-          for (const i of missing) rows[i] = Buffer.allocUnsafe(rowEnd - rowStart);
+          for (const i of missing) rows[i] = Buffer.allocUnsafe(rowLength);
           await this.codec.reconstructAsync(rows, missing);
         }
       }
-      return pieces.map((p) =>
-        rows[p.shard]!.subarray(p.shardOffset - rowStart, p.shardOffset - rowStart + p.length),
-      );
+      for (const p of pieces) {
+        const from = p.shardOffset - rowStart;
+        dest.set(rows[p.shard]!.subarray(from, from + p.length), p.rangeOffset);
+      }
+      return;
     }
     throw this.unavailableError();
   }
 
-  private async take(index: number, offset: number, length: number): Promise<Uint8Array[]> {
+  private async take(
+    index: number,
+    offset: number,
+    length: number,
+    dest: Uint8Array,
+    at: number,
+  ): Promise<void> {
     let cursor = this.cursors.get(index);
     // Behind the cursor, or near the end of its read's deadline (a slow consumer): a fresh range read.
     if (cursor !== undefined && (cursor.position > offset || Date.now() > cursor.renewAt)) {
@@ -256,12 +270,18 @@ class GroupReader {
         },
         offset,
         this.spanEnd - offset,
-        { deadline: Date.now() + SHARD_READ_DEADLINE_MS },
+        // Transient: pieces are copied into their place as they arrive (ShardCursor.take).
+        { deadline: Date.now() + SHARD_READ_DEADLINE_MS, transient: true },
       );
       cursor = new ShardCursor(index, handle, offset, this.spanEnd);
       this.cursors.set(index, cursor);
     }
-    return withStepTimeout(cursor.take(offset, length), this.shardTimeoutMs, `shard ${index}`, 'UNAVAILABLE');
+    return withStepTimeout(
+      cursor.take(offset, length, dest, at),
+      this.shardTimeoutMs,
+      `shard ${index}`,
+      'UNAVAILABLE',
+    );
   }
 
   private markFailed(index: number, reason: unknown): void {
@@ -293,26 +313,51 @@ class GroupReader {
   }
 }
 
+/** Where `DogfsClient.readInto` puts a file's bytes: stripe by stripe, straight from the shards. */
+export interface ReadSink {
+  /**
+   * Memory for the next `length` bytes of the range (at most a stripe): exactly `length` bytes, all of
+   * which the reader fills before it calls `commit`. It may be written and rewritten until then (a
+   * degraded read redoes a stripe).
+   */
+  reserve(length: number): Uint8Array;
+  /** The bytes last reserved are in place; resolves when the sink can take more (back-pressure). */
+  commit(): Promise<void>;
+}
+
+/** What a finished `readInto` read. */
+export interface ReadOutcome {
+  readonly inode: Inode;
+  /** Bytes put into the sink. */
+  readonly bytes: number;
+  /** Shards that failed (and were reported) while reading; their bytes were decoded from others. */
+  readonly badShards: readonly BadShard[];
+  /** Reports to the metadata service that failed (the read itself still succeeded). */
+  readonly reportErrors: readonly DogfsError[];
+}
+
 /**
- * The readable stream `DogfsClient.createReadStream` returns. `badShards` lists the shards that failed
- * (and were reported) while reading.
+ * One read of a file or a range of it, for both `readInto` and `FileReadStream`: checks the path,
+ * reads block group by block group into a sink, and reports bad shards.
  */
-export class FileReadStream extends Readable {
+export class FileReader {
   readonly path: string;
   inode: Inode | undefined;
   readonly badShards: BadShard[] = [];
-  /** Reports to the metadata service that failed (the read itself still succeeded). */
   readonly reportErrors: DogfsError[] = [];
   replicate = false;
+  /** Bytes put into the sink so far. */
+  delivered = 0;
+  /** Called with each bad shard as it is found. */
+  onBadShard: ((bad: BadShard) => void) | undefined;
 
   private readonly context: ReaderContext;
   private readonly options: ReadStreamOptions;
-  private source: AsyncGenerator<Uint8Array> | undefined;
-  private pumping = false;
   private readonly reports: Promise<void>[] = [];
+  private group: GroupReader | undefined;
+  private closed = false;
 
   constructor(context: ReaderContext, path: string, options: ReadStreamOptions = {}) {
-    super({ highWaterMark: 1024 * 1024 });
     this.context = context;
     this.path = path;
     this.options = options;
@@ -330,75 +375,57 @@ export class FileReadStream extends Readable {
     return this.options.timeoutMs === undefined ? {} : { timeoutMs: this.options.timeoutMs };
   }
 
-  override _construct(callback: (error?: Error | null) => void): void {
-    this.context.meta.call('Stat', { path: this.path }, this.metaOptions()).then(
-      (answer) => {
-        const inode = answer.inode;
-        if (inode === undefined || inode === null) {
-          callback(new DogfsError('NOT_FOUND', `${this.path}: No such file or directory`));
-          return;
-        }
-        if (inode.type === FileType.DIRECTORY) {
-          callback(new DogfsError('IS_A_DIRECTORY', `${this.path}: Is a directory`));
-          return;
-        }
-        this.inode = inode;
-        this.replicate = inode.ec.startsWith('replicate-');
-        this.source = this.generate(inode);
-        callback();
-      },
-      (error: unknown) => callback(this.pathError(error)),
-    );
-  }
-
-  override _read(): void {
-    if (this.pumping) return;
-    this.pumping = true;
-    this.pump().then(
-      () => {
-        this.pumping = false;
-      },
-      (error: unknown) => {
-        this.pumping = false;
-        this.destroy(this.pathError(error));
-      },
-    );
-  }
-
-  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
-    const iterator = this.source;
-    this.source = undefined;
-    if (iterator === undefined) {
-      callback(error);
-      return;
-    }
-    iterator.return(undefined).then(
-      () => callback(error),
-      () => callback(error),
-    );
-  }
-
-  private async pump(): Promise<void> {
-    for (;;) {
-      const iterator = this.source;
-      if (iterator === undefined) return;
-      const next = await iterator.next();
-      if (next.done) {
-        await Promise.all(this.reports);
-        this.push(null);
-        return;
+  /** Looks the file up (a directory or a missing name is an error); the inode to read. */
+  async open(): Promise<Inode> {
+    try {
+      const answer = await this.context.meta.call('Stat', { path: this.path }, this.metaOptions());
+      const inode = answer.inode;
+      if (inode === undefined || inode === null) {
+        throw new DogfsError('NOT_FOUND', `${this.path}: No such file or directory`);
       }
-      if (!this.push(next.value)) return;
+      if (inode.type === FileType.DIRECTORY) {
+        throw new DogfsError('IS_A_DIRECTORY', `${this.path}: Is a directory`);
+      }
+      this.inode = inode;
+      this.replicate = inode.ec.startsWith('replicate-');
+      return inode;
+    } catch (error) {
+      throw this.pathError(error);
     }
   }
 
-  private async *generate(inode: Inode): AsyncGenerator<Uint8Array> {
+  /** Reads the range into `sink`; waits for the bad-shard reports before it resolves. */
+  async readInto(sink: ReadSink): Promise<void> {
+    try {
+      await this.read(this.inode ?? (await this.open()), sink);
+      await Promise.all(this.reports);
+    } catch (error) {
+      throw this.pathError(error);
+    } finally {
+      this.close();
+    }
+  }
+
+  /** Stops reading now: open shard reads are closed, and the read in progress fails. */
+  close(): void {
+    this.closed = true;
+    this.group?.close();
+  }
+
+  private async read(inode: Inode, sink: ReadSink): Promise<void> {
     const size = inode.size;
     const start = this.options.start ?? 0;
     const endExclusive = Math.min(size, this.options.end === undefined ? size : this.options.end + 1);
     if (start >= endExclusive) return;
     const groups = [...inode.blockGroups].sort((a, b) => a.offset - b.offset);
-    let delivered = 0;
+    const counting: ReadSink = {
+      reserve: (length) => sink.reserve(length),
+      commit: async () => {
+        await sink.commit();
+        if (this.closed) throw new DogfsError('CANCELLED', 'read closed');
+      },
+    };
+    let before = 0;
     let expectedOffset = 0;
     for (const block of groups) {
       if (block.offset !== expectedOffset) {
@@ -411,6 +438,7 @@ export class FileReadStream extends Readable {
       const from = Math.max(start, block.offset);
       const to = Math.min(endExclusive, block.offset + block.length);
       if (from >= to) continue;
+      if (this.closed) throw new DogfsError('CANCELLED', 'read closed');
       const reader = new GroupReader(
         this.context,
         this,
@@ -419,15 +447,16 @@ export class FileReadStream extends Readable {
         to - from,
         this.options.shardTimeoutMs ?? 5000,
       );
-      for await (const bytes of reader.read(from - block.offset, to - from)) {
-        delivered += bytes.length;
-        yield bytes;
-      }
+      this.group = reader;
+      await reader.readInto(from - block.offset, to - from, counting);
+      this.group = undefined;
+      before += to - from;
+      this.delivered = before;
     }
-    if (delivered !== endExclusive - start) {
+    if (before !== endExclusive - start) {
       throw new DogfsError(
         'CORRUPT',
-        `block groups hold ${delivered} of the ${endExclusive - start} bytes asked for (file size ${size})`,
+        `block groups hold ${before} of the ${endExclusive - start} bytes asked for (file size ${size})`,
       );
     }
   }
@@ -436,7 +465,7 @@ export class FileReadStream extends Readable {
   reportBadShard(bad: BadShard): void {
     if (this.badShards.length >= MAX_REPORTS) return;
     this.badShards.push(bad);
-    this.emit('badshard', bad);
+    this.onBadShard?.(bad);
     this.reports.push(
       this.context.meta
         .call(
@@ -458,10 +487,105 @@ export class FileReadStream extends Readable {
     );
   }
 
-  private pathError(error: unknown): DogfsError {
+  pathError(error: unknown): DogfsError {
     const e = toDogfsError(error);
     return e.message.startsWith(this.path)
       ? e
       : new DogfsError(e.code, `${this.path}: ${e.message}`, { cause: e });
+  }
+}
+
+/**
+ * The readable stream `DogfsClient.createReadStream` returns. `badShards` lists the shards that failed
+ * (and were reported) while reading. Each stripe is read into a buffer of its own, which is pushed:
+ * what a stream pushes belongs to its consumer.
+ */
+export class FileReadStream extends Readable {
+  readonly path: string;
+  private readonly reader: FileReader;
+  private running: Promise<void> | undefined;
+  /** Wakes the read loop once the consumer wants more. */
+  private wanted: (() => void) | undefined;
+  private reserved: Buffer | undefined;
+  /** The consumer asked for more since the last push. */
+  private pulled = false;
+
+  constructor(context: ReaderContext, path: string, options: ReadStreamOptions = {}) {
+    super({ highWaterMark: 1024 * 1024 });
+    this.path = path;
+    this.reader = new FileReader(context, path, options);
+    this.reader.onBadShard = (bad) => this.emit('badshard', bad);
+  }
+
+  get inode(): Inode | undefined {
+    return this.reader.inode;
+  }
+
+  get badShards(): readonly BadShard[] {
+    return this.reader.badShards;
+  }
+
+  /** Reports to the metadata service that failed (the read itself still succeeded). */
+  get reportErrors(): readonly DogfsError[] {
+    return this.reader.reportErrors;
+  }
+
+  override _construct(callback: (error?: Error | null) => void): void {
+    this.reader.open().then(
+      () => callback(),
+      (error: unknown) => callback(error as Error),
+    );
+  }
+
+  override _read(): void {
+    if (this.running === undefined) {
+      this.running = this.reader
+        .readInto({
+          reserve: (length) => {
+            this.reserved = Buffer.allocUnsafeSlow(length);
+            return this.reserved;
+          },
+          commit: async () => {
+            const bytes = this.reserved!;
+            this.reserved = undefined;
+            this.pulled = false;
+            // Full: wait for the consumer's next _read (unless it came during the push itself).
+            if (!this.push(bytes) && !this.pulled) {
+              await new Promise<void>((resolve) => {
+                this.wanted = resolve;
+              });
+            }
+          },
+        })
+        .then(
+          () => {
+            this.push(null);
+          },
+          (error: unknown) => {
+            if (!this.destroyed) this.destroy(error as Error);
+          },
+        );
+      return;
+    }
+    this.pulled = true;
+    const wake = this.wanted;
+    this.wanted = undefined;
+    wake?.();
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.reader.close();
+    const wake = this.wanted;
+    this.wanted = undefined;
+    wake?.();
+    const running = this.running;
+    if (running === undefined) {
+      callback(error);
+      return;
+    }
+    running.then(
+      () => callback(error),
+      () => callback(error),
+    );
   }
 }

@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { finished, pipeline } from 'node:stream/promises';
 import { after, describe, test } from 'node:test';
 import { LocalFileSink, STAGE_BYTES } from '../../src/cli/local-file.js';
 import { tempDir } from '../helpers/index.js';
@@ -43,6 +43,26 @@ describe('LocalFileSink', () => {
       }
     });
   }
+
+  test('as a ReadSink: stripes reserved and committed in place, byte-exact, whatever the stripe size', async () => {
+    // 1032192: rs-6-3 stripes of 1 MiB (6 cells of 168 KiB); 4096 * 3: small; 5 MiB: larger than a stage.
+    for (const stripe of [1_032_192, 4096 * 3, 5 * 1024 * 1024, 1000]) {
+      for (const direct of [true, false]) {
+        const path = join(dir.path, `sink-${stripe}-${direct}`);
+        const sink = await LocalFileSink.create(path, { direct });
+        const size = data.length;
+        for (let at = 0; at < size; at += stripe) {
+          const length = Math.min(stripe, size - at);
+          const memory = sink.reserve(length);
+          assert.equal(memory.length, length);
+          data.copy(memory, 0, at, at + length);
+          await sink.commit();
+        }
+        await finished(sink.end());
+        assert.ok(readFileSync(path).equals(data), `stripes of ${stripe}, direct ${direct}`);
+      }
+    }
+  });
 
   test('an existing file is refused (EEXIST) and left as it was', async () => {
     const path = join(dir.path, 'exists');

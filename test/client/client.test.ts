@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { after, before, describe, test } from 'node:test';
-import { DogfsClient, type PositionalSource } from '../../src/client/index.js';
+import { DogfsClient, type PositionalSource, type ReadStreamOptions } from '../../src/client/index.js';
 
 import { StripeLayout } from '../../src/codec/stripe.js';
 import { DogfsError } from '../../src/wire/errors.js';
@@ -28,6 +28,33 @@ function bytesSource(data: Buffer, most: number): PositionalSource {
       return { bytesRead: n };
     },
   };
+}
+
+/**
+ * DogfsClient.readInto into memory: each reservation is pre-filled with 0xee, so bytes the reader
+ * failed to fill show. Checks that no reservation exceeds a stripe and that commits follow reserves.
+ */
+async function readIntoBuffer(client: DogfsClient, path: string, options: ReadStreamOptions = {}) {
+  const parts: Buffer[] = [];
+  let open: Buffer | undefined;
+  const outcome = await client.readInto(
+    path,
+    {
+      reserve: (length) => {
+        assert.equal(open, undefined, 'one reservation at a time');
+        assert.ok(length > 0 && length <= layout.stripeDataSize, `reservation of ${length}`);
+        open = Buffer.alloc(length, 0xee);
+        return open;
+      },
+      commit: async () => {
+        assert.ok(open !== undefined, 'commit after reserve');
+        parts.push(open);
+        open = undefined;
+      },
+    },
+    options,
+  );
+  return { bytes: Buffer.concat(parts), outcome };
 }
 
 async function rejectsWith(promise: Promise<unknown>, code: string, pattern?: RegExp): Promise<DogfsError> {
@@ -291,6 +318,9 @@ describe('write and read paths (in-memory data plane)', () => {
         fetched <= end - start + 1 + layout.cellSize * 3,
         `range ${start}-${end} fetched ${fetched} bytes`,
       );
+      const into = await readIntoBuffer(client, '/ranges', { start, end });
+      assert.deepEqual(into.bytes, data.subarray(start, end + 1), `readInto range ${start}-${end}`);
+      assert.equal(into.outcome.bytes, data.subarray(start, end + 1).length);
     }
     assert.deepEqual(await client.readFile('/ranges', { start: G + S + 10 }), Buffer.alloc(0));
   });
@@ -320,6 +350,9 @@ describe('write and read paths (in-memory data plane)', () => {
     assert.deepEqual(stream.badShards.map((b) => b.index).sort(), [0, 2]);
     const reported = cluster.state.badShards.slice(reportsBefore).map((b) => b.index);
     assert.deepEqual(reported.sort(), [0, 2]);
+    const into = await readIntoBuffer(client, '/degraded');
+    assert.deepEqual(into.bytes, data, 'readInto decodes around the same shards');
+    assert.deepEqual(into.outcome.badShards.map((b) => b.index).sort(), [0, 2]);
 
     transport.dead.add(shards.find((s) => s.index === 4)!.addr);
     await rejectsWith(client.readFile('/degraded'), 'UNAVAILABLE', /shard 0 on .*shard 2 on .*shard 4 on/);
