@@ -326,6 +326,10 @@ export class DataServer {
     this.bytesInFlight += reservation;
     let shard: ShardReader | undefined;
     let headerSent = false;
+    // Packets the socket may still be sending from the shard's buffers, and reads still filling them:
+    // the buffers go back at the shard's close, after both.
+    const flushed: (Promise<void> | undefined)[] = [];
+    const reading: { read: ReturnType<ShardReader['readChunks']>; turn: number; bytes: number }[] = [];
     const deadline = this.deadlineOf(request);
     try {
       return await this.withDeadline(socket, deadline, async (expired) => {
@@ -356,21 +360,34 @@ export class DataServer {
             }),
           );
           headerSent = true;
-          // Two buffers take turns: one is being filled from disk while the other drains to the socket.
-          const buffers = [Buffer.allocUnsafe(packetSize), Buffer.allocUnsafe(packetSize)];
-          const flushed: (Promise<void> | undefined)[] = [undefined, undefined];
+          // Buffers take turns: some are being filled from disk while the others drain to the socket.
+          // Two through the page cache (its read-ahead keeps the disk busy); four for direct reads,
+          // which have no read-ahead but ours: several reads in flight keep the disk streaming.
+          // Direct buffers come from the store's read pool, bounded there.
+          const buffers = shard.packetBuffers(packetSize);
+          let next = alignedStart;
           let turn = 0;
-          for (let position = alignedStart; position < alignedEnd; turn ^= 1) {
-            await flushed[turn];
+          for (;;) {
+            while (reading.length < buffers.length && next < alignedEnd) {
+              // The buffer last sent `buffers.length` packets ago: free once the socket has taken it.
+              await flushed[turn];
+              const bytes = Math.min(packetSize, alignedEnd - next);
+              const read = shard.readChunks(next, bytes, buffers[turn]!);
+              read.catch(() => {}); // Awaited in order below; a failure is handled there.
+              reading.push({ read, turn, bytes });
+              next += bytes;
+              turn = (turn + 1) % buffers.length;
+            }
+            const head = reading[0];
+            if (head === undefined) break;
             if (socket.destroyed) throw new DogfsError('CANCELLED', 'reader went away');
-            const bytes = Math.min(packetSize, alignedEnd - position);
-            const { data, crcs } = await shard.readChunks(position, bytes, buffers[turn]!);
+            const { data, crcs } = await head.read;
+            reading.shift();
             socket.cork();
-            socket.write(encodeFrame('dogfs.v1.DataPacketHeader', { length: bytes, chunkCrc32c: crcs }));
-            flushed[turn] = new Promise<void>((resolve) => socket.write(data, () => resolve()));
+            socket.write(encodeFrame('dogfs.v1.DataPacketHeader', { length: head.bytes, chunkCrc32c: crcs }));
+            flushed[head.turn] = new Promise<void>((resolve) => socket.write(data, () => resolve()));
             socket.uncork();
-            position += bytes;
-            this.metrics.add('bytes_read', bytes);
+            this.metrics.add('bytes_read', head.bytes);
           }
           await Promise.all(flushed);
           this.metrics.add('shards_read');
@@ -393,6 +410,9 @@ export class DataServer {
         }
       });
     } finally {
+      // A socket calls back every write it was given, sent or not (destroyed): then the memory is free.
+      await Promise.all(flushed);
+      await Promise.allSettled(reading.map((r) => r.read));
       await shard?.close();
       this.reads--;
       this.bytesInFlight -= reservation;

@@ -6,7 +6,9 @@
  *  - direct (O_DIRECT): the bytes are copied into 4 MiB staging buffers aligned to 2 MiB (huge pages,
  *    from the native addon) and each full buffer is written at a 4 MiB-aligned file offset, bypassing
  *    the page cache; the last buffer is padded with zeros to DIRECT_ALIGNMENT and the file truncated
- *    back to its real length before the fdatasync. Why: on this kind of machine (a VM that hands freed
+ *    back to its real length before the fdatasync; an fdatasync runs behind the writes every
+ *    SYNC_BEHIND_BYTES as in the buffered way (the disk's write cache and the block allocations still
+ *    need flushing). Why: on this kind of machine (a VM that hands freed
  *    memory back to its hypervisor) the kernel's page-cache writes cost 1.5-3 s of system CPU per GiB
  *    into memory that went back, ~0.3 s into memory just freed, whereas direct writes cost ~0.1 s/GiB
  *    either way plus one memcpy, and are as fast (`npm run bench:chunk` reports both ways, and raw disk
@@ -17,6 +19,8 @@
  *    the filesystem refuses O_DIRECT (EINVAL at open), when there is no addon to allocate aligned memory,
  *    or when the store is told to (ShardStoreOptions.directWrites = false).
  *
+ * Reads (store.ts) follow the same choice: shard data is read with O_DIRECT too where writes are, and
+ * `readDirect` below is that read.
  * Either way one write is on its way to disk while the next bytes are received, never more: that bounds
  * the bytes a write holds and makes a slow disk slow the sender. Errors are kept and surface at the next
  * call; the caller maps ENOSPC to NO_SPACE.
@@ -32,7 +36,7 @@ export const DIRECT_ALIGNMENT = 4096;
 export const STAGING_BYTES = 4 * 1024 * 1024;
 /** Staging memory alignment: 2 MiB, so it can be huge pages (one block-layer segment per 2 MiB). */
 const STAGING_ALIGNMENT = 2 * 1024 * 1024;
-/** A buffered write in progress fdatasyncs in the background after this many bytes since the last one. */
+/** A write in progress fdatasyncs in the background after this many bytes since the last one. */
 const SYNC_BEHIND_BYTES = 8 * 1024 * 1024;
 
 /** The file-system calls writes (and reads) make, replaceable so tests can inject ENOSPC and EIO. */
@@ -97,8 +101,11 @@ export class StagingPool {
   constructor(
     readonly maxBuffers: number,
     private readonly allocate: (bytes: number, alignment: number) => Buffer,
+    readonly bufferBytes = STAGING_BYTES,
+    private readonly alignment = STAGING_ALIGNMENT,
   ) {
     assert(maxBuffers >= 1, 'a staging pool has at least one buffer');
+    assert(bufferBytes % alignment === 0 && alignment % DIRECT_ALIGNMENT === 0, 'aligned pool buffers');
   }
 
   get buffersAllocated(): number {
@@ -110,13 +117,21 @@ export class StagingPool {
     if (buffer !== undefined) return Promise.resolve(buffer);
     if (this.allocated < this.maxBuffers) {
       this.allocated++;
-      return Promise.resolve(this.allocate(STAGING_BYTES, STAGING_ALIGNMENT));
+      return Promise.resolve(this.allocate(this.bufferBytes, this.alignment));
     }
     return new Promise((resolve) => this.waiting.push(resolve));
   }
 
+  /** A buffer if one is free or may still be allocated, else undefined at once (no waiting). */
+  tryAcquire(): Buffer | undefined {
+    const buffer = this.free.pop();
+    if (buffer !== undefined || this.allocated >= this.maxBuffers) return buffer;
+    this.allocated++;
+    return this.allocate(this.bufferBytes, this.alignment);
+  }
+
   release(buffer: Buffer): void {
-    assert(buffer.length === STAGING_BYTES, 'a staging buffer comes back whole');
+    assert(buffer.length === this.bufferBytes, 'a pool buffer comes back whole');
     const next = this.waiting.shift();
     if (next !== undefined) next(buffer);
     else this.free.push(buffer);
@@ -181,17 +196,47 @@ export async function createShardFile(
   }
 }
 
-class BufferedSink implements ShardFileSink {
-  private position = 0;
-  private inflight: Promise<void> | undefined;
-  private syncing: Promise<void> | undefined;
+/**
+ * What both sinks share: the write in flight, and an fdatasync behind the writes every
+ * SYNC_BEHIND_BYTES, so the disk works while the network does and the final fdatasync has little left
+ * to flush (HDFS's sync-behind-writes). Direct writes need it too: they skip the page cache, not the
+ * disk's write cache, and their block allocations are still to be journaled (without it the final
+ * fdatasync of a direct 64 MiB shard took ~45 ms here, ~25 ms with it). One at a time; failures are
+ * kept and surface at the next call.
+ */
+abstract class SyncBehindSink {
+  protected inflight: Promise<void> | undefined;
+  protected syncing: Promise<void> | undefined;
   private unsyncedBytes = 0;
-  private failure: unknown;
+  protected failure: unknown;
 
   constructor(
-    private readonly handle: FileHandle,
-    private readonly io: StoreIo,
+    protected readonly handle: FileHandle,
+    protected readonly io: StoreIo,
   ) {}
+
+  /** Counts `bytes` just queued as `inflight`, starting an fdatasync after it when enough are unsynced. */
+  protected syncBehind(bytes: number): void {
+    this.unsyncedBytes += bytes;
+    if (this.unsyncedBytes < SYNC_BEHIND_BYTES || this.syncing !== undefined) return;
+    this.unsyncedBytes = 0;
+    this.syncing = (this.inflight ?? Promise.resolve())
+      .then(() => this.handle.datasync())
+      .catch((error: unknown) => {
+        this.failure ??= error;
+      })
+      .finally(() => {
+        this.syncing = undefined;
+      });
+  }
+
+  close(): Promise<void> {
+    return this.handle.close();
+  }
+}
+
+class BufferedSink extends SyncBehindSink implements ShardFileSink {
+  private position = 0;
 
   async append(slices: readonly Uint8Array[], bytes: number): Promise<void> {
     await this.settle(false);
@@ -205,20 +250,7 @@ class BufferedSink implements ShardFileSink {
       await this.settle(false);
       return;
     }
-    this.unsyncedBytes += bytes;
-    if (this.unsyncedBytes >= SYNC_BEHIND_BYTES && this.syncing === undefined) {
-      // Sync behind the writes, so the disk works while the network does and the final fdatasync has
-      // little left to flush (HDFS's sync-behind-writes). Only one at a time; failures surface later.
-      this.unsyncedBytes = 0;
-      this.syncing = this.inflight
-        .then(() => this.handle.datasync())
-        .catch((error: unknown) => {
-          this.failure ??= error;
-        })
-        .finally(() => {
-          this.syncing = undefined;
-        });
-    }
+    this.syncBehind(bytes);
   }
 
   private async settle(withSync: boolean): Promise<void> {
@@ -236,10 +268,6 @@ class BufferedSink implements ShardFileSink {
     await this.handle.datasync();
   }
 
-  close(): Promise<void> {
-    return this.handle.close();
-  }
-
   async discard(): Promise<void> {
     if (this.inflight !== undefined) await this.inflight;
     if (this.syncing !== undefined) await this.syncing;
@@ -247,19 +275,19 @@ class BufferedSink implements ShardFileSink {
   }
 }
 
-class DirectSink implements ShardFileSink {
+class DirectSink extends SyncBehindSink implements ShardFileSink {
   /** The buffer being filled, holding the file's bytes from `offset`. */
   private staging: Buffer | undefined;
   private fill = 0;
   private offset = 0;
-  private inflight: Promise<void> | undefined;
-  private failure: unknown;
 
   constructor(
-    private readonly handle: FileHandle,
-    private readonly io: StoreIo,
+    handle: FileHandle,
+    io: StoreIo,
     private readonly pool: StagingPool,
-  ) {}
+  ) {
+    super(handle, io);
+  }
 
   async append(slices: readonly Uint8Array[], bytes: number): Promise<void> {
     let copied = 0;
@@ -296,6 +324,7 @@ class DirectSink implements ShardFileSink {
       // Back to the pool the moment the disk has it, so another write waiting for a buffer never waits
       // on this one's next step.
       .finally(() => this.pool.release(buffer));
+    this.syncBehind(length);
   }
 
   private async settle(): Promise<void> {
@@ -315,19 +344,61 @@ class DirectSink implements ShardFileSink {
       await this.submit(padded);
     }
     await this.settle();
+    if (this.syncing !== undefined) await this.syncing;
+    if (this.failure !== undefined) throw this.failure;
     if (end % DIRECT_ALIGNMENT !== 0) await this.handle.truncate(fileBytes);
     await this.handle.datasync();
   }
 
-  close(): Promise<void> {
-    return this.handle.close();
-  }
-
   async discard(): Promise<void> {
     if (this.inflight !== undefined) await this.inflight;
+    if (this.syncing !== undefined) await this.syncing;
     this.inflight = undefined;
     if (this.staging !== undefined) this.pool.release(this.staging);
     this.staging = undefined;
     await this.handle.close().catch(() => {});
   }
+}
+
+/**
+ * Opens an existing file for direct reads; undefined where the filesystem refuses (the caller reads
+ * through the page cache instead).
+ */
+export async function openDirectRead(path: string): Promise<FileHandle | undefined> {
+  try {
+    return await open(path, fsConstants.O_RDONLY | fsConstants.O_DIRECT);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EINVAL') return undefined;
+    throw error;
+  }
+}
+
+/**
+ * Reads file bytes [position, position+bytes) with one direct read of the 4 KiB blocks around them into
+ * `buffer` (aligned, at least `bytes` + 2 blocks long); returns the bytes asked for, a view of `buffer`.
+ * A file shorter than the range is CORRUPT-worthy: `short` says where it ended (the caller words it).
+ */
+export async function readDirect(
+  io: StoreIo,
+  handle: FileHandle,
+  buffer: Buffer,
+  bytes: number,
+  position: number,
+): Promise<Buffer | { short: number }> {
+  const first = Math.floor(position / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT;
+  const skew = position - first;
+  const length = Math.ceil((skew + bytes) / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT;
+  assert(length <= buffer.length, 'the direct read buffer holds the blocks around the range');
+  let done = 0;
+  while (done < skew + bytes) {
+    // After a short read that ended off a block boundary the file has ended: no aligned read is left.
+    if (done % DIRECT_ALIGNMENT !== 0) return { short: first + done };
+    const got =
+      io.read === undefined
+        ? (await handle.read(buffer, done, length - done, first + done)).bytesRead
+        : await io.read(handle, buffer, done, length - done, first + done);
+    if (got === 0) return { short: first + done };
+    done += got;
+  }
+  return buffer.subarray(skew, skew + bytes);
 }

@@ -414,3 +414,46 @@ test('a filesystem that refuses O_DIRECT (EINVAL at open): the store writes thro
     await server.close();
   }
 });
+
+for (const mode of WRITE_MODES) {
+  test(`reads (${mode} store): ${mode === 'direct' ? 'O_DIRECT reads of the blocks around each packet' : 'through the page cache'}, exact bytes at any offset`, async () => {
+    let alignedReads = 0;
+    let reads = 0;
+    const io: StoreIo = {
+      async writev(handle, buffers, position) {
+        await handle.writev(buffers as Uint8Array[], position);
+      },
+      async read(handle, buffer, offset, length, position) {
+        reads++;
+        // Data reads of a buffered store start 64 bytes (the header) past a chunk boundary; direct
+        // ones start and end on 4 KiB blocks.
+        if (position % 4096 === 0 && length % 4096 === 0 && position > 0) alignedReads++;
+        return (await handle.read(buffer, offset, length, position)).bytesRead;
+      },
+    };
+    const { server, addr } = await serve(`reads-${mode}`, io, {}, mode);
+    try {
+      const shard = { blockGroupId: 11, index: 2, generation: 1 };
+      const length = 3 * MiB + 4097;
+      const data = seededBytes(length, 11);
+      await client.writeShard(addr, shard, data);
+      assert.ok((await client.readShardBytes(addr, shard)).equals(data));
+      for (const [offset, bytes] of [
+        [0, 1],
+        [4095, 2],
+        [64 * 1024 - 1, 70_000],
+        [MiB + 12_345, MiB],
+        [length - 5000, 5000],
+        [length - 1, 1],
+      ] as const) {
+        const got = await client.readShardBytes(addr, shard, { offset, length: bytes });
+        assert.ok(got.equals(data.subarray(offset, offset + bytes)), `range ${offset}+${bytes}`);
+      }
+      assert.ok(reads > 0);
+      if (mode === 'direct') assert.ok(alignedReads > 0, 'the data was read with direct reads');
+      else assert.equal(alignedReads, 0);
+    } finally {
+      await server.close();
+    }
+  });
+}
