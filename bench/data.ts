@@ -8,7 +8,8 @@
  * in the same run the raw limits: sequential 1 MiB writes with fdatasync on the same filesystem (into
  * just-freed memory, as the put and the get write: see bench/raw.ts), and a raw TCP socket over loopback. Ratios are to the raw disk-write limit (issue #6: put >= 0.5x,
  * get >= 0.7x). Also: the client process's peak resident memory (VmHWM, sampled from /proc; limit
- * 256 MiB), CPU seconds per GB of file data of the client, the chunk servers and the metadata servers.
+ * 256 MiB), CPU seconds per GB of file data of the client (and its user/sys split), the chunk servers and the
+ * metadata servers.
  * The file read back is compared with the original (outside the timing).
  *
  * Usage: npm run bench:data [-- --mib 1024 --runs 1]
@@ -92,10 +93,19 @@ async function fileCrc(path: string): Promise<number> {
   return crc >>> 0;
 }
 
+/** User and system CPU seconds of a process so far (/proc/PID/stat utime, stime; 100 ticks a second). */
+function processUserSysSeconds(pid: number): { user: number; sys: number } {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return { user: Number(fields[11]) / 100, sys: Number(fields[12]) / 100 };
+}
+
 interface ClientRun {
   seconds: number;
   peakRssBytes: number;
   cpuSeconds: number;
+  /** The split of cpuSeconds: user (JavaScript, copies, codec) and sys (socket and file I/O). */
+  userSeconds: number;
+  sysSeconds: number;
   serverCpuSeconds: { chunk: number; meta: number };
 }
 
@@ -120,11 +130,14 @@ async function runClient(args: string[], cluster: ClusterJson, clusterPath: stri
   });
   let peakRssBytes = 0;
   let cpuSeconds = 0;
+  let split = { user: 0, sys: 0 };
   // VmHWM is the kernel's own peak, so sampling only has to catch the last value before exit.
   const sample = () => {
     try {
       peakRssBytes = Math.max(peakRssBytes, processStatusBytes(child.pid!, 'VmHWM'));
       cpuSeconds = Math.max(cpuSeconds, processCpuSeconds(child.pid!));
+      const now = processUserSysSeconds(child.pid!);
+      if (now.user + now.sys >= split.user + split.sys) split = now;
     } catch {
       // exited between samples: the last sample stands
     }
@@ -138,6 +151,8 @@ async function runClient(args: string[], cluster: ClusterJson, clusterPath: stri
     seconds,
     peakRssBytes,
     cpuSeconds,
+    userSeconds: split.user,
+    sysSeconds: split.sys,
     serverCpuSeconds: { chunk: cpuOf('chunk') - chunkCpu, meta: cpuOf('meta') - metaCpu },
   };
 }
@@ -198,6 +213,8 @@ async function main(): Promise<void> {
     clientPeakRssMiB: Number((run.peakRssBytes / MiB).toFixed(1)),
     clientRssLimitMiB: MEMORY_LIMIT_MIB,
     clientCpuSecondsPerGB: perGB(run.cpuSeconds),
+    clientUserSecondsPerGB: perGB(run.userSeconds),
+    clientSysSecondsPerGB: perGB(run.sysSeconds),
     chunkServersCpuSecondsPerGB: perGB(run.serverCpuSeconds.chunk),
     metaServersCpuSecondsPerGB: perGB(run.serverCpuSeconds.meta),
     load: load(),
