@@ -12,7 +12,7 @@
  * metadata servers.
  * The file read back is compared with the original (outside the timing).
  *
- * Usage: npm run bench:data [-- --mib 1024 --runs 1]
+ * Usage: npm run bench:data [-- --mib 1024 --runs 1]   (BENCH_REFERENCE_CLIENT: see below)
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -46,6 +46,12 @@ const MEMORY_LIMIT_MIB = 256;
 const PUT_TARGET = 0.5;
 const GET_TARGET = 0.7;
 const BIN = fileURLToPath(new URL('../../bin/dogfs.js', import.meta.url));
+/**
+ * BENCH_REFERENCE_CLIENT=/path/to/other/checkout/bin/dogfs.js: each run also puts and gets with that
+ * client (another version's CLI, against this run's cluster), first, and its lines say client:
+ * "reference"; the current client's lines then carry the ratios of MB/s and client CPU to it.
+ */
+const REFERENCE_BIN = process.env['BENCH_REFERENCE_CLIENT'] || undefined;
 
 function emit(metric: string, value: number, unit: string, extra: Record<string, unknown> = {}): void {
   const rounded = Number(value.toPrecision(4));
@@ -113,13 +119,18 @@ interface ClientRun {
  * Runs one CLI command as its own process; samples its memory and CPU from /proc until it exits. Its
  * stdout goes to /dev/null.
  */
-async function runClient(args: string[], cluster: ClusterJson, clusterPath: string): Promise<ClientRun> {
+async function runClient(
+  args: string[],
+  cluster: ClusterJson,
+  clusterPath: string,
+  bin = BIN,
+): Promise<ClientRun> {
   const cpuOf = (role: 'chunk' | 'meta') =>
     cluster.processes.filter((p) => p.role === role).reduce((sum, p) => sum + processCpuSeconds(p.pid), 0);
   const chunkCpu = cpuOf('chunk');
   const metaCpu = cpuOf('meta');
   const started = performance.now();
-  const child = spawn(process.execPath, [BIN, ...args], {
+  const child = spawn(process.execPath, [bin, ...args], {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: { ...process.env, DOGFS_CLUSTER: clusterPath },
   });
@@ -220,37 +231,63 @@ async function main(): Promise<void> {
     load: load(),
   });
 
+  const clients: [string, string][] = [['this', BIN]];
+  if (REFERENCE_BIN !== undefined) clients.unshift(['reference', REFERENCE_BIN]);
   for (let run = 0; run < RUNS; run++) {
-    const remote = `/bench-data-${run}.bin`;
-    // The put stores (K+M)/K bytes of shards per byte of file.
-    await freeMemoryJustBefore(
-      join(work, 'scratch'),
-      Math.ceil((fileBytes * totalShards(policy)) / policy.dataShards),
-    );
-    const put = await runClient(['put', input, remote], cluster, clusterPath);
-    const putMbps = FILE_MIB / put.seconds;
-    emit('put', putMbps, 'MB/s', { run, ...describe(put, PUT_TARGET, putMbps) });
+    const reference = new Map<string, { mbps: number; cpu: number }>();
+    for (const [client, bin] of clients) {
+      /** The line's fields naming the client, and, for this client, its ratios to the reference. */
+      const against = (metric: string, mbps: number, clientRun: ClientRun) => {
+        const cpu = clientRun.cpuSeconds;
+        if (client === 'reference') reference.set(metric, { mbps, cpu });
+        const ref = client === 'this' ? reference.get(metric) : undefined;
+        return {
+          ...(REFERENCE_BIN === undefined ? {} : { client }),
+          ...(ref === undefined
+            ? {}
+            : {
+                ratioToReferenceMBps: Number((mbps / ref.mbps).toFixed(3)),
+                ratioToReferenceClientCpu: Number((cpu / ref.cpu).toFixed(3)),
+              }),
+        };
+      };
+      const remote = `/bench-data-${client}-${run}.bin`;
+      // The put stores (K+M)/K bytes of shards per byte of file.
+      await freeMemoryJustBefore(
+        join(work, 'scratch'),
+        Math.ceil((fileBytes * totalShards(policy)) / policy.dataShards),
+      );
+      const put = await runClient(['put', input, remote], cluster, clusterPath, bin);
+      const putMbps = FILE_MIB / put.seconds;
+      emit('put', putMbps, 'MB/s', {
+        run,
+        ...describe(put, PUT_TARGET, putMbps),
+        ...against('put', putMbps, put),
+      });
 
-    const output = join(work, `output-${run}.bin`);
-    await freeMemoryJustBefore(join(work, 'scratch'), fileBytes);
-    const get = await runClient(['get', remote, output], cluster, clusterPath);
-    const getMbps = FILE_MIB / get.seconds;
-    const intact = (await fileCrc(output)) === inputCrc;
-    emit('get', getMbps, 'MB/s', {
-      run,
-      into: 'local file',
-      ...describe(get, GET_TARGET, getMbps),
-      intact,
-    });
-    rmSync(output, { force: true });
-    if (!intact) throw new Error(`${remote}: the bytes read back differ from those written`);
-    const toStdout = await runClient(['get', remote, '-'], cluster, clusterPath);
-    const stdoutMbps = FILE_MIB / toStdout.seconds;
-    emit('get-stdout', stdoutMbps, 'MB/s', {
-      run,
-      into: 'stdout to /dev/null',
-      ...describe(toStdout, GET_TARGET, stdoutMbps),
-    });
+      const output = join(work, `output-${run}.bin`);
+      await freeMemoryJustBefore(join(work, 'scratch'), fileBytes);
+      const get = await runClient(['get', remote, output], cluster, clusterPath, bin);
+      const getMbps = FILE_MIB / get.seconds;
+      const intact = (await fileCrc(output)) === inputCrc;
+      emit('get', getMbps, 'MB/s', {
+        run,
+        into: 'local file',
+        ...describe(get, GET_TARGET, getMbps),
+        intact,
+        ...against('get', getMbps, get),
+      });
+      rmSync(output, { force: true });
+      if (!intact) throw new Error(`${remote}: the bytes read back differ from those written`);
+      const toStdout = await runClient(['get', remote, '-'], cluster, clusterPath, bin);
+      const stdoutMbps = FILE_MIB / toStdout.seconds;
+      emit('get-stdout', stdoutMbps, 'MB/s', {
+        run,
+        into: 'stdout to /dev/null',
+        ...describe(toStdout, GET_TARGET, stdoutMbps),
+        ...against('get-stdout', stdoutMbps, toStdout),
+      });
+    }
   }
 
   up.kill('SIGTERM');

@@ -22,7 +22,7 @@ import { EcPolicyError, parseEcPolicy } from '../common/ec-policy.js';
 import { DogfsError, type ErrorCode, toDogfsError } from '../wire/errors.js';
 import type { ClusterReportResponse } from '../wire/gen/types.js';
 import { parseFlags, parseIntFlag, UsageError } from './args.js';
-import { LocalFileSink } from './local-file.js';
+import { LocalFileSink, StdoutSink } from './local-file.js';
 
 export const FILE_COMMANDS_USAGE = `Files (endpoints: --meta HOST:PORT,... | $DOGFS_META | $DOGFS_CLUSTER | ./cluster.json;
        $DOGFS_TIMEOUT_MS: deadline of each metadata call, default 10000):
@@ -452,7 +452,7 @@ async function get(ctx: Context, argv: string[]): Promise<string> {
   const status = await ctx.client.stat(remote);
   if (status.type === 'dir') throw new DogfsError('IS_A_DIRECTORY', `${remote}: Is a directory`);
   if (localArg === '-') {
-    await pipeline(ctx.client.createReadStream(remote), ctx.stdout, { end: false });
+    await toStdout(ctx, remote);
     return remote;
   }
   let local = localArg;
@@ -507,8 +507,28 @@ async function get(ctx: Context, argv: string[]): Promise<string> {
 async function cat(ctx: Context, argv: string[]): Promise<string> {
   const { positionals } = parseFlags(argv, { meta: { type: 'string' } });
   const remote = onePath(positionals, 'cat');
-  await pipeline(ctx.client.createReadStream(remote), ctx.stdout, { end: false });
+  await toStdout(ctx, remote);
   return remote;
+}
+
+/**
+ * A file to stdout: the process's own through reused stripe buffers (StdoutSink), any other stream
+ * (the tests' PassThrough, which keeps what it is given) through a read stream.
+ */
+async function toStdout(ctx: Context, remote: string): Promise<void> {
+  if (ctx.stdout !== process.stdout) {
+    await pipeline(ctx.client.createReadStream(remote), ctx.stdout, { end: false });
+    return;
+  }
+  const sink = new StdoutSink(process.stdout);
+  try {
+    await ctx.client.readInto(remote, sink);
+  } catch (error) {
+    // The read's failure is the one reported; the writes still in flight are only waited for.
+    await sink.flush().catch(() => {});
+    throw error;
+  }
+  await sink.flush();
 }
 
 /**

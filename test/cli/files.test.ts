@@ -189,6 +189,10 @@ describe('dogfs file commands', () => {
     const toStdout = await dogfsWithInput(['get', '/data/piped', '-'], Buffer.alloc(0));
     assert.equal(toStdout.status, 0, toStdout.stderr);
     assert.ok(toStdout.stdout.equals(piped), 'stdout carries the exact bytes');
+    // Many stripes through the process's stdout pipe: its few reused stripe buffers never mix bytes.
+    const bigOut = await dogfsWithInput(['get', '/data/big.bin', '-'], Buffer.alloc(0));
+    assert.equal(bigOut.status, 0, bigOut.stderr);
+    assert.ok(bigOut.stdout.equals(data), 'a file of many stripes through stdout, byte-exact');
     const catted = await dogfs(['cat', '/data/piped']);
     assert.ok(catted.bytes.equals(piped));
     const stdinInProcess = await dogfs(['put', '-', '/data/piped2'], {}, piped);
