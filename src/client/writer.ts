@@ -507,6 +507,15 @@ export class FileWriteStream extends Writable {
       this.bytesWritten += length;
       this.options.onProgress?.(this.bytesWritten);
     });
+    // A source that grew after its size was taken (a log being appended to) would otherwise be stored
+    // cut at the old size with success: as with bytes written past the announced size, the put fails.
+    const { bytesRead } = await source.read(Buffer.alloc(1), 0, 1, size);
+    if (bytesRead > 0) {
+      throw new DogfsError(
+        'INVALID_ARGUMENT',
+        `the source has more than its announced ${size} bytes (did it grow during the put?)`,
+      );
+    }
   }
 
   /**

@@ -239,7 +239,7 @@ describe('write and read paths (in-memory data plane)', () => {
     });
   }
 
-  test('a source shorter than its size fails the stream and nothing appears; write() is refused', async () => {
+  test('a source shorter or longer than its size fails the stream and nothing appears; write() is refused', async () => {
     const data = randomBytes(2 * S + 10);
     const short = client.createWriteStream('/short', {
       size: data.length + 1,
@@ -251,6 +251,13 @@ describe('write and read paths (in-memory data plane)', () => {
       /ended after 122890 of its announced 122891/,
     );
     await rejectsWith(client.stat('/short'), 'NOT_FOUND');
+    // A source with more bytes than its size (a file that grew after it was measured) fails too.
+    const long = client.createWriteStream('/long', {
+      size: data.length - 1,
+      source: bytesSource(data, 1 << 20),
+    });
+    await rejectsWith(finished(long.end()), 'INVALID_ARGUMENT', /more than its announced 122889 bytes/);
+    await rejectsWith(client.stat('/long'), 'NOT_FOUND');
     const both = client.createWriteStream('/both', { size: 1, source: bytesSource(Buffer.from('x'), 1) });
     await rejectsWith(finished(both.end(Buffer.from('y'))), 'INVALID_ARGUMENT', /reads its source/);
     await rejectsWith(client.stat('/both'), 'NOT_FOUND');
