@@ -4,6 +4,7 @@
  */
 
 import type {
+  OpenReadOptions,
   ShardReadHandle,
   ShardTarget,
   ShardTransport,
@@ -12,6 +13,9 @@ import type {
 } from '../../src/client/transport.js';
 import { crc32c } from '../../src/codec/crc32c.js';
 import { DogfsError } from '../../src/wire/errors.js';
+
+/** Reads deliver at most this much per `next()`, so a cell arrives in several pieces. */
+const PIECE_BYTES = 16 << 10;
 
 function key(target: ShardTarget): string {
   return `${target.addr}/${target.shard.blockGroupId}/${target.shard.index}`;
@@ -23,6 +27,12 @@ export class MemoryTransport implements ShardTransport {
   readonly dead = new Set<string>();
   /** Addresses whose reads never deliver. */
   readonly hung = new Set<string>();
+  /**
+   * Address → a gate: reads there deliver their bytes only once it opens, even after being closed (a slow
+   * server whose data arrives after the reader gave up on it). `lateDeliveries` counts such deliveries.
+   */
+  readonly late = new Map<string, Promise<void>>();
+  lateDeliveries = 0;
   /** Address → bytes after which writes fail (a server dying mid-write). */
   readonly dieAfter = new Map<string, number>();
   readonly reads: { addr: string; index: number; offset: number; length: number }[] = [];
@@ -61,26 +71,43 @@ export class MemoryTransport implements ShardTransport {
     };
   }
 
-  openRead(target: ShardTarget, offset: number, length: number): ShardReadHandle {
+  openRead(
+    target: ShardTarget,
+    offset: number,
+    length: number,
+    options?: Pick<OpenReadOptions, 'transient'>,
+  ): ShardReadHandle {
     this.reads.push({ addr: target.addr, index: target.shard.index, offset, length });
+    let position = offset;
     let done = false;
     let closed: (() => void) | undefined;
     const closedPromise = new Promise<void>((resolve) => {
       closed = resolve;
     });
+    // Transient reads get their pieces in one reused buffer, as the real transport's receive memory is:
+    // a reader that keeps a piece past the next `next()` sees it overwritten.
+    const scratch = options?.transient ? Buffer.alloc(PIECE_BYTES) : undefined;
     return {
       next: async () => {
-        if (done) return null;
+        const gate = this.late.get(target.addr);
+        if (gate !== undefined) await gate;
+        else if (done) return null;
         if (this.dead.has(target.addr))
           throw new DogfsError('UNAVAILABLE', `${target.addr}: connection refused`);
-        if (this.hung.has(target.addr)) {
+        if (gate === undefined && this.hung.has(target.addr)) {
           await closedPromise;
           throw new DogfsError('CANCELLED', 'closed');
         }
         const shard = this.shards.get(key(target));
         if (!shard) throw new DogfsError('NOT_FOUND', `${target.addr}: no such shard`);
-        done = true;
-        return shard.subarray(offset, offset + length);
+        const end = offset + length;
+        if (position >= end) return null;
+        const piece = shard.subarray(position, Math.min(end, position + PIECE_BYTES));
+        position += piece.length;
+        if (gate !== undefined) this.lateDeliveries++;
+        if (scratch === undefined) return piece;
+        piece.copy(scratch);
+        return scratch.subarray(0, piece.length);
       },
       close: () => {
         done = true;
