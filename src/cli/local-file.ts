@@ -19,7 +19,7 @@
  * makes it (direct writes have reached the device, only the short last stage has not).
  */
 import { constants as fsConstants } from 'node:fs';
-import { type FileHandle, open } from 'node:fs/promises';
+import { type FileHandle, open, unlink } from 'node:fs/promises';
 import { Writable } from 'node:stream';
 import type { ReadSink } from '../client/index.js';
 import { assert } from '../common/assert.js';
@@ -76,19 +76,30 @@ export class LocalFileSink extends Writable implements ReadSink {
    */
   static async create(
     path: string,
-    options: { mode?: number /** false: through the page cache (tests) */; direct?: boolean } = {},
+    options: {
+      mode?: number;
+      /** false: through the page cache (tests) */
+      direct?: boolean;
+      /** Opens the file (tests inject a filesystem's refusal of O_DIRECT here). */
+      openFile?: typeof open;
+    } = {},
   ): Promise<LocalFileSink> {
     const mode = options.mode ?? 0o644;
+    const openFile = options.openFile ?? open;
     const create = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL;
-    if (options.direct === false) return new LocalFileSink(path, undefined, await open(path, create, mode));
+    if (options.direct === false)
+      return new LocalFileSink(path, undefined, await openFile(path, create, mode));
     try {
-      return new LocalFileSink(path, await open(path, create | fsConstants.O_DIRECT, mode), undefined);
+      return new LocalFileSink(path, await openFile(path, create | fsConstants.O_DIRECT, mode), undefined);
     } catch (error) {
       if (!refusesDirect(error)) throw error;
-      // Linux checks O_DIRECT after creating the file, so the refused open may have left it behind:
-      // this open may find it (created a moment ago under the caller's fresh name) and takes it over.
-      const plain = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC;
-      return new LocalFileSink(path, undefined, await open(path, plain, mode));
+      // Linux checks O_DIRECT after creating the file, so the refused open may have left it behind. It
+      // is ours (the open had O_EXCL): remove it and create again with O_EXCL, so the fallback neither
+      // follows a link planted at the name meanwhile nor leaves the file behind if this open fails.
+      await unlink(path).catch((unlinkError: NodeJS.ErrnoException) => {
+        if (unlinkError.code !== 'ENOENT') throw unlinkError;
+      });
+      return new LocalFileSink(path, undefined, await openFile(path, create, mode));
     }
   }
 

@@ -4,7 +4,19 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  constants,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  unlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
@@ -23,6 +35,19 @@ function pieces(bytes: Buffer): Readable {
   return Readable.from(parts, { objectMode: false });
 }
 
+/** Whether the filesystem under `dir` takes O_DIRECT opens (tmpfs does not). */
+function takesDirect(dir: string): boolean {
+  const probe = join(dir, 'direct-probe');
+  try {
+    closeSync(openSync(probe, constants.O_WRONLY | constants.O_CREAT | constants.O_DIRECT));
+    return true;
+  } catch {
+    return false;
+  } finally {
+    if (existsSync(probe)) unlinkSync(probe);
+  }
+}
+
 describe('LocalFileSink', () => {
   const dir = tempDir('dogfs-local-file-');
   after(() => dir.remove());
@@ -34,7 +59,8 @@ describe('LocalFileSink', () => {
       for (const size of sizes) {
         const path = join(dir.path, `out-${direct}-${size}`);
         const sink = await LocalFileSink.create(path, { mode: 0o600, direct });
-        if (!direct) assert.equal(sink.direct, false);
+        // Direct exactly where asked for and the filesystem takes it: a silent fallback fails here.
+        assert.equal(sink.direct, direct && takesDirect(dir.path));
         await pipeline(pieces(data.subarray(0, size)), sink);
         const back = readFileSync(path);
         assert.equal(back.length, size, `size ${size}`);
@@ -69,6 +95,25 @@ describe('LocalFileSink', () => {
     writeFileSync(path, 'keep');
     await assert.rejects(LocalFileSink.create(path), { code: 'EEXIST' });
     assert.equal(readFileSync(path, 'utf8'), 'keep');
+  });
+
+  test('where O_DIRECT is refused (EINVAL, after creating the file) the page cache takes over', async () => {
+    // Linux creates the file before it checks O_DIRECT, so a refusing filesystem leaves it behind.
+    const refusing: typeof open = async (path, flags, mode) => {
+      if (typeof flags === 'number' && (flags & constants.O_DIRECT) !== 0) {
+        await (await open(path, flags & ~constants.O_DIRECT, mode)).close();
+        throw Object.assign(new Error('EINVAL: invalid argument, open'), { code: 'EINVAL' });
+      }
+      return open(path, flags, mode);
+    };
+    const sub = join(dir.path, 'refusing');
+    mkdirSync(sub);
+    const path = join(sub, 'out');
+    const sink = await LocalFileSink.create(path, { direct: true, openFile: refusing });
+    assert.equal(sink.direct, false);
+    await pipeline(pieces(data), sink);
+    assert.ok(readFileSync(path).equals(data));
+    assert.deepEqual(readdirSync(sub), ['out']);
   });
 
   test('a missing directory is ENOENT and creates nothing', async () => {
