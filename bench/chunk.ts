@@ -1,12 +1,14 @@
 /**
  * bench/chunk — one chunk server (a real `dogfs chunk` process) over loopback, one JSON object per line:
  *   {"bench":"chunk","metric":...,"value":...,"unit":...,...}
- * Write and read MB/s of 64 MiB shards streamed in 1 MiB messages, against the raw limits measured in
- * the same run: sequential 1 MiB writes + fdatasync per 64 MiB file on the same filesystem (into
- * just-freed memory, as the server's writes run: see bench/raw.ts), and a raw TCP
+ * Write and read MB/s of 64 MiB shards streamed in 1 MiB messages, with the server writing through the
+ * page cache (DOGFS_CHUNK_DIRECT_WRITES=0) and with O_DIRECT (its default: chunk/shard-file.ts; its
+ * reads are then direct too, from the disk), against the raw limits measured in the same run: the best
+ * of sequential 1 MiB writes + fdatasync per 64 MiB file on the same filesystem (into just-freed
+ * memory, as the server's writes run: see bench/raw.ts) and 4 MiB O_DIRECT writes, and a raw TCP
  * socket between two processes over loopback (the better of a receiver on 'data' events and one reading
  * into a reused buffer, as the chunk server does). Ratios are to the smaller of the two limits (and, for
- * reads, which come from the page cache, to the socket alone). CPU seconds per GB for the server and the
+ * reads, also to the socket alone; each read line says whether it came from the page cache or the disk). CPU seconds per GB for the server and the
  * client; the server's peak resident memory while 16 clients stream into it; the time to rebuild an
  * inventory of 100,000 shards at start-up.
  *
