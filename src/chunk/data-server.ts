@@ -256,6 +256,11 @@ export class DataServer {
             await session.append(slices, packet.length, packet.chunkCrc32c);
             reader.release(writing);
             writing = slices;
+            if (session.copiesPackets) {
+              // Direct writes copied the packet into staging memory: its receive memory is free now.
+              reader.release(writing);
+              writing = [];
+            }
           }
           const trailer = await reader.readFrame('dogfs.v1.WriteShardTrailer');
           if (trailer === undefined)

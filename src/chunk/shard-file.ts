@@ -171,6 +171,8 @@ export async function probeDirectWrites(
 
 /** The bytes of one shard file on their way to disk, in file order from offset 0. */
 export interface ShardFileSink {
+  /** Whether `append` copies the bytes it is given (so the caller may reuse them once it returns). */
+  readonly copies: boolean;
   /**
    * Queues the next `bytes` (the slices, in order). Resolves once the caller may pass more: the
    * previous write is done (or, direct, the bytes are copied). Rejects with the first write failure.
@@ -242,6 +244,7 @@ abstract class SyncBehindSink {
 }
 
 class BufferedSink extends SyncBehindSink implements ShardFileSink {
+  readonly copies = false;
   private position = 0;
 
   async append(slices: readonly Uint8Array[], bytes: number): Promise<void> {
@@ -282,6 +285,7 @@ class BufferedSink extends SyncBehindSink implements ShardFileSink {
 }
 
 class DirectSink extends SyncBehindSink implements ShardFileSink {
+  readonly copies = true;
   /** The buffer being filled, holding the file's bytes from `offset`. */
   private staging: Buffer | undefined;
   private fill = 0;
