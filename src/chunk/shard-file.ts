@@ -378,15 +378,15 @@ class DirectSink extends SyncBehindSink implements ShardFileSink {
 }
 
 /**
- * Opens an existing file for direct reads; undefined where the filesystem refuses (the caller reads
- * through the page cache instead).
+ * Opens an existing file for direct reads; undefined if that fails (the caller reads through the page
+ * cache instead, on the descriptor it already has): EINVAL where the filesystem refuses, or ENOENT if
+ * the shard was deleted since the caller opened it — whose open descriptor still reads it whole.
  */
 export async function openDirectRead(path: string): Promise<FileHandle | undefined> {
   try {
     return await open(path, fsConstants.O_RDONLY | fsConstants.O_DIRECT);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'EINVAL') return undefined;
-    throw error;
+  } catch {
+    return undefined;
   }
 }
 
