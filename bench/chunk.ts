@@ -2,7 +2,7 @@
  * bench/chunk — one chunk server (a real `dogfs chunk` process) over loopback, one JSON object per line:
  *   {"bench":"chunk","metric":...,"value":...,"unit":...,...}
  * Write and read MB/s of 64 MiB shards streamed in 1 MiB messages, with the server writing through the
- * page cache (DOGFS_CHUNK_DIRECT_WRITES=0) and with O_DIRECT (its default: chunk/shard-file.ts; its
+ * page cache (DOGFS_CHUNK_DIRECT_WRITES=0, its default) and with O_DIRECT (=1: chunk/shard-file.ts; its
  * reads are then direct too, from the disk), against the raw limits measured in the same run: the best
  * of sequential 1 MiB writes + fdatasync per 64 MiB file on the same filesystem (into just-freed
  * memory, as the server's writes run: see bench/raw.ts) and 4 MiB O_DIRECT writes, and a raw TCP
@@ -153,8 +153,8 @@ async function main(): Promise<void> {
   const payload = randomBytes(SHARD_BYTES);
   const shards = totalBytes / SHARD_BYTES;
   const writeLimit = Math.min(disk, tcpSend);
-  // The server both ways in the same run: with O_DIRECT (its default where the filesystem takes it) and
-  // through the page cache (DOGFS_CHUNK_DIRECT_WRITES=0), each write figure against the same limit.
+  // The server both ways in the same run: with O_DIRECT (DOGFS_CHUNK_DIRECT_WRITES=1) and through the
+  // page cache (=0, its default for now), each write figure against the same limit.
   const writeMBps = new Map<string, number>();
   let server: Awaited<ReturnType<typeof startChunkProcess>> | undefined;
   for (const directWrites of [false, true]) {

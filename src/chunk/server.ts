@@ -35,8 +35,10 @@ export interface ChunkServerOptions {
   scrubBytesPerSecond?: number | undefined;
   limits?: Partial<DataServerLimits> | undefined;
   /**
-   * Write shards with O_DIRECT where the filesystem takes it (chunk/shard-file.ts). Default: true unless
-   * the environment has DOGFS_CHUNK_DIRECT_WRITES=0 (how the benches run the page-cache way beside it).
+   * Write (and read) shards with O_DIRECT where the filesystem takes it (chunk/shard-file.ts). Default:
+   * only if the environment has DOGFS_CHUNK_DIRECT_WRITES=1. Off by default for now: the suite's chaos
+   * run failed 3 times in 8 with it on at 11:11-11:24 (a file with 3 of 5 shards missing after repair)
+   * and 0 in 3 with it off, cause not found yet.
    */
   directWrites?: boolean | undefined;
 }
@@ -76,7 +78,7 @@ export async function startChunkServer(options: ChunkServerOptions) {
         capacityBytes: options.capacityBytes,
         log,
         onCorrupt: () => metrics.add('corrupt_found'),
-        directWrites: options.directWrites ?? process.env['DOGFS_CHUNK_DIRECT_WRITES'] !== '0',
+        directWrites: options.directWrites ?? process.env['DOGFS_CHUNK_DIRECT_WRITES'] === '1',
       });
       context.readyInfo['writeMode'] = openedStore.writeMode;
       store = openedStore;
