@@ -34,12 +34,11 @@ import { assert } from '../common/assert.js';
 export const DIRECT_ALIGNMENT = 4096;
 /** One direct write: large enough that the disk streams (measured: 1 MiB ones ran at ~60% of 4 MiB). */
 export const STAGING_BYTES = 4 * 1024 * 1024;
-/**
- * Direct writes of one shard on their way to disk at once (while the next buffer is filled). Two ran
- * no faster than one through the chunk server here (one stream, 1 GiB, 10:42-10:47, load 4-5: 393-605
- * MB/s against 361-580, within the noise), and hold one more buffer per write.
+/*
+ * Each direct write owns two staging buffers: one on its way to disk while the next is filled. Two writes
+ * in flight (three buffers) ran no faster through the chunk server here (one stream, 1 GiB, 10:42-10:47,
+ * load 4-5: 393-605 MB/s against 361-580, within the noise).
  */
-const DIRECT_WRITES_IN_FLIGHT = 1;
 /** Staging memory alignment: 2 MiB, so it can be huge pages (one block-layer segment per 2 MiB). */
 const STAGING_ALIGNMENT = 2 * 1024 * 1024;
 /** A write in progress fdatasyncs in the background after this many bytes since the last one. */
@@ -93,15 +92,15 @@ function createDirect(io: StoreIo, path: string): Promise<FileHandle> {
 }
 
 /**
- * Staging buffers shared by every direct write of a store, at most `maxBuffers` of them (allocated when
- * first needed and kept: memory freed here goes back to the hypervisor and costs page faults to get
- * again). A write holds at most two: one being filled, one on its way to disk; a write's buffer comes
- * back as soon as the disk has it, whatever the write does next, so waiting for one always ends. The
- * waiters are bounded by the data server's concurrent-write limit.
+ * Staging buffers of a store's direct writes, at most `maxBuffers` of them (allocated when first needed
+ * and kept: memory freed here goes back to the hypervisor and costs page faults to get again). A direct
+ * write takes two when it starts (one being filled, one on its way to disk) and gives them back when it
+ * ends; a write that finds fewer than two free goes through the page cache instead. Nothing ever waits
+ * for a buffer: a write waiting on another's buffer while that one's client waited on the first (each
+ * client sends a stripe to all its shards before the next) would stall both until their timeouts.
  */
 export class StagingPool {
   private readonly free: Buffer[] = [];
-  private readonly waiting: ((buffer: Buffer) => void)[] = [];
   private allocated = 0;
 
   constructor(
@@ -118,14 +117,9 @@ export class StagingPool {
     return this.allocated;
   }
 
-  acquire(): Promise<Buffer> {
-    const buffer = this.free.pop();
-    if (buffer !== undefined) return Promise.resolve(buffer);
-    if (this.allocated < this.maxBuffers) {
-      this.allocated++;
-      return Promise.resolve(this.allocate(this.bufferBytes, this.alignment));
-    }
-    return new Promise((resolve) => this.waiting.push(resolve));
+  /** Buffers given out and not yet back. */
+  get buffersInUse(): number {
+    return this.allocated - this.free.length;
   }
 
   /** A buffer if one is free or may still be allocated, else undefined at once (no waiting). */
@@ -136,11 +130,23 @@ export class StagingPool {
     return this.allocate(this.bufferBytes, this.alignment);
   }
 
+  /** Two buffers, or none (undefined) if two are not to be had at once. */
+  tryAcquirePair(): [Buffer, Buffer] | undefined {
+    const first = this.tryAcquire();
+    if (first === undefined) return undefined;
+    const second = this.tryAcquire();
+    if (second !== undefined) return [first, second];
+    this.release(first);
+    return undefined;
+  }
+
   release(buffer: Buffer): void {
     assert(buffer.length === this.bufferBytes, 'a pool buffer comes back whole');
-    const next = this.waiting.shift();
-    if (next !== undefined) next(buffer);
-    else this.free.push(buffer);
+    assert(
+      this.free.length < this.allocated && !this.free.includes(buffer),
+      'a pool buffer given back twice',
+    );
+    this.free.push(buffer);
   }
 }
 
@@ -185,15 +191,26 @@ export interface ShardFileSink {
   discard(): Promise<void>;
 }
 
-/** Creates `path` (which must not exist) and starts it with `header`. */
+/**
+ * Creates `path` (which must not exist) and starts it with `header`: direct (through two staging buffers
+ * of `pool`) when a pool is given and has two free, else through the page cache.
+ */
 export async function createShardFile(
   path: string,
   header: Buffer,
   io: StoreIo,
   pool: StagingPool | undefined,
 ): Promise<ShardFileSink> {
-  const handle = pool === undefined ? await open(path, 'wx') : await createDirect(io, path);
-  const sink = pool === undefined ? new BufferedSink(handle, io) : new DirectSink(handle, io, pool);
+  const buffers = pool?.tryAcquirePair();
+  let handle: FileHandle;
+  try {
+    handle = buffers === undefined ? await open(path, 'wx') : await createDirect(io, path);
+  } catch (error) {
+    if (buffers !== undefined) for (const buffer of buffers) pool!.release(buffer);
+    throw error;
+  }
+  const sink =
+    buffers === undefined ? new BufferedSink(handle, io) : new DirectSink(handle, io, pool!, buffers);
   try {
     // Buffered: written at once. Direct: held in the first staging buffer, written with the data.
     await sink.append([header], header.length);
@@ -290,15 +307,20 @@ class DirectSink extends SyncBehindSink implements ShardFileSink {
   private staging: Buffer | undefined;
   private fill = 0;
   private offset = 0;
+  /** This write's buffers not being filled nor written. */
+  private readonly spare: Buffer[] = [];
   /** Writes on their way to disk, oldest first (each never rejects: failures are kept). */
-  private readonly writes: Promise<void>[] = [];
+  private readonly writes: { done: Promise<void>; buffer: Buffer }[] = [];
+  private released = false;
 
   constructor(
     handle: FileHandle,
     io: StoreIo,
     private readonly pool: StagingPool,
+    private readonly buffers: readonly [Buffer, Buffer],
   ) {
     super(handle, io);
+    this.spare.push(...buffers);
   }
 
   async append(slices: readonly Uint8Array[], bytes: number): Promise<void> {
@@ -306,12 +328,12 @@ class DirectSink extends SyncBehindSink implements ShardFileSink {
     for (const slice of slices) {
       let done = 0;
       while (done < slice.length) {
-        if (this.staging === undefined) this.staging = await this.pool.acquire();
+        if (this.staging === undefined) this.staging = await this.nextBuffer();
         const n = Math.min(slice.length - done, STAGING_BYTES - this.fill);
         this.staging.set(slice.subarray(done, done + n), this.fill);
         this.fill += n;
         done += n;
-        if (this.fill === STAGING_BYTES) await this.submit(STAGING_BYTES);
+        if (this.fill === STAGING_BYTES) this.submit(STAGING_BYTES);
       }
       copied += slice.length;
     }
@@ -319,61 +341,75 @@ class DirectSink extends SyncBehindSink implements ShardFileSink {
     if (this.failure !== undefined) throw this.failure;
   }
 
-  /**
-   * Writes the staging buffer's first `length` bytes, once fewer than DIRECT_WRITES_IN_FLIGHT writes
-   * are in flight.
-   */
-  private async submit(length: number): Promise<void> {
-    while (this.writes.length >= DIRECT_WRITES_IN_FLIGHT) await this.writes.shift();
+  /** A buffer of this write's own: a spare one, or the oldest written one once the disk has it. */
+  private async nextBuffer(): Promise<Buffer> {
+    const spare = this.spare.pop();
+    if (spare !== undefined) return spare;
+    const oldest = this.writes.shift();
+    assert(oldest !== undefined, 'a direct write without a spare buffer has one on its way to disk');
+    await oldest.done;
     if (this.failure !== undefined) throw this.failure;
+    return oldest.buffer;
+  }
+
+  /** Writes the staging buffer's first `length` bytes (at most two writes are in flight: two buffers). */
+  private submit(length: number): void {
     const buffer = this.staging!;
     assert(length % DIRECT_ALIGNMENT === 0 && this.offset % DIRECT_ALIGNMENT === 0, 'aligned direct write');
     const at = this.offset;
     this.offset += this.fill;
     this.staging = undefined;
     this.fill = 0;
-    this.inflight = this.io
-      .writev(this.handle, [buffer.subarray(0, length)], at)
-      .catch((error: unknown) => {
-        this.failure ??= error;
-      })
-      // Back to the pool the moment the disk has it, so another write waiting for a buffer never waits
-      // on this one's next step.
-      .finally(() => this.pool.release(buffer));
-    this.writes.push(this.inflight);
+    this.inflight = this.io.writev(this.handle, [buffer.subarray(0, length)], at).catch((error: unknown) => {
+      this.failure ??= error;
+    });
+    this.writes.push({ done: this.inflight, buffer });
     this.syncBehind(length);
   }
 
   private async settle(): Promise<void> {
-    await Promise.all(this.writes.splice(0));
+    for (const write of this.writes.splice(0)) {
+      await write.done;
+      this.spare.push(write.buffer);
+    }
     this.inflight = undefined;
-    if (this.failure !== undefined) throw this.failure;
   }
 
   async finish(tail: Buffer, fileBytes: number): Promise<void> {
-    await this.append([tail], tail.length);
-    const end = this.offset + this.fill;
-    assert(end === fileBytes, 'the tail ends the file');
-    if (this.fill > 0) {
-      // The last block padded with zeros (the buffer is reused: stale bytes must not reach the disk).
-      const padded = Math.ceil(this.fill / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT;
-      this.staging!.fill(0, this.fill, padded);
-      await this.submit(padded);
+    try {
+      await this.append([tail], tail.length);
+      const end = this.offset + this.fill;
+      assert(end === fileBytes, 'the tail ends the file');
+      if (this.fill > 0) {
+        // The last block padded with zeros (the buffer is reused: stale bytes must not reach the disk).
+        const padded = Math.ceil(this.fill / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT;
+        this.staging!.fill(0, this.fill, padded);
+        this.submit(padded);
+      }
+      await this.settle();
+      if (this.syncing !== undefined) await this.syncing;
+      if (this.failure !== undefined) throw this.failure;
+      if (end % DIRECT_ALIGNMENT !== 0) await this.handle.truncate(fileBytes);
+      await this.handle.datasync();
+    } finally {
+      await this.releaseBuffers();
     }
-    await this.settle();
-    if (this.syncing !== undefined) await this.syncing;
-    if (this.failure !== undefined) throw this.failure;
-    if (end % DIRECT_ALIGNMENT !== 0) await this.handle.truncate(fileBytes);
-    await this.handle.datasync();
   }
 
   async discard(): Promise<void> {
-    await Promise.all(this.writes.splice(0));
+    await this.releaseBuffers();
     if (this.syncing !== undefined) await this.syncing;
-    this.inflight = undefined;
-    if (this.staging !== undefined) this.pool.release(this.staging);
-    this.staging = undefined;
     await this.handle.close().catch(() => {});
+  }
+
+  /** Once no write of them is in flight, gives this write's two buffers back to the pool (once). */
+  private async releaseBuffers(): Promise<void> {
+    await this.settle();
+    if (this.released) return;
+    this.released = true;
+    this.staging = undefined;
+    this.spare.length = 0;
+    for (const buffer of this.buffers) this.pool.release(buffer);
   }
 }
 

@@ -94,8 +94,9 @@ export interface ShardStoreOptions {
 }
 
 /**
- * Staging buffers of all direct writes together (4 MiB each): 2 per write, so 4 writes at full speed;
- * more share them (the disk is the limit by then). Kept after use: with 16 of them, and 16 of the read
+ * Staging buffers of all direct writes together (4 MiB each): 2 per write, so 4 direct writes at a time;
+ * writes that start while they are taken go through the page cache (the disk is the limit by then, and
+ * nothing waits for a buffer another write holds). Kept after use: with 16 of them, and 16 of the read
  * pool, the server's peak RSS while 16 clients wrote 1 GiB each reached 255.6 of the 256 MiB allowed.
  */
 const STAGING_POOL_BUFFERS = 8;
@@ -263,6 +264,11 @@ export class ShardStore {
   get writeMode(): 'direct' | 'buffered' {
     return this.staging === undefined ? 'buffered' : 'direct';
   }
+  /** Staging buffers held by direct writes in progress (each holds two; writes beyond go buffered). */
+  get stagingBuffersInUse(): number {
+    return this.staging?.buffersInUse ?? 0;
+  }
+
   /** Why `writeMode` is what it is. */
   get writeModeWhy(): string {
     return this.writeModeReason;

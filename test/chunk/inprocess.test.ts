@@ -386,6 +386,51 @@ test('direct and buffered writes make byte-identical shard files, each readable 
   }
 });
 
+test('more direct writes open than staging buffers: none waits for another, the rest go through the page cache', async () => {
+  const store = await ShardStore.open({ dir: join(dir.path, 'many-direct') });
+  assert.equal(store.writeMode, 'direct', store.writeModeWhy);
+  // Twelve writes open at once, each with 5 MiB appended (more than one staging buffer) and not finished:
+  // as twelve clients each sending a stripe to every shard before the next. A write that waited for a
+  // buffer another open write holds would hang here until its deadline.
+  const writes = 12;
+  const length = 5 * MiB + 4321;
+  const ids = Array.from({ length: writes }, (_, i) => ({ blockGroupId: 700 + i, index: 1, generation: 0 }));
+  const append = async (
+    session: Awaited<ReturnType<ShardStore['beginWrite']>>,
+    data: Buffer,
+    from: number,
+    to: number,
+  ) => {
+    for (let offset = from; offset < to; offset += MiB) {
+      const packet = data.subarray(offset, Math.min(to, offset + MiB));
+      const crcs: number[] = [];
+      for (let at = 0; at < packet.length; at += 64 * 1024)
+        crcs.push(crc32c(packet.subarray(at, Math.min(packet.length, at + 64 * 1024))));
+      await session.append([packet], packet.length, crcs);
+    }
+  };
+  const sessions = [];
+  for (const [i, id] of ids.entries()) {
+    const session = await store.beginWrite(id, length);
+    await append(session, seededBytes(length, i), 0, 5 * MiB);
+    sessions.push(session);
+  }
+  assert.ok(store.stagingBuffersInUse <= 8, `${store.stagingBuffersInUse} staging buffers held`);
+  // Finished in the reverse order: the last opened (buffered) first.
+  for (let i = writes - 1; i >= 0; i--) {
+    const data = seededBytes(length, i);
+    await append(sessions[i]!, data, 5 * MiB, length);
+    assert.equal((await sessions[i]!.commit(crc32c(data))).length, length);
+  }
+  assert.equal(store.stagingBuffersInUse, 0, 'every staging buffer back in the pool');
+  for (const [i, id] of ids.entries()) {
+    const reader = await store.openRead(id);
+    const { data } = await reader.readChunks(0, length, Buffer.alloc(length));
+    await reader.close();
+    assert.ok(data.equals(seededBytes(length, i)), `shard ${i} reads back`);
+  }
+});
+
 test('a filesystem that refuses O_DIRECT (EINVAL at open): the store writes through the page cache instead', async () => {
   let refused = 0;
   const io: StoreIo = {
