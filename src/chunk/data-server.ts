@@ -418,9 +418,13 @@ export class DataServer {
       // A socket calls back every write it was given, sent or not (destroyed): then the memory is free.
       await Promise.all(flushed);
       await Promise.allSettled(reading.map((r) => r.read));
-      await shard?.close();
-      this.reads--;
-      this.bytesInFlight -= reservation;
+      try {
+        await shard?.close();
+      } finally {
+        // The limits' counts come back even if closing failed (which then surfaces to the caller).
+        this.reads--;
+        this.bytesInFlight -= reservation;
+      }
     }
   }
 }

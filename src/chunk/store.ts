@@ -807,7 +807,8 @@ export class ShardReader {
   async close(): Promise<void> {
     if (this.pooled !== undefined) this.readPool!.release(this.pooled);
     this.pooled = undefined;
-    await this.directHandle?.close();
-    await this.handle.close();
+    // Both descriptors closed whatever the other does; the first failure is reported.
+    const closed = await Promise.allSettled([this.directHandle?.close(), this.handle.close()]);
+    for (const result of closed) if (result.status === 'rejected') throw result.reason;
   }
 }
