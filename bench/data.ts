@@ -5,8 +5,9 @@
  * `dogfs get` of one file (1 GiB by default) as separate client processes, each timed from spawn to exit
  * (get twice: into a local file, the headline, and to stdout into /dev/null, which shows what writing
  * the local file costs);
- * in the same run the raw limits: sequential 1 MiB writes with fdatasync on the same filesystem (into
- * just-freed memory, as the put and the get write: see bench/raw.ts), and a raw TCP socket over loopback. Ratios are to the raw disk-write limit (issue #6: put >= 0.5x,
+ * in the same run the raw limits: sequential writes with fdatasync on the same filesystem, through the
+ * page cache and with O_DIRECT (into just-freed memory, as the put and the get write: see bench/raw.ts),
+ * and a raw TCP socket over loopback. Ratios are to the better raw disk write (issue #6: put >= 0.5x,
  * get >= 0.7x). Also: the client process's peak resident memory (VmHWM, sampled from /proc; limit
  * 256 MiB), CPU seconds per GB of file data of the client (and its user/sys split), the chunk servers and the
  * metadata servers.
@@ -179,23 +180,42 @@ async function main(): Promise<void> {
   const fileBytes = FILE_MIB * MiB;
 
   // The raw disk-write limit, into just-freed memory as the put and the get write (bench/raw.ts says
-  // why that matters on this machine).
-  const disk = await rawDiskWriteJustFreed({
+  // why that matters on this machine): through the page cache, syncing behind every 8 MiB as the chunk
+  // servers do, and with O_DIRECT in 4 MiB writes as the get's local file (and opt-in chunk servers) are
+  // written. The better of the two is the limit, so neither way of writing flatters the ratios.
+  const buffered = await rawDiskWriteJustFreed({
     dir: join(work, 'raw-disk'),
     totalBytes: fileBytes,
     fileBytes: 64 * MiB,
     messageBytes: MiB,
     syncEveryBytes: 8 * MiB,
   });
-  emit('raw-disk-write-fdatasync', disk.mbps, 'MB/s', {
+  emit('raw-disk-write-fdatasync', buffered.mbps, 'MB/s', {
     memory: 'just freed',
     bestOf: DISK_REFERENCE_RUNS,
     fileMiB: 64,
     messageMiB: 1,
     syncEveryMiB: 8,
     totalMiB: FILE_MIB,
-    cpuSecondsPerGB: Number(disk.cpuSecondsPerGB.toFixed(3)),
+    cpuSecondsPerGB: Number(buffered.cpuSecondsPerGB.toFixed(3)),
   });
+  const direct = await rawDiskWriteJustFreed({
+    dir: join(work, 'raw-disk-direct'),
+    totalBytes: fileBytes,
+    fileBytes: 64 * MiB,
+    messageBytes: MiB,
+    syncEveryBytes: 64 * MiB,
+    direct: true,
+  });
+  emit('raw-disk-write-direct', direct.mbps, 'MB/s', {
+    memory: 'just freed',
+    bestOf: DISK_REFERENCE_RUNS,
+    fileMiB: 64,
+    writeMiB: 4,
+    totalMiB: FILE_MIB,
+    cpuSecondsPerGB: Number(direct.cpuSecondsPerGB.toFixed(3)),
+  });
+  const disk = direct.mbps > buffered.mbps ? direct : buffered;
   const tcp = await rawTcp({ totalBytes: fileBytes, messageBytes: MiB, direction: 'send', children });
   emit('raw-tcp-loopback', tcp.mbps, 'MB/s', { messageMiB: 1, totalMiB: FILE_MIB });
 
