@@ -41,6 +41,14 @@ export interface ReporterOptions {
 const MIN_HEARTBEAT_MS = 50;
 const MAX_HEARTBEAT_MS = 60_000;
 const DEFAULT_HEARTBEAT_MS = 3_000;
+/**
+ * The longest wait between attempts to reach the metadata leader: about the cluster's default heartbeat
+ * interval. A new group 0 leader gives every chunk server one dead-timeout of safe mode to find it, and
+ * a reporter whose backoff had grown to seconds while the election ran could miss that window (chaos saw
+ * healthy servers declared dead that way). Retrying this often costs a metadata server a refused call
+ * per chunk server per second while it has no leader.
+ */
+const MAX_RETRY_DELAY_MS = 1_000;
 const MAX_BLOCK_REPORT_PAGE = 10_000;
 /** Most corrupt shards named in one heartbeat (the rest follow in later ones). */
 const MAX_CORRUPT_PER_HEARTBEAT = 1_000;
@@ -122,7 +130,7 @@ export class MetadataReporter {
     const signal = this.abort.signal;
     const random = this.options.random ?? Math.random;
     const base = this.options.baseDelayMs ?? 100;
-    const cap = this.options.maxDelayMs ?? 5_000;
+    const cap = this.options.maxDelayMs ?? MAX_RETRY_DELAY_MS;
     let failures = 0;
     while (!signal.aborted) {
       try {

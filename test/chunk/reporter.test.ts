@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { MetadataReporter } from '../../src/chunk/reporter.js';
 import { ShardStore } from '../../src/chunk/store.js';
+import type { Logger } from '../../src/common/log.js';
 import { DogfsError } from '../../src/wire/errors.js';
 import {
   type BlockReportRequest,
@@ -139,6 +140,43 @@ test('registers with the leader (following NOT_LEADER hints), reports its invent
     await reporter.stop();
     await leader.close(0);
     await follower.close(0);
+  }
+});
+
+test('with no metadata leader to be found, the reporter retries at least once a second however long it fails', async () => {
+  const store = await ShardStore.open({ dir: join(dir.path, 'unreachable') });
+  const delays: number[] = [];
+  const quiet = () => {};
+  const log: Logger = {
+    debug: (msg, fields) => {
+      if (msg === 'metadata unreachable, retrying') delays.push(Number(fields?.['delay']));
+    },
+    info: quiet,
+    warn: quiet,
+    error: quiet,
+    child: () => log,
+  };
+  // Nobody listens there; the random draw at its top, so each wait is the backoff's whole bound.
+  const reporter = new MetadataReporter({
+    meta: ['127.0.0.1:1'],
+    id: 'chunk-9',
+    dataAddr: '127.0.0.1:7000',
+    controlAddr: '127.0.0.1:7001',
+    failureDomain: 'rack-a',
+    store,
+    activeTransfers: () => 0,
+    random: () => 0.999,
+    log,
+  });
+  reporter.start();
+  try {
+    // 100, 200, 400, 800 ms, then capped: a new group 0 leader's safe mode (one dead-timeout, 3 s in
+    // npm run chaos) must not end before a chunk server that failed through the election tries again.
+    await waitFor('seven failed attempts', () => delays.length >= 7, 20_000);
+    assert.ok(Math.max(...delays) <= 1000, `waits ${delays.map(Math.round).join(', ')} ms`);
+    assert.ok(delays.at(-1)! >= 900, 'the backoff grows to its cap');
+  } finally {
+    await reporter.stop();
   }
 });
 
