@@ -2,8 +2,8 @@
  * client/reader — the read path (DESIGN §4): a Node Readable over a file or a byte range of it. It reads
  * the needed ranges of the K data shards in parallel, straight from the chunk servers (the transport
  * checks every packet's CRC32C, the chunk server its stored chunk checksums). On a dead, slow or corrupt
- * shard it reads the same rows of parity shards and decodes (degraded read), and reports the bad shard to
- * the metadata service. More than M shards of a block group unavailable fails the stream with an error
+ * shard it reads the same rows of parity shards and decodes (degraded read); a corrupt or missing copy
+ * is reported to the metadata service (REPORTED_FAILURES says why only those). More than M shards of a block group unavailable fails the stream with an error
  * naming them. Memory is bounded: one stripe's rows at a time, plus what the transport buffers.
  */
 import { Readable } from 'node:stream';
@@ -49,6 +49,16 @@ const SHARD_READ_DEADLINE_MS = 30 * 60_000;
 const SHARD_READ_RENEW_MARGIN_MS = 5 * 60_000;
 /** Bad-shard reports a stream keeps (each block group reports at most K+M). */
 const MAX_REPORTS = 1024;
+/**
+ * The failures that say the stored copy itself is bad, and only these are reported to the metadata
+ * service: a copy that fails its checksums, or is not on the server that should hold it. A server that
+ * is down, refuses, or is slow says nothing about its copy, which is likely intact when it is back; the
+ * cluster's liveness (a dead-timeout, then repair) deals with servers that stay away. A report is kept
+ * until the shard is repaired, so an unavailable one would count an intact copy as lost: a chaos run
+ * saw a block group with one corrupt shard, one never written and one reported while its server was
+ * restarting, which repair then took for three lost of five and refused to rebuild, while the file read.
+ */
+const REPORTED_FAILURES: ReadonlySet<string> = new Set(['CORRUPT', 'NOT_FOUND']);
 
 /** A sequential reader of one shard range, able to hand out any later sub-range. */
 class ShardCursor {
@@ -461,11 +471,15 @@ export class FileReader {
     }
   }
 
-  /** Records a bad shard and reports it (best effort: a failed report is kept in `reportErrors`). */
+  /**
+   * Records a bad shard, and reports it to the metadata service if its copy is bad (REPORTED_FAILURES;
+   * best effort: a failed report is kept in `reportErrors`).
+   */
   reportBadShard(bad: BadShard): void {
     if (this.badShards.length >= MAX_REPORTS) return;
     this.badShards.push(bad);
     this.onBadShard?.(bad);
+    if (!REPORTED_FAILURES.has(bad.error.code)) return;
     this.reports.push(
       this.context.meta
         .call(

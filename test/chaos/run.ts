@@ -1,7 +1,8 @@
 /**
  * test/chaos/run — `npm run chaos [-- --seconds 60 --seed 7 --writers 2]`: faults against a real cluster,
  * printed as they happen, then the verdict (test/chaos/chaos.ts). Exit status 1 if anything acknowledged
- * was lost or a get returned wrong bytes.
+ * was lost or a get returned wrong bytes; the cluster's directory (members' logs, shard files) is then kept and
+ * its path printed.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -16,6 +17,7 @@ function flag(name: string, fallback: number): number {
 }
 
 const dir = mkdtempSync(join(tmpdir(), 'dogfs-chaos-'));
+let keep = false;
 try {
   const outcome = await runChaos({
     dir,
@@ -27,6 +29,8 @@ try {
   console.log(JSON.stringify({ ...outcome, problems: outcome.problems.length }, null, 2));
   for (const problem of outcome.problems) console.log(`PROBLEM: ${problem}`);
   process.exitCode = outcome.ok ? 0 : 1;
+  keep = !outcome.ok;
+  if (keep) console.log(`kept the cluster's directory for a post-mortem: ${dir}`);
 } finally {
-  rmSync(dir, { recursive: true, force: true });
+  if (!keep) rmSync(dir, { recursive: true, force: true });
 }

@@ -342,21 +342,35 @@ describe('write and read paths (in-memory data plane)', () => {
     assert.equal((await client.readFile('/exists')).toString(), 'three');
   });
 
-  test('M servers down: degraded read returns the bytes and reports the shards; M+1: a clear error', async () => {
+  test('M shards unreachable or missing: degraded read returns the bytes, reports only the missing copy; M+1: a clear error', async () => {
     const data = randomBytes(2 * S + 777);
     await client.writeFile('/degraded', data, { ec: 'rs-3-2' });
     const inode = (await client.stat('/degraded')).inode;
     const shards = inode.blockGroups[0]!.shards;
+    // Shard 0's server is down (its copy says nothing about itself); shard 2's server lost its copy.
     transport.dead.add(shards.find((s) => s.index === 0)!.addr);
-    transport.dead.add(shards.find((s) => s.index === 2)!.addr);
+    const shard2 = shards.find((s) => s.index === 2)!;
+    const shard2Key = `${shard2.addr}/${inode.blockGroups[0]!.id}/2`;
+    const shard2Bytes = transport.shards.get(shard2Key)!;
+    assert.ok(transport.shards.delete(shard2Key));
     const reportsBefore = cluster.state.badShards.length;
     const stream = client.createReadStream('/degraded');
     const parts: Buffer[] = [];
     for await (const part of stream) parts.push(part as Buffer);
     assert.deepEqual(Buffer.concat(parts), data);
-    assert.deepEqual(stream.badShards.map((b) => b.index).sort(), [0, 2]);
-    const reported = cluster.state.badShards.slice(reportsBefore).map((b) => b.index);
-    assert.deepEqual(reported.sort(), [0, 2]);
+    assert.deepEqual(stream.badShards.map((b) => [b.index, b.error.code]).sort(), [
+      [0, 'UNAVAILABLE'],
+      [2, 'NOT_FOUND'],
+    ]);
+    const reported = cluster.state.badShards.slice(reportsBefore);
+    assert.deepEqual(
+      reported.map((b) => [b.index, b.chunkServerId]),
+      [[2, shard2.chunkServerId]],
+      'a shard on a server that is down is not reported: its copy may be intact when the server returns',
+    );
+    assert.match(reported[0]!.reason, /^NOT_FOUND/);
+    transport.shards.set(shard2Key, shard2Bytes);
+    transport.dead.add(shard2.addr);
     const into = await readIntoBuffer(client, '/degraded');
     assert.deepEqual(into.bytes, data, 'readInto decodes around the same shards');
     assert.deepEqual(into.outcome.badShards.map((b) => b.index).sort(), [0, 2]);
