@@ -9,6 +9,14 @@
  * A block group is good when at least K+1 of its shards (K when M = 1) are durable; the missing ones are
  * committed as not durable (the gap repair fills). With fewer, the stream fails, nothing is committed for
  * that group and CompleteFile is never called, so the file never appears.
+ *
+ * Metadata commands (each one Raft entry, the cost of a small file): nothing is created before the first
+ * bytes arrive. A stream that ends empty makes one command (Create with complete). Otherwise Create also
+ * allocates the first block group, and the last block group's commit goes with CompleteFile: a file of
+ * one block group takes 2 commands (Create+allocate, commit+CompleteFile), each further group 2 more
+ * (AllocateBlockGroup, CommitBlockGroup). A service that does not combine them (an older server, or too
+ * few chunk servers at Create) answers Create without a block group, and the writer then makes the
+ * separate calls (4 commands for one block group).
  */
 import { Writable } from 'node:stream';
 import { createCodec } from '../codec/backends.js';
@@ -326,6 +334,12 @@ export class FileWriteStream extends Writable {
   private stripeBuffers: StripeBuffers[] = [];
   private stripeTurn = 0;
   private completeCalled = false;
+  /** The service takes the last block group's commit with CompleteFile (it allocated with Create). */
+  private combinedCommit = false;
+  /** finishAll has begun: no more bytes come (so the group that empties `pending` is the last). */
+  private ending = false;
+  /** The last block group's commit, held back to go with CompleteFile (combinedCommit). */
+  private lastCommit: Init<BlockGroup> | undefined;
   /** Renews the write lease while the stream lives (a block group may take longer than a lease). */
   private renewTimer: NodeJS.Timeout | undefined;
   private renewing: Promise<void> | undefined;
@@ -353,35 +367,38 @@ export class FileWriteStream extends Writable {
     return this.options.timeoutMs === undefined ? {} : { timeoutMs: this.options.timeoutMs };
   }
 
-  override _construct(callback: (error?: Error | null) => void): void {
-    this.context.meta
-      .mutate(
-        this.context.session,
-        'Create',
-        {
-          path: this.path,
-          ec: this.options.ec ?? '',
-          overwrite: this.options.overwrite ?? false,
-          mode: this.options.mode ?? 0o644,
-        },
-        this.metaOptions(),
-      )
-      .then((created) => {
-        if (created.inode === undefined || created.inode === null || created.leaseId === '') {
-          throw new DogfsError('INTERNAL', 'Create answered without an inode or lease');
-        }
-        this.inode = created.inode;
-        this.leaseId = created.leaseId;
-        this.replicate = created.inode.ec.startsWith('replicate-');
-        // The lease runs from the create's time (the pending inode's ctime) to leaseExpiresMs.
-        const leaseMs = created.leaseExpiresMs - created.inode.ctimeMs;
-        this.renewTimer = setInterval(() => this.renewLease(), Math.max(MIN_RENEW_MS, leaseMs / 4));
-        this.renewTimer.unref();
-      })
-      .then(
-        () => callback(),
-        (error: unknown) => callback(this.pathError(error)),
-      );
+  /**
+   * Creates the file (nothing is created before the first bytes arrive, so a stream that ends empty
+   * makes one command: see finishAll). With `allocate`, asks for the first block group in the same
+   * command; resolves with it when the service gave one (older servers do not, nor does one that found
+   * too few chunk servers: the caller then allocates it with AllocateBlockGroup).
+   */
+  private async create(): Promise<BlockGroup | undefined> {
+    const created = await this.context.meta.mutate(
+      this.context.session,
+      'Create',
+      {
+        path: this.path,
+        ec: this.options.ec ?? '',
+        overwrite: this.options.overwrite ?? false,
+        mode: this.options.mode ?? 0o644,
+        allocate: true,
+      },
+      this.metaOptions(),
+    );
+    if (created.inode === undefined || created.inode === null || created.leaseId === '') {
+      throw new DogfsError('INTERNAL', 'Create answered without an inode or lease');
+    }
+    this.inode = created.inode;
+    this.leaseId = created.leaseId;
+    this.replicate = created.inode.ec.startsWith('replicate-');
+    // The lease runs from the create's time (the pending inode's ctime) to leaseExpiresMs.
+    const leaseMs = created.leaseExpiresMs - created.inode.ctimeMs;
+    this.renewTimer = setInterval(() => this.renewLease(), Math.max(MIN_RENEW_MS, leaseMs / 4));
+    this.renewTimer.unref();
+    // A server that allocates with Create also commits the last block group with CompleteFile.
+    this.combinedCommit = created.blockGroup !== undefined && created.blockGroup !== null;
+    return created.blockGroup ?? undefined;
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
@@ -553,18 +570,25 @@ export class FileWriteStream extends Writable {
     }
   }
 
-  /** Allocates the next block group, holding at most `wanted` bytes, and opens its K+M shard streams. */
+  /**
+   * Allocates the next block group, holding at most `wanted` bytes, and opens its K+M shard streams.
+   * The first comes with the file's Create (one command for both) where the service gives it.
+   */
   private async openGroup(wanted: number): Promise<void> {
-    assert(this.inode !== undefined && this.group === undefined && wanted > 0, 'one group at a time');
+    assert(this.group === undefined && wanted > 0, 'one group at a time');
     const offset = this.groupedBytes;
-    const allocated = await this.context.meta.mutate(
-      this.context.session,
-      'AllocateBlockGroup',
-      { inodeId: this.inode.id, leaseId: this.leaseId, offset },
-      this.metaOptions(),
-    );
-    const block = allocated.blockGroup;
-    if (block === undefined || block === null || block.dataShards < 1 || block.parityShards < 0) {
+    let block = this.inode === undefined ? await this.create() : undefined;
+    assert(this.inode !== undefined, 'file created');
+    if (block === undefined) {
+      const allocated = await this.context.meta.mutate(
+        this.context.session,
+        'AllocateBlockGroup',
+        { inodeId: this.inode.id, leaseId: this.leaseId, offset },
+        this.metaOptions(),
+      );
+      block = allocated.blockGroup ?? undefined;
+    }
+    if (block === undefined || block.dataShards < 1 || block.parityShards < 0) {
       throw new DogfsError('INTERNAL', 'AllocateBlockGroup answered without a usable block group');
     }
     const stripeSize = block.stripeSize > 0 ? block.stripeSize : DEFAULT_STRIPE_SIZE;
@@ -637,30 +661,38 @@ export class FileWriteStream extends Writable {
     await group.inFlight;
     const shards = await group.finish(this.shardTimeoutMs);
     assert(this.inode !== undefined, 'file created');
-    await this.context.meta.mutate(
-      this.context.session,
-      'CommitBlockGroup',
-      {
-        inodeId: this.inode.id,
-        leaseId: this.leaseId,
-        blockGroup: {
-          id: group.block.id,
-          dataShards: group.layout.k,
-          parityShards: group.layout.m,
-          stripeSize: group.block.stripeSize,
-          offset: group.block.offset,
-          length: group.length,
-          shards,
-        },
-      },
-      this.metaOptions(),
-    );
+    const blockGroup: Init<BlockGroup> = {
+      id: group.block.id,
+      dataShards: group.layout.k,
+      parityShards: group.layout.m,
+      stripeSize: group.block.stripeSize,
+      offset: group.block.offset,
+      length: group.length,
+      shards,
+    };
+    // The file's last group: no byte follows (known size: all grouped; else the stream has ended and
+    // nothing waits). Its commit goes with CompleteFile where the service takes it, in one command.
+    const last =
+      this.options.size !== undefined
+        ? this.groupedBytes === this.options.size
+        : this.ending && this.pendingBytes === 0;
+    if (last && this.combinedCommit) {
+      this.lastCommit = blockGroup;
+    } else {
+      await this.context.meta.mutate(
+        this.context.session,
+        'CommitBlockGroup',
+        { inodeId: this.inode.id, leaseId: this.leaseId, blockGroup },
+        this.metaOptions(),
+      );
+    }
     this.blockGroups.push(group.outcome());
     this.group = undefined;
   }
 
   private async finishAll(): Promise<void> {
     const size = this.options.size;
+    this.ending = true;
     if (size === undefined) {
       for (let groups = 0; this.pendingBytes > 0; groups++) {
         assert(groups < 1024, 'bounded number of final block groups');
@@ -673,14 +705,39 @@ export class FileWriteStream extends Writable {
       this.group === undefined && this.groupedBytes === this.bytesWritten,
       'every byte in a block group',
     );
-    assert(this.inode !== undefined, 'file created');
+    if (this.inode === undefined) {
+      // No bytes: an empty file, which appears in one command (Create with complete: no lease, no
+      // CompleteFile) with the same refusals and overwrite semantics as a write.
+      assert(this.bytesWritten === 0, 'bytes were written into a file never created');
+      this.completeCalled = true;
+      const created = await this.context.meta.mutate(
+        this.context.session,
+        'Create',
+        {
+          path: this.path,
+          ec: this.options.ec ?? '',
+          overwrite: this.options.overwrite ?? false,
+          mode: this.options.mode ?? 0o644,
+          complete: true,
+        },
+        this.metaOptions(),
+      );
+      if (!created.inode) throw new DogfsError('INTERNAL', 'Create answered without an inode');
+      this.inode = created.inode;
+      return;
+    }
     clearInterval(this.renewTimer);
     await this.renewing;
     this.completeCalled = true;
     const completed = await this.context.meta.mutate(
       this.context.session,
       'CompleteFile',
-      { inodeId: this.inode.id, leaseId: this.leaseId, size: this.bytesWritten },
+      {
+        inodeId: this.inode.id,
+        leaseId: this.leaseId,
+        size: this.bytesWritten,
+        ...(this.lastCommit === undefined ? {} : { blockGroup: this.lastCommit }),
+      },
       this.metaOptions(),
     );
     if (completed.inode) this.inode = completed.inode;

@@ -35,6 +35,7 @@ import {
 import type { Init } from '../wire/proto.js';
 import { RpcChannelPool, type RpcServer, type ServiceHandlers } from '../wire/rpc.js';
 import {
+  type BlockGroupCommit,
   type BlockGroupInfo,
   type ClusterCommand,
   type ClusterResult,
@@ -45,6 +46,7 @@ import {
   encodeClusterCommand,
   encodeNamespaceCommand,
   type Failure,
+  type FirstBlockGroup,
   type Inode,
   type InodeId,
   type NamespaceCommand,
@@ -162,6 +164,20 @@ function wireId<T extends number>(value: number, what: string): T {
 
 function inodeId(value: number): InodeId {
   return wireId<InodeId>(value, 'inode id');
+}
+
+/** A block group's commit as a client sends it (CommitBlockGroup, or CompleteFile's last group). */
+function commitOf(bg: BlockGroup): BlockGroupCommit {
+  return {
+    blockGroupId: wireId<BlockGroupInfo['id']>(bg.id, 'block group id'),
+    length: bg.length,
+    shards: bg.shards.map((s) => ({
+      index: s.index,
+      length: s.length,
+      crc32c: s.crc32c,
+      durable: s.durable,
+    })),
+  };
 }
 
 export interface BadShardReport {
@@ -633,6 +649,31 @@ export class MetadataNode {
     };
   }
 
+  /**
+   * The first block group's settings and placement for a create that asks for one, or undefined when
+   * there is none to give (the path or policy will be refused, or too few chunk servers): the create then
+   * goes alone, and the writer's AllocateBlockGroup says what stood in the way — the errors are the
+   * same as without the combined command.
+   */
+  private placeFirstBlockGroup(path: string, ec: string, defaultEc: string): FirstBlockGroup | undefined {
+    this.host.requireLeader(NAMESPACE_GROUP);
+    const policy = this.namespace.state.policyFor(path, ec, defaultEc);
+    if (policy === undefined) return undefined;
+    const placement = placeBlockGroup({
+      servers: this.cluster.state.placementCandidates(),
+      dataShards: policy.dataShards,
+      parityShards: policy.parityShards,
+      seed: randomInt(0, 2 ** 31),
+    });
+    if (!placement.ok) return undefined;
+    const settings = this.cluster.state.settings;
+    return {
+      stripeSize: settings.stripeSize,
+      maxBytes: settings.blockGroupMaxBytes,
+      servers: placement.servers,
+    };
+  }
+
   private handlers(): ServiceHandlers<MetadataMethods> {
     return {
       Mkdir: async (req, ctx) => {
@@ -654,6 +695,9 @@ export class MetadataNode {
       },
       Create: async (req, ctx) => {
         const settings = this.cluster.state.settings;
+        const defaultEc = this.defaultEc ?? settings.defaultEc;
+        const firstBlockGroup =
+          req.allocate && !req.complete ? this.placeFirstBlockGroup(req.path, req.ec, defaultEc) : undefined;
         const result = await this.proposeNamespace(
           {
             op: 'create',
@@ -663,9 +707,10 @@ export class MetadataNode {
             overwrite: req.overwrite,
             mode: req.mode || 0o644,
             ec: req.ec,
-            defaultEc: this.defaultEc ?? settings.defaultEc,
+            defaultEc,
             leaseMs: settings.leaseMs,
             complete: req.complete,
+            firstBlockGroup,
           },
           ctx.deadline,
         );
@@ -675,6 +720,7 @@ export class MetadataNode {
           inode: this.inodeToWire(result.inode),
           leaseId: result.leaseId,
           leaseExpiresMs: result.leaseExpiresMs,
+          blockGroup: result.blockGroup === undefined ? undefined : this.blockGroupToWire(result.blockGroup),
         };
       },
       AllocateBlockGroup: async (req, ctx) => {
@@ -724,14 +770,7 @@ export class MetadataNode {
             session: sessionOf(req.session),
             inodeId: inodeId(req.inodeId),
             leaseId: req.leaseId,
-            blockGroupId: wireId<BlockGroupInfo['id']>(bg.id, 'block group id'),
-            length: bg.length,
-            shards: bg.shards.map((s) => ({
-              index: s.index,
-              length: s.length,
-              crc32c: s.crc32c,
-              durable: s.durable,
-            })),
+            ...commitOf(bg),
           },
           ctx.deadline,
         );
@@ -747,6 +786,7 @@ export class MetadataNode {
             inodeId: inodeId(req.inodeId),
             leaseId: req.leaseId,
             size: req.size,
+            commit: req.blockGroup ? commitOf(req.blockGroup) : undefined,
           },
           ctx.deadline,
         );

@@ -208,8 +208,29 @@ describe('write and read paths (in-memory data plane)', () => {
 
   const S = layout.stripeDataSize;
   const G = 3 * S;
-  for (const size of [0, 1, layout.cellSize - 1, layout.cellSize + 1, S - 1, S, S + 1, G, G + 1, 2 * G + 5]) {
-    test(`round trip of ${size} bytes (known and unknown size)`, async () => {
+  /** Runs `body` against a service that combines commands (as the real one) or not (an older one). */
+  async function withCombined(combined: boolean, body: () => Promise<void>): Promise<void> {
+    const before = cluster.state.options;
+    cluster.state.options = { ...before, combined };
+    try {
+      await body();
+    } finally {
+      cluster.state.options = before;
+    }
+  }
+
+  const sizes = [0, 1, layout.cellSize - 1, layout.cellSize + 1, S - 1, S, S + 1, G, G + 1, 2 * G + 5];
+  for (const [size, combined] of sizes.flatMap((n) => [
+    [n, false],
+    [n, true],
+  ])) {
+    const service = combined ? 'combining service' : 'older service';
+    test(`round trip of ${size} bytes (known and unknown size, ${service})`, () =>
+      withCombined(combined as boolean, () => roundTrip(size as number)));
+  }
+
+  async function roundTrip(size: number): Promise<void> {
+    {
       const data = randomBytes(size);
       const written = await client.writeFile(`/f-${size}`, data, { ec: 'rs-3-2' });
       assert.equal(written.blockGroups.length, Math.ceil(size / G), 'block groups of at most G bytes');
@@ -236,10 +257,15 @@ describe('write and read paths (in-memory data plane)', () => {
       );
       assert.deepEqual(await client.readFile(`/r-${size}`), data);
       assert.equal(progress.at(-1) ?? 0, size, 'progress reaches the size');
-    });
+      for (const path of [`/f-${size}`, `/s-${size}`, `/r-${size}`]) await client.delete(path);
+    }
   }
 
-  test('a source shorter or longer than its size fails the stream and nothing appears; write() is refused', async () => {
+  for (const combined of [false, true])
+    test(`a source shorter or longer than its size fails the stream and nothing appears; write() is refused (combined ${combined})`, () =>
+      withCombined(combined, sourceMismatch));
+
+  async function sourceMismatch(): Promise<void> {
     const data = randomBytes(2 * S + 10);
     const short = client.createWriteStream('/short', {
       size: data.length + 1,
@@ -265,6 +291,122 @@ describe('write and read paths (in-memory data plane)', () => {
       () => client.createWriteStream('/nosize', { source: bytesSource(data, 1) }),
       /needs its size/,
     );
+  }
+
+  /** The metadata calls `run` makes, per write-path method. */
+  async function callsOf(run: () => Promise<unknown>): Promise<Record<string, number>> {
+    const methods = ['Create', 'AllocateBlockGroup', 'CommitBlockGroup', 'CompleteFile', 'AbandonFile'];
+    const before = methods.map((m) => cluster.state.count(m));
+    await run();
+    return Object.fromEntries(methods.map((m, i) => [m, cluster.state.count(m) - before[i]!]));
+  }
+  const calls = (create: number, allocate: number, commit: number, complete: number) => ({
+    Create: create,
+    AllocateBlockGroup: allocate,
+    CommitBlockGroup: commit,
+    CompleteFile: complete,
+    AbandonFile: 0,
+  });
+
+  test('a put of 0 bytes is one command (Create with complete), with the refusals and overwrite of a write', async () => {
+    const empty = Buffer.alloc(0);
+    // Known size, unknown size (a stream that ends at once: `dogfs put - <empty`), and a source.
+    assert.deepEqual(await callsOf(() => client.writeFile('/e-known', empty)), calls(1, 0, 0, 0));
+    assert.deepEqual(
+      await callsOf(() => client.writeFile('/e-stream', Readable.from([]))),
+      calls(1, 0, 0, 0),
+    );
+    assert.deepEqual(
+      await callsOf(() =>
+        finished(client.createWriteStream('/e-source', { size: 0, source: bytesSource(empty, 1) }).end()),
+      ),
+      calls(1, 0, 0, 0),
+    );
+    for (const path of ['/e-known', '/e-stream', '/e-source']) {
+      const stat = await client.stat(path);
+      assert.equal(stat.type, 'file');
+      assert.equal(stat.size, 0);
+    }
+    // The same refusals as a write with bytes, with the path named.
+    await client.mkdir('/e-dir');
+    await rejectsWith(client.writeFile('/e-known', empty), 'ALREADY_EXISTS', /^\/e-known: /);
+    await rejectsWith(client.writeFile('/e-dir', empty), 'IS_A_DIRECTORY', /^\/e-dir: /);
+    await rejectsWith(client.writeFile('/e-none/f', empty), 'NOT_FOUND', /^\/e-none\/f: /);
+    await rejectsWith(client.writeFile('/e-x', empty, { ec: 'rs-9' }), 'INVALID_ARGUMENT');
+    // Overwrite replaces a file with bytes by an empty one.
+    await client.writeFile('/e-full', randomBytes(S + 1), { ec: 'rs-3-2' });
+    const stream = await client.writeFile('/e-full', empty, { overwrite: true });
+    assert.equal(stream.completed, true);
+    assert.equal((await client.stat('/e-full')).size, 0);
+    assert.deepEqual(await client.readFile('/e-full'), empty);
+  });
+
+  test('a combining service: a one-group put is 2 commands, more groups 2 more each; an older one 4', async () => {
+    const data = randomBytes(2 * G + 9);
+    await withCombined(true, async () => {
+      for (const [name, bytes] of [
+        ['one', data.subarray(0, S + 1)],
+        ['exact', data.subarray(0, G)],
+      ] as const) {
+        assert.deepEqual(
+          await callsOf(() => client.writeFile(`/n-${name}`, bytes, { ec: 'rs-3-2' })),
+          calls(1, 0, 0, 1),
+        );
+        assert.deepEqual(
+          await callsOf(() =>
+            client.writeFile(`/n-${name}-stream`, Readable.from([bytes]), { ec: 'rs-3-2' }),
+          ),
+          calls(1, 0, 0, 1),
+        );
+      }
+      assert.deepEqual(
+        await callsOf(() => client.writeFile('/n-three', data, { ec: 'rs-3-2' })),
+        calls(1, 2, 2, 1),
+      );
+      for (const path of ['/n-one', '/n-one-stream', '/n-exact', '/n-exact-stream', '/n-three']) {
+        const expected = path.startsWith('/n-one')
+          ? data.subarray(0, S + 1)
+          : path.startsWith('/n-exact')
+            ? data.subarray(0, G)
+            : data;
+        assert.deepEqual(await client.readFile(path), expected, path);
+        const stat = await client.stat(path);
+        assert.equal(stat.inode.blockGroups.length, Math.ceil(expected.length / G));
+      }
+      // Too few chunk servers at Create: the create goes alone, and AllocateBlockGroup says why.
+      for (const id of ['cs-0', 'cs-1', 'cs-2']) cluster.state.chunkServers.get(id)!.alive = false;
+      try {
+        await rejectsWith(
+          client.writeFile('/n-refused', randomBytes(10), { ec: 'rs-3-2' }),
+          'UNAVAILABLE',
+          /^\/n-refused: need 5 live chunk servers, 4 alive$/,
+        );
+      } finally {
+        for (const id of ['cs-0', 'cs-1', 'cs-2']) cluster.state.chunkServers.get(id)!.alive = true;
+      }
+      await rejectsWith(client.stat('/n-refused'), 'NOT_FOUND');
+    });
+    // An older service answers Create without a block group: the writer makes the separate calls.
+    await withCombined(false, async () => {
+      assert.deepEqual(
+        await callsOf(() => client.writeFile('/n-old', data.subarray(0, S + 1), { ec: 'rs-3-2' })),
+        calls(1, 1, 1, 1),
+      );
+      assert.deepEqual(await client.readFile('/n-old'), data.subarray(0, S + 1));
+    });
+  });
+
+  test('combined commands: lost replies are retried under the same numbers and applied once', async () => {
+    await withCombined(true, async () => {
+      for (const method of ['Create', 'AllocateBlockGroup', 'CommitBlockGroup', 'CompleteFile'])
+        cluster.state.dropReply.set(method, 1);
+      const data = randomBytes(G + 5);
+      await client.writeFile('/n-lost', data, { ec: 'rs-3-2' });
+      const inode = (await client.stat('/n-lost')).inode;
+      assert.equal(inode.blockGroups.length, 2, 'each block group allocated and committed once');
+      assert.deepEqual(await client.readFile('/n-lost'), data);
+      cluster.state.dropReply.clear();
+    });
   });
 
   test('an open write renews its lease past the lease length; a failed write is abandoned at once', async () => {

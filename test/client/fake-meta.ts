@@ -40,6 +40,11 @@ export interface FakeMetaOptions {
   defaultEc?: string;
   /** Write lease length (60 s); an expired lease refuses the writer's calls, as the real service does. */
   leaseMs?: number;
+  /**
+   * Combine commands as the real service does: Create with `allocate` answers with the first block group,
+   * CompleteFile commits the `block_group` it carries. Off: an older service, which ignores both fields.
+   */
+  combined?: boolean;
 }
 
 /** The shared state: the tree, pending files, chunk servers, and a log of calls. */
@@ -190,6 +195,31 @@ export class FakeMeta {
         return result;
       };
     };
+    /** A new block group of `p` at `offset` on K+M live chunk servers (UNAVAILABLE with fewer). */
+    const allocate = (p: Pending, offset: number): Init<BlockGroup> => {
+      const { k, m } = parseEc(p.inode.ec);
+      const alive = [...s.chunkServers.values()].filter((c) => c.alive);
+      if (alive.length < k + m) {
+        throw new DogfsError('UNAVAILABLE', `need ${k + m} live chunk servers, ${alive.length} alive`);
+      }
+      const start = (s.nextId * 7) % alive.length;
+      const id = s.nextId++;
+      const block: Init<BlockGroup> = {
+        id,
+        dataShards: k,
+        parityShards: m,
+        stripeSize: s.options.stripeSize ?? 0,
+        offset,
+        length: s.options.blockGroupBytes ?? 0,
+        shards: Array.from({ length: k + m }, (_, i) => {
+          const placed = s.placement?.[i];
+          if (placed === '') return { index: i, chunkServerId: '', addr: '', generation: 1 };
+          const c = placed === undefined ? alive[(start + i) % alive.length]! : s.chunkServers.get(placed)!;
+          return { index: i, chunkServerId: c.id, addr: c.addr, generation: 1 };
+        }),
+      };
+      return block;
+    };
     return {
       Mkdir: mutate('Mkdir', (r) => {
         checkPath(r.path);
@@ -231,33 +261,21 @@ export class FakeMeta {
         }
         const leaseId = `lease-${inode.id}`;
         const expiresMs = inode.ctimeMs + (s.options.leaseMs ?? 60_000);
-        s.pending.set(inode.id, { inode, path: r.path, leaseId, overwrite: r.overwrite, expiresMs });
-        return { inode, leaseId, leaseExpiresMs: expiresMs };
+        const pending = { inode, path: r.path, leaseId, overwrite: r.overwrite, expiresMs };
+        s.pending.set(inode.id, pending);
+        if (!r.allocate || !s.options.combined) return { inode, leaseId, leaseExpiresMs: expiresMs };
+        // As the real service: too few chunk servers, and the create goes alone (Allocate says why).
+        let blockGroup: Init<BlockGroup> | undefined;
+        try {
+          blockGroup = allocate(pending, 0);
+        } catch {
+          blockGroup = undefined;
+        }
+        return { inode, leaseId, leaseExpiresMs: expiresMs, blockGroup };
       }),
       AllocateBlockGroup: mutate('AllocateBlockGroup', (r) => {
         const p = this.lease(r.inodeId, r.leaseId);
-        const { k, m } = parseEc(p.inode.ec);
-        const alive = [...s.chunkServers.values()].filter((c) => c.alive);
-        if (alive.length < k + m) {
-          throw new DogfsError('UNAVAILABLE', `need ${k + m} live chunk servers, ${alive.length} alive`);
-        }
-        const start = (s.nextId * 7) % alive.length;
-        const id = s.nextId++;
-        const block: Init<BlockGroup> = {
-          id,
-          dataShards: k,
-          parityShards: m,
-          stripeSize: s.options.stripeSize ?? 0,
-          offset: r.offset,
-          length: s.options.blockGroupBytes ?? 0,
-          shards: Array.from({ length: k + m }, (_, i) => {
-            const placed = s.placement?.[i];
-            if (placed === '') return { index: i, chunkServerId: '', addr: '', generation: 1 };
-            const c = placed === undefined ? alive[(start + i) % alive.length]! : s.chunkServers.get(placed)!;
-            return { index: i, chunkServerId: c.id, addr: c.addr, generation: 1 };
-          }),
-        };
-        return { blockGroup: block };
+        return { blockGroup: allocate(p, r.offset) };
       }),
       CommitBlockGroup: mutate('CommitBlockGroup', (r) => {
         const p = this.lease(r.inodeId, r.leaseId);
@@ -268,9 +286,12 @@ export class FakeMeta {
       }),
       CompleteFile: mutate('CompleteFile', (r) => {
         const p = this.lease(r.inodeId, r.leaseId);
-        const total = p.inode.blockGroups.reduce((a, b) => a + b.length, 0);
+        // An older service ignores the block group (and then finds it uncommitted: the sizes differ).
+        const last = s.options.combined && r.blockGroup ? [r.blockGroup] : [];
+        const total = [...p.inode.blockGroups, ...last].reduce((a, b) => a + b.length, 0);
         if (total !== r.size)
           throw new DogfsError('INVALID_ARGUMENT', `size ${r.size} but block groups hold ${total}`);
+        p.inode.blockGroups.push(...last);
         p.inode.size = r.size;
         p.inode.mtimeMs = Date.now();
         const existing = s.nodes.get(p.path);

@@ -87,6 +87,16 @@ function randomCommands(seed: number, count: number): NamespaceCommand[] {
           ec: '',
           defaultEc: 'rs-2-1',
           leaseMs: 200 + rand(500),
+          // A third of the creates also allocate the first block group (sometimes for another policy).
+          ...(rand(3) === 0
+            ? {
+                firstBlockGroup: {
+                  stripeSize: 4096,
+                  maxBytes: 8192,
+                  servers: SERVERS.slice(0, rand(4) === 0 ? 4 : 3),
+                },
+              }
+            : {}),
         };
         break;
       case 4:
@@ -120,7 +130,26 @@ function randomCommands(seed: number, count: number): NamespaceCommand[] {
         break;
       case 5:
         cmd = w
-          ? { op: 'completeFile', ...base, inodeId: w.id, leaseId: w.lease, size: w.offset }
+          ? w.open === undefined || rand(4) === 0
+            ? { op: 'completeFile', ...base, inodeId: w.id, leaseId: w.lease, size: w.offset }
+            : {
+                // The last block group's commit with the completion, in one command.
+                op: 'completeFile',
+                ...base,
+                inodeId: w.id,
+                leaseId: w.lease,
+                size: w.offset + 4096,
+                commit: {
+                  blockGroupId: w.open,
+                  length: 4096,
+                  shards: [0, 1, 2].map((index) => ({
+                    index,
+                    length: 2048,
+                    crc32c: rand(1 << 30),
+                    durable: rand(8) > 0,
+                  })),
+                },
+              }
           : { op: 'delete', ...base, path: path(), recursive: false };
         break;
       case 6:
@@ -145,7 +174,7 @@ function randomCommands(seed: number, count: number): NamespaceCommand[] {
     cmds.push(cmd);
     const result = shadow.apply(cmd);
     if (result.ok && result.op === 'create')
-      writes.push({ id: result.inode.id, lease: result.leaseId, offset: 0 });
+      writes.push({ id: result.inode.id, lease: result.leaseId, offset: 0, open: result.blockGroup?.id });
     if (result.ok && result.op === 'allocateBlockGroup' && w) w.open = result.blockGroup.id;
     if (result.ok && result.op === 'commitBlockGroup' && w) {
       w.offset += result.blockGroup.length;
@@ -194,6 +223,8 @@ test('the random sequences reach interesting states (the property is not vacuous
     maxFiles = Math.max(maxFiles, ns.counts().files);
     if (r.ok) ops.set(r.op, (ops.get(r.op) ?? 0) + 1);
     if (r.ok && r.op === 'completeFile' && r.inode.size > 0) ops.set('non-empty file', 1);
+    if (r.ok && r.op === 'create' && r.blockGroup !== undefined) ops.set('create with a block group', 1);
+    if (r.ok && cmd.op === 'completeFile' && cmd.commit !== undefined) ops.set('complete with a commit', 1);
   }
   for (const op of [
     'mkdir',
@@ -204,6 +235,8 @@ test('the random sequences reach interesting states (the property is not vacuous
     'rename',
     'delete',
     'expireLeases',
+    'create with a block group',
+    'complete with a commit',
   ])
     assert.ok((ops.get(op) ?? 0) > 0, `some ${op} succeeded: ${JSON.stringify([...ops])}`);
   assert.ok(maxFiles > 3, `files seen at once: ${maxFiles}`);

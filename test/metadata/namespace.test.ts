@@ -1,6 +1,10 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
+  decodeNamespaceCommand,
+  decodeNamespaceResult,
+  encodeNamespaceCommand,
+  encodeNamespaceResult,
   groupOfId,
   type InodeId,
   MAX_LIST_LIMIT,
@@ -782,5 +786,225 @@ test('create with complete: an empty file appears at once; overwrite replaces, a
   ns.checkInvariants();
   // Entries written before the flag existed decode as not complete.
   const restored = NamespaceState.restore(ns.snapshot());
+  assert.equal(restored.stateHash(), ns.stateHash());
+});
+
+/** A create that also allocates the first block group (rs-2-1 by default: three targets). */
+function createFirst(path: string, extra: object = {}) {
+  return {
+    op: 'create',
+    path,
+    overwrite: false,
+    mode: 0o644,
+    ec: '',
+    defaultEc: 'rs-2-1',
+    leaseMs: 10_000,
+    firstBlockGroup: { stripeSize: 1 << 20, maxBytes: 6 << 20, servers: ['s1', 's2', 's3'] },
+    ...extra,
+  } as const;
+}
+
+const durableShards = (n: number, length: number) =>
+  Array.from({ length: n }, (_, index) => ({ index, length, crc32c: 7 + index, durable: true }));
+
+test('combined commands: create with the first block group, complete with the last commit — 2 commands, same file', () => {
+  const { ns, c } = fresh();
+  c.mkdir('/d');
+  const created = c.ok(createFirst('/d/f'));
+  const bg = created.blockGroup;
+  assert.ok(bg !== undefined, 'the first block group comes with the create');
+  assert.deepEqual(bg.servers, ['s1', 's2', 's3']);
+  assert.equal(bg.offset, 0);
+  assert.equal(bg.committed, false);
+  assert.deepEqual(
+    created.inode.blockGroups.map((b) => b.id),
+    [bg.id],
+  );
+  assert.equal(ns.stat('/d/f').ok, false, 'nothing visible before complete');
+  assert.equal(ns.pendingFile(created.inode.id)?.blockGroups.length, 1);
+  // The next group cannot be allocated before this one is committed (as after AllocateBlockGroup).
+  assert.equal(c.allocate(created.inode.id, created.leaseId, 0).ok, false);
+  const done = c.ok({
+    op: 'completeFile',
+    inodeId: created.inode.id,
+    leaseId: created.leaseId,
+    size: 5,
+    commit: { blockGroupId: bg.id, length: 5, shards: durableShards(3, 3) },
+  });
+  const stat = ns.stat('/d/f');
+  assert.ok(stat.ok && stat.inode.type === 'file');
+  assert.equal(stat.inode.size, 5);
+  assert.equal(stat.inode.blockGroups.length, 1);
+  assert.equal(stat.inode.blockGroups[0]!.committed, true);
+  assert.deepEqual(stat.inode.blockGroups[0]!.crcs, [7, 8, 9]);
+  assert.equal(stat.inode.blockGroups[0]!.durableMask, 0b111);
+  assert.deepEqual(done.inode, stat.inode);
+  assert.equal(ns.counts().pending, 0);
+  ns.checkInvariants();
+
+  // Mixed: combined create, separate commits and allocations in the middle, combined last commit.
+  const big = c.ok(createFirst('/d/big'));
+  c.ok({
+    op: 'commitBlockGroup',
+    inodeId: big.inode.id,
+    leaseId: big.leaseId,
+    blockGroupId: big.blockGroup!.id,
+    length: 6 << 20,
+    shards: durableShards(3, 3 << 20),
+  });
+  const second = c.allocateOk(big, 6 << 20);
+  c.ok({
+    op: 'completeFile',
+    inodeId: big.inode.id,
+    leaseId: big.leaseId,
+    size: (6 << 20) + 1,
+    commit: { blockGroupId: second.blockGroup.id, length: 1, shards: durableShards(3, 1) },
+  });
+  const bigStat = ns.stat('/d/big');
+  assert.ok(bigStat.ok && bigStat.inode.type === 'file' && bigStat.inode.size === (6 << 20) + 1);
+  assert.ok(bigStat.inode.blockGroups.every((b) => b.committed));
+  ns.checkInvariants();
+});
+
+test('combined commands: a refused part refuses the whole command and changes nothing', () => {
+  const { ns, c } = fresh();
+  c.mkdir('/d');
+  c.writeFile('/d/old', 3);
+  // The path's refusals come first, with the codes of a plain create.
+  refusedUnchanged(ns, c, 'IS_A_DIRECTORY', createFirst('/d'));
+  refusedUnchanged(ns, c, 'ALREADY_EXISTS', createFirst('/d/old'));
+  refusedUnchanged(ns, c, 'NOT_FOUND', createFirst('/nope/f'));
+  refusedUnchanged(ns, c, 'NOT_A_DIRECTORY', createFirst('/d/old/f'));
+  // Then the allocation's, as AllocateBlockGroup's.
+  const first = (over: object) => ({
+    firstBlockGroup: { stripeSize: 1 << 20, maxBytes: 6 << 20, servers: ['s1', 's2', 's3'], ...over },
+  });
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', createFirst('/d/x', first({ servers: ['s1', 's1', 's2'] })));
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', createFirst('/d/x', first({ stripeSize: 5 })));
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', createFirst('/d/x', first({ maxBytes: 1 })));
+  refusedUnchanged(ns, c, 'FAILED_PRECONDITION', createFirst('/d/x', first({ servers: ['s1', '', ''] })));
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', createFirst('/d/x', { complete: true }));
+
+  // Placed for another policy than the one that applies (the directory's changed meanwhile): the file is
+  // created without a block group, and the writer allocates one itself.
+  const other = c.ok(createFirst('/d/y', { ec: 'rs-3-2' }));
+  assert.equal(other.blockGroup, undefined);
+  assert.deepEqual(other.inode.blockGroups, []);
+  c.allocateOk(other, 0, ['s1', 's2', 's3', 's4', 's5']);
+
+  // A completion whose commit would be refused: nothing is committed, nothing appears.
+  const w = c.ok(createFirst('/d/w'));
+  const bgId = w.blockGroup!.id;
+  const complete = (commit: object, size = 5) =>
+    ({
+      op: 'completeFile',
+      inodeId: w.inode.id,
+      leaseId: w.leaseId,
+      size,
+      commit: { blockGroupId: bgId, length: 5, shards: durableShards(3, 3), ...commit },
+    }) as const;
+  const tooFew = refusedUnchanged(ns, c, 'FAILED_PRECONDITION', complete({ shards: durableShards(1, 3) }));
+  assert.match(tooFew.message, /only 1 of 3 shards are durable; 2 are needed/);
+  refusedUnchanged(ns, c, 'NOT_FOUND', complete({ blockGroupId: bgId + 1000 }));
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', complete({ length: 0 }));
+  // A commit that is fine but a completion that is not (wrong size): the commit is not applied either.
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', complete({}, 6));
+  // The name taken by a directory meanwhile: refused whole; the block group is still uncommitted.
+  c.mkdir('/d/w');
+  refusedUnchanged(ns, c, 'IS_A_DIRECTORY', complete({}));
+  assert.equal(ns.pendingFile(w.inode.id)?.blockGroups[0]?.committed, false);
+  // Old-style separate commands still work on a combined create.
+  c.ok({ op: 'delete', path: '/d/w', recursive: false });
+  c.ok({
+    op: 'commitBlockGroup',
+    inodeId: w.inode.id,
+    leaseId: w.leaseId,
+    blockGroupId: bgId,
+    length: 5,
+    shards: durableShards(3, 3),
+  });
+  // ... and a combined completion of an already committed group is refused (commit it once).
+  refusedUnchanged(ns, c, 'FAILED_PRECONDITION', complete({}));
+  c.ok({ op: 'completeFile', inodeId: w.inode.id, leaseId: w.leaseId, size: 5 });
+  assert.ok(ns.stat('/d/w').ok);
+  ns.checkInvariants();
+});
+
+test('combined commands: an expired lease never appears; overwrite replaces atomically; garbage as before', () => {
+  const { ns, c } = fresh();
+  c.mkdir('/d');
+  c.writeFile('/d/f', 10);
+  const oldStat = ns.stat('/d/f');
+  assert.ok(oldStat.ok && oldStat.inode.type === 'file');
+  const oldGroups = oldStat.inode.blockGroups.map((b) => b.id);
+  // An expiring combined write: nothing appears, its (uncommitted) block group becomes garbage.
+  const lost = c.ok(createFirst('/d/lost', { leaseMs: 100 }));
+  c.timeMs += 1000;
+  c.ns.apply({ op: 'expireLeases', timeMs: c.timeMs, expiresAtOrBeforeMs: c.timeMs });
+  assert.equal(ns.stat('/d/lost').ok, false);
+  assert.ok(ns.garbage(100).some((g) => g.id === lost.blockGroup!.id));
+  const late = c.send({
+    op: 'completeFile',
+    inodeId: lost.inode.id,
+    leaseId: lost.leaseId,
+    size: 5,
+    commit: { blockGroupId: lost.blockGroup!.id, length: 5, shards: durableShards(3, 3) },
+  });
+  assert.ok(!late.ok && late.code === 'NOT_FOUND');
+  // Overwrite: the old file stays visible until the combined completion, then is replaced at once.
+  const w = c.ok(createFirst('/d/f', { overwrite: true }));
+  const during = ns.stat('/d/f');
+  assert.ok(during.ok && during.inode.type === 'file' && during.inode.size === 10);
+  c.ok({
+    op: 'completeFile',
+    inodeId: w.inode.id,
+    leaseId: w.leaseId,
+    size: 5,
+    commit: { blockGroupId: w.blockGroup!.id, length: 5, shards: durableShards(3, 3) },
+  });
+  const after = ns.stat('/d/f');
+  assert.ok(after.ok && after.inode.type === 'file' && after.inode.size === 5);
+  assert.equal(after.inode.id, w.inode.id);
+  const garbage = ns.garbage(100).map((g) => g.id);
+  for (const id of oldGroups) assert.ok(garbage.includes(id), 'the old version is garbage');
+  ns.checkInvariants();
+});
+
+test('combined commands: exactly once — a duplicate delivery answers the original result, also after a snapshot restore', () => {
+  const { ns } = fresh();
+  const session = (seq: number) => ({ clientId: 'c', seq, ackedBelow: 0 });
+  ns.apply({ op: 'mkdir', timeMs: 10, session: session(1), path: '/d', parents: false, mode: 0o755, ec: '' });
+  const create: NamespaceCommand = { ...createFirst('/d/f'), timeMs: 11, session: session(2) };
+  const c1 = ns.apply(create);
+  assert.ok(c1.ok && c1.op === 'create' && c1.blockGroup !== undefined);
+  const hash = ns.stateHash();
+  // Delivered again (the client's retry through a new leader, or a duplicate): same inode, lease and
+  // block group; no second pending file, no second id.
+  assert.deepEqual(ns.apply(create), c1);
+  assert.equal(ns.stateHash(), hash);
+  assert.equal(ns.counts().pending, 1);
+  const complete: NamespaceCommand = {
+    op: 'completeFile',
+    timeMs: 12,
+    session: session(3),
+    inodeId: c1.inode.id,
+    leaseId: c1.leaseId,
+    size: 5,
+    commit: { blockGroupId: c1.blockGroup.id, length: 5, shards: durableShards(3, 3) },
+  };
+  const done = ns.apply(complete);
+  assert.ok(done.ok, JSON.stringify(done));
+  // Through the encodings, as Raft and a snapshot carry them: a restored replica answers both retries
+  // with the original results (the create's with its block group).
+  const restored = NamespaceState.restore(ns.snapshot());
+  assert.equal(restored.stateHash(), ns.stateHash());
+  for (const cmd of [create, complete]) {
+    const bytes = encodeNamespaceCommand(cmd);
+    assert.deepEqual(decodeNamespaceCommand(bytes), cmd);
+    assert.deepEqual(restored.applyEncoded(bytes), ns.apply(cmd));
+  }
+  assert.deepEqual(restored.apply(create), c1);
+  assert.deepEqual(decodeNamespaceResult(encodeNamespaceResult(c1)), c1);
+  assert.deepEqual(decodeNamespaceResult(encodeNamespaceResult(done)), done);
   assert.equal(restored.stateHash(), ns.stateHash());
 });

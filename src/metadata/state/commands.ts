@@ -122,6 +122,19 @@ export interface CreateCommand extends CommandBase {
   readonly leaseMs: number;
   /** An empty file that appears at once (no lease, no completeFile). */
   readonly complete?: boolean | undefined;
+  /**
+   * Also allocates the file's first block group (one command where a write took two): the leader's
+   * placement for the policy it expected. When the policy resolved at apply time needs a different
+   * number of shards, the file is created without a block group and the writer allocates one itself.
+   */
+  readonly firstBlockGroup?: FirstBlockGroup | undefined;
+}
+
+/** What allocateBlockGroup carries besides the file: the leader's settings and placement. */
+export interface FirstBlockGroup {
+  readonly stripeSize: number;
+  readonly maxBytes: number;
+  readonly servers: readonly string[];
 }
 
 /** Adds the next block group to a file being written; `servers` were chosen by the leader's placement. */
@@ -142,13 +155,10 @@ export interface ShardCommit {
   readonly durable: boolean;
 }
 
-export interface CommitBlockGroupCommand extends CommandBase {
+export interface CommitBlockGroupCommand extends CommandBase, BlockGroupCommit {
   readonly op: 'commitBlockGroup';
   readonly inodeId: InodeId;
   readonly leaseId: string;
-  readonly blockGroupId: BlockGroupId;
-  readonly length: number;
-  readonly shards: readonly ShardCommit[];
 }
 
 export interface CompleteFileCommand extends CommandBase {
@@ -156,6 +166,18 @@ export interface CompleteFileCommand extends CommandBase {
   readonly inodeId: InodeId;
   readonly leaseId: string;
   readonly size: number;
+  /**
+   * Commits the file's last block group first, in the same command (one command where a write took
+   * two): all or nothing — a commit or a completion that would be refused refuses both.
+   */
+  readonly commit?: BlockGroupCommit | undefined;
+}
+
+/** What commitBlockGroup carries besides the file. */
+export interface BlockGroupCommit {
+  readonly blockGroupId: BlockGroupId;
+  readonly length: number;
+  readonly shards: readonly ShardCommit[];
 }
 
 /** The writer is still at work (a block group can take longer than a lease): the lease starts again. */
@@ -253,7 +275,13 @@ export const CLIENT_OPS: ReadonlySet<NamespaceOp> = new Set<NamespaceOp>([
 // ---- results ----
 export interface ResultPayloads {
   mkdir: { readonly inode: DirInode; readonly created: boolean };
-  create: { readonly inode: FileInode; readonly leaseId: string; readonly leaseExpiresMs: number };
+  create: {
+    readonly inode: FileInode;
+    readonly leaseId: string;
+    readonly leaseExpiresMs: number;
+    /** The first block group, when the command asked for it and the policy matched. */
+    readonly blockGroup?: BlockGroupInfo | undefined;
+  };
   allocateBlockGroup: { readonly blockGroup: BlockGroupInfo };
   commitBlockGroup: { readonly blockGroup: BlockGroupInfo };
   completeFile: { readonly inode: FileInode };
@@ -402,6 +430,26 @@ function readSession(r: ByteReader): Session | undefined {
   return { clientId, seq, ackedBelow };
 }
 
+function writeCommit(w: ByteWriter, commit: BlockGroupCommit): void {
+  w.uint(commit.blockGroupId).uint(commit.length).uint(commit.shards.length);
+  for (const s of commit.shards) w.uint(s.index).uint(s.length).u32(s.crc32c).bool(s.durable);
+}
+
+function readCommit(r: ByteReader): BlockGroupCommit {
+  const blockGroupId = r.uint('block group id') as BlockGroupId;
+  const length = r.uint('length');
+  const n = r.count('shards', MAX_TOTAL_SHARDS);
+  const shards: ShardCommit[] = [];
+  for (let i = 0; i < n; i++)
+    shards.push({
+      index: r.uint('shard index'),
+      length: r.uint('shard length'),
+      crc32c: r.u32('crc32c'),
+      durable: r.bool('durable'),
+    });
+  return { blockGroupId, length, shards };
+}
+
 export function encodeNamespaceCommand(cmd: NamespaceCommand): Uint8Array {
   const w = new ByteWriter(64);
   w.u8(FORMAT_VERSION).u8(OP_TAGS[cmd.op]).uint(cmd.timeMs);
@@ -418,17 +466,25 @@ export function encodeNamespaceCommand(cmd: NamespaceCommand): Uint8Array {
         .string(cmd.defaultEc)
         .uint(cmd.leaseMs)
         .bool(cmd.complete === true);
+      // Optional trailing fields: absent, the entry is byte for byte what older leaders wrote.
+      if (cmd.firstBlockGroup !== undefined) {
+        const first = cmd.firstBlockGroup;
+        w.bool(true).uint(first.stripeSize).uint(first.maxBytes);
+        writeStrings(w, first.servers);
+      }
       break;
     case 'allocateBlockGroup':
       w.uint(cmd.inodeId).string(cmd.leaseId).uint(cmd.offset).uint(cmd.stripeSize).uint(cmd.maxBytes);
       writeStrings(w, cmd.servers);
       break;
     case 'commitBlockGroup':
-      w.uint(cmd.inodeId).string(cmd.leaseId).uint(cmd.blockGroupId).uint(cmd.length).uint(cmd.shards.length);
-      for (const s of cmd.shards) w.uint(s.index).uint(s.length).u32(s.crc32c).bool(s.durable);
+      w.uint(cmd.inodeId).string(cmd.leaseId);
+      writeCommit(w, cmd);
       break;
     case 'completeFile':
       w.uint(cmd.inodeId).string(cmd.leaseId).uint(cmd.size);
+      // Optional trailing field, as create's.
+      if (cmd.commit !== undefined) writeCommit(w.bool(true), cmd.commit);
       break;
     case 'abandonFile':
     case 'renewLease':
@@ -490,7 +546,16 @@ export function decodeNamespaceCommand(bytes: Uint8Array): NamespaceCommand {
       };
       // Absent in entries written before the flag existed; present only when set, as callers write it.
       const complete = r.remaining > 0 ? r.bool('complete') : false;
-      cmd = complete ? { ...created, complete } : created;
+      const first =
+        r.remaining > 0 && r.bool('has first block group')
+          ? {
+              stripeSize: r.uint('stripe size'),
+              maxBytes: r.uint('max bytes'),
+              servers: readStrings(r, 'servers', MAX_TOTAL_SHARDS, MAX_SERVER_ID_BYTES),
+            }
+          : undefined;
+      const withComplete = complete ? { ...created, complete } : created;
+      cmd = first === undefined ? withComplete : { ...withComplete, firstBlockGroup: first };
       break;
     }
     case 'allocateBlockGroup':
@@ -508,29 +573,20 @@ export function decodeNamespaceCommand(bytes: Uint8Array): NamespaceCommand {
     case 'commitBlockGroup': {
       const inodeId = r.uint('inode id') as InodeId;
       const leaseId = r.string('lease id', MAX_LEASE_ID_BYTES);
-      const blockGroupId = r.uint('block group id') as BlockGroupId;
-      const length = r.uint('length');
-      const n = r.count('shards', MAX_TOTAL_SHARDS);
-      const shards: ShardCommit[] = [];
-      for (let i = 0; i < n; i++)
-        shards.push({
-          index: r.uint('shard index'),
-          length: r.uint('shard length'),
-          crc32c: r.u32('crc32c'),
-          durable: r.bool('durable'),
-        });
-      cmd = { op, ...base, inodeId, leaseId, blockGroupId, length, shards };
+      cmd = { op, ...base, inodeId, leaseId, ...readCommit(r) };
       break;
     }
-    case 'completeFile':
-      cmd = {
+    case 'completeFile': {
+      const completed = {
         op,
         ...base,
         inodeId: r.uint('inode id') as InodeId,
         leaseId: r.string('lease id', MAX_LEASE_ID_BYTES),
         size: r.uint('size'),
       };
+      cmd = r.remaining > 0 && r.bool('has commit') ? { ...completed, commit: readCommit(r) } : completed;
       break;
+    }
     case 'abandonFile':
     case 'renewLease':
       cmd = {
@@ -578,9 +634,22 @@ export function decodeNamespaceCommand(bytes: Uint8Array): NamespaceCommand {
   return cmd;
 }
 
+/**
+ * A create result that carries its first block group has a tag of its own, so results written before
+ * block groups could come with a create (in snapshots' session tables) read as they were.
+ */
+const CREATE_WITH_BLOCK_GROUP_TAG = 0x40;
+
 export function writeResult(w: ByteWriter, result: NamespaceResult): void {
   if (!result.ok) {
     w.u8(0).string(result.code).string(result.message);
+    return;
+  }
+  if (result.op === 'create' && result.blockGroup !== undefined) {
+    w.u8(CREATE_WITH_BLOCK_GROUP_TAG);
+    writeInode(w, result.inode);
+    w.string(result.leaseId).uint(result.leaseExpiresMs);
+    writeBlockGroup(w, result.blockGroup);
     return;
   }
   w.u8(OP_TAGS[result.op]);
@@ -626,6 +695,18 @@ export function readResult(r: ByteReader): NamespaceResult {
     const code = r.string('code', 64);
     if (!isErrorCode(code)) throw new StateCodecError(`result: unknown error code '${code}'`);
     return { ok: false, code: code as ErrorCode, message: r.string('message') };
+  }
+  if (tag === CREATE_WITH_BLOCK_GROUP_TAG) {
+    const inode = readInode(r);
+    if (inode.type !== 'file') throw new StateCodecError('result: create carries a directory inode');
+    return {
+      ok: true,
+      op: 'create',
+      inode,
+      leaseId: r.string('lease id', MAX_LEASE_ID_BYTES),
+      leaseExpiresMs: r.uint('lease expires'),
+      blockGroup: readBlockGroup(r),
+    };
   }
   const op = OPS_BY_TAG.get(tag);
   if (op === undefined) throw new StateCodecError(`result: unknown op tag ${tag}`);

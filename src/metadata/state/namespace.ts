@@ -59,6 +59,7 @@ import { ByteReader, ByteWriter, StateCodecError } from './bytes.js';
 import {
   type AbandonFileCommand,
   type AllocateBlockGroupCommand,
+  type BlockGroupCommit,
   type BlockGroupInfo,
   CLIENT_OPS,
   type CollectGarbageCommand,
@@ -72,6 +73,7 @@ import {
   EMPTY_NUMBERS,
   type ExpireLeasesCommand,
   type FileInode,
+  type FirstBlockGroup,
   type Inode,
   MAX_BLOCK_GROUP_BYTES,
   MAX_BLOCK_GROUPS_PER_FILE,
@@ -489,7 +491,21 @@ export class NamespaceState {
       const room = this.checkRoom(parent.dir, parsed.path);
       if (room) return room;
     }
-    if (this.idsLeft() < 1) return fail('RESOURCE_EXHAUSTED', 'inode ids of this group are exhausted');
+    // The first block group comes with the create when the leader placed it for this policy; for another
+    // (the directory's policy changed between placement and apply) the writer allocates it itself.
+    const first =
+      cmd.firstBlockGroup !== undefined &&
+      cmd.firstBlockGroup.servers.length === policy.dataShards + policy.parityShards
+        ? cmd.firstBlockGroup
+        : undefined;
+    if (cmd.firstBlockGroup !== undefined && cmd.complete === true)
+      return fail('INVALID_ARGUMENT', 'an empty file created complete has no block group to allocate');
+    if (first !== undefined) {
+      const bad = this.checkAllocation(policy.name, policy.dataShards, policy.parityShards, first);
+      if (bad) return bad;
+    }
+    if (this.idsLeft() < (first === undefined ? 1 : 2))
+      return fail('RESOURCE_EXHAUSTED', 'inode ids of this group are exhausted');
     // From here nothing can fail.
     if (rivalId !== undefined) this.dropPending(this.pending.get(rivalId)!);
     if (cmd.complete === true) {
@@ -532,7 +548,64 @@ export class NamespaceState {
     };
     this.pending.set(id, file);
     this.pendingByName.set(key, id);
-    return this.ok('create', { inode: this.pendingInode(file), leaseId, leaseExpiresMs: file.expiresMs });
+    if (first === undefined)
+      return this.ok('create', { inode: this.pendingInode(file), leaseId, leaseExpiresMs: file.expiresMs });
+    const blockGroup = this.newBlockGroup(file, 0, first);
+    file.blockGroups.push(blockGroup);
+    return this.ok('create', {
+      inode: this.pendingInode(file),
+      leaseId,
+      leaseExpiresMs: file.expiresMs,
+      blockGroup,
+    });
+  }
+
+  /** Refusal of a block group's settings and placement for a file of policy `ec` (K = k, M = m), if any. */
+  private checkAllocation(ec: string, k: number, m: number, alloc: FirstBlockGroup): Failure | undefined {
+    if (
+      !Number.isInteger(alloc.stripeSize) ||
+      alloc.stripeSize < MIN_STRIPE_SIZE ||
+      alloc.stripeSize > MAX_STRIPE_SIZE
+    )
+      return fail('INVALID_ARGUMENT', `stripe size must be ${MIN_STRIPE_SIZE}..${MAX_STRIPE_SIZE}`);
+    if (
+      !Number.isSafeInteger(alloc.maxBytes) ||
+      alloc.maxBytes < alloc.stripeSize ||
+      alloc.maxBytes > MAX_BLOCK_GROUP_BYTES
+    )
+      return fail('INVALID_ARGUMENT', `block group size must be stripe size..${MAX_BLOCK_GROUP_BYTES}`);
+    if (alloc.servers.length !== k + m)
+      return fail('INVALID_ARGUMENT', `${ec} needs ${k + m} shard targets, got ${alloc.servers.length}`);
+    const seen = new Set<string>();
+    for (const server of alloc.servers) {
+      if (server === '') continue;
+      const bytes = utf8Length(server);
+      if (bytes < 1 || bytes > MAX_SERVER_ID_BYTES) return fail('INVALID_ARGUMENT', 'bad chunk server id');
+      if (seen.has(server)) return fail('INVALID_ARGUMENT', `chunk server ${server} is given two shards`);
+      seen.add(server);
+    }
+    const need = minDurableShards(k, m);
+    if (seen.size < need)
+      return fail('FAILED_PRECONDITION', `${ec} needs at least ${need} shard targets, got ${seen.size}`);
+    return undefined;
+  }
+
+  /** A new, uncommitted block group of `file` at `offset` (checked by checkAllocation; one id left). */
+  private newBlockGroup(file: PendingFile, offset: number, alloc: FirstBlockGroup): BlockGroupInfo {
+    return {
+      id: this.allocId() as BlockGroupId,
+      offset,
+      length: 0,
+      dataShards: file.dataShards,
+      parityShards: file.parityShards,
+      stripeSize: alloc.stripeSize,
+      maxBytes: alloc.maxBytes,
+      committed: false,
+      servers: alloc.servers.map((server) => this.intern(server)),
+      shardLengths: EMPTY_NUMBERS,
+      crcs: EMPTY_NUMBERS,
+      durableMask: 0,
+    };
   }
 
   private pendingInode(file: PendingFile): FileInode {
@@ -583,48 +656,10 @@ export class NamespaceState {
     const end = last === undefined ? 0 : last.offset + last.length;
     if (cmd.offset !== end)
       return fail('INVALID_ARGUMENT', `offset ${cmd.offset} is not the file's end ${end}`);
-    if (
-      !Number.isInteger(cmd.stripeSize) ||
-      cmd.stripeSize < MIN_STRIPE_SIZE ||
-      cmd.stripeSize > MAX_STRIPE_SIZE
-    )
-      return fail('INVALID_ARGUMENT', `stripe size must be ${MIN_STRIPE_SIZE}..${MAX_STRIPE_SIZE}`);
-    if (
-      !Number.isSafeInteger(cmd.maxBytes) ||
-      cmd.maxBytes < cmd.stripeSize ||
-      cmd.maxBytes > MAX_BLOCK_GROUP_BYTES
-    )
-      return fail('INVALID_ARGUMENT', `block group size must be stripe size..${MAX_BLOCK_GROUP_BYTES}`);
-    const k = file.dataShards;
-    const m = file.parityShards;
-    if (cmd.servers.length !== k + m)
-      return fail('INVALID_ARGUMENT', `${file.ec} needs ${k + m} shard targets, got ${cmd.servers.length}`);
-    const seen = new Set<string>();
-    for (const server of cmd.servers) {
-      if (server === '') continue;
-      const bytes = utf8Length(server);
-      if (bytes < 1 || bytes > MAX_SERVER_ID_BYTES) return fail('INVALID_ARGUMENT', 'bad chunk server id');
-      if (seen.has(server)) return fail('INVALID_ARGUMENT', `chunk server ${server} is given two shards`);
-      seen.add(server);
-    }
-    const need = minDurableShards(k, m);
-    if (seen.size < need)
-      return fail('FAILED_PRECONDITION', `${file.ec} needs at least ${need} shard targets, got ${seen.size}`);
+    const bad = this.checkAllocation(file.ec, file.dataShards, file.parityShards, cmd);
+    if (bad) return bad;
     if (this.idsLeft() < 1) return fail('RESOURCE_EXHAUSTED', 'block group ids of this group are exhausted');
-    const blockGroup: BlockGroupInfo = {
-      id: this.allocId() as BlockGroupId,
-      offset: end,
-      length: 0,
-      dataShards: k,
-      parityShards: m,
-      stripeSize: cmd.stripeSize,
-      maxBytes: cmd.maxBytes,
-      committed: false,
-      servers: cmd.servers.map((server) => this.intern(server)),
-      shardLengths: EMPTY_NUMBERS,
-      crcs: EMPTY_NUMBERS,
-      durableMask: 0,
-    };
+    const blockGroup = this.newBlockGroup(file, end, cmd);
     file.blockGroups.push(blockGroup);
     file.expiresMs = this.clockMs + file.leaseMs;
     return this.ok('allocateBlockGroup', { blockGroup });
@@ -633,12 +668,24 @@ export class NamespaceState {
   private commitBlockGroup(cmd: CommitBlockGroupCommand): ResultOf<'commitBlockGroup'> {
     const file = this.leased(cmd.inodeId, cmd.leaseId);
     if (isFailure(file)) return file;
-    const at = file.blockGroups.findIndex((bg) => bg.id === cmd.blockGroupId);
+    const prepared = this.prepareCommit(file, cmd);
+    if (isFailure(prepared)) return prepared;
+    file.blockGroups[prepared.at] = prepared.committed;
+    file.expiresMs = this.clockMs + file.leaseMs;
+    return this.ok('commitBlockGroup', { blockGroup: prepared.committed });
+  }
+
+  /** The block group `commit` makes of one of `file`'s, and where it goes — or the refusal. Changes nothing. */
+  private prepareCommit(
+    file: PendingFile,
+    commit: BlockGroupCommit,
+  ): { at: number; committed: BlockGroupInfo } | Failure {
+    const at = file.blockGroups.findIndex((bg) => bg.id === commit.blockGroupId);
     if (at < 0)
-      return fail('NOT_FOUND', `block group ${cmd.blockGroupId} does not belong to inode ${cmd.inodeId}`);
+      return fail('NOT_FOUND', `block group ${commit.blockGroupId} does not belong to inode ${file.id}`);
     const bg = file.blockGroups[at]!;
     if (bg.committed) return fail('FAILED_PRECONDITION', `block group ${bg.id} is already committed`);
-    if (!Number.isSafeInteger(cmd.length) || cmd.length < 1 || cmd.length > bg.maxBytes)
+    if (!Number.isSafeInteger(commit.length) || commit.length < 1 || commit.length > bg.maxBytes)
       return fail('INVALID_ARGUMENT', `block group length must be 1..${bg.maxBytes}`);
     const total = bg.dataShards + bg.parityShards;
     const shardLengths = new Array<number>(total).fill(0);
@@ -647,7 +694,7 @@ export class NamespaceState {
     let durable = 0;
     let shardLength = -1;
     const reported = new Set<number>();
-    for (const shard of cmd.shards) {
+    for (const shard of commit.shards) {
       if (!Number.isInteger(shard.index) || shard.index < 0 || shard.index >= total)
         return fail('INVALID_ARGUMENT', `shard index ${shard.index} is outside 0..${total - 1}`);
       if (reported.has(shard.index))
@@ -675,29 +722,32 @@ export class NamespaceState {
         'FAILED_PRECONDITION',
         `only ${durable} of ${total} shards are durable; ${need} are needed`,
       );
-    if (shardLength * bg.dataShards < cmd.length)
+    if (shardLength * bg.dataShards < commit.length)
       return fail(
         'INVALID_ARGUMENT',
-        `${bg.dataShards} shards of ${shardLength} bytes cannot hold ${cmd.length} bytes`,
+        `${bg.dataShards} shards of ${shardLength} bytes cannot hold ${commit.length} bytes`,
       );
     const committed: BlockGroupInfo = {
       ...bg,
-      length: cmd.length,
+      length: commit.length,
       committed: true,
       shardLengths,
       crcs,
       durableMask,
     };
-    file.blockGroups[at] = committed;
-    file.expiresMs = this.clockMs + file.leaseMs;
-    return this.ok('commitBlockGroup', { blockGroup: committed });
+    return { at, committed };
   }
 
   private completeFile(cmd: CompleteFileCommand): ResultOf<'completeFile'> {
     const file = this.leased(cmd.inodeId, cmd.leaseId);
     if (isFailure(file)) return file;
+    // With a commit of the last block group: checked as commitBlockGroup would, applied only if the
+    // completion is accepted too (a refused command changes nothing).
+    const prepared = cmd.commit === undefined ? undefined : this.prepareCommit(file, cmd.commit);
+    if (prepared !== undefined && isFailure(prepared)) return prepared;
     let size = 0;
-    for (const bg of file.blockGroups) {
+    for (let i = 0; i < file.blockGroups.length; i++) {
+      const bg = i === prepared?.at ? prepared.committed : file.blockGroups[i]!;
       if (!bg.committed) return fail('FAILED_PRECONDITION', `block group ${bg.id} is not committed`);
       size += bg.length;
     }
@@ -715,6 +765,7 @@ export class NamespaceState {
       if (room) return room;
     }
     // From here nothing can fail: publish atomically.
+    if (prepared !== undefined) file.blockGroups[prepared.at] = prepared.committed;
     const inode: FileInode = {
       type: 'file',
       id: file.id,
@@ -961,6 +1012,20 @@ export class NamespaceState {
   // ---------------------------------------------------------------------------------------------------
   // Reads (served by the host after ReadIndex; never change state)
   // ---------------------------------------------------------------------------------------------------
+
+  /**
+   * The EC policy a create of `path` asking for `ec` would get now (explicit, else inherited, else
+   * `defaultEc`), or undefined when the path or policy would be refused: the leader places a first block
+   * group with it before proposing the create (which re-resolves it when applied).
+   */
+  policyFor(path: string, ec: string, defaultEc: string): EcPolicy | undefined {
+    const parsed = parsePath(path);
+    if (!parsed.ok || parsed.components.length === 0) return undefined;
+    const parent = this.resolveDir(parsed, parsed.components.length - 1);
+    if (!parent.ok) return undefined;
+    const policy = parsePolicy(ec !== '' ? ec : parent.ec !== '' ? parent.ec : defaultEc);
+    return isFailure(policy) ? undefined : policy;
+  }
 
   stat(path: string): StatResult | Failure {
     const parsed = parsePath(path);
