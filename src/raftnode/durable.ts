@@ -39,7 +39,14 @@ import {
 } from '../consensus/index.js';
 import type { WalRecord } from '../wire/gen/types.js';
 import { decodeMessage, encodeMessage, type Init } from '../wire/proto.js';
-import { entryFromWire, entryToWire, metaFromWire, metaToWire } from './messages.js';
+import {
+  encodeEntry,
+  entryFromWire,
+  metaFromWire,
+  metaToWire,
+  spliceRepeated,
+  TAG_WAL_RECORD_ENTRIES,
+} from './messages.js';
 import type { GroupStorage, HostStorage } from './storage.js';
 
 const LOG_FILE = 'raft.log';
@@ -77,10 +84,24 @@ function fsyncDir(dir: string): void {
 function frame(record: Init<WalRecord>): Buffer {
   const payload = encodeMessage('dogfs.v1.WalRecord', record);
   const framed = Buffer.allocUnsafe(HEADER_BYTES + payload.byteLength);
-  framed.writeUInt32LE(payload.byteLength, 0);
-  framed.writeUInt32LE(crc32c(framed.subarray(0, 4)), 4);
-  framed.writeUInt32LE(crc32c(Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)), 8);
   framed.set(payload, HEADER_BYTES);
+  return withHeader(framed);
+}
+
+/**
+ * An entries record: each entry's encoding comes from encodeEntry, so a leader's entry is encoded once
+ * for its log and for every follower's append (messages.ts).
+ */
+function entriesFrame(group: number, entries: readonly Entry[]): Buffer {
+  const head = encodeMessage('dogfs.v1.WalRecord', { group });
+  return withHeader(spliceRepeated(HEADER_BYTES, head, TAG_WAL_RECORD_ENTRIES, entries.map(encodeEntry)));
+}
+
+/** Fills the record header in front of the payload that starts at HEADER_BYTES. */
+function withHeader(framed: Buffer): Buffer {
+  framed.writeUInt32LE(framed.byteLength - HEADER_BYTES, 0);
+  framed.writeUInt32LE(crc32c(framed.subarray(0, 4)), 4);
+  framed.writeUInt32LE(crc32c(framed.subarray(HEADER_BYTES)), 8);
   return framed;
 }
 
@@ -216,7 +237,7 @@ export class DurableStorage implements HostStorage {
       append: (entries) => {
         if (entries.length === 0) return;
         appendEntries(mirror, entries);
-        this.pending.push(frame({ group: groupId, entries: entries.map(entryToWire) }));
+        this.pending.push(entriesFrame(groupId, entries));
       },
       setHardState: (hardState) => {
         mirror.hardState = hardState;
@@ -263,7 +284,7 @@ export class DurableStorage implements HostStorage {
     for (const [group, m] of this.mirrors) {
       if (m.snapshot)
         records.push(frame({ group, snapshot: metaToWire(m.snapshot.meta), snapshotFile: m.snapshotFile }));
-      if (m.entries.length > 0) records.push(frame({ group, entries: m.entries.map(entryToWire) }));
+      if (m.entries.length > 0) records.push(entriesFrame(group, m.entries));
       if (m.hardState) records.push(frame({ group, hardState: m.hardState }));
     }
     const path = join(this.dir, LOG_FILE);

@@ -30,10 +30,9 @@ import {
   type Term,
 } from '../consensus/index.js';
 import { DogfsError } from '../wire/errors.js';
-import { type RaftBatch, type RaftMessage, RaftTransportService } from '../wire/gen/types.js';
-import type { Init } from '../wire/proto.js';
+import { type RaftBatch, RaftTransportService } from '../wire/gen/types.js';
 import { RpcChannel, type RpcServer } from '../wire/rpc.js';
-import { messageFromWire, messageToWire } from './messages.js';
+import { encodeBatchFrame, encodeWireMessage, messageFromWire } from './messages.js';
 import type { HostStorage } from './storage.js';
 import { FramePeer, FrameServer } from './transport.js';
 
@@ -420,7 +419,7 @@ export class RaftHost {
 
   /** Sends the chosen messages of every Ready, one batch per peer. */
   private sendAll(readies: readonly [Group, Ready][], pick: (rd: Ready) => readonly Message[]): void {
-    const outgoing = new Map<NodeId, Init<RaftMessage>[]>();
+    const outgoing = new Map<NodeId, Uint8Array[]>();
     for (const [group, rd] of readies) {
       for (const m of pick(rd)) {
         let list = outgoing.get(m.to);
@@ -428,7 +427,7 @@ export class RaftHost {
           list = [];
           outgoing.set(m.to, list);
         }
-        list.push(messageToWire(group.id, m));
+        list.push(encodeWireMessage(group.id, m));
       }
     }
     for (const [to, messages] of outgoing) this.send(to, messages);
@@ -528,7 +527,7 @@ export class RaftHost {
     pending.reject(new DogfsError('UNAVAILABLE', `${why}; retry`));
   }
 
-  private send(to: NodeId, messages: Init<RaftMessage>[]): void {
+  private send(to: NodeId, messages: Uint8Array[]): void {
     let peer = this.peers.get(to);
     if (peer === undefined) {
       const addr = this.addrOf.get(to);
@@ -540,7 +539,7 @@ export class RaftHost {
     }
     for (let start = 0; start < messages.length; start += MAX_MESSAGES_PER_BATCH) {
       const slice = messages.slice(start, start + MAX_MESSAGES_PER_BATCH);
-      peer.send({ fromNode: this.nodeId, messages: slice }, slice.length);
+      peer.sendFrame(encodeBatchFrame(this.nodeId, slice), slice.length);
     }
   }
 

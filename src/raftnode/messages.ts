@@ -4,7 +4,10 @@
  * (known type, ids and indexes that are safe integers) so a lying or broken peer gets an error, not a
  * core that asserts.
  */
+
+import { assert } from '../common/assert.js';
 import {
+  type AppendRequest,
   asIndex,
   asNodeId,
   asTerm,
@@ -22,7 +25,7 @@ import {
   RaftMessageType,
   type RaftSnapshotMeta,
 } from '../wire/gen/types.js';
-import type { Init } from '../wire/proto.js';
+import { encodeMessage, type Init } from '../wire/proto.js';
 
 const WIRE_TYPE: Record<MessageType, RaftMessageType> = {
   preVote: RaftMessageType.PRE_VOTE,
@@ -58,6 +61,25 @@ export function metaToWire(m: SnapshotMeta): Init<RaftSnapshotMeta> {
 }
 
 export function messageToWire(group: number, m: Message): Init<RaftMessage> {
+  if (m.type === 'append') return { ...appendHeadToWire(group, m), entries: m.entries.map(entryToWire) };
+  return messageHeadToWire(group, m);
+}
+
+/** An append's fields but its entries (which encodeWireMessage splices in, encoded once). */
+function appendHeadToWire(group: number, m: AppendRequest): Init<RaftMessage> {
+  return {
+    group,
+    type: RaftMessageType.APPEND,
+    from: m.from,
+    to: m.to,
+    term: m.term,
+    prevIndex: m.prevIndex,
+    prevTerm: m.prevTerm,
+    commit: m.commit,
+  };
+}
+
+function messageHeadToWire(group: number, m: Message): Init<RaftMessage> {
   const base = { group, type: WIRE_TYPE[m.type], from: m.from, to: m.to, term: m.term };
   switch (m.type) {
     case 'preVote':
@@ -67,13 +89,7 @@ export function messageToWire(group: number, m: Message): Init<RaftMessage> {
     case 'voteResp':
       return { ...base, granted: m.granted };
     case 'append':
-      return {
-        ...base,
-        prevIndex: m.prevIndex,
-        prevTerm: m.prevTerm,
-        entries: m.entries.map(entryToWire),
-        commit: m.commit,
-      };
+      return appendHeadToWire(group, m);
     case 'appendResp':
       return { ...base, reject: m.reject, index: m.index, hintIndex: m.hintIndex, hintTerm: m.hintTerm };
     case 'heartbeat':
@@ -207,4 +223,102 @@ export function messageFromWire(w: RaftMessage): Message {
     case 'readIndexResp':
       return { ...base, type, ctx: w.ctx, index: asIndex(safe(w.index, 'index')), reject: w.reject };
   }
+}
+
+// ---------------------------------------------------------------- entries encoded once
+//
+// A leader writes each new entry to its log and sends it to every follower: three protobuf encodings of
+// the same bytes with two followers. Instead each entry is encoded once (encodeEntry, kept for the entries
+// of the last rounds) and the WAL record and every follower's RaftMessage splice those bytes in behind
+// their other fields. The result is ordinary protobuf: a message's fields may come in any order, and a
+// repeated field's elements are simply its occurrences in order (test/raftnode/messages.test.ts decodes
+// every spliced form with protobufjs and compares).
+
+/** Tag bytes of the repeated message fields spliced by hand: field number << 3 | 2 (length-delimited). */
+export const TAG_RAFT_MESSAGE_ENTRIES = (12 << 3) | 2;
+export const TAG_RAFT_BATCH_MESSAGES = (2 << 3) | 2;
+export const TAG_WAL_RECORD_ENTRIES = (2 << 3) | 2;
+
+/**
+ * Entries whose encoding is kept: a leader's entries of the last rounds (written to its log, then sent to
+ * each follower, then maybe sent again to a lagging one). Older ones are encoded again if ever needed.
+ */
+const ENCODED_ENTRIES_KEPT = 4096;
+const encodedEntries = new Map<Entry, Uint8Array>();
+
+/** The RaftEntry protobuf of `e`, encoded once for its WAL record and for every follower it goes to. */
+export function encodeEntry(e: Entry): Uint8Array {
+  let bytes = encodedEntries.get(e);
+  if (bytes === undefined) {
+    bytes = encodeMessage('dogfs.v1.RaftEntry', entryToWire(e));
+    if (encodedEntries.size >= ENCODED_ENTRIES_KEPT) {
+      // Maps iterate in insertion order: the first key is the oldest entry kept.
+      encodedEntries.delete(encodedEntries.keys().next().value as Entry);
+    }
+    encodedEntries.set(e, bytes);
+  }
+  return bytes;
+}
+
+function varintLength(n: number): number {
+  let bytes = 1;
+  for (let v = n; v >= 0x80; v = Math.floor(v / 0x80)) bytes++;
+  return bytes;
+}
+
+function writeVarint(buf: Buffer, at: number, n: number): number {
+  let v = n;
+  let i = at;
+  while (v >= 0x80) {
+    buf[i++] = (v % 0x80) | 0x80;
+    v = Math.floor(v / 0x80);
+  }
+  buf[i++] = v;
+  return i;
+}
+
+/**
+ * `head` (an encoded message) followed by `items` as the elements of its repeated length-delimited field
+ * `tag`, written at `offset` of a new buffer whose first `offset` bytes the caller fills (a frame header).
+ */
+export function spliceRepeated(
+  offset: number,
+  head: Uint8Array,
+  tag: number,
+  items: readonly Uint8Array[],
+): Buffer {
+  assert(tag < 0x80, 'a one-byte tag');
+  let size = offset + head.byteLength;
+  for (const item of items) size += 1 + varintLength(item.byteLength) + item.byteLength;
+  const buf = Buffer.allocUnsafe(size);
+  buf.set(head, offset);
+  let at = offset + head.byteLength;
+  for (const item of items) {
+    buf[at++] = tag;
+    at = writeVarint(buf, at, item.byteLength);
+    buf.set(item, at);
+    at += item.byteLength;
+  }
+  assert(at === size, 'spliced message fills its buffer');
+  return buf;
+}
+
+/** One RaftMessage's protobuf; an append's entries are spliced in from encodeEntry. */
+export function encodeWireMessage(group: number, m: Message): Uint8Array {
+  const head = encodeMessage('dogfs.v1.RaftMessage', messageHeadToWire(group, m));
+  if (m.type !== 'append' || m.entries.length === 0) return head;
+  return spliceRepeated(0, head, TAG_RAFT_MESSAGE_ENTRIES, m.entries.map(encodeEntry));
+}
+
+const FRAME_LENGTH_BYTES = 4;
+
+/**
+ * A transport frame (u32 big-endian length, then RaftBatch{from_node, messages}) of messages already
+ * encoded by encodeWireMessage.
+ */
+export function encodeBatchFrame(fromNode: number, messages: readonly Uint8Array[]): Buffer {
+  const head = encodeMessage('dogfs.v1.RaftBatch', { fromNode });
+  const frame = spliceRepeated(FRAME_LENGTH_BYTES, head, TAG_RAFT_BATCH_MESSAGES, messages);
+  frame.writeUInt32BE(frame.byteLength - FRAME_LENGTH_BYTES, 0);
+  return frame;
 }

@@ -159,6 +159,11 @@ export class FramePeer {
 
   /** Queues one batch for the peer; drops it (and counts) when the connection is down or backed up. */
   send(batch: Init<RaftBatch>, messages: number): void {
+    this.sendFrame(encodeFrame(batch), messages);
+  }
+
+  /** As send, for a batch already framed (raftnode/messages.ts encodeBatchFrame). */
+  sendFrame(frame: Buffer, messages: number): void {
     if (this.closed) return;
     if (!this.open) {
       this.connect();
@@ -166,7 +171,7 @@ export class FramePeer {
         this.counters.batchesDropped++;
         return;
       }
-      this.pending.push({ frame: encodeFrame(batch), messages });
+      this.pending.push({ frame, messages });
       return;
     }
     const socket = this.socket!;
@@ -174,7 +179,6 @@ export class FramePeer {
       this.counters.batchesDropped++;
       return;
     }
-    const frame = encodeFrame(batch);
     if (frame.byteLength - LENGTH_BYTES > MAX_FRAME_BYTES) {
       this.log.warn('raft batch too large for a frame; dropped', { to: this.addr, bytes: frame.byteLength });
       this.counters.batchesDropped++;

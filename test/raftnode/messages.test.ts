@@ -1,0 +1,120 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { asIndex, asNodeId, asTerm, type Entry, type Message } from '../../src/consensus/index.js';
+import {
+  encodeBatchFrame,
+  encodeEntry,
+  encodeWireMessage,
+  messageFromWire,
+  messageToWire,
+} from '../../src/raftnode/messages.js';
+import { encodeFrame } from '../../src/raftnode/transport.js';
+import { decodeMessage } from '../../src/wire/proto.js';
+
+const n = asNodeId;
+const t = asTerm;
+const i = asIndex;
+
+function normal(index: number, bytes: number): Entry {
+  const data = new Uint8Array(bytes);
+  for (let b = 0; b < bytes; b++) data[b] = (index * 31 + b) & 0xff;
+  return { kind: 'normal', term: t(7), index: i(index), data };
+}
+
+const config: Entry = {
+  kind: 'config',
+  term: t(7),
+  index: i(13),
+  config: { voters: [n(1), n(2), n(3)], learners: [n(4)] },
+};
+
+/** One message of every shape, appends with entries whose lengths need 1, 2 and 3 varint bytes. */
+const MESSAGES: Message[] = [
+  { type: 'preVote', from: n(1), to: n(2), term: t(8), lastIndex: i(9), lastTerm: t(7), transfer: true },
+  { type: 'voteResp', from: n(2), to: n(1), term: t(8), granted: true },
+  {
+    type: 'append',
+    from: n(1),
+    to: n(2),
+    term: t(7),
+    prevIndex: i(9),
+    prevTerm: t(6),
+    entries: [normal(10, 0), normal(11, 100), normal(12, 300), config, normal(14, 20_000)],
+    commit: i(9),
+  },
+  {
+    type: 'append',
+    from: n(1),
+    to: n(3),
+    term: t(7),
+    prevIndex: i(14),
+    prevTerm: t(7),
+    entries: [],
+    commit: i(14),
+  },
+  {
+    type: 'appendResp',
+    from: n(2),
+    to: n(1),
+    term: t(7),
+    reject: true,
+    index: i(9),
+    hintIndex: i(5),
+    hintTerm: t(3),
+  },
+  { type: 'heartbeat', from: n(1), to: n(2), term: t(7), commit: i(14), readSeq: 2 ** 40 },
+  { type: 'heartbeatResp', from: n(2), to: n(1), term: t(7), readSeq: 3 },
+  {
+    type: 'snapshotChunk',
+    from: n(1),
+    to: n(2),
+    term: t(7),
+    meta: { index: i(100), term: t(6), config: { voters: [n(1), n(2)], learners: [] } },
+    totalBytes: 5,
+    offset: 2,
+    data: new Uint8Array([1, 2, 3]),
+  },
+  { type: 'timeoutNow', from: n(1), to: n(2), term: t(7) },
+  { type: 'readIndexResp', from: n(1), to: n(2), term: t(7), ctx: '2:17', index: i(14), reject: false },
+];
+
+/** Bytes as plain arrays (Buffer's toJSON runs before a replacer sees it, so both forms are mapped). */
+function plain(value: unknown): unknown {
+  return JSON.parse(
+    JSON.stringify(value, (_key, v: unknown) => {
+      if (v instanceof Uint8Array) return [...v];
+      if (typeof v === 'object' && v !== null && (v as { type?: unknown }).type === 'Buffer')
+        return (v as { data: number[] }).data;
+      return v;
+    }),
+  );
+}
+
+test('a spliced batch frame is the same protobuf as protobufjs encodes, and decodes to the same messages', () => {
+  for (const fromNode of [1, 300, 2 ** 40]) {
+    const spliced = encodeBatchFrame(
+      fromNode,
+      MESSAGES.map((m) => encodeWireMessage(5, m)),
+    );
+    const reference = encodeFrame({ fromNode, messages: MESSAGES.map((m) => messageToWire(5, m)) });
+    assert.equal(spliced.readUInt32BE(0), spliced.byteLength - 4, 'frame length');
+    const decoded = decodeMessage('dogfs.v1.RaftBatch', spliced.subarray(4));
+    assert.deepEqual(decoded, decodeMessage('dogfs.v1.RaftBatch', reference.subarray(4)));
+    assert.equal(decoded.fromNode, fromNode);
+    // Decoded bytes fields are Buffers over the frame: compare them as plain bytes.
+    assert.deepEqual(
+      plain(decoded.messages.map((w) => [w.group, messageFromWire(w)])),
+      plain(MESSAGES.map((m) => [5, m])),
+    );
+  }
+});
+
+test('an entry is encoded once: every later use gets the same bytes', () => {
+  const e = normal(20, 300);
+  const first = encodeEntry(e);
+  assert.equal(encodeEntry(e), first);
+  assert.deepEqual(
+    decodeMessage('dogfs.v1.RaftEntry', first).data,
+    Buffer.from(e.kind === 'normal' ? e.data : []),
+  );
+});
