@@ -180,9 +180,9 @@ async function main(): Promise<void> {
   const fileBytes = FILE_MIB * MiB;
 
   // The raw disk-write limit, into just-freed memory as the put and the get write (bench/raw.ts says
-  // why that matters on this machine): through the page cache, syncing behind every 8 MiB as the chunk
-  // servers do, and with O_DIRECT in 4 MiB writes as the get's local file (and opt-in chunk servers) are
-  // written. The better of the two is the limit, so neither way of writing flatters the ratios.
+  // why that matters on this machine): through the page cache, syncing behind every 8 MiB as chunk
+  // servers with DOGFS_CHUNK_DIRECT_WRITES=0 do, and with O_DIRECT in 4 MiB writes as the get's local
+  // file and the chunk servers (by default) are written. The better of the two is the limit, so neither way of writing flatters the ratios.
   const buffered = await rawDiskWriteJustFreed({
     dir: join(work, 'raw-disk'),
     totalBytes: fileBytes,

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { STAGING_BYTES } from '../src/chunk/shard-file.js';
 import { alignedAllocator } from '../src/codec/native.js';
 import { RECEIVE_SLAB_BYTES } from '../src/wire/data-transfer.js';
+import { percentile } from './lib.js';
 
 export const MiB = 1024 * 1024;
 /** The reused receive buffer of the `onread` raw socket: as large as the chunk server's reads. */
@@ -76,6 +77,8 @@ export function freePageReporting(): string {
 export interface RawDiskResult {
   mbps: number;
   cpuSecondsPerGB: number;
+  /** Median time of the fdatasync that ends each file (what a shard's finish cannot avoid). */
+  fileSyncMsMedian: number;
 }
 
 /**
@@ -104,6 +107,7 @@ export async function rawDiskWrite(options: {
   mkdirSync(dir);
   const cpu = selfCpuSeconds();
   const started = performance.now();
+  const fileSyncMs: number[] = [];
   for (let file = 0; file * fileBytes < totalBytes; file++) {
     const path = join(dir, `f${file}`);
     const handle: FileHandle = direct
@@ -131,13 +135,22 @@ export async function rawDiskWrite(options: {
       }
       await syncing;
     }
+    const syncStarted = performance.now();
     await handle.datasync();
+    fileSyncMs.push(performance.now() - syncStarted);
     await handle.close();
   }
   const seconds = (performance.now() - started) / 1000;
   const cpuSecondsPerGB = (selfCpuSeconds() - cpu) / (totalBytes / 1e9);
   rmSync(dir, { recursive: true, force: true });
-  return { mbps: totalBytes / MiB / seconds, cpuSecondsPerGB };
+  return {
+    mbps: totalBytes / MiB / seconds,
+    cpuSecondsPerGB,
+    fileSyncMsMedian: percentile(
+      fileSyncMs.sort((a, b) => a - b),
+      50,
+    ),
+  };
 }
 
 /** How many runs a disk reference takes the best of: a limit is the most the machine did. */

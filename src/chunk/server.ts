@@ -36,14 +36,23 @@ export interface ChunkServerOptions {
   limits?: Partial<DataServerLimits> | undefined;
   /**
    * Write (and read) shards with O_DIRECT where the filesystem takes it (chunk/shard-file.ts). Default:
-   * only if the environment has DOGFS_CHUNK_DIRECT_WRITES=1. Off by default for now: the suite's chaos
-   * run failed 3 times in 8 with it on at 11:11-11:24 (a file with 3 of 5 shards missing after repair)
-   * and 0 in 3 with it off, cause not found yet.
+   * on, unless the environment has DOGFS_CHUNK_DIRECT_WRITES=0 (docs/ARCHITECTURE.md, "O_DIRECT", says
+   * why, and why it was off until the chaos failures seen with it were explained).
    */
   directWrites?: boolean | undefined;
 }
 
 const DEFAULT_LIST_LIMIT = 1_000;
+
+/** DOGFS_CHUNK_DIRECT_WRITES: unset or 1, O_DIRECT; 0, the page cache; anything else is refused. */
+function directWritesFromEnvironment(value: string | undefined): boolean {
+  if (value === undefined || value === '' || value === '1') return true;
+  if (value === '0') return false;
+  throw new DogfsError(
+    'INVALID_ARGUMENT',
+    `DOGFS_CHUNK_DIRECT_WRITES must be 0 (page cache) or 1 (O_DIRECT, the default), not '${value.slice(0, 32)}'`,
+  );
+}
 const MAX_LIST_LIMIT = 10_000;
 /** Corrupt shards named in one Status answer (heartbeats carry them too, bounded the same way). */
 const MAX_STATUS_CORRUPT = 10_000;
@@ -78,7 +87,8 @@ export async function startChunkServer(options: ChunkServerOptions) {
         capacityBytes: options.capacityBytes,
         log,
         onCorrupt: () => metrics.add('corrupt_found'),
-        directWrites: options.directWrites ?? process.env['DOGFS_CHUNK_DIRECT_WRITES'] === '1',
+        directWrites:
+          options.directWrites ?? directWritesFromEnvironment(process.env['DOGFS_CHUNK_DIRECT_WRITES']),
       });
       context.readyInfo['writeMode'] = openedStore.writeMode;
       store = openedStore;

@@ -13,22 +13,30 @@ export interface RunningChunk {
   dir: string;
   addr: string;
   dataAddr: string;
+  /** How the store writes: 'direct' (O_DIRECT) or 'buffered' (from the ready line). */
+  writeMode: string;
   control: RpcChannel;
   process: ReturnType<typeof startDogfs>;
   stop(): Promise<void>;
   kill(): Promise<void>;
 }
 
-export async function startChunk(dir: string, extraArgs: string[] = []): Promise<RunningChunk> {
-  const child = startDogfs(['chunk', '--dir', dir, '--log-level', 'debug', ...extraArgs]);
-  let ready: { addr: string; dataAddr: string };
+export async function startChunk(
+  dir: string,
+  extraArgs: string[] = [],
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<RunningChunk> {
+  const child = startDogfs(['chunk', '--dir', dir, '--log-level', 'debug', ...extraArgs], env);
+  let ready: { addr: string; dataAddr: string; writeMode: string };
   try {
     const outcome = await Promise.race([
       waitFor(
         'chunk server listening',
         () => {
           const line = child.output.stderr.split('\n').find((l) => l.includes('"msg":"listening"'));
-          return line === undefined ? undefined : (JSON.parse(line) as { addr: string; dataAddr: string });
+          return line === undefined
+            ? undefined
+            : (JSON.parse(line) as { addr: string; dataAddr: string; writeMode: string });
         },
         30_000,
       ),
@@ -50,6 +58,7 @@ export async function startChunk(dir: string, extraArgs: string[] = []): Promise
     dir,
     addr: ready.addr,
     dataAddr: ready.dataAddr,
+    writeMode: ready.writeMode,
     control,
     process: child,
     async stop() {

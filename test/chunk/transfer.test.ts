@@ -19,8 +19,11 @@ const dir = tempDir('dogfs-chunk-');
 let chunk: RunningChunk;
 const client = newClient();
 
+/** The environment without DOGFS_CHUNK_DIRECT_WRITES: the server's own default applies. */
+const { DOGFS_CHUNK_DIRECT_WRITES: _ignored, ...defaultEnv } = process.env;
+
 before(async () => {
-  chunk = await startChunk(join(dir.path, 'c1'), ['--scrub-rate', '0']);
+  chunk = await startChunk(join(dir.path, 'c1'), ['--scrub-rate', '0'], defaultEnv);
 });
 after(async () => {
   client.close();
@@ -203,6 +206,26 @@ test('a write that stops mid-way leaves nothing; a read can be cancelled', async
     shardFiles(chunk.dir).filter((f) => f.endsWith('.tmp')),
     [],
   );
+});
+
+test('dogfs chunk writes with O_DIRECT by default; DOGFS_CHUNK_DIRECT_WRITES=0 goes through the page cache', async () => {
+  // The test directory's filesystem takes O_DIRECT (ext4 here; inprocess.test.ts relies on it too).
+  assert.equal(chunk.writeMode, 'direct');
+  const buffered = await startChunk(join(dir.path, 'buffered'), ['--scrub-rate', '0'], {
+    ...defaultEnv,
+    DOGFS_CHUNK_DIRECT_WRITES: '0',
+  });
+  try {
+    assert.equal(buffered.writeMode, 'buffered');
+  } finally {
+    await buffered.stop();
+  }
+  const { runDogfs } = await import('../helpers/index.js');
+  const refused = await runDogfs(['chunk', '--dir', join(dir.path, 'bad-env')], {
+    env: { ...defaultEnv, DOGFS_CHUNK_DIRECT_WRITES: 'off' },
+  });
+  assert.notEqual(refused.status, 0);
+  assert.match(refused.stderr, /DOGFS_CHUNK_DIRECT_WRITES must be 0 \(page cache\) or 1/);
 });
 
 test('dogfs chunk flags: bad --capacity, --scrub-rate or --data-listen give one usage line', async () => {
