@@ -391,6 +391,12 @@ export class FileWriteStream extends Writable {
     }
     this.inode = created.inode;
     this.leaseId = created.leaseId;
+    if (this.destroyed) {
+      // Destroyed while the Create was on its way (_destroy found no file to abandon then): give the
+      // name back now, and start neither the renewals nor any shard write.
+      this.abandon();
+      throw new DogfsError('CANCELLED', 'write stream destroyed');
+    }
     this.replicate = created.inode.ec.startsWith('replicate-');
     // The lease runs from the create's time (the pending inode's ctime) to leaseExpiresMs.
     const leaseMs = created.leaseExpiresMs - created.inode.ctimeMs;
@@ -421,26 +427,30 @@ export class FileWriteStream extends Writable {
     this.group = undefined;
     this.pending.length = 0;
     clearInterval(this.renewTimer);
-    if (error !== null && this.leaseId !== '' && this.inode) {
-      // Free the name now rather than when the lease expires; the block groups become garbage. If this
-      // fails (no quorum), the lease expiry does the same later.
-      this.context.meta
-        .mutate(
-          this.context.session,
-          'AbandonFile',
-          { inodeId: this.inode.id, leaseId: this.leaseId },
-          {
-            timeoutMs: ABANDON_TIMEOUT_MS,
-          },
-        )
-        .catch(() => undefined);
-    }
+    if (error !== null) this.abandon();
     callback(error);
+  }
+
+  /**
+   * Frees the name of a file being written now rather than when its lease expires; its block groups
+   * become garbage. If this fails (no quorum), the lease expiry does the same later.
+   */
+  private abandon(): void {
+    if (this.leaseId === '' || this.inode === undefined) return;
+    this.context.meta
+      .mutate(
+        this.context.session,
+        'AbandonFile',
+        { inodeId: this.inode.id, leaseId: this.leaseId },
+        { timeoutMs: ABANDON_TIMEOUT_MS },
+      )
+      .catch(() => undefined);
   }
 
   /** One renewal at a time; a lease found lost fails the stream now instead of at its next commit. */
   private renewLease(): void {
-    if (this.renewing !== undefined || this.completeCalled || this.inode === undefined) return;
+    if (this.renewing !== undefined || this.completeCalled || this.destroyed || this.inode === undefined)
+      return;
     this.renewing = this.context.meta
       .mutate(
         this.context.session,

@@ -659,6 +659,33 @@ describe('write and read paths (in-memory data plane)', () => {
     assert.deepEqual(await client.readFile('/lost-replies'), data);
   });
 
+  test('a stream destroyed while its Create is on its way gives the name back and writes nothing', async () => {
+    let release: () => void = () => {};
+    cluster.state.holdReply.set('Create', new Promise<void>((resolve) => (release = resolve)));
+    const creates = cluster.state.count('Create');
+    const allocations = cluster.state.count('AllocateBlockGroup');
+    const shardsBefore = transport.shards.size;
+    try {
+      const stream = client.createWriteStream('/destroyed-early', { ec: 'rs-3-2', size: S });
+      stream.on('error', () => {});
+      stream.write(randomBytes(S));
+      await waitFor('the Create sent', () => cluster.state.count('Create') > creates, 5000);
+      stream.destroy(new Error('the source failed'));
+    } finally {
+      cluster.state.holdReply.delete('Create');
+      release();
+    }
+    // Applied before the stream was destroyed, answered after: the client must abandon it itself.
+    await waitFor(
+      'the pending file abandoned',
+      () => ![...cluster.state.pending.values()].some((p) => p.path === '/destroyed-early'),
+      5000,
+    );
+    assert.equal(cluster.state.count('AllocateBlockGroup'), allocations);
+    assert.equal(transport.shards.size, shardsBefore, 'no shard written for a destroyed stream');
+    await client.writeFile('/destroyed-early', Buffer.from('the name is free'));
+  });
+
   test('the metadata leader moves mid-write: the stream follows the hint and completes', async () => {
     const follower = new FakeMeta(cluster.state, cluster.leader.address);
     await follower.start();

@@ -59,6 +59,8 @@ export class FakeMetaState {
   readonly failNext = new Map<string, { error: DogfsError; count: number }>();
   /** Per method: how many more calls are applied but answered UNAVAILABLE (a lost reply). */
   readonly dropReply = new Map<string, number>();
+  /** Per method: calls are applied at once but answered only when the promise resolves (a slow reply). */
+  readonly holdReply = new Map<string, Promise<void>>();
   /** Chunk-server ids to place the next block groups on, in shard order (default: round robin). */
   placement: string[] | undefined;
   nextId = 100;
@@ -192,7 +194,8 @@ export class FakeMeta {
           s.dropReply.set(method, drops - 1);
           throw new DogfsError('UNAVAILABLE', 'reply lost');
         }
-        return result;
+        const held = s.holdReply.get(method);
+        return held === undefined ? result : held.then(() => result);
       };
     };
     /** A new block group of `p` at `offset` on K+M live chunk servers (UNAVAILABLE with fewer). */
