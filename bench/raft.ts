@@ -10,7 +10,7 @@
  * repeats the comparison and prints median ratios.
  */
 import type { ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KvClient, spawnKvNode } from '../test/raftnode/kv-client.js';
@@ -34,6 +34,17 @@ const ETCD = process.env['BENCH_ETCD'] !== '0';
 const NODE_ARGS = (process.env['BENCH_NODE_ARGS'] ?? '').split(' ').filter((a) => a !== '');
 
 const VALUE = 'v'.repeat(256);
+
+/**
+ * User and system CPU seconds of a process (/proc/PID/stat utime, stime): a node's CPU per put is split
+ * so that JavaScript work (user) and syscalls with the loopback and disk work they do (system) are told
+ * apart; CPU profiles on this VM are skewed by preemption and cannot.
+ */
+function processCpuSplit(pid: number): { user: number; sys: number } {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  const ticks = 100; // USER_HZ, as bench/raw.ts assumes
+  return { user: Number(fields[11]) / ticks, sys: Number(fields[12]) / ticks };
+}
 
 interface KvCluster {
   addrs: string[];
@@ -106,6 +117,7 @@ async function measureDogfs(groups: number, leaders: Layout = 'spread'): Promise
       // CPU per put of each process, over every put of the loop (its warm-up and drain included).
       let puts = 0;
       const cpu0 = pids.map(processCpuSeconds);
+      const split0 = pids.map(processCpuSplit);
       const self0 = selfCpuSeconds();
       const r = await closedLoop(c, SECONDS * 1000, async (w, i) => {
         await clients[w % clients.length]!.run({ op: 'put', key: `k${w}-${i % 64}`, value: VALUE });
@@ -133,6 +145,8 @@ async function measureDogfs(groups: number, leaders: Layout = 'spread'): Promise
           metric: 'cpu_per_put',
           value: perPut(processCpuSeconds(pid) - cpu0[n]!),
           unit: 'us',
+          user_us: perPut(processCpuSplit(pid).user - split0[n]!.user),
+          sys_us: perPut(processCpuSplit(pid).sys - split0[n]!.sys),
           process: `node${n + 1}`,
           leads,
           ...tags,
