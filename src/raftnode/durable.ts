@@ -40,11 +40,10 @@ import {
 import type { WalRecord } from '../wire/gen/types.js';
 import { decodeMessage, encodeMessage, type Init } from '../wire/proto.js';
 import {
-  encodeEntry,
   entryFromWire,
   metaFromWire,
   metaToWire,
-  spliceRepeated,
+  spliceEntries,
   TAG_WAL_RECORD_ENTRIES,
 } from './messages.js';
 import type { GroupStorage, HostStorage } from './storage.js';
@@ -88,13 +87,10 @@ function frame(record: Init<WalRecord>): Buffer {
   return withHeader(framed);
 }
 
-/**
- * An entries record: each entry's encoding comes from encodeEntry, so a leader's entry is encoded once
- * for its log and for every follower's append (messages.ts).
- */
+/** An entries record: the entries are written by hand behind the group (messages.ts spliceEntries). */
 function entriesFrame(group: number, entries: readonly Entry[]): Buffer {
   const head = encodeMessage('dogfs.v1.WalRecord', { group });
-  return withHeader(spliceRepeated(HEADER_BYTES, head, TAG_WAL_RECORD_ENTRIES, entries.map(encodeEntry)));
+  return withHeader(spliceEntries(HEADER_BYTES, head, TAG_WAL_RECORD_ENTRIES, entries));
 }
 
 /** Fills the record header in front of the payload that starts at HEADER_BYTES. */

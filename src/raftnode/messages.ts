@@ -225,40 +225,24 @@ export function messageFromWire(w: RaftMessage): Message {
   }
 }
 
-// ---------------------------------------------------------------- entries encoded once
+// ---------------------------------------------------------------- entries written by hand
 //
-// A leader writes each new entry to its log and sends it to every follower: three protobuf encodings of
-// the same bytes with two followers. Instead each entry is encoded once (encodeEntry, kept for the entries
-// of the last rounds) and the WAL record and every follower's RaftMessage splice those bytes in behind
-// their other fields. The result is ordinary protobuf: a message's fields may come in any order, and a
-// repeated field's elements are simply its occurrences in order (test/raftnode/messages.test.ts decodes
-// every spliced form with protobufjs and compares).
+// Entries are most of the bytes a leader writes to its log and sends to every follower. protobufjs
+// encodes each one into a writer of its own (and each RaftMessage of an append into another), which
+// costs more per entry than the bytes themselves; a normal entry is three fields, so they are written
+// by hand straight into the record's or message's buffer (configuration entries, rare, go through
+// protobufjs). The result is ordinary protobuf, each entry byte for byte what protobufjs writes: a message's
+// fields may come in any order, so entries are spliced in behind the other fields, which protobufjs
+// encodes (test/raftnode/messages.test.ts compares the bytes and decodes every spliced form).
 
 /** Tag bytes of the repeated message fields spliced by hand: field number << 3 | 2 (length-delimited). */
 export const TAG_RAFT_MESSAGE_ENTRIES = (12 << 3) | 2;
 export const TAG_RAFT_BATCH_MESSAGES = (2 << 3) | 2;
 export const TAG_WAL_RECORD_ENTRIES = (2 << 3) | 2;
-
-/**
- * Entries whose encoding is kept: a leader's entries of the last rounds (written to its log, then sent to
- * each follower, then maybe sent again to a lagging one). Older ones are encoded again if ever needed.
- */
-const ENCODED_ENTRIES_KEPT = 4096;
-const encodedEntries = new Map<Entry, Uint8Array>();
-
-/** The RaftEntry protobuf of `e`, encoded once for its WAL record and for every follower it goes to. */
-export function encodeEntry(e: Entry): Uint8Array {
-  let bytes = encodedEntries.get(e);
-  if (bytes === undefined) {
-    bytes = encodeMessage('dogfs.v1.RaftEntry', entryToWire(e));
-    if (encodedEntries.size >= ENCODED_ENTRIES_KEPT) {
-      // Maps iterate in insertion order: the first key is the oldest entry kept.
-      encodedEntries.delete(encodedEntries.keys().next().value as Entry);
-    }
-    encodedEntries.set(e, bytes);
-  }
-  return bytes;
-}
+/** RaftEntry's field tags: term = 1 and index = 2 (varints), data = 3 (bytes). */
+const TAG_ENTRY_TERM = (1 << 3) | 0;
+const TAG_ENTRY_INDEX = (2 << 3) | 0;
+const TAG_ENTRY_DATA = (3 << 3) | 2;
 
 function varintLength(n: number): number {
   let bytes = 1;
@@ -303,11 +287,73 @@ export function spliceRepeated(
   return buf;
 }
 
-/** One RaftMessage's protobuf; an append's entries are spliced in from encodeEntry. */
+/** Bytes of a normal entry's RaftEntry: every field written, zeros too, as protobufjs does for set fields. */
+function normalEntryLength(e: Entry & { kind: 'normal' }): number {
+  return (
+    3 + varintLength(e.term) + varintLength(e.index) + varintLength(e.data.byteLength) + e.data.byteLength
+  );
+}
+
+function writeNormalEntry(buf: Buffer, at: number, e: Entry & { kind: 'normal' }): number {
+  let i = at;
+  buf[i++] = TAG_ENTRY_TERM;
+  i = writeVarint(buf, i, e.term);
+  buf[i++] = TAG_ENTRY_INDEX;
+  i = writeVarint(buf, i, e.index);
+  buf[i++] = TAG_ENTRY_DATA;
+  i = writeVarint(buf, i, e.data.byteLength);
+  buf.set(e.data, i);
+  return i + e.data.byteLength;
+}
+
+/**
+ * `head` (an encoded message) followed by `entries` as the elements of its repeated RaftEntry field
+ * `tag`, written at `offset` of a new buffer whose first `offset` bytes the caller fills (a header).
+ */
+export function spliceEntries(
+  offset: number,
+  head: Uint8Array,
+  tag: number,
+  entries: readonly Entry[],
+): Buffer {
+  assert(tag < 0x80, 'a one-byte tag');
+  let configs: Map<Entry, Uint8Array> | undefined;
+  let size = offset + head.byteLength;
+  for (const e of entries) {
+    let length: number;
+    if (e.kind === 'normal') length = normalEntryLength(e);
+    else {
+      const bytes = encodeMessage('dogfs.v1.RaftEntry', entryToWire(e));
+      configs ??= new Map();
+      configs.set(e, bytes);
+      length = bytes.byteLength;
+    }
+    size += 1 + varintLength(length) + length;
+  }
+  const buf = Buffer.allocUnsafe(size);
+  buf.set(head, offset);
+  let at = offset + head.byteLength;
+  for (const e of entries) {
+    buf[at++] = tag;
+    if (e.kind === 'normal') {
+      at = writeVarint(buf, at, normalEntryLength(e));
+      at = writeNormalEntry(buf, at, e);
+    } else {
+      const bytes = configs!.get(e)!;
+      at = writeVarint(buf, at, bytes.byteLength);
+      buf.set(bytes, at);
+      at += bytes.byteLength;
+    }
+  }
+  assert(at === size, 'spliced entries fill their buffer');
+  return buf;
+}
+
+/** One RaftMessage's protobuf; an append's entries are written by hand behind its other fields. */
 export function encodeWireMessage(group: number, m: Message): Uint8Array {
   const head = encodeMessage('dogfs.v1.RaftMessage', messageHeadToWire(group, m));
   if (m.type !== 'append' || m.entries.length === 0) return head;
-  return spliceRepeated(0, head, TAG_RAFT_MESSAGE_ENTRIES, m.entries.map(encodeEntry));
+  return spliceEntries(0, head, TAG_RAFT_MESSAGE_ENTRIES, m.entries);
 }
 
 const FRAME_LENGTH_BYTES = 4;

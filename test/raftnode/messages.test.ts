@@ -3,13 +3,15 @@ import { test } from 'node:test';
 import { asIndex, asNodeId, asTerm, type Entry, type Message } from '../../src/consensus/index.js';
 import {
   encodeBatchFrame,
-  encodeEntry,
   encodeWireMessage,
+  entryToWire,
   messageFromWire,
   messageToWire,
+  spliceEntries,
+  TAG_WAL_RECORD_ENTRIES,
 } from '../../src/raftnode/messages.js';
 import { encodeFrame } from '../../src/raftnode/transport.js';
-import { decodeMessage } from '../../src/wire/proto.js';
+import { decodeMessage, encodeMessage } from '../../src/wire/proto.js';
 
 const n = asNodeId;
 const t = asTerm;
@@ -109,12 +111,21 @@ test('a spliced batch frame is the same protobuf as protobufjs encodes, and deco
   }
 });
 
-test('an entry is encoded once: every later use gets the same bytes', () => {
-  const e = normal(20, 300);
-  const first = encodeEntry(e);
-  assert.equal(encodeEntry(e), first);
-  assert.deepEqual(
-    decodeMessage('dogfs.v1.RaftEntry', first).data,
-    Buffer.from(e.kind === 'normal' ? e.data : []),
-  );
+test('entries written by hand are byte for byte what protobufjs writes (WAL record order)', () => {
+  const entries: Entry[] = [
+    { kind: 'normal', term: t(0), index: i(0), data: new Uint8Array(0) },
+    normal(1, 1),
+    normal(127, 127),
+    normal(128, 128),
+    normal(2 ** 40, 20_000),
+    config,
+    { kind: 'normal', term: t(2 ** 33), index: i(16_384), data: new Uint8Array([0]) },
+  ];
+  for (const group of [0, 1, 300]) {
+    const head = encodeMessage('dogfs.v1.WalRecord', { group });
+    assert.deepEqual(
+      spliceEntries(0, head, TAG_WAL_RECORD_ENTRIES, entries),
+      Buffer.from(encodeMessage('dogfs.v1.WalRecord', { group, entries: entries.map(entryToWire) })),
+    );
+  }
 });
