@@ -19,6 +19,7 @@ import {
   writeSync,
 } from 'node:fs';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DirLockedError, isProcessAlive, lockDir, lockHolder } from '../common/dirlock.js';
@@ -205,7 +206,7 @@ export class LocalCluster {
       await this.spawnAll(stored, deadline);
       await this.waitForHealth(deadline);
       await this.waitForMetadataLeaders(deadline);
-      this.ui = await this.startUi(stored.uiPort);
+      this.ui = await this.startUiOnFreePort(stored);
       const cluster = this.clusterJson();
       writeFileAtomic(this.clusterJsonPath, `${JSON.stringify(cluster, null, 2)}\n`);
       this.printSummary(cluster);
@@ -485,6 +486,23 @@ export class LocalCluster {
       ui: `http://${HOST}:${stored.uiPort}/`,
       ec: stored.ec,
     };
+  }
+
+  /**
+   * The status page on its chosen port, or, if another process took that port meanwhile (it was chosen
+   * before the members started, seconds ago, and outgoing connections take ports from the same range),
+   * on one the kernel picks: no member knows this port, and cluster.json, written after, names it.
+   */
+  private async startUiOnFreePort(stored: StoredCluster): Promise<HttpServer> {
+    try {
+      return await this.startUi(stored.uiPort);
+    } catch (error) {
+      if (!(error instanceof UpError && error.message.includes('address already in use'))) throw error;
+      const server = await this.startUi(0);
+      stored.uiPort = (server.address() as AddressInfo).port;
+      writeFileAtomic(join(this.dir, 'members.json'), `${JSON.stringify(stored, null, 2)}\n`);
+      return server;
+    }
   }
 
   private startUi(port: number): Promise<HttpServer> {

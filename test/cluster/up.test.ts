@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import type { ClusterJson } from '../../src/cluster/up.js';
@@ -115,4 +116,46 @@ test('dogfs up rejects bad flags with one clear line', async () => {
   assert.equal(tooFew.status, 1);
   assert.match(assertOneLineError(tooFew.stderr), /rs-6-3 needs at least 7 chunk servers/);
   assert.equal(existsSync(join(dir.path, 'y', 'up.lock')), false, 'a refused start leaves DIR unlocked');
+});
+
+test('the status page moves to a free port if its chosen one is taken while the members start', async () => {
+  const upDir = join(dir.path, 'ui-port-taken');
+  const membersJson = join(upDir, 'members.json');
+  const up = startDogfs(['up', '--dir', upDir, '--meta', '1', '--chunk', '3', '--ec', 'rs-2-1']);
+  const squatter = createServer();
+  try {
+    // members.json names the chosen port before the members are spawned; the page is served only once
+    // they are healthy and have elected leaders, seconds later: another process binds the port first.
+    const chosen = await waitFor(
+      'members.json with the status page port',
+      () => {
+        if (!existsSync(membersJson)) return undefined;
+        const port = (JSON.parse(readFileSync(membersJson, 'utf8')) as { uiPort: number }).uiPort;
+        return port > 0 ? port : undefined;
+      },
+      30_000,
+      5,
+    );
+    await new Promise<void>((resolve, reject) => {
+      squatter.once('error', reject);
+      squatter.listen(chosen, '127.0.0.1', resolve);
+    });
+    const cluster = await waitFor(
+      'cluster.json',
+      () => {
+        const path = join(upDir, 'cluster.json');
+        return existsSync(path) ? (JSON.parse(readFileSync(path, 'utf8')) as ClusterJson) : undefined;
+      },
+      30_000,
+    );
+    const served = Number(new URL(cluster.ui).port);
+    assert.notEqual(served, chosen);
+    assert.equal((await fetch(cluster.ui)).status, 200);
+    const remembered = (JSON.parse(readFileSync(membersJson, 'utf8')) as { uiPort: number }).uiPort;
+    assert.equal(remembered, served, 'members.json remembers the port in use');
+  } finally {
+    squatter.close();
+    up.child.kill('SIGINT');
+    await up.exited;
+  }
 });
