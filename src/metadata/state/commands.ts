@@ -451,7 +451,8 @@ function readCommit(r: ByteReader): BlockGroupCommit {
 }
 
 export function encodeNamespaceCommand(cmd: NamespaceCommand): Uint8Array {
-  const w = new ByteWriter(64);
+  // Room for a create with its session (a 32-character client id) and a path: one allocation, no regrowth.
+  const w = new ByteWriter(256);
   w.u8(FORMAT_VERSION).u8(OP_TAGS[cmd.op]).uint(cmd.timeMs);
   writeSession(w, cmd.session);
   switch (cmd.op) {

@@ -196,9 +196,22 @@ function pendingKey(parent: InodeId, name: string): string {
   return `${parent}/${name}`;
 }
 
+/** `/` and the first `count` components of `parsed`. */
+function pathPrefix(parsed: ParsedPath, count: number): string {
+  return `/${parsed.components.slice(0, count).join('/')}`;
+}
+
+/** Parsed policies by name: every create parses one, and there are few (a refusal is not kept). */
+const policies = new Map<string, EcPolicy>();
+const MAX_CACHED_POLICIES = 256;
+
 function parsePolicy(name: string): EcPolicy | Failure {
+  const known = policies.get(name);
+  if (known !== undefined) return known;
   try {
-    return parseEcPolicy(name);
+    const policy = parseEcPolicy(name);
+    if (policies.size < MAX_CACHED_POLICIES) policies.set(name, policy);
+    return policy;
   } catch (error) {
     return fail('INVALID_ARGUMENT', error instanceof Error ? error.message : String(error));
   }
@@ -370,9 +383,11 @@ export class NamespaceState {
     for (let i = 0; i < count; i++) {
       const name = parsed.components[i]!;
       const entry: Inode | undefined = dir.entries.get(name);
-      const prefix = `/${parsed.components.slice(0, i + 1).join('/')}`;
-      if (entry === undefined) return fail('NOT_FOUND', `${prefix}: no such file or directory`);
-      if (entry.type !== 'dir') return fail('NOT_A_DIRECTORY', `${prefix}: not a directory`);
+      // The prefix named in a refusal is built only for one (every create walks this loop).
+      if (entry === undefined)
+        return fail('NOT_FOUND', `${pathPrefix(parsed, i + 1)}: no such file or directory`);
+      if (entry.type !== 'dir')
+        return fail('NOT_A_DIRECTORY', `${pathPrefix(parsed, i + 1)}: not a directory`);
       const next = this.dirs.get(entry.id);
       assert(next?.alive, 'a directory entry has a live directory record');
       dir = next;
