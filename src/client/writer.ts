@@ -426,6 +426,7 @@ export class FileWriteStream extends Writable {
     this.group?.abort(error ?? new DogfsError('CANCELLED', 'write stream destroyed'));
     this.group = undefined;
     this.pending.length = 0;
+    this.pendingBytes = 0;
     clearInterval(this.renewTimer);
     if (error !== null) this.abandon();
     callback(error);
@@ -611,6 +612,9 @@ export class FileWriteStream extends Writable {
     if (this.codec === undefined || this.codec.k !== layout.k || this.codec.m !== layout.m) {
       this.codec = this.replicate || layout.m === 0 ? undefined : createCodec(layout.k, layout.m);
     }
+    // Destroyed while the allocation was on its way (_destroy has aborted what was open and abandoned
+    // the file): open no shard writes for it, which nothing would end before their deadline.
+    if (this.destroyed) throw new DogfsError('CANCELLED', 'write stream destroyed');
     this.group = new GroupWriter(
       { ...block, offset, length },
       layout,

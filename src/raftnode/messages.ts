@@ -139,8 +139,12 @@ export function entryFromWire(e: RaftEntry): Entry {
   const term = asTerm(safe(e.term, 'entry term'));
   const index = asIndex(safe(e.index, 'entry index'));
   if (e.config) return { kind: 'config', term, index, config: confFromWire(e.config) };
-  return { kind: 'normal', term, index, data: e.data };
+  // A proto3 sender omits an empty `data`; protobufjs then hands its shared default, a plain array with
+  // no byteLength, which the hand-written WAL and append encoders cannot size.
+  return { kind: 'normal', term, index, data: e.data instanceof Uint8Array ? e.data : NO_DATA };
 }
+
+const NO_DATA = new Uint8Array(0);
 
 export function metaFromWire(m: RaftSnapshotMeta | null | undefined): SnapshotMeta {
   if (!m) throw bad('missing snapshot meta');

@@ -686,6 +686,34 @@ describe('write and read paths (in-memory data plane)', () => {
     await client.writeFile('/destroyed-early', Buffer.from('the name is free'));
   });
 
+  test('a stream destroyed while a block group is being allocated opens no shard writes for it', async () => {
+    let release: () => void = () => {};
+    const openBefore = transport.openWrites;
+    const allocations = cluster.state.count('AllocateBlockGroup');
+    const data = randomBytes(G + S);
+    const stream = client.createWriteStream('/destroyed-allocating', { ec: 'rs-3-2', size: data.length });
+    stream.on('error', () => {});
+    try {
+      // The first group comes with Create (or a first Allocate); the second is held on its way back.
+      await new Promise<void>((resolve) => stream.write(data.subarray(0, G), () => resolve()));
+      cluster.state.holdReply.set('AllocateBlockGroup', new Promise<void>((resolve) => (release = resolve)));
+      stream.write(data.subarray(G));
+      await waitFor(
+        'the second allocation sent',
+        () =>
+          cluster.state.count('AllocateBlockGroup') > allocations + (cluster.state.options.combined ? 0 : 1),
+        5000,
+      );
+      stream.destroy(new Error('the source failed'));
+    } finally {
+      cluster.state.holdReply.delete('AllocateBlockGroup');
+      release();
+    }
+    // A later answer on the same connection: the held one has been handled by then.
+    await client.stat('/');
+    assert.equal(transport.openWrites, openBefore, 'no shard write left open');
+  });
+
   test('the metadata leader moves mid-write: the stream follows the hint and completes', async () => {
     const follower = new FakeMeta(cluster.state, cluster.leader.address);
     await follower.start();

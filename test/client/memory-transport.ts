@@ -37,10 +37,19 @@ export class MemoryTransport implements ShardTransport {
   readonly dieAfter = new Map<string, number>();
   readonly reads: { addr: string; index: number; offset: number; length: number }[] = [];
 
+  /** Shard writes opened and not yet finished or aborted. */
+  openWrites = 0;
+
   openWrite(target: ShardTarget, options: { length: number }): ShardWriteHandle {
     const parts: Buffer[] = [];
     let written = 0;
     let aborted = false;
+    let ended = false;
+    this.openWrites++;
+    const end = () => {
+      if (!ended) this.openWrites--;
+      ended = true;
+    };
     const check = () => {
       if (aborted) throw new DogfsError('CANCELLED', 'aborted');
       if (this.dead.has(target.addr))
@@ -59,6 +68,7 @@ export class MemoryTransport implements ShardTransport {
         check();
       },
       finish: async (): Promise<ShardWriteResult> => {
+        end();
         check();
         const all = Buffer.concat(parts);
         if (all.length !== options.length) throw new DogfsError('INVALID_ARGUMENT', 'length mismatch');
@@ -66,6 +76,7 @@ export class MemoryTransport implements ShardTransport {
         return { length: all.length, crc32c: crc32c(all) >>> 0 };
       },
       abort: () => {
+        end();
         aborted = true;
       },
     };

@@ -129,3 +129,20 @@ test('entries written by hand are byte for byte what protobufjs writes (WAL reco
     );
   }
 });
+
+test('an entry whose empty data field was left out (as proto3 senders do) decodes to empty data and is stored', () => {
+  const append = messageToWire(1, MESSAGES.find((m) => m.type === 'append')!);
+  // protobufjs omits an unset field: this entry's bytes carry term and index only (08 05 10 07).
+  const wire = { ...append, entries: [{ term: 5, index: 7 }] };
+  const decoded = messageFromWire(
+    decodeMessage('dogfs.v1.RaftMessage', encodeMessage('dogfs.v1.RaftMessage', wire)),
+  );
+  assert.ok(decoded.type === 'append');
+  const entry = decoded.entries[0]!;
+  assert.ok(entry.kind === 'normal' && entry.data instanceof Uint8Array && entry.data.length === 0);
+  const head = encodeMessage('dogfs.v1.WalRecord', { group: 1 });
+  assert.deepEqual(
+    spliceEntries(0, head, TAG_WAL_RECORD_ENTRIES, decoded.entries),
+    Buffer.from(encodeMessage('dogfs.v1.WalRecord', { group: 1, entries: decoded.entries.map(entryToWire) })),
+  );
+});
