@@ -373,17 +373,22 @@ export class FileWriteStream extends Writable {
    * command; resolves with it when the service gave one (older servers do not, nor does one that found
    * too few chunk servers: the caller then allocates it with AllocateBlockGroup).
    */
+  /** This stream's Create, with the first block group (`allocate`) or as a finished empty file. */
+  private createRequest(how: { allocate: true } | { complete: true }) {
+    return {
+      path: this.path,
+      ec: this.options.ec ?? '',
+      overwrite: this.options.overwrite ?? false,
+      mode: this.options.mode ?? 0o644,
+      ...how,
+    };
+  }
+
   private async create(): Promise<BlockGroup | undefined> {
     const created = await this.context.meta.mutate(
       this.context.session,
       'Create',
-      {
-        path: this.path,
-        ec: this.options.ec ?? '',
-        overwrite: this.options.overwrite ?? false,
-        mode: this.options.mode ?? 0o644,
-        allocate: true,
-      },
+      this.createRequest({ allocate: true }),
       this.metaOptions(),
     );
     if (created.inode === undefined || created.inode === null || created.leaseId === '') {
@@ -727,13 +732,7 @@ export class FileWriteStream extends Writable {
       const created = await this.context.meta.mutate(
         this.context.session,
         'Create',
-        {
-          path: this.path,
-          ec: this.options.ec ?? '',
-          overwrite: this.options.overwrite ?? false,
-          mode: this.options.mode ?? 0o644,
-          complete: true,
-        },
+        this.createRequest({ complete: true }),
         this.metaOptions(),
       );
       if (!created.inode) throw new DogfsError('INTERNAL', 'Create answered without an inode');
