@@ -43,6 +43,9 @@ export interface ChunkServerOptions {
 }
 
 const DEFAULT_LIST_LIMIT = 1_000;
+const MAX_LIST_LIMIT = 10_000;
+/** Corrupt shards named in one Status answer (heartbeats carry them too, bounded the same way). */
+const MAX_STATUS_CORRUPT = 10_000;
 
 /** DOGFS_CHUNK_DIRECT_WRITES: unset or 1, O_DIRECT; 0, the page cache; anything else is refused. */
 function directWritesFromEnvironment(value: string | undefined): boolean {
@@ -53,9 +56,6 @@ function directWritesFromEnvironment(value: string | undefined): boolean {
     `DOGFS_CHUNK_DIRECT_WRITES must be 0 (page cache) or 1 (O_DIRECT, the default), not '${value.slice(0, 32)}'`,
   );
 }
-const MAX_LIST_LIMIT = 10_000;
-/** Corrupt shards named in one Status answer (heartbeats carry them too, bounded the same way). */
-const MAX_STATUS_CORRUPT = 10_000;
 
 function memoryGauges() {
   const memory = process.memoryUsage();

@@ -3,8 +3,9 @@
  * the needed ranges of the K data shards in parallel, straight from the chunk servers (the transport
  * checks every packet's CRC32C, the chunk server its stored chunk checksums). On a dead, slow or corrupt
  * shard it reads the same rows of parity shards and decodes (degraded read); a corrupt or missing copy
- * is reported to the metadata service (REPORTED_FAILURES says why only those). More than M shards of a block group unavailable fails the stream with an error
- * naming them. Memory is bounded: one stripe's rows at a time, plus what the transport buffers.
+ * is reported to the metadata service (REPORTED_FAILURES says why only those). More than M shards of a
+ * block group unavailable fails the stream with an error naming them. Memory is bounded: one stripe's
+ * rows at a time, plus what the transport buffers.
  */
 import { Readable } from 'node:stream';
 import { createCodec } from '../codec/backends.js';

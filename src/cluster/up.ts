@@ -201,7 +201,7 @@ export class LocalCluster {
       this.stored = stored;
       await this.waitForPreviousMembers(stored);
       await this.assignPorts(stored);
-      writeFileAtomic(join(this.dir, 'members.json'), `${JSON.stringify(stored, null, 2)}\n`);
+      this.saveMembers(stored);
       const deadline = Date.now() + (this.options.startTimeoutMs ?? 30_000);
       await this.spawnAll(stored, deadline);
       await this.waitForHealth(deadline);
@@ -237,7 +237,7 @@ export class LocalCluster {
         for (const record of stored.members) record.port = 0;
         stored.uiPort = 0;
         await this.assignPorts(stored);
-        writeFileAtomic(join(this.dir, 'members.json'), `${JSON.stringify(stored, null, 2)}\n`);
+        this.saveMembers(stored);
       }
     }
   }
@@ -488,6 +488,11 @@ export class LocalCluster {
     };
   }
 
+  /** members.json: the identities and ports a restart on the same directory takes up again. */
+  private saveMembers(stored: StoredCluster): void {
+    writeFileAtomic(join(this.dir, 'members.json'), `${JSON.stringify(stored, null, 2)}\n`);
+  }
+
   /**
    * The status page on its chosen port, or, if another process took that port meanwhile (it was chosen
    * before the members started, seconds ago, and outgoing connections take ports from the same range),
@@ -500,7 +505,7 @@ export class LocalCluster {
       if (!(error instanceof UpError && error.message.includes('address already in use'))) throw error;
       const server = await this.startUi(0);
       stored.uiPort = (server.address() as AddressInfo).port;
-      writeFileAtomic(join(this.dir, 'members.json'), `${JSON.stringify(stored, null, 2)}\n`);
+      this.saveMembers(stored);
       return server;
     }
   }

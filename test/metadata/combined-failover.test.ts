@@ -5,33 +5,18 @@
  * applied once.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import type { ClusterJson } from '../../src/cluster/up.js';
-import { startDogfs, tempDir, waitFor } from '../helpers/index.js';
+import { startCluster, waitFor } from '../helpers/index.js';
 import { TestMetaClient } from '../helpers/meta.js';
 
-const dir = tempDir('dogfs-combined-');
-const clusterDir = join(dir.path, 'c');
-let up: ReturnType<typeof startDogfs>;
+const running = startCluster(['--meta', '3', '--chunk', '3', '--ec', 'rs-2-1']);
 let cluster: ClusterJson;
 
 before(async () => {
-  up = startDogfs(['up', '--dir', clusterDir, '--meta', '3', '--chunk', '3', '--ec', 'rs-2-1']);
-  cluster = await waitFor(
-    'cluster.json',
-    () =>
-      existsSync(join(clusterDir, 'cluster.json')) &&
-      (JSON.parse(readFileSync(join(clusterDir, 'cluster.json'), 'utf8')) as ClusterJson),
-    60_000,
-  );
+  cluster = await running.ready();
 });
-after(async () => {
-  up?.child.kill('SIGINT');
-  await up?.exited;
-  dir.remove();
-});
+after(() => running.stop());
 
 test('combined Create and CompleteFile retried through a leader change: the original answers, applied once', async () => {
   const client = new TestMetaClient(cluster.meta);
