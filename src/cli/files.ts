@@ -5,7 +5,8 @@
  * non-zero exit; put and get show a progress bar on stderr when it is a terminal.
  */
 import { randomBytes } from 'node:crypto';
-import { stat as localStat, open, readFile, rename, unlink } from 'node:fs/promises';
+import { constants as fsConstants } from 'node:fs';
+import { stat as localStat, open, readFile, realpath, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { Transform, type TransformCallback, type Writable } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
@@ -22,7 +23,7 @@ import { EcPolicyError, parseEcPolicy } from '../common/ec-policy.js';
 import { DogfsError, type ErrorCode, toDogfsError } from '../wire/errors.js';
 import type { ClusterReportResponse } from '../wire/gen/types.js';
 import { parseFlags, parseIntFlag, UsageError } from './args.js';
-import { LocalFileSink, StdoutSink } from './local-file.js';
+import { type ByteStreamOut, LocalFileSink, StdoutSink } from './local-file.js';
 
 export const FILE_COMMANDS_USAGE = `Files (endpoints: --meta HOST:PORT,... | $DOGFS_META | $DOGFS_CLUSTER | ./cluster.json;
        $DOGFS_TIMEOUT_MS: deadline of each metadata call, default 10000):
@@ -456,8 +457,19 @@ async function get(ctx: Context, argv: string[]): Promise<string> {
     return remote;
   }
   let local = localArg;
-  const localInfo = await localStat(local).catch(() => undefined);
-  if (localInfo?.isDirectory()) local = join(local, basename(remote));
+  let localInfo = await localStat(local).catch(() => undefined);
+  if (localInfo?.isDirectory()) {
+    local = join(local, basename(remote));
+    localInfo = await localStat(local).catch(() => undefined);
+  }
+  if (localInfo !== undefined && !localInfo.isFile() && !localInfo.isDirectory()) {
+    // A device or a FIFO (/dev/null, a named pipe): written where it is, as cp does. The rename below
+    // would replace it with a regular file.
+    await toSpecialFile(ctx, remote, local);
+    return remote;
+  }
+  // Through a symbolic link: the file it names is replaced (as cp writes through one), not the link.
+  if (localInfo?.isFile()) local = await realpath(local);
   // Into a temporary file beside the target, renamed into place at the end: never half a file.
   const temp = join(dirname(local), `.${basename(local)}.dogfs-${randomBytes(4).toString('hex')}.tmp`);
   let out: LocalFileSink;
@@ -520,7 +532,28 @@ async function toStdout(ctx: Context, remote: string): Promise<void> {
     await pipeline(ctx.client.createReadStream(remote), ctx.stdout, { end: false });
     return;
   }
-  const sink = new StdoutSink(process.stdout);
+  await intoByteStream(ctx, remote, process.stdout);
+}
+
+/** A file into an existing device or FIFO, opened for writing as it is (nothing created or renamed). */
+async function toSpecialFile(ctx: Context, remote: string, local: string): Promise<void> {
+  const handle = await open(local, fsConstants.O_WRONLY).catch((error: unknown) => {
+    throw localError(local, error);
+  });
+  const out = handle.createWriteStream();
+  try {
+    await intoByteStream(ctx, remote, out);
+  } catch (error) {
+    out.destroy();
+    throw error;
+  }
+  await finished(out.end()).catch((error: unknown) => {
+    throw localError(local, error);
+  });
+}
+
+async function intoByteStream(ctx: Context, remote: string, out: ByteStreamOut): Promise<void> {
+  const sink = new StdoutSink(out);
   try {
     await ctx.client.readInto(remote, sink);
   } catch (error) {

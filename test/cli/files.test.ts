@@ -4,9 +4,17 @@
  * clear line on stderr with a non-zero exit for every error.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -212,6 +220,42 @@ describe('dogfs file commands', () => {
     const emptyBack = join(dir.path, 'empty-back');
     assert.equal((await dogfs(['get', '/data/empty', emptyBack])).status, 0);
     assert.equal(readFileSync(emptyBack).length, 0);
+  });
+
+  test('get into a FIFO or through a symbolic link writes where they point and replaces neither', async () => {
+    const data = randomBytes(2 * 1024 * 1024 + 5);
+    const local = join(dir.path, 'special-src.bin');
+    writeFileSync(local, data);
+    assert.equal((await dogfs(['put', local, '/special.bin', '--ec', 'rs-3-2'])).status, 0);
+
+    // A FIFO (as /dev/null, a device, would be): written in place; a rename over it would make it a file.
+    const fifo = join(dir.path, 'fifo');
+    const made = spawnSync('mkfifo', [fifo]);
+    assert.equal(made.status, 0, String(made.stderr));
+    // The reader is a process, so a FIFO wrongly replaced (its reader then waiting forever) is killed.
+    const reader = spawn('cat', [fifo], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const drained: Buffer[] = [];
+    reader.stdout.on('data', (d: Buffer) => drained.push(d));
+    const readerDone = new Promise((resolve) => reader.once('close', resolve));
+    try {
+      const intoFifo = await binary(['get', '/special.bin', fifo]);
+      assert.equal(intoFifo.status, 0, intoFifo.stderr);
+      assert.ok(lstatSync(fifo).isFIFO(), 'the FIFO is still a FIFO');
+      await readerDone;
+      assert.ok(Buffer.concat(drained).equals(data), 'the FIFO carried the exact bytes');
+    } finally {
+      reader.kill();
+    }
+
+    // A symbolic link: the file it names gets the bytes, the link stays a link.
+    const target = join(dir.path, 'link-target.bin');
+    writeFileSync(target, 'old');
+    const link = join(dir.path, 'link.bin');
+    symlinkSync(target, link);
+    const viaLink = await dogfs(['get', '/special.bin', link]);
+    assert.equal(viaLink.status, 0, viaLink.stderr);
+    assert.ok(lstatSync(link).isSymbolicLink(), 'the link is still a link');
+    assert.ok(readFileSync(target).equals(data), 'the linked file holds the bytes');
   });
 
   test('every error: one line, non-zero exit, nothing changed', async () => {
