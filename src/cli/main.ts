@@ -5,14 +5,10 @@
  * May import: client, cluster, metadata, chunk, daemon, wire, common.
  */
 
-import { startChunkServer } from '../chunk/server.js';
-import { runUp, UpError } from '../cluster/up.js';
 import { AddressError, parseAddressList } from '../common/address.js';
 import { DirLockedError } from '../common/dirlock.js';
 import { EcPolicyError, parseEcPolicy } from '../common/ec-policy.js';
 import { DOGFS_VERSION } from '../common/version.js';
-import { DaemonStartError } from '../daemon/daemon.js';
-import { startMetaServer } from '../metadata/server.js';
 import { DogfsError } from '../wire/errors.js';
 import {
   noPositionals,
@@ -38,6 +34,19 @@ Servers:
         [--metrics-listen HOST:PORT (Prometheus text at /metrics)] [--log-level L]
 
 ${FILE_COMMANDS_USAGE}`;
+
+/**
+ * Errors whose message is for the user as it is (exit status 1). The server modules (`up`, `meta`,
+ * `chunk`) are imported only by their own commands, which add their error classes here as they load:
+ * a file command (put, ls, ...) then starts without loading the metadata server, Raft and the chunk
+ * server (about 0.15 s of CPU per command here).
+ */
+const USER_ERRORS: (abstract new (...args: never[]) => Error)[] = [DirLockedError, DogfsError];
+
+async function loadDaemonErrors(): Promise<void> {
+  const { DaemonStartError } = await import('../daemon/daemon.js');
+  USER_ERRORS.push(DaemonStartError);
+}
 
 const CLIENT_COMMANDS = new Set(['put', 'get', 'cat', 'ls', 'mkdir', 'touch', 'rm', 'mv', 'stat', 'admin']);
 
@@ -67,6 +76,8 @@ async function up(argv: string[]): Promise<void> {
     'log-level': { type: 'string', env: 'DOGFS_LOG_LEVEL' },
   });
   noPositionals(positionals);
+  const { runUp, UpError } = await import('../cluster/up.js');
+  USER_ERRORS.push(UpError);
   await runUp({
     dir: requireFlag(flags.dir, 'dir', 'DOGFS_DIR'),
     meta: flags.meta === undefined ? undefined : parseIntFlag(flags.meta, 'meta', 3, 1, 9),
@@ -96,6 +107,8 @@ async function meta(argv: string[]): Promise<void> {
     }
     parseAddressList(address, '--peers address');
   }
+  await loadDaemonErrors();
+  const { startMetaServer } = await import('../metadata/server.js');
   await startMetaServer({
     dir: requireFlag(flags.dir, 'dir', 'DOGFS_DIR'),
     id: flags.id,
@@ -125,6 +138,8 @@ async function chunk(argv: string[]): Promise<void> {
   });
   noPositionals(positionals);
   const listen = parseListenFlag(flags.listen, 'listen', '127.0.0.1:0');
+  await loadDaemonErrors();
+  const { startChunkServer } = await import('../chunk/server.js');
   await startChunkServer({
     dir: requireFlag(flags.dir, 'dir', 'DOGFS_DIR'),
     id: flags.id,
@@ -150,10 +165,7 @@ function describe(error: unknown): { line: string; status: number } {
   if (error instanceof UsageError) return { line: `${error.message}\n${shortUsageHint()}`, status: 2 };
   if (error instanceof AddressError || error instanceof EcPolicyError)
     return { line: error.message, status: 2 };
-  if (error instanceof UpError || error instanceof DaemonStartError || error instanceof DirLockedError) {
-    return { line: error.message, status: 1 };
-  }
-  if (error instanceof DogfsError) return { line: error.message, status: 1 };
+  if (USER_ERRORS.some((kind) => error instanceof kind)) return { line: (error as Error).message, status: 1 };
   if (error instanceof Error && typeof (error as NodeJS.ErrnoException).code === 'string') {
     return { line: error.message, status: 1 };
   }
