@@ -98,9 +98,13 @@ export const RECEIVE_SLAB_BYTES = 512 * 1024;
 const MIN_RECEIVE_BYTES = 64 * 1024;
 /**
  * Released slabs a connection keeps for reuse while an operation runs (more are left to the garbage
- * collector): a packet's worth (1 MiB by default, spanning up to three slabs) is released at once.
+ * collector). A reader holds a packet (1 MiB by default, spanning up to three slabs) while the socket
+ * reads the next one ahead (up to three more): six cycle. With three kept, every packet's slabs were
+ * dropped and fresh ones faulted in (`dogfs get` of 1 GiB: 25k page faults and 140 MiB resident
+ * against 15k and 99 MiB, about 0.25 s less client CPU here). Kept slabs were all in use at once
+ * before, so this adds nothing to a connection's peak.
  */
-const MAX_FREE_SLABS = 3;
+const MAX_FREE_SLABS = 6;
 
 interface Slab {
   readonly buffer: Buffer;
