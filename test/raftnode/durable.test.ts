@@ -57,6 +57,27 @@ test('what was synced survives a reopen, for every group, and what was not synce
   await s.close(); // the "crashed" storage's handle, released after the checks
 });
 
+test('sync writes every staged record before it returns, on the event loop', async () => {
+  const dir = freshDir();
+  const s = await DurableStorage.open(dir);
+  const group = s.group(0);
+  group.saveSnapshot(bootstrap);
+  group.append([entry(1, 1), entry(1, 2)]);
+  group.setHardState(hard(1, 1, 2));
+  const before = statSync(join(dir, 'raft.log')).size;
+  const synced = s.sync();
+  // Nothing has run since the call (no await): the bytes are in the file already.
+  const written = statSync(join(dir, 'raft.log')).size;
+  await synced;
+  assert.ok(written > before, `the log grew from ${before} to ${written} bytes before sync returned`);
+  const state = (await DurableStorage.open(dir)).group(0).load();
+  assert.deepEqual(
+    state?.entries.map((e) => e.index),
+    [1, 2],
+  );
+  await s.close();
+});
+
 test('a conflicting append replaces the suffix; a snapshot drops what it covers', async () => {
   const dir = freshDir();
   const s = await DurableStorage.open(dir);
