@@ -222,7 +222,9 @@ export class Progress extends Transform {
     }
     const of = total === undefined ? '' : ` / ${formatBytes(total)}`;
     const line = `${this.label} ${bar}${formatBytes(this.bytes)}${of}  ${formatBytes(rate)}/s${eta}`;
-    this.out.write(`\r${line.slice(0, (this.out.columns ?? 100) - 1)}\x1b[K`);
+    // A terminal of unknown size (a pseudo-terminal nobody sized) reports 0 columns: not a width.
+    const columns = this.out.columns > 0 ? this.out.columns : 100;
+    this.out.write(`\r${line.slice(0, columns - 1)}\x1b[K`);
   }
 }
 
@@ -703,8 +705,20 @@ async function admin(ctx: Context, argv: string[]): Promise<string | undefined> 
       outcomes.push(outcome);
       if (!flags.json) await print(ctx.stdout, `${formatRepair(outcome)}\n`);
     };
+    /** One file's repair, with the bytes rebuilt so far on stderr when it is a terminal. */
+    const repairOne = async (path: string): Promise<RepairOutcome> => {
+      const progress = new Progress(`repair ${path}`, undefined);
+      try {
+        return await ctx.client.repair(path, {
+          timeoutMs: REPAIR_CALL_MS,
+          onProgress: (written) => progress.update(written),
+        });
+      } finally {
+        progress.done();
+      }
+    };
     if (positionals[0] !== undefined) {
-      await report(await ctx.client.repair(normalizePath(positionals[0]), { timeoutMs: REPAIR_CALL_MS }));
+      await report(await repairOne(normalizePath(positionals[0])));
     } else {
       // Every damaged file the cluster leader knows of, page by page in the namespace's walk order (a
       // report names at most 1000); one file that cannot be repaired does not stop the others.
@@ -714,7 +728,7 @@ async function admin(ctx: Context, argv: string[]): Promise<string | undefined> 
         if (damaged.length === 0) break;
         for (const path of damaged) {
           try {
-            await report(await ctx.client.repair(path, { timeoutMs: REPAIR_CALL_MS }));
+            await report(await repairOne(path));
           } catch (error) {
             const e = toDogfsError(error);
             // Deleted or replaced since the report: nothing left to repair there.

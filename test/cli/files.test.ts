@@ -365,6 +365,18 @@ test('the progress bar: bytes, rate and ETA on a terminal, nothing otherwise', a
   const last = drawn.filter((s) => s.startsWith('\r')).pop() ?? '';
   assert.match(last, /^\rput \/x \[#{24}\] 100% 3\.0 MiB \/ 3\.0 MiB {2}[\d.]+ [KMG]?i?B\/s ETA 0:00/);
   assert.equal(drawn[drawn.length - 1], '\n');
+  // A terminal that reports no size (0 columns) gets the whole line, not one cut short.
+  const unsized: string[] = [];
+  const repairBar = new Progress('repair /x', undefined, {
+    isTTY: true,
+    columns: 0,
+    write: (s: string) => unsized.push(s) > 0,
+  });
+  repairBar.update(2048);
+  repairBar.done();
+  const line = unsized[0] ?? '';
+  assert.match(line, /^\rrepair \/x 2\.0 KiB {2}[\d.]+ [KMG]?i?B\/s/);
+  assert.ok(line.endsWith('/s\x1b[K'), JSON.stringify(line));
   const quiet: string[] = [];
   const pipe = new Progress('get /x', 10, {
     isTTY: false,

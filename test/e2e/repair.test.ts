@@ -90,9 +90,15 @@ test('kill during put, corruption, report, repair, garbage collection, too few s
   const directory = await dogfs(['admin', 'repair', '/']);
   assert.equal(directory.status, 1);
   assert.match(assertOneLineError(directory.stderr), /^dogfs: \/: Is a directory$/);
-  const fixSmall = await dogfs(['admin', 'repair', '/small.bin']);
-  assert.equal(fixSmall.status, 0, fixSmall.stderr);
+  // At a terminal the rebuild also shows its progress (bytes written, rate) on stderr.
+  const fixSmall = await runDogfs(['admin', 'repair', '/small.bin'], {
+    env,
+    timeoutMs: 120_000,
+    terminal: true,
+  });
+  assert.equal(fixSmall.status, 0, fixSmall.stdout + fixSmall.stderr);
   assert.match(fixSmall.stdout, /\/small\.bin: rebuilt 1 shard\(s\) in 1 of 1 damaged block group/);
+  assert.match(fixSmall.stdout, /repair \/small\.bin \d+(\.\d+)? (B|KiB|MiB) +\S+ (B|KiB|MiB|GiB)\/s/);
   const afterFix = await report();
   assert.deepEqual(afterFix.filesWithMissingShards, [], JSON.stringify(afterFix.chunkServers));
   // The corrupt copy is deleted once the new location is committed.
@@ -186,6 +192,7 @@ test('kill during put, corruption, report, repair, garbage collection, too few s
   // 3. admin repair (every damaged file) restores full redundancy...
   const repair = await dogfs(['admin', 'repair']);
   assert.equal(repair.status, 0, repair.stderr);
+  assert.equal(repair.stderr, '', 'no progress shown when stderr is not a terminal');
   assert.match(repair.stdout, /\/big\.bin: rebuilt [1-9]\d* shard\(s\)/);
   assert.match(repair.stdout, /repair: [12] damaged file\(s\)/);
   const afterRepair = await report();

@@ -50,10 +50,24 @@ export interface CliResult {
 /** Runs `dogfs ARGS` to completion (bounded by timeoutMs) and collects its output. */
 export function runDogfs(
   args: string[],
-  options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
+  options: {
+    env?: NodeJS.ProcessEnv;
+    timeoutMs?: number;
+    /**
+     * Run on a pseudo-terminal (util-linux script(1)), as a person at a terminal would: the command's
+     * stdout and stderr then both arrive in `stdout`, with the terminal's line endings.
+     */
+    terminal?: boolean;
+  } = {},
 ): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [DOGFS_BIN, ...args], {
+    const command = [process.execPath, DOGFS_BIN, ...args];
+    const quoted = command.map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(' ');
+    const [file, argv] =
+      options.terminal === true
+        ? ['script', ['--quiet', '--return', '--command', quoted, '/dev/null']]
+        : [command[0]!, command.slice(1)];
+    const child = spawn(file, argv, {
       env: options.env ?? process.env,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
