@@ -166,14 +166,18 @@ export class LocalFileSink extends Writable implements ReadSink {
    * ReadSink (DogfsClient.readInto): memory in the current stage for the next `length` bytes, so the
    * reader's one copy out of its receive buffers puts them where the write takes them from. The first
    * reservation sets the stage's write size to the most whole stripes of that length that fit in
-   * STAGE_BYTES (a stripe is a whole number of 4 KiB cells, so that is still a multiple of the block
-   * size): stripes then never straddle two writes. Bytes past the write size go to the next stage.
+   * STAGE_BYTES, and at least one that fits a stage (a stripe is a whole number of 4 KiB cells, so that
+   * is still a multiple of the block size): stripes then never straddle two writes. Bytes past the
+   * write size go to the next stage.
    */
   reserve(length: number): Uint8Array {
     assert(this.reserved === undefined, 'one reservation at a time');
     if (this.limit === undefined) {
-      const stripes = Math.floor(STAGE_BYTES / length);
-      this.limit = length % BLOCK_BYTES === 0 && stripes > 0 ? stripes * length : STAGE_BYTES;
+      // A stripe larger than STAGE_BYTES (but within a stage) is written on its own, not cut in two
+      // with its rest copied over to the other stage.
+      const stripes = Math.max(1, Math.floor(STAGE_BYTES / length));
+      this.limit =
+        length % BLOCK_BYTES === 0 && length <= STAGE_BYTES + SLACK_BYTES ? stripes * length : STAGE_BYTES;
     }
     const reserved =
       this.fill + length <= STAGE_BYTES + SLACK_BYTES

@@ -136,11 +136,11 @@ test('cluster: bad inputs are refused and change nothing; settings are validated
   const set = cluster.apply({
     op: 'setSettings',
     timeMs: 200,
-    settings: { ...DEFAULT_CLUSTER_SETTINGS, defaultEc: 'rs-4-2', blockGroupMaxBytes: 4 << 20 },
+    settings: { ...DEFAULT_CLUSTER_SETTINGS, defaultEc: 'rs-4-2', blockGroupMaxBytes: 12 << 20 },
   });
   assert.ok(set.ok);
   assert.equal(cluster.settings.defaultEc, 'rs-4-2');
-  assert.equal(DEFAULT_CLUSTER_SETTINGS.stripeSize, 1 << 20);
+  assert.equal(DEFAULT_CLUSTER_SETTINGS.stripeSize, 6 << 20);
 });
 
 test('cluster: commands, results and snapshots round-trip; replicas agree; bad bytes are clear errors', () => {
