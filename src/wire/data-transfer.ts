@@ -903,9 +903,7 @@ export class DataTransferClient {
           if (crcs[i] !== packet.chunkCrc32c[i]) {
             throw new DogfsError(
               'CORRUPT',
-              // The server sends the checksums it stored without reading its bytes against them: the copy
-              // on its disk may be what is damaged, as much as the transfer.
-              `${context}: chunk at offset ${position + i * DATA_CHUNK_SIZE} fails its checksum (damaged on the server's disk or in transit)`,
+              `${context}: chunk at offset ${position + i * DATA_CHUNK_SIZE} damaged in transit (checksum mismatch)`,
             );
           }
         }
