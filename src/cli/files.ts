@@ -5,8 +5,17 @@
  * non-zero exit; put and get show a progress bar on stderr when it is a terminal.
  */
 import { randomBytes } from 'node:crypto';
-import { constants as fsConstants } from 'node:fs';
-import { stat as localStat, open, readFile, realpath, rename, unlink } from 'node:fs/promises';
+import { constants as fsConstants, type Stats } from 'node:fs';
+import {
+  type FileHandle,
+  lstat as localLstat,
+  stat as localStat,
+  open,
+  readFile,
+  realpath,
+  rename,
+  unlink,
+} from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { Transform, type TransformCallback, type Writable } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
@@ -66,6 +75,10 @@ const ERRNO_MESSAGES: Record<string, string> = {
   ENOSPC: 'No space left on device',
   EROFS: 'Read-only file system',
   ENOTEMPTY: 'Directory not empty',
+  EPIPE: 'Broken pipe',
+  EIO: 'Input/output error',
+  ELOOP: 'Too many levels of symbolic links',
+  ENXIO: 'No such device or address',
 };
 
 /** An error about a local path (the user's machine, not DogFS). */
@@ -205,6 +218,11 @@ export class Progress extends Transform {
       this.draw(Date.now());
       this.out.write('\n');
     }
+  }
+
+  /** After a failure: ends the bar's line if one was drawn, without drawing a final state. */
+  abandon(): void {
+    if (this.tty && this.lastDraw > 0) this.out.write('\n');
   }
 
   private draw(now: number): void {
@@ -459,10 +477,10 @@ async function get(ctx: Context, argv: string[]): Promise<string> {
     return remote;
   }
   let local = localArg;
-  let localInfo = await localStat(local).catch(() => undefined);
+  let localInfo = await localTarget(local);
   if (localInfo?.isDirectory()) {
     local = join(local, basename(remote));
-    localInfo = await localStat(local).catch(() => undefined);
+    localInfo = await localTarget(local);
   }
   if (localInfo !== undefined && !localInfo.isFile() && !localInfo.isDirectory()) {
     // A device or a FIFO (/dev/null, a named pipe): written where it is, as cp does. The rename below
@@ -471,7 +489,12 @@ async function get(ctx: Context, argv: string[]): Promise<string> {
     return remote;
   }
   // Through a symbolic link: the file it names is replaced (as cp writes through one), not the link.
-  if (localInfo?.isFile()) local = await realpath(local);
+  if (localInfo?.isFile()) {
+    const named = local;
+    local = await realpath(named).catch((error: unknown) => {
+      throw localError(named, error);
+    });
+  }
   // Into a temporary file beside the target, renamed into place at the end: never half a file.
   const temp = join(dirname(local), `.${basename(local)}.dogfs-${randomBytes(4).toString('hex')}.tmp`);
   let out: LocalFileSink;
@@ -537,21 +560,68 @@ async function toStdout(ctx: Context, remote: string): Promise<void> {
   await intoByteStream(ctx, remote, process.stdout);
 }
 
-/** A file into an existing device or FIFO, opened for writing as it is (nothing created or renamed). */
+/**
+ * What is at a local target path, following symbolic links; undefined if nothing is. A symbolic link
+ * to nothing is refused, as cp refuses to write through one, rather than replaced by the file.
+ */
+async function localTarget(path: string): Promise<Stats | undefined> {
+  try {
+    return await localStat(path);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw localError(path, error);
+    const link = await localLstat(path).catch(() => undefined);
+    if (link?.isSymbolicLink()) throw new LocalError(`${path}: not writing through a dangling symbolic link`);
+    return undefined;
+  }
+}
+
+/**
+ * A file into an existing device or FIFO, opened for writing as it is (nothing created or renamed).
+ * A failed write (ENOSPC from /dev/full, EPIPE from a FIFO whose reader left) is an error naming it.
+ */
 async function toSpecialFile(ctx: Context, remote: string, local: string): Promise<void> {
   const handle = await open(local, fsConstants.O_WRONLY).catch((error: unknown) => {
     throw localError(local, error);
   });
-  const out = handle.createWriteStream();
+  const out = new DescriptorOut(handle);
+  let failure: unknown;
   try {
     await intoByteStream(ctx, remote, out);
   } catch (error) {
-    out.destroy();
-    throw error;
+    // The read path reports a failed write as its own failure: name the local file instead.
+    failure = out.failure === undefined ? error : localError(local, out.failure);
   }
-  await finished(out.end()).catch((error: unknown) => {
-    throw localError(local, error);
+  await handle.close().catch((error: unknown) => {
+    failure ??= localError(local, error);
   });
+  if (failure !== undefined) throw failure;
+}
+
+/** Writes to an open descriptor in order, one write at a time (a device or a FIFO has no positions). */
+class DescriptorOut implements ByteStreamOut {
+  private tail: Promise<void> = Promise.resolve();
+  /** The first write that failed; every later one fails with it, so nothing is skipped over. */
+  failure: Error | undefined;
+
+  constructor(private readonly handle: FileHandle) {}
+
+  write(chunk: Uint8Array, callback: (error?: Error | null) => void): boolean {
+    this.tail = this.tail.then(async () => {
+      for (let done = 0; done < chunk.length; ) {
+        const { bytesWritten } = await this.handle.write(chunk, done, chunk.length - done);
+        if (bytesWritten <= 0) throw Object.assign(new Error('write made no progress'), { code: 'EIO' });
+        done += bytesWritten;
+      }
+    });
+    this.tail.then(
+      () => callback(),
+      (error: Error) => {
+        this.failure ??= error;
+        callback(error);
+      },
+    );
+    return true;
+  }
 }
 
 async function intoByteStream(ctx: Context, remote: string, out: ByteStreamOut): Promise<void> {
@@ -709,12 +779,15 @@ async function admin(ctx: Context, argv: string[]): Promise<string | undefined> 
     const repairOne = async (path: string): Promise<RepairOutcome> => {
       const progress = new Progress(`repair ${path}`, undefined);
       try {
-        return await ctx.client.repair(path, {
+        const outcome = await ctx.client.repair(path, {
           timeoutMs: REPAIR_CALL_MS,
           onProgress: (written) => progress.update(written),
         });
-      } finally {
         progress.done();
+        return outcome;
+      } catch (error) {
+        progress.abandon();
+        throw error;
       }
     };
     if (positionals[0] !== undefined) {

@@ -502,12 +502,16 @@ export class FileWriteStream extends Writable {
     }
     this.pending.push(chunk);
     this.pendingBytes += chunk.length;
-    while (this.pendingBytes >= UNKNOWN_SIZE_WINDOW_BYTES) await this.writePending(UNKNOWN_SIZE_WINDOW_BYTES);
+    while (this.pendingBytes >= UNKNOWN_SIZE_WINDOW_BYTES)
+      await this.writePending(UNKNOWN_SIZE_WINDOW_BYTES, true);
   }
 
-  /** Unknown size: opens a block group for the next `bytes` buffered bytes (or fewer) and writes them. */
-  private async writePending(bytes: number): Promise<void> {
-    await this.openGroup(bytes);
+  /**
+   * Unknown size: opens a block group for the next `bytes` buffered bytes (or fewer: whole stripes when
+   * `moreFollows`) and writes them.
+   */
+  private async writePending(bytes: number, moreFollows = false): Promise<void> {
+    await this.openGroup(bytes, moreFollows);
     const length = this.group!.length;
     let left = length;
     while (left > 0) {
@@ -590,7 +594,12 @@ export class FileWriteStream extends Writable {
    * Allocates the next block group, holding at most `wanted` bytes, and opens its K+M shard streams.
    * The first comes with the file's Create (one command for both) where the service gives it.
    */
-  private async openGroup(wanted: number): Promise<void> {
+  /**
+   * Opens the block group for the next `wanted` bytes (or as many as it holds). `moreFollows`: these are
+   * not the file's last bytes, so the group ends on a whole stripe when it can (a short stripe in the
+   * middle of a file costs a reader's sink an extra copy); the rest waits for the next group.
+   */
+  private async openGroup(wanted: number, moreFollows = false): Promise<void> {
     assert(this.group === undefined && wanted > 0, 'one group at a time');
     const offset = this.groupedBytes;
     let block = this.inode === undefined ? await this.create() : undefined;
@@ -613,7 +622,8 @@ export class FileWriteStream extends Writable {
     // size); else the layout's limit. Whole stripes, except in a file's last group.
     const limit = block.length > 0 ? Math.min(block.length, layout.groupDataSize) : layout.groupDataSize;
     const capacity = Math.max(layout.stripeDataSize, limit - (limit % layout.stripeDataSize));
-    const length = Math.min(capacity, wanted);
+    const whole = wanted - (wanted % layout.stripeDataSize);
+    const length = Math.min(capacity, moreFollows && whole > 0 ? whole : wanted);
     if (this.codec === undefined || this.codec.k !== layout.k || this.codec.m !== layout.m) {
       this.codec = this.replicate || layout.m === 0 ? undefined : createCodec(layout.k, layout.m);
     }

@@ -256,6 +256,32 @@ describe('dogfs file commands', () => {
     assert.equal(viaLink.status, 0, viaLink.stderr);
     assert.ok(lstatSync(link).isSymbolicLink(), 'the link is still a link');
     assert.ok(readFileSync(target).equals(data), 'the linked file holds the bytes');
+
+    // A link to nothing is refused (as cp does), not replaced by the file.
+    const dangling = join(dir.path, 'dangling.bin');
+    symlinkSync(join(dir.path, 'no-such-dir', 'x'), dangling);
+    const refused = await dogfs(['get', '/special.bin', dangling]);
+    assert.equal(refused.status, 1);
+    assert.equal(
+      assertOneLineError(refused.stderr),
+      `dogfs: ${dangling}: not writing through a dangling symbolic link`,
+    );
+    assert.ok(lstatSync(dangling).isSymbolicLink(), 'the dangling link is left as it was');
+
+    // A device that refuses the bytes, and a FIFO whose reader leaves early: one line naming it, status 1.
+    const full = await binary(['get', '/special.bin', '/dev/full']);
+    assert.equal(full.status, 1, full.stderr);
+    assert.equal(assertOneLineError(full.stderr), 'dogfs: /dev/full: No space left on device');
+    const early = spawn('head', ['-c', '1', fifo], { stdio: ['ignore', 'ignore', 'inherit'] });
+    const earlyDone = new Promise((resolve) => early.once('close', resolve));
+    try {
+      const broken = await binary(['get', '/special.bin', fifo]);
+      assert.equal(broken.status, 1, broken.stderr);
+      assert.equal(assertOneLineError(broken.stderr), `dogfs: ${fifo}: Broken pipe`);
+      await earlyDone;
+    } finally {
+      early.kill();
+    }
   });
 
   test('every error: one line, non-zero exit, nothing changed', async () => {

@@ -775,3 +775,36 @@ describe('write and read paths (in-memory data plane)', () => {
     }
   });
 });
+
+test('a stream of unknown size ends every block group but its last on a whole stripe', async () => {
+  // 3 MiB stripes under rs-3-2: the 16 MiB the writer buffers before each group is 5⅓ stripes.
+  const stripeSize = 3 << 20;
+  const big = new StripeLayout({ k: 3, m: 2, stripeSize });
+  const cluster = await startFakeMetaCluster(0, { stripeSize, blockGroupBytes: 1 << 30 });
+  for (let i = 0; i < 5; i++) {
+    cluster.state.chunkServers.set(`cs-${i}`, { id: `cs-${i}`, addr: `mem-${i}:1`, alive: true });
+  }
+  const client = new DogfsClient({
+    meta: [cluster.leader.address],
+    transport: new MemoryTransport(),
+    timeoutMs: 5000,
+  });
+  try {
+    const data = randomBytes(40 << 20);
+    const pieces = Array.from({ length: 40 }, (_, i) => data.subarray(i << 20, (i + 1) << 20));
+    const written = await client.writeFile('/stdin', Readable.from(pieces), { ec: 'rs-3-2' });
+    const lengths = written.blockGroups.map((g) => g.length);
+    assert.equal(
+      lengths.reduce((a, b) => a + b, 0),
+      data.length,
+    );
+    assert.ok(lengths.length > 1, 'several block groups');
+    for (const length of lengths.slice(0, -1)) {
+      assert.equal(length % big.stripeDataSize, 0, `a group of ${length} bytes ends on a whole stripe`);
+    }
+    assert.ok((await client.readFile('/stdin')).equals(data));
+  } finally {
+    client.close();
+    await cluster.close();
+  }
+});

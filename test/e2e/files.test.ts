@@ -9,6 +9,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { DogfsClient } from '../../src/client/index.js';
+import { DEFAULT_CLUSTER_SETTINGS } from '../../src/metadata/state/cluster.js';
 import { assertOneLineError, runDogfs, startCluster, waitFor } from '../helpers/index.js';
 
 const up = startCluster(['--meta', '3', '--chunk', '5', '--ec', 'rs-3-2']);
@@ -71,7 +72,14 @@ test('byte-exact round trips at every size boundary, over several block groups (
   }
   // Back to the defaults for the test below.
   const reset = await runDogfs(
-    ['admin', 'settings', '--stripe-size', String(1 << 20), '--block-group-size', String(6 * 256 * 2 ** 20)],
+    [
+      'admin',
+      'settings',
+      '--stripe-size',
+      String(DEFAULT_CLUSTER_SETTINGS.stripeSize),
+      '--block-group-size',
+      String(DEFAULT_CLUSTER_SETTINGS.blockGroupMaxBytes),
+    ],
     { env },
   );
   assert.equal(reset.status, 0, reset.stderr);
