@@ -951,7 +951,10 @@ export class Raft {
     else if (pr.state === 'snapshot' && pr.match >= pr.pendingSnapshot) pr.becomeProbe();
     if (this.maybeCommit()) {
       if (this.role !== 'leader') return;
-      this.broadcastAppend();
+      // The new commit index reaches the followers with the next Ready's broadcast, which is when a
+      // message made now would leave too: one append per follower however many acks moved the commit
+      // meanwhile, carrying whatever was proposed meanwhile (not an empty append per ack per follower).
+      this.pendingBroadcast = true;
     } else if (wasPaused) {
       this.sendAppend(m.from, false);
     }

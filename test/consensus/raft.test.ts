@@ -527,3 +527,41 @@ test('leadership transfer to an unreachable node is abandoned after an election 
   assert.equal(h.raft(1).status().transferee, NO_NODE);
   assert.ok(h.raft(1).propose(bytes('z')).ok);
 });
+
+test('commit: acks that move the commit index leave one append per follower with the next Ready, not one per ack', () => {
+  const h = new Harness(3);
+  h.elect(1);
+  h.deliver();
+  // Two proposals sent in two appends, so every follower acknowledges twice.
+  h.raft(1).propose(bytes('a'));
+  h.flush();
+  const p = h.raft(1).propose(bytes('b'));
+  assert.ok(p.ok);
+  h.flush();
+  const appends = h.inFlight;
+  h.inFlight = [];
+  assert.equal(appends.filter((m) => m.type === 'append').length, 4);
+  for (const m of appends) h.raft(m.to).step(m);
+  for (const id of [2, 3]) {
+    const rd = h.raft(id).ready();
+    h.raft(id).advance(rd);
+    h.inFlight.push(...rd.messages);
+  }
+  const acks = h.inFlight;
+  h.inFlight = [];
+  assert.equal(acks.filter((m) => m.type === 'appendResp').length, 4);
+  // Every ack steps in before the leader's next Ready; the commit index moves (twice) meanwhile.
+  for (const m of acks) h.raft(1).step(m);
+  assert.equal(h.raft(1).status().commit, p.index);
+  const rd = h.raft(1).ready();
+  const out = [...rd.earlyMessages, ...rd.messages].filter((m) => m.type === 'append');
+  assert.deepEqual(
+    out.map((m) => [m.to, m.type === 'append' ? m.commit : -1]),
+    [
+      [2, p.index],
+      [3, p.index],
+    ],
+    'one append per follower, carrying the latest commit index',
+  );
+  h.raft(1).advance(rd);
+});
