@@ -126,6 +126,9 @@ interface Group {
   lastLeaderSeenMs: number;
 }
 
+/** A log write at least this long is logged: the process did nothing else meanwhile. */
+const SLOW_SYNC_MS = 200;
+const SLOW_SYNC_LOG_INTERVAL_MS = 10_000;
 const MAX_MESSAGES_PER_BATCH = 4096;
 /** Ticks between leader-balance checks (with the default 50 ms tick, 2 s): transfers never thrash. */
 const BALANCE_EVERY_TICKS = 40;
@@ -139,6 +142,9 @@ export class RaftHost {
   private frames: FrameServer | undefined;
   private readonly addrOf = new Map<NodeId, string>();
   private readonly log: Logger;
+  /** Slow log writes since the last warning, and when that was. */
+  private slowSyncs = 0;
+  private slowSyncLoggedMs = 0;
   private readonly tickMs: number;
   private ticker: NodeJS.Timeout | undefined;
   private roundScheduled = false;
@@ -404,7 +410,20 @@ export class RaftHost {
     if (mustSync) {
       this.counters.syncs++;
       await this.options.storage.sync();
-      this.counters.syncMs += performance.now() - roundStart;
+      const syncMs = performance.now() - roundStart;
+      this.counters.syncMs += syncMs;
+      // The write runs on the event loop (durable.ts): while the disk stalls, this process does nothing
+      // else, RPCs and timers included. Say so, rather than look hung.
+      // At most one line per SLOW_SYNC_LOG_INTERVAL_MS, with how many were slow since the last.
+      if (syncMs >= SLOW_SYNC_MS) {
+        this.slowSyncs++;
+        const now = Date.now();
+        if (now - this.slowSyncLoggedMs >= SLOW_SYNC_LOG_INTERVAL_MS) {
+          this.log.warn('raft log write slow', { ms: Math.round(syncMs), slowWrites: this.slowSyncs });
+          this.slowSyncLoggedMs = now;
+          this.slowSyncs = 0;
+        }
+      }
     }
     this.sendAll(readies, (rd) => rd.messages);
     for (const [group, rd] of readies) {

@@ -70,12 +70,19 @@ test('sync writes every staged record before it returns, on the event loop', asy
   const written = statSync(join(dir, 'raft.log')).size;
   await synced;
   assert.ok(written > before, `the log grew from ${before} to ${written} bytes before sync returned`);
-  const state = (await DurableStorage.open(dir)).group(0).load();
-  assert.deepEqual(
-    state?.entries.map((e) => e.index),
-    [1, 2],
-  );
-  await s.close();
+  const reopened = await DurableStorage.open(dir);
+  try {
+    assert.deepEqual(
+      reopened
+        .group(0)
+        .load()
+        ?.entries.map((e) => e.index),
+      [1, 2],
+    );
+  } finally {
+    await reopened.close();
+    await s.close();
+  }
 });
 
 test('a conflicting append replaces the suffix; a snapshot drops what it covers', async () => {

@@ -249,3 +249,32 @@ test('a preferred leader gathers the leadership of every group, and the groups k
     );
   }
 });
+
+test('a slow log write is logged (the write holds the event loop), at most one line per interval', async () => {
+  // A disk that takes 250 ms per sync: the simulated fault, not a wait for anything.
+  class SlowDisk extends MemoryStorage {
+    override async sync(): Promise<void> {
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+  }
+  const lines: string[] = [];
+  const server = new RpcServer();
+  const addr = `127.0.0.1:${await server.listen('127.0.0.1', 0)}`;
+  const id = asNodeId(1);
+  const host = new RaftHost({
+    nodeId: id,
+    peers: [{ nodeId: id, addr }],
+    storage: new SlowDisk(),
+    log: createLogger('warn', { node: id }, (line) => lines.push(line)),
+    tickMs: 20,
+  });
+  const machine = new KvMachine();
+  host.addGroup(7, machine);
+  host.start(server);
+  nodes.push({ id, addr, host, server, machines: new Map([[7, machine]]) });
+  await waitFor('the single host leads', () => host.isLeader(7) || undefined, 10_000);
+  for (let i = 0; i < 3; i++) await host.propose(7, Buffer.from(`k${i}=${i}`), Date.now() + 10_000);
+  const slow = lines.filter((l) => l.includes('"msg":"raft log write slow"'));
+  assert.equal(slow.length, 1, `one warning for several slow writes within the interval: ${lines.join('')}`);
+  assert.match(slow[0]!, /"ms":\d{3,}/);
+});
