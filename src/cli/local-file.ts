@@ -283,7 +283,7 @@ async function writeAll(handle: FileHandle, bytes: Buffer, position: number): Pr
 /** Stripe buffers a StdoutSink takes turns with: at most this many writes are waited for. */
 const STDOUT_SLOTS = 4;
 
-/** What a StdoutSink writes to: process.stdout, or an fs write stream (a device or a FIFO). */
+/** What a StdoutSink writes to: process.stdout, or a device's or FIFO's descriptor (cli/files.ts). */
 export interface ByteStreamOut {
   write(chunk: Uint8Array, callback: (error?: Error | null) => void): boolean;
 }
@@ -292,9 +292,9 @@ export interface ByteStreamOut {
  * A ReadSink (DogfsClient.readInto) that writes to the process's own stdout (or a stream like it)
  * through a few stripe buffers it reuses, instead of a fresh buffer per stripe (fresh memory costs a
  * page fault per 4 KiB here, more than the copy into it). A buffer is refilled only after the write
- * from it has called back, which for process.stdout (a file, a pipe, a terminal or a socket) and fs
- * write streams means its bytes have reached the kernel; a stream that keeps references to written
- * chunks (a PassThrough) must not be used.
+ * from it has called back, which for process.stdout (a file, a pipe, a terminal or a socket) and a
+ * descriptor's writer means its bytes have reached the kernel; a stream that keeps references to
+ * written chunks (a PassThrough) must not be used.
  */
 export class StdoutSink implements ReadSink {
   private readonly slots: { buffer: Buffer | undefined; written: Promise<void> | undefined }[] = [];

@@ -593,11 +593,9 @@ export class FileWriteStream extends Writable {
   /**
    * Allocates the next block group, holding at most `wanted` bytes, and opens its K+M shard streams.
    * The first comes with the file's Create (one command for both) where the service gives it.
-   */
-  /**
-   * Opens the block group for the next `wanted` bytes (or as many as it holds). `moreFollows`: these are
-   * not the file's last bytes, so the group ends on a whole stripe when it can (a short stripe in the
-   * middle of a file costs a reader's sink an extra copy); the rest waits for the next group.
+   * `moreFollows`: these are not the file's last bytes, so the group ends on a whole stripe when it can
+   * (a short stripe in the middle of a file costs a reader's sink an extra copy); the rest waits for
+   * the next group.
    */
   private async openGroup(wanted: number, moreFollows = false): Promise<void> {
     assert(this.group === undefined && wanted > 0, 'one group at a time');

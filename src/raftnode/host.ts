@@ -413,8 +413,8 @@ export class RaftHost {
       const syncMs = performance.now() - roundStart;
       this.counters.syncMs += syncMs;
       // The write runs on the event loop (durable.ts): while the disk stalls, this process does nothing
-      // else, RPCs and timers included. Say so, rather than look hung.
-      // At most one line per SLOW_SYNC_LOG_INTERVAL_MS, with how many were slow since the last.
+      // else, RPCs and timers included. Say so rather than look hung: at most one line per
+      // SLOW_SYNC_LOG_INTERVAL_MS, with how many writes were slow since the last.
       if (syncMs >= SLOW_SYNC_MS) {
         this.slowSyncs++;
         const now = Date.now();
