@@ -66,16 +66,18 @@ test('write then read back shards of sizes 0, 1, 64 KiB ± 1 and several MiB; st
 });
 
 test('the writer may reuse its bytes as soon as write resolves, whole packets and pieces alike', async () => {
-  // Whole packets go out without a copy, smaller pieces are copied: scribbling over each piece right
-  // after `write` resolves must change nothing that was stored, in either case. Pieces of several
-  // packets outrun the socket, so some of their packets are still queued when the loop sends the last.
+  // Whole packets, and runs of whole chunks of at least half a packet (1.5 MiB: a packet and a half;
+  // 700 KiB: 640 KiB direct, the rest copied), go out without a copy; smaller pieces are copied:
+  // scribbling over each piece right after `write` resolves must change nothing that was stored, in
+  // either case. Pieces of several packets outrun the socket, so some of their packets are still
+  // queued when the loop sends the last.
   const MiB = 1024 * KiB;
   const size = 40 * MiB + 5 * KiB + 3;
   const data = seededBytes(size, 1234);
   const shard = { blockGroupId: 1500, index: 2, generation: 1 };
   const writer = await client.openWrite(chunk.dataAddr, shard, size);
   const scratch = Buffer.allocUnsafe(13 * MiB);
-  const pieces = [3 * KiB, MiB - 3 * KiB, 12 * MiB, 700 * KiB, 12 * MiB + 324 * KiB, 2 * MiB];
+  const pieces = [3 * KiB, MiB - 3 * KiB, 12 * MiB, 700 * KiB, 12 * MiB + 324 * KiB, 2 * MiB, 1536 * KiB];
   let offset = 0;
   for (let i = 0; offset < size; i++) {
     const length = Math.min(pieces[i % pieces.length]!, size - offset);
