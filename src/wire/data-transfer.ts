@@ -514,12 +514,12 @@ export function crc32cCombine(crcA: number, crcB: number, lengthB: number): numb
   return (gf2Times(shift, crcA) ^ crcB) >>> 0;
 }
 
-/** Chunks a payload of `bytes` covers. */
 /** The most bytes of `bytes` that are whole chunks. */
 function wholeChunks(bytes: number): number {
   return bytes - (bytes % DATA_CHUNK_SIZE);
 }
 
+/** Chunks a payload of `bytes` covers. */
 export function chunksIn(bytes: number): number {
   return Math.ceil(bytes / DATA_CHUNK_SIZE);
 }
@@ -975,9 +975,10 @@ export class DataTransferClient {
  * One WriteShard in progress. Packets are cut on chunk boundaries; each carries its chunks' CRC32C.
  * Whole packets of the caller's bytes (or runs of whole chunks of at least half a packet) are sent as
  * they are, and `write` resolves once the socket has taken them; smaller pieces are copied into two
- * packet buffers the writer owns (allocated when first needed). Packets take turns in two slots: one is on its way into the socket while the next is cut, so
- * at most two packets per shard are queued in the socket, which is the back-pressure: a slow server
- * makes `write` wait for the older packet to be taken by the kernel. Either way the caller may reuse its
+ * packet buffers the writer owns (allocated when first needed). Packets take turns in two slots: one
+ * is on its way into the socket while the next is cut, so at most two packets per shard are queued in
+ * the socket, which is the back-pressure: a slow server makes `write` wait for the older packet to be
+ * taken by the kernel. Either way the caller may reuse its
  * bytes as soon as `write` resolves, and nothing is allocated per packet.
  * The chunk server may answer early with an error (no space, too busy, bad request): the next `write`
  * or `finish` rejects with it.
