@@ -4,7 +4,9 @@
  * parallel, commits each block group with the shards' lengths, checksums and durability, and completes
  * the file. Memory is bounded: two stripe buffers (one filling, one sending) and their parity cells,
  * allocated once per stream and reused (fresh memory costs a page fault per 4 KiB here, more than the
- * copy into it), plus the transport's per-shard packet buffers.
+ * copy into it), plus the transport's per-shard packet buffers, which only cells of less than half a
+ * packet need (under the default 6 MiB stripe and rs-6-3, cells are whole 1 MiB packets, sent as they
+ * are).
  *
  * A block group is good when at least K+1 of its shards (K when M = 1) are durable; the missing ones are
  * committed as not durable (the gap repair fills). With fewer, the stream fails, nothing is committed for
