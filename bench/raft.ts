@@ -13,6 +13,7 @@ import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { RpcChannelPool } from '../src/wire/rpc.js';
 import { KvClient, spawnKvNode } from '../test/raftnode/kv-client.js';
 import { groupOfKey } from '../test/raftnode/kv-node.js';
 import { closedLoop, emit, emitLoad, freePort, machine, measureEtcdPuts, randomLoopbackHost } from './lib.js';
@@ -119,9 +120,13 @@ async function measureDogfs(groups: number, leaders: Layout = 'spread'): Promise
   const cluster = await startKvCluster(groups, leaders);
   const rates = new Map<number, number>();
   try {
+    // Eight sessions over one connection per node, as the etcd reference's clients have (bench/lib.ts) and
+    // as a DogFS process has (one channel per server). A connection per session and node (up to 24) cost
+    // the client and every node more CPU per put: each connection carried a few calls per read and write.
+    const pool = new RpcChannelPool();
     const clients = Array.from(
       { length: 8 },
-      (_, i) => new KvClient(cluster.addrs, `bench-${groups}-${i}`, groups),
+      (_, i) => new KvClient(cluster.addrs, `bench-${groups}-${i}`, groups, pool),
     );
     await clients[0]!.run({ op: 'put', key: 'warmup', value: 'x' }, Date.now() + 30_000);
     if (groups > 1) await awaitLayout(cluster, clients[0]!);
@@ -167,7 +172,7 @@ async function measureDogfs(groups: number, leaders: Layout = 'spread'): Promise
         });
       });
     }
-    for (const c of clients) c.close();
+    pool.close();
   } finally {
     await stopKvCluster(cluster);
   }

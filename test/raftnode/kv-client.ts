@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DogfsError } from '../../src/wire/errors.js';
 import { RaftKvService } from '../../src/wire/gen/types.js';
-import { RpcChannel } from '../../src/wire/rpc.js';
+import { type RpcChannel, RpcChannelPool } from '../../src/wire/rpc.js';
 import type { KvApplyResult, KvInput, KvOutput } from '../consensus/sim/kv.js';
 import { groupOfKey } from './kv-node.js';
 
@@ -17,7 +17,9 @@ const decoder = new TextDecoder();
 const MAX_ATTEMPTS = 500;
 
 export class KvClient {
-  private readonly channels = new Map<string, RpcChannel>();
+  /** This client's connections, or a pool shared with other clients (closed by whoever made it). */
+  private readonly channels: RpcChannelPool;
+  private readonly ownsChannels: boolean;
   /** Per group, the node this client believes leads it (updated from NOT_LEADER hints). */
   private readonly leaders = new Map<number, string>();
   /** Sessions live in each group's state machine, so sequence numbers are counted per group. */
@@ -29,7 +31,15 @@ export class KvClient {
     private readonly addrs: readonly string[],
     readonly clientId: string,
     private readonly groups = 1,
-  ) {}
+    /**
+     * Connections shared by several clients (sessions), one per node: bench:raft's eight sessions then
+     * use three connections, as its etcd clients do, instead of one per session and node.
+     */
+    shared?: RpcChannelPool,
+  ) {
+    this.channels = shared ?? new RpcChannelPool();
+    this.ownsChannels = shared === undefined;
+  }
 
   /** The node believed to lead the group of `key` (group 1 by default). */
   leaderOf(key = ''): string {
@@ -46,12 +56,7 @@ export class KvClient {
   }
 
   private channel(addr: string): RpcChannel {
-    let c = this.channels.get(addr);
-    if (!c) {
-      c = new RpcChannel(addr);
-      this.channels.set(addr, c);
-    }
-    return c;
+    return this.channels.get(addr);
   }
 
   private async attempt<T>(
@@ -112,7 +117,7 @@ export class KvClient {
   }
 
   close(): void {
-    for (const c of this.channels.values()) c.close();
+    if (this.ownsChannels) this.channels.close();
   }
 }
 
