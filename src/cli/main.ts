@@ -5,6 +5,7 @@
  * May import: client, cluster, metadata, chunk, daemon, wire, common.
  */
 
+import { setFlagsFromString } from 'node:v8';
 import { AddressError, parseAddressList } from '../common/address.js';
 import { DirLockedError } from '../common/dirlock.js';
 import { EcPolicyError, parseEcPolicy } from '../common/ec-policy.js';
@@ -138,6 +139,7 @@ async function chunk(argv: string[]): Promise<void> {
   });
   noPositionals(positionals);
   const listen = parseListenFlag(flags.listen, 'listen', '127.0.0.1:0');
+  skipOptimizingCompiler();
   await loadDaemonErrors();
   const { startChunkServer } = await import('../chunk/server.js');
   await startChunkServer({
@@ -158,6 +160,18 @@ async function chunk(argv: string[]): Promise<void> {
         : parseListenFlag(flags['metrics-listen'], 'metrics-listen', `${listen.host}:0`),
     logLevel: parseLogLevel(flags['log-level']),
   });
+}
+
+/**
+ * A chunk server's work per byte is native (socket copies, CRC32C, disk I/O); its JavaScript runs a few
+ * times per packet of up to 1 MiB, so it turns hot slowly and a fresh server kept compiling and
+ * deoptimizing with V8's optimizing compiler through its first gigabytes: about a fifth of its CPU
+ * during a put, more than the optimized code saved (figures in docs/ARCHITECTURE.md). An explicit
+ * `node --opt` or `--no-opt` is left as given.
+ */
+function skipOptimizingCompiler(): void {
+  if (process.execArgv.some((flag) => flag === '--opt' || flag === '--no-opt')) return;
+  setFlagsFromString('--no-opt');
 }
 
 /** One line for a person; the codes of errors that are the user's to fix. */
