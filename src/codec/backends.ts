@@ -82,8 +82,10 @@ export function activeBackend(): CodingBackend {
     break;
   }
   assert(active !== undefined, 'the reference backend always loads');
-  if (active.name !== 'native' && !fallbackNoted) {
-    // Said once per process, so an operator knows why encoding is slower than it could be.
+  // The simd kernel codes as fast as ISA-L (bench:codec), so only a fall to the slower backends is worth a
+  // warning: said once per process, so an operator knows why encoding is slower than it could be. A
+  // missing ISA-L alone is a detail of `dogfs admin report`, not a line on every command's stderr.
+  if (active.name !== 'native' && active.name !== 'simd' && !fallbackNoted) {
     fallbackNoted = true;
     const reason = tryLoad('native');
     process.emitWarning(
