@@ -159,6 +159,65 @@ export async function rawDiskWrite(options: {
   };
 }
 
+/**
+ * Reading and writing the same disk at once, as a get into a local file does (its shards are read with
+ * O_DIRECT on the chunk servers while the client writes the file): a file of `totalBytes`, written first,
+ * is read with O_DIRECT in 4 MiB reads, one in flight while the previous is consumed, while `rawDiskWrite`
+ * (direct) writes as many new bytes. `mbps` is the pace of the pair (bytes / the slower one's time): the
+ * most a copy from this disk to itself can do, which a virtual disk can hold well under either alone.
+ */
+export async function rawDiskCopy(options: { dir: string; totalBytes: number }): Promise<{
+  mbps: number;
+  readMbps: number;
+  writeMbps: number;
+}> {
+  const { dir, totalBytes } = options;
+  const allocate = alignedAllocator();
+  if (allocate === undefined) throw new Error('direct reads need the native addon');
+  mkdirSync(dir);
+  const source = join(dir, 'source');
+  const buffers = [0, 1].map(() => allocate(STAGING_BYTES, 2 * MiB));
+  for (const b of buffers) randomBytes(STAGING_BYTES).copy(b);
+  const flags = fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_WRONLY | fsConstants.O_DIRECT;
+  const writer = await open(source, flags);
+  for (let offset = 0; offset < totalBytes; offset += STAGING_BYTES) {
+    await writer.write(buffers[0]!, 0, Math.min(STAGING_BYTES, totalBytes - offset), offset);
+  }
+  await writer.datasync();
+  await writer.close();
+  const started = performance.now();
+  const read = (async () => {
+    const reader = await open(source, fsConstants.O_RDONLY | fsConstants.O_DIRECT);
+    let reading: Promise<unknown> | undefined;
+    for (let offset = 0, n = 0; offset < totalBytes; offset += STAGING_BYTES, n++) {
+      await reading;
+      reading = reader.read(buffers[n % 2]!, 0, Math.min(STAGING_BYTES, totalBytes - offset), offset);
+    }
+    await reading;
+    await reader.close();
+    return performance.now() - started;
+  })();
+  const [readMs, write] = await Promise.all([
+    read,
+    rawDiskWrite({
+      dir: join(dir, 'written'),
+      totalBytes,
+      fileBytes: 64 * MiB,
+      messageBytes: MiB,
+      syncEveryBytes: 64 * MiB,
+      direct: true,
+    }),
+  ]);
+  const writeMs = (totalBytes / MiB / write.mbps) * 1000;
+  rmSync(dir, { recursive: true, force: true });
+  const mib = totalBytes / MiB;
+  return {
+    mbps: mib / (Math.max(readMs, writeMs) / 1000),
+    readMbps: mib / (readMs / 1000),
+    writeMbps: write.mbps,
+  };
+}
+
 /** How many runs a disk reference takes the best of: a limit is the most the machine did. */
 export const DISK_REFERENCE_RUNS = 2;
 
