@@ -41,6 +41,22 @@ function parsePeers(peers: string[]): Peer[] {
   });
 }
 
+/**
+ * DOGFS_RAFT_SNAPSHOT_EVERY: the fewest applied entries between two snapshots of a metadata group
+ * (raftnode/host.ts adds a rule on bytes); unset, the host's default of 10,000. Tests set it low so
+ * that snapshots, compaction and catching up from a snapshot happen within a short run.
+ */
+function snapshotEveryFromEnvironment(value: string | undefined): number | undefined {
+  if (value === undefined || value === '') return undefined;
+  const every = Number(value);
+  if (!Number.isSafeInteger(every) || every < 1) {
+    throw new DaemonStartError(
+      `DOGFS_RAFT_SNAPSHOT_EVERY must be a positive integer, not '${value.slice(0, 32)}'`,
+    );
+  }
+  return every;
+}
+
 export function startMetaServer(options: MetaServerOptions) {
   return runDaemon(
     { role: 'meta', dir: options.dir, id: options.id, listen: options.listen, logLevel: options.logLevel },
@@ -70,6 +86,7 @@ export function startMetaServer(options: MetaServerOptions) {
         // unchanged (followers still campaign after 10-20 ticks of silence) and ReadIndex does not wait for
         // a tick: it sends its own heartbeat round at once.
         configure: (c) => ({ ...c, heartbeatTicks: 2 }),
+        snapshotEvery: snapshotEveryFromEnvironment(process.env['DOGFS_RAFT_SNAPSHOT_EVERY']),
       });
       const node = new MetadataNode(host, context.log, activeBackendName(), {
         defaultEc: options.defaultEc,

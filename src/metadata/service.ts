@@ -112,6 +112,10 @@ class NamespaceMachine implements StateMachine {
   snapshot(): Uint8Array {
     return this.state.snapshot();
   }
+  /** The namespace streams its snapshot: the host drains it between other work (raftnode/host.ts). */
+  snapshotChunks(): Iterator<Uint8Array> {
+    return this.state.snapshotChunks();
+  }
   restore(data: Uint8Array): void {
     this.state = NamespaceState.restore(data);
   }

@@ -53,6 +53,11 @@ const LOG_FILE = 'raft.log';
 const HEADER_BYTES = 12;
 /** No single record may claim more than this: a larger length is corruption, not a record. */
 const MAX_RECORD_BYTES = 64 << 20;
+/**
+ * The log is rewritten (what snapshots cover dropped) once it passes this size, or twice its size after
+ * the last rewrite if that is more: a large state keeps more entries between its snapshots (host.ts,
+ * SNAPSHOT_GROWTH_DIVISOR), and a log that stayed above a fixed threshold would be rewritten on every sync.
+ */
 const REWRITE_THRESHOLD_BYTES = 256 << 20;
 /**
  * The log is opened with O_DSYNC: a write returns once its data is durable, so a round's records cost one
@@ -130,11 +135,13 @@ export class DurableStorage implements HostStorage {
   private pending: Buffer[] = [];
   private handle: FileHandle;
   private size: number;
+  private rewriteAtBytes: number;
 
   private constructor(dir: string, handle: FileHandle, size: number) {
     this.dir = dir;
     this.handle = handle;
     this.size = size;
+    this.rewriteAtBytes = REWRITE_THRESHOLD_BYTES;
   }
 
   static async open(dir: string): Promise<DurableStorage> {
@@ -280,7 +287,7 @@ export class DurableStorage implements HostStorage {
     const bytesWritten = writevSync(this.handle.fd, buffers);
     assert(bytesWritten === bytes, `short write to the raft log: ${bytesWritten} of ${bytes} bytes`);
     this.size += bytes;
-    if (this.size > REWRITE_THRESHOLD_BYTES) await this.rewrite();
+    if (this.size > this.rewriteAtBytes) await this.rewrite();
   }
 
   /** Rewrites the log as the mirror's current state: drops everything snapshots cover. */
@@ -308,6 +315,7 @@ export class DurableStorage implements HostStorage {
     fsyncDir(this.dir);
     this.handle = await open(path, LOG_FLAGS);
     this.size = size;
+    this.rewriteAtBytes = Math.max(REWRITE_THRESHOLD_BYTES, 2 * size);
     this.removeUnreferencedSnapshots();
   }
 

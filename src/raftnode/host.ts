@@ -4,6 +4,8 @@
  *   ticks, peer messages, proposals ──▶ cores ──▶ one Ready round for every group that has one:
  *     stage each group's snapshot/entries/hard state ─▶ ONE storage sync for all groups (group commit)
  *     ─▶ send messages, batched per peer ─▶ apply committed entries, answer proposals and reads ─▶ advance
+ *   now and then: snapshot a group's state machine and compact its log (streamed snapshots are drained a
+ *   slice at a time, and that group's committed entries wait for them to be applied)
  *
  * Proposals that arrive while a sync is in flight wait for the next round, so under load one fdatasync
  * covers many commands of many groups. The core is pure (src/consensus); this file owns time (a tick
@@ -18,6 +20,7 @@ import {
   bootstrapSnapshot,
   type ConfChange,
   defaultConfig,
+  type Entry,
   emptyHardState,
   type LogIndex,
   type Message,
@@ -44,6 +47,14 @@ export interface StateMachine {
    */
   apply(index: LogIndex, command: Uint8Array): unknown;
   snapshot(): Uint8Array;
+  /**
+   * Optional: the same snapshot as a stream of chunks. The host then drains it a slice at a time between
+   * other work (heartbeats, replication, log writes) and applies nothing until it is done, so the state
+   * holds still while it is read; a large state costs the event loop no long stall. Without it, a
+   * snapshot is taken in one call, which at a million files would hold every other duty of the process
+   * for seconds: long enough for the followers to elect another leader.
+   */
+  snapshotChunks?(): Iterator<Uint8Array>;
   restore(data: Uint8Array): void;
 }
 
@@ -124,12 +135,36 @@ interface Group {
   readonly reads: Map<string, PendingRead>;
   /** When this replica last knew a leader (ms), for telling "election in progress" from "no quorum". */
   lastLeaderSeenMs: number;
+  /** Command bytes applied since the last snapshot, and that snapshot's size (maybeSnapshot's rule). */
+  appliedBytesSinceSnapshot: number;
+  lastSnapshotBytes: number;
+  /** A snapshot being drained from the state machine's chunks (snapshotChunks), if one is. */
+  snapshotting: SnapshotInProgress | undefined;
+  /** Committed entries handed out while a snapshot was being drained: applied, in order, once it is done. */
+  deferred: Entry[];
+}
+
+interface SnapshotInProgress {
+  readonly index: LogIndex;
+  readonly chunks: Iterator<Uint8Array>;
+  readonly parts: Uint8Array[];
+  readonly startedMs: number;
 }
 
 /** A log write at least this long is logged: the process did nothing else meanwhile. */
 const SLOW_SYNC_MS = 200;
 const SLOW_SYNC_LOG_INTERVAL_MS = 10_000;
 const MAX_MESSAGES_PER_BATCH = 4096;
+/**
+ * A group snapshots once it has applied snapshotEvery entries and, of command bytes, at least this fraction
+ * of its last snapshot's size: serialising the state then costs at most this many bytes per byte of
+ * commands, however large the state grows (with a fixed count alone, a namespace of a million files would
+ * spend more time snapshotting than applying), while the log and the entries held in memory stay within
+ * this fraction of the state.
+ */
+const SNAPSHOT_GROWTH_DIVISOR = 8;
+/** How long one slice of a streamed snapshot may hold the event loop. */
+const SNAPSHOT_SLICE_MS = 8;
 /** Ticks between leader-balance checks (with the default 50 ms tick, 2 s): transfers never thrash. */
 const BALANCE_EVERY_TICKS = 40;
 
@@ -210,6 +245,10 @@ export class RaftHost {
       proposals: new Map(),
       reads: new Map(),
       lastLeaderSeenMs: Date.now(),
+      appliedBytesSinceSnapshot: 0,
+      lastSnapshotBytes: state.snapshot.data.byteLength,
+      snapshotting: undefined,
+      deferred: [],
     });
     this.scheduleRound();
   }
@@ -458,26 +497,20 @@ export class RaftHost {
       this.log.info('raft role', { group: group.id, role: rd.softState.role, leader: rd.softState.leader });
     }
     if (rd.snapshot) {
+      // The leader's snapshot replaces the state this replica was capturing: that capture is dropped
+      // (the log still holds its entries), and what was deferred behind it is applied below, past the
+      // new snapshot's index.
+      group.snapshotting = undefined;
       group.machine.restore(rd.snapshot.data);
       group.applied = rd.snapshot.meta.index;
+      group.lastSnapshotBytes = rd.snapshot.data.byteLength;
+      group.appliedBytesSinceSnapshot = 0;
+      if (group.deferred.length > 0) this.applyDeferred(group);
     }
-    for (const entry of rd.committedEntries) {
-      if (entry.index <= group.applied) continue;
-      group.applied = entry.index;
-      const pending = group.proposals.get(entry.index);
-      if (entry.kind === 'config') {
-        // A membership change took effect (when appended); its proposer learns that it is committed.
-        this.log.info('raft membership committed', { group: group.id, index: entry.index, ...entry.config });
-        if (pending) this.settle(group, entry.index, entry.term, undefined);
-        continue;
-      }
-      if (entry.data.byteLength === 0) {
-        if (pending) this.failProposal(group, entry.index, 'leadership changed before the command committed');
-        continue;
-      }
-      const result = group.machine.apply(entry.index, entry.data);
-      this.counters.applied++;
-      if (pending) this.settle(group, entry.index, entry.term, result);
+    if (group.snapshotting !== undefined) {
+      for (const entry of rd.committedEntries) group.deferred.push(entry);
+    } else {
+      this.applyEntries(group, rd.committedEntries);
     }
     for (const rs of rd.readStates) {
       const read = group.reads.get(rs.ctx);
@@ -491,13 +524,7 @@ export class RaftHost {
         read.reject(this.noLeaderError(group));
       }
     }
-    for (const [ctx, read] of group.reads) {
-      if (read.index !== undefined && read.index <= group.applied) {
-        group.reads.delete(ctx);
-        clearTimeout(read.timer);
-        read.resolve();
-      }
-    }
+    this.resolveReads(group);
     // A leader that lost its role still holds the proposals it appended. The next leader commits or
     // overwrites them, but this node learns which only when the new leader's log reaches their indexes,
     // which in a quiet group may take until their deadline. Their callers are told now, after this
@@ -514,19 +541,112 @@ export class RaftHost {
     }
   }
 
+  /** Applies committed entries in order, answering the proposals this node made. */
+  private applyEntries(group: Group, entries: readonly Entry[]): void {
+    for (const entry of entries) {
+      if (entry.index <= group.applied) continue;
+      assert(
+        entry.index === group.applied + 1,
+        `group ${group.id} applies ${entry.index} after ${group.applied}`,
+      );
+      group.applied = entry.index;
+      const pending = group.proposals.get(entry.index);
+      if (entry.kind === 'config') {
+        // A membership change took effect (when appended); its proposer learns that it is committed.
+        this.log.info('raft membership committed', { group: group.id, index: entry.index, ...entry.config });
+        if (pending) this.settle(group, entry.index, entry.term, undefined);
+        continue;
+      }
+      if (entry.data.byteLength === 0) {
+        if (pending) this.failProposal(group, entry.index, 'leadership changed before the command committed');
+        continue;
+      }
+      const result = group.machine.apply(entry.index, entry.data);
+      group.appliedBytesSinceSnapshot += entry.data.byteLength;
+      this.counters.applied++;
+      if (pending) this.settle(group, entry.index, entry.term, result);
+    }
+  }
+
+  private applyDeferred(group: Group): void {
+    const deferred = group.deferred;
+    group.deferred = [];
+    this.applyEntries(group, deferred);
+  }
+
+  /** Answers the linearizable reads whose read index this replica has now applied. */
+  private resolveReads(group: Group): void {
+    for (const [ctx, read] of group.reads) {
+      if (read.index !== undefined && read.index <= group.applied) {
+        group.reads.delete(ctx);
+        clearTimeout(read.timer);
+        read.resolve();
+      }
+    }
+  }
+
   /**
-   * Bounds the log: once enough entries are applied past the last snapshot, capture the state machine,
-   * make it durable, and let the core drop the entries it covers. Restart then loads the snapshot and
-   * replays only the entries after it; a lagging follower gets the snapshot in chunks.
+   * Bounds the log: once enough has been applied past the last snapshot (SNAPSHOT_GROWTH_DIVISOR says
+   * how much), capture the state machine, make it durable, and let the core drop the entries it covers.
+   * Restart then loads the snapshot and replays only the entries after it; a lagging follower gets the
+   * snapshot in chunks. A state machine that streams its snapshot (snapshotChunks) is drained a slice
+   * at a time (continueSnapshot); the others are captured in one call.
    */
   private maybeSnapshot(group: Group): void {
+    if (group.snapshotting !== undefined || this.closed) return;
     const every = this.options.snapshotEvery ?? 10_000;
     const snapshotIndex = group.raft.snapshotMeta().index;
     if (group.applied - snapshotIndex < every) return;
-    const data = group.machine.snapshot();
-    const meta = group.raft.compact(group.applied, data);
+    if (group.appliedBytesSinceSnapshot * SNAPSHOT_GROWTH_DIVISOR < group.lastSnapshotBytes) return;
+    if (group.machine.snapshotChunks === undefined) {
+      this.saveSnapshot(group, group.applied, group.machine.snapshot(), performance.now());
+      return;
+    }
+    group.snapshotting = {
+      index: group.applied,
+      chunks: group.machine.snapshotChunks(),
+      parts: [],
+      startedMs: performance.now(),
+    };
+    this.continueSnapshot(group);
+  }
+
+  /**
+   * Drains the snapshot being taken for up to SNAPSHOT_SLICE_MS, then yields to the event loop (ticks,
+   * peers' messages, log writes go on; commands commit but wait to be applied) until it is complete.
+   */
+  private continueSnapshot(group: Group): void {
+    const taking = group.snapshotting;
+    if (taking === undefined || this.closed) return;
+    assert(group.applied === taking.index, `group ${group.id} applied entries during its snapshot`);
+    const sliceEnd = performance.now() + SNAPSHOT_SLICE_MS;
+    for (;;) {
+      const next = taking.chunks.next();
+      if (next.done === true) break;
+      taking.parts.push(next.value);
+      if (performance.now() >= sliceEnd) {
+        setImmediate(() => this.continueSnapshot(group));
+        return;
+      }
+    }
+    group.snapshotting = undefined;
+    this.saveSnapshot(group, taking.index, Buffer.concat(taking.parts), taking.startedMs);
+    this.applyDeferred(group);
+    this.resolveReads(group);
+    this.scheduleRound();
+  }
+
+  private saveSnapshot(group: Group, index: LogIndex, data: Uint8Array, startedMs: number): void {
+    const meta = group.raft.compact(index, data);
     this.options.storage.group(group.id).saveSnapshot({ meta, data });
-    this.log.info('raft snapshot', { group: group.id, index: meta.index, bytes: data.byteLength });
+    group.lastSnapshotBytes = data.byteLength;
+    group.appliedBytesSinceSnapshot = 0;
+    this.log.info('raft snapshot', {
+      group: group.id,
+      index: meta.index,
+      bytes: data.byteLength,
+      ms: Math.round(performance.now() - startedMs),
+    });
   }
 
   /** Answers the proposal at `index` with `result`, unless another leader's entry took its place. */

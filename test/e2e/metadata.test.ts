@@ -4,7 +4,7 @@
  * "no quorum" with two of three servers down — failing within the deadline, then recovering with nothing lost.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import type { ClusterJson } from '../../src/cluster/up.js';
@@ -17,9 +17,14 @@ const clusterDir = join(dir.path, 'c');
 let up: ReturnType<typeof startDogfs>;
 let cluster: ClusterJson;
 let client: TestMetaClient;
+/**
+ * Snapshots every 100 entries (and an eighth of the state in command bytes): every scenario below runs
+ * across many snapshots and compactions, and the server restarted by hand comes back from one.
+ */
+const env = { ...process.env, DOGFS_RAFT_SNAPSHOT_EVERY: '100' };
 
 before(async () => {
-  up = startDogfs(['up', '--dir', clusterDir, '--meta', '3', '--chunk', '4', '--ec', 'rs-2-1']);
+  up = startDogfs(['up', '--dir', clusterDir, '--meta', '3', '--chunk', '4', '--ec', 'rs-2-1'], env);
   cluster = await waitFor(
     'cluster.json',
     () =>
@@ -137,6 +142,15 @@ test('concurrent clients: every empty file created is present; one of two racing
   );
   assert.deepEqual([...outcomes].sort(), ['NOT_FOUND', 'OK']);
   for (const c of clients) c.close();
+  // All of it went through snapshots of the namespace group (DOGFS_RAFT_SNAPSHOT_EVERY above), streamed
+  // by the host a slice at a time, on every replica.
+  for (const meta of cluster.processes.filter((p) => p.role === 'meta')) {
+    const files = readdirSync(join(meta.dir, 'raft'));
+    assert.ok(
+      files.some((f) => /^snap-1-\d+-\d+\.bin$/.test(f)),
+      `${meta.id} has a namespace snapshot: ${files.join(' ')}`,
+    );
+  }
 });
 
 test('a paused leader (SIGSTOP) is replaced; resumed, it answers no stale read and loses nothing acknowledged', async () => {
@@ -253,17 +267,20 @@ test('leader SIGKILL during a stream of writes loses nothing acknowledged; two o
   const metas = members.members.filter((m) => m.role === 'meta');
   const peers = metas.map((m) => `${m.id}=127.0.0.1:${m.port}`).join(',');
   const revived = metas.find((m) => m.id === leader.id)!;
-  const restarted = startDogfs([
-    'meta',
-    '--dir',
-    join(clusterDir, revived.id),
-    '--id',
-    revived.id,
-    '--listen',
-    `127.0.0.1:${revived.port}`,
-    '--peers',
-    peers,
-  ]);
+  const restarted = startDogfs(
+    [
+      'meta',
+      '--dir',
+      join(clusterDir, revived.id),
+      '--id',
+      revived.id,
+      '--listen',
+      `127.0.0.1:${revived.port}`,
+      '--peers',
+      peers,
+    ],
+    env,
+  );
   try {
     await lone.call('Mkdir', { path: '/stream/after-recovery', session: lone.nextSession() }, 30_000);
     const all = new TestMetaClient([survivors[1]!.addr, `127.0.0.1:${revived.port}`]);
