@@ -602,30 +602,37 @@ export class RaftHost {
       this.saveSnapshot(group, group.applied, group.machine.snapshot(), performance.now());
       return;
     }
-    group.snapshotting = {
+    const taking: SnapshotInProgress = {
       index: group.applied,
       chunks: group.machine.snapshotChunks(),
       parts: [],
       startedMs: performance.now(),
     };
-    this.continueSnapshot(group);
+    group.snapshotting = taking;
+    this.continueSnapshot(group, taking);
   }
 
   /**
    * Drains the snapshot being taken for up to SNAPSHOT_SLICE_MS, then yields to the event loop (ticks,
    * peers' messages, log writes go on; commands commit but wait to be applied) until it is complete.
    */
-  private continueSnapshot(group: Group): void {
-    const taking = group.snapshotting;
-    if (taking === undefined || this.closed) return;
+  private continueSnapshot(group: Group, taking: SnapshotInProgress): void {
+    // Dropped meanwhile: the host closed, or the leader's snapshot replaced the state (applyReady).
+    if (group.snapshotting !== taking || this.closed) return;
     assert(group.applied === taking.index, `group ${group.id} applied entries during its snapshot`);
+    if (group.raft.snapshotMeta().index >= taking.index) {
+      // The core took a newer snapshot from the leader, which applyReady has yet to restore: this capture
+      // is older and is dropped; applyReady applies what was deferred past the leader's snapshot.
+      group.snapshotting = undefined;
+      return;
+    }
     const sliceEnd = performance.now() + SNAPSHOT_SLICE_MS;
     for (;;) {
       const next = taking.chunks.next();
       if (next.done === true) break;
       taking.parts.push(next.value);
       if (performance.now() >= sliceEnd) {
-        setImmediate(() => this.continueSnapshot(group));
+        setImmediate(() => this.continueSnapshot(group, taking));
         return;
       }
     }
