@@ -622,8 +622,11 @@ export class RaftHost {
     assert(group.applied === taking.index, `group ${group.id} applied entries during its snapshot`);
     if (group.raft.snapshotMeta().index >= taking.index) {
       // The core took a newer snapshot from the leader, which applyReady has yet to restore: this capture
-      // is older and is dropped; applyReady applies what was deferred past the leader's snapshot.
+      // is older and is dropped. What it deferred is applied now, so that a round already past its
+      // sync applies its own entries after them, in order, before the leader's snapshot replaces it all.
       group.snapshotting = undefined;
+      this.applyDeferred(group);
+      this.resolveReads(group);
       return;
     }
     const sliceEnd = performance.now() + SNAPSHOT_SLICE_MS;
