@@ -951,9 +951,9 @@ export class Raft {
     else if (pr.state === 'snapshot' && pr.match >= pr.pendingSnapshot) pr.becomeProbe();
     if (this.maybeCommit()) {
       if (this.role !== 'leader') return;
-      // The new commit index reaches the followers with the next Ready's broadcast, which is when a
-      // message made now would leave too: one append per follower however many acks moved the commit
-      // meanwhile, carrying whatever was proposed meanwhile (not an empty append per ack per follower).
+      // The next Ready's broadcast sends what was proposed meanwhile, with the new commit index: one
+      // append per follower however many acks moved the commit, and none to a follower that lacks no
+      // entry (broadcastAppend says why).
       this.pendingBroadcast = true;
     } else if (wasPaused) {
       this.sendAppend(m.from, false);
@@ -964,8 +964,16 @@ export class Raft {
     if (m.from === this.leadTransferee && pr.match === this.log.lastIndex()) this.sendTimeoutNow(m.from);
   }
 
+  /**
+   * Sends each follower what it lacks. A follower being replicated to that lacks no entry gets nothing:
+   * a commit index that moved reaches it with the next entries or the next heartbeat (both carry it),
+   * instead of an empty append per follower per commit that the follower would answer in a round of its
+   * own. Under load the next entries follow within a round; idle, a follower learns the commit within a
+   * heartbeat interval, and a read on a follower (ReadIndex) is answered only after a heartbeat round,
+   * which carries it. A follower still being probed gets its (possibly empty) probe as before.
+   */
   private broadcastAppend(): void {
-    for (const id of this.progress.keys()) if (id !== this.id) this.sendAppend(id, true);
+    for (const [id, pr] of this.progress) if (id !== this.id) this.sendAppend(id, pr.state !== 'replicate');
   }
 
   private broadcastHeartbeat(): void {

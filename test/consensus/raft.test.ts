@@ -528,7 +528,7 @@ test('leadership transfer to an unreachable node is abandoned after an election 
   assert.ok(h.raft(1).propose(bytes('z')).ok);
 });
 
-test('commit: acks that move the commit index leave one append per follower with the next Ready, not one per ack', () => {
+test('commit: acks that move the commit index send no empty append; the next entries and heartbeats carry it', () => {
   const h = new Harness(3);
   h.elect(1);
   h.deliver();
@@ -554,14 +554,29 @@ test('commit: acks that move the commit index leave one append per follower with
   for (const m of acks) h.raft(1).step(m);
   assert.equal(h.raft(1).status().commit, p.index);
   const rd = h.raft(1).ready();
-  const out = [...rd.earlyMessages, ...rd.messages].filter((m) => m.type === 'append');
   assert.deepEqual(
-    out.map((m) => [m.to, m.type === 'append' ? m.commit : -1]),
+    [...rd.earlyMessages, ...rd.messages].filter((m) => m.type === 'append'),
+    [],
+    'followers that hold every entry get no append that would carry only the commit index',
+  );
+  h.raft(1).advance(rd);
+  // The next proposal's appends carry the commit index...
+  const q = h.raft(1).propose(bytes('c'));
+  assert.ok(q.ok);
+  const next = h.raft(1).ready();
+  assert.deepEqual(
+    [...next.earlyMessages, ...next.messages].map((m) => [m.to, m.type === 'append' ? m.commit : -1]),
     [
       [2, p.index],
       [3, p.index],
     ],
-    'one append per follower, carrying the latest commit index',
   );
-  h.raft(1).advance(rd);
+  h.raft(1).advance(next);
+  // ...and so does a heartbeat, bounded by what the follower holds.
+  h.flush();
+  h.inFlight = [];
+  h.tick(1);
+  const beats = h.inFlight.filter((m) => m.type === 'heartbeat');
+  assert.ok(beats.length > 0, 'a heartbeat round');
+  for (const m of beats) assert.ok(m.type === 'heartbeat' && m.commit >= p.index);
 });
