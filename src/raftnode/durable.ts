@@ -9,7 +9,8 @@
  * the last record cut short or failing its checksum, as a crash mid-write leaves it — is truncated away; a
  * bad record followed by good ones is corruption in the middle and is refused loudly, because acknowledged
  * data would be lost silently. Snapshot payloads go to their own files (temp, fsync, rename, fsync dir)
- * before the record that names them. When the file grows past a threshold it is rewritten from the mirror
+ * before the record that names them (a node's own snapshots are written off the event loop: a large state's
+ * payload is hundreds of megabytes). When the file grows past a threshold it is rewritten from the mirror
  * (temp file, fsync, rename), which drops entries covered by snapshots.
  */
 import {
@@ -24,7 +25,7 @@ import {
   writeSync,
   writevSync,
 } from 'node:fs';
-import { type FileHandle, open } from 'node:fs/promises';
+import { type FileHandle, open, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32c } from '@node-rs/crc32';
 import { assert } from '../common/assert.js';
@@ -74,6 +75,10 @@ interface Mirror {
   snapshot: Snapshot | undefined;
   snapshotFile: string;
   entries: Entry[];
+}
+
+function snapshotFileName(groupId: number, snapshot: Snapshot): string {
+  return `snap-${groupId}-${snapshot.meta.term}-${snapshot.meta.index}.bin`;
 }
 
 function fsyncDir(dir: string): void {
@@ -136,6 +141,8 @@ export class DurableStorage implements HostStorage {
   private handle: FileHandle;
   private size: number;
   private rewriteAtBytes: number;
+  /** Snapshot files being written in the background (and their .tmp): not unreferenced garbage yet. */
+  private readonly snapshotsInFlight = new Set<string>();
 
   private constructor(dir: string, handle: FileHandle, size: number) {
     this.dir = dir;
@@ -216,6 +223,7 @@ export class DurableStorage implements HostStorage {
   private removeUnreferencedSnapshots(): void {
     const referenced = new Set([...this.mirrors.values()].map((m) => m.snapshotFile));
     for (const name of readdirSync(this.dir)) {
+      if (this.snapshotsInFlight.has(name)) continue;
       if ((name.startsWith('snap-') && !referenced.has(name)) || name.endsWith('.tmp'))
         unlinkSync(join(this.dir, name));
     }
@@ -248,14 +256,66 @@ export class DurableStorage implements HostStorage {
       },
       saveSnapshot: (snapshot) => {
         const file = snapshot.data.byteLength === 0 ? '' : this.writeSnapshotFile(groupId, snapshot);
-        applySnapshot(mirror, snapshot.meta, snapshot.data, file);
-        this.pending.push(frame({ group: groupId, snapshot: metaToWire(snapshot.meta), snapshotFile: file }));
+        this.stageSnapshot(groupId, mirror, snapshot, file);
+      },
+      saveOwnSnapshot: async (snapshot) => {
+        const file =
+          snapshot.data.byteLength === 0 ? '' : await this.writeSnapshotFileInBackground(groupId, snapshot);
+        try {
+          if ((mirror.snapshot?.meta.index ?? -1) >= snapshot.meta.index) {
+            // A newer snapshot (the leader's) was staged while this one was written: this one is garbage.
+            if (file !== '') unlinkSync(join(this.dir, file));
+            return;
+          }
+          this.stageSnapshot(groupId, mirror, snapshot, file);
+        } finally {
+          this.snapshotsInFlight.delete(file);
+        }
       },
     };
   }
 
+  private stageSnapshot(groupId: number, mirror: Mirror, snapshot: Snapshot, file: string): void {
+    applySnapshot(mirror, snapshot.meta, snapshot.data, file);
+    this.pending.push(frame({ group: groupId, snapshot: metaToWire(snapshot.meta), snapshotFile: file }));
+  }
+
+  /**
+   * writeSnapshotFile through the thread pool: temp file, write, fsync, rename, fsync of the directory.
+   * The name stays in snapshotsInFlight (so a log rewrite meanwhile does not collect it) until the caller
+   * has staged or dropped it.
+   */
+  private async writeSnapshotFileInBackground(groupId: number, snapshot: Snapshot): Promise<string> {
+    const name = snapshotFileName(groupId, snapshot);
+    const tmp = `${name}.tmp`;
+    this.snapshotsInFlight.add(name);
+    this.snapshotsInFlight.add(tmp);
+    try {
+      const out = await open(join(this.dir, tmp), 'w');
+      try {
+        await out.writeFile(snapshot.data);
+        await out.sync();
+      } finally {
+        await out.close();
+      }
+      await rename(join(this.dir, tmp), join(this.dir, name));
+      const dir = await open(this.dir, 'r');
+      try {
+        await dir.sync();
+      } finally {
+        await dir.close();
+      }
+      return name;
+    } catch (error) {
+      this.snapshotsInFlight.delete(name);
+      throw error;
+    } finally {
+      this.snapshotsInFlight.delete(tmp);
+    }
+  }
+
   private writeSnapshotFile(groupId: number, snapshot: Snapshot): string {
-    const name = `snap-${groupId}-${snapshot.meta.term}-${snapshot.meta.index}.bin`;
+    const name = snapshotFileName(groupId, snapshot);
     const tmp = join(this.dir, `${name}.tmp`);
     const fd = openSync(tmp, 'w');
     try {

@@ -140,6 +140,8 @@ interface Group {
   lastSnapshotBytes: number;
   /** A snapshot being drained from the state machine's chunks (snapshotChunks), if one is. */
   snapshotting: SnapshotInProgress | undefined;
+  /** Whether a snapshot taken here is still being written to storage (in the background). */
+  snapshotWriting: boolean;
   /** Committed entries handed out while a snapshot was being drained: applied, in order, once it is done. */
   deferred: Entry[];
 }
@@ -248,6 +250,7 @@ export class RaftHost {
       appliedBytesSinceSnapshot: 0,
       lastSnapshotBytes: state.snapshot.data.byteLength,
       snapshotting: undefined,
+      snapshotWriting: false,
       deferred: [],
     });
     this.scheduleRound();
@@ -593,7 +596,7 @@ export class RaftHost {
    * at a time (continueSnapshot); the others are captured in one call.
    */
   private maybeSnapshot(group: Group): void {
-    if (group.snapshotting !== undefined || this.closed) return;
+    if (group.snapshotting !== undefined || group.snapshotWriting || this.closed) return;
     const every = this.options.snapshotEvery ?? 10_000;
     const snapshotIndex = group.raft.snapshotMeta().index;
     if (group.applied - snapshotIndex < every) return;
@@ -646,17 +649,40 @@ export class RaftHost {
     this.scheduleRound();
   }
 
+  /**
+   * Compacts the core's log (in memory: the snapshot can already serve lagging followers) and writes the
+   * snapshot in the background: its payload is the whole state, hundreds of megabytes for a large
+   * namespace, and a write of that on the event loop stalled it for as long. The log on disk keeps the
+   * entries the snapshot covers until the snapshot is durable, so a crash meanwhile loses nothing.
+   */
   private saveSnapshot(group: Group, index: LogIndex, data: Uint8Array, startedMs: number): void {
     const meta = group.raft.compact(index, data);
-    this.options.storage.group(group.id).saveSnapshot({ meta, data });
     group.lastSnapshotBytes = data.byteLength;
     group.appliedBytesSinceSnapshot = 0;
-    this.log.info('raft snapshot', {
-      group: group.id,
-      index: meta.index,
-      bytes: data.byteLength,
-      ms: Math.round(performance.now() - startedMs),
-    });
+    group.snapshotWriting = true;
+    const capturedMs = performance.now();
+    this.options.storage
+      .group(group.id)
+      .saveOwnSnapshot({ meta, data })
+      .then(
+        () => {
+          group.snapshotWriting = false;
+          this.log.info('raft snapshot', {
+            group: group.id,
+            index: meta.index,
+            bytes: data.byteLength,
+            captureMs: Math.round(capturedMs - startedMs),
+            writeMs: Math.round(performance.now() - capturedMs),
+          });
+          this.scheduleRound();
+        },
+        (error: unknown) => {
+          if (this.closed) return;
+          // As with a failed log write: the node can no longer promise durability. Crash rather than lie.
+          this.log.error('raft snapshot write failed; exiting', { group: group.id, error });
+          process.exit(70);
+        },
+      );
   }
 
   /** Answers the proposal at `index` with `result`, unless another leader's entry took its place. */

@@ -12,6 +12,12 @@ export interface GroupStorage {
   setHardState(hardState: HardState): void;
   /** Stages a snapshot received from the leader or taken locally; entries it covers may be dropped. */
   saveSnapshot(snapshot: Snapshot): void;
+  /**
+   * As saveSnapshot, for a snapshot this node took of its own state, with the payload written off the
+   * event loop: staged once it is durable, unless a newer snapshot was staged meanwhile (then dropped).
+   * Until then the log keeps the entries it covers, so a crash meanwhile loses nothing.
+   */
+  saveOwnSnapshot(snapshot: Snapshot): Promise<void>;
 }
 
 export interface HostStorage {
@@ -61,5 +67,10 @@ class MemoryGroupStorage implements GroupStorage {
   saveSnapshot(snapshot: Snapshot): void {
     this.snapshot = snapshot;
     this.entries = this.entries.filter((e) => e.index > snapshot.meta.index);
+  }
+
+  async saveOwnSnapshot(snapshot: Snapshot): Promise<void> {
+    if (this.snapshot === undefined || this.snapshot.meta.index < snapshot.meta.index)
+      this.saveSnapshot(snapshot);
   }
 }

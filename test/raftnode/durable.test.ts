@@ -1,5 +1,13 @@
 import assert from 'node:assert/strict';
-import { appendFileSync, mkdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import {
+  appendFileSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { asIndex, asNodeId, asTerm, type Entry } from '../../src/consensus/index.js';
@@ -189,4 +197,47 @@ test('a torn tail is truncated; corruption in the middle is refused loudly', asy
     DurableStorage.open(dir),
     (e: unknown) => e instanceof WalCorruptError && /checksum mismatch/.test(e.message),
   );
+});
+
+test('a snapshot of its own is written in the background: staged once durable, dropped if a newer one came meanwhile', async () => {
+  const dir = freshDir();
+  const s = await DurableStorage.open(dir);
+  const g = s.group(3);
+  g.saveSnapshot(bootstrap);
+  g.append([entry(1, 1), entry(1, 2), entry(1, 3), entry(1, 4)]);
+  g.setHardState(hard(1, 1, 4));
+  await s.sync();
+  const at = (index: number, text: string) => ({
+    meta: { index: asIndex(index), term: asTerm(1), config: bootstrap.meta.config },
+    data: Buffer.from(text),
+  });
+  const snapshotFiles = () => readdirSync(dir).filter((f) => f.startsWith('snap-'));
+
+  // Until it is written the log keeps what it covers; once written it is staged like any snapshot.
+  const writing = g.saveOwnSnapshot(at(2, 'state@2'));
+  assert.deepEqual(
+    g.load()!.entries.map((e) => e.index),
+    [1, 2, 3, 4],
+    'nothing dropped before the snapshot is durable',
+  );
+  await writing;
+  assert.deepEqual(
+    g.load()!.entries.map((e) => e.index),
+    [3, 4],
+  );
+  await s.sync();
+  assert.deepEqual(snapshotFiles(), ['snap-3-1-2.bin']);
+
+  // A newer snapshot (the leader's) staged while an older one of its own is written: the older is dropped.
+  const older = g.saveOwnSnapshot(at(3, 'state@3'));
+  g.saveSnapshot(at(4, 'state@4'));
+  await older;
+  await s.close();
+  const again = await DurableStorage.open(dir);
+  const state = again.group(3).load()!;
+  assert.equal(state.snapshot.meta.index, 4);
+  assert.equal(Buffer.from(state.snapshot.data).toString(), 'state@4');
+  assert.deepEqual(state.entries, []);
+  assert.deepEqual(snapshotFiles(), ['snap-3-1-4.bin'], 'the dropped and the replaced files are gone');
+  await again.close();
 });
