@@ -263,8 +263,9 @@ export class DurableStorage implements HostStorage {
           snapshot.data.byteLength === 0 ? '' : await this.writeSnapshotFileInBackground(groupId, snapshot);
         try {
           if ((mirror.snapshot?.meta.index ?? -1) >= snapshot.meta.index) {
-            // A newer snapshot (the leader's) was staged while this one was written: this one is garbage.
-            if (file !== '') unlinkSync(join(this.dir, file));
+            // A newer snapshot (the leader's) was staged while this one was written: this one is garbage
+            // (unless it is the very same file: the same term and index).
+            if (file !== '' && file !== mirror.snapshotFile) unlinkSync(join(this.dir, file));
             return;
           }
           this.stageSnapshot(groupId, mirror, snapshot, file);
