@@ -77,6 +77,9 @@ interface Mirror {
   entries: Entry[];
 }
 
+/** A replayed snapshot's payload before replay reads it (its file is read only if no later one replaces it). */
+const NOT_YET_READ = new Uint8Array(0);
+
 function snapshotFileName(groupId: number, snapshot: Snapshot): string {
   return `snap-${groupId}-${snapshot.meta.term}-${snapshot.meta.index}.bin`;
 }
@@ -202,11 +205,11 @@ export class DurableStorage implements HostStorage {
         mirror = { hardState: undefined, snapshot: undefined, snapshotFile: '', entries: [] };
         mirrors.set(record.group, mirror);
       }
-      if (record.snapshot) {
-        const data =
-          record.snapshotFile === '' ? new Uint8Array(0) : readFileSync(join(dir, record.snapshotFile));
-        applySnapshot(mirror, metaFromWire(record.snapshot), data, record.snapshotFile);
-      }
+      // A snapshot's payload is read once the whole log is replayed, and only the latest per group: the
+      // files of snapshots that later ones superseded are collected at open while their records stay in
+      // the log until it is next rewritten.
+      if (record.snapshot)
+        applySnapshot(mirror, metaFromWire(record.snapshot), NOT_YET_READ, record.snapshotFile);
       if (record.entries.length > 0) appendEntries(mirror, record.entries.map(entryFromWire));
       if (record.hardState) {
         mirror.hardState = {
@@ -216,6 +219,18 @@ export class DurableStorage implements HostStorage {
         };
       }
       offset = end;
+    }
+    for (const mirror of mirrors.values()) {
+      if (mirror.snapshot === undefined || mirror.snapshotFile === '') continue;
+      let data: Uint8Array;
+      try {
+        data = readFileSync(join(dir, mirror.snapshotFile));
+      } catch (error) {
+        throw new WalCorruptError(
+          `${join(dir, LOG_FILE)}: the latest snapshot, ${mirror.snapshotFile}, cannot be read (${(error as Error).message}); refusing to start without it`,
+        );
+      }
+      mirror.snapshot = { meta: mirror.snapshot.meta, data };
     }
     return offset;
   }

@@ -4,6 +4,7 @@ import {
   mkdirSync,
   readdirSync,
   readFileSync,
+  rmSync,
   statSync,
   truncateSync,
   writeFileSync,
@@ -240,4 +241,54 @@ test('a snapshot of its own is written in the background: staged once durable, d
   assert.deepEqual(state.entries, []);
   assert.deepEqual(snapshotFiles(), ['snap-3-1-4.bin'], 'the dropped and the replaced files are gone');
   await again.close();
+});
+
+test('a log that names superseded snapshots opens again and again after their files are collected', async () => {
+  // Two snapshots leave two records in the log; opening it collects the first one's file (superseded),
+  // while its record stays until the log is next rewritten. A second open must not need that file.
+  const dir = freshDir();
+  const s = await DurableStorage.open(dir);
+  const g = s.group(1);
+  g.saveSnapshot(bootstrap);
+  g.append([entry(1, 1), entry(1, 2), entry(1, 3)]);
+  g.setHardState(hard(1, 1, 3));
+  const at = (index: number, text: string) => ({
+    meta: { index: asIndex(index), term: asTerm(1), config: bootstrap.meta.config },
+    data: Buffer.from(text),
+  });
+  g.saveSnapshot(at(1, 'state@1'));
+  await g.saveOwnSnapshot(at(2, 'state@2'));
+  await s.close();
+  for (let open = 1; open <= 3; open++) {
+    const again = await DurableStorage.open(dir);
+    const state = again.group(1).load()!;
+    assert.equal(state.snapshot.meta.index, 2, `open ${open}`);
+    assert.equal(Buffer.from(state.snapshot.data).toString(), 'state@2');
+    assert.deepEqual(
+      state.entries.map((e) => e.index),
+      [3],
+    );
+    assert.deepEqual(
+      readdirSync(dir).filter((f) => f.startsWith('snap-')),
+      ['snap-1-1-2.bin'],
+    );
+    await again.close();
+  }
+});
+
+test('a log whose latest snapshot file is missing refuses to open, naming it', async () => {
+  const dir = freshDir();
+  const s = await DurableStorage.open(dir);
+  const g = s.group(1);
+  g.saveSnapshot(bootstrap);
+  g.append([entry(1, 1)]);
+  g.saveSnapshot({
+    meta: { index: asIndex(1), term: asTerm(1), config: bootstrap.meta.config },
+    data: Buffer.from('state@1'),
+  });
+  await s.close();
+  rmSync(join(dir, 'snap-1-1-1.bin'));
+  await assert.rejects(DurableStorage.open(dir), (e: unknown) => {
+    return e instanceof WalCorruptError && /snap-1-1-1\.bin/.test(e.message);
+  });
 });
