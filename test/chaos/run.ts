@@ -1,8 +1,8 @@
 /**
- * test/chaos/run — `npm run chaos [-- --seconds 60 --seed 7 --writers 2]`: faults against a real cluster,
- * printed as they happen, then the verdict (test/chaos/chaos.ts). Exit status 1 if anything acknowledged
- * was lost or a get returned wrong bytes; the cluster's directory (members' logs, shard files) is then kept and
- * its path printed.
+ * test/chaos/run — `npm run chaos [-- --seconds 60 --seed 7 --writers 2 --snapshot-every 200]`: faults
+ * against a real cluster, printed as they happen, then the verdict (test/chaos/chaos.ts). Exit status 1 if
+ * anything acknowledged was lost or a get returned wrong bytes, or if the run itself failed (the cluster
+ * did not heal); the cluster's directory (members' logs, shard files) is then kept and its path printed.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -24,6 +24,7 @@ try {
     seconds: flag('seconds', 60),
     seed: flag('seed', Date.now() % 1_000_000),
     writers: flag('writers', 2),
+    snapshotEvery: flag('snapshot-every', 200),
     log: (line) => console.log(line),
   });
   console.log(JSON.stringify({ ...outcome, problems: outcome.problems.length }, null, 2));
@@ -31,6 +32,10 @@ try {
   process.exitCode = outcome.ok ? 0 : 1;
   keep = !outcome.ok;
   if (keep) console.log(`kept the cluster's directory for a post-mortem: ${dir}`);
+} catch (error) {
+  keep = true;
+  console.log(`kept the cluster's directory for a post-mortem: ${dir}`);
+  throw error;
 } finally {
   if (!keep) rmSync(dir, { recursive: true, force: true });
 }
