@@ -39,6 +39,11 @@ const bootstrap = {
   meta: { index: asIndex(0), term: asTerm(0), config: { voters: [asNodeId(1)], learners: [] } },
   data: new Uint8Array(0),
 };
+/** A snapshot at `index` (term 1) whose state is `text`. */
+const snapshotAt = (index: number, text: string) => ({
+  meta: { index: asIndex(index), term: asTerm(1), config: bootstrap.meta.config },
+  data: Buffer.from(text),
+});
 
 test('what was synced survives a reopen, for every group, and what was not synced is gone', async () => {
   const dir = freshDir();
@@ -119,10 +124,7 @@ test('a conflicting append replaces the suffix; a snapshot drops what it covers'
       [2, 2],
     ],
   );
-  g.saveSnapshot({
-    meta: { index: asIndex(1), term: asTerm(1), config: bootstrap.meta.config },
-    data: Buffer.from('state@1'),
-  });
+  g.saveSnapshot(snapshotAt(1, 'state@1'));
   await s.close();
   state = (await peek())!;
   assert.equal(state.snapshot.meta.index, 1);
@@ -208,14 +210,10 @@ test('a snapshot of its own is written in the background: staged once durable, d
   g.append([entry(1, 1), entry(1, 2), entry(1, 3), entry(1, 4)]);
   g.setHardState(hard(1, 1, 4));
   await s.sync();
-  const at = (index: number, text: string) => ({
-    meta: { index: asIndex(index), term: asTerm(1), config: bootstrap.meta.config },
-    data: Buffer.from(text),
-  });
   const snapshotFiles = () => readdirSync(dir).filter((f) => f.startsWith('snap-'));
 
   // Until it is written the log keeps what it covers; once written it is staged like any snapshot.
-  const writing = g.saveOwnSnapshot(at(2, 'state@2'));
+  const writing = g.saveOwnSnapshot(snapshotAt(2, 'state@2'));
   assert.deepEqual(
     g.load()!.entries.map((e) => e.index),
     [1, 2, 3, 4],
@@ -230,8 +228,8 @@ test('a snapshot of its own is written in the background: staged once durable, d
   assert.deepEqual(snapshotFiles(), ['snap-3-1-2.bin']);
 
   // A newer snapshot (the leader's) staged while an older one of its own is written: the older is dropped.
-  const older = g.saveOwnSnapshot(at(3, 'state@3'));
-  g.saveSnapshot(at(4, 'state@4'));
+  const older = g.saveOwnSnapshot(snapshotAt(3, 'state@3'));
+  g.saveSnapshot(snapshotAt(4, 'state@4'));
   await older;
   await s.close();
   const again = await DurableStorage.open(dir);
@@ -252,12 +250,8 @@ test('a log that names superseded snapshots opens again and again after their fi
   g.saveSnapshot(bootstrap);
   g.append([entry(1, 1), entry(1, 2), entry(1, 3)]);
   g.setHardState(hard(1, 1, 3));
-  const at = (index: number, text: string) => ({
-    meta: { index: asIndex(index), term: asTerm(1), config: bootstrap.meta.config },
-    data: Buffer.from(text),
-  });
-  g.saveSnapshot(at(1, 'state@1'));
-  await g.saveOwnSnapshot(at(2, 'state@2'));
+  g.saveSnapshot(snapshotAt(1, 'state@1'));
+  await g.saveOwnSnapshot(snapshotAt(2, 'state@2'));
   await s.close();
   for (let open = 1; open <= 3; open++) {
     const again = await DurableStorage.open(dir);
@@ -282,10 +276,7 @@ test('a log whose latest snapshot file is missing refuses to open, naming it', a
   const g = s.group(1);
   g.saveSnapshot(bootstrap);
   g.append([entry(1, 1)]);
-  g.saveSnapshot({
-    meta: { index: asIndex(1), term: asTerm(1), config: bootstrap.meta.config },
-    data: Buffer.from('state@1'),
-  });
+  g.saveSnapshot(snapshotAt(1, 'state@1'));
   await s.close();
   rmSync(join(dir, 'snap-1-1-1.bin'));
   await assert.rejects(DurableStorage.open(dir), (e: unknown) => {
