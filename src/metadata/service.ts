@@ -20,7 +20,7 @@
 import { randomInt } from 'node:crypto';
 import type { Logger } from '../common/log.js';
 import type { LogIndex } from '../consensus/index.js';
-import type { RaftHost, StateMachine } from '../raftnode/host.js';
+import type { RaftHost, SnapshotStream, StateMachine } from '../raftnode/host.js';
 import { DogfsError, toDogfsError } from '../wire/errors.js';
 import type { MetadataMethods } from '../wire/gen/types.js';
 import {
@@ -112,9 +112,9 @@ class NamespaceMachine implements StateMachine {
   snapshot(): Uint8Array {
     return this.state.snapshot();
   }
-  /** The namespace streams its snapshot: the host drains it between other work (raftnode/host.ts). */
-  snapshotChunks(): Iterator<Uint8Array> {
-    return this.state.snapshotChunks();
+  /** The namespace streams its snapshot while it goes on applying (raftnode/host.ts drains it). */
+  streamSnapshot(): SnapshotStream {
+    return this.state.streamSnapshot();
   }
   restore(data: Uint8Array): void {
     this.state = NamespaceState.restore(data);

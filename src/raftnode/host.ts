@@ -48,14 +48,22 @@ export interface StateMachine {
   apply(index: LogIndex, command: Uint8Array): unknown;
   snapshot(): Uint8Array;
   /**
-   * Optional: the same snapshot as a stream of chunks. The host then drains it a slice at a time between
-   * other work (heartbeats, replication, log writes) and applies nothing until it is done, so the state
-   * holds still while it is read; a large state costs the event loop no long stall. Without it, a
+   * Optional: the same snapshot, of the state at this call, as a stream of chunks that stays valid while
+   * later commands are applied (copy-on-write, or whatever the machine chooses). The host drains it a
+   * slice at a time between other work (heartbeats, replication, log writes, applying), so a large state
+   * costs neither a long stall of the event loop nor a pause in answering commands. Without it, a
    * snapshot is taken in one call, which at a million files would hold every other duty of the process
    * for seconds: long enough for the followers to elect another leader.
    */
-  snapshotChunks?(): Iterator<Uint8Array>;
+  streamSnapshot?(): SnapshotStream;
   restore(data: Uint8Array): void;
+}
+
+/** A snapshot being read out of a state machine (StateMachine.streamSnapshot). */
+export interface SnapshotStream {
+  next(): IteratorResult<Uint8Array, undefined>;
+  /** Gives the stream up before its end: the machine drops what it kept for it. */
+  close(): void;
 }
 
 export interface PeerInfo {
@@ -138,17 +146,18 @@ interface Group {
   /** Command bytes applied since the last snapshot, and that snapshot's size (maybeSnapshot's rule). */
   appliedBytesSinceSnapshot: number;
   lastSnapshotBytes: number;
-  /** A snapshot being drained from the state machine's chunks (snapshotChunks), if one is. */
+  /** A snapshot being drained from the state machine (streamSnapshot), if one is. */
   snapshotting: SnapshotInProgress | undefined;
   /** Whether a snapshot taken here is still being written to storage (in the background). */
   snapshotWriting: boolean;
-  /** Committed entries handed out while a snapshot was being drained: applied, in order, once it is done. */
-  deferred: Entry[];
 }
 
 interface SnapshotInProgress {
+  /** The last entry applied when the stream was taken: what the snapshot covers. */
   readonly index: LogIndex;
-  readonly chunks: Iterator<Uint8Array>;
+  /** appliedBytesSinceSnapshot then: the bytes the snapshot covers (entries applied since stay counted). */
+  readonly coveredBytes: number;
+  readonly stream: SnapshotStream;
   readonly parts: Uint8Array[];
   readonly startedMs: number;
 }
@@ -165,8 +174,11 @@ const MAX_MESSAGES_PER_BATCH = 4096;
  * this fraction of the state.
  */
 const SNAPSHOT_GROWTH_DIVISOR = 8;
-/** How long one slice of a streamed snapshot may hold the event loop. */
-const SNAPSHOT_SLICE_MS = 8;
+/**
+ * How long one slice of a streamed snapshot may hold the event loop. Commands go on meanwhile, and each
+ * turn of the loop a command's round trip crosses may wait up to one slice: short slices keep that small.
+ */
+const SNAPSHOT_SLICE_MS = 2;
 /** Ticks between leader-balance checks (with the default 50 ms tick, 2 s): transfers never thrash. */
 const BALANCE_EVERY_TICKS = 40;
 
@@ -251,7 +263,6 @@ export class RaftHost {
       lastSnapshotBytes: state.snapshot.data.byteLength,
       snapshotting: undefined,
       snapshotWriting: false,
-      deferred: [],
     });
     this.scheduleRound();
   }
@@ -500,21 +511,15 @@ export class RaftHost {
       this.log.info('raft role', { group: group.id, role: rd.softState.role, leader: rd.softState.leader });
     }
     if (rd.snapshot) {
-      // The leader's snapshot replaces the state this replica was capturing: that capture is dropped
-      // (the log still holds its entries), and what was deferred behind it is applied below, past the
-      // new snapshot's index.
-      group.snapshotting = undefined;
+      // The leader's snapshot replaces the state this replica was streaming its own snapshot of: that
+      // one is dropped (the log still holds its entries).
+      this.dropSnapshotStream(group);
       group.machine.restore(rd.snapshot.data);
       group.applied = rd.snapshot.meta.index;
       group.lastSnapshotBytes = rd.snapshot.data.byteLength;
       group.appliedBytesSinceSnapshot = 0;
-      if (group.deferred.length > 0) this.applyDeferred(group);
     }
-    if (group.snapshotting !== undefined) {
-      for (const entry of rd.committedEntries) group.deferred.push(entry);
-    } else {
-      this.applyEntries(group, rd.committedEntries);
-    }
+    this.applyEntries(group, rd.committedEntries);
     for (const rs of rd.readStates) {
       const read = group.reads.get(rs.ctx);
       if (read) read.index = rs.index;
@@ -571,10 +576,9 @@ export class RaftHost {
     }
   }
 
-  private applyDeferred(group: Group): void {
-    const deferred = group.deferred;
-    group.deferred = [];
-    this.applyEntries(group, deferred);
+  private dropSnapshotStream(group: Group): void {
+    group.snapshotting?.stream.close();
+    group.snapshotting = undefined;
   }
 
   /** Answers the linearizable reads whose read index this replica has now applied. */
@@ -592,8 +596,8 @@ export class RaftHost {
    * Bounds the log: once enough has been applied past the last snapshot (SNAPSHOT_GROWTH_DIVISOR says
    * how much), capture the state machine, make it durable, and let the core drop the entries it covers.
    * Restart then loads the snapshot and replays only the entries after it; a lagging follower gets the
-   * snapshot in chunks. A state machine that streams its snapshot (snapshotChunks) is drained a slice
-   * at a time (continueSnapshot); the others are captured in one call.
+   * snapshot in chunks. A state machine that streams its snapshot (streamSnapshot) is drained a slice
+   * at a time while it goes on applying (continueSnapshot); the others are captured in one call.
    */
   private maybeSnapshot(group: Group): void {
     if (group.snapshotting !== undefined || group.snapshotWriting || this.closed) return;
@@ -601,15 +605,18 @@ export class RaftHost {
     const snapshotIndex = group.raft.snapshotMeta().index;
     if (group.applied - snapshotIndex < every) return;
     if (group.appliedBytesSinceSnapshot * SNAPSHOT_GROWTH_DIVISOR < group.lastSnapshotBytes) return;
-    if (group.machine.snapshotChunks === undefined) {
-      this.saveSnapshot(group, group.applied, group.machine.snapshot(), performance.now());
+    const startedMs = performance.now();
+    if (group.machine.streamSnapshot === undefined) {
+      const bytes = group.appliedBytesSinceSnapshot;
+      this.saveSnapshot(group, group.applied, bytes, group.machine.snapshot(), startedMs);
       return;
     }
     const taking: SnapshotInProgress = {
       index: group.applied,
-      chunks: group.machine.snapshotChunks(),
+      coveredBytes: group.appliedBytesSinceSnapshot,
+      stream: group.machine.streamSnapshot(),
       parts: [],
-      startedMs: performance.now(),
+      startedMs,
     };
     group.snapshotting = taking;
     this.continueSnapshot(group, taking);
@@ -617,24 +624,20 @@ export class RaftHost {
 
   /**
    * Drains the snapshot being taken for up to SNAPSHOT_SLICE_MS, then yields to the event loop (ticks,
-   * peers' messages, log writes go on; commands commit but wait to be applied) until it is complete.
+   * peers' messages, log writes and applying go on) until it is complete.
    */
   private continueSnapshot(group: Group, taking: SnapshotInProgress): void {
-    // Dropped meanwhile: the host closed, or the leader's snapshot replaced the state (applyReady).
-    if (group.snapshotting !== taking || this.closed) return;
-    assert(group.applied === taking.index, `group ${group.id} applied entries during its snapshot`);
-    if (group.raft.snapshotMeta().index >= taking.index) {
-      // The core took a newer snapshot from the leader, which applyReady has yet to restore: this capture
-      // is older and is dropped. What it deferred is applied now, so that a round already past its
-      // sync applies its own entries after them, in order, before the leader's snapshot replaces it all.
-      group.snapshotting = undefined;
-      this.applyDeferred(group);
-      this.resolveReads(group);
+    // Dropped meanwhile: the leader's snapshot replaced the state (applyReady).
+    if (group.snapshotting !== taking) return;
+    if (this.closed || group.raft.snapshotMeta().index >= taking.index) {
+      // Closed, or the core took a newer snapshot from the leader (which applyReady restores): this one
+      // would cover nothing new.
+      this.dropSnapshotStream(group);
       return;
     }
     const sliceEnd = performance.now() + SNAPSHOT_SLICE_MS;
     for (;;) {
-      const next = taking.chunks.next();
+      const next = taking.stream.next();
       if (next.done === true) break;
       taking.parts.push(next.value);
       if (performance.now() >= sliceEnd) {
@@ -643,9 +646,8 @@ export class RaftHost {
       }
     }
     group.snapshotting = undefined;
-    this.saveSnapshot(group, taking.index, Buffer.concat(taking.parts), taking.startedMs);
-    this.applyDeferred(group);
-    this.resolveReads(group);
+    const data = Buffer.concat(taking.parts);
+    this.saveSnapshot(group, taking.index, taking.coveredBytes, data, taking.startedMs);
     this.scheduleRound();
   }
 
@@ -654,11 +656,19 @@ export class RaftHost {
    * snapshot in the background: its payload is the whole state, hundreds of megabytes for a large
    * namespace, and a write of that on the event loop stalled it for as long. The log on disk keeps the
    * entries the snapshot covers until the snapshot is durable, so a crash meanwhile loses nothing.
+   * `coveredBytes`: the command bytes counted since the last snapshot up to `index`.
    */
-  private saveSnapshot(group: Group, index: LogIndex, data: Uint8Array, startedMs: number): void {
+  private saveSnapshot(
+    group: Group,
+    index: LogIndex,
+    coveredBytes: number,
+    data: Uint8Array,
+    startedMs: number,
+  ): void {
     const meta = group.raft.compact(index, data);
     group.lastSnapshotBytes = data.byteLength;
-    group.appliedBytesSinceSnapshot = 0;
+    group.appliedBytesSinceSnapshot -= coveredBytes;
+    assert(group.appliedBytesSinceSnapshot >= 0, 'a snapshot covers at most the bytes applied');
     group.snapshotWriting = true;
     const capturedMs = performance.now();
     this.options.storage

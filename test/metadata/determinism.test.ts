@@ -282,6 +282,65 @@ test('snapshots restore to an identical state from any chunking', () => {
   assert.equal(restorer.finish().stateHash(), hash);
 });
 
+test('a streamed snapshot is the state at its call, whatever is applied while it is drained (property)', () => {
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 1, max: 2 ** 31 - 1 }),
+      fc.integer({ min: 1, max: 4 }),
+      fc.constantFrom(64, 100, 4096),
+      (seed, commandsPerChunk, chunkBytes) => {
+        // The generator's later commands continue its earlier ones (renames of full directories,
+        // recursive deletes, overwrites), so they reach records the stream has and has not yet read.
+        const cmds = randomCommands(seed, 1200);
+        const ns = new NamespaceState({ group: 1 });
+        const reference = new NamespaceState({ group: 1 });
+        for (const cmd of cmds.slice(0, 600)) ns.apply(cmd);
+        const expected = ns.snapshot();
+        const expectedHash = ns.stateHash();
+        const stream = ns.streamSnapshot(chunkBytes);
+        const chunks: Uint8Array[] = [];
+        let next = 600;
+        for (let r = stream.next(); r.done !== true; r = stream.next()) {
+          chunks.push(r.value);
+          for (let i = 0; i < commandsPerChunk && next < cmds.length; i++) ns.apply(cmds[next++]!);
+        }
+        assert.deepEqual(Buffer.concat(chunks), Buffer.from(expected));
+        assert.equal(NamespaceState.restore(Buffer.concat(chunks)).stateHash(), expectedHash);
+        // The live state went on as if no stream had been read.
+        for (const cmd of cmds.slice(next)) ns.apply(cmd);
+        for (const cmd of cmds) reference.apply(cmd);
+        assert.equal(ns.stateHash(), reference.stateHash());
+        ns.checkInvariants();
+      },
+    ),
+    { numRuns: 60 },
+  );
+});
+
+test('a streamed snapshot given up early leaves the state as it is, and the next one streams', () => {
+  const cmds = randomCommands(31337, 900);
+  const ns = new NamespaceState({ group: 1 });
+  for (const cmd of cmds.slice(0, 300)) ns.apply(cmd);
+  const first = ns.streamSnapshot(64);
+  assert.throws(() => ns.streamSnapshot(64), /one snapshot streams at a time/);
+  for (let i = 0; i < 20; i++) first.next();
+  for (const cmd of cmds.slice(300, 600)) ns.apply(cmd);
+  first.close();
+  const expected = ns.snapshot();
+  const second = ns.streamSnapshot(64);
+  const chunks: Uint8Array[] = [];
+  let next = 600;
+  for (let r = second.next(); r.done !== true; r = second.next()) {
+    chunks.push(r.value);
+    if (next < cmds.length) ns.apply(cmds[next++]!);
+  }
+  assert.deepEqual(Buffer.concat(chunks), Buffer.from(expected));
+  const reference = new NamespaceState({ group: 1 });
+  for (const cmd of cmds) reference.apply(cmd);
+  for (const cmd of cmds.slice(next)) ns.apply(cmd);
+  assert.equal(ns.stateHash(), reference.stateHash());
+});
+
 test('snapshot streaming refuses a state that changes under it', () => {
   const ns = new NamespaceState({ group: 1 });
   for (const cmd of randomCommands(99, 300)) ns.apply(cmd);

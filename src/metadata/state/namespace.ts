@@ -159,6 +159,36 @@ export interface PendingFile {
   blockGroups: BlockGroupInfo[];
 }
 
+/** A snapshot read while the state goes on changing (NamespaceState.streamSnapshot). */
+export interface SnapshotStream {
+  next(): IteratorResult<Uint8Array, undefined>;
+  /** Gives the stream up before its end, dropping the copies it kept. */
+  close(): void;
+}
+
+/** A snapshot's contents as of its capture; see NamespaceState.capture and chunks. */
+interface SnapshotCapture {
+  readonly header: {
+    readonly nextCounter: number;
+    readonly nextLease: number;
+    readonly clockMs: number;
+    readonly rootInode: DirInode;
+  };
+  /** Every directory record then, in the map's order; each is read through `preserved` when there. */
+  readonly dirs: readonly Directory[];
+  readonly pending: readonly PendingFile[];
+  readonly garbage: readonly BlockGroupInfo[];
+  /** Undefined: the session table and latest command time are left out (stateHash without sessions). */
+  readonly sessions: SessionsSnapshot<NamespaceResult> | undefined;
+  /** Directories as they were at the capture, copied before their first change since. */
+  readonly preserved: Map<InodeId, Directory>;
+  /** Directories already streamed, or created since: their changes need no copy. */
+  readonly settled: Set<InodeId>;
+}
+
+/** Names (with their inodes) a streamed snapshot reads from a directory at once. */
+const SNAPSHOT_PAGE_NAMES = 256;
+
 export interface ListPage {
   readonly ok: true;
   readonly entries: readonly DirEntry[];
@@ -237,6 +267,8 @@ export class NamespaceState {
   private readonly interned = new Map<string, string>();
   /** Commands applied; a snapshot stream checks it did not change under it. */
   private applied = 0;
+  /** The snapshot being streamed while commands apply (streamSnapshot), if one is. */
+  private streaming: SnapshotCapture | undefined;
 
   constructor(options: NamespaceOptions) {
     assert(Number.isInteger(options.group) && options.group >= 1, 'namespace groups are numbered from 1');
@@ -467,12 +499,11 @@ export class NamespaceState {
         ctimeMs: this.clockMs,
         ec: last ? cmd.ec : '',
       };
-      const owned = ownString(name);
-      dir.entries.set(owned, created);
-      dir.names.insert(owned);
-      dir.dirs++;
+      this.putEntry(dir, ownString(name), created, undefined);
       const child = this.newDirectory(id);
       this.dirs.set(id, child);
+      // Born after any snapshot being streamed: not in it, so its changes need no copy.
+      this.streaming?.settled.add(id);
       dir = child;
     }
     assert(created !== undefined, 'mkdir created at least one directory');
@@ -534,13 +565,9 @@ export class NamespaceState {
         ec: this.intern(policy.name),
         blockGroups: [],
       };
-      if (existing !== undefined) {
+      if (existing !== undefined)
         for (const bg of (existing as FileInode).blockGroups) this.garbageList.set(bg.id, bg);
-      } else {
-        parent.dir.names.insert(name);
-        parent.dir.files++;
-      }
-      parent.dir.entries.set(name, inode);
+      this.putEntry(parent.dir, name, inode, existing);
       return this.ok('create', { inode, leaseId: '', leaseExpiresMs: 0 });
     }
     const id = this.allocId() as InodeId;
@@ -792,13 +819,8 @@ export class NamespaceState {
       // An exact-size copy: a pushed-to array keeps spare capacity, paid by every file.
       blockGroups: file.blockGroups.slice(),
     };
-    if (existing !== undefined) {
-      for (const bg of existing.blockGroups) this.garbageList.set(bg.id, bg);
-    } else {
-      parent.names.insert(file.name);
-      parent.files++;
-    }
-    parent.entries.set(file.name, inode);
+    if (existing !== undefined) for (const bg of existing.blockGroups) this.garbageList.set(bg.id, bg);
+    this.putEntry(parent, file.name, inode, existing);
     this.pending.delete(file.id);
     this.pendingByName.delete(pendingKey(file.parent, file.name));
     return this.ok('completeFile', { inode });
@@ -828,7 +850,22 @@ export class NamespaceState {
     return { ok: true, parent: parent.dir, name, inode: parent.dir.entries.get(name) };
   }
 
+  /**
+   * Puts `inode` at `name` in `dir`, where `replacing` (of the same type) is, or nothing. With removeEntry,
+   * removeDirectoryRecord and delete, the only places a directory record changes (streamSnapshot relies on it).
+   */
+  private putEntry(dir: Directory, name: string, inode: Inode, replacing: Inode | undefined): void {
+    this.beforeDirectoryChange(dir);
+    if (replacing === undefined) {
+      dir.names.insert(name);
+      if (inode.type === 'dir') dir.dirs++;
+      else dir.files++;
+    } else assert(replacing.type === inode.type, 'an entry is replaced by one of its own type');
+    dir.entries.set(name, inode);
+  }
+
   private removeEntry(dir: Directory, name: string, inode: Inode): void {
+    this.beforeDirectoryChange(dir);
     dir.entries.delete(name);
     dir.names.remove(name);
     if (inode.type === 'dir') dir.dirs--;
@@ -876,17 +913,14 @@ export class NamespaceState {
       else for (const bg of replaced.blockGroups) this.garbageList.set(bg.id, bg);
     }
     const moved: Inode = { ...moving, ctimeMs: this.clockMs };
-    const newName = ownString(to.name);
-    to.parent.entries.set(newName, moved);
-    to.parent.names.insert(newName);
-    if (moved.type === 'dir') to.parent.dirs++;
-    else to.parent.files++;
+    this.putEntry(to.parent, ownString(to.name), moved, undefined);
     return this.ok('rename', {});
   }
 
   private removeDirectoryRecord(id: InodeId): void {
     const dir = this.dirs.get(id);
     assert(dir !== undefined && dir.entries.size === 0, 'only an empty directory record is removed');
+    this.beforeDirectoryRemoval(dir);
     dir.alive = false;
     this.dirs.delete(id);
   }
@@ -915,6 +949,7 @@ export class NamespaceState {
       const top = stack[stack.length - 1]!;
       if (!top.expanded) {
         top.expanded = true;
+        this.beforeDirectoryRemoval(top.dir);
         top.dir.alive = false;
         for (const name of top.dir.names) {
           const child = top.dir.entries.get(name)!;
@@ -1020,7 +1055,7 @@ export class NamespaceState {
     const repaired: BlockGroupInfo = { ...bg, servers, shardLengths, crcs, durableMask };
     const blockGroups = inode.blockGroups.slice();
     blockGroups[at] = repaired;
-    found.parent.entries.set(found.name, { ...inode, blockGroups });
+    this.putEntry(found.parent, found.name, { ...inode, blockGroups }, inode);
     return this.ok('repairShards', { blockGroup: repaired });
   }
 
@@ -1183,16 +1218,84 @@ export class NamespaceState {
    * The whole state as a stream of chunks of exactly `maxChunkBytes` (the last one shorter). It is a
    * sequence of length-prefixed records (header, then each directory followed by its entries in name
    * order, pending files, garbage, sessions, and an end record with the record count), so memory is bounded
-   * by one chunk plus one record. The state must not change while the stream is drained (checked): the host
-   * writes it out (to disk, or to a follower through a file) before applying the next command.
+   * by one chunk plus one record. The state must not change while this stream is drained (checked); see
+   * streamSnapshot for one that may.
    */
   snapshotChunks(maxChunkBytes = DEFAULT_SNAPSHOT_CHUNK_BYTES): Generator<Uint8Array> {
-    return this.chunks(maxChunkBytes, true);
+    return this.chunks(this.capture(true), maxChunkBytes, this.applied);
   }
 
-  private *chunks(maxChunkBytes: number, withSessions: boolean): Generator<Uint8Array> {
+  /**
+   * The same bytes as snapshotChunks at the moment of this call, streamed while commands go on being
+   * applied: each directory record the stream has yet to reach is copied before its first change (a
+   * removed one is kept as it was), and the small parts (pending files, garbage, sessions) are copied
+   * now. So the host need not hold commands back while a large namespace is written out. One stream at a
+   * time; `close` gives it up early and drops what it kept.
+   */
+  streamSnapshot(maxChunkBytes = DEFAULT_SNAPSHOT_CHUNK_BYTES): SnapshotStream {
+    assert(this.streaming === undefined, 'one snapshot streams at a time');
+    const capture = this.capture(true);
+    this.streaming = capture;
+    const chunks = this.chunks(capture, maxChunkBytes, undefined);
+    const release = (): void => {
+      if (this.streaming === capture) this.streaming = undefined;
+      capture.preserved.clear();
+    };
+    return {
+      next: () => {
+        const next = chunks.next();
+        if (next.done === true) release();
+        return next;
+      },
+      close: () => {
+        release();
+        chunks.return(undefined);
+      },
+    };
+  }
+
+  /** Keeps what `dir` is now for the snapshot being streamed, unless it has no need (see streamSnapshot). */
+  private beforeDirectoryChange(dir: Directory): void {
+    const capture = this.streaming;
+    if (capture === undefined || capture.settled.has(dir.id) || capture.preserved.has(dir.id)) return;
+    const names = new SortedNames();
+    names.copyFrom(dir.names);
+    capture.preserved.set(dir.id, { ...dir, entries: new Map(dir.entries), names });
+  }
+
+  /** Like beforeDirectoryChange, for a record about to be removed: nothing changes its entries after. */
+  private beforeDirectoryRemoval(dir: Directory): void {
+    const capture = this.streaming;
+    if (capture === undefined || capture.settled.has(dir.id) || capture.preserved.has(dir.id)) return;
+    capture.preserved.set(dir.id, { ...dir });
+  }
+
+  /** What a snapshot of the state now consists of; directories are read as the stream reaches them. */
+  private capture(withSessions: boolean): SnapshotCapture {
+    return {
+      header: {
+        nextCounter: this.nextCounter,
+        nextLease: this.nextLease,
+        clockMs: withSessions ? this.clockMs : 0,
+        rootInode: this.rootInode,
+      },
+      dirs: [...this.dirs.values()],
+      // Pending files change in place (block groups, lease expiry); committed inodes and block groups never do.
+      pending: [...this.pending.values()].map((file) => ({ ...file, blockGroups: file.blockGroups.slice() })),
+      garbage: [...this.garbageList.values()],
+      sessions: withSessions ? this.sessions.snapshot() : undefined,
+      preserved: new Map(),
+      settled: new Set(),
+    };
+  }
+
+  /** `unchangedAt`: the applied count the state must keep while streamed (undefined: copy-on-write). */
+  private *chunks(
+    capture: SnapshotCapture,
+    maxChunkBytes: number,
+    unchangedAt: number | undefined,
+  ): Generator<Uint8Array, undefined> {
     assert(Number.isInteger(maxChunkBytes) && maxChunkBytes >= 64, 'snapshot chunk size');
-    const startedAt = this.applied;
     // Records are framed by a fixed 4-byte length written in place, so nothing is copied per record.
     const record = new ByteWriter(Math.min(maxChunkBytes + 1024, 1 << 16));
     let frameAt = record.placeholderU32();
@@ -1205,23 +1308,40 @@ export class NamespaceState {
         yield record.view(0, maxChunkBytes).slice();
         record.shift(maxChunkBytes);
       }
-      assert(self.applied === startedAt, 'the state changed while its snapshot was streamed');
+      assert(
+        unchangedAt === undefined || self.applied === unchangedAt,
+        'the state changed while its snapshot was streamed',
+      );
       frameAt = record.placeholderU32();
     }
-    record.u8(SNAP_HEADER).u8(SNAPSHOT_VERSION).uint(this.group).uint(this.nextCounter).uint(this.nextLease);
-    record.uint(withSessions ? this.clockMs : 0);
-    writeInode(record, this.rootInode);
+    const { header } = capture;
+    record.u8(SNAP_HEADER).u8(SNAPSHOT_VERSION).uint(this.group).uint(header.nextCounter);
+    record.uint(header.nextLease).uint(header.clockMs);
+    writeInode(record, header.rootInode);
     yield* emit();
-    for (const dir of this.dirs.values()) {
+    for (const live of capture.dirs) {
+      // A page of names with their inodes is read at once; between pages the directory may have changed,
+      // in which case the copy made before the change is read from the same place on.
+      let dir = capture.preserved.get(live.id) ?? live;
       record.u8(SNAP_DIR).uint(dir.id).bool(dir.alive);
       yield* emit();
-      for (const name of dir.names) {
-        record.u8(SNAP_ENTRY).string(name);
-        writeInode(record, dir.entries.get(name)!);
-        yield* emit();
+      let after = '';
+      for (;;) {
+        dir = capture.preserved.get(live.id) ?? live;
+        const names = dir.names.page(after, SNAPSHOT_PAGE_NAMES);
+        if (names.length === 0) break;
+        const inodes = names.map((name) => dir.entries.get(name)!);
+        for (let i = 0; i < names.length; i++) {
+          record.u8(SNAP_ENTRY).string(names[i]!);
+          writeInode(record, inodes[i]!);
+          yield* emit();
+        }
+        after = names[names.length - 1]!;
       }
+      capture.settled.add(live.id);
+      capture.preserved.delete(live.id);
     }
-    for (const file of this.pending.values()) {
+    for (const file of capture.pending) {
       record.u8(SNAP_PENDING).uint(file.id).uint(file.parent).string(file.name).string(file.leaseId);
       record.string(file.clientId).uint(file.leaseMs).bool(file.overwrite).uint(file.mode).string(file.ec);
       record.uint(file.dataShards).uint(file.parityShards).uint(file.createdMs).uint(file.expiresMs);
@@ -1229,29 +1349,30 @@ export class NamespaceState {
       for (const bg of file.blockGroups) writeBlockGroup(record, bg);
       yield* emit();
     }
-    for (const bg of this.garbageList.values()) {
+    for (const bg of capture.garbage) {
       record.u8(SNAP_GARBAGE);
       writeBlockGroup(record, bg);
       yield* emit();
     }
-    const sessions = withSessions ? this.sessions.snapshot() : { latestTime: 0, sessions: [] };
-    if (withSessions) {
+    const sessions = capture.sessions;
+    if (sessions !== undefined) {
       record.u8(SNAP_SESSION_CLOCK).uint(sessions.latestTime);
       yield* emit();
-    }
-    for (const s of sessions.sessions) {
-      record.u8(SNAP_SESSION).string(s.clientId).uint(s.lastActive).uint(s.floor).uint(s.highest);
-      record.uint(s.results.length);
-      for (const [seq, result] of s.results) {
-        record.uint(seq);
-        writeResult(record, result);
+      for (const s of sessions.sessions) {
+        record.u8(SNAP_SESSION).string(s.clientId).uint(s.lastActive).uint(s.floor).uint(s.highest);
+        record.uint(s.results.length);
+        for (const [seq, result] of s.results) {
+          record.uint(seq);
+          writeResult(record, result);
+        }
+        yield* emit();
       }
-      yield* emit();
     }
     record.u8(SNAP_END).uint(records + 1);
     yield* emit();
     // emit() left an empty frame slot open at the end; drop it.
     if (record.length > 4) yield record.view(0, record.length - 4).slice();
+    return undefined;
   }
 
   /** The whole snapshot in one buffer (small states, tests). */
@@ -1274,7 +1395,8 @@ export class NamespaceState {
    */
   stateHash(withSessions = true): string {
     const hash = createHash('sha256');
-    for (const chunk of this.chunks(DEFAULT_SNAPSHOT_CHUNK_BYTES, withSessions)) hash.update(chunk);
+    for (const chunk of this.chunks(this.capture(withSessions), DEFAULT_SNAPSHOT_CHUNK_BYTES, this.applied))
+      hash.update(chunk);
     return hash.digest('hex');
   }
 
