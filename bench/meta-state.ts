@@ -5,8 +5,8 @@
  * Reports heap bytes per file (target <= 1024) for 100,000 files written through the whole write path
  * (create, allocate an rs-6-3 block group on 9 servers, commit it, complete) in 100 directories, and for
  * empty files; commands applied per second; snapshot bytes per file, snapshot/restore rates, the longest
- * time one chunk of the streamed snapshot took, and what the first change to a directory costs while one
- * streams (its copy).
+ * time one chunk of the streamed snapshot took, and what a change to a directory costs while one streams
+ * (keeping the entry as it was).
  * Usage: node --expose-gc dist/bench/meta-state.js [--files 100000]
  */
 import { setFlagsFromString } from 'node:v8';
@@ -118,8 +118,8 @@ function run(withData: boolean): void {
   let bytes = 0;
   // The snapshot as the Raft host takes it (streamSnapshot, 64 KiB chunks): the longest single chunk is
   // what one slice of it can hold the event loop (the host drains chunks 2 ms at a time). Commands go
-  // on meanwhile; the first change to a directory the stream has yet to read copies that directory,
-  // which is timed with one create into the last directory while the stream is at its start.
+  // on meanwhile; a change to a directory the stream has yet to read keeps the entry as it was, which is
+  // timed with one mkdir into the last directory while the stream is at its start.
   let longestChunkMs = 0;
   const stream = ns.streamSnapshot();
   let chunkStarted = performance.now();

@@ -113,7 +113,7 @@ import {
 } from './ids.js';
 import { type ParsedPath, parsePath, utf8Length } from './paths.js';
 import { type Failure, fail } from './result.js';
-import { SortedNames } from './sorted-names.js';
+import { compareNames, SortedNames } from './sorted-names.js';
 
 /** Entries one directory may hold; past it, creating refuses with RESOURCE_EXHAUSTED. */
 export const MAX_ENTRIES_PER_DIRECTORY = 10_000_000;
@@ -186,14 +186,55 @@ interface SnapshotCapture {
   readonly garbage: readonly BlockGroupInfo[];
   /** Undefined: the session table and latest command time are left out (stateHash without sessions). */
   readonly sessions: SessionsSnapshot<NamespaceResult> | undefined;
-  /** Directories as they were at the capture, copied before their first change since. */
-  readonly preserved: Map<InodeId, Directory>;
+  /** What changed since in the directories the stream has yet to finish, as it was at the capture. */
+  readonly preserved: Map<InodeId, DirectoryPreimage>;
   /** Directories already streamed, or created since: their changes need no copy. */
   readonly settled: Set<InodeId>;
 }
 
+/**
+ * A directory's entries as they were when a snapshot was taken, for the names changed since (kept before
+ * each name's first change): the inode then, or null where the name did not exist.
+ */
+interface DirectoryPreimage {
+  readonly before: Map<string, Inode | null>;
+  /** The names in `before`, in order. */
+  readonly names: SortedNames;
+  /** The record's `alive` then, once it is being removed. */
+  alive: boolean | undefined;
+}
+
 /** Names (with their inodes) a streamed snapshot reads from a directory at once. */
 const SNAPSHOT_PAGE_NAMES = 256;
+
+/** The names of `index` after `after` ('' = from the first) up to `last` included (undefined: to the end). */
+function namesUpTo(index: SortedNames, after: string, last: string | undefined): string[] {
+  const out: string[] = [];
+  for (let from = after; ; ) {
+    const page = index.page(from, SNAPSHOT_PAGE_NAMES);
+    for (const name of page) {
+      if (last !== undefined && compareNames(name, last) > 0) return out;
+      out.push(name);
+    }
+    if (page.length < SNAPSHOT_PAGE_NAMES) return out;
+    from = page[page.length - 1]!;
+  }
+}
+
+/** Two ordered lists of names as one, each name once. */
+function mergeNames(a: readonly string[], b: readonly string[]): string[] {
+  if (b.length === 0) return a as string[];
+  const out: string[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length || j < b.length) {
+    const order = i === a.length ? 1 : j === b.length ? -1 : compareNames(a[i]!, b[j]!);
+    if (order <= 0) out.push(a[i++]!);
+    else out.push(b[j++]!);
+    if (order === 0) j++;
+  }
+  return out;
+}
 
 export interface ListPage {
   readonly ok: true;
@@ -861,7 +902,7 @@ export class NamespaceState {
    * removeDirectoryRecord and delete, the only places a directory record changes (streamSnapshot relies on it).
    */
   private putEntry(dir: Directory, name: string, inode: Inode, replacing: Inode | undefined): void {
-    this.beforeDirectoryChange(dir);
+    this.beforeEntryChange(dir, name);
     if (replacing === undefined) {
       dir.names.insert(name);
       if (inode.type === 'dir') dir.dirs++;
@@ -871,7 +912,7 @@ export class NamespaceState {
   }
 
   private removeEntry(dir: Directory, name: string, inode: Inode): void {
-    this.beforeDirectoryChange(dir);
+    this.beforeEntryChange(dir, name);
     dir.entries.delete(name);
     dir.names.remove(name);
     if (inode.type === 'dir') dir.dirs--;
@@ -1233,10 +1274,12 @@ export class NamespaceState {
 
   /**
    * The same bytes as snapshotChunks at the moment of this call, streamed while commands go on being
-   * applied: each directory record the stream has yet to reach is copied before its first change (a
-   * removed one is kept as it was), and the small parts (pending files, garbage, sessions) are copied
-   * now. So the host need not hold commands back while a large namespace is written out. One stream at a
-   * time; `close` gives it up early and drops what it kept.
+   * applied: in a directory the stream has yet to finish, each entry is kept as it was before its first
+   * change (a name created since is kept as absent), a record being removed keeps its entries, and the
+   * small parts (pending files, garbage, sessions) are copied now. What is kept grows with the changes
+   * made during the stream, never with a directory's size, so the host need not hold commands back
+   * while a large namespace is written out. One stream at a time; `close` gives it up early and drops
+   * what it kept.
    */
   streamSnapshot(maxChunkBytes = STREAM_SNAPSHOT_CHUNK_BYTES): SnapshotStream {
     assert(this.streaming === undefined, 'one snapshot streams at a time');
@@ -1260,20 +1303,30 @@ export class NamespaceState {
     };
   }
 
-  /** Keeps what `dir` is now for the snapshot being streamed, unless it has no need (see streamSnapshot). */
-  private beforeDirectoryChange(dir: Directory): void {
+  /** What a streamed snapshot has to keep of `dir`, or undefined when it needs nothing (see streamSnapshot). */
+  private preimageOf(dir: Directory): DirectoryPreimage | undefined {
     const capture = this.streaming;
-    if (capture === undefined || capture.settled.has(dir.id) || capture.preserved.has(dir.id)) return;
-    const names = new SortedNames();
-    names.copyFrom(dir.names);
-    capture.preserved.set(dir.id, { ...dir, entries: new Map(dir.entries), names });
+    if (capture === undefined || capture.settled.has(dir.id)) return undefined;
+    let preimage = capture.preserved.get(dir.id);
+    if (preimage === undefined) {
+      preimage = { before: new Map(), names: new SortedNames(), alive: undefined };
+      capture.preserved.set(dir.id, preimage);
+    }
+    return preimage;
   }
 
-  /** Like beforeDirectoryChange, for a record about to be removed: nothing changes its entries after. */
+  /** Keeps the entry at `name` in `dir` as it is now for the snapshot being streamed, if it must. */
+  private beforeEntryChange(dir: Directory, name: string): void {
+    const preimage = this.preimageOf(dir);
+    if (preimage === undefined || preimage.before.has(name)) return;
+    preimage.before.set(name, dir.entries.get(name) ?? null);
+    preimage.names.insert(name);
+  }
+
+  /** Like beforeEntryChange, for a record about to be removed: nothing changes its entries after. */
   private beforeDirectoryRemoval(dir: Directory): void {
-    const capture = this.streaming;
-    if (capture === undefined || capture.settled.has(dir.id) || capture.preserved.has(dir.id)) return;
-    capture.preserved.set(dir.id, { ...dir });
+    const preimage = this.preimageOf(dir);
+    if (preimage !== undefined && preimage.alive === undefined) preimage.alive = dir.alive;
   }
 
   /** What a snapshot of the state now consists of; directories are read as the stream reaches them. */
@@ -1325,27 +1378,36 @@ export class NamespaceState {
     record.uint(header.nextLease).uint(header.clockMs);
     writeInode(record, header.rootInode);
     yield* emit();
-    for (const live of capture.dirs) {
-      // A page of names with their inodes is read at once; between pages the directory may have changed,
-      // in which case the copy made before the change is read from the same place on.
-      let dir = capture.preserved.get(live.id) ?? live;
-      record.u8(SNAP_DIR).uint(dir.id).bool(dir.alive);
+    for (const dir of capture.dirs) {
+      record
+        .u8(SNAP_DIR)
+        .uint(dir.id)
+        .bool(capture.preserved.get(dir.id)?.alive ?? dir.alive);
       yield* emit();
+      // A page of names with their inodes is read at once, merged with the names changed since the
+      // capture that fall in the same range, each of those as it was then.
       let after = '';
       for (;;) {
-        dir = capture.preserved.get(live.id) ?? live;
         const names = dir.names.page(after, SNAPSHOT_PAGE_NAMES);
-        if (names.length === 0) break;
-        const inodes = names.map((name) => dir.entries.get(name)!);
-        for (let i = 0; i < names.length; i++) {
-          record.u8(SNAP_ENTRY).string(names[i]!);
-          writeInode(record, inodes[i]!);
+        const last = names.length === SNAPSHOT_PAGE_NAMES ? names[names.length - 1] : undefined;
+        const preimage = capture.preserved.get(dir.id);
+        const page =
+          preimage === undefined ? names : mergeNames(names, namesUpTo(preimage.names, after, last));
+        const inodes = page.map((name) =>
+          preimage?.before.has(name) === true ? preimage.before.get(name)! : dir.entries.get(name)!,
+        );
+        for (let i = 0; i < page.length; i++) {
+          const inode = inodes[i];
+          if (inode === null) continue;
+          record.u8(SNAP_ENTRY).string(page[i]!);
+          writeInode(record, inode!);
           yield* emit();
         }
-        after = names[names.length - 1]!;
+        if (last === undefined) break;
+        after = last;
       }
-      capture.settled.add(live.id);
-      capture.preserved.delete(live.id);
+      capture.settled.add(dir.id);
+      capture.preserved.delete(dir.id);
     }
     for (const file of capture.pending) {
       record.u8(SNAP_PENDING).uint(file.id).uint(file.parent).string(file.name).string(file.leaseId);

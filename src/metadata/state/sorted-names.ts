@@ -91,13 +91,6 @@ export class SortedNames {
     if (chunk.length === 0) this.chunks.splice(ci, 1);
   }
 
-  /** Makes this index a copy of `other` (which must not be this one). */
-  copyFrom(other: SortedNames): void {
-    assert(other !== this, 'sorted index: copy of itself');
-    this.chunks = other.chunks.map((chunk) => chunk.slice());
-    this.count = other.count;
-  }
-
   /** Up to `limit` names strictly after `startAfter` ('' = from the first), in order. */
   page(startAfter: string, limit: number): string[] {
     const out: string[] = [];
