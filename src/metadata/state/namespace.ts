@@ -168,7 +168,7 @@ export interface PendingFile {
 /** A snapshot read while the state goes on changing (NamespaceState.streamSnapshot). */
 export interface SnapshotStream {
   next(): IteratorResult<Uint8Array, undefined>;
-  /** Gives the stream up before its end, dropping the copies it kept. */
+  /** Gives the stream up before its end, dropping what it kept. */
   close(): void;
 }
 
@@ -180,7 +180,7 @@ interface SnapshotCapture {
     readonly clockMs: number;
     readonly rootInode: DirInode;
   };
-  /** Every directory record then, in the map's order; each is read through `preserved` when there. */
+  /** Every directory record then, in the map's order; read with what `preserved` kept of it. */
   readonly dirs: readonly Directory[];
   readonly pending: readonly PendingFile[];
   readonly garbage: readonly BlockGroupInfo[];
@@ -188,7 +188,7 @@ interface SnapshotCapture {
   readonly sessions: SessionsSnapshot<NamespaceResult> | undefined;
   /** What changed since in the directories the stream has yet to finish, as it was at the capture. */
   readonly preserved: Map<InodeId, DirectoryPreimage>;
-  /** Directories already streamed, or created since: their changes need no copy. */
+  /** Directories already streamed, or created since: nothing of them need be kept. */
   readonly settled: Set<InodeId>;
 }
 
@@ -549,7 +549,7 @@ export class NamespaceState {
       this.putEntry(dir, ownString(name), created, undefined);
       const child = this.newDirectory(id);
       this.dirs.set(id, child);
-      // Born after any snapshot being streamed: not in it, so its changes need no copy.
+      // Born after any snapshot being streamed: not in it, so nothing of it need be kept.
       this.streaming?.settled.add(id);
       dir = child;
     }
@@ -1397,10 +1397,10 @@ export class NamespaceState {
           preimage?.before.has(name) === true ? preimage.before.get(name)! : dir.entries.get(name)!,
         );
         for (let i = 0; i < page.length; i++) {
-          const inode = inodes[i];
+          const inode = inodes[i]!;
           if (inode === null) continue;
           record.u8(SNAP_ENTRY).string(page[i]!);
-          writeInode(record, inode!);
+          writeInode(record, inode);
           yield* emit();
         }
         if (last === undefined) break;
