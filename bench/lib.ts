@@ -175,7 +175,7 @@ export async function measureEtcdPuts(
   );
   // The same gRPC client as DogFS's own calls (wire/grpc-client.ts), so the comparison is of the
   // servers and not of two client stacks.
-  const clients = members.map((m) => new RpcChannel(`${host}:${m.client}`));
+  const clients = members.map((m) => new RpcChannel(`${host}:${m.client}`, { transport: 'grpc' }));
   const put = async (client: RpcChannel, key: string): Promise<void> => {
     await client.callRaw('/etcdserverpb.KV/Put', encodePut(key, value), { timeoutMs: 10_000 }, 'Put');
   };

@@ -1,9 +1,11 @@
 /**
- * npm run bench:rpc — CPU per unary gRPC call of DogFS's RPC layer (wire/grpc-client.ts +
- * wire/grpc-server.ts) against @grpc/grpc-js, the reference implementation, in the same run.
+ * npm run bench:rpc — CPU per unary call of DogFS's RPC layer, over its lean framing (wire/lean*.ts)
+ * and over gRPC (wire/grpc-client.ts + wire/grpc-server.ts), against @grpc/grpc-js, the reference
+ * implementation, in the same run.
  *
  * The server runs in a child process, the client here; 64 calls in flight, 300-byte requests echoed back.
- * Four pairings (client × server): dogfs × dogfs, dogfs × grpc-js, grpc-js × dogfs, grpc-js × grpc-js.
+ * Five pairings (client × server): dogfs-lean × dogfs, dogfs × dogfs, dogfs × grpc-js, grpc-js × dogfs,
+ * grpc-js × grpc-js ("dogfs" as a client is its gRPC transport; the lean one reaches only DogFS).
  * Prints calls/s and µs of CPU per call on each side (from /proc/PID/stat and process.cpuUsage), one
  * JSON object per line. BENCH_SECONDS (default 4) sets each measurement's length.
  */
@@ -20,10 +22,10 @@ const CONCURRENCY = 64;
 const PATH = `/${RaftKvService.name}/Propose`;
 const raw = (b: Buffer): Buffer => b;
 
-type Impl = 'dogfs' | 'grpc-js';
+type Impl = 'dogfs' | 'dogfs-lean' | 'grpc-js';
 
 async function serve(impl: Impl): Promise<number> {
-  if (impl === 'dogfs') {
+  if (impl !== 'grpc-js') {
     const server = new RpcServer();
     server.addService(RaftKvService, {
       Propose: (request) => ({ result: request.command }),
@@ -61,8 +63,8 @@ function caller(
   impl: Impl,
   address: string,
 ): { call: (request: Buffer) => Promise<unknown>; close: () => void } {
-  if (impl === 'dogfs') {
-    const channel = new RpcChannel(address);
+  if (impl !== 'grpc-js') {
+    const channel = new RpcChannel(address, { transport: impl === 'dogfs' ? 'grpc' : 'lean' });
     return { call: (request) => channel.callRaw(PATH, request), close: () => channel.close() };
   }
   const client = new grpc.Client(address, grpc.credentials.createInsecure());
@@ -124,11 +126,16 @@ if (process.argv[2] === 'serve') {
   process.send?.(port);
 } else {
   emit({ bench: 'rpc', metric: 'machine', value: 0, unit: 'none', ...machine() });
-  const impls: Impl[] = ['dogfs', 'grpc-js'];
-  // BENCH_PAIRS=dogfs:dogfs (comma-separated client:server) measures only those pairings.
+  const all: [Impl, Impl][] = [
+    ['dogfs-lean', 'dogfs'],
+    ['dogfs', 'dogfs'],
+    ['dogfs', 'grpc-js'],
+    ['grpc-js', 'dogfs'],
+    ['grpc-js', 'grpc-js'],
+  ];
+  // BENCH_PAIRS=dogfs-lean:dogfs (comma-separated client:server) measures only those pairings.
   const pairs = process.env['BENCH_PAIRS']?.split(',').map((p) => p.split(':') as [Impl, Impl]);
-  for (const client of impls)
-    for (const server of impls)
-      if (!pairs || pairs.some(([c, s]) => c === client && s === server)) await measure(client, server);
+  for (const [client, server] of all)
+    if (!pairs || pairs.some(([c, s]) => c === client && s === server)) await measure(client, server);
   process.exit(0);
 }

@@ -68,8 +68,8 @@ export function endWithMessage(
     stream.end(message);
   }
 }
-/** How long a session may leave a ping unanswered after a call timed out before it is dropped. */
-const PING_TIMEOUT_MS = 2000;
+/** How long a connection may leave a ping unanswered after a call timed out before it is dropped. */
+export const PING_TIMEOUT_MS = 2000;
 /** Idle time before TCP keepalive probes start, on both ends of a connection. */
 export const KEEPALIVE_MS = 30_000;
 /** The longest a call may wait: what a timer can hold (2^31-1 ms, about 24.8 days). */
@@ -192,6 +192,29 @@ export interface UnaryOptions {
   readonly label: string;
 }
 
+/**
+ * What every unary call checks before it goes out, on either transport: the request's size, a signal
+ * already aborted, a deadline already past. Gives the call's label for errors and the milliseconds it
+ * may run (at most what a timer holds: no DogFS server lets a call run anywhere near that long anyway).
+ */
+export function checkCall(
+  address: string,
+  message: Uint8Array,
+  options: UnaryOptions,
+): { where: string; remaining: number } | DogfsError {
+  const where = `${address} ${options.label}`;
+  if (message.byteLength > options.maxMessageBytes) {
+    return new DogfsError(
+      'RESOURCE_EXHAUSTED',
+      `${where}: request of ${message.byteLength} bytes exceeds the ${options.maxMessageBytes}-byte limit`,
+    );
+  }
+  if (options.signal?.aborted) return new DogfsError('CANCELLED', `${where}: cancelled`);
+  const remaining = Math.min(options.deadline - Date.now(), MAX_CALL_MS);
+  if (!(remaining > 0)) return new DogfsError('DEADLINE_EXCEEDED', `${where}: deadline exceeded`);
+  return { where, remaining };
+}
+
 /** A lazily opened HTTP/2 session to one gRPC server; reopened after it closes. */
 export class GrpcConnection {
   private session: http2.ClientHttp2Session | undefined;
@@ -252,20 +275,9 @@ export class GrpcConnection {
 
   /** One unary call: `message` is the encoded request; resolves with the encoded response. */
   unary(path: string, message: Uint8Array, options: UnaryOptions): Promise<Buffer> {
-    const where = `${this.address} ${options.label}`;
-    if (message.byteLength > options.maxMessageBytes) {
-      return Promise.reject(
-        new DogfsError(
-          'RESOURCE_EXHAUSTED',
-          `${where}: request of ${message.byteLength} bytes exceeds the ${options.maxMessageBytes}-byte limit`,
-        ),
-      );
-    }
-    if (options.signal?.aborted) return Promise.reject(new DogfsError('CANCELLED', `${where}: cancelled`));
-    // Timers hold at most 2^31-1 ms; no DogFS server lets a call run anywhere near that long anyway.
-    const remaining = Math.min(options.deadline - Date.now(), MAX_CALL_MS);
-    if (!(remaining > 0))
-      return Promise.reject(new DogfsError('DEADLINE_EXCEEDED', `${where}: deadline exceeded`));
+    const checked = checkCall(this.address, message, options);
+    if (checked instanceof DogfsError) return Promise.reject(checked);
+    const { where, remaining } = checked;
     let session: http2.ClientHttp2Session;
     let stream: http2.ClientHttp2Stream;
     try {

@@ -129,7 +129,7 @@ export interface GrpcServerLimits {
 
 export class GrpcServer {
   private readonly server: http2.Http2Server;
-  private readonly handlers = new Map<string, UnaryHandler>();
+  readonly handlers = new Map<string, UnaryHandler>();
   private readonly sessions = new Set<http2.ServerHttp2Session>();
   /** Request bytes held now by calls still arriving or running (bounded by limits.maxBufferedBytes). */
   private bufferedBytes = 0;
@@ -315,36 +315,13 @@ export class GrpcServer {
     }
   }
 
-  /** Binds host:port (port 0 picks a free one) and resolves with the port actually bound. */
-  listen(host: string, port: number): Promise<number> {
-    return new Promise((resolve, reject) => {
-      const onError = (error: NodeJS.ErrnoException) => {
-        const reason = error.code === 'EADDRINUSE' ? 'address already in use' : error.message;
-        reject(
-          new DogfsError('UNAVAILABLE', `cannot listen on ${host}:${port}: ${reason}`, { cause: error }),
-        );
-      };
-      this.server.once('error', onError);
-      this.server.listen(port, host, () => {
-        this.server.off('error', onError);
-        resolve((this.server.address() as { port: number }).port);
-      });
-    });
+  /** Serves HTTP/2 on a connection the RpcServer accepted (and saw start like HTTP/2). */
+  accept(socket: Socket): void {
+    this.server.emit('connection', socket);
   }
 
-  /** Stops accepting connections and calls, lets running calls finish for up to graceMs, then cuts them. */
-  close(graceMs: number): Promise<void> {
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        for (const session of this.sessions) session.destroy();
-      }, graceMs);
-      // Called once every connection has ended (at once, with an error, if the server never listened).
-      this.server.close(() => {
-        clearTimeout(timer);
-        resolve();
-      });
-      // GOAWAY: no new streams; each session closes once its running streams are answered.
-      for (const session of this.sessions) session.close();
-    });
+  /** Every session: GOAWAY (no new streams), closing once its running streams are answered. */
+  goAway(): void {
+    for (const session of this.sessions) session.close();
   }
 }

@@ -10,10 +10,14 @@
  * transport for hot internal paths can be added behind the same `RpcServer`/`RpcChannel` surface
  * (DESIGN section 5).
  */
+import { createServer, type Server, type Socket } from 'node:net';
 import { DogfsError, isRetryable, toDogfsError } from './errors.js';
 import type { MethodDescriptor, ServiceDescriptor } from './gen/types.js';
 import { GrpcConnection } from './grpc-client.js';
 import { GrpcServer, type UnaryCall } from './grpc-server.js';
+import { LEAN_FIRST_BYTE } from './lean.js';
+import { LeanConnection } from './lean-client.js';
+import { LeanServer } from './lean-server.js';
 import { decodeMessage, encodeMessage, type Init, type MessageName } from './proto.js';
 
 /** Largest message either side accepts (snapshot chunks and block reports are paged below this). */
@@ -43,19 +47,61 @@ export interface RpcServerOptions {
   onInternalError?: (method: string, error: unknown) => void;
 }
 
-/** Serves typed unary handlers over gRPC (the lean HTTP/2 server of wire/grpc-server.ts). */
+/** How long an accepted connection may take to send its first byte (which says gRPC or lean). */
+const FIRST_BYTE_TIMEOUT_MS = 10_000;
+
+/**
+ * Serves typed unary handlers on one port, over both transports: gRPC (wire/grpc-server.ts) for any
+ * client, and the lean framing (wire/lean-server.ts) DogFS's own processes use. A connection's first
+ * byte tells which: HTTP/2 starts with "PRI", a lean connection with LEAN_MAGIC.
+ */
 export class RpcServer {
-  private readonly server: GrpcServer;
+  private readonly grpc: GrpcServer;
+  private readonly lean: LeanServer;
+  private readonly listener: Server;
+  private readonly sockets = new Set<Socket>();
+  /** Connections whose first byte has not arrived yet. */
+  private readonly deciding = new Set<Socket>();
   private readonly onInternalError: (method: string, error: unknown) => void;
 
   constructor(options: RpcServerOptions = {}) {
     this.onInternalError = options.onInternalError ?? (() => {});
     const maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
-    this.server = new GrpcServer({
+    const limits = {
       maxMessageBytes,
       // Room for 16 largest messages at once; far more small ones.
       maxBufferedBytes: 16 * maxMessageBytes,
       maxCallMs: MAX_SERVER_CALL_MS,
+    };
+    this.grpc = new GrpcServer(limits);
+    this.lean = new LeanServer(limits, this.grpc.handlers);
+    this.listener = createServer((socket) => this.sniff(socket));
+  }
+
+  /** Reads a new connection's first byte and hands the connection to the transport it speaks. */
+  private sniff(socket: Socket): void {
+    this.sockets.add(socket);
+    this.deciding.add(socket);
+    socket.once('close', () => {
+      this.sockets.delete(socket);
+      this.deciding.delete(socket);
+    });
+    const onError = (): void => {
+      // 'close' follows; a client that resets before its first byte is nobody's business.
+    };
+    socket.on('error', onError);
+    socket.setTimeout(FIRST_BYTE_TIMEOUT_MS, () => socket.destroy());
+    socket.once('data', (head: Buffer) => {
+      socket.pause();
+      socket.setTimeout(0);
+      this.deciding.delete(socket);
+      socket.off('error', onError);
+      if (head[0] === LEAN_FIRST_BYTE) {
+        this.lean.accept(socket, head);
+      } else {
+        socket.unshift(head);
+        this.grpc.accept(socket);
+      }
     });
   }
 
@@ -64,7 +110,7 @@ export class RpcServer {
       const method: MethodDescriptor = service.methods[name];
       const handler = handlers[name] as Handler<unknown, unknown>;
       const path = `/${service.name}/${name}`;
-      this.server.handle(path, (call) =>
+      this.grpc.handle(path, (call) =>
         this.serve(path, method, handler, call).catch((error: unknown) => {
           if (!(error instanceof DogfsError)) this.onInternalError(path, error);
           throw error;
@@ -121,12 +167,37 @@ export class RpcServer {
 
   /** Binds host:port (port 0 picks a free one) and returns the port actually bound. */
   listen(host: string, port: number): Promise<number> {
-    return this.server.listen(host, port);
+    return new Promise((resolve, reject) => {
+      const onError = (error: NodeJS.ErrnoException) => {
+        const reason = error.code === 'EADDRINUSE' ? 'address already in use' : error.message;
+        reject(
+          new DogfsError('UNAVAILABLE', `cannot listen on ${host}:${port}: ${reason}`, { cause: error }),
+        );
+      };
+      this.listener.once('error', onError);
+      this.listener.listen(port, host, () => {
+        this.listener.off('error', onError);
+        resolve((this.listener.address() as { port: number }).port);
+      });
+    });
   }
 
-  /** Stops accepting calls, lets running ones finish for up to graceMs, then cuts them. */
+  /** Stops accepting connections and calls, lets running calls finish for up to graceMs, then cuts them. */
   close(graceMs = 2000): Promise<void> {
-    return this.server.close(graceMs);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        for (const socket of this.sockets) socket.destroy();
+      }, graceMs);
+      // Called once every connection has ended (at once, with an error, if the server never listened).
+      this.listener.close(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+      this.grpc.goAway();
+      this.lean.goAway();
+      // Connections still deciding which transport they speak have no calls to finish.
+      for (const socket of this.deciding) socket.destroy();
+    });
   }
 }
 
@@ -138,23 +209,47 @@ export interface CallOptions {
   signal?: AbortSignal;
 }
 
+/**
+ * How a channel talks to its server: `lean` (wire/lean.ts) only reaches a DogFS server; `grpc` reaches
+ * any gRPC server (etcd in the benches) and DogFS's too.
+ */
+export type RpcTransport = 'lean' | 'grpc';
+
+/** The transport a channel uses unless told: DOGFS_RPC_TRANSPORT (`lean` or `grpc`), else lean. */
+export function defaultTransport(): RpcTransport {
+  const chosen = process.env['DOGFS_RPC_TRANSPORT'];
+  if (chosen === undefined || chosen === '' || chosen === 'lean') return 'lean';
+  if (chosen === 'grpc') return 'grpc';
+  throw new DogfsError(
+    'INVALID_ARGUMENT',
+    `DOGFS_RPC_TRANSPORT is ${JSON.stringify(chosen)}: use lean or grpc`,
+  );
+}
+
 export interface RpcChannelOptions {
   maxMessageBytes?: number;
+  /** Default: defaultTransport(). */
+  transport?: RpcTransport;
 }
 
 /**
- * A connection to one server address. Cheap to keep; reconnects by itself. Calls go through the lean
- * gRPC client of wire/grpc-client.ts (HTTP/2 directly).
+ * A connection to one server address. Cheap to keep; reconnects by itself. Calls go over the lean
+ * framing (wire/lean-client.ts) to DogFS servers, or over gRPC (wire/grpc-client.ts, HTTP/2 directly).
  */
 export class RpcChannel {
   readonly address: string;
-  private readonly connection: GrpcConnection;
+  readonly transport: RpcTransport;
+  private readonly connection: GrpcConnection | LeanConnection;
   private readonly maxMessageBytes: number;
 
   constructor(address: string, options: RpcChannelOptions = {}) {
     this.address = address;
-    this.connection = new GrpcConnection(address);
     this.maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+    this.transport = options.transport ?? defaultTransport();
+    this.connection =
+      this.transport === 'lean'
+        ? new LeanConnection(address, this.maxMessageBytes)
+        : new GrpcConnection(address);
   }
 
   /** One attempt, no retry. Rejects with a DogfsError. */

@@ -111,52 +111,6 @@ test('messages round-trip through protobuf, 64-bit fields as numbers', () => {
   );
 });
 
-test('a typed call returns the decoded response', async () => {
-  const channel = new RpcChannel(address);
-  try {
-    const health = await channel.call(HealthService, 'Check', {}, { timeoutMs: 5000 });
-    assert.equal(health.id, 'test');
-    assert.equal(health.uptimeMs, 2 ** 40 + 1);
-    const stat = await channel.call(MetadataService, 'Stat', { path: '/abc' }, { timeoutMs: 5000 });
-    assert.equal(stat.inode?.size, 4);
-  } finally {
-    channel.close();
-  }
-});
-
-test('errors cross the wire as codes, NOT_LEADER with the leader hint; bugs arrive as INTERNAL', async () => {
-  const channel = new RpcChannel(address);
-  try {
-    await assert.rejects(
-      channel.call(MetadataService, 'Stat', { path: '/leader-elsewhere' }),
-      (e: unknown) => {
-        return e instanceof DogfsError && e.code === 'NOT_LEADER' && e.leaderHint === '127.0.0.1:9';
-      },
-    );
-    await assert.rejects(channel.call(MetadataService, 'Stat', { path: '/bug' }), (e: unknown) => {
-      return e instanceof DogfsError && e.code === 'INTERNAL';
-    });
-  } finally {
-    channel.close();
-  }
-});
-
-test('a deadline cuts a slow call on both sides', async () => {
-  const channel = new RpcChannel(address);
-  try {
-    const started = Date.now();
-    await assert.rejects(
-      channel.call(MetadataService, 'Stat', { path: '/slow' }, { timeoutMs: 200 }),
-      (e: unknown) => {
-        return e instanceof DogfsError && e.code === 'DEADLINE_EXCEEDED';
-      },
-    );
-    assert.ok(Date.now() - started < 5000);
-  } finally {
-    channel.close();
-  }
-});
-
 test('a malformed request is INVALID_ARGUMENT; an oversized one is refused', async () => {
   const raw = new grpc.Client(address, grpc.credentials.createInsecure());
   const garbage = Buffer.from([0x0a, 0xff, 0xff, 0xff]);
@@ -173,42 +127,21 @@ test('a malformed request is INVALID_ARGUMENT; an oversized one is refused', asy
   assert.equal(status.code, grpc.status.INVALID_ARGUMENT);
   assert.equal(status.metadata.get('dogfs-code')[0], 'INVALID_ARGUMENT');
 
-  const channel = new RpcChannel(address);
-  try {
-    await assert.rejects(
-      channel.call(MetadataService, 'Stat', { path: 'x'.repeat(100 * 1024) }),
-      (e: unknown) => {
-        return e instanceof DogfsError && e.code === 'RESOURCE_EXHAUSTED';
-      },
-    );
-  } finally {
-    channel.close();
-  }
-});
-
-test('idempotent calls are retried with backoff; a server that is down is UNAVAILABLE', async () => {
-  const channel = new RpcChannel(address);
-  try {
-    statCalls = 0;
-    const stat = await callWithRetry(
-      channel,
-      MetadataService,
-      'Stat',
-      { path: '/flaky' },
-      { timeoutMs: 5000 },
-    );
-    assert.equal(stat.inode?.id, 7);
-    assert.equal(statCalls, 3, 'two UNAVAILABLE answers, then success');
-  } finally {
-    channel.close();
-  }
-  const down = new RpcChannel('127.0.0.1:1');
-  try {
-    await assert.rejects(down.call(HealthService, 'Check', {}, { timeoutMs: 3000 }), (e: unknown) => {
-      return e instanceof DogfsError && e.code === 'UNAVAILABLE' && e.message.includes('127.0.0.1:1');
-    });
-  } finally {
-    down.close();
+  for (const transport of ['lean', 'grpc'] as const) {
+    const channel = new RpcChannel(address, { transport });
+    try {
+      await assert.rejects(
+        channel.call(MetadataService, 'Stat', { path: 'x'.repeat(100 * 1024) }),
+        (e: unknown) => {
+          return e instanceof DogfsError && e.code === 'RESOURCE_EXHAUSTED';
+        },
+        transport,
+      );
+      // The channel stays usable after the refusal.
+      assert.equal((await channel.call(MetadataService, 'Stat', { path: '/ok' })).inode?.id, 7, transport);
+    } finally {
+      channel.close();
+    }
   }
 });
 
@@ -255,119 +188,6 @@ test('withRetry gives a non-idempotent call exactly one attempt and stops at the
     ),
   );
   assert.equal(attempts, 1, 'no retry whose backoff would pass the deadline');
-});
-
-test('Mkdir is retried (IDEMPOTENT in proto) until attempts run out', async () => {
-  const channel = new RpcChannel(address);
-  try {
-    mkdirCalls = 0;
-    await assert.rejects(
-      callWithRetry(channel, MetadataService, 'Mkdir', { path: '/a' }, { timeoutMs: 10_000 }),
-    );
-    assert.equal(mkdirCalls, 8);
-    assert.equal(MetadataService.methods.Mkdir.idempotent, true);
-  } finally {
-    channel.close();
-  }
-});
-
-test('an AbortSignal cancels a call in flight, and the server sees the cancellation', async () => {
-  const channel = new RpcChannel(address);
-  try {
-    slowStarted = false;
-    slowAbortCode = undefined;
-    const abort = new AbortController();
-    const call = channel.call(
-      MetadataService,
-      'Stat',
-      { path: '/slow' },
-      { timeoutMs: 30_000, signal: abort.signal },
-    );
-    await waitFor('the slow handler to start', () => slowStarted);
-    abort.abort();
-    await assert.rejects(call, (e: unknown) => e instanceof DogfsError && e.code === 'CANCELLED');
-    assert.equal(await waitFor('the handler to see the cancellation', () => slowAbortCode), 'CANCELLED');
-  } finally {
-    channel.close();
-  }
-});
-
-test('a response over the channel limit is refused with RESOURCE_EXHAUSTED', async () => {
-  const channel = new RpcChannel(address, { maxMessageBytes: 1024 });
-  try {
-    await assert.rejects(
-      channel.call(MetadataService, 'Stat', { path: '/big' }),
-      (e: unknown) =>
-        e instanceof DogfsError && e.code === 'RESOURCE_EXHAUSTED' && e.message.includes('1024'),
-    );
-    // The channel stays usable for answers within the limit.
-    assert.equal((await channel.call(MetadataService, 'Stat', { path: '/ok' })).inode?.id, 7);
-  } finally {
-    channel.close();
-  }
-});
-
-test('a peer that accepts but never answers: the call ends at its deadline and the connection is replaced', async () => {
-  const sockets: Socket[] = [];
-  let closed = 0;
-  const silent = createServer((socket) => {
-    sockets.push(socket);
-    socket.on('error', () => {});
-    socket.on('close', () => closed++);
-    // Read (and ignore) what the client sends, so its hang-up is seen.
-    socket.resume();
-  });
-  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
-  const port = (silent.address() as { port: number }).port;
-  const channel = new RpcChannel(`127.0.0.1:${port}`);
-  try {
-    const started = Date.now();
-    await assert.rejects(
-      channel.call(HealthService, 'Check', {}, { timeoutMs: 300 }),
-      (e: unknown) => e instanceof DogfsError && e.code === 'DEADLINE_EXCEEDED',
-    );
-    assert.ok(Date.now() - started < 5000, 'within its deadline, not a transport timeout');
-    // The unanswered ping drops the connection, so the next call dials again instead of queueing on it.
-    await waitFor(
-      'the silent connection to be dropped',
-      () => sockets[0]?.destroyed || sockets[0]?.readableEnded,
-    );
-    await assert.rejects(channel.call(HealthService, 'Check', {}, { timeoutMs: 300 }));
-    assert.equal(sockets.length, 2, 'a second connection');
-  } finally {
-    channel.close();
-    for (const socket of sockets) socket.destroy();
-    silent.close();
-  }
-});
-
-test('an open channel does not keep a finished process alive', async () => {
-  const rpc = fileURLToPath(new URL('../../src/wire/rpc.js', import.meta.url));
-  const types = fileURLToPath(new URL('../../src/wire/gen/types.js', import.meta.url));
-  const script = `
-    const { RpcChannel } = await import(${JSON.stringify(rpc)});
-    const { HealthService } = await import(${JSON.stringify(types)});
-    const channel = new RpcChannel(${JSON.stringify(address)});
-    const health = await channel.call(HealthService, 'Check', {});
-    process.stdout.write(health.id);`;
-  const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  let out = '';
-  child.stdout.setEncoding('utf8').on('data', (d: string) => {
-    out += d;
-  });
-  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
-  try {
-    const code = await Promise.race([
-      exited,
-      new Promise<'hung'>((r) => setTimeout(() => r('hung'), 15_000).unref()),
-    ]);
-    assert.equal(code, 0);
-    assert.equal(out, 'test');
-  } finally {
-    child.kill('SIGKILL');
-  }
 });
 
 test('the server refuses an oversized request from a stock gRPC client with RESOURCE_EXHAUSTED', async () => {
@@ -417,7 +237,7 @@ test('a DogFS channel calls a stock gRPC server: answers, and its statuses as co
       e ? reject(e) : resolve(p),
     ),
   );
-  const channel = new RpcChannel(`127.0.0.1:${port}`);
+  const channel = new RpcChannel(`127.0.0.1:${port}`, { transport: 'grpc' });
   try {
     const answer = await channel.callRaw('/test.Stock/Echo', Buffer.from('hello'));
     assert.equal(answer.toString(), 'hello');
@@ -429,55 +249,6 @@ test('a DogFS channel calls a stock gRPC server: answers, and its statuses as co
   } finally {
     channel.close();
     stock.forceShutdown();
-  }
-});
-
-test('an error message that is not well-formed or is huge arrives cut and readable; the server lives on', async () => {
-  const channel = new RpcChannel(address);
-  try {
-    await assert.rejects(
-      channel.call(MetadataService, 'Stat', { path: '/odd-error' }),
-      (e: unknown) =>
-        e instanceof DogfsError &&
-        e.code === 'INVALID_ARGUMENT' &&
-        e.message.startsWith('bad name \uFFFD x') &&
-        e.message.length <= 4096,
-    );
-    assert.equal((await channel.call(MetadataService, 'Stat', { path: '/ok' })).inode?.id, 7);
-  } finally {
-    channel.close();
-  }
-});
-
-test('many calls timing out together do not take down the connection other calls use', async () => {
-  const channel = new RpcChannel(address);
-  try {
-    const late = channel.call(MetadataService, 'Stat', { path: '/later' }, { timeoutMs: 5000 });
-    const timeouts = Array.from({ length: 20 }, () =>
-      channel.call(MetadataService, 'Stat', { path: '/slow' }, { timeoutMs: 100 }),
-    );
-    for (const t of await Promise.allSettled(timeouts)) {
-      assert.equal(t.status, 'rejected');
-      assert.equal((t as PromiseRejectedResult).reason.code, 'DEADLINE_EXCEEDED');
-    }
-    assert.equal((await late).inode?.id, 9);
-  } finally {
-    channel.close();
-  }
-});
-
-test('a deadline beyond what a timer holds is a long deadline, not an immediate one', async () => {
-  const channel = new RpcChannel(address);
-  try {
-    const month = 30 * 24 * 3600 * 1000;
-    assert.equal(
-      (await channel.call(MetadataService, 'Stat', { path: '/ok' }, { timeoutMs: month })).inode?.id,
-      7,
-    );
-    const forever = { deadline: Number.POSITIVE_INFINITY };
-    assert.equal((await channel.call(MetadataService, 'Stat', { path: '/ok' }, forever)).inode?.id, 7);
-  } finally {
-    channel.close();
   }
 });
 
@@ -516,3 +287,239 @@ test('the server answers at the deadline even while the request is still arrivin
     session.destroy();
   }
 });
+
+for (const transport of ['lean', 'grpc'] as const) {
+  test(`${transport}: a typed call returns the decoded response`, async () => {
+    const channel = new RpcChannel(address, { transport });
+    try {
+      const health = await channel.call(HealthService, 'Check', {}, { timeoutMs: 5000 });
+      assert.equal(health.id, 'test');
+      assert.equal(health.uptimeMs, 2 ** 40 + 1);
+      const stat = await channel.call(MetadataService, 'Stat', { path: '/abc' }, { timeoutMs: 5000 });
+      assert.equal(stat.inode?.size, 4);
+    } finally {
+      channel.close();
+    }
+  });
+
+  test(`${transport}: errors cross the wire as codes, NOT_LEADER with the leader hint; bugs arrive as INTERNAL`, async () => {
+    const channel = new RpcChannel(address, { transport });
+    try {
+      await assert.rejects(
+        channel.call(MetadataService, 'Stat', { path: '/leader-elsewhere' }),
+        (e: unknown) => {
+          return e instanceof DogfsError && e.code === 'NOT_LEADER' && e.leaderHint === '127.0.0.1:9';
+        },
+      );
+      await assert.rejects(channel.call(MetadataService, 'Stat', { path: '/bug' }), (e: unknown) => {
+        return e instanceof DogfsError && e.code === 'INTERNAL';
+      });
+    } finally {
+      channel.close();
+    }
+  });
+
+  test(`${transport}: a deadline cuts a slow call on both sides`, async () => {
+    const channel = new RpcChannel(address, { transport });
+    try {
+      const started = Date.now();
+      await assert.rejects(
+        channel.call(MetadataService, 'Stat', { path: '/slow' }, { timeoutMs: 200 }),
+        (e: unknown) => {
+          return e instanceof DogfsError && e.code === 'DEADLINE_EXCEEDED';
+        },
+      );
+      assert.ok(Date.now() - started < 5000);
+    } finally {
+      channel.close();
+    }
+  });
+
+  test(`${transport}: idempotent calls are retried with backoff; a server that is down is UNAVAILABLE`, async () => {
+    const channel = new RpcChannel(address, { transport });
+    try {
+      statCalls = 0;
+      const stat = await callWithRetry(
+        channel,
+        MetadataService,
+        'Stat',
+        { path: '/flaky' },
+        { timeoutMs: 5000 },
+      );
+      assert.equal(stat.inode?.id, 7);
+      assert.equal(statCalls, 3, 'two UNAVAILABLE answers, then success');
+    } finally {
+      channel.close();
+    }
+    const down = new RpcChannel('127.0.0.1:1', { transport });
+    try {
+      await assert.rejects(down.call(HealthService, 'Check', {}, { timeoutMs: 3000 }), (e: unknown) => {
+        return e instanceof DogfsError && e.code === 'UNAVAILABLE' && e.message.includes('127.0.0.1:1');
+      });
+    } finally {
+      down.close();
+    }
+  });
+
+  test(`${transport}: Mkdir is retried (IDEMPOTENT in proto) until attempts run out`, async () => {
+    const channel = new RpcChannel(address, { transport });
+    try {
+      mkdirCalls = 0;
+      await assert.rejects(
+        callWithRetry(channel, MetadataService, 'Mkdir', { path: '/a' }, { timeoutMs: 10_000 }),
+      );
+      assert.equal(mkdirCalls, 8);
+      assert.equal(MetadataService.methods.Mkdir.idempotent, true);
+    } finally {
+      channel.close();
+    }
+  });
+
+  test(`${transport}: an AbortSignal cancels a call in flight, and the server sees the cancellation`, async () => {
+    const channel = new RpcChannel(address, { transport });
+    try {
+      slowStarted = false;
+      slowAbortCode = undefined;
+      const abort = new AbortController();
+      const call = channel.call(
+        MetadataService,
+        'Stat',
+        { path: '/slow' },
+        { timeoutMs: 30_000, signal: abort.signal },
+      );
+      await waitFor('the slow handler to start', () => slowStarted);
+      abort.abort();
+      await assert.rejects(call, (e: unknown) => e instanceof DogfsError && e.code === 'CANCELLED');
+      assert.equal(await waitFor('the handler to see the cancellation', () => slowAbortCode), 'CANCELLED');
+    } finally {
+      channel.close();
+    }
+  });
+
+  test(`${transport}: a response over the channel limit is refused with RESOURCE_EXHAUSTED`, async () => {
+    const channel = new RpcChannel(address, { maxMessageBytes: 1024, transport });
+    try {
+      await assert.rejects(
+        channel.call(MetadataService, 'Stat', { path: '/big' }),
+        (e: unknown) =>
+          e instanceof DogfsError && e.code === 'RESOURCE_EXHAUSTED' && e.message.includes('1024'),
+      );
+      // The channel stays usable for answers within the limit.
+      assert.equal((await channel.call(MetadataService, 'Stat', { path: '/ok' })).inode?.id, 7);
+    } finally {
+      channel.close();
+    }
+  });
+
+  test(`${transport}: a peer that accepts but never answers: the call ends at its deadline and the connection is replaced`, async () => {
+    const sockets: Socket[] = [];
+    let closed = 0;
+    const silent = createServer((socket) => {
+      sockets.push(socket);
+      socket.on('error', () => {});
+      socket.on('close', () => closed++);
+      // Read (and ignore) what the client sends, so its hang-up is seen.
+      socket.resume();
+    });
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const port = (silent.address() as { port: number }).port;
+    const channel = new RpcChannel(`127.0.0.1:${port}`, { transport });
+    try {
+      const started = Date.now();
+      await assert.rejects(
+        channel.call(HealthService, 'Check', {}, { timeoutMs: 300 }),
+        (e: unknown) => e instanceof DogfsError && e.code === 'DEADLINE_EXCEEDED',
+      );
+      assert.ok(Date.now() - started < 5000, 'within its deadline, not a transport timeout');
+      // The unanswered ping drops the connection, so the next call dials again instead of queueing on it.
+      await waitFor(
+        'the silent connection to be dropped',
+        () => sockets[0]?.destroyed || sockets[0]?.readableEnded,
+      );
+      await assert.rejects(channel.call(HealthService, 'Check', {}, { timeoutMs: 300 }));
+      assert.equal(sockets.length, 2, 'a second connection');
+    } finally {
+      channel.close();
+      for (const socket of sockets) socket.destroy();
+      silent.close();
+    }
+  });
+
+  test(`${transport}: an open channel does not keep a finished process alive`, async () => {
+    const rpc = fileURLToPath(new URL('../../src/wire/rpc.js', import.meta.url));
+    const types = fileURLToPath(new URL('../../src/wire/gen/types.js', import.meta.url));
+    const script = `
+      const { RpcChannel } = await import(${JSON.stringify(rpc)});
+      const { HealthService } = await import(${JSON.stringify(types)});
+      const channel = new RpcChannel(${JSON.stringify(address)}, { transport: ${JSON.stringify(transport)} });
+      const health = await channel.call(HealthService, 'Check', {});
+      process.stdout.write(health.id);`;
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    let out = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      out += d;
+    });
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    try {
+      const code = await Promise.race([
+        exited,
+        new Promise<'hung'>((r) => setTimeout(() => r('hung'), 15_000).unref()),
+      ]);
+      assert.equal(code, 0);
+      assert.equal(out, 'test');
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+
+  test(`${transport}: an error message that is not well-formed or is huge arrives cut and readable; the server lives on`, async () => {
+    const channel = new RpcChannel(address, { transport });
+    try {
+      await assert.rejects(
+        channel.call(MetadataService, 'Stat', { path: '/odd-error' }),
+        (e: unknown) =>
+          e instanceof DogfsError &&
+          e.code === 'INVALID_ARGUMENT' &&
+          e.message.startsWith('bad name \uFFFD x') &&
+          e.message.length <= 4096,
+      );
+      assert.equal((await channel.call(MetadataService, 'Stat', { path: '/ok' })).inode?.id, 7);
+    } finally {
+      channel.close();
+    }
+  });
+
+  test(`${transport}: many calls timing out together do not take down the connection other calls use`, async () => {
+    const channel = new RpcChannel(address, { transport });
+    try {
+      const late = channel.call(MetadataService, 'Stat', { path: '/later' }, { timeoutMs: 5000 });
+      const timeouts = Array.from({ length: 20 }, () =>
+        channel.call(MetadataService, 'Stat', { path: '/slow' }, { timeoutMs: 100 }),
+      );
+      for (const t of await Promise.allSettled(timeouts)) {
+        assert.equal(t.status, 'rejected');
+        assert.equal((t as PromiseRejectedResult).reason.code, 'DEADLINE_EXCEEDED');
+      }
+      assert.equal((await late).inode?.id, 9);
+    } finally {
+      channel.close();
+    }
+  });
+
+  test(`${transport}: a deadline beyond what a timer holds is a long deadline, not an immediate one`, async () => {
+    const channel = new RpcChannel(address, { transport });
+    try {
+      const month = 30 * 24 * 3600 * 1000;
+      assert.equal(
+        (await channel.call(MetadataService, 'Stat', { path: '/ok' }, { timeoutMs: month })).inode?.id,
+        7,
+      );
+      const forever = { deadline: Number.POSITIVE_INFINITY };
+      assert.equal((await channel.call(MetadataService, 'Stat', { path: '/ok' }, forever)).inode?.id, 7);
+    } finally {
+      channel.close();
+    }
+  });
+}

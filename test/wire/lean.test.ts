@@ -1,0 +1,312 @@
+/**
+ * The lean RPC framing (src/wire/lean*.ts): what its frame reader does with any split of the bytes, and
+ * what a DogFS server does with a lean client that breaks the rules — it answers with a clear code
+ * where the call can be named, drops the connection where the framing itself is broken, and goes on
+ * serving everyone else. rpc.test.ts runs the ordinary call tests over both transports.
+ */
+import assert from 'node:assert/strict';
+import { connect, type Socket } from 'node:net';
+import { after, before, test } from 'node:test';
+import { DogfsError } from '../../src/wire/errors.js';
+import { FileType, type MetadataMethods, MetadataService } from '../../src/wire/gen/types.js';
+import {
+  decodeError,
+  encodeEmptyFrame,
+  encodeError,
+  encodeRequest,
+  encodeResponse,
+  FrameReader,
+  FrameType,
+  LEAN_MAGIC,
+  MAX_CALLS_PER_CONNECTION,
+} from '../../src/wire/lean.js';
+import { decodeMessage, encodeMessage } from '../../src/wire/proto.js';
+import { RpcChannel, RpcServer, type ServiceHandlers } from '../../src/wire/rpc.js';
+import { waitFor } from '../helpers/index.js';
+
+const MAX_MESSAGE = 64 * 1024;
+const server = new RpcServer({ maxMessageBytes: MAX_MESSAGE });
+let address = '';
+let port = 0;
+/** Calls to the slow method wait until this is resolved (set per test). */
+let release: Promise<void> = Promise.resolve();
+let slowRunning = 0;
+let slowMostAtOnce = 0;
+
+/** Stat answers with its path (in `inode.ec`); `slow` waits for `release`, `never` never answers. */
+function statOnly(stat: (path: string) => Promise<void>): ServiceHandlers<MetadataMethods> {
+  const handlers: Record<string, unknown> = {};
+  for (const name of Object.keys(MetadataService.methods)) {
+    handlers[name] = () => {
+      throw new DogfsError('UNIMPLEMENTED', 'not in this test');
+    };
+  }
+  handlers['Stat'] = async (request: { path: string }) => {
+    await stat(request.path);
+    return { inode: { id: 1, type: FileType.FILE, size: 0, ec: request.path } };
+  };
+  return handlers as ServiceHandlers<MetadataMethods>;
+}
+
+before(async () => {
+  server.addService(
+    MetadataService,
+    statOnly(async (path) => {
+      if (path === 'slow') {
+        slowRunning++;
+        slowMostAtOnce = Math.max(slowMostAtOnce, slowRunning);
+        try {
+          await release;
+        } finally {
+          slowRunning--;
+        }
+      }
+      if (path === 'never') await new Promise(() => {});
+    }),
+  );
+  port = await server.listen('127.0.0.1', 0);
+  address = `127.0.0.1:${port}`;
+});
+after(() => server.close(0));
+
+interface Frame {
+  type: number;
+  callId: number;
+  body: Buffer;
+}
+
+/** A hand-driven lean connection: writes raw bytes, collects the frames the server sends back. */
+async function rawConnection(): Promise<{
+  socket: Socket;
+  frames: Frame[];
+  closed: () => boolean;
+}> {
+  const socket = connect({ host: '127.0.0.1', port });
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', resolve);
+    socket.once('error', reject);
+  });
+  socket.on('error', () => {});
+  const frames: Frame[] = [];
+  let closed = false;
+  socket.on('close', () => {
+    closed = true;
+  });
+  const reader = new FrameReader(1 << 20, {
+    frame: (type, callId, body) => frames.push({ type, callId, body: Buffer.from(body) }),
+    oversized: () => assert.fail('the server sent an oversized frame'),
+  });
+  socket.on('data', (chunk: Buffer) => reader.push(chunk));
+  return { socket, frames, closed: () => closed };
+}
+
+const STAT = `/${MetadataService.name}/Stat`;
+
+function statRequest(callId: number, path: string, timeoutMs = 5000): Buffer {
+  return encodeRequest(callId, STAT, timeoutMs, encodeMessage('dogfs.v1.StatRequest', { path }));
+}
+
+function statAnswer(frame: Frame | undefined): string | undefined {
+  return frame?.type === FrameType.RESPONSE
+    ? decodeMessage('dogfs.v1.StatResponse', frame.body).inode?.ec
+    : undefined;
+}
+
+function errorOf(frames: Frame[], callId: number): { code: string; message: string } | undefined {
+  const frame = frames.find((f) => f.callId === callId && f.type === FrameType.ERROR);
+  return frame === undefined ? undefined : decodeError(frame.body);
+}
+
+test('the frame reader gives the same frames whatever the split of the bytes, large ones assembled', () => {
+  const frames = [
+    encodeRequest(1, '/a/B', 100, Buffer.from('hello')),
+    encodeResponse(2, Buffer.alloc(3000, 7)),
+    encodeEmptyFrame(FrameType.PING, 3),
+    encodeError(4, new DogfsError('NOT_LEADER', 'elsewhere', { leaderHint: '127.0.0.1:9' })),
+    encodeResponse(5, Buffer.alloc(0)),
+  ];
+  const stream = Buffer.concat(frames);
+  const expected = frames.map((f) => ({ type: f[4], callId: f.readUInt32BE(5), body: f.subarray(9) }));
+  // Every cut point, and every chunk size from 1 byte up.
+  const splits: Buffer[][] = [];
+  for (let cut = 0; cut <= stream.byteLength; cut++)
+    splits.push([stream.subarray(0, cut), stream.subarray(cut)]);
+  for (const size of [1, 2, 3, 7, 64, 1000]) {
+    const chunks: Buffer[] = [];
+    for (let at = 0; at < stream.byteLength; at += size) chunks.push(stream.subarray(at, at + size));
+    splits.push(chunks);
+  }
+  for (const chunks of splits) {
+    const got: Frame[] = [];
+    const reader = new FrameReader(1 << 20, {
+      frame: (type, callId, body) => got.push({ type, callId, body: Buffer.from(body) }),
+      oversized: () => assert.fail('nothing here is oversized'),
+    });
+    for (const chunk of chunks) reader.push(chunk);
+    assert.deepEqual(got, expected, `split into ${chunks.map((c) => c.byteLength).join('+')}`);
+  }
+  const error = decodeError(expected[3]!.body);
+  assert.deepEqual(error, { code: 'NOT_LEADER', leaderHint: '127.0.0.1:9', message: 'elsewhere' });
+});
+
+test('the frame reader reads past an oversized request or response, and refuses anything else oversized', () => {
+  const big = encodeResponse(9, Buffer.alloc(5000, 1));
+  const small = encodeResponse(10, Buffer.from('ok'));
+  const stream = Buffer.concat([big, small]);
+  for (const size of [1, 100, 4096, stream.byteLength]) {
+    const got: number[] = [];
+    const oversized: number[] = [];
+    const reader = new FrameReader(1024, {
+      frame: (_type, callId) => got.push(callId),
+      oversized: (_type, callId) => oversized.push(callId),
+    });
+    for (let at = 0; at < stream.byteLength; at += size) reader.push(stream.subarray(at, at + size));
+    assert.deepEqual(oversized, [9], `chunks of ${size}`);
+    assert.deepEqual(got, [10], `chunks of ${size}`);
+  }
+  const reader = new FrameReader(1024, { frame: () => {}, oversized: () => {} });
+  const hugePing = Buffer.alloc(9);
+  hugePing.writeUInt32BE(5000, 0);
+  hugePing[4] = FrameType.PING;
+  assert.throws(() => reader.push(hugePing), /exceeds the 1024-byte limit/);
+  const tooShort = Buffer.from([0, 0, 0, 2, 1, 0, 0, 0, 0]);
+  assert.throws(
+    () => new FrameReader(1024, { frame: () => {}, oversized: () => {} }).push(tooShort),
+    /shorter/,
+  );
+});
+
+test('a lean client that breaks the rules gets a clear code per call, or loses only its own connection', async () => {
+  const { socket, frames, closed } = await rawConnection();
+  socket.write(LEAN_MAGIC);
+  // An unknown method, a truncated request, an oversized one (read past), then a good call.
+  socket.write(encodeRequest(1, '/dogfs.v1.Nothing/Here', 5000, Buffer.alloc(0)));
+  const truncated = encodeRequest(2, STAT, 5000, Buffer.alloc(0));
+  truncated.writeUInt16BE(999, 4 + 5 + 4); // claims a longer path than the frame holds
+  socket.write(truncated);
+  socket.write(encodeRequest(3, STAT, 5000, Buffer.alloc(MAX_MESSAGE + 4096)));
+  socket.write(encodeRequest(4, STAT, 5000, Buffer.from([0x0a, 0xff, 0xff])));
+  socket.write(statRequest(5, 'fine'));
+  await waitFor('five answers', () => frames.length >= 5);
+  assert.equal(errorOf(frames, 1)?.code, 'UNIMPLEMENTED');
+  assert.equal(errorOf(frames, 2)?.code, 'INVALID_ARGUMENT');
+  assert.match(errorOf(frames, 3)?.message ?? '', /exceeds the 65536-byte limit/);
+  assert.equal(errorOf(frames, 3)?.code, 'RESOURCE_EXHAUSTED');
+  assert.equal(errorOf(frames, 4)?.code, 'INVALID_ARGUMENT', 'a malformed protobuf request');
+  assert.equal(statAnswer(frames.find((f) => f.callId === 5)), 'fine');
+  // A ping is answered; then a frame type only servers send breaks the framing: connection dropped.
+  socket.write(encodeEmptyFrame(FrameType.PING, 77));
+  await waitFor('the pong', () => frames.some((f) => f.type === FrameType.PONG && f.callId === 77));
+  socket.write(encodeResponse(6, Buffer.from('a client does not answer')));
+  await waitFor('the connection to be dropped', closed);
+
+  // Each of these ends its own connection, and only that one.
+  const broken: Buffer[] = [
+    Buffer.from('DOGFSXXX1\n'), // a wrong magic
+    Buffer.concat([LEAN_MAGIC, Buffer.from([0, 0, 0, 1, 1])]), // a frame shorter than its head
+    Buffer.concat([LEAN_MAGIC, statRequest(8, 'slow'), statRequest(8, 'slow')]), // a call id reused in flight
+    Buffer.concat([LEAN_MAGIC, Buffer.from([0, 0, 0, 5, 99, 0, 0, 0, 1])]), // an unknown frame type
+  ];
+  let unblock!: () => void;
+  release = new Promise((resolve) => {
+    unblock = resolve;
+  });
+  for (const bytes of broken) {
+    const connection = await rawConnection();
+    connection.socket.write(bytes);
+    await waitFor(
+      `the connection sent ${bytes.subarray(0, 12).toString('hex')} to be dropped`,
+      connection.closed,
+    );
+  }
+  unblock();
+  await waitFor('the handler of the reused-id call to finish', () => slowRunning === 0);
+  release = Promise.resolve();
+  const channel = new RpcChannel(address, { transport: 'lean' });
+  try {
+    assert.equal((await channel.call(MetadataService, 'Stat', { path: 'after' })).inode?.ec, 'after');
+  } finally {
+    channel.close();
+  }
+});
+
+test('a server refuses calls beyond its per-connection limit; a DogFS channel queues them instead', async () => {
+  let open!: () => void;
+  release = new Promise((resolve) => {
+    open = resolve;
+  });
+  slowMostAtOnce = 0;
+  const { socket, frames } = await rawConnection();
+  socket.write(LEAN_MAGIC);
+  for (let id = 1; id <= MAX_CALLS_PER_CONNECTION + 1; id++) socket.write(statRequest(id, 'slow'));
+  await waitFor('the refusal of the call over the limit', () =>
+    errorOf(frames, MAX_CALLS_PER_CONNECTION + 1),
+  );
+  assert.equal(errorOf(frames, MAX_CALLS_PER_CONNECTION + 1)?.code, 'RESOURCE_EXHAUSTED');
+  open();
+  await waitFor('the other answers', () => frames.length === MAX_CALLS_PER_CONNECTION + 1);
+  socket.destroy();
+
+  release = new Promise((resolve) => {
+    open = resolve;
+  });
+  slowMostAtOnce = 0;
+  const channel = new RpcChannel(address, { transport: 'lean' });
+  try {
+    const calls = Array.from({ length: 3 * MAX_CALLS_PER_CONNECTION }, () =>
+      channel.call(MetadataService, 'Stat', { path: 'slow' }, { timeoutMs: 10_000 }),
+    );
+    await waitFor('a full connection of calls running', () => slowRunning === MAX_CALLS_PER_CONNECTION);
+    open();
+    for (const answer of await Promise.all(calls)) assert.equal(answer.inode?.ec, 'slow');
+    assert.equal(slowMostAtOnce, MAX_CALLS_PER_CONNECTION, 'never more than the limit at once');
+  } finally {
+    channel.close();
+  }
+});
+
+test('a handler that never answers is answered DEADLINE_EXCEEDED by the server at the deadline', async () => {
+  const { socket, frames } = await rawConnection();
+  socket.write(LEAN_MAGIC);
+  const started = Date.now();
+  socket.write(statRequest(1, 'never', 300));
+  await waitFor('the server-side deadline', () => errorOf(frames, 1), 5000);
+  assert.equal(errorOf(frames, 1)?.code, 'DEADLINE_EXCEEDED');
+  assert.ok(Date.now() - started >= 290, 'not before the deadline');
+  socket.destroy();
+});
+
+test('closing a server answers the calls in flight, refuses new ones, and tells clients to go away', async () => {
+  const closing = new RpcServer();
+  let open!: () => void;
+  const gate = new Promise<void>((resolve) => {
+    open = resolve;
+  });
+  let started = 0;
+  closing.addService(
+    MetadataService,
+    statOnly(async (path) => {
+      started++;
+      if (path === 'wait') await gate;
+    }),
+  );
+  const closingPort = await closing.listen('127.0.0.1', 0);
+  const channel = new RpcChannel(`127.0.0.1:${closingPort}`, { transport: 'lean' });
+  try {
+    const inFlight = channel.call(MetadataService, 'Stat', { path: 'wait' }, { timeoutMs: 10_000 });
+    await waitFor('the call to start', () => started === 1);
+    const closed = closing.close(10_000);
+    // Refused on the old connection (going away) or, once the GOAWAY is heard, by nobody listening.
+    await assert.rejects(
+      channel.call(MetadataService, 'Stat', { path: 'new' }, { timeoutMs: 1000 }),
+      (e: unknown) => e instanceof DogfsError && e.code === 'UNAVAILABLE',
+    );
+    open();
+    assert.equal((await inFlight).inode?.ec, 'wait', 'the call in flight got its answer');
+    await closed;
+    assert.equal(started, 1, 'nothing new ran after close');
+  } finally {
+    channel.close();
+    open();
+  }
+});
