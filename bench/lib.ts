@@ -2,10 +2,11 @@
  * bench/lib — shared by the benchmarks: JSON-line results, the machine they ran on, latency percentiles,
  * closed-loop load at a fixed concurrency, and free loopback ports.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs/light.js';
 import { freePort, randomLoopbackHost } from '../src/common/ports.js';
 import { RpcChannel } from '../src/wire/rpc.js';
@@ -130,8 +131,10 @@ function encodePut(key: string, value: string): Buffer {
 /**
  * The reference: a 3-member etcd (Debian's etcd-server) on loopback with its default durability (fsync
  * per batch), `value`-byte puts from closed-loop workers spread over the three members' client ports,
- * one measurement per concurrency. Emits put_ops/p50/p99 lines with system "etcd-3.4" and returns ops/s
- * per concurrency, or undefined (after an etcd_unavailable line) where etcd is not installed.
+ * one measurement per concurrency with DogFS's Node gRPC client (client "node-grpc") and, where it can be
+ * built, one with etcd's own Go client (client "go", bench/etcd-put). Emits put_ops/p50/p99/max and
+ * cpu_per_put lines with system "etcd-3.4" and returns, per concurrency, the better of the two ops/s, or
+ * undefined (after an etcd_unavailable line) where etcd is not installed.
  */
 export async function measureEtcdPuts(
   bench: string,
@@ -173,8 +176,10 @@ export async function measureEtcdPuts(
       { stdio: 'ignore' },
     ),
   );
-  // The same gRPC client as DogFS's own calls (wire/grpc-client.ts), so the comparison is of the
-  // servers and not of two client stacks.
+  // Two clients, one after the other at each concurrency: DogFS's Node gRPC client (wire/grpc-client.ts),
+  // and etcd's own Go client (bench/etcd-put) where it can be built. The ratios are taken against the
+  // better of the two figures.
+  const goClient = buildGoEtcdClient(bench);
   const clients = members.map((m) => new RpcChannel(`${host}:${m.client}`, { transport: 'grpc' }));
   const put = async (client: RpcChannel, key: string): Promise<void> => {
     await client.callRaw('/etcdserverpb.KV/Put', encodePut(key, value), { timeoutMs: 10_000 }, 'Put');
@@ -203,7 +208,7 @@ export async function measureEtcdPuts(
       });
       const perPut = (cpuSeconds: number) => Math.round((cpuSeconds * 1e6) / Math.max(1, puts));
       rates.set(c, r.opsPerSec);
-      const tags = { system: 'etcd-3.4', groups: 1, concurrency: c };
+      const tags = { system: 'etcd-3.4', client: 'node-grpc', groups: 1, concurrency: c };
       emitLoad(bench, 'put', r, tags);
       const cpu = [
         { process: 'client', seconds: selfCpuSeconds() - self0 },
@@ -211,6 +216,24 @@ export async function measureEtcdPuts(
       ];
       for (const { process, seconds } of cpu)
         emit({ bench, metric: 'cpu_per_put', value: perPut(seconds), unit: 'us', process, ...tags });
+      if (goClient !== undefined) {
+        const endpoints = members.map((m) => `${host}:${m.client}`).join(',');
+        const goCpu0 = procs.map((p) => processCpuSeconds(p.pid!));
+        const go = runGoEtcdClient(goClient, endpoints, c, seconds, value.length);
+        const goTags = { ...tags, client: 'go' };
+        emitLoad(bench, 'put', go, goTags);
+        const goPerPut = (cpuSeconds: number) => Math.round((cpuSeconds * 1e6) / Math.max(1, go.allPuts));
+        const goCpu = [
+          { process: 'client', seconds: go.cpuSeconds },
+          ...procs.map((p, n) => ({
+            process: `etcd${n + 1}`,
+            seconds: processCpuSeconds(p.pid!) - goCpu0[n]!,
+          })),
+        ];
+        for (const { process, seconds } of goCpu)
+          emit({ bench, metric: 'cpu_per_put', value: goPerPut(seconds), unit: 'us', process, ...goTags });
+        rates.set(c, Math.max(r.opsPerSec, go.opsPerSec));
+      }
     }
   } finally {
     for (const c of clients) c.close();
@@ -218,4 +241,62 @@ export async function measureEtcdPuts(
     rmSync(dir, { recursive: true, force: true });
   }
   return rates;
+}
+
+const GO_ETCD_CLIENT_SOURCE = fileURLToPath(new URL('../../bench/etcd-put/main.go', import.meta.url));
+/** Where Debian's golang-etcd-server-dev puts etcd's Go sources (GOPATH layout). */
+const DEBIAN_GOPATH = '/usr/share/gocode';
+
+/**
+ * Builds bench/etcd-put with Debian's Go and etcd sources (`apt-get install golang-go
+ * golang-etcd-server-dev`; GOPATH mode, nothing downloaded). Undefined, after an etcd_go_client_unavailable
+ * line, where they are not installed or the build fails.
+ */
+function buildGoEtcdClient(bench: string): string | undefined {
+  const out = join(tmpdir(), 'dogfs-bench-etcd-put');
+  const unavailable = (note: string): undefined => {
+    emit({ bench, metric: 'etcd_go_client_unavailable', value: 0, unit: 'none', note });
+    return undefined;
+  };
+  if (!existsSync(join(DEBIAN_GOPATH, 'src/go.etcd.io/etcd/etcdserver/etcdserverpb')))
+    return unavailable(
+      'apt-get install golang-go golang-etcd-server-dev to measure etcd with its own client',
+    );
+  const built = spawnSync('go', ['build', '-o', out, GO_ETCD_CLIENT_SOURCE], {
+    env: {
+      ...process.env,
+      GO111MODULE: 'off',
+      GOPATH: DEBIAN_GOPATH,
+      GOCACHE: join(tmpdir(), 'dogfs-bench-gocache'),
+    },
+    encoding: 'utf8',
+  });
+  if (built.error !== undefined || built.status !== 0)
+    return unavailable(`go build failed: ${(built.error?.message ?? built.stderr).slice(0, 300)}`);
+  return out;
+}
+
+interface GoLoadResult extends LoadResult {
+  allPuts: number;
+  cpuSeconds: number;
+}
+
+/** One closed-loop measurement with etcd's Go client (blocking: this process only waits meanwhile). */
+function runGoEtcdClient(
+  binary: string,
+  endpoints: string,
+  concurrency: number,
+  seconds: number,
+  valueBytes: number,
+): GoLoadResult {
+  const run = spawnSync(
+    binary,
+    [
+      ...['-endpoints', endpoints, '-concurrency', String(concurrency)],
+      ...['-seconds', String(seconds), '-value-bytes', String(valueBytes)],
+    ],
+    { encoding: 'utf8', timeout: (seconds + 60) * 1000 },
+  );
+  if (run.status !== 0) throw new Error(`etcd-put failed: ${run.error?.message ?? run.stderr}`);
+  return JSON.parse(run.stdout) as GoLoadResult;
 }
