@@ -5,7 +5,7 @@
  * serving everyone else. rpc.test.ts runs the ordinary call tests over both transports.
  */
 import assert from 'node:assert/strict';
-import { connect, type Socket } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import { DogfsError } from '../../src/wire/errors.js';
 import { FileType, type MetadataMethods, MetadataService } from '../../src/wire/gen/types.js';
@@ -308,5 +308,74 @@ test('closing a server answers the calls in flight, refuses new ones, and tells 
   } finally {
     channel.close();
     open();
+  }
+});
+
+test('a lean client facing a server that lies: wrong ids ignored, oversized answers refused, broken framing is UNAVAILABLE', async () => {
+  /** A fake server: after the magic, answers each request with what `reply` makes of it. */
+  let reply: (callId: number, socket: Socket) => void = () => {};
+  const sockets: Socket[] = [];
+  const fake = createServer((socket) => {
+    sockets.push(socket);
+    socket.on('error', () => {});
+    let magicLeft = LEAN_MAGIC.byteLength;
+    const reader = new FrameReader(1 << 20, {
+      frame: (type, callId) => {
+        if (type === FrameType.REQUEST) reply(callId, socket);
+      },
+      oversized: () => {},
+    });
+    socket.on('data', (chunk: Buffer) => {
+      const skip = Math.min(magicLeft, chunk.byteLength);
+      magicLeft -= skip;
+      if (chunk.byteLength > skip) reader.push(chunk.subarray(skip));
+    });
+  });
+  await new Promise<void>((resolve) => fake.listen(0, '127.0.0.1', resolve));
+  const fakeAddress = `127.0.0.1:${(fake.address() as { port: number }).port}`;
+  const channel = new RpcChannel(fakeAddress, { transport: 'lean', maxMessageBytes: 1024 });
+  const stat = (timeoutMs = 5000) => channel.call(MetadataService, 'Stat', { path: 'x' }, { timeoutMs });
+  const answer = (ec: string) =>
+    encodeMessage('dogfs.v1.StatResponse', { inode: { id: 1, type: FileType.FILE, size: 0, ec } });
+  try {
+    // An answer to a call nobody made is ignored; the real answer still arrives.
+    reply = (callId, socket) => {
+      socket.write(encodeResponse(callId + 1000, answer('stranger')));
+      socket.write(encodeResponse(callId, answer('mine')));
+    };
+    assert.equal((await stat()).inode?.ec, 'mine');
+    // An answer over the channel's limit is read past and refused; the connection goes on.
+    reply = (callId, socket) => socket.write(encodeResponse(callId, Buffer.alloc(64 * 1024)));
+    await assert.rejects(stat(), (e: unknown) => e instanceof DogfsError && e.code === 'RESOURCE_EXHAUSTED');
+    reply = (callId, socket) => socket.write(encodeResponse(callId, answer('after')));
+    assert.equal((await stat()).inode?.ec, 'after');
+    assert.equal(sockets.length, 1, 'one connection throughout');
+    // An error frame that does not hold what it claims is INTERNAL, not a crash.
+    reply = (callId, socket) => {
+      const frame = encodeError(callId, new DogfsError('NOT_FOUND', 'gone'));
+      frame[9] = 200; // a code length past the end of the frame
+      socket.write(frame);
+    };
+    await assert.rejects(stat(), (e: unknown) => e instanceof DogfsError && e.code === 'INTERNAL');
+    // A code this client does not know arrives as INTERNAL with the code named.
+    reply = (callId, socket) => {
+      const frame = encodeError(callId, new DogfsError('NOT_FOUND', 'gone'));
+      frame.write('NOT_FOUNX', 10, 'latin1');
+      socket.write(frame);
+    };
+    await assert.rejects(
+      stat(),
+      (e: unknown) => e instanceof DogfsError && e.code === 'INTERNAL' && e.message.includes('NOT_FOUNX'),
+    );
+    // A server that sends a request breaks the framing: the call fails UNAVAILABLE, the next dials again.
+    reply = (callId, socket) => socket.write(encodeRequest(callId, STAT, 100, Buffer.alloc(0)));
+    await assert.rejects(stat(), (e: unknown) => e instanceof DogfsError && e.code === 'UNAVAILABLE');
+    reply = (callId, socket) => socket.write(encodeResponse(callId, answer('again')));
+    assert.equal((await stat()).inode?.ec, 'again');
+    assert.equal(sockets.length, 2, 'a new connection after the broken one');
+  } finally {
+    channel.close();
+    for (const socket of sockets) socket.destroy();
+    fake.close();
   }
 });
