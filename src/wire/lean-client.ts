@@ -9,6 +9,11 @@
  * on call after call. Frames written in one turn of the event loop leave in one write. At most
  * MAX_CALLS_PER_CONNECTION calls are in flight on a connection; more wait in order, their deadlines
  * running (and at most MAX_WAITING_CALLS wait, beyond which a call is refused at once).
+ *
+ * Call ids are per connection and only grow (assigned when a request is written), as HTTP/2's stream
+ * ids do: a server's GOAWAY names the last id it took, so the calls after it are known not to have run
+ * and go out again on a new connection, as do calls still waiting for a slot. A connection whose ids
+ * run out is retired the same way.
  */
 import { connect, type Socket } from 'node:net';
 import { DogfsError, isErrorCode } from './errors.js';
@@ -17,40 +22,54 @@ import {
   decodeError,
   encodeEmptyFrame,
   encodeRequest,
-  FRAME_OVERHEAD_BYTES,
   FrameReader,
   FrameType,
   LEAN_MAGIC,
+  MAX_CALL_ID,
   MAX_CALLS_PER_CONNECTION,
+  maxFrameBytes,
   TickBatchedWriter,
 } from './lean.js';
 
 /** Calls that may wait for a free slot on one connection before further calls are refused. */
 const MAX_WAITING_CALLS = 16_384;
-/** Call ids wrap around below this (ids of calls in flight are never reused). */
-const MAX_CALL_ID = 0xffff_ffff;
 
 interface ClientCall {
-  readonly id: number;
+  /** The id of its request on `socket`; 0 while it waits for a slot. */
+  id: number;
+  /** The connection it is on (in flight or waiting); changes when a GOAWAY sends it elsewhere. */
+  socket: LeanSocket;
+  readonly path: string;
+  readonly message: Uint8Array;
+  /** Absolute deadline (ms since the epoch); the request carries what remains of it when written. */
+  readonly deadline: number;
   readonly where: string;
   readonly maxMessageBytes: number;
   readonly resolve: (response: Buffer) => void;
   readonly reject: (error: DogfsError) => void;
-  /** The encoded REQUEST frame while the call waits for a slot; undefined once sent. */
-  frame: Buffer | undefined;
-  timer: NodeJS.Timeout;
+  timer: NodeJS.Timeout | undefined;
   signal: AbortSignal | undefined;
   onAbort: (() => void) | undefined;
+}
+
+/** Ends a call with its outcome: clears its timer and abort listener, settles its promise. */
+function conclude(call: ClientCall, outcome: Buffer | DogfsError): void {
+  clearTimeout(call.timer);
+  if (call.onAbort !== undefined) call.signal?.removeEventListener('abort', call.onAbort);
+  if (outcome instanceof DogfsError) call.reject(outcome);
+  else call.resolve(outcome);
 }
 
 /** One TCP connection and the calls on it. */
 class LeanSocket {
   readonly socket: Socket;
+  /** Calls whose request was written, by id. */
   readonly calls = new Map<number, ClientCall>();
   readonly waiting: ClientCall[] = [];
   private readonly reader: FrameReader;
   private readonly writer: TickBatchedWriter;
-  /** No new calls go on this connection (GOAWAY heard, closed, or probing failed). */
+  private nextId = 1;
+  /** No new calls go on this connection (GOAWAY heard, ids used up, closed, or failed). */
   retired = false;
   private probe: { id: number; timer: NodeJS.Timeout } | undefined;
 
@@ -60,7 +79,7 @@ class LeanSocket {
     port: number,
     maxMessageBytes: number,
   ) {
-    this.reader = new FrameReader(maxMessageBytes + FRAME_OVERHEAD_BYTES, {
+    this.reader = new FrameReader(maxFrameBytes(maxMessageBytes), {
       frame: (type, callId, body) => this.onFrame(type, callId, body),
       oversized: (type, callId) => {
         if (type !== FrameType.RESPONSE) throw new DogfsError('INVALID_ARGUMENT', 'a server sent a request');
@@ -102,7 +121,7 @@ class LeanSocket {
       return;
     }
     if (type === FrameType.GOAWAY) {
-      this.retire();
+      this.goAway(callId);
       return;
     }
     const call = this.calls.get(callId);
@@ -145,25 +164,26 @@ class LeanSocket {
     throw new DogfsError('INVALID_ARGUMENT', `frame type ${type} from a server`);
   }
 
-  /** Sends a call now or queues it for a slot. */
+  /** Writes a call's request now, or queues it for a slot. */
   start(call: ClientCall): void {
-    if (this.calls.size < MAX_CALLS_PER_CONNECTION) {
-      this.calls.set(call.id, call);
-      const frame = call.frame!;
-      call.frame = undefined;
-      this.send(frame);
-    } else {
+    call.socket = this;
+    if (this.calls.size >= MAX_CALLS_PER_CONNECTION) {
+      call.id = 0;
       this.waiting.push(call);
+      return;
     }
-  }
-
-  private send(frame: Buffer): void {
-    this.writer.write(frame);
+    const id = this.nextId++;
+    call.id = id;
+    this.calls.set(id, call);
+    this.writer.write(encodeRequest(id, call.path, Math.max(1, call.deadline - Date.now()), call.message));
+    // Ids only grow: once they run out, later calls go on a new connection.
+    if (this.nextId > MAX_CALL_ID) this.retire();
   }
 
   /** Ends a call with its outcome (once), frees its slot and lets a waiting call go. */
   settle(call: ClientCall, outcome: Buffer | DogfsError): void {
-    if (call.frame === undefined) {
+    if (call.socket !== this) return;
+    if (call.id !== 0) {
       if (this.calls.get(call.id) !== call) return;
       this.calls.delete(call.id);
     } else {
@@ -171,22 +191,20 @@ class LeanSocket {
       if (at < 0) return;
       this.waiting.splice(at, 1);
     }
-    clearTimeout(call.timer);
-    call.signal?.removeEventListener('abort', call.onAbort!);
-    if (outcome instanceof DogfsError) call.reject(outcome);
-    else call.resolve(outcome);
+    conclude(call, outcome);
     // Bounded: one waiting call per freed slot.
-    while (this.waiting.length > 0 && this.calls.size < MAX_CALLS_PER_CONNECTION && !this.socket.destroyed) {
+    while (this.waiting.length > 0 && this.calls.size < MAX_CALLS_PER_CONNECTION && !this.retired) {
       this.start(this.waiting.shift()!);
     }
-    if (this.retired && this.calls.size === 0 && this.waiting.length === 0) this.socket.end();
+    this.endIfDone();
   }
 
   /** The caller gave up on a call (deadline or signal): it ends now and the server is told. */
   cut(call: ClientCall, error: DogfsError): void {
-    const sent = call.frame === undefined && this.calls.get(call.id) === call;
+    const sent = call.socket === this && call.id !== 0 && this.calls.get(call.id) === call;
+    const id = call.id;
     this.settle(call, error);
-    if (sent && !this.socket.destroyed) this.send(encodeEmptyFrame(FrameType.CANCEL, call.id));
+    if (sent && !this.socket.destroyed) this.writer.write(encodeEmptyFrame(FrameType.CANCEL, id));
   }
 
   /** After a call timed out: drop the connection unless the server answers a ping promptly. */
@@ -195,26 +213,55 @@ class LeanSocket {
     const timer = setTimeout(() => this.fail('the server did not answer a ping'), PING_TIMEOUT_MS);
     timer.unref();
     this.probe = { id, timer };
-    this.send(encodeEmptyFrame(FrameType.PING, id));
+    this.writer.write(encodeEmptyFrame(FrameType.PING, id));
   }
 
-  /** No new calls on this connection; it ends once the calls on it have their answers. */
-  retire(): void {
+  /**
+   * The server took requests up to `lastId` and will run nothing after: those after it, and the calls
+   * waiting for a slot, go out again on a new connection; this one ends once the rest are answered.
+   */
+  private goAway(lastId: number): void {
+    const alreadyRetired = this.retired;
+    this.stopTaking();
+    // In the order they were sent, then the ones that waited (bounded by the calls this connection held).
+    const unrun = [...this.calls.values()].filter((call) => call.id > lastId);
+    for (const call of unrun) this.calls.delete(call.id);
+    for (const call of unrun) this.owner.restart(call);
+    if (!alreadyRetired) for (const call of this.waiting.splice(0)) this.owner.restart(call);
+    this.endIfDone();
+  }
+
+  private stopTaking(): void {
     this.retired = true;
     this.owner.forget(this);
-    if (this.calls.size === 0 && this.waiting.length === 0) this.socket.end();
   }
 
-  /** The connection is unusable: every call on it (and waiting for it) fails UNAVAILABLE. */
+  /** No new calls on this connection; calls waiting for a slot move to a new one. */
+  retire(): void {
+    if (this.retired) return;
+    this.stopTaking();
+    for (const call of this.waiting.splice(0)) this.owner.restart(call);
+    this.endIfDone();
+  }
+
+  private endIfDone(): void {
+    if (this.retired && this.calls.size === 0 && this.waiting.length === 0) this.socket.end();
+  }
+
+  /**
+   * The connection is unusable: calls in flight on it fail UNAVAILABLE (whether they ran is unknown);
+   * those waiting for a slot were never sent and fail the same way (a connection that cannot be made
+   * would otherwise be dialled again and again until their deadlines).
+   */
   private fail(reason: string): void {
-    this.retire();
+    this.stopTaking();
     if (this.probe !== undefined) clearTimeout(this.probe.timer);
     this.probe = undefined;
     this.socket.destroy();
-    // Bounded by the calls this connection holds; settle() starts no new ones on a destroyed socket.
-    for (const call of [...this.calls.values(), ...this.waiting]) {
-      this.settle(call, new DogfsError('UNAVAILABLE', `${call.where}: ${reason}`));
-    }
+    const calls = [...this.calls.values(), ...this.waiting];
+    this.calls.clear();
+    this.waiting.length = 0;
+    for (const call of calls) conclude(call, new DogfsError('UNAVAILABLE', `${call.where}: ${reason}`));
   }
 }
 
@@ -222,7 +269,6 @@ class LeanSocket {
 export class LeanConnection {
   private current: LeanSocket | undefined;
   private closed = false;
-  private nextId = 1;
   private readonly host: string;
   private readonly port: number;
 
@@ -249,6 +295,18 @@ export class LeanConnection {
     return this.current;
   }
 
+  /** A call that did not run where it was (GOAWAY, or waiting on a retired connection) goes out again. */
+  restart(call: ClientCall): void {
+    let socket: LeanSocket;
+    try {
+      socket = this.connection();
+    } catch (error) {
+      conclude(call, error as DogfsError);
+      return;
+    }
+    socket.start(call);
+  }
+
   /** One unary call: `message` is the encoded request; resolves with the encoded response. */
   unary(path: string, message: Uint8Array, options: UnaryOptions): Promise<Buffer> {
     const checked = checkCall(this.address, message, options);
@@ -265,26 +323,30 @@ export class LeanConnection {
         new DogfsError('RESOURCE_EXHAUSTED', `${where}: ${MAX_WAITING_CALLS} calls already waiting`),
       );
     }
-    const id = this.nextId;
-    // Ids wrap; one still in flight after 2^32 calls (it cannot be: deadlines end them) is skipped.
-    this.nextId = id >= MAX_CALL_ID ? 1 : id + 1;
     return new Promise<Buffer>((resolve, reject) => {
       const call: ClientCall = {
-        id,
+        id: 0,
+        socket,
+        path,
+        message,
+        deadline: Date.now() + remaining,
         where,
         maxMessageBytes: options.maxMessageBytes,
         resolve,
         reject,
-        frame: encodeRequest(id, path, remaining, message),
-        timer: setTimeout(() => {
-          socket.cut(call, new DogfsError('DEADLINE_EXCEEDED', `${where}: deadline exceeded`));
-          socket.ping(id);
-        }, remaining),
+        timer: undefined,
         signal: options.signal,
         onAbort: undefined,
       };
+      // The timer and the abort act on whichever connection the call is on by then.
+      call.timer = setTimeout(() => {
+        const on = call.socket;
+        const id = call.id;
+        on.cut(call, new DogfsError('DEADLINE_EXCEEDED', `${where}: deadline exceeded`));
+        if (id !== 0) on.ping(id);
+      }, remaining);
       if (options.signal !== undefined) {
-        call.onAbort = () => socket.cut(call, new DogfsError('CANCELLED', `${where}: cancelled`));
+        call.onAbort = () => call.socket.cut(call, new DogfsError('CANCELLED', `${where}: cancelled`));
         options.signal.addEventListener('abort', call.onAbort, { once: true });
       }
       socket.start(call);

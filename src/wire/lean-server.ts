@@ -19,16 +19,22 @@ import {
   encodeEmptyFrame,
   encodeError,
   encodeResponse,
-  FRAME_OVERHEAD_BYTES,
   FrameReader,
   FrameType,
   LEAN_MAGIC,
   MAX_CALLS_PER_CONNECTION,
+  maxFrameBytes,
   TickBatchedWriter,
 } from './lean.js';
 
 /** Unsent answer bytes above which a connection's requests wait until the client reads. */
 const HIGH_WATER_BYTES = 8 << 20;
+/**
+ * Answers already owed still queue while requests wait; past this many unsent bytes (or when nothing
+ * is taken for UNSENT_STALL_MS while some wait) the client is not reading and its connection is dropped.
+ */
+const MIN_UNSENT_LIMIT_BYTES = 64 << 20;
+const UNSENT_STALL_MS = 30_000;
 /** A connection without a call for this long is closed (GOAWAY, then end); clients simply dial again. */
 const IDLE_CONNECTION_MS = 10 * 60_000;
 /** How often a connection looks for calls past their deadline (handlers that never answer). */
@@ -53,6 +59,11 @@ class LeanServerConnection {
   private readonly calls = new Map<number, ServerCall>();
   private readonly reader: FrameReader;
   private magicSeen = 0;
+  /** The highest request id taken (ids only grow on a connection): what a GOAWAY names. */
+  private lastCallId = 0;
+  /** Bytes of a request being assembled, counted in the server's bufferedBytes until it is whole. */
+  private assemblyHeld = 0;
+  private stallTimer: NodeJS.Timeout | undefined;
   private readonly writer: TickBatchedWriter;
   private goingAway = false;
   private sweep: NodeJS.Timeout | undefined;
@@ -62,19 +73,28 @@ class LeanServerConnection {
     private readonly server: LeanServer,
     readonly socket: Socket,
   ) {
-    this.reader = new FrameReader(server.limits.maxMessageBytes + FRAME_OVERHEAD_BYTES, {
+    const maxFrame = maxFrameBytes(server.limits.maxMessageBytes);
+    this.reader = new FrameReader(maxFrame, {
       frame: (type, callId, body) => this.onFrame(type, callId, body),
-      oversized: (type, callId) => {
+      oversized: (type, callId, length) => {
         if (type !== FrameType.REQUEST) throw new DogfsError('INVALID_ARGUMENT', 'a client sent a response');
-        this.send(
-          encodeError(
-            callId,
-            new DogfsError(
-              'RESOURCE_EXHAUSTED',
-              `request exceeds the ${server.limits.maxMessageBytes}-byte limit`,
-            ),
-          ),
-        );
+        this.lastCallId = Math.max(this.lastCallId, callId);
+        const reason =
+          length > maxFrame
+            ? `request exceeds the ${server.limits.maxMessageBytes}-byte limit`
+            : `server busy: ${server.limits.maxBufferedBytes} bytes of requests already in progress`;
+        this.send(encodeError(callId, new DogfsError('RESOURCE_EXHAUSTED', reason)));
+      },
+      // A request arriving in pieces holds its whole size from its head on: counted like one in flight.
+      admit: (_type, _callId, length) => {
+        if (server.bufferedBytes + length > server.limits.maxBufferedBytes) return false;
+        server.bufferedBytes += length;
+        this.assemblyHeld = length;
+        return true;
+      },
+      released: (length) => {
+        server.bufferedBytes -= length;
+        this.assemblyHeld -= length;
       },
     });
     this.writer = new TickBatchedWriter(socket);
@@ -85,9 +105,9 @@ class LeanServerConnection {
       // 'close' follows; a reset client is an ordinary fault.
     });
     socket.on('close', () => this.onClose());
-    socket.on('drain', () => {
-      if (!this.goingAway) socket.resume();
-    });
+    // Reading resumes once the answers are taken, going away or not (PINGs, CANCELs and the client's
+    // end must still be read).
+    socket.on('drain', () => socket.resume());
     socket.setTimeout(IDLE_CONNECTION_MS, () => {
       if (this.calls.size === 0) this.goAway();
     });
@@ -135,14 +155,18 @@ class LeanServerConnection {
   }
 
   private onRequest(callId: number, body: Buffer): void {
-    if (this.calls.has(callId))
-      throw new DogfsError('INVALID_ARGUMENT', `call id ${callId} reused while in flight`);
-    const server = this.server;
-    const refuse = (error: DogfsError): void => this.send(encodeError(callId, error));
+    if (callId <= this.lastCallId)
+      throw new DogfsError('INVALID_ARGUMENT', `call id ${callId} after ${this.lastCallId}: ids only grow`);
     if (this.goingAway) {
-      refuse(new DogfsError('UNAVAILABLE', 'server is shutting down this connection'));
+      // Not run: the GOAWAY named the last id taken, and the client sends this one again elsewhere.
+      this.send(
+        encodeError(callId, new DogfsError('UNAVAILABLE', 'server is shutting down this connection')),
+      );
       return;
     }
+    this.lastCallId = callId;
+    const server = this.server;
+    const refuse = (error: DogfsError): void => this.send(encodeError(callId, error));
     let request: ReturnType<typeof decodeRequest>;
     try {
       request = decodeRequest(body);
@@ -252,14 +276,33 @@ class LeanServerConnection {
     const socket = this.socket;
     if (socket.destroyed) return;
     this.writer.write(frame);
-    if (socket.writableLength > HIGH_WATER_BYTES) socket.pause();
+    if (socket.writableLength <= HIGH_WATER_BYTES) return;
+    socket.pause();
+    if (socket.writableLength > Math.max(MIN_UNSENT_LIMIT_BYTES, 4 * this.server.limits.maxMessageBytes)) {
+      socket.destroy();
+      return;
+    }
+    this.watchForStall(socket.bytesWritten);
+  }
+
+  /** Drops the connection if answers wait unsent and none is taken for UNSENT_STALL_MS. */
+  private watchForStall(written: number): void {
+    if (this.stallTimer !== undefined) return;
+    this.stallTimer = setTimeout(() => {
+      this.stallTimer = undefined;
+      const socket = this.socket;
+      if (socket.destroyed || socket.writableLength === 0) return;
+      if (socket.bytesWritten === written) socket.destroy();
+      else this.watchForStall(socket.bytesWritten);
+    }, UNSENT_STALL_MS);
+    this.stallTimer.unref();
   }
 
   /** No new calls; the ones in flight are answered, then the connection ends. */
   goAway(): void {
     if (this.goingAway) return;
     this.goingAway = true;
-    this.send(encodeEmptyFrame(FrameType.GOAWAY, 0));
+    this.send(encodeEmptyFrame(FrameType.GOAWAY, this.lastCallId));
     if (this.calls.size === 0) this.endAfterWrites();
   }
 
@@ -269,6 +312,9 @@ class LeanServerConnection {
 
   private onClose(): void {
     clearTimeout(this.magicTimer);
+    clearTimeout(this.stallTimer);
+    this.server.bufferedBytes -= this.assemblyHeld;
+    this.assemblyHeld = 0;
     if (this.sweep !== undefined) clearInterval(this.sweep);
     this.sweep = undefined;
     // The client is gone: its calls are cancelled (handlers that asked for a signal see it).

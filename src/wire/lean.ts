@@ -14,7 +14,8 @@
  *   RESPONSE s→c  [response message]
  *   ERROR    s→c  [u8 code length][code][u16 leader-hint length][leader hint][message, UTF-8]
  *   PONG     s→c
- *   GOAWAY   s→c  (no new calls on this connection; the ones in flight are still answered)
+ *   GOAWAY   s→c  (the call id field is the last request the server took: it answers those, runs
+ *                 nothing after; the client sends calls after it again on a new connection)
  * Calls are answered in any order (multiplexed by id). Every length is bounded: a frame by the
  * message limit plus FRAME_OVERHEAD_BYTES (a larger REQUEST or RESPONSE is read past and refused with
  * RESOURCE_EXHAUSTED; any other oversized frame closes the connection), a path by MAX_PATH_BYTES, an
@@ -48,9 +49,17 @@ export const MAX_PATH_BYTES = 1024;
 /** An error's message is cut to this many bytes: an error line, not a payload. */
 export const MAX_ERROR_MESSAGE_BYTES = 4096;
 const MAX_HINT_BYTES = 1024;
-/** Room for everything a frame carries besides its message. */
+/** Room for everything a frame carries besides its message (the larger of a REQUEST's and an ERROR's). */
 export const FRAME_OVERHEAD_BYTES =
-  HEAD_BYTES + REQUEST_FIXED_BYTES + MAX_PATH_BYTES + 1 + 64 + 2 + MAX_HINT_BYTES;
+  HEAD_BYTES +
+  Math.max(REQUEST_FIXED_BYTES + MAX_PATH_BYTES, 1 + 255 + 2 + MAX_HINT_BYTES + MAX_ERROR_MESSAGE_BYTES);
+
+/** The largest frame either side reads for a given message limit. */
+export function maxFrameBytes(maxMessageBytes: number): number {
+  return maxMessageBytes + FRAME_OVERHEAD_BYTES;
+}
+/** Call ids on one connection only grow; past this, a client opens a new connection. */
+export const MAX_CALL_ID = 0xffff_ffff;
 /** Calls one connection may have in flight; a client queues beyond it, a server refuses beyond it. */
 export const MAX_CALLS_PER_CONNECTION = 256;
 /** The longest timeout a request can carry (u32 milliseconds, ~49.7 days). */
@@ -160,10 +169,19 @@ export interface FrameHandlers {
   /** A whole frame: `body` is what follows the call id (a view into the received bytes, or a copy). */
   frame(type: number, callId: number, body: Buffer): void;
   /**
-   * A REQUEST or RESPONSE frame longer than the limit: its bytes are read past, never held, and the
-   * call is refused. Any other type over the limit is a protocol error (the reader throws).
+   * A REQUEST or RESPONSE frame longer than the limit, or one `admit` turned away: its bytes are read
+   * past, never held, and the call is refused. Any other type over the limit is a protocol error (the
+   * reader throws).
    */
   oversized(type: number, callId: number, length: number): void;
+  /**
+   * Optional: asked before a frame longer than the bytes at hand is assembled in a buffer of its own
+   * (`length` bytes held until it is whole). False reads past it instead (then `oversized`); true
+   * holds those bytes until `released` is called with the same length, when the frame is whole (a
+   * connection that ends mid-frame gives back `assemblingBytes` itself).
+   */
+  admit?(type: number, callId: number, length: number): boolean;
+  released?(length: number): void;
 }
 
 /**
@@ -201,6 +219,7 @@ export class FrameReader {
       if (this.assembled < this.assembling.byteLength) return;
       const whole = this.assembling;
       this.assembling = undefined;
+      this.handlers.released?.(whole.byteLength);
       this.deliver(whole);
     }
     if (this.partialHead.byteLength > 0) {
@@ -238,12 +257,27 @@ export class FrameReader {
         at = end;
         continue;
       }
-      // A frame longer than what is here: assemble it in its own buffer (one copy).
+      // A frame longer than what is here: assemble it in its own buffer (one copy), if admitted.
+      const type = data[at + LENGTH_BYTES]!;
+      const callId = data.readUInt32BE(at + LENGTH_BYTES + 1);
+      if (this.handlers.admit?.(type, callId, length) === false) {
+        if (type !== FrameType.REQUEST && type !== FrameType.RESPONSE) {
+          throw new DogfsError('INVALID_ARGUMENT', `frame type ${type} of ${length} bytes not admitted`);
+        }
+        this.handlers.oversized(type, callId, length);
+        this.skipping = length - (data.byteLength - at - LENGTH_BYTES);
+        return;
+      }
       this.assembling = Buffer.allocUnsafe(length);
       this.assembled = data.copy(this.assembling, 0, at + LENGTH_BYTES);
       return;
     }
     if (at < data.byteLength) this.partialHead = Buffer.from(data.subarray(at));
+  }
+
+  /** Bytes held for a frame being assembled (what `admit` let in and `released` has not given back). */
+  get assemblingBytes(): number {
+    return this.assembling?.byteLength ?? 0;
   }
 
   private deliver(frame: Buffer): void {

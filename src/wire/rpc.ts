@@ -90,10 +90,15 @@ export class RpcServer {
       // 'close' follows; a client that resets before its first byte is nobody's business.
     };
     socket.on('error', onError);
-    socket.setTimeout(FIRST_BYTE_TIMEOUT_MS, () => socket.destroy());
+    const silent = (): void => {
+      socket.destroy();
+    };
+    socket.setTimeout(FIRST_BYTE_TIMEOUT_MS, silent);
     socket.once('data', (head: Buffer) => {
       socket.pause();
+      // The transport sets its own idle timeout; this one must not fire for it.
       socket.setTimeout(0);
+      socket.off('timeout', silent);
       this.deciding.delete(socket);
       socket.off('error', onError);
       if (head[0] === LEAN_FIRST_BYTE) {

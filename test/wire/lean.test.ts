@@ -11,6 +11,7 @@ import { DogfsError } from '../../src/wire/errors.js';
 import { FileType, type MetadataMethods, MetadataService } from '../../src/wire/gen/types.js';
 import {
   decodeError,
+  decodeRequest,
   encodeEmptyFrame,
   encodeError,
   encodeRequest,
@@ -62,6 +63,7 @@ before(async () => {
         }
       }
       if (path === 'never') await new Promise(() => {});
+      if (path === 'long-error') throw new DogfsError('NOT_FOUND', `no such file ${'x'.repeat(4000)}`);
     }),
   );
   port = await server.listen('127.0.0.1', 0);
@@ -110,6 +112,42 @@ function statAnswer(frame: Frame | undefined): string | undefined {
   return frame?.type === FrameType.RESPONSE
     ? decodeMessage('dogfs.v1.StatResponse', frame.body).inode?.ec
     : undefined;
+}
+
+/**
+ * A fake lean server for the client's side of the protocol: skips the magic and hands every REQUEST
+ * to `onRequest` with its socket and the index of its connection (0 for the first).
+ */
+async function fakeLeanServer(
+  onRequest: (callId: number, body: Buffer, socket: Socket, connection: number) => void,
+): Promise<{ address: string; sockets: Socket[]; close: () => void }> {
+  const sockets: Socket[] = [];
+  const fake = createServer((socket) => {
+    const connection = sockets.length;
+    sockets.push(socket);
+    socket.on('error', () => {});
+    let magicLeft = LEAN_MAGIC.byteLength;
+    const reader = new FrameReader(1 << 20, {
+      frame: (type, callId, body) => {
+        if (type === FrameType.REQUEST) onRequest(callId, body, socket, connection);
+      },
+      oversized: () => {},
+    });
+    socket.on('data', (chunk: Buffer) => {
+      const skip = Math.min(magicLeft, chunk.byteLength);
+      magicLeft -= skip;
+      if (chunk.byteLength > skip) reader.push(chunk.subarray(skip));
+    });
+  });
+  await new Promise<void>((resolve) => fake.listen(0, '127.0.0.1', resolve));
+  return {
+    address: `127.0.0.1:${(fake.address() as { port: number }).port}`,
+    sockets,
+    close: () => {
+      for (const socket of sockets) socket.destroy();
+      fake.close();
+    },
+  };
 }
 
 function errorOf(frames: Frame[], callId: number): { code: string; message: string } | undefined {
@@ -312,27 +350,10 @@ test('closing a server answers the calls in flight, refuses new ones, and tells 
 });
 
 test('a lean client facing a server that lies: wrong ids ignored, oversized answers refused, broken framing is UNAVAILABLE', async () => {
-  /** A fake server: after the magic, answers each request with what `reply` makes of it. */
   let reply: (callId: number, socket: Socket) => void = () => {};
-  const sockets: Socket[] = [];
-  const fake = createServer((socket) => {
-    sockets.push(socket);
-    socket.on('error', () => {});
-    let magicLeft = LEAN_MAGIC.byteLength;
-    const reader = new FrameReader(1 << 20, {
-      frame: (type, callId) => {
-        if (type === FrameType.REQUEST) reply(callId, socket);
-      },
-      oversized: () => {},
-    });
-    socket.on('data', (chunk: Buffer) => {
-      const skip = Math.min(magicLeft, chunk.byteLength);
-      magicLeft -= skip;
-      if (chunk.byteLength > skip) reader.push(chunk.subarray(skip));
-    });
-  });
-  await new Promise<void>((resolve) => fake.listen(0, '127.0.0.1', resolve));
-  const fakeAddress = `127.0.0.1:${(fake.address() as { port: number }).port}`;
+  const fake = await fakeLeanServer((callId, _body, socket) => reply(callId, socket));
+  const { sockets } = fake;
+  const fakeAddress = fake.address;
   const channel = new RpcChannel(fakeAddress, { transport: 'lean', maxMessageBytes: 1024 });
   const stat = (timeoutMs = 5000) => channel.call(MetadataService, 'Stat', { path: 'x' }, { timeoutMs });
   const answer = (ec: string) =>
@@ -375,7 +396,123 @@ test('a lean client facing a server that lies: wrong ids ignored, oversized answ
     assert.equal(sockets.length, 2, 'a new connection after the broken one');
   } finally {
     channel.close();
-    for (const socket of sockets) socket.destroy();
     fake.close();
+  }
+});
+
+test('an error answer longer than a small channel limit still arrives as its code', async () => {
+  const channel = new RpcChannel(address, { transport: 'lean', maxMessageBytes: 1024 });
+  try {
+    await assert.rejects(
+      channel.call(MetadataService, 'Stat', { path: 'long-error' }),
+      (e: unknown) =>
+        e instanceof DogfsError && e.code === 'NOT_FOUND' && e.message.startsWith('no such file'),
+    );
+    assert.equal((await channel.call(MetadataService, 'Stat', { path: 'ok' })).inode?.ec, 'ok');
+  } finally {
+    channel.close();
+  }
+});
+
+test('after a GOAWAY naming the last call taken, the calls after it and the waiting ones run on a new connection', async () => {
+  // A fake server: its first connection takes calls 1 and 2, answers GOAWAY(2) on the third request, then
+  // answers 1 and 2 and ends; later connections answer everything.
+  const ran: string[] = [];
+  const held: number[] = [];
+  const fake = await fakeLeanServer((callId, body, socket, connection) => {
+    const path = decodeMessage('dogfs.v1.StatRequest', decodeRequest(body).message).path;
+    const answer = (id: number) =>
+      encodeResponse(
+        id,
+        encodeMessage('dogfs.v1.StatResponse', { inode: { id: 1, type: FileType.FILE, size: 0, ec: path } }),
+      );
+    if (connection > 0) {
+      ran.push(path);
+      socket.write(answer(callId));
+      return;
+    }
+    if (callId <= 2) {
+      ran.push(path);
+      held.push(callId);
+      return;
+    }
+    if (callId === 3) {
+      socket.write(encodeEmptyFrame(FrameType.GOAWAY, 2));
+      for (const id of held) socket.write(encodeResponse(id, encodeMessage('dogfs.v1.StatResponse', {})));
+      socket.end();
+    }
+    // Requests after the GOAWAY are not run here.
+  });
+  const { sockets } = fake;
+  const channel = new RpcChannel(fake.address, { transport: 'lean' });
+  try {
+    const first = channel.call(MetadataService, 'Stat', { path: 'a' });
+    const second = channel.call(MetadataService, 'Stat', { path: 'b' });
+    const later = ['c', 'd', 'e'].map((path) => channel.call(MetadataService, 'Stat', { path }));
+    await first;
+    await second;
+    assert.deepEqual(
+      (await Promise.all(later)).map((r) => r.inode?.ec),
+      ['c', 'd', 'e'],
+    );
+    assert.equal(sockets.length, 2, 'the calls after the GOAWAY went out on a second connection');
+    assert.deepEqual([...ran].sort(), ['a', 'b', 'c', 'd', 'e'], 'each call ran exactly once');
+  } finally {
+    channel.close();
+    fake.close();
+  }
+});
+
+test('an idle lean connection is told to go away and ended, not cut', async () => {
+  const { socket, frames, closed } = await rawConnection();
+  socket.write(LEAN_MAGIC);
+  socket.write(statRequest(1, 'ok'));
+  await waitFor('the answer', () => frames.length === 1);
+  // What the idle timeout does, ten minutes early: the server's side of this connection times out.
+  const serverSockets = (server as unknown as { sockets: Set<Socket> }).sockets;
+  const mine = [...serverSockets].find((s) => s.remotePort === socket.localPort);
+  assert.ok(mine, 'the server-side socket of this connection');
+  mine.emit('timeout');
+  await waitFor('the end of the connection', closed);
+  assert.deepEqual(
+    frames.map((f) => [f.type, f.callId]),
+    [
+      [FrameType.RESPONSE, 1],
+      [FrameType.GOAWAY, 1],
+    ],
+    'a GOAWAY naming call 1, then the end',
+  );
+});
+
+test('requests arriving in pieces count against the byte budget of the server from their first bytes', async () => {
+  const small = new RpcServer({ maxMessageBytes: 64 * 1024 }); // 1 MiB of requests in flight at most
+  small.addService(
+    MetadataService,
+    statOnly(async () => {}),
+  );
+  const smallPort = await small.listen('127.0.0.1', 0);
+  const sockets: Socket[] = [];
+  const refusals: string[] = [];
+  try {
+    // Each connection announces a 60 KiB request and sends a third of it: 20 of them claim 1.2 MiB.
+    for (let i = 0; i < 20; i++) {
+      const socket = connect({ host: '127.0.0.1', port: smallPort });
+      sockets.push(socket);
+      socket.on('error', () => {});
+      const reader = new FrameReader(1 << 20, {
+        frame: (type, _callId, body) => {
+          if (type === FrameType.ERROR) refusals.push(decodeError(body)?.message ?? '');
+        },
+        oversized: () => {},
+      });
+      socket.on('data', (chunk: Buffer) => reader.push(chunk));
+      const whole = statRequest(1, 'x'.repeat(60 * 1024));
+      socket.write(Buffer.concat([LEAN_MAGIC, whole.subarray(0, 20 * 1024)]));
+    }
+    await waitFor('requests past the budget to be refused', () => refusals.length >= 3);
+    for (const message of refusals) assert.match(message, /server busy/);
+  } finally {
+    for (const socket of sockets) socket.destroy();
+    await small.close(0);
   }
 });
