@@ -21,13 +21,13 @@ import { checkCall, KEEPALIVE_MS, PING_TIMEOUT_MS, type UnaryOptions } from './g
 import {
   decodeError,
   encodeEmptyFrame,
-  encodeRequest,
   FrameReader,
   FrameType,
   LEAN_MAGIC,
   MAX_CALL_ID,
   MAX_CALLS_PER_CONNECTION,
   maxFrameBytes,
+  requestFrame,
   TickBatchedWriter,
 } from './lean.js';
 
@@ -175,7 +175,7 @@ class LeanSocket {
     const id = this.nextId++;
     call.id = id;
     this.calls.set(id, call);
-    this.writer.write(encodeRequest(id, call.path, Math.max(1, call.deadline - Date.now()), call.message));
+    this.writer.write(requestFrame(id, call.path, Math.max(1, call.deadline - Date.now()), call.message));
     // Ids only grow: once they run out, later calls go on a new connection.
     if (this.nextId > MAX_CALL_ID) this.retire();
   }

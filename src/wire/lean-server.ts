@@ -18,12 +18,12 @@ import {
   decodeRequest,
   encodeEmptyFrame,
   encodeError,
-  encodeResponse,
   FrameReader,
   FrameType,
   LEAN_MAGIC,
   MAX_CALLS_PER_CONNECTION,
   maxFrameBytes,
+  responseFrame,
   TickBatchedWriter,
 } from './lean.js';
 
@@ -235,7 +235,7 @@ class LeanServerConnection {
     };
     handler(call).then(
       (response) => {
-        if (this.finish(callId, entry)) this.send(encodeResponse(callId, response));
+        if (this.finish(callId, entry)) this.send(responseFrame(callId, response));
       },
       (error: unknown) => {
         if (this.finish(callId, entry)) this.send(encodeError(callId, toDogfsError(error)));
@@ -272,7 +272,7 @@ class LeanServerConnection {
    * tick: many answers of one Raft round go in one writev); past HIGH_WATER_BYTES unsent, the
    * connection stops reading requests until the client has read its answers.
    */
-  send(frame: Buffer): void {
+  send(frame: Buffer | readonly Buffer[]): void {
     const socket = this.socket;
     if (socket.destroyed) return;
     this.writer.write(frame);

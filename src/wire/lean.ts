@@ -65,12 +65,32 @@ export const MAX_CALLS_PER_CONNECTION = 256;
 /** The longest timeout a request can carry (u32 milliseconds, ~49.7 days). */
 export const MAX_TIMEOUT_MS = 0xffff_ffff;
 
-function head(type: FrameType, callId: number, bodyBytes: number): Buffer {
-  const frame = Buffer.allocUnsafe(LENGTH_BYTES + HEAD_BYTES + bodyBytes);
+/**
+ * A frame's first bytes: length, type, call id, and room for `roomBytes` of body (the whole body, or all
+ * of it but a large message that is written after it uncopied).
+ */
+function head(type: FrameType, callId: number, bodyBytes: number, roomBytes = bodyBytes): Buffer {
+  const frame = Buffer.allocUnsafe(LENGTH_BYTES + HEAD_BYTES + roomBytes);
   frame.writeUInt32BE(HEAD_BYTES + bodyBytes, 0);
   frame[LENGTH_BYTES] = type;
   frame.writeUInt32BE(callId, LENGTH_BYTES + 1);
   return frame;
+}
+
+/** Messages up to this size are copied behind their frame's head (one write); larger ones follow it uncopied. */
+const COPY_BELOW_BYTES = 16 * 1024;
+
+function copiedBytes(message: Uint8Array): number {
+  return message.byteLength <= COPY_BELOW_BYTES ? message.byteLength : 0;
+}
+
+/** The buffers of a frame whose message starts at `at`: one, or the head then the message itself. */
+function withMessage(frame: Buffer, at: number, message: Uint8Array): Buffer[] {
+  if (message.byteLength <= COPY_BELOW_BYTES) {
+    frame.set(message, at);
+    return [frame];
+  }
+  return [frame, Buffer.from(message.buffer, message.byteOffset, message.byteLength)];
 }
 
 /** A frame with no body (CANCEL, PING, PONG, GOAWAY). */
@@ -78,17 +98,25 @@ export function encodeEmptyFrame(type: FrameType, callId: number): Buffer {
   return head(type, callId, 0);
 }
 
-/** A REQUEST frame: its header and the message (copied behind it: one buffer, one write). */
-export function encodeRequest(callId: number, path: string, timeoutMs: number, message: Uint8Array): Buffer {
+/**
+ * A REQUEST frame as the buffers to write (see withMessage). The message is not copied when large: it
+ * must not change until written.
+ */
+export function requestFrame(callId: number, path: string, timeoutMs: number, message: Uint8Array): Buffer[] {
   const pathBytes = Buffer.byteLength(path, 'latin1');
   assert(pathBytes <= MAX_PATH_BYTES, `method path longer than ${MAX_PATH_BYTES} bytes`);
   const at = LENGTH_BYTES + HEAD_BYTES;
-  const frame = head(FrameType.REQUEST, callId, REQUEST_FIXED_BYTES + pathBytes + message.byteLength);
+  const fixed = REQUEST_FIXED_BYTES + pathBytes;
+  const frame = head(FrameType.REQUEST, callId, fixed + message.byteLength, fixed + copiedBytes(message));
   frame.writeUInt32BE(Math.min(MAX_TIMEOUT_MS, Math.max(0, Math.ceil(timeoutMs))), at);
   frame.writeUInt16BE(pathBytes, at + 4);
   frame.write(path, at + REQUEST_FIXED_BYTES, 'latin1');
-  frame.set(message, at + REQUEST_FIXED_BYTES + pathBytes);
-  return frame;
+  return withMessage(frame, at + fixed, message);
+}
+
+/** A REQUEST frame in one buffer. */
+export function encodeRequest(callId: number, path: string, timeoutMs: number, message: Uint8Array): Buffer {
+  return Buffer.concat(requestFrame(callId, path, timeoutMs, message));
 }
 
 export interface LeanRequest {
@@ -109,11 +137,15 @@ export function decodeRequest(body: Buffer): LeanRequest {
   return { timeoutMs, path, message: body.subarray(REQUEST_FIXED_BYTES + pathBytes) };
 }
 
-/** A RESPONSE frame. */
+/** A RESPONSE frame as the buffers to write (see requestFrame). */
+export function responseFrame(callId: number, message: Uint8Array): Buffer[] {
+  const frame = head(FrameType.RESPONSE, callId, message.byteLength, copiedBytes(message));
+  return withMessage(frame, LENGTH_BYTES + HEAD_BYTES, message);
+}
+
+/** A RESPONSE frame in one buffer. */
 export function encodeResponse(callId: number, message: Uint8Array): Buffer {
-  const frame = head(FrameType.RESPONSE, callId, message.byteLength);
-  frame.set(message, LENGTH_BYTES + HEAD_BYTES);
-  return frame;
+  return Buffer.concat(responseFrame(callId, message));
 }
 
 /** UTF-8 of `text` cut to at most `limit` bytes without splitting a character (lone surrogates replaced). */
@@ -295,7 +327,8 @@ export class TickBatchedWriter {
 
   constructor(private readonly socket: Socket) {}
 
-  write(frame: Buffer): void {
+  /** One frame: a buffer, or the buffers of one frame in order. */
+  write(frame: Buffer | readonly Buffer[]): void {
     const socket = this.socket;
     if (!this.corked) {
       this.corked = true;
@@ -305,6 +338,7 @@ export class TickBatchedWriter {
         socket.uncork();
       });
     }
-    socket.write(frame);
+    if (Buffer.isBuffer(frame)) socket.write(frame);
+    else for (const part of frame) socket.write(part);
   }
 }

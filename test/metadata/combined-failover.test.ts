@@ -22,7 +22,9 @@ test('combined Create and CompleteFile retried through a leader change: the orig
   const client = new TestMetaClient(cluster.meta);
   try {
     await client.call('Mkdir', { path: '/x', session: client.nextSession() }, 30_000);
-    // Chunk servers register after the metadata servers come up: wait until a create can be placed.
+    // Chunk servers register after the metadata servers come up: wait until a create is placed on all
+    // three (with M = 1, placement takes K servers and leaves a slot empty while only two have
+    // registered).
     let created: Awaited<ReturnType<typeof client.call<'Create'>>> | undefined;
     const createStamp = client.nextSession();
     const create = {
@@ -36,14 +38,15 @@ test('combined Create and CompleteFile retried through a leader change: the orig
     await waitFor(
       'a create placed with its first block group',
       async () => {
-        // A create that came back without a block group holds the name: start again with a new name.
+        // A create that came back without a full block group holds the name: start again with a new name.
         const attempt = await client.call('Create', create, 30_000);
-        if (attempt.blockGroup) created = attempt;
+        const placedOnAll = attempt.blockGroup?.shards.every((s) => s.chunkServerId !== '') === true;
+        if (placedOnAll) created = attempt;
         else {
           create.path = `${create.path}x`;
           create.session = client.nextSession();
         }
-        return attempt.blockGroup !== undefined && attempt.blockGroup !== null;
+        return placedOnAll;
       },
       30_000,
       200,

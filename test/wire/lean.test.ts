@@ -516,3 +516,18 @@ test('requests arriving in pieces count against the byte budget of the server fr
     await small.close(0);
   }
 });
+
+test('requests and answers larger than the copy threshold arrive whole, many at once', async () => {
+  const channel = new RpcChannel(address, { transport: 'lean' });
+  try {
+    // 40 KiB paths (the server's limit is 64 KiB), echoed back: both directions go as head + message.
+    const paths = Array.from({ length: 20 }, (_, i) => String.fromCharCode(97 + i).repeat(40 * 1024));
+    const answers = await Promise.all(paths.map((path) => channel.call(MetadataService, 'Stat', { path })));
+    assert.deepEqual(
+      answers.map((a) => a.inode?.ec),
+      paths,
+    );
+  } finally {
+    channel.close();
+  }
+});
