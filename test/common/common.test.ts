@@ -1,12 +1,14 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { parseAddressList, parseHostPort } from '../../src/common/address.js';
 import { DirLockedError, lockDir, lockHolder } from '../../src/common/dirlock.js';
 import { parseEcPolicy } from '../../src/common/ec-policy.js';
 import { createLogger } from '../../src/common/log.js';
+import { ephemeralRangeStart, freePort, randomLoopbackHost } from '../../src/common/ports.js';
 import { DOGFS_VERSION } from '../../src/common/version.js';
 import { tempDir } from '../helpers/index.js';
 
@@ -88,4 +90,29 @@ test('logs are JSON lines filtered by level', () => {
   const second = JSON.parse(lines[1]!) as Record<string, unknown>;
   assert.deepEqual(second['error'], { name: 'Error', message: 'boom', code: 'EIO' });
   assert.equal(second['group'], 2);
+});
+
+test('freePort chooses ports below the ephemeral range, never the same one twice, free when chosen', async () => {
+  const host = randomLoopbackHost();
+  const below = ephemeralRangeStart();
+  const ports = new Set<number>();
+  for (let i = 0; i < 50; i++) {
+    const port = await freePort(host);
+    assert.ok(port < below, `${port} is below the ephemeral range (${below}-)`);
+    assert.ok(!ports.has(port), `${port} handed out twice`);
+    ports.add(port);
+  }
+  // Listeners on port 0 take from the ephemeral range, so they cannot take a chosen port.
+  const servers = await Promise.all(
+    Array.from({ length: 20 }, async () => {
+      const server = createServer();
+      await new Promise<void>((resolve) => server.listen(0, host, resolve));
+      return server;
+    }),
+  );
+  try {
+    for (const server of servers) assert.ok((server.address() as { port: number }).port >= below);
+  } finally {
+    for (const server of servers) server.close();
+  }
 });
