@@ -31,10 +31,11 @@ import {
 const HIGH_WATER_BYTES = 8 << 20;
 /**
  * Answers already owed still queue while requests wait; past this many unsent bytes (or when nothing
- * is taken for UNSENT_STALL_MS while some wait) the client is not reading and its connection is dropped.
+ * is taken for `unsentStallMs` while some wait: 30 s unless the limits say) the client is not reading and
+ * its connection is dropped.
  */
 const MIN_UNSENT_LIMIT_BYTES = 64 << 20;
-const UNSENT_STALL_MS = 30_000;
+const DEFAULT_UNSENT_STALL_MS = 30_000;
 /** A connection without a call for this long is closed (GOAWAY, then end); clients simply dial again. */
 const IDLE_CONNECTION_MS = 10 * 60_000;
 /** How often a connection looks for calls past their deadline (handlers that never answer). */
@@ -46,12 +47,19 @@ export interface LeanServerLimits {
   readonly maxMessageBytes: number;
   readonly maxBufferedBytes: number;
   readonly maxCallMs: number;
+  /** How long answers may wait unsent with none taken before the connection is dropped (default 30 s). */
+  readonly unsentStallMs?: number;
 }
 
 interface ServerCall {
   readonly deadline: number;
   readonly bytes: number;
   cancelListeners: (() => void)[] | undefined;
+}
+
+/** Bytes the kernel has taken from a socket (Node's bytesWritten also counts what is still queued). */
+function taken(socket: Socket): number {
+  return socket.bytesWritten - socket.writableLength;
 }
 
 /** One client connection: its calls in flight, its reader, its write batching. */
@@ -282,19 +290,19 @@ class LeanServerConnection {
       socket.destroy();
       return;
     }
-    this.watchForStall(socket.bytesWritten);
+    this.watchForStall(taken(socket));
   }
 
-  /** Drops the connection if answers wait unsent and none is taken for UNSENT_STALL_MS. */
+  /** Drops the connection if answers wait unsent and none is taken for the stall time. */
   private watchForStall(written: number): void {
     if (this.stallTimer !== undefined) return;
     this.stallTimer = setTimeout(() => {
       this.stallTimer = undefined;
       const socket = this.socket;
       if (socket.destroyed || socket.writableLength === 0) return;
-      if (socket.bytesWritten === written) socket.destroy();
-      else this.watchForStall(socket.bytesWritten);
-    }, UNSENT_STALL_MS);
+      if (taken(socket) === written) socket.destroy();
+      else this.watchForStall(taken(socket));
+    }, this.server.limits.unsentStallMs ?? DEFAULT_UNSENT_STALL_MS);
     this.stallTimer.unref();
   }
 

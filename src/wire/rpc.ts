@@ -43,6 +43,8 @@ export type ServiceHandlers<M> = { [K in keyof M]: Handler<RequestOf<M, K>, Resp
 
 export interface RpcServerOptions {
   maxMessageBytes?: number;
+  /** Lean connections whose answers wait unsent this long with none taken are dropped (default 30 s). */
+  unsentStallMs?: number;
   /** Called for handler failures that are not DogfsErrors (bugs): they still reach the caller as INTERNAL. */
   onInternalError?: (method: string, error: unknown) => void;
 }
@@ -72,6 +74,7 @@ export class RpcServer {
       // Room for 16 largest messages at once; far more small ones.
       maxBufferedBytes: 16 * maxMessageBytes,
       maxCallMs: MAX_SERVER_CALL_MS,
+      unsentStallMs: options.unsentStallMs,
     };
     this.grpc = new GrpcServer(limits);
     this.lean = new LeanServer(limits, this.grpc.handlers);

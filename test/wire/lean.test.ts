@@ -35,7 +35,10 @@ let slowRunning = 0;
 let slowMostAtOnce = 0;
 
 /** Stat answers with its path (in `inode.ec`); `slow` waits for `release`, `never` never answers. */
-function statOnly(stat: (path: string) => Promise<void>): ServiceHandlers<MetadataMethods> {
+function statOnly(
+  stat: (path: string) => Promise<void>,
+  answer: (path: string) => string = (path) => path,
+): ServiceHandlers<MetadataMethods> {
   const handlers: Record<string, unknown> = {};
   for (const name of Object.keys(MetadataService.methods)) {
     handlers[name] = () => {
@@ -44,7 +47,7 @@ function statOnly(stat: (path: string) => Promise<void>): ServiceHandlers<Metada
   }
   handlers['Stat'] = async (request: { path: string }) => {
     await stat(request.path);
-    return { inode: { id: 1, type: FileType.FILE, size: 0, ec: request.path } };
+    return { inode: { id: 1, type: FileType.FILE, size: 0, ec: answer(request.path) } };
   };
   return handlers as ServiceHandlers<MetadataMethods>;
 }
@@ -529,5 +532,34 @@ test('requests and answers larger than the copy threshold arrive whole, many at 
     );
   } finally {
     channel.close();
+  }
+});
+
+test('a client that never reads its answers has its connection dropped once they stop moving', async () => {
+  // 60 KiB answers; the stall time is cut from 30 s to 300 ms for the test.
+  const stalled = new RpcServer({ maxMessageBytes: 64 * 1024, unsentStallMs: 300 });
+  stalled.addService(
+    MetadataService,
+    statOnly(
+      async () => {},
+      () => 'y'.repeat(60 * 1024),
+    ),
+  );
+  const stalledPort = await stalled.listen('127.0.0.1', 0);
+  const socket = connect({ host: '127.0.0.1', port: stalledPort });
+  socket.on('error', () => {});
+  try {
+    await new Promise<void>((resolve) => socket.once('connect', resolve));
+    socket.pause(); // never reads
+    const requests = Array.from({ length: 250 }, (_, i) => statRequest(i + 1, 'big', 60_000));
+    socket.write(Buffer.concat([LEAN_MAGIC, ...requests]));
+    const serverSockets = (stalled as unknown as { sockets: Set<Socket> }).sockets;
+    await waitFor('the server to find the connection', () => serverSockets.size === 1);
+    const mine = [...serverSockets][0]!;
+    // 250 x 60 KiB owed: more than the socket and the 8 MiB high-water mark take, so answers wait.
+    await waitFor('the stalled connection to be dropped', () => mine.destroyed, 10_000);
+  } finally {
+    socket.destroy();
+    await stalled.close(0);
   }
 });
