@@ -69,8 +69,6 @@ class LeanServerConnection {
   private magicSeen = 0;
   /** The highest request id taken (ids only grow on a connection): what a GOAWAY names. */
   private lastCallId = 0;
-  /** Bytes of a request being assembled, counted in the server's bufferedBytes until it is whole. */
-  private assemblyHeld = 0;
   private stallTimer: NodeJS.Timeout | undefined;
   private readonly writer: TickBatchedWriter;
   private goingAway = false;
@@ -97,12 +95,10 @@ class LeanServerConnection {
       admit: (_type, _callId, length) => {
         if (server.bufferedBytes + length > server.limits.maxBufferedBytes) return false;
         server.bufferedBytes += length;
-        this.assemblyHeld = length;
         return true;
       },
       released: (length) => {
         server.bufferedBytes -= length;
-        this.assemblyHeld -= length;
       },
     });
     this.writer = new TickBatchedWriter(socket);
@@ -321,8 +317,8 @@ class LeanServerConnection {
   private onClose(): void {
     clearTimeout(this.magicTimer);
     clearTimeout(this.stallTimer);
-    this.server.bufferedBytes -= this.assemblyHeld;
-    this.assemblyHeld = 0;
+    // A request cut off mid-frame gives back what its assembly held.
+    this.server.bufferedBytes -= this.reader.assemblingBytes;
     if (this.sweep !== undefined) clearInterval(this.sweep);
     this.sweep = undefined;
     // The client is gone: its calls are cancelled (handlers that asked for a signal see it).

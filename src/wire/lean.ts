@@ -47,10 +47,10 @@ const HEAD_BYTES = 5;
 const REQUEST_FIXED_BYTES = 6;
 export const MAX_PATH_BYTES = 1024;
 /** An error's message is cut to this many bytes: an error line, not a payload. */
-export const MAX_ERROR_MESSAGE_BYTES = 4096;
+const MAX_ERROR_MESSAGE_BYTES = 4096;
 const MAX_HINT_BYTES = 1024;
 /** Room for everything a frame carries besides its message (the larger of a REQUEST's and an ERROR's). */
-export const FRAME_OVERHEAD_BYTES =
+const FRAME_OVERHEAD_BYTES =
   HEAD_BYTES +
   Math.max(REQUEST_FIXED_BYTES + MAX_PATH_BYTES, 1 + 255 + 2 + MAX_HINT_BYTES + MAX_ERROR_MESSAGE_BYTES);
 
@@ -63,7 +63,7 @@ export const MAX_CALL_ID = 0xffff_ffff;
 /** Calls one connection may have in flight; a client queues beyond it, a server refuses beyond it. */
 export const MAX_CALLS_PER_CONNECTION = 256;
 /** The longest timeout a request can carry (u32 milliseconds, ~49.7 days). */
-export const MAX_TIMEOUT_MS = 0xffff_ffff;
+const MAX_TIMEOUT_MS = 0xffff_ffff;
 
 /**
  * A frame's first bytes: length, type, call id, and room for `roomBytes` of body (the whole body, or all

@@ -514,6 +514,22 @@ test('requests arriving in pieces count against the byte budget of the server fr
     }
     await waitFor('requests past the budget to be refused', () => refusals.length >= 3);
     for (const message of refusals) assert.match(message, /server busy/);
+    // Connections dropped mid-request give their share back: a 60 KiB request is taken again.
+    for (const socket of sockets) socket.destroy();
+    const channel = new RpcChannel(`127.0.0.1:${smallPort}`, { transport: 'lean' });
+    try {
+      const path = 'z'.repeat(60 * 1024);
+      const answer = await waitFor('the budget to be free again', async () => {
+        try {
+          return (await channel.call(MetadataService, 'Stat', { path })).inode?.ec;
+        } catch {
+          return undefined;
+        }
+      });
+      assert.equal(answer, path);
+    } finally {
+      channel.close();
+    }
   } finally {
     for (const socket of sockets) socket.destroy();
     await small.close(0);
