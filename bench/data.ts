@@ -9,7 +9,8 @@
  * page cache and with O_DIRECT (into just-freed memory, as the put and the get write: see bench/raw.ts),
  * and a raw TCP socket over loopback. Ratios are to the better raw disk write (issue #6: put >= 0.5x,
  * get >= 0.7x); the get into a local file also has its ratio to the disk reading and writing at once
- * (raw-disk-copy), since it reads its shards from the disk it writes. Also: the client process's peak resident memory (VmHWM, sampled from /proc; limit
+ * (raw-disk-copy), since it reads its shards from the disk it writes; both gets have their ratio to the
+ * disk's direct read rate (raw-disk-read-direct), which bounds any get, however fast the rest. Also: the client process's peak resident memory (VmHWM, sampled from /proc; limit
  * 256 MiB), CPU seconds per GB of file data of the client (and its user/sys split), the chunk servers and the
  * metadata servers.
  * The file read back is compared with the original (outside the timing).
@@ -35,6 +36,7 @@ import {
   processCpuSeconds,
   processStatusBytes,
   rawDiskCopy,
+  rawDiskRead,
   rawDiskWriteJustFreed,
   rawTcp,
 } from './raw.js';
@@ -227,6 +229,20 @@ async function main(): Promise<void> {
     readWriteMiB: 4,
     totalMiB: FILE_MIB,
   });
+  // A get reads its shards from the disk with O_DIRECT: however fast the rest, it is no faster than the
+  // disk reads. Read as the get does (6 shard files at once, rs-6-3's K) and as one stream; the better.
+  const reads = [
+    await rawDiskRead({ dir: join(work, 'raw-disk-read-6'), totalBytes: fileBytes, streams: 6, inFlight: 2 }),
+    await rawDiskRead({ dir: join(work, 'raw-disk-read-1'), totalBytes: fileBytes, streams: 1, inFlight: 4 }),
+  ];
+  const diskRead = Math.max(...reads.map((r) => r.mbps));
+  emit('raw-disk-read-direct', diskRead, 'MB/s', {
+    sixFilesMBps: Number(reads[0]!.mbps.toFixed(1)),
+    oneFileMBps: Number(reads[1]!.mbps.toFixed(1)),
+    readMiB: 4,
+    totalMiB: FILE_MIB,
+    ratioToDiskWrite: Number((diskRead / disk.mbps).toFixed(3)),
+  });
   const tcp = await rawTcp({ totalBytes: fileBytes, messageBytes: MiB, direction: 'send', children });
   emit('raw-tcp-loopback', tcp.mbps, 'MB/s', { messageMiB: 1, totalMiB: FILE_MIB });
 
@@ -306,6 +322,7 @@ async function main(): Promise<void> {
         into: 'local file',
         ...describe(get, GET_TARGET, getMbps),
         ratioToDiskCopy: Number((getMbps / copy.mbps).toFixed(3)),
+        ratioToDiskRead: Number((getMbps / diskRead).toFixed(3)),
         intact,
         ...against('get', getMbps, get),
       });
@@ -317,6 +334,7 @@ async function main(): Promise<void> {
         run,
         into: 'stdout to /dev/null',
         ...describe(toStdout, GET_TARGET, stdoutMbps),
+        ratioToDiskRead: Number((stdoutMbps / diskRead).toFixed(3)),
         ...against('get-stdout', stdoutMbps, toStdout),
       });
     }

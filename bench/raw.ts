@@ -218,6 +218,61 @@ export async function rawDiskCopy(options: { dir: string; totalBytes: number }):
   };
 }
 
+/**
+ * The disk's read limit, as a get reads its K data shards: `streams` files of `totalBytes / streams`
+ * each (written with O_DIRECT and fdatasynced first, outside the timing), all read at once with
+ * O_DIRECT in 4 MiB reads, `inFlight` per file. Nothing comes from the page cache, as nothing does for
+ * the chunk servers' direct reads. A virtual disk may read well below what it takes in writes (the
+ * host can absorb writes); a get can go no faster than this however fast the rest of it is.
+ */
+export async function rawDiskRead(options: {
+  dir: string;
+  totalBytes: number;
+  streams: number;
+  inFlight: number;
+}): Promise<{ mbps: number }> {
+  const { dir, totalBytes, streams, inFlight } = options;
+  const allocate = alignedAllocator();
+  if (allocate === undefined) throw new Error('direct reads need the native addon');
+  const fileBytes = Math.ceil(totalBytes / streams / STAGING_BYTES) * STAGING_BYTES;
+  mkdirSync(dir);
+  const source = allocate(STAGING_BYTES, 2 * MiB);
+  randomBytes(STAGING_BYTES).copy(source);
+  const paths = Array.from({ length: streams }, (_, i) => join(dir, `f${i}`));
+  for (const path of paths) {
+    const writer = await open(
+      path,
+      fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_WRONLY | fsConstants.O_DIRECT,
+    );
+    for (let offset = 0; offset < fileBytes; offset += STAGING_BYTES) {
+      await writer.write(source, 0, STAGING_BYTES, offset);
+    }
+    await writer.datasync();
+    await writer.close();
+  }
+  const started = performance.now();
+  await Promise.all(
+    paths.map(async (path) => {
+      const reader = await open(path, fsConstants.O_RDONLY | fsConstants.O_DIRECT);
+      const buffers = Array.from({ length: inFlight }, () => allocate(STAGING_BYTES, 2 * MiB));
+      let next = 0;
+      // `inFlight` loops over one file, each taking the next 4 MiB: that many reads queued at the disk.
+      await Promise.all(
+        buffers.map(async (buffer) => {
+          for (let offset = next; offset < fileBytes; offset = next) {
+            next += STAGING_BYTES;
+            await reader.read(buffer, 0, STAGING_BYTES, offset);
+          }
+        }),
+      );
+      await reader.close();
+    }),
+  );
+  const seconds = (performance.now() - started) / 1000;
+  rmSync(dir, { recursive: true, force: true });
+  return { mbps: (fileBytes * streams) / MiB / seconds };
+}
+
 /** How many runs a disk reference takes the best of: a limit is the most the machine did. */
 export const DISK_REFERENCE_RUNS = 2;
 

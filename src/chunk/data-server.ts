@@ -366,7 +366,7 @@ export class DataServer {
           );
           headerSent = true;
           // Buffers take turns: some are being filled from disk while the others drain to the socket.
-          // Two through the page cache (its read-ahead keeps the disk busy); four for direct reads,
+          // Two through the page cache (its read-ahead keeps the disk busy); three for direct reads,
           // which have no read-ahead but ours: several reads in flight keep the disk streaming.
           // Direct buffers come from the store's read pool, bounded there.
           const buffers = shard.packetBuffers(packetSize);

@@ -48,6 +48,7 @@ import {
   probeDirectWrites,
   readDirect,
   type ShardFileSink,
+  STAGING_BYTES,
   StagingPool,
   type StoreIo,
 } from './shard-file.js';
@@ -104,12 +105,16 @@ const STAGING_POOL_BUFFERS = 8;
  * Direct reads: one pool buffer per read operation, in DIRECT_READ_TURNS parts taking turns (some filled
  * from disk, some draining to the socket), each a packet plus the two partial 4 KiB blocks around it.
  * Reads beyond the pool's buffers go through the page cache rather than wait (a slow reader holds its
- * buffer). 8 x 4.03 MiB at most.
+ * buffer). The buffers are the staging pool's kind, 4 MiB on 2 MiB-aligned huge pages: a 1 MiB direct
+ * read into 4 KiB pages is 256 block-layer segments, split in two by virtio-blk's 254, and gets of 1 GiB
+ * took 0.96-1.09 s into a file and 0.71-0.82 s to stdout from huge pages against 1.37-2.00 and 0.90-1.19
+ * (docs/ARCHITECTURE.md). Three parts fit; four ran no faster (in 6 MiB buffers). 8 x 4 MiB at most.
  */
 const READ_POOL_BUFFERS = 8;
 const MAX_DIRECT_READ_PACKET = 1024 * 1024;
-const DIRECT_READ_TURNS = 4;
+const DIRECT_READ_TURNS = 3;
 const DIRECT_READ_PART = MAX_DIRECT_READ_PACKET + 2 * DIRECT_ALIGNMENT;
+assert(DIRECT_READ_TURNS * DIRECT_READ_PART <= STAGING_BYTES, 'direct read parts fit a pool buffer');
 
 export function shardKey(id: ShardId): string {
   return `${id.blockGroupId}_${id.index}_${id.generation}`;
@@ -249,12 +254,7 @@ export class ShardStore {
     else refused = await probeDirectWrites(this.shardsDir, this.io, allocate);
     if (refused === undefined) {
       this.staging = new StagingPool(STAGING_POOL_BUFFERS, allocate!);
-      this.readPool = new StagingPool(
-        READ_POOL_BUFFERS,
-        allocate!,
-        DIRECT_READ_TURNS * DIRECT_READ_PART,
-        DIRECT_ALIGNMENT,
-      );
+      this.readPool = new StagingPool(READ_POOL_BUFFERS, allocate!);
     }
     this.writeModeReason = refused ?? 'the filesystem takes O_DIRECT';
     this.log?.info('shard write mode', { mode: this.writeMode, why: this.writeModeReason });

@@ -11,8 +11,11 @@
  * other is written with one positional O_DIRECT write of about STAGE_BYTES. As a ReadSink
  * (DogfsClient.readInto) the reader copies each stripe straight into a stage; as a Writable, chunks are
  * copied in. O_DIRECT wants the memory, the file offset and the length aligned to the device's block
- * size: the staging memory is a WebAssembly.Memory (its backing store is page-aligned, which no Buffer
- * promises), every write but the last has the same length, a multiple of 4 KiB, at a multiple of it,
+ * size: the staging memory comes from the codec addon's aligned allocator, 2 MiB-aligned and advised to
+ * be huge pages, as the chunk servers' staging is (a direct write from 4 KiB pages is split by the block
+ * layer into many requests; a get into a file took 1.33-1.46 s against 1.52-1.63 s from 4 KiB pages,
+ * docs/ARCHITECTURE.md), or without the addon a WebAssembly.Memory (page-aligned, which no Buffer
+ * promises); every write but the last has the same length, a multiple of 4 KiB, at a multiple of it,
  * and the last, short one goes through a second, ordinary descriptor. Where O_DIRECT is refused (a filesystem without it, such as tmpfs, or
  * memory it finds misaligned: EINVAL), every write goes through the ordinary descriptor instead, still
  * one write per stage. Nothing here fsyncs: as with `cp`, the file is as durable as the page cache
@@ -22,6 +25,7 @@ import { constants as fsConstants } from 'node:fs';
 import { type FileHandle, open, unlink } from 'node:fs/promises';
 import { Writable } from 'node:stream';
 import type { ReadSink } from '../client/index.js';
+import { alignedAllocator } from '../codec/native.js';
 import { assert } from '../common/assert.js';
 
 /** Bytes of one staging buffer: one direct write each (a multiple of any block size, 512 to 64 KiB). */
@@ -31,6 +35,7 @@ const SLACK_BYTES = 4 * 1024 * 1024;
 /** What O_DIRECT offsets, lengths and memory are aligned to (any block size up to 4 KiB). */
 const BLOCK_BYTES = 4096;
 const WASM_PAGE_BYTES = 64 * 1024;
+const HUGE_PAGE_BYTES = 2 * 1024 * 1024;
 
 // The WebAssembly global, typed here: this package's TypeScript lib (ES2023, no DOM) does not declare it.
 const WasmMemory = (
@@ -40,6 +45,17 @@ const WasmMemory = (
     };
   }
 ).WebAssembly.Memory;
+
+/**
+ * `bytes` of memory aligned for O_DIRECT: from the addon (huge pages where the kernel gives them), else a
+ * WebAssembly.Memory of its own.
+ */
+function stagingMemory(bytes: number): Buffer {
+  const allocate = alignedAllocator();
+  if (allocate !== undefined) return allocate(bytes, HUGE_PAGE_BYTES);
+  const memory = new WasmMemory({ initial: bytes / WASM_PAGE_BYTES, maximum: bytes / WASM_PAGE_BYTES });
+  return Buffer.from(memory.buffer, 0, bytes);
+}
 
 interface Stage {
   readonly buffer: Buffer;
@@ -61,7 +77,7 @@ export class LocalFileSink extends Writable implements ReadSink {
   private plainHandle: FileHandle | undefined;
   private readonly stages: Stage[];
   /** The staging memory (a reservation elsewhere was too large for it). */
-  private readonly memory: ArrayBuffer;
+  private readonly memory: ArrayBufferLike;
   /** Bytes of each stage written at once: a multiple of BLOCK_BYTES, set by the first use. */
   private limit: number | undefined;
   private reserved: Uint8Array | undefined;
@@ -114,13 +130,10 @@ export class LocalFileSink extends Writable implements ReadSink {
     this.plainHandle = plainHandle;
     this.direct = directHandle !== undefined;
     const stageBytes = STAGE_BYTES + SLACK_BYTES;
-    const memory = new WasmMemory({
-      initial: (2 * stageBytes) / WASM_PAGE_BYTES,
-      maximum: (2 * stageBytes) / WASM_PAGE_BYTES,
-    });
+    const memory = stagingMemory(2 * stageBytes);
     this.memory = memory.buffer;
     this.stages = [0, 1].map((i) => ({
-      buffer: Buffer.from(memory.buffer, i * stageBytes, stageBytes),
+      buffer: memory.subarray(i * stageBytes, (i + 1) * stageBytes),
       writing: undefined,
     }));
   }

@@ -2,7 +2,8 @@
  * cli — the `dogfs` command: argument parsing and dispatch to the server processes (`meta`, `chunk`), the
  * local-cluster supervisor (`up`) and the client library (put/get/ls/...). A user error prints one line on
  * stderr (`dogfs: ...`) and exits non-zero; never a stack trace.
- * May import: client, cluster, metadata, chunk, daemon, wire, common.
+ * May import: client, cluster, metadata, chunk, daemon, codec (aligned memory for direct writes), wire,
+ * common.
  */
 
 import { setFlagsFromString } from 'node:v8';
