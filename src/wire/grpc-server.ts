@@ -39,6 +39,12 @@ const {
 
 /** Streams one client connection may have open at once; more are refused by HTTP/2 itself. */
 const MAX_CONCURRENT_STREAMS = 256;
+/**
+ * Handlers running for one connection, counting those whose streams were reset (cancelled) but which
+ * have not returned; beyond, new calls are refused with RESOURCE_EXHAUSTED. A stream reset frees its
+ * HTTP/2 slot at once, so without this a client could cancel its way past MAX_CONCURRENT_STREAMS.
+ */
+const MAX_RUNNING_HANDLERS_PER_SESSION = 3 * MAX_CONCURRENT_STREAMS;
 /** grpc-message is cut to this many bytes: an error line, not a payload (and HTTP/2 frames are 16 KiB). */
 const MAX_STATUS_MESSAGE_BYTES = 4096;
 /** A connection without any stream for this long is closed. */
@@ -127,14 +133,25 @@ export interface GrpcServerLimits {
   readonly maxCallMs: number;
 }
 
+/**
+ * Request bytes held now by calls still arriving or running, bounded by limits.maxBufferedBytes: one
+ * count for both transports of a server (wire/rpc.ts), so that taking both does not hold twice as much.
+ */
+export interface RequestBytes {
+  held: number;
+}
+
 export class GrpcServer {
   private readonly server: http2.Http2Server;
   readonly handlers = new Map<string, UnaryHandler>();
   private readonly sessions = new Set<http2.ServerHttp2Session>();
-  /** Request bytes held now by calls still arriving or running (bounded by limits.maxBufferedBytes). */
-  private bufferedBytes = 0;
+  /** Handlers not yet returned, per connection (see MAX_RUNNING_HANDLERS_PER_SESSION). */
+  private readonly running = new WeakMap<http2.Http2Session, number>();
 
-  constructor(private readonly limits: GrpcServerLimits) {
+  constructor(
+    private readonly limits: GrpcServerLimits,
+    readonly requestBytes: RequestBytes = { held: 0 },
+  ) {
     this.server = http2.createServer({
       settings: { maxConcurrentStreams: MAX_CONCURRENT_STREAMS },
       // Requests of up to maxMessageBytes may arrive on several streams at once.
@@ -187,12 +204,14 @@ export class GrpcServer {
     );
     let held = 0;
     const release = (): void => {
-      this.bufferedBytes -= held;
+      this.requestBytes.held -= held;
       held = 0;
     };
+    /** A handler holds its request's bytes until it returns, whether or not its stream is still open. */
+    let handlerRunning = false;
     stream.once('close', () => {
       clearTimeout(deadlineTimer);
-      release();
+      if (!handlerRunning) release();
     });
     const chunks: Buffer[] = [];
     let refused = false;
@@ -205,7 +224,7 @@ export class GrpcServer {
     stream.on('data', (chunk: Buffer) => {
       if (refused) return;
       held += chunk.byteLength;
-      this.bufferedBytes += chunk.byteLength;
+      this.requestBytes.held += chunk.byteLength;
       if (held > this.limits.maxMessageBytes + PREFIX_BYTES) {
         refuse(
           new DogfsError(
@@ -213,7 +232,7 @@ export class GrpcServer {
             `${path}: request exceeds the ${this.limits.maxMessageBytes}-byte limit`,
           ),
         );
-      } else if (this.bufferedBytes > this.limits.maxBufferedBytes) {
+      } else if (this.requestBytes.held > this.limits.maxBufferedBytes) {
         refuse(
           new DogfsError(
             'RESOURCE_EXHAUSTED',
@@ -230,6 +249,18 @@ export class GrpcServer {
       const framing = this.checkFraming(path, body);
       if (framing !== undefined) {
         this.fail(stream, framing);
+        return;
+      }
+      const session = stream.session;
+      const running = session === undefined ? 0 : (this.running.get(session) ?? 0);
+      if (running >= MAX_RUNNING_HANDLERS_PER_SESSION) {
+        this.fail(
+          stream,
+          new DogfsError(
+            'RESOURCE_EXHAUSTED',
+            `${path}: ${running} handlers still running for this connection (cancelled calls included)`,
+          ),
+        );
         return;
       }
       const call: UnaryCall = {
@@ -252,9 +283,22 @@ export class GrpcServer {
           });
         },
       };
+      handlerRunning = true;
+      if (session !== undefined) this.running.set(session, running + 1);
+      const returned = (): void => {
+        handlerRunning = false;
+        release();
+        if (session !== undefined) this.running.set(session, (this.running.get(session) ?? 1) - 1);
+      };
       handler(call).then(
-        (response) => this.answer(stream, response),
-        (error: unknown) => this.fail(stream, toDogfsError(error)),
+        (response) => {
+          returned();
+          this.answer(stream, response);
+        },
+        (error: unknown) => {
+          returned();
+          this.fail(stream, toDogfsError(error));
+        },
       );
     });
   }

@@ -4,9 +4,9 @@
  *
  * One TCP connection per address, opened on first use and replaced when it closes, fails or is told to
  * go away. Every call has a deadline, cut locally (a CANCEL tells the server); an AbortSignal cancels;
- * a call that hits its deadline pings the connection (one probe at a time), and a peer that does not
- * answer the ping within PING_TIMEOUT_MS gets the connection dropped, so a vanished host is not waited
- * on call after call. Frames written in one turn of the event loop leave in one write. At most
+ * a call that hits its deadline pings the connection (one probe at a time), and a peer that neither
+ * answers the ping nor sends anything else within PING_TIMEOUT_MS gets the connection dropped, so a
+ * vanished host is not waited on call after call. Frames written in one turn of the event loop leave in one write. At most
  * MAX_CALLS_PER_CONNECTION calls are in flight on a connection; more wait in order, their deadlines
  * running (and at most MAX_WAITING_CALLS wait, beyond which a call is refused at once).
  *
@@ -26,6 +26,7 @@ import {
   LEAN_MAGIC,
   MAX_CALL_ID,
   MAX_CALLS_PER_CONNECTION,
+  MAX_PATH_BYTES,
   maxFrameBytes,
   requestFrame,
   TickBatchedWriter,
@@ -172,10 +173,13 @@ class LeanSocket {
       this.waiting.push(call);
       return;
     }
-    const id = this.nextId++;
+    const id = this.nextId;
+    // The frame first: should building it throw, no call is left registered without a request sent.
+    const frame = requestFrame(id, call.path, Math.max(1, call.deadline - Date.now()), call.message);
+    this.nextId++;
     call.id = id;
     this.calls.set(id, call);
-    this.writer.write(requestFrame(id, call.path, Math.max(1, call.deadline - Date.now()), call.message));
+    this.writer.write(frame);
     // Ids only grow: once they run out, later calls go on a new connection.
     if (this.nextId > MAX_CALL_ID) this.retire();
   }
@@ -202,18 +206,36 @@ class LeanSocket {
   /** The caller gave up on a call (deadline or signal): it ends now and the server is told. */
   cut(call: ClientCall, error: DogfsError): void {
     const sent = call.socket === this && call.id !== 0 && this.calls.get(call.id) === call;
-    const id = call.id;
+    // The CANCEL goes before the request of the call that takes the freed slot (settle starts it): the
+    // server counts the cancelled call until the CANCEL arrives, and would refuse a request past its
+    // limit. Also before settle may end the socket (the last call of a retired connection).
+    if (sent && this.writable()) this.writer.write(encodeEmptyFrame(FrameType.CANCEL, call.id));
     this.settle(call, error);
-    if (sent && !this.socket.destroyed) this.writer.write(encodeEmptyFrame(FrameType.CANCEL, id));
   }
 
-  /** After a call timed out: drop the connection unless the server answers a ping promptly. */
+  /** Frames can still be written (not destroyed, not ended by us). */
+  private writable(): boolean {
+    return !this.socket.destroyed && !this.socket.writableEnded;
+  }
+
+  /**
+   * After a call timed out: drop the connection unless the server answers a ping promptly, or bytes keep
+   * arriving meanwhile (the PONG is queued behind answers being sent: a busy connection, not a dead one).
+   */
   ping(id: number): void {
-    if (this.probe !== undefined || this.socket.destroyed) return;
-    const timer = setTimeout(() => this.fail('the server did not answer a ping'), PING_TIMEOUT_MS);
-    timer.unref();
-    this.probe = { id, timer };
+    if (this.probe !== undefined || !this.writable()) return;
+    this.probe = { id, timer: this.probeTimer(this.socket.bytesRead) };
     this.writer.write(encodeEmptyFrame(FrameType.PING, id));
+  }
+
+  private probeTimer(bytesRead: number): NodeJS.Timeout {
+    const timer = setTimeout(() => {
+      if (this.probe === undefined) return;
+      if (this.socket.bytesRead === bytesRead) this.fail('the server did not answer a ping');
+      else this.probe.timer = this.probeTimer(this.socket.bytesRead);
+    }, PING_TIMEOUT_MS);
+    timer.unref();
+    return timer;
   }
 
   /**
@@ -311,6 +333,14 @@ export class LeanConnection {
   unary(path: string, message: Uint8Array, options: UnaryOptions): Promise<Buffer> {
     const checked = checkCall(this.address, message, options);
     if (checked instanceof DogfsError) return Promise.reject(checked);
+    if (Buffer.byteLength(path, 'latin1') > MAX_PATH_BYTES) {
+      return Promise.reject(
+        new DogfsError(
+          'INVALID_ARGUMENT',
+          `${this.address} ${path.slice(0, 64)}...: method path longer than ${MAX_PATH_BYTES} bytes`,
+        ),
+      );
+    }
     const { where, remaining } = checked;
     let socket: LeanSocket;
     try {

@@ -4,16 +4,19 @@
  * ones gRPC calls (`UnaryHandler`), so the two transports cannot answer differently.
  *
  * Limits, all explicit: calls in flight per connection (MAX_CALLS_PER_CONNECTION; more are refused with
- * RESOURCE_EXHAUSTED, which a DogFS client never meets: it queues beyond the same number); the size of
- * a request (read past and refused) and of all requests in flight together; how long a call may run,
- * whatever timeout it carried (a handler still running at its deadline is answered DEADLINE_EXCEEDED);
- * unsent answers per connection (above HIGH_WATER_BYTES the connection's requests are not read until the
- * client has taken its answers: back-pressure, not buffering); idle connections (closed after 10 minutes
- * without a call).
+ * RESOURCE_EXHAUSTED, which a DogFS client never meets: it queues beyond the same number); handlers
+ * running per connection, counting those whose calls were cancelled or expired but which have not
+ * returned (requests are not read while MAX_RUNNING_HANDLERS run; past HARD_RUNNING_HANDLERS they are
+ * refused), so cancelling does not let a client run more; the size of a request (read past and refused)
+ * and of all requests held by running handlers together; how long a call may run, whatever timeout it
+ * carried (a handler still running at its deadline is answered DEADLINE_EXCEEDED); unsent answers per
+ * connection (above HIGH_WATER_BYTES the connection's requests are not read until the client has taken
+ * its answers: back-pressure, not buffering; a client whose kernel takes nothing for a while is
+ * dropped); idle connections (closed after 10 minutes without a call).
  */
 import type { Socket } from 'node:net';
 import { DogfsError, toDogfsError } from './errors.js';
-import type { UnaryCall, UnaryHandler } from './grpc-server.js';
+import type { RequestBytes, UnaryCall, UnaryHandler } from './grpc-server.js';
 import {
   decodeRequest,
   encodeEmptyFrame,
@@ -30,12 +33,21 @@ import {
 /** Unsent answer bytes above which a connection's requests wait until the client reads. */
 const HIGH_WATER_BYTES = 8 << 20;
 /**
- * Answers already owed still queue while requests wait; past this many unsent bytes (or when nothing
- * is taken for `unsentStallMs` while some wait: 30 s unless the limits say) the client is not reading and
- * its connection is dropped.
+ * Answers already owed still queue while requests wait. A client whose kernel takes none of them for
+ * `unsentStallMs` (30 s unless the limits say) is not reading and its connection is dropped; past this
+ * many unsent bytes, after OVER_LIMIT_STALL_MS already. Not at once: answers written in one turn leave
+ * on the next, and 256 calls may owe their largest answers together, to a client reading all the while.
  */
 const MIN_UNSENT_LIMIT_BYTES = 64 << 20;
 const DEFAULT_UNSENT_STALL_MS = 30_000;
+const OVER_LIMIT_STALL_MS = 2_000;
+/** Handlers running on one connection (live calls and ended ones not yet returned) before reading waits. */
+const MAX_RUNNING_HANDLERS = 2 * MAX_CALLS_PER_CONNECTION;
+/**
+ * Past this many a request is refused: reading stops at MAX_RUNNING_HANDLERS, but a read already taken
+ * may hold more requests, at most MAX_CALLS_PER_CONNECTION live ones from a client that keeps the rules.
+ */
+const HARD_RUNNING_HANDLERS = MAX_RUNNING_HANDLERS + MAX_CALLS_PER_CONNECTION;
 /** A connection without a call for this long is closed (GOAWAY, then end); clients simply dial again. */
 const IDLE_CONNECTION_MS = 10 * 60_000;
 /** How often a connection looks for calls past their deadline (handlers that never answer). */
@@ -55,6 +67,8 @@ interface ServerCall {
   readonly deadline: number;
   readonly bytes: number;
   cancelListeners: (() => void)[] | undefined;
+  /** live: may still be answered; answered; ended: cancelled, expired or its connection gone. */
+  state: 'live' | 'answered' | 'ended';
 }
 
 /** Bytes the kernel has taken from a socket (Node's bytesWritten also counts what is still queued). */
@@ -64,12 +78,17 @@ function taken(socket: Socket): number {
 
 /** One client connection: its calls in flight, its reader, its write batching. */
 class LeanServerConnection {
+  /** Calls that may still be answered. */
   private readonly calls = new Map<number, ServerCall>();
+  /** Handlers that have not returned, their calls live or ended: each holds its request's bytes. */
+  private running = 0;
   private readonly reader: FrameReader;
   private magicSeen = 0;
   /** The highest request id taken (ids only grow on a connection): what a GOAWAY names. */
   private lastCallId = 0;
   private stallTimer: NodeJS.Timeout | undefined;
+  /** The stall timer runs the shorter wait (answers past the unsent limit). */
+  private stallShort = false;
   private readonly writer: TickBatchedWriter;
   private goingAway = false;
   private sweep: NodeJS.Timeout | undefined;
@@ -93,12 +112,12 @@ class LeanServerConnection {
       },
       // A request arriving in pieces holds its whole size from its head on: counted like one in flight.
       admit: (_type, _callId, length) => {
-        if (server.bufferedBytes + length > server.limits.maxBufferedBytes) return false;
-        server.bufferedBytes += length;
+        if (server.requestBytes.held + length > server.limits.maxBufferedBytes) return false;
+        server.requestBytes.held += length;
         return true;
       },
       released: (length) => {
-        server.bufferedBytes -= length;
+        server.requestBytes.held -= length;
       },
     });
     this.writer = new TickBatchedWriter(socket);
@@ -111,7 +130,7 @@ class LeanServerConnection {
     socket.on('close', () => this.onClose());
     // Reading resumes once the answers are taken, going away or not (PINGs, CANCELs and the client's
     // end must still be read).
-    socket.on('drain', () => socket.resume());
+    socket.on('drain', () => this.updateReading());
     socket.setTimeout(IDLE_CONNECTION_MS, () => {
       if (this.calls.size === 0) this.goAway();
     });
@@ -146,8 +165,7 @@ class LeanServerConnection {
       case FrameType.CANCEL: {
         const call = this.calls.get(callId);
         if (call === undefined) return; // answered already: the cancel crossed the answer
-        this.finish(callId, call);
-        for (const listener of call.cancelListeners ?? []) listener();
+        this.endEarly(callId, call);
         return;
       }
       case FrameType.PING:
@@ -202,7 +220,16 @@ class LeanServerConnection {
       );
       return;
     }
-    if (server.bufferedBytes + message.byteLength > server.limits.maxBufferedBytes) {
+    if (this.running >= HARD_RUNNING_HANDLERS) {
+      refuse(
+        new DogfsError(
+          'RESOURCE_EXHAUSTED',
+          `${path}: ${this.running} handlers still running on this connection (cancelled calls included)`,
+        ),
+      );
+      return;
+    }
+    if (server.requestBytes.held + message.byteLength > server.limits.maxBufferedBytes) {
       refuse(
         new DogfsError(
           'RESOURCE_EXHAUSTED',
@@ -216,9 +243,12 @@ class LeanServerConnection {
       deadline: Date.now() + callMs,
       bytes: message.byteLength,
       cancelListeners: undefined,
+      state: 'live',
     };
     this.calls.set(callId, entry);
-    server.bufferedBytes += entry.bytes;
+    server.requestBytes.held += entry.bytes;
+    this.running++;
+    if (this.running >= MAX_RUNNING_HANDLERS) this.updateReading();
     this.sweep ??= setInterval(() => this.expire(), DEADLINE_SWEEP_MS);
     const socket = this.socket;
     const call: UnaryCall = {
@@ -228,30 +258,35 @@ class LeanServerConnection {
         return `${socket.remoteAddress}:${socket.remotePort}`;
       },
       onCancel: (listener) => {
-        // Gone already (cancelled, expired, connection lost): a listener added now hears it at once.
-        if (this.calls.get(callId) !== entry) {
+        // Ended already (cancelled, expired, connection lost): a listener added now hears it at once.
+        // An answered call is never cancelled.
+        if (entry.state === 'ended') {
           queueMicrotask(listener);
-          return;
+        } else if (entry.state === 'live') {
+          entry.cancelListeners ??= [];
+          entry.cancelListeners.push(listener);
         }
-        entry.cancelListeners ??= [];
-        entry.cancelListeners.push(listener);
       },
     };
     handler(call).then(
-      (response) => {
-        if (this.finish(callId, entry)) this.send(responseFrame(callId, response));
-      },
-      (error: unknown) => {
-        if (this.finish(callId, entry)) this.send(encodeError(callId, toDogfsError(error)));
-      },
+      (response) => this.handlerReturned(callId, entry, () => responseFrame(callId, response)),
+      (error: unknown) => this.handlerReturned(callId, entry, () => encodeError(callId, toDogfsError(error))),
     );
   }
 
-  /** Ends a call's accounting; false if it had ended already (cancelled, expired, connection gone). */
-  private finish(callId: number, entry: ServerCall): boolean {
+  /** A handler returned: its request's bytes are free; its answer goes out if the call is still live. */
+  private handlerReturned(callId: number, entry: ServerCall, answer: () => Buffer | readonly Buffer[]): void {
+    this.running--;
+    this.server.requestBytes.held -= entry.bytes;
+    if (this.end(callId, entry, 'answered')) this.send(answer());
+    if (this.running === MAX_RUNNING_HANDLERS - 1) this.updateReading();
+  }
+
+  /** Takes a live call out of `calls`; false if it was not live (answered or ended before). */
+  private end(callId: number, entry: ServerCall, state: 'answered' | 'ended'): boolean {
     if (this.calls.get(callId) !== entry) return false;
     this.calls.delete(callId);
-    this.server.bufferedBytes -= entry.bytes;
+    entry.state = state;
     if (this.calls.size === 0) {
       if (this.sweep !== undefined) clearInterval(this.sweep);
       this.sweep = undefined;
@@ -260,15 +295,35 @@ class LeanServerConnection {
     return true;
   }
 
+  /**
+   * A live call ends unanswered (cancelled, expired, connection gone): its handler hears it, and keeps
+   * its slot among the running handlers and its bytes until it returns.
+   */
+  private endEarly(callId: number, entry: ServerCall): void {
+    if (!this.end(callId, entry, 'ended')) return;
+    for (const listener of entry.cancelListeners ?? []) listener();
+  }
+
   /** Calls whose handlers are still running at their deadline get DEADLINE_EXCEEDED (and a cancel). */
   private expire(): void {
     const now = Date.now();
     for (const [callId, call] of this.calls) {
       if (call.deadline > now) continue;
-      this.finish(callId, call);
       this.send(encodeError(callId, new DogfsError('DEADLINE_EXCEEDED', 'deadline exceeded')));
-      for (const listener of call.cancelListeners ?? []) listener();
+      this.endEarly(callId, call);
     }
+  }
+
+  /**
+   * Requests are read unless answers wait unsent above HIGH_WATER_BYTES or MAX_RUNNING_HANDLERS
+   * handlers run (PINGs, CANCELs and the client's end are read again once either clears).
+   */
+  private updateReading(): void {
+    const socket = this.socket;
+    if (socket.destroyed) return;
+    const hold = socket.writableLength > HIGH_WATER_BYTES || this.running >= MAX_RUNNING_HANDLERS;
+    if (hold && !socket.isPaused()) socket.pause();
+    else if (!hold && socket.isPaused()) socket.resume();
   }
 
   /**
@@ -278,27 +333,40 @@ class LeanServerConnection {
    */
   send(frame: Buffer | readonly Buffer[]): void {
     const socket = this.socket;
-    if (socket.destroyed) return;
+    if (socket.destroyed || socket.writableEnded) return;
     this.writer.write(frame);
     if (socket.writableLength <= HIGH_WATER_BYTES) return;
-    socket.pause();
-    if (socket.writableLength > Math.max(MIN_UNSENT_LIMIT_BYTES, 4 * this.server.limits.maxMessageBytes)) {
-      socket.destroy();
-      return;
-    }
-    this.watchForStall(taken(socket));
+    this.updateReading();
+    this.watchForStall();
   }
 
-  /** Drops the connection if answers wait unsent and none is taken for the stall time. */
-  private watchForStall(written: number): void {
-    if (this.stallTimer !== undefined) return;
-    this.stallTimer = setTimeout(() => {
-      this.stallTimer = undefined;
-      const socket = this.socket;
-      if (socket.destroyed || socket.writableLength === 0) return;
-      if (taken(socket) === written) socket.destroy();
-      else this.watchForStall(taken(socket));
-    }, this.server.limits.unsentStallMs ?? DEFAULT_UNSENT_STALL_MS);
+  private overUnsentLimit(): boolean {
+    const limit = Math.max(MIN_UNSENT_LIMIT_BYTES, 4 * this.server.limits.maxMessageBytes);
+    return this.socket.writableLength > limit;
+  }
+
+  /**
+   * Drops the connection if answers wait unsent and the kernel takes none of them for the stall time
+   * (OVER_LIMIT_STALL_MS once they pass the limit).
+   */
+  private watchForStall(): void {
+    const over = this.overUnsentLimit();
+    if (this.stallTimer !== undefined) {
+      if (!over || this.stallShort) return;
+      clearTimeout(this.stallTimer); // the shorter wait applies from now
+    }
+    const written = taken(this.socket);
+    this.stallShort = over;
+    this.stallTimer = setTimeout(
+      () => {
+        this.stallTimer = undefined;
+        const socket = this.socket;
+        if (socket.destroyed || socket.writableLength === 0) return;
+        if (taken(socket) === written) socket.destroy();
+        else this.watchForStall();
+      },
+      over ? OVER_LIMIT_STALL_MS : (this.server.limits.unsentStallMs ?? DEFAULT_UNSENT_STALL_MS),
+    );
     this.stallTimer.unref();
   }
 
@@ -318,14 +386,12 @@ class LeanServerConnection {
     clearTimeout(this.magicTimer);
     clearTimeout(this.stallTimer);
     // A request cut off mid-frame gives back what its assembly held.
-    this.server.bufferedBytes -= this.reader.assemblingBytes;
+    this.server.requestBytes.held -= this.reader.assemblingBytes;
     if (this.sweep !== undefined) clearInterval(this.sweep);
     this.sweep = undefined;
-    // The client is gone: its calls are cancelled (handlers that asked for a signal see it).
-    for (const [callId, call] of this.calls) {
-      this.finish(callId, call);
-      for (const listener of call.cancelListeners ?? []) listener();
-    }
+    // The client is gone: its calls are cancelled (handlers that asked for a signal see it); their
+    // bytes stay held until the handlers return.
+    for (const [callId, call] of this.calls) this.endEarly(callId, call);
     this.server.connections.delete(this);
   }
 }
@@ -333,12 +399,12 @@ class LeanServerConnection {
 /** The lean half of an RpcServer: handed connections whose first byte says lean. */
 export class LeanServer {
   readonly connections = new Set<LeanServerConnection>();
-  /** Request bytes held now by calls in flight on every connection (bounded by limits.maxBufferedBytes). */
-  bufferedBytes = 0;
 
   constructor(
     readonly limits: LeanServerLimits,
     readonly handlers: ReadonlyMap<string, UnaryHandler>,
+    /** Request bytes held by running handlers and requests arriving (bounded by limits.maxBufferedBytes). */
+    readonly requestBytes: RequestBytes = { held: 0 },
   ) {}
 
   /** Takes over a connection; `head` holds the bytes already read from it (the start of the magic). */

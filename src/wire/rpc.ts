@@ -77,7 +77,7 @@ export class RpcServer {
       unsentStallMs: options.unsentStallMs,
     };
     this.grpc = new GrpcServer(limits);
-    this.lean = new LeanServer(limits, this.grpc.handlers);
+    this.lean = new LeanServer(limits, this.grpc.handlers, this.grpc.requestBytes);
     this.listener = createServer((socket) => this.sniff(socket));
   }
 

@@ -33,6 +33,8 @@ let port = 0;
 let release: Promise<void> = Promise.resolve();
 let slowRunning = 0;
 let slowMostAtOnce = 0;
+/** Called as each slow call's handler starts. */
+let onSlowStart: (() => void) | undefined;
 
 /** Stat answers with its path (in `inode.ec`); `slow` waits for `release`, `never` never answers. */
 function statOnly(
@@ -52,13 +54,24 @@ function statOnly(
   return handlers as ServiceHandlers<MetadataMethods>;
 }
 
+/** Calls to the slow method wait from now until the returned function is called; counts start afresh. */
+function holdSlowCalls(): () => void {
+  let open!: () => void;
+  release = new Promise((resolve) => {
+    open = resolve;
+  });
+  slowMostAtOnce = 0;
+  return open;
+}
+
 before(async () => {
   server.addService(
     MetadataService,
     statOnly(async (path) => {
-      if (path === 'slow') {
+      if (path.startsWith('slow')) {
         slowRunning++;
         slowMostAtOnce = Math.max(slowMostAtOnce, slowRunning);
+        onSlowStart?.();
         try {
           await release;
         } finally {
@@ -248,10 +261,7 @@ test('a lean client that breaks the rules gets a clear code per call, or loses o
     Buffer.concat([LEAN_MAGIC, statRequest(8, 'slow'), statRequest(8, 'slow')]), // a call id reused in flight
     Buffer.concat([LEAN_MAGIC, Buffer.from([0, 0, 0, 5, 99, 0, 0, 0, 1])]), // an unknown frame type
   ];
-  let unblock!: () => void;
-  release = new Promise((resolve) => {
-    unblock = resolve;
-  });
+  const unblock = holdSlowCalls();
   for (const bytes of broken) {
     const connection = await rawConnection();
     connection.socket.write(bytes);
@@ -272,11 +282,7 @@ test('a lean client that breaks the rules gets a clear code per call, or loses o
 });
 
 test('a server refuses calls beyond its per-connection limit; a DogFS channel queues them instead', async () => {
-  let open!: () => void;
-  release = new Promise((resolve) => {
-    open = resolve;
-  });
-  slowMostAtOnce = 0;
+  const open = holdSlowCalls();
   const { socket, frames } = await rawConnection();
   socket.write(LEAN_MAGIC);
   for (let id = 1; id <= MAX_CALLS_PER_CONNECTION + 1; id++) socket.write(statRequest(id, 'slow'));
@@ -288,17 +294,14 @@ test('a server refuses calls beyond its per-connection limit; a DogFS channel qu
   await waitFor('the other answers', () => frames.length === MAX_CALLS_PER_CONNECTION + 1);
   socket.destroy();
 
-  release = new Promise((resolve) => {
-    open = resolve;
-  });
-  slowMostAtOnce = 0;
+  const reopen = holdSlowCalls();
   const channel = new RpcChannel(address, { transport: 'lean' });
   try {
     const calls = Array.from({ length: 3 * MAX_CALLS_PER_CONNECTION }, () =>
       channel.call(MetadataService, 'Stat', { path: 'slow' }, { timeoutMs: 10_000 }),
     );
     await waitFor('a full connection of calls running', () => slowRunning === MAX_CALLS_PER_CONNECTION);
-    open();
+    reopen();
     for (const answer of await Promise.all(calls)) assert.equal(answer.inode?.ec, 'slow');
     assert.equal(slowMostAtOnce, MAX_CALLS_PER_CONNECTION, 'never more than the limit at once');
   } finally {
@@ -577,5 +580,269 @@ test('a client that never reads its answers has its connection dropped once they
   } finally {
     socket.destroy();
     await stalled.close(0);
+  }
+});
+
+test('a call given up on frees its slot for the next queued call, which the server then takes', async () => {
+  const open = holdSlowCalls();
+  const channel = new RpcChannel(address, { transport: 'lean' });
+  try {
+    const abort = new AbortController();
+    const calls = Array.from({ length: MAX_CALLS_PER_CONNECTION + 1 }, (_, i) =>
+      channel
+        .call(
+          MetadataService,
+          'Stat',
+          { path: 'slow' },
+          { timeoutMs: 20_000, signal: i === 0 ? abort.signal : undefined },
+        )
+        .then(
+          (answer) => answer.inode?.ec,
+          (error: DogfsError) => error.code,
+        ),
+    );
+    await waitFor('a full connection of calls running', () => slowRunning === MAX_CALLS_PER_CONNECTION);
+    abort.abort();
+    // The cancelled call's handler still runs (it does not watch its signal): one more than the limit.
+    await waitFor('the queued call to run', () => slowRunning === MAX_CALLS_PER_CONNECTION + 1);
+    open();
+    const outcomes = await Promise.all(calls);
+    assert.equal(outcomes[0], 'CANCELLED');
+    // Before the fix the CANCEL left after the queued request, which the server refused for the limit.
+    assert.deepEqual(outcomes.slice(1), Array(MAX_CALLS_PER_CONNECTION).fill('slow'));
+  } finally {
+    channel.close();
+  }
+});
+
+test('answers owed past the unsent limit still reach a client that reads them', async () => {
+  // 70 answers of ~1 MB finish together: more than the 64 MiB limit wait unsent for a moment.
+  const big = new RpcServer({ maxMessageBytes: 1100 * 1024 });
+  let open!: () => void;
+  const gate = new Promise<void>((resolve) => {
+    open = resolve;
+  });
+  let running = 0;
+  big.addService(
+    MetadataService,
+    statOnly(
+      async () => {
+        running++;
+        await gate;
+      },
+      () => 'z'.repeat(1000 * 1000),
+    ),
+  );
+  const bigPort = await big.listen('127.0.0.1', 0);
+  const channel = new RpcChannel(`127.0.0.1:${bigPort}`, { transport: 'lean', maxMessageBytes: 1100 * 1024 });
+  try {
+    const calls = Array.from({ length: 70 }, () =>
+      channel.call(MetadataService, 'Stat', { path: 'big' }, { timeoutMs: 30_000 }).then(
+        (answer) => answer.inode?.ec.length,
+        (error: DogfsError) => error.code,
+      ),
+    );
+    await waitFor('every handler running', () => running === 70);
+    open();
+    assert.deepEqual(await Promise.all(calls), Array(70).fill(1000 * 1000));
+  } finally {
+    channel.close();
+    await big.close(0);
+  }
+});
+
+test('a method path longer than the framing allows is INVALID_ARGUMENT, and the channel goes on', async () => {
+  const channel = new RpcChannel(address, { transport: 'lean' });
+  try {
+    await assert.rejects(
+      channel.callRaw(`/${'x'.repeat(2000)}`, encodeMessage('dogfs.v1.StatRequest', { path: 'a' })),
+      (error: DogfsError) => error.code === 'INVALID_ARGUMENT' && /method path longer/.test(error.message),
+    );
+    const answer = await channel.call(MetadataService, 'Stat', { path: 'after' }, { timeoutMs: 5000 });
+    assert.equal(answer.inode?.ec, 'after');
+  } finally {
+    channel.close();
+  }
+});
+
+test('cancelling calls does not let a client run more handlers, or hold more request bytes, than the limits', async () => {
+  const open = holdSlowCalls();
+  // Tiny requests, each cancelled at once: handlers that ignore cancellation keep running.
+  const { socket, frames } = await rawConnection();
+  socket.write(LEAN_MAGIC);
+  const pairs = 1200;
+  for (let id = 1; id <= pairs; id++) {
+    socket.write(Buffer.concat([statRequest(id, 'slow', 20_000), encodeEmptyFrame(FrameType.CANCEL, id)]));
+  }
+  await waitFor('handlers to start', () => slowRunning > 0);
+  // Reading stops at 2 x the call limit; requests already read beyond 3 x it are refused.
+  await waitFor('the server to stop taking requests', () => {
+    const refused = frames.filter((f) => f.type === FrameType.ERROR).length;
+    return slowRunning + refused >= 2 * MAX_CALLS_PER_CONNECTION;
+  });
+  assert.ok(slowMostAtOnce <= 3 * MAX_CALLS_PER_CONNECTION, `${slowMostAtOnce} handlers at once`);
+  open();
+  await waitFor('the handlers to return', () => slowRunning === 0);
+  socket.destroy();
+
+  // Large requests: the byte budget (16 x 64 KiB: 17 of these) holds cancelled ones until their handlers return.
+  const reopen = holdSlowCalls();
+  const second = await rawConnection();
+  second.socket.write(LEAN_MAGIC);
+  const large = 'slow'.padEnd(60 * 1024, '.');
+  for (let id = 1; id <= 40; id++) {
+    second.socket.write(
+      Buffer.concat([statRequest(id, large, 20_000), encodeEmptyFrame(FrameType.CANCEL, id)]),
+    );
+  }
+  await waitFor('the requests over the budget to be refused', () =>
+    second.frames.some(
+      (f) => f.type === FrameType.ERROR && decodeError(f.body)?.code === 'RESOURCE_EXHAUSTED',
+    ),
+  );
+  assert.ok(slowMostAtOnce <= 17, `${slowMostAtOnce} large requests held at once`);
+  reopen();
+  await waitFor('the handlers to return', () => slowRunning === 0);
+  second.socket.destroy();
+});
+
+test('a handler that looks at its signal after answering is not told it was cancelled', async () => {
+  const answered = new RpcServer({ maxMessageBytes: MAX_MESSAGE });
+  let context: { signal: AbortSignal } | undefined;
+  const handlers = statOnly(async () => {});
+  (handlers as unknown as Record<string, unknown>)['Stat'] = async (
+    _request: unknown,
+    ctx: { signal: AbortSignal },
+  ) => {
+    context = ctx;
+    return { inode: { id: 1, type: FileType.FILE, size: 0, ec: 'done' } };
+  };
+  answered.addService(MetadataService, handlers);
+  const answeredPort = await answered.listen('127.0.0.1', 0);
+  const channel = new RpcChannel(`127.0.0.1:${answeredPort}`, { transport: 'lean' });
+  try {
+    const answer = await channel.call(MetadataService, 'Stat', { path: 'a' }, { timeoutMs: 5000 });
+    assert.equal(answer.inode?.ec, 'done');
+    const signal = context!.signal;
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(signal.aborted, false);
+  } finally {
+    channel.close();
+    await answered.close(0);
+  }
+});
+
+test('both transports of a server draw on one byte budget for the requests they hold', async () => {
+  const open = holdSlowCalls();
+  // 17 requests of 60 KiB held by running handlers over lean fill the budget (16 x 64 KiB)...
+  const { socket, frames } = await rawConnection();
+  socket.write(LEAN_MAGIC);
+  const large = 'slow'.padEnd(60 * 1024, '.');
+  for (let id = 1; id <= 17; id++) socket.write(statRequest(id, large, 20_000));
+  await waitFor('17 handlers running', () => slowRunning === 17);
+  assert.equal(frames.length, 0);
+  // ...so one more over gRPC is refused, not held beside them.
+  const channel = new RpcChannel(address, { transport: 'grpc' });
+  try {
+    await assert.rejects(
+      channel.call(MetadataService, 'Stat', { path: large }, { timeoutMs: 5000 }),
+      (error: DogfsError) => error.code === 'RESOURCE_EXHAUSTED' && /server busy/.test(error.message),
+    );
+  } finally {
+    channel.close();
+    open();
+    await waitFor('the handlers to return', () => slowRunning === 0);
+    socket.destroy();
+  }
+});
+
+test('a connection whose answers keep arriving outlives an unanswered ping; a silent one does not', async () => {
+  // The fake server never answers pings. One call's answer trickles in over ~3 s, longer than the 2 s
+  // a ping is given; another call times out meanwhile and sends the ping.
+  const answer = encodeResponse(
+    0,
+    encodeMessage('dogfs.v1.StatResponse', { inode: { id: 1, type: FileType.FILE, size: 0, ec: 'slowly' } }),
+  );
+  const timers: NodeJS.Timeout[] = [];
+  const fake = await fakeLeanServer((callId, body, socket) => {
+    const { message } = decodeRequest(body);
+    if (decodeMessage('dogfs.v1.StatRequest', message).path !== 'trickle') return; // 'silent': never
+    const frame = Buffer.from(answer);
+    frame.writeUInt32BE(callId, 5); // [u32 length][u8 type][u32 id]
+    const pieces = 30;
+    const step = Math.ceil(frame.byteLength / pieces);
+    for (let i = 0; i < pieces; i++) {
+      timers.push(setTimeout(() => socket.write(frame.subarray(i * step, (i + 1) * step)), 100 * (i + 1)));
+    }
+  });
+  const channel = new RpcChannel(fake.address, { transport: 'lean' });
+  try {
+    const trickling = channel.call(MetadataService, 'Stat', { path: 'trickle' }, { timeoutMs: 20_000 });
+    await assert.rejects(
+      channel.call(MetadataService, 'Stat', { path: 'silent' }, { timeoutMs: 200 }),
+      (error: DogfsError) => error.code === 'DEADLINE_EXCEEDED',
+    );
+    assert.equal((await trickling).inode?.ec, 'slowly');
+    // Nothing arrives any more: the next timeout's ping goes unanswered and the connection is dropped.
+    const waiting = channel.call(MetadataService, 'Stat', { path: 'silent' }, { timeoutMs: 20_000 });
+    await assert.rejects(
+      channel.call(MetadataService, 'Stat', { path: 'silent' }, { timeoutMs: 200 }),
+      (error: DogfsError) => error.code === 'DEADLINE_EXCEEDED',
+    );
+    await assert.rejects(
+      waiting,
+      (error: DogfsError) => error.code === 'UNAVAILABLE' && /ping/.test(error.message),
+    );
+  } finally {
+    for (const timer of timers) clearTimeout(timer);
+    channel.close();
+    fake.close();
+  }
+});
+
+test('over gRPC too, cancelled calls hold their bytes and a handler slot until their handlers return', async () => {
+  const channel = new RpcChannel(address, { transport: 'grpc' });
+  /** Starts a slow call, waits for its handler (or its refusal), then cancels it; the refusal if any. */
+  const startAndCancel = async (path: string): Promise<string | undefined> => {
+    const abort = new AbortController();
+    const started = new Promise<undefined>((resolve) => {
+      onSlowStart = () => resolve(undefined);
+    });
+    const call = channel
+      .call(MetadataService, 'Stat', { path }, { timeoutMs: 20_000, signal: abort.signal })
+      .then(
+        () => undefined,
+        (error: DogfsError) => (error.code === 'CANCELLED' ? undefined : error.message),
+      );
+    const refusal = await Promise.race([call, started]);
+    onSlowStart = undefined;
+    abort.abort();
+    return refusal ?? (await call);
+  };
+  try {
+    let reopen = holdSlowCalls();
+    const large = 'slow'.padEnd(60 * 1024, '.');
+    const refusals: string[] = [];
+    for (let i = 0; i < 40 && refusals.length === 0; i++) {
+      const refusal = await startAndCancel(large);
+      if (refusal !== undefined) refusals.push(refusal);
+    }
+    assert.match(refusals[0] ?? '', /server busy/);
+    assert.ok(slowMostAtOnce <= 17, `${slowMostAtOnce} large requests held at once`);
+    reopen();
+    await waitFor('the handlers to return', () => slowRunning === 0);
+
+    reopen = holdSlowCalls();
+    refusals.length = 0;
+    for (let i = 0; i < 3 * MAX_CALLS_PER_CONNECTION + 10 && refusals.length === 0; i++) {
+      const refusal = await startAndCancel('slow');
+      if (refusal !== undefined) refusals.push(refusal);
+    }
+    assert.match(refusals[0] ?? '', /handlers still running/);
+    assert.equal(slowMostAtOnce, 3 * MAX_CALLS_PER_CONNECTION);
+    reopen();
+    await waitFor('the handlers to return', () => slowRunning === 0);
+  } finally {
+    channel.close();
   }
 });
