@@ -8,7 +8,9 @@
  * Every source is checked end to end against the CRC32C recorded when it was written (besides the chunk
  * checksums the transport verifies), so a wrong decode is never written; the metadata service then checks
  * each rebuilt shard on its new server before committing it. A source that fails while being read is named as a suspect in the next
- * plan, which then rebuilds it too (bounded rounds). Memory: one window per shard plus the transport's.
+ * plan, which then rebuilds it too (bounded rounds). A target that already holds the shard (a copy left
+ * by a repair whose commit was lost; nothing else deletes it) is read back and committed if it is
+ * exactly the rebuilt bytes, else reported. Memory: one window per shard plus the transport's.
  */
 import { createCodec } from '../codec/backends.js';
 import { crc32c } from '../codec/crc32c.js';
@@ -91,6 +93,39 @@ interface Rebuilt {
 }
 
 /**
+ * CRC32C of a shard as it is stored on `location` (every chunk verified in transit against the checksums
+ * the server stored). Rejects with the transport's error (NOT_FOUND while another repair is still
+ * writing it, CORRUPT, UNAVAILABLE, a short shard).
+ */
+async function readBackCrc(
+  context: RepairContext,
+  location: ShardLocation,
+  blockGroupId: number,
+  shardLength: number,
+  deadline: number,
+): Promise<number> {
+  const handle = context.transport.openRead(
+    { addr: location.addr, shard: { blockGroupId, index: location.index, generation: 0 } },
+    0,
+    shardLength,
+    { deadline, transient: true },
+  );
+  try {
+    let crc = 0;
+    let length = 0;
+    // Bounded by the shard's length: the transport ends the range there.
+    for (let piece = await handle.next(); piece !== null; piece = await handle.next()) {
+      crc = crc32c(piece, crc);
+      length += piece.length;
+    }
+    if (length !== shardLength) throw new DogfsError('CORRUPT', `holds ${length} bytes of ${shardLength}`);
+    return crc;
+  } finally {
+    handle.close();
+  }
+}
+
+/**
  * Rebuilds the planned shards of one block group. Resolves with the shards that are now durable on their
  * targets (a target that failed is left out: it stays missing); rejects with SourceFailed when a source
  * could not be read, or UNAVAILABLE when fewer than K sources exist.
@@ -142,18 +177,30 @@ async function rebuildBlockGroup(
     });
   }
   const failures: string[] = [];
+  /**
+   * Targets that already hold this shard (ALREADY_EXISTS): a copy left by an earlier repair whose commit
+   * was lost, or one another repair is writing. Nothing is written to them; the rebuilt bytes' CRC32C is
+   * kept, and at the end the copy is read back and taken only if it is those very bytes.
+   */
+  const held = new Map<number, ShardLocation>();
+  /** CRC32C of the rebuilt bytes so far, per target. */
+  const rebuiltCrc = new Map<number, number>();
   const dropTarget = (index: number, error: unknown) => {
     const write = writes.get(index);
     if (write === undefined) return;
     write.handle.abort(toDogfsError(error));
     writes.delete(index);
+    if (toDogfsError(error).code === 'ALREADY_EXISTS') {
+      held.set(index, write.location);
+      return;
+    }
     failures.push(
       `shard ${index} of block group ${bg.id} to ${write.location.chunkServerId}: ${toDogfsError(error).message}`,
     );
   };
   const codec = replicate ? undefined : createCodec(k, bg.parityShards);
   try {
-    for (let offset = 0; offset < shardLength && writes.size > 0; offset += window) {
+    for (let offset = 0; offset < shardLength && writes.size + held.size > 0; offset += window) {
       const length = Math.min(window, shardLength - offset);
       const rows: (Uint8Array | null)[] = new Array<Uint8Array | null>(total).fill(null);
       await Promise.all(
@@ -175,7 +222,7 @@ async function rebuildBlockGroup(
           }
         }),
       );
-      const wanted = [...writes.keys()];
+      const wanted = [...writes.keys(), ...held.keys()];
       if (codec === undefined) {
         for (const i of wanted) rows[i] = rows[reads[0]!.location.index]!;
       } else {
@@ -183,6 +230,7 @@ async function rebuildBlockGroup(
         for (const i of absent) rows[i] = Buffer.allocUnsafe(length);
         await codec.reconstructAsync(rows, absent);
       }
+      for (const i of wanted) rebuiltCrc.set(i, crc32c(rows[i]!, rebuiltCrc.get(i) ?? 0));
       await Promise.all(
         wanted.map(async (i) => {
           try {
@@ -205,6 +253,20 @@ async function rebuildBlockGroup(
           rebuilt.push({ location: write.location, length: result.length, crc32c: result.crc32c });
         } catch (error) {
           dropTarget(index, error);
+        }
+      }),
+    );
+    await Promise.all(
+      [...held.entries()].map(async ([index, location]) => {
+        const expected = rebuiltCrc.get(index) ?? 0;
+        const where = `shard ${index} of block group ${bg.id} to ${location.chunkServerId}`;
+        try {
+          const crc = await readBackCrc(context, location, bg.id, shardLength, deadline);
+          if (crc !== expected)
+            throw new DogfsError('ALREADY_EXISTS', `holds another copy (crc32c ${crc}, rebuilt ${expected})`);
+          rebuilt.push({ location, length: shardLength, crc32c: crc });
+        } catch (error) {
+          failures.push(`${where}: already there, and ${toDogfsError(error).message}`);
         }
       }),
     );
