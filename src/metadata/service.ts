@@ -67,6 +67,15 @@ const DUTY_INTERVAL_MS = 1000;
  */
 const DUTY_STALL_SLACK_MS = DUTY_INTERVAL_MS;
 const MAX_BAD_SHARD_REPORTS = 10_000;
+/**
+ * Shards of one chunk server's block report kept to reconcile it with the namespace (block group and
+ * index, ~50 bytes each); a larger inventory is only counted.
+ */
+const MAX_RECONCILED_SHARDS = 1_000_000;
+/** Recorded shards one block report may find absent and have confirmed (StatShard) before noting them. */
+const MAX_ABSENT_CHECKS = 256;
+/** Files a reconciliation walks between turns of the event loop. */
+const RECONCILE_FILES_PER_SLICE = 2_000;
 /** Paths of files with missing shards that one ClusterReport names (the count covers all of them). */
 const MAX_REPORTED_DAMAGED_FILES = 1000;
 /** Suspect shards one PlanRepair may name (a file's block groups times their shards is far more than enough). */
@@ -221,6 +230,8 @@ export class MetadataNode {
   /** Shards reported bad (by readers or scrubbers), by shardKey; oldest first, bounded. */
   private readonly badShards = new Map<string, BadShardReport>();
   private readonly inventories = new Map<string, number>();
+  /** Block reports being received (first page seen, not the last): the shards they name, by server. */
+  private readonly reportsInProgress = new Map<string, Set<string> | undefined>();
   /** Registered chunk server id → when this node (as group 0's leader) last heard its heartbeat. */
   private readonly lastSeen = new Map<string, number>();
   /** Garbage block group id → when this node (as group 1's leader) first saw it. */
@@ -527,6 +538,61 @@ export class MetadataNode {
         'CORRUPT',
         `shard ${shard.index} of block group ${bg.id} on ${shard.chunkServerId}: holds ${stat.info?.length ?? 0} bytes with crc32c ${stat.info?.crc32c ?? 0}, expected ${shard.length} and ${expectedCrc}`,
       );
+  }
+
+  /**
+   * A chunk server's whole block report against the namespace: each durable shard recorded on it that the
+   * report does not name is asked for (StatShard), since it may have been written or repaired there
+   * after the server listed its store; one still not found is noted missing there, so `admin report`
+   * names its file and a repair rebuilds it (a disk that lost files while its server was down, say).
+   * Bounded: at most MAX_ABSENT_CHECKS per report. Nothing is deleted here.
+   */
+  private async reconcileBlockReport(serverId: string, named: ReadonlySet<string>): Promise<void> {
+    const absent: { blockGroupId: number; index: number }[] = [];
+    let files = 0;
+    walk: for (const { inode } of this.namespace.state.files()) {
+      // A large namespace is walked in slices, so Raft's ticks and heartbeats go on meanwhile.
+      if (++files % RECONCILE_FILES_PER_SLICE === 0) {
+        await new Promise((resolve) => setImmediate(resolve));
+        if (!this.host.isLeader(CLUSTER_GROUP)) return;
+      }
+      for (const bg of inode.blockGroups) {
+        for (let index = 0; index < bg.servers.length; index++) {
+          if (bg.servers[index] !== serverId || (bg.durableMask & (2 ** index)) === 0) continue;
+          const key = shardKey(bg.id, index);
+          if (named.has(key) || this.badShards.get(key)?.chunkServerId === serverId) continue;
+          absent.push({ blockGroupId: bg.id, index });
+          if (absent.length >= MAX_ABSENT_CHECKS) break walk;
+        }
+      }
+    }
+    for (const shard of absent) {
+      const server = this.cluster.state.server(serverId);
+      if (server === undefined || server.state !== 'alive' || server.controlAddr === '') return;
+      const found = await this.chunkChannels
+        .get(server.controlAddr)
+        .call(
+          ChunkControlService,
+          'StatShard',
+          { shard: { ...shard, generation: 0 } },
+          { timeoutMs: CHUNK_CONTROL_TIMEOUT_MS },
+        )
+        .then(
+          () => true,
+          (error: unknown) => {
+            if (toDogfsError(error).code !== 'NOT_FOUND') throw error;
+            return false;
+          },
+        );
+      if (found) continue;
+      this.log.warn('shard missing from its chunk server', { server: serverId, ...shard });
+      this.noteBadShard({
+        ...shard,
+        chunkServerId: serverId,
+        reason: 'absent from its chunk server (block report)',
+        atMs: Date.now(),
+      });
+    }
   }
 
   /** Records a bad shard (bounded: the oldest report goes first). */
@@ -940,9 +1006,33 @@ export class MetadataNode {
       BlockReport: (req) => {
         this.host.requireLeader(CLUSTER_GROUP);
         // Inventories are soft state (GFS/HDFS style): kept by whichever node receives them, rebuilt after
-        // a restart from the next reports. Used for missing-shard detection and repair.
+        // a restart from the next reports. A whole report (first..last pages to this leader) is
+        // reconciled with the namespace: recorded shards it lacks are checked and noted missing.
         const before = req.first ? 0 : (this.inventories.get(req.id) ?? 0);
         this.inventories.set(req.id, before + req.shards.length);
+        if (req.first) this.reportsInProgress.set(req.id, new Set());
+        if (!this.reportsInProgress.has(req.id)) return {}; // its first page went to another leader
+        let named = this.reportsInProgress.get(req.id);
+        if (named !== undefined && named.size + req.shards.length > MAX_RECONCILED_SHARDS) {
+          this.log.warn('block report too large to reconcile; counted only', { server: req.id });
+          named = undefined;
+          this.reportsInProgress.set(req.id, undefined);
+        }
+        for (const info of req.shards) {
+          const id = info.shard;
+          if (named !== undefined && id) named.add(shardKey(id.blockGroupId, id.index));
+        }
+        if (req.last) {
+          this.reportsInProgress.delete(req.id);
+          if (named !== undefined) {
+            this.reconcileBlockReport(req.id, named).catch((error: unknown) =>
+              this.log.warn('block report reconciliation failed', {
+                server: req.id,
+                error: toDogfsError(error).message,
+              }),
+            );
+          }
+        }
         return {};
       },
       ClusterReport: async (req, ctx) => {

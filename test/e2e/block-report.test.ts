@@ -1,0 +1,86 @@
+/**
+ * Block reports reconciled with the namespace (`dogfs up`, 3 metadata servers, 4 chunk servers, rs-2-1): a
+ * chunk server whose disk lost a shard file while it was down comes back, and the shard it no longer has
+ * is found from its block report — `admin report` names the file (nobody read it, no scrubber ran), and
+ * `admin repair` rebuilds it. Without the reconciliation nothing would notice until a read.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { DogfsClient, MetadataConnection } from '../../src/client/index.js';
+import { processAlive, runDogfs, startCluster, startDogfs, waitFor } from '../helpers/index.js';
+
+const up = startCluster(['--meta', '3', '--chunk', '4', '--ec', 'rs-2-1']);
+after(() => up.stop());
+
+function shardFile(root: string, blockGroupId: number, index: number): string | undefined {
+  for (const e of readdirSync(root, { withFileTypes: true, recursive: true })) {
+    if (e.isFile() && e.name.startsWith(`b${blockGroupId}_i${index}_`) && e.name.endsWith('.shard'))
+      return join(e.parentPath, e.name);
+  }
+  return undefined;
+}
+
+test('a shard lost from a chunk server while it was down is found from its block report and repaired', async () => {
+  const cluster = await up.ready();
+  const env = { ...process.env, DOGFS_CLUSTER: up.clusterPath };
+  const data = randomBytes(900_000);
+  const local = join(up.dir.path, 'data.bin');
+  writeFileSync(local, data);
+  const put = await runDogfs(['put', local, '/f.bin'], { env });
+  assert.equal(put.status, 0, put.stderr);
+
+  const client = new DogfsClient({ meta: cluster.meta });
+  const metaConnection = new MetadataConnection({ seeds: cluster.meta });
+  let restarted: ReturnType<typeof startDogfs> | undefined;
+  try {
+    const bg = (await metaConnection.call('Stat', { path: '/f.bin' })).inode!.blockGroups[0]!;
+    const lost = bg.shards[0]!;
+    const holder = cluster.processes.find((p) => p.id === lost.chunkServerId)!;
+    const file = shardFile(holder.dir, bg.id, lost.index);
+    assert.ok(file !== undefined, 'the shard file is on its server');
+
+    process.kill(holder.pid, 'SIGKILL');
+    await waitFor('the holder to die', () => !processAlive(holder.pid));
+    rmSync(file);
+    const members = JSON.parse(readFileSync(join(up.clusterDir, 'members.json'), 'utf8')) as {
+      members: { role: string; id: string; port: number }[];
+    };
+    const port = members.members.find((m) => m.id === holder.id)!.port;
+    const meta = members.members
+      .filter((m) => m.role === 'meta')
+      .map((m) => `127.0.0.1:${m.port}`)
+      .join(',');
+    restarted = startDogfs(
+      ['chunk', '--dir', holder.dir, '--id', holder.id, '--listen', `127.0.0.1:${port}`, '--meta', meta],
+      env,
+    );
+
+    // Registered again, it sends its whole inventory; the reconciliation finds the shard absent.
+    const report = await waitFor(
+      'the file to be reported damaged',
+      async () => {
+        const r = await client.report();
+        const server = r.chunkServers.find((c) => c.id === holder.id);
+        return server?.state === 'alive' && r.filesWithMissingShards.includes('/f.bin') && r;
+      },
+      30_000,
+    );
+    assert.equal(report.filesWithMissingShardsCount, 1);
+
+    const repair = await runDogfs(['admin', 'repair', '/f.bin'], { env });
+    assert.equal(repair.status, 0, repair.stderr);
+    assert.match(repair.stdout, /rebuilt 1 shard\(s\)/);
+    assert.deepEqual((await client.report()).filesWithMissingShards, []);
+    assert.ok((await client.readFile('/f.bin')).equals(data));
+  } finally {
+    client.close();
+    metaConnection.close();
+    if (restarted !== undefined) {
+      restarted.child.kill('SIGKILL');
+      await restarted.exited;
+    }
+  }
+});
