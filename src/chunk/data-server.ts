@@ -275,6 +275,12 @@ export class DataServer {
           // of the shard may still have been in the receive buffer, but it must not appear now.
           if (expired()) throw new DogfsError('DEADLINE_EXCEEDED', 'write deadline exceeded');
           const record = await session.commit(trailer.crc32c);
+          if (expired()) {
+            // The deadline passed during the commit (fdatasync, rename): the writer was told the write
+            // failed and will not record the shard, so it goes rather than stay an orphan.
+            await this.store.delete(shardId);
+            throw new DogfsError('DEADLINE_EXCEEDED', 'write deadline exceeded');
+          }
           reader.release(writing);
           this.metrics.add('shards_written');
           this.metrics.add('bytes_written', record.length);
@@ -411,6 +417,10 @@ export class DataServer {
               }),
             );
           }
+          // Packets still queued wait here, under the deadline (which destroys the socket), rather than
+          // in the `finally`, where a client that stopped reading held the read's slot, pool buffer and
+          // files until the idle timeout, or for good while it kept the connection alive.
+          await Promise.all(flushed);
           return false;
         }
       });

@@ -406,15 +406,28 @@ export class ShardStore {
       throw new DogfsError('ALREADY_EXISTS', `shard ${formatShardId(id)} already exists`);
     }
     const fileBytes = shardFileBytes(length);
-    await this.refreshFilesystemFree();
-    if (fileBytes > this.freeBytes) {
-      throw new DogfsError(
-        'NO_SPACE',
-        `no space for shard ${formatShardId(id)}: ${fileBytes} bytes needed, ${this.freeBytes} free`,
-      );
-    }
+    // Claimed before the first await: a second write of the same shard arriving meanwhile is refused
+    // ALREADY_EXISTS (two accepted writes of one shard left two files, and a store that would not
+    // open), and the space check counts every write that got this far.
     this.writing.add(key);
     this.reserved += fileBytes;
+    try {
+      await this.refreshFilesystemFree();
+      const free = Math.max(
+        0,
+        Math.min(this.capacity - this.used - (this.reserved - fileBytes), this.filesystemFree),
+      );
+      if (fileBytes > free) {
+        throw new DogfsError(
+          'NO_SPACE',
+          `no space for shard ${formatShardId(id)}: ${fileBytes} bytes needed, ${free} free`,
+        );
+      }
+    } catch (error) {
+      this.writing.delete(key);
+      this.reserved -= fileBytes;
+      throw error;
+    }
     const dir = join(this.shardsDir, ...fanoutOf(id));
     let sink: ShardFileSink | undefined;
     let tmpPath = '';

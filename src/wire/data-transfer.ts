@@ -626,6 +626,8 @@ class OperationGuard {
     );
     this.onAbort = () => this.fail(new DogfsError('CANCELLED', `${context}: cancelled`));
     signal?.addEventListener('abort', this.onAbort, { once: true });
+    // Aborted while the connection was being made: no 'abort' event is coming any more.
+    if (signal?.aborted) this.onAbort();
   }
 
   fail(error: DogfsError): void {
@@ -875,15 +877,18 @@ export class DataTransferClient {
       if (response.code !== 'OK') throw responseError(response.code, response.message, context);
       const alignedStart = response.offset;
       const alignedLength = response.length;
+      const wantEnd = Math.min(offset + length, response.shardLength);
       if (
         alignedStart % DATA_CHUNK_SIZE !== 0 ||
         alignedStart > offset ||
         alignedStart + alignedLength > response.shardLength ||
-        response.shardLength > MAX_SHARD_BYTES
+        response.shardLength > MAX_SHARD_BYTES ||
+        // It must cover what was asked (a server refuses an offset past the shard's end).
+        offset > response.shardLength ||
+        (wantEnd > offset && alignedStart + alignedLength < wantEnd)
       ) {
         throw new DogfsError('INTERNAL', `${context}: server answered an inconsistent range`);
       }
-      const wantEnd = Math.min(offset + length, response.shardLength);
       let position = alignedStart;
       const end = alignedStart + alignedLength;
       const crcs: number[] = [];
@@ -997,6 +1002,7 @@ export class ShardWriter {
   private wholeCrc = 0;
   private written = 0;
   private settled = false;
+  private finishing = false;
   /** The server's answer; it may arrive before `finish` when the server refuses the write. */
   private readonly response: Promise<MessageTypes['dogfs.v1.DataResponseHeader'] | undefined>;
   /** Settles with the answer or the end of the connection: ends any wait on the socket. */
@@ -1172,6 +1178,9 @@ export class ShardWriter {
   /** Ends the shard; resolves once the chunk server has made it durable. */
   async finish(): Promise<WriteShardResult> {
     this.check();
+    // Once only: a second trailer would go out on the connection, which may be back in the pool by then.
+    if (this.finishing) throw new DogfsError('FAILED_PRECONDITION', `${this.context}: finish called twice`);
+    this.finishing = true;
     if (this.written !== this.length) {
       throw this.fail(
         new DogfsError(

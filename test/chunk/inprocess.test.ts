@@ -5,14 +5,16 @@
  */
 import assert from 'node:assert/strict';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { DataServer } from '../../src/chunk/data-server.js';
 import { ChunkMetrics } from '../../src/chunk/metrics.js';
 import { SHARD_HEADER_BYTES, ShardStore, type StoreIo } from '../../src/chunk/store.js';
 import { crc32c } from '../../src/codec/index.js';
-import { crc32cCombine } from '../../src/wire/data-transfer.js';
+import { crc32cCombine, encodeFrame } from '../../src/wire/data-transfer.js';
 import type { DogfsError } from '../../src/wire/errors.js';
+import { DataOp } from '../../src/wire/gen/types.js';
 import { tempDir, waitFor } from '../helpers/index.js';
 import { newClient, seededBytes, shardFiles } from './helpers.js';
 
@@ -90,6 +92,72 @@ for (const mode of WRITE_MODES)
       await server.close();
     }
   });
+
+test('a read that fails after its header, to a client that stopped reading, is let go at its deadline', async () => {
+  const { server, addr, dir: storeDir } = await serve('read-error-unread');
+  const shard = { blockGroupId: 3, index: 0, generation: 1 };
+  const size = 6 * MiB;
+  await client.writeShard(addr, shard, seededBytes(size, 3));
+  // A flipped byte in the last chunk: that packet fails its checksum while those before it wait unread.
+  const file = join(storeDir, 'shards', shardFiles(storeDir).find((f) => f.endsWith('.shard'))!);
+  const bytes = readFileSync(file);
+  bytes[SHARD_HEADER_BYTES + size - 1000]! ^= 0x55;
+  writeFileSync(file, bytes);
+  const socket = connect({ host: '127.0.0.1', port: Number(addr.split(':')[1]) });
+  socket.on('error', () => {});
+  try {
+    await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+    socket.pause(); // never reads
+    socket.write(
+      encodeFrame('dogfs.v1.DataRequestHeader', {
+        op: DataOp.READ_SHARD,
+        shard,
+        offset: 0,
+        length: size,
+        packetSize: MiB,
+        deadlineMs: Date.now() + 1500,
+      }),
+    );
+    await waitFor('the read to start', () => server.activeReads === 1);
+    // Its slot (counted down after its buffers and files are given back) returns soon after the
+    // deadline; it was held until the 120 s idle timeout.
+    await waitFor('the read to be let go', () => server.activeReads === 0, 5000);
+  } finally {
+    socket.destroy();
+    await server.close();
+  }
+});
+
+test('a write whose deadline passes while it commits is not kept: the writer was told it failed', async () => {
+  let slowTail = false;
+  const io: StoreIo = {
+    async writev(handle, buffers, position) {
+      // The shard's last write (its checksums and footer) takes longer than the write's deadline.
+      const bytes = buffers.reduce((sum, b) => sum + b.length, 0);
+      if (slowTail && position > SHARD_HEADER_BYTES && bytes < 4096)
+        await new Promise((resolve) => setTimeout(resolve, 1500));
+      await handle.writev(buffers as Uint8Array[], position);
+    },
+    async read(handle, buffer, offset, length, position) {
+      return (await handle.read(buffer, offset, length, position)).bytesRead;
+    },
+  };
+  const { store, server, addr } = await serve('deadline-in-commit', io, {}, 'buffered');
+  try {
+    const shard = { blockGroupId: 6, index: 0, generation: 1 };
+    slowTail = true;
+    await assert.rejects(
+      client.writeShard(addr, shard, seededBytes(MiB, 6), { deadline: Date.now() + 800 }),
+      { code: 'DEADLINE_EXCEEDED' },
+    );
+    await waitFor('the write to end on the server', () => server.activeWrites === 0, 5000);
+    assert.equal(store.get(shard), undefined, 'not stored');
+    slowTail = false;
+    await client.writeShard(addr, shard, seededBytes(MiB, 6)); // and may be written again
+  } finally {
+    await server.close();
+  }
+});
 
 test('EIO from the disk on a read: CORRUPT naming the I/O error, the shard reported, others still served', async () => {
   let failReadsFrom: number | undefined;
@@ -276,6 +344,26 @@ test('the inventory is rebuilt from disk; leftover tmp files are removed; same s
   const { data } = await reader.readChunks(0, 119, Buffer.alloc(119));
   await reader.close();
   assert.ok(data.equals(seededBytes(119, 119)));
+});
+
+test('two writes of one shard started at once: the second is ALREADY_EXISTS, and the store reopens', async () => {
+  const storeDir = join(dir.path, 'same-shard-at-once');
+  // A capacity far below the disk's free space, so free space is capacity minus used and reserved.
+  const store = await ShardStore.open({ dir: storeDir, capacityBytes: 1 << 20 });
+  const id = { blockGroupId: 77, index: 1, generation: 1 };
+  // Both start before either is past its first await (the free-space check).
+  const [first, second] = await Promise.allSettled([store.beginWrite(id, 5), store.beginWrite(id, 5)]);
+  assert.equal(first.status, 'fulfilled');
+  assert.equal(second.status, 'rejected');
+  assert.equal((second as PromiseRejectedResult).reason.code, 'ALREADY_EXISTS');
+  const session = (first as PromiseFulfilledResult<Awaited<ReturnType<ShardStore['beginWrite']>>>).value;
+  const data = seededBytes(5, 5);
+  await session.append([data], 5, [crc32c(data)]);
+  await session.commit(session.crc32c);
+  assert.equal(store.activeWrites, 0);
+  assert.equal(store.freeBytes, (1 << 20) - store.usedBytes, 'nothing left reserved');
+  const reopened = await ShardStore.open({ dir: storeDir, capacityBytes: 1 << 20 });
+  assert.equal(reopened.shardCount, 1);
 });
 
 test('crc32cCombine folds chunk CRCs into the CRC of the whole (any split, any lengths)', () => {

@@ -1,6 +1,9 @@
 import assert from 'node:assert/strict';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
+import { crc32c } from '../../src/codec/index.js';
+import { encodeFrame, FrameReader } from '../../src/wire/data-transfer.js';
 import type { DogfsError } from '../../src/wire/errors.js';
 import { ChunkControlService } from '../../src/wire/gen/types.js';
 import { tempDir } from '../helpers/index.js';
@@ -185,6 +188,12 @@ test('a write that stops mid-way leaves nothing; a read can be cancelled', async
     code: 'NOT_FOUND',
   });
 
+  // finish is once only (a second trailer would go out on a pooled connection).
+  const once = await client.openWrite(chunk.dataAddr, { ...shard, generation: 3 }, 3);
+  await once.write(Buffer.alloc(3));
+  await once.finish();
+  await assert.rejects(once.finish(), { code: 'FAILED_PRECONDITION' });
+
   // Declaring more bytes than are sent is refused by the writer itself, and leaves nothing either.
   const short = await client.openWrite(chunk.dataAddr, { ...shard, generation: 2 }, 10);
   await short.write(Buffer.alloc(4));
@@ -208,6 +217,68 @@ test('a write that stops mid-way leaves nothing; a read can be cancelled', async
     shardFiles(chunk.dir).filter((f) => f.endsWith('.tmp')),
     [],
   );
+});
+
+test('a read or a write aborted while its connection is being made is CANCELLED, not carried out', async () => {
+  const shard = { blockGroupId: 4002, index: 0, generation: 1 };
+  await client.writeShard(chunk.dataAddr, shard, seededBytes(2 * 1024 * KiB, 4));
+  const readAbort = new AbortController();
+  const reading = (async () => {
+    let bytes = 0;
+    for await (const piece of client.readShard(chunk.dataAddr, shard, { signal: readAbort.signal }))
+      bytes += piece.length;
+    return bytes;
+  })();
+  readAbort.abort(); // the read is waiting for its connection now
+  await assert.rejects(reading, { code: 'CANCELLED' });
+
+  const writeAbort = new AbortController();
+  const opening = client.openWrite(chunk.dataAddr, { ...shard, blockGroupId: 4003 }, 10, {
+    signal: writeAbort.signal,
+  });
+  writeAbort.abort();
+  const writer = await opening;
+  await assert.rejects(
+    writer.write(Buffer.alloc(10)).then(() => writer.finish()),
+    { code: 'CANCELLED' },
+  );
+});
+
+test('a server that answers a read with a range short of what was asked is refused, not taken as the end', async () => {
+  const chunkBytes = Buffer.alloc(64 * KiB, 7);
+  /** A fake chunk server answering every read with `answer`'s header (and one chunk when it has length). */
+  const fake = createServer((socket) => {
+    socket.on('error', () => {});
+    const reader = new FrameReader(socket);
+    reader
+      .readFrame('dogfs.v1.DataRequestHeader')
+      .then((request) => {
+        const length = request!.offset === 0 ? 0 : 64 * KiB; // case 1: nothing; case 2: the wrong chunk
+        socket.write(
+          encodeFrame('dogfs.v1.DataResponseHeader', { code: 'OK', offset: 0, length, shardLength: 200_000 }),
+        );
+        if (length > 0) {
+          socket.write(
+            encodeFrame('dogfs.v1.DataPacketHeader', { length, chunkCrc32c: [crc32c(chunkBytes)] }),
+          );
+          socket.write(chunkBytes);
+        }
+      })
+      .catch(() => socket.destroy());
+  });
+  await new Promise<void>((resolve) => fake.listen(0, '127.0.0.1', resolve));
+  const address = `127.0.0.1:${(fake.address() as { port: number }).port}`;
+  const shard = { blockGroupId: 5, index: 0, generation: 1 };
+  try {
+    for (const offset of [0, 128 * KiB]) {
+      await assert.rejects(
+        client.readShardBytes(address, shard, { offset, length: 200_000 - offset }),
+        (error: DogfsError) => error.code === 'INTERNAL' && /inconsistent range/.test(error.message),
+      );
+    }
+  } finally {
+    fake.close();
+  }
 });
 
 test('dogfs chunk writes with O_DIRECT by default; DOGFS_CHUNK_DIRECT_WRITES=0 goes through the page cache', async () => {
