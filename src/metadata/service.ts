@@ -74,6 +74,8 @@ const MAX_BAD_SHARD_REPORTS = 10_000;
 const MAX_RECONCILED_SHARDS = 1_000_000;
 /** Recorded shards one block report may find absent and have confirmed (StatShard) before noting them. */
 const MAX_ABSENT_CHECKS = 256;
+/** Why a shard the block report of its server did not name is missing. */
+const ABSENT_REASON = 'absent from its chunk server (block report)';
 /** Files a reconciliation walks between turns of the event loop. */
 const RECONCILE_FILES_PER_SLICE = 2_000;
 /** Paths of files with missing shards that one ClusterReport names (the count covers all of them). */
@@ -230,6 +232,8 @@ export class MetadataNode {
   /** Shards reported bad (by readers or scrubbers), by shardKey; oldest first, bounded. */
   private readonly badShards = new Map<string, BadShardReport>();
   private readonly inventories = new Map<string, number>();
+  /** Replaced copies whose DeleteShard is on its way, by server:blockGroup:index. */
+  private readonly deletingCopies = new Map<string, Promise<boolean>>();
   /** Block reports being received (first page seen, not the last): the shards they name, by server. */
   private readonly reportsInProgress = new Map<string, Set<string> | undefined>();
   /** Registered chunk server id → when this node (as group 0's leader) last heard its heartbeat. */
@@ -341,6 +345,8 @@ export class MetadataNode {
       if (!this.host.isLeader(CLUSTER_GROUP)) {
         this.clusterLeadership = undefined;
         this.lastSeen.clear();
+        // Reports half received here are finished at the new leader (a reporter restarts from page 1).
+        this.reportsInProgress.clear();
       } else {
         const now = Date.now();
         // A term change means leadership was lost and won again between two rounds: a new leadership.
@@ -476,6 +482,8 @@ export class MetadataNode {
   private async deleteReplacedCopies(budgetEnd: number): Promise<void> {
     for (const [key, copy] of [...this.pendingDeletes]) {
       if (Date.now() >= budgetEnd) return;
+      // Taken back by a repair meanwhile (CommitRepair drops it from the map before verifying).
+      if (!this.pendingDeletes.has(key)) continue;
       const server = this.cluster.state.server(copy.server);
       // Dead or unknown: it may never return; if it does, its inventory names the copy as an orphan.
       if (server === undefined || server.state !== 'alive') {
@@ -494,7 +502,13 @@ export class MetadataNode {
         this.pendingDeletes.delete(key);
         continue;
       }
-      if (await this.deleteShard(copy.server, copy.blockGroupId, copy.index)) this.pendingDeletes.delete(key);
+      const deleting = this.deleteShard(copy.server, copy.blockGroupId, copy.index);
+      this.deletingCopies.set(key, deleting);
+      try {
+        if (await deleting) this.pendingDeletes.delete(key);
+      } finally {
+        this.deletingCopies.delete(key);
+      }
     }
   }
 
@@ -548,6 +562,11 @@ export class MetadataNode {
    * Bounded: at most MAX_ABSENT_CHECKS per report. Nothing is deleted here.
    */
   private async reconcileBlockReport(serverId: string, named: ReadonlySet<string>): Promise<void> {
+    // A shard noted absent that this report names is there again (a disk mounted back): the note goes.
+    for (const [key, note] of this.badShards) {
+      if (note.chunkServerId === serverId && note.reason === ABSENT_REASON && named.has(key))
+        this.badShards.delete(key);
+    }
     const absent: { blockGroupId: number; index: number }[] = [];
     let files = 0;
     walk: for (const { inode } of this.namespace.state.files()) {
@@ -589,7 +608,7 @@ export class MetadataNode {
       this.noteBadShard({
         ...shard,
         chunkServerId: serverId,
-        reason: 'absent from its chunk server (block report)',
+        reason: ABSENT_REASON,
         atMs: Date.now(),
       });
     }
@@ -1107,6 +1126,14 @@ export class MetadataNode {
             'NOT_FOUND',
             `block group ${req.blockGroupId} does not belong to ${found.path}`,
           );
+        // A copy waiting to be deleted as replaced may be the very one this repair takes back (a repair
+        // reads back a copy it finds on its target): it is not deleted now, and one being deleted is
+        // gone first, so the check below sees what will be there.
+        for (const shard of req.shards) {
+          const key = `${shard.chunkServerId}:${req.blockGroupId}:${shard.index}`;
+          this.pendingDeletes.delete(key);
+          await this.deletingCopies.get(key);
+        }
         await Promise.all(req.shards.map((shard) => this.verifyRebuilt(bg, shard, ctx.deadline)));
         const result = await this.proposeNamespace(
           {

@@ -1,8 +1,9 @@
 /**
  * Block reports reconciled with the namespace (`dogfs up`, 3 metadata servers, 4 chunk servers, rs-2-1): a
  * chunk server whose disk lost a shard file while it was down comes back, and the shard it no longer has
- * is found from its block report — `admin report` names the file (nobody read it, no scrubber ran), and
- * `admin repair` rebuilds it. Without the reconciliation nothing would notice until a read.
+ * is found from its block report — `admin report` names the file (nobody read it, no scrubber ran); the
+ * file put back, the next report withdraws the note; removed again, `admin repair` rebuilds it. Without
+ * the reconciliation nothing would notice until a read.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -41,10 +42,7 @@ test('a shard lost from a chunk server while it was down is found from its block
     const holder = cluster.processes.find((p) => p.id === lost.chunkServerId)!;
     const file = shardFile(holder.dir, bg.id, lost.index);
     assert.ok(file !== undefined, 'the shard file is on its server');
-
-    process.kill(holder.pid, 'SIGKILL');
-    await waitFor('the holder to die', () => !processAlive(holder.pid));
-    rmSync(file);
+    const saved = readFileSync(file);
     const members = JSON.parse(readFileSync(join(up.clusterDir, 'members.json'), 'utf8')) as {
       members: { role: string; id: string; port: number }[];
     };
@@ -53,23 +51,39 @@ test('a shard lost from a chunk server while it was down is found from its block
       .filter((m) => m.role === 'meta')
       .map((m) => `127.0.0.1:${m.port}`)
       .join(',');
-    restarted = startDogfs(
-      ['chunk', '--dir', holder.dir, '--id', holder.id, '--listen', `127.0.0.1:${port}`, '--meta', meta],
-      env,
-    );
+    /** Stops the holder, does `meanwhile` to its disk, starts it again (it registers and reports). */
+    const restartHolder = async (meanwhile: () => void) => {
+      const pid = restarted?.child.pid ?? holder.pid;
+      process.kill(pid, 'SIGKILL');
+      await waitFor('the holder to die', () => !processAlive(pid));
+      meanwhile();
+      restarted = startDogfs(
+        ['chunk', '--dir', holder.dir, '--id', holder.id, '--listen', `127.0.0.1:${port}`, '--meta', meta],
+        env,
+      );
+    };
+    /** The report once the holder is alive and the file is (or is not) named damaged. */
+    const reportWith = (damaged: boolean) =>
+      waitFor(
+        damaged ? 'the file to be reported damaged' : 'the file to be reported whole',
+        async () => {
+          const r = await client.report();
+          const server = r.chunkServers.find((c) => c.id === holder.id);
+          return server?.state === 'alive' && r.filesWithMissingShards.includes('/f.bin') === damaged && r;
+        },
+        30_000,
+      );
 
-    // Registered again, it sends its whole inventory; the reconciliation finds the shard absent.
-    const report = await waitFor(
-      'the file to be reported damaged',
-      async () => {
-        const r = await client.report();
-        const server = r.chunkServers.find((c) => c.id === holder.id);
-        return server?.state === 'alive' && r.filesWithMissingShards.includes('/f.bin') && r;
-      },
-      30_000,
-    );
-    assert.equal(report.filesWithMissingShardsCount, 1);
-
+    // The shard file is gone while its server is down: registered again, the server sends its whole
+    // inventory, and the reconciliation finds the shard absent.
+    await restartHolder(() => rmSync(file));
+    assert.equal((await reportWith(true)).filesWithMissingShardsCount, 1);
+    // The disk had it after all (mounted back): the next report names it, and the note goes.
+    await restartHolder(() => writeFileSync(file, saved));
+    await reportWith(false);
+    // Gone for good: found again, and repaired.
+    await restartHolder(() => rmSync(file));
+    await reportWith(true);
     const repair = await runDogfs(['admin', 'repair', '/f.bin'], { env });
     assert.equal(repair.status, 0, repair.stderr);
     assert.match(repair.stdout, /rebuilt 1 shard\(s\)/);
