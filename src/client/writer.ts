@@ -219,7 +219,13 @@ class GroupWriter {
       }
       this.shards.push(stream);
     }
-    this.checkEnoughAlive();
+    try {
+      this.checkEnoughAlive();
+    } catch (error) {
+      // The shard writes opened above would otherwise stay open until their deadline.
+      this.abort(toDogfsError(error));
+      throw error;
+    }
   }
 
   alive(): number {
@@ -435,7 +441,9 @@ export class FileWriteStream extends Writable {
     this.pending.length = 0;
     this.pendingBytes = 0;
     clearInterval(this.renewTimer);
-    if (error !== null) this.abandon();
+    // Destroyed before it finished, with or without an error (a caller cancelling): the file must not
+    // appear. After 'finish' (autoDestroy) the file is complete and there is nothing to abandon.
+    if (!this.writableFinished) this.abandon();
     callback(error);
   }
 
@@ -689,6 +697,7 @@ export class FileWriteStream extends Writable {
     assert(group.written === group.length && this.stripe === undefined, 'block group written in full');
     await group.inFlight;
     const shards = await group.finish(this.shardTimeoutMs);
+    if (this.destroyed) throw new DogfsError('CANCELLED', 'write stream destroyed');
     assert(this.inode !== undefined, 'file created');
     const blockGroup: Init<BlockGroup> = {
       id: group.block.id,
@@ -751,6 +760,9 @@ export class FileWriteStream extends Writable {
     }
     clearInterval(this.renewTimer);
     await this.renewing;
+    // Destroyed while the last commit or a renewal was on its way: _destroy abandoned the file, and
+    // CompleteFile must not make it appear after all.
+    if (this.destroyed) throw new DogfsError('CANCELLED', 'write stream destroyed');
     this.completeCalled = true;
     const completed = await this.context.meta.mutate(
       this.context.session,

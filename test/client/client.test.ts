@@ -714,6 +714,52 @@ describe('write and read paths (in-memory data plane)', () => {
     assert.equal(transport.openWrites, openBefore, 'no shard write left open');
   });
 
+  test('a stream destroyed while its last commit is on its way never appears, with or without an error', async () => {
+    await withCombined(false, async () => {
+      for (const [name, reason] of [
+        ['/cancelled-at-commit', undefined],
+        ['/failed-at-commit', new DogfsError('CANCELLED', 'caller gave up')],
+      ] as const) {
+        let release: () => void = () => {};
+        const commits = cluster.state.count('CommitBlockGroup');
+        const completes = cluster.state.count('CompleteFile');
+        const stream = client.createWriteStream(name, { ec: 'rs-3-2' }); // unknown size: commit in _final
+        stream.on('error', () => {});
+        const closed = new Promise<void>((resolve) => stream.once('close', () => resolve()));
+        cluster.state.holdReply.set('CommitBlockGroup', new Promise<void>((resolve) => (release = resolve)));
+        try {
+          stream.end(randomBytes(100_000));
+          await waitFor(
+            'the last commit sent',
+            () => cluster.state.count('CommitBlockGroup') > commits,
+            5000,
+          );
+          stream.destroy(reason);
+        } finally {
+          cluster.state.holdReply.delete('CommitBlockGroup');
+          release();
+        }
+        await closed;
+        // A later answer on the same connection: the held one has been handled by then.
+        await assert.rejects(client.stat(name), { code: 'NOT_FOUND' });
+        assert.equal(cluster.state.count('CompleteFile'), completes, `${name}: CompleteFile never sent`);
+      }
+    });
+  });
+
+  test('a block group whose placement leaves too few shard writes opens none that stay open', async () => {
+    const openBefore = transport.openWrites;
+    cluster.state.placement = ['cs-0', 'cs-1', 'cs-2', '', ''];
+    try {
+      await assert.rejects(client.writeFile('/too-few-placed', randomBytes(1000), { ec: 'rs-3-2' }), {
+        code: 'UNAVAILABLE',
+      });
+    } finally {
+      cluster.state.placement = undefined;
+    }
+    await waitFor('the shard writes to close', () => transport.openWrites === openBefore, 5000);
+  });
+
   test('the metadata leader moves mid-write: the stream follows the hint and completes', async () => {
     const follower = new FakeMeta(cluster.state, cluster.leader.address);
     await follower.start();
