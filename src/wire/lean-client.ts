@@ -6,9 +6,9 @@
  * go away. Every call has a deadline, cut locally (a CANCEL tells the server); an AbortSignal cancels;
  * a call that hits its deadline pings the connection (one probe at a time), and a peer that neither
  * answers the ping nor sends anything else within PING_TIMEOUT_MS gets the connection dropped, so a
- * vanished host is not waited on call after call. Frames written in one turn of the event loop leave in one write. At most
- * MAX_CALLS_PER_CONNECTION calls are in flight on a connection; more wait in order, their deadlines
- * running (and at most MAX_WAITING_CALLS wait, beyond which a call is refused at once).
+ * vanished host is not waited on call after call. Frames written in one turn of the event loop leave in
+ * one write. At most MAX_CALLS_PER_CONNECTION calls are in flight on a connection; more wait in order,
+ * their deadlines running (and at most MAX_WAITING_CALLS wait, beyond which a call is refused at once).
  *
  * Call ids are per connection and only grow (assigned when a request is written), as HTTP/2's stream
  * ids do: a server's GOAWAY names the last id it took, so the calls after it are known not to have run
