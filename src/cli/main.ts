@@ -30,7 +30,9 @@ Local cluster:
 
 Servers:
   meta  --dir DIR [--listen HOST:PORT] [--id ID] [--peers ID=HOST:PORT,...] [--ec POLICY]
-        [--gc-grace MS (garbage shards are deleted this long after their file went; 30000)] [--log-level L]
+        [--gc-grace MS (garbage shards are deleted this long after their file went; 30000)]
+        [--orphan-age MS (shard files no metadata records are deleted once this old; 600000; 0: never)]
+        [--log-level L]
   chunk --dir DIR [--listen HOST:PORT] [--data-listen HOST:PORT] [--id ID] [--meta HOST:PORT,...]
         [--failure-domain NAME] [--capacity BYTES] [--scrub-rate BYTES_PER_S (0: off)]
         [--metrics-listen HOST:PORT (Prometheus text at /metrics)] [--log-level L]
@@ -98,6 +100,7 @@ async function meta(argv: string[]): Promise<void> {
     peers: { type: 'string', env: 'DOGFS_PEERS' },
     ec: { type: 'string', env: 'DOGFS_EC' },
     'gc-grace': { type: 'string', env: 'DOGFS_GC_GRACE_MS' },
+    'orphan-age': { type: 'string', env: 'DOGFS_ORPHAN_AGE_MS' },
     'log-level': { type: 'string', env: 'DOGFS_LOG_LEVEL' },
   });
   noPositionals(positionals);
@@ -121,6 +124,10 @@ async function meta(argv: string[]): Promise<void> {
       flags['gc-grace'] === undefined
         ? undefined
         : parseIntFlag(flags['gc-grace'], 'gc-grace', 30_000, 0, 86_400_000),
+    orphanAgeMs:
+      flags['orphan-age'] === undefined
+        ? undefined
+        : parseIntFlag(flags['orphan-age'], 'orphan-age', 600_000, 0, 30 * 86_400_000),
     logLevel: parseLogLevel(flags['log-level']),
   });
 }

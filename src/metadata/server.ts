@@ -26,6 +26,8 @@ export interface MetaServerOptions {
   defaultEc?: string | undefined;
   /** How long garbage block groups wait before their shards are deleted (default 30 s). */
   gcGraceMs?: number | undefined;
+  /** Shard files no metadata records are deleted once this old (10 minutes; 0: never). */
+  orphanAgeMs?: number | undefined;
   logLevel: LogLevel;
 }
 
@@ -100,6 +102,7 @@ export function startMetaServer(options: MetaServerOptions) {
       const node = new MetadataNode(host, context.log, activeBackendName(), {
         defaultEc: options.defaultEc,
         ...(options.gcGraceMs === undefined ? {} : { gcGraceMs: options.gcGraceMs }),
+        ...(options.orphanAgeMs === undefined ? {} : { orphanAgeMs: options.orphanAgeMs }),
       });
       host.start(context.rpc);
       node.start(context.rpc);

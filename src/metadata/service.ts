@@ -18,6 +18,7 @@
  *   After a leader change the new leader starts without reports; they come back with the next heartbeats.
  */
 import { randomInt } from 'node:crypto';
+import { assert } from '../common/assert.js';
 import type { Logger } from '../common/log.js';
 import type { LogIndex } from '../consensus/index.js';
 import type { RaftHost, SnapshotStream, StateMachine } from '../raftnode/host.js';
@@ -30,6 +31,7 @@ import {
   type ClientSession,
   FileType,
   MetadataService,
+  type ShardId,
   type Inode as WireInode,
 } from '../wire/gen/types.js';
 import type { Init } from '../wire/proto.js';
@@ -98,6 +100,21 @@ const MAX_PENDING_DELETES = 10_000;
 /** Shards one CommitRepair may name (K + M is at most 32). */
 const MAX_REPAIRED_SHARDS = 32;
 const MAX_REPORT_REASON_CHARS = 200;
+/**
+ * A shard file that no metadata records (its file deleted while its server was down, a copy replaced by a
+ * repair while its server was away, a write abandoned after its shard landed) is deleted once it is this
+ * old; the orphan sweep also runs at this interval. Ten minutes: far longer than a repair takes between
+ * writing a copy and committing it, which is the one time a shard is rightly on a server the metadata does
+ * not yet name (and CommitRepair is guarded besides).
+ */
+const DEFAULT_ORPHAN_AGE_MS = 10 * 60_000;
+/** Inventory entries of one chunk server an orphan sweep looks at (the rest wait for the next sweep). */
+const MAX_SWEPT_SHARDS_PER_SERVER = 200_000;
+/** ListShards page size of the orphan sweep. */
+const ORPHAN_LIST_PAGE = 1_000;
+/** Orphans one sweep deletes per chunk server (a namespace check and delete per batch). */
+const MAX_ORPHAN_DELETES_PER_SERVER = 4_096;
+const ORPHAN_DELETE_BATCH = 256;
 
 class NamespaceMachine implements StateMachine {
   state = new NamespaceState({ group: NAMESPACE_GROUP });
@@ -212,6 +229,13 @@ function compareWalkOrder(a: readonly string[], b: readonly string[]): number {
   return a.length - b.length;
 }
 
+/** A shard of a chunk server's inventory that the orphan sweep looks at (mtimeMs 0: not known). */
+interface OrphanCandidate {
+  readonly blockGroupId: number;
+  readonly index: number;
+  readonly mtimeMs: number;
+}
+
 function shardKey(blockGroupId: number, index: number): string {
   return `${blockGroupId}:${index}`;
 }
@@ -221,6 +245,11 @@ export interface MetadataNodeOptions {
   readonly defaultEc?: string | undefined;
   /** Garbage block groups wait this long before their shards are deleted (30 s). */
   readonly gcGraceMs?: number;
+  /**
+   * Shard files no metadata records are deleted once this old, by a sweep of the chunk servers'
+   * inventories at this interval (10 minutes; 0: never).
+   */
+  readonly orphanAgeMs?: number;
 }
 
 export class MetadataNode {
@@ -247,6 +276,14 @@ export class MetadataNode {
     string,
     { server: string; blockGroupId: number; index: number; path: string }
   >();
+  /**
+   * Shards whose CommitRepair is running here, by server:blockGroup:index (a count: two repairs may race).
+   * The orphan sweep leaves them alone: such a copy is on a server the metadata is about to name.
+   */
+  private readonly repairsCommitting = new Map<string, number>();
+  /** Whether an orphan sweep is running, and when the next may start (Date.now()). */
+  private orphanSweep: { running: boolean; nextAtMs: number } = { running: false, nextAtMs: 0 };
+  private readonly orphanAgeMs: number;
   /** gRPC channels to chunk servers' control addresses (DeleteShard). */
   private readonly chunkChannels = new RpcChannelPool();
   private readonly defaultEc: string | undefined;
@@ -268,6 +305,8 @@ export class MetadataNode {
   ) {
     this.defaultEc = options.defaultEc;
     this.gcGraceMs = options.gcGraceMs ?? DEFAULT_GC_GRACE_MS;
+    this.orphanAgeMs = options.orphanAgeMs ?? DEFAULT_ORPHAN_AGE_MS;
+    assert(Number.isSafeInteger(this.orphanAgeMs) && this.orphanAgeMs >= 0, 'orphan age');
     host.addGroup(CLUSTER_GROUP, this.cluster);
     host.addGroup(NAMESPACE_GROUP, this.namespace);
   }
@@ -380,6 +419,7 @@ export class MetadataNode {
         }
         await this.collectGarbage(now);
         await this.deleteReplacedCopies(now + GC_ROUND_BUDGET_MS);
+        this.startOrphanSweep(Date.now());
       } else {
         this.garbageSeen.clear();
         this.garbageRetry.clear();
@@ -502,6 +542,8 @@ export class MetadataNode {
         this.pendingDeletes.delete(key);
         continue;
       }
+      // The orphan sweep is deleting it already: this entry stays, to be confirmed next round.
+      if (this.deletingCopies.has(key)) continue;
       const deleting = this.deleteShard(copy.server, copy.blockGroupId, copy.index);
       this.deletingCopies.set(key, deleting);
       try {
@@ -510,6 +552,144 @@ export class MetadataNode {
         this.deletingCopies.delete(key);
       }
     }
+  }
+
+  /** Starts an orphan sweep in the background when one is due (group 1's leader; see sweepOrphans). */
+  private startOrphanSweep(now: number): void {
+    if (this.orphanAgeMs === 0 || this.orphanSweep.running || now < this.orphanSweep.nextAtMs) return;
+    this.orphanSweep.running = true;
+    this.sweepOrphans()
+      .catch((error: unknown) =>
+        this.log.debug('orphan sweep interrupted', { error: toDogfsError(error).message }),
+      )
+      .finally(() => {
+        this.orphanSweep = { running: false, nextAtMs: Date.now() + this.orphanAgeMs };
+      });
+  }
+
+  /**
+   * Group 1's leader: deletes shard files no metadata records — left on a server that was down when their
+   * file was deleted (the garbage collector then gives up on them) or when a repair replaced them, or
+   * written for a write that failed. Garbage collection alone would leave them for good (DESIGN section 4:
+   * "orphaned shard files are collected later"). Each live chunk server's inventory is listed (paged,
+   * bounded); a shard older than the orphan age whose block group the namespace does not record, or
+   * records on another server, is checked once more just before it is deleted: after a read barrier,
+   * against the namespace as applied here, in the same turn of the event loop as its deletion is
+   * registered (a CommitRepair arriving later waits for it; one already running keeps its copies).
+   * Left alone: garbage block groups (the garbage collector's), ids this group never handed out (logged),
+   * shards younger than the orphan age.
+   */
+  private async sweepOrphans(): Promise<void> {
+    for (const server of this.cluster.state.servers()) {
+      if (!this.host.isLeader(NAMESPACE_GROUP)) return;
+      if (server.state !== 'alive' || server.controlAddr === '') continue;
+      // One server failing to answer (dying, say) does not keep the others from being swept.
+      await this.sweepServer(server.id, server.controlAddr).catch((error: unknown) =>
+        this.log.debug('orphan sweep of a chunk server failed', {
+          server: server.id,
+          error: toDogfsError(error).message,
+        }),
+      );
+    }
+  }
+
+  private async sweepServer(serverId: string, controlAddr: string): Promise<void> {
+    const channel = this.chunkChannels.get(controlAddr);
+    const options = () => ({ timeoutMs: CHUNK_CONTROL_TIMEOUT_MS });
+    const listedAtMs = Date.now();
+    const old: OrphanCandidate[] = [];
+    let startAfter: ShardId | undefined;
+    for (let seen = 0; seen < MAX_SWEPT_SHARDS_PER_SERVER; ) {
+      const page = await channel.call(
+        ChunkControlService,
+        'ListShards',
+        { startAfter, limit: ORPHAN_LIST_PAGE },
+        options(),
+      );
+      for (const info of page.shards.slice(0, ORPHAN_LIST_PAGE)) {
+        if (!info.shard) continue;
+        // An mtime of 0 is not known yet (the server restarted since): asked for below, if it matters.
+        if (info.mtimeMs !== 0 && listedAtMs - info.mtimeMs < this.orphanAgeMs) continue;
+        old.push({ blockGroupId: info.shard.blockGroupId, index: info.shard.index, mtimeMs: info.mtimeMs });
+      }
+      seen += Math.max(1, page.shards.length);
+      const last = page.shards.at(-1)?.shard;
+      if (!page.more || !last) break;
+      startAfter = last;
+    }
+    // A first look, to keep the checks below to the few suspects (after a barrier: a new leader may not
+    // have applied its whole log yet, and would suspect everything written since its last snapshot).
+    await this.host.readBarrier(NAMESPACE_GROUP, Date.now() + CHUNK_CONTROL_TIMEOUT_MS);
+    const suspects = this.unrecordedOn(serverId, old);
+    if (suspects.length === 0) return;
+    let deleted = 0;
+    const end = Math.min(suspects.length, MAX_ORPHAN_DELETES_PER_SERVER);
+    for (let at = 0; at < end; at += ORPHAN_DELETE_BATCH) {
+      const batch = (
+        await Promise.all(
+          suspects.slice(at, Math.min(end, at + ORPHAN_DELETE_BATCH)).map(async (s) => {
+            if (s.mtimeMs !== 0) return s;
+            const stat = await channel
+              .call(ChunkControlService, 'StatShard', { shard: { ...s, generation: 0 } }, options())
+              .catch((error: unknown) => {
+                if (toDogfsError(error).code === 'NOT_FOUND') return undefined;
+                throw error;
+              });
+            return stat?.info ? { ...s, mtimeMs: stat.info.mtimeMs } : undefined;
+          }),
+        )
+      ).filter((s) => s !== undefined && s.mtimeMs !== 0 && Date.now() - s.mtimeMs >= this.orphanAgeMs);
+      await this.host.readBarrier(NAMESPACE_GROUP, Date.now() + CHUNK_CONTROL_TIMEOUT_MS);
+      if (!this.host.isLeader(NAMESPACE_GROUP)) return;
+      // From the check to each deletion's registration: no await.
+      const deletions = this.unrecordedOn(serverId, batch as OrphanCandidate[]).flatMap((s) => {
+        const key = `${serverId}:${s.blockGroupId}:${s.index}`;
+        if (this.repairsCommitting.has(key) || this.deletingCopies.has(key)) return [];
+        const deleting = this.deleteShard(serverId, s.blockGroupId, s.index);
+        this.deletingCopies.set(key, deleting);
+        return [
+          deleting
+            .then((gone) => {
+              if (!gone) return;
+              deleted++;
+              this.log.debug('orphan shard deleted', {
+                server: serverId,
+                blockGroupId: s.blockGroupId,
+                index: s.index,
+                ageMs: Date.now() - s.mtimeMs,
+              });
+            })
+            .finally(() => this.deletingCopies.delete(key)),
+        ];
+      });
+      await Promise.all(deletions);
+    }
+    if (deleted > 0)
+      this.log.info('orphan shards deleted', { server: serverId, deleted, suspects: suspects.length });
+  }
+
+  /**
+   * The shards of `shards` (on `serverId`) that the namespace, as applied here now, records nowhere or on
+   * another server. Garbage block groups and ids this group never handed out are not among them.
+   */
+  private unrecordedOn(serverId: string, shards: readonly OrphanCandidate[]): OrphanCandidate[] {
+    const state = this.namespace.state;
+    const recorded = state.blockGroupsAmong(new Set(shards.map((s) => s.blockGroupId)));
+    let foreign = 0;
+    const unrecorded = shards.filter((s) => {
+      if (!state.hasAllocated(s.blockGroupId)) {
+        foreign++;
+        return false;
+      }
+      const bg = recorded.get(s.blockGroupId as BlockGroupInfo['id']);
+      return bg === undefined || (!bg.garbage && bg.servers[s.index] !== serverId);
+    });
+    if (foreign > 0)
+      this.log.warn('shards of block groups never allocated left alone', {
+        server: serverId,
+        count: foreign,
+      });
+    return unrecorded;
   }
 
   /**
@@ -1129,30 +1309,42 @@ export class MetadataNode {
         // A copy waiting to be deleted as replaced may be the very one this repair takes back (a repair
         // reads back a copy it finds on its target): it is not deleted now, and one being deleted is
         // gone first, so the check below sees what will be there.
-        for (const shard of req.shards) {
-          const key = `${shard.chunkServerId}:${req.blockGroupId}:${shard.index}`;
-          this.pendingDeletes.delete(key);
-          await this.deletingCopies.get(key);
+        // Until the new locations are applied here, the orphan sweep leaves these copies alone (it runs on
+        // this node too: it leads the namespace group); one it is deleting already is waited for.
+        const keys = req.shards.map((shard) => `${shard.chunkServerId}:${req.blockGroupId}:${shard.index}`);
+        for (const key of keys) this.repairsCommitting.set(key, (this.repairsCommitting.get(key) ?? 0) + 1);
+        let result: NamespaceResult;
+        try {
+          for (const key of keys) {
+            this.pendingDeletes.delete(key);
+            await this.deletingCopies.get(key);
+          }
+          await Promise.all(req.shards.map((shard) => this.verifyRebuilt(bg, shard, ctx.deadline)));
+          result = await this.proposeNamespace(
+            {
+              op: 'repairShards',
+              timeMs: Date.now(),
+              session: sessionOf(req.session),
+              path: req.path,
+              inodeId: inodeId(req.inodeId),
+              blockGroupId: wireId<BlockGroupInfo['id']>(req.blockGroupId, 'block group id'),
+              shards: req.shards.map((s) => ({
+                index: s.index,
+                server: s.chunkServerId,
+                replaces: s.replaces,
+                length: s.length,
+                crc32c: s.crc32c,
+              })),
+            },
+            ctx.deadline,
+          );
+        } finally {
+          for (const key of keys) {
+            const left = (this.repairsCommitting.get(key) ?? 1) - 1;
+            if (left === 0) this.repairsCommitting.delete(key);
+            else this.repairsCommitting.set(key, left);
+          }
         }
-        await Promise.all(req.shards.map((shard) => this.verifyRebuilt(bg, shard, ctx.deadline)));
-        const result = await this.proposeNamespace(
-          {
-            op: 'repairShards',
-            timeMs: Date.now(),
-            session: sessionOf(req.session),
-            path: req.path,
-            inodeId: inodeId(req.inodeId),
-            blockGroupId: wireId<BlockGroupInfo['id']>(req.blockGroupId, 'block group id'),
-            shards: req.shards.map((s) => ({
-              index: s.index,
-              server: s.chunkServerId,
-              replaces: s.replaces,
-              length: s.length,
-              crc32c: s.crc32c,
-            })),
-          },
-          ctx.deadline,
-        );
         if (!result.ok) raise(result);
         if (result.op !== 'repairShards') throw new DogfsError('INTERNAL', `repair answered ${result.op}`);
         // The new locations are committed (and were verified on their servers): the replaced copies

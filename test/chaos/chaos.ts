@@ -20,7 +20,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DogfsClient } from '../../src/client/index.js';
+import { DogfsClient, MetadataConnection } from '../../src/client/index.js';
 import type { ClusterJson } from '../../src/cluster/up.js';
 import { crc32c } from '../../src/codec/index.js';
 import { DogfsError, toDogfsError } from '../../src/wire/errors.js';
@@ -46,6 +46,13 @@ export interface ChaosOptions {
    * restarts past two snapshots went unseen until a run with 200.)
    */
   readonly snapshotEvery?: number;
+  /**
+   * Shard files no metadata records are deleted once this old (DOGFS_ORPHAN_AGE_MS; default 2,000 ms,
+   * against 10 minutes in service): the orphan sweep then runs through every fault, deleting what kills
+   * leave behind, and the final check that every recorded shard is still on its server tests that it
+   * never deleted a live one.
+   */
+  readonly orphanAgeMs?: number;
   readonly log?: (line: string) => void;
 }
 
@@ -123,7 +130,11 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
     [DOGFS_BIN, 'up', '--dir', clusterDir, '--meta', '3', '--chunk', '7', '--ec', 'rs-3-2', '--restart'],
     {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, DOGFS_RAFT_SNAPSHOT_EVERY: String(options.snapshotEvery ?? 200) },
+      env: {
+        ...process.env,
+        DOGFS_RAFT_SNAPSHOT_EVERY: String(options.snapshotEvery ?? 200),
+        DOGFS_ORPHAN_AGE_MS: String(options.orphanAgeMs ?? 2_000),
+      },
     },
   );
   let upOutput = '';
@@ -138,6 +149,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
   const clusterPath = join(clusterDir, 'cluster.json');
   const readCluster = () => JSON.parse(readFileSync(clusterPath, 'utf8')) as ClusterJson;
   let client: DogfsClient | undefined;
+  let meta: MetadataConnection | undefined;
   const paused = new Set<number>();
   // A process left stopped would stay stopped for good (its supervisor is gone): resume it on any exit.
   const resumePaused = () => {
@@ -161,6 +173,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
     const cluster = readCluster();
     client = new DogfsClient({ meta: cluster.meta, timeoutMs: CALL_TIMEOUT_MS });
     const dogfs = client;
+    meta = new MetadataConnection({ seeds: cluster.meta, timeoutMs: CALL_TIMEOUT_MS });
     // A silent chunk server is declared dead after 3 s instead of 10, so faults are seen quickly.
     await dogfs.setSettings({ deadAfterMs: 3000 });
     await dogfs.mkdir('/chaos');
@@ -355,8 +368,33 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
           problems.push(`${path} (put failed): ${toDogfsError(error).code} ${toDogfsError(error).message}`);
       }
     }
+    // Every shard the metadata records as durable is on its server's disk: neither lost by a kill nor
+    // deleted by the garbage collector or the orphan sweep (a degraded read would hide one missing shard).
+    const onDisk = new Map<string, Set<string>>();
+    for (const p of readCluster().processes.filter((p) => p.role === 'chunk')) {
+      const names = new Set<string>();
+      for (const e of readdirSync(p.dir, { withFileTypes: true, recursive: true }))
+        if (e.isFile() && e.name.endsWith('.shard')) names.add(/^b\d+_i\d+_/.exec(e.name)?.[0] ?? '');
+      onDisk.set(p.id, names);
+    }
+    let recordedShards = 0;
+    for (const path of acknowledged.keys()) {
+      const stat = await meta.call('Stat', { path }).catch((error: unknown) => {
+        problems.push(`stat ${path}: ${toDogfsError(error).code} ${toDogfsError(error).message}`);
+        return undefined;
+      });
+      for (const bg of stat?.inode?.blockGroups ?? [])
+        for (const shard of bg.shards) {
+          if (!shard.durable) continue;
+          recordedShards++;
+          if (!onDisk.get(shard.chunkServerId)?.has(`b${bg.id}_i${shard.index}_`))
+            problems.push(
+              `${path}: shard ${shard.index} of block group ${bg.id} is not on ${shard.chunkServerId}`,
+            );
+        }
+    }
     say(
-      `checked ${acknowledged.size + uncertain.size} files: ${problems.length === 0 ? 'nothing lost, no wrong bytes' : `${problems.length} problem(s)`}`,
+      `checked ${acknowledged.size + uncertain.size} files: ${problems.length === 0 ? 'nothing lost, no wrong bytes' : `${problems.length} problem(s)`}; ${recordedShards} recorded shards on disk`,
     );
     return {
       ok: problems.length === 0,
@@ -375,6 +413,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
     resumePaused();
     process.off('exit', resumePaused);
     client?.close();
+    meta?.close();
     if (up.exitCode === null) {
       up.kill('SIGTERM');
       await new Promise((resolve) => up.once('exit', resolve));

@@ -7,22 +7,22 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { DogfsClient, MetadataConnection } from '../../src/client/index.js';
-import { processAlive, runDogfs, startCluster, startDogfs, waitFor } from '../helpers/index.js';
+import {
+  chunkRestartArgs,
+  processAlive,
+  runDogfs,
+  shardFile,
+  startCluster,
+  startDogfs,
+  waitFor,
+} from '../helpers/index.js';
 
 const up = startCluster(['--meta', '3', '--chunk', '4', '--ec', 'rs-2-1']);
 after(() => up.stop());
-
-function shardFile(root: string, blockGroupId: number, index: number): string | undefined {
-  for (const e of readdirSync(root, { withFileTypes: true, recursive: true })) {
-    if (e.isFile() && e.name.startsWith(`b${blockGroupId}_i${index}_`) && e.name.endsWith('.shard'))
-      return join(e.parentPath, e.name);
-  }
-  return undefined;
-}
 
 test('a shard lost from a chunk server while it was down is found from its block report and repaired', async () => {
   const cluster = await up.ready();
@@ -43,24 +43,13 @@ test('a shard lost from a chunk server while it was down is found from its block
     const file = shardFile(holder.dir, bg.id, lost.index);
     assert.ok(file !== undefined, 'the shard file is on its server');
     const saved = readFileSync(file);
-    const members = JSON.parse(readFileSync(join(up.clusterDir, 'members.json'), 'utf8')) as {
-      members: { role: string; id: string; port: number }[];
-    };
-    const port = members.members.find((m) => m.id === holder.id)!.port;
-    const meta = members.members
-      .filter((m) => m.role === 'meta')
-      .map((m) => `127.0.0.1:${m.port}`)
-      .join(',');
     /** Stops the holder, does `meanwhile` to its disk, starts it again (it registers and reports). */
     const restartHolder = async (meanwhile: () => void) => {
       const pid = restarted?.child.pid ?? holder.pid;
       process.kill(pid, 'SIGKILL');
       await waitFor('the holder to die', () => !processAlive(pid));
       meanwhile();
-      restarted = startDogfs(
-        ['chunk', '--dir', holder.dir, '--id', holder.id, '--listen', `127.0.0.1:${port}`, '--meta', meta],
-        env,
-      );
+      restarted = startDogfs(chunkRestartArgs(up.clusterDir, holder.id, holder.dir), env);
     };
     /** The report once the holder is alive and the file is (or is not) named damaged. */
     const reportWith = (damaged: boolean) =>

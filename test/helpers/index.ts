@@ -189,3 +189,28 @@ export function startCluster(args: string[], env: NodeJS.ProcessEnv = process.en
     },
   };
 }
+
+/** The file of shard `index` of block group `blockGroupId` under a chunk server's directory, if any. */
+export function shardFile(root: string, blockGroupId: number, index: number): string | undefined {
+  for (const e of readdirSync(root, { withFileTypes: true, recursive: true })) {
+    if (e.isFile() && e.name.startsWith(`b${blockGroupId}_i${index}_`) && e.name.endsWith('.shard'))
+      return join(e.parentPath, e.name);
+  }
+  return undefined;
+}
+
+/**
+ * The arguments that start chunk server `id` of a `dogfs up` cluster again by hand, as it was (same
+ * directory, identity and port; the cluster's metadata servers), e.g. after the test killed it.
+ */
+export function chunkRestartArgs(clusterDir: string, id: string, dir: string): string[] {
+  const members = JSON.parse(readFileSync(join(clusterDir, 'members.json'), 'utf8')) as {
+    members: { role: string; id: string; port: number }[];
+  };
+  const port = members.members.find((m) => m.id === id)!.port;
+  const meta = members.members
+    .filter((m) => m.role === 'meta')
+    .map((m) => `127.0.0.1:${m.port}`)
+    .join(',');
+  return ['chunk', '--dir', dir, '--id', id, '--listen', `127.0.0.1:${port}`, '--meta', meta];
+}

@@ -1008,3 +1008,46 @@ test('combined commands: exactly once — a duplicate delivery answers the origi
   assert.deepEqual(decodeNamespaceResult(encodeNamespaceResult(done)), done);
   assert.equal(restored.stateHash(), ns.stateHash());
 });
+
+test('blockGroupsAmong: files (also after a rename), writes in progress and garbage; hasAllocated', () => {
+  const { ns, c } = fresh();
+  c.mkdir('/a');
+  c.mkdir('/b');
+  c.writeFile('/a/f', 5000); // one block group on s1 s2 s3
+  const bgOf = (path: string) => {
+    const stat = ns.stat(path);
+    assert.ok(stat.ok && stat.inode.type === 'file');
+    return stat.inode.blockGroups[0]!.id;
+  };
+  const kept = bgOf('/a/f');
+  const writing = c.startWrite('/b/w');
+  const inProgress = c.allocateOk(writing, 0, ['s4', 's2', '']).blockGroup.id;
+  c.writeFile('/a/gone', 10);
+  const gone = bgOf('/a/gone');
+  c.ok({ op: 'delete', path: '/a/gone', recursive: false });
+  const never = gone + 1000;
+  const all = new Set([kept, inProgress, gone, never]);
+  const expect = (found: ReturnType<NamespaceState['blockGroupsAmong']>) => {
+    assert.deepEqual(found.get(kept as never), { servers: ['s1', 's2', 's3'], garbage: false });
+    assert.deepEqual(found.get(inProgress as never), { servers: ['s4', 's2', ''], garbage: false });
+    assert.deepEqual(found.get(gone as never), { servers: ['s1', 's2', 's3'], garbage: true });
+    assert.equal(found.has(never as never), false);
+  };
+  expect(ns.blockGroupsAmong(all));
+  // Moved between directories: still found.
+  c.ok({ op: 'rename', src: '/a', dst: '/b/a', noReplace: false });
+  expect(ns.blockGroupsAmong(all));
+  assert.equal(ns.blockGroupsAmong(new Set([never])).size, 0);
+  // Collected garbage is recorded nowhere; a restored state answers the same.
+  c.ok({ op: 'collectGarbage', blockGroupIds: [gone] });
+  const restored = NamespaceState.restore(ns.snapshot());
+  for (const state of [ns, restored]) {
+    const found = state.blockGroupsAmong(all);
+    assert.deepEqual([...found.keys()].sort(), [kept, inProgress].sort());
+    assert.ok(state.hasAllocated(kept) && state.hasAllocated(gone) && state.hasAllocated(inProgress));
+    assert.equal(state.hasAllocated(never), false, 'an id not handed out yet');
+    assert.equal(state.hasAllocated(kept + 2 ** 40), false, "another group's id");
+    assert.equal(state.hasAllocated(0), false);
+  }
+  ns.checkInvariants();
+});

@@ -105,6 +105,8 @@ import {
 import {
   type BlockGroupId,
   composeId,
+  counterOfId,
+  groupOfId,
   type InodeId,
   isValidId,
   MAX_COUNTER,
@@ -1202,6 +1204,39 @@ export class NamespaceState {
       out.push(bg);
     }
     return out;
+  }
+
+  /**
+   * Where the namespace records each of the block groups `ids` (of this group): the chunk server meant to
+   * hold each shard, and whether the group is garbage (the garbage collector deletes its shards). Files,
+   * files being written and garbage are all looked at; an id absent from the answer is recorded nowhere.
+   * One synchronous pass over the whole namespace: a walk that yielded could miss a file renamed from
+   * a directory not yet walked into one already walked, and call its shards unrecorded. So it is for rare
+   * use (the orphan sweep), and costs about as much as a snapshot's iteration.
+   */
+  blockGroupsAmong(
+    ids: ReadonlySet<number>,
+  ): Map<BlockGroupId, { readonly servers: readonly string[]; readonly garbage: boolean }> {
+    const found = new Map<BlockGroupId, { readonly servers: readonly string[]; readonly garbage: boolean }>();
+    if (ids.size === 0) return found;
+    const note = (bg: BlockGroupInfo, garbage: boolean) => {
+      if (ids.has(bg.id)) found.set(bg.id, { servers: bg.servers, garbage });
+    };
+    for (const dir of this.dirs.values())
+      for (const inode of dir.entries.values())
+        if (inode.type === 'file') for (const bg of inode.blockGroups) note(bg, false);
+    for (const file of this.pending.values()) for (const bg of file.blockGroups) note(bg, false);
+    // Last: a block group both in a file and in the garbage list is garbage.
+    for (const bg of this.garbageList.values()) note(bg, true);
+    return found;
+  }
+
+  /**
+   * True when `id` is a block group or inode id this group has handed out (a shard naming a later one
+   * was not written for any allocation made so far).
+   */
+  hasAllocated(id: number): boolean {
+    return isValidId(id) && groupOfId(id) === this.group && counterOfId(id) < this.nextCounter;
   }
 
   /** When the leader should next propose expireLeases (undefined: no write in progress). */

@@ -1,0 +1,111 @@
+/**
+ * Orphan shards (`dogfs up`, 3 metadata servers, 4 chunk servers, rs-2-1): a chunk server down while one of
+ * its files is deleted and while another file's shard on it is rebuilt elsewhere keeps both shard files;
+ * the garbage collector gives up on a dead server and the replaced copy's deletion is dropped with it. When
+ * the server is back, the namespace leader's sweep of its inventory finds the two files no metadata
+ * records and deletes them — and nothing else: the shard the server still rightly holds stays, and every
+ * file reads back whole.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { existsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { DogfsClient, MetadataConnection } from '../../src/client/index.js';
+import {
+  chunkRestartArgs,
+  processAlive,
+  runDogfs,
+  shardFile,
+  startCluster,
+  startDogfs,
+  waitFor,
+} from '../helpers/index.js';
+
+// Garbage is collected at once; shard files no metadata records go once a second old.
+const up = startCluster(['--meta', '3', '--chunk', '4', '--ec', 'rs-2-1'], {
+  ...process.env,
+  DOGFS_GC_GRACE_MS: '0',
+  DOGFS_ORPHAN_AGE_MS: '1000',
+});
+after(() => up.stop());
+
+test('shard files left on a server that was down are deleted once no metadata records them', async () => {
+  const cluster = await up.ready();
+  const env = { ...process.env, DOGFS_CLUSTER: up.clusterPath };
+  const client = new DogfsClient({ meta: cluster.meta });
+  const metaConnection = new MetadataConnection({ seeds: cluster.meta });
+  let restarted: ReturnType<typeof startDogfs> | undefined;
+  try {
+    const fast = await runDogfs(['admin', 'settings', '--dead-after', '3000'], { env });
+    assert.equal(fast.status, 0, fast.stderr);
+    const put = async (name: string) => {
+      const data = randomBytes(300_000);
+      const local = join(up.dir.path, name);
+      writeFileSync(local, data);
+      const r = await runDogfs(['put', local, `/${name}`], { env });
+      assert.equal(r.status, 0, r.stderr);
+      const bg = (await metaConnection.call('Stat', { path: `/${name}` })).inode!.blockGroups[0]!;
+      return { name, data, bg };
+    };
+    const keep = await put('keep.bin');
+    const moved = await put('moved.bin');
+    // A server holding a shard of both (3 of the 4 servers hold each file's shards).
+    const holderId = keep.bg.shards
+      .map((s) => s.chunkServerId)
+      .find((id) => moved.bg.shards.some((s) => s.chunkServerId === id))!;
+    const onHolder = (f: typeof keep) => f.bg.shards.find((s) => s.chunkServerId === holderId);
+    let gone: typeof keep | undefined;
+    for (let i = 0; i < 30 && gone === undefined; i++) {
+      const f = await put(`gone-${i}.bin`);
+      if (onHolder(f) !== undefined) gone = f;
+    }
+    assert.ok(gone !== undefined, 'a file with a shard on the holder');
+    const holder = cluster.processes.find((p) => p.id === holderId)!;
+    const fileOf = (f: typeof keep) => shardFile(holder.dir, f.bg.id, onHolder(f)!.index);
+    const [keepFile, movedFile, goneFile] = [fileOf(keep), fileOf(moved), fileOf(gone)];
+    assert.ok(keepFile && movedFile && goneFile, 'the shard files are on the holder');
+
+    process.kill(holder.pid, 'SIGKILL');
+    await waitFor('the holder to die', () => !processAlive(holder.pid));
+    await waitFor(
+      'the holder to be declared dead',
+      async () => (await client.report()).chunkServers.find((c) => c.id === holderId)?.state === 'dead',
+      30_000,
+    );
+    // While it is dead: a file deleted (its garbage collection skips the dead server) and another's shard
+    // rebuilt on the spare server (the replaced copy's deletion is dropped: its server may never return).
+    const rm = await runDogfs(['rm', `/${gone.name}`], { env });
+    assert.equal(rm.status, 0, rm.stderr);
+    const repair = await runDogfs(['admin', 'repair', '/moved.bin'], { env });
+    assert.equal(repair.status, 0, repair.stderr);
+    assert.match(repair.stdout, /rebuilt 1 shard\(s\)/);
+    const others = cluster.processes.filter((p) => p.role === 'chunk' && p.id !== holderId);
+    await waitFor(
+      'the deleted file to be collected from the live servers',
+      () =>
+        others.every((p) => gone.bg.shards.every((s) => shardFile(p.dir, gone.bg.id, s.index) === undefined)),
+      30_000,
+    );
+
+    restarted = startDogfs(chunkRestartArgs(up.clusterDir, holderId, holder.dir), env);
+    await waitFor(
+      'the two orphans to be deleted',
+      () => !existsSync(movedFile) && !existsSync(goneFile),
+      60_000,
+    );
+    assert.ok(existsSync(keepFile), 'the shard the holder still rightly holds is kept');
+    const report = await client.report();
+    assert.equal(report.chunkServers.find((c) => c.id === holderId)?.state, 'alive');
+    assert.deepEqual(report.filesWithMissingShards, []);
+    assert.ok((await client.readFile('/keep.bin')).equals(keep.data));
+    assert.ok((await client.readFile('/moved.bin')).equals(moved.data));
+  } finally {
+    client.close();
+    metaConnection.close();
+    if (restarted !== undefined) {
+      restarted.child.kill('SIGKILL');
+      await restarted.exited;
+    }
+  }
+});
