@@ -123,6 +123,11 @@ export async function startChunkServer(options: ChunkServerOptions) {
       context.rpc.addService(ChunkControlService, {
         DeleteShard: async (request) => {
           const id = checkShardId(request.shard);
+          if (request.chunkServerId !== '' && request.chunkServerId !== context.id)
+            throw new DogfsError(
+              'FAILED_PRECONDITION',
+              `delete meant for chunk server '${request.chunkServerId.slice(0, 128)}' reached '${context.id}'`,
+            );
           const existed = await openedStore.delete(id);
           if (existed) metrics.add('shards_deleted');
           return { existed };

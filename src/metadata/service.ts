@@ -20,7 +20,7 @@
 import { randomInt } from 'node:crypto';
 import { assert } from '../common/assert.js';
 import type { Logger } from '../common/log.js';
-import type { LogIndex } from '../consensus/index.js';
+import type { LogIndex, Term } from '../consensus/index.js';
 import type { RaftHost, SnapshotStream, StateMachine } from '../raftnode/host.js';
 import { DogfsError, toDogfsError } from '../wire/errors.js';
 import type { MetadataMethods } from '../wire/gen/types.js';
@@ -112,9 +112,16 @@ const DEFAULT_ORPHAN_AGE_MS = 10 * 60_000;
 const MAX_SWEPT_SHARDS_PER_SERVER = 200_000;
 /** ListShards page size of the orphan sweep. */
 const ORPHAN_LIST_PAGE = 1_000;
-/** Orphans one sweep deletes per chunk server (a namespace check and delete per batch). */
+/** ListShards pages one sweep reads per chunk server (it goes on from there next time). */
+const MAX_SWEEP_PAGES = MAX_SWEPT_SHARDS_PER_SERVER / ORPHAN_LIST_PAGE;
+/** Orphans one sweep deletes per chunk server. */
 const MAX_ORPHAN_DELETES_PER_SERVER = 4_096;
-const ORPHAN_DELETE_BATCH = 256;
+/** StatShard and DeleteShard calls of a sweep in flight at once. */
+const ORPHAN_DELETES_IN_FLIGHT = 32;
+/** A server with more unrecorded shards than this, and more than half its old ones, is not swept. */
+const ORPHAN_BREAKER_MIN = 100;
+/** Shards of repairs of unknown outcome remembered per term (see uncertainRepairs). */
+const MAX_UNCERTAIN_REPAIRS = 10_000;
 
 class NamespaceMachine implements StateMachine {
   state = new NamespaceState({ group: NAMESPACE_GROUP });
@@ -231,6 +238,9 @@ function compareWalkOrder(a: readonly string[], b: readonly string[]): number {
 
 /** A shard of a chunk server's inventory that the orphan sweep looks at (mtimeMs 0: not known). */
 interface OrphanCandidate {
+  readonly serverId: string;
+  /** The server the namespace records the shard on ('' if none), as of the check that found it. */
+  readonly holder?: string;
   readonly blockGroupId: number;
   readonly index: number;
   readonly mtimeMs: number;
@@ -274,16 +284,27 @@ export class MetadataNode {
   /** Replaced shard copies to delete (after repairs committed elsewhere), by server:bg:index. */
   private readonly pendingDeletes = new Map<
     string,
-    { server: string; blockGroupId: number; index: number; path: string }
+    { server: string; blockGroupId: number; index: number; term: Term }
   >();
   /**
    * Shards whose CommitRepair is running here, by server:blockGroup:index (a count: two repairs may race).
    * The orphan sweep leaves them alone: such a copy is on a server the metadata is about to name.
    */
   private readonly repairsCommitting = new Map<string, number>();
+  /**
+   * Shards of CommitRepairs whose outcome is unknown (the proposal timed out: it may still commit), with the
+   * namespace term then. The sweep leaves them alone for the rest of that term (bounded; when full, it
+   * does not delete at all).
+   */
+  private readonly uncertainRepairs = new Map<string, Term>();
   /** Whether an orphan sweep is running, and when the next may start (Date.now()). */
   private orphanSweep: { running: boolean; nextAtMs: number } = { running: false, nextAtMs: 0 };
+  private uncertainFull = false;
+  /** When deleteReplacedCopies may next run (Date.now()). */
+  private replacedCopiesNextAtMs = 0;
   private readonly orphanAgeMs: number;
+  /** Where the orphan sweep goes on in each chunk server's inventory (absent: from the start). */
+  private readonly sweepCursors = new Map<string, ShardId>();
   /** gRPC channels to chunk servers' control addresses (DeleteShard). */
   private readonly chunkChannels = new RpcChannelPool();
   private readonly defaultEc: string | undefined;
@@ -418,11 +439,17 @@ export class MetadataNode {
           );
         }
         await this.collectGarbage(now);
-        await this.deleteReplacedCopies(now + GC_ROUND_BUDGET_MS);
+        // Each round passes over the whole namespace: every few seconds, not every second.
+        if (now >= this.replacedCopiesNextAtMs) {
+          this.replacedCopiesNextAtMs = now + GC_RETRY_MS;
+          await this.deleteReplacedCopies(now + GC_ROUND_BUDGET_MS);
+        }
         this.startOrphanSweep(Date.now());
       } else {
         this.garbageSeen.clear();
         this.garbageRetry.clear();
+        // Soft: copies left undeleted become orphans, which the sweep of a later leader deletes.
+        this.pendingDeletes.clear();
       }
     } catch (error) {
       // Lost leadership or quorum mid-duty: the next leader repeats it; nothing is half done.
@@ -445,7 +472,7 @@ export class MetadataNode {
         .call(
           ChunkControlService,
           'DeleteShard',
-          { shard: { blockGroupId, index, generation: 0 } },
+          { shard: { blockGroupId, index, generation: 0 }, chunkServerId: serverId },
           { timeoutMs: CHUNK_CONTROL_TIMEOUT_MS },
         );
       return true;
@@ -520,10 +547,30 @@ export class MetadataNode {
 
   /** Copies replaced by committed repairs, deleted from their servers (retried while the server is alive). */
   private async deleteReplacedCopies(budgetEnd: number): Promise<void> {
+    if (this.pendingDeletes.size === 0) return;
+    const term = this.host.status(NAMESPACE_GROUP).term;
+    // Where the namespace records each copy's block group now (one pass; by id, so a rename since the
+    // repair changes nothing). Later in this round only a CommitRepair here can make a copy live again,
+    // and it drops the copy from pendingDeletes first.
+    const recorded = this.namespace.state.blockGroupsAmong(
+      new Set([...this.pendingDeletes.values()].map((copy) => copy.blockGroupId)),
+    );
     for (const [key, copy] of [...this.pendingDeletes]) {
-      if (Date.now() >= budgetEnd) return;
+      // `recorded` holds for this leadership only.
+      if (
+        Date.now() >= budgetEnd ||
+        !this.host.isLeader(NAMESPACE_GROUP) ||
+        this.host.status(NAMESPACE_GROUP).term !== term
+      )
+        return;
       // Taken back by a repair meanwhile (CommitRepair drops it from the map before verifying).
       if (!this.pendingDeletes.has(key)) continue;
+      // Noted in an earlier leadership: another leader may have committed repairs since; the sweep
+      // deletes the copy if it is an orphan.
+      if (copy.term !== term) {
+        this.pendingDeletes.delete(key);
+        continue;
+      }
       const server = this.cluster.state.server(copy.server);
       // Dead or unknown: it may never return; if it does, its inventory names the copy as an orphan.
       if (server === undefined || server.state !== 'alive') {
@@ -531,14 +578,12 @@ export class MetadataNode {
         continue;
       }
       // A later repair may have put the shard back on that very server: then the copy is live again.
-      const file = this.namespace.state.stat(copy.path);
-      const live =
-        file.ok &&
-        file.inode.type === 'file' &&
-        file.inode.blockGroups.some(
-          (bg) => bg.id === copy.blockGroupId && bg.servers[copy.index] === copy.server,
-        );
-      if (live) {
+      const bg = recorded.get(copy.blockGroupId as BlockGroupInfo['id']);
+      // The new holder is down: the old copy may be the one left; kept for now.
+      const holder = bg?.servers[copy.index] ?? '';
+      if (bg !== undefined && holder !== copy.server && this.cluster.state.server(holder)?.state !== 'alive')
+        continue;
+      if (bg === undefined || bg.garbage || holder === copy.server) {
         this.pendingDeletes.delete(key);
         continue;
       }
@@ -571,124 +616,235 @@ export class MetadataNode {
    * Group 1's leader: deletes shard files no metadata records — left on a server that was down when their
    * file was deleted (the garbage collector then gives up on them) or when a repair replaced them, or
    * written for a write that failed. Garbage collection alone would leave them for good (DESIGN section 4:
-   * "orphaned shard files are collected later"). Each live chunk server's inventory is listed (paged,
-   * bounded); a shard older than the orphan age whose block group the namespace does not record, or
-   * records on another server, is checked once more just before it is deleted: after a read barrier,
-   * against the namespace as applied here, in the same turn of the event loop as its deletion is
-   * registered (a CommitRepair arriving later waits for it; one already running keeps its copies).
-   * Left alone: garbage block groups (the garbage collector's), ids this group never handed out (logged),
-   * shards younger than the orphan age.
+   * "orphaned shard files are collected later").
+   * 1. Each live chunk server's inventory is listed (after checking that its address still answers with
+   *    its id; paged and bounded, resuming where the last sweep stopped), shards older than the orphan
+   *    age only.
+   * 2. A first look (after a read barrier) picks the suspects: block groups the namespace records nowhere,
+   *    or records on another server that is alive (a copy is kept while the recorded holder is down).
+   *    A server whose old shards are mostly unrecorded is left alone and logged: that is a chunk server
+   *    pointed at the wrong cluster, or metadata restored from an old backup, not orphans.
+   * 3. A write barrier (an empty collectGarbage command): every command proposed before it, such as a
+   *    CommitRepair whose caller gave up waiting, is applied. Then one synchronous pass decides, and each
+   *    deletion is registered in the same turn of the event loop (a CommitRepair arriving later waits for
+   *    it; one running keeps its copies out). Deletions name the server, which refuses one meant for
+   *    another.
+   * Left alone: garbage block groups (the garbage collector's), ids this group never handed out and
+   * generations other than 0 (logged), shards younger than the orphan age.
    */
   private async sweepOrphans(): Promise<void> {
+    // Uncertain repairs of an earlier term are settled: the new leader's log decided them.
+    const term = this.host.status(NAMESPACE_GROUP).term;
+    for (const [key, at] of this.uncertainRepairs) if (at !== term) this.uncertainRepairs.delete(key);
+    if (this.uncertainRepairs.size === 0) this.uncertainFull = false;
+    if (this.uncertainFull) {
+      this.log.warn('orphan sweep skipped: too many repairs of unknown outcome this term');
+      return;
+    }
+    const inventories: { serverId: string; old: OrphanCandidate[] }[] = [];
     for (const server of this.cluster.state.servers()) {
       if (!this.host.isLeader(NAMESPACE_GROUP)) return;
       if (server.state !== 'alive' || server.controlAddr === '') continue;
       // One server failing to answer (dying, say) does not keep the others from being swept.
-      await this.sweepServer(server.id, server.controlAddr).catch((error: unknown) =>
-        this.log.debug('orphan sweep of a chunk server failed', {
+      const old = await this.listOldShards(server.id, server.controlAddr).catch((error: unknown) => {
+        this.log.debug('orphan sweep: listing a chunk server failed', {
           server: server.id,
           error: toDogfsError(error).message,
-        }),
-      );
+        });
+        return undefined;
+      });
+      if (old !== undefined) inventories.push({ serverId: server.id, old });
     }
+    // A new leader may not have applied its whole log yet, and would suspect everything written since.
+    await this.host.readBarrier(NAMESPACE_GROUP, Date.now() + CHUNK_CONTROL_TIMEOUT_MS);
+    const suspected = this.unrecorded(inventories.flatMap((i) => i.old));
+    let suspects: OrphanCandidate[] = [];
+    for (const { serverId, old } of inventories) {
+      const mine = suspected.filter((s) => s.serverId === serverId);
+      // Ids never handed out here count against the server too: another cluster's ids overlap ours.
+      const unknown =
+        mine.length + old.filter((s) => !this.namespace.state.hasAllocated(s.blockGroupId)).length;
+      if (unknown > ORPHAN_BREAKER_MIN && unknown * 2 > old.length) {
+        this.log.warn(
+          'orphan sweep: most shards of this chunk server are unknown to the metadata (started with the wrong --meta? metadata restored from an old backup?); none deleted',
+          { server: serverId, unrecorded: unknown, old: old.length },
+        );
+        continue;
+      }
+      suspects.push(...mine.slice(0, MAX_ORPHAN_DELETES_PER_SERVER));
+    }
+    if (suspects.length === 0) return;
+    suspects = await this.withKnownMtimes(suspects);
+    // A write barrier, not a read one: a repair's command appended before this one is applied before it
+    // (one appended after it is still running here, or its outcome is uncertain: both are skipped below).
+    const barrier = await this.proposeNamespace(
+      { op: 'collectGarbage', timeMs: Date.now(), blockGroupIds: [] },
+      Date.now() + CHUNK_CONTROL_TIMEOUT_MS,
+    );
+    if (
+      !barrier.ok ||
+      !this.host.isLeader(NAMESPACE_GROUP) ||
+      this.host.status(NAMESPACE_GROUP).term !== term
+    )
+      return;
+    // From the decision to each deletion's registration: no await.
+    const deletions: (() => Promise<void>)[] = [];
+    for (const s of this.unrecorded(suspects)) {
+      const key = `${s.serverId}:${s.blockGroupId}:${s.index}`;
+      if (this.repairsCommitting.has(key) || this.uncertainRepairs.get(key) === term) continue;
+      if (this.deletingCopies.has(key)) continue;
+      let settle: (gone: boolean) => void = () => {};
+      this.deletingCopies.set(key, new Promise<boolean>((resolve) => (settle = resolve)));
+      deletions.push(async () => {
+        let gone = false;
+        try {
+          // Queued behind others: still this leadership (a repair committed by another leader cannot have
+          // waited for this deletion), and the recorded holder, if any, still alive.
+          if (
+            this.host.status(NAMESPACE_GROUP).term !== term ||
+            !this.host.isLeader(NAMESPACE_GROUP) ||
+            (s.holder !== '' && this.cluster.state.server(s.holder)?.state !== 'alive')
+          )
+            return;
+          gone = await this.deleteShard(s.serverId, s.blockGroupId, s.index);
+          if (gone)
+            this.log.info('orphan shard deleted', {
+              server: s.serverId,
+              blockGroupId: s.blockGroupId,
+              index: s.index,
+              ageMs: Date.now() - s.mtimeMs,
+            });
+        } catch (error) {
+          this.log.warn('orphan deletion failed', { key, error: toDogfsError(error).message });
+        } finally {
+          this.deletingCopies.delete(key);
+          settle(gone);
+        }
+      });
+    }
+    // A few at a time; each is registered above, so a CommitRepair meanwhile waits for its turn too.
+    const running = new Set<Promise<void>>();
+    for (const deletion of deletions) {
+      if (running.size >= ORPHAN_DELETES_IN_FLIGHT) await Promise.race(running);
+      const run = deletion().finally(() => running.delete(run));
+      running.add(run);
+    }
+    await Promise.all(running);
   }
 
-  private async sweepServer(serverId: string, controlAddr: string): Promise<void> {
+  /**
+   * Shards of one chunk server older than the orphan age (mtime 0: not known, kept for a closer look),
+   * from where the last sweep stopped, at most MAX_SWEEP_PAGES pages. Throws when the address no longer
+   * answers with the server's id (another server may listen there now).
+   */
+  private async listOldShards(serverId: string, controlAddr: string): Promise<OrphanCandidate[]> {
     const channel = this.chunkChannels.get(controlAddr);
-    const options = () => ({ timeoutMs: CHUNK_CONTROL_TIMEOUT_MS });
+    const options = { timeoutMs: CHUNK_CONTROL_TIMEOUT_MS };
+    const status = await channel.call(ChunkControlService, 'Status', {}, options);
+    if (status.id !== serverId)
+      throw new DogfsError(
+        'FAILED_PRECONDITION',
+        `${controlAddr} answers as '${status.id.slice(0, 128)}', not '${serverId}'`,
+      );
     const listedAtMs = Date.now();
     const old: OrphanCandidate[] = [];
-    let startAfter: ShardId | undefined;
-    for (let seen = 0; seen < MAX_SWEPT_SHARDS_PER_SERVER; ) {
+    let other = 0;
+    let startAfter = this.sweepCursors.get(serverId);
+    for (let pages = 0; pages < MAX_SWEEP_PAGES; pages++) {
       const page = await channel.call(
         ChunkControlService,
         'ListShards',
         { startAfter, limit: ORPHAN_LIST_PAGE },
-        options(),
+        options,
       );
-      for (const info of page.shards.slice(0, ORPHAN_LIST_PAGE)) {
+      const shards = page.shards.slice(0, ORPHAN_LIST_PAGE);
+      for (const info of shards) {
         if (!info.shard) continue;
-        // An mtime of 0 is not known yet (the server restarted since): asked for below, if it matters.
+        if (info.shard.generation !== 0) {
+          other++;
+          continue;
+        }
         if (info.mtimeMs !== 0 && listedAtMs - info.mtimeMs < this.orphanAgeMs) continue;
-        old.push({ blockGroupId: info.shard.blockGroupId, index: info.shard.index, mtimeMs: info.mtimeMs });
+        const { blockGroupId, index } = info.shard;
+        old.push({ serverId, blockGroupId, index, mtimeMs: info.mtimeMs });
       }
-      seen += Math.max(1, page.shards.length);
-      const last = page.shards.at(-1)?.shard;
-      if (!page.more || !last) break;
-      startAfter = last;
+      const last = shards.at(-1)?.shard ?? undefined;
+      const stuck =
+        last === undefined ||
+        (startAfter !== undefined &&
+          last.blockGroupId === startAfter.blockGroupId &&
+          last.index === startAfter.index &&
+          last.generation === startAfter.generation);
+      if (!page.more || stuck) {
+        this.sweepCursors.delete(serverId);
+        break;
+      }
+      startAfter = { blockGroupId: last.blockGroupId, index: last.index, generation: last.generation };
+      this.sweepCursors.set(serverId, startAfter);
     }
-    // A first look, to keep the checks below to the few suspects (after a barrier: a new leader may not
-    // have applied its whole log yet, and would suspect everything written since its last snapshot).
-    await this.host.readBarrier(NAMESPACE_GROUP, Date.now() + CHUNK_CONTROL_TIMEOUT_MS);
-    const suspects = this.unrecordedOn(serverId, old);
-    if (suspects.length === 0) return;
-    let deleted = 0;
-    const end = Math.min(suspects.length, MAX_ORPHAN_DELETES_PER_SERVER);
-    for (let at = 0; at < end; at += ORPHAN_DELETE_BATCH) {
-      const batch = (
-        await Promise.all(
-          suspects.slice(at, Math.min(end, at + ORPHAN_DELETE_BATCH)).map(async (s) => {
-            if (s.mtimeMs !== 0) return s;
-            const stat = await channel
-              .call(ChunkControlService, 'StatShard', { shard: { ...s, generation: 0 } }, options())
-              .catch((error: unknown) => {
-                if (toDogfsError(error).code === 'NOT_FOUND') return undefined;
-                throw error;
-              });
-            return stat?.info ? { ...s, mtimeMs: stat.info.mtimeMs } : undefined;
-          }),
-        )
-      ).filter((s) => s !== undefined && s.mtimeMs !== 0 && Date.now() - s.mtimeMs >= this.orphanAgeMs);
-      await this.host.readBarrier(NAMESPACE_GROUP, Date.now() + CHUNK_CONTROL_TIMEOUT_MS);
-      if (!this.host.isLeader(NAMESPACE_GROUP)) return;
-      // From the check to each deletion's registration: no await.
-      const deletions = this.unrecordedOn(serverId, batch as OrphanCandidate[]).flatMap((s) => {
-        const key = `${serverId}:${s.blockGroupId}:${s.index}`;
-        if (this.repairsCommitting.has(key) || this.deletingCopies.has(key)) return [];
-        const deleting = this.deleteShard(serverId, s.blockGroupId, s.index);
-        this.deletingCopies.set(key, deleting);
-        return [
-          deleting
-            .then((gone) => {
-              if (!gone) return;
-              deleted++;
-              this.log.debug('orphan shard deleted', {
-                server: serverId,
-                blockGroupId: s.blockGroupId,
-                index: s.index,
-                ageMs: Date.now() - s.mtimeMs,
-              });
-            })
-            .finally(() => this.deletingCopies.delete(key)),
-        ];
+    if (other > 0)
+      this.log.warn('orphan sweep: shards of a generation other than 0 left alone', {
+        server: serverId,
+        count: other,
       });
-      await Promise.all(deletions);
+    return old;
+  }
+
+  /** `shards` with unknown mtimes read from their servers (StatShard); gone or unreadable ones dropped. */
+  private async withKnownMtimes(shards: readonly OrphanCandidate[]): Promise<OrphanCandidate[]> {
+    const known: OrphanCandidate[] = [];
+    for (let at = 0; at < shards.length; at += ORPHAN_DELETES_IN_FLIGHT) {
+      const batch = shards.slice(at, at + ORPHAN_DELETES_IN_FLIGHT);
+      const stated = await Promise.all(
+        batch.map(async (s) => {
+          if (s.mtimeMs !== 0) return s;
+          const addr = this.cluster.state.server(s.serverId)?.controlAddr ?? '';
+          if (addr === '') return undefined;
+          const stat = await this.chunkChannels
+            .get(addr)
+            .call(
+              ChunkControlService,
+              'StatShard',
+              { shard: { blockGroupId: s.blockGroupId, index: s.index, generation: 0 } },
+              { timeoutMs: CHUNK_CONTROL_TIMEOUT_MS },
+            )
+            .catch(() => undefined);
+          return stat?.info ? { ...s, mtimeMs: stat.info.mtimeMs } : undefined;
+        }),
+      );
+      for (const s of stated)
+        if (s !== undefined && s.mtimeMs !== 0 && Date.now() - s.mtimeMs >= this.orphanAgeMs) known.push(s);
     }
-    if (deleted > 0)
-      this.log.info('orphan shards deleted', { server: serverId, deleted, suspects: suspects.length });
+    return known;
   }
 
   /**
-   * The shards of `shards` (on `serverId`) that the namespace, as applied here now, records nowhere or on
-   * another server. Garbage block groups and ids this group never handed out are not among them.
+   * The shards of `shards` that the namespace, as applied here now, records nowhere, or records on
+   * another server that is alive (while the recorded holder is down, a copy elsewhere may be the one
+   * left). Garbage block groups and ids this group never handed out are not among them. One pass.
    */
-  private unrecordedOn(serverId: string, shards: readonly OrphanCandidate[]): OrphanCandidate[] {
+  private unrecorded(shards: readonly OrphanCandidate[]): (OrphanCandidate & { holder: string })[] {
     const state = this.namespace.state;
     const recorded = state.blockGroupsAmong(new Set(shards.map((s) => s.blockGroupId)));
     let foreign = 0;
-    const unrecorded = shards.filter((s) => {
+    const unrecorded: (OrphanCandidate & { holder: string })[] = [];
+    for (const s of shards) {
       if (!state.hasAllocated(s.blockGroupId)) {
         foreign++;
-        return false;
+        continue;
       }
       const bg = recorded.get(s.blockGroupId as BlockGroupInfo['id']);
-      return bg === undefined || (!bg.garbage && bg.servers[s.index] !== serverId);
-    });
+      if (bg === undefined) {
+        unrecorded.push({ ...s, holder: '' });
+        continue;
+      }
+      if (bg.garbage) continue;
+      const holder = bg.servers[s.index] ?? '';
+      if (holder !== s.serverId && holder !== '' && this.cluster.state.server(holder)?.state === 'alive')
+        unrecorded.push({ ...s, holder });
+    }
     if (foreign > 0)
-      this.log.warn('shards of block groups never allocated left alone', {
-        server: serverId,
-        count: foreign,
-      });
+      this.log.warn('orphan sweep: shards of block groups never allocated left alone', { count: foreign });
     return unrecorded;
   }
 
@@ -1338,6 +1494,13 @@ export class MetadataNode {
             },
             ctx.deadline,
           );
+        } catch (error) {
+          // Timed out or cut off after proposing: the command may still commit later.
+          const term = this.host.status(NAMESPACE_GROUP).term;
+          for (const key of keys)
+            if (this.uncertainRepairs.size < MAX_UNCERTAIN_REPAIRS) this.uncertainRepairs.set(key, term);
+          if (this.uncertainRepairs.size >= MAX_UNCERTAIN_REPAIRS) this.uncertainFull = true;
+          throw error;
         } finally {
           for (const key of keys) {
             const left = (this.repairsCommitting.get(key) ?? 1) - 1;
@@ -1355,7 +1518,7 @@ export class MetadataNode {
             server: shard.replaces,
             blockGroupId: req.blockGroupId,
             index: shard.index,
-            path: req.path,
+            term: this.host.status(NAMESPACE_GROUP).term,
           });
         }
         return { blockGroup: this.blockGroupToWire(result.blockGroup) };

@@ -139,8 +139,15 @@ test('a full disk (capacity reached): NO_SPACE, nothing partial, reads keep work
     const s = await status(chunk);
     assert.equal(s.capacityBytes, 3 * MiB);
     assert.ok(s.usedBytes > 2 * MiB && s.usedBytes < 3 * MiB);
-    // Space comes back when a shard is deleted.
-    await chunk.control.call(ChunkControlService, 'DeleteShard', { shard: kept });
+    // A delete naming another server (its address on record now answered by this one) is refused and
+    // deletes nothing; one naming this server deletes, and space comes back.
+    const { id } = await status(chunk);
+    await assert.rejects(
+      chunk.control.call(ChunkControlService, 'DeleteShard', { shard: kept, chunkServerId: `${id}-other` }),
+      { code: 'FAILED_PRECONDITION' },
+    );
+    assert.deepEqual(shardFiles(chunk.dir), before);
+    await chunk.control.call(ChunkControlService, 'DeleteShard', { shard: kept, chunkServerId: id });
     await client.writeShard(
       chunk.dataAddr,
       { blockGroupId: 32, index: 0, generation: 1 },
