@@ -11,7 +11,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { assert } from '../common/assert.js';
 import type { Logger } from '../common/log.js';
-import { type DogfsError, toDogfsError } from '../wire/errors.js';
+import { DogfsError, toDogfsError } from '../wire/errors.js';
 import type { ShardId } from '../wire/gen/types.js';
 import { MetadataService } from '../wire/gen/types.js';
 import { type RpcChannel, RpcChannelPool } from '../wire/rpc.js';
@@ -25,6 +25,11 @@ export interface ReporterOptions {
   controlAddr: string;
   failureDomain: string;
   store: ShardStore;
+  /**
+   * The cluster this server belongs to: named in each registration, and recorded from the first answer.
+   * Absent: the server names none (and records none).
+   */
+  membership?: { readonly clusterId: string; adopt(clusterId: string): Promise<void> };
   /** Transfers in progress, reported as load. */
   activeTransfers: () => number;
   log?: Logger | undefined;
@@ -50,6 +55,8 @@ const DEFAULT_HEARTBEAT_MS = 3_000;
  */
 const MAX_RETRY_DELAY_MS = 1_000;
 const MAX_BLOCK_REPORT_PAGE = 10_000;
+/** A registration refused as another cluster's is asked again after this long. */
+const REFUSED_RETRY_MS = 30_000;
 /** Most corrupt shards named in one heartbeat (the rest follow in later ones). */
 const MAX_CORRUPT_PER_HEARTBEAT = 1_000;
 /** Hints to addresses outside the configured list are followed, but only this many are remembered. */
@@ -132,6 +139,7 @@ export class MetadataReporter {
     const base = this.options.baseDelayMs ?? 100;
     const cap = this.options.maxDelayMs ?? MAX_RETRY_DELAY_MS;
     let failures = 0;
+    let refusals = 0;
     while (!signal.aborted) {
       try {
         await this.session();
@@ -143,6 +151,20 @@ export class MetadataReporter {
         // wait to seconds after a few leader changes, long enough for a new leader to declare it dead.
         // (Registration alone does not count: a session failing right after it must keep backing off.)
         if (this.sessionHeartbeats > 0) failures = 0;
+        if (failure.code === 'FAILED_PRECONDITION' && !this.state.registered) {
+          // Refused (another cluster's server, or its id could not be recorded): said loudly. The other
+          // addresses are tried first (one wrong address in --meta must not hold the server back), then
+          // the server asks again slowly.
+          this.options.log?.error('registration refused', { target: this.target, error: failure.message });
+          this.state.lastError = `${failure.code}: ${failure.message}`;
+          this.retarget(failure);
+          if (++refusals >= this.addresses.length) {
+            refusals = 0;
+            await sleep(REFUSED_RETRY_MS, undefined, { signal }).catch(() => {});
+          }
+          continue;
+        }
+        refusals = 0;
         this.state.registered = false;
         this.state.lastError = `${failure.code}: ${failure.message}`;
         this.retarget(failure);
@@ -176,9 +198,22 @@ export class MetadataReporter {
         failureDomain: this.options.failureDomain,
         capacityBytes: store.capacityBytes,
         usedBytes: store.usedBytes,
+        clusterId: this.options.membership?.clusterId ?? '',
       },
       { timeoutMs, signal },
     );
+    // The first registration tells the server which cluster it belongs to; it is kept before anything
+    // else happens (an older metadata service answers none).
+    if (registered.clusterId !== '')
+      await this.options.membership?.adopt(registered.clusterId).catch((error: unknown) => {
+        const e = toDogfsError(error);
+        throw new DogfsError(
+          'FAILED_PRECONDITION',
+          e.code === 'FAILED_PRECONDITION'
+            ? e.message
+            : `cannot record the cluster id in the chunk server's directory: ${e.message}`,
+        );
+      });
     this.state.registered = true;
     this.state.registrations++;
     this.state.lastError = undefined;

@@ -11,6 +11,7 @@ import { runDaemon } from '../daemon/daemon.js';
 import { checkShardId, checkWireInteger, MAX_SHARD_BYTES } from '../wire/data-transfer.js';
 import { DogfsError } from '../wire/errors.js';
 import { ChunkControlService, type ShardId } from '../wire/gen/types.js';
+import { ClusterMembership } from './cluster-id.js';
 import { DataServer, type DataServerLimits } from './data-server.js';
 import { ChunkMetrics, MetricsEndpoint, prometheusGauges } from './metrics.js';
 import { MetadataReporter } from './reporter.js';
@@ -74,6 +75,7 @@ export async function startChunkServer(options: ChunkServerOptions) {
   let reporter: MetadataReporter | undefined;
   let dataAddr = '';
   let logger: Logger | undefined;
+  let membership: ClusterMembership | undefined;
   const daemon = await runDaemon(
     { role: 'chunk', dir: options.dir, id: options.id, listen: options.listen, logLevel: options.logLevel },
     async (context) => {
@@ -82,6 +84,7 @@ export async function startChunkServer(options: ChunkServerOptions) {
       // Each connection's receive memory and each shard's buffers come back from the allocator instead
       // of as fresh pages (codec/native.ts says what a fresh page costs on this kind of machine).
       context.readyInfo['retainFreedMemory'] = String(retainFreedMemory());
+      membership = await ClusterMembership.open(context.dir);
       const openedStore = await ShardStore.open({
         dir: context.dir,
         capacityBytes: options.capacityBytes,
@@ -127,6 +130,14 @@ export async function startChunkServer(options: ChunkServerOptions) {
             throw new DogfsError(
               'FAILED_PRECONDITION',
               `delete meant for chunk server '${request.chunkServerId.slice(0, 128)}' reached '${context.id}'`,
+            );
+          // A server that has not recorded a cluster yet (from before cluster ids, or its disk refused
+          // the file) takes deletes as it always did: refusing them could leave a full disk full.
+          const own = membership?.clusterId ?? '';
+          if (request.clusterId !== '' && own !== '' && request.clusterId !== own)
+            throw new DogfsError(
+              'FAILED_PRECONDITION',
+              `delete from cluster ${request.clusterId.slice(0, 64)} reached a server of cluster ${own}`,
             );
           const existed = await openedStore.delete(id);
           if (existed) metrics.add('shards_deleted');
@@ -185,6 +196,7 @@ export async function startChunkServer(options: ChunkServerOptions) {
       store,
       activeTransfers: () => server.activeWrites + server.activeReads,
       log: logger,
+      ...(membership === undefined ? {} : { membership }),
     });
     reporter.start();
   }

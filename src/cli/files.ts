@@ -662,6 +662,7 @@ function reportJson(report: ClusterReportResponse) {
     filesWithMissingShards: [...report.filesWithMissingShards],
     filesWithMissingShardsCount: report.filesWithMissingShardsCount,
     codecBackend: report.codecBackend,
+    clusterId: report.clusterId,
   };
 }
 
@@ -689,6 +690,7 @@ function formatReport(report: ClusterReportResponse): string {
   for (const f of report.filesWithMissingShards.slice(0, 100)) lines.push(`  ${f}`);
   if (report.filesWithMissingShardsCount > 100) lines.push('  ...');
   if (report.codecBackend) lines.push('', `Codec backend: ${report.codecBackend}`);
+  if (report.clusterId) lines.push(`Cluster id: ${report.clusterId}`);
   return `${lines.join('\n')}\n`;
 }
 

@@ -17,7 +17,7 @@
  *   shards; `PlanRepair` names them with new targets, and `CommitRepair` records rebuilt shards (DESIGN §4).
  *   After a leader change the new leader starts without reports; they come back with the next heartbeats.
  */
-import { randomInt } from 'node:crypto';
+import { randomInt, randomUUID } from 'node:crypto';
 import { assert } from '../common/assert.js';
 import type { Logger } from '../common/log.js';
 import type { LogIndex, Term } from '../consensus/index.js';
@@ -409,6 +409,7 @@ export class MetadataNode {
         this.reportsInProgress.clear();
       } else {
         const now = Date.now();
+        if (this.cluster.state.clusterId === '') await this.ensureClusterId(deadline);
         // A term change means leadership was lost and won again between two rounds: a new leadership.
         if (this.clusterLeadership?.term !== clusterTerm)
           this.clusterLeadership = { sinceMs: now, term: clusterTerm };
@@ -460,6 +461,21 @@ export class MetadataNode {
   }
 
   /**
+   * Gives the cluster its identity if it has none yet (group 0's leader: a new cluster, or one from before
+   * cluster ids): a random id, committed once; a racing proposal changes nothing.
+   */
+  private async ensureClusterId(deadline: number): Promise<void> {
+    if (this.cluster.state.clusterId !== '') return;
+    const result = await this.proposeCluster(
+      { op: 'initCluster', timeMs: Date.now(), clusterId: randomUUID() },
+      deadline,
+    );
+    if (!result.ok) raise(result);
+    if (result.op === 'initCluster' && result.changed)
+      this.log.info('cluster identity created', { clusterId: result.clusterId });
+  }
+
+  /**
    * Deletes shard `index` of `blockGroupId` from `serverId`. True when the server no longer has it; false
    * when the server is dead, unknown or did not answer (the caller keeps the work for later or gives up).
    */
@@ -467,14 +483,16 @@ export class MetadataNode {
     const server = this.cluster.state.server(serverId);
     if (server === undefined || server.state !== 'alive' || server.controlAddr === '') return false;
     try {
-      await this.chunkChannels
-        .get(server.controlAddr)
-        .call(
-          ChunkControlService,
-          'DeleteShard',
-          { shard: { blockGroupId, index, generation: 0 }, chunkServerId: serverId },
-          { timeoutMs: CHUNK_CONTROL_TIMEOUT_MS },
-        );
+      await this.chunkChannels.get(server.controlAddr).call(
+        ChunkControlService,
+        'DeleteShard',
+        {
+          shard: { blockGroupId, index, generation: 0 },
+          chunkServerId: serverId,
+          clusterId: this.cluster.state.clusterId,
+        },
+        { timeoutMs: CHUNK_CONTROL_TIMEOUT_MS },
+      );
       return true;
     } catch (error) {
       this.log.debug('delete shard failed', { server: serverId, blockGroupId, index, error });
@@ -1287,6 +1305,18 @@ export class MetadataNode {
         return {};
       },
       RegisterChunkServer: async (req, ctx) => {
+        await this.ensureClusterId(ctx.deadline);
+        // The id never changes once set: another cluster's server is refused without a Raft entry (it
+        // asks again every 30 s, and each entry would stay in the log). The state machine checks again.
+        const ours = this.cluster.state.clusterId;
+        if (req.clusterId !== '' && ours !== '' && req.clusterId !== ours) {
+          const refusal = this.cluster.state.refusal(req.id, req.clusterId);
+          this.log.warn('chunk server of another cluster refused', {
+            server: req.id.slice(0, 128),
+            error: refusal,
+          });
+          throw new DogfsError('FAILED_PRECONDITION', refusal);
+        }
         const result = await this.proposeCluster(
           {
             op: 'register',
@@ -1297,12 +1327,20 @@ export class MetadataNode {
             failureDomain: req.failureDomain,
             capacityBytes: req.capacityBytes,
             usedBytes: req.usedBytes,
+            clusterId: req.clusterId,
           },
           ctx.deadline,
         );
-        if (!result.ok) raise(result);
+        if (!result.ok) {
+          if (result.code === 'FAILED_PRECONDITION')
+            this.log.warn('chunk server of another cluster refused', {
+              server: req.id,
+              error: result.message,
+            });
+          raise(result);
+        }
         if (result.op !== 'register') throw new DogfsError('INTERNAL', `register answered ${result.op}`);
-        return { heartbeatIntervalMs: result.heartbeatIntervalMs };
+        return { heartbeatIntervalMs: result.heartbeatIntervalMs, clusterId: result.clusterId };
       },
       Heartbeat: async (req, ctx) => {
         this.host.requireLeader(CLUSTER_GROUP);
@@ -1421,6 +1459,7 @@ export class MetadataNode {
           filesWithMissingShardsCount: damaged.count,
           settings: this.cluster.state.settings,
           codecBackend: this.codecBackend,
+          clusterId: this.cluster.state.clusterId,
         };
       },
       PlanRepair: async (req, ctx) => {

@@ -3,7 +3,7 @@
  * reports it), SIGKILL in the middle of a write, a full disk (capacity), and hostile wire input.
  */
 import assert from 'node:assert/strict';
-import { closeSync, openSync, readdirSync, readSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readdirSync, readSync, writeFileSync, writeSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -116,6 +116,9 @@ test('SIGKILL in the middle of a write, then restart: no partial shard visible, 
 });
 
 test('a full disk (capacity reached): NO_SPACE, nothing partial, reads keep working', async () => {
+  // It belongs to a cluster (as if registered once): deletes from another are refused below.
+  mkdirSync(join(dir.path, 'full'), { recursive: true });
+  writeFileSync(join(dir.path, 'full', 'cluster-id'), '11111111-2222-4333-8444-555555555555\n');
   const chunk = await startChunk(join(dir.path, 'full'), [
     '--scrub-rate',
     '0',
@@ -146,8 +149,21 @@ test('a full disk (capacity reached): NO_SPACE, nothing partial, reads keep work
       chunk.control.call(ChunkControlService, 'DeleteShard', { shard: kept, chunkServerId: `${id}-other` }),
       { code: 'FAILED_PRECONDITION' },
     );
+    // So is one from a cluster this server does not belong to.
+    await assert.rejects(
+      chunk.control.call(ChunkControlService, 'DeleteShard', {
+        shard: kept,
+        chunkServerId: id,
+        clusterId: '0123456789abcdef',
+      }),
+      { code: 'FAILED_PRECONDITION' },
+    );
     assert.deepEqual(shardFiles(chunk.dir), before);
-    await chunk.control.call(ChunkControlService, 'DeleteShard', { shard: kept, chunkServerId: id });
+    await chunk.control.call(ChunkControlService, 'DeleteShard', {
+      shard: kept,
+      chunkServerId: id,
+      clusterId: '11111111-2222-4333-8444-555555555555',
+    });
     await client.writeShard(
       chunk.dataAddr,
       { blockGroupId: 32, index: 0, generation: 1 },

@@ -108,6 +108,7 @@ test('registers with the leader (following NOT_LEADER hints), reports its invent
         failureDomain: 'rack-a',
         capacityBytes: 0,
         usedBytes: store.usedBytes,
+        clusterId: '',
       },
     );
     // 25 shards in pages of 10: first..last, every shard once, in order.

@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { DogfsClient, MetadataConnection } from '../../src/client/index.js';
@@ -106,6 +106,54 @@ test('shard files left on a server that was down are deleted once no metadata re
     if (restarted !== undefined) {
       restarted.child.kill('SIGKILL');
       await restarted.exited;
+    }
+  }
+});
+
+test('a chunk server of another cluster is refused, and its shards are left alone; a new one joins this cluster', async () => {
+  const cluster = await up.ready();
+  const client = new DogfsClient({ meta: cluster.meta });
+  const servers: ReturnType<typeof startDogfs>[] = [];
+  try {
+    const { clusterId } = await client.report();
+    assert.match(clusterId, /^[0-9a-f-]{36}$/, 'the cluster has an identity');
+    // Every chunk server of this cluster recorded it at its first registration.
+    for (const p of cluster.processes.filter((p) => p.role === 'chunk'))
+      assert.equal(readFileSync(join(p.dir, 'cluster-id'), 'utf8').trim(), clusterId);
+
+    const meta = cluster.meta.join(',');
+    const strangerDir = join(up.dir.path, 'stranger');
+    mkdirSync(strangerDir);
+    writeFileSync(join(strangerDir, 'cluster-id'), 'aaaaaaaa-0000-4000-8000-000000000000\n');
+    const stranger = startDogfs(['chunk', '--dir', strangerDir, '--id', 'stranger', '--meta', meta]);
+    servers.push(stranger);
+    await waitFor('the refusal to be logged', () =>
+      /registration refused.*belongs to cluster aaaaaaaa-0000-4000-8000-000000000000, not to this one/.test(
+        stranger.output.stderr,
+      ),
+    );
+    const newcomerDir = join(up.dir.path, 'newcomer');
+    const newcomer = startDogfs(['chunk', '--dir', newcomerDir, '--id', 'newcomer', '--meta', meta]);
+    servers.push(newcomer);
+    await waitFor('the new server to join', async () =>
+      (await client.report()).chunkServers.some((c) => c.id === 'newcomer' && c.state === 'alive'),
+    );
+    assert.equal(readFileSync(join(newcomerDir, 'cluster-id'), 'utf8').trim(), clusterId);
+    const report = await client.report();
+    assert.equal(
+      report.chunkServers.find((c) => c.id === 'stranger'),
+      undefined,
+      'never registered',
+    );
+    assert.equal(
+      readFileSync(join(strangerDir, 'cluster-id'), 'utf8').trim(),
+      'aaaaaaaa-0000-4000-8000-000000000000',
+    );
+  } finally {
+    client.close();
+    for (const s of servers) {
+      s.child.kill('SIGKILL');
+      await s.exited;
     }
   }
 });

@@ -14,8 +14,9 @@ import {
   StateCodecError,
 } from '../../src/metadata/state/index.js';
 
-function register(id: string, timeMs: number, domain = ''): ClusterCommand {
+function register(id: string, timeMs: number, domain = '', clusterId = ''): ClusterCommand {
   return {
+    clusterId,
     op: 'register',
     timeMs,
     id,
@@ -314,4 +315,57 @@ test('placement: refusal below K+1 names the counts; between K+1 and K+M returns
   assert.ok(rs41.ok && rs41.missing.length === 1, 'with M = 1, K servers suffice');
   const bad = placeBlockGroup({ servers: servers(4, 0), dataShards: 0, parityShards: 1, seed: 1 });
   assert.ok(!bad.ok && bad.code === 'INVALID_ARGUMENT');
+});
+
+test('cluster identity: set once; a chunk server of another cluster is refused and changes nothing; old encodings read', () => {
+  const cluster = new ClusterState();
+  assert.equal(cluster.clusterId, '');
+  assert.equal(cluster.apply({ op: 'initCluster', timeMs: 1, clusterId: 'Bad id!' }).ok, false);
+  assert.equal(cluster.apply({ op: 'initCluster', timeMs: 1, clusterId: 'short' }).ok, false);
+  // A claim before the cluster has an id cannot be checked: refused.
+  assert.equal(cluster.apply(register('cs0', 5, '', '0123456789abcdef')).ok, false);
+  assert.deepEqual(cluster.apply({ op: 'initCluster', timeMs: 10, clusterId: '0123456789abcdef' }), {
+    ok: true,
+    op: 'initCluster',
+    clusterId: '0123456789abcdef',
+    changed: true,
+  });
+  // A second init (another leader's proposal) changes nothing and answers the id in force.
+  assert.deepEqual(cluster.apply({ op: 'initCluster', timeMs: 11, clusterId: 'ffffffffffffffff' }), {
+    ok: true,
+    op: 'initCluster',
+    clusterId: '0123456789abcdef',
+    changed: false,
+  });
+  const fresh = cluster.apply(register('cs1', 20));
+  assert.ok(fresh.ok && fresh.op === 'register' && fresh.clusterId === '0123456789abcdef');
+  const member = cluster.apply(register('cs2', 21, '', '0123456789abcdef'));
+  assert.ok(member.ok);
+  const before = JSON.stringify(cluster.servers());
+  const stranger = cluster.apply(register('cs3', 22, '', 'aaaaaaaaaaaaaaaa'));
+  assert.ok(!stranger.ok && stranger.code === 'FAILED_PRECONDITION');
+  assert.match(stranger.message, /belongs to cluster aaaaaaaaaaaaaaaa, not to this one \(0123456789abcdef\)/);
+  // (The command's time still advances the clock, as every command's does.)
+  assert.equal(JSON.stringify(cluster.servers()), before, 'a refused registration changes nothing');
+  assert.equal(cluster.clusterId, '0123456789abcdef');
+  assert.equal(cluster.server('cs3'), undefined);
+  // The id survives a snapshot; commands and results round-trip.
+  assert.equal(ClusterState.restore(cluster.snapshot()).clusterId, '0123456789abcdef');
+  for (const cmd of [
+    register('cs4', 30, 'r', '0123456789abcdef'),
+    { op: 'initCluster', timeMs: 31, clusterId: 'abcdefgh' } as const,
+  ])
+    assert.deepEqual(decodeClusterCommand(encodeClusterCommand(cmd)), cmd);
+  for (const result of [fresh, cluster.apply({ op: 'initCluster', timeMs: 32, clusterId: 'abcdefgh' })])
+    assert.deepEqual(decodeClusterResult(encodeClusterResult(result)), result);
+  // Written before cluster ids existed: a register entry without the claim, a snapshot without the id.
+  const legacy = encodeClusterCommand(register('cs5', 40));
+  const withoutClaim = legacy.subarray(0, legacy.length - 1); // the empty claim is one length byte
+  assert.deepEqual(decodeClusterCommand(withoutClaim), register('cs5', 40));
+  const old = new ClusterState();
+  old.apply(register('cs6', 50));
+  const snapshot = old.snapshot();
+  const restored = ClusterState.restore(snapshot.subarray(0, snapshot.length - 1));
+  assert.equal(restored.clusterId, '');
+  assert.ok(restored.server('cs6'));
 });

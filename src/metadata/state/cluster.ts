@@ -14,6 +14,11 @@
  *   before `silentSinceMs`, so a heartbeat committed in between wins the race on every replica alike.
  * - `markAlive { id }`: the leader saw a dead server heartbeat again.
  * - `setSettings`: default EC policy, stripe size, block-group size, heartbeat/dead timing, lease length.
+ * - `initCluster { clusterId }`: gives the cluster its identity, once (the first leader proposes a random
+ *   one; later proposals change nothing and answer the id in force). A chunk server registering names the
+ *   cluster it belongs to (`register.clusterId`, '' when new) and is refused by any other: its shards are
+ *   another cluster's, which this one's garbage collection and orphan sweep must never touch (HDFS keeps
+ *   a clusterID in every storage directory for the same reason).
  *
  * Reads: `servers()` (sorted by id), `server(id)`, `placementCandidates()`, `silentServers(nowMs)`
  * (what the leader should declare dead), `settings`. Snapshot: `snapshot()` / `ClusterState.restore()`
@@ -41,6 +46,8 @@ import { type Failure, fail } from './result.js';
 export const MAX_CHUNK_SERVERS = 10_000;
 export const MAX_ADDRESS_BYTES = 256;
 export const MAX_FAILURE_DOMAIN_BYTES = 128;
+/** A cluster id: 8 to 64 characters of [0-9a-z-]. */
+const CLUSTER_ID_PATTERN = /^[0-9a-z-]{8,64}$/;
 
 export type ServerState = 'alive' | 'dead';
 
@@ -98,6 +105,8 @@ export interface RegisterCommand extends Base {
   readonly failureDomain: string;
   readonly capacityBytes: number;
   readonly usedBytes: number;
+  /** The cluster the chunk server belongs to ('' when it has never registered anywhere). */
+  readonly clusterId: string;
 }
 export interface HeartbeatCommand extends Base {
   readonly op: 'heartbeat';
@@ -120,20 +129,26 @@ export interface SetSettingsCommand extends Base {
   readonly op: 'setSettings';
   readonly settings: ClusterSettings;
 }
+export interface InitClusterCommand extends Base {
+  readonly op: 'initCluster';
+  readonly clusterId: string;
+}
 export type ClusterCommand =
   | RegisterCommand
   | HeartbeatCommand
   | DeclareDeadCommand
   | MarkAliveCommand
-  | SetSettingsCommand;
+  | SetSettingsCommand
+  | InitClusterCommand;
 export type ClusterOp = ClusterCommand['op'];
 
 export interface ClusterResultPayloads {
-  register: { readonly heartbeatIntervalMs: number };
+  register: { readonly heartbeatIntervalMs: number; readonly clusterId: string };
   heartbeat: { readonly reregister: boolean; readonly dead: boolean };
   declareDead: { readonly changed: boolean };
   markAlive: { readonly changed: boolean };
   setSettings: { readonly settings: ClusterSettings };
+  initCluster: { readonly clusterId: string; readonly changed: boolean };
 }
 export type ClusterSuccess<K extends ClusterOp> = {
   readonly ok: true;
@@ -194,6 +209,7 @@ export class ClusterState {
   private readonly registry = new Map<string, ChunkServerRecord>();
   private current: ClusterSettings;
   private clockMs = 0;
+  private identity = '';
 
   constructor(settings: ClusterSettings = DEFAULT_CLUSTER_SETTINGS) {
     assert(checkSettings(settings) === undefined, 'initial cluster settings are valid');
@@ -206,6 +222,16 @@ export class ClusterState {
 
   get timeMs(): number {
     return this.clockMs;
+  }
+
+  /** Why a chunk server naming cluster `claimed` is refused here. */
+  refusal(serverId: string, claimed: string): string {
+    return `chunk server '${serverId.slice(0, 128)}' belongs to cluster ${claimed.slice(0, 64)}, not to this one (${this.identity || 'not initialised yet'}): started with another cluster's --meta, or its directory comes from another cluster (if this cluster's metadata was re-created on purpose and the server's old shards may go, remove cluster-id from its directory)`;
+  }
+
+  /** The cluster's identity ('' until initCluster is applied). */
+  get clusterId(): string {
+    return this.identity;
   }
 
   apply<C extends ClusterCommand>(cmd: C): ClusterResultOf<C['op']> {
@@ -234,6 +260,14 @@ export class ClusterState {
       this.current = { ...cmd.settings };
       return { ok: true, op: 'setSettings', settings: this.current };
     }
+    if (cmd.op === 'initCluster') {
+      if (this.identity !== '')
+        return { ok: true, op: 'initCluster', clusterId: this.identity, changed: false };
+      if (!CLUSTER_ID_PATTERN.test(cmd.clusterId))
+        return fail('INVALID_ARGUMENT', 'a cluster id is 8..64 characters of 0-9, a-z and -');
+      this.identity = cmd.clusterId;
+      return { ok: true, op: 'initCluster', clusterId: this.identity, changed: true };
+    }
     const badId = checkText(cmd.id, 'chunk server id', 1, MAX_SERVER_ID_BYTES);
     if (badId) return badId;
     const known = this.registry.get(cmd.id);
@@ -246,6 +280,8 @@ export class ClusterState {
           checkCount(cmd.capacityBytes, 'capacity') ??
           checkCount(cmd.usedBytes, 'used bytes');
         if (bad) return bad;
+        if (cmd.clusterId !== '' && cmd.clusterId !== this.identity)
+          return fail('FAILED_PRECONDITION', this.refusal(cmd.id, cmd.clusterId));
         if (known === undefined && this.registry.size >= MAX_CHUNK_SERVERS)
           return fail('RESOURCE_EXHAUSTED', `at most ${MAX_CHUNK_SERVERS} chunk servers`);
         this.registry.set(cmd.id, {
@@ -262,7 +298,12 @@ export class ClusterState {
           registeredMs: now,
           stateSinceMs: known?.state === 'alive' ? known.stateSinceMs : now,
         });
-        return { ok: true, op: 'register', heartbeatIntervalMs: this.current.heartbeatIntervalMs };
+        return {
+          ok: true,
+          op: 'register',
+          heartbeatIntervalMs: this.current.heartbeatIntervalMs,
+          clusterId: this.identity,
+        };
       }
       case 'heartbeat': {
         const bad =
@@ -334,6 +375,8 @@ export class ClusterState {
         .uint(s.registeredMs)
         .uint(s.stateSinceMs);
     }
+    // Last, so that a snapshot written before cluster ids existed still reads (as '').
+    w.string(this.identity);
     return w.finish();
   }
 
@@ -367,6 +410,12 @@ export class ClusterState {
         throw new StateCodecError(`cluster snapshot: server ${record.id} twice`);
       state.registry.set(record.id, record);
     }
+    if (r.remaining > 0) {
+      const clusterId = r.string('cluster id', 64);
+      if (clusterId !== '' && !CLUSTER_ID_PATTERN.test(clusterId))
+        throw new StateCodecError('cluster snapshot: invalid cluster id');
+      state.identity = clusterId;
+    }
     r.end();
     return state;
   }
@@ -383,6 +432,7 @@ const CLUSTER_OP_TAGS: Record<ClusterOp, number> = {
   declareDead: 3,
   markAlive: 4,
   setSettings: 5,
+  initCluster: 6,
 };
 const CLUSTER_OPS_BY_TAG = new Map<number, ClusterOp>(
   (Object.entries(CLUSTER_OP_TAGS) as [ClusterOp, number][]).map(([op, tag]) => [tag, op]),
@@ -411,6 +461,8 @@ export function encodeClusterCommand(cmd: ClusterCommand): Uint8Array {
     case 'register':
       w.string(cmd.id).string(cmd.dataAddr).string(cmd.controlAddr).string(cmd.failureDomain);
       w.uint(cmd.capacityBytes).uint(cmd.usedBytes);
+      // Last: a register entry logged before cluster ids existed still reads (as '').
+      w.string(cmd.clusterId);
       break;
     case 'heartbeat':
       w.string(cmd.id)
@@ -427,6 +479,9 @@ export function encodeClusterCommand(cmd: ClusterCommand): Uint8Array {
       break;
     case 'setSettings':
       writeSettings(w, cmd.settings);
+      break;
+    case 'initCluster':
+      w.string(cmd.clusterId);
       break;
   }
   return w.finish();
@@ -453,6 +508,7 @@ export function decodeClusterCommand(bytes: Uint8Array): ClusterCommand {
         failureDomain: r.string('failure domain', MAX_FAILURE_DOMAIN_BYTES),
         capacityBytes: r.uint('capacity'),
         usedBytes: r.uint('used'),
+        clusterId: r.remaining > 0 ? r.string('cluster id', 64) : '',
       };
       break;
     case 'heartbeat':
@@ -475,6 +531,9 @@ export function decodeClusterCommand(bytes: Uint8Array): ClusterCommand {
     case 'setSettings':
       cmd = { op, timeMs, settings: readSettings(r) };
       break;
+    case 'initCluster':
+      cmd = { op, timeMs, clusterId: r.string('cluster id', 64) };
+      break;
   }
   r.end();
   return cmd;
@@ -491,7 +550,7 @@ export function encodeClusterResult(result: ClusterResult): Uint8Array {
   w.u8(CLUSTER_OP_TAGS[result.op]);
   switch (result.op) {
     case 'register':
-      w.uint(result.heartbeatIntervalMs);
+      w.uint(result.heartbeatIntervalMs).string(result.clusterId);
       break;
     case 'heartbeat':
       w.bool(result.reregister).bool(result.dead);
@@ -502,6 +561,9 @@ export function encodeClusterResult(result: ClusterResult): Uint8Array {
       break;
     case 'setSettings':
       writeSettings(w, result.settings);
+      break;
+    case 'initCluster':
+      w.string(result.clusterId).bool(result.changed);
       break;
   }
   return w.finish();
@@ -521,7 +583,12 @@ export function decodeClusterResult(bytes: Uint8Array): ClusterResult {
     if (op === undefined) throw new StateCodecError(`cluster result: unknown op tag ${tag}`);
     switch (op) {
       case 'register':
-        result = { ok: true, op, heartbeatIntervalMs: r.uint('heartbeat interval') };
+        result = {
+          ok: true,
+          op,
+          heartbeatIntervalMs: r.uint('heartbeat interval'),
+          clusterId: r.remaining > 0 ? r.string('cluster id', 64) : '',
+        };
         break;
       case 'heartbeat':
         result = { ok: true, op, reregister: r.bool('reregister'), dead: r.bool('dead') };
@@ -532,6 +599,9 @@ export function decodeClusterResult(bytes: Uint8Array): ClusterResult {
         break;
       case 'setSettings':
         result = { ok: true, op, settings: readSettings(r) };
+        break;
+      case 'initCluster':
+        result = { ok: true, op, clusterId: r.string('cluster id', 64), changed: r.bool('changed') };
         break;
     }
   }
