@@ -659,7 +659,8 @@ export class MetadataNode {
       this.log.warn('orphan sweep skipped: too many repairs of unknown outcome this term');
       return;
     }
-    const inventories: { serverId: string; old: OrphanCandidate[] }[] = [];
+    // Server by server, so that only one inventory's old shards are held at once (up to 200,000).
+    let suspects: OrphanCandidate[] = [];
     for (const server of this.cluster.state.servers()) {
       if (!this.host.isLeader(NAMESPACE_GROUP)) return;
       if (server.state !== 'alive' || server.controlAddr === '') continue;
@@ -671,21 +672,17 @@ export class MetadataNode {
         });
         return undefined;
       });
-      if (old !== undefined) inventories.push({ serverId: server.id, old });
-    }
-    // A new leader may not have applied its whole log yet, and would suspect everything written since.
-    await this.host.readBarrier(NAMESPACE_GROUP, Date.now() + CHUNK_CONTROL_TIMEOUT_MS);
-    const suspected = this.unrecorded(inventories.flatMap((i) => i.old));
-    let suspects: OrphanCandidate[] = [];
-    for (const { serverId, old } of inventories) {
-      const mine = suspected.filter((s) => s.serverId === serverId);
+      if (old === undefined || old.length === 0) continue;
+      // A new leader may not have applied its whole log yet, and would suspect everything written since.
+      await this.host.readBarrier(NAMESPACE_GROUP, Date.now() + CHUNK_CONTROL_TIMEOUT_MS);
+      const mine = this.unrecorded(old);
       // Ids never handed out here count against the server too: another cluster's ids overlap ours.
       const unknown =
         mine.length + old.filter((s) => !this.namespace.state.hasAllocated(s.blockGroupId)).length;
       if (unknown > ORPHAN_BREAKER_MIN && unknown * 2 > old.length) {
         this.log.warn(
           'orphan sweep: most shards of this chunk server are unknown to the metadata (started with the wrong --meta? metadata restored from an old backup?); none deleted',
-          { server: serverId, unrecorded: unknown, old: old.length },
+          { server: server.id, unrecorded: unknown, old: old.length },
         );
         continue;
       }

@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { DogfsClient, MetadataConnection } from '../../src/client/index.js';
@@ -154,6 +154,81 @@ test('a chunk server of another cluster is refused, and its shards are left alon
     for (const s of servers) {
       s.child.kill('SIGKILL');
       await s.exited;
+    }
+  }
+});
+
+test('a chunk server whose old shards are mostly unknown to the metadata is left alone by the sweep', async () => {
+  const cluster = await up.ready();
+  const client = new DogfsClient({ meta: cluster.meta });
+  let restarted: ReturnType<typeof startDogfs> | undefined;
+  try {
+    // The tests before left three of the original servers running (and stopped the ones they started):
+    // once the report agrees, each rs-2-1 file has a shard on each of the three.
+    const chunks = cluster.processes.filter((p) => p.role === 'chunk' && processAlive(p.pid));
+    assert.equal(chunks.length, 3);
+    const running = new Set(chunks.map((p) => p.id));
+    await waitFor(
+      'the report to show the running servers alive and only them',
+      async () =>
+        (await client.report()).chunkServers.every((c) => (c.state === 'alive') === running.has(c.id)),
+      30_000,
+    );
+    const holder = chunks[0]!;
+    // 120 files, all with a shard on the holder; then the holder is down while they are all deleted, and
+    // the garbage collector gives up on it. Back, most of its shards are unknown to the metadata: the
+    // sweep cannot tell that from a server pointed at the wrong cluster, and deletes nothing there.
+    await client.mkdir('/many');
+    for (let i = 0; i < 120; i++) await client.writeFile(`/many/f${i}`, randomBytes(1 + i));
+    const shardsBefore = () =>
+      readdirSync(holder.dir, { recursive: true }).filter((n) => String(n).endsWith('.shard')).length;
+    const before = shardsBefore();
+    assert.ok(before >= 120);
+    process.kill(holder.pid, 'SIGKILL');
+    await waitFor('the holder to die', () => !processAlive(holder.pid));
+    await waitFor(
+      'the holder to be declared dead',
+      async () => (await client.report()).chunkServers.find((c) => c.id === holder.id)?.state === 'dead',
+      30_000,
+    );
+    await client.delete('/many', { recursive: true });
+    const others = chunks.filter((p) => p !== holder);
+    const countOn = (dir: string) =>
+      readdirSync(dir, { recursive: true }).filter((n) => String(n).endsWith('.shard')).length;
+    const othersBefore = others.map((p) => countOn(p.dir));
+    await waitFor(
+      'the garbage to be collected from the live servers',
+      () => others.every((p, i) => countOn(p.dir) <= othersBefore[i]! - 120),
+      30_000,
+    );
+    restarted = startDogfs(chunkRestartArgs(up.clusterDir, holder.id, holder.dir));
+    const logs = () =>
+      cluster.processes
+        .filter((p) => p.role === 'meta')
+        .map((p) => {
+          try {
+            return readFileSync(join(p.dir, 'dogfs.log'), 'utf8');
+          } catch {
+            return '';
+          }
+        })
+        .join('');
+    await waitFor(
+      'the sweep to decline the holder',
+      () =>
+        logs()
+          .split('\n')
+          .some(
+            (l) => l.includes('most shards of this chunk server are unknown') && l.includes(`"${holder.id}"`),
+          ),
+      30_000,
+    );
+    assert.equal(shardsBefore(), before, 'nothing deleted on it');
+  } finally {
+    client.close();
+    if (restarted !== undefined) {
+      restarted.child.kill('SIGKILL');
+      await restarted.exited;
     }
   }
 });
