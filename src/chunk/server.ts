@@ -13,6 +13,7 @@ import { DogfsError } from '../wire/errors.js';
 import { ChunkControlService, type ShardId } from '../wire/gen/types.js';
 import { ClusterMembership } from './cluster-id.js';
 import { DataServer, type DataServerLimits } from './data-server.js';
+import { LeaderFence } from './leader-fence.js';
 import { ChunkMetrics, MetricsEndpoint, prometheusGauges } from './metrics.js';
 import { MetadataReporter } from './reporter.js';
 import { DEFAULT_SCRUB_BYTES_PER_SECOND, Scrubber } from './scrubber.js';
@@ -76,6 +77,7 @@ export async function startChunkServer(options: ChunkServerOptions) {
   let dataAddr = '';
   let logger: Logger | undefined;
   let membership: ClusterMembership | undefined;
+  let fence: LeaderFence | undefined;
   const daemon = await runDaemon(
     { role: 'chunk', dir: options.dir, id: options.id, listen: options.listen, logLevel: options.logLevel },
     async (context) => {
@@ -85,6 +87,26 @@ export async function startChunkServer(options: ChunkServerOptions) {
       // of as fresh pages (codec/native.ts says what a fresh page costs on this kind of machine).
       context.readyInfo['retainFreedMemory'] = String(retainFreedMemory());
       membership = await ClusterMembership.open(context.dir);
+      fence = await LeaderFence.open(context.dir);
+      /**
+       * A control call naming a server or cluster (the metadata's address book may be out of date) is
+       * refused by any other. A server that has not recorded a cluster yet (from before cluster ids, or
+       * its disk refused the file) takes calls as it always did: refusing deletes could keep a full disk
+       * full.
+       */
+      const checkAddressee = (request: { chunkServerId: string; clusterId: string }, what: string) => {
+        if (request.chunkServerId !== '' && request.chunkServerId !== context.id)
+          throw new DogfsError(
+            'FAILED_PRECONDITION',
+            `${what} meant for chunk server '${request.chunkServerId.slice(0, 128)}' reached '${context.id}'`,
+          );
+        const own = membership?.clusterId ?? '';
+        if (request.clusterId !== '' && own !== '' && request.clusterId !== own)
+          throw new DogfsError(
+            'FAILED_PRECONDITION',
+            `${what} from cluster ${request.clusterId.slice(0, 64)} reached a server of cluster ${own}`,
+          );
+      };
       const openedStore = await ShardStore.open({
         dir: context.dir,
         capacityBytes: options.capacityBytes,
@@ -126,26 +148,20 @@ export async function startChunkServer(options: ChunkServerOptions) {
       context.rpc.addService(ChunkControlService, {
         DeleteShard: async (request) => {
           const id = checkShardId(request.shard);
-          if (request.chunkServerId !== '' && request.chunkServerId !== context.id)
-            throw new DogfsError(
-              'FAILED_PRECONDITION',
-              `delete meant for chunk server '${request.chunkServerId.slice(0, 128)}' reached '${context.id}'`,
-            );
-          // A server that has not recorded a cluster yet (from before cluster ids, or its disk refused
-          // the file) takes deletes as it always did: refusing them could leave a full disk full.
-          const own = membership?.clusterId ?? '';
-          if (request.clusterId !== '' && own !== '' && request.clusterId !== own)
-            throw new DogfsError(
-              'FAILED_PRECONDITION',
-              `delete from cluster ${request.clusterId.slice(0, 64)} reached a server of cluster ${own}`,
-            );
+          checkAddressee(request, 'delete');
+          // Fenced only once it is known to be for this server of this cluster: another cluster's
+          // leader must not raise the term this cluster's leader is checked against.
+          await fence?.admit(request.namespaceGroup, request.leaderTerm);
           const existed = await openedStore.delete(id);
           if (existed) metrics.add('shards_deleted');
           return { existed };
         },
-        StatShard: async (request) => ({
-          info: shardInfo(await openedStore.stat(checkShardId(request.shard))),
-        }),
+        StatShard: async (request) => {
+          const id = checkShardId(request.shard);
+          checkAddressee(request, 'stat');
+          await fence?.admit(request.namespaceGroup, request.leaderTerm);
+          return { info: shardInfo(await openedStore.stat(id)) };
+        },
         ListShards: (request) => {
           const limit = request.limit === 0 ? DEFAULT_LIST_LIMIT : request.limit;
           checkWireInteger(limit, MAX_LIST_LIMIT, 'list limit');

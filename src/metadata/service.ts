@@ -461,6 +461,16 @@ export class MetadataNode {
   }
 
   /**
+   * The fencing token chunk servers check verifications and deletions by: the namespace group and a term
+   * this node *led* in (read with the leadership check). Never the node's current term as such: a deposed
+   * leader campaigning in a minority raises its term without leading, and a token of that term would make
+   * chunk servers refuse the real leader's deletions until some election passed it.
+   */
+  private fencingToken(ledTerm: Term): { namespaceGroup: number; leaderTerm: number } {
+    return { namespaceGroup: NAMESPACE_GROUP, leaderTerm: ledTerm };
+  }
+
+  /**
    * Gives the cluster its identity if it has none yet (group 0's leader: a new cluster, or one from before
    * cluster ids): a random id, committed once; a racing proposal changes nothing.
    */
@@ -479,7 +489,12 @@ export class MetadataNode {
    * Deletes shard `index` of `blockGroupId` from `serverId`. True when the server no longer has it; false
    * when the server is dead, unknown or did not answer (the caller keeps the work for later or gives up).
    */
-  private async deleteShard(serverId: string, blockGroupId: number, index: number): Promise<boolean> {
+  private async deleteShard(
+    serverId: string,
+    blockGroupId: number,
+    index: number,
+    leaderTerm: Term,
+  ): Promise<boolean> {
     const server = this.cluster.state.server(serverId);
     if (server === undefined || server.state !== 'alive' || server.controlAddr === '') return false;
     try {
@@ -490,6 +505,9 @@ export class MetadataNode {
           shard: { blockGroupId, index, generation: 0 },
           chunkServerId: serverId,
           clusterId: this.cluster.state.clusterId,
+          // The term this node led in when it decided: a node that has since learnt of a later term
+          // (and stepped down) must not lend its deletions that term's authority.
+          ...this.fencingToken(leaderTerm),
         },
         { timeoutMs: CHUNK_CONTROL_TIMEOUT_MS },
       );
@@ -507,6 +525,8 @@ export class MetadataNode {
    * dead keeps its copies (logged): its inventory will name them as orphans when it returns.
    */
   private async collectGarbage(now: number): Promise<void> {
+    const term = this.host.status(NAMESPACE_GROUP).term;
+    if (!this.host.isLeader(NAMESPACE_GROUP)) return;
     // Look past the oldest entries: block groups waiting to be retried must not starve the rest.
     const batch = this.namespace.state.garbage(GC_BATCH * 16);
     if (batch.length === 0) {
@@ -538,7 +558,7 @@ export class MetadataNode {
             });
             return;
           }
-          if (!(await this.deleteShard(serverId, bg.id, index))) complete = false;
+          if (!(await this.deleteShard(serverId, bg.id, index, term))) complete = false;
         }),
       );
       if (complete) collected.push(bg.id);
@@ -607,7 +627,7 @@ export class MetadataNode {
       }
       // The orphan sweep is deleting it already: this entry stays, to be confirmed next round.
       if (this.deletingCopies.has(key)) continue;
-      const deleting = this.deleteShard(copy.server, copy.blockGroupId, copy.index);
+      const deleting = this.deleteShard(copy.server, copy.blockGroupId, copy.index, term);
       this.deletingCopies.set(key, deleting);
       try {
         if (await deleting) this.pendingDeletes.delete(key);
@@ -721,7 +741,7 @@ export class MetadataNode {
             (s.holder !== '' && this.cluster.state.server(s.holder)?.state !== 'alive')
           )
             return;
-          gone = await this.deleteShard(s.serverId, s.blockGroupId, s.index);
+          gone = await this.deleteShard(s.serverId, s.blockGroupId, s.index, term);
           if (gone)
             this.log.info('orphan shard deleted', {
               server: s.serverId,
@@ -873,6 +893,7 @@ export class MetadataNode {
     bg: BlockGroupInfo,
     shard: { index: number; chunkServerId: string; length: number; crc32c: number },
     deadline: number,
+    ledTerm: Term,
   ): Promise<void> {
     const server = this.cluster.state.server(shard.chunkServerId);
     if (server === undefined || server.state !== 'alive' || server.controlAddr === '')
@@ -885,7 +906,13 @@ export class MetadataNode {
       .call(
         ChunkControlService,
         'StatShard',
-        { shard: { blockGroupId: bg.id, index: shard.index, generation: 0 } },
+        // Fenced: a deletion of this copy sent earlier by a leader of an older term is refused from now on.
+        {
+          shard: { blockGroupId: bg.id, index: shard.index, generation: 0 },
+          chunkServerId: shard.chunkServerId,
+          clusterId: this.cluster.state.clusterId,
+          ...this.fencingToken(ledTerm),
+        },
         { deadline: Math.min(deadline, Date.now() + CHUNK_CONTROL_TIMEOUT_MS) },
       )
       .catch((error: unknown) => {
@@ -1485,6 +1512,7 @@ export class MetadataNode {
       },
       CommitRepair: async (req, ctx) => {
         this.host.requireLeader(NAMESPACE_GROUP);
+        const ledTerm = this.host.status(NAMESPACE_GROUP).term;
         if (req.shards.length === 0 || req.shards.length > MAX_REPAIRED_SHARDS)
           throw new DogfsError('INVALID_ARGUMENT', `a repair names 1..${MAX_REPAIRED_SHARDS} shards`);
         const found = this.namespace.state.stat(req.path);
@@ -1511,7 +1539,7 @@ export class MetadataNode {
             this.pendingDeletes.delete(key);
             await this.deletingCopies.get(key);
           }
-          await Promise.all(req.shards.map((shard) => this.verifyRebuilt(bg, shard, ctx.deadline)));
+          await Promise.all(req.shards.map((shard) => this.verifyRebuilt(bg, shard, ctx.deadline, ledTerm)));
           result = await this.proposeNamespace(
             {
               op: 'repairShards',

@@ -291,3 +291,62 @@ test('hostile input: bad ids, huge numbers, oversized messages are refused with 
     await chunk.stop();
   }
 });
+
+test("fencing: once a namespace leader's term is seen, deletions from an older leader are refused, across restarts", async () => {
+  const chunkDir = join(dir.path, 'fenced');
+  const shard = { blockGroupId: 61, index: 0, generation: 0 };
+  const first = await startChunk(chunkDir, ['--scrub-rate', '0']);
+  let second: Awaited<ReturnType<typeof startChunk>> | undefined;
+  try {
+    await client.writeShard(first.dataAddr, shard, seededBytes(100_000, 61));
+    // Unfenced calls (term 0: older metadata servers, group 0's checks) pass as before.
+    await first.control.call(ChunkControlService, 'StatShard', { shard });
+    // A leader of term 6 verifies the copy (a repair about to commit it)...
+    await first.control.call(ChunkControlService, 'StatShard', { shard, namespaceGroup: 1, leaderTerm: 6 });
+    // ...so a deletion from the leader of term 5, sent before it stalled, arriving now, is refused.
+    await assert.rejects(
+      first.control.call(ChunkControlService, 'DeleteShard', { shard, namespaceGroup: 1, leaderTerm: 5 }),
+      (error: DogfsError) => error.code === 'FAILED_PRECONDITION' && /stale leader/.test(error.message),
+    );
+    // Other groups keep their own terms.
+    await first.control.call(ChunkControlService, 'StatShard', { shard, namespaceGroup: 2, leaderTerm: 1 });
+    // A call meant for another server (a stale address book, another cluster's leader) is refused before
+    // its term is taken: it cannot raise the bar for this cluster's leader.
+    const { id } = await status(first);
+    await assert.rejects(
+      first.control.call(ChunkControlService, 'StatShard', {
+        shard,
+        chunkServerId: `${id}-elsewhere`,
+        namespaceGroup: 1,
+        leaderTerm: 900,
+      }),
+      { code: 'FAILED_PRECONDITION' },
+    );
+    await first.control.call(ChunkControlService, 'StatShard', { shard, namespaceGroup: 1, leaderTerm: 7 });
+    await first.stop();
+    // The term survives a restart.
+    second = await startChunk(chunkDir, ['--scrub-rate', '0']);
+    await assert.rejects(
+      second.control.call(ChunkControlService, 'DeleteShard', { shard, namespaceGroup: 1, leaderTerm: 5 }),
+      { code: 'FAILED_PRECONDITION' },
+    );
+    assert.equal(
+      (await second.control.call(ChunkControlService, 'StatShard', { shard })).info?.length,
+      100_000,
+    );
+    await assert.rejects(
+      second.control.call(ChunkControlService, 'DeleteShard', { shard, namespaceGroup: 1, leaderTerm: 6 }),
+      { code: 'FAILED_PRECONDITION' },
+    );
+    await second.control.call(ChunkControlService, 'DeleteShard', {
+      shard,
+      namespaceGroup: 1,
+      leaderTerm: 7,
+    });
+    await assert.rejects(second.control.call(ChunkControlService, 'StatShard', { shard }), {
+      code: 'NOT_FOUND',
+    });
+  } finally {
+    await (second ?? first).stop();
+  }
+});
