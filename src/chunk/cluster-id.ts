@@ -6,8 +6,9 @@
  * HDFS keeps a clusterID in each storage directory for the same reason.
  * May import: common, daemon (its start error), wire (errors).
  */
-import { open, readFile, rename } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeFileDurably } from '../common/durable-file.js';
 import { DaemonStartError } from '../daemon/daemon.js';
 import { DogfsError } from '../wire/errors.js';
 
@@ -53,21 +54,7 @@ export class ClusterMembership {
       );
     if (!CLUSTER_ID_PATTERN.test(clusterId))
       throw new DogfsError('INVALID_ARGUMENT', `cluster id '${clusterId.slice(0, 64)}' is malformed`);
-    const path = join(this.dir, FILE_NAME);
-    const file = await open(`${path}.tmp`, 'w');
-    try {
-      await file.writeFile(`${clusterId}\n`);
-      await file.sync();
-    } finally {
-      await file.close();
-    }
-    await rename(`${path}.tmp`, path);
-    const dir = await open(this.dir, 'r');
-    try {
-      await dir.sync();
-    } finally {
-      await dir.close();
-    }
+    await writeFileDurably(join(this.dir, FILE_NAME), `${clusterId}\n`);
     this.current = clusterId;
   }
 }

@@ -8,8 +8,9 @@
  * A call naming no term (0: older metadata servers, group 0's checks) is not fenced.
  * May import: common, daemon (its start error), wire (errors).
  */
-import { open, readFile, rename } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeFileDurably } from '../common/durable-file.js';
 import { DaemonStartError } from '../daemon/daemon.js';
 import { DogfsError } from '../wire/errors.js';
 
@@ -104,20 +105,6 @@ export class LeaderFence {
   }
 
   private async persist(text: string): Promise<void> {
-    const path = join(this.dir, FILE_NAME);
-    const file = await open(`${path}.tmp`, 'w');
-    try {
-      await file.writeFile(`${text}\n`);
-      await file.sync();
-    } finally {
-      await file.close();
-    }
-    await rename(`${path}.tmp`, path);
-    const dir = await open(this.dir, 'r');
-    try {
-      await dir.sync();
-    } finally {
-      await dir.close();
-    }
+    await writeFileDurably(join(this.dir, FILE_NAME), `${text}\n`);
   }
 }

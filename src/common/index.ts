@@ -5,6 +5,7 @@
 export * from './address.js';
 export * from './assert.js';
 export * from './dirlock.js';
+export * from './durable-file.js';
 export * from './ec-policy.js';
 export * from './log.js';
 export * from './ports.js';
