@@ -127,18 +127,31 @@ test('a chunk server of another cluster is refused, and its shards are left alon
     writeFileSync(join(strangerDir, 'cluster-id'), 'aaaaaaaa-0000-4000-8000-000000000000\n');
     const stranger = startDogfs(['chunk', '--dir', strangerDir, '--id', 'stranger', '--meta', meta]);
     servers.push(stranger);
-    await waitFor('the refusal to be logged', () =>
-      /registration refused.*belongs to cluster aaaaaaaa-0000-4000-8000-000000000000, not to this one/.test(
-        stranger.output.stderr,
-      ),
+    await waitFor(
+      'the refusal to be logged',
+      () =>
+        /registration refused.*belongs to cluster aaaaaaaa-0000-4000-8000-000000000000, not to this one/.test(
+          stranger.output.stderr,
+        ),
+      30_000,
     );
     const newcomerDir = join(up.dir.path, 'newcomer');
     const newcomer = startDogfs(['chunk', '--dir', newcomerDir, '--id', 'newcomer', '--meta', meta]);
     servers.push(newcomer);
-    await waitFor('the new server to join', async () =>
-      (await client.report()).chunkServers.some((c) => c.id === 'newcomer' && c.state === 'alive'),
+    await waitFor(
+      'the new server to join',
+      async () =>
+        (await client.report()).chunkServers.some((c) => c.id === 'newcomer' && c.state === 'alive'),
+      30_000,
     );
-    assert.equal(readFileSync(join(newcomerDir, 'cluster-id'), 'utf8').trim(), clusterId);
+    // Its registration is committed (it shows alive) a moment before it has written the id down.
+    await waitFor('the new server to record the id', () => {
+      try {
+        return readFileSync(join(newcomerDir, 'cluster-id'), 'utf8').trim() === clusterId;
+      } catch {
+        return false;
+      }
+    });
     const report = await client.report();
     assert.equal(
       report.chunkServers.find((c) => c.id === 'stranger'),
