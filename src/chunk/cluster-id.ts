@@ -8,11 +8,11 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { isClusterId, MAX_CLUSTER_ID_CHARS } from '../common/cluster-id.js';
 import { writeFileDurably } from '../common/durable-file.js';
 import { DaemonStartError } from '../daemon/daemon.js';
 import { DogfsError } from '../wire/errors.js';
 
-const CLUSTER_ID_PATTERN = /^[0-9a-z-]{8,64}$/;
 const FILE_NAME = 'cluster-id';
 
 export class ClusterMembership {
@@ -32,7 +32,7 @@ export class ClusterMembership {
       throw new DaemonStartError(`${path} is unreadable: ${(error as Error).message}`);
     }
     const id = text.trim();
-    if (!CLUSTER_ID_PATTERN.test(id)) throw new DaemonStartError(`${path} does not hold a cluster id`);
+    if (!isClusterId(id)) throw new DaemonStartError(`${path} does not hold a cluster id`);
     return new ClusterMembership(dir, id);
   }
 
@@ -50,10 +50,13 @@ export class ClusterMembership {
     if (this.current !== '')
       throw new DogfsError(
         'FAILED_PRECONDITION',
-        `this chunk server belongs to cluster ${this.current}, not ${clusterId.slice(0, 64)}`,
+        `this chunk server belongs to cluster ${this.current}, not ${clusterId.slice(0, MAX_CLUSTER_ID_CHARS)}`,
       );
-    if (!CLUSTER_ID_PATTERN.test(clusterId))
-      throw new DogfsError('INVALID_ARGUMENT', `cluster id '${clusterId.slice(0, 64)}' is malformed`);
+    if (!isClusterId(clusterId))
+      throw new DogfsError(
+        'INVALID_ARGUMENT',
+        `cluster id '${clusterId.slice(0, MAX_CLUSTER_ID_CHARS)}' is malformed`,
+      );
     await writeFileDurably(join(this.dir, FILE_NAME), `${clusterId}\n`);
     this.current = clusterId;
   }

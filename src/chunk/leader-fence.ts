@@ -97,14 +97,13 @@ export class LeaderFence {
     const write = this.writing
       .catch(() => {})
       .then(async () => {
-        await this.persist(JSON.stringify(Object.fromEntries(snapshot)));
+        await writeFileDurably(
+          join(this.dir, FILE_NAME),
+          `${JSON.stringify(Object.fromEntries(snapshot))}\n`,
+        );
         for (const [g, t] of snapshot) if ((this.durable.get(g) ?? 0) < t) this.durable.set(g, t);
       });
     this.writing = write;
     await write;
-  }
-
-  private async persist(text: string): Promise<void> {
-    await writeFileDurably(join(this.dir, FILE_NAME), `${text}\n`);
   }
 }

@@ -77,7 +77,6 @@ export async function startChunkServer(options: ChunkServerOptions) {
   let dataAddr = '';
   let logger: Logger | undefined;
   let membership: ClusterMembership | undefined;
-  let fence: LeaderFence | undefined;
   const daemon = await runDaemon(
     { role: 'chunk', dir: options.dir, id: options.id, listen: options.listen, logLevel: options.logLevel },
     async (context) => {
@@ -86,8 +85,9 @@ export async function startChunkServer(options: ChunkServerOptions) {
       // Each connection's receive memory and each shard's buffers come back from the allocator instead
       // of as fresh pages (codec/native.ts says what a fresh page costs on this kind of machine).
       context.readyInfo['retainFreedMemory'] = String(retainFreedMemory());
-      membership = await ClusterMembership.open(context.dir);
-      fence = await LeaderFence.open(context.dir);
+      const ownCluster = await ClusterMembership.open(context.dir);
+      membership = ownCluster;
+      const fence = await LeaderFence.open(context.dir);
       /**
        * A control call naming a server or cluster (the metadata's address book may be out of date) is
        * refused by any other. A server that has not recorded a cluster yet (from before cluster ids, or
@@ -100,7 +100,7 @@ export async function startChunkServer(options: ChunkServerOptions) {
             'FAILED_PRECONDITION',
             `${what} meant for chunk server '${request.chunkServerId.slice(0, 128)}' reached '${context.id}'`,
           );
-        const own = membership?.clusterId ?? '';
+        const own = ownCluster.clusterId;
         if (request.clusterId !== '' && own !== '' && request.clusterId !== own)
           throw new DogfsError(
             'FAILED_PRECONDITION',
@@ -151,7 +151,7 @@ export async function startChunkServer(options: ChunkServerOptions) {
           checkAddressee(request, 'delete');
           // Fenced only once it is known to be for this server of this cluster: another cluster's
           // leader must not raise the term this cluster's leader is checked against.
-          await fence?.admit(request.namespaceGroup, request.leaderTerm);
+          await fence.admit(request.namespaceGroup, request.leaderTerm);
           const existed = await openedStore.delete(id);
           if (existed) metrics.add('shards_deleted');
           return { existed };
@@ -159,7 +159,7 @@ export async function startChunkServer(options: ChunkServerOptions) {
         StatShard: async (request) => {
           const id = checkShardId(request.shard);
           checkAddressee(request, 'stat');
-          await fence?.admit(request.namespaceGroup, request.leaderTerm);
+          await fence.admit(request.namespaceGroup, request.leaderTerm);
           return { info: shardInfo(await openedStore.stat(id)) };
         },
         ListShards: (request) => {
@@ -200,7 +200,7 @@ export async function startChunkServer(options: ChunkServerOptions) {
     },
   );
   if (options.meta.length > 0) {
-    if (store === undefined || dataServer === undefined)
+    if (store === undefined || dataServer === undefined || membership === undefined)
       throw new DogfsError('INTERNAL', 'chunk server setup incomplete');
     const server = dataServer;
     reporter = new MetadataReporter({
@@ -212,7 +212,7 @@ export async function startChunkServer(options: ChunkServerOptions) {
       store,
       activeTransfers: () => server.activeWrites + server.activeReads,
       log: logger,
-      ...(membership === undefined ? {} : { membership }),
+      membership,
     });
     reporter.start();
   }

@@ -20,7 +20,6 @@
  * (O_DIRECT, several reads in flight, or through the page cache); headers and checksums through the cache.
  */
 import { randomBytes } from 'node:crypto';
-import { constants as fsConstants } from 'node:fs';
 import { type FileHandle, mkdir, open, readdir, rename, statfs, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 // Only the checksum modules: the chunk server needs no erasure-coding backend in memory.
@@ -28,6 +27,7 @@ import { CHECKSUM_CHUNK_SIZE } from '../codec/checksum.js';
 import { crc32c } from '../codec/crc32c.js';
 import { alignedAllocator } from '../codec/native.js';
 import { assert } from '../common/assert.js';
+import { fsyncDir } from '../common/durable-file.js';
 import type { Logger } from '../common/log.js';
 import {
   checkShardId,
@@ -175,15 +175,6 @@ function encodeHeader(id: ShardId, length: number): Buffer {
 function isNoSpace(error: unknown): boolean {
   const code = (error as NodeJS.ErrnoException | undefined)?.code;
   return code === 'ENOSPC' || code === 'EDQUOT';
-}
-
-async function fsyncDir(path: string): Promise<void> {
-  const handle = await open(path, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY);
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 function corrupt(id: ShardId, what: string): DogfsError {

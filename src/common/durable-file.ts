@@ -3,6 +3,7 @@
  * torn one, and the new one survives once this resolves: a temp file written and fsynced, renamed over
  * the old, and the directory fsynced (the rename is only durable once its directory is).
  */
+import { constants } from 'node:fs';
 import { open, rename } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
@@ -17,7 +18,12 @@ export async function writeFileDurably(path: string, data: string | Uint8Array):
     await file.close();
   }
   await rename(tmp, path);
-  const handle = await open(dir, 'r');
+  await fsyncDir(dir);
+}
+
+/** Makes the entries of directory `path` (files created, renamed or removed in it) durable. */
+export async function fsyncDir(path: string): Promise<void> {
+  const handle = await open(path, constants.O_RDONLY | constants.O_DIRECTORY);
   try {
     await handle.sync();
   } finally {

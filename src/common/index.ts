@@ -1,9 +1,10 @@
 /**
  * common — small things every part uses: assertions, structured logging, addresses, data-directory
- * locks, EC policy names, the version. Owns nothing with state. May import: nothing but node builtins.
+ * locks, durable small files, cluster ids, EC policy names, the version. Owns nothing with state. May import: nothing but node builtins.
  */
 export * from './address.js';
 export * from './assert.js';
+export * from './cluster-id.js';
 export * from './dirlock.js';
 export * from './durable-file.js';
 export * from './ec-policy.js';

@@ -95,6 +95,8 @@ const GC_ROUND_BUDGET_MS = 3_000;
 /** A garbage block group whose shards could not all be deleted waits this long (doubling) before the next try. */
 const GC_RETRY_MS = 5_000;
 const GC_MAX_RETRY_MS = 5 * 60_000;
+/** Replaced copies are deleted in rounds this far apart (each round passes over the namespace). */
+const REPLACED_COPIES_INTERVAL_MS = 5_000;
 /** Replaced shard copies waiting to be deleted (after a repair), retried by the duty; beyond, left as orphans. */
 const MAX_PENDING_DELETES = 10_000;
 /** Shards one CommitRepair may name (K + M is at most 32). */
@@ -239,8 +241,6 @@ function compareWalkOrder(a: readonly string[], b: readonly string[]): number {
 /** A shard of a chunk server's inventory that the orphan sweep looks at (mtimeMs 0: not known). */
 interface OrphanCandidate {
   readonly serverId: string;
-  /** The server the namespace records the shard on ('' if none), as of the check that found it. */
-  readonly holder?: string;
   readonly blockGroupId: number;
   readonly index: number;
   readonly mtimeMs: number;
@@ -248,6 +248,11 @@ interface OrphanCandidate {
 
 function shardKey(blockGroupId: number, index: number): string {
   return `${blockGroupId}:${index}`;
+}
+
+/** A copy of a shard on one server: the key of deletions in flight, pending and guarded. */
+function copyKey(serverId: string, blockGroupId: number, index: number): string {
+  return `${serverId}:${blockGroupId}:${index}`;
 }
 
 export interface MetadataNodeOptions {
@@ -299,7 +304,8 @@ export class MetadataNode {
   private readonly uncertainRepairs = new Map<string, Term>();
   /** Whether an orphan sweep is running, and when the next may start (Date.now()). */
   private orphanSweep: { running: boolean; nextAtMs: number } = { running: false, nextAtMs: 0 };
-  private uncertainFull = false;
+  /** A term in which more repairs were uncertain than uncertainRepairs holds: no sweep deletes in it. */
+  private uncertainOverflowTerm: Term | undefined;
   /** When deleteReplacedCopies may next run (Date.now()). */
   private replacedCopiesNextAtMs = 0;
   private readonly orphanAgeMs: number;
@@ -442,7 +448,7 @@ export class MetadataNode {
         await this.collectGarbage(now);
         // Each round passes over the whole namespace: every few seconds, not every second.
         if (now >= this.replacedCopiesNextAtMs) {
-          this.replacedCopiesNextAtMs = now + GC_RETRY_MS;
+          this.replacedCopiesNextAtMs = now + REPLACED_COPIES_INTERVAL_MS;
           await this.deleteReplacedCopies(now + GC_ROUND_BUDGET_MS);
         }
         this.startOrphanSweep(Date.now());
@@ -585,8 +591,16 @@ export class MetadataNode {
 
   /** Copies replaced by committed repairs, deleted from their servers (retried while the server is alive). */
   private async deleteReplacedCopies(budgetEnd: number): Promise<void> {
-    if (this.pendingDeletes.size === 0) return;
     const term = this.host.status(NAMESPACE_GROUP).term;
+    // First what needs no look at the namespace: copies noted in an earlier leadership (another leader
+    // may have committed repairs since; the sweep deletes the copy if it is an orphan), and copies on a
+    // dead or unknown server (it may never return; if it does, the sweep finds the copy).
+    for (const [key, copy] of this.pendingDeletes) {
+      const server = this.cluster.state.server(copy.server);
+      if (copy.term !== term || server === undefined || server.state !== 'alive')
+        this.pendingDeletes.delete(key);
+    }
+    if (this.pendingDeletes.size === 0) return;
     // Where the namespace records each copy's block group now (one pass; by id, so a rename since the
     // repair changes nothing). Later in this round only a CommitRepair here can make a copy live again,
     // and it drops the copy from pendingDeletes first.
@@ -603,15 +617,8 @@ export class MetadataNode {
         return;
       // Taken back by a repair meanwhile (CommitRepair drops it from the map before verifying).
       if (!this.pendingDeletes.has(key)) continue;
-      // Noted in an earlier leadership: another leader may have committed repairs since; the sweep
-      // deletes the copy if it is an orphan.
-      if (copy.term !== term) {
-        this.pendingDeletes.delete(key);
-        continue;
-      }
-      const server = this.cluster.state.server(copy.server);
-      // Dead or unknown: it may never return; if it does, its inventory names the copy as an orphan.
-      if (server === undefined || server.state !== 'alive') {
+      // Died meanwhile: left to the sweep.
+      if (this.cluster.state.server(copy.server)?.state !== 'alive') {
         this.pendingDeletes.delete(key);
         continue;
       }
@@ -635,6 +642,24 @@ export class MetadataNode {
         this.deletingCopies.delete(key);
       }
     }
+  }
+
+  /** Repairs whose commit may still come (see uncertainRepairs), noted for the term they were tried in. */
+  private noteUncertainRepair(keys: readonly string[], term: Term): void {
+    this.pruneUncertainRepairs(term);
+    for (const key of keys) {
+      if (this.uncertainRepairs.size >= MAX_UNCERTAIN_REPAIRS) {
+        this.uncertainOverflowTerm = term;
+        return;
+      }
+      this.uncertainRepairs.set(key, term);
+    }
+  }
+
+  /** Entries of other terms are settled: that term's leader log decided them. */
+  private pruneUncertainRepairs(term: Term): void {
+    for (const [key, at] of this.uncertainRepairs) if (at !== term) this.uncertainRepairs.delete(key);
+    if (this.uncertainOverflowTerm !== term) this.uncertainOverflowTerm = undefined;
   }
 
   /** Starts an orphan sweep in the background when one is due (group 1's leader; see sweepOrphans). */
@@ -673,9 +698,8 @@ export class MetadataNode {
   private async sweepOrphans(): Promise<void> {
     // Uncertain repairs of an earlier term are settled: the new leader's log decided them.
     const term = this.host.status(NAMESPACE_GROUP).term;
-    for (const [key, at] of this.uncertainRepairs) if (at !== term) this.uncertainRepairs.delete(key);
-    if (this.uncertainRepairs.size === 0) this.uncertainFull = false;
-    if (this.uncertainFull) {
+    this.pruneUncertainRepairs(term);
+    if (this.uncertainOverflowTerm === term) {
       this.log.warn('orphan sweep skipped: too many repairs of unknown outcome this term');
       return;
     }
@@ -695,10 +719,14 @@ export class MetadataNode {
       if (old === undefined || old.length === 0) continue;
       // A new leader may not have applied its whole log yet, and would suspect everything written since.
       await this.host.readBarrier(NAMESPACE_GROUP, Date.now() + CHUNK_CONTROL_TIMEOUT_MS);
-      const mine = this.unrecorded(old);
+      const { unrecorded: mine, foreign } = this.unrecorded(old);
+      if (foreign > 0)
+        this.log.warn('orphan sweep: shards of block groups never allocated left alone', {
+          server: server.id,
+          count: foreign,
+        });
       // Ids never handed out here count against the server too: another cluster's ids overlap ours.
-      const unknown =
-        mine.length + old.filter((s) => !this.namespace.state.hasAllocated(s.blockGroupId)).length;
+      const unknown = mine.length + foreign;
       if (unknown > ORPHAN_BREAKER_MIN && unknown * 2 > old.length) {
         this.log.warn(
           'orphan sweep: most shards of this chunk server are unknown to the metadata (started with the wrong --meta? metadata restored from an old backup?); none deleted',
@@ -724,8 +752,8 @@ export class MetadataNode {
       return;
     // From the decision to each deletion's registration: no await.
     const deletions: (() => Promise<void>)[] = [];
-    for (const s of this.unrecorded(suspects)) {
-      const key = `${s.serverId}:${s.blockGroupId}:${s.index}`;
+    for (const s of this.unrecorded(suspects).unrecorded) {
+      const key = copyKey(s.serverId, s.blockGroupId, s.index);
       if (this.repairsCommitting.has(key) || this.uncertainRepairs.get(key) === term) continue;
       if (this.deletingCopies.has(key)) continue;
       let settle: (gone: boolean) => void = () => {};
@@ -840,7 +868,12 @@ export class MetadataNode {
             .call(
               ChunkControlService,
               'StatShard',
-              { shard: { blockGroupId: s.blockGroupId, index: s.index, generation: 0 } },
+              {
+                shard: { blockGroupId: s.blockGroupId, index: s.index, generation: 0 },
+                // The address may be another server's by now: its mtime must not be taken for this one's.
+                chunkServerId: s.serverId,
+                clusterId: this.cluster.state.clusterId,
+              },
               { timeoutMs: CHUNK_CONTROL_TIMEOUT_MS },
             )
             .catch(() => undefined);
@@ -858,7 +891,10 @@ export class MetadataNode {
    * another server that is alive (while the recorded holder is down, a copy elsewhere may be the one
    * left). Garbage block groups and ids this group never handed out are not among them. One pass.
    */
-  private unrecorded(shards: readonly OrphanCandidate[]): (OrphanCandidate & { holder: string })[] {
+  private unrecorded(shards: readonly OrphanCandidate[]): {
+    unrecorded: (OrphanCandidate & { holder: string })[];
+    foreign: number;
+  } {
     const state = this.namespace.state;
     const recorded = state.blockGroupsAmong(new Set(shards.map((s) => s.blockGroupId)));
     let foreign = 0;
@@ -878,9 +914,7 @@ export class MetadataNode {
       if (holder !== s.serverId && holder !== '' && this.cluster.state.server(holder)?.state === 'alive')
         unrecorded.push({ ...s, holder });
     }
-    if (foreign > 0)
-      this.log.warn('orphan sweep: shards of block groups never allocated left alone', { count: foreign });
-    return unrecorded;
+    return { unrecorded, foreign };
   }
 
   /**
@@ -1531,15 +1565,17 @@ export class MetadataNode {
         // gone first, so the check below sees what will be there.
         // Until the new locations are applied here, the orphan sweep leaves these copies alone (it runs on
         // this node too: it leads the namespace group); one it is deleting already is waited for.
-        const keys = req.shards.map((shard) => `${shard.chunkServerId}:${req.blockGroupId}:${shard.index}`);
+        const keys = req.shards.map((shard) => copyKey(shard.chunkServerId, req.blockGroupId, shard.index));
         for (const key of keys) this.repairsCommitting.set(key, (this.repairsCommitting.get(key) ?? 0) + 1);
         let result: NamespaceResult;
+        let proposing = false;
         try {
           for (const key of keys) {
             this.pendingDeletes.delete(key);
             await this.deletingCopies.get(key);
           }
           await Promise.all(req.shards.map((shard) => this.verifyRebuilt(bg, shard, ctx.deadline, ledTerm)));
+          proposing = true;
           result = await this.proposeNamespace(
             {
               op: 'repairShards',
@@ -1560,10 +1596,7 @@ export class MetadataNode {
           );
         } catch (error) {
           // Timed out or cut off after proposing: the command may still commit later.
-          const term = this.host.status(NAMESPACE_GROUP).term;
-          for (const key of keys)
-            if (this.uncertainRepairs.size < MAX_UNCERTAIN_REPAIRS) this.uncertainRepairs.set(key, term);
-          if (this.uncertainRepairs.size >= MAX_UNCERTAIN_REPAIRS) this.uncertainFull = true;
+          if (proposing) this.noteUncertainRepair(keys, ledTerm);
           throw error;
         } finally {
           for (const key of keys) {
@@ -1578,11 +1611,11 @@ export class MetadataNode {
         // (corrupt, or on a server that may come back) go, by the leader duty, retried while it can.
         for (const shard of req.shards) {
           if (shard.replaces === '' || this.pendingDeletes.size >= MAX_PENDING_DELETES) continue;
-          this.pendingDeletes.set(`${shard.replaces}:${req.blockGroupId}:${shard.index}`, {
+          this.pendingDeletes.set(copyKey(shard.replaces, req.blockGroupId, shard.index), {
             server: shard.replaces,
             blockGroupId: req.blockGroupId,
             index: shard.index,
-            term: this.host.status(NAMESPACE_GROUP).term,
+            term: ledTerm,
           });
         }
         return { blockGroup: this.blockGroupToWire(result.blockGroup) };

@@ -25,10 +25,11 @@ import {
   writeSync,
   writevSync,
 } from 'node:fs';
-import { type FileHandle, open, rename } from 'node:fs/promises';
+import { type FileHandle, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32c } from '@node-rs/crc32';
 import { assert } from '../common/assert.js';
+import { writeFileDurably } from '../common/durable-file.js';
 import {
   asIndex,
   asNodeId,
@@ -307,20 +308,8 @@ export class DurableStorage implements HostStorage {
     this.snapshotsInFlight.add(name);
     this.snapshotsInFlight.add(tmp);
     try {
-      const out = await open(join(this.dir, tmp), 'w');
-      try {
-        await out.writeFile(snapshot.data);
-        await out.sync();
-      } finally {
-        await out.close();
-      }
-      await rename(join(this.dir, tmp), join(this.dir, name));
-      const dir = await open(this.dir, 'r');
-      try {
-        await dir.sync();
-      } finally {
-        await dir.close();
-      }
+      // Written through `${name}.tmp` (held in snapshotsInFlight above).
+      await writeFileDurably(join(this.dir, name), snapshot.data);
       return name;
     } catch (error) {
       this.snapshotsInFlight.delete(name);

@@ -28,6 +28,7 @@
  */
 import { createHash } from 'node:crypto';
 import { assert } from '../../common/assert.js';
+import { isClusterId, MAX_CLUSTER_ID_CHARS } from '../../common/cluster-id.js';
 import { DEFAULT_EC_POLICY, parseEcPolicy } from '../../common/ec-policy.js';
 import { type ErrorCode, isErrorCode } from '../../wire/errors.js';
 import { ByteReader, ByteWriter, StateCodecError } from './bytes.js';
@@ -46,8 +47,6 @@ import { type Failure, fail } from './result.js';
 export const MAX_CHUNK_SERVERS = 10_000;
 export const MAX_ADDRESS_BYTES = 256;
 export const MAX_FAILURE_DOMAIN_BYTES = 128;
-/** A cluster id: 8 to 64 characters of [0-9a-z-]. */
-const CLUSTER_ID_PATTERN = /^[0-9a-z-]{8,64}$/;
 
 export type ServerState = 'alive' | 'dead';
 
@@ -226,7 +225,7 @@ export class ClusterState {
 
   /** Why a chunk server naming cluster `claimed` is refused here. */
   refusal(serverId: string, claimed: string): string {
-    return `chunk server '${serverId.slice(0, 128)}' belongs to cluster ${claimed.slice(0, 64)}, not to this one (${this.identity || 'not initialised yet'}): started with another cluster's --meta, or its directory comes from another cluster (if this cluster's metadata was re-created on purpose and the server's old shards may go, remove cluster-id from its directory)`;
+    return `chunk server '${serverId.slice(0, 128)}' belongs to cluster ${claimed.slice(0, MAX_CLUSTER_ID_CHARS)}, not to this one (${this.identity || 'not initialised yet'}): started with another cluster's --meta, or its directory comes from another cluster (if this cluster's metadata was re-created on purpose and the server's old shards may go, remove cluster-id from its directory)`;
   }
 
   /** The cluster's identity ('' until initCluster is applied). */
@@ -263,7 +262,7 @@ export class ClusterState {
     if (cmd.op === 'initCluster') {
       if (this.identity !== '')
         return { ok: true, op: 'initCluster', clusterId: this.identity, changed: false };
-      if (!CLUSTER_ID_PATTERN.test(cmd.clusterId))
+      if (!isClusterId(cmd.clusterId))
         return fail('INVALID_ARGUMENT', 'a cluster id is 8..64 characters of 0-9, a-z and -');
       this.identity = cmd.clusterId;
       return { ok: true, op: 'initCluster', clusterId: this.identity, changed: true };
@@ -411,8 +410,8 @@ export class ClusterState {
       state.registry.set(record.id, record);
     }
     if (r.remaining > 0) {
-      const clusterId = r.string('cluster id', 64);
-      if (clusterId !== '' && !CLUSTER_ID_PATTERN.test(clusterId))
+      const clusterId = r.string('cluster id', MAX_CLUSTER_ID_CHARS);
+      if (clusterId !== '' && !isClusterId(clusterId))
         throw new StateCodecError('cluster snapshot: invalid cluster id');
       state.identity = clusterId;
     }
@@ -508,7 +507,7 @@ export function decodeClusterCommand(bytes: Uint8Array): ClusterCommand {
         failureDomain: r.string('failure domain', MAX_FAILURE_DOMAIN_BYTES),
         capacityBytes: r.uint('capacity'),
         usedBytes: r.uint('used'),
-        clusterId: r.remaining > 0 ? r.string('cluster id', 64) : '',
+        clusterId: r.remaining > 0 ? r.string('cluster id', MAX_CLUSTER_ID_CHARS) : '',
       };
       break;
     case 'heartbeat':
@@ -532,7 +531,7 @@ export function decodeClusterCommand(bytes: Uint8Array): ClusterCommand {
       cmd = { op, timeMs, settings: readSettings(r) };
       break;
     case 'initCluster':
-      cmd = { op, timeMs, clusterId: r.string('cluster id', 64) };
+      cmd = { op, timeMs, clusterId: r.string('cluster id', MAX_CLUSTER_ID_CHARS) };
       break;
   }
   r.end();
@@ -587,7 +586,7 @@ export function decodeClusterResult(bytes: Uint8Array): ClusterResult {
           ok: true,
           op,
           heartbeatIntervalMs: r.uint('heartbeat interval'),
-          clusterId: r.remaining > 0 ? r.string('cluster id', 64) : '',
+          clusterId: r.remaining > 0 ? r.string('cluster id', MAX_CLUSTER_ID_CHARS) : '',
         };
         break;
       case 'heartbeat':
@@ -601,7 +600,12 @@ export function decodeClusterResult(bytes: Uint8Array): ClusterResult {
         result = { ok: true, op, settings: readSettings(r) };
         break;
       case 'initCluster':
-        result = { ok: true, op, clusterId: r.string('cluster id', 64), changed: r.bool('changed') };
+        result = {
+          ok: true,
+          op,
+          clusterId: r.string('cluster id', MAX_CLUSTER_ID_CHARS),
+          changed: r.bool('changed'),
+        };
         break;
     }
   }
