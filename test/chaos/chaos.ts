@@ -1,15 +1,18 @@
 /**
  * test/chaos/chaos — fault tolerance you can watch: a real cluster (`dogfs up --restart`: 3 metadata
- * servers, 7 chunk servers, rs-3-2) takes a stream of puts and gets while faults are injected, each one
- * printed as it happens:
+ * servers, 7 chunk servers, rs-3-2) takes a stream of puts, gets and deletes while faults are injected,
+ * each one printed as it happens:
  *   kill-chunk    SIGKILL a chunk server (at most one down at a time; `--restart` brings it back)
  *   kill-leader   SIGKILL the leader of a metadata group (at most one metadata server down at a time)
  *   pause-leader  SIGSTOP a metadata group's leader for 1.5 s, then SIGCONT (a GC pause, a frozen VM)
  *   corrupt       flip a byte in one shard file of a stored file (at most one per file)
  * Then it heals (every process back, every chunk server alive), runs `repair` on whatever the cluster
  * reports damaged, and checks the claims: every acknowledged put reads back byte-exact; no get ever
- * returned wrong bytes; a put whose outcome was unknown left either nothing or the whole file; nothing
- * is reported damaged after repair. Gets may fail while faults are on (counted, with their codes).
+ * returned wrong bytes; a put whose outcome was unknown left either nothing or the whole file; a deleted
+ * file is gone; nothing is reported damaged after repair; every shard the metadata records as durable is
+ * on its server's disk (the garbage collector and the orphan sweep, which runs every 2 s here and deletes
+ * what deletes leave on servers that were down, never took a live one). Gets may fail while faults are on
+ * (counted, with their codes).
  *
  * The seed drives the choice and timing of faults and the file sizes; the processes' own timing is
  * real, so a seed does not replay exactly. Used by `npm run chaos` (test/chaos/run.ts) and, briefly, by
@@ -69,6 +72,10 @@ export interface ChaosOutcome {
   readonly getsFailed: Readonly<Record<string, number>>;
   readonly repairedFiles: number;
   readonly shardsRebuilt: number;
+  /** Files the writers deleted (their shards on a server down then become orphans). */
+  readonly filesDeleted: number;
+  /** Shards the metadata leaders' orphan sweeps deleted, counted from their logs. */
+  readonly orphansDeleted: number;
 }
 
 /** mulberry32: small, seeded, good enough to choose faults. */
@@ -123,6 +130,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
   let putsFailed = 0;
   const putsFailedByCode: Record<string, number> = {};
   let getsOk = 0;
+  /** Deleted by a writer: must be gone at the end. */
+  const deleted = new Set<string>();
 
   const clusterDir = join(options.dir, 'cluster');
   const up: ChildProcess = spawn(
@@ -184,6 +193,25 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
     let fileNumber = 0;
     const writer = async (w: number) => {
       while (!stopping) {
+        // Now and then a writer deletes one of its own files: garbage for the collector, and orphans for
+        // the sweep where a server holding a shard is down meanwhile.
+        if (random() < 0.1) {
+          const mine = [...acknowledged.keys()].filter((p) => p.endsWith(`-w${w}`));
+          const victim = mine[Math.floor(random() * mine.length)];
+          if (victim !== undefined) {
+            const written = acknowledged.get(victim)!;
+            acknowledged.delete(victim);
+            try {
+              await dogfs.delete(victim);
+              deleted.add(victim);
+            } catch (error) {
+              // Unknown outcome: the file is whole or gone at the end.
+              uncertain.set(victim, written);
+              say(`rm ${victim} failed: ${toDogfsError(error).code}`);
+            }
+            continue;
+          }
+        }
         const path = `/chaos/f${fileNumber++}-w${w}`;
         const data = randomBytes(sizes[Math.floor(random() * sizes.length)]!);
         const written = { size: data.length, crc: crc32c(data) >>> 0 };
@@ -358,6 +386,13 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
         );
       }
     }
+    for (const path of deleted) {
+      const gone = await dogfs.stat(path).then(
+        () => false,
+        (error: unknown) => toDogfsError(error).code === 'NOT_FOUND',
+      );
+      if (!gone) problems.push(`${path} was deleted but is still there`);
+    }
     for (const [path, expected] of uncertain) {
       try {
         const got = await dogfs.readFile(path);
@@ -394,7 +429,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
         }
     }
     say(
-      `checked ${acknowledged.size + uncertain.size} files: ${problems.length === 0 ? 'nothing lost, no wrong bytes' : `${problems.length} problem(s)`}; ${recordedShards} recorded shards on disk`,
+      `checked ${acknowledged.size + uncertain.size} files: ${problems.length === 0 ? 'nothing lost, no wrong bytes' : `${problems.length} problem(s)`}; ${deleted.size} deleted files gone; ${recordedShards} recorded shards on disk`,
     );
     return {
       ok: problems.length === 0,
@@ -408,6 +443,18 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
       getsFailed,
       repairedFiles,
       shardsRebuilt,
+      filesDeleted: deleted.size,
+      orphansDeleted: readCluster()
+        .processes.filter((p) => p.role === 'meta')
+        .reduce((sum, p) => {
+          try {
+            return (
+              sum + readFileSync(join(p.dir, 'dogfs.log'), 'utf8').split('orphan shard deleted').length - 1
+            );
+          } catch {
+            return sum;
+          }
+        }, 0),
     };
   } finally {
     resumePaused();
