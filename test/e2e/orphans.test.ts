@@ -174,6 +174,7 @@ test('a chunk server of another cluster is refused, and its shards are left alon
 test('a chunk server whose old shards are mostly unknown to the metadata is left alone by the sweep', async () => {
   const cluster = await up.ready();
   const client = new DogfsClient({ meta: cluster.meta });
+  const metaConnection = new MetadataConnection({ seeds: cluster.meta });
   let restarted: ReturnType<typeof startDogfs> | undefined;
   try {
     // The tests before left three of the original servers running (and stopped the ones they started):
@@ -192,11 +193,18 @@ test('a chunk server whose old shards are mostly unknown to the metadata is left
     // the garbage collector gives up on it. Back, most of its shards are unknown to the metadata: the
     // sweep cannot tell that from a server pointed at the wrong cluster, and deletes nothing there.
     await client.mkdir('/many');
-    for (let i = 0; i < 120; i++) await client.writeFile(`/many/f${i}`, randomBytes(1 + i));
-    const shardsBefore = () =>
-      readdirSync(holder.dir, { recursive: true }).filter((n) => String(n).endsWith('.shard')).length;
-    const before = shardsBefore();
-    assert.ok(before >= 120);
+    const manyGroups = new Set<number>();
+    for (let i = 0; i < 120; i++) {
+      await client.writeFile(`/many/f${i}`, randomBytes(1 + i));
+      manyGroups.add((await metaConnection.call('Stat', { path: `/many/f${i}` })).inode!.blockGroups[0]!.id);
+    }
+    /** The shard files of those 120 files under a chunk server's directory. */
+    const manyShardsOn = (root: string) =>
+      readdirSync(root, { recursive: true })
+        .map(String)
+        .filter((n) => n.endsWith('.shard') && manyGroups.has(Number(/(?:^|\/)b(\d+)_i\d+_/.exec(n)?.[1])));
+    const onHolder = manyShardsOn(holder.dir);
+    assert.ok(onHolder.length > 100, `${onHolder.length} of the files have a shard on the holder`);
     process.kill(holder.pid, 'SIGKILL');
     await waitFor('the holder to die', () => !processAlive(holder.pid));
     await waitFor(
@@ -206,12 +214,9 @@ test('a chunk server whose old shards are mostly unknown to the metadata is left
     );
     await client.delete('/many', { recursive: true });
     const others = chunks.filter((p) => p !== holder);
-    const countOn = (dir: string) =>
-      readdirSync(dir, { recursive: true }).filter((n) => String(n).endsWith('.shard')).length;
-    const othersBefore = others.map((p) => countOn(p.dir));
     await waitFor(
       'the garbage to be collected from the live servers',
-      () => others.every((p, i) => countOn(p.dir) <= othersBefore[i]! - 120),
+      () => others.every((p) => manyShardsOn(p.dir).length === 0),
       30_000,
     );
     restarted = startDogfs(chunkRestartArgs(up.clusterDir, holder.id, holder.dir));
@@ -236,9 +241,10 @@ test('a chunk server whose old shards are mostly unknown to the metadata is left
           ),
       30_000,
     );
-    assert.equal(shardsBefore(), before, 'nothing deleted on it');
+    assert.deepEqual(manyShardsOn(holder.dir), onHolder, 'nothing deleted on it');
   } finally {
     client.close();
+    metaConnection.close();
     if (restarted !== undefined) {
       restarted.child.kill('SIGKILL');
       await restarted.exited;
