@@ -21,7 +21,7 @@ import {
   requireFlag,
   UsageError,
 } from './args.js';
-import { FILE_COMMANDS_USAGE, runFileCommand } from './files.js';
+import { FILE_COMMANDS_USAGE } from './usage.js';
 
 const USAGE = `usage: dogfs <command> [options]
 
@@ -225,7 +225,12 @@ export async function main(argv: string[]): Promise<number> {
         await chunk(rest).catch((error: unknown) => Promise.reject(new CommandFailure('chunk', error)));
         return 0;
       default:
-        if (CLIENT_COMMANDS.has(command)) return await runFileCommand(command, rest);
+        if (CLIENT_COMMANDS.has(command)) {
+          // Loaded by file commands only: the servers (`meta`, `chunk`), `up` and `--version` start without
+          // the client library, its codec and data path (about 50 ms of start-up each, here).
+          const { runFileCommand } = await import('./files.js');
+          return await runFileCommand(command, rest);
+        }
         throw new UsageError(`unknown command '${command}'`);
     }
   } catch (error) {
