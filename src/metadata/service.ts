@@ -705,18 +705,25 @@ export class MetadataNode {
     }
     // Server by server, so that only one inventory's old shards are held at once (up to 200,000).
     let suspects: OrphanCandidate[] = [];
+    /** Where each server's next sweep goes on, once this one has done its part there. */
+    const cursors = new Map<string, ShardId | undefined>();
     for (const server of this.cluster.state.servers()) {
       if (!this.host.isLeader(NAMESPACE_GROUP)) return;
       if (server.state !== 'alive' || server.controlAddr === '') continue;
       // One server failing to answer (dying, say) does not keep the others from being swept.
-      const old = await this.listOldShards(server.id, server.controlAddr).catch((error: unknown) => {
+      const listed = await this.listOldShards(server.id, server.controlAddr).catch((error: unknown) => {
         this.log.debug('orphan sweep: listing a chunk server failed', {
           server: server.id,
           error: toDogfsError(error).message,
         });
         return undefined;
       });
-      if (old === undefined || old.length === 0) continue;
+      if (listed === undefined) continue;
+      const { old, next } = listed;
+      if (old.length === 0) {
+        cursors.set(server.id, next);
+        continue;
+      }
       // A new leader may not have applied its whole log yet, and would suspect everything written since.
       await this.host.readBarrier(NAMESPACE_GROUP, Date.now() + CHUNK_CONTROL_TIMEOUT_MS);
       const { unrecorded: mine, foreign } = this.unrecorded(old);
@@ -732,11 +739,20 @@ export class MetadataNode {
           'orphan sweep: most shards of this chunk server are unknown to the metadata (started with the wrong --meta? metadata restored from an old backup?); none deleted',
           { server: server.id, unrecorded: unknown, old: old.length },
         );
+        cursors.set(server.id, next);
         continue;
       }
       suspects.push(...mine.slice(0, MAX_ORPHAN_DELETES_PER_SERVER));
+      // More suspects than one sweep deletes: the next sweep lists this window again.
+      if (mine.length <= MAX_ORPHAN_DELETES_PER_SERVER) cursors.set(server.id, next);
     }
-    if (suspects.length === 0) return;
+    // Windows move on only once swept: a sweep cut short (leadership lost) looks at them again.
+    const moveOn = () => {
+      for (const [serverId, next] of cursors)
+        if (next === undefined) this.sweepCursors.delete(serverId);
+        else this.sweepCursors.set(serverId, next);
+    };
+    if (suspects.length === 0) return moveOn();
     suspects = await this.withKnownMtimes(suspects);
     // A write barrier, not a read one: a repair's command appended before this one is applied before it
     // (one appended after it is still running here, or its outcome is uncertain: both are skipped below).
@@ -793,14 +809,19 @@ export class MetadataNode {
       running.add(run);
     }
     await Promise.all(running);
+    moveOn();
   }
 
   /**
    * Shards of one chunk server older than the orphan age (mtime 0: not known, kept for a closer look),
-   * from where the last sweep stopped, at most MAX_SWEEP_PAGES pages. Throws when the address no longer
-   * answers with the server's id (another server may listen there now).
+   * from where the last sweep stopped, at most MAX_SWEEP_PAGES pages, and where the next sweep would go
+   * on (undefined: from the start). Throws when the address no longer answers with the server's id
+   * (another server may listen there now).
    */
-  private async listOldShards(serverId: string, controlAddr: string): Promise<OrphanCandidate[]> {
+  private async listOldShards(
+    serverId: string,
+    controlAddr: string,
+  ): Promise<{ old: OrphanCandidate[]; next: ShardId | undefined }> {
     const channel = this.chunkChannels.get(controlAddr);
     const options = { timeoutMs: CHUNK_CONTROL_TIMEOUT_MS };
     const status = await channel.call(ChunkControlService, 'Status', {}, options);
@@ -839,18 +860,17 @@ export class MetadataNode {
           last.index === startAfter.index &&
           last.generation === startAfter.generation);
       if (!page.more || stuck) {
-        this.sweepCursors.delete(serverId);
+        startAfter = undefined;
         break;
       }
       startAfter = { blockGroupId: last.blockGroupId, index: last.index, generation: last.generation };
-      this.sweepCursors.set(serverId, startAfter);
     }
     if (other > 0)
       this.log.warn('orphan sweep: shards of a generation other than 0 left alone', {
         server: serverId,
         count: other,
       });
-    return old;
+    return { old, next: startAfter };
   }
 
   /** `shards` with unknown mtimes read from their servers (StatShard); gone or unreadable ones dropped. */
