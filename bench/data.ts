@@ -7,6 +7,8 @@
  * the local file costs);
  * in the same run the raw limits: sequential writes with fdatasync on the same filesystem, through the
  * page cache and with O_DIRECT (into just-freed memory, as the put and the get write: see bench/raw.ts),
+ * the disk taking a put's shards (K + M files written at once by as many processes, as the chunk
+ * servers take them: the most a put can do on this disk, which the put's `ratioToShardWrite` is to),
  * and a raw TCP socket over loopback. Ratios are to the better raw disk write (issue #6: put >= 0.5x,
  * get >= 0.7x); the get into a local file also has its ratio to the disk reading and writing at once
  * (raw-disk-copy), since it reads its shards from the disk it writes; both gets have their ratio to the
@@ -38,6 +40,7 @@ import {
   rawDiskCopy,
   rawDiskRead,
   rawDiskWriteJustFreed,
+  rawDiskWriteShards,
   rawTcp,
 } from './raw.js';
 
@@ -260,6 +263,24 @@ async function main(): Promise<void> {
   const chunkServers = cluster.processes.filter((p) => p.role === 'chunk').length;
   const policy = parseEcPolicy(cluster.ec);
   const common = { fileMiB: FILE_MIB, ec: cluster.ec, chunkServers, metaServers: cluster.meta.length };
+  // The disk taking what a put writes: the file's K + M shards, each by a process of its own at once, as
+  // the chunk servers take them (with the cluster idle beside it, as during the put). The file's rate at
+  // that pace is the most a put can do on this disk, however fast the software.
+  const shardBytes = Math.ceil(fileBytes / policy.dataShards);
+  const shardWrite = await rawDiskWriteShards({
+    dir: join(work, 'raw-disk-shards'),
+    streams: totalShards(policy),
+    shardBytes,
+    children,
+  });
+  const putBound = (shardWrite.mbps * policy.dataShards) / totalShards(policy);
+  emit('raw-disk-write-shards', shardWrite.mbps, 'MB/s', {
+    streams: totalShards(policy),
+    shardMiB: Number((shardBytes / MiB).toFixed(1)),
+    bestOf: DISK_REFERENCE_RUNS,
+    fileMBpsAtThisPace: Number(putBound.toFixed(1)),
+    ratioToDiskWrite: Number((putBound / disk.mbps).toFixed(3)),
+  });
   const perGB = (seconds: number) => Number((seconds / (fileBytes / 1e9)).toFixed(3));
   const describe = (run: ClientRun, target: number, mbps: number) => ({
     ...common,
@@ -309,6 +330,7 @@ async function main(): Promise<void> {
       emit('put', putMbps, 'MB/s', {
         run,
         ...describe(put, PUT_TARGET, putMbps),
+        ratioToShardWrite: Number((putMbps / putBound).toFixed(3)),
         ...against('put', putMbps, put),
       });
 

@@ -9,6 +9,8 @@ import { existsSync, constants as fsConstants, mkdirSync, readdirSync, readFileS
 import { type FileHandle, open } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
 import { STAGING_BYTES } from '../src/chunk/shard-file.js';
 import { alignedAllocator } from '../src/codec/native.js';
 import { RECEIVE_SLAB_BYTES } from '../src/wire/data-transfer.js';
@@ -271,6 +273,54 @@ export async function rawDiskRead(options: {
   const seconds = (performance.now() - started) / 1000;
   rmSync(dir, { recursive: true, force: true });
   return { mbps: (fileBytes * streams) / MiB / seconds };
+}
+
+/**
+ * The disk taking a put's shards: `streams` files of `shardBytes` each (one block group's K + M shards),
+ * written all at once by as many processes (bench/disk-writer.ts), each as a chunk server writes a shard:
+ * O_DIRECT, 4 MiB writes, one in flight, one fdatasync at the end. A virtual disk can take several
+ * interleaved streams well below one stream's rate (here 9 took ~1.6 GB/s where one took ~2.0-2.4): the
+ * most a put can do here is this, whatever the software does. `mbps` counts the shard bytes written.
+ * Best of DISK_REFERENCE_RUNS; processes start (and allocate) outside the timing.
+ */
+export async function rawDiskWriteShards(options: {
+  dir: string;
+  streams: number;
+  shardBytes: number;
+  children: ChildProcess[];
+}): Promise<{ mbps: number }> {
+  const { dir, streams, shardBytes } = options;
+  const script = fileURLToPath(new URL('./disk-writer.js', import.meta.url));
+  let best = 0;
+  for (let run = 0; run < DISK_REFERENCE_RUNS; run++) {
+    mkdirSync(dir);
+    const writers = Array.from({ length: streams }, (_, i) => {
+      const child = spawn(process.execPath, [script, join(dir, `shard-${i}`), String(shardBytes)], {
+        stdio: ['pipe', 'pipe', 'inherit'],
+      });
+      options.children.push(child);
+      const lines = createInterface({ input: child.stdout! });
+      const said = (word: string) =>
+        new Promise<void>((resolve, reject) => {
+          const onLine = (line: string) => {
+            if (line !== word) return;
+            lines.off('line', onLine);
+            resolve();
+          };
+          lines.on('line', onLine);
+          child.once('close', (code) => reject(new Error(`disk writer exited (${code}) before '${word}'`)));
+        });
+      return { child, ready: said('ready'), done: said('done') };
+    });
+    await Promise.all(writers.map((w) => w.ready));
+    const started = performance.now();
+    for (const { child } of writers) child.stdin!.write('go\n');
+    await Promise.all(writers.map((w) => w.done));
+    const seconds = (performance.now() - started) / 1000;
+    rmSync(dir, { recursive: true, force: true });
+    best = Math.max(best, (streams * shardBytes) / MiB / seconds);
+  }
+  return { mbps: best };
 }
 
 /** How many runs a disk reference takes the best of: a limit is the most the machine did. */
