@@ -149,10 +149,15 @@ export async function startChunkServer(options: ChunkServerOptions) {
         DeleteShard: async (request) => {
           const id = checkShardId(request.shard);
           checkAddressee(request, 'delete');
-          // Fenced only once it is known to be for this server of this cluster: another cluster's
-          // leader must not raise the term this cluster's leader is checked against.
+          const ifMtimeMs =
+            request.ifMtimeMs === 0
+              ? undefined
+              : checkWireInteger(request.ifMtimeMs, Number.MAX_SAFE_INTEGER, 'if_mtime_ms');
+          // Fenced only once it is known to be a valid call for this server of this cluster: another
+          // cluster's leader (or a malformed call) must not raise the term this cluster's leader is
+          // checked against.
           await fence.admit(request.namespaceGroup, request.leaderTerm);
-          const existed = await openedStore.delete(id);
+          const existed = await openedStore.delete(id, ifMtimeMs);
           if (existed) metrics.add('shards_deleted');
           return { existed };
         },
@@ -160,7 +165,7 @@ export async function startChunkServer(options: ChunkServerOptions) {
           const id = checkShardId(request.shard);
           checkAddressee(request, 'stat');
           await fence.admit(request.namespaceGroup, request.leaderTerm);
-          return { info: shardInfo(await openedStore.stat(id)) };
+          return { info: shardInfo(await (request.claim ? openedStore.claim(id) : openedStore.stat(id))) };
         },
         ListShards: (request) => {
           const limit = request.limit === 0 ? DEFAULT_LIST_LIMIT : request.limit;

@@ -510,10 +510,25 @@ export class ShardStore {
     }
   }
 
-  /** Removes a shard; false if it was not there. */
-  async delete(shard: ShardId): Promise<boolean> {
+  /**
+   * Removes a shard; false if it was not there. With `ifMtimeMs`, only the copy of that modification
+   * time: FAILED_PRECONDITION, and nothing removed, when the shard held now is another (written since).
+   */
+  async delete(shard: ShardId, ifMtimeMs?: number): Promise<boolean> {
     const id = checkShardId(shard);
     const key = shardKey(id);
+    if (ifMtimeMs !== undefined) {
+      // Fills in a modification time not yet read from disk (the copy the caller saw was stated the same way).
+      if (this.records.has(key)) await this.stat(id);
+      const held = this.records.get(key);
+      if (held !== undefined && held.mtimeMs !== ifMtimeMs) {
+        throw new DogfsError(
+          'FAILED_PRECONDITION',
+          `shard ${formatShardId(id)} here was modified at ${held.mtimeMs}, not ${ifMtimeMs}: a newer copy, kept`,
+        );
+      }
+    }
+    // No await from here to the record's removal: the check above holds for what is removed.
     const record = this.records.get(key);
     if (record === undefined) return false;
     const { dir, path } = this.pathFor(id, record);
@@ -530,6 +545,27 @@ export class ShardStore {
     }
     await fsyncDir(dir);
     return true;
+  }
+
+  /**
+   * Gives the copy of `shard` held now a modification time later than the one it had, in memory at once
+   * (a `delete` naming the old time is refused from the moment this is called) and on disk, fsynced,
+   * before resolving (so also after a restart). NOT_FOUND if absent.
+   */
+  async claim(shard: ShardId): Promise<ShardRecord> {
+    const id = checkShardId(shard);
+    const record = this.records.get(shardKey(id));
+    if (record === undefined) throw new DogfsError('NOT_FOUND', `shard ${formatShardId(id)} not found`);
+    const mtimeMs = Math.max(Date.now(), record.mtimeMs + 1);
+    record.mtimeMs = mtimeMs;
+    const handle = await open(this.pathFor(id, record).path, 'r');
+    try {
+      await handle.utimes(mtimeMs / 1000, mtimeMs / 1000);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    return record;
   }
 
   /** Stat for a shard, with its modification time read from disk when not known. */

@@ -239,6 +239,15 @@ function compareWalkOrder(a: readonly string[], b: readonly string[]): number {
 }
 
 /** A shard of a chunk server's inventory that the orphan sweep looks at (mtimeMs 0: not known). */
+/** A copy a committed repair replaced, to be deleted from its server (`mtimeMs`: see pendingDeletes). */
+interface ReplacedCopy {
+  readonly server: string;
+  readonly blockGroupId: number;
+  readonly index: number;
+  readonly term: Term;
+  mtimeMs: number;
+}
+
 interface OrphanCandidate {
   readonly serverId: string;
   readonly blockGroupId: number;
@@ -286,11 +295,11 @@ export class MetadataNode {
   private readonly garbageSeen = new Map<number, number>();
   /** Garbage block groups that failed to delete: when to try again, and the current backoff. */
   private readonly garbageRetry = new Map<number, { atMs: number; backoffMs: number }>();
-  /** Replaced shard copies to delete (after repairs committed elsewhere), by server:bg:index. */
-  private readonly pendingDeletes = new Map<
-    string,
-    { server: string; blockGroupId: number; index: number; term: Term }
-  >();
+  /**
+   * Replaced shard copies to delete (after repairs committed elsewhere), by server:bg:index, with the
+   * modification time the first StatShard read (0 until then): the copy this deletion is about.
+   */
+  private readonly pendingDeletes = new Map<string, ReplacedCopy>();
   /**
    * Shards whose CommitRepair is running here, by server:blockGroup:index (a count: two repairs may race).
    * The orphan sweep leaves them alone: such a copy is on a server the metadata is about to name.
@@ -493,13 +502,15 @@ export class MetadataNode {
 
   /**
    * Deletes shard `index` of `blockGroupId` from `serverId`. True when the server no longer has it; false
-   * when the server is dead, unknown or did not answer (the caller keeps the work for later or gives up).
+   * when the server is dead, unknown or did not answer (the caller keeps the work for later or gives up),
+   * or, with `ifMtimeMs`, holds another copy than the one of that modification time.
    */
   private async deleteShard(
     serverId: string,
     blockGroupId: number,
     index: number,
     leaderTerm: Term,
+    ifMtimeMs = 0,
   ): Promise<boolean> {
     const server = this.cluster.state.server(serverId);
     if (server === undefined || server.state !== 'alive' || server.controlAddr === '') return false;
@@ -514,14 +525,61 @@ export class MetadataNode {
           // The term this node led in when it decided: a node that has since learnt of a later term
           // (and stepped down) must not lend its deletions that term's authority.
           ...this.fencingToken(leaderTerm),
+          ifMtimeMs,
         },
         { timeoutMs: CHUNK_CONTROL_TIMEOUT_MS },
       );
       return true;
     } catch (error) {
-      this.log.debug('delete shard failed', { server: serverId, blockGroupId, index, error });
+      // A refusal (a newer copy there, a later leader's term, another server at that address) is worth an
+      // operator's eye; a timeout is retried quietly.
+      const refused = toDogfsError(error).code === 'FAILED_PRECONDITION';
+      this.log[refused ? 'info' : 'debug']('delete shard failed', {
+        server: serverId,
+        blockGroupId,
+        index,
+        error,
+      });
       return false;
     }
+  }
+
+  /**
+   * Deletes the replaced copy, and only that one: its modification time, read by the first StatShard and
+   * kept, is named by every attempt. Sent late (delayed, or retried by the RPC layer), a deletion then
+   * cannot take a copy written there since, by a repair, nor one a repair's commit claimed (verifyRebuilt
+   * gives it a new time). True when that copy is no longer there: gone, or another in its place.
+   */
+  private async deleteReplacedCopy(copy: ReplacedCopy, leaderTerm: Term): Promise<boolean> {
+    const { server: serverId, blockGroupId, index } = copy;
+    const server = this.cluster.state.server(serverId);
+    if (server === undefined || server.state !== 'alive' || server.controlAddr === '') return false;
+    let mtimeMs: number;
+    try {
+      const stat = await this.chunkChannels.get(server.controlAddr).call(
+        ChunkControlService,
+        'StatShard',
+        {
+          shard: { blockGroupId, index, generation: 0 },
+          chunkServerId: serverId,
+          clusterId: this.cluster.state.clusterId,
+          ...this.fencingToken(leaderTerm),
+        },
+        { timeoutMs: CHUNK_CONTROL_TIMEOUT_MS },
+      );
+      mtimeMs = stat.info?.mtimeMs ?? 0;
+    } catch (error) {
+      if (toDogfsError(error).code === 'NOT_FOUND') return true;
+      this.log.debug('stat shard failed', { server: serverId, blockGroupId, index, error });
+      return false;
+    }
+    // A server that cannot say when its copy was written is not sent an unconditional deletion.
+    if (mtimeMs === 0) return false;
+    if (copy.mtimeMs === 0) copy.mtimeMs = mtimeMs;
+    // Another copy since (the replaced one deleted, say by an attempt whose answer was lost, then the shard
+    // written there again): not this deletion's to take.
+    else if (mtimeMs !== copy.mtimeMs) return true;
+    return this.deleteShard(serverId, blockGroupId, index, leaderTerm, copy.mtimeMs);
   }
 
   /**
@@ -634,7 +692,7 @@ export class MetadataNode {
       }
       // The orphan sweep is deleting it already: this entry stays, to be confirmed next round.
       if (this.deletingCopies.has(key)) continue;
-      const deleting = this.deleteShard(copy.server, copy.blockGroupId, copy.index, term);
+      const deleting = this.deleteReplacedCopy(copy, term);
       this.deletingCopies.set(key, deleting);
       try {
         if (await deleting) this.pendingDeletes.delete(key);
@@ -785,7 +843,8 @@ export class MetadataNode {
             (s.holder !== '' && this.cluster.state.server(s.holder)?.state !== 'alive')
           )
             return;
-          gone = await this.deleteShard(s.serverId, s.blockGroupId, s.index, term);
+          // Only the copy listed: one a repair wrote there since (after this one went) is another.
+          gone = await this.deleteShard(s.serverId, s.blockGroupId, s.index, term, s.mtimeMs);
           if (gone)
             this.log.info('orphan shard deleted', {
               server: s.serverId,
@@ -966,6 +1025,9 @@ export class MetadataNode {
           chunkServerId: shard.chunkServerId,
           clusterId: this.cluster.state.clusterId,
           ...this.fencingToken(ledTerm),
+          // And claimed: a deletion decided on this copy as it was (the sweep's, or a replaced copy's, sent
+          // before this and landing after it) names its old modification time and is refused.
+          claim: true,
         },
         { deadline: Math.min(deadline, Date.now() + CHUNK_CONTROL_TIMEOUT_MS) },
       )
@@ -1636,6 +1698,7 @@ export class MetadataNode {
             blockGroupId: req.blockGroupId,
             index: shard.index,
             term: ledTerm,
+            mtimeMs: 0,
           });
         }
         return { blockGroup: this.blockGroupToWire(result.blockGroup) };

@@ -350,3 +350,65 @@ test("fencing: once a namespace leader's term is seen, deletions from an older l
     await (second ?? first).stop();
   }
 });
+
+test('a deletion naming the copy it saw (if_mtime_ms) never takes a newer copy written there since', async () => {
+  const chunkDir = join(dir.path, 'conditional');
+  let chunk = await startChunk(chunkDir, ['--scrub-rate', '0']);
+  try {
+    const shard = { blockGroupId: 51, index: 3, generation: 0 };
+    const stated = async () => (await chunk.control.call(ChunkControlService, 'StatShard', { shard })).info!;
+    await client.writeShard(chunk.dataAddr, shard, seededBytes(100_000, 51));
+    const old = await stated();
+    assert.ok(old.mtimeMs > 0);
+    // Another modification time: refused, and the copy stays.
+    await assert.rejects(
+      chunk.control.call(ChunkControlService, 'DeleteShard', { shard, ifMtimeMs: old.mtimeMs + 1 }),
+      { code: 'FAILED_PRECONDITION' },
+    );
+    assert.equal((await stated()).mtimeMs, old.mtimeMs);
+    // The old copy goes (as a first deletion would take it), and a repair writes the shard there again,
+    // at a later millisecond.
+    await chunk.control.call(ChunkControlService, 'DeleteShard', { shard, ifMtimeMs: old.mtimeMs });
+    await waitFor('the clock past the old copy', () => Date.now() > old.mtimeMs);
+    await client.writeShard(chunk.dataAddr, shard, seededBytes(100_000, 52));
+    const fresh = await stated();
+    assert.notEqual(fresh.mtimeMs, old.mtimeMs);
+    // A late or retried deletion of the old copy: refused; the repair's copy is intact.
+    await assert.rejects(
+      chunk.control.call(ChunkControlService, 'DeleteShard', { shard, ifMtimeMs: old.mtimeMs }),
+      { code: 'FAILED_PRECONDITION' },
+    );
+    assert.ok((await client.readShardBytes(chunk.dataAddr, shard)).equals(seededBytes(100_000, 52)));
+    // A leader verifying the copy for a repair's commit claims it: a new, later time, kept across a
+    // restart, and a deletion decided on the copy before the claim is refused.
+    const claimed = (await chunk.control.call(ChunkControlService, 'StatShard', { shard, claim: true }))
+      .info!;
+    assert.ok(claimed.mtimeMs > fresh.mtimeMs);
+    assert.equal((await stated()).mtimeMs, claimed.mtimeMs);
+    await assert.rejects(
+      chunk.control.call(ChunkControlService, 'DeleteShard', { shard, ifMtimeMs: fresh.mtimeMs }),
+      { code: 'FAILED_PRECONDITION' },
+    );
+    await chunk.stop();
+    chunk = await startChunk(chunkDir, ['--scrub-rate', '0']);
+    const restarted = await stated();
+    assert.ok(
+      Math.abs(restarted.mtimeMs - claimed.mtimeMs) <= 1,
+      `${restarted.mtimeMs} vs ${claimed.mtimeMs}`,
+    );
+    await assert.rejects(
+      chunk.control.call(ChunkControlService, 'DeleteShard', { shard, ifMtimeMs: fresh.mtimeMs }),
+      { code: 'FAILED_PRECONDITION' },
+    );
+    assert.ok((await client.readShardBytes(chunk.dataAddr, shard)).equals(seededBytes(100_000, 52)));
+    // The copy as stated now goes; of a shard that is gone, as any deletion: nothing to do.
+    await chunk.control.call(ChunkControlService, 'DeleteShard', { shard, ifMtimeMs: restarted.mtimeMs });
+    assert.equal(
+      (await chunk.control.call(ChunkControlService, 'DeleteShard', { shard, ifMtimeMs: restarted.mtimeMs }))
+        .existed,
+      false,
+    );
+  } finally {
+    await chunk.stop();
+  }
+});
