@@ -355,7 +355,7 @@ async function statCommand(ctx: Context, argv: string[]): Promise<void> {
     `type: ${status.type === 'dir' ? 'directory' : 'file'}`,
     `size: ${status.size}`,
     `mode: ${modeString(status)} (0${(status.mode & 0o7777).toString(8)})`,
-    `mtime: ${timeString(status.mtime)} UTC`,
+    `mtime: ${status.mtime > 0 ? `${timeString(status.mtime)} UTC` : '-'}`,
     `ec: ${status.ec || '-'}`,
     `inode: ${status.id}`,
   ];

@@ -147,7 +147,7 @@ describe('dogfs file commands', () => {
     assert.equal(asDir['type'], 'dir');
     assert.match(
       (await dogfs(['stat', '/proj/docs/readme.txt'])).stdout,
-      /^path: \/proj\/docs\/readme\.txt\ntype: file\nsize: 12\n/,
+      /^path: \/proj\/docs\/readme\.txt\ntype: file\nsize: 12\nmode: .*\nmtime: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\n/,
     );
     assert.deepEqual(JSON.parse((await dogfs(['ls', '--json', '/proj/src/lib'])).stdout), []);
 
