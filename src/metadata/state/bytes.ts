@@ -15,7 +15,9 @@ export class StateCodecError extends Error {
 }
 
 const encoder = new TextEncoder();
-const decoder = new TextDecoder('utf-8', { fatal: true });
+// ignoreBOM: a name may begin with U+FEFF; the default decoder would drop it (and a snapshot restored
+// with it would hold another name than the replica that wrote it).
+const decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 export class ByteWriter {
   private buf: Uint8Array;
