@@ -27,6 +27,11 @@ export interface ReadStreamOptions {
   timeoutMs?: number;
   /** A shard that delivers nothing for this long is treated as dead and decoded around (5 s). */
   shardTimeoutMs?: number;
+  /**
+   * A shard read not drawn on for this long (the consumer paused) is reopened at its next use (60 s):
+   * chunk servers cut data connections idle for 2 minutes.
+   */
+  shardIdleRenewMs?: number;
 }
 
 export interface ReaderContext {
@@ -48,6 +53,12 @@ const READ_LAYOUT_MAX_SHARD_BYTES = 2 ** 40;
 const SHARD_READ_DEADLINE_MS = 30 * 60_000;
 /** A range read older than its deadline minus this is replaced rather than used further. */
 const SHARD_READ_RENEW_MARGIN_MS = 5 * 60_000;
+/**
+ * A shard read not drawn on for this long is replaced by a new one at its next use: a chunk server cuts
+ * a data connection that shows no activity for 2 minutes (its idle timeout), which is what a read whose
+ * consumer has paused (back-pressure: `dogfs cat | less`) looks like from there.
+ */
+const DEFAULT_SHARD_IDLE_RENEW_MS = 60_000;
 /** Bad-shard reports a stream keeps (each block group reports at most K+M). */
 const MAX_REPORTS = 1024;
 /**
@@ -70,6 +81,8 @@ class ShardCursor {
   readonly end: number;
   /** After this time the read is replaced by a new one before the chunk server's deadline cuts it. */
   readonly renewAt = Date.now() + SHARD_READ_DEADLINE_MS - SHARD_READ_RENEW_MARGIN_MS;
+  /** When a take last ended (or the read began). */
+  lastUsedAt = Date.now();
   private pending: Uint8Array | null = null;
   private closed = false;
 
@@ -134,8 +147,11 @@ class GroupReader {
   private readonly shards: (ShardLocation | undefined)[];
   private readonly cursors = new Map<number, ShardCursor>();
   private readonly failed = new Map<number, DogfsError>();
+  /** Closed (the read was given up): no new shard reads, and a cancelled one is no failed shard. */
+  private closed = false;
   private readonly codec: ReedSolomon | undefined;
   private readonly shardTimeoutMs: number;
+  private readonly idleRenewMs: number;
   /** End of the shard bytes any read of this range may need. */
   private readonly spanEnd: number;
 
@@ -146,11 +162,13 @@ class GroupReader {
     offset: number,
     length: number,
     shardTimeoutMs: number,
+    idleRenewMs: number,
   ) {
     this.context = context;
     this.stream = stream;
     this.block = block;
     this.shardTimeoutMs = shardTimeoutMs;
+    this.idleRenewMs = idleRenewMs;
     const k = block.dataShards;
     const m = block.parityShards;
     if (k < 1 || m < 0) throw new DogfsError('CORRUPT', `block group ${block.id}: K=${k} M=${m}`);
@@ -196,6 +214,7 @@ class GroupReader {
 
   /** Stops every shard read of this group (their connections close; nothing more is copied). */
   close(): void {
+    this.closed = true;
     for (const cursor of this.cursors.values()) cursor.close();
     this.cursors.clear();
   }
@@ -207,11 +226,36 @@ class GroupReader {
         pieces.map((p) => this.take(p.shard, p.shardOffset, p.length, dest, p.rangeOffset)),
       );
       if (results.every((r) => r.status === 'fulfilled')) return;
+      this.throwIfClosed();
       results.forEach((r, i) => {
         if (r.status === 'rejected') this.markFailed(pieces[i]!.shard, r.reason);
       });
     }
     await this.readStripeDegraded(pieces, dest);
+  }
+
+  /** A read given up (its stream destroyed) ends here: its cancelled shard reads are no failures. */
+  private throwIfClosed(): void {
+    if (this.closed) throw new DogfsError('CANCELLED', 'read closed');
+  }
+
+  /**
+   * Lets shards that failed for a reason that may pass (unavailable, slow) be tried again, once per
+   * stripe: a server restarted or a stall that ended since. Without it a long read (a block group is up
+   * to 1.5 GiB) fails once M + 1 shards have each failed once, though never more than M at a time.
+   * Corrupt and missing copies stay failed. True when any was let back.
+   */
+  private readmitTransient(readmitted: Set<number>): boolean {
+    let any = false;
+    for (const [index, error] of this.failed) {
+      if (readmitted.has(index) || this.shards[index]?.durable !== true || this.shards[index]?.addr === '')
+        continue;
+      if (error.code !== 'UNAVAILABLE' && error.code !== 'DEADLINE_EXCEEDED') continue;
+      readmitted.add(index);
+      this.failed.delete(index);
+      any = true;
+    }
+    return any;
   }
 
   /** Reads the rows the pieces cover from K healthy shards and rebuilds the missing data cells. */
@@ -222,10 +266,14 @@ class GroupReader {
     const rowEnd = Math.max(...pieces.map((p) => p.shardOffset + p.length));
     const rowLength = rowEnd - rowStart;
     const needed = new Set(pieces.map((p) => p.shard));
-    for (let round = 0; round <= total; round++) {
+    const readmitted = new Set<number>();
+    for (let round = 0; round <= 2 * total; round++) {
+      this.throwIfClosed();
       const order = [...needed];
       for (let i = 0; i < total; i++) if (!needed.has(i)) order.push(i);
-      const sources = order.filter((i) => !this.failed.has(i)).slice(0, k);
+      let sources = order.filter((i) => !this.failed.has(i)).slice(0, k);
+      if (sources.length < k && this.readmitTransient(readmitted))
+        sources = order.filter((i) => !this.failed.has(i)).slice(0, k);
       if (sources.length < k) throw this.unavailableError();
       const rows: (Uint8Array | null)[] = new Array<Uint8Array | null>(total).fill(null);
       for (const i of sources) rows[i] = Buffer.allocUnsafe(rowLength);
@@ -233,6 +281,7 @@ class GroupReader {
         sources.map((i) => this.take(i, rowStart, rowLength, rows[i]!, 0)),
       );
       let ok = true;
+      if (results.some((r) => r.status === 'rejected')) this.throwIfClosed();
       results.forEach((r, j) => {
         if (r.status === 'rejected') {
           ok = false;
@@ -266,10 +315,17 @@ class GroupReader {
     dest: Uint8Array,
     at: number,
   ): Promise<void> {
+    this.throwIfClosed();
     let cursor = this.cursors.get(index);
-    // Behind the cursor, or near the end of its read's deadline (a slow consumer): a fresh range read.
-    if (cursor !== undefined && (cursor.position > offset || Date.now() > cursor.renewAt)) {
+    // Behind the cursor, near the end of its read's deadline, or idle long enough that its server may
+    // have cut the connection (a paused consumer): a fresh range read.
+    const now = Date.now();
+    if (
+      cursor !== undefined &&
+      (cursor.position > offset || now > cursor.renewAt || now - cursor.lastUsedAt > this.idleRenewMs)
+    ) {
       cursor.close();
+      this.cursors.delete(index);
       cursor = undefined;
     }
     if (cursor === undefined) {
@@ -287,12 +343,17 @@ class GroupReader {
       cursor = new ShardCursor(index, handle, offset, this.spanEnd);
       this.cursors.set(index, cursor);
     }
-    return withStepTimeout(
-      cursor.take(offset, length, dest, at),
-      this.shardTimeoutMs,
-      `shard ${index}`,
-      'UNAVAILABLE',
-    );
+    const taking = cursor;
+    try {
+      await withStepTimeout(
+        taking.take(offset, length, dest, at),
+        this.shardTimeoutMs,
+        `shard ${index}`,
+        'UNAVAILABLE',
+      );
+    } finally {
+      taking.lastUsedAt = Date.now();
+    }
   }
 
   private markFailed(index: number, reason: unknown): void {
@@ -432,6 +493,7 @@ export class FileReader {
     const counting: ReadSink = {
       reserve: (length) => sink.reserve(length),
       commit: async () => {
+        if (this.closed) throw new DogfsError('CANCELLED', 'read closed');
         await sink.commit();
         if (this.closed) throw new DogfsError('CANCELLED', 'read closed');
       },
@@ -457,6 +519,7 @@ export class FileReader {
         from - block.offset,
         to - from,
         this.options.shardTimeoutMs ?? 5000,
+        this.options.shardIdleRenewMs ?? DEFAULT_SHARD_IDLE_RENEW_MS,
       );
       this.group = reader;
       await reader.readInto(from - block.offset, to - from, counting);
@@ -561,6 +624,8 @@ export class FileReadStream extends Readable {
             return this.reserved;
           },
           commit: async () => {
+            // Destroyed meanwhile: a push would be refused and no _read would come to wake the wait.
+            if (this.destroyed) throw new DogfsError('CANCELLED', 'read stream destroyed');
             const bytes = this.reserved!;
             this.reserved = undefined;
             this.pulled = false;

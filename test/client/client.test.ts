@@ -57,6 +57,32 @@ async function readIntoBuffer(client: DogfsClient, path: string, options: ReadSt
   return { bytes: Buffer.concat(parts), outcome };
 }
 
+/** DogfsClient.readInto into memory, calling `afterStripe` with the count of stripes committed so far. */
+async function readIntoPausing(
+  client: DogfsClient,
+  path: string,
+  afterStripe: (stripes: number) => void | Promise<void>,
+  options: ReadStreamOptions = {},
+) {
+  const parts: Buffer[] = [];
+  let open: Buffer | undefined;
+  const outcome = await client.readInto(
+    path,
+    {
+      reserve: (length) => {
+        open = Buffer.alloc(length, 0xee);
+        return open;
+      },
+      commit: async () => {
+        parts.push(open!);
+        await afterStripe(parts.length);
+      },
+    },
+    options,
+  );
+  return { bytes: Buffer.concat(parts), outcome };
+}
+
 async function rejectsWith(promise: Promise<unknown>, code: string, pattern?: RegExp): Promise<DogfsError> {
   try {
     await promise;
@@ -541,6 +567,83 @@ describe('write and read paths (in-memory data plane)', () => {
     }
   });
 
+  test('a read stream destroyed while a shard read stalls closes at once, with no shard called bad', async () => {
+    const data = randomBytes(S + 10);
+    await client.writeFile('/destroyed-mid-read', data, { ec: 'rs-3-2' });
+    const shard0 = (await client.stat('/destroyed-mid-read')).inode.blockGroups[0]!.shards.find(
+      (s) => s.index === 0,
+    )!;
+    transport.hung.add(shard0.addr);
+    try {
+      const readsBefore = transport.reads.length;
+      // A range inside shard 0's first cell: its cancelled read left K other shards that would have
+      // served a decode after the close (which then waited for a consumer that was gone).
+      const stream = client.createReadStream('/destroyed-mid-read', {
+        start: 0,
+        end: 9,
+        shardTimeoutMs: 60_000,
+      });
+      let closed = false;
+      stream.once('close', () => {
+        closed = true;
+      });
+      stream.once('error', () => {});
+      stream.resume();
+      await waitFor('the stalled shard read open', () =>
+        transport.reads.slice(readsBefore).some((r) => r.addr === shard0.addr),
+      );
+      stream.destroy();
+      await waitFor('the destroyed stream closed', () => closed, 5000);
+      assert.deepEqual(stream.badShards, []);
+    } finally {
+      transport.hung.clear();
+    }
+  });
+
+  test('shards that failed for a while are let back: M + 1 failures over a read, never more than M at once', async () => {
+    const data = randomBytes(3 * S);
+    await client.writeFile('/failing-in-turn', data, { ec: 'rs-3-2' });
+    const shards = (await client.stat('/failing-in-turn')).inode.blockGroups[0]!.shards;
+    const addr = (index: number) => shards.find((s) => s.index === index)!.addr;
+    transport.dead.add(addr(0));
+    try {
+      const { bytes, outcome } = await readIntoPausing(client, '/failing-in-turn', (stripes) => {
+        if (stripes === 1) {
+          // After the first stripe shard 0's server is back, and two others go down (M at once).
+          transport.dead.clear();
+          transport.dead.add(addr(1));
+          transport.dead.add(addr(2));
+        }
+      });
+      assert.deepEqual(bytes, data);
+      assert.deepEqual([...new Set(outcome.badShards.map((b) => b.index))].sort(), [0, 1, 2]);
+    } finally {
+      transport.dead.clear();
+    }
+  });
+
+  test('a shard read left idle (the consumer paused) is opened anew at its next use', async () => {
+    const data = randomBytes(3 * S);
+    await client.writeFile('/paused-read', data, { ec: 'rs-3-2' });
+    const readsBefore = transport.reads.length;
+    const { bytes } = await readIntoPausing(
+      client,
+      '/paused-read',
+      async (stripes) => {
+        // The consumer pauses past the idle bound after the first stripe: the pause is the input here.
+        if (stripes === 1) {
+          const pausedAt = Date.now();
+          await waitFor('a pause longer than the idle bound', () => Date.now() - pausedAt > 100);
+        }
+      },
+      { shardIdleRenewMs: 50 },
+    );
+    assert.deepEqual(bytes, data);
+    const opened = transport.reads.slice(readsBefore);
+    for (const index of [0, 1, 2])
+      assert.equal(opened.filter((r) => r.index === index).length, 2, `shard ${index}: read, then read anew`);
+  });
+
   test('a shard read given up as slow copies nothing into sink memory when its bytes come late', async () => {
     const data = randomBytes(2 * S + 10);
     await client.writeFile('/late', data, { ec: 'rs-3-2' });
@@ -745,6 +848,46 @@ describe('write and read paths (in-memory data plane)', () => {
         assert.equal(cluster.state.count('CompleteFile'), completes, `${name}: CompleteFile never sent`);
       }
     });
+  });
+
+  test('a stream destroyed while its CompleteFile is on its way waits for it: the file appears and the stream says so', async () => {
+    let release: () => void = () => {};
+    const completes = cluster.state.count('CompleteFile');
+    const abandons = cluster.state.count('AbandonFile');
+    const data = randomBytes(100_000);
+    const stream = client.createWriteStream('/destroyed-at-complete', { ec: 'rs-3-2' });
+    stream.on('error', () => {});
+    let closed = false;
+    stream.once('close', () => {
+      closed = true;
+    });
+    cluster.state.holdReply.set('CompleteFile', new Promise<void>((resolve) => (release = resolve)));
+    try {
+      stream.end(data);
+      await waitFor('CompleteFile sent', () => cluster.state.count('CompleteFile') > completes, 5000);
+      stream.destroy();
+      assert.equal(closed, false, 'the stream waits for the command that decides');
+    } finally {
+      cluster.state.holdReply.delete('CompleteFile');
+      release();
+    }
+    await waitFor('the stream closed', () => closed, 5000);
+    assert.equal(cluster.state.count('AbandonFile'), abandons, 'no AbandonFile raced the CompleteFile');
+    assert.equal(stream.completed, true);
+    assert.equal(stream.inode?.size, data.length);
+    assert.deepEqual(await client.readFile('/destroyed-at-complete'), data);
+  });
+
+  test('shard writes all refused for want of space: the put fails with NO_SPACE, not a retryable UNAVAILABLE', async () => {
+    for (let i = 0; i < 7; i++) transport.full.add(`mem-${i}:1`);
+    try {
+      await assert.rejects(client.writeFile('/no-room', randomBytes(10_000), { ec: 'rs-3-2' }), {
+        code: 'NO_SPACE',
+      });
+      await assert.rejects(client.stat('/no-room'), { code: 'NOT_FOUND' });
+    } finally {
+      transport.full.clear();
+    }
   });
 
   test('a block group whose placement leaves too few shard writes opens none that stay open', async () => {
