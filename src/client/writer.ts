@@ -140,6 +140,8 @@ class ShardStream {
   handle: ShardWriteHandle | undefined;
   crc = 0;
   error: DogfsError | undefined;
+  /** The failure was this process's own (see fail). */
+  localFault = false;
 
   constructor(location: Init<ShardLocation>) {
     this.location = location;
@@ -151,7 +153,10 @@ class ShardStream {
 
   fail(error: unknown): void {
     if (this.error !== undefined) return;
-    const e = toDogfsError(error, 'UNAVAILABLE');
+    // Neither a DogfsError nor a system error (errno): a fault of this process (a bug), not of the
+    // shard's server, which must not pass as a tolerated gap (checkEnoughAlive fails the group).
+    this.localFault = !(error instanceof DogfsError) && !isSystemError(error);
+    const e = toDogfsError(error, this.localFault ? 'INTERNAL' : 'UNAVAILABLE');
     this.error = new DogfsError(
       e.code,
       `shard ${this.location.index} on ${this.location.chunkServerId ?? '?'} (${this.location.addr ?? '?'}): ${e.message}`,
@@ -159,6 +164,11 @@ class ShardStream {
     );
     this.handle?.abort(this.error);
   }
+}
+
+/** An error from the operating system (it carries an errno code such as ECONNRESET). */
+function isSystemError(error: unknown): boolean {
+  return error instanceof Error && typeof (error as NodeJS.ErrnoException).code === 'string';
 }
 
 class GroupWriter {
@@ -192,11 +202,14 @@ class GroupWriter {
       );
     }
     const shardLength = layout.shardLength(length);
+    // Every target first: a shard write must not be opened for a group that is refused.
+    for (let i = 0; i < total; i++) {
+      if (!block.shards.some((s) => s.index === i))
+        throw new DogfsError('INTERNAL', `block group ${block.id}: no target for shard ${i}`);
+    }
     this.shards = [];
     for (let i = 0; i < total; i++) {
-      const target = block.shards.find((s) => s.index === i);
-      if (target === undefined)
-        throw new DogfsError('INTERNAL', `block group ${block.id}: no target for shard ${i}`);
+      const target = block.shards.find((s) => s.index === i)!;
       const stream = new ShardStream({
         index: i,
         chunkServerId: target.chunkServerId,
@@ -232,13 +245,21 @@ class GroupWriter {
     return this.shards.filter((s) => s.alive).length;
   }
 
-  /** Throws when too few shards are left for the group to be kept. */
+  /**
+   * Throws when too few shards are left for the group to be kept, or when a shard failed for a fault of
+   * this process (INTERNAL). The error has the failed shards' code when they share one (NO_SPACE from
+   * full servers is no reason to retry), else UNAVAILABLE.
+   */
   checkEnoughAlive(): void {
+    const errors = this.shards.flatMap((s) => (s.error === undefined ? [] : [s.error]));
+    const ownFault = this.shards.find((s) => s.localFault)?.error;
+    if (ownFault !== undefined) throw ownFault;
     if (this.alive() >= this.required) return;
-    const failed = this.shards.filter((s) => s.error !== undefined).map((s) => s.error!.message);
+    const codes = new Set(errors.map((e) => e.code));
+    const code = codes.size === 1 ? [...codes][0]! : 'UNAVAILABLE';
     throw new DogfsError(
-      'UNAVAILABLE',
-      `write failed: only ${this.alive()} of ${this.shards.length} shards of block group ${this.block.id} could be written, ${this.required} needed (${failed.join('; ')})`,
+      code,
+      `write failed: only ${this.alive()} of ${this.shards.length} shards of block group ${this.block.id} could be written, ${this.required} needed (${errors.map((e) => e.message).join('; ')})`,
     );
   }
 
@@ -351,6 +372,8 @@ export class FileWriteStream extends Writable {
   /** Renews the write lease while the stream lives (a block group may take longer than a lease). */
   private renewTimer: NodeJS.Timeout | undefined;
   private renewing: Promise<void> | undefined;
+  /** The command that makes the file appear (CompleteFile, or Create of an empty file), once sent. */
+  private completing: Promise<unknown> | undefined;
 
   constructor(context: WriterContext, path: string, options: WriteStreamOptions = {}) {
     super({ highWaterMark: 1024 * 1024, decodeStrings: true });
@@ -440,10 +463,29 @@ export class FileWriteStream extends Writable {
     this.group = undefined;
     this.pending.length = 0;
     this.pendingBytes = 0;
+    // The stripe memory goes with the stream (a caller may keep the stream object for long); sockets
+    // still sending hold their own references.
+    this.stripeBuffers = [];
+    this.cells.length = 0;
+    this.stripe = undefined;
+    this.codec = undefined;
     clearInterval(this.renewTimer);
+    if (this.writableFinished) {
+      // After 'finish' (autoDestroy) the file is complete: nothing to abandon.
+      callback(error);
+      return;
+    }
+    if (this.completing !== undefined) {
+      // The command that makes the file appear is on its way: abandoning now would race it, and the
+      // file could appear after the name was given back. Its outcome decides: the stream closes once
+      // it is known, with `inode` set if the file appeared.
+      const settle = () => callback(error);
+      this.completing.then(settle, settle);
+      return;
+    }
     // Destroyed before it finished, with or without an error (a caller cancelling): the file must not
-    // appear. After 'finish' (autoDestroy) the file is complete and there is nothing to abandon.
-    if (!this.writableFinished) this.abandon();
+    // appear.
+    this.abandon();
     callback(error);
   }
 
@@ -748,12 +790,14 @@ export class FileWriteStream extends Writable {
       // CompleteFile) with the same refusals and overwrite semantics as a write.
       assert(this.bytesWritten === 0, 'bytes were written into a file never created');
       this.completeCalled = true;
-      const created = await this.context.meta.mutate(
+      const creating = this.context.meta.mutate(
         this.context.session,
         'Create',
         this.createRequest({ complete: true }),
         this.metaOptions(),
       );
+      this.completing = creating;
+      const created = await creating;
       if (!created.inode) throw new DogfsError('INTERNAL', 'Create answered without an inode');
       this.inode = created.inode;
       return;
@@ -764,7 +808,7 @@ export class FileWriteStream extends Writable {
     // CompleteFile must not make it appear after all.
     if (this.destroyed) throw new DogfsError('CANCELLED', 'write stream destroyed');
     this.completeCalled = true;
-    const completed = await this.context.meta.mutate(
+    const completing = this.context.meta.mutate(
       this.context.session,
       'CompleteFile',
       {
@@ -775,6 +819,8 @@ export class FileWriteStream extends Writable {
       },
       this.metaOptions(),
     );
+    this.completing = completing;
+    const completed = await completing;
     if (completed.inode) this.inode = completed.inode;
   }
 }

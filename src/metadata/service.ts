@@ -447,10 +447,14 @@ export class MetadataNode {
       }
       if (this.host.isLeader(NAMESPACE_GROUP)) {
         const now = Date.now();
+        // Leases run on the state machine's time (the latest command time, never behind): a leader whose
+        // clock is behind it (an earlier leader's was ahead, or the clock stepped back) must not hold
+        // expired leases for that long.
+        const leaseNow = Math.max(now, this.namespace.state.timeMs);
         const earliest = this.namespace.state.earliestLeaseExpiryMs();
-        if (earliest !== undefined && earliest <= now) {
+        if (earliest !== undefined && earliest <= leaseNow) {
           await this.proposeNamespace(
-            { op: 'expireLeases', timeMs: now, expiresAtOrBeforeMs: now },
+            { op: 'expireLeases', timeMs: now, expiresAtOrBeforeMs: leaseNow },
             deadline,
           );
         }

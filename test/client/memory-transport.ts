@@ -27,6 +27,8 @@ export class MemoryTransport implements ShardTransport {
   readonly dead = new Set<string>();
   /** Addresses whose reads never deliver. */
   readonly hung = new Set<string>();
+  /** Addresses whose disks are full: every shard write there is refused NO_SPACE. */
+  readonly full = new Set<string>();
   /**
    * Address → a gate: reads there deliver their bytes only once it opens, even after being closed (a slow
    * server whose data arrives after the reader gave up on it). `lateDeliveries` counts such deliveries.
@@ -54,6 +56,8 @@ export class MemoryTransport implements ShardTransport {
       if (aborted) throw new DogfsError('CANCELLED', 'aborted');
       if (this.dead.has(target.addr))
         throw new DogfsError('UNAVAILABLE', `${target.addr}: connection refused`);
+      if (this.full.has(target.addr))
+        throw new DogfsError('NO_SPACE', `${target.addr}: no space for the shard`);
       const limit = this.dieAfter.get(target.addr);
       if (limit !== undefined && written > limit) {
         this.dead.add(target.addr);
