@@ -131,10 +131,19 @@ function appendEntries(mirror: Mirror, entries: readonly Entry[]): void {
 }
 
 function applySnapshot(mirror: Mirror, meta: SnapshotMeta, data: Uint8Array, file: string): void {
+  // The entries after the snapshot stay only if the log holds the snapshot's last entry itself (same
+  // index and term): this node's own snapshot (compaction). A snapshot installed from a leader over a
+  // log that diverged (an old leader's uncommitted tail) replaces the whole log, as the core does: kept,
+  // that tail came back at restart after a snapshot of a later term, and the node could not start.
+  const last = mirror.entries.find((e) => e.index === meta.index);
+  const holdsLast =
+    last !== undefined
+      ? last.term === meta.term
+      : mirror.snapshot?.meta.index === meta.index && mirror.snapshot.meta.term === meta.term;
   mirror.snapshot = { meta, data };
   mirror.snapshotFile = file;
-  mirror.entries = mirror.entries.filter((e) => e.index > meta.index);
-  // A snapshot beyond the log (installed from the leader) replaces the whole log.
+  mirror.entries = holdsLast ? mirror.entries.filter((e) => e.index > meta.index) : [];
+  // A snapshot beyond the log replaces the whole log.
   if (mirror.entries[0] !== undefined && mirror.entries[0].index !== meta.index + 1) mirror.entries = [];
 }
 
@@ -236,8 +245,9 @@ export class DurableStorage implements HostStorage {
     return offset;
   }
 
-  private removeUnreferencedSnapshots(): void {
+  private removeUnreferencedSnapshots(alsoKeep: ReadonlySet<string> = new Set()): void {
     const referenced = new Set([...this.mirrors.values()].map((m) => m.snapshotFile));
+    for (const name of alsoKeep) referenced.add(name);
     for (const name of readdirSync(this.dir)) {
       if (this.snapshotsInFlight.has(name)) continue;
       if ((name.startsWith('snap-') && !referenced.has(name)) || name.endsWith('.tmp'))
@@ -324,7 +334,12 @@ export class DurableStorage implements HostStorage {
     const tmp = join(this.dir, `${name}.tmp`);
     const fd = openSync(tmp, 'w');
     try {
-      writeSync(fd, snapshot.data);
+      // writeSync may write less than asked (a full disk): a short file must never be recorded.
+      for (let at = 0; at < snapshot.data.byteLength; ) {
+        const written = writeSync(fd, snapshot.data, at, snapshot.data.byteLength - at);
+        assert(written > 0, `snapshot ${name}: wrote nothing at byte ${at}`);
+        at += written;
+      }
       fsyncSync(fd);
     } finally {
       closeSync(fd);
@@ -358,7 +373,11 @@ export class DurableStorage implements HostStorage {
   /** Rewrites the log as the mirror's current state: drops everything snapshots cover. */
   private async rewrite(): Promise<void> {
     const records: Buffer[] = [];
+    // The snapshot files the new log names: kept below even if, while it is written, a snapshot taken in
+    // the background is staged in their place (its record is then only pending, not on disk).
+    const named = new Set<string>();
     for (const [group, m] of this.mirrors) {
+      named.add(m.snapshotFile);
       if (m.snapshot)
         records.push(frame({ group, snapshot: metaToWire(m.snapshot.meta), snapshotFile: m.snapshotFile }));
       if (m.entries.length > 0) records.push(entriesFrame(group, m.entries));
@@ -381,7 +400,7 @@ export class DurableStorage implements HostStorage {
     this.handle = await open(path, LOG_FLAGS);
     this.size = size;
     this.rewriteAtBytes = Math.max(REWRITE_THRESHOLD_BYTES, 2 * size);
-    this.removeUnreferencedSnapshots();
+    this.removeUnreferencedSnapshots(named);
   }
 
   async close(): Promise<void> {

@@ -408,7 +408,14 @@ export class RaftHost {
     const now = Date.now();
     for (const [group, message] of steps) {
       this.lastHeardFrom.set(message.from, now);
-      group.raft.step(message);
+      try {
+        group.raft.step(message);
+      } catch (error) {
+        // The core's own invariants broke (what a peer sends was validated above): its state may be half
+        // changed. Crash rather than go on, and answer nothing, as after a storage failure.
+        this.log.error('raft step failed; exiting', { group: group.id, type: message.type, error });
+        process.exit(70);
+      }
     }
     this.counters.messagesReceived += steps.length;
     this.scheduleRound();

@@ -177,15 +177,22 @@ export function messageFromWire(w: RaftMessage): Message {
     case 'preVoteResp':
     case 'voteResp':
       return { ...base, type, granted: w.granted };
-    case 'append':
-      return {
-        ...base,
-        type,
-        prevIndex: asIndex(safe(w.prevIndex, 'prevIndex')),
-        prevTerm: asTerm(safe(w.prevTerm, 'prevTerm')),
-        entries: w.entries.map(entryFromWire),
-        commit: asIndex(safe(w.commit, 'commit')),
-      };
+    case 'append': {
+      const prevIndex = asIndex(safe(w.prevIndex, 'prevIndex'));
+      const prevTerm = asTerm(safe(w.prevTerm, 'prevTerm'));
+      const entries = w.entries.map(entryFromWire);
+      // What a correct leader sends: entries prevIndex+1, +2, ... with terms from prevTerm up to the
+      // message's own. Anything else would trip the core's log assertions half way through an append.
+      let lastTerm = prevTerm;
+      entries.forEach((e, i) => {
+        if (e.index !== prevIndex + 1 + i)
+          throw bad(`append entry ${i} has index ${e.index}, expected ${prevIndex + 1 + i}`);
+        if (e.term < lastTerm || e.term > base.term)
+          throw bad(`append entry ${e.index} has term ${e.term}, outside ${lastTerm}..${base.term}`);
+        lastTerm = e.term;
+      });
+      return { ...base, type, prevIndex, prevTerm, entries, commit: asIndex(safe(w.commit, 'commit')) };
+    }
     case 'appendResp':
       return {
         ...base,

@@ -65,8 +65,15 @@ class MemoryGroupStorage implements GroupStorage {
   }
 
   saveSnapshot(snapshot: Snapshot): void {
+    const { index, term } = snapshot.meta;
+    // As durable.ts's applySnapshot: the entries after it stay only if the log holds its last entry.
+    const last = this.entries.find((e) => e.index === index);
+    const holdsLast =
+      last !== undefined
+        ? last.term === term
+        : this.snapshot?.meta.index === index && this.snapshot.meta.term === term;
     this.snapshot = snapshot;
-    this.entries = this.entries.filter((e) => e.index > snapshot.meta.index);
+    this.entries = holdsLast ? this.entries.filter((e) => e.index > index) : [];
   }
 
   async saveOwnSnapshot(snapshot: Snapshot): Promise<void> {

@@ -13,7 +13,7 @@
  * (MAX_FRAME_BYTES), and the batches waiting for a connection to open (MAX_PENDING_FRAMES).
  */
 import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
-import { assert } from '../common/assert.js';
+import { AssertionError, assert } from '../common/assert.js';
 import type { Logger } from '../common/log.js';
 import { DogfsError, toDogfsError } from '../wire/errors.js';
 import { type RaftBatch, RaftTransportService } from '../wire/gen/types.js';
@@ -110,6 +110,9 @@ export class FrameServer {
           this.onBatch(batch);
         });
       } catch (error) {
+        // A broken invariant of this node (the core's or the host's) is no peer's fault: the state may
+        // be half changed, so the process must not go on as if a frame had merely been refused.
+        if (error instanceof AssertionError) throw error;
         // A peer that sends what we cannot take is cut off; Raft treats it as a network fault.
         const e = toDogfsError(error);
         this.log.warn('raft frame refused; closing the connection', {

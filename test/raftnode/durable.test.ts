@@ -135,6 +135,35 @@ test('a conflicting append replaces the suffix; a snapshot drops what it covers'
   );
 });
 
+test('a snapshot installed from a leader over a diverged log replaces all of it, also at the next open', async () => {
+  const dir = freshDir();
+  const s = await DurableStorage.open(dir);
+  const g = s.group(6);
+  g.saveSnapshot(bootstrap);
+  // An old leader's log: entries 3 and 4 of term 3 were never committed.
+  g.append([entry(1, 1), entry(1, 2), entry(3, 3), entry(3, 4)]);
+  g.setHardState(hard(3, 1, 2));
+  await s.sync();
+  // The new leader (term 4) had compacted past them: it sends its snapshot at index 3, term 4.
+  const installed = {
+    meta: { index: asIndex(3), term: asTerm(4), config: bootstrap.meta.config },
+    data: Buffer.from('state@3'),
+  };
+  g.saveSnapshot(installed);
+  g.setHardState(hard(4, 0, 3));
+  await s.close();
+  const reopened = await DurableStorage.open(dir);
+  try {
+    const state = reopened.group(6).load()!;
+    assert.equal(state.snapshot.meta.index, 3);
+    assert.equal(state.snapshot.meta.term, 4);
+    // Entry 4 of term 3 would follow a snapshot of term 4: a log the core refuses to start from.
+    assert.deepEqual(state.entries, []);
+  } finally {
+    await reopened.close();
+  }
+});
+
 test('an append overlapping the log replaces from its first index, at the head, in the middle, or past a snapshot', async () => {
   const s = await DurableStorage.open(freshDir());
   try {

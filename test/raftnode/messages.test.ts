@@ -132,8 +132,8 @@ test('entries written by hand are byte for byte what protobufjs writes (WAL reco
 
 test('an entry whose empty data field was left out (as proto3 senders do) decodes to empty data and is stored', () => {
   const append = messageToWire(1, MESSAGES.find((m) => m.type === 'append')!);
-  // protobufjs omits an unset field: this entry's bytes carry term and index only (08 05 10 07).
-  const wire = { ...append, entries: [{ term: 5, index: 7 }] };
+  // protobufjs omits an unset field: this entry's bytes carry term and index only (08 06 10 0a).
+  const wire = { ...append, entries: [{ term: 6, index: 10 }] };
   const decoded = messageFromWire(
     decodeMessage('dogfs.v1.RaftMessage', encodeMessage('dogfs.v1.RaftMessage', wire)),
   );
@@ -145,4 +145,34 @@ test('an entry whose empty data field was left out (as proto3 senders do) decode
     spliceEntries(0, head, TAG_WAL_RECORD_ENTRIES, decoded.entries),
     Buffer.from(encodeMessage('dogfs.v1.WalRecord', { group: 1, entries: decoded.entries.map(entryToWire) })),
   );
+});
+
+test('an append whose entries are not what a leader sends is refused before it reaches the core', () => {
+  const good = MESSAGES.find((m) => m.type === 'append' && m.entries.length > 0)!;
+  assert.ok(good.type === 'append');
+  const roundTrip = (m: Message) =>
+    messageFromWire(
+      decodeMessage('dogfs.v1.RaftMessage', encodeMessage('dogfs.v1.RaftMessage', messageToWire(1, m))),
+    );
+  assert.doesNotThrow(() => roundTrip(good));
+  const variants: [string, Entry[]][] = [
+    ['a gap in the indexes', [normal(10, 1), normal(12, 1)]],
+    ['not following prevIndex', [normal(11, 1)]],
+    [
+      'a term going back',
+      [
+        { ...normal(10, 1), term: t(7) },
+        { ...normal(11, 1), term: t(6) },
+      ],
+    ],
+    ['a term below prevTerm', [{ ...normal(10, 1), term: t(5) }]],
+    ['a term above the message', [{ ...normal(10, 1), term: t(8) }]],
+  ];
+  for (const [what, entries] of variants) {
+    assert.throws(
+      () => roundTrip({ ...good, entries }),
+      (error: Error & { code?: string }) => error.code === 'INVALID_ARGUMENT',
+      what,
+    );
+  }
 });
