@@ -272,14 +272,18 @@ export class DataServer {
             );
           }
           // Past the deadline the writer has been told the write failed (its socket is cut): the rest
-          // of the shard may still have been in the receive buffer, but it must not appear now.
+          // of the shard may still have been in the receive buffer, but it must not appear now. Nor when
+          // the writer is gone (its own timeout, a destroyed stream): it will not record the shard.
           if (expired()) throw new DogfsError('DEADLINE_EXCEEDED', 'write deadline exceeded');
+          if (socket.destroyed) throw new DogfsError('CANCELLED', 'the writer went away before the commit');
           const record = await session.commit(trailer.crc32c);
-          if (expired()) {
-            // The deadline passed during the commit (fdatasync, rename): the writer was told the write
-            // failed and will not record the shard, so it goes rather than stay an orphan.
-            await this.store.delete(shardId);
-            throw new DogfsError('DEADLINE_EXCEEDED', 'write deadline exceeded');
+          if (expired() || socket.destroyed) {
+            // The deadline passed, or the writer left, during the commit (fdatasync, rename): the writer
+            // will not record the shard, so it goes rather than stay an orphan.
+            await this.store.delete(shardId, record.mtimeMs);
+            throw expired()
+              ? new DogfsError('DEADLINE_EXCEEDED', 'write deadline exceeded')
+              : new DogfsError('CANCELLED', 'the writer went away during the commit');
           }
           reader.release(writing);
           this.metrics.add('shards_written');

@@ -25,6 +25,7 @@ export type CounterName =
   | 'scrub_bytes'
   | 'scrub_shards'
   | 'scrub_passes'
+  | 'scrub_errors'
   | 'corrupt_found';
 
 /** A Prometheus label value, escaped as the text format asks (backslash, quote, newline). */

@@ -20,6 +20,8 @@ const SCRUB_READ_BYTES = 16 * DATA_CHUNK_SIZE;
 const SCRUB_PAGE = 1000;
 /** Pause between passes when the inventory is empty or small, so an idle server does not spin. */
 const MIN_PASS_INTERVAL_MS = 1000;
+/** After a shard that could not be read (not corrupt: an error of the system), before the next one. */
+const SCRUB_ERROR_PAUSE_MS = 1000;
 
 export class Scrubber {
   private readonly abort = new AbortController();
@@ -55,7 +57,15 @@ export class Scrubber {
         const page = this.store.list(cursor, SCRUB_PAGE);
         for (const record of page.shards) {
           if (signal.aborted) return;
-          await this.scrubShard(record.id);
+          try {
+            await this.scrubShard(record.id);
+          } catch (error) {
+            // One shard that could not be read (EMFILE, EIO, EACCES...) must not end scrubbing for good:
+            // said, counted, and the pass goes on after a pause.
+            this.metrics.add('scrub_errors');
+            this.log?.warn('scrub could not read a shard', { shard: formatShardId(record.id), error });
+            await sleep(SCRUB_ERROR_PAUSE_MS, undefined, { signal }).catch(() => {});
+          }
           cursor = record.id;
         }
         if (!page.more || page.shards.length === 0) break;

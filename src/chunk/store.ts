@@ -20,7 +20,7 @@
  * (O_DIRECT, several reads in flight, or through the page cache); headers and checksums through the cache.
  */
 import { randomBytes } from 'node:crypto';
-import { type FileHandle, mkdir, open, readdir, rename, statfs, unlink } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, readdir, rename, stat, statfs, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 // Only the checksum modules: the chunk server needs no erasure-coding backend in memory.
 import { CHECKSUM_CHUNK_SIZE } from '../codec/checksum.js';
@@ -450,11 +450,25 @@ export class ShardStore {
     const key = shardKey(session.id);
     assert(this.writing.delete(key), 'finishing a write that was not in progress');
     this.reserved -= session.fileBytes;
-    if (record !== undefined) {
-      this.records.set(key, record);
-      this.used += record.fileBytes;
-      this.sorted.splice(this.sortedIndexAfter(record.id), 0, record);
-    }
+    if (record !== undefined) this.remember(key, record);
+  }
+
+  /** Counts and lists a shard on disk. */
+  private remember(key: string, record: ShardRecord): void {
+    assert(!this.records.has(key), 'one record per shard');
+    this.records.set(key, record);
+    this.used += record.fileBytes;
+    this.sorted.splice(this.sortedIndexAfter(record.id), 0, record);
+  }
+
+  /** Stops counting and listing a shard (its file is being removed). */
+  private forget(key: string, record: ShardRecord): void {
+    this.records.delete(key);
+    const at = this.sortedIndexAfter(record.id) - 1;
+    assert(at >= 0 && this.sorted[at] === record, 'the sorted index holds every record');
+    this.sorted.splice(at, 1);
+    this.corruptShards.delete(key);
+    this.used -= record.fileBytes;
   }
 
   /** Opens a shard for verified reads. NOT_FOUND if absent; CORRUPT if its header or checksums are bad. */
@@ -532,16 +546,16 @@ export class ShardStore {
     const record = this.records.get(key);
     if (record === undefined) return false;
     const { dir, path } = this.pathFor(id, record);
-    this.records.delete(key);
-    const at = this.sortedIndexAfter(id) - 1;
-    assert(at >= 0 && this.sorted[at] === record, 'the sorted index holds every record');
-    this.sorted.splice(at, 1);
-    this.corruptShards.delete(key);
-    this.used -= record.fileBytes;
+    this.forget(key, record);
     try {
       await unlink(path);
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
+        // Still on disk (EIO, EROFS, EACCES): still counted and listed, so a retry deletes it, unless a
+        // new copy took its place meanwhile (which a retry must not take for it).
+        if (!this.records.has(key) && !this.writing.has(key)) this.remember(key, record);
+        throw error;
+      }
     }
     await fsyncDir(dir);
     return true;
@@ -574,11 +588,16 @@ export class ShardStore {
     const record = this.records.get(shardKey(id));
     if (record === undefined) throw new DogfsError('NOT_FOUND', `shard ${formatShardId(id)} not found`);
     if (record.mtimeMs === 0) {
-      const handle = await open(this.pathFor(id, record).path, 'r').catch(() => undefined);
-      if (handle !== undefined) {
-        record.mtimeMs = Math.floor((await handle.stat()).mtimeMs);
-        await handle.close();
+      let mtimeMs: number;
+      try {
+        mtimeMs = (await stat(this.pathFor(id, record).path)).mtimeMs;
+      } catch (error) {
+        // Removed behind the store's back: as absent. Anything else (EIO, EMFILE) is the caller's to see.
+        if ((error as NodeJS.ErrnoException).code === 'ENOENT')
+          throw new DogfsError('NOT_FOUND', `shard ${formatShardId(id)} not found (its file is gone)`);
+        throw error;
       }
+      record.mtimeMs = Math.floor(mtimeMs);
     }
     return record;
   }
@@ -722,7 +741,16 @@ export class ShardWriteSession {
       await this.sink.close();
       const finalPath = join(this.dir, fileName(this.id, this.length, this.crc32c));
       await rename(this.tmpPath, finalPath);
-      await fsyncDir(this.dir);
+      try {
+        await fsyncDir(this.dir);
+      } catch (error) {
+        // Renamed but not known durable: the write fails, and its file must not stay behind uncounted
+        // (it would come back at the next start as a shard nobody wrote).
+        await unlink(finalPath).catch((cleanup: unknown) => {
+          if ((cleanup as NodeJS.ErrnoException).code !== 'ENOENT') throw cleanup;
+        });
+        throw error;
+      }
       this.ended = true;
       const record: ShardRecord = {
         id: this.id,

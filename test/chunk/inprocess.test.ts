@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { DataServer } from '../../src/chunk/data-server.js';
 import { ChunkMetrics } from '../../src/chunk/metrics.js';
+import { Scrubber } from '../../src/chunk/scrubber.js';
 import { SHARD_HEADER_BYTES, ShardStore, type StoreIo } from '../../src/chunk/store.js';
 import { crc32c } from '../../src/codec/index.js';
 import { crc32cCombine, encodeFrame } from '../../src/wire/data-transfer.js';
@@ -590,3 +591,39 @@ for (const mode of WRITE_MODES) {
     }
   });
 }
+
+test('the scrubber goes on past a shard it could not read for a reason other than corruption', async () => {
+  let failNextRead = false;
+  const io: StoreIo = {
+    async writev(handle, buffers, position) {
+      await handle.writev(buffers as Uint8Array[], position);
+    },
+    async read(handle, buffer, offset, length, position) {
+      if (failNextRead) {
+        failNextRead = false;
+        throw Object.assign(new Error('EMFILE: too many open files, read'), { code: 'EMFILE' });
+      }
+      return (await handle.read(buffer, offset, length, position)).bytesRead;
+    },
+  };
+  const { store, server, addr } = await serve('scrub-errors', io);
+  const metrics = new ChunkMetrics();
+  const scrubber = new Scrubber(store, metrics, undefined, 1024 * MiB);
+  try {
+    for (const blockGroupId of [1, 2, 3])
+      await client.writeShard(
+        addr,
+        { blockGroupId, index: 0, generation: 1 },
+        seededBytes(MiB, blockGroupId),
+      );
+    // The first shard's first read (its header, at open) fails; the other two are scrubbed all the same.
+    failNextRead = true;
+    scrubber.start();
+    await waitFor('two shards scrubbed after the failed one', () => metrics.get('scrub_shards') >= 2);
+    assert.equal(metrics.get('scrub_errors'), 1);
+    assert.deepEqual(store.corruptList(), [], 'an error of the system is no corruption');
+  } finally {
+    await scrubber.stop();
+    await server.close();
+  }
+});
