@@ -54,6 +54,14 @@ const IDLE_CONNECTION_MS = 10 * 60_000;
 const DEADLINE_SWEEP_MS = 250;
 /** A connection that has not sent its whole magic within this long is dropped. */
 const MAGIC_TIMEOUT_MS = 10_000;
+/**
+ * A request arriving in pieces holds its whole size of the server's request budget from its head on: it
+ * must be whole within this, or its connection is cut (a client that announces 16 MiB and then sends
+ * nothing would otherwise hold that share for good, and sixteen such would refuse every request).
+ */
+const FRAME_ASSEMBLY_TIMEOUT_MS = 60_000;
+/** After GOAWAY and `end()`, how long a client may take to close its side before the socket is destroyed. */
+const END_GRACE_MS = 10_000;
 
 export interface LeanServerLimits {
   readonly maxMessageBytes: number;
@@ -61,6 +69,8 @@ export interface LeanServerLimits {
   readonly maxCallMs: number;
   /** How long answers may wait unsent with none taken before the connection is dropped (default 30 s). */
   readonly unsentStallMs?: number;
+  /** How long a request admitted in pieces may take to arrive whole (FRAME_ASSEMBLY_TIMEOUT_MS). */
+  readonly frameAssemblyMs?: number | undefined;
 }
 
 interface ServerCall {
@@ -87,6 +97,8 @@ class LeanServerConnection {
   /** The highest request id taken (ids only grow on a connection): what a GOAWAY names. */
   private lastCallId = 0;
   private stallTimer: NodeJS.Timeout | undefined;
+  /** Cuts a connection whose request, admitted in pieces, does not arrive whole in time. */
+  private assemblyTimer: NodeJS.Timeout | undefined;
   /** The stall timer runs the shorter wait (answers past the unsent limit). */
   private stallShort = false;
   private readonly writer: TickBatchedWriter;
@@ -110,13 +122,23 @@ class LeanServerConnection {
             : `server busy: ${server.limits.maxBufferedBytes} bytes of requests already in progress`;
         this.send(encodeError(callId, new DogfsError('RESOURCE_EXHAUSTED', reason)));
       },
-      // A request arriving in pieces holds its whole size from its head on: counted like one in flight.
-      admit: (_type, _callId, length) => {
+      // A request arriving in pieces holds its whole size from its head on: counted like one in flight,
+      // and it must be whole within FRAME_ASSEMBLY_TIMEOUT_MS.
+      admit: (type, _callId, length) => {
+        // Only requests carry bodies worth assembling (a CANCEL or PING is its head alone).
+        if (type !== FrameType.REQUEST)
+          throw new DogfsError('INVALID_ARGUMENT', `frame type ${type} of ${length} bytes from a client`);
         if (server.requestBytes.held + length > server.limits.maxBufferedBytes) return false;
         server.requestBytes.held += length;
+        this.assemblyTimer = setTimeout(
+          () => this.socket.destroy(),
+          server.limits.frameAssemblyMs ?? FRAME_ASSEMBLY_TIMEOUT_MS,
+        );
+        this.assemblyTimer.unref();
         return true;
       },
       released: (length) => {
+        clearTimeout(this.assemblyTimer);
         server.requestBytes.held -= length;
       },
     });
@@ -379,12 +401,17 @@ class LeanServerConnection {
   }
 
   private endAfterWrites(): void {
-    process.nextTick(() => this.socket.end());
+    process.nextTick(() => {
+      this.socket.end();
+      // A client that never closes its side would keep the connection (and whatever it holds) for good.
+      setTimeout(() => this.socket.destroy(), END_GRACE_MS).unref();
+    });
   }
 
   private onClose(): void {
     clearTimeout(this.magicTimer);
     clearTimeout(this.stallTimer);
+    clearTimeout(this.assemblyTimer);
     // A request cut off mid-frame gives back what its assembly held.
     this.server.requestBytes.held -= this.reader.assemblingBytes;
     if (this.sweep !== undefined) clearInterval(this.sweep);

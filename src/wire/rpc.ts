@@ -45,6 +45,8 @@ export interface RpcServerOptions {
   maxMessageBytes?: number;
   /** Lean connections whose answers wait unsent this long with none taken are dropped (default 30 s). */
   unsentStallMs?: number;
+  /** A lean request arriving in pieces must be whole within this, or its connection is cut (60 s). */
+  frameAssemblyMs?: number;
   /** Called for handler failures that are not DogfsErrors (bugs): they still reach the caller as INTERNAL. */
   onInternalError?: (method: string, error: unknown) => void;
 }
@@ -75,6 +77,7 @@ export class RpcServer {
       maxBufferedBytes: 16 * maxMessageBytes,
       maxCallMs: MAX_SERVER_CALL_MS,
       unsentStallMs: options.unsentStallMs,
+      frameAssemblyMs: options.frameAssemblyMs,
     };
     this.grpc = new GrpcServer(limits);
     this.lean = new LeanServer(limits, this.grpc.handlers, this.grpc.requestBytes);

@@ -490,6 +490,24 @@ test('an idle lean connection is told to go away and ended, not cut', async () =
   );
 });
 
+/** Waits until the server on `port` takes a 60 KiB request again (its byte budget has room), and checks the answer. */
+async function servesLargeRequestAgain(port: number): Promise<void> {
+  const channel = new RpcChannel(`127.0.0.1:${port}`, { transport: 'lean' });
+  try {
+    const path = 'z'.repeat(60 * 1024);
+    const answer = await waitFor('the budget to be free again', async () => {
+      try {
+        return (await channel.call(MetadataService, 'Stat', { path })).inode?.ec;
+      } catch {
+        return undefined;
+      }
+    });
+    assert.equal(answer, path);
+  } finally {
+    channel.close();
+  }
+}
+
 test('requests arriving in pieces count against the byte budget of the server from their first bytes', async () => {
   const small = new RpcServer({ maxMessageBytes: 64 * 1024 }); // 1 MiB of requests in flight at most
   small.addService(
@@ -519,20 +537,36 @@ test('requests arriving in pieces count against the byte budget of the server fr
     for (const message of refusals) assert.match(message, /server busy/);
     // Connections dropped mid-request give their share back: a 60 KiB request is taken again.
     for (const socket of sockets) socket.destroy();
-    const channel = new RpcChannel(`127.0.0.1:${smallPort}`, { transport: 'lean' });
-    try {
-      const path = 'z'.repeat(60 * 1024);
-      const answer = await waitFor('the budget to be free again', async () => {
-        try {
-          return (await channel.call(MetadataService, 'Stat', { path })).inode?.ec;
-        } catch {
-          return undefined;
-        }
-      });
-      assert.equal(answer, path);
-    } finally {
-      channel.close();
+    await servesLargeRequestAgain(smallPort);
+  } finally {
+    for (const socket of sockets) socket.destroy();
+    await small.close(0);
+  }
+});
+
+test('a request announced whole and then left unfinished does not hold the byte budget: its connection is cut', async () => {
+  // 1 MiB of requests in flight at most; a piece of a request must be whole within 300 ms.
+  const small = new RpcServer({ maxMessageBytes: 64 * 1024, frameAssemblyMs: 300 });
+  small.addService(
+    MetadataService,
+    statOnly(async () => {}),
+  );
+  const smallPort = await small.listen('127.0.0.1', 0);
+  const sockets: Socket[] = [];
+  let closed = 0;
+  try {
+    // Twenty connections each announce a 60 KiB request, send a third of it, and then nothing (without
+    // closing): 1.2 MiB claimed, more than the budget.
+    for (let i = 0; i < 20; i++) {
+      const socket = connect({ host: '127.0.0.1', port: smallPort });
+      sockets.push(socket);
+      socket.on('error', () => {});
+      socket.on('close', () => closed++);
+      const whole = statRequest(1, 'x'.repeat(60 * 1024));
+      socket.write(Buffer.concat([LEAN_MAGIC, whole.subarray(0, 20 * 1024)]));
     }
+    await waitFor('the unfinished requests cut off', () => closed >= 16, 10_000);
+    await servesLargeRequestAgain(smallPort);
   } finally {
     for (const socket of sockets) socket.destroy();
     await small.close(0);
