@@ -284,7 +284,8 @@ export class MetadataNode {
   private readonly cluster = new ClusterMachine();
   /** Shards reported bad (by readers or scrubbers), by shardKey; oldest first, bounded. */
   private readonly badShards = new Map<string, BadShardReport>();
-  private readonly inventories = new Map<string, number>();
+  /** Servers whose block report is being reconciled with the namespace now. */
+  private readonly reconciling = new Set<string>();
   /** Replaced copies whose DeleteShard is on its way, by server:blockGroup:index. */
   private readonly deletingCopies = new Map<string, Promise<boolean>>();
   /** Block reports being received (first page seen, not the last): the shards they name, by server. */
@@ -422,6 +423,9 @@ export class MetadataNode {
         this.lastSeen.clear();
         // Reports half received here are finished at the new leader (a reporter restarts from page 1).
         this.reportsInProgress.clear();
+        // Shard health is soft state of a leadership (heartbeats and reports rebuild it): notes kept from
+        // an earlier one could name a shard missing that came back while another node led.
+        this.badShards.clear();
       } else {
         const now = Date.now();
         if (this.cluster.state.clusterId === '') await this.ensureClusterId(deadline);
@@ -472,8 +476,11 @@ export class MetadataNode {
         this.pendingDeletes.clear();
       }
     } catch (error) {
-      // Lost leadership or quorum mid-duty: the next leader repeats it; nothing is half done.
-      this.log.debug('leader duty interrupted', { error });
+      // Lost leadership or quorum mid-duty: the next leader repeats it; nothing is half done. Anything
+      // else is worth seeing.
+      const e = toDogfsError(error);
+      const expected = e.code === 'NOT_LEADER' || e.code === 'NO_QUORUM' || e.code === 'DEADLINE_EXCEEDED';
+      this.log[expected ? 'debug' : 'warn']('leader duty interrupted', { error });
     } finally {
       this.dutyRunning = false;
     }
@@ -1083,7 +1090,10 @@ export class MetadataNode {
         }
       }
     }
+    const term = this.host.status(CLUSTER_GROUP).term;
     for (const shard of absent) {
+      // A note made after this node stopped leading would outlive the leadership it belongs to.
+      if (!this.host.isLeader(CLUSTER_GROUP) || this.host.status(CLUSTER_GROUP).term !== term) return;
       const server = this.cluster.state.server(serverId);
       if (server === undefined || server.state !== 'alive' || server.controlAddr === '') return;
       const found = await this.chunkChannels
@@ -1091,7 +1101,12 @@ export class MetadataNode {
         .call(
           ChunkControlService,
           'StatShard',
-          { shard: { ...shard, generation: 0 } },
+          // Named: another server now answering at that address must not say "not found" for this one.
+          {
+            shard: { ...shard, generation: 0 },
+            chunkServerId: serverId,
+            clusterId: this.cluster.state.clusterId,
+          },
           { timeoutMs: CHUNK_CONTROL_TIMEOUT_MS },
         )
         .then(
@@ -1313,6 +1328,9 @@ export class MetadataNode {
       AllocateBlockGroup: async (req, ctx) => {
         const id = inodeId(req.inodeId);
         this.host.requireLeader(NAMESPACE_GROUP);
+        // A leader new to its term may not have applied a Create committed in the last one yet: without
+        // the barrier the write in progress would be refused as unknown.
+        await this.host.readBarrier(NAMESPACE_GROUP, ctx.deadline);
         const pending = this.namespace.state.pendingFile(id);
         if (pending === undefined || pending.leaseId !== req.leaseId) {
           throw new DogfsError(
@@ -1542,11 +1560,18 @@ export class MetadataNode {
       },
       BlockReport: (req) => {
         this.host.requireLeader(CLUSTER_GROUP);
+        // Only from registered servers: each report in progress holds a set of up to MAX_RECONCILED_SHARDS
+        // keys, which ids made up on the wire must not multiply.
+        if (this.cluster.state.server(req.id) === undefined)
+          throw new DogfsError(
+            'FAILED_PRECONDITION',
+            `chunk server '${req.id.slice(0, 128)}' is not registered`,
+          );
+        // A server busy sending a large report sends no heartbeat meanwhile: it is alive all the same.
+        this.lastSeen.set(req.id, Date.now());
         // Inventories are soft state (GFS/HDFS style): kept by whichever node receives them, rebuilt after
         // a restart from the next reports. A whole report (first..last pages to this leader) is
         // reconciled with the namespace: recorded shards it lacks are checked and noted missing.
-        const before = req.first ? 0 : (this.inventories.get(req.id) ?? 0);
-        this.inventories.set(req.id, before + req.shards.length);
         if (req.first) this.reportsInProgress.set(req.id, new Set());
         if (!this.reportsInProgress.has(req.id)) return {}; // its first page went to another leader
         let named = this.reportsInProgress.get(req.id);
@@ -1561,13 +1586,18 @@ export class MetadataNode {
         }
         if (req.last) {
           this.reportsInProgress.delete(req.id);
-          if (named !== undefined) {
-            this.reconcileBlockReport(req.id, named).catch((error: unknown) =>
-              this.log.warn('block report reconciliation failed', {
-                server: req.id,
-                error: toDogfsError(error).message,
-              }),
-            );
+          // One reconciliation per server at a time (each walks the namespace); a report finished while
+          // one runs is left to the next (reports come again hourly and at each reporter session).
+          if (named !== undefined && !this.reconciling.has(req.id)) {
+            this.reconciling.add(req.id);
+            this.reconcileBlockReport(req.id, named)
+              .catch((error: unknown) =>
+                this.log.warn('block report reconciliation failed', {
+                  server: req.id,
+                  error: toDogfsError(error).message,
+                }),
+              )
+              .finally(() => this.reconciling.delete(req.id));
           }
         }
         return {};

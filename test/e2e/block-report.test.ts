@@ -37,6 +37,16 @@ test('a shard lost from a chunk server while it was down is found from its block
   const metaConnection = new MetadataConnection({ seeds: cluster.meta });
   let restarted: ReturnType<typeof startDogfs> | undefined;
   try {
+    // A report from an id no server registered is refused (it would hold a set of its shard keys).
+    await assert.rejects(
+      metaConnection.call('BlockReport', {
+        id: 'nobody-registered-this',
+        first: true,
+        last: false,
+        shards: [],
+      }),
+      { code: 'FAILED_PRECONDITION' },
+    );
     const bg = (await metaConnection.call('Stat', { path: '/f.bin' })).inode!.blockGroups[0]!;
     const lost = bg.shards[0]!;
     const holder = cluster.processes.find((p) => p.id === lost.chunkServerId)!;
