@@ -76,6 +76,12 @@ const MAX_BAD_SHARD_REPORTS = 10_000;
 const MAX_RECONCILED_SHARDS = 1_000_000;
 /** Recorded shards one block report may find absent and have confirmed (StatShard) before noting them. */
 const MAX_ABSENT_CHECKS = 256;
+/**
+ * When a report lacks more recorded shards than are checked one by one, and at least this share of
+ * those checked is confirmed absent, the rest are taken as absent too (a disk lost or replaced: its
+ * server came back with few or none of its shards). Below it, only the confirmed ones are noted.
+ */
+const ABSENT_SAMPLE_CONFIRMS = 0.9;
 /** Why a shard the block report of its server did not name is missing. */
 const ABSENT_REASON = 'absent from its chunk server (block report)';
 /** Files a reconciliation walks between turns of the event loop. */
@@ -286,6 +292,12 @@ export class MetadataNode {
   private readonly badShards = new Map<string, BadShardReport>();
   /** Servers whose block report is being reconciled with the namespace now. */
   private readonly reconciling = new Set<string>();
+  /**
+   * Per server, the recorded shards its last reconciled report lacked when they were too many to check
+   * one by one and the checked ones were confirmed absent (see ABSENT_SAMPLE_CONFIRMS); by shardKey, at
+   * most MAX_RECONCILED_SHARDS per server. Soft state of this leadership, like badShards.
+   */
+  private readonly absentOnServer = new Map<string, Set<string>>();
   /** Replaced copies whose DeleteShard is on its way, by server:blockGroup:index. */
   private readonly deletingCopies = new Map<string, Promise<boolean>>();
   /** Block reports being received (first page seen, not the last): the shards they name, by server. */
@@ -426,6 +438,7 @@ export class MetadataNode {
         // Shard health is soft state of a leadership (heartbeats and reports rebuild it): notes kept from
         // an earlier one could name a shard missing that came back while another node led.
         this.badShards.clear();
+        this.absentOnServer.clear();
       } else {
         const now = Date.now();
         if (this.cluster.state.clusterId === '') await this.ensureClusterId(deadline);
@@ -1064,7 +1077,8 @@ export class MetadataNode {
    * report does not name is asked for (StatShard), since it may have been written or repaired there
    * after the server listed its store; one still not found is noted missing there, so `admin report`
    * names its file and a repair rebuilds it (a disk that lost files while its server was down, say).
-   * Bounded: at most MAX_ABSENT_CHECKS per report. Nothing is deleted here.
+   * At most MAX_ABSENT_CHECKS are checked per report; beyond that, if the checked ones were confirmed
+   * absent (a lost disk), the rest are taken as absent too (absentOnServer). Nothing is deleted here.
    */
   private async reconcileBlockReport(serverId: string, named: ReadonlySet<string>): Promise<void> {
     // A shard noted absent that this report names is there again (a disk mounted back): the note goes.
@@ -1072,6 +1086,8 @@ export class MetadataNode {
       if (note.chunkServerId === serverId && note.reason === ABSENT_REASON && named.has(key))
         this.badShards.delete(key);
     }
+    this.absentOnServer.delete(serverId);
+    const unchecked = new Set<string>();
     const absent: { blockGroupId: number; index: number }[] = [];
     let files = 0;
     walk: for (const { inode } of this.namespace.state.files()) {
@@ -1085,12 +1101,14 @@ export class MetadataNode {
           if (bg.servers[index] !== serverId || (bg.durableMask & (2 ** index)) === 0) continue;
           const key = shardKey(bg.id, index);
           if (named.has(key) || this.badShards.get(key)?.chunkServerId === serverId) continue;
-          absent.push({ blockGroupId: bg.id, index });
-          if (absent.length >= MAX_ABSENT_CHECKS) break walk;
+          if (absent.length < MAX_ABSENT_CHECKS) absent.push({ blockGroupId: bg.id, index });
+          else unchecked.add(key);
+          if (unchecked.size >= MAX_RECONCILED_SHARDS) break walk;
         }
       }
     }
     const term = this.host.status(CLUSTER_GROUP).term;
+    let confirmed = 0;
     for (const shard of absent) {
       // A note made after this node stopped leading would outlive the leadership it belongs to.
       if (!this.host.isLeader(CLUSTER_GROUP) || this.host.status(CLUSTER_GROUP).term !== term) return;
@@ -1117,6 +1135,7 @@ export class MetadataNode {
           },
         );
       if (found) continue;
+      confirmed++;
       this.log.warn('shard missing from its chunk server', { server: serverId, ...shard });
       this.noteBadShard({
         ...shard,
@@ -1124,6 +1143,16 @@ export class MetadataNode {
         reason: ABSENT_REASON,
         atMs: Date.now(),
       });
+    }
+    if (unchecked.size > 0 && confirmed >= ABSENT_SAMPLE_CONFIRMS * absent.length) {
+      if (!this.host.isLeader(CLUSTER_GROUP) || this.host.status(CLUSTER_GROUP).term !== term) return;
+      this.log.warn('chunk server lacks most of its recorded shards; all taken as missing', {
+        server: serverId,
+        checked: absent.length,
+        confirmedAbsent: confirmed,
+        more: unchecked.size,
+      });
+      this.absentOnServer.set(serverId, unchecked);
     }
   }
 
@@ -1154,6 +1183,7 @@ export class MetadataNode {
         server === undefined ||
         server.state !== 'alive' ||
         (bad !== undefined && bad.chunkServerId === serverId) ||
+        this.absentOnServer.get(serverId)?.has(shardKey(bg.id, i)) === true ||
         suspects?.has(shardKey(bg.id, i))
       )
         missing.push(i);

@@ -97,3 +97,55 @@ test('a shard lost from a chunk server while it was down is found from its block
     }
   }
 });
+
+test('a chunk server back with an empty disk: every file with a shard there is reported at once, not 256 a report', async () => {
+  const cluster = await up.ready();
+  const env = { ...process.env, DOGFS_CLUSTER: up.clusterPath };
+  const client = new DogfsClient({ meta: cluster.meta });
+  let restarted: ReturnType<typeof startDogfs> | undefined;
+  try {
+    const files = 400;
+    await client.mkdir('/wiped');
+    for (let i = 0; i < files; i++)
+      await client.writeFile(`/wiped/f${i}`, randomBytes(1000), { ec: 'rs-2-1' });
+    // The server holding shards of the most of them: more than one report's 256 checks.
+    const holders = await Promise.all(
+      Array.from({ length: files }, async (_, i) =>
+        (await client.stat(`/wiped/f${i}`)).inode.blockGroups[0]!.shards.map((s) => s.chunkServerId),
+      ),
+    );
+    const holding = (id: string) => holders.filter((h) => h.includes(id)).length;
+    const victim = cluster.processes
+      .filter((p) => p.role === 'chunk' && processAlive(p.pid))
+      .sort((a, b) => holding(b.id) - holding(a.id))[0]!;
+    const expected = holding(victim.id);
+    assert.ok(expected > 256, `${victim.id} holds shards of ${expected} files`);
+    process.kill(victim.pid, 'SIGKILL');
+    await waitFor('the victim to die', () => !processAlive(victim.pid));
+    // Its disk is replaced: the shard files are gone, its identity stays.
+    rmSync(join(victim.dir, 'shards'), { recursive: true, force: true });
+    restarted = startDogfs(chunkRestartArgs(up.clusterDir, victim.id, victim.dir), env);
+    const onVictim = Array.from({ length: files }, (_, i) => i)
+      .filter((i) => holders[i]!.includes(victim.id))
+      .map((i) => `/wiped/f${i}`);
+    // With the victim alive again, its shards are missing only as its report says: all of them at once.
+    await waitFor(
+      'every file with a shard on the emptied server reported damaged',
+      async () => {
+        const r = await client.report();
+        const listed = new Set(r.filesWithMissingShards);
+        return (
+          r.chunkServers.find((c) => c.id === victim.id)?.state === 'alive' &&
+          onVictim.every((path) => listed.has(path))
+        );
+      },
+      30_000,
+    );
+  } finally {
+    client.close();
+    if (restarted !== undefined) {
+      restarted.child.kill('SIGKILL');
+      await restarted.exited;
+    }
+  }
+});
