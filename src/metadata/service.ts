@@ -1218,6 +1218,8 @@ export class MetadataNode {
         parityShards: 0,
         seed: randomInt(0, 2 ** 31),
         exclude: bg.servers.filter((s) => s !== ''),
+        // The survivors' failure domains are taken: a rebuilt shard goes to another one where it can.
+        occupied: bg.servers.filter((s, i) => s !== '' && !missing.includes(i)),
       });
       if (!placement.ok) continue;
       return placement.servers.map((serverId, j) => ({

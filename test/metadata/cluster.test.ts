@@ -283,6 +283,24 @@ test('placement: one shard per domain when there are enough domains', () => {
   }
 });
 
+test('placement for a repair: the rebuilt shards go to failure domains the survivors do not hold', () => {
+  // 27 servers in 9 domains (s<n> in d<n % 9>); the survivors of a group hold one shard in each of d0..d6.
+  const survivors = ['s00', 's01', 's02', 's03', 's04', 's05', 's06'];
+  for (let seed = 0; seed < 50; seed++) {
+    const p = placeBlockGroup({
+      servers: servers(27, 9),
+      dataShards: 2,
+      parityShards: 0,
+      seed,
+      exclude: survivors,
+      occupied: survivors,
+    });
+    assert.ok(p.ok);
+    const domains = p.servers.map((id) => Number(id.slice(1)) % 9).sort();
+    assert.deepEqual(domains, [7, 8], `seed ${seed}: ${p.servers.join(', ')}`);
+  }
+});
+
 test('placement: weighted by free space; full, dead and excluded servers are never chosen', () => {
   const pool: PlacementCandidate[] = [
     { id: 'big', failureDomain: '', capacityBytes: 10_000, usedBytes: 0, state: 'alive' },

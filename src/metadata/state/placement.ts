@@ -35,6 +35,11 @@ export interface PlacementRequest {
   readonly seed: number;
   /** Servers not to use (e.g. holders of the surviving shards, when placing a repair). */
   readonly exclude?: readonly string[];
+  /**
+   * Servers already holding shards of the group (a repair's survivors): their failure domains count as
+   * picked once each, so new shards go to other domains first.
+   */
+  readonly occupied?: readonly string[];
 }
 
 export interface Placement {
@@ -99,6 +104,12 @@ export function placeBlockGroup(request: PlacementRequest): Placement | Failure 
     domain.servers.push({ id: s.id, free: freeBytes(s) });
   }
   const domains = [...byKey.values()].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  for (const id of request.occupied ?? []) {
+    const server = request.servers.find((s) => s.id === id);
+    if (server === undefined) continue;
+    const domain = byKey.get(server.failureDomain === '' ? `\0server:${server.id}` : server.failureDomain);
+    if (domain !== undefined) domain.picks++;
+  }
   const prng = new Prng(request.seed >>> 0);
   const n = Math.min(total, eligible.length);
   const chosen: string[] = [];
