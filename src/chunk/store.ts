@@ -572,9 +572,19 @@ export class ShardStore {
     if (record === undefined) throw new DogfsError('NOT_FOUND', `shard ${formatShardId(id)} not found`);
     const mtimeMs = Math.max(Date.now(), record.mtimeMs + 1);
     record.mtimeMs = mtimeMs;
-    const handle = await open(this.pathFor(id, record).path, 'r');
+    let handle: FileHandle;
     try {
-      await handle.utimes(mtimeMs / 1000, mtimeMs / 1000);
+      handle = await open(this.pathFor(id, record).path, 'r');
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT')
+        throw new DogfsError('NOT_FOUND', `shard ${formatShardId(id)} not found (its file is gone)`);
+      throw error;
+    }
+    try {
+      // Half a millisecond up: the file system keeps microseconds at most (truncating), and the time read
+      // back after a restart, floored to milliseconds, must be this one.
+      const seconds = (mtimeMs + 0.5) / 1000;
+      await handle.utimes(seconds, seconds);
       await handle.sync();
     } finally {
       await handle.close();

@@ -149,6 +149,8 @@ class GroupReader {
   private readonly failed = new Map<number, DogfsError>();
   /** Closed (the read was given up): no new shard reads, and a cancelled one is no failed shard. */
   private closed = false;
+  /** Shards reported bad already, with how (readmitted ones may fail again). */
+  private readonly reported = new Map<number, string>();
   private readonly codec: ReedSolomon | undefined;
   private readonly shardTimeoutMs: number;
   private readonly idleRenewMs: number;
@@ -358,9 +360,13 @@ class GroupReader {
 
   private markFailed(index: number, reason: unknown): void {
     const error = toDogfsError(reason, 'UNAVAILABLE');
+    const again = this.reported.get(index) === error.code;
     this.failed.set(index, error);
     this.cursors.get(index)?.close();
     this.cursors.delete(index);
+    // A shard let back and failing again the same way is reported once per group, not per stripe.
+    if (again) return;
+    this.reported.set(index, error.code);
     const location = this.shards[index];
     this.stream.reportBadShard({
       blockGroupId: this.block.id,
@@ -519,7 +525,7 @@ export class FileReader {
         from - block.offset,
         to - from,
         this.options.shardTimeoutMs ?? 5000,
-        this.options.shardIdleRenewMs ?? DEFAULT_SHARD_IDLE_RENEW_MS,
+        Math.max(1, this.options.shardIdleRenewMs ?? DEFAULT_SHARD_IDLE_RENEW_MS),
       );
       this.group = reader;
       await reader.readInto(from - block.offset, to - from, counting);

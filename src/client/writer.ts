@@ -374,6 +374,7 @@ export class FileWriteStream extends Writable {
   private renewing: Promise<void> | undefined;
   /** The command that makes the file appear (CompleteFile, or Create of an empty file), once sent. */
   private completing: Promise<unknown> | undefined;
+  private fileAppeared = false;
 
   constructor(context: WriterContext, path: string, options: WriteStreamOptions = {}) {
     super({ highWaterMark: 1024 * 1024, decodeStrings: true });
@@ -392,6 +393,11 @@ export class FileWriteStream extends Writable {
   /** True once CompleteFile has been asked (tests use it to prove a failed write never completes). */
   get completed(): boolean {
     return this.completeCalled;
+  }
+
+  /** True once the file is known to have appeared (its CompleteFile, or an empty file's Create, succeeded). */
+  get appeared(): boolean {
+    return this.fileAppeared;
   }
 
   private metaOptions(): MetaCallOptions {
@@ -478,9 +484,15 @@ export class FileWriteStream extends Writable {
     if (this.completing !== undefined) {
       // The command that makes the file appear is on its way: abandoning now would race it, and the
       // file could appear after the name was given back. Its outcome decides: the stream closes once
-      // it is known, with `inode` set if the file appeared.
-      const settle = () => callback(error);
-      this.completing.then(settle, settle);
+      // it is known, with `appeared` saying which.
+      this.completing.then(
+        () => callback(error),
+        () => {
+          // It failed: the name goes back now (after it, so the two cannot race), not at lease expiry.
+          this.abandon();
+          callback(error);
+        },
+      );
       return;
     }
     // Destroyed before it finished, with or without an error (a caller cancelling): the file must not
@@ -800,6 +812,7 @@ export class FileWriteStream extends Writable {
       const created = await creating;
       if (!created.inode) throw new DogfsError('INTERNAL', 'Create answered without an inode');
       this.inode = created.inode;
+      this.fileAppeared = true;
       return;
     }
     clearInterval(this.renewTimer);
@@ -821,6 +834,7 @@ export class FileWriteStream extends Writable {
     );
     this.completing = completing;
     const completed = await completing;
+    this.fileAppeared = true;
     if (completed.inode) this.inode = completed.inode;
   }
 }

@@ -1130,8 +1130,11 @@ export class MetadataNode {
         .then(
           () => true,
           (error: unknown) => {
-            if (toDogfsError(error).code !== 'NOT_FOUND') throw error;
-            return false;
+            // Only a NOT_FOUND says absent; a server that could not tell (EMFILE, EIO, a timeout) is
+            // given the benefit of the doubt, and the rest of the reconciliation goes on.
+            if (toDogfsError(error).code === 'NOT_FOUND') return false;
+            this.log.debug('absent shard check failed', { server: serverId, ...shard, error });
+            return true;
           },
         );
       if (found) continue;

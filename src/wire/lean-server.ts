@@ -130,11 +130,7 @@ class LeanServerConnection {
           throw new DogfsError('INVALID_ARGUMENT', `frame type ${type} of ${length} bytes from a client`);
         if (server.requestBytes.held + length > server.limits.maxBufferedBytes) return false;
         server.requestBytes.held += length;
-        this.assemblyTimer = setTimeout(
-          () => this.socket.destroy(),
-          server.limits.frameAssemblyMs ?? FRAME_ASSEMBLY_TIMEOUT_MS,
-        );
-        this.assemblyTimer.unref();
+        this.armAssemblyTimer();
         return true;
       },
       released: (length) => {
@@ -344,8 +340,24 @@ class LeanServerConnection {
     const socket = this.socket;
     if (socket.destroyed) return;
     const hold = socket.writableLength > HIGH_WATER_BYTES || this.running >= MAX_RUNNING_HANDLERS;
-    if (hold && !socket.isPaused()) socket.pause();
-    else if (!hold && socket.isPaused()) socket.resume();
+    if (hold && !socket.isPaused()) {
+      socket.pause();
+      // The client cannot finish a request this server does not read: its time starts again on resume.
+      clearTimeout(this.assemblyTimer);
+    } else if (!hold && socket.isPaused()) {
+      socket.resume();
+      if (this.reader.assemblingBytes > 0) this.armAssemblyTimer();
+    }
+  }
+
+  /** A request being assembled must be whole within the limit, counted while this server reads. */
+  private armAssemblyTimer(): void {
+    clearTimeout(this.assemblyTimer);
+    this.assemblyTimer = setTimeout(
+      () => this.socket.destroy(),
+      this.server.limits.frameAssemblyMs ?? FRAME_ASSEMBLY_TIMEOUT_MS,
+    );
+    this.assemblyTimer.unref();
   }
 
   /**

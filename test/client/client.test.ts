@@ -873,9 +873,29 @@ describe('write and read paths (in-memory data plane)', () => {
     }
     await waitFor('the stream closed', () => closed, 5000);
     assert.equal(cluster.state.count('AbandonFile'), abandons, 'no AbandonFile raced the CompleteFile');
-    assert.equal(stream.completed, true);
+    assert.equal(stream.appeared, true);
     assert.equal(stream.inode?.size, data.length);
     assert.deepEqual(await client.readFile('/destroyed-at-complete'), data);
+  });
+
+  test('a CompleteFile refused: the stream fails and gives the name back at once, not at lease expiry', async () => {
+    const abandons = cluster.state.count('AbandonFile');
+    cluster.state.failNext.set('CompleteFile', {
+      error: new DogfsError('FAILED_PRECONDITION', 'refused for the test'),
+      count: 1,
+    });
+    try {
+      await assert.rejects(client.writeFile('/complete-refused', randomBytes(10_000), { ec: 'rs-3-2' }), {
+        code: 'FAILED_PRECONDITION',
+      });
+    } finally {
+      cluster.state.failNext.delete('CompleteFile');
+    }
+    await waitFor('AbandonFile sent', () => cluster.state.count('AbandonFile') > abandons, 5000);
+    // The name is free again: a new write of it goes through without overwrite.
+    const data = randomBytes(5000);
+    await client.writeFile('/complete-refused', data, { ec: 'rs-3-2' });
+    assert.deepEqual(await client.readFile('/complete-refused'), data);
   });
 
   test('shard writes all refused for want of space: the put fails with NO_SPACE, not a retryable UNAVAILABLE', async () => {
