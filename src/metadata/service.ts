@@ -35,7 +35,7 @@ import {
   type Inode as WireInode,
 } from '../wire/gen/types.js';
 import type { Init } from '../wire/proto.js';
-import { RpcChannelPool, type RpcServer, type ServiceHandlers } from '../wire/rpc.js';
+import { type RpcChannel, RpcChannelPool, type RpcServer, type ServiceHandlers } from '../wire/rpc.js';
 import {
   type BlockGroupCommit,
   type BlockGroupInfo,
@@ -536,10 +536,10 @@ export class MetadataNode {
     leaderTerm: Term,
     ifMtimeMs = 0,
   ): Promise<boolean> {
-    const server = this.cluster.state.server(serverId);
-    if (server === undefined || server.state !== 'alive' || server.controlAddr === '') return false;
+    const control = this.liveControl(serverId);
+    if (control === undefined) return false;
     try {
-      await this.chunkChannels.get(server.controlAddr).call(
+      await control.call(
         ChunkControlService,
         'DeleteShard',
         {
@@ -568,6 +568,13 @@ export class MetadataNode {
     }
   }
 
+  /** The control channel of a registered chunk server that is alive now; undefined otherwise. */
+  private liveControl(serverId: string): RpcChannel | undefined {
+    const server = this.cluster.state.server(serverId);
+    if (server === undefined || server.state !== 'alive' || server.controlAddr === '') return undefined;
+    return this.chunkChannels.get(server.controlAddr);
+  }
+
   /**
    * Deletes the replaced copy, and only that one: its modification time, read by the first StatShard and
    * kept, is named by every attempt. Sent late (delayed, or retried by the RPC layer), a deletion then
@@ -576,11 +583,11 @@ export class MetadataNode {
    */
   private async deleteReplacedCopy(copy: ReplacedCopy, leaderTerm: Term): Promise<boolean> {
     const { server: serverId, blockGroupId, index } = copy;
-    const server = this.cluster.state.server(serverId);
-    if (server === undefined || server.state !== 'alive' || server.controlAddr === '') return false;
+    const control = this.liveControl(serverId);
+    if (control === undefined) return false;
     let mtimeMs: number;
     try {
-      const stat = await this.chunkChannels.get(server.controlAddr).call(
+      const stat = await control.call(
         ChunkControlService,
         'StatShard',
         {
@@ -1032,14 +1039,13 @@ export class MetadataNode {
     deadline: number,
     ledTerm: Term,
   ): Promise<void> {
-    const server = this.cluster.state.server(shard.chunkServerId);
-    if (server === undefined || server.state !== 'alive' || server.controlAddr === '')
+    const control = this.liveControl(shard.chunkServerId);
+    if (control === undefined)
       throw new DogfsError(
         'FAILED_PRECONDITION',
         `shard ${shard.index}: chunk server '${shard.chunkServerId.slice(0, 128)}' is not a live registered server`,
       );
-    const stat = await this.chunkChannels
-      .get(server.controlAddr)
+    const stat = await control
       .call(
         ChunkControlService,
         'StatShard',
@@ -1112,10 +1118,9 @@ export class MetadataNode {
     for (const shard of absent) {
       // A note made after this node stopped leading would outlive the leadership it belongs to.
       if (!this.host.isLeader(CLUSTER_GROUP) || this.host.status(CLUSTER_GROUP).term !== term) return;
-      const server = this.cluster.state.server(serverId);
-      if (server === undefined || server.state !== 'alive' || server.controlAddr === '') return;
-      const found = await this.chunkChannels
-        .get(server.controlAddr)
+      const control = this.liveControl(serverId);
+      if (control === undefined) return;
+      const found = await control
         .call(
           ChunkControlService,
           'StatShard',
