@@ -8,6 +8,7 @@ import {
   groupOfId,
   type InodeId,
   MAX_LIST_LIMIT,
+  MAX_PENDING_FILES_PER_CLIENT,
   type NamespaceCommand,
   NamespaceState,
   ROOT_INODE_ID,
@@ -1049,5 +1050,150 @@ test('blockGroupsAmong: files (also after a rename), writes in progress and garb
     assert.equal(state.hasAllocated(kept + 2 ** 40), false, "another group's id");
     assert.equal(state.hasAllocated(0), false);
   }
+  ns.checkInvariants();
+});
+
+test('a file stops growing before its size could pass 2^53 - 1 bytes (sizes are JS numbers end to end)', () => {
+  const { ns, c } = fresh();
+  const write = c.startWrite('/huge');
+  const groupBytes = 2 ** 40;
+  // 8,191 full groups of 2^40 bytes reach 2^53 - 2^40; one more of 2^40 could end past 2^53 - 1.
+  let offset = 0;
+  for (let i = 0; i < 2 ** 13 - 1; i++) {
+    const bg = c.allocateOk(write, offset, ['s1', 's2', 's3'], groupBytes);
+    c.ok({
+      op: 'commitBlockGroup',
+      inodeId: write.inode.id,
+      leaseId: write.leaseId,
+      blockGroupId: bg.blockGroup.id,
+      length: groupBytes,
+      shards: [0, 1, 2].map((index) => ({ index, length: groupBytes / 2, crc32c: 0, durable: true })),
+    });
+    offset += groupBytes;
+  }
+  const refused = refusedUnchanged(ns, c, 'FAILED_PRECONDITION', {
+    op: 'allocateBlockGroup',
+    inodeId: write.inode.id,
+    leaseId: write.leaseId,
+    offset,
+    stripeSize: 1 << 20,
+    maxBytes: groupBytes,
+    servers: ['s1', 's2', 's3'],
+  });
+  assert.match(refused.message, /2\^53 - 1/);
+  // A smaller last group that ends at 2^53 - 1 or before is still taken.
+  c.allocateOk(write, offset, ['s1', 's2', 's3'], 1 << 20);
+});
+
+/** A snapshot's length-prefixed records, to damage one the way a bad disk or a buggy writer could. */
+function snapshotRecords(bytes: Uint8Array): Buffer[] {
+  const records: Buffer[] = [];
+  const all = Buffer.from(bytes);
+  for (let at = 0; at < all.length; ) {
+    const length = all.readUInt32LE(at);
+    records.push(all.subarray(at + 4, at + 4 + length));
+    at += 4 + length;
+  }
+  return records;
+}
+
+function joinRecords(records: readonly Buffer[]): Uint8Array {
+  return Buffer.concat(
+    records.flatMap((body) => {
+      const length = Buffer.alloc(4);
+      length.writeUInt32LE(body.length);
+      return [length, body];
+    }),
+  );
+}
+
+const SNAP_DIR_TAG = 2;
+const SNAP_ENTRY_TAG = 3;
+
+test('a snapshot restore refuses a namespace that is not a tree or reuses ids, and takes the intact one', () => {
+  const { ns, c } = fresh();
+  c.ok({ op: 'mkdir', path: '/a/b', parents: true, mode: 0o755, ec: '' });
+  c.writeFile('/a/f', 10);
+  const intact = ns.snapshot();
+  assert.equal(NamespaceState.restore(intact).stateHash(), ns.stateHash());
+  const records = snapshotRecords(intact);
+  const dirAt = records.map((r, i) => (r[0] === SNAP_DIR_TAG ? i : -1)).filter((i) => i >= 0);
+  // Records: header, dir /, entry a, dir /a, entry b, entry f, dir /a/b, (sessions), end.
+  assert.equal(dirAt.length, 3);
+  const [rootDir, aDir, bDir] = dirAt as [number, number, number];
+  const entryA = rootDir + 1;
+  assert.equal(records[entryA]![0], SNAP_ENTRY_TAG);
+  assert.ok(entryA < aDir && aDir < bDir);
+
+  // A cycle out of the root's reach: /a's entry moved from the root into /a/b (the same record count,
+  // so every record is well formed and every directory is still named by exactly one entry).
+  const cycle = records.filter((_, i) => i !== entryA);
+  cycle.splice(bDir, 0, records[entryA]!);
+  assert.throws(() => NamespaceState.restore(joinRecords(cycle)), /reachable from the root/);
+
+  // One directory named by two entries: /a's entry also under /a/b (one record more: the end record's
+  // count is mended so that only the tree is wrong).
+  const twoParents = [...records];
+  twoParents.splice(bDir + 1, 0, records[entryA]!);
+  const end = twoParents[twoParents.length - 1]!;
+  twoParents[twoParents.length - 1] = Buffer.from([end[0]!, twoParents.length]);
+  assert.throws(() => NamespaceState.restore(joinRecords(twoParents)), /named once/);
+
+  // One file under two names: /a/f's record copied with its name changed to 'g' (same inode, same
+  // block groups: collecting one's garbage would delete the other's shards).
+  const fEntry = records.findIndex(
+    (r) => r[0] === SNAP_ENTRY_TAG && r[1] === 1 && r[2] === 'f'.charCodeAt(0),
+  );
+  assert.ok(fEntry > aDir && fEntry < bDir);
+  const gRecord = Buffer.from(records[fEntry]!);
+  gRecord[2] = 'g'.charCodeAt(0);
+  const twoNames = [...records];
+  twoNames.splice(fEntry + 1, 0, gRecord);
+  const end2 = twoNames[twoNames.length - 1]!;
+  twoNames[twoNames.length - 1] = Buffer.from([end2[0]!, twoNames.length]);
+  assert.throws(() => NamespaceState.restore(joinRecords(twoNames)), /named once/);
+
+  // A header whose id counter is behind the ids in use: the next create would hand one out again.
+  const header = Buffer.from(records[0]!);
+  // tag, version, group (1 byte), next counter (1 byte while the state is this small).
+  assert.ok(header[3]! > 2 && header[3]! < 0x80);
+  header[3] = 2;
+  const behind = [header, ...records.slice(1)];
+  assert.throws(() => NamespaceState.restore(joinRecords(behind)), /handed out/);
+});
+
+test('a client writes at most MAX_PENDING_FILES_PER_CLIENT files at once; others, completes and its own overwrites go on', () => {
+  const { ns, c } = fresh();
+  const writes = [];
+  for (let i = 0; i < MAX_PENDING_FILES_PER_CLIENT; i++) writes.push(c.startWrite(`/w${i}`));
+  const create = (path: string, overwrite = false) =>
+    ({
+      op: 'create',
+      path,
+      overwrite,
+      mode: 0o644,
+      ec: '',
+      defaultEc: 'rs-2-1',
+      leaseMs: 60_000,
+    }) as const;
+  const refused = refusedUnchanged(ns, c, 'FAILED_PRECONDITION', create('/one-more'));
+  assert.match(refused.message, /client client-1 is writing 1024 files already/);
+  // Superseding one of its own writes frees that write's place first.
+  c.ok(create('/w0', true));
+  // Another client is not held back by this one.
+  new TestClient(ns, 'client-2').startWrite('/theirs');
+  // A complete (and an abandon) gives a place back.
+  c.ok({ op: 'completeFile', inodeId: writes[1]!.inode.id, leaseId: writes[1]!.leaseId, size: 0 });
+  c.startWrite('/after-complete');
+  refusedUnchanged(ns, c, 'FAILED_PRECONDITION', create('/still-full'));
+  c.ok({ op: 'abandonFile', inodeId: writes[2]!.inode.id, leaseId: writes[2]!.leaseId });
+  c.startWrite('/after-abandon');
+  // The count is derived state: a restored replica refuses the same create.
+  const restored = NamespaceState.restore(ns.snapshot());
+  restored.checkInvariants();
+  const again = new TestClient(restored, 'client-1', c.timeMs);
+  again.seq = c.seq;
+  const result = again.create('/one-more');
+  assert.equal(result.ok, false);
   ns.checkInvariants();
 });

@@ -282,7 +282,7 @@ export class ClusterState {
         if (cmd.clusterId !== '' && cmd.clusterId !== this.identity)
           return fail('FAILED_PRECONDITION', this.refusal(cmd.id, cmd.clusterId));
         if (known === undefined && this.registry.size >= MAX_CHUNK_SERVERS)
-          return fail('RESOURCE_EXHAUSTED', `at most ${MAX_CHUNK_SERVERS} chunk servers`);
+          return fail('FAILED_PRECONDITION', `at most ${MAX_CHUNK_SERVERS} chunk servers`);
         this.registry.set(cmd.id, {
           id: cmd.id,
           dataAddr: cmd.dataAddr,

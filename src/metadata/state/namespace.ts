@@ -117,8 +117,16 @@ import { type ParsedPath, parsePath, utf8Length } from './paths.js';
 import { type Failure, fail } from './result.js';
 import { compareNames, SortedNames } from './sorted-names.js';
 
-/** Entries one directory may hold; past it, creating refuses with RESOURCE_EXHAUSTED. */
+/** Entries one directory may hold; past it, creating refuses with FAILED_PRECONDITION. */
 export const MAX_ENTRIES_PER_DIRECTORY = 10_000_000;
+/**
+ * Files one client session may be writing at once (unexpired or not yet expired leases). A client that
+ * creates without completing (a bug, or a loop of abandoned puts) is refused past it, instead of filling
+ * the group's memory with pending files that live until their leases expire.
+ */
+export const MAX_PENDING_FILES_PER_CLIENT = 1024;
+/** Files being written at once in one group, over all clients: each holds its block groups in memory. */
+export const MAX_PENDING_FILES = 65_536;
 export const DEFAULT_SESSION_LIMITS: SessionLimits = {
   ttl: 3_600_000,
   maxSessions: 4096,
@@ -307,6 +315,8 @@ export class NamespaceState {
   private readonly dirs = new Map<InodeId, Directory>();
   private readonly pending = new Map<InodeId, PendingFile>();
   private readonly pendingByName = new Map<string, InodeId>();
+  /** Pending files per client id (derived from `pending`; not in snapshots). */
+  private readonly pendingPerClient = new Map<string, number>();
   private readonly garbageList = new Map<BlockGroupId, BlockGroupInfo>();
   private rootInode: DirInode;
   private nextCounter: number;
@@ -487,7 +497,7 @@ export class NamespaceState {
   private checkRoom(dir: Directory, path: string): Failure | undefined {
     if (dir.entries.size >= MAX_ENTRIES_PER_DIRECTORY)
       return fail(
-        'RESOURCE_EXHAUSTED',
+        'FAILED_PRECONDITION',
         `${path}: directory holds ${MAX_ENTRIES_PER_DIRECTORY} entries already`,
       );
     return undefined;
@@ -533,7 +543,7 @@ export class NamespaceState {
       return fail('NOT_FOUND', `/${components.slice(0, depth + 1).join('/')}: no such file or directory`);
     const room = this.checkRoom(dir, parsed.path);
     if (room) return room;
-    if (this.idsLeft() < missing) return fail('RESOURCE_EXHAUSTED', 'inode ids of this group are exhausted');
+    if (this.idsLeft() < missing) return fail('FAILED_PRECONDITION', 'inode ids of this group are exhausted');
     // From here nothing can fail.
     let created: DirInode | undefined;
     for (; depth < components.length; depth++) {
@@ -600,7 +610,23 @@ export class NamespaceState {
       if (bad) return bad;
     }
     if (this.idsLeft() < (first === undefined ? 1 : 2))
-      return fail('RESOURCE_EXHAUSTED', 'inode ids of this group are exhausted');
+      return fail('FAILED_PRECONDITION', 'inode ids of this group are exhausted');
+    const clientId = cmd.session?.clientId ?? '';
+    if (cmd.complete !== true) {
+      // An overwrite supersedes the rival's write first, which frees its place.
+      const rival = rivalId === undefined ? undefined : this.pending.get(rivalId)!;
+      const writing = (this.pendingPerClient.get(clientId) ?? 0) - (rival?.clientId === clientId ? 1 : 0);
+      if (writing >= MAX_PENDING_FILES_PER_CLIENT)
+        return fail(
+          'FAILED_PRECONDITION',
+          `client ${clientId} is writing ${writing} files already (at most ${MAX_PENDING_FILES_PER_CLIENT} at once): complete or abandon some first`,
+        );
+      if (this.pending.size - (rival === undefined ? 0 : 1) >= MAX_PENDING_FILES)
+        return fail(
+          'FAILED_PRECONDITION',
+          `${MAX_PENDING_FILES} files are being written in this group already; try again when some are complete`,
+        );
+    }
     // From here nothing can fail.
     if (rivalId !== undefined) this.dropPending(this.pending.get(rivalId)!);
     if (cmd.complete === true) {
@@ -626,7 +652,7 @@ export class NamespaceState {
       parent: parent.dir.id,
       name,
       leaseId,
-      clientId: cmd.session?.clientId ?? '',
+      clientId,
       leaseMs: cmd.leaseMs,
       overwrite: cmd.overwrite,
       mode: cmd.mode,
@@ -637,8 +663,7 @@ export class NamespaceState {
       expiresMs: this.clockMs + cmd.leaseMs,
       blockGroups: [],
     };
-    this.pending.set(id, file);
-    this.pendingByName.set(key, id);
+    this.addPending(file);
     if (first === undefined)
       return this.ok('create', { inode: this.pendingInode(file), leaseId, leaseExpiresMs: file.expiresMs });
     const blockGroup = this.newBlockGroup(file, 0, first);
@@ -714,11 +739,26 @@ export class NamespaceState {
     };
   }
 
+  private addPending(file: PendingFile): void {
+    assert(this.pending.size < MAX_PENDING_FILES, 'pending files within their limit (checked before)');
+    this.pending.set(file.id, file);
+    this.pendingByName.set(pendingKey(file.parent, file.name), file.id);
+    this.pendingPerClient.set(file.clientId, (this.pendingPerClient.get(file.clientId) ?? 0) + 1);
+  }
+
+  private removePending(file: PendingFile): void {
+    assert(this.pending.delete(file.id), 'a pending file is removed once');
+    this.pendingByName.delete(pendingKey(file.parent, file.name));
+    const left = (this.pendingPerClient.get(file.clientId) ?? 0) - 1;
+    assert(left >= 0, 'pending count per client');
+    if (left === 0) this.pendingPerClient.delete(file.clientId);
+    else this.pendingPerClient.set(file.clientId, left);
+  }
+
   /** Discards a pending file: its block groups become garbage. */
   private dropPending(file: PendingFile): void {
     for (const bg of file.blockGroups) this.garbageList.set(bg.id, bg);
-    this.pending.delete(file.id);
-    this.pendingByName.delete(pendingKey(file.parent, file.name));
+    this.removePending(file);
   }
 
   /** The pending file `inodeId` held by `leaseId`, with the lease unexpired at the command's time. */
@@ -740,7 +780,7 @@ export class NamespaceState {
     const file = this.leased(cmd.inodeId, cmd.leaseId);
     if (isFailure(file)) return file;
     if (file.blockGroups.length >= MAX_BLOCK_GROUPS_PER_FILE)
-      return fail('RESOURCE_EXHAUSTED', `a file holds at most ${MAX_BLOCK_GROUPS_PER_FILE} block groups`);
+      return fail('FAILED_PRECONDITION', `a file holds at most ${MAX_BLOCK_GROUPS_PER_FILE} block groups`);
     const last = file.blockGroups[file.blockGroups.length - 1];
     if (last !== undefined && !last.committed)
       return fail('FAILED_PRECONDITION', `block group ${last.id} is not committed yet; commit it first`);
@@ -749,7 +789,13 @@ export class NamespaceState {
       return fail('INVALID_ARGUMENT', `offset ${cmd.offset} is not the file's end ${end}`);
     const bad = this.checkAllocation(file.ec, file.dataShards, file.parityShards, cmd);
     if (bad) return bad;
-    if (this.idsLeft() < 1) return fail('RESOURCE_EXHAUSTED', 'block group ids of this group are exhausted');
+    // Sizes and offsets are JS numbers end to end (wire, client, CLI): past 2^53 they would round.
+    if (end + cmd.maxBytes > Number.MAX_SAFE_INTEGER)
+      return fail(
+        'FAILED_PRECONDITION',
+        `a file holds at most ${Number.MAX_SAFE_INTEGER} bytes (2^53 - 1); this block group could pass it`,
+      );
+    if (this.idsLeft() < 1) return fail('FAILED_PRECONDITION', 'block group ids of this group are exhausted');
     const blockGroup = this.newBlockGroup(file, end, cmd);
     file.blockGroups.push(blockGroup);
     file.expiresMs = this.clockMs + file.leaseMs;
@@ -870,8 +916,7 @@ export class NamespaceState {
     };
     if (existing !== undefined) for (const bg of existing.blockGroups) this.garbageList.set(bg.id, bg);
     this.putEntry(parent, file.name, inode, existing);
-    this.pending.delete(file.id);
-    this.pendingByName.delete(pendingKey(file.parent, file.name));
+    this.removePending(file);
     return this.ok('completeFile', { inode });
   }
 
@@ -1264,9 +1309,30 @@ export class NamespaceState {
     return this.clockMs;
   }
 
-  /** Verifies the structure (counts, records for every directory entry, pending names); for tests. */
+  /**
+   * Verifies the structure: counts, records for every directory entry, pending names, and the tree's
+   * shape — every directory record has exactly one parent entry (the root none) and is reachable from
+   * the root, and no inode or block group id is used twice or lies beyond the ids handed out. Tests call
+   * it after commands; a snapshot restore calls it because a damaged snapshot that passed the codec could
+   * otherwise hold a directory cycle (rename and delete would walk it forever or orphan a subtree), two
+   * files sharing a block group (collecting one's garbage would delete the other's shards), or ids that
+   * the next creates would hand out again.
+   */
   checkInvariants(): void {
-    const reachable = new Set<InodeId>([ROOT_INODE_ID]);
+    const parentOf = new Map<InodeId, InodeId>();
+    const inodeIds = new Set<InodeId>([ROOT_INODE_ID]);
+    const blockGroupIds = new Set<BlockGroupId>();
+    const noteBlockGroup = (bg: BlockGroupInfo): void => {
+      assert(!blockGroupIds.has(bg.id), `block group ${bg.id} is recorded once`);
+      assert(groupOfId(bg.id) !== this.group || this.hasAllocated(bg.id), 'block group ids were handed out');
+      blockGroupIds.add(bg.id);
+    };
+    const noteInode = (id: InodeId): void => {
+      assert(isValidId(id), 'valid inode id');
+      assert(!inodeIds.has(id), `inode ${id} is named once`);
+      assert(groupOfId(id) !== this.group || this.hasAllocated(id), 'inode ids were handed out');
+      inodeIds.add(id);
+    };
     for (const dir of this.dirs.values()) {
       assert(dir.alive, 'directory records are alive');
       assert(dir.names.size === dir.entries.size, 'name index matches entries');
@@ -1275,21 +1341,50 @@ export class NamespaceState {
       for (const name of dir.names) {
         const inode = dir.entries.get(name);
         assert(inode !== undefined, 'indexed name has an entry');
-        assert(isValidId(inode.id), 'valid inode id');
+        noteInode(inode.id);
         if (inode.type === 'dir') {
           dirs++;
           assert(this.dirs.has(inode.id), 'a directory entry has a record');
-          reachable.add(inode.id);
-        } else files++;
+          parentOf.set(inode.id, dir.id);
+        } else {
+          files++;
+          for (const bg of inode.blockGroups) noteBlockGroup(bg);
+        }
       }
       assert(dir.files === files && dir.dirs === dirs, 'directory counts match entries');
     }
-    assert(reachable.size === this.dirs.size, 'every directory record is referenced once');
+    assert(!parentOf.has(ROOT_INODE_ID), 'the root directory has no parent');
+    // Every record but the root's has one parent (noteInode refused a second); following parents from
+    // each must reach the root within as many steps as there are directories, or there is a cycle.
+    for (const dir of this.dirs.values()) {
+      if (dir.id === ROOT_INODE_ID) continue;
+      assert(parentOf.has(dir.id), 'every directory record is named by an entry');
+      let at: InodeId | undefined = dir.id;
+      let steps = 0;
+      while (at !== undefined && at !== ROOT_INODE_ID) {
+        assert(++steps <= this.dirs.size, `directory ${dir.id} is reachable from the root (no cycle)`);
+        at = parentOf.get(at);
+      }
+      assert(at === ROOT_INODE_ID, `directory ${dir.id} is reachable from the root`);
+    }
+    for (const file of this.pending.values()) {
+      noteInode(file.id);
+      for (const bg of file.blockGroups) noteBlockGroup(bg);
+    }
+    for (const bg of this.garbageList.values()) noteBlockGroup(bg);
     for (const [key, id] of this.pendingByName) {
       const file = this.pending.get(id);
       assert(file !== undefined && pendingKey(file.parent, file.name) === key, 'pending name index');
     }
     assert(this.pendingByName.size === this.pending.size, 'one pending file per name');
+    const perClient = new Map<string, number>();
+    for (const file of this.pending.values())
+      perClient.set(file.clientId, (perClient.get(file.clientId) ?? 0) + 1);
+    assert(
+      perClient.size === this.pendingPerClient.size &&
+        [...perClient].every(([client, n]) => this.pendingPerClient.get(client) === n),
+      'pending files per client match the pending files',
+    );
   }
 
   // ---------------------------------------------------------------------------------------------------
@@ -1515,9 +1610,12 @@ export class NamespaceState {
     state.dirs.clear();
     for (const dir of parts.dirs) state.dirs.set(dir.id, dir);
     for (const s of parts.interned.keys()) state.intern(s);
+    if (parts.pending.length > MAX_PENDING_FILES)
+      throw new StateCodecError(`namespace snapshot: more than ${MAX_PENDING_FILES} files being written`);
     for (const file of parts.pending) {
-      state.pending.set(file.id, file);
-      state.pendingByName.set(pendingKey(file.parent, file.name), file.id);
+      if (state.pending.has(file.id))
+        throw new StateCodecError(`namespace snapshot: pending file ${file.id} twice`);
+      state.addPending(file);
     }
     for (const bg of parts.garbage) state.garbageList.set(bg.id, bg);
     state.rootInode = parts.rootInode;
