@@ -35,7 +35,7 @@ import { DogfsError, toDogfsError } from '../wire/errors.js';
 import { DataOp, type DataRequestHeader } from '../wire/gen/types.js';
 import { listenOn } from './listen.js';
 import type { ChunkMetrics } from './metrics.js';
-import type { ShardReader, ShardStore, ShardWriteSession } from './store.js';
+import { diskFailure, type ShardReader, type ShardStore, type ShardWriteSession } from './store.js';
 
 export interface DataServerLimits {
   maxConnections: number;
@@ -300,7 +300,7 @@ export class DataServer {
           await session?.abort();
           const failure = expired()
             ? new DogfsError('DEADLINE_EXCEEDED', `write ${formatShardId(shardId)}: deadline exceeded`)
-            : toDogfsError(error);
+            : toDogfsError(diskFailure(error, `write ${formatShardId(shardId)}`));
           if (failure.code === 'INTERNAL')
             this.log?.error('write failed', { shard: formatShardId(shardId), error });
           return this.refuse(socket, failure, 'write');
@@ -410,7 +410,7 @@ export class DataServer {
         } catch (error) {
           const failure = expired()
             ? new DogfsError('DEADLINE_EXCEEDED', `read ${formatShardId(shardId)}: deadline exceeded`)
-            : toDogfsError(error);
+            : toDogfsError(diskFailure(error, `read ${formatShardId(shardId)}`));
           if (!headerSent) return this.refuse(socket, failure, 'read');
           this.metrics.error(failure.code);
           if (!socket.destroyed) {

@@ -8,7 +8,7 @@ import { retainFreedMemory } from '../codec/native.js';
 import { formatHostPort, type HostPort } from '../common/address.js';
 import type { Logger, LogLevel } from '../common/log.js';
 import { runDaemon } from '../daemon/daemon.js';
-import { checkShardId, checkWireInteger, MAX_SHARD_BYTES } from '../wire/data-transfer.js';
+import { checkShardId, checkWireInteger, formatShardId, MAX_SHARD_BYTES } from '../wire/data-transfer.js';
 import { DogfsError } from '../wire/errors.js';
 import { ChunkControlService, type ShardId } from '../wire/gen/types.js';
 import { ClusterMembership } from './cluster-id.js';
@@ -17,7 +17,7 @@ import { LeaderFence } from './leader-fence.js';
 import { ChunkMetrics, MetricsEndpoint, prometheusGauges } from './metrics.js';
 import { MetadataReporter } from './reporter.js';
 import { DEFAULT_SCRUB_BYTES_PER_SECOND, Scrubber } from './scrubber.js';
-import { type ShardRecord, ShardStore } from './store.js';
+import { diskFailure, type ShardRecord, ShardStore } from './store.js';
 
 export interface ChunkServerOptions {
   dir: string;
@@ -157,7 +157,9 @@ export async function startChunkServer(options: ChunkServerOptions) {
           // cluster's leader (or a malformed call) must not raise the term this cluster's leader is
           // checked against.
           await fence.admit(request.namespaceGroup, request.leaderTerm);
-          const existed = await openedStore.delete(id, ifMtimeMs);
+          const existed = await openedStore
+            .delete(id, ifMtimeMs)
+            .catch((error: unknown) => Promise.reject(diskFailure(error, `delete ${formatShardId(id)}`)));
           if (existed) metrics.add('shards_deleted');
           return { existed };
         },
@@ -165,7 +167,10 @@ export async function startChunkServer(options: ChunkServerOptions) {
           const id = checkShardId(request.shard);
           checkAddressee(request, 'stat');
           await fence.admit(request.namespaceGroup, request.leaderTerm);
-          return { info: shardInfo(await (request.claim ? openedStore.claim(id) : openedStore.stat(id))) };
+          const found = await (request.claim ? openedStore.claim(id) : openedStore.stat(id)).catch(
+            (error: unknown) => Promise.reject(diskFailure(error, `stat ${formatShardId(id)}`)),
+          );
+          return { info: shardInfo(found) };
         },
         ListShards: (request) => {
           const limit = request.limit === 0 ? DEFAULT_LIST_LIMIT : request.limit;

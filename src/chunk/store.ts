@@ -177,6 +177,48 @@ function isNoSpace(error: unknown): boolean {
   return code === 'ENOSPC' || code === 'EDQUOT';
 }
 
+/** Errno codes meaning this process is out of a resource that frees up (file handles, memory). */
+const EXHAUSTED_ERRNOS: ReadonlySet<string> = new Set(['EMFILE', 'ENFILE', 'ENOMEM']);
+/** Errno codes meaning the disk (or its directory) cannot be used: failing, read-only, not ours. */
+const DISK_UNUSABLE_ERRNOS: ReadonlySet<string> = new Set([
+  'EIO',
+  'EROFS',
+  'EUCLEAN',
+  'EBADMSG',
+  'EACCES',
+  'EPERM',
+  'ENXIO',
+  'ENODEV',
+]);
+
+/**
+ * What a client is told when one of the store's disk calls failed, as a coded error: out of space is
+ * NO_SPACE, out of file handles or memory RESOURCE_EXHAUSTED (retried later), a failing, read-only or
+ * inaccessible disk UNAVAILABLE (this server cannot do it; the client writes a gap or reads another
+ * shard). Without it these reached clients as INTERNAL, which says "a bug in DogFS". Anything else is
+ * returned as it was (a DogfsError stays as it is).
+ */
+export function diskFailure(error: unknown, what: string): unknown {
+  if (error instanceof DogfsError) return error;
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  if (typeof code !== 'string') return error;
+  const message = `${what}: ${(error as Error).message}`;
+  if (isNoSpace(error)) return new DogfsError('NO_SPACE', message, { cause: error });
+  if (EXHAUSTED_ERRNOS.has(code))
+    return new DogfsError(
+      'RESOURCE_EXHAUSTED',
+      `${message} (the chunk server is out of file handles or memory for now; try later)`,
+      {
+        cause: error,
+      },
+    );
+  if (DISK_UNUSABLE_ERRNOS.has(code))
+    return new DogfsError('UNAVAILABLE', `${message} (the chunk server's disk failed this call)`, {
+      cause: error,
+    });
+  return error;
+}
+
 function corrupt(id: ShardId, what: string): DogfsError {
   return new DogfsError('CORRUPT', `shard ${formatShardId(id)}: ${what}`);
 }

@@ -94,6 +94,42 @@ for (const mode of WRITE_MODES)
     }
   });
 
+for (const [errno, code] of [
+  ['EIO', 'UNAVAILABLE'],
+  ['EMFILE', 'RESOURCE_EXHAUSTED'],
+] as const)
+  test(`${errno} from the disk mid-write: ${code} naming it (not INTERNAL), no partial file`, async () => {
+    let failWrites = false;
+    const io: StoreIo = {
+      async writev(handle, buffers, position) {
+        if (failWrites && carriesData(buffers))
+          throw Object.assign(new Error(`${errno}: injected, write`), { code: errno });
+        await handle.writev(buffers as Uint8Array[], position);
+      },
+    };
+    const { store, server, metrics, addr, dir: storeDir } = await serve(`errno-${errno}`, io);
+    try {
+      failWrites = true;
+      await assert.rejects(
+        client.writeShard(addr, { blockGroupId: 2, index: 0, generation: 1 }, seededBytes(3 * MiB, 2)),
+        (error: DogfsError) => {
+          assert.equal(error.code, code);
+          assert.match(error.message, new RegExp(`write 2/0@1: ${errno}`));
+          return true;
+        },
+      );
+      await waitFor('write released', () => server.activeWrites === 0);
+      assert.deepEqual(shardFiles(storeDir), []);
+      assert.equal(store.shardCount, 0);
+      assert.equal(metrics.get(`errors_${code}`), 1);
+      failWrites = false;
+      await client.writeShard(addr, { blockGroupId: 2, index: 0, generation: 1 }, seededBytes(3 * MiB, 2));
+      assert.equal(store.shardCount, 1);
+    } finally {
+      await server.close();
+    }
+  });
+
 test('a read that fails after its header, to a client that stopped reading, is let go at its deadline', async () => {
   const { server, addr, dir: storeDir } = await serve('read-error-unread');
   const shard = { blockGroupId: 3, index: 0, generation: 1 };
