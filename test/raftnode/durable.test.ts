@@ -11,8 +11,11 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
+import { crc32c } from '../../src/codec/crc32c.js';
 import { asIndex, asNodeId, asTerm, type Entry } from '../../src/consensus/index.js';
 import { DurableStorage, WalCorruptError } from '../../src/raftnode/durable.js';
+import type { WalRecord } from '../../src/wire/gen/types.js';
+import { decodeMessage, encodeMessage, type Init } from '../../src/wire/proto.js';
 import { tempDir } from '../helpers/index.js';
 
 const root = tempDir('dogfs-wal-');
@@ -311,4 +314,137 @@ test('a log whose latest snapshot file is missing refuses to open, naming it', a
   await assert.rejects(DurableStorage.open(dir), (e: unknown) => {
     return e instanceof WalCorruptError && /snap-1-1-1\.bin/.test(e.message);
   });
+});
+
+/** The log's records, decoded ([u32 length][u32 CRC32C of it][u32 CRC32C of payload][WalRecord], durable.ts). */
+function walRecords(dir: string): WalRecord[] {
+  const bytes = readFileSync(join(dir, 'raft.log'));
+  const records: WalRecord[] = [];
+  for (let at = 0; at < bytes.byteLength; ) {
+    const length = bytes.readUInt32LE(at);
+    records.push(decodeMessage('dogfs.v1.WalRecord', bytes.subarray(at + 12, at + 12 + length)));
+    at += 12 + length;
+  }
+  return records;
+}
+
+function writeWal(dir: string, records: readonly Init<WalRecord>[]): void {
+  const framed = records.map((r) => {
+    const payload = encodeMessage('dogfs.v1.WalRecord', r);
+    const header = Buffer.alloc(12);
+    header.writeUInt32LE(payload.byteLength, 0);
+    header.writeUInt32LE(crc32c(header.subarray(0, 4)), 4);
+    header.writeUInt32LE(crc32c(payload), 8);
+    return Buffer.concat([header, payload]);
+  });
+  writeFileSync(join(dir, 'raft.log'), Buffer.concat(framed));
+}
+
+/** 2.5 MiB, so a snapshot of its own is written (and checksummed) in several pieces. */
+const bigPayload = Buffer.alloc(5 << 19);
+for (let i = 0; i < bigPayload.byteLength; i++) bigPayload[i] = (i * 2654435761) >>> 24;
+
+const snapshotWriters = {
+  /** A leader's snapshot, installed (written on the event loop). */
+  installed: (g: ReturnType<DurableStorage['group']>, data: Buffer) => {
+    g.saveSnapshot({ meta: { index: asIndex(2), term: asTerm(1), config: bootstrap.meta.config }, data });
+    return Promise.resolve();
+  },
+  /** One of its own (written in the background). */
+  own: (g: ReturnType<DurableStorage['group']>, data: Buffer) =>
+    g.saveOwnSnapshot({ meta: { index: asIndex(2), term: asTerm(1), config: bootstrap.meta.config }, data }),
+};
+
+/** A closed log of group 1 whose latest snapshot is `data` at index 2, written by `writer`; its file. */
+async function logWithSnapshot(
+  dir: string,
+  writer: keyof typeof snapshotWriters,
+  data: Buffer,
+): Promise<string> {
+  const s = await DurableStorage.open(dir);
+  const g = s.group(1);
+  g.saveSnapshot(bootstrap);
+  g.append([entry(1, 1), entry(1, 2), entry(1, 3)]);
+  g.setHardState(hard(1, 1, 3));
+  await s.sync();
+  await snapshotWriters[writer](g, data);
+  await s.close();
+  return join(dir, 'snap-1-1-2.bin');
+}
+
+for (const writer of ['installed', 'own'] as const) {
+  test(`a snapshot file (${writer}) loads when it matches the length and CRC32C its record carries`, async () => {
+    const dir = freshDir();
+    await logWithSnapshot(dir, writer, bigPayload);
+    const named = walRecords(dir).filter((r) => r.snapshotFile !== '');
+    assert.deepEqual(
+      named.map((r) => [r.snapshotFile, r.snapshotBytes, r.snapshotCrc32c]),
+      [['snap-1-1-2.bin', bigPayload.byteLength, crc32c(bigPayload)]],
+    );
+    const s = await DurableStorage.open(dir);
+    try {
+      const state = s.group(1).load()!;
+      assert.equal(state.snapshot.meta.index, 2);
+      assert.ok(bigPayload.equals(state.snapshot.data));
+    } finally {
+      await s.close();
+    }
+  });
+
+  test(`a snapshot file (${writer}) with a byte flipped, or cut short, refuses to open, naming it and both values`, async () => {
+    const flipped = freshDir();
+    const file = await logWithSnapshot(flipped, writer, bigPayload);
+    const bytes = readFileSync(file);
+    bytes[1_000_000] = (bytes[1_000_000]! ^ 0x01) & 0xff;
+    writeFileSync(file, bytes);
+    const expected = `${bigPayload.byteLength} bytes with CRC32C 0x${crc32c(bigPayload).toString(16).padStart(8, '0')}`;
+    await assert.rejects(DurableStorage.open(flipped), (e: unknown) => {
+      assert.ok(e instanceof WalCorruptError);
+      assert.equal(e.code, 'CORRUPT');
+      assert.match(e.message, /snap-1-1-2\.bin: damaged snapshot/);
+      assert.ok(e.message.includes(`the log records ${expected}`), e.message);
+      assert.ok(e.message.includes(`the file has ${bigPayload.byteLength} bytes`), e.message);
+      return true;
+    });
+
+    const truncated = freshDir();
+    const cut = await logWithSnapshot(truncated, writer, bigPayload);
+    truncateSync(cut, 1 << 20);
+    await assert.rejects(DurableStorage.open(truncated), (e: unknown) => {
+      assert.ok(e instanceof WalCorruptError);
+      assert.equal(e.code, 'CORRUPT');
+      assert.ok(e.message.includes(`the log records ${expected}`), e.message);
+      assert.ok(e.message.includes(`the file has ${1 << 20} bytes`), e.message);
+      return true;
+    });
+  });
+}
+
+test('a record from before snapshots carried a length and CRC32C loads its file unchecked', async () => {
+  const dir = freshDir();
+  await logWithSnapshot(dir, 'installed', Buffer.from('state@2'));
+  // The same log as written before the fields existed: records carrying only the old schema's fields.
+  writeWal(
+    dir,
+    walRecords(dir).map((r) => ({
+      group: r.group,
+      entries: r.entries,
+      hardState: r.hardState,
+      snapshot: r.snapshot,
+      snapshotFile: r.snapshotFile,
+    })),
+  );
+  assert.ok(walRecords(dir).every((r) => r.snapshotBytes === 0 && r.snapshotCrc32c === 0));
+  const s = await DurableStorage.open(dir);
+  try {
+    const state = s.group(1).load()!;
+    assert.equal(state.snapshot.meta.index, 2);
+    assert.equal(Buffer.from(state.snapshot.data).toString(), 'state@2');
+    assert.deepEqual(
+      state.entries.map((e) => e.index),
+      [3],
+    );
+  } finally {
+    await s.close();
+  }
 });
