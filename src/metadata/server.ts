@@ -68,6 +68,21 @@ function snapshotEveryFromEnvironment(value: string | undefined): number {
   return every;
 }
 
+/**
+ * DOGFS_COMMAND_CLOCK_OFFSET_MS: milliseconds added to the clock this server stamps into commands. For
+ * tests only (a leader whose clock is far ahead); unset in any real deployment.
+ */
+function commandClockOffsetFromEnvironment(value: string | undefined): number {
+  if (value === undefined || value === '') return 0;
+  const offset = Number(value);
+  if (!Number.isSafeInteger(offset) || Math.abs(offset) > 10 * 365 * 86_400_000) {
+    throw new DaemonStartError(
+      `DOGFS_COMMAND_CLOCK_OFFSET_MS must be a whole number of milliseconds within ten years, not '${value.slice(0, 32)}'`,
+    );
+  }
+  return offset;
+}
+
 export function startMetaServer(options: MetaServerOptions) {
   return runDaemon(
     { role: 'meta', dir: options.dir, id: options.id, listen: options.listen, logLevel: options.logLevel },
@@ -103,6 +118,7 @@ export function startMetaServer(options: MetaServerOptions) {
         defaultEc: options.defaultEc,
         ...(options.gcGraceMs === undefined ? {} : { gcGraceMs: options.gcGraceMs }),
         ...(options.orphanAgeMs === undefined ? {} : { orphanAgeMs: options.orphanAgeMs }),
+        commandClockOffsetMs: commandClockOffsetFromEnvironment(process.env['DOGFS_COMMAND_CLOCK_OFFSET_MS']),
       });
       host.start(context.rpc);
       node.start(context.rpc);

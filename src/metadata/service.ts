@@ -58,6 +58,7 @@ import {
   type Session,
   StateCodecError,
 } from './state/index.js';
+import { StateClock } from './state-clock.js';
 
 export const CLUSTER_GROUP = 0;
 export const NAMESPACE_GROUP = 1;
@@ -280,6 +281,11 @@ export interface MetadataNodeOptions {
    * inventories at this interval (10 minutes; 0: never).
    */
   readonly orphanAgeMs?: number;
+  /**
+   * Added to the wall clock this node stamps into commands (0). A test seam (DOGFS_COMMAND_CLOCK_OFFSET_MS):
+   * a leader whose clock is far ahead, to show the state's time carried on after it (state-clock.ts).
+   */
+  readonly commandClockOffsetMs?: number;
 }
 
 export class MetadataNode {
@@ -304,6 +310,9 @@ export class MetadataNode {
   private readonly reportsInProgress = new Map<string, Set<string> | undefined>();
   /** Registered chunk server id → when this node (as group 0's leader) last heard its heartbeat. */
   private readonly lastSeen = new Map<string, number>();
+  /** What this node stamps into each group's commands when it leads (see state-clock.ts). */
+  private readonly namespaceClock: StateClock;
+  private readonly clusterClock: StateClock;
   /** Garbage block group id → when this node (as group 1's leader) first saw it. */
   private readonly garbageSeen = new Map<number, number>();
   /** Garbage block groups that failed to delete: when to try again, and the current backoff. */
@@ -355,6 +364,11 @@ export class MetadataNode {
     this.defaultEc = options.defaultEc;
     this.gcGraceMs = options.gcGraceMs ?? DEFAULT_GC_GRACE_MS;
     this.orphanAgeMs = options.orphanAgeMs ?? DEFAULT_ORPHAN_AGE_MS;
+    const offsetMs = options.commandClockOffsetMs ?? 0;
+    assert(Number.isSafeInteger(offsetMs), 'a clock offset is a whole number of milliseconds');
+    const wallMs = offsetMs === 0 ? Date.now : () => Date.now() + offsetMs;
+    this.namespaceClock = new StateClock(wallMs);
+    this.clusterClock = new StateClock(wallMs);
     assert(Number.isSafeInteger(this.orphanAgeMs) && this.orphanAgeMs >= 0, 'orphan age');
     host.addGroup(CLUSTER_GROUP, this.cluster);
     host.addGroup(NAMESPACE_GROUP, this.namespace);
@@ -384,7 +398,7 @@ export class MetadataNode {
     const result = await this.proposeNamespace(
       {
         op,
-        timeMs: Date.now(),
+        timeMs: this.namespaceNow(),
         session: sessionOf(req.session),
         inodeId: inodeId(req.inodeId),
         leaseId: req.leaseId,
@@ -393,6 +407,16 @@ export class MetadataNode {
     );
     if (!result.ok) raise(result);
     return result;
+  }
+
+  /** The time for a namespace command: the wall clock, never behind the state's time carried forward. */
+  private namespaceNow(): number {
+    return this.namespaceClock.now(this.namespace.state.timeMs);
+  }
+
+  /** The time for a cluster-group command (see namespaceNow). */
+  private clusterNow(): number {
+    return this.clusterClock.now(this.cluster.state.timeMs);
   }
 
   private async proposeCluster(command: ClusterCommand, deadline: number): Promise<ClusterResult> {
@@ -450,11 +474,16 @@ export class MetadataNode {
         const safeMode =
           now - this.clusterLeadership.sinceMs < this.cluster.state.settings.deadAfterMs ||
           now < this.livenessGraceUntilMs;
+        // Heartbeat times are state times (StateClock); lastSeen is this process's own wall clock.
+        const stateNow = this.clusterNow();
         const silentServers = this.cluster.state
-          .silentServers(now)
+          .silentServers(stateNow)
           .filter((s) => now - (this.lastSeen.get(s.id) ?? 0) > this.cluster.state.settings.deadAfterMs);
         for (const silent of safeMode ? [] : silentServers) {
-          const result = await this.proposeCluster({ op: 'declareDead', timeMs: now, ...silent }, deadline);
+          const result = await this.proposeCluster(
+            { op: 'declareDead', timeMs: stateNow, ...silent },
+            deadline,
+          );
           if (result.ok)
             this.log.warn('chunk server declared dead', {
               server: silent.id,
@@ -464,14 +493,14 @@ export class MetadataNode {
       }
       if (this.host.isLeader(NAMESPACE_GROUP)) {
         const now = Date.now();
-        // Leases run on the state machine's time (the latest command time, never behind): a leader whose
-        // clock is behind it (an earlier leader's was ahead, or the clock stepped back) must not hold
-        // expired leases for that long.
-        const leaseNow = Math.max(now, this.namespace.state.timeMs);
+        // Leases run on the state machine's time, carried forward by this leader's monotonic clock
+        // (StateClock): a leader whose wall clock is behind the state's (an earlier leader's was ahead,
+        // or the clock stepped back) neither holds expired leases nor waits for its wall to catch up.
+        const leaseNow = this.namespaceNow();
         const earliest = this.namespace.state.earliestLeaseExpiryMs();
         if (earliest !== undefined && earliest <= leaseNow) {
           await this.proposeNamespace(
-            { op: 'expireLeases', timeMs: now, expiresAtOrBeforeMs: leaseNow },
+            { op: 'expireLeases', timeMs: leaseNow, expiresAtOrBeforeMs: leaseNow },
             deadline,
           );
         }
@@ -516,7 +545,7 @@ export class MetadataNode {
   private async ensureClusterId(deadline: number): Promise<void> {
     if (this.cluster.state.clusterId !== '') return;
     const result = await this.proposeCluster(
-      { op: 'initCluster', timeMs: Date.now(), clusterId: randomUUID() },
+      { op: 'initCluster', timeMs: this.clusterNow(), clusterId: randomUUID() },
       deadline,
     );
     if (!result.ok) raise(result);
@@ -668,7 +697,7 @@ export class MetadataNode {
     if (collected.length === 0) return;
     // A deadline of its own: the deletes above may have used up the round's time.
     const result = await this.proposeNamespace(
-      { op: 'collectGarbage', timeMs: Date.now(), blockGroupIds: collected },
+      { op: 'collectGarbage', timeMs: this.namespaceNow(), blockGroupIds: collected },
       Date.now() + DUTY_INTERVAL_MS * 5,
     );
     if (result.ok)
@@ -846,7 +875,7 @@ export class MetadataNode {
     // A write barrier, not a read one: a repair's command appended before this one is applied before it
     // (one appended after it is still running here, or its outcome is uncertain: both are skipped below).
     const barrier = await this.proposeNamespace(
-      { op: 'collectGarbage', timeMs: Date.now(), blockGroupIds: [] },
+      { op: 'collectGarbage', timeMs: this.namespaceNow(), blockGroupIds: [] },
       Date.now() + CHUNK_CONTROL_TIMEOUT_MS,
     );
     if (
@@ -1322,7 +1351,7 @@ export class MetadataNode {
         const result = await this.proposeNamespace(
           {
             op: 'mkdir',
-            timeMs: Date.now(),
+            timeMs: this.namespaceNow(),
             session: sessionOf(req.session),
             path: req.path,
             parents: req.parents,
@@ -1343,7 +1372,7 @@ export class MetadataNode {
         const result = await this.proposeNamespace(
           {
             op: 'create',
-            timeMs: Date.now(),
+            timeMs: this.namespaceNow(),
             session: sessionOf(req.session),
             path: req.path,
             overwrite: req.overwrite,
@@ -1389,7 +1418,7 @@ export class MetadataNode {
         const result = await this.proposeNamespace(
           {
             op: 'allocateBlockGroup',
-            timeMs: Date.now(),
+            timeMs: this.namespaceNow(),
             session: sessionOf(req.session),
             inodeId: id,
             leaseId: req.leaseId,
@@ -1411,7 +1440,7 @@ export class MetadataNode {
         const result = await this.proposeNamespace(
           {
             op: 'commitBlockGroup',
-            timeMs: Date.now(),
+            timeMs: this.namespaceNow(),
             session: sessionOf(req.session),
             inodeId: inodeId(req.inodeId),
             leaseId: req.leaseId,
@@ -1426,7 +1455,7 @@ export class MetadataNode {
         const result = await this.proposeNamespace(
           {
             op: 'completeFile',
-            timeMs: Date.now(),
+            timeMs: this.namespaceNow(),
             session: sessionOf(req.session),
             inodeId: inodeId(req.inodeId),
             leaseId: req.leaseId,
@@ -1459,7 +1488,7 @@ export class MetadataNode {
         const result = await this.proposeNamespace(
           {
             op: 'rename',
-            timeMs: Date.now(),
+            timeMs: this.namespaceNow(),
             session: sessionOf(req.session),
             src: req.src,
             dst: req.dst,
@@ -1474,7 +1503,7 @@ export class MetadataNode {
         const result = await this.proposeNamespace(
           {
             op: 'delete',
-            timeMs: Date.now(),
+            timeMs: this.namespaceNow(),
             session: sessionOf(req.session),
             path: req.path,
             recursive: req.recursive,
@@ -1522,7 +1551,7 @@ export class MetadataNode {
         const result = await this.proposeCluster(
           {
             op: 'register',
-            timeMs: Date.now(),
+            timeMs: this.clusterNow(),
             id: req.id,
             dataAddr: req.addr,
             controlAddr: req.controlAddr,
@@ -1547,6 +1576,7 @@ export class MetadataNode {
       Heartbeat: async (req, ctx) => {
         this.host.requireLeader(CLUSTER_GROUP);
         const now = Date.now();
+        const stateNow = this.clusterNow();
         const known = this.cluster.state.server(req.id);
         // Liveness is the leader's memory between commits: a heartbeat is committed (one Raft entry and
         // fsync on every replica) only every third of the dead-timeout, or when the server is unknown or
@@ -1555,12 +1585,12 @@ export class MetadataNode {
         if (
           known === undefined ||
           known.state !== 'alive' ||
-          now - known.lastHeartbeatMs >= this.cluster.state.settings.deadAfterMs / 3
+          stateNow - known.lastHeartbeatMs >= this.cluster.state.settings.deadAfterMs / 3
         ) {
           const committed = await this.proposeCluster(
             {
               op: 'heartbeat',
-              timeMs: now,
+              timeMs: stateNow,
               id: req.id,
               capacityBytes: req.capacityBytes,
               usedBytes: req.usedBytes,
@@ -1593,7 +1623,10 @@ export class MetadataNode {
           });
         }
         if (result.dead) {
-          const alive = await this.proposeCluster({ op: 'markAlive', timeMs: now, id: req.id }, ctx.deadline);
+          const alive = await this.proposeCluster(
+            { op: 'markAlive', timeMs: this.clusterNow(), id: req.id },
+            ctx.deadline,
+          );
           if (alive.ok) this.log.info('chunk server alive again', { server: req.id });
         }
         return { reregister: result.reregister };
@@ -1735,7 +1768,7 @@ export class MetadataNode {
           result = await this.proposeNamespace(
             {
               op: 'repairShards',
-              timeMs: Date.now(),
+              timeMs: this.namespaceNow(),
               session: sessionOf(req.session),
               path: req.path,
               inodeId: inodeId(req.inodeId),
@@ -1792,7 +1825,7 @@ export class MetadataNode {
           leaseMs: asked?.leaseMs || current.leaseMs,
         };
         const result = await this.proposeCluster(
-          { op: 'setSettings', timeMs: Date.now(), settings },
+          { op: 'setSettings', timeMs: this.clusterNow(), settings },
           ctx.deadline,
         );
         if (!result.ok) raise(result);
