@@ -124,7 +124,8 @@ function safe(n: number, what: string): number {
   return n;
 }
 
-const MAX_MEMBERS = 64;
+/** Members (voters and learners) one group's configuration may name. */
+export const MAX_MEMBERS = 64;
 
 function confFromWire(c: RaftConfState | null | undefined): ConfState {
   if (!c) throw bad('missing configuration');

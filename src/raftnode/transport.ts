@@ -11,14 +11,24 @@
  * and the protocol's own retries repair it. Every buffer is bounded: the socket's send queue
  * (MAX_BUFFERED_BYTES, beyond which batches are dropped — back-pressure without unbounded memory), a frame
  * (MAX_FRAME_BYTES), and the batches waiting for a connection to open (MAX_PENDING_FRAMES).
+ *
+ * The receiving side bounds what a stranger who reaches the port can hold (FrameServerLimits): inbound
+ * connections, the time to a first whole frame, the time a begun frame may take to arrive whole, and the
+ * bytes of partial frames over all connections. A connection is bound to the sender its first accepted
+ * frame names (from_node, which every message in a frame must repeat); a frame naming another is refused
+ * and the connection closed, and a newer connection from the same sender replaces the older one. This
+ * checks claims, not identity: anyone who can reach the port may still claim a known node id (no
+ * authentication).
  */
 import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
 import { AssertionError, assert } from '../common/assert.js';
-import type { Logger } from '../common/log.js';
+import type { LogFields, Logger } from '../common/log.js';
 import { DogfsError, toDogfsError } from '../wire/errors.js';
 import { type RaftBatch, RaftTransportService } from '../wire/gen/types.js';
+import { FRAME_ASSEMBLY_TIMEOUT_MS } from '../wire/lean-server.js';
 import { decodeMessage, encodeMessage, type Init } from '../wire/proto.js';
 import { DEFAULT_MAX_MESSAGE_BYTES, type RpcChannel } from '../wire/rpc.js';
+import { MAX_MEMBERS } from './messages.js';
 
 export const MAX_FRAME_BYTES = DEFAULT_MAX_MESSAGE_BYTES;
 /** A peer whose socket holds this much unsent data gets its further batches dropped until it drains. */
@@ -34,6 +44,37 @@ const ENDPOINT_TIMEOUT_MS = 1000;
  */
 const STALL_TIMEOUT_MS = 5000;
 const LENGTH_BYTES = 4;
+
+export interface FrameServerLimits {
+  /** Inbound connections open at once; more are closed as they arrive. */
+  readonly maxConnections: number;
+  /** A connection must have delivered a whole, accepted frame within this of being accepted. */
+  readonly firstFrameMs: number;
+  /** A frame whose first bytes have arrived must be whole within this. */
+  readonly frameAssemblyMs: number;
+  /** Bytes of partial frames (their announced lengths) held over all connections together. */
+  readonly maxAssemblingBytes: number;
+}
+
+export const DEFAULT_FRAME_SERVER_LIMITS: FrameServerLimits = {
+  // Each peer keeps one connection to this node (a newer one from the same sender replaces the older),
+  // and a group has at most MAX_MEMBERS members: twice that leaves room for every peer plus as many
+  // connections not yet past their first frame (a peer reconnecting), while each open connection costs
+  // little beyond its partial frame, which maxAssemblingBytes bounds.
+  maxConnections: 2 * MAX_MEMBERS,
+  // A peer only connects to send, and writes its queued batches as soon as it is connected: a connection
+  // that has not delivered one whole frame in 10 s (a 16 MiB frame at 1.7 MB/s) is not a peer.
+  firstFrameMs: 10_000,
+  // As for a lean request arriving in pieces (wire/lean-server.ts): a sender that announces a frame and
+  // stops would otherwise hold its share of maxAssemblingBytes for good.
+  frameAssemblyMs: FRAME_ASSEMBLY_TIMEOUT_MS,
+  // Sixteen largest frames at once, as the RPC server allows requests (wire/rpc.ts): far more than the
+  // 3 or 5 metadata servers of a cluster send together, and 256 MiB rather than maxConnections × 16 MiB.
+  maxAssemblingBytes: 16 * MAX_FRAME_BYTES,
+};
+
+/** Refusals of one kind are logged at most this often: a flood of connections is not a flood of lines. */
+const REFUSAL_LOG_INTERVAL_MS = 10_000;
 
 /** Encodes one batch as a frame. */
 export function encodeFrame(batch: Init<RaftBatch>): Buffer {
@@ -67,12 +108,78 @@ export class FrameSplitter {
     data = data.subarray(at);
     this.buffered = data.byteLength === 0 ? Buffer.alloc(0) : Buffer.from(data);
   }
+
+  /**
+   * Bytes the frame begun and not yet whole will hold: its announced length once its length prefix is
+   * in, else the bytes of the prefix so far (0 between frames).
+   */
+  get partialFrameBytes(): number {
+    const held = this.buffered.byteLength;
+    return held < LENGTH_BYTES ? held : LENGTH_BYTES + this.buffered.readUInt32BE(0);
+  }
 }
 
-/** Accepts frames from peers and hands each decoded batch to `onBatch` (which validates and steps it). */
+/**
+ * A warning that a flood of connections could repeat without end: logged at most once per
+ * REFUSAL_LOG_INTERVAL_MS, each line saying how many went unlogged since the last (FrameServer.stats
+ * counts every one).
+ */
+class ThrottledWarning {
+  private loggedMs = Number.NEGATIVE_INFINITY;
+  private unlogged = 0;
+
+  constructor(
+    private readonly log: Logger,
+    private readonly msg: string,
+  ) {}
+
+  warn(fields: LogFields): void {
+    const now = Date.now();
+    if (now - this.loggedMs < REFUSAL_LOG_INTERVAL_MS) {
+      this.unlogged++;
+      return;
+    }
+    this.log.warn(this.msg, { ...fields, unloggedSinceLast: this.unlogged });
+    this.loggedMs = now;
+    this.unlogged = 0;
+  }
+}
+
+/** What FrameServer turned away or cut off, by reason; monotonically increasing. */
+export interface FrameServerStats {
+  /** Connections closed on arrival: maxConnections were open. */
+  connectionsRefused: number;
+  /** Connections closed for a frame that was malformed, refused by the host, or named another sender. */
+  framesRefused: number;
+  /** Connections closed for a first frame or a begun frame not whole in time. */
+  deadlinesMissed: number;
+  /** Connections closed because their partial frame would pass maxAssemblingBytes. */
+  overBudget: number;
+  /** Connections closed because a newer one from the same sender was accepted. */
+  replaced: number;
+}
+
+/**
+ * Accepts frames from peers and hands each decoded batch to `onBatch`, which validates and steps it
+ * (throwing refuses it and closes the connection), within FrameServerLimits.
+ */
 export class FrameServer {
   private readonly server: Server;
   private readonly sockets = new Set<Socket>();
+  /** The connection each sender's frames arrive on (the newest one its first frame named it on). */
+  private readonly bySender = new Map<number, Socket>();
+  private readonly limits: FrameServerLimits;
+  /** Sum of every connection's FrameSplitter.partialFrameBytes, bounded by limits.maxAssemblingBytes. */
+  private assemblingBytes = 0;
+  private readonly refusedWarning: ThrottledWarning;
+  private readonly cutWarning: ThrottledWarning;
+  readonly stats: FrameServerStats = {
+    connectionsRefused: 0,
+    framesRefused: 0,
+    deadlinesMissed: 0,
+    overBudget: 0,
+    replaced: 0,
+  };
   /** Resolves with the listening port. */
   readonly port: Promise<number>;
 
@@ -80,8 +187,24 @@ export class FrameServer {
     host: string,
     private readonly onBatch: (batch: RaftBatch) => void,
     private readonly log: Logger,
+    limits: Partial<FrameServerLimits> = {},
   ) {
+    this.limits = { ...DEFAULT_FRAME_SERVER_LIMITS, ...limits };
+    assert(this.limits.maxConnections > 0, 'a frame server takes at least one connection');
+    assert(this.limits.maxAssemblingBytes >= 0, 'a partial-frame budget is not negative');
+    this.refusedWarning = new ThrottledWarning(log, 'raft connections refused: too many open');
+    this.cutWarning = new ThrottledWarning(log, 'raft frame refused; closing the connection');
     this.server = createServer((socket) => this.accept(socket));
+    // net closes a connection past the limit before any of our code sees it, and says so with 'drop'.
+    this.server.maxConnections = this.limits.maxConnections;
+    this.server.on('drop', (dropped) => {
+      this.stats.connectionsRefused++;
+      this.refusedWarning.warn({
+        peer: dropped?.remoteAddress,
+        maxConnections: this.limits.maxConnections,
+        refused: this.stats.connectionsRefused,
+      });
+    });
     this.port = new Promise((resolve, reject) => {
       this.server.once('error', reject);
       this.server.listen(0, host, () => {
@@ -94,20 +217,55 @@ export class FrameServer {
     this.port.catch(() => {});
   }
 
+  /** Inbound connections open now. */
+  get connections(): number {
+    return this.sockets.size;
+  }
+
+  /** Bytes of partial frames held over all connections (their announced lengths). */
+  get partialFrameBytes(): number {
+    return this.assemblingBytes;
+  }
+
   private accept(socket: Socket): void {
     this.sockets.add(socket);
     socket.setNoDelay(true);
     const splitter = new FrameSplitter();
+    /** The node this connection carries frames from, once its first frame has been accepted. */
+    let sender: number | undefined;
+    /** This connection's share of assemblingBytes. */
+    let held = 0;
+    let assemblyTimer: NodeJS.Timeout | undefined;
+    const cut = (stat: keyof FrameServerStats, code: string, error: string): void => {
+      // A timer may fire between destroy() and 'close', which clears it.
+      if (socket.destroyed) return;
+      this.stats[stat]++;
+      this.cutWarning.warn({ peer: socket.remoteAddress, sender, code, error });
+      socket.destroy();
+    };
+    const firstFrameTimer = setTimeout(
+      () =>
+        cut('deadlinesMissed', 'DEADLINE_EXCEEDED', `no whole frame within ${this.limits.firstFrameMs} ms`),
+      this.limits.firstFrameMs,
+    ).unref();
     socket.on('data', (chunk: Buffer) => {
+      let frames = 0;
       try {
         splitter.push(chunk, (body) => {
+          frames++;
           let batch: RaftBatch;
           try {
             batch = decodeMessage('dogfs.v1.RaftBatch', body);
           } catch (error) {
             throw new DogfsError('INVALID_ARGUMENT', 'malformed raft frame', { cause: error });
           }
+          checkSender(batch, sender);
           this.onBatch(batch);
+          if (sender === undefined) {
+            sender = batch.fromNode;
+            clearTimeout(firstFrameTimer);
+            this.bind(sender, socket);
+          }
         });
       } catch (error) {
         // A broken invariant of this node (the core's or the host's) is no peer's fault: the state may
@@ -115,24 +273,96 @@ export class FrameServer {
         if (error instanceof AssertionError) throw error;
         // A peer that sends what we cannot take is cut off; Raft treats it as a network fault.
         const e = toDogfsError(error);
-        this.log.warn('raft frame refused; closing the connection', {
-          peer: socket.remoteAddress,
-          code: e.code,
-          error: e.message,
-        });
-        socket.destroy();
+        cut('framesRefused', e.code, e.message);
+        return;
+      }
+      const partial = splitter.partialFrameBytes;
+      // Only a connection whose share grows is refused: the budget is taken, not shared out afresh.
+      if (partial > held && this.assemblingBytes + partial - held > this.limits.maxAssemblingBytes) {
+        cut(
+          'overBudget',
+          'RESOURCE_EXHAUSTED',
+          `a ${partial}-byte frame would pass the ${this.limits.maxAssemblingBytes} bytes of partial frames held`,
+        );
+        return;
+      }
+      this.assemblingBytes += partial - held;
+      held = partial;
+      if (partial === 0) {
+        clearTimeout(assemblyTimer);
+        assemblyTimer = undefined;
+        return;
+      }
+      // The deadline runs from a frame's first bytes: armed when a frame begins, not moved while it arrives.
+      if (frames > 0 || assemblyTimer === undefined) {
+        clearTimeout(assemblyTimer);
+        assemblyTimer = setTimeout(
+          () =>
+            cut(
+              'deadlinesMissed',
+              'DEADLINE_EXCEEDED',
+              `a ${partial}-byte frame not whole within ${this.limits.frameAssemblyMs} ms`,
+            ),
+          this.limits.frameAssemblyMs,
+        ).unref();
       }
     });
     socket.on('error', () => {
       // 'close' follows; a reset peer is an ordinary network fault.
     });
-    socket.on('close', () => this.sockets.delete(socket));
+    socket.on('close', () => {
+      clearTimeout(firstFrameTimer);
+      clearTimeout(assemblyTimer);
+      this.assemblingBytes -= held;
+      held = 0;
+      assert(this.assemblingBytes >= 0, 'partial-frame bytes given back no more than taken');
+      this.sockets.delete(socket);
+      if (sender !== undefined && this.bySender.get(sender) === socket) this.bySender.delete(sender);
+    });
+  }
+
+  /**
+   * Makes `socket` the connection of `sender`. A peer opens a new connection only after giving up the
+   * old one, which may linger here unseen (a peer restarted, or gone without a reset): replacing it keeps
+   * the connections of known senders to one each, so stale ones cannot fill maxConnections.
+   */
+  private bind(sender: number, socket: Socket): void {
+    const previous = this.bySender.get(sender);
+    this.bySender.set(sender, socket);
+    if (previous === undefined || previous === socket) return;
+    this.stats.replaced++;
+    this.log.debug('raft connection replaced by a newer one from the same sender', { sender });
+    previous.destroy();
   }
 
   close(): void {
     this.server.close();
     for (const socket of this.sockets) socket.destroy();
     this.sockets.clear();
+  }
+}
+
+/**
+ * What a frame claims about its sender: at least one message, every one from the batch's `from_node`,
+ * and that the connection's sender once it has one. (Whether the sender is a member the host knows is
+ * the host's check, on every message.)
+ */
+function checkSender(batch: RaftBatch, sender: number | undefined): void {
+  if (batch.messages.length === 0) throw new DogfsError('INVALID_ARGUMENT', 'raft batch without messages');
+  if (sender !== undefined && batch.fromNode !== sender) {
+    throw new DogfsError(
+      'PERMISSION_DENIED',
+      `raft frame from node ${batch.fromNode} on the connection of node ${sender}`,
+    );
+  }
+  // Bounded by the frame: at most MAX_FRAME_BYTES of messages.
+  for (const message of batch.messages) {
+    if (message.from !== batch.fromNode) {
+      throw new DogfsError(
+        'PERMISSION_DENIED',
+        `raft message from node ${message.from} in a batch from node ${batch.fromNode}`,
+      );
+    }
   }
 }
 

@@ -59,7 +59,7 @@ const MAGIC_TIMEOUT_MS = 10_000;
  * must be whole within this, or its connection is cut (a client that announces 16 MiB and then sends
  * nothing would otherwise hold that share for good, and sixteen such would refuse every request).
  */
-const FRAME_ASSEMBLY_TIMEOUT_MS = 60_000;
+export const FRAME_ASSEMBLY_TIMEOUT_MS = 60_000;
 /** After GOAWAY and `end()`, how long a client may take to close its side before the socket is destroyed. */
 const END_GRACE_MS = 10_000;
 
