@@ -87,35 +87,68 @@ export function encodeFrame(batch: Init<RaftBatch>): Buffer {
 
 /**
  * Splits a byte stream into frames. Throws INVALID_ARGUMENT on a frame longer than MAX_FRAME_BYTES
- * (a broken or hostile peer), after which the connection is closed.
+ * (a broken or hostile peer), after which the connection is closed. A frame within one chunk is handed
+ * on as a slice of it; one spanning chunks is assembled in a buffer of its announced length, each byte
+ * copied once (joining the held part with every new chunk copied a 16 MiB frame arriving in 64 KiB reads
+ * ~128 times over).
  */
 export class FrameSplitter {
-  private buffered: Buffer = Buffer.alloc(0);
+  /** The length prefix of the next frame while it arrives in pieces. */
+  private readonly prefix = Buffer.alloc(LENGTH_BYTES);
+  private prefixFill = 0;
+  /** The frame being assembled, once its prefix is in and it did not fit the chunk. */
+  private frame: Buffer | undefined;
+  private frameFill = 0;
 
   push(chunk: Buffer, onFrame: (body: Buffer) => void): void {
-    let data = this.buffered.byteLength === 0 ? chunk : Buffer.concat([this.buffered, chunk]);
     let at = 0;
-    while (data.byteLength - at >= LENGTH_BYTES) {
-      const length = data.readUInt32BE(at);
+    // Each round consumes bytes or hands on a frame (a frame is at least its prefix): bounded by the chunk.
+    while (at < chunk.byteLength) {
+      if (this.frame !== undefined) {
+        const n = Math.min(chunk.byteLength - at, this.frame.byteLength - this.frameFill);
+        chunk.copy(this.frame, this.frameFill, at, at + n);
+        this.frameFill += n;
+        at += n;
+        if (this.frameFill === this.frame.byteLength) {
+          const whole = this.frame;
+          this.frame = undefined;
+          this.frameFill = 0;
+          onFrame(whole);
+        }
+        continue;
+      }
+      let length: number;
+      if (this.prefixFill === 0 && chunk.byteLength - at >= LENGTH_BYTES) {
+        length = chunk.readUInt32BE(at);
+        at += LENGTH_BYTES;
+      } else {
+        const n = Math.min(chunk.byteLength - at, LENGTH_BYTES - this.prefixFill);
+        chunk.copy(this.prefix, this.prefixFill, at, at + n);
+        this.prefixFill += n;
+        at += n;
+        if (this.prefixFill < LENGTH_BYTES) break;
+        this.prefixFill = 0;
+        length = this.prefix.readUInt32BE(0);
+      }
       if (length > MAX_FRAME_BYTES) {
         throw new DogfsError('INVALID_ARGUMENT', `raft frame of ${length} bytes exceeds ${MAX_FRAME_BYTES}`);
       }
-      if (data.byteLength - at - LENGTH_BYTES < length) break;
-      onFrame(data.subarray(at + LENGTH_BYTES, at + LENGTH_BYTES + length));
-      at += LENGTH_BYTES + length;
+      if (chunk.byteLength - at >= length) {
+        onFrame(chunk.subarray(at, at + length));
+        at += length;
+      } else {
+        this.frame = Buffer.allocUnsafe(length);
+        this.frameFill = 0;
+      }
     }
-    // Keep only the partial frame (a copy, so the consumed chunk can be collected).
-    data = data.subarray(at);
-    this.buffered = data.byteLength === 0 ? Buffer.alloc(0) : Buffer.from(data);
   }
 
   /**
-   * Bytes the frame begun and not yet whole will hold: its announced length once its length prefix is
-   * in, else the bytes of the prefix so far (0 between frames).
+   * Bytes the frame begun and not yet whole will hold: its announced length (with its prefix) once the
+   * prefix is in, else the bytes of the prefix so far (0 between frames).
    */
   get partialFrameBytes(): number {
-    const held = this.buffered.byteLength;
-    return held < LENGTH_BYTES ? held : LENGTH_BYTES + this.buffered.readUInt32BE(0);
+    return this.frame === undefined ? this.prefixFill : LENGTH_BYTES + this.frame.byteLength;
   }
 }
 

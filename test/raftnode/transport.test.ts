@@ -43,6 +43,34 @@ test('frames split across any chunk boundaries come out whole and in order', () 
   }
 });
 
+test('a large frame among small ones, in reads of any size, comes out whole; held bytes are its announced size', () => {
+  const big = { ...heartbeat(7), entries: [{ term: 3, index: 9, data: Buffer.alloc(200_000, 0xab) }] };
+  const frames = [
+    encodeFrame({ fromNode: 2, messages: [heartbeat(1)] }),
+    encodeFrame({ fromNode: 2, messages: [big] }),
+    encodeFrame({ fromNode: 2, messages: [heartbeat(2)] }),
+  ];
+  const stream = Buffer.concat(frames);
+  for (const step of [1, 3, 4, 5, 4093, 65_536, stream.byteLength]) {
+    const splitter = new FrameSplitter();
+    const bodies: Buffer[] = [];
+    for (let at = 0; at < stream.byteLength; at += step) {
+      splitter.push(stream.subarray(at, at + step), (b) => bodies.push(Buffer.from(b)));
+      const partial = splitter.partialFrameBytes;
+      // Inside the big frame (past its prefix and not yet whole) the splitter holds its announced size.
+      const end = at + step;
+      if (end >= frames[0]!.byteLength + 4 && end < frames[0]!.byteLength + frames[1]!.byteLength)
+        assert.equal(partial, frames[1]!.byteLength, `held inside the big frame, chunks of ${step}`);
+    }
+    assert.equal(splitter.partialFrameBytes, 0);
+    assert.deepEqual(
+      bodies,
+      frames.map((f) => f.subarray(4)),
+      `chunks of ${step} bytes`,
+    );
+  }
+});
+
 test('a frame claiming more than the limit is refused before its bytes arrive', () => {
   const header = Buffer.alloc(4);
   header.writeUInt32BE(MAX_FRAME_BYTES + 1);
