@@ -14,7 +14,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 // Only the checksum modules: the chunk server needs no erasure-coding backend in memory.
 import { chunkAlignedRange } from '../codec/checksum.js';
-import type { Logger } from '../common/log.js';
+import { type Logger, ThrottledWarning } from '../common/log.js';
 import {
   adoptAcceptedSocket,
   checkShardId,
@@ -85,6 +85,9 @@ export class DataServer {
   private bytesInFlight = 0;
   private readonly limits: DataServerLimits;
 
+  /** Failed disk calls of data transfers (the client is told; this tells the operator). */
+  private readonly diskWarning: ThrottledWarning | undefined;
+
   constructor(
     private readonly store: ShardStore,
     private readonly metrics: ChunkMetrics,
@@ -92,6 +95,7 @@ export class DataServer {
     limits: Partial<DataServerLimits> = {},
   ) {
     this.limits = { ...DEFAULT_DATA_SERVER_LIMITS, ...limits };
+    this.diskWarning = log === undefined ? undefined : new ThrottledWarning(log, 'disk call failed');
     // Paused on connect: nothing is read before the socket is adopted into a receive arena.
     this.server = createServer({ noDelay: true, pauseOnConnect: true }, (socket) => this.accept(socket));
     this.server.maxConnections = this.limits.maxConnections;
@@ -300,7 +304,7 @@ export class DataServer {
           await session?.abort();
           const failure = expired()
             ? new DogfsError('DEADLINE_EXCEEDED', `write ${formatShardId(shardId)}: deadline exceeded`)
-            : toDogfsError(diskFailure(error, `write ${formatShardId(shardId)}`));
+            : toDogfsError(diskFailure(error, `write ${formatShardId(shardId)}`, this.diskWarning));
           if (failure.code === 'INTERNAL')
             this.log?.error('write failed', { shard: formatShardId(shardId), error });
           return this.refuse(socket, failure, 'write');
@@ -410,7 +414,7 @@ export class DataServer {
         } catch (error) {
           const failure = expired()
             ? new DogfsError('DEADLINE_EXCEEDED', `read ${formatShardId(shardId)}: deadline exceeded`)
-            : toDogfsError(diskFailure(error, `read ${formatShardId(shardId)}`));
+            : toDogfsError(diskFailure(error, `read ${formatShardId(shardId)}`, this.diskWarning));
           if (!headerSent) return this.refuse(socket, failure, 'read');
           this.metrics.error(failure.code);
           if (!socket.destroyed) {

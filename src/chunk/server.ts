@@ -6,7 +6,7 @@
  */
 import { retainFreedMemory } from '../codec/native.js';
 import { formatHostPort, type HostPort } from '../common/address.js';
-import type { Logger, LogLevel } from '../common/log.js';
+import { type Logger, type LogLevel, ThrottledWarning } from '../common/log.js';
 import { runDaemon } from '../daemon/daemon.js';
 import { checkShardId, checkWireInteger, formatShardId, MAX_SHARD_BYTES } from '../wire/data-transfer.js';
 import { DogfsError } from '../wire/errors.js';
@@ -145,6 +145,7 @@ export async function startChunkServer(options: ChunkServerOptions) {
         context.onShutdown(() => endpoint.close());
       }
 
+      const diskWarning = new ThrottledWarning(log, 'disk call failed');
       context.rpc.addService(ChunkControlService, {
         DeleteShard: async (request) => {
           const id = checkShardId(request.shard);
@@ -159,7 +160,9 @@ export async function startChunkServer(options: ChunkServerOptions) {
           await fence.admit(request.namespaceGroup, request.leaderTerm);
           const existed = await openedStore
             .delete(id, ifMtimeMs)
-            .catch((error: unknown) => Promise.reject(diskFailure(error, `delete ${formatShardId(id)}`)));
+            .catch((error: unknown) =>
+              Promise.reject(diskFailure(error, `delete ${formatShardId(id)}`, diskWarning)),
+            );
           if (existed) metrics.add('shards_deleted');
           return { existed };
         },
@@ -168,7 +171,7 @@ export async function startChunkServer(options: ChunkServerOptions) {
           checkAddressee(request, 'stat');
           await fence.admit(request.namespaceGroup, request.leaderTerm);
           const found = await (request.claim ? openedStore.claim(id) : openedStore.stat(id)).catch(
-            (error: unknown) => Promise.reject(diskFailure(error, `stat ${formatShardId(id)}`)),
+            (error: unknown) => Promise.reject(diskFailure(error, `stat ${formatShardId(id)}`, diskWarning)),
           );
           return { info: shardInfo(found) };
         },

@@ -28,7 +28,7 @@ import { crc32c } from '../codec/crc32c.js';
 import { alignedAllocator } from '../codec/native.js';
 import { assert } from '../common/assert.js';
 import { fsyncDir } from '../common/durable-file.js';
-import type { Logger } from '../common/log.js';
+import type { Logger, ThrottledWarning } from '../common/log.js';
 import {
   checkShardId,
   chunkChecksumsOfSlices,
@@ -198,25 +198,28 @@ const DISK_UNUSABLE_ERRNOS: ReadonlySet<string> = new Set([
  * shard). Without it these reached clients as INTERNAL, which says "a bug in DogFS". Anything else is
  * returned as it was (a DogfsError stays as it is).
  */
-export function diskFailure(error: unknown, what: string): unknown {
+export function diskFailure(error: unknown, what: string, warning: ThrottledWarning | undefined): unknown {
   if (error instanceof DogfsError) return error;
   const code = (error as NodeJS.ErrnoException | undefined)?.code;
   if (typeof code !== 'string') return error;
   const message = `${what}: ${(error as Error).message}`;
-  if (isNoSpace(error)) return new DogfsError('NO_SPACE', message, { cause: error });
-  if (EXHAUSTED_ERRNOS.has(code))
-    return new DogfsError(
+  let failure: DogfsError | undefined;
+  if (isNoSpace(error)) failure = new DogfsError('NO_SPACE', message, { cause: error });
+  else if (EXHAUSTED_ERRNOS.has(code))
+    failure = new DogfsError(
       'RESOURCE_EXHAUSTED',
       `${message} (the chunk server is out of file handles or memory for now; try later)`,
-      {
-        cause: error,
-      },
+      { cause: error },
     );
-  if (DISK_UNUSABLE_ERRNOS.has(code))
-    return new DogfsError('UNAVAILABLE', `${message} (the chunk server's disk failed this call)`, {
+  else if (DISK_UNUSABLE_ERRNOS.has(code))
+    failure = new DogfsError('UNAVAILABLE', `${message} (the chunk server's disk failed this call)`, {
       cause: error,
     });
-  return error;
+  if (failure === undefined) return error;
+  // The client gets a code it can act on (a gap, another shard); the operator must still hear of a disk
+  // failing or full, which the metadata service goes on placing shards on.
+  warning?.warn({ what, errno: code, error: (error as Error).message });
+  return failure;
 }
 
 function corrupt(id: ShardId, what: string): DogfsError {
@@ -527,7 +530,10 @@ export class ShardStore {
         // Deleted since the lookup, or removed behind our back.
         throw new DogfsError('NOT_FOUND', `shard ${formatShardId(id)} not found`);
       }
-      throw error;
+      // EIO opening it is as lost as EIO reading it: CORRUPT, remembered and reported for repair.
+      const failure = readFailure(id, error, 'the file');
+      if (failure instanceof DogfsError && failure.code === 'CORRUPT') this.markCorrupt(id, failure.message);
+      throw failure;
     }
     try {
       const chunks = Math.ceil(record.length / DATA_CHUNK_SIZE);

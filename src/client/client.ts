@@ -166,7 +166,7 @@ export class DogfsClient {
       assert(last.name > startAfter || startAfter === '', 'list pages must advance');
       startAfter = last.name;
     }
-    throw new DogfsError('RESOURCE_EXHAUSTED', `${p}: more than ${MAX_LIST_PAGES} pages`);
+    throw new DogfsError('FAILED_PRECONDITION', `${p}: more than ${MAX_LIST_PAGES} pages`);
   }
 
   async rename(src: string, dst: string, options: MetaCallOptions = {}): Promise<void> {

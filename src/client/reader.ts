@@ -242,7 +242,7 @@ class GroupReader {
   }
 
   /**
-   * Lets shards that failed for a reason that may pass (unavailable, slow) be tried again, once per
+   * Lets shards that failed for a reason that may pass (unavailable, slow, busy) be tried again, once per
    * stripe: a server restarted or a stall that ended since. Without it a long read (a block group is up
    * to 1.5 GiB) fails once M + 1 shards have each failed once, though never more than M at a time.
    * Corrupt and missing copies stay failed. True when any was let back.
@@ -252,7 +252,8 @@ class GroupReader {
     for (const [index, error] of this.failed) {
       if (readmitted.has(index) || this.shards[index]?.durable !== true || this.shards[index]?.addr === '')
         continue;
-      if (error.code !== 'UNAVAILABLE' && error.code !== 'DEADLINE_EXCEEDED') continue;
+      // RESOURCE_EXHAUSTED: a chunk server busy (its read limits) or short of file handles, for now.
+      if (!['UNAVAILABLE', 'DEADLINE_EXCEEDED', 'RESOURCE_EXHAUSTED'].includes(error.code)) continue;
       readmitted.add(index);
       this.failed.delete(index);
       any = true;

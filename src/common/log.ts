@@ -50,3 +50,31 @@ export function createLogger(level: LogLevel, base: LogFields = {}, sink: LogSin
     child: (fields) => createLogger(level, { ...base, ...fields }, sink),
   };
 }
+
+/** Warnings of one kind are logged at most this often: a flood of refusals is not a flood of lines. */
+const THROTTLED_WARNING_INTERVAL_MS = 10_000;
+
+/**
+ * A warning that a flood (of connections, of failing disk calls) could repeat without end: logged at
+ * most once per 10 s, each line saying how many went unlogged since the last (count them elsewhere).
+ */
+export class ThrottledWarning {
+  private loggedMs = Number.NEGATIVE_INFINITY;
+  private unlogged = 0;
+
+  constructor(
+    private readonly log: Logger,
+    private readonly msg: string,
+  ) {}
+
+  warn(fields: LogFields): void {
+    const now = Date.now();
+    if (now - this.loggedMs < THROTTLED_WARNING_INTERVAL_MS) {
+      this.unlogged++;
+      return;
+    }
+    this.log.warn(this.msg, { ...fields, unloggedSinceLast: this.unlogged });
+    this.loggedMs = now;
+    this.unlogged = 0;
+  }
+}

@@ -22,7 +22,7 @@
  */
 import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
 import { AssertionError, assert } from '../common/assert.js';
-import type { LogFields, Logger } from '../common/log.js';
+import { type Logger, ThrottledWarning } from '../common/log.js';
 import { DogfsError, toDogfsError } from '../wire/errors.js';
 import { type RaftBatch, RaftTransportService } from '../wire/gen/types.js';
 import { FRAME_ASSEMBLY_TIMEOUT_MS } from '../wire/lean-server.js';
@@ -73,9 +73,6 @@ export const DEFAULT_FRAME_SERVER_LIMITS: FrameServerLimits = {
   maxAssemblingBytes: 16 * MAX_FRAME_BYTES,
 };
 
-/** Refusals of one kind are logged at most this often: a flood of connections is not a flood of lines. */
-const REFUSAL_LOG_INTERVAL_MS = 10_000;
-
 /** Encodes one batch as a frame. */
 export function encodeFrame(batch: Init<RaftBatch>): Buffer {
   const body = encodeMessage('dogfs.v1.RaftBatch', batch);
@@ -93,6 +90,12 @@ export function encodeFrame(batch: Init<RaftBatch>): Buffer {
  * ~128 times over).
  */
 export class FrameSplitter {
+  /**
+   * `admit` is asked before memory is taken for a frame that spans reads (with its announced length,
+   * prefix included) and throws to refuse it: four bytes from a stranger must not cost 16 MiB first.
+   */
+  constructor(private readonly admit: (frameBytes: number) => void = () => {}) {}
+
   /** The length prefix of the next frame while it arrives in pieces. */
   private readonly prefix = Buffer.alloc(LENGTH_BYTES);
   private prefixFill = 0;
@@ -137,6 +140,7 @@ export class FrameSplitter {
         onFrame(chunk.subarray(at, at + length));
         at += length;
       } else {
+        this.admit(LENGTH_BYTES + length);
         this.frame = Buffer.allocUnsafe(length);
         this.frameFill = 0;
       }
@@ -149,32 +153,6 @@ export class FrameSplitter {
    */
   get partialFrameBytes(): number {
     return this.frame === undefined ? this.prefixFill : LENGTH_BYTES + this.frame.byteLength;
-  }
-}
-
-/**
- * A warning that a flood of connections could repeat without end: logged at most once per
- * REFUSAL_LOG_INTERVAL_MS, each line saying how many went unlogged since the last (FrameServer.stats
- * counts every one).
- */
-class ThrottledWarning {
-  private loggedMs = Number.NEGATIVE_INFINITY;
-  private unlogged = 0;
-
-  constructor(
-    private readonly log: Logger,
-    private readonly msg: string,
-  ) {}
-
-  warn(fields: LogFields): void {
-    const now = Date.now();
-    if (now - this.loggedMs < REFUSAL_LOG_INTERVAL_MS) {
-      this.unlogged++;
-      return;
-    }
-    this.log.warn(this.msg, { ...fields, unloggedSinceLast: this.unlogged });
-    this.loggedMs = now;
-    this.unlogged = 0;
   }
 }
 
@@ -263,11 +241,21 @@ export class FrameServer {
   private accept(socket: Socket): void {
     this.sockets.add(socket);
     socket.setNoDelay(true);
-    const splitter = new FrameSplitter();
     /** The node this connection carries frames from, once its first frame has been accepted. */
     let sender: number | undefined;
     /** This connection's share of assemblingBytes. */
     let held = 0;
+    let overBudget = false;
+    const splitter = new FrameSplitter((frameBytes) => {
+      // Only a connection whose share grows is refused: the budget is taken, not shared out afresh.
+      if (frameBytes > held && this.assemblingBytes + frameBytes - held > this.limits.maxAssemblingBytes) {
+        overBudget = true;
+        throw new DogfsError(
+          'RESOURCE_EXHAUSTED',
+          `a ${frameBytes}-byte frame would pass the ${this.limits.maxAssemblingBytes} bytes of partial frames held`,
+        );
+      }
+    });
     let assemblyTimer: NodeJS.Timeout | undefined;
     const cut = (stat: keyof FrameServerStats, code: string, error: string): void => {
       // A timer may fire between destroy() and 'close', which clears it.
@@ -306,7 +294,7 @@ export class FrameServer {
         if (error instanceof AssertionError) throw error;
         // A peer that sends what we cannot take is cut off; Raft treats it as a network fault.
         const e = toDogfsError(error);
-        cut('framesRefused', e.code, e.message);
+        cut(overBudget ? 'overBudget' : 'framesRefused', e.code, e.message);
         return;
       }
       const partial = splitter.partialFrameBytes;

@@ -13,6 +13,7 @@ import { ChunkMetrics } from '../../src/chunk/metrics.js';
 import { Scrubber } from '../../src/chunk/scrubber.js';
 import { SHARD_HEADER_BYTES, ShardStore, type StoreIo } from '../../src/chunk/store.js';
 import { crc32c } from '../../src/codec/index.js';
+import { createLogger, type Logger } from '../../src/common/log.js';
 import { crc32cCombine, encodeFrame } from '../../src/wire/data-transfer.js';
 import type { DogfsError } from '../../src/wire/errors.js';
 import { DataOp } from '../../src/wire/gen/types.js';
@@ -37,13 +38,14 @@ async function serve(
   limits = {},
   mode: WriteMode = 'direct',
   expected: WriteMode = mode,
+  log?: Logger,
 ) {
   const store = await ShardStore.open({ dir: join(dir.path, name), io, directWrites: mode === 'direct' });
   // The test directory's filesystem takes O_DIRECT here (ext4; tmpfs too since Linux 6.6): a store
   // asked for direct writes that fell back would leave the direct path untested, so that fails.
   assert.equal(store.writeMode, expected, `write mode (${store.writeModeWhy})`);
   const metrics = new ChunkMetrics();
-  const server = new DataServer(store, metrics, undefined, limits);
+  const server = new DataServer(store, metrics, log, limits);
   const port = await server.listen('127.0.0.1', 0);
   return { store, server, metrics, addr: `127.0.0.1:${port}`, dir: join(dir.path, name) };
 }
@@ -107,7 +109,15 @@ for (const [errno, code] of [
         await handle.writev(buffers as Uint8Array[], position);
       },
     };
-    const { store, server, metrics, addr, dir: storeDir } = await serve(`errno-${errno}`, io);
+    const lines: string[] = [];
+    const log = createLogger('info', {}, (line) => lines.push(line));
+    const {
+      store,
+      server,
+      metrics,
+      addr,
+      dir: storeDir,
+    } = await serve(`errno-${errno}`, io, {}, 'direct', 'direct', log);
     try {
       failWrites = true;
       await assert.rejects(
@@ -122,6 +132,10 @@ for (const [errno, code] of [
       assert.deepEqual(shardFiles(storeDir), []);
       assert.equal(store.shardCount, 0);
       assert.equal(metrics.get(`errors_${code}`), 1);
+      // The client was told with a code; the operator is told in the log.
+      const warned = lines.filter((l) => l.includes('"msg":"disk call failed"'));
+      assert.equal(warned.length, 1, lines.join('\n'));
+      assert.match(warned[0]!, new RegExp(`"errno":"${errno}"`));
       failWrites = false;
       await client.writeShard(addr, { blockGroupId: 2, index: 0, generation: 1 }, seededBytes(3 * MiB, 2));
       assert.equal(store.shardCount, 1);

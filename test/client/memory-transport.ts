@@ -25,6 +25,8 @@ export class MemoryTransport implements ShardTransport {
   readonly shards = new Map<string, Buffer>();
   /** Addresses that refuse everything. */
   readonly dead = new Set<string>();
+  /** Addresses whose reads are refused as a busy server's are (RESOURCE_EXHAUSTED). */
+  readonly busy = new Set<string>();
   /** Addresses whose reads never deliver. */
   readonly hung = new Set<string>();
   /** Addresses whose disks are full: every shard write there is refused NO_SPACE. */
@@ -109,6 +111,8 @@ export class MemoryTransport implements ShardTransport {
         else if (done) return null;
         if (this.dead.has(target.addr))
           throw new DogfsError('UNAVAILABLE', `${target.addr}: connection refused`);
+        if (this.busy.has(target.addr))
+          throw new DogfsError('RESOURCE_EXHAUSTED', `${target.addr}: chunk server busy`);
         if (gate === undefined && this.hung.has(target.addr)) {
           await closedPromise;
           throw new DogfsError('CANCELLED', 'closed');

@@ -232,7 +232,8 @@ test('a connection that sends no whole frame in time is closed', async () => {
 });
 
 test('a frame announced but not delivered within the assembly deadline gets its connection closed', async () => {
-  const receiver = await startReceiver({ frameAssemblyMs: 500 });
+  // Long enough for the slow frame's second piece to arrive in time on a loaded machine.
+  const receiver = await startReceiver({ frameAssemblyMs: 2000 });
   const frames = receiver.frames();
   const port = await frames.port;
 

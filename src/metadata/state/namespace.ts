@@ -663,6 +663,7 @@ export class NamespaceState {
       expiresMs: this.clockMs + cmd.leaseMs,
       blockGroups: [],
     };
+    assert(this.pending.size < MAX_PENDING_FILES, 'pending files within their limit (checked before)');
     this.addPending(file);
     if (first === undefined)
       return this.ok('create', { inode: this.pendingInode(file), leaseId, leaseExpiresMs: file.expiresMs });
@@ -740,7 +741,6 @@ export class NamespaceState {
   }
 
   private addPending(file: PendingFile): void {
-    assert(this.pending.size < MAX_PENDING_FILES, 'pending files within their limit (checked before)');
     this.pending.set(file.id, file);
     this.pendingByName.set(pendingKey(file.parent, file.name), file.id);
     this.pendingPerClient.set(file.clientId, (this.pendingPerClient.get(file.clientId) ?? 0) + 1);
@@ -1320,18 +1320,18 @@ export class NamespaceState {
    */
   checkInvariants(): void {
     const parentOf = new Map<InodeId, InodeId>();
-    const inodeIds = new Set<InodeId>([ROOT_INODE_ID]);
-    const blockGroupIds = new Set<BlockGroupId>();
+    // Inodes and block groups share one id counter, so one set holds both (and catches an inode and a
+    // block group sharing an id).
+    const ids = new IdSet();
+    ids.add(ROOT_INODE_ID);
     const noteBlockGroup = (bg: BlockGroupInfo): void => {
-      assert(!blockGroupIds.has(bg.id), `block group ${bg.id} is recorded once`);
       assert(groupOfId(bg.id) !== this.group || this.hasAllocated(bg.id), 'block group ids were handed out');
-      blockGroupIds.add(bg.id);
+      assert(ids.add(bg.id), `block group ${bg.id} is recorded once`);
     };
     const noteInode = (id: InodeId): void => {
       assert(isValidId(id), 'valid inode id');
-      assert(!inodeIds.has(id), `inode ${id} is named once`);
       assert(groupOfId(id) !== this.group || this.hasAllocated(id), 'inode ids were handed out');
-      inodeIds.add(id);
+      assert(ids.add(id), `inode ${id} is named once`);
     };
     for (const dir of this.dirs.values()) {
       assert(dir.alive, 'directory records are alive');
@@ -1355,17 +1355,22 @@ export class NamespaceState {
     }
     assert(!parentOf.has(ROOT_INODE_ID), 'the root directory has no parent');
     // Every record but the root's has one parent (noteInode refused a second); following parents from
-    // each must reach the root within as many steps as there are directories, or there is a cycle.
+    // each must reach the root, or a directory already seen to reach it, within as many steps as there
+    // are directories, or there is a cycle. Each directory joins `rooted` once: O(directories) in all,
+    // however deep the tree.
+    const rooted = new Set<InodeId>([ROOT_INODE_ID]);
+    const path: InodeId[] = [];
     for (const dir of this.dirs.values()) {
-      if (dir.id === ROOT_INODE_ID) continue;
-      assert(parentOf.has(dir.id), 'every directory record is named by an entry');
+      assert(dir.id === ROOT_INODE_ID || parentOf.has(dir.id), 'every directory record is named by an entry');
       let at: InodeId | undefined = dir.id;
-      let steps = 0;
-      while (at !== undefined && at !== ROOT_INODE_ID) {
-        assert(++steps <= this.dirs.size, `directory ${dir.id} is reachable from the root (no cycle)`);
+      path.length = 0;
+      while (at !== undefined && !rooted.has(at)) {
+        assert(path.length < this.dirs.size, `directory ${dir.id} is reachable from the root (no cycle)`);
+        path.push(at);
         at = parentOf.get(at);
       }
-      assert(at === ROOT_INODE_ID, `directory ${dir.id} is reachable from the root`);
+      assert(at !== undefined, `directory ${dir.id} is reachable from the root`);
+      for (const id of path) rooted.add(id);
     }
     for (const file of this.pending.values()) {
       noteInode(file.id);
@@ -1610,8 +1615,8 @@ export class NamespaceState {
     state.dirs.clear();
     for (const dir of parts.dirs) state.dirs.set(dir.id, dir);
     for (const s of parts.interned.keys()) state.intern(s);
-    if (parts.pending.length > MAX_PENDING_FILES)
-      throw new StateCodecError(`namespace snapshot: more than ${MAX_PENDING_FILES} files being written`);
+    // More than MAX_PENDING_FILES may be restored (a snapshot of a version without the limit): only new
+    // creates are refused past it.
     for (const file of parts.pending) {
       if (state.pending.has(file.id))
         throw new StateCodecError(`namespace snapshot: pending file ${file.id} twice`);
@@ -1631,6 +1636,28 @@ export class NamespaceState {
       throw new StateCodecError(`namespace snapshot: inconsistent state (${(error as Error).message})`);
     }
     return state;
+  }
+}
+
+/**
+ * A set of ids, sharded by counter: one Set holds at most 2^24 entries in V8, and a namespace may hold
+ * more inodes and block groups than that (10 million entries in each of several directories).
+ */
+class IdSet {
+  private static readonly SHARD_BITS = 22;
+  private readonly shards = new Map<number, Set<number>>();
+
+  /** Adds `id`; false if it was there already. */
+  add(id: number): boolean {
+    const key = Math.floor(id / 2 ** IdSet.SHARD_BITS);
+    let shard = this.shards.get(key);
+    if (shard === undefined) {
+      shard = new Set();
+      this.shards.set(key, shard);
+    }
+    if (shard.has(id)) return false;
+    shard.add(id);
+    return true;
   }
 }
 
