@@ -28,6 +28,20 @@ export interface MetaCallOptions {
   signal?: AbortSignal;
 }
 
+/** Failures of an attempt after which the call may or may not have been applied. */
+const OUTCOME_UNKNOWN_CODES: ReadonlySet<string> = new Set([
+  'UNAVAILABLE',
+  'DEADLINE_EXCEEDED',
+  'NO_QUORUM',
+  'CANCELLED',
+  'INTERNAL',
+]);
+
+/** What a call's failed attempts say about whether it may have been applied (see mutate). */
+interface CallOutcome {
+  uncertain: boolean;
+}
+
 export interface MetadataConnectionOptions {
   /** Metadata server addresses, host:port. */
   seeds: readonly string[];
@@ -165,6 +179,7 @@ export class MetadataConnection {
     method: K,
     request: Init<RequestOf<MetadataMethods, K>>,
     options: MetaCallOptions = {},
+    outcome?: CallOutcome,
   ): Promise<ResponseOf<MetadataMethods, K>> {
     if (this.closed) throw new DogfsError('CANCELLED', 'client is closed');
     const started = Date.now();
@@ -190,6 +205,9 @@ export class MetadataConnection {
             } catch (error) {
               const e = toDogfsError(error);
               tally.add(target, method, e, this.leaders.get(group) === target);
+              // No answer, or a leader's that may still commit the call, leaves its outcome unknown; any
+              // other answer (a refusal, NOT_LEADER, load shed) says it was not applied by this attempt.
+              if (outcome !== undefined && OUTCOME_UNKNOWN_CODES.has(e.code)) outcome.uncertain = true;
               if (e.code === 'NOT_LEADER' && e.leaderHint && e.leaderHint !== target && hop < MAX_HINT_HOPS) {
                 this.leaders.set(group, e.leaderHint);
                 target = e.leaderHint;
@@ -220,20 +238,33 @@ export class MetadataConnection {
     options: MetaCallOptions = {},
   ): Promise<ResponseOf<MetadataMethods, K>> {
     const deadline = this.deadlineOf(options);
+    const outcome: CallOutcome = { uncertain: false };
     const once = () =>
       session.run((stamp) =>
-        this.call(method, { ...request, session: stamp } as Init<RequestOf<MetadataMethods, K>>, {
-          ...options,
-          deadline,
-        }),
+        this.call(
+          method,
+          { ...request, session: stamp } as Init<RequestOf<MetadataMethods, K>>,
+          { ...options, deadline },
+          outcome,
+        ),
       );
     return once().catch((error: unknown) => {
-      // The service forgot an idle session and refused the call unapplied: a new session may redo it.
       if (
         error instanceof DogfsError &&
         error.code === 'FAILED_PRECONDITION' &&
         /^session expired/.test(error.message)
       ) {
+        // The service forgot the session (idle past its TTL, or evicted) and refused this attempt
+        // unapplied. If no earlier attempt may have been applied, a new session may redo the call; if
+        // one may (no answer came), the forgotten session took with it the only record of that, and a
+        // redo could apply the call twice: the outcome is unknown, and said so (as gRPC's
+        // DEADLINE_EXCEEDED says it for a call that may have completed).
+        if (outcome.uncertain)
+          throw new DogfsError(
+            'DEADLINE_EXCEEDED',
+            `${method}: may or may not have been applied: the metadata service forgot this client's session while the call was retried; check before trying again`,
+            { cause: error },
+          );
         session.renew();
         return once();
       }

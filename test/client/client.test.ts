@@ -152,6 +152,20 @@ describe('namespace and leader discovery', () => {
     assert.equal(client.session.lastSeq, 1, 'the new session starts at 1');
   });
 
+  test('a session forgotten while a call had no answer: not redone, the unknown outcome said', async () => {
+    cluster.state.dropReply.set('Mkdir', 1);
+    cluster.state.failAfterDrop.set(
+      'Mkdir',
+      new DogfsError('FAILED_PRECONDITION', 'session expired: client x seq 9 is unknown; open a new session'),
+    );
+    const calls = cluster.state.count('Mkdir');
+    await rejectsWith(client.mkdir('/maybe'), 'DEADLINE_EXCEEDED', /may or may not have been applied/);
+    // Applied once by the attempt whose answer was lost; a redo on a new session would have applied it
+    // again (here: ALREADY_EXISTS for a mkdir that succeeded).
+    assert.equal((await client.stat('/maybe')).type, 'dir');
+    assert.equal(cluster.state.count('Mkdir'), calls + 2, 'the attempt and the refused retry, no redo');
+  });
+
   test('every server without quorum: NO_QUORUM within the deadline', async () => {
     const state = new FakeMetaState();
     const servers = [new FakeMeta(state), new FakeMeta(state)];
