@@ -24,10 +24,10 @@ import {
   DEFAULT_DATA_TIMEOUT_MS,
   DEFAULT_PACKET_BYTES,
   DEFAULT_READ_AHEAD_BYTES,
+  dataOperationMs,
   encodeFrame,
   FrameReader,
   formatShardId,
-  MAX_DATA_OPERATION_MS,
   MAX_PACKET_BYTES,
   MAX_SHARD_BYTES,
 } from '../wire/data-transfer.js';
@@ -75,6 +75,15 @@ function packetSizeOf(requested: number): number {
     );
   }
   return requested;
+}
+
+/**
+ * The deadline an operation runs under: the one its request asks for (`askedMs`, 0 for none: a minute),
+ * at most 30 minutes away, or as long as its `bytes` take at 64 KiB/s (wire/data-transfer.ts).
+ */
+export function operationDeadline(askedMs: number, bytes: number, nowMs: number): number {
+  const asked = askedMs === 0 ? nowMs + DEFAULT_DATA_TIMEOUT_MS : askedMs;
+  return Math.min(asked, nowMs + dataOperationMs(bytes));
 }
 
 export class DataServer {
@@ -180,9 +189,7 @@ export class DataServer {
   }
 
   private deadlineOf(request: DataRequestHeader): number {
-    const now = Date.now();
-    const asked = request.deadlineMs === 0 ? now + DEFAULT_DATA_TIMEOUT_MS : request.deadlineMs;
-    return Math.min(asked, now + MAX_DATA_OPERATION_MS);
+    return operationDeadline(request.deadlineMs, request.length, Date.now());
   }
 
   /** Runs `work` under a deadline: when it passes, the socket is destroyed, failing whatever awaits it. */

@@ -15,6 +15,7 @@
 import { createCodec } from '../codec/backends.js';
 import { crc32c } from '../codec/crc32c.js';
 import { assert } from '../common/assert.js';
+import { dataOperationMs } from '../wire/data-transfer.js';
 import { DogfsError, toDogfsError } from '../wire/errors.js';
 import type { BlockGroup, BlockGroupRepair, ShardId, ShardLocation } from '../wire/gen/types.js';
 import type { MetaCallOptions, MetadataConnection } from './meta.js';
@@ -48,8 +49,6 @@ export interface RepairOutcome {
 const DEFAULT_WINDOW_BYTES = 1 << 20;
 /** Plans per file: each further round follows a source that failed mid-read (at most M can). */
 const MAX_ROUNDS = 8;
-/** Deadline of one shard transfer during repair. */
-const SHARD_TRANSFER_MS = 30 * 60_000;
 
 /** A source shard that failed while being read: the next plan treats it as missing. */
 class SourceFailed extends Error {
@@ -153,7 +152,7 @@ async function rebuildBlockGroup(
     );
   const shardLength = shardLengthOf(bg);
   const window = Math.max(1, Math.min(options.windowBytes ?? DEFAULT_WINDOW_BYTES, shardLength));
-  const deadline = Date.now() + SHARD_TRANSFER_MS;
+  const deadline = Date.now() + dataOperationMs(shardLength);
   const reads = sources.map((s) => ({
     location: s,
     handle: context.transport.openRead(

@@ -25,6 +25,7 @@ import { createCodec } from '../codec/backends.js';
 import type { ReedSolomon } from '../codec/rs.js';
 import { DEFAULT_STRIPE_SIZE, StripeLayout } from '../codec/stripe.js';
 import { assert } from '../common/assert.js';
+import { dataOperationMs } from '../wire/data-transfer.js';
 import { DogfsError, toDogfsError } from '../wire/errors.js';
 import type { BlockGroup, Inode, ShardLocation } from '../wire/gen/types.js';
 import type { Init } from '../wire/proto.js';
@@ -697,7 +698,8 @@ export class FileWriteStream extends Writable {
       layout,
       length,
       this.context.transport,
-      Date.now() + 30 * 60_000,
+      // One write per shard, not renewable midway: time for its bytes over a slow link.
+      Date.now() + dataOperationMs(layout.shardLength(length)),
     );
     this.groupedBytes += length;
   }

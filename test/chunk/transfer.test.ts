@@ -2,8 +2,9 @@ import assert from 'node:assert/strict';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
+import { operationDeadline } from '../../src/chunk/data-server.js';
 import { crc32c } from '../../src/codec/index.js';
-import { encodeFrame, FrameReader } from '../../src/wire/data-transfer.js';
+import { dataOperationMs, encodeFrame, FrameReader, MAX_SHARD_BYTES } from '../../src/wire/data-transfer.js';
 import type { DogfsError } from '../../src/wire/errors.js';
 import { ChunkControlService } from '../../src/wire/gen/types.js';
 import { tempDir } from '../helpers/index.js';
@@ -313,4 +314,17 @@ test('dogfs chunk flags: bad --capacity, --scrub-rate or --data-listen give one 
     assert.equal(result.status, 2, result.stderr);
     assert.match(assertOneLineError(result.stderr), pattern);
   }
+});
+
+test('an operation gets the deadline it asks for, up to 30 min or its bytes at 64 KiB/s', () => {
+  const now = 1_000_000;
+  const minute = 60_000;
+  assert.equal(operationDeadline(0, 1 << 20, now), now + minute, 'none asked: a minute');
+  assert.equal(operationDeadline(now + 5 * minute, 1 << 20, now), now + 5 * minute);
+  // A small operation: at most 30 minutes, however long it asks for.
+  assert.equal(operationDeadline(now + 10 * 60 * minute, 1 << 20, now), now + 30 * minute);
+  // A whole 1 GiB shard written over a slow link: 16,384 s, not 30 minutes (puts over links slower
+  // than ~146 KB/s per shard failed at 30 minutes).
+  assert.equal(dataOperationMs(MAX_SHARD_BYTES), 16_384_000);
+  assert.equal(operationDeadline(now + 10 * 60 * minute, MAX_SHARD_BYTES, now), now + 16_384_000);
 });
