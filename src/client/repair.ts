@@ -47,6 +47,15 @@ export interface RepairOutcome {
 }
 
 const DEFAULT_WINDOW_BYTES = 1 << 20;
+/** A commit refused by the service itself (not a call that got no answer). */
+const ANSWERED_REFUSAL = (code: string): boolean =>
+  !['UNAVAILABLE', 'DEADLINE_EXCEEDED', 'NO_QUORUM', 'CANCELLED', 'RESOURCE_EXHAUSTED'].includes(code);
+/** Source failures that may pass (a server busy, restarting, slow). */
+const TRANSIENT_CODES: ReadonlySet<string> = new Set([
+  'UNAVAILABLE',
+  'DEADLINE_EXCEEDED',
+  'RESOURCE_EXHAUSTED',
+]);
 /** Plans per file: each further round follows a source that failed mid-read (at most M can). */
 const MAX_ROUNDS = 8;
 
@@ -135,7 +144,7 @@ async function rebuildBlockGroup(
   replicate: boolean,
   options: RepairOptions,
   progress: { written: number },
-): Promise<{ rebuilt: Rebuilt[]; failures: string[] }> {
+): Promise<{ rebuilt: Rebuilt[]; failures: string[]; busyTargets: number }> {
   const bg = plan.blockGroup;
   if (!bg) throw new DogfsError('INTERNAL', 'PlanRepair answered a block group without its layout');
   const k = bg.dataShards;
@@ -184,6 +193,7 @@ async function rebuildBlockGroup(
   const held = new Map<number, ShardLocation>();
   /** CRC32C of the rebuilt bytes so far, per target. */
   const rebuiltCrc = new Map<number, number>();
+  let busyTargets = 0;
   const dropTarget = (index: number, error: unknown) => {
     const write = writes.get(index);
     if (write === undefined) return;
@@ -249,6 +259,13 @@ async function rebuildBlockGroup(
           const result = await write.handle.finish();
           if (result.length !== shardLength)
             throw new DogfsError('CORRUPT', `stored ${result.length} bytes of ${shardLength}`);
+          // What the target stored must be what was rebuilt: for a shard never durable before, the
+          // service has no other CRC to hold the copy to.
+          if (result.crc32c !== rebuiltCrc.get(index))
+            throw new DogfsError(
+              'CORRUPT',
+              `stored with crc32c ${result.crc32c}, rebuilt with ${rebuiltCrc.get(index) ?? 'none'}`,
+            );
           rebuilt.push({ location: write.location, length: result.length, crc32c: result.crc32c });
         } catch (error) {
           dropTarget(index, error);
@@ -265,11 +282,14 @@ async function rebuildBlockGroup(
             throw new DogfsError('ALREADY_EXISTS', `holds another copy (crc32c ${crc}, rebuilt ${expected})`);
           rebuilt.push({ location, length: shardLength, crc32c: crc });
         } catch (error) {
-          failures.push(`${where}: already there, and ${toDogfsError(error).message}`);
+          // Refused as already there, yet not there to read: another write of it was in progress (an
+          // earlier round's, aborted, or another repair's) and has ended since. A later round may write it.
+          if (toDogfsError(error).code === 'NOT_FOUND') busyTargets++;
+          else failures.push(`${where}: already there, and ${toDogfsError(error).message}`);
         }
       }),
     );
-    return { rebuilt: rebuilt.sort((a, b) => a.location.index - b.location.index), failures };
+    return { rebuilt: rebuilt.sort((a, b) => a.location.index - b.location.index), failures, busyTargets };
   } catch (error) {
     for (const write of writes.values()) write.handle.abort(toDogfsError(error));
     throw error;
@@ -289,6 +309,8 @@ export async function repairFile(
   options: RepairOptions = {},
 ): Promise<RepairOutcome> {
   const suspects = new Map<string, ShardId>();
+  /** Sources that failed once for a reason that may pass, and were given another round. */
+  const retried = new Set<string>();
   const progress = { written: 0 };
   let damaged = -1;
   let shardsRebuilt = 0;
@@ -304,6 +326,7 @@ export async function repairFile(
     const replicate = plan.inode.ec.startsWith('replicate-');
     unrepaired = [];
     let replan = false;
+    let backOff = false;
     for (const group of plan.blockGroups) {
       const bg = group.blockGroup;
       assert(bg !== null && bg !== undefined, 'a repair plan names its block group');
@@ -312,12 +335,20 @@ export async function repairFile(
         if (!placed.has(index))
           unrepaired.push(`shard ${index} of block group ${bg.id}: no chunk server to put it on`);
       if (group.targets.length === 0) continue;
-      let result: { rebuilt: Rebuilt[]; failures: string[] };
+      let result: { rebuilt: Rebuilt[]; failures: string[]; busyTargets: number };
       try {
         result = await rebuildBlockGroup(context, group, replicate, options, progress);
       } catch (error) {
         if (error instanceof SourceFailed) {
           const key = `${error.shard.blockGroupId}:${error.shard.index}`;
+          // A source busy or briefly unreachable is read again before it is named a suspect: a suspect
+          // counts as missing, and with exactly K survivors one blip made the group unrepairable.
+          if (TRANSIENT_CODES.has(error.error.code) && !retried.has(key)) {
+            retried.add(key);
+            replan = true;
+            backOff = true;
+            break;
+          }
           if (!suspects.has(key)) {
             suspects.set(key, error.shard);
             replan = true;
@@ -330,16 +361,25 @@ export async function repairFile(
         continue;
       }
       unrepaired.push(...result.failures);
+      if (result.busyTargets > 0) {
+        // This round's aborted writes (a source failed) may still be ending on their servers.
+        replan = true;
+        backOff = true;
+        unrepaired.push(
+          `block group ${bg.id}: ${result.busyTargets} target(s) still busy with an earlier write`,
+        );
+      }
       if (result.rebuilt.length === 0) continue;
-      try {
-        await context.meta.mutate(
+      const inodeId = plan.inode.id;
+      const commit = (rebuilt: readonly Rebuilt[]) =>
+        context.meta.mutate(
           context.session,
           'CommitRepair',
           {
             path,
-            inodeId: plan.inode.id,
+            inodeId,
             blockGroupId: bg.id,
-            shards: result.rebuilt.map((r) => ({
+            shards: rebuilt.map((r) => ({
               index: r.location.index,
               chunkServerId: r.location.chunkServerId,
               replaces: bg.shards.find((s) => s.index === r.location.index)?.chunkServerId ?? '',
@@ -349,17 +389,42 @@ export async function repairFile(
           },
           options,
         );
+      let committed = 0;
+      try {
+        await commit(result.rebuilt);
+        committed = result.rebuilt.length;
       } catch (error) {
-        // Lost a race (another repair, an overwrite) or the service refused: the rebuilt copies stay as
-        // orphans on their servers; this block group is reported as not repaired.
-        unrepaired.push(`block group ${bg.id}: commit refused: ${toDogfsError(error).message}`);
-        continue;
+        const refusal = toDogfsError(error).message;
+        // Unanswered (no quorum, a deadline, an unknown outcome): one by one would only wait longer.
+        if (result.rebuilt.length === 1 || !ANSWERED_REFUSAL(toDogfsError(error).code)) {
+          // Lost a race (another repair, an overwrite) or the service refused: the rebuilt copy stays as
+          // an orphan on its server; this block group is reported as not repaired.
+          unrepaired.push(`block group ${bg.id}: commit refused: ${refusal}`);
+          continue;
+        }
+        // The service checks every copy and refuses all for one bad one (its server died since, say):
+        // the others are committed one by one, each its own compare-and-set, at most K + M calls.
+        for (const one of result.rebuilt) {
+          try {
+            await commit([one]);
+            committed++;
+          } catch (each) {
+            unrepaired.push(
+              `shard ${one.location.index} of block group ${bg.id}: commit refused: ${toDogfsError(each).message}`,
+            );
+          }
+        }
       }
-      shardsRebuilt += result.rebuilt.length;
-      if (result.rebuilt.length === group.missing.length) repairedGroups.add(bg.id);
+      shardsRebuilt += committed;
+      if (committed === group.missing.length) repairedGroups.add(bg.id);
     }
     if (!replan) break;
-    if (round === MAX_ROUNDS - 1) unrepaired.push(`${path}: sources kept failing after ${MAX_ROUNDS} plans`);
+    if (round === MAX_ROUNDS - 1) {
+      unrepaired.push(`${path}: sources kept failing after ${MAX_ROUNDS} plans`);
+      break;
+    }
+    // Retrying what failed for a passing reason: give it a moment (0.1, 0.2, 0.4 ... 2 s).
+    if (backOff) await new Promise((resolve) => setTimeout(resolve, Math.min(2000, 100 * 2 ** round)));
   }
   return {
     path,

@@ -14,6 +14,7 @@ import { after, test } from 'node:test';
 import { DogfsClient, MetadataConnection } from '../../src/client/index.js';
 import {
   chunkRestartArgs,
+  killChunkServers,
   processAlive,
   runDogfs,
   shardFile,
@@ -66,13 +67,7 @@ test('shard files left on a server that was down are deleted once no metadata re
     const [keepFile, movedFile, goneFile] = [fileOf(keep), fileOf(moved), fileOf(gone)];
     assert.ok(keepFile && movedFile && goneFile, 'the shard files are on the holder');
 
-    process.kill(holder.pid, 'SIGKILL');
-    await waitFor('the holder to die', () => !processAlive(holder.pid));
-    await waitFor(
-      'the holder to be declared dead',
-      async () => (await client.report()).chunkServers.find((c) => c.id === holderId)?.state === 'dead',
-      30_000,
-    );
+    await killChunkServers([holder], () => client.report());
     // While it is dead: a file deleted (its garbage collection skips the dead server) and another's shard
     // rebuilt on the spare server (the replaced copy's deletion is dropped: its server may never return).
     const rm = await runDogfs(['rm', `/${gone.name}`], { env });
@@ -205,13 +200,7 @@ test('a chunk server whose old shards are mostly unknown to the metadata is left
         .filter((n) => n.endsWith('.shard') && manyGroups.has(Number(/(?:^|\/)b(\d+)_i\d+_/.exec(n)?.[1])));
     const onHolder = manyShardsOn(holder.dir);
     assert.ok(onHolder.length > 100, `${onHolder.length} of the files have a shard on the holder`);
-    process.kill(holder.pid, 'SIGKILL');
-    await waitFor('the holder to die', () => !processAlive(holder.pid));
-    await waitFor(
-      'the holder to be declared dead',
-      async () => (await client.report()).chunkServers.find((c) => c.id === holder.id)?.state === 'dead',
-      30_000,
-    );
+    await killChunkServers([holder], () => client.report());
     await client.delete('/many', { recursive: true });
     const others = chunks.filter((p) => p !== holder);
     await waitFor(

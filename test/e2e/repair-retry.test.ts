@@ -21,7 +21,7 @@ import {
 import { DogfsError } from '../../src/wire/errors.js';
 import { ChunkControlService } from '../../src/wire/gen/types.js';
 import { RpcChannel } from '../../src/wire/rpc.js';
-import { processAlive, runDogfs, startCluster, waitFor } from '../helpers/index.js';
+import { killChunkServers, runDogfs, startCluster } from '../helpers/index.js';
 
 const up = startCluster(['--meta', '3', '--chunk', '6', '--ec', 'rs-3-2']);
 after(() => up.stop());
@@ -61,13 +61,7 @@ test('a repair retried after its commit was lost takes the copy it left, and onl
     const victim = chunks.find((c) => bg.shards.some((s) => s.chunkServerId === c.id))!;
     const index = bg.shards.find((s) => s.chunkServerId === victim.id)!.index;
     const holder = async () => (await groupOf()).shards.find((s) => s.index === index)!.chunkServerId;
-    process.kill(victim.pid, 'SIGKILL');
-    await waitFor('the victim to die', () => !processAlive(victim.pid));
-    await waitFor(
-      'the victim to be declared dead',
-      async () => (await client.report()).chunkServers.find((c) => c.id === victim.id)?.state === 'dead',
-      20_000,
-    );
+    await killChunkServers([victim], () => client.report());
     const plan = await meta.call('PlanRepair', { path: '/a.bin', suspects: [] });
     const target = plan.blockGroups[0]!.targets[0]!;
     assert.equal(target.index, index);

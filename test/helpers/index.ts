@@ -214,3 +214,24 @@ export function chunkRestartArgs(clusterDir: string, id: string, dir: string): s
     .join(',');
   return ['chunk', '--dir', dir, '--id', id, '--listen', `127.0.0.1:${port}`, '--meta', meta];
 }
+
+/**
+ * SIGKILLs chunk servers and waits until the metadata service has declared each dead (`report` is a
+ * client's `report()`); `timeoutMs` bounds the wait for the declaration.
+ */
+export async function killChunkServers(
+  victims: readonly { readonly id: string; readonly pid: number }[],
+  report: () => Promise<{ chunkServers: readonly { id: string; state: string }[] }>,
+  timeoutMs = 30_000,
+): Promise<void> {
+  for (const victim of victims) process.kill(victim.pid, 'SIGKILL');
+  await waitFor('the chunk servers to die', () => victims.every((v) => !processAlive(v.pid)));
+  await waitFor(
+    `${victims.map((v) => v.id).join(', ')} to be declared dead`,
+    async () => {
+      const servers = (await report()).chunkServers;
+      return victims.every((v) => servers.find((c) => c.id === v.id)?.state === 'dead');
+    },
+    timeoutMs,
+  );
+}

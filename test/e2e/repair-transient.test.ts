@@ -1,0 +1,127 @@
+/**
+ * Repairs meeting passing trouble (`dogfs up`, 1 metadata server, 8 chunk servers, rs-3-2):
+ * - a source busy for a moment is read again in a next round instead of being named a suspect (a
+ *   suspect counts as missing: the blip moved a healthy shard, or, with only K survivors or no free
+ *   server for it, left the file unrepaired);
+ * - a CommitRepair of several rebuilt shards refused for one of them commits the others one by one.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import {
+  ClientSession,
+  DataTransferShardTransport,
+  DogfsClient,
+  MetadataConnection,
+  repairFile,
+  type ShardTransport,
+} from '../../src/client/index.js';
+import { DogfsError } from '../../src/wire/errors.js';
+import { killChunkServers, processAlive, runDogfs, startCluster } from '../helpers/index.js';
+
+const up = startCluster(['--meta', '1', '--chunk', '8', '--ec', 'rs-3-2']);
+after(() => up.stop());
+
+test('a source refused as busy once is read again, not taken for missing', async () => {
+  const cluster = await up.ready();
+  const env = { ...process.env, DOGFS_CLUSTER: up.clusterPath };
+  const chunks = cluster.processes.filter((p) => p.role === 'chunk');
+  assert.equal((await runDogfs(['admin', 'settings', '--dead-after', '3000'], { env })).status, 0);
+  const data = randomBytes(900_000);
+  const local = join(up.dir.path, 'data.bin');
+  writeFileSync(local, data);
+  const put = await runDogfs(['put', local, '/b.bin'], { env });
+  assert.equal(put.status, 0, put.stderr);
+
+  const meta = new MetadataConnection({ seeds: cluster.meta });
+  const session = new ClientSession();
+  const real = new DataTransferShardTransport();
+  const client = new DogfsClient({ meta: cluster.meta });
+  try {
+    const groupOf = async () => (await meta.call('Stat', { path: '/b.bin' })).inode!.blockGroups[0]!;
+    const bg = await groupOf();
+    const victim = chunks.find((c) => bg.shards.some((s) => s.chunkServerId === c.id))!;
+    const lost = bg.shards.find((s) => s.chunkServerId === victim.id)!.index;
+    await killChunkServers([victim], () => client.report());
+    // The first read of the lowest surviving shard is refused as a busy server refuses it.
+    const busy = Math.min(...bg.shards.filter((s) => s.index !== lost).map((s) => s.index));
+    let refusals = 0;
+    const transport: ShardTransport = {
+      openWrite: (target, options) => real.openWrite(target, options),
+      openRead: (target, offset, length, options) => {
+        if (target.shard.index !== busy || refusals > 0)
+          return real.openRead(target, offset, length, options);
+        refusals++;
+        return {
+          next: () => Promise.reject(new DogfsError('RESOURCE_EXHAUSTED', 'chunk server busy (test)')),
+          close: () => {},
+        };
+      },
+      close: () => real.close(),
+    };
+    const holderBefore = bg.shards.find((s) => s.index === busy)!.chunkServerId;
+    const outcome = await repairFile({ meta, session, transport }, '/b.bin');
+    assert.equal(refusals, 1);
+    assert.deepEqual(outcome.unrepaired, []);
+    assert.equal(outcome.shardsRebuilt, 1);
+    const after = await groupOf();
+    assert.equal(after.shards.find((s) => s.index === busy)!.chunkServerId, holderBefore, 'not moved');
+    assert.notEqual(after.shards.find((s) => s.index === lost)!.chunkServerId, victim.id, 'rebuilt');
+    assert.ok((await client.readFile('/b.bin')).equals(data));
+  } finally {
+    real.close();
+    client.close();
+    meta.close();
+  }
+});
+
+test('a commit of several rebuilt shards refused for one commits the others one by one', async () => {
+  const cluster = await up.ready();
+  const env = { ...process.env, DOGFS_CLUSTER: up.clusterPath };
+  const data = randomBytes(700_000);
+  const local = join(up.dir.path, 'data-c.bin');
+  writeFileSync(local, data);
+  const put = await runDogfs(['put', local, '/c.bin'], { env });
+  assert.equal(put.status, 0, put.stderr);
+  const meta = new MetadataConnection({ seeds: cluster.meta });
+  const session = new ClientSession();
+  const transport = new DataTransferShardTransport();
+  const client = new DogfsClient({ meta: cluster.meta });
+  try {
+    const bg = (await meta.call('Stat', { path: '/c.bin' })).inode!.blockGroups[0]!;
+    // Two holders die (the earlier test's victim is dead too): 5 alive, 3 holders and 2 free servers.
+    const victims = cluster.processes
+      .filter((p) => p.role === 'chunk' && processAlive(p.pid))
+      .filter((p) => bg.shards.some((s) => s.chunkServerId === p.id))
+      .slice(0, 2);
+    await killChunkServers(victims, () => client.report());
+    // The service refuses any commit of more than one shard, as when one copy fails its check.
+    const commits: number[] = [];
+    const refusingBulk = {
+      call: meta.call.bind(meta),
+      mutate: (...args: Parameters<MetadataConnection['mutate']>) => {
+        if (args[1] !== 'CommitRepair') return meta.mutate(...args);
+        const shards = (args[2] as { shards: unknown[] }).shards.length;
+        commits.push(shards);
+        return shards > 1
+          ? Promise.reject(new DogfsError('FAILED_PRECONDITION', 'one rebuilt copy failed its check (test)'))
+          : meta.mutate(...args);
+      },
+    } as unknown as MetadataConnection;
+    const outcome = await repairFile({ meta: refusingBulk, session, transport }, '/c.bin');
+    assert.deepEqual(commits, [2, 1, 1]);
+    assert.deepEqual(outcome.unrepaired, []);
+    assert.equal(outcome.shardsRebuilt, 2);
+    assert.equal(outcome.repairedBlockGroups, 1);
+    const after = (await meta.call('Stat', { path: '/c.bin' })).inode!.blockGroups[0]!;
+    for (const victim of victims)
+      assert.ok(!after.shards.some((s) => s.chunkServerId === victim.id), `${victim.id} replaced`);
+    assert.ok((await client.readFile('/c.bin')).equals(data));
+  } finally {
+    transport.close();
+    client.close();
+    meta.close();
+  }
+});
