@@ -77,7 +77,8 @@ function localError(path: string, error: unknown): LocalError {
 
 /** The one line printed for an error (without the `dogfs: ` prefix) and the exit status. */
 export function describeClientError(error: unknown, operand?: string): { line: string; status: number } {
-  if (error instanceof UsageError) return { line: `${error.message}\nrun 'dogfs help' for usage`, status: 2 };
+  if (error instanceof UsageError)
+    return { line: `${error.message} (run 'dogfs help' for usage)`, status: 2 };
   if (error instanceof AddressError || error instanceof EcPolicyError)
     return { line: error.message, status: 2 };
   if (error instanceof LocalError) return { line: error.message, status: 1 };
@@ -87,7 +88,12 @@ export function describeClientError(error: unknown, operand?: string): { line: s
     if (familiar !== undefined) {
       const at = /^(\/[^:]*): /.exec(firstLine);
       const path = at?.[1] ?? operand;
-      return { line: path === undefined ? familiar : `${path}: ${familiar}`, status: 1 };
+      // A name held by a write in progress is not a file anyone can see yet: say which it is.
+      const why =
+        error.code === 'ALREADY_EXISTS' && /being written/.test(firstLine)
+          ? `${familiar} (being written by another client, until that write ends or its lease expires)`
+          : familiar;
+      return { line: path === undefined ? why : `${path}: ${why}`, status: 1 };
     }
     if (error.code === 'INVALID_ARGUMENT' && operand !== undefined && !firstLine.startsWith('/')) {
       return { line: `${operand}: ${firstLine}`, status: 1 };
@@ -145,7 +151,7 @@ function formatBytes(n: number): string {
     value /= 1024;
     unit++;
   }
-  return unit === 0 ? `${n} B` : `${value.toFixed(1)} ${units[unit]}`;
+  return unit === 0 ? `${Math.round(n)} B` : `${value.toFixed(1)} ${units[unit]}`;
 }
 
 function formatDuration(seconds: number): string {
@@ -198,7 +204,7 @@ export class Progress extends Transform {
   /** The final state of the bar, and the end of its line. */
   done(): void {
     if (this.tty) {
-      this.draw(Date.now());
+      this.draw(Date.now(), true);
       this.out.write('\n');
     }
   }
@@ -208,7 +214,8 @@ export class Progress extends Transform {
     if (this.tty && this.lastDraw > 0) this.out.write('\n');
   }
 
-  private draw(now: number): void {
+  /** `final`: the transfer is over, and its average rate is worth showing however short it was. */
+  private draw(now: number, final = false): void {
     const seconds = Math.max((now - this.started) / 1000, 0.001);
     const rate = this.bytes / seconds;
     const total = this.total;
@@ -219,10 +226,13 @@ export class Progress extends Transform {
       const done = Math.min(1, this.bytes / total);
       const filled = Math.round(done * width);
       bar = `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${(done * 100).toFixed(0).padStart(3)}% `;
-      eta = ` ETA ${formatDuration((total - this.bytes) / Math.max(rate, 1))}`;
+      // A rate from less than a second, or from nothing moved yet, predicts nothing.
+      const known = final || (seconds >= 1 && this.bytes > 0);
+      eta = ` ETA ${known ? formatDuration((total - this.bytes) / rate) : '--:--'}`;
     }
     const of = total === undefined ? '' : ` / ${formatBytes(total)}`;
-    const line = `${this.label} ${bar}${formatBytes(this.bytes)}${of}  ${formatBytes(rate)}/s${eta}`;
+    const speed = final || seconds >= 1 ? `${formatBytes(rate)}/s` : '--/s';
+    const line = `${this.label} ${bar}${formatBytes(this.bytes)}${of}  ${speed}${eta}`;
     // A terminal of unknown size (a pseudo-terminal nobody sized) reports 0 columns: not a width.
     const columns = this.out.columns > 0 ? this.out.columns : 100;
     this.out.write(`\r${line.slice(0, columns - 1)}\x1b[K`);
@@ -236,6 +246,22 @@ interface Context {
   client: DogfsClient;
   stdout: Writable;
   stdin: NodeJS.ReadableStream;
+  /**
+   * Registers what an interrupt (SIGINT, SIGTERM) must undo before the process exits: a put's pending
+   * file abandoned, a get's temporary file removed. Returns the unregistering function.
+   */
+  onInterrupt(cleanup: () => Promise<void>): () => void;
+}
+
+/** Time an interrupted command gets to clean up (abandon its write, remove its temp file) before exit. */
+const INTERRUPT_CLEANUP_MS = 3000;
+
+/** Destroys a write stream (which abandons its file) and waits for it to close. */
+async function abandonWrite(stream: Writable): Promise<void> {
+  if (stream.closed) return;
+  const closed = new Promise<void>((resolve) => stream.once('close', () => resolve()));
+  stream.destroy(new DogfsError('CANCELLED', 'interrupted'));
+  await closed;
 }
 
 function modeString(status: FileStatus): string {
@@ -418,12 +444,22 @@ async function put(ctx: Context, argv: string[]): Promise<string> {
   if (handle === undefined || size === undefined) {
     // stdin, a pipe or a device: a stream of unknown length.
     const source = handle?.createReadStream({ highWaterMark: 1024 * 1024 }) ?? ctx.stdin;
-    await pipeline(source, progress, ctx.client.createWriteStream(remote, options));
+    const sink = ctx.client.createWriteStream(remote, options);
+    const unregister = ctx.onInterrupt(() => abandonWrite(sink));
+    try {
+      await pipeline(source, progress, sink);
+    } catch (error) {
+      progress.abandon();
+      throw error;
+    } finally {
+      unregister();
+    }
     return remote;
   }
   // A regular file: read straight into the writer's stripe buffers, no stream in between (each read
   // stream buffer is fresh memory, and its bytes were then copied into a stripe).
   const file = handle;
+  let unregister = (): void => {};
   try {
     const sink = ctx.client.createWriteStream(remote, {
       ...options,
@@ -436,13 +472,17 @@ async function put(ctx: Context, argv: string[]): Promise<string> {
       },
       onProgress: (bytes) => progress.update(bytes),
     });
+    unregister = ctx.onInterrupt(() => abandonWrite(sink));
     sink.end();
     await finished(sink);
     progress.done();
   } catch (error) {
+    progress.abandon();
     // The failure of the put is what gets reported, not a failure to close after it.
     await file.close().catch(() => {});
     throw error;
+  } finally {
+    unregister();
   }
   await file.close();
   return remote;
@@ -479,7 +519,8 @@ async function get(ctx: Context, argv: string[]): Promise<string> {
     });
   }
   // Into a temporary file beside the target, renamed into place at the end: never half a file.
-  const temp = join(dirname(local), `.${basename(local)}.dogfs-${randomBytes(4).toString('hex')}.tmp`);
+  // A short name of its own: the target's name plus a suffix could pass the 255 bytes a name may have.
+  const temp = join(dirname(local), `.dogfs-get-${randomBytes(6).toString('hex')}.tmp`);
   let out: LocalFileSink;
   try {
     // Around the page cache where the filesystem allows (cli/local-file.ts says why).
@@ -491,9 +532,13 @@ async function get(ctx: Context, argv: string[]): Promise<string> {
       error,
     );
   }
+  const unregister = ctx.onInterrupt(async () => {
+    out.destroy();
+    await unlink(temp).catch(() => {});
+  });
+  const progress = new Progress(`get ${remote}`, status.size);
   try {
     // Each stripe is copied once, from the receive buffers straight into the file's staging memory.
-    const progress = new Progress(`get ${remote}`, status.size);
     let bytes = 0;
     let reserved = 0;
     try {
@@ -518,8 +563,12 @@ async function get(ctx: Context, argv: string[]): Promise<string> {
       throw localError(local, error);
     });
   } catch (error) {
+    progress.abandon();
     await unlink(temp).catch(() => {});
-    throw error;
+    // A failed write of the local file (a full disk) is about that file, not the remote one.
+    throw out.failure === undefined ? error : localError(local, out.failure);
+  } finally {
+    unregister();
   }
   return remote;
 }
@@ -835,11 +884,35 @@ function operandOf(command: string, argv: string[]): string | undefined {
 export async function runFileCommand(
   command: string,
   argv: string[],
-  io: { stdin?: NodeJS.ReadableStream; stdout?: Writable; stderr?: Writable; env?: NodeJS.ProcessEnv } = {},
+  io: {
+    stdin?: NodeJS.ReadableStream;
+    stdout?: Writable;
+    stderr?: Writable;
+    env?: NodeJS.ProcessEnv;
+    /** Handle SIGINT and SIGTERM (the CLI process; not a test running commands in its own process). */
+    signals?: boolean;
+  } = {},
 ): Promise<number> {
   const stdout = io.stdout ?? process.stdout;
   const stderr = io.stderr ?? process.stderr;
   let client: DogfsClient | undefined;
+  const cleanups = new Set<() => Promise<void>>();
+  let interrupted = false;
+  // Node's default for these signals ends the process at once: a put's name then stayed taken until its
+  // lease expired, a get left its temporary file. Undo those first (bounded), then exit as a signal does.
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (interrupted) return;
+    interrupted = true;
+    stderr.write('dogfs: interrupted\n');
+    const bound = new Promise<void>((resolve) => setTimeout(resolve, INTERRUPT_CLEANUP_MS).unref());
+    void Promise.race([Promise.allSettled([...cleanups].map((cleanup) => cleanup())), bound]).then(() =>
+      process.exit(signal === 'SIGINT' ? 130 : 143),
+    );
+  };
+  if (io.signals === true) {
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  }
   let brokenPipe = false;
   const onStdoutError = (error: NodeJS.ErrnoException) => {
     if (error.code === 'EPIPE') brokenPipe = true;
@@ -848,10 +921,17 @@ export async function runFileCommand(
   try {
     const metaFlag = extractMetaFlag(argv);
     const endpoints = await resolveEndpoints(metaFlag, io.env ?? process.env);
-    const timeout = (io.env ?? process.env)['DOGFS_TIMEOUT_MS'];
-    const timeoutMs = timeout !== undefined && /^\d{1,7}$/.test(timeout) ? Number(timeout) : undefined;
+    const timeoutMs = timeoutFromEnvironment((io.env ?? process.env)['DOGFS_TIMEOUT_MS']);
     client = new DogfsClient({ meta: endpoints, ...(timeoutMs === undefined ? {} : { timeoutMs }) });
-    const ctx: Context = { client, stdout, stdin: io.stdin ?? process.stdin };
+    const ctx: Context = {
+      client,
+      stdout,
+      stdin: io.stdin ?? process.stdin,
+      onInterrupt: (cleanup) => {
+        cleanups.add(cleanup);
+        return () => cleanups.delete(cleanup);
+      },
+    };
     switch (command) {
       case 'put':
         await put(ctx, argv);
@@ -920,13 +1000,29 @@ export async function runFileCommand(
     return 0;
   } catch (error) {
     if (brokenPipe || (error as NodeJS.ErrnoException | undefined)?.code === 'EPIPE') return 0;
+    // Interrupted: the signal handler reports it and exits once its cleanups are done.
+    if (interrupted) await new Promise<never>(() => {});
     const { line, status } = describeClientError(error, operandOf(command, argv));
     stderr.write(`dogfs: ${line}\n`);
     return status;
   } finally {
     stdout.off('error', onStdoutError);
+    if (io.signals === true) {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    }
     client?.close();
   }
+}
+
+/** $DOGFS_TIMEOUT_MS: the deadline of each metadata call, whole milliseconds (unset or empty: 10 s). */
+function timeoutFromEnvironment(value: string | undefined): number | undefined {
+  if (value === undefined || value === '') return undefined;
+  if (!/^\d{1,9}$/.test(value) || Number(value) < 1)
+    throw new UsageError(
+      `$DOGFS_TIMEOUT_MS must be a whole number of milliseconds, at least 1, not '${value.slice(0, 32)}'`,
+    );
+  return Number(value);
 }
 
 /** `--meta X` / `--meta=X` anywhere in argv (each command also accepts it in its own flags). */

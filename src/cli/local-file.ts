@@ -72,6 +72,11 @@ function refusesDirect(error: unknown): boolean {
 export class LocalFileSink extends Writable implements ReadSink {
   /** True while writes go around the page cache (false after a fallback). */
   direct = false;
+  /**
+   * The first write to the file that failed (ENOSPC, EIO...): a reader reports a failed sink as its own
+   * failure, under the remote path; the caller names the local file with this instead.
+   */
+  failure: Error | undefined;
   private readonly path: string;
   private directHandle: FileHandle | undefined;
   private plainHandle: FileHandle | undefined;
@@ -238,6 +243,15 @@ export class LocalFileSink extends Writable implements ReadSink {
 
   /** One positional write of a whole stage: direct if it can be, else through the ordinary descriptor. */
   private async writeStage(bytes: Buffer, position: number): Promise<void> {
+    try {
+      await this.writeStageOnce(bytes, position);
+    } catch (error) {
+      this.failure ??= error as Error;
+      throw error;
+    }
+  }
+
+  private async writeStageOnce(bytes: Buffer, position: number): Promise<void> {
     if (this.direct) {
       try {
         await writeAll(this.directHandle!, bytes, position);
@@ -258,6 +272,15 @@ export class LocalFileSink extends Writable implements ReadSink {
   }
 
   private async finish(): Promise<void> {
+    try {
+      await this.finishOnce();
+    } catch (error) {
+      this.failure ??= error as Error;
+      throw error;
+    }
+  }
+
+  private async finishOnce(): Promise<void> {
     await Promise.all(this.stages.map((s) => s.writing));
     if (this.fill > 0) {
       // The short last stage: not a whole number of blocks, so through the page cache.

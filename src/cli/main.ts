@@ -184,7 +184,7 @@ function skipOptimizingCompiler(): void {
 
 /** One line for a person; the codes of errors that are the user's to fix. */
 function describe(error: unknown): { line: string; status: number } {
-  if (error instanceof UsageError) return { line: `${error.message}\n${shortUsageHint()}`, status: 2 };
+  if (error instanceof UsageError) return { line: `${error.message} (${shortUsageHint()})`, status: 2 };
   if (error instanceof AddressError || error instanceof EcPolicyError)
     return { line: error.message, status: 2 };
   if (USER_ERRORS.some((kind) => error instanceof kind)) return { line: (error as Error).message, status: 1 };
@@ -206,11 +206,13 @@ export async function main(argv: string[]): Promise<number> {
   try {
     switch (command) {
       case undefined:
+        // An error like any other: one line on stderr (the usage is `dogfs help`).
+        throw new UsageError('no command given');
       case 'help':
       case '--help':
       case '-h':
         process.stdout.write(USAGE);
-        return command === undefined ? 2 : 0;
+        return 0;
       case '--version':
       case 'version':
         process.stdout.write(`dogfs ${DOGFS_VERSION}\n`);
@@ -229,7 +231,7 @@ export async function main(argv: string[]): Promise<number> {
           // Loaded by file commands only: the servers (`meta`, `chunk`), `up` and `--version` start without
           // the client library, its codec and data path (about 50 ms of start-up each, here).
           const { runFileCommand } = await import('./files.js');
-          return await runFileCommand(command, rest);
+          return await runFileCommand(command, rest, { signals: true });
         }
         throw new UsageError(`unknown command '${command}'`);
     }

@@ -48,6 +48,18 @@ export interface UpOptions {
  * `--cpu-prof --cpu-prof-dir=/tmp/prof` to profile a running cluster: Node refuses --cpu-prof in
  * NODE_OPTIONS, and members write their profiles when dogfs up stops them cleanly.
  */
+/**
+ * The environment of a member: this process's, without the variables that name one server's own ports
+ * (every member would take the same one and all but one fail to start). Tuning variables (capacity,
+ * scrub rate, GC grace, orphan age) pass on to every member, as documented.
+ */
+function memberEnvironment(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, DOGFS_SUPERVISED: '1' };
+  for (const own of ['DOGFS_DATA_LISTEN', 'DOGFS_METRICS_LISTEN', 'DOGFS_LISTEN', 'DOGFS_ID', 'DOGFS_DIR'])
+    delete env[own];
+  return env;
+}
+
 function memberNodeArgs(): string[] {
   return (process.env['DOGFS_MEMBER_NODE_ARGS'] ?? '').split(' ').filter((a) => a !== '');
 }
@@ -307,7 +319,7 @@ export class LocalCluster {
     try {
       child = spawn(process.execPath, this.argsFor(record, memberDir), {
         stdio: ['ignore', logFd, logFd, 'ipc'],
-        env: { ...process.env, DOGFS_SUPERVISED: '1' },
+        env: memberEnvironment(),
       });
     } finally {
       closeSync(logFd);
@@ -633,5 +645,16 @@ export async function runUp(options: UpOptions): Promise<void> {
   };
   process.on('SIGINT', () => requestStop('SIGINT'));
   process.on('SIGTERM', () => requestStop('SIGTERM'));
-  await cluster.start();
+  // `dogfs up | head -1`: once the reader is gone, a line printed later must not end the supervisor
+  // (and with it the cluster) on an unhandled EPIPE.
+  process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code !== 'EPIPE') throw error;
+  });
+  try {
+    await cluster.start();
+  } catch (error) {
+    // Stopped while starting: the stop ends the process; the start's failure is its consequence.
+    if (stopRequested) await new Promise<never>(() => {});
+    throw error;
+  }
 }

@@ -22,7 +22,7 @@ import { after, before, describe, test } from 'node:test';
 import { Progress, runFileCommand } from '../../src/cli/files.js';
 import type { RunningChunk } from '../chunk/helpers.js';
 import { startChunkServers, startFakeMetaCluster } from '../client/fake-meta.js';
-import { assertOneLineError, DOGFS_BIN, runDogfs, tempDir } from '../helpers/index.js';
+import { assertOneLineError, DOGFS_BIN, runDogfs, tempDir, waitFor } from '../helpers/index.js';
 
 describe('dogfs file commands', () => {
   const dir = tempDir('dogfs-cli-files-');
@@ -309,10 +309,10 @@ describe('dogfs file commands', () => {
       [['cat', '/e/sub'], /^dogfs: \/e\/sub: Is a directory$/],
       [['ls', '/e/a//b'], /^dogfs: \/e\/a\/\/b: invalid path$/],
       [['put', local, '/e/y', '--ec', 'rs-9-99'], /^dogfs: unknown EC policy 'rs-9-99'/, 2],
-      [['put', local], /^dogfs: put takes LOCAL REMOTE$/, 2],
+      [['put', local], /^dogfs: put takes LOCAL REMOTE \(run 'dogfs help' for usage\)$/, 2],
       [['ls', '--bogus', '/'], /^dogfs: Unknown option '--bogus'/, 2],
       [['admin', 'frob'], /^dogfs: unknown admin command 'frob'/, 2],
-      [['admin', 'repair', '/e/file', '/e/sub'], /^dogfs: admin repair takes at most one PATH$/, 2],
+      [['admin', 'repair', '/e/file', '/e/sub'], /^dogfs: admin repair takes at most one PATH \(run/, 2],
       [['touch', '/e/no-dir/t'], /^dogfs: \/e\/no-dir(\/t)?: No such file or directory$/],
     ];
     if (process.getuid?.() !== 0) {
@@ -322,8 +322,12 @@ describe('dogfs file commands', () => {
       const result = await dogfs(args);
       assert.equal(result.status, status ?? 1, `${args.join(' ')}: ${result.stderr}`);
       assert.match(assertOneLineError(result.stderr), pattern, args.join(' '));
-      // A usage mistake may add the "run 'dogfs help'" hint; everything else is exactly one line.
-      if (status === undefined) assert.equal(result.stderr.trim().split('\n').length, 1, result.stderr);
+    }
+    // A deadline of 0 (or not a number) is the user's mistake, said in one line, not a crash.
+    for (const bad of ['0', '10s']) {
+      const result = await dogfs(['ls', '/'], { DOGFS_TIMEOUT_MS: bad });
+      assert.equal(result.status, 2, result.stderr);
+      assert.match(assertOneLineError(result.stderr), /^dogfs: \$DOGFS_TIMEOUT_MS must be a whole number/);
     }
     chmodSync(readOnly, 0o700);
     // The binary: same line, exit status 1, no stack trace.
@@ -337,6 +341,68 @@ describe('dogfs file commands', () => {
       ['file', 'sub'],
       'nothing was created by the failed commands',
     );
+  });
+
+  test('SIGINT: a put abandons its file (the name is free at once), a get leaves no temporary file', async () => {
+    const local = join(dir.path, 'interrupted.bin');
+    const data = randomBytes(3 << 20);
+    writeFileSync(local, data);
+    const run = (args: string[]) => {
+      const child = spawn(process.execPath, [DOGFS_BIN, ...args], {
+        env,
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      let stderr = '';
+      child.stderr.setEncoding('utf8').on('data', (d: string) => {
+        stderr += d;
+      });
+      const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
+      return { child, exited, stderr: () => stderr };
+    };
+
+    // A put waiting for its second block group (the service holds that answer) is interrupted.
+    let release: () => void = () => {};
+    meta.state.holdReply.set('AllocateBlockGroup', new Promise<void>((resolve) => (release = resolve)));
+    const allocations = meta.state.count('AllocateBlockGroup');
+    const put = run(['put', local, '/interrupted']);
+    try {
+      await waitFor(
+        'the put to wait on an allocation',
+        () => meta.state.count('AllocateBlockGroup') > allocations,
+      );
+      put.child.kill('SIGINT');
+      assert.equal(await put.exited, 130);
+    } finally {
+      meta.state.holdReply.delete('AllocateBlockGroup');
+      release();
+    }
+    assert.equal(assertOneLineError(put.stderr()), 'dogfs: interrupted');
+    assert.ok(meta.state.calls.includes('AbandonFile'), 'the pending file was abandoned');
+    assert.equal(
+      [...meta.state.pending.values()].filter((p) => p.path === '/interrupted').length,
+      0,
+      'nothing pending under the name',
+    );
+    const again = await binary(['put', local, '/interrupted']);
+    assert.equal(again.status, 0, again.stderr);
+
+    // A get stalled on a stopped chunk server (a shard read waits 5 s before decoding around it).
+    const into = join(dir.path, 'interrupted-get');
+    mkdirSync(into);
+    const holder = meta.state.nodes.get('/interrupted')!.blockGroups[0]!.shards.find((s) => s.index === 0)!;
+    const stopped = chunks.find((c) => c.dataAddr === holder.addr)!;
+    const pid = stopped.process.child.pid!;
+    process.kill(pid, 'SIGSTOP');
+    try {
+      const get = run(['get', '/interrupted', join(into, 'got.bin')]);
+      await waitFor('the temporary file', () => readdirSync(into).some((f) => f.endsWith('.tmp')));
+      get.child.kill('SIGINT');
+      assert.equal(await get.exited, 130);
+      assert.equal(assertOneLineError(get.stderr()), 'dogfs: interrupted');
+      assert.deepEqual(readdirSync(into), [], 'no temporary file, no partial target');
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
   });
 
   test('endpoints: --meta, $DOGFS_META, $DOGFS_CLUSTER, ./cluster.json; none reachable: a clear error', async () => {
@@ -401,8 +467,20 @@ test('the progress bar: bytes, rate and ETA on a terminal, nothing otherwise', a
   repairBar.update(2048);
   repairBar.done();
   const line = unsized[0] ?? '';
-  assert.match(line, /^\rrepair \/x 2\.0 KiB {2}[\d.]+ [KMG]?i?B\/s/);
+  // Drawn at once: less than a second gives no rate yet (a rate from 1 ms was wildly high).
+  assert.match(line, /^\rrepair \/x 2\.0 KiB {2}--\/s/);
   assert.ok(line.endsWith('/s\x1b[K'), JSON.stringify(line));
+  const final = unsized.filter((s) => s.startsWith('\r')).pop() ?? '';
+  assert.match(final, /^\rrepair \/x 2\.0 KiB {2}[\d.]+ [KMG]?i?B\/s/);
+  // Under 1 KiB/s a rate is whole bytes, not a float's digits; no rate yet, no ETA either.
+  const slow: string[] = [];
+  const slowBar = new Progress('get /y', 10 * 1024 ** 3, {
+    isTTY: true,
+    columns: 200,
+    write: (s: string) => slow.push(s) > 0,
+  });
+  slowBar.update(1);
+  assert.match(slow[0] ?? '', / 1 B \/ 10\.0 GiB {2}--\/s ETA --:--/);
   const quiet: string[] = [];
   const pipe = new Progress('get /x', 10, {
     isTTY: false,

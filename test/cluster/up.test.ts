@@ -41,7 +41,12 @@ async function assertAllHealthy(cluster: ClusterJson): Promise<void> {
 }
 
 test('dogfs up starts a whole cluster, refuses a second supervisor, stops cleanly and comes back', async () => {
-  const first = startDogfs(['up', '--dir', clusterDir, '--meta', '3', '--chunk', '9']);
+  // Ports exported for a standalone server must not reach the nine members (all would take the same).
+  const first = startDogfs(['up', '--dir', clusterDir, '--meta', '3', '--chunk', '9'], {
+    ...process.env,
+    DOGFS_DATA_LISTEN: '127.0.0.1:1',
+    DOGFS_METRICS_LISTEN: '127.0.0.1:1',
+  });
   const cluster = await waitFor('cluster.json', readClusterJson, 30_000);
   assert.equal(cluster.meta.length, 3);
   assert.equal(cluster.processes.filter((p) => p.role === 'meta').length, 3);

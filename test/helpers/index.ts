@@ -119,10 +119,11 @@ export function processAlive(pid: number): boolean {
   }
 }
 
-/** The last line of a user-facing error must be the only line: no stack traces. */
+/** A user-facing error is one line on stderr: no stack traces, no second line. */
 export function assertOneLineError(stderr: string): string {
   const lines = stderr.trim().split('\n');
   if (lines.some((l) => /^\s+at /.test(l))) throw new Error(`stack trace on stderr:\n${stderr}`);
+  if (lines.length !== 1) throw new Error(`${lines.length} lines on stderr, not one:\n${stderr}`);
   return lines[0] ?? '';
 }
 
