@@ -101,6 +101,9 @@ export function loadNativeBackend(): CodingBackend {
 
 export function loadSimdBackend(): CodingBackend {
   const own = loadAddon();
+  // An addon built before the kernel existed has neither: it must not pass for one with it.
+  if (typeof own.simdEncode !== 'function' || typeof own.simdKernel !== 'string')
+    throw new Error('the codec addon has no C kernel (built before it existed: npm run build:codec)');
   if (own.simdKernel === 'scalar')
     throw new Error('no AVX2 on this CPU: only the scalar kernel, slower than wasm');
   return {

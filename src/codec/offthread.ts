@@ -80,16 +80,33 @@ function startWorker(): Worker {
 }
 
 function startNext(): void {
-  const job = queue.shift();
-  if (!job) {
-    worker?.unref();
-    return;
+  // Bounded by the queue: each round takes one job off it.
+  for (;;) {
+    const job = queue.shift();
+    if (!job) {
+      worker?.unref();
+      return;
+    }
+    try {
+      start(job);
+      return;
+    } catch (error) {
+      // Runs inside the worker's event handlers: an exception there would end the process and leave
+      // this job's promise unsettled. The job fails; the next one gets its turn.
+      running = undefined;
+      job.reject(error instanceof Error ? error : new Error(String(error)));
+    }
   }
+}
+
+function start(job: Job): void {
   worker ??= startWorker();
   const { cols, rows } = job.prepared;
   const needed = (cols + rows) * job.length;
   if (!staging || staging.length < needed) {
-    staging = new Uint8Array(new SharedArrayBuffer(Math.max(needed, 2 * (staging?.length ?? 0))));
+    // What this job needs (in whole MiB), not double the last: staging is never given back, and doubling
+    // kept up to twice the largest job's memory for the life of the process.
+    staging = new Uint8Array(new SharedArrayBuffer(Math.ceil(needed / 2 ** 20) * 2 ** 20));
     stagingSent = false;
   }
   job.inputs.forEach((input, j) => {

@@ -124,6 +124,7 @@ export class ReedSolomon {
     }
     const length = this.equalLength(data, 'data shard');
     for (let p = 0; p < this.m; p++) this.checkOutput(parity[p], length, this.k + p);
+    assertSeparate(data, parity, length);
     return length;
   }
 
@@ -134,7 +135,7 @@ export class ReedSolomon {
       if (!(buffer instanceof Uint8Array)) {
         throw new CodecError('INVALID_ARGUMENT', `${what} ${i} is not a Uint8Array`);
       }
-      if (length === -1) length = buffer.length;
+      if (length === -1) length = checkedLength(buffer.length);
       else if (buffer.length !== length) {
         throw new CodecError(
           'SHARD_LENGTH_MISMATCH',
@@ -191,7 +192,7 @@ export class ReedSolomon {
       if (!(shard instanceof Uint8Array)) {
         throw new CodecError('INVALID_ARGUMENT', `shard ${i} is not a Uint8Array`);
       }
-      if (length === -1) length = shard.length;
+      if (length === -1) length = checkedLength(shard.length);
       else if (shard.length !== length) {
         throw new CodecError(
           'SHARD_LENGTH_MISMATCH',
@@ -215,6 +216,7 @@ export class ReedSolomon {
       if (sourceMask & (1 << i)) inputs.push(shards[i]!);
       else if (outputMask & (1 << i)) outputs.push(shards[i]!);
     }
+    assertSeparate(inputs, outputs, length);
     return { prepared: this.decodeMatrix(sourceMask, outputMask), length };
   }
 
@@ -263,5 +265,36 @@ export class ReedSolomon {
     byOutput.set(outputMask, prepared);
     this.decodeCacheSize++;
     return prepared;
+  }
+}
+
+/**
+ * Shards a coding call works on are at most this long: the addon reads lengths as 32-bit integers, and
+ * one past it wrapped (2^32 + 16 bytes coded as 16).
+ */
+export const MAX_CODEC_SHARD_BYTES = 2 ** 31 - 1;
+
+function checkedLength(length: number): number {
+  if (length > MAX_CODEC_SHARD_BYTES)
+    throw new CodecError('INVALID_ARGUMENT', `a shard of ${length} bytes; at most ${MAX_CODEC_SHARD_BYTES}`);
+  return length;
+}
+
+/**
+ * Outputs must not share memory with an input or with each other (their first `length` bytes): the
+ * backends write outputs while still reading inputs, so an overlap gave wrong bytes without an error.
+ */
+function assertSeparate(inputs: readonly Uint8Array[], outputs: readonly Uint8Array[], length: number): void {
+  if (length === 0) return;
+  const overlaps = (a: Uint8Array, b: Uint8Array) =>
+    a.buffer === b.buffer && a.byteOffset < b.byteOffset + length && b.byteOffset < a.byteOffset + length;
+  for (let o = 0; o < outputs.length; o++) {
+    const out = outputs[o]!;
+    for (const input of inputs)
+      if (overlaps(out, input))
+        throw new CodecError('INVALID_ARGUMENT', 'an output shard shares memory with an input shard');
+    for (let other = o + 1; other < outputs.length; other++)
+      if (overlaps(out, outputs[other]!))
+        throw new CodecError('INVALID_ARGUMENT', 'two output shards share memory');
   }
 }

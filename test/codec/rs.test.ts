@@ -267,3 +267,32 @@ test('decode matrices are built once per erasure pattern and then reused', () =>
   assert.equal(seen[3], seen[4], 'the order missing shards are listed in does not matter');
   assert.notEqual(seen[4], seen[5]);
 });
+
+test('outputs sharing memory with an input or each other are refused; separate slices of one buffer are not', () => {
+  const codec = createCodec(3, 2);
+  const length = 4096;
+  // One buffer cut into five shards, as a writer's stripe memory is: separate slices, fine.
+  const memory = seededBytes(5 * length, 9);
+  const shards = [0, 1, 2, 3, 4].map((i) => memory.subarray(i * length, (i + 1) * length));
+  codec.encode(shards.slice(0, 3), shards.slice(3));
+  const expected = shards.map((s) => Uint8Array.from(s));
+  // Parity written over a data shard, or over part of one, or both parities into one buffer.
+  const data = shards.slice(0, 3);
+  for (const parity of [
+    [data[0]!, shards[4]!],
+    [memory.subarray(length / 2, length / 2 + length), shards[4]!],
+    [shards[3]!, shards[3]!],
+  ])
+    assert.throws(() => codec.encode(data, parity), isCodecError('INVALID_ARGUMENT'));
+  // A lost shard rebuilt into memory that is also a source.
+  const lost: (Uint8Array | null)[] = [...shards];
+  lost[0] = shards[1]!;
+  assert.throws(() => codec.reconstruct(lost, [0]), isCodecError('INVALID_ARGUMENT'));
+  // Nothing was written by the refused calls.
+  for (const [i, s] of shards.entries()) assert.deepEqual(s, expected[i]);
+  // A lost shard rebuilt into memory of its own is fine.
+  const again: (Uint8Array | null)[] = [...shards];
+  again[0] = new Uint8Array(length);
+  codec.reconstruct(again, [0]);
+  assert.deepEqual(again[0], expected[0]);
+});
