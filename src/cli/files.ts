@@ -341,13 +341,25 @@ async function ls(ctx: Context, argv: string[]): Promise<string | undefined> {
         throw new DogfsError('INVALID_ARGUMENT', `${dir}: deeper than ${MAX_LS_DEPTH} levels`);
       const subdirs: string[] = [];
       if (flags.recursive && !flags.json) await print(ctx.stdout, `${depth === 0 ? '' : '\n'}${dir}:\n`);
-      for await (const entry of ctx.client.list(dir)) {
-        await emit(entry);
-        if (flags.recursive && entry.type === 'dir') subdirs.push(entry.path);
+      try {
+        for await (const entry of ctx.client.list(dir)) {
+          await emit(entry);
+          if (flags.recursive && entry.type === 'dir') subdirs.push(entry.path);
+        }
+      } catch (error) {
+        // A subdirectory removed (or renamed) since its parent was listed: gone, as ls -R would skip it.
+        if (depth > 0 && error instanceof DogfsError && error.code === 'NOT_FOUND') return;
+        throw error;
       }
       for (const sub of subdirs) await walk(sub, depth + 1);
     };
-    await walk(path, 0);
+    try {
+      await walk(path, 0);
+    } catch (error) {
+      // Still a JSON document (the error goes to stderr, the exit status says it failed).
+      if (flags.json) await print(ctx.stdout, first ? ']\n' : '\n]\n').catch(() => {});
+      throw error;
+    }
   }
   if (flags.json) await print(ctx.stdout, first ? ']\n' : '\n]\n');
   return path;

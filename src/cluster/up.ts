@@ -378,6 +378,15 @@ export class LocalCluster {
     if (this.stopping) return;
     this.print(`dogfs up: ${running.record.id} (pid ${running.pid}) exited (${signal ?? `code ${code}`})`);
     if (!this.options.restart) return;
+    this.scheduleRestart(running);
+  }
+
+  /**
+   * Starts a member again after a backoff (0.5 s doubling to 10 s). A restart that fails (a crash at
+   * start, its port taken meanwhile, no readiness in time) is tried again the same way: one failure
+   * ended restarting for good before, leaving the member down for the rest of the session.
+   */
+  private scheduleRestart(running: Running): void {
     running.restarts++;
     const delay = Math.min(10_000, 500 * 2 ** Math.min(running.restarts - 1, 5));
     setTimeout(() => {
@@ -387,7 +396,16 @@ export class LocalCluster {
           this.print(`dogfs up: ${running.record.id} restarted (pid ${running.pid})`);
           writeFileAtomic(this.clusterJsonPath, `${JSON.stringify(this.clusterJson(), null, 2)}\n`);
         },
-        (error: Error) => this.print(`dogfs up: ${running.record.id} failed to restart: ${error.message}`),
+        (error: Error) => {
+          if (this.stopping) return;
+          this.print(`dogfs up: ${running.record.id} failed to restart: ${error.message}; trying again`);
+          // Not ready in time but still running: ended first (its exit then is no member's exit).
+          const lingering = running.child;
+          running.child = undefined;
+          if (lingering !== undefined && lingering.exitCode === null && lingering.signalCode === null)
+            lingering.kill('SIGKILL');
+          this.scheduleRestart(running);
+        },
       );
     }, delay);
   }

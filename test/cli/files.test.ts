@@ -343,6 +343,17 @@ describe('dogfs file commands', () => {
     );
   });
 
+  test('ls -R --json that fails midway still prints a JSON document (the error on stderr)', async () => {
+    const deep = `/deep${'/d'.repeat(257)}`;
+    assert.equal((await dogfs(['mkdir', '-p', deep])).status, 0);
+    const result = await dogfs(['ls', '-R', '--json', '/deep']);
+    assert.equal(result.status, 1);
+    assert.match(assertOneLineError(result.stderr), /deeper than 256 levels/);
+    const listed = JSON.parse(result.stdout) as { path: string }[];
+    assert.equal(listed.length, 257);
+    assert.equal(listed[0]!.path, '/deep/d');
+  });
+
   test('SIGINT: a put abandons its file (the name is free at once), a get leaves no temporary file', async () => {
     const local = join(dir.path, 'interrupted.bin');
     const data = randomBytes(3 << 20);

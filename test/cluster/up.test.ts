@@ -164,3 +164,41 @@ test('the status page moves to a free port if its chosen one is taken while the 
     await up.exited;
   }
 });
+
+test('--restart: a member whose restart fails (its port taken meanwhile) is tried again until it is back', async () => {
+  const upDir = join(dir.path, 'restart-again');
+  const up = startDogfs(['up', '--dir', upDir, '--meta', '1', '--chunk', '3', '--ec', 'rs-2-1', '--restart']);
+  const squatter = createServer();
+  try {
+    const cluster = await waitFor(
+      'cluster.json',
+      () => {
+        const path = join(upDir, 'cluster.json');
+        return existsSync(path) ? (JSON.parse(readFileSync(path, 'utf8')) as ClusterJson) : undefined;
+      },
+      30_000,
+    );
+    const victim = cluster.processes.find((p) => p.role === 'chunk')!;
+    const port = Number(victim.addr.split(':')[1]);
+    process.kill(victim.pid, 'SIGKILL');
+    await waitFor('the victim to exit', () =>
+      up.output.stdout.includes(`${victim.id} (pid ${victim.pid}) exited`),
+    );
+    // Its port taken before the first restart (0.5 s later) binds it.
+    await new Promise<void>((resolve, reject) => {
+      squatter.once('error', reject);
+      squatter.listen(port, '127.0.0.1', resolve);
+    });
+    await waitFor(
+      'a failed restart',
+      () => up.output.stdout.includes(`${victim.id} failed to restart`),
+      30_000,
+    );
+    squatter.close();
+    await waitFor('the victim back', () => up.output.stdout.includes(`${victim.id} restarted`), 30_000);
+  } finally {
+    squatter.close();
+    up.child.kill('SIGINT');
+    await up.exited;
+  }
+});
