@@ -4,7 +4,7 @@
  * taken over: a SIGKILLed process never leaves its directory locked for good. (A reused pid could make a
  * stale lock look held; the error then names the pid, so a person can check.)
  */
-import { closeSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, linkSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 
 export class DirLockedError extends Error {
@@ -40,15 +40,33 @@ function readHolder(path: string): number | undefined {
   }
 }
 
+/**
+ * Creates `path` holding this process's pid, or fails EEXIST, in one step: the pid goes into a file of
+ * this process's own that is then linked into place. Created empty and written after, another process
+ * reading it in between saw no holder, took the lock for stale, removed it, and both went on.
+ */
+function createWithPid(path: string): void {
+  const own = `${path}.${process.pid}.tmp`;
+  const fd = openSync(own, 'w');
+  try {
+    writeSync(fd, `${process.pid}\n`);
+  } finally {
+    closeSync(fd);
+  }
+  try {
+    linkSync(own, path);
+  } finally {
+    unlinkSync(own);
+  }
+}
+
 /** Takes DIR/<name>, or throws DirLockedError naming the live holder. */
 export function lockDir(dir: string, name = 'LOCK'): DirLock {
   const path = join(dir, name);
   // Two rounds: the second follows the removal of a stale lock. Bounded, never a loop on input.
   for (let round = 0; round < 2; round++) {
     try {
-      const fd = openSync(path, 'wx');
-      writeSync(fd, `${process.pid}\n`);
-      closeSync(fd);
+      createWithPid(path);
       let released = false;
       return {
         path,

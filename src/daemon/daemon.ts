@@ -161,7 +161,10 @@ export async function runDaemon(
     };
     process.once('SIGTERM', () => exitAfterShutdown('SIGTERM'));
     process.once('SIGINT', () => exitAfterShutdown('SIGINT'));
-    if (process.send !== undefined) {
+    if (process.send !== undefined && !process.connected) {
+      // Supervised, and the supervisor died while this server started: its 'disconnect' is past.
+      exitAfterShutdown('supervisor gone');
+    } else if (process.send !== undefined) {
       // Supervised by `dogfs up` over an IPC channel: when the parent dies, the channel closes.
       process.once('disconnect', () => exitAfterShutdown('supervisor gone'));
       const ready: ReadyMessage = {

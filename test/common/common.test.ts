@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -25,6 +25,8 @@ test('the version constant matches package.json', () => {
 test('a directory lock is exclusive, released, and taken over when its holder is dead', () => {
   const lock = lockDir(dir.path);
   assert.equal(lockHolder(dir.path), process.pid);
+  // Made whole in one step (linked into place): nothing of the making is left beside it.
+  assert.deepEqual(readdirSync(dir.path), ['LOCK']);
   // Our own pid counts as held by a live process only for others; simulate another live holder:
   writeFileSync(join(dir.path, 'LOCK'), `${process.ppid}\n`);
   assert.throws(
