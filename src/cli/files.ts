@@ -879,14 +879,20 @@ async function admin(ctx: Context, argv: string[]): Promise<string | undefined> 
 
 /** The leading operand of a command, for errors that do not name their path. */
 function operandOf(command: string, argv: string[]): string | undefined {
-  const positionals = argv.filter((a) => !a.startsWith('-') || a === '-');
+  // The values of flags that take one are not operands (`--meta HOST:PORT`, `--ec rs-6-3`).
+  const positionals: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--meta' || arg === '--ec') i++;
+    else if (!arg.startsWith('-') || arg === '-') positionals.push(arg);
+  }
   if (command === 'get' || command === 'put' || command === 'mv') {
     const remote = command === 'put' ? positionals[1] : positionals[0];
-    return remote === undefined ? undefined : remote.startsWith('/') ? remote : `/${remote}`;
+    return remote === undefined || remote === '' ? undefined : remote.startsWith('/') ? remote : `/${remote}`;
   }
   const first =
     command === 'admin' ? (positionals[0] === 'repair' ? positionals[1] : undefined) : positionals[0];
-  if (first === undefined) return undefined;
+  if (first === undefined || first === '') return undefined;
   return first.startsWith('/') ? first : `/${first}`;
 }
 

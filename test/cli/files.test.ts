@@ -308,6 +308,10 @@ describe('dogfs file commands', () => {
       [['mv', '/e', '/e/sub'], /^dogfs: \/e\/sub\/e: .*into itself/],
       [['cat', '/e/sub'], /^dogfs: \/e\/sub: Is a directory$/],
       [['ls', '/e/a//b'], /^dogfs: \/e\/a\/\/b: invalid path$/],
+      // The value of a flag is not the path an error names.
+      // An empty operand, or a flag's value, is not the path an error names.
+      [['mkdir', ''], /^dogfs: empty path$/],
+      [['cat', '--meta', meta.leader.address, ''], /^dogfs: empty path$/],
       [['put', local, '/e/y', '--ec', 'rs-9-99'], /^dogfs: unknown EC policy 'rs-9-99'/, 2],
       [['put', local], /^dogfs: put takes LOCAL REMOTE \(run 'dogfs help' for usage\)$/, 2],
       [['ls', '--bogus', '/'], /^dogfs: Unknown option '--bogus'/, 2],
