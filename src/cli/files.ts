@@ -7,6 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants, type Stats } from 'node:fs';
 import {
+  chmod,
   type FileHandle,
   lstat as localLstat,
   stat as localStat,
@@ -431,6 +432,9 @@ async function put(ctx: Context, argv: string[]): Promise<string> {
   if (existing?.type === 'dir') {
     if (local === '-') throw new DogfsError('IS_A_DIRECTORY', `${remote}: Is a directory`);
     remote = joinPath(remote, basename(local));
+  } else if (remoteArg.endsWith('/')) {
+    // `put f /name/` means into a directory /name, as cp reads it: not a file named /name.
+    throw new DogfsError('NOT_A_DIRECTORY', `${remote}: Not a directory`);
   }
   let size: number | undefined;
   let handle: Awaited<ReturnType<typeof open>> | undefined;
@@ -516,6 +520,9 @@ async function get(ctx: Context, argv: string[]): Promise<string> {
   if (localInfo?.isDirectory()) {
     local = join(local, basename(remote));
     localInfo = await localTarget(local);
+  } else if (localArg.endsWith('/')) {
+    // `get /x name/` means into a directory, as cp reads it: not a file named `name`.
+    throw new LocalError(`${localArg}: Not a directory`);
   }
   if (localInfo !== undefined && !localInfo.isFile() && !localInfo.isDirectory()) {
     // A device or a FIFO (/dev/null, a named pipe): written where it is, as cp does. The rename below
@@ -548,8 +555,17 @@ async function get(ctx: Context, argv: string[]): Promise<string> {
     out.destroy();
     await unlink(temp).catch(() => {});
   });
+  // A file replaced keeps its permissions exactly (a script stays executable), as cp's overwrite does;
+  // the mode given at creation is cut by the umask.
+  const replacedMode = localInfo?.isFile() ? localInfo.mode & 0o7777 : undefined;
   const progress = new Progress(`get ${remote}`, status.size);
   try {
+    if (replacedMode !== undefined) {
+      await chmod(temp, replacedMode).catch((error: unknown) => {
+        out.destroy();
+        throw localError(local, error);
+      });
+    }
     // Each stripe is copied once, from the receive buffers straight into the file's staging memory.
     let bytes = 0;
     let reserved = 0;

@@ -8,10 +8,12 @@ import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import {
   chmodSync,
+  existsSync,
   lstatSync,
   mkdirSync,
   readdirSync,
   readFileSync,
+  statSync,
   symlinkSync,
   writeFileSync,
 } from 'node:fs';
@@ -220,6 +222,19 @@ describe('dogfs file commands', () => {
     const emptyBack = join(dir.path, 'empty-back');
     assert.equal((await dogfs(['get', '/data/empty', emptyBack])).status, 0);
     assert.equal(readFileSync(emptyBack).length, 0);
+
+    // A file replaced by get keeps its permissions, as cp's overwrite does.
+    chmodSync(emptyBack, 0o751);
+    assert.equal((await dogfs(['get', '/data/piped', emptyBack])).status, 0);
+    assert.ok(readFileSync(emptyBack).equals(piped));
+    assert.equal(statSync(emptyBack).mode & 0o7777, 0o751);
+    // A name with a trailing slash means a directory, as cp reads it: no file of that name appears.
+    const slashed = await dogfs(['get', '/data/piped', `${join(dir.path, 'no-such-dir')}/`]);
+    assert.match(assertOneLineError(slashed.stderr), /no-such-dir\/: Not a directory$/);
+    assert.equal(existsSync(join(dir.path, 'no-such-dir')), false);
+    const remoteSlashed = await dogfs(['put', local, '/data/newname/']);
+    assert.equal(assertOneLineError(remoteSlashed.stderr), 'dogfs: /data/newname: Not a directory');
+    assert.equal((await dogfs(['stat', '/data/newname'])).status, 1, 'no file /data/newname');
   });
 
   test('get into a FIFO or through a symbolic link writes where they point and replaces neither', async () => {
