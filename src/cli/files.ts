@@ -34,6 +34,7 @@ import { DogfsError, type ErrorCode, toDogfsError } from '../wire/errors.js';
 import type { ClusterReportResponse } from '../wire/gen/types.js';
 import { parseFlags, parseIntFlag, UsageError } from './args.js';
 import { type ByteStreamOut, LocalFileSink, StdoutSink } from './local-file.js';
+import { FILE_COMMANDS_USAGE } from './usage.js';
 
 /** Buffering between the stages of a put or get (the local file, the progress bar). */
 const STREAM_BUFFER_BYTES = 8 * 1024 * 1024;
@@ -953,6 +954,11 @@ export async function runFileCommand(
   };
   stdout.on('error', onStdoutError);
   try {
+    // Help needs no cluster: asked for before the endpoints are looked up (and their absence reported).
+    if (argv.includes('--help') || argv.includes('-h')) {
+      stdout.write(FILE_COMMANDS_USAGE);
+      return 0;
+    }
     const metaFlag = extractMetaFlag(argv);
     const endpoints = await resolveEndpoints(metaFlag, io.env ?? process.env);
     const timeoutMs = timeoutFromEnvironment((io.env ?? process.env)['DOGFS_TIMEOUT_MS']);

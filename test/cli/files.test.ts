@@ -443,6 +443,10 @@ describe('dogfs file commands', () => {
     assert.equal(viaFile.status, 0, viaFile.stderr);
     const viaFlag = await dogfs(['stat', '--meta', meta.leader.address, '/'], noMeta);
     assert.equal(viaFlag.status, 0, viaFlag.stderr);
+    // Help needs no cluster at all.
+    const help = await dogfs(['put', '--help'], { ...noMeta, DOGFS_CLUSTER: '' });
+    assert.equal(help.status, 0, help.stderr);
+    assert.match(help.stdout, /put LOCAL REMOTE/);
     const none = await dogfs(['stat', '/'], { ...noMeta, DOGFS_CLUSTER: '' });
     assert.equal(none.status, 2);
     assert.match(assertOneLineError(none.stderr), /^dogfs: no metadata servers given/);
