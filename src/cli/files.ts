@@ -24,6 +24,7 @@ import {
   baseName,
   DogfsClient,
   type FileStatus,
+  type FileWriteStream,
   joinPath,
   normalizePath,
   type RepairOutcome,
@@ -258,12 +259,14 @@ interface Context {
 /** Time an interrupted command gets to clean up (abandon its write, remove its temp file) before exit. */
 const INTERRUPT_CLEANUP_MS = 3000;
 
-/** Destroys a write stream (which abandons its file) and waits for it to close. */
-async function abandonWrite(stream: Writable): Promise<void> {
-  if (stream.closed) return;
-  const closed = new Promise<void>((resolve) => stream.once('close', () => resolve()));
-  stream.destroy(new DogfsError('CANCELLED', 'interrupted'));
-  await closed;
+/** Destroys a write stream, which abandons its file, and waits until the service has had the word. */
+async function abandonWrite(stream: FileWriteStream): Promise<void> {
+  if (!stream.closed) {
+    const closed = new Promise<void>((resolve) => stream.once('close', () => resolve()));
+    stream.destroy(new DogfsError('CANCELLED', 'interrupted'));
+    await closed;
+  }
+  await stream.abandoned;
 }
 
 function modeString(status: FileStatus): string {
@@ -558,15 +561,11 @@ async function get(ctx: Context, argv: string[]): Promise<string> {
   });
   // A file replaced keeps its permissions exactly (a script stays executable), as cp's overwrite does;
   // the mode given at creation is cut by the umask.
-  const replacedMode = localInfo?.isFile() ? localInfo.mode & 0o7777 : undefined;
+  // Permission bits and the sticky bit only: set-user/group-ID are not carried onto new content, as a
+  // write through cp clears them.
+  const replacedMode = localInfo?.isFile() ? localInfo.mode & 0o1777 : undefined;
   const progress = new Progress(`get ${remote}`, status.size);
   try {
-    if (replacedMode !== undefined) {
-      await chmod(temp, replacedMode).catch((error: unknown) => {
-        out.destroy();
-        throw localError(local, error);
-      });
-    }
     // Each stripe is copied once, from the receive buffers straight into the file's staging memory.
     let bytes = 0;
     let reserved = 0;
@@ -588,6 +587,11 @@ async function get(ctx: Context, argv: string[]): Promise<string> {
     }
     await finished(out.end());
     progress.done();
+    // After the writes: a read-only mode set before them refused the file's later opens for writing.
+    if (replacedMode !== undefined)
+      await chmod(temp, replacedMode).catch((error: unknown) => {
+        throw localError(local, error);
+      });
     await rename(temp, local).catch((error: unknown) => {
       throw localError(local, error);
     });
@@ -938,7 +942,10 @@ export async function runFileCommand(
   const onSignal = (signal: NodeJS.Signals): void => {
     if (interrupted) return;
     interrupted = true;
-    stderr.write('dogfs: interrupted\n');
+    // If nothing else keeps the process alive meanwhile, it still ends with the signal's status.
+    process.exitCode = signal === 'SIGINT' ? 130 : 143;
+    // On a line of its own: a progress bar may be drawn on the current one.
+    stderr.write(`${(stderr as NodeJS.WriteStream).isTTY === true ? '\n' : ''}dogfs: interrupted\n`);
     const bound = new Promise<void>((resolve) => setTimeout(resolve, INTERRUPT_CLEANUP_MS).unref());
     void Promise.race([Promise.allSettled([...cleanups].map((cleanup) => cleanup())), bound]).then(() =>
       process.exit(signal === 'SIGINT' ? 130 : 143),
@@ -955,7 +962,8 @@ export async function runFileCommand(
   stdout.on('error', onStdoutError);
   try {
     // Help needs no cluster: asked for before the endpoints are looked up (and their absence reported).
-    if (argv.includes('--help') || argv.includes('-h')) {
+    const options = argv.includes('--') ? argv.slice(0, argv.indexOf('--')) : argv;
+    if (options.includes('--help') || options.includes('-h')) {
       stdout.write(FILE_COMMANDS_USAGE);
       return 0;
     }

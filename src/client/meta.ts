@@ -28,14 +28,20 @@ export interface MetaCallOptions {
   signal?: AbortSignal;
 }
 
-/** Failures of an attempt after which the call may or may not have been applied. */
-const OUTCOME_UNKNOWN_CODES: ReadonlySet<string> = new Set([
-  'UNAVAILABLE',
-  'DEADLINE_EXCEEDED',
-  'NO_QUORUM',
-  'CANCELLED',
-  'INTERNAL',
-]);
+/**
+ * Whether an attempt that failed with `e` may have been applied. Known not to have been: any answer of
+ * the service refusing it (a state-machine refusal, NOT_LEADER, load shed), NO_QUORUM (no leader, so
+ * nothing was proposed), a connection that could not be made, and the host's refusals before proposing
+ * (electing, transferring leadership, shutting down). Unknown: no answer (a deadline, a connection lost
+ * after the request left) and a proposal given up on (leadership changed before it committed).
+ */
+function outcomeUnknown(e: DogfsError): boolean {
+  if (e.code === 'DEADLINE_EXCEEDED' || e.code === 'CANCELLED' || e.code === 'INTERNAL') return true;
+  if (e.code !== 'UNAVAILABLE') return false;
+  return !/ECONNREFUSED|is electing a leader|is transferring leadership|raft host is shutting down/.test(
+    e.message,
+  );
+}
 
 /** What a call's failed attempts say about whether it may have been applied (see mutate). */
 interface CallOutcome {
@@ -205,9 +211,7 @@ export class MetadataConnection {
             } catch (error) {
               const e = toDogfsError(error);
               tally.add(target, method, e, this.leaders.get(group) === target);
-              // No answer, or a leader's that may still commit the call, leaves its outcome unknown; any
-              // other answer (a refusal, NOT_LEADER, load shed) says it was not applied by this attempt.
-              if (outcome !== undefined && OUTCOME_UNKNOWN_CODES.has(e.code)) outcome.uncertain = true;
+              if (outcome !== undefined && outcomeUnknown(e)) outcome.uncertain = true;
               if (e.code === 'NOT_LEADER' && e.leaderHint && e.leaderHint !== target && hop < MAX_HINT_HOPS) {
                 this.leaders.set(group, e.leaderHint);
                 target = e.leaderHint;
@@ -259,13 +263,14 @@ export class MetadataConnection {
         // one may (no answer came), the forgotten session took with it the only record of that, and a
         // redo could apply the call twice: the outcome is unknown, and said so (as gRPC's
         // DEADLINE_EXCEEDED says it for a call that may have completed).
+        // The old session is gone either way: the next call starts a new one.
+        session.renew();
         if (outcome.uncertain)
           throw new DogfsError(
             'DEADLINE_EXCEEDED',
             `${method}: may or may not have been applied: the metadata service forgot this client's session while the call was retried; check before trying again`,
             { cause: error },
           );
-        session.renew();
         return once();
       }
       throw error;

@@ -49,7 +49,7 @@ export interface BadShard {
 
 /** Largest shard a read layout accepts (only a bound for range checks; real shards are far smaller). */
 const READ_LAYOUT_MAX_SHARD_BYTES = 2 ** 40;
-/** Deadline of one range read of a shard (chunk servers honour at most 30 min). */
+/** Deadline of one range read of a shard (renewed before it passes: see SHARD_READ_RENEW_MARGIN_MS). */
 const SHARD_READ_DEADLINE_MS = 30 * 60_000;
 /** A range read older than its deadline minus this is replaced rather than used further. */
 const SHARD_READ_RENEW_MARGIN_MS = 5 * 60_000;

@@ -20,6 +20,7 @@ import { DogfsError, toDogfsError } from '../wire/errors.js';
 import type { BlockGroup, BlockGroupRepair, ShardId, ShardLocation } from '../wire/gen/types.js';
 import type { MetaCallOptions, MetadataConnection } from './meta.js';
 import type { ClientSession } from './session.js';
+import { withStepTimeout } from './timeout.js';
 import type { ShardReadHandle, ShardTransport, ShardWriteHandle } from './transport.js';
 
 export interface RepairContext {
@@ -33,7 +34,15 @@ export interface RepairOptions extends MetaCallOptions {
   windowBytes?: number;
   /** Called after each window, with the shard bytes written so far. */
   onProgress?: (writtenBytes: number) => void;
+  /**
+   * A window's read of a source, or write to a target, making no progress this long fails it (60 s):
+   * the operation's deadline is hours for a large shard, and a peer gone silent must not hold it that
+   * long. A source that stalls is read again in the next round, then taken for missing.
+   */
+  stepTimeoutMs?: number;
 }
+
+const DEFAULT_STEP_TIMEOUT_MS = 60_000;
 
 export interface RepairOutcome {
   readonly path: string;
@@ -162,6 +171,7 @@ async function rebuildBlockGroup(
   const shardLength = shardLengthOf(bg);
   const window = Math.max(1, Math.min(options.windowBytes ?? DEFAULT_WINDOW_BYTES, shardLength));
   const deadline = Date.now() + dataOperationMs(shardLength);
+  const stepMs = options.stepTimeoutMs ?? DEFAULT_STEP_TIMEOUT_MS;
   const reads = sources.map((s) => ({
     location: s,
     handle: context.transport.openRead(
@@ -215,7 +225,12 @@ async function rebuildBlockGroup(
       await Promise.all(
         reads.map(async (read) => {
           try {
-            const row = await readExactly(read.handle, read.carry, length);
+            const row = await withStepTimeout(
+              readExactly(read.handle, read.carry, length),
+              stepMs,
+              `shard ${read.location.index} from ${read.location.chunkServerId}`,
+              'DEADLINE_EXCEEDED',
+            );
             read.crc = crc32c(row, read.crc);
             if (offset + length === shardLength && read.crc !== read.location.crc32c)
               throw new DogfsError(
@@ -243,7 +258,14 @@ async function rebuildBlockGroup(
       await Promise.all(
         wanted.map(async (i) => {
           try {
-            await writes.get(i)?.handle.write(rows[i]!);
+            const write = writes.get(i);
+            if (write !== undefined)
+              await withStepTimeout(
+                write.handle.write(rows[i]!),
+                stepMs,
+                `shard ${i} to ${write.location.chunkServerId}`,
+                'DEADLINE_EXCEEDED',
+              );
           } catch (error) {
             dropTarget(i, error);
           }
@@ -256,7 +278,12 @@ async function rebuildBlockGroup(
     await Promise.all(
       [...writes.entries()].map(async ([index, write]) => {
         try {
-          const result = await write.handle.finish();
+          const result = await withStepTimeout(
+            write.handle.finish(),
+            stepMs,
+            `shard ${index} to ${write.location.chunkServerId}`,
+            'DEADLINE_EXCEEDED',
+          );
           if (result.length !== shardLength)
             throw new DogfsError('CORRUPT', `stored ${result.length} bytes of ${shardLength}`);
           // What the target stored must be what was rebuilt: for a shard never durable before, the

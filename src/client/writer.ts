@@ -397,6 +397,8 @@ export class FileWriteStream extends Writable {
   }
 
   /** True once the file is known to have appeared (its CompleteFile, or an empty file's Create, succeeded). */
+  private abandonment: Promise<void> | undefined;
+
   get appeared(): boolean {
     return this.fileAppeared;
   }
@@ -508,14 +510,25 @@ export class FileWriteStream extends Writable {
    */
   private abandon(): void {
     if (this.leaseId === '' || this.inode === undefined) return;
-    this.context.meta
+    this.abandonment = this.context.meta
       .mutate(
         this.context.session,
         'AbandonFile',
         { inodeId: this.inode.id, leaseId: this.leaseId },
         { timeoutMs: ABANDON_TIMEOUT_MS },
       )
-      .catch(() => undefined);
+      .then(
+        () => undefined,
+        () => undefined,
+      );
+  }
+
+  /**
+   * Settles once the AbandonFile sent when the stream was destroyed has been answered (or failed): a
+   * process about to exit waits for it, or the request may never leave. Resolved at once if none was sent.
+   */
+  get abandoned(): Promise<void> {
+    return this.abandonment ?? Promise.resolve();
   }
 
   /** One renewal at a time; a lease found lost fails the stream now instead of at its next commit. */

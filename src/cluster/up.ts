@@ -391,7 +391,14 @@ export class LocalCluster {
     const delay = Math.min(10_000, 500 * 2 ** Math.min(running.restarts - 1, 5));
     setTimeout(() => {
       if (this.stopping) return;
-      this.spawnMember(running.record, Date.now() + 30_000).then(
+      let starting: Promise<void>;
+      try {
+        starting = this.spawnMember(running.record, Date.now() + 30_000);
+      } catch (error) {
+        // Its directory or log could not be made, or the process not spawned: tried again like the rest.
+        starting = Promise.reject(error instanceof Error ? error : new Error(String(error)));
+      }
+      starting.then(
         () => {
           this.print(`dogfs up: ${running.record.id} restarted (pid ${running.pid})`);
           writeFileAtomic(this.clusterJsonPath, `${JSON.stringify(this.clusterJson(), null, 2)}\n`);

@@ -119,10 +119,11 @@ function start(job: Job): void {
     length: job.length,
     ...(stagingSent ? {} : { staging: staging.buffer as SharedArrayBuffer }),
   };
-  stagingSent = true;
   running = job;
   worker.ref();
   worker.postMessage(message);
+  // Only once it is on its way: a failed post must send the memory with the next job.
+  stagingSent = true;
 }
 
 export function runOffThread(

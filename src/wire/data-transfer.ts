@@ -32,12 +32,12 @@ export const MAX_SHARD_BYTES = 1024 * 1024 * 1024;
 export const MAX_SHARD_INDEX = 32;
 /** Deadline of an operation whose caller gave none. */
 export const DEFAULT_DATA_TIMEOUT_MS = 60_000;
-/** Largest deadline a chunk server honours for one operation of up to ~115 MiB (see dataOperationMs). */
+/** Largest deadline a chunk server honours for one operation of up to ~112.5 MiB (see dataOperationMs). */
 export const MAX_DATA_OPERATION_MS = 30 * 60_000;
 /**
  * The slowest transfer an operation is given time for. A shard of a block group is one write that cannot
  * be renewed midway (256 MiB by default, 1 GiB at most): 30 minutes alone failed every put over a link
- * slower than ~146 KB/s per shard stream. A dead or stalled peer is found by the stall timeouts on both
+ * slower than ~146 KiB/s per shard stream. A dead or stalled peer is found by the stall timeouts on both
  * ends (client shardTimeoutMs, the server's idle cut), not by this deadline.
  */
 export const MIN_DATA_RATE_BYTES_PER_SECOND = 64 * 1024;

@@ -228,6 +228,10 @@ describe('dogfs file commands', () => {
     assert.equal((await dogfs(['get', '/data/piped', emptyBack])).status, 0);
     assert.ok(readFileSync(emptyBack).equals(piped));
     assert.equal(statSync(emptyBack).mode & 0o7777, 0o751);
+    // A read-only file too (its mode is set after the writes, which open the file again for writing).
+    chmodSync(emptyBack, 0o444);
+    assert.equal((await dogfs(['get', '/data/big.bin', emptyBack])).status, 0);
+    assert.equal(statSync(emptyBack).mode & 0o7777, 0o444);
     // A name with a trailing slash means a directory, as cp reads it: no file of that name appears.
     const slashed = await dogfs(['get', '/data/piped', `${join(dir.path, 'no-such-dir')}/`]);
     assert.match(assertOneLineError(slashed.stderr), /no-such-dir\/: Not a directory$/);

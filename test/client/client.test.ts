@@ -166,6 +166,16 @@ describe('namespace and leader discovery', () => {
     assert.equal(cluster.state.count('Mkdir'), calls + 2, 'the attempt and the refused retry, no redo');
   });
 
+  test('a session forgotten after an attempt refused before it was proposed: renewed and redone', async () => {
+    cluster.state.failInTurn.set('Mkdir', [
+      new DogfsError('UNAVAILABLE', 'metadata group 1 is electing a leader; retry'),
+      new DogfsError('FAILED_PRECONDITION', 'session expired: client x seq 9 is unknown; open a new session'),
+    ]);
+    const before = client.session.clientId;
+    assert.equal((await client.mkdir('/refused-then-renewed')).path, '/refused-then-renewed');
+    assert.notEqual(client.session.clientId, before);
+  });
+
   test('every server without quorum: NO_QUORUM within the deadline', async () => {
     const state = new FakeMetaState();
     const servers = [new FakeMeta(state), new FakeMeta(state)];

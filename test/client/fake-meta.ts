@@ -55,6 +55,8 @@ export class FakeMetaState {
   readonly badShards: { blockGroupId: number; index: number; chunkServerId: string; reason: string }[] = [];
   readonly calls: string[] = [];
   readonly sessions = new Map<string, unknown>();
+  /** Per method: the next calls fail with these errors, one each, in order (fault injection). */
+  readonly failInTurn = new Map<string, DogfsError[]>();
   /** Per method: how many more calls fail with this error (fault injection). */
   readonly failNext = new Map<string, { error: DogfsError; count: number }>();
   /** Per method: how many more calls are applied but answered UNAVAILABLE (a lost reply). */
@@ -149,6 +151,8 @@ export class FakeMeta {
   private gate(method: string): void {
     const s = this.state;
     s.calls.push(method);
+    const next = s.failInTurn.get(method)?.shift();
+    if (next !== undefined) throw next;
     const fail = s.failNext.get(method);
     if (fail !== undefined && fail.count > 0) {
       fail.count--;

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -165,10 +165,9 @@ test('the status page moves to a free port if its chosen one is taken while the 
   }
 });
 
-test('--restart: a member whose restart fails (its port taken meanwhile) is tried again until it is back', async () => {
+test('--restart: a member whose restart fails (its directory held by another process) is tried again until it is back', async () => {
   const upDir = join(dir.path, 'restart-again');
   const up = startDogfs(['up', '--dir', upDir, '--meta', '1', '--chunk', '3', '--ec', 'rs-2-1', '--restart']);
-  const squatter = createServer();
   try {
     const cluster = await waitFor(
       'cluster.json',
@@ -179,25 +178,19 @@ test('--restart: a member whose restart fails (its port taken meanwhile) is trie
       30_000,
     );
     const victim = cluster.processes.find((p) => p.role === 'chunk')!;
-    const port = Number(victim.addr.split(':')[1]);
+    // Its directory's lock names a live process (this one) before it dies: its restarts are refused
+    // ("in use by another process") until the lock is gone, with no race against the restart's timer.
+    const lock = join(victim.dir, 'LOCK');
+    writeFileSync(lock, `${process.pid}\n`);
     process.kill(victim.pid, 'SIGKILL');
-    await waitFor('the victim to exit', () =>
-      up.output.stdout.includes(`${victim.id} (pid ${victim.pid}) exited`),
-    );
-    // Its port taken before the first restart (0.5 s later) binds it.
-    await new Promise<void>((resolve, reject) => {
-      squatter.once('error', reject);
-      squatter.listen(port, '127.0.0.1', resolve);
-    });
     await waitFor(
       'a failed restart',
       () => up.output.stdout.includes(`${victim.id} failed to restart`),
       30_000,
     );
-    squatter.close();
+    rmSync(lock);
     await waitFor('the victim back', () => up.output.stdout.includes(`${victim.id} restarted`), 30_000);
   } finally {
-    squatter.close();
     up.child.kill('SIGINT');
     await up.exited;
   }
