@@ -214,8 +214,15 @@ interface PendingRead {
   readonly from: NodeId;
 }
 
+/**
+ * A snapshot arriving in chunks: one transfer, from one leader in one term. Chunks of another sender,
+ * term or size start a new one: joined, two leaders' bytes of "the same" snapshot (same index and term,
+ * not necessarily the same bytes) could make one corrupt image, or overflow the buffer it is assembled in.
+ */
 interface IncomingSnapshot {
   readonly meta: SnapshotMeta;
+  readonly from: NodeId;
+  readonly term: Term;
   readonly totalBytes: number;
   readonly parts: Uint8Array[];
   received: number;
@@ -1234,14 +1241,33 @@ export class Raft {
       return;
     }
     const inc = this.incoming;
-    if (inc === undefined || inc.meta.index !== m.meta.index || inc.meta.term !== m.meta.term) {
+    const sameTransfer =
+      inc !== undefined &&
+      inc.meta.index === m.meta.index &&
+      inc.meta.term === m.meta.term &&
+      inc.from === m.from &&
+      inc.term === m.term &&
+      inc.totalBytes === m.totalBytes;
+    if (!sameTransfer) {
+      this.incoming = undefined;
       if (m.offset !== 0) {
         chunkResp(0);
         return;
       }
-      this.incoming = { meta: m.meta, totalBytes: m.totalBytes, parts: [], received: 0 };
+      this.incoming = {
+        meta: m.meta,
+        from: m.from,
+        term: m.term,
+        totalBytes: m.totalBytes,
+        parts: [],
+        received: 0,
+      };
     }
     const cur = this.incoming!;
+    assert(
+      m.offset !== cur.received || cur.received + m.data.byteLength <= cur.totalBytes,
+      'a snapshot chunk fits its transfer (checked against its total above)',
+    );
     if (m.offset !== cur.received) {
       chunkResp(cur.received);
       return;

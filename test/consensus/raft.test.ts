@@ -580,3 +580,55 @@ test('commit: acks that move the commit index send no empty append; the next ent
   assert.ok(beats.length > 0, 'a heartbeat round');
   for (const m of beats) assert.ok(m.type === 'heartbeat' && m.commit >= p.index);
 });
+
+test('snapshot chunks: one transfer per sender, term and size; bytes of two leaders are never joined', () => {
+  const h = new Harness(3);
+  const follower = h.raft(3);
+  const meta = {
+    index: asIndex(10),
+    term: asTerm(5),
+    config: { voters: [1, 2, 3].map(asNodeId), learners: [] },
+  };
+  const chunk = (from: number, term: number, offset: number, text: string, totalBytes = 8) =>
+    follower.step({
+      type: 'snapshotChunk',
+      from: asNodeId(from),
+      to: asNodeId(3),
+      term: asTerm(term),
+      meta,
+      totalBytes,
+      offset,
+      data: bytes(text),
+    });
+  // Leader 1 (term 5) sends the first half, then dies; leader 2 (term 6), whose snapshot has the same
+  // index and term but not the same bytes, is told to go on from where the follower stands.
+  chunk(1, 5, 0, 'AAAA');
+  chunk(2, 6, 4, 'BBBB');
+  h.flush();
+  assert.equal(follower.status().snapshotIndex, 0, 'half of one leader and half of another: not installed');
+  chunk(2, 6, 0, 'CCCC');
+  chunk(2, 6, 4, 'DDDD');
+  h.flush();
+  assert.equal(follower.status().snapshotIndex, 10);
+  assert.deepEqual(h.node(3).snapshot.data, bytes('CCCCDDDD'));
+
+  // A sender that changes the size mid-transfer starts a new one (it overflowed the buffer: a throw
+  // inside step).
+  const h2 = new Harness(3);
+  const other = h2.raft(3);
+  const step = (offset: number, text: string, totalBytes: number) =>
+    other.step({
+      type: 'snapshotChunk',
+      from: asNodeId(1),
+      to: asNodeId(3),
+      term: asTerm(5),
+      meta,
+      totalBytes,
+      offset,
+      data: bytes(text),
+    });
+  step(0, 'AAAA', 8);
+  assert.doesNotThrow(() => step(4, 'B'.repeat(50), 100));
+  h2.flush();
+  assert.equal(other.status().snapshotIndex, 0);
+});
