@@ -19,6 +19,7 @@
  */
 import { randomInt, randomUUID } from 'node:crypto';
 import { assert } from '../common/assert.js';
+import { type EcPolicy, parseEcPolicy } from '../common/ec-policy.js';
 import type { Logger } from '../common/log.js';
 import type { LogIndex, Term } from '../consensus/index.js';
 import type { RaftHost, SnapshotStream, StateMachine } from '../raftnode/host.js';
@@ -175,6 +176,15 @@ class ClusterMachine implements StateMachine {
   }
   restore(data: Uint8Array): void {
     this.state = ClusterState.restore(data);
+  }
+}
+
+/** The policy `name` names, or undefined when it names none (the state machine then says why). */
+function ecPolicyOrUndefined(name: string): EcPolicy | undefined {
+  try {
+    return parseEcPolicy(name);
+  } catch {
+    return undefined;
   }
 }
 
@@ -1824,6 +1834,20 @@ export class MetadataNode {
           deadAfterMs: asked?.deadAfterMs || current.deadAfterMs,
           leaseMs: asked?.leaseMs || current.leaseMs,
         };
+        // The policy of files that name none (this server's --ec, else the setting) must get a stripe it
+        // can cut: K data cells of whole 4 KiB blocks (codec/stripe.ts). A smaller one was taken and then
+        // failed every such write. (The state machine checks what it can alone: the setting's own policy
+        // may not be the one in force.)
+        const policy = ecPolicyOrUndefined(this.defaultEc ?? settings.defaultEc);
+        if (
+          policy !== undefined &&
+          settings.stripeSize % 4096 === 0 &&
+          settings.stripeSize < policy.dataShards * 4096
+        )
+          throw new DogfsError(
+            'INVALID_ARGUMENT',
+            `stripe size must be at least ${policy.dataShards * 4096} bytes for ${policy.name} (4 KiB per data shard)`,
+          );
         const result = await this.proposeCluster(
           { op: 'setSettings', timeMs: this.clusterNow(), settings },
           ctx.deadline,

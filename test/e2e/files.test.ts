@@ -38,6 +38,10 @@ test('byte-exact round trips at every size boundary, over several block groups (
   const refused = await runDogfs(['admin', 'settings', '--stripe-size', '5000'], { env });
   assert.equal(refused.status, 1);
   assert.match(assertOneLineError(refused.stderr), /stripe size must be a multiple of 4096/);
+  // rs-3-2 (the metadata servers' --ec) needs three 4 KiB cells a stripe: 8 KiB would fail every write.
+  const tooSmall = await runDogfs(['admin', 'settings', '--stripe-size', '8192'], { env });
+  assert.equal(tooSmall.status, 1);
+  assert.match(assertOneLineError(tooSmall.stderr), /stripe size must be at least 12288 bytes for rs-3-2/);
 
   const client = new DogfsClient({ meta: cluster.meta });
   try {
