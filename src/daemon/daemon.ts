@@ -60,6 +60,8 @@ interface Identity {
 }
 
 const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+/** How long a stopping server may take before it exits anyway. */
+const SHUTDOWN_LIMIT_MS = 30_000;
 
 function loadOrCreateIdentity(dir: string, role: Role, requestedId: string | undefined): Identity {
   const path = join(dir, 'identity.json');
@@ -105,6 +107,16 @@ export async function runDaemon(
   try {
     const identity = loadOrCreateIdentity(options.dir, options.role, options.id);
     const log = createLogger(options.logLevel, { role: options.role, id: identity.id, pid: process.pid });
+    // A server process only: an exception nothing caught, or a rejection nothing handled, is a bug whose
+    // state is unknown. It is logged as a JSON line like everything else (Node printed a bare stack) and
+    // the process exits 70, as a broken invariant does, telling it apart from a failed start (1).
+    const fatal = (what: string) => (error: unknown) => {
+      log.error(what, { error });
+      lock.release();
+      process.exit(70);
+    };
+    process.on('uncaughtException', fatal('fatal: an exception nothing caught'));
+    process.on('unhandledRejection', fatal('fatal: a rejection nothing handled'));
     const startedAt = Date.now();
     let addr = '';
     const readyInfo: Record<string, string> = {};
@@ -139,16 +151,26 @@ export async function runDaemon(
     const shutdown = (): Promise<void> => {
       stopping ??= (async () => {
         log.info('shutting down');
+        // A hook that never returns (a disk or Raft wait) must not keep a stopping server alive for good.
+        const watchdog = setTimeout(() => {
+          log.error('shutdown did not finish within 30 s; exiting');
+          process.exit(1);
+        }, SHUTDOWN_LIMIT_MS);
+        watchdog.unref();
+        let failed = false;
         for (const hook of hooks.reverse()) {
           try {
             await hook();
           } catch (error) {
+            failed = true;
             log.error('shutdown hook failed', { error });
           }
         }
         await server.close(2000);
         lock.release();
+        clearTimeout(watchdog);
         log.info('stopped');
+        if (failed) throw new Error('a shutdown hook failed (logged)');
       })();
       return stopping;
     };

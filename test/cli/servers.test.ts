@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -118,4 +120,28 @@ test('dogfs chunk --metrics-listen: Prometheus text at /metrics', async () => {
     server.child.kill('SIGTERM');
     await server.exited;
   }
+});
+
+test('a server whose code throws where nothing catches it logs one JSON line and exits 70', async () => {
+  // A server made with runDaemon, as meta and chunk are, whose setup leaves a bug behind: an exception
+  // thrown later on the event loop, outside any handler.
+  const script = join(dir.path, 'throws-later.mjs');
+  const daemon = new URL('../../src/daemon/daemon.js', import.meta.url).href;
+  writeFileSync(
+    script,
+    `import { runDaemon } from ${JSON.stringify(daemon)};
+await runDaemon(
+  { role: 'chunk', dir: ${JSON.stringify(join(dir.path, 'throws'))}, listen: { host: '127.0.0.1', port: 0 }, logLevel: 'info' },
+  () => { setTimeout(() => { throw new Error('a bug (test)'); }, 50); },
+);
+`,
+  );
+  const child = spawnSync(process.execPath, [script], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(child.status, 70, child.stderr);
+  const fatal = child.stderr
+    .split('\n')
+    .filter((l) => l.includes('"msg":"fatal: an exception nothing caught"'));
+  assert.equal(fatal.length, 1, child.stderr);
+  assert.match(fatal[0]!, /a bug \(test\)/);
+  assert.doesNotMatch(child.stderr, /^\s+at /m, 'no bare stack trace outside the JSON line');
 });
