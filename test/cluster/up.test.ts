@@ -20,9 +20,11 @@ after(() => dir.remove());
 const clusterDir = join(dir.path, 'cluster');
 const clusterJsonPath = join(clusterDir, 'cluster.json');
 
-function readClusterJson(): ClusterJson | undefined {
-  if (!existsSync(clusterJsonPath)) return undefined;
-  return JSON.parse(readFileSync(clusterJsonPath, 'utf8')) as ClusterJson;
+/** The cluster.json of the cluster in `upDir` (the shared one by default), once there is one. */
+function readClusterJson(upDir = clusterDir): ClusterJson | undefined {
+  const path = join(upDir, 'cluster.json');
+  if (!existsSync(path)) return undefined;
+  return JSON.parse(readFileSync(path, 'utf8')) as ClusterJson;
 }
 
 async function assertAllHealthy(cluster: ClusterJson): Promise<void> {
@@ -47,7 +49,7 @@ test('dogfs up starts a whole cluster, refuses a second supervisor, stops cleanl
     DOGFS_DATA_LISTEN: '127.0.0.1:1',
     DOGFS_METRICS_LISTEN: '127.0.0.1:1',
   });
-  const cluster = await waitFor('cluster.json', readClusterJson, 30_000);
+  const cluster = await waitFor('cluster.json', () => readClusterJson(), 30_000);
   assert.equal(cluster.meta.length, 3);
   assert.equal(cluster.processes.filter((p) => p.role === 'meta').length, 3);
   assert.equal(cluster.processes.filter((p) => p.role === 'chunk').length, 9);
@@ -85,7 +87,7 @@ test('dogfs up starts a whole cluster, refuses a second supervisor, stops cleanl
   assert.equal(existsSync(clusterJsonPath), false, 'cluster.json is removed on a clean stop');
 
   const again = startDogfs(['up', '--dir', clusterDir]);
-  const restarted = await waitFor('cluster.json after restart', readClusterJson, 30_000);
+  const restarted = await waitFor('cluster.json after restart', () => readClusterJson(), 30_000);
   assert.deepEqual(
     restarted.processes.map((p) => p.id),
     cluster.processes.map((p) => p.id),
@@ -145,14 +147,7 @@ test('the status page moves to a free port if its chosen one is taken while the 
       squatter.once('error', reject);
       squatter.listen(chosen, '127.0.0.1', resolve);
     });
-    const cluster = await waitFor(
-      'cluster.json',
-      () => {
-        const path = join(upDir, 'cluster.json');
-        return existsSync(path) ? (JSON.parse(readFileSync(path, 'utf8')) as ClusterJson) : undefined;
-      },
-      30_000,
-    );
+    const cluster = await waitFor('cluster.json', () => readClusterJson(upDir), 30_000);
     const served = Number(new URL(cluster.ui).port);
     assert.notEqual(served, chosen);
     assert.equal((await fetch(cluster.ui)).status, 200);
@@ -169,14 +164,7 @@ test('--restart: a member whose restart fails (its directory held by another pro
   const upDir = join(dir.path, 'restart-again');
   const up = startDogfs(['up', '--dir', upDir, '--meta', '1', '--chunk', '3', '--ec', 'rs-2-1', '--restart']);
   try {
-    const cluster = await waitFor(
-      'cluster.json',
-      () => {
-        const path = join(upDir, 'cluster.json');
-        return existsSync(path) ? (JSON.parse(readFileSync(path, 'utf8')) as ClusterJson) : undefined;
-      },
-      30_000,
-    );
+    const cluster = await waitFor('cluster.json', () => readClusterJson(upDir), 30_000);
     const victim = cluster.processes.find((p) => p.role === 'chunk')!;
     // Its directory's lock names a live process (this one) before it dies: its restarts are refused
     // ("in use by another process") until the lock is gone, with no race against the restart's timer.
