@@ -1102,10 +1102,17 @@ export class MetadataNode {
       )
       .catch((error: unknown) => {
         const e = toDogfsError(error);
-        if (e.code !== 'NOT_FOUND') throw e;
+        if (e.code === 'NOT_FOUND')
+          throw new DogfsError(
+            'FAILED_PRECONDITION',
+            `shard ${shard.index} of block group ${bg.id} is not on ${shard.chunkServerId}`,
+          );
+        // Unreachable or failing (dead, but not declared so yet): a refusal naming this shard, not a
+        // retryable UNAVAILABLE, so the repairer commits the other shards without it instead of retrying
+        // all of them until its deadline; this one stays missing for the next repair.
         throw new DogfsError(
           'FAILED_PRECONDITION',
-          `shard ${shard.index} of block group ${bg.id} is not on ${shard.chunkServerId}`,
+          `shard ${shard.index} of block group ${bg.id} on ${shard.chunkServerId} could not be checked (${e.code}: ${e.message.slice(0, 200)})`,
         );
       });
     const wasDurable = (bg.durableMask & (2 ** shard.index)) !== 0;

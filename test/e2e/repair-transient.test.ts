@@ -18,7 +18,6 @@ import {
   repairFile,
   type ShardTransport,
 } from '../../src/client/index.js';
-import { DogfsError } from '../../src/wire/errors.js';
 import { killChunkServers, processAlive, runDogfs, startCluster } from '../helpers/index.js';
 
 const up = startCluster(['--meta', '1', '--chunk', '8', '--ec', 'rs-3-2']);
@@ -82,7 +81,7 @@ test('a source that stalls once (no byte within the step timeout) is read again,
   }
 });
 
-test('a commit of several rebuilt shards refused for one commits the others one by one', async () => {
+test('a commit of several rebuilt shards, one on a server gone silent, commits the others one by one', async () => {
   const cluster = await up.ready();
   const env = { ...process.env, DOGFS_CLUSTER: up.clusterPath };
   const data = randomBytes(700_000);
@@ -102,27 +101,43 @@ test('a commit of several rebuilt shards refused for one commits the others one 
       .filter((p) => bg.shards.some((s) => s.chunkServerId === p.id))
       .slice(0, 2);
     await killChunkServers(victims, () => client.report());
-    // The service refuses any commit of more than one shard, as when one copy fails its check.
+    // From here a silent server stays "alive" for the rest of the test: the service can only find it
+    // unreachable when it checks a rebuilt copy there.
+    assert.equal((await runDogfs(['admin', 'settings', '--dead-after', '60000'], { env })).status, 0);
+    // Just before the commit, one of the two targets stops answering (SIGSTOP): the service cannot check
+    // its copy, and refuses the commit naming that shard; the repairer commits the other alone.
     const commits: number[] = [];
-    const refusingBulk = {
+    let stopped: number | undefined;
+    const stoppingOne = {
       call: meta.call.bind(meta),
       mutate: (...args: Parameters<MetadataConnection['mutate']>) => {
         if (args[1] !== 'CommitRepair') return meta.mutate(...args);
-        const shards = (args[2] as { shards: unknown[] }).shards.length;
-        commits.push(shards);
-        return shards > 1
-          ? Promise.reject(new DogfsError('FAILED_PRECONDITION', 'one rebuilt copy failed its check (test)'))
-          : meta.mutate(...args);
+        const shards = (args[2] as { shards: { chunkServerId: string }[] }).shards;
+        commits.push(shards.length);
+        if (stopped === undefined) {
+          const target = cluster.processes.find((p) => p.id === shards[shards.length - 1]!.chunkServerId)!;
+          stopped = target.pid;
+          process.kill(stopped, 'SIGSTOP');
+        }
+        return meta.mutate(...args);
       },
     } as unknown as MetadataConnection;
-    const outcome = await repairFile({ meta: refusingBulk, session, transport }, '/c.bin');
+    let outcome: Awaited<ReturnType<typeof repairFile>>;
+    try {
+      outcome = await repairFile({ meta: stoppingOne, session, transport }, '/c.bin');
+    } finally {
+      if (stopped !== undefined) process.kill(stopped, 'SIGCONT');
+    }
     assert.deepEqual(commits, [2, 1, 1]);
-    assert.deepEqual(outcome.unrepaired, []);
-    assert.equal(outcome.shardsRebuilt, 2);
-    assert.equal(outcome.repairedBlockGroups, 1);
+    assert.equal(outcome.shardsRebuilt, 1);
+    assert.equal(outcome.unrepaired.length, 1, outcome.unrepaired.join('; '));
+    assert.match(outcome.unrepaired[0]!, /commit refused: .*could not be checked/);
     const after = (await meta.call('Stat', { path: '/c.bin' })).inode!.blockGroups[0]!;
-    for (const victim of victims)
-      assert.ok(!after.shards.some((s) => s.chunkServerId === victim.id), `${victim.id} replaced`);
+    assert.equal(
+      victims.filter((v) => after.shards.some((s) => s.chunkServerId === v.id)).length,
+      1,
+      'one of the two lost shards has a new home',
+    );
     assert.ok((await client.readFile('/c.bin')).equals(data));
   } finally {
     transport.close();
