@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import {
@@ -21,7 +21,7 @@ import {
 import { DogfsError } from '../../src/wire/errors.js';
 import { ChunkControlService } from '../../src/wire/gen/types.js';
 import { RpcChannel } from '../../src/wire/rpc.js';
-import { killChunkServers, runDogfs, startCluster } from '../helpers/index.js';
+import { killChunkServers, putRandomFile, runDogfs, startCluster } from '../helpers/index.js';
 
 const up = startCluster(['--meta', '3', '--chunk', '6', '--ec', 'rs-3-2']);
 after(() => up.stop());
@@ -45,11 +45,7 @@ test('a repair retried after its commit was lost takes the copy it left, and onl
   const env = { ...process.env, DOGFS_CLUSTER: up.clusterPath };
   const chunks = cluster.processes.filter((p) => p.role === 'chunk');
   assert.equal((await runDogfs(['admin', 'settings', '--dead-after', '3000'], { env })).status, 0);
-  const data = randomBytes(900_000);
-  const local = join(up.dir.path, 'data.bin');
-  writeFileSync(local, data);
-  const put = await runDogfs(['put', local, '/a.bin'], { env });
-  assert.equal(put.status, 0, put.stderr);
+  const { data, local } = await putRandomFile(up, '/a.bin', 900_000);
 
   const meta = new MetadataConnection({ seeds: cluster.meta });
   const session = new ClientSession();

@@ -6,9 +6,6 @@
  * - a CommitRepair of several rebuilt shards refused for one of them commits the others one by one.
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { after, test } from 'node:test';
 import {
   ClientSession,
@@ -18,7 +15,7 @@ import {
   repairFile,
   type ShardTransport,
 } from '../../src/client/index.js';
-import { killChunkServers, processAlive, runDogfs, startCluster } from '../helpers/index.js';
+import { killChunkServers, processAlive, putRandomFile, runDogfs, startCluster } from '../helpers/index.js';
 
 const up = startCluster(['--meta', '1', '--chunk', '8', '--ec', 'rs-3-2']);
 after(() => up.stop());
@@ -28,11 +25,7 @@ test('a source that stalls once (no byte within the step timeout) is read again,
   const env = { ...process.env, DOGFS_CLUSTER: up.clusterPath };
   const chunks = cluster.processes.filter((p) => p.role === 'chunk');
   assert.equal((await runDogfs(['admin', 'settings', '--dead-after', '3000'], { env })).status, 0);
-  const data = randomBytes(900_000);
-  const local = join(up.dir.path, 'data.bin');
-  writeFileSync(local, data);
-  const put = await runDogfs(['put', local, '/b.bin'], { env });
-  assert.equal(put.status, 0, put.stderr);
+  const { data } = await putRandomFile(up, '/b.bin', 900_000);
 
   const meta = new MetadataConnection({ seeds: cluster.meta });
   const session = new ClientSession();
@@ -84,11 +77,7 @@ test('a source that stalls once (no byte within the step timeout) is read again,
 test('a commit of several rebuilt shards, one on a server gone silent, commits the others one by one', async () => {
   const cluster = await up.ready();
   const env = { ...process.env, DOGFS_CLUSTER: up.clusterPath };
-  const data = randomBytes(700_000);
-  const local = join(up.dir.path, 'data-c.bin');
-  writeFileSync(local, data);
-  const put = await runDogfs(['put', local, '/c.bin'], { env });
-  assert.equal(put.status, 0, put.stderr);
+  const { data } = await putRandomFile(up, '/c.bin', 700_000);
   const meta = new MetadataConnection({ seeds: cluster.meta });
   const session = new ClientSession();
   const transport = new DataTransferShardTransport();

@@ -3,7 +3,8 @@
  * synchronisation), and running the real `dogfs` command as a child process.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -235,4 +236,24 @@ export async function killChunkServers(
     },
     timeoutMs,
   );
+}
+
+/**
+ * `bytes` random bytes stored at `remote` by the real CLI (`dogfs put`) in the cluster of `up` (from
+ * startCluster); returns them and the local file they were put from (under the cluster's temporary
+ * directory).
+ */
+export async function putRandomFile(
+  up: { readonly dir: { readonly path: string }; readonly clusterPath: string },
+  remote: string,
+  bytes: number,
+): Promise<{ data: Buffer; local: string }> {
+  const data = randomBytes(bytes);
+  const local = join(up.dir.path, `put-${remote.replace(/[^A-Za-z0-9]/g, '_')}`);
+  writeFileSync(local, data);
+  const put = await runDogfs(['put', local, remote], {
+    env: { ...process.env, DOGFS_CLUSTER: up.clusterPath },
+  });
+  if (put.status !== 0) throw new Error(`dogfs put ${remote} exited ${put.status}: ${put.stderr}`);
+  return { data, local };
 }
