@@ -50,10 +50,13 @@ function run(withData: boolean): void {
   const ns = new NamespaceState({ group: 1 });
   let seq = 0;
   let time = 1_700_000_000_000;
+  const opened = ns.applyEncoded(encodeNamespaceCommand({ op: 'openSession', timeMs: time }));
+  if (!opened.ok || opened.op !== 'openSession') throw new Error('openSession failed');
+  const clientId = opened.clientId;
   const send = <B extends CommandBody>(body: B): Success<B['op']> => {
     seq++;
     time++;
-    const cmd = { ...body, timeMs: time, session: { clientId: 'bench-client', seq, ackedBelow: seq } };
+    const cmd = { ...body, timeMs: time, session: { clientId, seq, ackedBelow: seq } };
     const result = ns.applyEncoded(encodeNamespaceCommand(cmd as unknown as NamespaceCommand));
     if (!result.ok) throw new Error(`${body.op}: ${result.code} ${result.message}`);
     return result as Success<B['op']>;

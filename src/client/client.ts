@@ -33,8 +33,6 @@ export interface DogfsClientOptions {
   attemptTimeoutMs?: number;
   /** The data plane; default: the data-transfer protocol over TCP. */
   transport?: ShardTransport;
-  /** Client id of the session (default: random). */
-  clientId?: string;
 }
 
 export type FileKind = 'file' | 'dir';
@@ -91,7 +89,7 @@ export class DogfsClient {
       ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
       ...(options.attemptTimeoutMs === undefined ? {} : { attemptTimeoutMs: options.attemptTimeoutMs }),
     });
-    this.session = new ClientSession(options.clientId);
+    this.session = new ClientSession();
     this.transportInstance = options.transport;
   }
 

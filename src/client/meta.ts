@@ -243,15 +243,19 @@ export class MetadataConnection {
   ): Promise<ResponseOf<MetadataMethods, K>> {
     const deadline = this.deadlineOf(options);
     const outcome: CallOutcome = { uncertain: false };
+    // Not the caller's signal: the open is shared by every call that needs the session meanwhile.
+    const open = async () => (await this.call('OpenSession', {}, { deadline })).clientId;
+    let sessionUsed = '';
     const once = () =>
-      session.run((stamp) =>
-        this.call(
+      session.run(open, (stamp) => {
+        sessionUsed = stamp.clientId;
+        return this.call(
           method,
           { ...request, session: stamp } as Init<RequestOf<MetadataMethods, K>>,
           { ...options, deadline },
           outcome,
-        ),
-      );
+        );
+      });
     return once().catch((error: unknown) => {
       if (
         error instanceof DogfsError &&
@@ -263,8 +267,8 @@ export class MetadataConnection {
         // one may (no answer came), the forgotten session took with it the only record of that, and a
         // redo could apply the call twice: the outcome is unknown, and said so (as gRPC's
         // DEADLINE_EXCEEDED says it for a call that may have completed).
-        // The old session is gone either way: the next call starts a new one.
-        session.renew();
+        // The old session is gone either way: the next call opens a new one.
+        session.forget(sessionUsed);
         if (outcome.uncertain)
           throw new DogfsError(
             'DEADLINE_EXCEEDED',

@@ -8,7 +8,13 @@
  * `ackedBelow` (every seq below it has been answered), which lets the table forget old results; results
  * are otherwise kept up to `maxResultsPerClient` per client. Sessions idle for `ttl` (in command time) are
  * expired, as are the least recently used ones beyond `maxSessions`; a command from an expired or unknown
- * session whose seq is not its first is refused ('session_expired'), since it may already have applied.
+ * session is refused ('session_expired'), since it may already have applied.
+ *
+ * Sessions are opened explicitly (`open`, the dissertation's RegisterClient) under an id the state machine
+ * chose and never hands out again. A command never opens its own session: if one could, a command applied
+ * once, whose answer was lost and whose session was then evicted, would open a fresh session on its retry
+ * and apply again. `mayOpen` keeps that older rule for commands that were logged under it (their replay
+ * must apply as it did) and for callers that accept the gap.
  */
 
 import { assert } from '../common/assert.js';
@@ -24,6 +30,11 @@ export interface SessionCommand {
   readonly seq: number;
   readonly ackedBelow: number;
   readonly time: number;
+  /**
+   * The older rule: an unknown session whose command is its first (ackedBelow <= 1) is opened by it. Only
+   * for entries logged before sessions were opened explicitly, and for callers that accept the gap above.
+   */
+  readonly mayOpen: boolean;
 }
 
 export type SessionOutcome<R> =
@@ -61,19 +72,26 @@ export class ClientSessions<R> {
   }
 
   /**
-   * Applies `cmd` exactly once: `execute` runs only for a new (clientId, seq). Sequence numbers start at 1;
-   * seq 1 (or ackedBelow <= 1 with no session) opens a session.
+   * Opens a session under `clientId`, which the caller chose so that no session ever had it before (a
+   * reused id could meet retries of its earlier life). Sequence numbers start at 1.
    */
+  open(clientId: string, time: number): void {
+    this.advance(time);
+    assert(!this.sessions.has(clientId), 'a session id is never opened twice');
+    this.create(clientId);
+  }
+
+  has(clientId: string): boolean {
+    return this.sessions.has(clientId);
+  }
+
+  /** Applies `cmd` exactly once: `execute` runs only for a new (clientId, seq) of an open session. */
   apply(cmd: SessionCommand, execute: () => R): SessionOutcome<R> {
-    // Time must not run backwards across the log; a stale leader's clock is clamped, not trusted.
-    if (cmd.time > this.latestTime) this.latestTime = cmd.time;
-    this.expire();
+    this.advance(cmd.time);
     let s = this.sessions.get(cmd.clientId);
     if (s === undefined) {
-      if (cmd.ackedBelow > 1 || cmd.seq < 1) return { kind: 'session_expired' };
-      s = { lastActive: this.latestTime, results: new Map(), floor: 1, highest: 0 };
-      this.sessions.set(cmd.clientId, s);
-      this.evictBeyondLimit(cmd.clientId);
+      if (!cmd.mayOpen || cmd.ackedBelow > 1 || cmd.seq < 1) return { kind: 'session_expired' };
+      s = this.create(cmd.clientId);
     }
     this.touch(cmd.clientId, s);
     if (cmd.ackedBelow > s.floor) {
@@ -129,6 +147,19 @@ export class ClientSessions<R> {
       });
     }
     return out;
+  }
+
+  /** Moves command time forward (never back: a stale leader's clock is clamped) and expires idle sessions. */
+  private advance(time: number): void {
+    if (time > this.latestTime) this.latestTime = time;
+    this.expire();
+  }
+
+  private create(clientId: string): Session<R> {
+    const s: Session<R> = { lastActive: this.latestTime, results: new Map(), floor: 1, highest: 0 };
+    this.sessions.set(clientId, s);
+    this.evictBeyondLimit(clientId);
+    return s;
   }
 
   /**

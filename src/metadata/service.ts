@@ -1872,6 +1872,16 @@ export class MetadataNode {
         await this.leaseCommand('abandonFile', req, ctx.deadline);
         return {};
       },
+      OpenSession: async (_req, ctx) => {
+        const result = await this.proposeNamespace(
+          { op: 'openSession', timeMs: this.namespaceNow() },
+          ctx.deadline,
+        );
+        if (!result.ok) raise(result);
+        if (result.op !== 'openSession')
+          throw new DogfsError('INTERNAL', `open session answered ${result.op}`);
+        return { clientId: result.clientId };
+      },
       FindLeader: (req) => {
         const status = this.host.status(req.group);
         if (status.leaderAddr === '')

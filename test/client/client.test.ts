@@ -129,6 +129,22 @@ describe('namespace and leader discovery', () => {
     await rejectsWith(client.stat('/a/b'), 'NOT_FOUND');
   });
 
+  test('a new client opens one session before its first mutations, however many start at once', async () => {
+    const fresh = new DogfsClient({ meta: [cluster.leader.address], timeoutMs: 5000 });
+    try {
+      const opensBefore = cluster.state.count('OpenSession');
+      assert.equal(fresh.session.clientId, undefined, 'nothing opened before a mutation');
+      await Promise.all(Array.from({ length: 5 }, (_, i) => fresh.mkdir(`/opened-${i}`)));
+      assert.equal(cluster.state.count('OpenSession') - opensBefore, 1, 'one open shared by the five calls');
+      assert.match(fresh.session.clientId ?? '', /^session-/);
+      assert.equal(fresh.session.lastSeq, 5);
+      await fresh.delete('/opened-0');
+      assert.equal(cluster.state.count('OpenSession') - opensBefore, 1, 'the session is kept');
+    } finally {
+      fresh.close();
+    }
+  });
+
   test('a retried mutation reuses its sequence number: applied once, answered with the first result', async () => {
     cluster.state.dropReply.set('Mkdir', 1);
     const seqBefore = client.session.lastSeq;

@@ -235,6 +235,10 @@ export class FakeMeta {
       return block;
     };
     return {
+      OpenSession: () => {
+        this.gate('OpenSession');
+        return { clientId: `session-${s.nextId++}` };
+      },
       Mkdir: mutate('Mkdir', (r) => {
         checkPath(r.path);
         const existing = s.nodes.get(r.path);

@@ -3,7 +3,6 @@
  * another server on UNAVAILABLE, keeps one client session (a retry reuses its sequence number). The real
  * client library lives in src/client; this one stays small so server tests do not depend on it.
  */
-import { randomBytes } from 'node:crypto';
 import { DogfsError } from '../../src/wire/errors.js';
 import { type MetadataMethods, MetadataService } from '../../src/wire/gen/types.js';
 import type { Init } from '../../src/wire/proto.js';
@@ -17,7 +16,8 @@ export class TestMetaClient {
   private seq = 0;
   /** Sequence numbers sent whose outcome is unknown (no answer, or a transport error). */
   private readonly outstanding = new Set<number>();
-  readonly clientId = `test-${randomBytes(6).toString('hex')}`;
+  /** The session Metadata.OpenSession gave this client, opened by its first call that carries a session. */
+  private sessionId: string | undefined;
 
   constructor(private readonly addrs: readonly string[]) {
     this.target = addrs[0]!;
@@ -33,13 +33,13 @@ export class TestMetaClient {
   }
 
   /**
-   * A new sequence number. `ackedBelow` is the lowest one whose outcome is still unknown: the server may
-   * forget results below it, and must still accept a session whose first commands never arrived.
+   * A new sequence number (`call` fills in the session's id). `ackedBelow` is the lowest one whose outcome
+   * is still unknown: the server may forget results below it.
    */
   nextSession(): { clientId: string; seq: number; ackedBelow: number } {
     const seq = ++this.seq;
     this.outstanding.add(seq);
-    return { clientId: this.clientId, seq, ackedBelow: Math.min(...this.outstanding) };
+    return { clientId: '', seq, ackedBelow: Math.min(...this.outstanding) };
   }
 
   /** Calls until success, a non-retryable error, or the deadline. */
@@ -49,7 +49,16 @@ export class TestMetaClient {
     timeoutMs = 10_000,
   ): Promise<ResponseOf<MetadataMethods, K>> {
     const deadline = Date.now() + timeoutMs;
-    const seq = (request as { session?: { seq?: number } | null }).session?.seq;
+    const session = (request as { session?: { clientId: string; seq: number; ackedBelow: number } | null })
+      .session;
+    const seq = session?.seq;
+    if (session) {
+      this.sessionId ??= (await this.call('OpenSession', {}, timeoutMs)).clientId;
+      request = {
+        ...(request as object),
+        session: { ...session, clientId: this.sessionId },
+      } as typeof request;
+    }
     let last: DogfsError | undefined;
     // What a server said, rather than the deadline cutting the last attempt (NO_QUORUM, not "deadline").
     let lastAnswer: DogfsError | undefined;

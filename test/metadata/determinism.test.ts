@@ -50,9 +50,17 @@ function randomCommands(seed: number, count: number): NamespaceCommand[] {
   const cmds: NamespaceCommand[] = [];
   const seqs = new Map<string, number>();
   let time = 1000;
+  const clientIds: string[] = [];
+  for (let i = 0; i < 3; i++) {
+    const open: NamespaceCommand = { op: 'openSession', timeMs: time };
+    cmds.push(open);
+    const opened = shadow.apply(open);
+    assert.ok(opened.ok && opened.op === 'openSession');
+    clientIds.push(opened.clientId);
+  }
   for (let i = 0; i < count; i++) {
     time += rand(50);
-    const clientId = pick(['c1', 'c2', 'c3']);
+    const clientId = pick(clientIds);
     const retry = rand(10) === 0 && cmds.length > 0;
     if (retry) {
       cmds.push(cmds[cmds.length - 1]!);

@@ -20,11 +20,20 @@ export interface WriteOptions {
 
 type Body<C> = C extends NamespaceCommand ? Omit<C, 'timeMs' | 'session'> : never;
 
+/** Opens a client session on `ns` (as Metadata.OpenSession does) and returns its id. */
+export function openSession(ns: NamespaceState, timeMs: number): string {
+  const opened = ns.apply({ op: 'openSession', timeMs });
+  if (!opened.ok || opened.op !== 'openSession') assert.fail(`openSession failed: ${JSON.stringify(opened)}`);
+  return opened.clientId;
+}
+
 export class TestClient {
   seq = 0;
+  /** The session the state machine opened for this client (at its first command); copy it to continue it. */
+  sessionId: string | undefined;
   constructor(
     readonly ns: NamespaceState,
-    readonly clientId = 'client-1',
+    readonly name = 'client-1',
     public timeMs = 1_000_000,
   ) {}
 
@@ -32,10 +41,11 @@ export class TestClient {
   send<C extends Body<NamespaceCommand>>(body: C): ResultOf<C['op']> {
     this.seq++;
     this.timeMs++;
+    this.sessionId ??= openSession(this.ns, this.timeMs);
     const cmd = {
       ...body,
       timeMs: this.timeMs,
-      session: { clientId: this.clientId, seq: this.seq, ackedBelow: 0 },
+      session: { clientId: this.sessionId, seq: this.seq, ackedBelow: 0 },
     };
     return this.ns.apply(cmd as NamespaceCommand) as ResultOf<C['op']>;
   }

@@ -13,7 +13,7 @@ import {
   NamespaceState,
   ROOT_INODE_ID,
 } from '../../src/metadata/state/index.js';
-import { TestClient } from './helpers.js';
+import { openSession, TestClient } from './helpers.js';
 
 function fresh(): { ns: NamespaceState; c: TestClient } {
   const ns = new NamespaceState({ group: 1 });
@@ -539,7 +539,8 @@ test('stat and list: errors and shapes', () => {
 
 test('exactly-once: a retried command returns the original result and applies once', () => {
   const { ns } = fresh();
-  const session = (seq: number, ackedBelow = 0) => ({ clientId: 'c', seq, ackedBelow });
+  const id = openSession(ns, 9);
+  const session = (seq: number, ackedBelow = 0) => ({ clientId: id, seq, ackedBelow });
   const mkdir: NamespaceCommand = {
     op: 'mkdir',
     timeMs: 10,
@@ -597,6 +598,80 @@ test('exactly-once: a retried command returns the original result and applies on
   assert.ok(!none.ok && none.code === 'INVALID_ARGUMENT');
   const unknown = ns.apply({ ...mkdir, session: { clientId: 'new', seq: 5, ackedBelow: 5 } });
   assert.ok(!unknown.ok && /session expired/.test(unknown.message));
+  // Nor does a first command open its own session: only openSession does.
+  const unopened = ns.apply({ ...mkdir, path: '/c', session: { clientId: 'new', seq: 1, ackedBelow: 1 } });
+  assert.ok(!unopened.ok && /session expired/.test(unopened.message));
+  assert.equal(ns.stat('/c').ok, false);
+});
+
+test("exactly-once across a session eviction: a lost answer's retry is refused, never applied twice", () => {
+  // Two calls of a new client in flight together (both ackedBelow 1); the second, a delete, is applied and
+  // its answer lost; another client makes the directory again, and sessions opened meanwhile push the
+  // first client's out of a full table before its retry arrives. Every command goes through the log's
+  // encoding, as on a replica.
+  const ns = new NamespaceState({
+    group: 1,
+    sessionLimits: { ttl: 3_600_000, maxSessions: 2, maxResultsPerClient: 64 },
+  });
+  const apply = (cmd: NamespaceCommand) => ns.apply(decodeNamespaceCommand(encodeNamespaceCommand(cmd)));
+  const open = (timeMs: number) => {
+    const opened = apply({ op: 'openSession', timeMs });
+    assert.ok(opened.ok && opened.op === 'openSession');
+    return opened.clientId;
+  };
+  const mkdir = (clientId: string, seq: number, timeMs: number): NamespaceCommand => ({
+    op: 'mkdir',
+    timeMs,
+    session: { clientId, seq, ackedBelow: 1 },
+    path: '/shared',
+    parents: false,
+    mode: 0o755,
+    ec: '',
+  });
+  const first = open(10);
+  const remove: NamespaceCommand = {
+    op: 'delete',
+    timeMs: 12,
+    session: { clientId: first, seq: 2, ackedBelow: 1 },
+    path: '/shared',
+    recursive: false,
+  };
+  assert.ok(apply(mkdir(first, 1, 11)).ok);
+  assert.ok(apply(remove).ok);
+  const second = open(13);
+  assert.ok(apply(mkdir(second, 1, 14)).ok, "the other client's directory");
+  open(15);
+  const retry = apply({ ...remove, timeMs: 16 });
+  assert.equal(ns.stat('/shared').ok, true, "the other client's directory was not deleted by the retry");
+  assert.ok(!retry.ok && retry.code === 'FAILED_PRECONDITION' && /session expired/.test(retry.message));
+  // Session ids are never handed out twice, so a new session cannot meet the old one's retries.
+  assert.notEqual(open(17), first);
+});
+
+test('entries logged before explicit sessions still open their own session on replay, as when first applied', () => {
+  const { ns } = fresh();
+  const legacy: NamespaceCommand = {
+    op: 'mkdir',
+    timeMs: 10,
+    session: { clientId: '0123abcd', seq: 1, ackedBelow: 1, implicitOpen: true },
+    path: '/old',
+    parents: false,
+    mode: 0o755,
+    ec: '',
+  };
+  const bytes = encodeNamespaceCommand(legacy);
+  // Such an entry's session byte was the boolean 'has session' (1), which still means a session that
+  // opens itself; leaders now write 2, a session that must be open.
+  assert.equal(bytes[1 + 1 + 1], 1);
+  const decoded = decodeNamespaceCommand(bytes);
+  assert.deepEqual(decoded, legacy);
+  assert.ok(ns.apply(decoded).ok);
+  assert.equal(ns.stat('/old').ok, true);
+  const strict = encodeNamespaceCommand({ ...legacy, session: { clientId: 'x', seq: 1, ackedBelow: 1 } });
+  assert.equal(strict[3], 2);
+  const corrupt = Uint8Array.from(strict);
+  corrupt[3] = 3;
+  assert.throws(() => decodeNamespaceCommand(corrupt), /unknown session kind 3/);
 });
 
 test('time never runs backwards: a stale leader time is clamped', () => {
@@ -613,7 +688,8 @@ test('a directory of 100,000 entries lists in pages, in order, each page O(page)
   const { ns, c } = fresh();
   c.mkdir('/big');
   const names: string[] = [];
-  const session = (seq: number) => ({ clientId: 'bulk', seq, ackedBelow: seq });
+  const id = openSession(ns, 1);
+  const session = (seq: number) => ({ clientId: id, seq, ackedBelow: seq });
   for (let i = 0; i < 100_000; i++) {
     // Insertion order is scrambled relative to name order.
     const name = `f${((i * 7919) % 100_000).toString().padStart(6, '0')}`;
@@ -973,7 +1049,8 @@ test('combined commands: an expired lease never appears; overwrite replaces atom
 
 test('combined commands: exactly once — a duplicate delivery answers the original result, also after a snapshot restore', () => {
   const { ns } = fresh();
-  const session = (seq: number) => ({ clientId: 'c', seq, ackedBelow: 0 });
+  const id = openSession(ns, 9);
+  const session = (seq: number) => ({ clientId: id, seq, ackedBelow: 0 });
   ns.apply({ op: 'mkdir', timeMs: 10, session: session(1), path: '/d', parents: false, mode: 0o755, ec: '' });
   const create: NamespaceCommand = { ...createFirst('/d/f'), timeMs: 11, session: session(2) };
   const c1 = ns.apply(create);
@@ -1177,7 +1254,7 @@ test('a client writes at most MAX_PENDING_FILES_PER_CLIENT files at once; others
       leaseMs: 60_000,
     }) as const;
   const refused = refusedUnchanged(ns, c, 'FAILED_PRECONDITION', create('/one-more'));
-  assert.match(refused.message, /client client-1 is writing 1024 files already/);
+  assert.match(refused.message, new RegExp(`client ${c.sessionId} is writing 1024 files already`));
   // Superseding one of its own writes frees that write's place first.
   c.ok(create('/w0', true));
   // Another client is not held back by this one.
@@ -1193,6 +1270,7 @@ test('a client writes at most MAX_PENDING_FILES_PER_CLIENT files at once; others
   restored.checkInvariants();
   const again = new TestClient(restored, 'client-1', c.timeMs);
   again.seq = c.seq;
+  again.sessionId = c.sessionId;
   const result = again.create('/one-more');
   assert.equal(result.ok, false);
   ns.checkInvariants();

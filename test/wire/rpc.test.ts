@@ -87,6 +87,7 @@ before(async () => {
     AbandonFile: unimplemented,
     RenewLease: unimplemented,
     SetSettings: unimplemented,
+    OpenSession: unimplemented,
   });
   const port = await server.listen('127.0.0.1', 0);
   address = `127.0.0.1:${port}`;

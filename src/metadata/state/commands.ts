@@ -90,6 +90,12 @@ export interface Session {
   readonly seq: number;
   /** Every seq below this has been answered and may be forgotten (0 or 1: none yet). */
   readonly ackedBelow: number;
+  /**
+   * Logged before sessions were opened explicitly (openSession): such a command opens its own unknown
+   * session when it is the session's first, as it did when it was applied first (consensus/sessions.ts).
+   * Leaders never write it now.
+   */
+  readonly implicitOpen?: true | undefined;
 }
 
 interface CommandBase {
@@ -187,6 +193,14 @@ export interface RenewLeaseCommand extends CommandBase {
   readonly leaseId: string;
 }
 
+/**
+ * Opens a client session under an id the state machine makes from its id counter, so no id is ever
+ * handed out twice (a retried open only opens another session, which expires unused).
+ */
+export interface OpenSessionCommand extends CommandBase {
+  readonly op: 'openSession';
+}
+
 /** The writer gives up: nothing appears, the block groups become garbage. */
 export interface AbandonFileCommand extends CommandBase {
   readonly op: 'abandonFile';
@@ -254,7 +268,8 @@ export type NamespaceCommand =
   | ExpireLeasesCommand
   | CollectGarbageCommand
   | RepairShardsCommand
-  | RenewLeaseCommand;
+  | RenewLeaseCommand
+  | OpenSessionCommand;
 
 export type NamespaceOp = NamespaceCommand['op'];
 
@@ -292,6 +307,7 @@ export interface ResultPayloads {
   collectGarbage: { readonly removed: number };
   repairShards: { readonly blockGroup: BlockGroupInfo };
   renewLease: { readonly leaseExpiresMs: number };
+  openSession: { readonly clientId: string };
 }
 
 export type Success<K extends NamespaceOp> = { readonly ok: true; readonly op: K } & ResultPayloads[K];
@@ -314,6 +330,7 @@ const OP_TAGS: Record<NamespaceOp, number> = {
   collectGarbage: 10,
   repairShards: 11,
   renewLease: 12,
+  openSession: 13,
 };
 const OPS_BY_TAG = new Map<number, NamespaceOp>(
   (Object.entries(OP_TAGS) as [NamespaceOp, number][]).map(([op, tag]) => [tag, op]),
@@ -417,17 +434,34 @@ export function readInode(r: ByteReader, intern: (s: string) => string = identit
   return { type: 'file', id, mode, size, mtimeMs, ctimeMs, ec, blockGroups };
 }
 
+/**
+ * The byte before a command's session: none, a session that opens itself (every entry written before
+ * explicit opens; the byte was a boolean then), or one that must have been opened.
+ */
+const NO_SESSION = 0;
+const SESSION_OPENS_ITSELF = 1;
+const SESSION_OPENED = 2;
+
 function writeSession(w: ByteWriter, session: Session | undefined): void {
-  w.bool(session !== undefined);
-  if (session !== undefined) w.string(session.clientId).uint(session.seq).uint(session.ackedBelow);
+  if (session === undefined) {
+    w.u8(NO_SESSION);
+    return;
+  }
+  w.u8(session.implicitOpen === true ? SESSION_OPENS_ITSELF : SESSION_OPENED);
+  w.string(session.clientId).uint(session.seq).uint(session.ackedBelow);
 }
 
 function readSession(r: ByteReader): Session | undefined {
-  if (!r.bool('has session')) return undefined;
+  const kind = r.u8('session kind');
+  if (kind === NO_SESSION) return undefined;
+  if (kind !== SESSION_OPENS_ITSELF && kind !== SESSION_OPENED)
+    throw new StateCodecError(`namespace command: unknown session kind ${kind}`);
   const clientId = r.string('client id', MAX_CLIENT_ID_BYTES);
   const seq = r.uint('seq');
   const ackedBelow = r.uint('acked below');
-  return { clientId, seq, ackedBelow };
+  return kind === SESSION_OPENS_ITSELF
+    ? { clientId, seq, ackedBelow, implicitOpen: true }
+    : { clientId, seq, ackedBelow };
 }
 
 function writeCommit(w: ByteWriter, commit: BlockGroupCommit): void {
@@ -490,6 +524,8 @@ export function encodeNamespaceCommand(cmd: NamespaceCommand): Uint8Array {
     case 'abandonFile':
     case 'renewLease':
       w.uint(cmd.inodeId).string(cmd.leaseId);
+      break;
+    case 'openSession':
       break;
     case 'rename':
       w.string(cmd.src).string(cmd.dst).bool(cmd.noReplace);
@@ -600,6 +636,9 @@ export function decodeNamespaceCommand(bytes: Uint8Array): NamespaceCommand {
     case 'rename':
       cmd = { op, ...base, src: path('src'), dst: path('dst'), noReplace: r.bool('no replace') };
       break;
+    case 'openSession':
+      cmd = { op, ...base };
+      break;
     case 'delete':
       cmd = { op, ...base, path: path(), recursive: r.bool('recursive') };
       break;
@@ -687,6 +726,9 @@ export function writeResult(w: ByteWriter, result: NamespaceResult): void {
     case 'renewLease':
       w.uint(result.leaseExpiresMs);
       break;
+    case 'openSession':
+      w.string(result.clientId);
+      break;
   }
 }
 
@@ -751,6 +793,8 @@ export function readResult(r: ByteReader): NamespaceResult {
       return { ok: true, op, removed: r.uint('removed') };
     case 'renewLease':
       return { ok: true, op, leaseExpiresMs: r.uint('lease expires') };
+    case 'openSession':
+      return { ok: true, op, clientId: r.string('client id', MAX_CLIENT_ID_BYTES) };
   }
 }
 

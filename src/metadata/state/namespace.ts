@@ -46,10 +46,12 @@
  *   once directories are sharded).
  *
  * ## Exactly-once
- * Client commands must carry a session; consensus/sessions.ts `ClientSessions` runs each (clientId, seq)
- * once and answers a retry with the stored result (results are plain values, so they are snapshotted).
- * A seq from an expired session or one whose result was forgotten → FAILED_PRECONDITION starting with
- * "session": the client must open a new session (new client id) and check the state.
+ * Client commands must carry a session, opened by `openSession` under an id made from the id counter
+ * (never handed out twice); consensus/sessions.ts `ClientSessions` runs each (clientId, seq) once and
+ * answers a retry with the stored result (results are plain values, so they are snapshotted). A seq from
+ * an unknown or expired session, or one whose result was forgotten → FAILED_PRECONDITION starting with
+ * "session": the client must open a new session and check the state. Entries logged before sessions were
+ * opened explicitly carry `implicitOpen` and open their own session on replay, as they did.
  */
 import { createHash } from 'node:crypto';
 import { assert } from '../../common/assert.js';
@@ -407,7 +409,13 @@ export class NamespaceState {
     )
       return fail('INVALID_ARGUMENT', 'session ackedBelow must be between 0 and seq');
     const outcome = this.sessions.apply(
-      { clientId: session.clientId, seq: session.seq, ackedBelow: session.ackedBelow, time: this.clockMs },
+      {
+        clientId: session.clientId,
+        seq: session.seq,
+        ackedBelow: session.ackedBelow,
+        time: this.clockMs,
+        mayOpen: session.implicitOpen === true,
+      },
       () => this.execute(cmd),
     );
     switch (outcome.kind) {
@@ -453,7 +461,18 @@ export class NamespaceState {
         return this.repairShards(cmd);
       case 'renewLease':
         return this.renewLease(cmd);
+      case 'openSession':
+        return this.openSession();
     }
+  }
+
+  private openSession(): NamespaceResult {
+    if (this.idsLeft() < 1) return fail('FAILED_PRECONDITION', 'session ids of this group are exhausted');
+    // From the id counter: never handed out again, also across snapshots, so a late copy of an earlier
+    // open (or of a command of an expired session) can never meet a session it did not belong to.
+    const clientId = `s${this.allocId()}`;
+    this.sessions.open(clientId, this.clockMs);
+    return this.ok('openSession', { clientId });
   }
 
   private ok<K extends NamespaceOp>(op: K, payload: Omit<Success<K>, 'ok' | 'op'>): Success<K> {

@@ -66,7 +66,9 @@ export class KvStateMachine {
   }
 
   apply(cmd: KvCommand): KvApplyResult {
-    const outcome = this.sessions.apply(cmd, () => {
+    // The simulated clients open their sessions by their first command (the older rule, see sessions.ts):
+    // the simulator's commands are never evicted between an applied attempt and its retry.
+    const outcome = this.sessions.apply({ ...cmd, mayOpen: true }, () => {
       const { next, output } = stepKv(this.data.get(cmd.input.key) ?? null, cmd.input);
       if (next === null) this.data.delete(cmd.input.key);
       else this.data.set(cmd.input.key, next);
