@@ -7,7 +7,7 @@
  */
 
 import { setFlagsFromString } from 'node:v8';
-import { AddressError, parseAddressList } from '../common/address.js';
+import { AddressError, parseAddressList, sourceAddress } from '../common/address.js';
 import { DirLockedError } from '../common/dirlock.js';
 import { EcPolicyError, parseEcPolicy } from '../common/ec-policy.js';
 import { DOGFS_VERSION } from '../common/version.js';
@@ -27,6 +27,7 @@ const USAGE = `usage: dogfs <command> [options]
 
 Local cluster:
   up --dir DIR [--meta N] [--chunk N] [--ec rs-K-M] [--restart] [--log-level L]
+     [--distinct-hosts (each member on its own 127.0.1.N, so tests can cut the network between them)]
 
 Servers:
   meta  --dir DIR [--listen HOST:PORT] [--id ID] [--peers ID=HOST:PORT,...] [--ec POLICY]
@@ -77,6 +78,7 @@ async function up(argv: string[]): Promise<void> {
     chunk: { type: 'string' },
     ec: { type: 'string' },
     restart: { type: 'boolean' },
+    'distinct-hosts': { type: 'boolean' },
     'log-level': { type: 'string', env: 'DOGFS_LOG_LEVEL' },
   });
   noPositionals(positionals);
@@ -88,6 +90,7 @@ async function up(argv: string[]): Promise<void> {
     chunk: flags.chunk === undefined ? undefined : parseIntFlag(flags.chunk, 'chunk', 9, 1, 64),
     ec: ecFlag(flags.ec),
     restart: flags.restart,
+    distinctHosts: flags['distinct-hosts'],
     logLevel: parseLogLevel(flags['log-level']),
   });
 }
@@ -104,6 +107,7 @@ async function meta(argv: string[]): Promise<void> {
     'log-level': { type: 'string', env: 'DOGFS_LOG_LEVEL' },
   });
   noPositionals(positionals);
+  sourceAddress(); // a bad DOGFS_SOURCE_ADDRESS stops the server now, not at its first connection
   const peers = flags.peers === undefined ? [] : flags.peers.split(',').filter((p) => p !== '');
   for (const peer of peers) {
     const [id, address] = peer.split('=');
@@ -146,6 +150,7 @@ async function chunk(argv: string[]): Promise<void> {
     'log-level': { type: 'string', env: 'DOGFS_LOG_LEVEL' },
   });
   noPositionals(positionals);
+  sourceAddress(); // a bad DOGFS_SOURCE_ADDRESS stops the server now, not at its first connection
   const listen = parseListenFlag(flags.listen, 'listen', '127.0.0.1:0');
   skipOptimizingCompiler();
   await loadDaemonErrors();

@@ -117,6 +117,8 @@ class FailureTally {
     this.answered++;
     if (error.code === 'NO_QUORUM') this.noQuorum = error;
     else if (error.code === 'NOT_LEADER' && !error.leaderHint) this.noLeader = true;
+    // Still electing when the deadline comes, with every server answering: they cannot reach each other.
+    else if (error.code === 'UNAVAILABLE' && /is electing a leader/.test(error.message)) this.noLeader = true;
     else if (error.code === 'UNAVAILABLE' || error.code === 'RESOURCE_EXHAUSTED') {
       this.refusal = error;
       this.refusalFromLeader = fromLeader;
@@ -227,7 +229,15 @@ export class MetadataConnection {
     } catch (error) {
       const e = toDogfsError(error);
       if (!isUnavailability(e.code)) throw e;
-      throw tally.verdict(method, this.seeds, Date.now() - started, e);
+      const verdict = tally.verdict(method, this.seeds, Date.now() - started, e);
+      // "No quorum" reads as "not done"; a mutation one of whose attempts got no answer may be applied
+      // yet, by a leader that had its entry when the majority came back.
+      if (outcome?.uncertain !== true || verdict.code !== 'NO_QUORUM') throw verdict;
+      throw new DogfsError(
+        verdict.code,
+        `${verdict.message}; an attempt got no answer, so it may or may not have been applied: check before trying again`,
+        { cause: verdict.cause },
+      );
     }
   }
 

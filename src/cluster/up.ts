@@ -22,6 +22,7 @@ import { createServer as createHttpServer, type Server as HttpServer } from 'nod
 import type { AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { assert } from '../common/assert.js';
 import { DirLockedError, isProcessAlive, lockDir, lockHolder } from '../common/dirlock.js';
 import { DEFAULT_EC_POLICY, parseEcPolicy, totalShards } from '../common/ec-policy.js';
 import type { LogLevel } from '../common/log.js';
@@ -38,6 +39,12 @@ export interface UpOptions {
   ec?: string | undefined;
   restart: boolean;
   logLevel: LogLevel;
+  /**
+   * Each member listens on, and speaks from, its own loopback address (127.0.1.N, N from 1 in member
+   * order) instead of 127.0.0.1, so that the network between members can be cut by address (ip rules in
+   * a network namespace; test/partition). Not stored: the next start decides again.
+   */
+  distinctHosts?: boolean | undefined;
   /** Human-readable progress lines (stdout by default). */
   print?: (line: string) => void;
   startTimeoutMs?: number;
@@ -53,10 +60,18 @@ export interface UpOptions {
  * (every member would take the same one and all but one fail to start). Tuning variables (capacity,
  * scrub rate, GC grace, orphan age) pass on to every member, as documented.
  */
-function memberEnvironment(): NodeJS.ProcessEnv {
+function memberEnvironment(sourceAddress: string | undefined): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { ...process.env, DOGFS_SUPERVISED: '1' };
-  for (const own of ['DOGFS_DATA_LISTEN', 'DOGFS_METRICS_LISTEN', 'DOGFS_LISTEN', 'DOGFS_ID', 'DOGFS_DIR'])
+  for (const own of [
+    'DOGFS_DATA_LISTEN',
+    'DOGFS_METRICS_LISTEN',
+    'DOGFS_LISTEN',
+    'DOGFS_ID',
+    'DOGFS_DIR',
+    'DOGFS_SOURCE_ADDRESS',
+  ])
     delete env[own];
+  if (sourceAddress !== undefined) env['DOGFS_SOURCE_ADDRESS'] = sourceAddress;
   return env;
 }
 
@@ -270,13 +285,13 @@ export class LocalCluster {
 
   private async assignPorts(stored: StoredCluster): Promise<void> {
     const taken = new Set<number>();
-    const pick = async (remembered: number): Promise<number> => {
-      if (remembered > 0 && !taken.has(remembered) && (await portIsFree(remembered))) {
+    const pick = async (remembered: number, host = HOST): Promise<number> => {
+      if (remembered > 0 && !taken.has(remembered) && (await portIsFree(remembered, host))) {
         taken.add(remembered);
         return remembered;
       }
       for (let attempt = 0; attempt < 100; attempt++) {
-        const port = await freePort();
+        const port = await freePort(host);
         if (!taken.has(port)) {
           taken.add(port);
           return port;
@@ -284,20 +299,32 @@ export class LocalCluster {
       }
       throw new UpError('could not find a free loopback port');
     };
-    for (const record of stored.members) record.port = await pick(record.port);
+    for (const record of stored.members) record.port = await pick(record.port, this.hostOf(record));
     stored.uiPort = await pick(stored.uiPort);
+  }
+
+  /** The loopback address a member listens on (and, with distinctHosts, speaks from). */
+  private hostOf(record: MemberRecord): string {
+    if (!this.options.distinctHosts) return HOST;
+    const index = this.stored!.members.indexOf(record);
+    assert(index >= 0 && index < 254, 'a member of the stored cluster, within one /24');
+    return `127.0.1.${index + 1}`;
+  }
+
+  private addressOf(record: MemberRecord): string {
+    return `${this.hostOf(record)}:${record.port}`;
   }
 
   private argsFor(record: MemberRecord, memberDir: string): string[] {
     const stored = this.stored!;
     const metaMembers = stored.members.filter((m) => m.role === 'meta');
-    const common = ['--dir', memberDir, '--id', record.id, '--listen', `${HOST}:${record.port}`];
+    const common = ['--dir', memberDir, '--id', record.id, '--listen', this.addressOf(record)];
     common.push('--log-level', this.options.logLevel);
     if (record.role === 'meta') {
-      const peers = metaMembers.map((m) => `${m.id}=${HOST}:${m.port}`).join(',');
+      const peers = metaMembers.map((m) => `${m.id}=${this.addressOf(m)}`).join(',');
       return [...memberNodeArgs(), MAIN_MODULE, 'meta', ...common, '--peers', peers, '--ec', stored.ec];
     }
-    const meta = metaMembers.map((m) => `${HOST}:${m.port}`).join(',');
+    const meta = metaMembers.map((m) => this.addressOf(m)).join(',');
     return [
       ...memberNodeArgs(),
       MAIN_MODULE,
@@ -319,7 +346,7 @@ export class LocalCluster {
     try {
       child = spawn(process.execPath, this.argsFor(record, memberDir), {
         stdio: ['ignore', logFd, logFd, 'ipc'],
-        env: memberEnvironment(),
+        env: memberEnvironment(this.options.distinctHosts ? this.hostOf(record) : undefined),
       });
     } finally {
       closeSync(logFd);
@@ -331,7 +358,7 @@ export class LocalCluster {
         dir: memberDir,
         child,
         pid: child.pid ?? -1,
-        addr: `${HOST}:${record.port}`,
+        addr: this.addressOf(record),
         restarts: 0,
       };
       this.running.push(entry);

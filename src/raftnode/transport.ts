@@ -21,6 +21,7 @@
  * authentication).
  */
 import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
+import { fromSourceAddress } from '../common/address.js';
 import { AssertionError, assert } from '../common/assert.js';
 import { type Logger, ThrottledWarning } from '../common/log.js';
 import { DogfsError, toDogfsError } from '../wire/errors.js';
@@ -455,7 +456,7 @@ export class FramePeer {
       .call(RaftTransportService, 'Endpoint', {}, { timeoutMs: ENDPOINT_TIMEOUT_MS })
       .then(({ port }) => {
         if (this.closed) return this.failed(undefined);
-        const socket = tcpConnect({ host, port, noDelay: true });
+        const socket = tcpConnect(fromSourceAddress({ host, port, noDelay: true }));
         this.socket = socket;
         socket.once('connect', () => {
           if (this.socket !== socket) return;

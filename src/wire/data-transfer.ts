@@ -14,6 +14,7 @@
  */
 import { connect, type NetConnectOpts, type OnReadOpts, Socket, type SocketConstructorOpts } from 'node:net';
 import type { Readable } from 'node:stream';
+import { fromSourceAddress } from '../common/address.js';
 import { assert } from '../common/assert.js';
 import { DogfsError, type ErrorCode, isErrorCode, toDogfsError } from './errors.js';
 import { DataOp, type MessageTypes, type ShardId } from './gen/types.js';
@@ -733,7 +734,7 @@ export class DataTransferClient {
         };
       // The connection reads into the reader's receive arena: large reads into reused memory.
       const reader = new FrameReader(undefined, this.packetSize);
-      const socket = connect({ ...socketOptions, onread: reader.onread });
+      const socket = connect(fromSourceAddress({ ...socketOptions, onread: reader.onread }));
       const timeoutMs = Math.max(0, Math.min(this.connectTimeoutMs, deadline - Date.now()));
       const timer = setTimeout(() => {
         socket.destroy();

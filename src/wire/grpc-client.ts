@@ -20,6 +20,7 @@
  */
 import http2 from 'node:http2';
 import type { Socket } from 'node:net';
+import { fromSourceAddress } from '../common/address.js';
 import { DogfsError, type ErrorCode, isErrorCode } from './errors.js';
 
 const {
@@ -227,10 +228,13 @@ export class GrpcConnection {
     if (this.closed) throw new DogfsError('CANCELLED', `${this.address}: channel closed`);
     const existing = this.session;
     if (existing !== undefined && !existing.closed && !existing.destroyed) return existing;
-    const session = http2.connect(`http://${this.address}`, {
-      // Responses of up to 16 MiB may be in flight on several streams at once.
-      maxSessionMemory: 256,
-    });
+    const session = http2.connect(
+      `http://${this.address}`,
+      fromSourceAddress({
+        // Responses of up to 16 MiB may be in flight on several streams at once.
+        maxSessionMemory: 256,
+      }),
+    );
     // TCP keepalive finds a vanished host under an idle session (grpc-js pinged every 30 s for this).
     session.on('connect', (_session: http2.ClientHttp2Session, socket: Socket) =>
       socket.setKeepAlive(true, KEEPALIVE_MS),

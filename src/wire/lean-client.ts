@@ -16,6 +16,7 @@
  * run out is retired the same way.
  */
 import { connect, type Socket } from 'node:net';
+import { fromSourceAddress } from '../common/address.js';
 import { DogfsError, isErrorCode } from './errors.js';
 import { checkCall, KEEPALIVE_MS, PING_TIMEOUT_MS, type UnaryOptions } from './grpc-client.js';
 import {
@@ -95,7 +96,7 @@ class LeanSocket {
           );
       },
     });
-    const socket = connect({ host, port, noDelay: true });
+    const socket = connect(fromSourceAddress({ host, port, noDelay: true }));
     this.socket = socket;
     this.writer = new TickBatchedWriter(socket);
     socket.setKeepAlive(true, KEEPALIVE_MS);

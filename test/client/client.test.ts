@@ -210,6 +210,27 @@ describe('namespace and leader discovery', () => {
     await Promise.all(servers.map((s) => s.close()));
   });
 
+  test('no quorum after an attempt that got no answer: NO_QUORUM that says the mutation may have been applied', async () => {
+    const state = new FakeMetaState();
+    const server = new FakeMeta(state);
+    await server.start();
+    const c = new DogfsClient({ meta: [server.address], timeoutMs: 800 });
+    await c.mkdir('/opened'); // the session is open before the fault
+    // Applied, its answer lost; then every attempt until the deadline finds no quorum.
+    state.dropReply.set('Mkdir', 1);
+    state.failAfterDrop.set('Mkdir', {
+      error: new DogfsError('NO_QUORUM', 'no quorum: cannot reach a majority'),
+      count: 1_000_000,
+    });
+    await rejectsWith(c.mkdir('/maybe-applied'), 'NO_QUORUM', /no quorum.*may or may not have been applied/);
+    assert.equal((await c.stat('/maybe-applied')).type, 'dir', 'the first attempt was applied');
+    // Refused before anything could apply: plain NO_QUORUM.
+    const plain = await rejectsWith(c.mkdir('/never'), 'NO_QUORUM', /no quorum/);
+    assert.doesNotMatch(plain.message, /may or may not/);
+    c.close();
+    await server.close();
+  });
+
   test('a majority down, the survivor still electing: NO_QUORUM naming what each server said', async () => {
     const state = new FakeMetaState();
     const survivor = new FakeMeta(state, '');
@@ -229,6 +250,23 @@ describe('namespace and leader discovery', () => {
     } finally {
       c.close();
       await survivor.close();
+    }
+  });
+
+  test('every server reachable and electing until the deadline (cut off from each other): NO_QUORUM', async () => {
+    const state = new FakeMetaState();
+    const servers = [new FakeMeta(state, ''), new FakeMeta(state, '')];
+    for (const s of servers) await s.start();
+    state.failNext.set('Stat', {
+      error: new DogfsError('UNAVAILABLE', 'metadata group 1 is electing a leader; retry'),
+      count: 1_000_000,
+    });
+    const c = new DogfsClient({ meta: servers.map((s) => s.address), timeoutMs: 800 });
+    try {
+      await rejectsWith(c.stat('/'), 'NO_QUORUM', /^metadata service has no quorum: .*electing a leader/);
+    } finally {
+      c.close();
+      await Promise.all(servers.map((s) => s.close()));
     }
   });
 

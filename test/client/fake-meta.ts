@@ -61,8 +61,11 @@ export class FakeMetaState {
   readonly failNext = new Map<string, { error: DogfsError; count: number }>();
   /** Per method: how many more calls are applied but answered UNAVAILABLE (a lost reply). */
   readonly dropReply = new Map<string, number>();
-  /** Per method: after a dropped reply, the next call fails with this (e.g. a session forgotten meanwhile). */
-  readonly failAfterDrop = new Map<string, DogfsError>();
+  /**
+   * Per method: after a dropped reply, the next call fails with this (e.g. a session forgotten meanwhile),
+   * or the next `count` calls.
+   */
+  readonly failAfterDrop = new Map<string, DogfsError | { error: DogfsError; count: number }>();
   /** Per method: calls are applied at once but answered only when the promise resolves (a slow reply). */
   readonly holdReply = new Map<string, Promise<void>>();
   /** Chunk-server ids to place the next block groups on, in shard order (default: round robin). */
@@ -201,7 +204,7 @@ export class FakeMeta {
           const then = s.failAfterDrop.get(method);
           if (then !== undefined) {
             s.failAfterDrop.delete(method);
-            s.failNext.set(method, { error: then, count: 1 });
+            s.failNext.set(method, then instanceof DogfsError ? { error: then, count: 1 } : then);
           }
           throw new DogfsError('UNAVAILABLE', 'reply lost');
         }

@@ -1,0 +1,105 @@
+/**
+ * test/partition/netns — real network partitions between the members of a local cluster.
+ *
+ * With `dogfs up --distinct-hosts` every member listens on, and connects from, its own loopback address
+ * (127.0.1.N). This module runs a program in a network namespace of its own (`unshare --user
+ * --map-root-user --net`: no privileges needed where user namespaces are allowed, and nothing outside
+ * the namespace is touched), and there cuts the traffic between two sets of addresses with policy-routing
+ * rules that blackhole packets from one address to another, both ways. The kernel then drops the packets
+ * of established connections (they go silent, as across a broken switch) and refuses new ones at once;
+ * healing deletes the rules and TCP delivers what it was retransmitting. Processes with no address of
+ * their own (a test's client, on 127.0.0.1) reach every side.
+ *
+ * Needs `unshare` (util-linux) and `ip` (iproute2); `.ci/run` installs both.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { isIP } from 'node:net';
+import { assert } from '../../src/common/assert.js';
+
+const MARK = 'DOGFS_PRIVATE_NETNS';
+/** Rules of cuts go before the kernel's 'local' table, which this namespace moves from 0 to LOCAL_PREF. */
+const CUT_PREF = 100;
+const LOCAL_PREF = 1000;
+/** Addresses one cut may pair: a rule per ordered pair, so this bounds the rules at 2 x 32 x 32. */
+const MAX_CUT_SIDE = 32;
+
+/**
+ * In the parent: runs this same program again inside a network namespace of its own and exits with its
+ * status (this function then never returns). In that child: brings loopback up, makes room for the cut
+ * rules, and returns.
+ */
+export function enterPrivateNetns(): void {
+  if (process.env[MARK] !== '1') {
+    const result = spawnSync(
+      'unshare',
+      [
+        '--user',
+        '--map-root-user',
+        '--net',
+        '--',
+        process.execPath,
+        ...process.execArgv,
+        ...process.argv.slice(1),
+      ],
+      { stdio: 'inherit', env: { ...process.env, [MARK]: '1' } },
+    );
+    if (result.error !== undefined)
+      throw new Error(
+        `cannot run unshare (util-linux) for a private network namespace: ${result.error.message}`,
+      );
+    process.exit(result.status ?? 1);
+  }
+  ip(['link', 'set', 'lo', 'up']);
+  ip(['-batch', '-'], [`rule add pref ${LOCAL_PREF} lookup local`, 'rule del pref 0'].join('\n'));
+}
+
+function ip(args: string[], input?: string): void {
+  assert(process.env[MARK] === '1', 'ip rules only ever change in the private namespace');
+  try {
+    execFileSync('ip', args, { input, stdio: ['pipe', 'ignore', 'pipe'] });
+  } catch (error) {
+    const stderr = (error as { stderr?: Buffer }).stderr?.toString().trim() ?? '';
+    throw new Error(
+      `ip ${args.join(' ')} failed (iproute2 installed?): ${stderr || (error as Error).message}`,
+    );
+  }
+}
+
+/** The host part of a member's `host:port`. */
+export function hostOf(address: string): string {
+  const host = address.slice(0, address.lastIndexOf(':'));
+  assert(isIP(host) === 4 && host.startsWith('127.'), `a member on its own loopback address: ${address}`);
+  return host;
+}
+
+/** The cuts in force; `heal` removes them all. */
+export class Partitions {
+  private readonly rules = new Set<string>();
+
+  /** No packet passes between any address of `a` and any of `b`, either way, until `heal`. */
+  cut(a: readonly string[], b: readonly string[]): void {
+    assert(a.length <= MAX_CUT_SIDE && b.length <= MAX_CUT_SIDE, 'a cut names at most 32 addresses a side');
+    const added: string[] = [];
+    for (const x of a)
+      for (const y of b) {
+        assert(x !== y, `an address cannot be cut from itself: ${x}`);
+        for (const [from, to] of [
+          [x, y],
+          [y, x],
+        ]) {
+          const rule = `from ${from} to ${to} blackhole`;
+          if (this.rules.has(rule)) continue;
+          this.rules.add(rule);
+          added.push(`rule add pref ${CUT_PREF} ${rule}`);
+        }
+      }
+    if (added.length > 0) ip(['-batch', '-'], added.join('\n'));
+  }
+
+  heal(): void {
+    if (this.rules.size === 0) return;
+    const removed = [...this.rules].map((rule) => `rule del pref ${CUT_PREF} ${rule}`);
+    this.rules.clear();
+    ip(['-batch', '-'], removed.join('\n'));
+  }
+}
