@@ -8,7 +8,9 @@
  * `application/grpc`, 5-byte length prefixes, `grpc-timeout`, `grpc-status`/`grpc-message` trailers — so
  * stock gRPC clients in any language still talk to DogFS (test/wire/rpc.test.ts calls it with grpc-js).
  *
- * Limits, all explicit: concurrent streams per connection (256); bytes of one request and of all
+ * Limits, all explicit: concurrent streams per connection (256); handlers running per connection (768,
+ * those of reset streams included) and on the whole server (wire/handler-slots.ts, shared with the lean
+ * transport); bytes of one request and of all
  * requests in progress together (counted while they arrive, so an oversized one is refused before it is
  * buffered, and the stream is then reset so the sender stops); how long a call may run, counted from its
  * headers whatever grpc-timeout it sent (a request that never finishes arriving is answered too); the
@@ -26,6 +28,7 @@ import {
   LEADER_KEY,
   PREFIX_BYTES,
 } from './grpc-client.js';
+import { HandlerSlots } from './handler-slots.js';
 
 const {
   HTTP2_HEADER_METHOD,
@@ -151,6 +154,8 @@ export class GrpcServer {
   constructor(
     private readonly limits: GrpcServerLimits,
     readonly requestBytes: RequestBytes = { held: 0 },
+    /** Handlers running on the whole server, this transport and the lean one together. */
+    readonly slots: HandlerSlots = new HandlerSlots(),
   ) {
     this.server = http2.createServer({
       settings: { maxConcurrentStreams: MAX_CONCURRENT_STREAMS },
@@ -263,6 +268,11 @@ export class GrpcServer {
         );
         return;
       }
+      const slot = this.slots.take(path);
+      if (slot instanceof DogfsError) {
+        this.fail(stream, slot);
+        return;
+      }
       const call: UnaryCall = {
         request: body.subarray(PREFIX_BYTES),
         timeoutMs: callMs,
@@ -288,6 +298,7 @@ export class GrpcServer {
       const returned = (): void => {
         handlerRunning = false;
         release();
+        slot.release();
         if (session !== undefined) this.running.set(session, (this.running.get(session) ?? 1) - 1);
       };
       handler(call).then(

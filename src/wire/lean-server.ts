@@ -7,7 +7,8 @@
  * RESOURCE_EXHAUSTED, which a DogFS client never meets: it queues beyond the same number); handlers
  * running per connection, counting those whose calls were cancelled or expired but which have not
  * returned (requests are not read while MAX_RUNNING_HANDLERS run; past HARD_RUNNING_HANDLERS they are
- * refused), so cancelling does not let a client run more; the size of a request (read past and refused)
+ * refused), so cancelling does not let a client run more; handlers running on the whole server, both
+ * transports together (wire/handler-slots.ts: past it a request is refused, server busy); the size of a request (read past and refused)
  * and of all requests held by running handlers together; how long a call may run, whatever timeout it
  * carried (a handler still running at its deadline is answered DEADLINE_EXCEEDED); unsent answers per
  * connection (above HIGH_WATER_BYTES the connection's requests are not read until the client has taken
@@ -15,8 +16,10 @@
  * dropped); idle connections (closed after 10 minutes without a call).
  */
 import type { Socket } from 'node:net';
+import { assert } from '../common/assert.js';
 import { DogfsError, toDogfsError } from './errors.js';
 import type { RequestBytes, UnaryCall, UnaryHandler } from './grpc-server.js';
+import { type HandlerSlot, HandlerSlots } from './handler-slots.js';
 import {
   decodeRequest,
   encodeEmptyFrame,
@@ -76,6 +79,8 @@ export interface LeanServerLimits {
 interface ServerCall {
   readonly deadline: number;
   readonly bytes: number;
+  /** The handler's place among the server's running handlers, given back when it returns. */
+  readonly slot: HandlerSlot;
   cancelListeners: (() => void)[] | undefined;
   /** live: may still be answered; answered; ended: cancelled, expired or its connection gone. */
   state: 'live' | 'answered' | 'ended';
@@ -256,10 +261,17 @@ class LeanServerConnection {
       );
       return;
     }
+    // Taken last: nothing after it refuses, so a slot taken is always given back by handlerReturned.
+    const slot = server.slots.take(path);
+    if (slot instanceof DogfsError) {
+      refuse(slot);
+      return;
+    }
     const callMs = Math.min(request.timeoutMs, server.limits.maxCallMs);
     const entry: ServerCall = {
       deadline: Date.now() + callMs,
       bytes: message.byteLength,
+      slot,
       cancelListeners: undefined,
       state: 'live',
     };
@@ -295,7 +307,9 @@ class LeanServerConnection {
   /** A handler returned: its request's bytes are free; its answer goes out if the call is still live. */
   private handlerReturned(callId: number, entry: ServerCall, answer: () => Buffer | readonly Buffer[]): void {
     this.running--;
+    assert(this.running >= 0, 'more handlers returned than started on a connection');
     this.server.requestBytes.held -= entry.bytes;
+    entry.slot.release();
     if (this.end(callId, entry, 'answered')) this.send(answer());
     if (this.running === MAX_RUNNING_HANDLERS - 1) this.updateReading();
   }
@@ -444,6 +458,8 @@ export class LeanServer {
     readonly handlers: ReadonlyMap<string, UnaryHandler>,
     /** Request bytes held by running handlers and requests arriving (bounded by limits.maxBufferedBytes). */
     readonly requestBytes: RequestBytes = { held: 0 },
+    /** Handlers running on the whole server, this transport and gRPC together. */
+    readonly slots: HandlerSlots = new HandlerSlots(),
   ) {}
 
   /** Takes over a connection; `head` holds the bytes already read from it (the start of the magic). */

@@ -15,6 +15,7 @@ import { DogfsError, isRetryable, toDogfsError } from './errors.js';
 import type { MethodDescriptor, ServiceDescriptor } from './gen/types.js';
 import { GrpcConnection } from './grpc-client.js';
 import { GrpcServer, type UnaryCall } from './grpc-server.js';
+import { DEFAULT_MAX_RUNNING_HANDLERS, HandlerSlots } from './handler-slots.js';
 import { LEAN_FIRST_BYTE } from './lean.js';
 import { LeanConnection } from './lean-client.js';
 import { LeanServer } from './lean-server.js';
@@ -47,6 +48,12 @@ export interface RpcServerOptions {
   unsentStallMs?: number;
   /** A lean request arriving in pieces must be whole within this, or its connection is cut (60 s). */
   frameAssemblyMs?: number;
+  /**
+   * Handlers running at once on the whole server, both transports and every connection together,
+   * cancelled calls whose handlers have not returned included; past it calls are refused with
+   * RESOURCE_EXHAUSTED (default DEFAULT_MAX_RUNNING_HANDLERS).
+   */
+  maxRunningHandlers?: number;
   /** Called for handler failures that are not DogfsErrors (bugs): they still reach the caller as INTERNAL. */
   onInternalError?: (method: string, error: unknown) => void;
 }
@@ -67,6 +74,8 @@ export class RpcServer {
   /** Connections whose first byte has not arrived yet. */
   private readonly deciding = new Set<Socket>();
   private readonly onInternalError: (method: string, error: unknown) => void;
+  /** Running handlers of both transports, against one server-wide limit. */
+  private readonly slots: HandlerSlots;
 
   constructor(options: RpcServerOptions = {}) {
     this.onInternalError = options.onInternalError ?? (() => {});
@@ -79,8 +88,9 @@ export class RpcServer {
       unsentStallMs: options.unsentStallMs,
       frameAssemblyMs: options.frameAssemblyMs,
     };
-    this.grpc = new GrpcServer(limits);
-    this.lean = new LeanServer(limits, this.grpc.handlers, this.grpc.requestBytes);
+    this.slots = new HandlerSlots(options.maxRunningHandlers ?? DEFAULT_MAX_RUNNING_HANDLERS);
+    this.grpc = new GrpcServer(limits, { held: 0 }, this.slots);
+    this.lean = new LeanServer(limits, this.grpc.handlers, this.grpc.requestBytes, this.slots);
     this.listener = createServer((socket) => this.sniff(socket));
   }
 

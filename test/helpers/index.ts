@@ -17,6 +17,15 @@ export function tempDir(prefix = 'dogfs-test-'): { path: string; remove: () => v
   return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
 }
 
+/** A gate for handlers in tests: `passed` resolves once `open()` is called (calling it again is harmless). */
+export function gate(): { passed: Promise<void>; open: () => void } {
+  let open!: () => void;
+  const passed = new Promise<void>((resolve) => {
+    open = resolve;
+  });
+  return { passed, open };
+}
+
 /** Polls `condition` until it returns a value other than undefined/false, or throws at the deadline. */
 export async function waitFor<T>(
   what: string,

@@ -23,7 +23,7 @@ import {
 } from '../../src/wire/lean.js';
 import { decodeMessage, encodeMessage } from '../../src/wire/proto.js';
 import { RpcChannel, RpcServer, type ServiceHandlers } from '../../src/wire/rpc.js';
-import { waitFor } from '../helpers/index.js';
+import { gate, waitFor } from '../helpers/index.js';
 
 const MAX_MESSAGE = 64 * 1024;
 const server = new RpcServer({ maxMessageBytes: MAX_MESSAGE });
@@ -56,10 +56,8 @@ function statOnly(
 
 /** Calls to the slow method wait from now until the returned function is called; counts start afresh. */
 function holdSlowCalls(): () => void {
-  let open!: () => void;
-  release = new Promise((resolve) => {
-    open = resolve;
-  });
+  const { passed, open } = gate();
+  release = passed;
   slowMostAtOnce = 0;
   return open;
 }
@@ -322,16 +320,13 @@ test('a handler that never answers is answered DEADLINE_EXCEEDED by the server a
 
 test('closing a server answers the calls in flight, refuses new ones, and tells clients to go away', async () => {
   const closing = new RpcServer();
-  let open!: () => void;
-  const gate = new Promise<void>((resolve) => {
-    open = resolve;
-  });
+  const { passed, open } = gate();
   let started = 0;
   closing.addService(
     MetadataService,
     statOnly(async (path) => {
       started++;
-      if (path === 'wait') await gate;
+      if (path === 'wait') await passed;
     }),
   );
   const closingPort = await closing.listen('127.0.0.1', 0);
@@ -652,17 +647,14 @@ test('a call given up on frees its slot for the next queued call, which the serv
 test('answers owed past the unsent limit still reach a client that reads them', async () => {
   // 70 answers of ~1 MB finish together: more than the 64 MiB limit wait unsent for a moment.
   const big = new RpcServer({ maxMessageBytes: 1100 * 1024 });
-  let open!: () => void;
-  const gate = new Promise<void>((resolve) => {
-    open = resolve;
-  });
+  const { passed, open } = gate();
   let running = 0;
   big.addService(
     MetadataService,
     statOnly(
       async () => {
         running++;
-        await gate;
+        await passed;
       },
       () => 'z'.repeat(1000 * 1000),
     ),
@@ -878,5 +870,59 @@ test('over gRPC too, cancelled calls hold their bytes and a handler slot until t
     await waitFor('the handlers to return', () => slowRunning === 0);
   } finally {
     channel.close();
+  }
+});
+
+test('handlers running on the whole server are bounded across connections and both transports', async () => {
+  // Each connection stays far below its own limits: only the server-wide count can refuse.
+  const limited = new RpcServer({ maxMessageBytes: MAX_MESSAGE, maxRunningHandlers: 4 });
+  const { passed, open } = gate();
+  let waiting = 0;
+  limited.addService(
+    MetadataService,
+    statOnly(async (path) => {
+      if (path !== 'wait') return;
+      waiting++;
+      try {
+        await passed; // cancellation ignored: the handler keeps running, as a slow disk call would
+      } finally {
+        waiting--;
+      }
+    }),
+  );
+  const limitedAddress = `127.0.0.1:${await limited.listen('127.0.0.1', 0)}`;
+  const first = new RpcChannel(limitedAddress, { transport: 'lean' });
+  const second = new RpcChannel(limitedAddress, { transport: 'lean' });
+  const grpc = new RpcChannel(limitedAddress, { transport: 'grpc' });
+  const stat = (channel: RpcChannel, path: string, signal?: AbortSignal) =>
+    channel.call(MetadataService, 'Stat', { path }, { timeoutMs: 10_000, ...(signal ? { signal } : {}) });
+  try {
+    const held = [stat(first, 'wait'), stat(first, 'wait'), stat(grpc, 'wait')];
+    const abort = new AbortController();
+    const cancelled = stat(second, 'wait', abort.signal);
+    await waitFor('four handlers running on three connections', () => waiting === 4);
+    abort.abort();
+    await assert.rejects(cancelled, (error: DogfsError) => error.code === 'CANCELLED');
+    // The cancelled call's handler still runs, so it still holds its slot.
+    for (const channel of [second, grpc, first]) {
+      await assert.rejects(
+        stat(channel, 'quick'),
+        (error: DogfsError) =>
+          error.code === 'RESOURCE_EXHAUSTED' &&
+          /server busy: 4 handlers already running/.test(error.message),
+        `a fifth handler over ${channel === grpc ? 'gRPC' : 'lean'}`,
+      );
+    }
+    assert.equal(waiting, 4);
+    open();
+    for (const answer of await Promise.all(held)) assert.equal(answer.inode?.ec, 'wait');
+    await waitFor('every handler to return', () => waiting === 0);
+    // Every slot was given back: each connection runs calls again.
+    for (const channel of [first, second, grpc])
+      assert.equal((await stat(channel, 'quick')).inode?.ec, 'quick');
+  } finally {
+    open();
+    for (const channel of [first, second, grpc]) channel.close();
+    await limited.close(0);
   }
 });
