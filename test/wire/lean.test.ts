@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { connect, createServer, type Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import { DogfsError } from '../../src/wire/errors.js';
-import { FileType, type MetadataMethods, MetadataService } from '../../src/wire/gen/types.js';
+import { FileType, MetadataService } from '../../src/wire/gen/types.js';
 import {
   decodeError,
   decodeRequest,
@@ -22,8 +22,17 @@ import {
   MAX_CALLS_PER_CONNECTION,
 } from '../../src/wire/lean.js';
 import { decodeMessage, encodeMessage } from '../../src/wire/proto.js';
-import { RpcChannel, RpcServer, type ServiceHandlers } from '../../src/wire/rpc.js';
+import { RpcChannel, RpcServer } from '../../src/wire/rpc.js';
 import { gate, waitFor } from '../helpers/index.js';
+import {
+  errorOf,
+  type Frame,
+  rawLeanConnection,
+  STAT,
+  statAnswer,
+  statOnly,
+  statRequest,
+} from '../helpers/lean.js';
 
 const MAX_MESSAGE = 64 * 1024;
 const server = new RpcServer({ maxMessageBytes: MAX_MESSAGE });
@@ -35,24 +44,6 @@ let slowRunning = 0;
 let slowMostAtOnce = 0;
 /** Called as each slow call's handler starts. */
 let onSlowStart: (() => void) | undefined;
-
-/** Stat answers with its path (in `inode.ec`); `slow` waits for `release`, `never` never answers. */
-function statOnly(
-  stat: (path: string) => Promise<void>,
-  answer: (path: string) => string = (path) => path,
-): ServiceHandlers<MetadataMethods> {
-  const handlers: Record<string, unknown> = {};
-  for (const name of Object.keys(MetadataService.methods)) {
-    handlers[name] = () => {
-      throw new DogfsError('UNIMPLEMENTED', 'not in this test');
-    };
-  }
-  handlers['Stat'] = async (request: { path: string }) => {
-    await stat(request.path);
-    return { inode: { id: 1, type: FileType.FILE, size: 0, ec: answer(request.path) } };
-  };
-  return handlers as ServiceHandlers<MetadataMethods>;
-}
 
 /** Calls to the slow method wait from now until the returned function is called; counts start afresh. */
 function holdSlowCalls(): () => void {
@@ -85,47 +76,9 @@ before(async () => {
 });
 after(() => server.close(0));
 
-interface Frame {
-  type: number;
-  callId: number;
-  body: Buffer;
-}
-
-/** A hand-driven lean connection: writes raw bytes, collects the frames the server sends back. */
-async function rawConnection(): Promise<{
-  socket: Socket;
-  frames: Frame[];
-  closed: () => boolean;
-}> {
-  const socket = connect({ host: '127.0.0.1', port });
-  await new Promise<void>((resolve, reject) => {
-    socket.once('connect', resolve);
-    socket.once('error', reject);
-  });
-  socket.on('error', () => {});
-  const frames: Frame[] = [];
-  let closed = false;
-  socket.on('close', () => {
-    closed = true;
-  });
-  const reader = new FrameReader(1 << 20, {
-    frame: (type, callId, body) => frames.push({ type, callId, body: Buffer.from(body) }),
-    oversized: () => assert.fail('the server sent an oversized frame'),
-  });
-  socket.on('data', (chunk: Buffer) => reader.push(chunk));
-  return { socket, frames, closed: () => closed };
-}
-
-const STAT = `/${MetadataService.name}/Stat`;
-
-function statRequest(callId: number, path: string, timeoutMs = 5000): Buffer {
-  return encodeRequest(callId, STAT, timeoutMs, encodeMessage('dogfs.v1.StatRequest', { path }));
-}
-
-function statAnswer(frame: Frame | undefined): string | undefined {
-  return frame?.type === FrameType.RESPONSE
-    ? decodeMessage('dogfs.v1.StatResponse', frame.body).inode?.ec
-    : undefined;
+/** A hand-driven lean connection to this file's server. */
+function rawConnection(): ReturnType<typeof rawLeanConnection> {
+  return rawLeanConnection(port);
 }
 
 /**
@@ -162,11 +115,6 @@ async function fakeLeanServer(
       fake.close();
     },
   };
-}
-
-function errorOf(frames: Frame[], callId: number): { code: string; message: string } | undefined {
-  const frame = frames.find((f) => f.callId === callId && f.type === FrameType.ERROR);
-  return frame === undefined ? undefined : decodeError(frame.body);
 }
 
 test('the frame reader gives the same frames whatever the split of the bytes, large ones assembled', () => {
