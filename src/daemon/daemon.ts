@@ -32,7 +32,10 @@ export interface DaemonContext {
   readonly dir: string;
   readonly log: Logger;
   readonly rpc: RpcServer;
-  /** Runs on shutdown, newest first, before the RPC server closes. */
+  /**
+   * Runs on shutdown, newest first: after the RPC server has stopped taking calls and the running ones
+   * have returned (or SHUTDOWN_DRAIN_MS passed), before its connections close.
+   */
   onShutdown(hook: () => Promise<void> | void): void;
   /**
    * Extra facts for the supervisor's ready message and the 'listening' log line; `dataAddr` is also
@@ -62,6 +65,14 @@ interface Identity {
 const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 /** How long a stopping server may take before it exits anyway. */
 const SHUTDOWN_LIMIT_MS = 30_000;
+/**
+ * How long a stopping server waits for the calls it has taken before its hooks run anyway. Calls end in
+ * milliseconds unless they wait on something stuck (a proposal without a quorum), which the hooks then
+ * fail; `dogfs up` gives a member 8 s after SIGTERM, and the hooks and the close need their share.
+ */
+export const SHUTDOWN_DRAIN_MS = 3_000;
+/** After the hooks, how long connections get to take their last answers before they are cut. */
+const CLOSE_GRACE_MS = 2_000;
 
 function loadOrCreateIdentity(dir: string, role: Role, requestedId: string | undefined): Identity {
   const path = join(dir, 'identity.json');
@@ -157,6 +168,15 @@ export async function runDaemon(
           process.exit(1);
         }, SHUTDOWN_LIMIT_MS);
         watchdog.unref();
+        // The hooks tear down what handlers use (Raft groups, the store), so first no call may start and
+        // the running ones finish against whole state; they used to run on while it went away.
+        const stillRunning = await server.drain(SHUTDOWN_DRAIN_MS);
+        if (stillRunning > 0) {
+          log.warn('calls still running after the drain limit; stopping anyway', {
+            handlers: stillRunning,
+            limitMs: SHUTDOWN_DRAIN_MS,
+          });
+        }
         let failed = false;
         for (const hook of hooks.reverse()) {
           try {
@@ -166,7 +186,7 @@ export async function runDaemon(
             log.error('shutdown hook failed', { error });
           }
         }
-        await server.close(2000);
+        await server.close(CLOSE_GRACE_MS);
         lock.release();
         clearTimeout(watchdog);
         log.info('stopped');

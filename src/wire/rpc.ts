@@ -76,6 +76,8 @@ export class RpcServer {
   private readonly onInternalError: (method: string, error: unknown) => void;
   /** Running handlers of both transports, against one server-wide limit. */
   private readonly slots: HandlerSlots;
+  /** Set once the server stops accepting; resolves when every connection has ended. */
+  private listenerClosed: Promise<void> | undefined;
 
   constructor(options: RpcServerOptions = {}) {
     this.onInternalError = options.onInternalError ?? (() => {});
@@ -203,22 +205,48 @@ export class RpcServer {
     });
   }
 
-  /** Stops accepting connections and calls, lets running calls finish for up to graceMs, then cuts them. */
-  close(graceMs = 2000): Promise<void> {
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        for (const socket of this.sockets) socket.destroy();
-      }, graceMs);
+  /**
+   * Takes no more connections (the listener closes) and no more calls (GOAWAY on every connection: lean
+   * refuses later requests with UNAVAILABLE, server shutting down; HTTP/2 refuses later streams); calls
+   * already taken run on. Resolves once every connection has ended. Does its work once.
+   */
+  private stopAccepting(): Promise<void> {
+    if (this.listenerClosed === undefined) {
       // Called once every connection has ended (at once, with an error, if the server never listened).
-      this.listener.close(() => {
-        clearTimeout(timer);
-        resolve();
-      });
+      this.listenerClosed = new Promise((resolve) => this.listener.close(() => resolve()));
       this.grpc.goAway();
       this.lean.goAway();
       // Connections still deciding which transport they speak have no calls to finish.
       for (const socket of this.deciding) socket.destroy();
+    }
+    return this.listenerClosed;
+  }
+
+  /**
+   * The first half of stopping a server, before its process tears down what the handlers use: takes no
+   * more connections or calls, then waits up to limitMs for the handlers already running (those of
+   * cancelled calls included) to return. After that no handler starts at all (a gRPC request whose
+   * headers came before the GOAWAY but whose body came after is refused with UNAVAILABLE), so only a
+   * handler that outlived the limit can see the teardown. Resolves with how many still run (0: none).
+   */
+  async drain(limitMs: number): Promise<number> {
+    void this.stopAccepting();
+    let timer: NodeJS.Timeout | undefined;
+    const limit = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, limitMs);
     });
+    await Promise.race([this.slots.idle(), limit]);
+    clearTimeout(timer);
+    this.slots.close();
+    return this.slots.count;
+  }
+
+  /** Stops accepting connections and calls, lets running calls finish for up to graceMs, then cuts them. */
+  close(graceMs = 2000): Promise<void> {
+    const timer = setTimeout(() => {
+      for (const socket of this.sockets) socket.destroy();
+    }, graceMs);
+    return this.stopAccepting().then(() => clearTimeout(timer));
   }
 }
 

@@ -10,6 +10,7 @@ import { FileType, HealthService, MetadataService } from '../../src/wire/gen/typ
 import { decodeMessage, encodeMessage } from '../../src/wire/proto.js';
 import { callWithRetry, RpcChannel, RpcServer, withRetry } from '../../src/wire/rpc.js';
 import { waitFor } from '../helpers/index.js';
+import { statOnly } from '../helpers/lean.js';
 
 const server = new RpcServer({ maxMessageBytes: 64 * 1024 });
 let address = '';
@@ -253,18 +254,24 @@ test('a DogFS channel calls a stock gRPC server: answers, and its statuses as co
   }
 });
 
+/** A gRPC Stat call written by hand on `session`: its request bytes are the caller's to write. */
+function rawStat(session: http2.ClientHttp2Session, grpcTimeout: string): http2.ClientHttp2Stream {
+  const stream = session.request({
+    ':method': 'POST',
+    ':path': `/${MetadataService.name}/Stat`,
+    'content-type': 'application/grpc',
+    'grpc-timeout': grpcTimeout,
+  });
+  stream.on('error', () => {});
+  return stream;
+}
+
 test('the server answers at the deadline even while the request is still arriving; non-gRPC is refused', async () => {
   const session = http2.connect(`http://${address}`);
   session.on('error', () => {});
   try {
     const started = Date.now();
-    const stream = session.request({
-      ':method': 'POST',
-      ':path': `/${MetadataService.name}/Stat`,
-      'content-type': 'application/grpc',
-      'grpc-timeout': '300m',
-    });
-    stream.on('error', () => {});
+    const stream = rawStat(session, '300m');
     // A prefix announcing 100 bytes, then only 3 of them, never the end.
     stream.write(Buffer.from([0, 0, 0, 0, 100, 1, 2, 3]));
     const headers = await new Promise<http2.IncomingHttpHeaders>((resolve) =>
@@ -286,6 +293,42 @@ test('the server answers at the deadline even while the request is still arrivin
     assert.equal(webHeaders[':status'], 415);
   } finally {
     session.destroy();
+  }
+});
+
+test('after a drain no handler starts: a gRPC request whose body arrives later is refused, shutting down', async () => {
+  const draining = new RpcServer();
+  let ran = 0;
+  draining.addService(
+    MetadataService,
+    statOnly(async () => {
+      ran++;
+    }),
+  );
+  const session = http2.connect(`http://127.0.0.1:${await draining.listen('127.0.0.1', 0)}`);
+  session.on('error', () => {});
+  try {
+    await new Promise((resolve) => session.once('connect', resolve));
+    const stream = rawStat(session, '10S');
+    const message = encodeMessage('dogfs.v1.StatRequest', { path: 'late' });
+    const prefix = Buffer.from([0, 0, 0, 0, 0]);
+    prefix.writeUInt32BE(message.byteLength, 1);
+    stream.write(prefix);
+    // The server has read the headers once it answers a ping sent after them: the stream is one it took.
+    await new Promise<void>((resolve, reject) =>
+      session.ping((error) => (error === null ? resolve() : reject(error))),
+    );
+    assert.equal(await draining.drain(5000), 0, 'no handler was running');
+    stream.end(message);
+    const headers = await new Promise<http2.IncomingHttpHeaders>((resolve) =>
+      stream.once('response', resolve),
+    );
+    assert.equal(headers['dogfs-code'], 'UNAVAILABLE');
+    assert.match(String(headers['grpc-message']), /shutting down/);
+    assert.equal(ran, 0, 'the handler never started');
+  } finally {
+    session.destroy();
+    await draining.close(0);
   }
 });
 
