@@ -155,7 +155,10 @@ export interface Ready {
   /** Leader appends/heartbeats that may leave before this Ready is persisted (only with earlyAppends). */
   readonly earlyMessages: readonly Message[];
   readonly readStates: readonly ReadState[];
-  /** Read contexts that will never get a ReadState (leadership lost); answer them with a retryable error. */
+  /**
+   * Read contexts that will never get a ReadState (the leadership they were for is over, or a forwarded
+   * one went unanswered for an election timeout); answer them with a retryable error.
+   */
   readonly failedReads: readonly string[];
   readonly softState: SoftState | undefined;
   /** Whether persisting this Ready needs an fdatasync (entries, snapshot, term or vote changed). */
@@ -212,6 +215,12 @@ interface PendingRead {
   readonly index: LogIndex;
   readonly ctx: string;
   readonly from: NodeId;
+}
+
+/** A ReadIndex request this replica forwarded to its leader and has no answer to yet. */
+interface ForwardedRead {
+  readonly to: NodeId;
+  readonly sentAtTick: number;
 }
 
 /**
@@ -304,6 +313,12 @@ export class Raft {
   private pendingReads: PendingRead[] = [];
   /** Reads that arrived before this leader committed an entry of its term; served once it has. */
   private readsAwaitingCommit: { ctx: string; from: NodeId }[] = [];
+  /**
+   * Reads forwarded to the leader, by ctx, in the order sent. Each ends exactly once: answered by the
+   * leader it went to, or failed when that leadership is over for this replica (term change, election
+   * timeout) or the answer is overdue (a dropped request or answer is never repaired by a retry).
+   */
+  private readonly forwardedReads = new Map<string, ForwardedRead>();
   private incoming: IncomingSnapshot | undefined;
 
   // Ready bookkeeping.
@@ -443,6 +458,9 @@ export class Raft {
   readIndex(ctx: string): ReadIndexResult {
     if (this.role === 'leader') return this.leaderReadIndex(ctx, this.id);
     if (this.lead === NO_NODE) return { ok: false, code: 'no_leader' };
+    assert(!this.forwardedReads.has(ctx), `read context ${ctx} is already pending`);
+    if (this.forwardedReads.size >= this.cfg.maxPendingReads) return { ok: false, code: 'overloaded' };
+    this.forwardedReads.set(ctx, { to: this.lead, sentAtTick: this.ticks });
     this.send({ type: 'readIndex', from: this.id, to: this.lead, term: this.term, ctx });
     return { ok: true };
   }
@@ -629,6 +647,7 @@ export class Raft {
 
   private reset(term: Term): void {
     assert(term >= this.term, `term went backwards: ${this.term} -> ${term}`);
+    const ledTerm = this.role === 'leader' ? this.term : undefined;
     if (term !== this.term) {
       this.term = term;
       this.vote = NO_NODE;
@@ -640,16 +659,46 @@ export class Raft {
     this.leadTransferee = NO_NODE;
     this.uncommittedBytes = 0;
     this.pendingBroadcast = false;
-    this.abortReads();
+    this.abortReads(ledTerm);
+    this.failForwardedReads();
   }
 
-  private abortReads(): void {
-    for (const r of this.pendingReads) if (r.from === this.id) this.failedReads.push(r.ctx);
-    for (const r of this.readsAwaitingCommit) if (r.from === this.id) this.failedReads.push(r.ctx);
+  /**
+   * A leader stepping down (`ledTerm`: the term it led) tells each follower whose read it held that the
+   * read is over, in that term: a follower still in it fails the read now rather than when its own
+   * bookkeeping gives up, and one already in a newer term ignores the stale message (it failed its
+   * forwarded reads when its term changed).
+   */
+  private abortReads(ledTerm: Term | undefined): void {
+    const held = [...this.pendingReads, ...this.readsAwaitingCommit];
+    for (const r of held) {
+      if (r.from === this.id) this.failedReads.push(r.ctx);
+      else if (ledTerm !== undefined) this.rejectRead(r.from, r.ctx, ledTerm);
+    }
     this.pendingReads = [];
     this.readsAwaitingCommit = [];
     this.readSeq = 0;
     this.roundSentAt.clear();
+  }
+
+  /** The leader the forwarded reads went to no longer answers them to us: its answers would be dropped. */
+  private failForwardedReads(): void {
+    for (const ctx of this.forwardedReads.keys()) this.failedReads.push(ctx);
+    this.forwardedReads.clear();
+  }
+
+  /**
+   * A forwarded read unanswered for an election timeout is failed: the leader answers within a heartbeat
+   * round trip, so its request or answer was dropped, which nothing resends. Without this the entry would
+   * stay until the term changes, which in a stable group is never, and fill maxPendingReads.
+   */
+  private expireForwardedReads(): void {
+    for (const [ctx, read] of this.forwardedReads) {
+      // Insertion order is sending order, so the first one still in time ends the scan.
+      if (this.ticks - read.sentAtTick < this.cfg.electionTicks) return;
+      this.forwardedReads.delete(ctx);
+      this.failedReads.push(ctx);
+    }
   }
 
   private becomeFollower(term: Term, lead: NodeId): void {
@@ -664,6 +713,8 @@ export class Raft {
     this.votes.clear();
     this.progress.clear();
     this.lead = NO_NODE;
+    // A (pre)candidate drops read answers (stepCandidate), so its forwarded reads would never end.
+    this.failForwardedReads();
     this.role = 'preCandidate';
     this.resetTimers();
   }
@@ -679,6 +730,7 @@ export class Raft {
     assert(this.role === 'candidate', 'only a candidate becomes leader');
     const term = this.term;
     this.reset(term);
+    assert(this.forwardedReads.size === 0, 'a new leader has no reads forwarded to another');
     this.role = 'leader';
     this.lead = this.id;
     this.syncProgress();
@@ -723,6 +775,7 @@ export class Raft {
   }
 
   private tickElection(): void {
+    this.expireForwardedReads();
     this.electionElapsed++;
     if (this.electionElapsed >= this.cfg.electionTicks) this.leaseEmbargo = false;
     if (this.promotable() && this.electionElapsed >= this.randomizedElectionTimeout) {
@@ -828,10 +881,16 @@ export class Raft {
       case 'readIndex':
         this.rejectRead(m.from, m.ctx);
         return;
-      case 'readIndexResp':
+      case 'readIndexResp': {
+        // Only the leader the read went to ends it, and only once: a read already failed here (overdue)
+        // keeps that outcome, or its caller would hear two.
+        const read = this.forwardedReads.get(m.ctx);
+        if (read === undefined || read.to !== m.from) return;
+        this.forwardedReads.delete(m.ctx);
         if (m.reject) this.failedReads.push(m.ctx);
         else this.readStates.push({ index: m.index, ctx: m.ctx });
         return;
+      }
       default:
         return;
     }
@@ -1299,12 +1358,12 @@ export class Raft {
     this.send(this.appendResponse(m.from, false, cur.meta.index));
   }
 
-  private rejectRead(to: NodeId, ctx: string): void {
+  private rejectRead(to: NodeId, ctx: string, term: Term = this.term): void {
     this.send({
       type: 'readIndexResp',
       from: this.id,
       to,
-      term: this.term,
+      term,
       ctx,
       index: asIndex(0),
       reject: true,

@@ -25,21 +25,25 @@ function electWith(h: Harness, id: number, keep: (m: Message) => boolean): void 
   assert.equal(n.raft.status().role, 'leader', `node ${id} should have won`);
 }
 
-test('Figure 2, all servers: a message with a higher term makes any server a follower of that term', () => {
-  const h = new Harness(3);
-  h.elect(1);
-  const t = h.raft(1).status().term;
-  const resp: AppendResponse = {
+/** An append acknowledgement carrying `term`: how a server hears of a newer term without a campaign. */
+function ackAtTerm(from: number, to: number, term: number): AppendResponse {
+  return {
     type: 'appendResp',
-    from: asNodeId(2),
-    to: asNodeId(1),
-    term: asTerm(t + 5),
+    from: asNodeId(from),
+    to: asNodeId(to),
+    term: asTerm(term),
     reject: false,
     index: asIndex(0),
     hintIndex: asIndex(0),
     hintTerm: asTerm(0),
   };
-  h.raft(1).step(resp);
+}
+
+test('Figure 2, all servers: a message with a higher term makes any server a follower of that term', () => {
+  const h = new Harness(3);
+  h.elect(1);
+  const t = h.raft(1).status().term;
+  h.raft(1).step(ackAtTerm(2, 1, t + 5));
   assert.equal(h.raft(1).status().role, 'follower');
   assert.equal(h.raft(1).status().term, t + 5);
   assert.equal(h.raft(1).status().vote, NO_NODE);
@@ -631,4 +635,88 @@ test('snapshot chunks: one transfer per sender, term and size; bytes of two lead
   assert.doesNotThrow(() => step(4, 'B'.repeat(50), 100));
   h2.flush();
   assert.equal(other.status().snapshotIndex, 0);
+});
+
+test('ReadIndex forwarded by a follower: a leadership change fails it at once, with one outcome only', () => {
+  const h = new Harness(3);
+  h.elect(1);
+  const term = h.raft(2).status().term;
+  assert.ok(h.raft(2).readIndex('f1').ok);
+  // The request is held on the way to S1; meanwhile S1 hands leadership to S3 (TimeoutNow), whose
+  // election moves S2 to the next term. S2 does not tick: no timeout of its own plays a part.
+  let held: Message | undefined;
+  h.raft(1).transferLeader(asNodeId(3));
+  h.deliver((m) => {
+    if (m.type !== 'readIndex') return true;
+    held = m;
+    return false;
+  });
+  assert.equal(h.raft(3).status().role, 'leader');
+  assert.ok(h.raft(2).status().term > term);
+  assert.deepEqual(h.node(2).failedReads, ['f1'], 'failed when its leader was no longer S2 leader');
+  // The request reaching S1 late is refused there; S2 has ended the read already and ignores that.
+  assert.ok(held !== undefined);
+  h.raft(1).step(held);
+  h.deliver();
+  assert.deepEqual(h.node(2).failedReads, ['f1']);
+  assert.equal(h.node(2).readStates.length, 0);
+});
+
+test('ReadIndex: a leader stepping down rejects the reads followers forwarded to it, in the term it led', () => {
+  const h = new Harness(3);
+  h.elect(1);
+  const term = h.raft(1).status().term;
+  assert.ok(h.raft(2).readIndex('f2').ok);
+  // S1 takes the request, but the heartbeat answers that would confirm it are lost: it stays pending.
+  h.deliver((m) => m.type !== 'heartbeatResp');
+  assert.equal(h.node(2).failedReads.length + h.node(2).readStates.length, 0);
+  // S1 hears of a newer term (an election S2 has not heard of) and steps down.
+  h.raft(1).step(ackAtTerm(3, 1, term + 1));
+  assert.equal(h.raft(1).status().role, 'follower');
+  const sent: Message[] = [];
+  h.deliver((m) => {
+    if (m.type === 'readIndexResp') sent.push(m);
+    return m.type === 'readIndexResp';
+  });
+  assert.deepEqual(
+    sent.map((m) => [m.to, m.term, m.type === 'readIndexResp' && m.reject]),
+    [[2, term, true]],
+  );
+  // S2, still in S1's term and still following it, fails the read now instead of waiting it out.
+  assert.equal(h.raft(2).status().term, term);
+  assert.equal(h.raft(2).status().leader, 1);
+  assert.deepEqual(h.node(2).failedReads, ['f2']);
+});
+
+test('ReadIndex forwarded by a follower: unanswered for an election timeout it fails; a late answer is ignored; bounded', () => {
+  const h = new Harness(3, { maxPendingReads: 2 });
+  h.elect(1);
+  const { electionTicks } = h.node(2).cfg;
+  const lost: Message[] = [];
+  assert.ok(h.raft(2).readIndex('lost-request').ok);
+  h.deliver((m) => m.type !== 'readIndex');
+  assert.ok(h.raft(2).readIndex('lost-answer').ok);
+  h.deliver((m) => {
+    if (m.type !== 'readIndexResp') return true;
+    lost.push(m);
+    return false;
+  });
+  assert.equal(lost.length, 1);
+  assert.deepEqual(h.raft(2).readIndex('third'), { ok: false, code: 'overloaded' });
+  // Heartbeats keep flowing, so S2 keeps its leader: only the reads' own time runs out.
+  for (let i = 1; i < electionTicks; i++) {
+    h.tickAll(1);
+    h.deliver((m) => m.type !== 'readIndex');
+  }
+  assert.deepEqual(h.node(2).failedReads, []);
+  h.tickAll(1);
+  h.deliver((m) => m.type !== 'readIndex');
+  assert.equal(h.raft(2).status().leader, 1);
+  assert.deepEqual(h.node(2).failedReads, ['lost-request', 'lost-answer']);
+  h.raft(2).step(lost[0]!);
+  h.flush();
+  assert.deepEqual(h.node(2).readStates, [], 'an answer after the failure is not a second outcome');
+  assert.ok(h.raft(2).readIndex('again').ok, 'the ended reads no longer count towards the bound');
+  h.deliver();
+  assert.ok(h.node(2).readStates.some((r) => r.ctx === 'again'));
 });
