@@ -70,6 +70,14 @@ export class Progress {
   /** Snapshot state: index of the snapshot being sent, and the byte offset the follower wants next. */
   pendingSnapshot: LogIndex = asIndex(0);
   snapshotOffset = 0;
+  /**
+   * Snapshot state: how many times in a row the follower refused the snapshot outright (larger than its
+   * maxSnapshotBytes), how large the refused one was, and the leader tick before which it is not offered
+   * again. Hosts read these to say why a follower never catches up.
+   */
+  snapshotRefusals = 0;
+  refusedSnapshotBytes = 0;
+  snapshotRetryTick = 0;
   /** Highest ReadIndex round this follower has confirmed in the current term. */
   readSeqAcked = 0;
   readonly inflights: Inflights;
@@ -80,6 +88,7 @@ export class Progress {
   }
 
   becomeProbe(): void {
+    this.snapshotRefusals = 0;
     if (this.state === 'snapshot') {
       this.next = asIndex(Math.max(this.match + 1, this.pendingSnapshot + 1));
     } else {
@@ -92,6 +101,7 @@ export class Progress {
   }
 
   becomeReplicate(): void {
+    this.snapshotRefusals = 0;
     this.state = 'replicate';
     this.next = asIndex(this.match + 1);
     this.probeSent = false;

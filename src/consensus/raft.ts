@@ -241,6 +241,12 @@ const EMPTY = new Uint8Array(0);
 /** Ticks of an election timeout a lease gives up to tolerate clock drift between replicas. */
 const LEASE_DRIFT_MARGIN_TICKS = 2;
 const MAX_REMEMBERED_ROUNDS = 1024;
+/**
+ * A refused snapshot is offered again after one election timeout, doubling with each refusal in a row up
+ * to 2^this election timeouts: a follower whose limit is raised (restart) is caught up within that, and one
+ * that keeps refusing costs one chunk per interval instead of one per round trip.
+ */
+const MAX_SNAPSHOT_BACKOFF_DOUBLINGS = 5;
 
 export function bootstrapSnapshot(voters: readonly NodeId[], learners: readonly NodeId[] = []): Snapshot {
   return { meta: { index: asIndex(0), term: asTerm(0), config: { voters, learners } }, data: EMPTY };
@@ -914,6 +920,15 @@ export class Raft {
         if (pr === undefined) return;
         pr.recentActive = true;
         if (pr.state !== 'snapshot' || m.snapshotIndex !== pr.pendingSnapshot) return;
+        if (m.reject) {
+          // Resending now would be refused again, round trip after round trip: wait (recoverStalledFollowers).
+          pr.snapshotRefusals++;
+          pr.refusedSnapshotBytes = this.snapshotData.byteLength;
+          pr.snapshotOffset = 0;
+          pr.snapshotRetryTick = this.ticks + this.snapshotBackoffTicks(pr);
+          return;
+        }
+        pr.snapshotRefusals = 0;
         pr.progressedSinceHeartbeat = true;
         pr.snapshotOffset = m.nextOffset;
         this.sendSnapshotChunk(m.from, pr);
@@ -1063,10 +1078,25 @@ export class Raft {
     }
   }
 
+  /** Ticks before a refused snapshot is offered again: see MAX_SNAPSHOT_BACKOFF_DOUBLINGS. */
+  private snapshotBackoffTicks(pr: Progress): number {
+    assert(pr.snapshotRefusals > 0, 'backing off only after a refusal');
+    return this.cfg.electionTicks * 2 ** Math.min(pr.snapshotRefusals - 1, MAX_SNAPSHOT_BACKOFF_DOUBLINGS);
+  }
+
   /** Appends dropped on the wire leave a pipelined follower waiting forever; fall back to probing. */
   private recoverStalledFollowers(): void {
     for (const [id, pr] of this.progress) {
       if (id === this.id) continue;
+      if (pr.state === 'snapshot' && pr.snapshotRefusals > 0) {
+        // Refused: offered again once per backoff, whether the follower answers (a refusal doubles the
+        // backoff) or not (lost, or down: the same backoff again), never on the stall schedule below.
+        if (this.ticks >= pr.snapshotRetryTick) {
+          pr.snapshotRetryTick = this.ticks + this.snapshotBackoffTicks(pr);
+          this.sendSnapshotChunk(id, pr);
+        }
+        continue;
+      }
       if (pr.progressedSinceHeartbeat) {
         pr.progressedSinceHeartbeat = false;
         pr.stalledHeartbeats = 0;
@@ -1279,7 +1309,7 @@ export class Raft {
   }
 
   private handleSnapshotChunk(m: SnapshotChunk): void {
-    const chunkResp = (nextOffset: number) =>
+    const chunkResp = (nextOffset: number, reject = false) =>
       this.send({
         type: 'snapshotChunkResp',
         from: this.id,
@@ -1287,6 +1317,7 @@ export class Raft {
         term: this.term,
         snapshotIndex: m.meta.index,
         nextOffset,
+        reject,
       });
     if (m.meta.index <= this.log.committed()) {
       this.incoming = undefined;
@@ -1294,9 +1325,10 @@ export class Raft {
       return;
     }
     if (m.totalBytes > this.cfg.maxSnapshotBytes || m.offset + m.data.byteLength > m.totalBytes) {
-      // Not ours to accept; keep asking from 0 (the leader will keep trying; an operator must look).
+      // Not ours to accept: say so, and the leader offers it again only after a backoff (and reports
+      // the refusal); an operator must raise the limit or shrink the state.
       this.incoming = undefined;
-      chunkResp(0);
+      chunkResp(0, true);
       return;
     }
     const inc = this.incoming;

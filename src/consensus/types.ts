@@ -119,11 +119,16 @@ export interface SnapshotChunk extends Envelope {
   readonly data: Uint8Array;
 }
 
-/** Acknowledges snapshot bytes: the receiver wants `nextOffset` next (0 after a mismatch or restart). */
+/**
+ * Acknowledges snapshot bytes: the receiver wants `nextOffset` next (0 after a mismatch or restart).
+ * `reject`: the receiver will not take this snapshot at all (larger than its maxSnapshotBytes), so
+ * sending it again at once would only repeat the refusal; the leader backs off instead.
+ */
 export interface SnapshotChunkResponse extends Envelope {
   readonly type: 'snapshotChunkResp';
   readonly snapshotIndex: LogIndex;
   readonly nextOffset: number;
+  readonly reject: boolean;
 }
 
 export interface TimeoutNow extends Envelope {

@@ -150,6 +150,8 @@ interface Group {
   snapshotting: SnapshotInProgress | undefined;
   /** Whether a snapshot taken here is still being written to storage (in the background). */
   snapshotWriting: boolean;
+  /** When this node, leading, last reported each follower's refusal of its snapshot (ms). */
+  readonly refusalsReportedMs: Map<NodeId, number>;
 }
 
 interface SnapshotInProgress {
@@ -165,6 +167,8 @@ interface SnapshotInProgress {
 /** A log write at least this long is logged: the process did nothing else meanwhile. */
 const SLOW_SYNC_MS = 200;
 const SLOW_SYNC_LOG_INTERVAL_MS = 10_000;
+/** A follower that keeps refusing the snapshot is reported at most this often, per group and follower. */
+const SNAPSHOT_REFUSAL_LOG_INTERVAL_MS = 30_000;
 const MAX_MESSAGES_PER_BATCH = 4096;
 /**
  * A group snapshots once it has applied snapshotEvery entries and, of command bytes, at least this fraction
@@ -267,6 +271,7 @@ export class RaftHost {
       lastSnapshotBytes: state.snapshot.data.byteLength,
       snapshotting: undefined,
       snapshotWriting: false,
+      refusalsReportedMs: new Map(),
     });
     this.scheduleRound();
   }
@@ -291,7 +296,10 @@ export class RaftHost {
   }
 
   private tick(): void {
-    for (const group of this.groups.values()) group.raft.tick();
+    for (const group of this.groups.values()) {
+      group.raft.tick();
+      this.reportSnapshotRefusals(group);
+    }
     this.expireProposals();
     const preferred = this.options.preferredLeader;
     if ((this.balancing || preferred !== undefined) && ++this.ticksSinceBalance >= BALANCE_EVERY_TICKS) {
@@ -361,6 +369,32 @@ export class RaftHost {
       this.log.info('raft leader to the preferred node', { group: group.id, to: preferred });
       group.raft.transferLeader(preferred);
       return;
+    }
+  }
+
+  /**
+   * A follower refusing the snapshot it needs (larger than its maxSnapshotBytes) never catches up, and
+   * the core only backs off: say so, throttled, since nothing else would.
+   */
+  private reportSnapshotRefusals(group: Group): void {
+    const s = group.raft.status();
+    if (s.role !== 'leader') {
+      group.refusalsReportedMs.clear();
+      return;
+    }
+    const now = Date.now();
+    for (const peer of [...s.config.voters, ...s.config.learners]) {
+      const pr = group.raft.peerProgress(peer);
+      if (pr === undefined || pr.snapshotRefusals === 0) continue;
+      const last = group.refusalsReportedMs.get(peer);
+      if (last !== undefined && now - last < SNAPSHOT_REFUSAL_LOG_INTERVAL_MS) continue;
+      group.refusalsReportedMs.set(peer, now);
+      this.log.warn('raft follower refuses the snapshot it needs (larger than its maxSnapshotBytes)', {
+        group: group.id,
+        follower: peer,
+        snapshotBytes: pr.refusedSnapshotBytes,
+        refusalsInARow: pr.snapshotRefusals,
+      });
     }
   }
 

@@ -105,7 +105,7 @@ function messageHeadToWire(group: number, m: Message): Init<RaftMessage> {
         data: m.data,
       };
     case 'snapshotChunkResp':
-      return { ...base, snapshotIndex: m.snapshotIndex, nextOffset: m.nextOffset };
+      return { ...base, snapshotIndex: m.snapshotIndex, nextOffset: m.nextOffset, reject: m.reject };
     case 'timeoutNow':
       return base;
     case 'readIndex':
@@ -227,6 +227,8 @@ export function messageFromWire(w: RaftMessage): Message {
         type,
         snapshotIndex: asIndex(safe(w.snapshotIndex, 'snapshotIndex')),
         nextOffset: safe(w.nextOffset, 'nextOffset'),
+        // A peer from before refusals were sent says false: its leader resends at once, as it did.
+        reject: w.reject,
       };
     case 'timeoutNow':
       return { ...base, type };

@@ -386,7 +386,8 @@ test('membership: changes wait for a current-term commit and for the previous ch
   assert.equal(h.raft(4).status().role, 'follower');
 });
 
-test('snapshots: a lagging follower gets a compacted log as a snapshot in bounded chunks', () => {
+/** S3 is down while ten commands commit; leader S1 then compacts them into a 40-byte snapshot. */
+function compactedWhileS3Down() {
   const h = new Harness(3, { maxSnapshotChunkBytes: 7 });
   h.elect(1);
   h.crash(3);
@@ -396,6 +397,11 @@ test('snapshots: a lagging follower gets a compacted log as a snapshot in bounde
   const applied = leader.status().applied;
   const data = bytes('state-machine-image-of-40-bytes........!');
   leader.compact(applied, data);
+  return { h, leader, applied, data };
+}
+
+test('snapshots: a lagging follower gets a compacted log as a snapshot in bounded chunks', () => {
+  const { h, leader, applied, data } = compactedWhileS3Down();
   assert.equal(leader.status().firstIndex, applied + 1);
   h.restart(3);
   const chunks: number[] = [];
@@ -719,4 +725,46 @@ test('ReadIndex forwarded by a follower: unanswered for an election timeout it f
   assert.ok(h.raft(2).readIndex('again').ok, 'the ended reads no longer count towards the bound');
   h.deliver();
   assert.ok(h.node(2).readStates.some((r) => r.ctx === 'again'));
+});
+
+test('snapshot refused by a follower (maxSnapshotBytes): offered again only after a doubling backoff, reported, installed once allowed', () => {
+  const { h, leader, data } = compactedWhileS3Down();
+  const s3 = h.node(3);
+  const allowed = s3.cfg;
+  s3.cfg = { ...allowed, maxSnapshotBytes: 16 };
+  h.restart(3);
+  const { electionTicks } = h.node(1).cfg;
+  const offers: number[] = [];
+  const run = (from: number, ticks: number) => {
+    for (let t = from; t < from + ticks; t++) {
+      h.tick(1);
+      h.deliver((m) => {
+        if (m.type === 'snapshotChunk' && m.to === 3 && m.offset === 0) offers.push(t);
+        return true;
+      });
+    }
+  };
+  run(0, 200);
+  // Once per backoff, not once per round trip (before, every refusal was answered with chunk 0 at once).
+  const seen = `${offers.length} offers, at ticks ${offers.slice(0, 12).join(',')}`;
+  assert.ok(offers.length >= 4 && offers.length <= 6, seen);
+  const gaps = offers.slice(1).map((t, i) => t - offers[i]!);
+  assert.deepEqual(
+    gaps,
+    gaps.map((_, i) => electionTicks * 2 ** i),
+    seen,
+  );
+  const pr = leader.peerProgress(asNodeId(3));
+  assert.equal(pr?.snapshotRefusals, offers.length, 'the refusals are visible to the host');
+  assert.equal(pr?.refusedSnapshotBytes, data.byteLength);
+  assert.ok(leader.propose(bytes('majority')).ok);
+  h.deliver();
+  assert.deepEqual(commands(h.node(1)).slice(-1), ['majority'], 'the others are not held up');
+  // Restarted with the limit raised, S3 takes the snapshot at the next offer and the count clears.
+  s3.cfg = allowed;
+  h.restart(3);
+  const last = offers[offers.length - 1]!;
+  run(200, last + electionTicks * 2 ** offers.length - 200 + 5);
+  assert.deepEqual(s3.snapshot.data, data);
+  assert.equal(leader.peerProgress(asNodeId(3))?.snapshotRefusals, 0);
 });

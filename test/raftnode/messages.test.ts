@@ -76,6 +76,15 @@ const MESSAGES: Message[] = [
     offset: 2,
     data: new Uint8Array([1, 2, 3]),
   },
+  {
+    type: 'snapshotChunkResp',
+    from: n(2),
+    to: n(1),
+    term: t(7),
+    snapshotIndex: i(100),
+    nextOffset: 0,
+    reject: true,
+  },
   { type: 'timeoutNow', from: n(1), to: n(2), term: t(7) },
   { type: 'readIndexResp', from: n(1), to: n(2), term: t(7), ctx: '2:17', index: i(14), reject: false },
 ];
