@@ -168,8 +168,8 @@ class NamespaceMachine implements StateMachine {
 
 class ClusterMachine implements StateMachine {
   state = new ClusterState();
-  apply(_index: LogIndex, command: Uint8Array): ClusterResult {
-    return this.state.applyEncoded(command);
+  apply(index: LogIndex, command: Uint8Array): ClusterResult {
+    return this.state.applyEncoded(command, index);
   }
   snapshot(): Uint8Array {
     return this.state.snapshot();
@@ -486,15 +486,18 @@ export class MetadataNode {
           now < this.livenessGraceUntilMs;
         // Heartbeat times are state times (StateClock); lastSeen is this process's own wall clock.
         const stateNow = this.clusterNow();
+        // What the state below reflects: a heartbeat recorded after it keeps its server alive (declareDead).
+        const silentThroughIndex = this.host.status(CLUSTER_GROUP).applied;
         const silentServers = this.cluster.state
           .silentServers(stateNow)
           .filter((s) => now - (this.lastSeen.get(s.id) ?? 0) > this.cluster.state.settings.deadAfterMs);
         for (const silent of safeMode ? [] : silentServers) {
           const result = await this.proposeCluster(
-            { op: 'declareDead', timeMs: stateNow, ...silent },
+            { op: 'declareDead', timeMs: stateNow, ...silent, silentThroughIndex },
             deadline,
           );
-          if (result.ok)
+          // Unchanged: a heartbeat was committed after this leader judged (or another declared it).
+          if (result.ok && result.op === 'declareDead' && result.changed)
             this.log.warn('chunk server declared dead', {
               server: silent.id,
               silentSinceMs: silent.silentSinceMs,
@@ -1576,6 +1579,7 @@ export class MetadataNode {
             capacityBytes: req.capacityBytes,
             usedBytes: req.usedBytes,
             clusterId: req.clusterId,
+            indexed: true,
           },
           ctx.deadline,
         );
@@ -1613,6 +1617,7 @@ export class MetadataNode {
               usedBytes: req.usedBytes,
               shardCount: req.shardCount,
               activeTransfers: req.activeTransfers,
+              indexed: true,
             },
             ctx.deadline,
           );

@@ -14,6 +14,19 @@ import {
   StateCodecError,
 } from '../../src/metadata/state/index.js';
 
+/** A replica's state applying each command at the next log index, as it applies its log. */
+class Replica extends ClusterState {
+  private last = 0;
+  override apply<C extends ClusterCommand>(cmd: C, index = this.last + 1) {
+    this.last = index;
+    return super.apply(cmd, index);
+  }
+  override applyEncoded(bytes: Uint8Array, index = this.last + 1) {
+    this.last = index;
+    return super.applyEncoded(bytes, index);
+  }
+}
+
 function register(id: string, timeMs: number, domain = '', clusterId = ''): ClusterCommand {
   return {
     clusterId,
@@ -29,7 +42,7 @@ function register(id: string, timeMs: number, domain = '', clusterId = ''): Clus
 }
 
 test('cluster: register, heartbeat, declare dead (compare-and-set), alive again', () => {
-  const cluster = new ClusterState();
+  const cluster = new Replica();
   const reg = cluster.apply(register('cs1', 100, 'rack-a'));
   assert.ok(
     reg.ok &&
@@ -104,8 +117,85 @@ test('cluster: register, heartbeat, declare dead (compare-and-set), alive again'
   );
 });
 
+function heartbeat(id: string, timeMs: number, indexed?: boolean): ClusterCommand {
+  return {
+    op: 'heartbeat',
+    timeMs,
+    id,
+    capacityBytes: 1000,
+    usedBytes: 10,
+    shardCount: 0,
+    activeTransfers: 0,
+    ...(indexed === undefined ? {} : { indexed }),
+  };
+}
+
+test('cluster: declareDead loses to a heartbeat logged after the leader judged, even one of the same millisecond', () => {
+  const cluster = new Replica();
+  cluster.apply({ ...register('cs1', 100), indexed: true }, 1);
+  // The leader, having applied through index 1, judges at 10_200: cs1 silent since 100.
+  assert.deepEqual(cluster.silentServers(10_200), [{ id: 'cs1', silentSinceMs: 100 }]);
+  const judged = {
+    op: 'declareDead',
+    timeMs: 10_200,
+    id: 'cs1',
+    silentSinceMs: 100,
+    silentThroughIndex: 1,
+  } as const;
+  // Before that commits, cs1 heartbeats through a leader whose clock is behind the state's: the beat gets
+  // the state's time, 100, the very millisecond judged by.
+  cluster.apply(heartbeat('cs1', 90, true), 2);
+  assert.equal(cluster.server('cs1')?.lastHeartbeatMs, 100);
+  assert.equal(cluster.server('cs1')?.lastHeartbeatIndex, 2);
+  const raced = cluster.apply(judged, 3);
+  assert.ok(raced.ok && !raced.changed, 'heard at index 2, after the index judged by');
+  assert.equal(cluster.server('cs1')?.state, 'alive');
+  // Judged again with nothing heard since: dead.
+  const dead = cluster.apply({ ...judged, timeMs: 20_000, silentThroughIndex: 3 }, 4);
+  assert.ok(dead.ok && dead.changed);
+  // The index is state: snapshots keep it, commands carry their new fields.
+  assert.equal(ClusterState.restore(cluster.snapshot()).server('cs1')?.lastHeartbeatIndex, 2);
+  for (const cmd of [judged, heartbeat('cs1', 5, true), { ...register('cs1', 5), indexed: true }])
+    assert.deepEqual(decodeClusterCommand(encodeClusterCommand(cmd)), cmd);
+  const refused = cluster.apply({ ...judged, silentThroughIndex: -1 }, 5);
+  assert.ok(!refused.ok && refused.code === 'INVALID_ARGUMENT');
+});
+
+test('cluster: entries and snapshots from before heartbeat indexes read, and apply, as they did', () => {
+  // Encoded without the new fields, a command is byte for byte what was logged before they existed, and
+  // reads back without them.
+  const legacy = [heartbeat('cs1', 90), register('cs1', 100)];
+  for (const cmd of legacy) assert.deepEqual(decodeClusterCommand(encodeClusterCommand(cmd)), cmd);
+  assert.equal(
+    encodeClusterCommand(heartbeat('cs1', 90, true)).length,
+    encodeClusterCommand(heartbeat('cs1', 90)).length + 1,
+  );
+  // Such a heartbeat records no index, and such a declareDead judges by time alone: the tie goes as it
+  // went (dead), on every replica alike.
+  const cluster = new Replica();
+  cluster.apply(register('cs1', 100));
+  cluster.apply(heartbeat('cs1', 90));
+  assert.equal(cluster.server('cs1')?.lastHeartbeatIndex, 0);
+  const old = cluster.apply({ op: 'declareDead', timeMs: 10_200, id: 'cs1', silentSinceMs: 100 });
+  assert.ok(old.ok && old.changed);
+  // A snapshot from before ends after the cluster id: its servers restore with index 0, the rest equal.
+  const replica = new Replica();
+  replica.apply({ ...register('cs1', 100), indexed: true }, 7);
+  replica.apply({ ...register('cs2', 100), indexed: true }, 8);
+  const snapshot = replica.snapshot();
+  const before = ClusterState.restore(snapshot.subarray(0, snapshot.length - 3)); // count 2, indexes 7, 8
+  assert.deepEqual(
+    before.servers(),
+    replica.servers().map((s) => ({ ...s, lastHeartbeatIndex: 0 })),
+  );
+  assert.deepEqual(ClusterState.restore(snapshot).servers(), replica.servers());
+  const lying = snapshot.slice();
+  lying[lying.length - 3] = 3; // three indexes for two servers
+  assert.throws(() => ClusterState.restore(lying), StateCodecError);
+});
+
 test('cluster: bad inputs are refused and change nothing; settings are validated', () => {
-  const cluster = new ClusterState();
+  const cluster = new Replica();
   cluster.apply(register('cs1', 100));
   const hash = cluster.stateHash();
   const refuse = (cmd: ClusterCommand, code = 'INVALID_ARGUMENT') => {
@@ -178,8 +268,8 @@ test('cluster: commands, results and snapshots round-trip; replicas agree; bad b
         });
     }
   }
-  const a = new ClusterState();
-  const b = new ClusterState();
+  const a = new Replica();
+  const b = new Replica();
   for (const cmd of commands) {
     const bytes = encodeClusterCommand(cmd);
     assert.deepEqual(decodeClusterCommand(bytes), cmd);
@@ -336,7 +426,7 @@ test('placement: refusal below K+1 names the counts; between K+1 and K+M returns
 });
 
 test('cluster identity: set once; a chunk server of another cluster is refused and changes nothing; old encodings read', () => {
-  const cluster = new ClusterState();
+  const cluster = new Replica();
   assert.equal(cluster.clusterId, '');
   assert.equal(cluster.apply({ op: 'initCluster', timeMs: 1, clusterId: 'Bad id!' }).ok, false);
   assert.equal(cluster.apply({ op: 'initCluster', timeMs: 1, clusterId: 'short' }).ok, false);
@@ -380,10 +470,11 @@ test('cluster identity: set once; a chunk server of another cluster is refused a
   const legacy = encodeClusterCommand(register('cs5', 40));
   const withoutClaim = legacy.subarray(0, legacy.length - 1); // the empty claim is one length byte
   assert.deepEqual(decodeClusterCommand(withoutClaim), register('cs5', 40));
-  const old = new ClusterState();
+  const old = new Replica();
   old.apply(register('cs6', 50));
   const snapshot = old.snapshot();
-  const restored = ClusterState.restore(snapshot.subarray(0, snapshot.length - 1));
+  // The empty id is one length byte, the heartbeat indexes written after it two (a count, one 0).
+  const restored = ClusterState.restore(snapshot.subarray(0, snapshot.length - 3));
   assert.equal(restored.clusterId, '');
   assert.ok(restored.server('cs6'));
 });

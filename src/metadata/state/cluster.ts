@@ -9,9 +9,14 @@
  * - `heartbeat`: capacity, usage, shard count, load; records `lastHeartbeatMs = timeMs`. An unknown id
  *   gets `reregister: true`. A *dead* server's heartbeat is recorded but does not revive it: the result
  *   says `dead: true` and the leader decides, by proposing `markAlive`.
- * - `declareDead { id, silentSinceMs }`: proposed by the leader when a server's last heartbeat is older
- *   than `deadAfterMs`. A compare-and-set: applied only when the server's last heartbeat is still at or
- *   before `silentSinceMs`, so a heartbeat committed in between wins the race on every replica alike.
+ * - `declareDead { id, silentSinceMs, silentThroughIndex }`: proposed by the leader when a server's last
+ *   heartbeat is older than `deadAfterMs`. A compare-and-set: applied only when the server's last
+ *   heartbeat is still at or before `silentSinceMs` and, by log index, at or before `silentThroughIndex`
+ *   (the leader's applied index when it judged), so a heartbeat committed in between wins the race on
+ *   every replica alike. The time alone could tie: a heartbeat stamped by a leader whose clock is behind
+ *   the state's gets the state's time, which may be the very millisecond judged by. Log indexes do not
+ *   tie; heartbeats and registrations record theirs (`indexed`), entries logged before they did record
+ *   none (0, on every replica: see HeartbeatCommand.indexed) and are judged by time alone, as before.
  * - `markAlive { id }`: the leader saw a dead server heartbeat again.
  * - `setSettings`: default EC policy, stripe size, block-group size, heartbeat/dead timing, lease length.
  * - `initCluster { clusterId }`: gives the cluster its identity, once (the first leader proposes a random
@@ -65,6 +70,8 @@ export interface ChunkServerRecord {
   readonly state: ServerState;
   /** Leader time of the last register or heartbeat. */
   readonly lastHeartbeatMs: number;
+  /** Log index of the last register or heartbeat if that entry recorded it (`indexed`), else 0. */
+  readonly lastHeartbeatIndex: number;
   readonly registeredMs: number;
   /** Leader time at which `state` last changed. */
   readonly stateSinceMs: number;
@@ -106,6 +113,8 @@ export interface RegisterCommand extends Base {
   readonly usedBytes: number;
   /** The cluster the chunk server belongs to ('' when it has never registered anywhere). */
   readonly clusterId: string;
+  /** As HeartbeatCommand.indexed. */
+  readonly indexed?: boolean;
 }
 export interface HeartbeatCommand extends Base {
   readonly op: 'heartbeat';
@@ -114,11 +123,22 @@ export interface HeartbeatCommand extends Base {
   readonly usedBytes: number;
   readonly shardCount: number;
   readonly activeTransfers: number;
+  /**
+   * The entry records its log index as the server's `lastHeartbeatIndex` (every leader sets it since
+   * 2026-11-28). Entries logged before carry no such field and record 0, as snapshots from before hold:
+   * a replica that replays them and one that restores a snapshot covering them must agree.
+   */
+  readonly indexed?: boolean;
 }
 export interface DeclareDeadCommand extends Base {
   readonly op: 'declareDead';
   readonly id: string;
   readonly silentSinceMs: number;
+  /**
+   * The leader's applied index when it judged the server silent: a heartbeat recorded at a later index
+   * keeps the server alive, whatever its time. Absent in entries from before 2026-11-28 (time only).
+   */
+  readonly silentThroughIndex?: number;
 }
 export interface MarkAliveCommand extends Base {
   readonly op: 'markAlive';
@@ -233,11 +253,12 @@ export class ClusterState {
     return this.identity;
   }
 
-  apply<C extends ClusterCommand>(cmd: C): ClusterResultOf<C['op']> {
-    return this.applyAny(cmd) as ClusterResultOf<C['op']>;
+  /** Applies `cmd`, the entry at log `index` (heartbeats and registrations may record it). */
+  apply<C extends ClusterCommand>(cmd: C, index: number): ClusterResultOf<C['op']> {
+    return this.applyAny(cmd, index) as ClusterResultOf<C['op']>;
   }
 
-  applyEncoded(bytes: Uint8Array): ClusterResult {
+  applyEncoded(bytes: Uint8Array, index: number): ClusterResult {
     let cmd: ClusterCommand;
     try {
       cmd = decodeClusterCommand(bytes);
@@ -245,10 +266,11 @@ export class ClusterState {
       if (!(error instanceof StateCodecError)) throw error;
       return fail('INVALID_ARGUMENT', error.message);
     }
-    return this.applyAny(cmd);
+    return this.applyAny(cmd, index);
   }
 
-  private applyAny(cmd: ClusterCommand): ClusterResult {
+  private applyAny(cmd: ClusterCommand, index: number): ClusterResult {
+    assert(Number.isSafeInteger(index) && index > 0, `a command applies at a log index, not ${index}`);
     if (!Number.isSafeInteger(cmd.timeMs) || cmd.timeMs < 0)
       return fail('INVALID_ARGUMENT', 'bad command time');
     if (cmd.timeMs > this.clockMs) this.clockMs = cmd.timeMs;
@@ -270,6 +292,11 @@ export class ClusterState {
     const badId = checkText(cmd.id, 'chunk server id', 1, MAX_SERVER_ID_BYTES);
     if (badId) return badId;
     const known = this.registry.get(cmd.id);
+    assert(
+      known === undefined || known.lastHeartbeatIndex < index,
+      `entry ${index} applies after the heartbeat recorded at ${known?.lastHeartbeatIndex}`,
+    );
+    const beatIndex = (c: RegisterCommand | HeartbeatCommand) => (c.indexed === true ? index : 0);
     switch (cmd.op) {
       case 'register': {
         const bad =
@@ -294,6 +321,7 @@ export class ClusterState {
           activeTransfers: 0,
           state: 'alive',
           lastHeartbeatMs: now,
+          lastHeartbeatIndex: beatIndex(cmd),
           registeredMs: now,
           stateSinceMs: known?.state === 'alive' ? known.stateSinceMs : now,
         });
@@ -319,15 +347,22 @@ export class ClusterState {
           shardCount: cmd.shardCount,
           activeTransfers: cmd.activeTransfers,
           lastHeartbeatMs: now,
+          lastHeartbeatIndex: beatIndex(cmd),
         });
         return { ok: true, op: 'heartbeat', reregister: false, dead: known.state === 'dead' };
       }
       case 'declareDead': {
-        const bad = checkCount(cmd.silentSinceMs, 'silent since');
+        const bad =
+          checkCount(cmd.silentSinceMs, 'silent since') ??
+          (cmd.silentThroughIndex === undefined
+            ? undefined
+            : checkCount(cmd.silentThroughIndex, 'silent through index'));
         if (bad) return bad;
         if (known === undefined) return fail('NOT_FOUND', `chunk server ${cmd.id} is not registered`);
-        if (known.state === 'dead' || known.lastHeartbeatMs > cmd.silentSinceMs)
-          return { ok: true, op: 'declareDead', changed: false };
+        const heardSince =
+          known.lastHeartbeatMs > cmd.silentSinceMs ||
+          (cmd.silentThroughIndex !== undefined && known.lastHeartbeatIndex > cmd.silentThroughIndex);
+        if (known.state === 'dead' || heardSince) return { ok: true, op: 'declareDead', changed: false };
         this.registry.set(cmd.id, { ...known, state: 'dead', stateSinceMs: now });
         return { ok: true, op: 'declareDead', changed: true };
       }
@@ -376,6 +411,9 @@ export class ClusterState {
     }
     // Last, so that a snapshot written before cluster ids existed still reads (as '').
     w.string(this.identity);
+    // After it, so that a snapshot written before heartbeats recorded their index still reads (as 0).
+    w.uint(servers.length);
+    for (const s of servers) w.uint(s.lastHeartbeatIndex);
     return w.finish();
   }
 
@@ -390,6 +428,7 @@ export class ClusterState {
     const state = new ClusterState(settings);
     state.clockMs = clockMs;
     const n = r.count('servers', MAX_CHUNK_SERVERS);
+    const ids: string[] = [];
     for (let i = 0; i < n; i++) {
       const record: ChunkServerRecord = {
         id: r.string('id', MAX_SERVER_ID_BYTES),
@@ -402,18 +441,28 @@ export class ClusterState {
         activeTransfers: r.uint('active transfers'),
         state: r.bool('dead') ? 'dead' : 'alive',
         lastHeartbeatMs: r.uint('last heartbeat'),
+        lastHeartbeatIndex: 0,
         registeredMs: r.uint('registered'),
         stateSinceMs: r.uint('state since'),
       };
       if (state.registry.has(record.id))
         throw new StateCodecError(`cluster snapshot: server ${record.id} twice`);
       state.registry.set(record.id, record);
+      ids.push(record.id);
     }
     if (r.remaining > 0) {
       const clusterId = r.string('cluster id', MAX_CLUSTER_ID_CHARS);
       if (clusterId !== '' && !isClusterId(clusterId))
         throw new StateCodecError('cluster snapshot: invalid cluster id');
       state.identity = clusterId;
+    }
+    if (r.remaining > 0) {
+      if (r.count('heartbeat indexes', MAX_CHUNK_SERVERS) !== n)
+        throw new StateCodecError('cluster snapshot: heartbeat indexes do not match the servers');
+      for (const id of ids) {
+        const record = state.registry.get(id)!;
+        state.registry.set(id, { ...record, lastHeartbeatIndex: r.uint('last heartbeat index') });
+      }
     }
     r.end();
     return state;
@@ -462,6 +511,9 @@ export function encodeClusterCommand(cmd: ClusterCommand): Uint8Array {
       w.uint(cmd.capacityBytes).uint(cmd.usedBytes);
       // Last: a register entry logged before cluster ids existed still reads (as '').
       w.string(cmd.clusterId);
+      // The fields added later are written only when present, so an entry without them reads back as
+      // it was logged before they existed, and keeps its meaning.
+      if (cmd.indexed !== undefined) w.bool(cmd.indexed);
       break;
     case 'heartbeat':
       w.string(cmd.id)
@@ -469,9 +521,11 @@ export function encodeClusterCommand(cmd: ClusterCommand): Uint8Array {
         .uint(cmd.usedBytes)
         .uint(cmd.shardCount)
         .uint(cmd.activeTransfers);
+      if (cmd.indexed !== undefined) w.bool(cmd.indexed);
       break;
     case 'declareDead':
       w.string(cmd.id).uint(cmd.silentSinceMs);
+      if (cmd.silentThroughIndex !== undefined) w.uint(cmd.silentThroughIndex);
       break;
     case 'markAlive':
       w.string(cmd.id);
@@ -484,6 +538,11 @@ export function encodeClusterCommand(cmd: ClusterCommand): Uint8Array {
       break;
   }
   return w.finish();
+}
+
+/** `indexed` when the entry carries it (logged since it exists), else nothing: see encodeClusterCommand. */
+function indexedField(r: ByteReader): { indexed?: boolean } {
+  return r.remaining > 0 ? { indexed: r.bool('indexed') } : {};
 }
 
 /** Throws StateCodecError on malformed bytes. */
@@ -508,6 +567,7 @@ export function decodeClusterCommand(bytes: Uint8Array): ClusterCommand {
         capacityBytes: r.uint('capacity'),
         usedBytes: r.uint('used'),
         clusterId: r.remaining > 0 ? r.string('cluster id', MAX_CLUSTER_ID_CHARS) : '',
+        ...indexedField(r),
       };
       break;
     case 'heartbeat':
@@ -519,10 +579,17 @@ export function decodeClusterCommand(bytes: Uint8Array): ClusterCommand {
         usedBytes: r.uint('used'),
         shardCount: r.uint('shard count'),
         activeTransfers: r.uint('active transfers'),
+        ...indexedField(r),
       };
       break;
     case 'declareDead':
-      cmd = { op, timeMs, id: id(), silentSinceMs: r.uint('silent since') };
+      cmd = {
+        op,
+        timeMs,
+        id: id(),
+        silentSinceMs: r.uint('silent since'),
+        ...(r.remaining > 0 ? { silentThroughIndex: r.uint('silent through index') } : {}),
+      };
       break;
     case 'markAlive':
       cmd = { op, timeMs, id: id() };
