@@ -407,12 +407,17 @@ export class ShardStore {
     return [...this.corruptShards.values()];
   }
 
-  markCorrupt(id: ShardId, reason: string): void {
-    const key = shardKey(id);
-    if (!this.records.has(key) || this.corruptShards.has(key)) return;
-    this.corruptShards.set(key, id);
-    this.log?.warn('corrupt shard', { shard: formatShardId(id), reason });
-    this.onCorrupt?.(id, reason);
+  /**
+   * Remembers `copy` as corrupt while it is the copy held. A read that opened a copy since deleted and
+   * written again (a repair, a rewrite under the same id) may fail on the old file: that says nothing
+   * of the new one, which would otherwise be reported and rebuilt for nothing.
+   */
+  markCorrupt(copy: ShardRecord, reason: string): void {
+    const key = shardKey(copy.id);
+    if (this.records.get(key) !== copy || this.corruptShards.has(key)) return;
+    this.corruptShards.set(key, copy.id);
+    this.log?.warn('corrupt shard', { shard: formatShardId(copy.id), reason });
+    this.onCorrupt?.(copy.id, reason);
   }
 
   /** Where a shard of this length and checksum lives (its directory and file). */
@@ -532,7 +537,8 @@ export class ShardStore {
       }
       // EIO opening it is as lost as EIO reading it: CORRUPT, remembered and reported for repair.
       const failure = readFailure(id, error, 'the file');
-      if (failure instanceof DogfsError && failure.code === 'CORRUPT') this.markCorrupt(id, failure.message);
+      if (failure instanceof DogfsError && failure.code === 'CORRUPT')
+        this.markCorrupt(record, failure.message);
       throw failure;
     }
     try {
@@ -567,7 +573,7 @@ export class ShardStore {
     } catch (caught) {
       await handle.close();
       const error = readFailure(id, caught, 'its header or checksums');
-      if (error instanceof DogfsError && error.code === 'CORRUPT') this.markCorrupt(id, error.message);
+      if (error instanceof DogfsError && error.code === 'CORRUPT') this.markCorrupt(record, error.message);
       throw error;
     }
   }
@@ -912,7 +918,7 @@ export class ShardReader {
           ? corrupt(this.id, caught.message)
           : readFailure(this.id, caught, `offset ${start}`);
       if (error instanceof DogfsError && error.code === 'CORRUPT')
-        this.store.markCorrupt(this.id, error.message);
+        this.store.markCorrupt(this.record, error.message);
       throw error;
     }
     const crcs: number[] = [];
@@ -922,7 +928,7 @@ export class ShardReader {
       const chunk = firstChunk + offset / DATA_CHUNK_SIZE;
       if (actual !== this.checksums[chunk]) {
         const failure = corrupt(this.id, `checksum mismatch in chunk ${chunk} (offset ${start + offset})`);
-        this.store.markCorrupt(this.id, failure.message);
+        this.store.markCorrupt(this.record, failure.message);
         throw failure;
       }
       crcs.push(actual);

@@ -642,7 +642,8 @@ for (const mode of WRITE_MODES) {
   });
 }
 
-test('the scrubber goes on past a shard it could not read for a reason other than corruption', async () => {
+/** Disk I/O whose next read fails with `errno` once `failNext()` has been called (writes pass). */
+function failingNextRead(errno: string): { io: StoreIo; failNext(): void } {
   let failNextRead = false;
   const io: StoreIo = {
     async writev(handle, buffers, position) {
@@ -651,11 +652,21 @@ test('the scrubber goes on past a shard it could not read for a reason other tha
     async read(handle, buffer, offset, length, position) {
       if (failNextRead) {
         failNextRead = false;
-        throw Object.assign(new Error('EMFILE: too many open files, read'), { code: 'EMFILE' });
+        throw Object.assign(new Error(`${errno}: injected, read`), { code: errno });
       }
       return (await handle.read(buffer, offset, length, position)).bytesRead;
     },
   };
+  return {
+    io,
+    failNext: () => {
+      failNextRead = true;
+    },
+  };
+}
+
+test('the scrubber goes on past a shard it could not read for a reason other than corruption', async () => {
+  const { io, failNext } = failingNextRead('EMFILE');
   const { store, server, addr } = await serve('scrub-errors', io);
   const metrics = new ChunkMetrics();
   const scrubber = new Scrubber(store, metrics, undefined, 1024 * MiB);
@@ -667,13 +678,45 @@ test('the scrubber goes on past a shard it could not read for a reason other tha
         seededBytes(MiB, blockGroupId),
       );
     // The first shard's first read (its header, at open) fails; the other two are scrubbed all the same.
-    failNextRead = true;
+    failNext();
     scrubber.start();
     await waitFor('two shards scrubbed after the failed one', () => metrics.get('scrub_shards') >= 2);
     assert.equal(metrics.get('scrub_errors'), 1);
     assert.deepEqual(store.corruptList(), [], 'an error of the system is no corruption');
   } finally {
     await scrubber.stop();
+    await server.close();
+  }
+});
+
+test('corruption found by a read of a copy deleted and written again meanwhile is not held against the new copy', async () => {
+  const { io, failNext } = failingNextRead('EIO');
+  const { store, server, addr } = await serve('corrupt-copy', io);
+  const shard = { blockGroupId: 7, index: 2, generation: 1 };
+  const buffer = Buffer.alloc(MiB);
+  try {
+    await client.writeShard(addr, shard, seededBytes(MiB, 1));
+    const old = await store.openRead(shard);
+    try {
+      // The copy the reader holds goes, and a new one of the same shard takes its place.
+      assert.equal(await store.delete(shard), true);
+      await client.writeShard(addr, shard, seededBytes(MiB, 2));
+      failNext();
+      await assert.rejects(old.readChunks(0, MiB, buffer), { code: 'CORRUPT' });
+    } finally {
+      await old.close();
+    }
+    assert.deepEqual(store.corruptList(), [], 'the new copy is not reported for the old one');
+    // The copy held now failing the same way is reported.
+    const current = await store.openRead(shard);
+    try {
+      failNext();
+      await assert.rejects(current.readChunks(0, MiB, buffer), { code: 'CORRUPT' });
+    } finally {
+      await current.close();
+    }
+    assert.deepEqual(store.corruptList(), [shard]);
+  } finally {
     await server.close();
   }
 });

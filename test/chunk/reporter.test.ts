@@ -129,7 +129,7 @@ test('registers with the leader (following NOT_LEADER hints), reports its invent
     assert.deepEqual(heartbeats[0]!.corruptShards, []);
 
     // A corrupt shard shows up in the next heartbeats.
-    store.markCorrupt({ blockGroupId: 503, index: 1, generation: 0 }, 'test');
+    store.markCorrupt(store.get({ blockGroupId: 503, index: 1, generation: 0 })!, 'test');
     await waitFor('heartbeat names the corrupt shard', () =>
       heartbeats.some((h) => h.corruptShards.some((s) => s.blockGroupId === 503)),
     );
