@@ -4,6 +4,7 @@
  * over gRPC beside Health, the scrubber, and the reporter that registers and heartbeats with the
  * metadata cluster.
  */
+import { join } from 'node:path';
 import { retainFreedMemory } from '../codec/native.js';
 import { formatHostPort, type HostPort } from '../common/address.js';
 import { type Logger, type LogLevel, ThrottledWarning } from '../common/log.js';
@@ -16,7 +17,7 @@ import { DataServer, type DataServerLimits } from './data-server.js';
 import { LeaderFence } from './leader-fence.js';
 import { ChunkMetrics, MetricsEndpoint, prometheusGauges } from './metrics.js';
 import { MetadataReporter } from './reporter.js';
-import { DEFAULT_SCRUB_BYTES_PER_SECOND, Scrubber } from './scrubber.js';
+import { DEFAULT_SCRUB_BYTES_PER_SECOND, SCRUB_CURSOR_FILE, Scrubber } from './scrubber.js';
 import { diskFailure, type ShardRecord, ShardStore } from './store.js';
 
 export interface ChunkServerOptions {
@@ -201,7 +202,7 @@ export async function startChunkServer(options: ChunkServerOptions) {
 
       const rate = options.scrubBytesPerSecond ?? DEFAULT_SCRUB_BYTES_PER_SECOND;
       if (rate > 0) {
-        const started = new Scrubber(openedStore, metrics, log, rate);
+        const started = new Scrubber(openedStore, metrics, log, rate, join(context.dir, SCRUB_CURSOR_FILE));
         scrubber = started;
         started.start();
         context.onShutdown(() => started.stop());

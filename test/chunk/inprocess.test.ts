@@ -10,12 +10,13 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { DataServer } from '../../src/chunk/data-server.js';
 import { ChunkMetrics } from '../../src/chunk/metrics.js';
-import { Scrubber } from '../../src/chunk/scrubber.js';
+import { SCRUB_OPEN_COST_BYTES, Scrubber } from '../../src/chunk/scrubber.js';
 import { SHARD_HEADER_BYTES, ShardStore, type StoreIo } from '../../src/chunk/store.js';
 import { crc32c } from '../../src/codec/index.js';
 import { createLogger, type Logger } from '../../src/common/log.js';
 import { crc32cCombine, encodeFrame } from '../../src/wire/data-transfer.js';
 import type { DogfsError } from '../../src/wire/errors.js';
+import type { ShardId } from '../../src/wire/gen/types.js';
 import { DataOp } from '../../src/wire/gen/types.js';
 import { tempDir, waitFor } from '../helpers/index.js';
 import { newClient, seededBytes, shardFiles } from './helpers.js';
@@ -719,4 +720,76 @@ test('corruption found by a read of a copy deleted and written again meanwhile i
   } finally {
     await server.close();
   }
+});
+
+/** A store of `count` empty shards (block groups 1..count), and the ids its `openRead` is asked for. */
+async function emptyShards(name: string, count: number): Promise<{ store: ShardStore; opened: ShardId[] }> {
+  const store = await ShardStore.open({ dir: join(dir.path, name) });
+  for (let blockGroupId = 1; blockGroupId <= count; blockGroupId++) {
+    const session = await store.beginWrite({ blockGroupId, index: 0, generation: 1 }, 0);
+    await session.commit(0);
+  }
+  const opened: ShardId[] = [];
+  const openRead = store.openRead.bind(store);
+  store.openRead = (id) => {
+    opened.push(id);
+    return openRead(id);
+  };
+  return { store, opened };
+}
+
+test('the scrubber charges each shard it opens to its rate: empty shards are not opened at full speed', async () => {
+  const { store } = await emptyShards('scrub-open-cost', 40);
+  const metrics = new ChunkMetrics();
+  // Twenty opens a second; the shards hold no bytes, so only the opens can slow the pass.
+  const opensPerSecond = 20;
+  const scrubber = new Scrubber(store, metrics, undefined, SCRUB_OPEN_COST_BYTES * opensPerSecond);
+  const started = performance.now();
+  scrubber.start();
+  try {
+    await waitFor('eleven shards scrubbed', () => metrics.get('scrub_shards') >= 11);
+    const elapsedMs = performance.now() - started;
+    // Ten opens paid for before the eleventh: at least half a second (less a timer's rounding).
+    assert.ok(elapsedMs >= (10 / opensPerSecond) * 1000 - 20, `${elapsedMs.toFixed(0)} ms`);
+  } finally {
+    await scrubber.stop();
+  }
+});
+
+test('a scrub pass goes on after the last shard scrubbed: started again, and in a new scrubber from its cursor file', async () => {
+  const { store, opened } = await emptyShards('scrub-resume', 40);
+  const cursorPath = join(dir.path, 'scrub-resume-cursor.json');
+  const rate = SCRUB_OPEN_COST_BYTES * 50;
+  /** Runs `scrubber` until it has opened `count` shards; the shards it opened. */
+  const scrubSome = async (scrubber: Scrubber, count: number): Promise<ShardId[]> => {
+    const from = opened.length;
+    scrubber.start();
+    try {
+      await waitFor(`${count} shards opened`, () => opened.length >= from + count);
+    } finally {
+      await scrubber.stop();
+    }
+    return opened.slice(from);
+  };
+  const next = (after: ShardId | undefined) => ({
+    blockGroupId: (after?.blockGroupId ?? 0) + 1,
+    index: 0,
+    generation: 1,
+  });
+
+  const first = new Scrubber(store, new ChunkMetrics(), undefined, rate, cursorPath);
+  assert.deepEqual((await scrubSome(first, 4))[0], next(undefined));
+  const stoppedAt = first.cursor;
+  assert.ok(stoppedAt !== undefined && stoppedAt.blockGroupId >= 3, 'stopped within the pass');
+  // Started again: from the shard after the last one scrubbed, not from the first.
+  assert.deepEqual((await scrubSome(first, 4))[0], next(stoppedAt));
+  // A new scrubber (as after a restart) reads the position the last one wrote at stop.
+  const savedAt = first.cursor;
+  assert.deepEqual(JSON.parse(readFileSync(cursorPath, 'utf8')), { after: savedAt });
+  const second = new Scrubber(store, new ChunkMetrics(), undefined, rate, cursorPath);
+  assert.deepEqual((await scrubSome(second, 2))[0], next(savedAt));
+  // A cursor file that holds no position is only a hint gone: a pass from the first shard.
+  writeFileSync(cursorPath, '{"after": "b7"}');
+  const third = new Scrubber(store, new ChunkMetrics(), undefined, rate, cursorPath);
+  assert.deepEqual((await scrubSome(third, 1))[0], next(undefined));
 });
