@@ -320,6 +320,13 @@ export class MetadataNode {
   private readonly reportsInProgress = new Map<string, Set<string> | undefined>();
   /** Registered chunk server id → when this node (as group 0's leader) last heard its heartbeat. */
   private readonly lastSeen = new Map<string, number>();
+  /**
+   * Registered chunk server id → the group 0 term in which this node received its whole block report
+   * (first..last). A heartbeat from a server with none in the current term is answered `reregister`:
+   * reporters send their inventory when asked, not after every failed heartbeat, and what a report
+   * rebuilds (absent-shard notes) is soft state of one leadership. At most one entry per registered server.
+   */
+  private readonly inventoried = new Map<string, number>();
   /** What this node stamps into each group's commands when it leads (see state-clock.ts). */
   private readonly namespaceClock: StateClock;
   private readonly clusterClock: StateClock;
@@ -469,6 +476,7 @@ export class MetadataNode {
         this.lastSeen.clear();
         // Reports half received here are finished at the new leader (a reporter restarts from page 1).
         this.reportsInProgress.clear();
+        this.inventoried.clear();
         // Shard health is soft state of a leadership (heartbeats and reports rebuild it): notes kept from
         // an earlier one could name a shard missing that came back while another node led.
         this.badShards.clear();
@@ -1645,13 +1653,16 @@ export class MetadataNode {
           });
         }
         if (result.dead) {
+          // What a server back from the dead holds may have changed while it was away: asked for anew.
+          this.inventoried.delete(req.id);
           const alive = await this.proposeCluster(
             { op: 'markAlive', timeMs: this.clusterNow(), id: req.id },
             ctx.deadline,
           );
           if (alive.ok) this.log.info('chunk server alive again', { server: req.id });
         }
-        return { reregister: result.reregister };
+        const inventoried = this.inventoried.get(req.id) === this.host.status(CLUSTER_GROUP).term;
+        return { reregister: result.reregister || !inventoried };
       },
       BlockReport: (req) => {
         this.host.requireLeader(CLUSTER_GROUP);
@@ -1681,6 +1692,7 @@ export class MetadataNode {
         }
         if (req.last) {
           this.reportsInProgress.delete(req.id);
+          this.inventoried.set(req.id, this.host.status(CLUSTER_GROUP).term);
           // One reconciliation per server at a time (each walks the namespace); a report finished while
           // one runs is left to the next (reports come again hourly and at each reporter session).
           if (named !== undefined && !this.reconciling.has(req.id)) {

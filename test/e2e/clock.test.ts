@@ -6,18 +6,11 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { DogfsError } from '../../src/wire/errors.js';
-import { startDogfs, tempDir, waitFor } from '../helpers/index.js';
+import { listeningAddr, startDogfs, tempDir, waitFor } from '../helpers/index.js';
 import { TestMetaClient } from '../helpers/meta.js';
 
 const DAY_MS = 86_400_000;
 const LEASE_MS = 8000;
-
-function listeningAddr(server: ReturnType<typeof startDogfs>): Promise<string> {
-  return waitFor('listening log line', () => {
-    const line = server.output.stderr.split('\n').find((l) => l.includes('"msg":"listening"'));
-    return line === undefined ? undefined : (JSON.parse(line) as { addr: string }).addr;
-  });
-}
 
 test('after a leader whose clock was a day ahead, a lease still expires after its length', async () => {
   const dir = tempDir('dogfs-clock-');

@@ -120,6 +120,14 @@ export function startDogfs(args: string[], env: NodeJS.ProcessEnv = process.env)
   return { child, output, exited };
 }
 
+/** The gRPC address a server started by `startDogfs` listens on, from its 'listening' log line. */
+export function listeningAddr(server: ReturnType<typeof startDogfs>): Promise<string> {
+  return waitFor('listening log line', () => {
+    const line = server.output.stderr.split('\n').find((l) => l.includes('"msg":"listening"'));
+    return line === undefined ? undefined : (JSON.parse(line) as { addr: string }).addr;
+  });
+}
+
 export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
