@@ -5,8 +5,11 @@
  *
  * Any metadata server may be asked; one that is not the leader answers NOT_LEADER with the leader's
  * address, which is followed at once. Other failures move to the next known address with exponential
- * backoff and full jitter. A new leader (or a heartbeat answered with `reregister`) gets a new
- * registration and a full block report, because location state on the metadata side is soft.
+ * backoff and full jitter, and the call that failed is made again there: a heartbeat lost to a blip or
+ * a leader change is sent again, not turned into a registration and a whole inventory. Those go only
+ * when the metadata service asks (a heartbeat answered `reregister`, which a leader does until it has
+ * had the server's whole block report in its term; a report refused as from an unknown server), because
+ * location state on the metadata side is soft and the service knows what it has lost.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { assert } from '../common/assert.js';
@@ -76,8 +79,6 @@ export class MetadataReporter {
   private readonly channels = new RpcChannelPool();
   private readonly addresses: string[];
   private targetIndex = 0;
-  /** Heartbeats answered in the current session (0 until the session has worked). */
-  private sessionHeartbeats = 0;
   private running: Promise<void> | undefined;
   private readonly pageSize: number;
   readonly state: ReporterState;
@@ -138,25 +139,50 @@ export class MetadataReporter {
     const random = this.options.random ?? Math.random;
     const base = this.options.baseDelayMs ?? 100;
     const cap = this.options.maxDelayMs ?? MAX_RETRY_DELAY_MS;
+    const timeoutMs = this.options.callTimeoutMs ?? 5_000;
+    const reportEvery = this.options.blockReportIntervalMs ?? 3_600_000;
     let failures = 0;
     let refusals = 0;
+    // What is owed to the metadata service next. A failed call is retried as the same step (at the
+    // leader it names, or the next address): only the service decides that it needs a registration and
+    // the whole inventory again (`reregister`, or a report refused as from an unknown server).
+    let step: 'register' | 'report' | 'heartbeat' = 'register';
+    let interval = DEFAULT_HEARTBEAT_MS;
+    let lastReport = 0;
+    let heartbeatAt = 0;
     while (!signal.aborted) {
       try {
-        await this.session();
+        if (step === 'register') {
+          interval = await this.register(timeoutMs);
+          step = 'report';
+        } else if (step === 'report') {
+          await this.blockReport(timeoutMs);
+          lastReport = Date.now();
+          heartbeatAt = lastReport + interval;
+          failures = 0;
+          step = 'heartbeat';
+        } else {
+          const wait = heartbeatAt - Date.now();
+          if (wait > 0) await sleep(wait, undefined, { signal }).catch(() => {});
+          if (signal.aborted) return;
+          const response = await this.heartbeat(timeoutMs);
+          heartbeatAt = Date.now() + interval;
+          failures = 0;
+          if (response.reregister) {
+            this.state.registered = false;
+            step = 'register';
+          } else if (Date.now() - lastReport >= reportEvery) step = 'report';
+        }
+        refusals = 0;
       } catch (error) {
         if (signal.aborted) return;
         const failure = toDogfsError(error, 'UNAVAILABLE');
-        // A session that got as far as a heartbeat worked until now: this failure (a leader change, most
-        // often) starts the backoff afresh. Counting every failure of the server's life instead grew the
-        // wait to seconds after a few leader changes, long enough for a new leader to declare it dead.
-        // (Registration alone does not count: a session failing right after it must keep backing off.)
-        if (this.sessionHeartbeats > 0) failures = 0;
-        if (failure.code === 'FAILED_PRECONDITION' && !this.state.registered) {
+        this.state.lastError = `${failure.code}: ${failure.message}`;
+        if (failure.code === 'FAILED_PRECONDITION' && step === 'register') {
           // Refused (another cluster's server, or its id could not be recorded): said loudly. The other
           // addresses are tried first (one wrong address in --meta must not hold the server back), then
           // the server asks again slowly.
           this.options.log?.error('registration refused', { target: this.target, error: failure.message });
-          this.state.lastError = `${failure.code}: ${failure.message}`;
           this.retarget(failure);
           if (++refusals >= this.addresses.length) {
             refusals = 0;
@@ -164,30 +190,40 @@ export class MetadataReporter {
           }
           continue;
         }
+        if (failure.code === 'FAILED_PRECONDITION') {
+          // The service does not know this server (a report refused as unregistered; a heartbeat from an
+          // unknown server is answered `reregister` instead): register again, where it was sent.
+          this.options.log?.warn('metadata does not know this server; registering again', {
+            target: this.target,
+            error: failure.message,
+          });
+          this.state.registered = false;
+          step = 'register';
+        } else {
+          this.retarget(failure);
+        }
         refusals = 0;
-        this.state.registered = false;
-        this.state.lastError = `${failure.code}: ${failure.message}`;
-        this.retarget(failure);
         failures++;
-        // A leader hint is followed at once the first time; otherwise back off.
+        // A leader hint is followed at once the first time; otherwise back off. A heartbeat retried
+        // goes as soon as the backoff allows, not an interval later: the server is overdue already.
+        heartbeatAt = 0;
         const followHint = failure.code === 'NOT_LEADER' && failure.leaderHint !== undefined && failures <= 1;
         if (!followHint) {
           const delay = random() * Math.min(cap, base * 2 ** Math.min(failures - 1, 16));
-          this.options.log?.debug('metadata unreachable, retrying', { error: this.state.lastError, delay });
+          this.options.log?.debug('metadata unreachable, retrying', {
+            error: this.state.lastError,
+            step,
+            delay,
+          });
           await sleep(delay, undefined, { signal }).catch(() => {});
         }
-        continue;
       }
-      failures = 0;
     }
   }
 
-  /** Register, report, heartbeat until something fails (thrown) or a re-registration is asked for. */
-  private async session(): Promise<void> {
-    const signal = this.abort.signal;
-    const timeoutMs = this.options.callTimeoutMs ?? 5_000;
+  /** Registers with the current target; the heartbeat interval it asks for. */
+  private async register(timeoutMs: number): Promise<number> {
     const { store } = this.options;
-    this.sessionHeartbeats = 0;
     const registered = await this.channel(this.target).call(
       MetadataService,
       'RegisterChunkServer',
@@ -200,7 +236,7 @@ export class MetadataReporter {
         usedBytes: store.usedBytes,
         clusterId: this.options.membership?.clusterId ?? '',
       },
-      { timeoutMs, signal },
+      { timeoutMs, signal: this.abort.signal },
     );
     // The first registration tells the server which cluster it belongs to; it is kept before anything
     // else happens (an older metadata service answers none).
@@ -222,34 +258,28 @@ export class MetadataReporter {
       Math.max(MIN_HEARTBEAT_MS, registered.heartbeatIntervalMs || DEFAULT_HEARTBEAT_MS),
     );
     this.options.log?.info('registered with metadata', { target: this.target, heartbeatMs: interval });
-    await this.blockReport(timeoutMs);
-    let lastReport = Date.now();
-    const reportEvery = this.options.blockReportIntervalMs ?? 3_600_000;
-    while (!signal.aborted) {
-      await sleep(interval, undefined, { signal }).catch(() => {});
-      if (signal.aborted) return;
-      const corrupt: ShardId[] = store.corruptList().slice(0, MAX_CORRUPT_PER_HEARTBEAT);
-      const response = await this.channel(this.target).call(
-        MetadataService,
-        'Heartbeat',
-        {
-          id: this.options.id,
-          capacityBytes: store.capacityBytes,
-          usedBytes: store.usedBytes,
-          shardCount: store.shardCount,
-          activeTransfers: this.options.activeTransfers(),
-          corruptShards: corrupt,
-        },
-        { timeoutMs, signal },
-      );
-      this.state.heartbeats++;
-      this.sessionHeartbeats++;
-      if (response.reregister) return;
-      if (Date.now() - lastReport >= reportEvery) {
-        await this.blockReport(timeoutMs);
-        lastReport = Date.now();
-      }
-    }
+    return interval;
+  }
+
+  private async heartbeat(timeoutMs: number): Promise<{ reregister: boolean }> {
+    const { store } = this.options;
+    const corrupt: ShardId[] = store.corruptList().slice(0, MAX_CORRUPT_PER_HEARTBEAT);
+    const response = await this.channel(this.target).call(
+      MetadataService,
+      'Heartbeat',
+      {
+        id: this.options.id,
+        capacityBytes: store.capacityBytes,
+        usedBytes: store.usedBytes,
+        shardCount: store.shardCount,
+        activeTransfers: this.options.activeTransfers(),
+        corruptShards: corrupt,
+      },
+      { timeoutMs, signal: this.abort.signal },
+    );
+    this.state.heartbeats++;
+    this.state.lastError = undefined;
+    return response;
   }
 
   /** The whole inventory, in pages: first..last replace what the metadata service knew. */

@@ -144,6 +144,113 @@ test('registers with the leader (following NOT_LEADER hints), reports its invent
   }
 });
 
+test('a heartbeat lost to a blip or a leader change is sent again; registration and inventory go only when asked', async () => {
+  const store = await ShardStore.open({ dir: join(dir.path, 'retry') });
+  for (let i = 0; i < 3; i++) {
+    const session = await store.beginWrite({ blockGroupId: 700 + i, index: 0, generation: 0 }, 0);
+    await session.commit(0);
+  }
+  /** A fake leader that, like the real one, asks for the inventory until it has had a whole report. */
+  const leader = (name: string) => {
+    const seen = { name, registrations: 0, reportPages: 0, heartbeats: 0, inventoried: false };
+    let failNext: DogfsError | undefined;
+    let refuseReport = false;
+    const server = new RpcServer();
+    server.addService(
+      MetadataService,
+      fakeMetadata({
+        RegisterChunkServer: () => {
+          seen.registrations++;
+          return { heartbeatIntervalMs: 50 };
+        },
+        BlockReport: (request) => {
+          if (refuseReport) {
+            refuseReport = false;
+            throw new DogfsError('FAILED_PRECONDITION', "chunk server 'chunk-r' is not registered");
+          }
+          seen.reportPages++;
+          if (request.last) seen.inventoried = true;
+          return {};
+        },
+        Heartbeat: () => {
+          const failure = failNext;
+          failNext = undefined;
+          if (failure !== undefined) throw failure;
+          seen.heartbeats++;
+          return { reregister: !seen.inventoried };
+        },
+      }),
+    );
+    return {
+      seen,
+      server,
+      failNextHeartbeat: (error: DogfsError) => {
+        failNext = error;
+      },
+      refuseNextReport: () => {
+        refuseReport = true;
+      },
+    };
+  };
+  const a = leader('a');
+  const b = leader('b');
+  const aAddr = `127.0.0.1:${await a.server.listen('127.0.0.1', 0)}`;
+  const bAddr = `127.0.0.1:${await b.server.listen('127.0.0.1', 0)}`;
+  const reporter = new MetadataReporter({
+    meta: [aAddr],
+    id: 'chunk-r',
+    dataAddr: '127.0.0.1:7000',
+    controlAddr: '127.0.0.1:7001',
+    failureDomain: 'rack-a',
+    store,
+    activeTransfers: () => 0,
+    baseDelayMs: 10,
+    maxDelayMs: 50,
+    callTimeoutMs: 1000,
+  });
+  reporter.start();
+  try {
+    await waitFor('registered, reported and heartbeating', () => a.seen.heartbeats >= 2);
+    assert.deepEqual(a.seen, {
+      name: 'a',
+      registrations: 1,
+      reportPages: 1,
+      heartbeats: a.seen.heartbeats,
+      inventoried: true,
+    });
+    // One heartbeat fails (a blip, a timeout): the next ones follow, with no registration or report.
+    for (const error of [
+      new DogfsError('UNAVAILABLE', 'blip'),
+      new DogfsError('DEADLINE_EXCEEDED', 'slow'),
+    ]) {
+      const before = a.seen.heartbeats;
+      a.failNextHeartbeat(error);
+      await waitFor(`heartbeats again after ${error.code}`, () => a.seen.heartbeats >= before + 2);
+      assert.equal(a.seen.registrations, 1, `registered again after one ${error.code}`);
+      assert.equal(a.seen.reportPages, 1, `inventory sent again after one ${error.code}`);
+    }
+    // The leader changes: the heartbeat goes to the new one, which asks for the inventory it lacks;
+    // its first report is refused as from an unknown server, so the reporter registers once more.
+    b.refuseNextReport();
+    a.failNextHeartbeat(new DogfsError('NOT_LEADER', 'not the leader', { leaderHint: bAddr }));
+    await waitFor('heartbeating the new leader', () => b.seen.heartbeats >= 3);
+    assert.equal(reporter.state.target, bAddr);
+    assert.deepEqual(
+      {
+        registrations: b.seen.registrations,
+        reportPages: b.seen.reportPages,
+        inventoried: b.seen.inventoried,
+      },
+      { registrations: 2, reportPages: 1, inventoried: true },
+    );
+    assert.equal(a.seen.registrations, 1);
+  } finally {
+    await reporter.stop();
+    await a.server.close(0);
+    await b.server.close(0);
+  }
+});
+
 test('with no metadata leader to be found, the reporter retries at least once a second however long it fails', async () => {
   const store = await ShardStore.open({ dir: join(dir.path, 'unreachable') });
   const delays: number[] = [];

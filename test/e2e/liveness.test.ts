@@ -163,8 +163,10 @@ test("a corrupt shard stays reported after group 0's leader is SIGKILLed (the ch
   const oldLeader = reported.groups.find((g) => g.group === 0)!.leader;
   const leader = cluster.processes.find((p) => p.role === 'meta' && p.addr === oldLeader);
   assert.ok(leader, `group 0's leader ${oldLeader} is one of the metadata servers`);
+  const chunks = cluster.processes.filter((p) => p.role === 'chunk');
+  const logBefore = new Map(chunks.map((c) => [c.id, readFileSync(join(c.dir, 'dogfs.log'), 'utf8').length]));
   process.kill(leader.pid, 'SIGKILL');
-  await waitFor(
+  const newLeader = await waitFor(
     'a new leader of group 0 naming the corrupt shard',
     async () => {
       const r = await report();
@@ -173,9 +175,26 @@ test("a corrupt shard stays reported after group 0's leader is SIGKILLed (the ch
         now !== undefined &&
         now !== '' &&
         now !== oldLeader &&
-        r.filesWithMissingShards.includes('/small.bin')
+        r.filesWithMissingShards.includes('/small.bin') &&
+        now
       );
     },
+    30_000,
+  );
+  // And the new leader has every chunk server's inventory: it asks for it (chunk servers send it only
+  // when asked, not after each failed heartbeat), and a registration is followed by the whole report.
+  await waitFor(
+    'every chunk server registered with the new leader',
+    () =>
+      chunks.every((c) =>
+        readFileSync(join(c.dir, 'dogfs.log'), 'utf8')
+          .slice(logBefore.get(c.id))
+          .split('\n')
+          .some(
+            (line) =>
+              line.includes('"msg":"registered with metadata"') && line.includes(`"target":"${newLeader}"`),
+          ),
+      ),
     30_000,
   );
 });
