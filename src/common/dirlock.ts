@@ -1,19 +1,40 @@
 /**
  * common/dirlock — exclusive ownership of a data directory by one process, through a lock file that
- * holds the owner's pid. Node has no flock(2), so a lock whose pid is no longer alive is stale and is
- * taken over: a SIGKILLed process never leaves its directory locked for good. (A reused pid could make a
- * stale lock look held; the error then names the pid, so a person can check.)
+ * holds the owner's pid and a nonce of its own. Node has no flock(2), so a lock whose pid is no longer
+ * alive is stale and is taken over: a SIGKILLed process never leaves its directory locked for good. (A
+ * reused pid could make a stale lock look held; the error then names the pid, so a person can check.)
+ *
+ * Taking over a stale lock is a compare-and-swap built from the filesystem's atomic steps. A lock is
+ * never removed, only replaced (rename over it), so no one can create a lock of their own in a gap.
+ * Removing it and creating a new one let two takers that had both seen it stale both proceed: the second
+ * removed the first's fresh lock. The replacing is serialized by a claim: to replace a stale file seen
+ * with key X (its nonce), a taker must first create `<LOCK>.takeover.X` exclusively (link), then check
+ * that the file still is the one it saw stale before it renames its own over it. Only a holder of the
+ * claim for a file's current key changes that file, so the check holds until the rename. A claim whose
+ * maker died is stale in turn and is replaced the same way, through the claim for its own key.
  */
-import { closeSync, linkSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import {
+  closeSync,
+  fstatSync,
+  linkSync,
+  openSync,
+  readFileSync,
+  readSync,
+  renameSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 
 export class DirLockedError extends Error {
   override name = 'DirLockedError';
   constructor(
     readonly dir: string,
     readonly holderPid: number,
+    why = `is in use by another process (pid ${holderPid})`,
   ) {
-    super(`${dir} is in use by another process (pid ${holderPid})`);
+    super(`${dir} ${why}`);
   }
 }
 
@@ -31,67 +52,167 @@ export function isProcessAlive(pid: number): boolean {
   }
 }
 
+/** Lock and claim files are a line `PID NONCE`; a lock written before nonces is `PID` alone. */
+function parsePid(text: string): number | undefined {
+  const pid = Number.parseInt(text.trim().split(/\s+/)[0] ?? '', 10);
+  return Number.isSafeInteger(pid) && pid > 0 ? pid : undefined;
+}
+
 function readHolder(path: string): number | undefined {
   try {
-    const pid = Number.parseInt(readFileSync(path, 'utf8').trim(), 10);
-    return Number.isSafeInteger(pid) && pid > 0 ? pid : undefined;
+    return parsePid(readFileSync(path, 'utf8'));
   } catch {
     return undefined;
   }
 }
 
-/**
- * Creates `path` holding this process's pid, or fails EEXIST, in one step: the pid goes into a file of
- * this process's own that is then linked into place. Created empty and written after, another process
- * reading it in between saw no holder, took the lock for stale, removed it, and both went on.
- */
-function createWithPid(path: string): void {
-  const own = `${path}.${process.pid}.tmp`;
-  const fd = openSync(own, 'w');
+/** A lock or claim file as one reader saw it: its inode and its whole text, read through one descriptor. */
+interface Seen {
+  readonly ino: number;
+  readonly text: string;
+  readonly pid: number | undefined;
+  /** What names its takeover claim: the nonce, or for a file without one, its inode. */
+  readonly key: string;
+}
+
+/** At most this much of a lock file is read: a pid and a nonce take a few dozen bytes. */
+const MAX_LOCK_FILE_BYTES = 256;
+
+function look(path: string): Seen | undefined {
+  let fd: number;
   try {
-    writeSync(fd, `${process.pid}\n`);
+    fd = openSync(path, 'r');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw error;
+  }
+  try {
+    const { ino } = fstatSync(fd);
+    const buffer = Buffer.alloc(MAX_LOCK_FILE_BYTES);
+    const text = buffer.subarray(0, readSync(fd, buffer, 0, buffer.length, 0)).toString('utf8');
+    const nonce = text.trim().split(/\s+/)[1];
+    const key = nonce !== undefined && /^[0-9a-f]{1,64}$/.test(nonce) ? nonce : `ino${ino}`;
+    return { ino, text, pid: parsePid(text), key };
   } finally {
     closeSync(fd);
   }
+}
+
+function same(a: Seen | undefined, b: Seen): boolean {
+  return a !== undefined && a.ino === b.ino && a.text === b.text;
+}
+
+/** A file of this process's own beside `path`, holding its pid and a fresh nonce: linked or renamed into place. */
+function ownFile(path: string): { path: string; text: string } {
+  const text = `${process.pid} ${randomBytes(12).toString('hex')}\n`;
+  const own = `${path}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
+  const fd = openSync(own, 'wx');
   try {
-    linkSync(own, path);
+    writeSync(fd, text);
   } finally {
-    unlinkSync(own);
+    closeSync(fd);
+  }
+  return { path: own, text };
+}
+
+function unlinkIfThere(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+  }
+}
+
+/** A stale lock or claim is replaced through claims at most this deep (each a taker that died mid-way). */
+const MAX_CLAIM_DEPTH = 8;
+
+/** Why a takeover did not happen: a live process holds the file or is taking it over, or it changed. */
+type Takeover = { readonly replaced: true } | { readonly replaced: false; readonly by: number | undefined };
+
+/**
+ * Renames the file at `fresh` over `target`, which was seen stale as `seen`, if it still is that file and
+ * no other process is taking it over. `lockPath` names the claims.
+ */
+function replaceStale(lockPath: string, target: string, seen: Seen, fresh: string, depth: number): Takeover {
+  const claim = `${lockPath}.takeover.${seen.key}`;
+  const mine = ownFile(claim);
+  let held = false;
+  try {
+    try {
+      linkSync(mine.path, claim);
+      held = true;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+    }
+    if (!held) {
+      const other = look(claim);
+      // Its maker finished (or gave up) meanwhile: the caller looks at the target again.
+      if (other === undefined) return { replaced: false, by: undefined };
+      if (other.pid !== undefined && other.pid !== process.pid && isProcessAlive(other.pid))
+        return { replaced: false, by: other.pid };
+      if (depth + 1 >= MAX_CLAIM_DEPTH) {
+        const why = `has too many stale takeover claims beside its lock; remove ${basename(lockPath)}.takeover.* by hand`;
+        throw new DirLockedError(dirname(lockPath), -1, why);
+      }
+      const claimed = replaceStale(lockPath, claim, other, mine.path, depth + 1);
+      if (!claimed.replaced) return claimed;
+      held = true;
+    }
+    // Holding the claim for the target's key: nobody else changes the target while it has that key.
+    if (!same(look(target), seen)) return { replaced: false, by: undefined };
+    renameSync(fresh, target);
+    return { replaced: true };
+  } finally {
+    unlinkIfThere(mine.path);
+    // Ours while this process lives (replacing a claim needs its maker dead). Once the target has
+    // changed, a late taker that makes the claim again finds the target changed and backs off.
+    if (held && look(claim)?.text === mine.text) unlinkIfThere(claim);
   }
 }
 
 /** Takes DIR/<name>, or throws DirLockedError naming the live holder. */
 export function lockDir(dir: string, name = 'LOCK'): DirLock {
   const path = join(dir, name);
-  // Two rounds: the second follows the removal of a stale lock. Bounded, never a loop on input.
-  for (let round = 0; round < 2; round++) {
-    try {
-      createWithPid(path);
-      let released = false;
-      return {
-        path,
-        release() {
-          if (released) return;
-          released = true;
-          if (readHolder(path) === process.pid) unlinkSync(path);
-        },
-      };
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-      const holder = readHolder(path);
+  const mine = ownFile(path);
+  let released = false;
+  const lock: DirLock = {
+    path,
+    release() {
+      if (released) return;
+      released = true;
+      if (readHolder(path) === process.pid) unlinkSync(path);
+    },
+  };
+  let holder: number | undefined;
+  try {
+    // A few rounds: each follows a takeover that did not happen because the lock changed under it.
+    // Bounded, never a loop on input.
+    for (let round = 0; round < 4; round++) {
+      try {
+        linkSync(mine.path, path);
+        return lock;
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      }
+      const seen = look(path);
+      if (seen === undefined) continue;
+      holder = seen.pid;
       if (holder !== undefined && holder !== process.pid && isProcessAlive(holder)) {
         throw new DirLockedError(dir, holder);
       }
-      // Stale (holder gone) or half-written: remove and try once more.
-      try {
-        unlinkSync(path);
-      } catch (unlinkError) {
-        if ((unlinkError as NodeJS.ErrnoException).code !== 'ENOENT') throw unlinkError;
+      // Stale (its holder gone) or unreadable: replaced by ours, unless someone else is doing that.
+      const takeover = replaceStale(path, path, seen, mine.path, 0);
+      if (takeover.replaced) {
+        // Read back: the lock in place is the one this process wrote.
+        if (look(path)?.text !== mine.text) throw new DirLockedError(dir, readHolder(path) ?? -1);
+        return lock;
       }
+      holder = takeover.by ?? holder;
     }
+    throw new DirLockedError(dir, holder ?? -1);
+  } finally {
+    unlinkIfThere(mine.path);
   }
-  const holder = readHolder(path);
-  throw new DirLockedError(dir, holder ?? -1);
 }
 
 /** The live pid holding DIR/<name>, if any. */

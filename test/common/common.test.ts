@@ -1,9 +1,12 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { type ChildProcess, fork, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
 import { after, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { parseAddressList, parseHostPort } from '../../src/common/address.js';
 import { DirLockedError, lockDir, lockHolder } from '../../src/common/dirlock.js';
 import { parseEcPolicy } from '../../src/common/ec-policy.js';
@@ -46,6 +49,68 @@ test('a directory lock is exclusive, released, and taken over when its holder is
   const taken = lockDir(dir.path);
   assert.equal(lockHolder(dir.path), process.pid);
   taken.release();
+
+  // A taker that died holding its takeover claim does not keep the lock from being taken over for good.
+  writeFileSync(join(dir.path, 'LOCK'), `${dead} 0123abcd\n`);
+  writeFileSync(join(dir.path, 'LOCK.takeover.0123abcd'), `${dead} 4567cdef\n`);
+  const past = lockDir(dir.path);
+  assert.equal(lockHolder(dir.path), process.pid);
+  assert.deepEqual(readdirSync(dir.path), ['LOCK'], 'the dead claim went with the takeover');
+  past.release();
+});
+
+test('two processes taking over the same stale lock at once: exactly one gets it, every time', async () => {
+  const taker = fileURLToPath(new URL('./dirlock-taker.js', import.meta.url));
+  const dead = Number(
+    spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))']).stdout.toString(),
+  );
+  type Answer = { ready?: true; won?: boolean; holder?: number };
+  const takers: { child: ChildProcess; answers: Answer[] }[] = [];
+  const answer = async (t: (typeof takers)[number]): Promise<Answer> => {
+    const waiting = t.answers.shift();
+    if (waiting !== undefined) return waiting;
+    return await new Promise<Answer>((resolve, reject) => {
+      const onExit = (code: number | null) => reject(new Error(`a taker exited (${code}) before answering`));
+      t.child.once('exit', onExit);
+      t.child.once('message', (m: Answer) => {
+        t.child.off('exit', onExit);
+        resolve(m);
+      });
+    });
+  };
+  try {
+    for (let i = 0; i < 2; i++) {
+      const child = fork(taker, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+      takers.push({ child, answers: [] });
+    }
+    for (const t of takers) assert.deepEqual(await answer(t), { ready: true });
+    const rounds = 300;
+    for (let round = 0; round < rounds; round++) {
+      const lockDirPath = join(dir.path, `race-${round}`);
+      mkdirSync(lockDirPath);
+      // Stale: of a process that has exited; in the format with a nonce, and in the older pid-only one.
+      writeFileSync(
+        join(lockDirPath, 'LOCK'),
+        round % 2 === 0 ? `${dead} ${randomBytes(12).toString('hex')}\n` : `${dead}\n`,
+      );
+      // Both start a few milliseconds from now (time for the message to arrive), the second from 100 µs
+      // before the first to 100 µs after it: the steps of one land between the other's, round by round.
+      const at = performance.timeOrigin + performance.now() + 15;
+      const lag = (((round * 7) % 41) - 20) * 0.005;
+      for (const [i, t] of takers.entries()) t.child.send({ dir: lockDirPath, at: i === 0 ? at : at + lag });
+      const answers = await Promise.all(takers.map(answer));
+      const winners = takers.filter((_, i) => answers[i]!.won === true);
+      assert.equal(winners.length, 1, `round ${round}: ${JSON.stringify(answers)}`);
+      const winner = winners[0]!.child.pid;
+      assert.equal(lockHolder(lockDirPath), winner, `round ${round}: the lock names the winner`);
+      const loser = answers.find((a) => a.won === false)!;
+      assert.equal(loser.holder, winner, `round ${round}: the loser names the winner`);
+      // No claim or temporary file is left beside the lock.
+      assert.deepEqual(readdirSync(lockDirPath), ['LOCK'], `round ${round}`);
+    }
+  } finally {
+    for (const t of takers) t.child.kill();
+  }
 });
 
 test('host:port parsing rejects what is not an address', () => {
