@@ -259,7 +259,11 @@ interface Context {
 /** Time an interrupted command gets to clean up (abandon its write, remove its temp file) before exit. */
 const INTERRUPT_CLEANUP_MS = 3000;
 
-/** Destroys a write stream, which abandons its file, and waits until the service has had the word. */
+/**
+ * Destroys a write stream, which abandons its file, and waits until the service has had the word; a
+ * Create still on its way is waited for first (its file is abandoned once it answers), within the
+ * interrupt's time limit.
+ */
 async function abandonWrite(stream: FileWriteStream): Promise<void> {
   if (!stream.closed) {
     const closed = new Promise<void>((resolve) => stream.once('close', () => resolve()));

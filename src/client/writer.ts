@@ -373,6 +373,8 @@ export class FileWriteStream extends Writable {
   /** Renews the write lease while the stream lives (a block group may take longer than a lease). */
   private renewTimer: NodeJS.Timeout | undefined;
   private renewing: Promise<void> | undefined;
+  /** The Create with allocate, once sent; settles (never rejects) after createFile has finished. */
+  private creating: Promise<void> | undefined;
   /** The command that makes the file appear (CompleteFile, or Create of an empty file), once sent. */
   private completing: Promise<unknown> | undefined;
   private fileAppeared = false;
@@ -407,12 +409,6 @@ export class FileWriteStream extends Writable {
     return this.options.timeoutMs === undefined ? {} : { timeoutMs: this.options.timeoutMs };
   }
 
-  /**
-   * Creates the file (nothing is created before the first bytes arrive, so a stream that ends empty
-   * makes one command: see finishAll). With `allocate`, asks for the first block group in the same
-   * command; resolves with it when the service gave one (older servers do not, nor does one that found
-   * too few chunk servers: the caller then allocates it with AllocateBlockGroup).
-   */
   /** This stream's Create, with the first block group (`allocate`) or as a finished empty file. */
   private createRequest(how: { allocate: true } | { complete: true }) {
     return {
@@ -424,7 +420,26 @@ export class FileWriteStream extends Writable {
     };
   }
 
-  private async create(): Promise<BlockGroup | undefined> {
+  /**
+   * Creates the file (see createFile); remembers the Create in flight, which `abandoned` waits for: a
+   * stream destroyed before its answer can only give the name back once that answer has come.
+   */
+  private create(): Promise<BlockGroup | undefined> {
+    const creating = this.createFile();
+    this.creating = creating.then(
+      () => undefined,
+      () => undefined,
+    );
+    return creating;
+  }
+
+  /**
+   * Creates the file (nothing is created before the first bytes arrive, so a stream that ends empty
+   * makes one command: see finishAll). With `allocate`, asks for the first block group in the same
+   * command; resolves with it when the service gave one (older servers do not, nor does one that found
+   * too few chunk servers: the caller then allocates it with AllocateBlockGroup).
+   */
+  private async createFile(): Promise<BlockGroup | undefined> {
     const created = await this.context.meta.mutate(
       this.context.session,
       'Create',
@@ -525,10 +540,14 @@ export class FileWriteStream extends Writable {
 
   /**
    * Settles once the AbandonFile sent when the stream was destroyed has been answered (or failed): a
-   * process about to exit waits for it, or the request may never leave. Resolved at once if none was sent.
+   * process about to exit waits for it, or the request may never leave. Destroyed while its Create was
+   * on its way, the stream abandons the file when the Create answers: this waits for that answer first
+   * (bounded by the Create's deadline), then for the AbandonFile. Resolved at once if none was sent.
    */
   get abandoned(): Promise<void> {
-    return this.abandonment ?? Promise.resolve();
+    if (this.creating === undefined) return this.abandonment ?? Promise.resolve();
+    // Read once the Create has settled: createFile has sent the AbandonFile by then, if it had to.
+    return this.creating.then(() => this.abandonment);
   }
 
   /** One renewal at a time; a lease found lost fails the stream now instead of at its next commit. */

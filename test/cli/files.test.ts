@@ -394,6 +394,29 @@ describe('dogfs file commands', () => {
       return { child, exited, stderr: () => stderr };
     };
 
+    // Interrupted while its Create is on its way (applied, not answered): the put waits for the answer
+    // and then abandons the file, as later in the put.
+    let answer: () => void = () => {};
+    meta.state.holdReply.set('Create', new Promise<void>((resolve) => (answer = resolve)));
+    const creates = meta.state.count('Create');
+    const abandonsBefore = meta.state.count('AbandonFile');
+    const creating = run(['put', local, '/interrupted-creating']);
+    try {
+      await waitFor('the put to wait on its Create', () => meta.state.count('Create') > creates);
+      creating.child.kill('SIGINT');
+      await waitFor('the interrupt taken', () => creating.stderr().includes('interrupted'));
+    } finally {
+      meta.state.holdReply.delete('Create');
+      answer();
+    }
+    assert.equal(await creating.exited, 130);
+    assert.equal(assertOneLineError(creating.stderr()), 'dogfs: interrupted');
+    assert.equal(meta.state.count('AbandonFile'), abandonsBefore + 1, 'the created file was abandoned');
+    assert.ok(
+      ![...meta.state.pending.values()].some((p) => p.path === '/interrupted-creating'),
+      'nothing pending under the name',
+    );
+
     // A put waiting for its second block group (the service holds that answer) is interrupted.
     let release: () => void = () => {};
     meta.state.holdReply.set('AllocateBlockGroup', new Promise<void>((resolve) => (release = resolve)));

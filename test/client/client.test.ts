@@ -849,21 +849,26 @@ describe('write and read paths (in-memory data plane)', () => {
     const creates = cluster.state.count('Create');
     const allocations = cluster.state.count('AllocateBlockGroup');
     const shardsBefore = transport.shards.size;
+    const abandons = cluster.state.count('AbandonFile');
+    const stream = client.createWriteStream('/destroyed-early', { ec: 'rs-3-2', size: S });
+    stream.on('error', () => {});
     try {
-      const stream = client.createWriteStream('/destroyed-early', { ec: 'rs-3-2', size: S });
-      stream.on('error', () => {});
       stream.write(randomBytes(S));
       await waitFor('the Create sent', () => cluster.state.count('Create') > creates, 5000);
+      const closed = new Promise<void>((resolve) => stream.once('close', () => resolve()));
       stream.destroy(new Error('the source failed'));
+      await closed;
     } finally {
       cluster.state.holdReply.delete('Create');
       release();
     }
-    // Applied before the stream was destroyed, answered after: the client must abandon it itself.
-    await waitFor(
-      'the pending file abandoned',
-      () => ![...cluster.state.pending.values()].some((p) => p.path === '/destroyed-early'),
-      5000,
+    // Applied before the stream was destroyed, answered after: the client must abandon it itself, and
+    // `abandoned` (what an interrupted put waits for before its process exits) covers that AbandonFile.
+    await stream.abandoned;
+    assert.equal(cluster.state.count('AbandonFile'), abandons + 1, 'abandoned waited for the AbandonFile');
+    assert.ok(
+      ![...cluster.state.pending.values()].some((p) => p.path === '/destroyed-early'),
+      'nothing pending under the name',
     );
     assert.equal(cluster.state.count('AllocateBlockGroup'), allocations);
     assert.equal(transport.shards.size, shardsBefore, 'no shard written for a destroyed stream');
