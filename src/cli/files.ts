@@ -35,6 +35,7 @@ import { DogfsError, type ErrorCode, toDogfsError } from '../wire/errors.js';
 import type { ClusterReportResponse } from '../wire/gen/types.js';
 import { parseFlags, parseIntFlag, UsageError } from './args.js';
 import { type ByteStreamOut, LocalFileSink, StdoutSink } from './local-file.js';
+import { BROKEN_PIPE_STATUS, errnoText, stdoutFailureLine } from './stdout.js';
 import { FILE_COMMANDS_USAGE } from './usage.js';
 
 /** Buffering between the stages of a put or get (the local file, the progress bar). */
@@ -51,31 +52,13 @@ const FAMILIAR: Partial<Record<ErrorCode, string>> = {
   NO_SPACE: 'No space left on device',
 };
 
-const ERRNO_MESSAGES: Record<string, string> = {
-  ENOENT: 'No such file or directory',
-  EEXIST: 'File exists',
-  ENOTDIR: 'Not a directory',
-  EISDIR: 'Is a directory',
-  EACCES: 'Permission denied',
-  EPERM: 'Operation not permitted',
-  ENOSPC: 'No space left on device',
-  EROFS: 'Read-only file system',
-  ENOTEMPTY: 'Directory not empty',
-  EPIPE: 'Broken pipe',
-  EIO: 'Input/output error',
-  ELOOP: 'Too many levels of symbolic links',
-  ENXIO: 'No such device or address',
-};
-
 /** An error about a local path (the user's machine, not DogFS). */
 class LocalError extends Error {
   override name = 'LocalError';
 }
 
 function localError(path: string, error: unknown): LocalError {
-  const code = (error as NodeJS.ErrnoException | undefined)?.code;
-  const text = code !== undefined ? ERRNO_MESSAGES[code] : undefined;
-  return new LocalError(`${path}: ${text ?? (error instanceof Error ? error.message : String(error))}`);
+  return new LocalError(`${path}: ${errnoText(error)}`);
 }
 
 /** The one line printed for an error (without the `dogfs: ` prefix) and the exit status. */
@@ -626,7 +609,30 @@ async function toStdout(ctx: Context, remote: string): Promise<void> {
     await pipeline(ctx.client.createReadStream(remote), ctx.stdout, { end: false });
     return;
   }
-  await intoByteStream(ctx, remote, process.stdout);
+  const out = new RecordingOut(process.stdout);
+  try {
+    await intoByteStream(ctx, remote, out);
+  } catch (error) {
+    // The read path reports a failed write as its own failure, under the remote path: say it was stdout.
+    // A closed pipe stays EPIPE, which ends the command silently.
+    const failure = out.failure as NodeJS.ErrnoException | undefined;
+    if (failure === undefined) throw error;
+    throw failure.code === 'EPIPE' ? failure : new LocalError(stdoutFailureLine(failure));
+  }
+}
+
+/** Passes writes on, keeping the first that failed. */
+class RecordingOut implements ByteStreamOut {
+  failure: Error | undefined;
+
+  constructor(private readonly target: ByteStreamOut) {}
+
+  write(chunk: Uint8Array, callback: (error?: Error | null) => void): boolean {
+    return this.target.write(chunk, (error) => {
+      if (error) this.failure ??= error;
+      callback(error);
+    });
+  }
 }
 
 /**
@@ -960,8 +966,10 @@ export async function runFileCommand(
     process.on('SIGTERM', onSignal);
   }
   let brokenPipe = false;
+  let stdoutFailure: Error | undefined;
   const onStdoutError = (error: NodeJS.ErrnoException) => {
     if (error.code === 'EPIPE') brokenPipe = true;
+    else stdoutFailure ??= error;
   };
   stdout.on('error', onStdoutError);
   try {
@@ -1051,10 +1059,16 @@ export async function runFileCommand(
     }
     return 0;
   } catch (error) {
-    if (brokenPipe || (error as NodeJS.ErrnoException | undefined)?.code === 'EPIPE') return 0;
+    // Its reader gone: silent, as a C program killed by SIGPIPE (main.ts makes the process die of it).
+    if (brokenPipe || (error as NodeJS.ErrnoException | undefined)?.code === 'EPIPE')
+      return BROKEN_PIPE_STATUS;
     // Interrupted: the signal handler reports it and exits once its cleanups are done.
     if (interrupted) await new Promise<never>(() => {});
-    const { line, status } = describeClientError(error, operandOf(command, argv));
+    // About stdout (`> /dev/full`), not about the command's path.
+    const { line, status } =
+      error === stdoutFailure
+        ? { line: stdoutFailureLine(error), status: 1 }
+        : describeClientError(error, operandOf(command, argv));
     stderr.write(`dogfs: ${line}\n`);
     return status;
   } finally {

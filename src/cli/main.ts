@@ -21,6 +21,7 @@ import {
   requireFlag,
   UsageError,
 } from './args.js';
+import { watchStdout } from './stdout.js';
 import { FILE_COMMANDS_USAGE } from './usage.js';
 
 const USAGE = `usage: dogfs <command> [options]
@@ -208,6 +209,10 @@ function shortUsageHint(): string {
 
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
+  // The servers and `up` log on stderr and keep running whatever happens to stdout (up.ts); the
+  // one-shot commands end on a closed stdout as a C program does (cli/stdout.ts).
+  const oneShot = command !== 'up' && command !== 'meta' && command !== 'chunk';
+  const finish = oneShot ? watchStdout() : (status: number) => status;
   try {
     switch (command) {
       case undefined:
@@ -217,11 +222,11 @@ export async function main(argv: string[]): Promise<number> {
       case '--help':
       case '-h':
         process.stdout.write(USAGE);
-        return 0;
+        return finish(0);
       case '--version':
       case 'version':
         process.stdout.write(`dogfs ${DOGFS_VERSION}\n`);
-        return 0;
+        return finish(0);
       case 'up':
         await up(rest).catch((error: unknown) => Promise.reject(new CommandFailure('up', error)));
         return 0;
@@ -236,7 +241,7 @@ export async function main(argv: string[]): Promise<number> {
           // Loaded by file commands only: the servers (`meta`, `chunk`), `up` and `--version` start without
           // the client library, its codec and data path (about 50 ms of start-up each, here).
           const { runFileCommand } = await import('./files.js');
-          return await runFileCommand(command, rest, { signals: true });
+          return finish(await runFileCommand(command, rest, { signals: true }));
         }
         throw new UsageError(`unknown command '${command}'`);
     }

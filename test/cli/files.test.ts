@@ -8,9 +8,11 @@ import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import {
   chmodSync,
+  closeSync,
   existsSync,
   lstatSync,
   mkdirSync,
+  openSync,
   readdirSync,
   readFileSync,
   statSync,
@@ -239,6 +241,68 @@ describe('dogfs file commands', () => {
     const remoteSlashed = await dogfs(['put', local, '/data/newname/']);
     assert.equal(assertOneLineError(remoteSlashed.stderr), 'dogfs: /data/newname: Not a directory');
     assert.equal((await dogfs(['stat', '/data/newname'])).status, 1, 'no file /data/newname');
+  });
+
+  test('a closed stdout ends get -, cat and ls as SIGPIPE ends a C program: killed by it, nothing on stderr', async () => {
+    const local = join(dir.path, 'piped-away.bin');
+    writeFileSync(local, randomBytes(4 * 1024 * 1024));
+    assert.equal((await dogfs(['put', local, '/piped-away.bin', '--ec', 'rs-3-2'])).status, 0);
+    assert.equal((await dogfs(['mkdir', '-p', '/piped-dir/sub'])).status, 0);
+    /** `dogfs ARGS | head -c N`: the reader takes `keep` bytes (0: none) and closes the pipe. */
+    const intoClosedPipe = (args: string[], keep: number) =>
+      new Promise<{ status: number | null; signal: NodeJS.Signals | null; stderr: string; got: number }>(
+        (resolve, reject) => {
+          const child = spawn(process.execPath, [DOGFS_BIN, ...args], {
+            env,
+            stdio: ['ignore', 'pipe', 'pipe'],
+          });
+          let stderr = '';
+          let got = 0;
+          child.stderr.setEncoding('utf8').on('data', (d: string) => {
+            stderr += d;
+          });
+          if (keep === 0) child.stdout.destroy();
+          else
+            child.stdout.on('data', (d: Buffer) => {
+              got += d.length;
+              if (got >= keep) child.stdout.destroy();
+            });
+          child.once('error', reject);
+          child.once('close', (status, signal) => resolve({ status, signal, stderr, got }));
+        },
+      );
+    for (const [args, keep] of [
+      [['get', '/piped-away.bin', '-'], 10],
+      [['cat', '/piped-away.bin'], 10],
+      [['cat', '/piped-away.bin'], 0],
+      [['ls', '-R', '/'], 0],
+    ] as const) {
+      const result = await intoClosedPipe([...args], keep);
+      const what = `dogfs ${args.join(' ')} into a pipe closed after ${keep} bytes`;
+      // Killed by SIGPIPE, or (should Node not let the signal's default action back) its shell status.
+      assert.ok(
+        result.signal === 'SIGPIPE' || result.status === 141,
+        `${what}: ${result.signal ?? result.status}`,
+      );
+      assert.equal(result.stderr, '', `${what}: nothing on stderr`);
+    }
+    // Any other failure of stdout is one line and status 1, even when the write fails after the command
+    // has returned (version writes and returns at once). Not spawnSync: this process serves metadata.
+    for (const args of [['version'], ['stat', '/piped-dir'], ['get', '/piped-away.bin', '-']]) {
+      const full = openSync('/dev/full', 'w');
+      try {
+        const child = spawn(process.execPath, [DOGFS_BIN, ...args], { env, stdio: ['ignore', full, 'pipe'] });
+        let stderr = '';
+        child.stderr?.setEncoding('utf8').on('data', (d: string) => {
+          stderr += d;
+        });
+        const status = await new Promise<number | null>((resolve) => child.once('close', resolve));
+        assert.equal(status, 1, `dogfs ${args.join(' ')} > /dev/full`);
+        assert.equal(assertOneLineError(stderr), 'dogfs: stdout: No space left on device');
+      } finally {
+        closeSync(full);
+      }
+    }
   });
 
   test('get into a FIFO or through a symbolic link writes where they point and replaces neither', async () => {
