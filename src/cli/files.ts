@@ -27,6 +27,7 @@ import {
   type FileWriteStream,
   joinPath,
   normalizePath,
+  type ReadSink,
   type RepairOutcome,
 } from '../client/index.js';
 import { AddressError, parseAddressList } from '../common/address.js';
@@ -503,7 +504,10 @@ async function get(ctx: Context, argv: string[]): Promise<string> {
   const status = await ctx.client.stat(remote);
   if (status.type === 'dir') throw new DogfsError('IS_A_DIRECTORY', `${remote}: Is a directory`);
   if (localArg === '-') {
-    await toStdout(ctx, remote);
+    // The bar as for a get into a file, on stderr when that is a terminal, but not when stdout is one
+    // too: it would be drawn among the file's bytes. (`cat` never draws one: see cat.)
+    const toTerminal = process.stdout.isTTY === true;
+    await toStdout(ctx, remote, toTerminal ? undefined : new Progress(`get ${remote}`, status.size));
     return remote;
   }
   let local = localArg;
@@ -518,7 +522,7 @@ async function get(ctx: Context, argv: string[]): Promise<string> {
   if (localInfo !== undefined && !localInfo.isFile() && !localInfo.isDirectory()) {
     // A device or a FIFO (/dev/null, a named pipe): written where it is, as cp does. The rename below
     // would replace it with a regular file.
-    await toSpecialFile(ctx, remote, local);
+    await toSpecialFile(ctx, remote, local, new Progress(`get ${remote}`, status.size));
     return remote;
   }
   // Through a symbolic link: the file it names is replaced (as cp writes through one), not the link.
@@ -554,20 +558,8 @@ async function get(ctx: Context, argv: string[]): Promise<string> {
   const progress = new Progress(`get ${remote}`, status.size);
   try {
     // Each stripe is copied once, from the receive buffers straight into the file's staging memory.
-    let bytes = 0;
-    let reserved = 0;
     try {
-      await ctx.client.readInto(remote, {
-        reserve: (length) => {
-          reserved = length;
-          return out.reserve(length);
-        },
-        commit: async () => {
-          await out.commit();
-          bytes += reserved;
-          progress.update(bytes);
-        },
-      });
+      await ctx.client.readInto(remote, counted(out, progress));
     } catch (error) {
       out.destroy();
       throw error;
@@ -593,6 +585,11 @@ async function get(ctx: Context, argv: string[]): Promise<string> {
   return remote;
 }
 
+/**
+ * Like cat(1), prints the file and nothing else: no progress bar, even with stderr a terminal, since
+ * its output usually goes to a pager (`dogfs cat f | less`) that a bar on the terminal would draw over.
+ * `get REMOTE -` is the transfer command that shows one.
+ */
 async function cat(ctx: Context, argv: string[]): Promise<string> {
   const { positionals } = parseFlags(argv, { meta: { type: 'string' } });
   const remote = onePath(positionals, 'cat');
@@ -604,14 +601,14 @@ async function cat(ctx: Context, argv: string[]): Promise<string> {
  * A file to stdout: the process's own through reused stripe buffers (StdoutSink), any other stream
  * (the tests' PassThrough, which keeps what it is given) through a read stream.
  */
-async function toStdout(ctx: Context, remote: string): Promise<void> {
+async function toStdout(ctx: Context, remote: string, progress?: Progress): Promise<void> {
   if (ctx.stdout !== process.stdout) {
     await pipeline(ctx.client.createReadStream(remote), ctx.stdout, { end: false });
     return;
   }
   const out = new RecordingOut(process.stdout);
   try {
-    await intoByteStream(ctx, remote, out);
+    await intoByteStream(ctx, remote, out, progress);
   } catch (error) {
     // The read path reports a failed write as its own failure, under the remote path: say it was stdout.
     // A closed pipe stays EPIPE, which ends the command silently.
@@ -654,14 +651,14 @@ async function localTarget(path: string): Promise<Stats | undefined> {
  * A file into an existing device or FIFO, opened for writing as it is (nothing created or renamed).
  * A failed write (ENOSPC from /dev/full, EPIPE from a FIFO whose reader left) is an error naming it.
  */
-async function toSpecialFile(ctx: Context, remote: string, local: string): Promise<void> {
+async function toSpecialFile(ctx: Context, remote: string, local: string, progress: Progress): Promise<void> {
   const handle = await open(local, fsConstants.O_WRONLY).catch((error: unknown) => {
     throw localError(local, error);
   });
   const out = new DescriptorOut(handle);
   let failure: unknown;
   try {
-    await intoByteStream(ctx, remote, out);
+    await intoByteStream(ctx, remote, out, progress);
   } catch (error) {
     // The read path reports a failed write as its own failure: name the local file instead.
     failure = out.failure === undefined ? error : localError(local, out.failure);
@@ -670,6 +667,23 @@ async function toSpecialFile(ctx: Context, remote: string, local: string): Promi
     failure ??= localError(local, error);
   });
   if (failure !== undefined) throw failure;
+}
+
+/** `sink`, telling `progress` the bytes put in so far after each commit. */
+function counted(sink: ReadSink, progress: Progress | undefined): ReadSink {
+  let bytes = 0;
+  let reserved = 0;
+  return {
+    reserve: (length) => {
+      reserved = length;
+      return sink.reserve(length);
+    },
+    commit: async () => {
+      await sink.commit();
+      bytes += reserved;
+      progress?.update(bytes);
+    },
+  };
 }
 
 /** Writes to an open descriptor in order, one write at a time (a device or a FIFO has no positions). */
@@ -699,16 +713,24 @@ class DescriptorOut implements ByteStreamOut {
   }
 }
 
-async function intoByteStream(ctx: Context, remote: string, out: ByteStreamOut): Promise<void> {
+/** A file into `out`, with a progress bar when one is given (it draws only on a terminal's stderr). */
+async function intoByteStream(
+  ctx: Context,
+  remote: string,
+  out: ByteStreamOut,
+  progress?: Progress,
+): Promise<void> {
   const sink = new StdoutSink(out);
   try {
-    await ctx.client.readInto(remote, sink);
+    await ctx.client.readInto(remote, counted(sink, progress));
+    await sink.flush();
+    progress?.done();
   } catch (error) {
+    progress?.abandon();
     // The read's failure is the one reported; the writes still in flight are only waited for.
     await sink.flush().catch(() => {});
     throw error;
   }
-  await sink.flush();
 }
 
 /**

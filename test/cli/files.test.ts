@@ -74,6 +74,16 @@ describe('dogfs file commands', () => {
     });
   }
 
+  /** A random file of `bytes` put at `remote` (rs-3-2); its bytes. */
+  async function putRandom(remote: string, bytes: number): Promise<Buffer> {
+    const data = randomBytes(bytes);
+    const local = join(dir.path, `random-${remote.replaceAll('/', '_')}`);
+    writeFileSync(local, data);
+    const put = await dogfs(['put', local, remote, '--ec', 'rs-3-2']);
+    assert.equal(put.status, 0, put.stderr);
+    return data;
+  }
+
   before(async () => {
     meta = await startFakeMetaCluster(1, {
       stripeSize: 128 * 1024,
@@ -244,9 +254,7 @@ describe('dogfs file commands', () => {
   });
 
   test('a closed stdout ends get -, cat and ls as SIGPIPE ends a C program: killed by it, nothing on stderr', async () => {
-    const local = join(dir.path, 'piped-away.bin');
-    writeFileSync(local, randomBytes(4 * 1024 * 1024));
-    assert.equal((await dogfs(['put', local, '/piped-away.bin', '--ec', 'rs-3-2'])).status, 0);
+    await putRandom('/piped-away.bin', 4 * 1024 * 1024);
     assert.equal((await dogfs(['mkdir', '-p', '/piped-dir/sub'])).status, 0);
     /** `dogfs ARGS | head -c N`: the reader takes `keep` bytes (0: none) and closes the pipe. */
     const intoClosedPipe = (args: string[], keep: number) =>
@@ -305,11 +313,37 @@ describe('dogfs file commands', () => {
     }
   });
 
+  test('get - draws its progress bar on a terminal stderr when stdout is not one; cat stays silent', async () => {
+    const data = await putRandom('/bar.bin', 2 * 1024 * 1024 + 3);
+    const out = join(dir.path, 'bar-out.bin');
+    // On a pseudo-terminal, stdout into a file: what arrives from the terminal is stderr alone.
+    const atTerminal = await runDogfs(['get', '/bar.bin', '-'], {
+      env,
+      terminal: true,
+      stdoutTo: out,
+      timeoutMs: 30_000,
+    });
+    assert.equal(atTerminal.status, 0, atTerminal.stdout);
+    assert.match(atTerminal.stdout, /\rget \/bar\.bin \[#{24}\] 100% 2\.0 MiB \/ 2\.0 MiB/);
+    assert.ok(readFileSync(out).equals(data), 'stdout still carries exactly the file');
+    const catted = await runDogfs(['cat', '/bar.bin'], {
+      env,
+      terminal: true,
+      stdoutTo: out,
+      timeoutMs: 30_000,
+    });
+    assert.equal(catted.status, 0, catted.stdout);
+    assert.equal(catted.stdout, '', 'cat draws no bar');
+    assert.ok(readFileSync(out).equals(data));
+    // stdout the terminal too: no bar among the file's bytes.
+    assert.equal((await dogfs(['put', '-', '/bar.txt'], {}, Buffer.from('hello\n'))).status, 0);
+    const both = await runDogfs(['get', '/bar.txt', '-'], { env, terminal: true, timeoutMs: 30_000 });
+    assert.equal(both.status, 0, both.stdout);
+    assert.equal(both.stdout, 'hello\r\n');
+  });
+
   test('get into a FIFO or through a symbolic link writes where they point and replaces neither', async () => {
-    const data = randomBytes(2 * 1024 * 1024 + 5);
-    const local = join(dir.path, 'special-src.bin');
-    writeFileSync(local, data);
-    assert.equal((await dogfs(['put', local, '/special.bin', '--ec', 'rs-3-2'])).status, 0);
+    const data = await putRandom('/special.bin', 2 * 1024 * 1024 + 5);
 
     // A FIFO (as /dev/null, a device, would be): written in place; a rename over it would make it a file.
     const fifo = join(dir.path, 'fifo');

@@ -68,11 +68,15 @@ export function runDogfs(
      * stdout and stderr then both arrive in `stdout`, with the terminal's line endings.
      */
     terminal?: boolean;
+    /** With `terminal`: the command's stdout goes to this file instead (stderr stays on the terminal). */
+    stdoutTo?: string;
   } = {},
 ): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const command = [process.execPath, DOGFS_BIN, ...args];
-    const quoted = command.map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(' ');
+    const quote = (a: string) => `'${a.replaceAll("'", "'\\''")}'`;
+    const redirect = options.stdoutTo === undefined ? '' : ` > ${quote(options.stdoutTo)}`;
+    const quoted = `${command.map(quote).join(' ')}${redirect}`;
     const [file, argv] =
       options.terminal === true
         ? ['script', ['--quiet', '--return', '--command', quoted, '/dev/null']]
