@@ -50,7 +50,7 @@ function run(withData: boolean): void {
   const ns = new NamespaceState({ group: 1 });
   let seq = 0;
   let time = 1_700_000_000_000;
-  const opened = ns.applyEncoded(encodeNamespaceCommand({ op: 'openSession', timeMs: time }));
+  const opened = ns.applyEncoded(encodeNamespaceCommand({ op: 'openSession', timeMs: time, nonce: 'b0' }));
   if (!opened.ok || opened.op !== 'openSession') throw new Error('openSession failed');
   const clientId = opened.clientId;
   const send = <B extends CommandBody>(body: B): Success<B['op']> => {

@@ -147,6 +147,8 @@ class FailureTally {
   }
 }
 const MAX_HINT_HOPS = 3;
+/** Redos of a mutation on a new session after the service forgot the one it was stamped with. */
+const MAX_SESSION_REDOS = 2;
 
 export class MetadataConnection {
   readonly seeds: readonly string[];
@@ -245,7 +247,7 @@ export class MetadataConnection {
    * A mutating call stamped with the session: one sequence number for the call and all its retries, so
    * the state machine applies it once.
    */
-  mutate<K extends MetadataMethod>(
+  async mutate<K extends MetadataMethod>(
     session: ClientSession,
     method: K,
     request: Omit<Init<RequestOf<MetadataMethods, K>>, 'session'>,
@@ -253,25 +255,28 @@ export class MetadataConnection {
   ): Promise<ResponseOf<MetadataMethods, K>> {
     const deadline = this.deadlineOf(options);
     const outcome: CallOutcome = { uncertain: false };
-    // Not the caller's signal: the open is shared by every call that needs the session meanwhile.
-    const open = async () => (await this.call('OpenSession', {}, { deadline })).clientId;
-    let sessionUsed = '';
-    const once = () =>
-      session.run(open, (stamp) => {
-        sessionUsed = stamp.clientId;
-        return this.call(
-          method,
-          { ...request, session: stamp } as Init<RequestOf<MetadataMethods, K>>,
-          { ...options, deadline },
-          outcome,
-        );
-      });
-    return once().catch((error: unknown) => {
-      if (
-        error instanceof DogfsError &&
-        error.code === 'FAILED_PRECONDITION' &&
-        /^session expired/.test(error.message)
-      ) {
+    // The open is shared by every call that needs the session meanwhile: its own deadline, no caller's
+    // signal; each call waits for it within its own (ClientSession.run).
+    const open = async () => (await this.call('OpenSession', {})).clientId;
+    for (let redo = 0; ; redo++) {
+      let sessionUsed = '';
+      try {
+        return await session.run(open, { deadline, signal: options.signal }, (stamp) => {
+          sessionUsed = stamp.clientId;
+          return this.call(
+            method,
+            { ...request, session: stamp } as Init<RequestOf<MetadataMethods, K>>,
+            { ...options, deadline },
+            outcome,
+          );
+        });
+      } catch (error) {
+        if (
+          !(error instanceof DogfsError) ||
+          error.code !== 'FAILED_PRECONDITION' ||
+          !/^session expired/.test(error.message)
+        )
+          throw error;
         // The service forgot the session (idle past its TTL, or evicted) and refused this attempt
         // unapplied. If no earlier attempt may have been applied, a new session may redo the call; if
         // one may (no answer came), the forgotten session took with it the only record of that, and a
@@ -285,10 +290,14 @@ export class MetadataConnection {
             `${method}: may or may not have been applied: the metadata service forgot this client's session while the call was retried; check before trying again`,
             { cause: error },
           );
-        return once();
+        if (redo === MAX_SESSION_REDOS)
+          throw new DogfsError(
+            'UNAVAILABLE',
+            `${method}: the metadata service forgot this client's session ${redo + 1} times while the call waited (too many clients for its session table?); retry`,
+            { cause: error },
+          );
       }
-      throw error;
-    });
+    }
   }
 
   /** One attempt on one server, bounded by the attempt timeout; a timed-out attempt counts as UNAVAILABLE. */

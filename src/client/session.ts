@@ -6,19 +6,28 @@
  * those results.
  *
  * The session is opened before its first call, not by it: a call that opened its own session could, after
- * the service evicted that session, open a fresh one on its retry and be applied twice.
+ * the service evicted that session, open a fresh one on its retry and be applied twice. One open is shared
+ * by the calls that need it meanwhile; each waits for it only as long as its own deadline and signal allow.
  */
 import { assert } from '../common/assert.js';
-import { DogfsError } from '../wire/errors.js';
+import { DogfsError, isRetryable, toDogfsError } from '../wire/errors.js';
 import type { ClientSession as SessionMessage } from '../wire/gen/types.js';
 
 /** Calls of one session in flight at once (a bound, not a tuning knob). */
 const MAX_OUTSTANDING = 100_000;
-/** Opens one call waits through when the session it opened is forgotten again before the call starts. */
+/** Opens one call waits through (a failed open, or a session forgotten again before the call started). */
 const MAX_OPENS_PER_CALL = 3;
+/** What a session id from the service may be: printable ASCII, at most the 128 bytes commands carry. */
+const SESSION_ID = /^[\x21-\x7e]{1,128}$/;
 
-/** Opens a session on the service and returns its id. */
+/** Opens a session on the service and returns its id. Bounded by its own deadline, not a caller's. */
 export type SessionOpener = () => Promise<string>;
+
+/** How long one call may wait for the session to open. */
+export interface SessionWait {
+  readonly deadline: number;
+  readonly signal?: AbortSignal | undefined;
+}
 
 export class ClientSession {
   private id: string | undefined;
@@ -55,8 +64,12 @@ export class ClientSession {
    * Runs one call with a fresh stamp (opening the session first if there is none), marking it answered
    * whatever the outcome; retries inside `call` reuse the stamp.
    */
-  async run<T>(open: SessionOpener, call: (stamp: SessionMessage) => Promise<T>): Promise<T> {
-    const stamp = await this.next(open);
+  async run<T>(
+    open: SessionOpener,
+    wait: SessionWait,
+    call: (stamp: SessionMessage) => Promise<T>,
+  ): Promise<T> {
+    const stamp = await this.next(open, wait);
     try {
       return await call(stamp);
     } finally {
@@ -68,14 +81,17 @@ export class ClientSession {
     return this.seq;
   }
 
-  private async next(open: SessionOpener): Promise<SessionMessage> {
+  private async next(open: SessionOpener, wait: SessionWait): Promise<SessionMessage> {
     for (let opens = 0; this.id === undefined; opens++) {
       if (opens === MAX_OPENS_PER_CALL)
-        throw new DogfsError(
-          'UNAVAILABLE',
-          'the metadata service keeps forgetting new client sessions; retry',
-        );
-      await this.opened(open);
+        throw new DogfsError('UNAVAILABLE', `could not open a client session in ${opens} tries; retry`);
+      try {
+        await waitWithin(this.opened(open), wait);
+      } catch (error) {
+        const e = toDogfsError(error);
+        // Another call's open that failed for a passing reason: this call may still have time for its own.
+        if (!isRetryable(e.code) || Date.now() >= wait.deadline || wait.signal?.aborted) throw e;
+      }
     }
     assert(this.outstanding.size < MAX_OUTSTANDING, 'too many calls in flight in one session');
     this.seq++;
@@ -88,10 +104,14 @@ export class ClientSession {
     if (this.opening !== undefined) return this.opening;
     const opening = open().then(
       (id) => {
-        if (id === '')
-          throw new DogfsError('INTERNAL', 'the metadata service opened a session without an id');
-        if (this.opening === opening) {
-          this.opening = undefined;
+        if (this.opening === opening) this.opening = undefined;
+        // A server that answers nonsense gets a clear error, and the next call opens again.
+        if (!SESSION_ID.test(id))
+          throw new DogfsError(
+            'INTERNAL',
+            `the metadata service opened a session with an invalid id ${JSON.stringify(id.slice(0, 40))}`,
+          );
+        if (this.id === undefined) {
           this.id = id;
           this.seq = 0;
           this.outstanding.clear();
@@ -111,4 +131,35 @@ export class ClientSession {
   private done(stamp: SessionMessage): void {
     if (stamp.clientId === this.id) this.outstanding.delete(stamp.seq);
   }
+}
+
+/** `promise`, or DEADLINE_EXCEEDED at the deadline, or CANCELLED when the signal aborts: whichever is first. */
+function waitWithin<T>(promise: Promise<T>, wait: SessionWait): Promise<T> {
+  const { deadline, signal } = wait;
+  if (signal?.aborted)
+    return Promise.reject(new DogfsError('CANCELLED', 'cancelled while opening a session'));
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(
+      () =>
+        settle(() =>
+          reject(new DogfsError('DEADLINE_EXCEEDED', 'deadline exceeded while opening a session')),
+        ),
+      Math.max(0, deadline - Date.now()),
+    );
+    const onAbort = () =>
+      settle(() => reject(new DogfsError('CANCELLED', 'cancelled while opening a session')));
+    signal?.addEventListener('abort', onAbort, { once: true });
+    let settled = false;
+    function settle(then: () => void): void {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      then();
+    }
+    promise.then(
+      (value) => settle(() => resolve(value)),
+      (error: unknown) => settle(() => reject(error)),
+    );
+  });
 }

@@ -17,7 +17,7 @@
  *   shards; `PlanRepair` names them with new targets, and `CommitRepair` records rebuilt shards (DESIGN §4).
  *   After a leader change the new leader starts without reports; they come back with the next heartbeats.
  */
-import { randomInt, randomUUID } from 'node:crypto';
+import { randomBytes, randomInt, randomUUID } from 'node:crypto';
 import { assert } from '../common/assert.js';
 import { type EcPolicy, parseEcPolicy } from '../common/ec-policy.js';
 import type { Logger } from '../common/log.js';
@@ -1891,7 +1891,7 @@ export class MetadataNode {
       },
       OpenSession: async (_req, ctx) => {
         const result = await this.proposeNamespace(
-          { op: 'openSession', timeMs: this.namespaceNow() },
+          { op: 'openSession', timeMs: this.namespaceNow(), nonce: randomBytes(8).toString('hex') },
           ctx.deadline,
         );
         if (!result.ok) raise(result);

@@ -8,7 +8,12 @@ import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { after, before, describe, test } from 'node:test';
-import { DogfsClient, type PositionalSource, type ReadStreamOptions } from '../../src/client/index.js';
+import {
+  ClientSession,
+  DogfsClient,
+  type PositionalSource,
+  type ReadStreamOptions,
+} from '../../src/client/index.js';
 
 import { StripeLayout } from '../../src/codec/stripe.js';
 import { DogfsError } from '../../src/wire/errors.js';
@@ -286,6 +291,96 @@ describe('namespace and leader discovery', () => {
     assert.equal((await c.stat('/')).type, 'dir');
     c.close();
     await Promise.all([leader.close(), lost.close()]);
+  });
+});
+
+describe('client sessions', () => {
+  let server: FakeMeta;
+  let state: FakeMetaState;
+  before(async () => {
+    state = new FakeMetaState();
+    server = new FakeMeta(state);
+    await server.start();
+  });
+  after(async () => {
+    await server.close();
+  });
+  const fresh = () => new DogfsClient({ meta: [server.address], timeoutMs: 5000 });
+
+  test('a session the service forgot (evicted): the next call opens a new one and is applied once', async () => {
+    const c = fresh();
+    try {
+      await c.mkdir('/evicted-a');
+      const first = c.session.clientId!;
+      state.openSessions.delete(first);
+      const opens = state.count('OpenSession');
+      await c.mkdir('/evicted-b');
+      assert.equal(state.count('OpenSession'), opens + 1);
+      assert.notEqual(c.session.clientId, first);
+      assert.equal(c.session.lastSeq, 1);
+    } finally {
+      c.close();
+    }
+  });
+
+  test('a shared open: each call waits for it only within its own deadline and signal, and one with time left gets it', async () => {
+    const c = fresh();
+    try {
+      // The open fails three times (retried within its own deadline), then succeeds.
+      state.failNext.set('OpenSession', { error: new DogfsError('UNAVAILABLE', 'try again'), count: 3 });
+      const opens = state.count('OpenSession');
+      const began = Date.now();
+      const aborted = new AbortController();
+      const calls = Promise.allSettled([
+        c.mkdir('/short', { timeoutMs: 5 }),
+        c.mkdir('/cancelled', { signal: aborted.signal }),
+        c.mkdir('/patient'),
+      ]);
+      aborted.abort();
+      const [short, cancelled, patient] = await calls;
+      const reason = (r: PromiseSettledResult<unknown> | undefined) =>
+        r?.status === 'rejected' && r.reason instanceof DogfsError
+          ? `${r.reason.code} ${r.reason.message}`
+          : 'no error';
+      assert.match(reason(short), /^DEADLINE_EXCEEDED .*opening a session/);
+      assert.match(reason(cancelled), /^CANCELLED .*opening a session/);
+      assert.equal(patient?.status, 'fulfilled', reason(patient));
+      assert.ok(Date.now() - began < 4000);
+      assert.equal(state.count('OpenSession') - opens, 4, 'one open for the three calls (and its retries)');
+    } finally {
+      c.close();
+    }
+  });
+
+  test('a server that answers an invalid session id: a clear error, and the next call opens again', async () => {
+    const c = fresh();
+    try {
+      state.sessionIds.push('', 'x'.repeat(129));
+      await rejectsWith(c.mkdir('/lied-to'), 'INTERNAL', /invalid id ""/);
+      await rejectsWith(c.mkdir('/lied-to'), 'INTERNAL', /invalid id "xxx/);
+      assert.equal((await c.mkdir('/lied-to')).path, '/lied-to');
+    } finally {
+      c.close();
+    }
+  });
+
+  test('forget drops only the session it names: one opened since by another call is kept', async () => {
+    const session = new ClientSession();
+    const wait = { deadline: Date.now() + 1000 };
+    await session.run(
+      async () => 'first',
+      wait,
+      async () => undefined,
+    );
+    session.forget('first');
+    await session.run(
+      async () => 'second',
+      wait,
+      async () => undefined,
+    );
+    session.forget('first'); // a late refusal of a call stamped with the first session
+    assert.equal(session.clientId, 'second');
+    assert.equal(session.lastSeq, 1);
   });
 });
 

@@ -55,6 +55,10 @@ export class FakeMetaState {
   readonly badShards: { blockGroupId: number; index: number; chunkServerId: string; reason: string }[] = [];
   readonly calls: string[] = [];
   readonly sessions = new Map<string, unknown>();
+  /** Sessions OpenSession handed out (a test may delete one: the service forgot it). */
+  readonly openSessions = new Set<string>();
+  /** Ids the next OpenSession calls answer, in order (a lying server); then session-N. */
+  readonly sessionIds: string[] = [];
   /** Per method: the next calls fail with these errors, one each, in order (fault injection). */
   readonly failInTurn = new Map<string, DogfsError[]>();
   /** Per method: how many more calls fail with this error (fault injection). */
@@ -174,6 +178,12 @@ export class FakeMeta {
   /** Runs a mutation once per session stamp: a retry gets the first answer. */
   private once<T>(session: { clientId: string; seq: number } | null | undefined, run: () => T): T {
     if (!session || session.clientId === '') return run();
+    // As the state machine: a command of a session that was never opened (or was forgotten) is refused.
+    if (!this.state.openSessions.has(session.clientId))
+      throw new DogfsError(
+        'FAILED_PRECONDITION',
+        `session expired: client ${session.clientId} seq ${session.seq} is unknown; open a new session`,
+      );
     const key = `${session.clientId}/${session.seq}`;
     if (this.state.sessions.has(key)) return this.state.sessions.get(key) as T;
     const result = run();
@@ -240,7 +250,9 @@ export class FakeMeta {
     return {
       OpenSession: () => {
         this.gate('OpenSession');
-        return { clientId: `session-${s.nextId++}` };
+        const clientId = s.sessionIds.shift() ?? `session-${s.nextId++}`;
+        s.openSessions.add(clientId);
+        return { clientId };
       },
       Mkdir: mutate('Mkdir', (r) => {
         checkPath(r.path);

@@ -17,7 +17,7 @@ export class TestMetaClient {
   /** Sequence numbers sent whose outcome is unknown (no answer, or a transport error). */
   private readonly outstanding = new Set<number>();
   /** The session Metadata.OpenSession gave this client, opened by its first call that carries a session. */
-  private sessionId: string | undefined;
+  private sessionId: Promise<string> | undefined;
 
   constructor(private readonly addrs: readonly string[]) {
     this.target = addrs[0]!;
@@ -53,11 +53,13 @@ export class TestMetaClient {
       .session;
     const seq = session?.seq;
     if (session) {
-      this.sessionId ??= (await this.call('OpenSession', {}, timeoutMs)).clientId;
-      request = {
-        ...(request as object),
-        session: { ...session, clientId: this.sessionId },
-      } as typeof request;
+      // One open shared by concurrent first calls (each would otherwise open, and overwrite, its own).
+      this.sessionId ??= this.call('OpenSession', {}, timeoutMs).then((r) => r.clientId);
+      const clientId = await this.sessionId.catch((error: unknown) => {
+        this.sessionId = undefined;
+        throw error;
+      });
+      request = { ...(request as object), session: { ...session, clientId } } as typeof request;
     }
     let last: DogfsError | undefined;
     // What a server said, rather than the deadline cutting the last attempt (NO_QUORUM, not "deadline").

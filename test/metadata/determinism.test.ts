@@ -52,7 +52,7 @@ function randomCommands(seed: number, count: number): NamespaceCommand[] {
   let time = 1000;
   const clientIds: string[] = [];
   for (let i = 0; i < 3; i++) {
-    const open: NamespaceCommand = { op: 'openSession', timeMs: time };
+    const open: NamespaceCommand = { op: 'openSession', timeMs: time, nonce: 'ab' };
     cmds.push(open);
     const opened = shadow.apply(open);
     assert.ok(opened.ok && opened.op === 'openSession');

@@ -22,7 +22,7 @@ type Body<C> = C extends NamespaceCommand ? Omit<C, 'timeMs' | 'session'> : neve
 
 /** Opens a client session on `ns` (as Metadata.OpenSession does) and returns its id. */
 export function openSession(ns: NamespaceState, timeMs: number): string {
-  const opened = ns.apply({ op: 'openSession', timeMs });
+  const opened = ns.apply({ op: 'openSession', timeMs, nonce: '' });
   if (!opened.ok || opened.op !== 'openSession') assert.fail(`openSession failed: ${JSON.stringify(opened)}`);
   return opened.clientId;
 }

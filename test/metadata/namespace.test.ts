@@ -615,7 +615,7 @@ test("exactly-once across a session eviction: a lost answer's retry is refused, 
   });
   const apply = (cmd: NamespaceCommand) => ns.apply(decodeNamespaceCommand(encodeNamespaceCommand(cmd)));
   const open = (timeMs: number) => {
-    const opened = apply({ op: 'openSession', timeMs });
+    const opened = apply({ op: 'openSession', timeMs, nonce: '' });
     assert.ok(opened.ok && opened.op === 'openSession');
     return opened.clientId;
   };
@@ -646,6 +646,36 @@ test("exactly-once across a session eviction: a lost answer's retry is refused, 
   assert.ok(!retry.ok && retry.code === 'FAILED_PRECONDITION' && /session expired/.test(retry.message));
   // Session ids are never handed out twice, so a new session cannot meet the old one's retries.
   assert.notEqual(open(17), first);
+});
+
+test('openSession: ids from the counter and the nonce; one a logged-before entry took is passed over; bad nonces refused', () => {
+  const { ns } = fresh();
+  const open = (nonce: string) =>
+    ns.apply(decodeNamespaceCommand(encodeNamespaceCommand({ op: 'openSession', timeMs: 5, nonce })));
+  const first = open('0a1b');
+  assert.ok(first.ok && first.op === 'openSession');
+  const [, counter, nonce] = /^s(\d+)\.([0-9a-f]+)$/.exec(first.clientId) ?? [];
+  assert.equal(nonce, '0a1b');
+  // An entry from before explicit opens named its own session as the next open would: it is not reused
+  // (it was an assertion failure on every replica, at the same entry, on every replay).
+  const taken = `s${Number(counter) + 1}`;
+  const legacy = ns.apply({
+    op: 'mkdir',
+    timeMs: 6,
+    session: { clientId: taken, seq: 1, ackedBelow: 1, implicitOpen: true },
+    path: '/legacy',
+    parents: false,
+    mode: 0o755,
+    ec: '',
+  });
+  assert.ok(legacy.ok);
+  const next = open('');
+  assert.ok(next.ok && next.op === 'openSession');
+  assert.equal(next.clientId, `s${Number(counter) + 2}`);
+  const sessions = ns.counts().sessions;
+  const bad = open('not-hex');
+  assert.ok(!bad.ok && bad.code === 'INVALID_ARGUMENT');
+  assert.equal(ns.counts().sessions, sessions, 'no session opened');
 });
 
 test('entries logged before explicit sessions still open their own session on replay, as when first applied', () => {

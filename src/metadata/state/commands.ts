@@ -18,6 +18,7 @@ import type { Failure } from './result.js';
 export const MAX_CLIENT_ID_BYTES = 128;
 export const MAX_SERVER_ID_BYTES = 128;
 export const MAX_LEASE_ID_BYTES = 32;
+export const MAX_SESSION_NONCE_BYTES = 32;
 export const MAX_EC_NAME_BYTES = 32;
 export const MAX_BLOCK_GROUPS_PER_FILE = 65_536;
 export const MAX_LIST_LIMIT = 1000;
@@ -194,11 +195,14 @@ export interface RenewLeaseCommand extends CommandBase {
 }
 
 /**
- * Opens a client session under an id the state machine makes from its id counter, so no id is ever
- * handed out twice (a retried open only opens another session, which expires unused).
+ * Opens a client session under an id the state machine makes from its id counter and the leader's random
+ * `nonce` (`s<counter>.<nonce>`): no id is ever handed out twice (a retried open only opens another
+ * session, which expires unused), and none can be guessed from another (sessions are not authenticated,
+ * but one client should not stamp another's by counting).
  */
 export interface OpenSessionCommand extends CommandBase {
   readonly op: 'openSession';
+  readonly nonce: string;
 }
 
 /** The writer gives up: nothing appears, the block groups become garbage. */
@@ -526,6 +530,7 @@ export function encodeNamespaceCommand(cmd: NamespaceCommand): Uint8Array {
       w.uint(cmd.inodeId).string(cmd.leaseId);
       break;
     case 'openSession':
+      w.string(cmd.nonce);
       break;
     case 'rename':
       w.string(cmd.src).string(cmd.dst).bool(cmd.noReplace);
@@ -637,7 +642,7 @@ export function decodeNamespaceCommand(bytes: Uint8Array): NamespaceCommand {
       cmd = { op, ...base, src: path('src'), dst: path('dst'), noReplace: r.bool('no replace') };
       break;
     case 'openSession':
-      cmd = { op, ...base };
+      cmd = { op, ...base, nonce: r.string('nonce', MAX_SESSION_NONCE_BYTES) };
       break;
     case 'delete':
       cmd = { op, ...base, path: path(), recursive: r.bool('recursive') };

@@ -92,6 +92,7 @@ import {
   type NamespaceCommand,
   type NamespaceOp,
   type NamespaceResult,
+  type OpenSessionCommand,
   type RenameCommand,
   type RenewLeaseCommand,
   type RepairShardsCommand,
@@ -425,7 +426,7 @@ export class NamespaceState {
       case 'session_expired':
         return fail(
           'FAILED_PRECONDITION',
-          `session expired: client ${session.clientId} seq ${session.seq} is unknown; open a new session`,
+          `session expired: client ${session.clientId} seq ${session.seq} is unknown (forgotten, or never opened: clients open sessions with OpenSession since 2026-11-27); open a new session`,
         );
       case 'result_forgotten':
         return fail(
@@ -462,17 +463,23 @@ export class NamespaceState {
       case 'renewLease':
         return this.renewLease(cmd);
       case 'openSession':
-        return this.openSession();
+        return this.openSession(cmd);
     }
   }
 
-  private openSession(): NamespaceResult {
-    if (this.idsLeft() < 1) return fail('FAILED_PRECONDITION', 'session ids of this group are exhausted');
+  private openSession(cmd: OpenSessionCommand): NamespaceResult {
+    if (!/^[0-9a-f]{0,32}$/.test(cmd.nonce)) return fail('INVALID_ARGUMENT', 'a session nonce is hex');
     // From the id counter: never handed out again, also across snapshots, so a late copy of an earlier
-    // open (or of a command of an expired session) can never meet a session it did not belong to.
-    const clientId = `s${this.allocId()}`;
-    this.sessions.open(clientId, this.clockMs);
-    return this.ok('openSession', { clientId });
+    // open (or of a command of an expired session) can never meet a session it did not belong to. An id
+    // in use all the same (a session an entry from before explicit opens named so) is passed over.
+    for (;;) {
+      if (this.idsLeft() < 1) return fail('FAILED_PRECONDITION', 'session ids of this group are exhausted');
+      const counter = this.allocId();
+      const clientId = cmd.nonce === '' ? `s${counter}` : `s${counter}.${cmd.nonce}`;
+      if (this.sessions.has(clientId)) continue;
+      this.sessions.open(clientId, this.clockMs);
+      return this.ok('openSession', { clientId });
+    }
   }
 
   private ok<K extends NamespaceOp>(op: K, payload: Omit<Success<K>, 'ok' | 'op'>): Success<K> {
