@@ -28,11 +28,14 @@ import type { ClusterJson } from '../../src/cluster/up.js';
 import { crc32c } from '../../src/codec/index.js';
 import { DogfsError, toDogfsError } from '../../src/wire/errors.js';
 import { processAlive, waitFor } from '../helpers/index.js';
+import { hostOf, type Partitions } from '../partition/netns.js';
 
 const DOGFS_BIN = fileURLToPath(new URL('../../../bin/dogfs.js', import.meta.url));
 /** Shard files start with a 64-byte header; a flip past it hits shard data. */
 const SHARD_HEADER_BYTES = 64;
 const PAUSE_MS = 1500;
+/** A cut lasts longer than a chunk server's dead timeout here (3 s) and several elections. */
+const PARTITION_MS = 4000;
 const CALL_TIMEOUT_MS = 30_000;
 const HEAL_TIMEOUT_MS = 90_000;
 
@@ -56,6 +59,12 @@ export interface ChaosOptions {
    * never deleted a live one.
    */
   readonly orphanAgeMs?: number;
+  /**
+   * Network partitions too (test/partition/netns.ts; the caller has entered a private network namespace):
+   * members on their own loopback addresses (`dogfs up --distinct-hosts`), and a fault that cuts one
+   * member (a metadata server or a chunk server) off from all the others for a while.
+   */
+  readonly partitions?: Partitions | undefined;
   readonly log?: (line: string) => void;
 }
 
@@ -136,7 +145,20 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
   const clusterDir = join(options.dir, 'cluster');
   const up: ChildProcess = spawn(
     process.execPath,
-    [DOGFS_BIN, 'up', '--dir', clusterDir, '--meta', '3', '--chunk', '7', '--ec', 'rs-3-2', '--restart'],
+    [
+      DOGFS_BIN,
+      'up',
+      '--dir',
+      clusterDir,
+      '--meta',
+      '3',
+      '--chunk',
+      '7',
+      '--ec',
+      'rs-3-2',
+      '--restart',
+      ...(options.partitions === undefined ? [] : ['--distinct-hosts']),
+    ],
     {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: {
@@ -254,28 +276,54 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
 
     const corrupted = new Set<string>();
     let lastChunkKill: { id: string; atMs: number } | undefined;
+    let cutOff: { role: string; id: string } | undefined;
     const injectOne = async () => {
       const now = readCluster();
       const chunks = now.processes.filter((p) => p.role === 'chunk');
       const metas = now.processes.filter((p) => p.role === 'meta');
-      const kinds = ['kill-chunk', 'kill-leader', 'pause-leader', 'corrupt'] as const;
+      const kinds =
+        options.partitions === undefined
+          ? (['kill-chunk', 'kill-leader', 'pause-leader', 'corrupt'] as const)
+          : (['kill-chunk', 'kill-leader', 'pause-leader', 'corrupt', 'partition'] as const);
       const kind = kinds[Math.floor(random() * kinds.length)]!;
-      if (kind === 'kill-chunk') {
+      // One member down, paused or cut off at a time among the metadata servers, and among the chunk servers.
+      const metaDown = metas.some((p) => !processAlive(p.pid)) || paused.size > 0 || cutOff?.role === 'meta';
+      const chunkBack = async () => {
+        if (chunks.some((p) => !processAlive(p.pid)) || cutOff?.role === 'chunk') return false;
+        if (lastChunkKill === undefined) return true;
+        const back = (await dogfs.report({ timeoutMs: 5000 })).chunkServers.find(
+          (s) => s.id === lastChunkKill!.id,
+        );
+        return back !== undefined && back.state === 'alive' && back.lastHeartbeatMs > lastChunkKill.atMs;
+      };
+      if (kind === 'partition') {
+        const cuts = options.partitions!;
+        if (cutOff !== undefined) return;
+        const victim = now.processes[Math.floor(random() * now.processes.length)]!;
+        if (victim.role === 'meta' ? metaDown : !(await chunkBack())) return;
+        const others = now.processes.filter((p) => p !== victim).map((p) => hostOf(p.addr));
+        cuts.cut([hostOf(victim.addr)], others);
+        const cut = { role: victim.role, id: victim.id };
+        cutOff = cut;
+        say(
+          `FAULT partition: ${victim.id} (${victim.addr}) cut off from every other member for ${PARTITION_MS} ms`,
+        );
+        setTimeout(() => {
+          cuts.heal();
+          // A chunk server is back once it heartbeats again (as after a kill).
+          if (victim.role === 'chunk') lastChunkKill = { id: victim.id, atMs: Date.now() };
+          if (cutOff === cut) cutOff = undefined;
+          say(`      heal ${victim.id}`);
+        }, PARTITION_MS);
+      } else if (kind === 'kill-chunk') {
         // One down at a time: the last one killed must be running again and have heartbeated since.
-        if (chunks.some((p) => !processAlive(p.pid))) return;
-        if (lastChunkKill !== undefined) {
-          const back = (await dogfs.report({ timeoutMs: 5000 })).chunkServers.find(
-            (s) => s.id === lastChunkKill!.id,
-          );
-          if (back === undefined || back.state !== 'alive' || back.lastHeartbeatMs <= lastChunkKill.atMs)
-            return;
-        }
+        if (!(await chunkBack())) return;
         const victim = chunks[Math.floor(random() * chunks.length)]!;
         process.kill(victim.pid, 'SIGKILL');
         lastChunkKill = { id: victim.id, atMs: Date.now() };
         say(`FAULT kill-chunk ${victim.id} (pid ${victim.pid})`);
       } else if (kind === 'kill-leader' || kind === 'pause-leader') {
-        if (metas.some((p) => !processAlive(p.pid)) || paused.size > 0) return; // one metadata server at a time
+        if (metaDown) return;
         const group = random() < 0.5 ? 0 : 1;
         const leaderAddr = (await dogfs.metadata.call('FindLeader', { group })).leaderAddr;
         const victim = metas.find((p) => p.addr === leaderAddr);
@@ -333,7 +381,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
     await waitFor(
       'every member running and every chunk server alive',
       async () => {
-        if (paused.size > 0) return false;
+        if (paused.size > 0 || cutOff !== undefined) return false;
         const now = readCluster();
         if (!now.processes.every((p) => processAlive(p.pid))) return false;
         const report = await dogfs.report({ timeoutMs: 5000 });
@@ -457,6 +505,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
         }, 0),
     };
   } finally {
+    options.partitions?.heal();
     resumePaused();
     process.off('exit', resumePaused);
     client?.close();

@@ -1,13 +1,19 @@
 /**
- * test/chaos/run — `npm run chaos [-- --seconds 60 --seed 7 --writers 2 --snapshot-every 200]`: faults
- * against a real cluster, printed as they happen, then the verdict (test/chaos/chaos.ts). Exit status 1 if
+ * test/chaos/run — `npm run chaos [-- --seconds 60 --seed 7 --writers 2 --snapshot-every 200
+ * --partitions]`: faults against a real cluster, printed as they happen, then the verdict
+ * (test/chaos/chaos.ts). `--partitions` runs it in a private network namespace and adds network cuts to
+ * the faults (test/partition/netns.ts). Exit status 1 if
  * anything acknowledged was lost or a get returned wrong bytes, or if the run itself failed (the cluster
  * did not heal); the cluster's directory (members' logs, shard files) is then kept and its path printed.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { enterPrivateNetns, Partitions } from '../partition/netns.js';
 import { runChaos } from './chaos.js';
+
+const partitions = process.argv.includes('--partitions');
+if (partitions) enterPrivateNetns();
 
 function flag(name: string, fallback: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -25,6 +31,7 @@ try {
     seed: flag('seed', Date.now() % 1_000_000),
     writers: flag('writers', 2),
     snapshotEvery: flag('snapshot-every', 200),
+    partitions: partitions ? new Partitions() : undefined,
     log: (line) => console.log(line),
   });
   console.log(JSON.stringify({ ...outcome, problems: outcome.problems.length }, null, 2));

@@ -278,3 +278,20 @@ export async function putRandomFile(
   if (put.status !== 0) throw new Error(`dogfs put ${remote} exited ${put.status}: ${put.stderr}`);
   return { data, local };
 }
+
+/** Runs a compiled script with Node to its end: its exit status and its stdout and stderr, interleaved. */
+export async function runNodeScript(
+  script: string,
+  args: string[] = [],
+): Promise<{ status: number | null; output: string }> {
+  const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => {
+    output += d;
+  });
+  child.stderr.setEncoding('utf8').on('data', (d: string) => {
+    output += d;
+  });
+  const status = await new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
+  return { status, output };
+}

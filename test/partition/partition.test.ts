@@ -5,23 +5,15 @@
  * nothing acknowledged is lost.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { runNodeScript } from '../helpers/index.js';
 import type { PartitionOutcome } from './scenario.js';
 
 const RUN = fileURLToPath(new URL('./run.js', import.meta.url));
 
 test('network partitions: a new leader, clear refusals, no stale reads, nothing acknowledged lost', async () => {
-  const child = spawn(process.execPath, [RUN], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  child.stdout.setEncoding('utf8').on('data', (d: string) => {
-    output += d;
-  });
-  child.stderr.setEncoding('utf8').on('data', (d: string) => {
-    output += d;
-  });
-  const status = await new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
+  const { status, output } = await runNodeScript(RUN);
   assert.equal(status, 0, output);
   const lines = output.trim().split('\n');
   const outcome = JSON.parse(lines[lines.length - 1]!) as PartitionOutcome;
