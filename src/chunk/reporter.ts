@@ -57,6 +57,13 @@ const DEFAULT_HEARTBEAT_MS = 3_000;
  * per chunk server per second while it has no leader.
  */
 const MAX_RETRY_DELAY_MS = 1_000;
+/**
+ * A heartbeat gets two heartbeat intervals (at least this long) before the next address is tried, not the
+ * calls' 5 s: a leader cut off from the network leaves its connections silent, and a new leader's safe
+ * mode (one dead-timeout, 3 s in npm run chaos) ended before heartbeats waiting out 5 s reached it, so
+ * healthy servers were declared dead (chaos with partitions saw 6 of 7).
+ */
+const MIN_HEARTBEAT_TIMEOUT_MS = 1_000;
 const MAX_BLOCK_REPORT_PAGE = 10_000;
 /** A registration refused as another cluster's is asked again after this long. */
 const REFUSED_RETRY_MS = 30_000;
@@ -165,7 +172,9 @@ export class MetadataReporter {
           const wait = heartbeatAt - Date.now();
           if (wait > 0) await sleep(wait, undefined, { signal }).catch(() => {});
           if (signal.aborted) return;
-          const response = await this.heartbeat(timeoutMs);
+          const response = await this.heartbeat(
+            Math.min(timeoutMs, Math.max(2 * interval, MIN_HEARTBEAT_TIMEOUT_MS)),
+          );
           heartbeatAt = Date.now() + interval;
           failures = 0;
           if (response.reregister) {

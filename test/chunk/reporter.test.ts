@@ -251,6 +251,59 @@ test('a heartbeat lost to a blip or a leader change is sent again; registration 
   }
 });
 
+test('a leader gone silent (cut off): the next heartbeat goes elsewhere after two intervals, not the call timeout', async () => {
+  const store = await ShardStore.open({ dir: join(dir.path, 'silent') });
+  let release: () => void = () => {};
+  const silence = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  let silent = false;
+  const heartbeatsAt = { old: 0, new: 0 };
+  const server = (which: 'old' | 'new') => {
+    const s = new RpcServer();
+    s.addService(
+      MetadataService,
+      fakeMetadata({
+        RegisterChunkServer: () => ({ heartbeatIntervalMs: 100 }),
+        BlockReport: () => ({}),
+        Heartbeat: async () => {
+          if (which === 'old' && silent) await silence;
+          heartbeatsAt[which]++;
+          return { reregister: false };
+        },
+      }),
+    );
+    return s;
+  };
+  const old = server('old');
+  const fresh = server('new');
+  const oldAddr = `127.0.0.1:${await old.listen('127.0.0.1', 0)}`;
+  const newAddr = `127.0.0.1:${await fresh.listen('127.0.0.1', 0)}`;
+  const reporter = new MetadataReporter({
+    meta: [oldAddr, newAddr],
+    id: 'chunk-s',
+    dataAddr: '127.0.0.1:7000',
+    controlAddr: '127.0.0.1:7001',
+    failureDomain: 'rack-a',
+    store,
+    activeTransfers: () => 0,
+    callTimeoutMs: 30_000,
+  });
+  reporter.start();
+  try {
+    await waitFor('heartbeating the first leader', () => heartbeatsAt.old >= 2);
+    silent = true;
+    const since = Date.now();
+    await waitFor('a heartbeat at the other address', () => heartbeatsAt.new >= 1, 5_000);
+    assert.ok(Date.now() - since < 5_000);
+  } finally {
+    release();
+    await reporter.stop();
+    await old.close(0);
+    await fresh.close(0);
+  }
+});
+
 test('with no metadata leader to be found, the reporter retries at least once a second however long it fails', async () => {
   const store = await ShardStore.open({ dir: join(dir.path, 'unreachable') });
   const delays: number[] = [];
