@@ -67,6 +67,9 @@ import type {
 import { asIndex, asTerm, entryBytes, NO_NODE } from './types.js';
 
 /** Test-only: plant known-wrong behaviour so the simulator can prove it would catch it. */
+/** Election timeouts a forwarded read may go unanswered before it is failed (expireForwardedReads). */
+export const FORWARDED_READ_TIMEOUT_ELECTIONS = 3;
+
 export interface TestingBugs {
   /** Grant votes without the §5.4.1 "candidate's log is at least as up to date" check. */
   readonly voteWithoutLogCheck?: boolean;
@@ -694,14 +697,16 @@ export class Raft {
   }
 
   /**
-   * A forwarded read unanswered for an election timeout is failed: the leader answers within a heartbeat
-   * round trip, so its request or answer was dropped, which nothing resends. Without this the entry would
-   * stay until the term changes, which in a stable group is never, and fill maxPendingReads.
+   * A forwarded read unanswered for three election timeouts is failed: the leader answers within a
+   * heartbeat round trip, so its request or answer was dropped, which nothing resends. Without this the
+   * entry would stay until the term changes, which in a stable group is never, and fill maxPendingReads.
+   * Three, not one: a leader held up by a slow fsync, or a new one before its first commit, answers late
+   * but answers, and a failed read is retried at the leader instead.
    */
   private expireForwardedReads(): void {
     for (const [ctx, read] of this.forwardedReads) {
       // Insertion order is sending order, so the first one still in time ends the scan.
-      if (this.ticks - read.sentAtTick < this.cfg.electionTicks) return;
+      if (this.ticks - read.sentAtTick < FORWARDED_READ_TIMEOUT_ELECTIONS * this.cfg.electionTicks) return;
       this.forwardedReads.delete(ctx);
       this.failedReads.push(ctx);
     }

@@ -308,6 +308,8 @@ export class MetadataNode {
   private readonly badShards = new Map<string, BadShardReport>();
   /** Servers whose block report is being reconciled with the namespace now. */
   private readonly reconciling = new Set<string>();
+  /** Per server, the latest report that finished while its previous one was being reconciled. */
+  private readonly reportsWaiting = new Map<string, ReadonlySet<string>>();
   /**
    * Per server, the recorded shards its last reconciled report lacked when they were too many to check
    * one by one and the checked ones were confirmed absent (see ABSENT_SAMPLE_CONFIRMS); by shardKey, at
@@ -476,6 +478,7 @@ export class MetadataNode {
         this.lastSeen.clear();
         // Reports half received here are finished at the new leader (a reporter restarts from page 1).
         this.reportsInProgress.clear();
+        this.reportsWaiting.clear();
         this.inventoried.clear();
         // Shard health is soft state of a leadership (heartbeats and reports rebuild it): notes kept from
         // an earlier one could name a shard missing that came back while another node led.
@@ -1143,6 +1146,24 @@ export class MetadataNode {
    * At most MAX_ABSENT_CHECKS are checked per report; beyond that, if the checked ones were confirmed
    * absent (a lost disk), the rest are taken as absent too (absentOnServer). Nothing is deleted here.
    */
+  /** Reconciles `named` (a whole report of `serverId`), then the one that finished meanwhile, if any. */
+  private startReconciliation(serverId: string, named: ReadonlySet<string>): void {
+    this.reconciling.add(serverId);
+    this.reconcileBlockReport(serverId, named)
+      .catch((error: unknown) =>
+        this.log.warn('block report reconciliation failed', {
+          server: serverId,
+          error: toDogfsError(error).message,
+        }),
+      )
+      .finally(() => {
+        this.reconciling.delete(serverId);
+        const next = this.reportsWaiting.get(serverId);
+        this.reportsWaiting.delete(serverId);
+        if (next !== undefined && this.host.isLeader(CLUSTER_GROUP)) this.startReconciliation(serverId, next);
+      });
+  }
+
   private async reconcileBlockReport(serverId: string, named: ReadonlySet<string>): Promise<void> {
     // A shard noted absent that this report names is there again (a disk mounted back): the note goes.
     for (const [key, note] of this.badShards) {
@@ -1694,17 +1715,11 @@ export class MetadataNode {
           this.reportsInProgress.delete(req.id);
           this.inventoried.set(req.id, this.host.status(CLUSTER_GROUP).term);
           // One reconciliation per server at a time (each walks the namespace); a report finished while
-          // one runs is left to the next (reports come again hourly and at each reporter session).
-          if (named !== undefined && !this.reconciling.has(req.id)) {
-            this.reconciling.add(req.id);
-            this.reconcileBlockReport(req.id, named)
-              .catch((error: unknown) =>
-                this.log.warn('block report reconciliation failed', {
-                  server: req.id,
-                  error: toDogfsError(error).message,
-                }),
-              )
-              .finally(() => this.reconciling.delete(req.id));
+          // one runs waits for it, the latest only (reports come again only when this leader asks, or
+          // hourly: one dropped here would not be replaced for an hour).
+          if (named !== undefined) {
+            if (this.reconciling.has(req.id)) this.reportsWaiting.set(req.id, named);
+            else this.startReconciliation(req.id, named);
           }
         }
         return {};

@@ -12,7 +12,7 @@
  * timer), randomness (a seeded PRNG per group), the transport (RaftTransport over the wire layer) and the
  * state machines' application.
  */
-import { randomInt } from 'node:crypto';
+import { randomBytes, randomInt } from 'node:crypto';
 import { assert } from '../common/assert.js';
 import type { Logger } from '../common/log.js';
 import {
@@ -208,6 +208,12 @@ export class RaftHost {
   private roundRunning = false;
   private roundAgain = false;
   private readSeq = 0;
+  /**
+   * In every read's id: a restarted process numbers its reads from 1 again, and a leader's late answer to
+   * the previous run's read k (queued while the connection came back) would be taken for this run's read
+   * k, in the same term, at an index older than this read began.
+   */
+  private readonly readNonce = randomBytes(4).toString('hex');
   private closed = false;
   private maxElectionTicks = 0;
   private ticksSinceBalance = 0;
@@ -873,7 +879,7 @@ export class RaftHost {
   /** Resolves once this replica's state machine reflects every command committed before the call (ReadIndex). */
   readBarrier(groupId: number, deadline: number): Promise<void> {
     const group = this.group(groupId);
-    const ctx = `${this.nodeId}:${++this.readSeq}`;
+    const ctx = `${this.nodeId}:${this.readNonce}:${++this.readSeq}`;
     const result = group.raft.readIndex(ctx);
     if (!result.ok) {
       return Promise.reject(

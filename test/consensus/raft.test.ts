@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { AppendResponse, Message, VoteResponse } from '../../src/consensus/index.js';
 import { asIndex, asNodeId, asTerm, bootstrapSnapshot, NO_NODE } from '../../src/consensus/index.js';
+import { FORWARDED_READ_TIMEOUT_ELECTIONS } from '../../src/consensus/raft.js';
 import { bytes, commands, Harness } from './harness.js';
 
 const votesOnly = (group: number[]) => (m: Message) =>
@@ -694,10 +695,10 @@ test('ReadIndex: a leader stepping down rejects the reads followers forwarded to
   assert.deepEqual(h.node(2).failedReads, ['f2']);
 });
 
-test('ReadIndex forwarded by a follower: unanswered for an election timeout it fails; a late answer is ignored; bounded', () => {
+test('ReadIndex forwarded by a follower: unanswered for its timeout it fails; a late answer is ignored; bounded', () => {
   const h = new Harness(3, { maxPendingReads: 2 });
   h.elect(1);
-  const { electionTicks } = h.node(2).cfg;
+  const timeoutTicks = FORWARDED_READ_TIMEOUT_ELECTIONS * h.node(2).cfg.electionTicks;
   const lost: Message[] = [];
   assert.ok(h.raft(2).readIndex('lost-request').ok);
   h.deliver((m) => m.type !== 'readIndex');
@@ -710,7 +711,7 @@ test('ReadIndex forwarded by a follower: unanswered for an election timeout it f
   assert.equal(lost.length, 1);
   assert.deepEqual(h.raft(2).readIndex('third'), { ok: false, code: 'overloaded' });
   // Heartbeats keep flowing, so S2 keeps its leader: only the reads' own time runs out.
-  for (let i = 1; i < electionTicks; i++) {
+  for (let i = 1; i < timeoutTicks; i++) {
     h.tickAll(1);
     h.deliver((m) => m.type !== 'readIndex');
   }
