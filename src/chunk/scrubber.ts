@@ -9,7 +9,8 @@
  * scrubbed when the scrubber is stopped and started again, and, with a cursor file, when the server
  * restarts: the position is written there (durably) every CURSOR_SAVE_INTERVAL_MS and at stop.
  */
-import { readFile } from 'node:fs/promises';
+import { constants as fsConstants } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { assert } from '../common/assert.js';
 import { writeFileDurably } from '../common/durable-file.js';
@@ -186,7 +187,7 @@ export class Scrubber {
     if (this.cursorPath === undefined) return undefined;
     let text: string;
     try {
-      text = await readFile(this.cursorPath, 'utf8');
+      text = await readBounded(this.cursorPath, MAX_CURSOR_FILE_BYTES);
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'ENOENT')
         this.log?.warn('scrub cursor unreadable; scrubbing from the first shard', {
@@ -197,7 +198,6 @@ export class Scrubber {
     }
     try {
       // Only a hint: a bad one costs a pass from the start, never a refusal to start the server.
-      if (text.length > MAX_CURSOR_FILE_BYTES) throw new Error(`${text.length} characters`);
       const parsed = JSON.parse(text) as { after?: unknown };
       if (parsed === null || typeof parsed !== 'object' || !('after' in parsed))
         throw new Error('no "after" field');
@@ -222,5 +222,26 @@ export class Scrubber {
     } catch (error) {
       this.log?.warn('scrub cursor not saved', { path: this.cursorPath, error });
     }
+  }
+}
+
+/**
+ * The text of the regular file at `path`, refused if longer than `most` bytes, without reading more than
+ * that: a cursor replaced by something huge, a FIFO or a link to /dev/zero must not hold up the scrubber
+ * or fill its memory.
+ */
+async function readBounded(path: string, most: number): Promise<string> {
+  // Non-blocking: opening a FIFO to read would wait for a writer.
+  const handle = await open(path, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
+  try {
+    const info = await handle.stat();
+    if (!info.isFile()) throw new Error('not a regular file');
+    if (info.size > most) throw new Error(`${info.size} bytes, more than ${most}`);
+    const bytes = Buffer.alloc(most + 1);
+    const { bytesRead } = await handle.read(bytes, 0, most + 1, 0);
+    if (bytesRead > most) throw new Error(`more than ${most} bytes`);
+    return bytes.subarray(0, bytesRead).toString('utf8');
+  } finally {
+    await handle.close();
   }
 }

@@ -4,6 +4,7 @@
  * ./cluster.json. Every failure is one line on stderr (`dogfs: /a/b: No such file or directory`) and a
  * non-zero exit; put and get show a progress bar on stderr when it is a terminal.
  */
+
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants, type Stats } from 'node:fs';
 import {
@@ -20,6 +21,7 @@ import {
 import { basename, dirname, join } from 'node:path';
 import { Transform, type TransformCallback, type Writable } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
+import { isatty } from 'node:tty';
 import {
   baseName,
   DogfsClient,
@@ -522,7 +524,7 @@ async function get(ctx: Context, argv: string[]): Promise<string> {
   if (localInfo !== undefined && !localInfo.isFile() && !localInfo.isDirectory()) {
     // A device or a FIFO (/dev/null, a named pipe): written where it is, as cp does. The rename below
     // would replace it with a regular file.
-    await toSpecialFile(ctx, remote, local, new Progress(`get ${remote}`, status.size));
+    await toSpecialFile(ctx, remote, local, status.size);
     return remote;
   }
   // Through a symbolic link: the file it names is replaced (as cp writes through one), not the link.
@@ -651,10 +653,12 @@ async function localTarget(path: string): Promise<Stats | undefined> {
  * A file into an existing device or FIFO, opened for writing as it is (nothing created or renamed).
  * A failed write (ENOSPC from /dev/full, EPIPE from a FIFO whose reader left) is an error naming it.
  */
-async function toSpecialFile(ctx: Context, remote: string, local: string, progress: Progress): Promise<void> {
+async function toSpecialFile(ctx: Context, remote: string, local: string, size: number): Promise<void> {
   const handle = await open(local, fsConstants.O_WRONLY).catch((error: unknown) => {
     throw localError(local, error);
   });
+  // A terminal (/dev/stdout, /dev/tty) would show the bar among the file's bytes, as for `get -`.
+  const progress = isatty(handle.fd) ? undefined : new Progress(`get ${remote}`, size);
   const out = new DescriptorOut(handle);
   let failure: unknown;
   try {

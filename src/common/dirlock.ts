@@ -22,6 +22,7 @@ import {
   readFileSync,
   readSync,
   renameSync,
+  statSync,
   unlinkSync,
   writeSync,
 } from 'node:fs';
@@ -127,7 +128,26 @@ function unlinkIfThere(path: string): void {
 const MAX_CLAIM_DEPTH = 8;
 
 /** Why a takeover did not happen: a live process holds the file or is taking it over, or it changed. */
-type Takeover = { readonly replaced: true } | { readonly replaced: false; readonly by: number | undefined };
+type Takeover =
+  | { readonly replaced: true }
+  | { readonly replaced: false; readonly by: number | undefined; readonly claim?: string };
+
+/**
+ * A takeover claim lives from its link to its unlink, microseconds apart. One older than this was left
+ * by a taker that died between the two, and the pid in it may since belong to another live process
+ * (reused after a reboot, say): it is stale whatever that pid. (A taker paused this long between its
+ * check and its rename could still collide with the next taker; a claim that locked the directory for
+ * good was the worse failure.)
+ */
+const CLAIM_STALE_MS = 60_000;
+
+function claimOutlived(claim: string): boolean {
+  try {
+    return Date.now() - statSync(claim).mtimeMs > CLAIM_STALE_MS;
+  } catch {
+    return false; // gone meanwhile: the caller looks again
+  }
+}
 
 /**
  * Renames the file at `fresh` over `target`, which was seen stale as `seen`, if it still is that file and
@@ -148,8 +168,13 @@ function replaceStale(lockPath: string, target: string, seen: Seen, fresh: strin
       const other = look(claim);
       // Its maker finished (or gave up) meanwhile: the caller looks at the target again.
       if (other === undefined) return { replaced: false, by: undefined };
-      if (other.pid !== undefined && other.pid !== process.pid && isProcessAlive(other.pid))
-        return { replaced: false, by: other.pid };
+      if (
+        other.pid !== undefined &&
+        other.pid !== process.pid &&
+        isProcessAlive(other.pid) &&
+        !claimOutlived(claim)
+      )
+        return { replaced: false, by: other.pid, claim };
       if (depth + 1 >= MAX_CLAIM_DEPTH) {
         const why = `has too many stale takeover claims beside its lock; remove ${basename(lockPath)}.takeover.* by hand`;
         throw new DirLockedError(dirname(lockPath), -1, why);
@@ -184,6 +209,7 @@ export function lockDir(dir: string, name = 'LOCK'): DirLock {
     },
   };
   let holder: number | undefined;
+  let claimBy: string | undefined;
   try {
     // A few rounds: each follows a takeover that did not happen because the lock changed under it.
     // Bounded, never a loop on input.
@@ -208,7 +234,14 @@ export function lockDir(dir: string, name = 'LOCK'): DirLock {
         return lock;
       }
       holder = takeover.by ?? holder;
+      claimBy = takeover.claim;
     }
+    if (claimBy !== undefined && holder !== undefined)
+      throw new DirLockedError(
+        dir,
+        holder,
+        `is being taken over by another process (pid ${holder}, in ${basename(claimBy)}; if that process is not a dogfs, remove the file)`,
+      );
     throw new DirLockedError(dir, holder ?? -1);
   } finally {
     unlinkIfThere(mine.path);

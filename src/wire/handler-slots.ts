@@ -17,6 +17,24 @@ import { DogfsError } from './errors.js';
  */
 export const DEFAULT_MAX_RUNNING_HANDLERS = 4096;
 
+/**
+ * The cluster's own control calls (chunk servers' heartbeats, registrations and block reports, the Raft
+ * port's discovery, health checks) may run in a reserve past the limit: a crowd of clients filling the
+ * slots must not make the metadata leader refuse the heartbeats that keep chunk servers alive, or it
+ * would declare healthy servers dead and start repairs under the very load that filled it.
+ */
+const CONTROL_PATHS: ReadonlySet<string> = new Set([
+  '/dogfs.v1.Metadata/Heartbeat',
+  '/dogfs.v1.Metadata/RegisterChunkServer',
+  '/dogfs.v1.Metadata/BlockReport',
+  '/dogfs.v1.RaftTransport/Endpoint',
+  '/dogfs.v1.Health/Check',
+]);
+/** The reserve: a sixteenth of the limit, at least 16 (every chunk server's one call, for a cluster). */
+function controlReserve(limit: number): number {
+  return Math.max(16, Math.ceil(limit / 16));
+}
+
 /** One running handler's place in the count, given back exactly once when its handler returns. */
 export class HandlerSlot {
   private held = true;
@@ -49,8 +67,11 @@ export class HandlerSlots {
     }
   };
 
+  private readonly reserve: number;
+
   constructor(readonly limit: number = DEFAULT_MAX_RUNNING_HANDLERS) {
     assert(Number.isSafeInteger(limit) && limit >= 1, `maxRunningHandlers must be 1 or more, not ${limit}`);
+    this.reserve = controlReserve(limit);
   }
 
   /** Handlers running now (slots taken and not yet released). */
@@ -65,14 +86,15 @@ export class HandlerSlots {
    */
   take(path: string): HandlerSlot | DogfsError {
     if (this.closed) return new DogfsError('UNAVAILABLE', `${path}: server is shutting down`);
-    if (this.running >= this.limit) {
+    const cap = CONTROL_PATHS.has(path) ? this.limit + this.reserve : this.limit;
+    if (this.running >= cap) {
       return new DogfsError(
         'RESOURCE_EXHAUSTED',
         `${path}: server busy: ${this.running} handlers already running (cancelled calls included)`,
       );
     }
     this.running++;
-    assert(this.running <= this.limit, 'more handlers running than the limit');
+    assert(this.running <= this.limit + this.reserve, 'more handlers running than the limit and its reserve');
     return new HandlerSlot(this.giveBack);
   }
 

@@ -4,7 +4,8 @@
  * inventory rebuilt from disk with leftover temporary files.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -792,4 +793,16 @@ test('a scrub pass goes on after the last shard scrubbed: started again, and in 
   writeFileSync(cursorPath, '{"after": "b7"}');
   const third = new Scrubber(store, new ChunkMetrics(), undefined, rate, cursorPath);
   assert.deepEqual((await scrubSome(third, 1))[0], next(undefined));
+  // Nor is one that is not a small regular file read: a FIFO (opening it to read would wait for a writer
+  // for ever) or a link to an endless device.
+  for (const make of [
+    () => execFileSync('mkfifo', [cursorPath]),
+    () => symlinkSync('/dev/zero', cursorPath),
+    () => writeFileSync(cursorPath, `{"after": null, "pad": "${'x'.repeat(2000)}"}`),
+  ]) {
+    rmSync(cursorPath, { force: true });
+    make();
+    const other = new Scrubber(store, new ChunkMetrics(), undefined, rate, cursorPath);
+    assert.deepEqual((await scrubSome(other, 1))[0], next(undefined));
+  }
 });

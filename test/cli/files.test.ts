@@ -340,6 +340,14 @@ describe('dogfs file commands', () => {
     const both = await runDogfs(['get', '/bar.txt', '-'], { env, terminal: true, timeoutMs: 30_000 });
     assert.equal(both.status, 0, both.stdout);
     assert.equal(both.stdout, 'hello\r\n');
+    // Nor into the terminal named as a file (a character device, written in place).
+    const named = await runDogfs(['get', '/bar.txt', '/dev/stdout'], {
+      env,
+      terminal: true,
+      timeoutMs: 30_000,
+    });
+    assert.equal(named.status, 0, named.stdout);
+    assert.equal(named.stdout, 'hello\r\n');
   });
 
   test('get into a FIFO or through a symbolic link writes where they point and replaces neither', async () => {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, fork, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -57,6 +57,22 @@ test('a directory lock is exclusive, released, and taken over when its holder is
   assert.equal(lockHolder(dir.path), process.pid);
   assert.deepEqual(readdirSync(dir.path), ['LOCK'], 'the dead claim went with the takeover');
   past.release();
+
+  // A claim naming a live process (its maker's pid reused since): fresh, it is a takeover under way, and
+  // the refusal names the file; a minute old, it was left behind, and the lock is taken.
+  writeFileSync(join(dir.path, 'LOCK'), `${dead} 89abcdef\n`);
+  const claim = join(dir.path, 'LOCK.takeover.89abcdef');
+  writeFileSync(claim, `${process.ppid} 00aa00aa\n`);
+  assert.throws(
+    () => lockDir(dir.path),
+    (e: unknown) => e instanceof DirLockedError && /LOCK\.takeover\.89abcdef/.test(e.message),
+  );
+  const longAgo = new Date(Date.now() - 120_000);
+  utimesSync(claim, longAgo, longAgo);
+  const afterClaim = lockDir(dir.path);
+  assert.equal(lockHolder(dir.path), process.pid);
+  assert.deepEqual(readdirSync(dir.path), ['LOCK']);
+  afterClaim.release();
 });
 
 test('two processes taking over the same stale lock at once: exactly one gets it, every time', async () => {

@@ -49,3 +49,18 @@ test('idle() waits for the last running handler; once closed, every take is UNAV
   await waiting;
   assert.equal(idle, true);
 });
+
+test("a crowd filling the slots does not shut out the cluster's control calls: they have a reserve", () => {
+  const slots = new HandlerSlots(2);
+  const crowd = [
+    taken(slots.take('/dogfs.v1.Metadata/Stat')),
+    taken(slots.take('/dogfs.v1.Metadata/Create')),
+  ];
+  assert.ok(slots.take('/dogfs.v1.Metadata/Stat') instanceof DogfsError, 'a client call is refused');
+  // The reserve is at least 16 control calls past the limit, then they are refused too.
+  const control = Array.from({ length: 16 }, () => taken(slots.take('/dogfs.v1.Metadata/Heartbeat')));
+  const over = slots.take('/dogfs.v1.Metadata/Heartbeat');
+  assert.ok(over instanceof DogfsError && over.code === 'RESOURCE_EXHAUSTED');
+  for (const slot of [...crowd, ...control]) slot.release();
+  assert.equal(slots.count, 0);
+});
