@@ -475,21 +475,16 @@ export class MetadataNode {
       const clusterTerm = this.host.status(CLUSTER_GROUP).term;
       if (!this.host.isLeader(CLUSTER_GROUP)) {
         this.clusterLeadership = undefined;
-        this.lastSeen.clear();
-        // Reports half received here are finished at the new leader (a reporter restarts from page 1).
-        this.reportsInProgress.clear();
-        this.reportsWaiting.clear();
-        this.inventoried.clear();
-        // Shard health is soft state of a leadership (heartbeats and reports rebuild it): notes kept from
-        // an earlier one could name a shard missing that came back while another node led.
-        this.badShards.clear();
-        this.absentOnServer.clear();
+        this.forgetLeadership();
       } else {
         const now = Date.now();
         if (this.cluster.state.clusterId === '') await this.ensureClusterId(deadline);
-        // A term change means leadership was lost and won again between two rounds: a new leadership.
-        if (this.clusterLeadership?.term !== clusterTerm)
+        // A term change means leadership was lost and won again between two rounds: a new leadership,
+        // whose notes start empty as after any other loss.
+        if (this.clusterLeadership?.term !== clusterTerm) {
+          if (this.clusterLeadership !== undefined) this.forgetLeadership();
           this.clusterLeadership = { sinceMs: now, term: clusterTerm };
+        }
         // Safe mode: a new leader (after an election, or a whole-cluster restart where every recorded
         // heartbeat is old) first gives every chunk server one dead-timeout to find it and heartbeat.
         const safeMode =
@@ -1146,6 +1141,21 @@ export class MetadataNode {
    * At most MAX_ABSENT_CHECKS are checked per report; beyond that, if the checked ones were confirmed
    * absent (a lost disk), the rest are taken as absent too (absentOnServer). Nothing is deleted here.
    */
+  /**
+   * Drops the soft state of a group 0 leadership: heartbeat arrival times, reports half received (a
+   * reporter restarts from page 1 at the new leader), which servers reported in full, and shard health
+   * (heartbeats and reports rebuild it; notes kept from an earlier leadership could name a shard missing
+   * that came back while another node led).
+   */
+  private forgetLeadership(): void {
+    this.lastSeen.clear();
+    this.reportsInProgress.clear();
+    this.reportsWaiting.clear();
+    this.inventoried.clear();
+    this.badShards.clear();
+    this.absentOnServer.clear();
+  }
+
   /** Reconciles `named` (a whole report of `serverId`), then the one that finished meanwhile, if any. */
   private startReconciliation(serverId: string, named: ReadonlySet<string>): void {
     this.reconciling.add(serverId);
