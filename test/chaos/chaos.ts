@@ -302,11 +302,17 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
         const victim = now.processes[Math.floor(random() * now.processes.length)]!;
         if (victim.role === 'meta' ? metaDown : !(await chunkBack())) return;
         const others = now.processes.filter((p) => p !== victim).map((p) => hostOf(p.addr));
-        cuts.cut([hostOf(victim.addr)], others);
+        const own = [hostOf(victim.addr)];
+        // Both ways, or one: a member that hears but cannot speak, or speaks but cannot hear.
+        const way = Math.floor(random() * 3);
+        if (way === 0) cuts.cut(own, others);
+        else if (way === 1) cuts.cutOneWay(own, others);
+        else cuts.cutOneWay(others, own);
+        const how = ['cut off from', 'unable to speak to', 'unable to hear from'][way];
         const cut = { role: victim.role, id: victim.id };
         cutOff = cut;
         say(
-          `FAULT partition: ${victim.id} (${victim.addr}) cut off from every other member for ${PARTITION_MS} ms`,
+          `FAULT partition: ${victim.id} (${victim.addr}) ${how} every other member for ${PARTITION_MS} ms`,
         );
         setTimeout(() => {
           cuts.heal();

@@ -78,15 +78,30 @@ export class Partitions {
 
   /** No packet passes between any address of `a` and any of `b`, either way, until `heal`. */
   cut(a: readonly string[], b: readonly string[]): void {
+    this.drop(a, b, true);
+  }
+
+  /**
+   * No packet passes from any address of `from` to any of `to` (TCP's acknowledgements included, so no
+   * connection from either side carries anything), while packets the other way still arrive: a host that
+   * hears but cannot speak, or speaks but cannot hear.
+   */
+  cutOneWay(from: readonly string[], to: readonly string[]): void {
+    this.drop(from, to, false);
+  }
+
+  private drop(a: readonly string[], b: readonly string[], bothWays: boolean): void {
     assert(a.length <= MAX_CUT_SIDE && b.length <= MAX_CUT_SIDE, 'a cut names at most 32 addresses a side');
     const added: string[] = [];
     for (const x of a)
       for (const y of b) {
         assert(x !== y, `an address cannot be cut from itself: ${x}`);
-        for (const [from, to] of [
-          [x, y],
-          [y, x],
-        ]) {
+        for (const [from, to] of bothWays
+          ? [
+              [x, y],
+              [y, x],
+            ]
+          : [[x, y]]) {
           const rule = `from ${from} to ${to} blackhole`;
           if (this.rules.has(rule)) continue;
           this.rules.add(rule);

@@ -46,6 +46,8 @@ export interface PartitionOutcome {
   readonly isolatedLeaderRefusal: string;
   readonly noMajorityRefusal: string;
   readonly chunkDeclaredDeadMs: number;
+  /** Milliseconds from each one-way cut of the leader to a put acknowledged by a new one. */
+  readonly oneWayRecoveryMs: readonly number[];
 }
 
 export async function runPartitionScenario(log: (line: string) => void): Promise<PartitionOutcome> {
@@ -193,6 +195,51 @@ export async function runPartitionScenario(log: (line: string) => void): Promise
       `      ${isolated.id} follows ${await leaderSeenBy(oldLeader, NAMESPACE_GROUP)} and serves the new state`,
     );
 
+    // ---- 1b. one-way cuts: a leader that hears but cannot speak, then one that speaks but cannot hear ----
+    const oneWay: number[] = [];
+    for (const [what, cutFor] of [
+      [
+        'cannot speak to',
+        (leader: string, rest: string[]) => cuts.cutOneWay([hostOf(leader)], rest.map(hostOf)),
+      ],
+      [
+        'cannot hear from',
+        (leader: string, rest: string[]) => cuts.cutOneWay(rest.map(hostOf), [hostOf(leader)]),
+      ],
+    ] as const) {
+      const leader = await leaderSeenBy(json.meta[0]!, NAMESPACE_GROUP);
+      const rest = json.meta.filter((a) => a !== leader);
+      const id = metas.find((m) => m.addr === leader)!.id;
+      cutFor(leader, rest);
+      const at = Date.now();
+      say(`CUT one way: the namespace leader ${id} ${what} the other metadata servers`);
+      await waitFor(
+        'the others to elect a leader among themselves',
+        async () => {
+          const seen = await leaderSeenBy(rest[0]!, NAMESPACE_GROUP);
+          return (
+            seen !== '' && rest.includes(seen) && (await leaderSeenBy(rest[1]!, NAMESPACE_GROUP)) === seen
+          );
+        },
+        20_000,
+        50,
+      );
+      await put(`one-way-${oneWay.length}`);
+      oneWay.push(Date.now() - at);
+      say(`      a new leader among the others, and a put acknowledged, ${oneWay.at(-1)} ms after the cut`);
+      cuts.heal();
+      await waitFor(
+        `${id} to follow again`,
+        async () => {
+          const seen = await leaderSeenBy(leader, NAMESPACE_GROUP);
+          return seen !== '' && seen !== leader && seen === (await leaderSeenBy(rest[0]!, NAMESPACE_GROUP));
+        },
+        20_000,
+        100,
+      );
+      say(`HEAL; ${id} follows again`);
+    }
+
     // ---- 2. no majority anywhere ----
     cuts.cut([hostOf(json.meta[0]!)], [hostOf(json.meta[1]!), hostOf(json.meta[2]!)]);
     cuts.cut([hostOf(json.meta[1]!)], [hostOf(json.meta[2]!)]);
@@ -256,6 +303,7 @@ export async function runPartitionScenario(log: (line: string) => void): Promise
       isolatedLeaderRefusal,
       noMajorityRefusal,
       chunkDeclaredDeadMs,
+      oneWayRecoveryMs: oneWay,
     };
   } finally {
     cuts.heal();
