@@ -255,9 +255,9 @@ export class MetadataConnection {
   ): Promise<ResponseOf<MetadataMethods, K>> {
     const deadline = this.deadlineOf(options);
     const outcome: CallOutcome = { uncertain: false };
-    // The open is shared by every call that needs the session meanwhile: its own deadline, no caller's
-    // signal; each call waits for it within its own (ClientSession.run).
-    const open = async () => (await this.call('OpenSession', {})).clientId;
+    // The open is shared by every call that needs the session meanwhile: the deadline of the call that
+    // starts it, no caller's signal; a call that joins waits within its own (ClientSession.run).
+    const open = async () => (await this.call('OpenSession', {}, { deadline })).clientId;
     for (let redo = 0; ; redo++) {
       let sessionUsed = '';
       try {

@@ -17,15 +17,27 @@ import type { ClientSession as SessionMessage } from '../wire/gen/types.js';
 const MAX_OUTSTANDING = 100_000;
 /** Opens one call waits through (a failed open, or a session forgotten again before the call started). */
 const MAX_OPENS_PER_CALL = 3;
+/** The longest delay a Node timer takes as it is (2^31 - 1 ms). */
+const MAX_TIMER_MS = 2_147_483_647;
 /** What a session id from the service may be: printable ASCII, at most the 128 bytes commands carry. */
 const SESSION_ID = /^[\x21-\x7e]{1,128}$/;
 
-/** Opens a session on the service and returns its id. Bounded by its own deadline, not a caller's. */
+/**
+ * Opens a session on the service and returns its id, within the deadline of the call that starts it (its
+ * failure then says why, as the call's own would: no quorum, nothing reachable) but not its signal: the
+ * calls that join it may still want it.
+ */
 export type SessionOpener = () => Promise<string>;
 
 /** How long one call may wait for the session to open. */
 export interface SessionWait {
   readonly deadline: number;
+  readonly signal?: AbortSignal | undefined;
+}
+
+/** What waitWithin bounds a wait by: a deadline (none: the awaited promise is bounded itself), a signal. */
+interface WaitBound {
+  readonly deadline?: number | undefined;
   readonly signal?: AbortSignal | undefined;
 }
 
@@ -82,15 +94,21 @@ export class ClientSession {
   }
 
   private async next(open: SessionOpener, wait: SessionWait): Promise<SessionMessage> {
+    let last: DogfsError | undefined;
     for (let opens = 0; this.id === undefined; opens++) {
+      // The last open's own failure says why best (no quorum, nothing reachable).
       if (opens === MAX_OPENS_PER_CALL)
-        throw new DogfsError('UNAVAILABLE', `could not open a client session in ${opens} tries; retry`);
+        throw last ?? new DogfsError('UNAVAILABLE', `could not open a client session in ${opens} tries`);
+      if (wait.signal?.aborted) throw new DogfsError('CANCELLED', 'cancelled while opening a session');
+      // The call that starts the open waits for its outcome (bounded by this call's deadline, and a failure
+      // names its cause); one that joins another's waits only within its own deadline.
+      const starting = this.opening === undefined;
       try {
-        await waitWithin(this.opened(open), wait);
+        await waitWithin(this.opened(open), starting ? { signal: wait.signal } : wait);
       } catch (error) {
-        const e = toDogfsError(error);
+        last = toDogfsError(error);
         // Another call's open that failed for a passing reason: this call may still have time for its own.
-        if (!isRetryable(e.code) || Date.now() >= wait.deadline || wait.signal?.aborted) throw e;
+        if (!isRetryable(last.code) || Date.now() >= wait.deadline || wait.signal?.aborted) throw last;
       }
     }
     assert(this.outstanding.size < MAX_OUTSTANDING, 'too many calls in flight in one session');
@@ -134,22 +152,13 @@ export class ClientSession {
 }
 
 /** `promise`, or DEADLINE_EXCEEDED at the deadline, or CANCELLED when the signal aborts: whichever is first. */
-function waitWithin<T>(promise: Promise<T>, wait: SessionWait): Promise<T> {
+function waitWithin<T>(promise: Promise<T>, wait: WaitBound): Promise<T> {
   const { deadline, signal } = wait;
-  if (signal?.aborted)
-    return Promise.reject(new DogfsError('CANCELLED', 'cancelled while opening a session'));
   return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(
-      () =>
-        settle(() =>
-          reject(new DogfsError('DEADLINE_EXCEEDED', 'deadline exceeded while opening a session')),
-        ),
-      Math.max(0, deadline - Date.now()),
-    );
+    let settled = false;
+    let timer: NodeJS.Timeout | undefined;
     const onAbort = () =>
       settle(() => reject(new DogfsError('CANCELLED', 'cancelled while opening a session')));
-    signal?.addEventListener('abort', onAbort, { once: true });
-    let settled = false;
     function settle(then: () => void): void {
       if (settled) return;
       settled = true;
@@ -157,9 +166,21 @@ function waitWithin<T>(promise: Promise<T>, wait: SessionWait): Promise<T> {
       signal?.removeEventListener('abort', onAbort);
       then();
     }
+    // Listened to first, whatever happens next: an open nobody else waits for must not fail unhandled.
     promise.then(
       (value) => settle(() => resolve(value)),
       (error: unknown) => settle(() => reject(error)),
+    );
+    if (signal?.aborted) return onAbort();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    if (deadline === undefined) return;
+    // Clamped as timers need (a later delay fires at once); a wait that long is bounded by the call's own.
+    timer = setTimeout(
+      () =>
+        settle(() =>
+          reject(new DogfsError('DEADLINE_EXCEEDED', 'deadline exceeded while opening a session')),
+        ),
+      Math.min(MAX_TIMER_MS, Math.max(0, deadline - Date.now())),
     );
   });
 }

@@ -66,10 +66,10 @@ import type {
 } from './types.js';
 import { asIndex, asTerm, entryBytes, NO_NODE } from './types.js';
 
-/** Test-only: plant known-wrong behaviour so the simulator can prove it would catch it. */
 /** Election timeouts a forwarded read may go unanswered before it is failed (expireForwardedReads). */
 export const FORWARDED_READ_TIMEOUT_ELECTIONS = 3;
 
+/** Test-only: plant known-wrong behaviour so the simulator can prove it would catch it. */
 export interface TestingBugs {
   /** Grant votes without the §5.4.1 "candidate's log is at least as up to date" check. */
   readonly voteWithoutLogCheck?: boolean;

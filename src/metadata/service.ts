@@ -1134,14 +1134,6 @@ export class MetadataNode {
   }
 
   /**
-   * A chunk server's whole block report against the namespace: each durable shard recorded on it that the
-   * report does not name is asked for (StatShard), since it may have been written or repaired there
-   * after the server listed its store; one still not found is noted missing there, so `admin report`
-   * names its file and a repair rebuilds it (a disk that lost files while its server was down, say).
-   * At most MAX_ABSENT_CHECKS are checked per report; beyond that, if the checked ones were confirmed
-   * absent (a lost disk), the rest are taken as absent too (absentOnServer). Nothing is deleted here.
-   */
-  /**
    * Drops the soft state of a group 0 leadership: heartbeat arrival times, reports half received (a
    * reporter restarts from page 1 at the new leader), which servers reported in full, and shard health
    * (heartbeats and reports rebuild it; notes kept from an earlier leadership could name a shard missing
@@ -1174,6 +1166,14 @@ export class MetadataNode {
       });
   }
 
+  /**
+   * A chunk server's whole block report against the namespace: each durable shard recorded on it that the
+   * report does not name is asked for (StatShard), since it may have been written or repaired there
+   * after the server listed its store; one still not found is noted missing there, so `admin report`
+   * names its file and a repair rebuilds it (a disk that lost files while its server was down, say).
+   * At most MAX_ABSENT_CHECKS are checked per report; beyond that, if the checked ones were confirmed
+   * absent (a lost disk), the rest are taken as absent too (absentOnServer). Nothing is deleted here.
+   */
   private async reconcileBlockReport(serverId: string, named: ReadonlySet<string>): Promise<void> {
     // A shard noted absent that this report names is there again (a disk mounted back): the note goes.
     for (const [key, note] of this.badShards) {

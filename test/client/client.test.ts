@@ -326,22 +326,22 @@ describe('client sessions', () => {
   test('a shared open: each call waits for it only within its own deadline and signal, and one with time left gets it', async () => {
     const c = fresh();
     try {
-      // The open fails three times (retried within its own deadline), then succeeds.
+      const reason = (r: PromiseSettledResult<unknown> | undefined) =>
+        r?.status === 'rejected' && r.reason instanceof DogfsError
+          ? `${r.reason.code} ${r.reason.message}`
+          : 'no error';
+      // The open fails three times (retried within the deadline of the call that started it), then succeeds.
       state.failNext.set('OpenSession', { error: new DogfsError('UNAVAILABLE', 'try again'), count: 3 });
       const opens = state.count('OpenSession');
       const began = Date.now();
       const aborted = new AbortController();
       const calls = Promise.allSettled([
+        c.mkdir('/patient'),
         c.mkdir('/short', { timeoutMs: 5 }),
         c.mkdir('/cancelled', { signal: aborted.signal }),
-        c.mkdir('/patient'),
       ]);
       aborted.abort();
-      const [short, cancelled, patient] = await calls;
-      const reason = (r: PromiseSettledResult<unknown> | undefined) =>
-        r?.status === 'rejected' && r.reason instanceof DogfsError
-          ? `${r.reason.code} ${r.reason.message}`
-          : 'no error';
+      const [patient, short, cancelled] = await calls;
       assert.match(reason(short), /^DEADLINE_EXCEEDED .*opening a session/);
       assert.match(reason(cancelled), /^CANCELLED .*opening a session/);
       assert.equal(patient?.status, 'fulfilled', reason(patient));
@@ -349,6 +349,25 @@ describe('client sessions', () => {
       assert.equal(state.count('OpenSession') - opens, 4, 'one open for the three calls (and its retries)');
     } finally {
       c.close();
+    }
+    // The calls fail with the open's own reason (here: no quorum), not a bare "deadline exceeded while
+    // opening a session" (a fresh CLI command against a cluster without quorum said only that).
+    const d = fresh();
+    try {
+      const reason = (r: PromiseSettledResult<unknown> | undefined) =>
+        r?.status === 'rejected' && r.reason instanceof DogfsError
+          ? `${r.reason.code} ${r.reason.message}`
+          : 'no error';
+      server.noQuorum = true;
+      const [first, second] = await Promise.allSettled([
+        d.mkdir('/first', { timeoutMs: 300 }),
+        d.mkdir('/second'),
+      ]);
+      assert.match(reason(first), /^NO_QUORUM .*no quorum/);
+      assert.match(reason(second), /^NO_QUORUM .*no quorum/);
+    } finally {
+      server.noQuorum = false;
+      d.close();
     }
   });
 

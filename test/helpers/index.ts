@@ -279,12 +279,27 @@ export async function putRandomFile(
   return { data, local };
 }
 
-/** Runs a compiled script with Node to its end: its exit status and its stdout and stderr, interleaved. */
+/**
+ * Runs a compiled script with Node to its end: its exit status and its stdout and stderr, interleaved. At
+ * `timeoutMs` its whole process group is killed (a script that started a cluster in a namespace of its
+ * own would otherwise outlive the test) and the status is null.
+ */
 export async function runNodeScript(
   script: string,
   args: string[] = [],
+  timeoutMs = 240_000,
 ): Promise<{ status: number | null; output: string }> {
-  const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [script, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
+  });
+  const timer = setTimeout(() => {
+    try {
+      if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }, timeoutMs);
   let output = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => {
     output += d;
@@ -293,5 +308,6 @@ export async function runNodeScript(
     output += d;
   });
   const status = await new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
+  clearTimeout(timer);
   return { status, output };
 }

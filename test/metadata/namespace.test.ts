@@ -648,6 +648,16 @@ test("exactly-once across a session eviction: a lost answer's retry is refused, 
   assert.notEqual(open(17), first);
 });
 
+test('an openSession entry written without a nonce (the first hour of explicit sessions) still opens s<counter>', () => {
+  const { ns } = fresh();
+  const withEmpty = encodeNamespaceCommand({ op: 'openSession', timeMs: 5, nonce: '' });
+  assert.equal(withEmpty.at(-1), 0, 'an empty nonce is its length byte, 0');
+  const older = withEmpty.subarray(0, withEmpty.length - 1);
+  assert.deepEqual(decodeNamespaceCommand(older), { op: 'openSession', timeMs: 5, nonce: '' });
+  const opened = ns.applyEncoded(older);
+  assert.ok(opened.ok && opened.op === 'openSession' && /^s\d+$/.test(opened.clientId));
+});
+
 test('openSession: ids from the counter and the nonce; one a logged-before entry took is passed over; bad nonces refused', () => {
   const { ns } = fresh();
   const open = (nonce: string) =>

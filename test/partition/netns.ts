@@ -65,10 +65,14 @@ function ip(args: string[], input?: string): void {
   }
 }
 
+function isLoopback(address: string): boolean {
+  return isIP(address) === 4 && address.startsWith('127.');
+}
+
 /** The host part of a member's `host:port`. */
 export function hostOf(address: string): string {
   const host = address.slice(0, address.lastIndexOf(':'));
-  assert(isIP(host) === 4 && host.startsWith('127.'), `a member on its own loopback address: ${address}`);
+  assert(isLoopback(host), `a member on its own loopback address: ${address}`);
   return host;
 }
 
@@ -96,25 +100,29 @@ export class Partitions {
     for (const x of a)
       for (const y of b) {
         assert(x !== y, `an address cannot be cut from itself: ${x}`);
-        for (const [from, to] of bothWays
+        assert(isLoopback(x) && isLoopback(y), `loopback addresses only: ${x}, ${y}`);
+        const pairs = bothWays
           ? [
               [x, y],
               [y, x],
             ]
-          : [[x, y]]) {
+          : [[x, y]];
+        for (const [from, to] of pairs) {
           const rule = `from ${from} to ${to} blackhole`;
-          if (this.rules.has(rule)) continue;
-          this.rules.add(rule);
-          added.push(`rule add pref ${CUT_PREF} ${rule}`);
+          if (!this.rules.has(rule) && !added.includes(rule)) added.push(rule);
         }
       }
-    if (added.length > 0) ip(['-batch', '-'], added.join('\n'));
+    if (added.length === 0) return;
+    // Recorded once in force: a failed add must not leave heal() deleting rules that never were.
+    ip(['-batch', '-'], added.map((rule) => `rule add pref ${CUT_PREF} ${rule}`).join('\n'));
+    for (const rule of added) this.rules.add(rule);
   }
 
   heal(): void {
     if (this.rules.size === 0) return;
     const removed = [...this.rules].map((rule) => `rule del pref ${CUT_PREF} ${rule}`);
     this.rules.clear();
-    ip(['-batch', '-'], removed.join('\n'));
+    // -force: on past a rule already gone, so one never stops the others from being deleted.
+    ip(['-force', '-batch', '-'], removed.join('\n'));
   }
 }

@@ -27,6 +27,11 @@ const CALL_TIMEOUT_MS = 20_000;
 /** The deadline of calls that are expected to be refused: they must end by it (plus this slack). */
 const REFUSAL_DEADLINE_MS = 4_000;
 const REFUSAL_SLACK_MS = 2_000;
+/**
+ * The deadline of calls sent straight to a cut-off server: longer than a refusal may take, so a server
+ * that hangs until the caller gives up shows as too slow, not as a refusal.
+ */
+const PATIENT_RPC_MS = 10_000;
 /** Codes that say "cannot serve this now" (as opposed to an answer from stale state). */
 const REFUSALS: ReadonlySet<string> = new Set([
   'NOT_LEADER',
@@ -118,7 +123,7 @@ export async function runPartitionScenario(log: (line: string) => void): Promise
       }
     };
     const mutationRefused = refusal(`OpenSession on the isolated ${isolated.id}, sent at the cut`, () =>
-      channel(oldLeader).call(MetadataService, 'OpenSession', {}, { timeoutMs: REFUSAL_DEADLINE_MS }),
+      channel(oldLeader).call(MetadataService, 'OpenSession', {}, { timeoutMs: PATIENT_RPC_MS }),
     );
     let madeAt: number | undefined;
     const reads = { sent: 0, afterTheWrite: 0, stale: 0 };
