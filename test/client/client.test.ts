@@ -294,6 +294,13 @@ describe('namespace and leader discovery', () => {
   });
 });
 
+/** A settled call's error as `CODE message`, or 'no error'. */
+function reasonOf(r: PromiseSettledResult<unknown> | undefined): string {
+  return r?.status === 'rejected' && r.reason instanceof DogfsError
+    ? `${r.reason.code} ${r.reason.message}`
+    : 'no error';
+}
+
 describe('client sessions', () => {
   let server: FakeMeta;
   let state: FakeMetaState;
@@ -326,10 +333,6 @@ describe('client sessions', () => {
   test('a shared open: each call waits for it only within its own deadline and signal, and one with time left gets it', async () => {
     const c = fresh();
     try {
-      const reason = (r: PromiseSettledResult<unknown> | undefined) =>
-        r?.status === 'rejected' && r.reason instanceof DogfsError
-          ? `${r.reason.code} ${r.reason.message}`
-          : 'no error';
       // The open fails three times (retried within the deadline of the call that started it), then succeeds.
       state.failNext.set('OpenSession', { error: new DogfsError('UNAVAILABLE', 'try again'), count: 3 });
       const opens = state.count('OpenSession');
@@ -342,9 +345,9 @@ describe('client sessions', () => {
       ]);
       aborted.abort();
       const [patient, short, cancelled] = await calls;
-      assert.match(reason(short), /^DEADLINE_EXCEEDED .*opening a session/);
-      assert.match(reason(cancelled), /^CANCELLED .*opening a session/);
-      assert.equal(patient?.status, 'fulfilled', reason(patient));
+      assert.match(reasonOf(short), /^DEADLINE_EXCEEDED .*opening a session/);
+      assert.match(reasonOf(cancelled), /^CANCELLED .*opening a session/);
+      assert.equal(patient?.status, 'fulfilled', reasonOf(patient));
       assert.ok(Date.now() - began < 4000);
       assert.equal(state.count('OpenSession') - opens, 4, 'one open for the three calls (and its retries)');
     } finally {
@@ -354,17 +357,13 @@ describe('client sessions', () => {
     // opening a session" (a fresh CLI command against a cluster without quorum said only that).
     const d = fresh();
     try {
-      const reason = (r: PromiseSettledResult<unknown> | undefined) =>
-        r?.status === 'rejected' && r.reason instanceof DogfsError
-          ? `${r.reason.code} ${r.reason.message}`
-          : 'no error';
       server.noQuorum = true;
       const [first, second] = await Promise.allSettled([
         d.mkdir('/first', { timeoutMs: 300 }),
         d.mkdir('/second'),
       ]);
-      assert.match(reason(first), /^NO_QUORUM .*no quorum/);
-      assert.match(reason(second), /^NO_QUORUM .*no quorum/);
+      assert.match(reasonOf(first), /^NO_QUORUM .*no quorum/);
+      assert.match(reasonOf(second), /^NO_QUORUM .*no quorum/);
     } finally {
       server.noQuorum = false;
       d.close();
