@@ -91,6 +91,14 @@ test('usage errors: unknown command, unknown flag, bad address, bad log level', 
     assert.equal(result.status, 2, `exit status of dogfs ${args.join(' ')}`);
     assert.match(assertOneLineError(result.stderr), expected);
   }
+  // A source address that is not one stops a server at its start, not at its first connection.
+  for (const role of ['meta', 'chunk']) {
+    const result = await runDogfs([role, '--dir', join(dir.path, 'u')], {
+      env: { ...process.env, DOGFS_SOURCE_ADDRESS: 'nowhere' },
+    });
+    assert.notEqual(result.status, 0);
+    assert.match(assertOneLineError(result.stderr), /DOGFS_SOURCE_ADDRESS 'nowhere' is not an IP address/);
+  }
 });
 
 test('flags fall back to environment variables', async () => {
