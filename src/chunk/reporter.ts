@@ -20,6 +20,21 @@ import { MetadataService } from '../wire/gen/types.js';
 import { type RpcChannel, RpcChannelPool } from '../wire/rpc.js';
 import type { ShardStore } from './store.js';
 
+/**
+ * Automatic repair work this server takes: the cluster leader hands it files to rebuild in heartbeat
+ * answers, and each heartbeat names the files it holds. The work itself is the client library's repair
+ * (client/repair-worker.ts), which the `dogfs chunk` command plugs in here: chunk/ does not import client/.
+ */
+export interface RepairWork {
+  /** Files the cluster leader handed over. */
+  take(paths: readonly string[]): void;
+  /** Files queued or being repaired now. */
+  current(): readonly string[];
+}
+
+/** Files a heartbeat names as being repaired, and a heartbeat answer may hand over. */
+const MAX_REPAIR_PATHS = 64;
+
 export interface ReporterOptions {
   /** Metadata servers (gRPC host:port). */
   meta: string[];
@@ -35,6 +50,8 @@ export interface ReporterOptions {
   membership?: { readonly clusterId: string; adopt(clusterId: string): Promise<void> };
   /** Transfers in progress, reported as load. */
   activeTransfers: () => number;
+  /** Automatic repairs this server runs; absent: it takes none. */
+  repairs?: RepairWork | undefined;
   log?: Logger | undefined;
   /** Shards per BlockReport page (bounded well below the RPC message limit). */
   blockReportPageSize?: number;
@@ -283,9 +300,13 @@ export class MetadataReporter {
         shardCount: store.shardCount,
         activeTransfers: this.options.activeTransfers(),
         corruptShards: corrupt,
+        repairs: this.options.repairs !== undefined,
+        repairing: this.options.repairs?.current().slice(0, MAX_REPAIR_PATHS) ?? [],
       },
       { timeoutMs, signal: this.abort.signal },
     );
+    if (response.repairPaths.length > 0)
+      this.options.repairs?.take(response.repairPaths.slice(0, MAX_REPAIR_PATHS));
     this.state.heartbeats++;
     this.state.lastError = undefined;
     return response;

@@ -16,7 +16,7 @@ import { ClusterMembership } from './cluster-id.js';
 import { DataServer, type DataServerLimits } from './data-server.js';
 import { LeaderFence } from './leader-fence.js';
 import { ChunkMetrics, MetricsEndpoint, prometheusGauges } from './metrics.js';
-import { MetadataReporter } from './reporter.js';
+import { MetadataReporter, type RepairWork } from './reporter.js';
 import { DEFAULT_SCRUB_BYTES_PER_SECOND, SCRUB_CURSOR_FILE, Scrubber } from './scrubber.js';
 import { diskFailure, type ShardRecord, ShardStore } from './store.js';
 
@@ -43,6 +43,11 @@ export interface ChunkServerOptions {
    * why, and why it was off until the chaos failures seen with it were explained).
    */
   directWrites?: boolean | undefined;
+  /**
+   * Automatic repair work this server takes (the `dogfs chunk` command plugs in the client library's
+   * worker, client/repair-worker.ts); absent: it takes none.
+   */
+  repairs?: ((log: Logger) => RepairWork & { close(): Promise<void> }) | undefined;
 }
 
 const DEFAULT_LIST_LIMIT = 1_000;
@@ -75,6 +80,7 @@ export async function startChunkServer(options: ChunkServerOptions) {
   let dataServer: DataServer | undefined;
   let scrubber: Scrubber | undefined;
   let reporter: MetadataReporter | undefined;
+  let repairs: RepairWork | undefined;
   let dataAddr = '';
   let logger: Logger | undefined;
   let membership: ClusterMembership | undefined;
@@ -207,6 +213,11 @@ export async function startChunkServer(options: ChunkServerOptions) {
         started.start();
         context.onShutdown(() => started.stop());
       }
+      if (options.repairs !== undefined && options.meta.length > 0) {
+        const worker = options.repairs(log);
+        repairs = worker;
+        context.onShutdown(() => worker.close());
+      }
       // Hooks run newest first: the reporter (started below, once the gRPC address is known) stops first.
       context.onShutdown(() => reporter?.stop());
       logger = log;
@@ -227,6 +238,7 @@ export async function startChunkServer(options: ChunkServerOptions) {
       activeTransfers: () => server.activeWrites + server.activeReads,
       log: logger,
       membership,
+      repairs,
     });
     reporter.start();
   }

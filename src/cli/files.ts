@@ -764,8 +764,18 @@ function reportJson(report: ClusterReportResponse) {
     filesWithMissingShardsCount: report.filesWithMissingShardsCount,
     codecBackend: report.codecBackend,
     clusterId: report.clusterId,
+    autoRepair: report.autoRepair,
+    autoRepairDelayMs: report.autoRepairDelayMs,
+    repairs: report.repairs.map((r) => ({
+      path: r.path,
+      chunkServerId: r.chunkServerId,
+      sinceMs: r.sinceMs,
+    })),
   };
 }
+
+/** Milliseconds as seconds for a person: '60 s', '1.5 s'. */
+const seconds = (ms: number): string => `${Math.round(ms / 100) / 10} s`;
 
 function formatReport(report: ClusterReportResponse): string {
   const lines: string[] = ['Metadata groups:'];
@@ -790,6 +800,14 @@ function formatReport(report: ClusterReportResponse): string {
   );
   for (const f of report.filesWithMissingShards.slice(0, 100)) lines.push(`  ${f}`);
   if (report.filesWithMissingShardsCount > 100) lines.push('  ...');
+  lines.push(
+    '',
+    report.autoRepair
+      ? `Automatic repair: files damaged for ${seconds(report.autoRepairDelayMs)} are rebuilt by chunk servers; ${report.repairs.length} in progress`
+      : 'Automatic repair: off (dogfs admin repair rebuilds damaged files)',
+  );
+  for (const r of report.repairs.slice(0, 100))
+    lines.push(`  ${r.path} on ${r.chunkServerId} for ${seconds(Math.max(0, Date.now() - r.sinceMs))}`);
   if (report.codecBackend) lines.push('', `Codec backend: ${report.codecBackend}`);
   if (report.clusterId) lines.push(`Cluster id: ${report.clusterId}`);
   return `${lines.join('\n')}\n`;

@@ -34,10 +34,12 @@ Servers:
   meta  --dir DIR [--listen HOST:PORT] [--id ID] [--peers ID=HOST:PORT,...] [--ec POLICY]
         [--gc-grace MS (garbage shards are deleted this long after their file went; 30000)]
         [--orphan-age MS (shard files no metadata records are deleted once this old; 600000; 0: never)]
+        [--repair-delay MS|off (a file damaged this long is rebuilt by a chunk server; 60000)]
         [--log-level L]
   chunk --dir DIR [--listen HOST:PORT] [--data-listen HOST:PORT] [--id ID] [--meta HOST:PORT,...]
         [--failure-domain NAME] [--capacity BYTES] [--scrub-rate BYTES_PER_S (0: off)]
-        [--metrics-listen HOST:PORT (Prometheus text at /metrics)] [--log-level L]
+        [--metrics-listen HOST:PORT (Prometheus text at /metrics)] [--repairs on|off (take automatic
+        repair work from the cluster leader; on)] [--log-level L]
 
 ${FILE_COMMANDS_USAGE}`;
 
@@ -105,6 +107,7 @@ async function meta(argv: string[]): Promise<void> {
     ec: { type: 'string', env: 'DOGFS_EC' },
     'gc-grace': { type: 'string', env: 'DOGFS_GC_GRACE_MS' },
     'orphan-age': { type: 'string', env: 'DOGFS_ORPHAN_AGE_MS' },
+    'repair-delay': { type: 'string', env: 'DOGFS_REPAIR_DELAY_MS' },
     'log-level': { type: 'string', env: 'DOGFS_LOG_LEVEL' },
   });
   noPositionals(positionals);
@@ -133,6 +136,12 @@ async function meta(argv: string[]): Promise<void> {
       flags['orphan-age'] === undefined
         ? undefined
         : parseIntFlag(flags['orphan-age'], 'orphan-age', 600_000, 0, 30 * 86_400_000),
+    autoRepairDelayMs:
+      flags['repair-delay'] === undefined
+        ? undefined
+        : flags['repair-delay'] === 'off'
+          ? null
+          : parseIntFlag(flags['repair-delay'], 'repair-delay', 60_000, 0, 30 * 86_400_000),
     logLevel: parseLogLevel(flags['log-level']),
   });
 }
@@ -148,6 +157,7 @@ async function chunk(argv: string[]): Promise<void> {
     capacity: { type: 'string', env: 'DOGFS_CAPACITY' },
     'scrub-rate': { type: 'string', env: 'DOGFS_SCRUB_RATE' },
     'metrics-listen': { type: 'string', env: 'DOGFS_METRICS_LISTEN' },
+    repairs: { type: 'string', env: 'DOGFS_CHUNK_REPAIRS' },
     'log-level': { type: 'string', env: 'DOGFS_LOG_LEVEL' },
   });
   noPositionals(positionals);
@@ -156,12 +166,18 @@ async function chunk(argv: string[]): Promise<void> {
   skipOptimizingCompiler();
   await loadDaemonErrors();
   const { startChunkServer } = await import('../chunk/server.js');
+  const { RepairWorker } = await import('../client/repair-worker.js');
+  const meta = flags.meta === undefined ? [] : parseAddressList(flags.meta, '--meta');
+  const takeRepairs = flags.repairs ?? 'on';
+  if (takeRepairs !== 'on' && takeRepairs !== 'off')
+    throw new UsageError(`--repairs must be on or off, got '${takeRepairs.slice(0, 32)}'`);
   await startChunkServer({
+    repairs: takeRepairs === 'off' ? undefined : (log) => new RepairWorker({ meta, log }),
     dir: requireFlag(flags.dir, 'dir', 'DOGFS_DIR'),
     id: flags.id,
     listen,
     dataListen: parseListenFlag(flags['data-listen'], 'data-listen', `${listen.host}:0`),
-    meta: flags.meta === undefined ? [] : parseAddressList(flags.meta, '--meta'),
+    meta,
     failureDomain: flags['failure-domain'] ?? 'default',
     capacityBytes:
       flags.capacity === undefined

@@ -14,6 +14,8 @@ export type { BadShard, ReadOutcome, ReadSink, ReadStreamOptions } from './reade
 export { FileReadStream } from './reader.js';
 export type { RepairOptions, RepairOutcome } from './repair.js';
 export { repairFile } from './repair.js';
+export type { RepairWorkerOptions } from './repair-worker.js';
+export { RepairWorker } from './repair-worker.js';
 export { ClientSession } from './session.js';
 export type {
   OpenReadOptions,

@@ -28,6 +28,8 @@ export interface MetaServerOptions {
   gcGraceMs?: number | undefined;
   /** Shard files no metadata records are deleted once this old (10 minutes; 0: never). */
   orphanAgeMs?: number | undefined;
+  /** Automatic repair's delay (60 s); null: off. */
+  autoRepairDelayMs?: number | null | undefined;
   logLevel: LogLevel;
 }
 
@@ -118,6 +120,7 @@ export function startMetaServer(options: MetaServerOptions) {
         defaultEc: options.defaultEc,
         ...(options.gcGraceMs === undefined ? {} : { gcGraceMs: options.gcGraceMs }),
         ...(options.orphanAgeMs === undefined ? {} : { orphanAgeMs: options.orphanAgeMs }),
+        ...(options.autoRepairDelayMs === undefined ? {} : { autoRepairDelayMs: options.autoRepairDelayMs }),
         commandClockOffsetMs: commandClockOffsetFromEnvironment(process.env['DOGFS_COMMAND_CLOCK_OFFSET_MS']),
       });
       host.start(context.rpc);

@@ -37,6 +37,7 @@ import {
 } from '../wire/gen/types.js';
 import type { Init } from '../wire/proto.js';
 import { type RpcChannel, RpcChannelPool, type RpcServer, type ServiceHandlers } from '../wire/rpc.js';
+import { AutoRepairSchedule, DEFAULT_AUTO_REPAIR_LIMITS, MAX_REPAIRING_NAMED } from './auto-repair.js';
 import {
   type BlockGroupCommit,
   type BlockGroupInfo,
@@ -52,6 +53,7 @@ import {
   type FirstBlockGroup,
   type Inode,
   type InodeId,
+  MAX_PATH_BYTES,
   type NamespaceCommand,
   type NamespaceResult,
   NamespaceState,
@@ -296,7 +298,24 @@ export interface MetadataNodeOptions {
    * a leader whose clock is far ahead, to show the state's time carried on after it (state-clock.ts).
    */
   readonly commandClockOffsetMs?: number;
+  /**
+   * Automatic repair: a file damaged this long is handed to a chunk server to rebuild (60 s); undefined
+   * or null: off (`dogfs meta --repair-delay off`), and damage waits for `dogfs admin repair`.
+   */
+  readonly autoRepairDelayMs?: number | null;
 }
+
+/** Automatic repair's delay unless the server is told otherwise. */
+export const DEFAULT_AUTO_REPAIR_DELAY_MS = 60_000;
+/** How often group 0's leader walks the namespace for damaged files while repairing automatically. */
+const AUTO_REPAIR_SCAN_MS = 5_000;
+/**
+ * With nothing known to be missing (no dead server, no bad or absent shard, nothing being repaired), the
+ * walk still runs this often: a file written with fewer than K+M durable shards shows only there.
+ */
+const AUTO_REPAIR_IDLE_SCAN_MS = 60_000;
+/** Damaged files one scan collects (the schedule tracks at most its own limit). */
+const AUTO_REPAIR_SCAN_LIMIT = 1_000;
 
 export class MetadataNode {
   /** A relocated shard's bad reports were about its old copy: they go (see NamespaceMachine). */
@@ -304,6 +323,13 @@ export class MetadataNode {
     for (const index of indexes) this.badShards.delete(shardKey(blockGroupId, index));
   });
   private readonly cluster = new ClusterMachine();
+  /** Automatic repair's schedule (soft state of this node's group 0 leadership); undefined: off. */
+  private readonly autoRepair: AutoRepairSchedule | undefined;
+  /** Chunk servers whose last heartbeat said they take repair work. */
+  private readonly repairWorkers = new Set<string>();
+  private autoRepairNextScanMs = 0;
+  private autoRepairLastFullScanMs = 0;
+  private autoRepairScanning = false;
   /** Shards reported bad (by readers or scrubbers), by shardKey; oldest first, bounded. */
   private readonly badShards = new Map<string, BadShardReport>();
   /** Servers whose block report is being reconciled with the namespace now. */
@@ -389,6 +415,12 @@ export class MetadataNode {
     this.namespaceClock = new StateClock(wallMs);
     this.clusterClock = new StateClock(wallMs);
     assert(Number.isSafeInteger(this.orphanAgeMs) && this.orphanAgeMs >= 0, 'orphan age');
+    const delayMs =
+      options.autoRepairDelayMs === undefined ? DEFAULT_AUTO_REPAIR_DELAY_MS : options.autoRepairDelayMs;
+    if (delayMs !== null) {
+      assert(Number.isSafeInteger(delayMs) && delayMs >= 0, 'auto-repair delay');
+      this.autoRepair = new AutoRepairSchedule({ ...DEFAULT_AUTO_REPAIR_LIMITS, delayMs });
+    }
     host.addGroup(CLUSTER_GROUP, this.cluster);
     host.addGroup(NAMESPACE_GROUP, this.namespace);
   }
@@ -441,6 +473,66 @@ export class MetadataNode {
   private async proposeCluster(command: ClusterCommand, deadline: number): Promise<ClusterResult> {
     const bytes = encodeOrRefuse(() => encodeClusterCommand(command));
     return (await this.host.propose(CLUSTER_GROUP, bytes, deadline)) as ClusterResult;
+  }
+
+  /**
+   * Automatic repair, a duty round's part: walk the namespace for damaged files when due (in slices, not
+   * holding up the round), then hand the files that have waited long enough to chunk servers that take
+   * repair work (told in their next heartbeat answers).
+   */
+  private scheduleRepairs(now: number): void {
+    const schedule = this.autoRepair;
+    if (schedule === undefined) return;
+    const knownMissing =
+      this.badShards.size > 0 ||
+      this.absentOnServer.size > 0 ||
+      schedule.trackedCount > 0 ||
+      this.cluster.state.servers().some((s) => s.state !== 'alive');
+    const due =
+      now >= this.autoRepairNextScanMs &&
+      (knownMissing || now - this.autoRepairLastFullScanMs >= AUTO_REPAIR_IDLE_SCAN_MS);
+    if (due && !this.autoRepairScanning) {
+      this.autoRepairScanning = true;
+      this.autoRepairNextScanMs = now + AUTO_REPAIR_SCAN_MS;
+      const term = this.host.status(CLUSTER_GROUP).term;
+      this.scanDamagedFiles(AUTO_REPAIR_SCAN_LIMIT)
+        .then((found) => {
+          if (found === undefined || this.clusterLeadership?.term !== term) return;
+          if (!this.host.isLeader(CLUSTER_GROUP) || this.host.status(CLUSTER_GROUP).term !== term) return;
+          // Fewer found than collected at most: the scan named every damaged file.
+          schedule.observeScan(found.paths, found.count <= found.paths.length, Date.now());
+          this.autoRepairLastFullScanMs = Date.now();
+        })
+        .catch((error: unknown) =>
+          this.log.warn('automatic repair: scan failed', { error: toDogfsError(error).message }),
+        )
+        .finally(() => {
+          this.autoRepairScanning = false;
+        });
+    }
+    const workers = this.cluster.state
+      .servers()
+      .filter((s) => s.state === 'alive' && this.repairWorkers.has(s.id))
+      .map((s) => s.id);
+    for (const a of schedule.plan(workers, now, (n) => randomInt(0, n)))
+      this.log.info('automatic repair: file handed to a chunk server', { path: a.path, server: a.server });
+  }
+
+  /** Files with missing shards (the first `limit`, and the count of all), walked in slices. */
+  private async scanDamagedFiles(limit: number): Promise<{ paths: string[]; count: number } | undefined> {
+    const paths: string[] = [];
+    let count = 0;
+    let files = 0;
+    for (const { path, inode } of this.namespace.state.files()) {
+      if (++files % RECONCILE_FILES_PER_SLICE === 0) {
+        await new Promise((resolve) => setImmediate(resolve));
+        if (!this.host.isLeader(CLUSTER_GROUP)) return undefined;
+      }
+      if (!inode.blockGroups.some((bg) => this.missingShards(bg).length > 0)) continue;
+      count++;
+      if (paths.length < limit) paths.push(path);
+    }
+    return { paths, count };
   }
 
   /** Leader-only work: each node does it for the groups it leads, so exactly the leaders act. */
@@ -503,12 +595,16 @@ export class MetadataNode {
             deadline,
           );
           // Unchanged: a heartbeat was committed after this leader judged (or another declared it).
-          if (result.ok && result.op === 'declareDead' && result.changed)
+          if (result.ok && result.op === 'declareDead' && result.changed) {
             this.log.warn('chunk server declared dead', {
               server: silent.id,
               silentSinceMs: silent.silentSinceMs,
             });
+            this.autoRepair?.serverGone(silent.id);
+            this.repairWorkers.delete(silent.id);
+          }
         }
+        if (!safeMode) this.scheduleRepairs(now);
       }
       if (this.host.isLeader(NAMESPACE_GROUP)) {
         const now = Date.now();
@@ -1140,6 +1236,8 @@ export class MetadataNode {
    * that came back while another node led).
    */
   private forgetLeadership(): void {
+    this.autoRepair?.clear();
+    this.repairWorkers.clear();
     this.lastSeen.clear();
     this.reportsInProgress.clear();
     this.reportsWaiting.clear();
@@ -1693,7 +1791,16 @@ export class MetadataNode {
           if (alive.ok) this.log.info('chunk server alive again', { server: req.id });
         }
         const inventoried = this.inventoried.get(req.id) === this.host.status(CLUSTER_GROUP).term;
-        return { reregister: result.reregister || !inventoried };
+        let repairPaths: string[] = [];
+        if (this.autoRepair !== undefined && known !== undefined) {
+          if (req.repairs) this.repairWorkers.add(req.id);
+          else this.repairWorkers.delete(req.id);
+          const repairing = req.repairing
+            .slice(0, MAX_REPAIRING_NAMED)
+            .filter((path) => path.length > 0 && path.length <= MAX_PATH_BYTES);
+          repairPaths = this.autoRepair.heartbeat(req.id, req.repairs, repairing, now);
+        }
+        return { reregister: result.reregister || !inventoried, repairPaths };
       },
       BlockReport: (req) => {
         this.host.requireLeader(CLUSTER_GROUP);
@@ -1766,6 +1873,13 @@ export class MetadataNode {
           settings: this.cluster.state.settings,
           codecBackend: this.codecBackend,
           clusterId: this.cluster.state.clusterId,
+          repairs: (this.autoRepair?.inProgress() ?? []).map((a) => ({
+            path: a.path,
+            chunkServerId: a.server,
+            sinceMs: a.sinceMs,
+          })),
+          autoRepair: this.autoRepair !== undefined,
+          autoRepairDelayMs: this.autoRepair?.limits.delayMs ?? 0,
         };
       },
       PlanRepair: async (req, ctx) => {

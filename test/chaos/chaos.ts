@@ -38,6 +38,8 @@ const PAUSE_MS = 1500;
 const PARTITION_MS = 4000;
 const CALL_TIMEOUT_MS = 30_000;
 const HEAL_TIMEOUT_MS = 90_000;
+/** After the heal, how long automatic repair may take before the manual rounds (polled, not slept). */
+const AUTO_REPAIR_SETTLE_MS = 20_000;
 
 export interface ChaosOptions {
   readonly dir: string;
@@ -60,6 +62,12 @@ export interface ChaosOptions {
    */
   readonly orphanAgeMs?: number;
   /**
+   * Automatic repair's delay (DOGFS_REPAIR_DELAY_MS; default 2,000 ms, against 60 s in service): chunk
+   * servers rebuild damaged files all through the faults, racing kills, pauses and the final manual
+   * repair, and the final checks test that none of it lost or misplaced a shard.
+   */
+  readonly repairDelayMs?: number;
+  /**
    * Network partitions too (test/partition/netns.ts; the caller has entered a private network namespace):
    * members on their own loopback addresses (`dogfs up --distinct-hosts`), and a fault that cuts one
    * member (a metadata server or a chunk server) off from all the others for a while.
@@ -81,6 +89,8 @@ export interface ChaosOutcome {
   readonly getsFailed: Readonly<Record<string, number>>;
   readonly repairedFiles: number;
   readonly shardsRebuilt: number;
+  /** Files still damaged once automatic repair had AUTO_REPAIR_SETTLE_MS after the heal (then repaired by hand). */
+  readonly autoRepairLeft: number;
   /** Files the writers deleted (their shards on a server down then become orphans). */
   readonly filesDeleted: number;
   /** Shards the metadata leaders' orphan sweeps deleted, counted from their logs. */
@@ -165,6 +175,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
         ...process.env,
         DOGFS_RAFT_SNAPSHOT_EVERY: String(options.snapshotEvery ?? 200),
         DOGFS_ORPHAN_AGE_MS: String(options.orphanAgeMs ?? 2_000),
+        DOGFS_REPAIR_DELAY_MS: String(options.repairDelayMs ?? 2_000),
       },
     },
   );
@@ -405,9 +416,20 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
     // Repair what the cluster reports damaged, until a report shows nothing damaged. That report is the
     // verdict: a second one taken after it could list a corruption flipped late and found only now by a
     // scrubber (a parity shard no get reads), which is detection working, not repair failing.
+    // Automatic repair gets a while first; a file it has backed off from (its repairs failed under the
+    // faults) may wait longer than that, and the manual rounds below take what it left.
+    let left = await dogfs.report();
+    const settleBy = Date.now() + AUTO_REPAIR_SETTLE_MS;
+    while ((left.filesWithMissingShardsCount > 0 || left.repairs.length > 0) && Date.now() < settleBy) {
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      left = await dogfs.report();
+    }
+    const autoRepairLeft = left.filesWithMissingShardsCount;
+    say(
+      `automatic repair: ${autoRepairLeft} file(s) still damaged, ${left.repairs.length} repair(s) running, ${Math.round((AUTO_REPAIR_SETTLE_MS - (settleBy - Date.now())) / 100) / 10} s after the heal`,
+    );
     let repairedFiles = 0;
     let shardsRebuilt = 0;
-    let left = await dogfs.report();
     for (let round = 0; round < 5 && left.filesWithMissingShardsCount > 0; round++) {
       for (const path of left.filesWithMissingShards) {
         const outcome = await dogfs.repair(path);
@@ -497,6 +519,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
       getsFailed,
       repairedFiles,
       shardsRebuilt,
+      autoRepairLeft,
       filesDeleted: deleted.size,
       orphansDeleted: readCluster()
         .processes.filter((p) => p.role === 'meta')

@@ -12,8 +12,14 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { ClientSession, DogfsClient, MetadataConnection } from '../../src/client/index.js';
 import type { DogfsError } from '../../src/wire/errors.js';
-import type { ClusterReportResponse } from '../../src/wire/gen/types.js';
-import { assertOneLineError, processAlive, runDogfs, startCluster, waitFor } from '../helpers/index.js';
+import {
+  assertOneLineError,
+  clusterCommands,
+  processAlive,
+  runDogfs,
+  startCluster,
+  waitFor,
+} from '../helpers/index.js';
 
 // Garbage shards are deleted as soon as the leader sees them, so the test can watch them go.
 const up = startCluster(['--meta', '3', '--chunk', '7', '--ec', 'rs-3-2'], {
@@ -47,20 +53,8 @@ const shardOf = (blockGroupId: number) => (name: string) =>
 
 test('kill during put, corruption, report, repair, garbage collection, too few servers', async () => {
   const cluster = await up.ready();
-  const env = { ...process.env, DOGFS_CLUSTER: up.clusterPath };
+  const { env, dogfs, report, sameBytes } = clusterCommands(up);
   const chunks = cluster.processes.filter((p) => p.role === 'chunk');
-  const dogfs = (args: string[], timeoutMs = 120_000) => runDogfs(args, { env, timeoutMs });
-  const report = async () => {
-    const r = await dogfs(['admin', 'report', '--json']);
-    assert.equal(r.status, 0, r.stderr);
-    return JSON.parse(r.stdout) as ClusterReportResponse;
-  };
-  const sameBytes = async (remote: string, expected: Buffer, what: string) => {
-    const local = join(dir.path, `got-${randomBytes(4).toString('hex')}`);
-    const get = await dogfs(['get', remote, local]);
-    assert.equal(get.status, 0, `${what}: ${get.stderr}`);
-    assert.ok(readFileSync(local).equals(expected), `${what}: bytes identical`);
-  };
 
   // Silent chunk servers are declared dead after 3 s instead of 10.
   const fast = await dogfs(['admin', 'settings', '--dead-after', '3000']);

@@ -2,6 +2,7 @@
  * Test helpers: temporary directories, waiting on conditions with deadlines (never sleeping as
  * synchronisation), and running the real `dogfs` command as a child process.
  */
+import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -9,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ClusterJson } from '../../src/cluster/up.js';
+import type { ClusterReportResponse } from '../../src/wire/gen/types.js';
 
 export const DOGFS_BIN = fileURLToPath(new URL('../../../bin/dogfs.js', import.meta.url));
 
@@ -106,9 +108,18 @@ export function runDogfs(
 }
 
 /** Starts a long-running `dogfs ARGS` (a server or `up`), collecting its output. */
+/**
+ * Servers started by tests repair nothing by themselves unless the test asks (DOGFS_REPAIR_DELAY_MS in its
+ * environment): most tests watch damage stay until they repair it, and a slow run must not let automatic
+ * repair (60 s by default) change what they look at. test/e2e/auto-repair.test.ts and chaos turn it on.
+ */
+function withAutoRepairDefault(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  return env['DOGFS_REPAIR_DELAY_MS'] === undefined ? { ...env, DOGFS_REPAIR_DELAY_MS: 'off' } : env;
+}
+
 export function startDogfs(args: string[], env: NodeJS.ProcessEnv = process.env) {
   const child: ChildProcess = spawn(process.execPath, [DOGFS_BIN, ...args], {
-    env,
+    env: withAutoRepairDefault(env),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const output = { stdout: '', stderr: '' };
@@ -211,6 +222,30 @@ export function startCluster(args: string[], env: NodeJS.ProcessEnv = process.en
       dir.remove();
     },
   };
+}
+
+/**
+ * The `dogfs` command against a cluster of `startCluster`, and the two checks end-to-end tests make most:
+ * `admin report --json` parsed, and a file read back (into a local file) byte for byte.
+ */
+export function clusterCommands(cluster: {
+  readonly clusterPath: string;
+  readonly dir: { readonly path: string };
+}) {
+  const env = { ...process.env, DOGFS_CLUSTER: cluster.clusterPath };
+  const dogfs = (args: string[], timeoutMs = 120_000) => runDogfs(args, { env, timeoutMs });
+  const report = async (): Promise<ClusterReportResponse> => {
+    const r = await dogfs(['admin', 'report', '--json']);
+    assert.equal(r.status, 0, r.stderr);
+    return JSON.parse(r.stdout) as ClusterReportResponse;
+  };
+  const sameBytes = async (remote: string, expected: Buffer, what: string): Promise<void> => {
+    const local = join(cluster.dir.path, `got-${randomBytes(4).toString('hex')}`);
+    const get = await dogfs(['get', remote, local]);
+    assert.equal(get.status, 0, `${what}: ${get.stderr}`);
+    assert.ok(readFileSync(local).equals(expected), `${what}: bytes identical`);
+  };
+  return { env, dogfs, report, sameBytes };
 }
 
 /** The file of shard `index` of block group `blockGroupId` under a chunk server's directory, if any. */

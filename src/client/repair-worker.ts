@@ -1,0 +1,131 @@
+/**
+ * client/repair-worker — automatic repair's worker (DESIGN §4, "Repair"): the files a chunk server is
+ * handed by the cluster leader, rebuilt one at a time with the code of `dogfs admin repair` (repair.ts).
+ * It runs inside each `dogfs chunk` process (the command plugs it into the server's reporter), so repair
+ * traffic goes chunk server to chunk server and the metadata servers stay out of the data path.
+ *
+ * One file at a time per server, and the leader hands out few at once: that is the throttle that keeps
+ * user traffic ahead of repair. The queue is bounded; a file that does not fit is dropped here and handed
+ * out again by the leader, which sees it still damaged.
+ */
+import type { Logger } from '../common/log.js';
+import { toDogfsError } from '../wire/errors.js';
+import { DogfsClient } from './client.js';
+import type { RepairOutcome } from './repair.js';
+
+export interface RepairWorkerOptions {
+  /** Metadata servers (host:port). */
+  readonly meta: readonly string[];
+  readonly log?: Logger | undefined;
+  /** Files waiting behind the one being repaired (8). */
+  readonly maxQueued?: number;
+  /** Deadline of each metadata call of a repair (60 s, as `dogfs admin repair`). */
+  readonly callTimeoutMs?: number;
+  /** The client the repairs run through (a test seam); default: one made from `meta` when first needed. */
+  readonly client?: Pick<DogfsClient, 'repair' | 'close'>;
+}
+
+const DEFAULT_MAX_QUEUED = 8;
+const DEFAULT_CALL_TIMEOUT_MS = 60_000;
+const CLOSE_WAIT_MS = 5_000;
+
+export class RepairWorker {
+  private readonly queue: string[] = [];
+  private running: string | undefined;
+  private draining: Promise<void> | undefined;
+  private client: Pick<DogfsClient, 'repair' | 'close'> | undefined;
+  private readonly abort = new AbortController();
+  private readonly maxQueued: number;
+  /** Files repaired (whatever the outcome) and failed, since start: for tests and metrics. */
+  readonly counts = { repaired: 0, failed: 0, dropped: 0 };
+
+  constructor(private readonly options: RepairWorkerOptions) {
+    this.maxQueued = options.maxQueued ?? DEFAULT_MAX_QUEUED;
+    this.client = options.client;
+  }
+
+  /** Files handed over; those already here are not queued twice. */
+  take(paths: readonly string[]): void {
+    if (this.abort.signal.aborted) return;
+    for (const path of paths) {
+      if (path === this.running || this.queue.includes(path)) continue;
+      if (this.queue.length >= this.maxQueued) {
+        this.counts.dropped++;
+        this.options.log?.debug('automatic repair: queue full, file left for the leader to hand out again', {
+          path,
+        });
+        continue;
+      }
+      this.queue.push(path);
+    }
+    this.kick();
+  }
+
+  private kick(): void {
+    if (this.draining !== undefined || this.abort.signal.aborted) return;
+    this.draining = this.drain().finally(() => {
+      this.draining = undefined;
+      // A file taken between the drain's last look at the queue and now would wait for the next take.
+      if (this.queue.length > 0) this.kick();
+    });
+  }
+
+  /** Files queued or being repaired. */
+  current(): readonly string[] {
+    return this.running === undefined ? [...this.queue] : [this.running, ...this.queue];
+  }
+
+  private async drain(): Promise<void> {
+    const signal = this.abort.signal;
+    for (let path = this.queue.shift(); path !== undefined && !signal.aborted; path = this.queue.shift()) {
+      this.running = path;
+      const startedMs = Date.now();
+      try {
+        this.client ??= new DogfsClient({ meta: this.options.meta });
+        const outcome = await this.client.repair(path, {
+          timeoutMs: this.options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS,
+          signal,
+        });
+        this.counts.repaired++;
+        this.logOutcome(outcome, Date.now() - startedMs);
+      } catch (error) {
+        if (signal.aborted) return;
+        this.counts.failed++;
+        const e = toDogfsError(error);
+        // The leader sees the file still damaged and hands it out again, after a backoff.
+        this.options.log?.warn('automatic repair failed', { path, code: e.code, error: e.message });
+      } finally {
+        this.running = undefined;
+      }
+    }
+  }
+
+  private logOutcome(o: RepairOutcome, ms: number): void {
+    const fields = {
+      path: o.path,
+      shardsRebuilt: o.shardsRebuilt,
+      blockGroups: `${o.repairedBlockGroups}/${o.damagedBlockGroups}`,
+      bytesWritten: o.bytesWritten,
+      ms,
+    };
+    if (o.unrepaired.length === 0) this.options.log?.info('automatic repair done', fields);
+    else this.options.log?.warn('automatic repair incomplete', { ...fields, unrepaired: o.unrepaired });
+  }
+
+  /** Stops: the repair running is abandoned (its rebuilt copies, uncommitted, become orphans). */
+  async close(): Promise<void> {
+    this.abort.abort();
+    this.queue.length = 0;
+    // Closing the client fails the repair's calls and transfers in flight, so the drain ends soon; a
+    // shutdown still waits for it at most CLOSE_WAIT_MS.
+    this.client?.close();
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      this.draining,
+      new Promise((resolve) => {
+        timer = setTimeout(resolve, CLOSE_WAIT_MS);
+      }),
+    ]);
+    clearTimeout(timer);
+  }
+}
