@@ -59,6 +59,8 @@ const out = [
   '  readonly responseType: keyof MessageTypes;',
   "  /** From the method's `idempotency_level` option: only these calls are retried. */",
   '  readonly idempotent: boolean;',
+  '  /** `idempotency_level = NO_SIDE_EFFECTS`: a read, whose lost answer leaves nothing changed. */',
+  '  readonly noSideEffects: boolean;',
   '}\n',
   '/** `M` maps each method name to its request and response message types. */',
   'export interface ServiceDescriptor<M> {',
@@ -118,8 +120,9 @@ for (const service of services) {
   for (const m of methods) {
     const level = m.options?.idempotency_level ?? 'IDEMPOTENCY_UNKNOWN';
     const idempotent = level === 'IDEMPOTENT' || level === 'NO_SIDE_EFFECTS';
+    const noSideEffects = level === 'NO_SIDE_EFFECTS';
     out.push(
-      `    ${m.name}: { requestType: '${PACKAGE}.${m.resolvedRequestType.name}', responseType: '${PACKAGE}.${m.resolvedResponseType.name}', idempotent: ${idempotent} },`,
+      `    ${m.name}: { requestType: '${PACKAGE}.${m.resolvedRequestType.name}', responseType: '${PACKAGE}.${m.resolvedResponseType.name}', idempotent: ${idempotent}, noSideEffects: ${noSideEffects} },`,
     );
   }
   out.push('  },');

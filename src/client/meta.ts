@@ -29,23 +29,46 @@ export interface MetaCallOptions {
 }
 
 /**
- * Whether an attempt that failed with `e` may have been applied. Known not to have been: any answer of
- * the service refusing it (a state-machine refusal, NOT_LEADER, load shed), NO_QUORUM (no leader, so
- * nothing was proposed), a connection that could not be made, and the host's refusals before proposing
- * (electing, transferring leadership, shutting down). Unknown: no answer (a deadline, a connection lost
- * after the request left) and a proposal given up on (leadership changed before it committed).
+ * Whether an attempt on `address` that failed with `e` may have been applied. Known not to have been: any
+ * answer of the service refusing it (a state-machine refusal, NOT_LEADER, NO_QUORUM: no leader, so nothing
+ * was proposed; a refusal before proposing: electing, transferring leadership, shutting down, load shed,
+ * too few chunk servers), and a connection that could not be made. Unknown: no answer (a deadline, a
+ * connection lost after the request left: the errors this client's channel makes itself, named by address
+ * and method) and a proposal the leader gave up on (leadership lost before it committed; shut down).
  */
-function outcomeUnknown(e: DogfsError): boolean {
+function outcomeUnknown(e: DogfsError, address: string, method: string): boolean {
   if (e.code === 'DEADLINE_EXCEEDED' || e.code === 'CANCELLED' || e.code === 'INTERNAL') return true;
   if (e.code !== 'UNAVAILABLE') return false;
-  return !/ECONNREFUSED|is electing a leader|is transferring leadership|raft host is shutting down/.test(
-    e.message,
-  );
+  if (e.message.startsWith(`${address} ${method}: `)) return !/ECONNREFUSED/.test(e.message);
+  // raftnode/host.ts's answers for a proposal it appended and then gave up on. Every other UNAVAILABLE a
+  // server answers is a refusal before proposing (a deny list of those treated a leader's own refusal,
+  // such as too few chunk servers, as an unknown outcome).
+  return /before the command committed|metadata server is shutting down/.test(e.message);
 }
 
 /** What a call's failed attempts say about whether it may have been applied (see mutate). */
 interface CallOutcome {
   uncertain: boolean;
+}
+
+/**
+ * Whether a call's final error `e` leaves an earlier unanswered attempt unsettled. It does unless the
+ * service answered the call itself: a state-machine refusal of a retry stamped with the call's session
+ * number is the call's one result (the state machine answers a retry of an applied command with its first
+ * result). No leader, nothing reachable, a refusal before proposing (too few chunk servers, load shed), the
+ * deadline, the caller's cancel, or a fault of the client or server say nothing about that attempt.
+ */
+function leavesOutcomeOpen(e: DogfsError): boolean {
+  return isUnavailability(e.code) || e.code === 'CANCELLED' || e.code === 'INTERNAL';
+}
+
+/**
+ * Whether an unknown outcome of `method` matters to its caller. Not for a read, nor for OpenSession: a
+ * session opened whose answer was lost is only an entry the service lets expire, and the open's failure
+ * is reported as that of the call waiting for the session, which was never sent.
+ */
+function hasVisibleEffects(method: MetadataMethod): boolean {
+  return !MetadataService.methods[method].noSideEffects && method !== 'OpenSession';
 }
 
 export interface MetadataConnectionOptions {
@@ -196,6 +219,8 @@ export class MetadataConnection {
     const deadline = this.deadlineOf(options);
     const group = groupOf(method);
     const tally = new FailureTally();
+    // Tracked for every call, so a mutation made without a session (SetSettings) says it too.
+    const attempts = outcome ?? { uncertain: false };
     try {
       return await withRetry(
         {
@@ -210,12 +235,17 @@ export class MetadataConnection {
         async () => {
           let target = this.leaders.get(group) ?? (await this.discover(group, deadline, options.signal));
           for (let hop = 0; ; hop++) {
+            // Refused here, not by the channel, so an attempt that was never sent does not count as one
+            // whose answer was lost (which would say a mutation may have been applied).
+            if (options.signal?.aborted) throw new DogfsError('CANCELLED', `${method}: cancelled`);
+            if (Date.now() >= deadline)
+              throw new DogfsError('DEADLINE_EXCEEDED', `${method}: deadline exceeded`);
             try {
               return await this.attempt(target, method, request, deadline, options.signal);
             } catch (error) {
               const e = toDogfsError(error);
               tally.add(target, method, e, this.leaders.get(group) === target);
-              if (outcome !== undefined && outcomeUnknown(e)) outcome.uncertain = true;
+              if (outcomeUnknown(e, target, method)) attempts.uncertain = true;
               if (e.code === 'NOT_LEADER' && e.leaderHint && e.leaderHint !== target && hop < MAX_HINT_HOPS) {
                 this.leaders.set(group, e.leaderHint);
                 target = e.leaderHint;
@@ -230,15 +260,15 @@ export class MetadataConnection {
       );
     } catch (error) {
       const e = toDogfsError(error);
-      if (!isUnavailability(e.code)) throw e;
-      const verdict = tally.verdict(method, this.seeds, Date.now() - started, e);
-      // "No quorum" reads as "not done"; a mutation one of whose attempts got no answer may be applied
-      // yet, by a leader that had its entry when the majority came back.
-      if (outcome?.uncertain !== true || verdict.code !== 'NO_QUORUM') throw verdict;
+      const final = isUnavailability(e.code) ? tally.verdict(method, this.seeds, Date.now() - started, e) : e;
+      // "No quorum", "cannot reach", "deadline exceeded" or "cancelled" read as "not done"; a mutation one
+      // of whose attempts got no answer may be applied yet (by a leader that had its entry when the
+      // majority came back, or that served it while its answer was lost). Same code: only the text warns.
+      if (!attempts.uncertain || !hasVisibleEffects(method) || !leavesOutcomeOpen(final)) throw final;
       throw new DogfsError(
-        verdict.code,
-        `${verdict.message}; an attempt got no answer, so it may or may not have been applied: check before trying again`,
-        { cause: verdict.cause },
+        final.code,
+        `${final.message}; an attempt got no answer, so it may or may not have been applied: check before trying again`,
+        { cause: final },
       );
     }
   }

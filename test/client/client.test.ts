@@ -17,7 +17,7 @@ import {
 
 import { StripeLayout } from '../../src/codec/stripe.js';
 import { DogfsError } from '../../src/wire/errors.js';
-import { waitFor } from '../helpers/index.js';
+import { gate, waitFor } from '../helpers/index.js';
 import { FakeMeta, FakeMetaState, startFakeMetaCluster } from './fake-meta.js';
 import { MemoryTransport } from './memory-transport.js';
 
@@ -234,6 +234,104 @@ describe('namespace and leader discovery', () => {
     assert.doesNotMatch(plain.message, /may or may not/);
     c.close();
     await server.close();
+  });
+
+  test('an attempt with no answer, then nothing reachable: UNAVAILABLE that says the mutation may have been applied', async () => {
+    const state = new FakeMetaState();
+    const server = new FakeMeta(state);
+    await server.start();
+    // Every attempt on the server is applied and never answered (cut at the attempt cap, as a lost
+    // connection would be); the other seed refuses connections: no server ever answers.
+    const c = new DogfsClient({
+      meta: [server.address, '127.0.0.1:1'],
+      timeoutMs: 1000,
+      attemptTimeoutMs: 150,
+    });
+    const held = gate();
+    try {
+      await c.mkdir('/opened'); // the session is open before the fault
+      state.holdReply.set('Mkdir', held.passed);
+      const error = await rejectsWith(
+        c.mkdir('/unanswered'),
+        'UNAVAILABLE',
+        /^cannot reach any metadata server .*; an attempt got no answer, so it may or may not have been applied/,
+      );
+      held.open();
+      assert.equal(
+        (await c.stat('/unanswered')).type,
+        'dir',
+        `applied, though the error said: ${error.message}`,
+      );
+      // A read whose answers are lost changed nothing: its error says nothing of the kind.
+      state.failNext.set('Stat', {
+        error: new DogfsError('UNAVAILABLE', 'metadata server is shutting down'),
+        count: 1_000_000,
+      });
+      const read = await rejectsWith(c.stat('/unanswered'), 'UNAVAILABLE');
+      assert.doesNotMatch(read.message, /may or may not/);
+    } finally {
+      held.open();
+      c.close();
+      await server.close();
+    }
+  });
+
+  test("a leader's refusal after an attempt with no answer says the mutation may have been applied; refusals alone do not", async () => {
+    const state = new FakeMetaState();
+    const server = new FakeMeta(state);
+    await server.start();
+    const c = new DogfsClient({ meta: [server.address], timeoutMs: 600 });
+    const refusal = new DogfsError('UNAVAILABLE', 'need 9 live chunk servers, 3 alive');
+    try {
+      await c.mkdir('/opened');
+      state.dropReply.set('Mkdir', 1);
+      state.failAfterDrop.set('Mkdir', { error: refusal, count: 1_000_000 });
+      await rejectsWith(
+        c.mkdir('/maybe-refused'),
+        'UNAVAILABLE',
+        /^need 9 live chunk servers, 3 alive; an attempt got no answer, so it may or may not have been applied/,
+      );
+      assert.equal((await c.stat('/maybe-refused')).type, 'dir', 'the first attempt was applied');
+      // Every attempt answered with the refusal: nothing was applied, and the error is the refusal itself.
+      const plain = await rejectsWith(
+        c.mkdir('/refused'),
+        'UNAVAILABLE',
+        /^need 9 live chunk servers, 3 alive$/,
+      );
+      assert.doesNotMatch(plain.message, /may or may not/);
+    } finally {
+      c.close();
+      await server.close();
+    }
+  });
+
+  test('a mutation cancelled while an attempt awaits its answer says it may have been applied; one cancelled before it is sent does not', async () => {
+    const state = new FakeMetaState();
+    const server = new FakeMeta(state);
+    await server.start();
+    const c = new DogfsClient({ meta: [server.address], timeoutMs: 5000 });
+    const held = gate();
+    try {
+      await c.mkdir('/opened');
+      state.holdReply.set('Mkdir', held.passed);
+      const aborted = new AbortController();
+      const sent = state.count('Mkdir');
+      const call = c.mkdir('/cancelled-in-flight', { signal: aborted.signal });
+      await waitFor('the mkdir to reach the server', () => state.count('Mkdir') > sent);
+      aborted.abort();
+      await rejectsWith(
+        call,
+        'CANCELLED',
+        /cancelled; an attempt got no answer, so it may or may not have been applied/,
+      );
+      const early = await rejectsWith(c.mkdir('/cancelled-early', { signal: aborted.signal }), 'CANCELLED');
+      assert.doesNotMatch(early.message, /may or may not/);
+      assert.equal(state.count('Mkdir'), sent + 1, 'the call cancelled early was never sent');
+    } finally {
+      held.open();
+      c.close();
+      await server.close();
+    }
   });
 
   test('a majority down, the survivor still electing: NO_QUORUM naming what each server said', async () => {

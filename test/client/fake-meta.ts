@@ -63,7 +63,7 @@ export class FakeMetaState {
   readonly failInTurn = new Map<string, DogfsError[]>();
   /** Per method: how many more calls fail with this error (fault injection). */
   readonly failNext = new Map<string, { error: DogfsError; count: number }>();
-  /** Per method: how many more calls are applied but answered UNAVAILABLE (a lost reply). */
+  /** Per method: how many more calls are applied but answered as given up on (a lost reply). */
   readonly dropReply = new Map<string, number>();
   /**
    * Per method: after a dropped reply, the next call fails with this (e.g. a session forgotten meanwhile),
@@ -216,7 +216,12 @@ export class FakeMeta {
             s.failAfterDrop.delete(method);
             s.failNext.set(method, then instanceof DogfsError ? { error: then, count: 1 } : then);
           }
-          throw new DogfsError('UNAVAILABLE', 'reply lost');
+          // What a leader that lost its role answers for a command it had appended: the client cannot
+          // tell whether it applied (here it did).
+          throw new DogfsError(
+            'UNAVAILABLE',
+            'leadership was lost before the command committed (it may still commit)',
+          );
         }
         const held = s.holdReply.get(method);
         return held === undefined ? result : held.then(() => result);
