@@ -16,7 +16,7 @@ export type { RepairOptions, RepairOutcome } from './repair.js';
 export { repairFile } from './repair.js';
 export type { RepairWorkerOptions } from './repair-worker.js';
 export { RepairWorker } from './repair-worker.js';
-export { ClientSession } from './session.js';
+export { ClientSession, type ClientSessionOptions } from './session.js';
 export type {
   OpenReadOptions,
   OpenWriteOptions,

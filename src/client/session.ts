@@ -17,6 +17,13 @@ import type { ClientSession as SessionMessage } from '../wire/gen/types.js';
 const MAX_OUTSTANDING = 100_000;
 /** Opens one call waits through (a failed open, or a session forgotten again before the call started). */
 const MAX_OPENS_PER_CALL = 3;
+/**
+ * Pause before a call opens again after an open failed fast (one started by a call with a shorter
+ * deadline): full jitter over BASE * 2^n, at most MAX, so the calls that joined a failed open do not all
+ * open again at the same moment, nor hammer a service that is refusing.
+ */
+const OPEN_BACKOFF_BASE_MS = 50;
+const OPEN_BACKOFF_MAX_MS = 400;
 /** The longest delay a Node timer takes as it is (2^31 - 1 ms). */
 const MAX_TIMER_MS = 2_147_483_647;
 /** What a session id from the service may be: printable ASCII, at most the 128 bytes commands carry. */
@@ -41,12 +48,22 @@ interface WaitBound {
   readonly signal?: AbortSignal | undefined;
 }
 
+export interface ClientSessionOptions {
+  /** Uniform [0,1) for the backoff's jitter; injectable for tests. */
+  random?: () => number;
+}
+
 export class ClientSession {
+  private readonly random: () => number;
   private id: string | undefined;
   /** The open in flight, shared by every call that needs the session meanwhile. */
   private opening: Promise<string> | undefined;
   private seq = 0;
   private readonly outstanding = new Set<number>();
+
+  constructor(options: ClientSessionOptions = {}) {
+    this.random = options.random ?? Math.random;
+  }
 
   /** The open session's id; undefined before the first call and after the service forgot it. */
   get clientId(): string | undefined {
@@ -109,6 +126,7 @@ export class ClientSession {
         last = toDogfsError(error);
         // Another call's open that failed for a passing reason: this call may still have time for its own.
         if (!isRetryable(last.code) || Date.now() >= wait.deadline || wait.signal?.aborted) throw last;
+        if (opens + 1 < MAX_OPENS_PER_CALL) await this.backoff(opens, wait, last);
       }
     }
     assert(this.outstanding.size < MAX_OUTSTANDING, 'too many calls in flight in one session');
@@ -116,6 +134,17 @@ export class ClientSession {
     assert(Number.isSafeInteger(this.seq), 'session sequence overflow');
     this.outstanding.add(this.seq);
     return { clientId: this.id, seq: this.seq, ackedBelow: this.ackedBelow };
+  }
+
+  /**
+   * Waits a short jittered while before this call's next open (the session may be open by then, or
+   * another call's open under way to join). A pause that would reach the deadline is not taken: the last
+   * open's failure is thrown at once, as the call's reason.
+   */
+  private async backoff(failedOpens: number, wait: SessionWait, last: DogfsError): Promise<void> {
+    const delay = this.random() * Math.min(OPEN_BACKOFF_MAX_MS, OPEN_BACKOFF_BASE_MS * 2 ** failedOpens);
+    if (Date.now() + delay >= wait.deadline) throw last;
+    await pause(delay, wait.signal);
   }
 
   private opened(open: SessionOpener): Promise<string> {
@@ -149,6 +178,22 @@ export class ClientSession {
   private done(stamp: SessionMessage): void {
     if (stamp.clientId === this.id) this.outstanding.delete(stamp.seq);
   }
+}
+
+/** Resolves after `ms`, or rejects CANCELLED when the signal aborts first (its timer cleared then). */
+function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(new DogfsError('CANCELLED', 'cancelled while opening a session'));
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    if (signal?.aborted) return onAbort();
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
 }
 
 /** `promise`, or DEADLINE_EXCEEDED at the deadline, or CANCELLED when the signal aborts: whichever is first. */
