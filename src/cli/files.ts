@@ -38,7 +38,13 @@ import { DogfsError, type ErrorCode, toDogfsError } from '../wire/errors.js';
 import type { ClusterReportResponse } from '../wire/gen/types.js';
 import { parseFlags, parseIntFlag, UsageError } from './args.js';
 import { type ByteStreamOut, LocalFileSink, StdoutSink } from './local-file.js';
-import { BROKEN_PIPE_STATUS, errnoText, stdoutFailureLine } from './stdout.js';
+import {
+  BROKEN_PIPE_STATUS,
+  endOpenLines,
+  errnoText,
+  registerOpenLine,
+  stdoutFailureLine,
+} from './stdout.js';
 import { FILE_COMMANDS_USAGE } from './usage.js';
 
 /** Buffering between the stages of a put or get (the local file, the progress bar). */
@@ -158,6 +164,8 @@ export class Progress extends Transform {
   private readonly started = Date.now();
   private lastDraw = 0;
   private readonly tty: boolean;
+  /** Set while a drawn bar's line has no newline yet: unregisters the line's end (cli/stdout.ts). */
+  private openLine: (() => void) | undefined;
 
   constructor(
     private readonly label: string,
@@ -194,13 +202,24 @@ export class Progress extends Transform {
   done(): void {
     if (this.tty) {
       this.draw(Date.now(), true);
-      this.out.write('\n');
+      this.endLine();
     }
   }
 
   /** After a failure: ends the bar's line if one was drawn, without drawing a final state. */
   abandon(): void {
-    if (this.tty && this.lastDraw > 0) this.out.write('\n');
+    this.endLine();
+  }
+
+  /**
+   * Ends the bar's line with a newline if it is open. Once: a line ended already (by an interrupt, or by
+   * done before a later step failed) gets no empty line after it.
+   */
+  private endLine(): void {
+    if (this.openLine === undefined) return;
+    this.openLine();
+    this.openLine = undefined;
+    this.out.write('\n');
   }
 
   /** `final`: the transfer is over, and its average rate is worth showing however short it was. */
@@ -225,6 +244,8 @@ export class Progress extends Transform {
     // A terminal of unknown size (a pseudo-terminal nobody sized) reports 0 columns: not a width.
     const columns = this.out.columns > 0 ? this.out.columns : 100;
     this.out.write(`\r${line.slice(0, columns - 1)}\x1b[K`);
+    // Ended by done or abandon, or, should the process end first (a closed stdout kills it), before it.
+    this.openLine ??= registerOpenLine(() => this.endLine());
   }
 }
 
@@ -998,8 +1019,11 @@ export async function runFileCommand(
     interrupted = true;
     // If nothing else keeps the process alive meanwhile, it still ends with the signal's status.
     process.exitCode = signal === 'SIGINT' ? 130 : 143;
-    // On a line of its own: a progress bar may be drawn on the current one.
-    stderr.write(`${(stderr as NodeJS.WriteStream).isTTY === true ? '\n' : ''}dogfs: interrupted\n`);
+    // On a line of its own: a progress bar may be drawn on the current one (ended here, so the put's or
+    // get's own abandon adds no empty line), or the terminal's echo of ^C.
+    const barEnded = endOpenLines();
+    const newline = !barEnded && (stderr as NodeJS.WriteStream).isTTY === true;
+    stderr.write(`${newline ? '\n' : ''}dogfs: interrupted\n`);
     const bound = new Promise<void>((resolve) => setTimeout(resolve, INTERRUPT_CLEANUP_MS).unref());
     void Promise.race([Promise.allSettled([...cleanups].map((cleanup) => cleanup())), bound]).then(() =>
       process.exit(signal === 'SIGINT' ? 130 : 143),

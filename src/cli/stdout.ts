@@ -40,11 +40,43 @@ export function stdoutFailureLine(error: unknown): string {
 }
 
 /**
+ * Lines a command has left open on the terminal (a progress bar: no newline until it is over), each with
+ * what ends it. A process that ends without going back through the command (killed by SIGPIPE, an
+ * interrupt's exit) would leave one unterminated: the shell's prompt, or the next line, drawn on it.
+ */
+const openLines = new Set<() => void>();
+let endedAtExit = false;
+
+/** Registers `end`, which ends an open line on stderr; returns the function that unregisters it. */
+export function registerOpenLine(end: () => void): () => void {
+  // Any other process.exit (after an interrupt's cleanups, say) ends the lines too: 'exit' listeners run
+  // then, though not for a death by a signal, which dieOfBrokenPipe handles itself.
+  if (!endedAtExit) {
+    endedAtExit = true;
+    process.on('exit', () => endOpenLines());
+  }
+  openLines.add(end);
+  return () => {
+    openLines.delete(end);
+  };
+}
+
+/** Ends every open line (synchronously: a terminal's writes are); true if there was one. */
+export function endOpenLines(): boolean {
+  const ends = [...openLines];
+  openLines.clear();
+  for (const end of ends) end();
+  return ends.length > 0;
+}
+
+/**
  * Ends the process as SIGPIPE ends a C program. Node starts with SIGPIPE ignored; a listener added and
  * removed again leaves the signal at its default action (libuv restores it), so raising it then kills
  * the process. Should the default not be restored, the status a shell would show instead.
  */
 export function dieOfBrokenPipe(): never {
+  // Silent, as a C program's death is, but not on the line of a progress bar drawn on stderr.
+  endOpenLines();
   const ignore = (): void => {};
   process.on('SIGPIPE', ignore);
   process.off('SIGPIPE', ignore);

@@ -24,6 +24,7 @@ import { PassThrough, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { after, before, describe, test } from 'node:test';
 import { Progress, runFileCommand } from '../../src/cli/files.js';
+import { endOpenLines } from '../../src/cli/stdout.js';
 import type { RunningChunk } from '../chunk/helpers.js';
 import { startChunkServers, startFakeMetaCluster } from '../client/fake-meta.js';
 import { assertOneLineError, DOGFS_BIN, runDogfs, tempDir, waitFor } from '../helpers/index.js';
@@ -350,6 +351,33 @@ describe('dogfs file commands', () => {
     assert.equal(named.stdout, 'hello\r\n');
   });
 
+  test('get - into a pipe closed early ends the bar it drew on a terminal stderr before dying of SIGPIPE', async () => {
+    await putRandom('/piped-bar.bin', 8 * 1024 * 1024);
+    // `dogfs get BIG - | head -c 100 >/dev/null` at a terminal (util-linux script(1), as runDogfs's
+    // `terminal`): stderr is the terminal, stdout the pipe; its status is then printed on the terminal.
+    const quote = (a: string) => `'${a.replaceAll("'", "'\\''")}'`;
+    const get = [process.execPath, DOGFS_BIN, 'get', '/piped-bar.bin', '-'].map(quote).join(' ');
+    const line = `{ ${get}; echo "status $?" >&2; } | head -c 100 > /dev/null`;
+    const child = spawn('script', ['--quiet', '--return', '--command', line, '/dev/null'], {
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let terminal = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      terminal += d;
+    });
+    const killer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+    const status = await new Promise<number | null>((resolve, reject) => {
+      child.once('error', reject);
+      child.once('close', resolve);
+    }).finally(() => clearTimeout(killer));
+    assert.equal(status, 0, terminal);
+    assert.match(terminal, /\rget \/piped-bar\.bin \[/, 'a bar was drawn');
+    // Died of SIGPIPE, and the status is on a line of its own: the bar's line was ended before, not left
+    // for whatever the terminal shows next (the prompt) to be written onto.
+    assert.ok(terminal.endsWith('\x1b[K\r\nstatus 141\r\n'), JSON.stringify(terminal.slice(-200)));
+  });
+
   test('get into a FIFO or through a symbolic link writes where they point and replaces neither', async () => {
     const data = await putRandom('/special.bin', 2 * 1024 * 1024 + 5);
 
@@ -608,6 +636,28 @@ describe('dogfs file commands', () => {
     assert.deepEqual(json.chunkServers.map((c) => c.id).sort(), ['c0', 'c1', 'c2', 'c3', 'c4']);
     assert.equal(json.groups[0]!.leader, meta.leader.address);
   });
+});
+
+test("a bar's line is ended once, by done, abandon or endOpenLines (an interrupt, a death by SIGPIPE)", () => {
+  const drawn: string[] = [];
+  const terminal = { isTTY: true, columns: 120, write: (s: string) => drawn.push(s) > 0 };
+  const newlines = () => drawn.filter((s) => s === '\n').length;
+  const never = new Progress('get /none', 10, terminal);
+  never.abandon();
+  assert.deepEqual(drawn, [], 'a bar never drawn has no line to end');
+  const cut = new Progress('get /cut', 10, terminal);
+  cut.update(1);
+  assert.equal(endOpenLines(), true);
+  assert.equal(newlines(), 1);
+  cut.abandon(); // the get's own cleanup after the interrupt: no empty line
+  assert.equal(endOpenLines(), false);
+  assert.equal(newlines(), 1);
+  const finished = new Progress('get /done', 10, terminal);
+  finished.update(10);
+  finished.done();
+  finished.abandon(); // a later step failed (the rename): the line is over already
+  assert.equal(newlines(), 2);
+  assert.equal(endOpenLines(), false);
 });
 
 test('the progress bar: bytes, rate and ETA on a terminal, nothing otherwise', async () => {
