@@ -399,6 +399,13 @@ export class MetadataNode {
   private livenessGraceUntilMs = 0;
   /** When this node became group 0's leader, and in which term (undefined while it is not). */
   private clusterLeadership: { sinceMs: number; term: number } | undefined;
+  /**
+   * The group 0 term the soft state (liveness, reports, bad shards, repairs) was gathered in. Whatever
+   * touches that state first in a new term drops the old (`notesOfThisTerm`): notes a new leadership took
+   * before the next duty round are its own and stay (the round used to drop them, and every chunk server
+   * that had just sent its whole report was asked for it again).
+   */
+  private notesTerm: Term | undefined;
 
   constructor(
     private readonly host: RaftHost,
@@ -568,15 +575,15 @@ export class MetadataNode {
       if (!this.host.isLeader(CLUSTER_GROUP)) {
         this.clusterLeadership = undefined;
         this.forgetLeadership();
+        this.notesTerm = undefined;
       } else {
         const now = Date.now();
         if (this.cluster.state.clusterId === '') await this.ensureClusterId(deadline);
         // A term change means leadership was lost and won again between two rounds: a new leadership,
-        // whose notes start empty as after any other loss.
-        if (this.clusterLeadership?.term !== clusterTerm) {
-          if (this.clusterLeadership !== undefined) this.forgetLeadership();
+        // whose notes start empty as after any other loss (unless taken in this term already).
+        this.notesOfThisTerm();
+        if (this.clusterLeadership?.term !== clusterTerm)
           this.clusterLeadership = { sinceMs: now, term: clusterTerm };
-        }
         // Safe mode: a new leader (after an election, or a whole-cluster restart where every recorded
         // heartbeat is old) first gives every chunk server one dead-timeout to find it and heartbeat.
         const safeMode =
@@ -1235,6 +1242,14 @@ export class MetadataNode {
    * (heartbeats and reports rebuild it; notes kept from an earlier leadership could name a shard missing
    * that came back while another node led).
    */
+  /** Called by whatever is about to read or change the soft state, as group 0's leader: see notesTerm. */
+  private notesOfThisTerm(): void {
+    const term = this.host.status(CLUSTER_GROUP).term;
+    if (this.notesTerm === term) return;
+    this.forgetLeadership();
+    this.notesTerm = term;
+  }
+
   private forgetLeadership(): void {
     this.autoRepair?.clear();
     this.repairWorkers.clear();
@@ -1258,9 +1273,11 @@ export class MetadataNode {
       )
       .finally(() => {
         this.reconciling.delete(serverId);
+        if (!this.host.isLeader(CLUSTER_GROUP)) return;
+        this.notesOfThisTerm(); // a report waiting from an earlier term is not this leadership's
         const next = this.reportsWaiting.get(serverId);
         this.reportsWaiting.delete(serverId);
-        if (next !== undefined && this.host.isLeader(CLUSTER_GROUP)) this.startReconciliation(serverId, next);
+        if (next !== undefined) this.startReconciliation(serverId, next);
       });
   }
 
@@ -1273,6 +1290,9 @@ export class MetadataNode {
    * absent (a lost disk), the rest are taken as absent too (absentOnServer). Nothing is deleted here.
    */
   private async reconcileBlockReport(serverId: string, named: ReadonlySet<string>): Promise<void> {
+    // The report came in this term: a walk that outlives the leadership (lost and won again meanwhile, in
+    // a later term) notes nothing, since the notes would belong to a leadership that did not take it.
+    const term = this.host.status(CLUSTER_GROUP).term;
     // A shard noted absent that this report names is there again (a disk mounted back): the note goes.
     for (const [key, note] of this.badShards) {
       if (note.chunkServerId === serverId && note.reason === ABSENT_REASON && named.has(key))
@@ -1286,7 +1306,7 @@ export class MetadataNode {
       // A large namespace is walked in slices, so Raft's ticks and heartbeats go on meanwhile.
       if (++files % RECONCILE_FILES_PER_SLICE === 0) {
         await new Promise((resolve) => setImmediate(resolve));
-        if (!this.host.isLeader(CLUSTER_GROUP)) return;
+        if (!this.host.isLeader(CLUSTER_GROUP) || this.host.status(CLUSTER_GROUP).term !== term) return;
       }
       for (const bg of inode.blockGroups) {
         for (let index = 0; index < bg.servers.length; index++) {
@@ -1299,7 +1319,6 @@ export class MetadataNode {
         }
       }
     }
-    const term = this.host.status(CLUSTER_GROUP).term;
     let confirmed = 0;
     for (const shard of absent) {
       // A note made after this node stopped leading would outlive the leadership it belongs to.
@@ -1672,6 +1691,7 @@ export class MetadataNode {
       },
       ReportBadShard: (req) => {
         this.host.requireLeader(CLUSTER_GROUP);
+        this.notesOfThisTerm();
         // Only registered servers and real indexes: reports are kept in memory, so nothing else gets in.
         if (this.cluster.state.server(req.chunkServerId) === undefined)
           throw new DogfsError('INVALID_ARGUMENT', 'the reported chunk server is not registered');
@@ -1733,6 +1753,7 @@ export class MetadataNode {
       },
       Heartbeat: async (req, ctx) => {
         this.host.requireLeader(CLUSTER_GROUP);
+        this.notesOfThisTerm();
         const now = Date.now();
         const stateNow = this.clusterNow();
         const known = this.cluster.state.server(req.id);
@@ -1804,6 +1825,7 @@ export class MetadataNode {
       },
       BlockReport: (req) => {
         this.host.requireLeader(CLUSTER_GROUP);
+        this.notesOfThisTerm();
         // Only from registered servers: each report in progress holds a set of up to MAX_RECONCILED_SHARDS
         // keys, which ids made up on the wire must not multiply.
         if (this.cluster.state.server(req.id) === undefined)
@@ -1844,6 +1866,7 @@ export class MetadataNode {
       ClusterReport: async (req, ctx) => {
         // Shard health is the cluster leader's soft state: only its answer is complete.
         this.host.requireLeader(CLUSTER_GROUP);
+        this.notesOfThisTerm();
         await this.host.readBarrier(CLUSTER_GROUP, ctx.deadline);
         await this.host.readBarrier(NAMESPACE_GROUP, ctx.deadline);
         const damaged = this.damagedFiles(MAX_REPORTED_DAMAGED_FILES, req.damagedAfter);
@@ -1884,6 +1907,7 @@ export class MetadataNode {
       },
       PlanRepair: async (req, ctx) => {
         this.host.requireLeader(CLUSTER_GROUP);
+        this.notesOfThisTerm();
         if (req.suspects.length > MAX_REPAIR_SUSPECTS)
           throw new DogfsError('INVALID_ARGUMENT', `at most ${MAX_REPAIR_SUSPECTS} suspect shards`);
         const suspects = new Set(
