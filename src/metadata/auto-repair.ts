@@ -73,22 +73,26 @@ export class AutoRepairSchedule {
   }
 
   /**
-   * A scan's findings. `complete`: the scan saw the whole namespace, so a tracked file it did not name
-   * is repaired (or gone) and is forgotten, with its backoff.
+   * A walk's findings: every damaged file this schedule tracks (the walk names those whatever their
+   * number) and some new ones. A tracked file not named is repaired, or gone, and is forgotten with its
+   * backoff; new ones are tracked from now while there is room.
    */
-  observeScan(damaged: readonly string[], complete: boolean, nowMs: number): void {
-    if (complete) {
-      const now = new Set(damaged);
-      for (const path of this.damagedSince.keys()) {
-        if (now.has(path)) continue;
-        this.damagedSince.delete(path);
-        this.retry.delete(path);
-      }
+  observeScan(damaged: readonly string[], nowMs: number): void {
+    const named = new Set(damaged);
+    for (const path of this.damagedSince.keys()) {
+      if (named.has(path)) continue;
+      this.damagedSince.delete(path);
+      this.retry.delete(path);
     }
     for (const path of damaged) {
       if (this.damagedSince.size >= this.limits.maxTracked) break;
       if (!this.damagedSince.has(path)) this.damagedSince.set(path, nowMs);
     }
+  }
+
+  /** Whether `path` is tracked as damaged (a walk names every such file it finds still damaged). */
+  isTracked(path: string): boolean {
+    return this.damagedSince.has(path);
   }
 
   /**
@@ -140,7 +144,8 @@ export class AutoRepairSchedule {
   }
 
   /**
-   * A heartbeat from `server`, naming the files it is repairing (queued or running). Returns the files to
+   * A heartbeat from `server` that arrived at `nowMs`, naming the files it is repairing (queued or
+   * running). Returns the files to
    * hand it in the answer. An assignment told to the server earlier and no longer named has ended: the
    * repair finished or failed (or the answer that carried it was lost); if the file is still damaged at
    * the next scan it is handed out again after a backoff.
@@ -149,6 +154,9 @@ export class AutoRepairSchedule {
     const named = new Set(repairing.slice(0, MAX_REPAIRING_NAMED));
     for (const [path, a] of this.assigned) {
       if (a.server !== server || a.deliveredAtMs === undefined || named.has(path)) continue;
+      // Told in the answer to a later heartbeat than this one (which waited on a slow commit, and whose
+      // list was made before the server heard of it): not ended.
+      if (a.deliveredAtMs > nowMs) continue;
       this.assigned.delete(path);
       this.backOff(path, nowMs);
     }

@@ -299,8 +299,8 @@ export interface MetadataNodeOptions {
    */
   readonly commandClockOffsetMs?: number;
   /**
-   * Automatic repair: a file damaged this long is handed to a chunk server to rebuild (60 s); undefined
-   * or null: off (`dogfs meta --repair-delay off`), and damage waits for `dogfs admin repair`.
+   * Automatic repair: a file damaged this long is handed to a chunk server to rebuild (undefined: 60 s);
+   * null: off (`dogfs meta --repair-delay off`), and damage waits for `dogfs admin repair`.
    */
   readonly autoRepairDelayMs?: number | null;
 }
@@ -314,8 +314,18 @@ const AUTO_REPAIR_SCAN_MS = 5_000;
  * walk still runs this often: a file written with fewer than K+M durable shards shows only there.
  */
 const AUTO_REPAIR_IDLE_SCAN_MS = 60_000;
-/** Damaged files one scan collects (the schedule tracks at most its own limit). */
-const AUTO_REPAIR_SCAN_LIMIT = 1_000;
+/**
+ * Damaged files one scan adds to those the schedule tracks already (which it always names, so a file
+ * repaired is forgotten whatever else is damaged, and files that cannot be repaired yet do not hide the
+ * rest); the schedule tracks at most its own limit.
+ */
+const AUTO_REPAIR_NEW_PER_SCAN = 1_000;
+/**
+ * A walk of the namespace runs again no sooner than this many times its own length after it began: with
+ * a server dead for good (its shards rebuilt, the server still in the registry) or damage that cannot be
+ * repaired, the walk would otherwise take a core of a large namespace's leader every 5 s, forever.
+ */
+const AUTO_REPAIR_SCAN_DUTY = 10;
 
 export class MetadataNode {
   /** A relocated shard's bad reports were about its old copy: they go (see NamespaceMachine). */
@@ -502,12 +512,12 @@ export class MetadataNode {
       this.autoRepairScanning = true;
       this.autoRepairNextScanMs = now + AUTO_REPAIR_SCAN_MS;
       const term = this.host.status(CLUSTER_GROUP).term;
-      this.scanDamagedFiles(AUTO_REPAIR_SCAN_LIMIT)
+      const startedMs = performance.now();
+      this.scanDamagedFiles(AUTO_REPAIR_NEW_PER_SCAN, (path) => schedule.isTracked(path))
         .then((found) => {
           if (found === undefined || this.clusterLeadership?.term !== term) return;
           if (!this.host.isLeader(CLUSTER_GROUP) || this.host.status(CLUSTER_GROUP).term !== term) return;
-          // Fewer found than collected at most: the scan named every damaged file.
-          schedule.observeScan(found.paths, found.count <= found.paths.length, Date.now());
+          schedule.observeScan(found, Date.now());
           this.autoRepairLastFullScanMs = Date.now();
         })
         .catch((error: unknown) =>
@@ -515,6 +525,11 @@ export class MetadataNode {
         )
         .finally(() => {
           this.autoRepairScanning = false;
+          const walkMs = performance.now() - startedMs;
+          this.autoRepairNextScanMs = Math.max(
+            this.autoRepairNextScanMs,
+            now + AUTO_REPAIR_SCAN_DUTY * walkMs,
+          );
         });
     }
     const workers = this.cluster.state
@@ -525,10 +540,16 @@ export class MetadataNode {
       this.log.info('automatic repair: file handed to a chunk server', { path: a.path, server: a.server });
   }
 
-  /** Files with missing shards (the first `limit`, and the count of all), walked in slices. */
-  private async scanDamagedFiles(limit: number): Promise<{ paths: string[]; count: number } | undefined> {
+  /**
+   * Files with missing shards, walked in slices: every one `tracked` says is known already, and the first
+   * `newLimit` others. Undefined when leadership ended during the walk.
+   */
+  private async scanDamagedFiles(
+    newLimit: number,
+    tracked: (path: string) => boolean,
+  ): Promise<string[] | undefined> {
     const paths: string[] = [];
-    let count = 0;
+    let added = 0;
     let files = 0;
     for (const { path, inode } of this.namespace.state.files()) {
       if (++files % RECONCILE_FILES_PER_SLICE === 0) {
@@ -536,10 +557,13 @@ export class MetadataNode {
         if (!this.host.isLeader(CLUSTER_GROUP)) return undefined;
       }
       if (!inode.blockGroups.some((bg) => this.missingShards(bg).length > 0)) continue;
-      count++;
-      if (paths.length < limit) paths.push(path);
+      if (tracked(path)) paths.push(path);
+      else if (added < newLimit) {
+        added++;
+        paths.push(path);
+      }
     }
-    return { paths, count };
+    return paths;
   }
 
   /** Leader-only work: each node does it for the groups it leads, so exactly the leaders act. */
@@ -1348,6 +1372,8 @@ export class MetadataNode {
           },
         );
       if (found) continue;
+      // Checked again after the call: a note must not land in a leadership won again meanwhile.
+      if (!this.host.isLeader(CLUSTER_GROUP) || this.host.status(CLUSTER_GROUP).term !== term) return;
       confirmed++;
       this.log.warn('shard missing from its chunk server', { server: serverId, ...shard });
       this.noteBadShard({

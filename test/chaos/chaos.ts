@@ -91,6 +91,9 @@ export interface ChaosOutcome {
   readonly shardsRebuilt: number;
   /** Files still damaged once automatic repair had AUTO_REPAIR_SETTLE_MS after the heal (then repaired by hand). */
   readonly autoRepairLeft: number;
+  /** Repairs the chunk servers ran by themselves (files, whatever the outcome), and the shards they rebuilt. */
+  readonly autoRepaired: number;
+  readonly autoShardsRebuilt: number;
   /** Files the writers deleted (their shards on a server down then become orphans). */
   readonly filesDeleted: number;
   /** Shards the metadata leaders' orphan sweeps deleted, counted from their logs. */
@@ -504,6 +507,29 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
             );
         }
     }
+    // What the chunk servers rebuilt by themselves, from their logs (a restarted server appends).
+    const logLinesOf = (role: string, msg: string): string[] =>
+      readCluster()
+        .processes.filter((p) => p.role === role)
+        .flatMap((p) => {
+          try {
+            return readFileSync(join(p.dir, 'dogfs.log'), 'utf8')
+              .split('\n')
+              .filter((line) => line.includes(msg));
+          } catch {
+            return [];
+          }
+        });
+    const autoRepaired = { files: 0, shards: 0 };
+    for (const line of logLinesOf('chunk', '"msg":"automatic repair ')) {
+      const entry = JSON.parse(line) as { msg: string; shardsRebuilt?: number };
+      if (entry.msg !== 'automatic repair done' && entry.msg !== 'automatic repair incomplete') continue;
+      autoRepaired.files++;
+      autoRepaired.shards += entry.shardsRebuilt ?? 0;
+    }
+    say(
+      `automatic repair during the run: ${autoRepaired.files} file(s) handled, ${autoRepaired.shards} shard(s) rebuilt`,
+    );
     say(
       `checked ${acknowledged.size + uncertain.size} files: ${problems.length === 0 ? 'nothing lost, no wrong bytes' : `${problems.length} problem(s)`}; ${deleted.size} deleted files gone; ${recordedShards} recorded shards on disk`,
     );
@@ -521,17 +547,9 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
       shardsRebuilt,
       autoRepairLeft,
       filesDeleted: deleted.size,
-      orphansDeleted: readCluster()
-        .processes.filter((p) => p.role === 'meta')
-        .reduce((sum, p) => {
-          try {
-            return (
-              sum + readFileSync(join(p.dir, 'dogfs.log'), 'utf8').split('orphan shard deleted').length - 1
-            );
-          } catch {
-            return sum;
-          }
-        }, 0),
+      orphansDeleted: logLinesOf('meta', 'orphan shard deleted').length,
+      autoRepaired: autoRepaired.files,
+      autoShardsRebuilt: autoRepaired.shards,
     };
   } finally {
     options.partitions?.heal();

@@ -1,6 +1,6 @@
 /**
  * Automatic repair through the real cluster (`dogfs up`, 3 metadata servers, 7 chunk servers, rs-3-2,
- * repair after 1 s): a flipped byte in a shard file and a SIGKILLed chunk server are repaired with no
+ * repair after 3 s): a flipped byte in a shard file and a SIGKILLed chunk server are repaired with no
  * command, which `dogfs admin report` shows, and full redundancy is back (M more servers lost afterwards,
  * every file is still read byte-exact).
  */
@@ -13,7 +13,9 @@ import { clusterCommands, startCluster, waitFor } from '../helpers/index.js';
 
 const up = startCluster(['--meta', '3', '--chunk', '7', '--ec', 'rs-3-2'], {
   ...process.env,
-  DOGFS_REPAIR_DELAY_MS: '1000',
+  // Long enough that the damage, seen at once in the report, is still there when the test looks (a
+  // separate process each time) on a busy machine; short enough for a test.
+  DOGFS_REPAIR_DELAY_MS: '3000',
   DOGFS_GC_GRACE_MS: '0',
 });
 const dir = up.dir;
@@ -51,7 +53,7 @@ test('damage is repaired with no command: a corrupt shard, then a lost server; f
   const text = await dogfs(['admin', 'report']);
   assert.match(
     text.stdout,
-    /Automatic repair: files damaged for 1 s are rebuilt by chunk servers; 0 in progress/,
+    /Automatic repair: files damaged for 3 s are rebuilt by chunk servers; 0 in progress/,
   );
 
   const files = new Map<string, Buffer>([
@@ -79,7 +81,7 @@ test('damage is repaired with no command: a corrupt shard, then a lost server; f
   await repaired('the corrupt shard rebuilt by a chunk server');
   await sameBytes('/small.bin', files.get('/small.bin')!, 'get after the automatic repair');
 
-  // 2. A chunk server SIGKILLed: declared dead after 3 s, its shards rebuilt elsewhere a second later.
+  // 2. A chunk server SIGKILLed: declared dead after 3 s, its shards rebuilt elsewhere 3 s later.
   const holders = chunks.filter((c) => shardFiles(c.dir).length > 0);
   const victim = holders[0]!;
   process.kill(victim.pid, 'SIGKILL');

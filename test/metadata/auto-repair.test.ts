@@ -14,7 +14,7 @@ const schedule = (delayMs = 1_000, limits = {}) =>
 
 test('a damaged file is handed out only after the delay, to a server that takes repairs, in its heartbeat', () => {
   const s = schedule(1_000);
-  s.observeScan(['/a'], true, 0);
+  s.observeScan(['/a'], 0);
   assert.deepEqual(s.plan(['c1'], 999, first), [], 'not before the delay');
   assert.deepEqual(
     s.plan(['c1'], 1_000, first).map((a) => [a.path, a.server]),
@@ -29,7 +29,7 @@ test('a damaged file is handed out only after the delay, to a server that takes 
 
 test('limits: repairs at once over the cluster and per server; the least busy server first', () => {
   const s = schedule(0, { maxInFlight: 3, perServer: 2 });
-  s.observeScan(['/a', '/b', '/c', '/d', '/e'], true, 0);
+  s.observeScan(['/a', '/b', '/c', '/d', '/e'], 0);
   const made = s.plan(['c1', 'c2'], 0, first);
   assert.equal(made.length, 3, 'at most maxInFlight');
   assert.deepEqual(
@@ -38,19 +38,19 @@ test('limits: repairs at once over the cluster and per server; the least busy se
     'spread: the least busy server each time',
   );
   const one = schedule(0, { perServer: 1 });
-  one.observeScan(['/a', '/b'], true, 0);
+  one.observeScan(['/a', '/b'], 0);
   assert.equal(one.plan(['c1'], 0, first).length, 1, 'at most perServer on one server');
   assert.equal(one.plan([], 0, first).length, 0, 'no worker, nothing handed out');
 });
 
 test('a repair that ends with the file still damaged is handed out again only after a doubling backoff', () => {
   const s = schedule(0, { retryBaseMs: 10_000, retryMaxMs: 25_000 });
-  s.observeScan(['/a'], true, 0);
+  s.observeScan(['/a'], 0);
   s.plan(['c1'], 0, first);
   assert.deepEqual(s.heartbeat('c1', true, [], 0), ['/a']);
   assert.deepEqual(s.heartbeat('c1', true, [], 5), [], 'no longer named: ended');
   assert.equal(s.inProgress().length, 0);
-  s.observeScan(['/a'], true, 6);
+  s.observeScan(['/a'], 6);
   assert.deepEqual(s.plan(['c1'], 10_004, first), [], 'backing off');
   assert.equal(s.plan(['c1'], 10_005, first).length, 1);
   s.heartbeat('c1', true, [], 10_006);
@@ -62,19 +62,41 @@ test('a repair that ends with the file still damaged is handed out again only af
   assert.equal(s.plan(['c1'], 55_009, first).length, 1);
 });
 
-test('a complete scan forgets repaired files and their backoff; an incomplete one forgets nothing', () => {
+test('a walk forgets tracked files it does not name, with their backoff; tracking is bounded', () => {
   const s = schedule(1_000);
-  s.observeScan(['/a', '/b'], true, 0);
-  s.observeScan(['/b'], false, 500);
-  assert.equal(s.trackedCount, 2, 'an incomplete scan names only some of the damaged');
-  s.observeScan(['/b'], true, 600);
-  assert.equal(s.trackedCount, 1);
-  s.observeScan(['/a'], true, 700);
-  assert.deepEqual(s.plan(['c1'], 1_600, first), [], '/a is seen anew: its delay starts again');
+  s.observeScan(['/a', '/b'], 0);
+  assert.ok(s.isTracked('/a') && s.isTracked('/b'));
+  s.observeScan(['/b'], 600);
+  assert.equal(s.trackedCount, 1, '/a is repaired (or gone)');
+  s.observeScan(['/a', '/b'], 700);
+  assert.deepEqual(
+    s.plan(['c1'], 1_600, first).map((a) => a.path),
+    ['/b'],
+    '/a is seen anew: its delay starts again',
+  );
   assert.equal(s.plan(['c1'], 1_700, first).length, 1);
   const bounded = schedule(0, { maxTracked: 4, maxInFlight: 4 });
-  bounded.observeScan(['/1', '/2', '/3', '/4', '/5', '/6'], true, 0);
+  bounded.observeScan(['/1', '/2', '/3', '/4', '/5', '/6'], 0);
   assert.equal(bounded.trackedCount, 4, 'tracking is bounded');
+  bounded.observeScan(['/2', '/3', '/5', '/6'], 1);
+  assert.deepEqual(
+    ['/1', '/2', '/5', '/6'].map((p) => bounded.isTracked(p)),
+    [false, true, true, true],
+    'room freed by repaired files goes to the next damaged ones',
+  );
+});
+
+test('a heartbeat answered late (it waited on a commit) does not end what a later heartbeat handed over', () => {
+  const s = schedule(0);
+  s.observeScan(['/a'], 0);
+  s.plan(['c1'], 0, first);
+  assert.deepEqual(s.heartbeat('c1', true, [], 20), ['/a'], 'told in the answer to the heartbeat of t=20');
+  s.heartbeat('c1', true, [], 10); // arrived at t=10, its list made before /a was told
+  assert.equal(s.inProgress().length, 1, 'still assigned');
+  s.heartbeat('c1', true, ['/a'], 30);
+  assert.equal(s.inProgress().length, 1);
+  s.heartbeat('c1', true, [], 40);
+  assert.equal(s.inProgress().length, 0, 'a later heartbeat that does not name it ends it');
 });
 
 test("an earlier leader's repairs named in heartbeats are adopted, at most a server's share", () => {
@@ -84,13 +106,13 @@ test("an earlier leader's repairs named in heartbeats are adopted, at most a ser
     s.inProgress().map((a) => [a.path, a.server]),
     [['/x', 'c1']],
   );
-  s.observeScan(['/x'], true, 1);
+  s.observeScan(['/x'], 1);
   assert.deepEqual(s.plan(['c1', 'c2'], 2, first), [], 'not handed out to another server');
 });
 
 test('a dead server or one that stops taking repairs gives its files back; an untold one is withdrawn', () => {
   const s = schedule(0, { undeliveredMs: 30_000 });
-  s.observeScan(['/a', '/b'], true, 0);
+  s.observeScan(['/a', '/b'], 0);
   s.plan(['c1', 'c2'], 0, first);
   s.serverGone('c1');
   assert.deepEqual(
@@ -100,7 +122,7 @@ test('a dead server or one that stops taking repairs gives its files back; an un
   assert.deepEqual(s.heartbeat('c2', false, [], 1), [], 'not taking repairs: not told');
   assert.equal(s.inProgress().length, 0);
   const silent = schedule(0, { undeliveredMs: 30_000 });
-  silent.observeScan(['/a'], true, 0);
+  silent.observeScan(['/a'], 0);
   silent.plan(['c1'], 0, first);
   assert.deepEqual(silent.plan(['c1', 'c2'], 30_000, first), [], 'still waiting for its heartbeat');
   assert.deepEqual(
@@ -134,7 +156,7 @@ test('property: never more repairs at once than the limits, never one file twice
         let now = 0;
         for (const step of steps) {
           now += 7;
-          if (step.kind === 'scan') s.observeScan(step.files, true, now);
+          if (step.kind === 'scan') s.observeScan(step.files, now);
           else if (step.kind === 'plan') {
             const before = s.inProgress().length;
             const made = s.plan(step.workers, now, first).length;
