@@ -123,7 +123,12 @@ export class ClientSession {
       try {
         await waitWithin(this.opened(open), starting ? { signal: wait.signal } : wait);
       } catch (error) {
-        last = toDogfsError(error);
+        const e = toDogfsError(error);
+        // Out of time while joining another call's open, after an open of its own had failed: that failure
+        // says why (no quorum, nothing reachable), the bare deadline does not. (After a failed open, the
+        // calls pause before opening again, so the one with the least time left may be the one joining.)
+        if (!starting && e.code === 'DEADLINE_EXCEEDED' && last !== undefined) throw last;
+        last = e;
         // Another call's open that failed for a passing reason: this call may still have time for its own.
         if (!isRetryable(last.code) || Date.now() >= wait.deadline || wait.signal?.aborted) throw last;
         if (opens + 1 < MAX_OPENS_PER_CALL) await this.backoff(opens, wait, last);
