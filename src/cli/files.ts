@@ -88,7 +88,9 @@ export function describeClientError(error: unknown, operand?: string): { line: s
         error.code === 'ALREADY_EXISTS' && /being written/.test(firstLine)
           ? `${familiar} (being written by another client, until that write ends or its lease expires)`
           : familiar;
-      return { line: path === undefined ? why : `${path}: ${why}`, status: 1 };
+      // About no path (a chunk server, a block group): the service's own words say what was not found.
+      if (path === undefined) return { line: firstLine || why, status: 1 };
+      return { line: `${path}: ${why}`, status: 1 };
     }
     if (error.code === 'INVALID_ARGUMENT' && operand !== undefined && !firstLine.startsWith('/')) {
       return { line: `${operand}: ${firstLine}`, status: 1 };
@@ -780,7 +782,9 @@ function reportJson(report: ClusterReportResponse) {
       usedBytes: c.usedBytes,
       shardCount: c.shardCount,
       lastHeartbeatMs: c.lastHeartbeatMs,
+      draining: c.draining,
     })),
+    filesOnDrainingServers: report.filesOnDrainingServers,
     filesWithMissingShards: [...report.filesWithMissingShards],
     filesWithMissingShardsCount: report.filesWithMissingShardsCount,
     codecBackend: report.codecBackend,
@@ -810,11 +814,16 @@ function formatReport(report: ClusterReportResponse): string {
   lines.push('  id           state  domain     used / capacity          shards  address');
   for (const c of report.chunkServers) {
     lines.push(
-      `  ${c.id.padEnd(11)}  ${c.state.padEnd(5)}  ${(c.failureDomain || '-').padEnd(9)}  ${`${formatBytes(c.usedBytes)} / ${formatBytes(c.capacityBytes)}`.padEnd(23)}  ${String(c.shardCount).padStart(6)}  ${c.addr}`,
+      `  ${c.id.padEnd(11)}  ${c.state.padEnd(5)}  ${(c.failureDomain || '-').padEnd(9)}  ${`${formatBytes(c.usedBytes)} / ${formatBytes(c.capacityBytes)}`.padEnd(23)}  ${String(c.shardCount).padStart(6)}  ${c.addr}${c.draining ? '  (draining)' : ''}`,
     );
   }
   const alive = report.chunkServers.filter((c) => c.state === 'alive').length;
   lines.push(`  ${alive} of ${report.chunkServers.length} alive`);
+  const draining = report.chunkServers.filter((c) => c.draining).map((c) => c.id);
+  if (draining.length > 0)
+    lines.push(
+      `  draining: ${draining.join(', ')}; files with a shard still on them: ${report.filesOnDrainingServers}`,
+    );
   lines.push(
     '',
     `Files with missing shards: ${Math.max(report.filesWithMissingShardsCount, report.filesWithMissingShards.length)}`,
@@ -966,9 +975,28 @@ async function admin(ctx: Context, argv: string[]): Promise<string | undefined> 
       );
     return undefined;
   }
+  if (sub === 'drain') {
+    const { flags, positionals } = parseFlags(rest, {
+      cancel: { type: 'boolean' },
+      meta: { type: 'string' },
+    });
+    const [id, extra] = positionals;
+    if (id === undefined || id === '') throw new UsageError('admin drain needs a chunk server ID');
+    if (extra !== undefined) throw new UsageError(`unexpected argument '${extra}'`);
+    const draining = flags.cancel !== true;
+    const changed = await ctx.client.setDraining(id, draining);
+    const was = changed ? '' : ' (already)';
+    await print(
+      ctx.stdout,
+      draining
+        ? `${id}: draining${was}: no new shards go to it, and its shards are rebuilt on other servers; once \`dogfs admin report\` shows no file on draining servers, it can be stopped\n`
+        : `${id}: no longer draining${was}\n`,
+    );
+    return undefined;
+  }
   throw new UsageError(
     sub === undefined
-      ? 'admin needs a subcommand: report, settings or repair'
+      ? 'admin needs a subcommand: report, settings, repair or drain'
       : `unknown admin command '${sub}'`,
   );
 }

@@ -199,6 +199,14 @@ export class DogfsClient {
   }
 
   /** Groups, leaders and terms; chunk servers and their state; files missing shards. */
+  /**
+   * Drains chunk server `id` (decommission: no new shards go to it, and automatic repair moves its shards
+   * to other servers), or stops draining it. Resolves whether that changed anything.
+   */
+  async setDraining(id: string, draining: boolean, options: MetaCallOptions = {}): Promise<boolean> {
+    return (await this.meta.call('SetDraining', { chunkServerId: id, draining }, options)).changed;
+  }
+
   report(options: MetaCallOptions & { damagedAfter?: string } = {}): Promise<ClusterReportResponse> {
     const { damagedAfter, ...callOptions } = options;
     return this.meta.call('ClusterReport', { damagedAfter: damagedAfter ?? '' }, callOptions);

@@ -93,6 +93,7 @@ function groupOf(method: MetadataMethod): number {
     case 'ClusterReport':
     case 'PlanRepair':
     case 'SetSettings':
+    case 'SetDraining':
       return 0;
     default:
       return 1;

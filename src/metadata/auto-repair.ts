@@ -75,9 +75,9 @@ export class AutoRepairSchedule {
   /**
    * A walk's findings: every damaged file this schedule tracks (the walk names those whatever their
    * number) and some new ones. A tracked file not named is repaired, or gone, and is forgotten with its
-   * backoff; new ones are tracked from now while there is room.
+   * backoff; new ones are tracked from now while there is room (`urgent` ones as if seen a delay ago).
    */
-  observeScan(damaged: readonly string[], nowMs: number): void {
+  observeScan(damaged: readonly string[], nowMs: number, urgent?: ReadonlySet<string>): void {
     const named = new Set(damaged);
     for (const path of this.damagedSince.keys()) {
       if (named.has(path)) continue;
@@ -86,7 +86,9 @@ export class AutoRepairSchedule {
     }
     for (const path of damaged) {
       if (this.damagedSince.size >= this.limits.maxTracked) break;
-      if (!this.damagedSince.has(path)) this.damagedSince.set(path, nowMs);
+      // An urgent file (its shards are on a server being drained) waits no delay.
+      if (!this.damagedSince.has(path))
+        this.damagedSince.set(path, urgent?.has(path) ? nowMs - this.limits.delayMs : nowMs);
     }
   }
 

@@ -504,7 +504,7 @@ export class MetadataNode {
       this.badShards.size > 0 ||
       this.absentOnServer.size > 0 ||
       schedule.trackedCount > 0 ||
-      this.cluster.state.servers().some((s) => s.state !== 'alive');
+      this.cluster.state.servers().some((s) => s.state !== 'alive' || s.draining);
     const due =
       now >= this.autoRepairNextScanMs &&
       (knownMissing || now - this.autoRepairLastFullScanMs >= AUTO_REPAIR_IDLE_SCAN_MS);
@@ -517,7 +517,8 @@ export class MetadataNode {
         .then((found) => {
           if (found === undefined || this.clusterLeadership?.term !== term) return;
           if (!this.host.isLeader(CLUSTER_GROUP) || this.host.status(CLUSTER_GROUP).term !== term) return;
-          schedule.observeScan(found, Date.now());
+          // Shards on a server being drained are moved at once: an operator asked, nothing may come back.
+          schedule.observeScan(found.paths, Date.now(), found.drainOnly);
           this.autoRepairLastFullScanMs = Date.now();
         })
         .catch((error: unknown) =>
@@ -547,8 +548,9 @@ export class MetadataNode {
   private async scanDamagedFiles(
     newLimit: number,
     tracked: (path: string) => boolean,
-  ): Promise<string[] | undefined> {
+  ): Promise<{ paths: string[]; drainOnly: Set<string> } | undefined> {
     const paths: string[] = [];
+    const drainOnly = new Set<string>();
     let added = 0;
     let files = 0;
     for (const { path, inode } of this.namespace.state.files()) {
@@ -556,14 +558,17 @@ export class MetadataNode {
         await new Promise((resolve) => setImmediate(resolve));
         if (!this.host.isLeader(CLUSTER_GROUP)) return undefined;
       }
-      if (!inode.blockGroups.some((bg) => this.missingShards(bg).length > 0)) continue;
+      const damaged = inode.blockGroups.some((bg) => this.missingShards(bg).length > 0);
+      const draining = !damaged && inode.blockGroups.some((bg) => this.onDrainingServer(bg));
+      if (!damaged && !draining) continue;
       if (tracked(path)) paths.push(path);
       else if (added < newLimit) {
         added++;
         paths.push(path);
-      }
+      } else continue;
+      if (draining) drainOnly.add(path);
     }
-    return paths;
+    return { paths, drainOnly };
   }
 
   /** Leader-only work: each node does it for the groups it leads, so exactly the leaders act. */
@@ -1408,9 +1413,10 @@ export class MetadataNode {
 
   /**
    * Shard indexes of a committed block group that cannot be counted on: never durable, no server, a dead
-   * or unknown server, reported bad on the server that holds it, or named by the caller as a suspect.
+   * or unknown server, reported bad on the server that holds it, or named by the caller as a suspect;
+   * with `draining`, also those on a server being drained (to be moved, though still readable).
    */
-  private missingShards(bg: BlockGroupInfo, suspects?: ReadonlySet<string>): number[] {
+  private missingShards(bg: BlockGroupInfo, suspects?: ReadonlySet<string>, draining = false): number[] {
     const missing: number[] = [];
     const total = bg.dataShards + bg.parityShards;
     for (let i = 0; i < total; i++) {
@@ -1421,6 +1427,7 @@ export class MetadataNode {
         (bg.durableMask & (2 ** i)) === 0 ||
         server === undefined ||
         server.state !== 'alive' ||
+        (draining && server.draining) ||
         (bad !== undefined && bad.chunkServerId === serverId) ||
         this.absentOnServer.get(serverId)?.has(shardKey(bg.id, i)) === true ||
         suspects?.has(shardKey(bg.id, i))
@@ -1434,17 +1441,27 @@ export class MetadataNode {
    * Files with missing shards in the namespace's walk order (depth first, names in order): the first
    * `limit` after `after` ('' = from the start), and the count of all.
    */
-  private damagedFiles(limit: number, after: string): { paths: string[]; count: number } {
+  private damagedFiles(limit: number, after: string): { paths: string[]; count: number; onDraining: number } {
     const cursor = after === '' ? undefined : after.split('/');
     const paths: string[] = [];
     let count = 0;
+    let onDraining = 0;
     for (const { path, inode } of this.namespace.state.files()) {
+      if (inode.blockGroups.some((bg) => this.onDrainingServer(bg))) onDraining++;
       if (!inode.blockGroups.some((bg) => this.missingShards(bg).length > 0)) continue;
       count++;
       if (paths.length < limit && (cursor === undefined || compareWalkOrder(path.split('/'), cursor) > 0))
         paths.push(path);
     }
-    return { paths, count };
+    return { paths, count, onDraining };
+  }
+
+  /** Whether a shard of `bg` is on a live server being drained. */
+  private onDrainingServer(bg: BlockGroupInfo): boolean {
+    return bg.servers.some((id) => {
+      const server = id === '' ? undefined : this.cluster.state.server(id);
+      return server?.draining === true && server.state === 'alive';
+    });
   }
 
   /** A new server for each missing shard that can be placed (none that already holds a shard of the group). */
@@ -1916,7 +1933,9 @@ export class MetadataNode {
             usedBytes: s.usedBytes,
             shardCount: s.shardCount,
             lastHeartbeatMs: s.lastHeartbeatMs,
+            draining: s.draining,
           })),
+          filesOnDrainingServers: damaged.onDraining,
           filesWithMissingShards: damaged.paths,
           filesWithMissingShardsCount: damaged.count,
           settings: this.cluster.state.settings,
@@ -1946,7 +1965,7 @@ export class MetadataNode {
           throw new DogfsError('IS_A_DIRECTORY', `${found.path}: is a directory`);
         const blockGroups: Init<BlockGroupRepair>[] = [];
         for (const bg of found.inode.blockGroups) {
-          const missing = this.missingShards(bg, suspects);
+          const missing = this.missingShards(bg, suspects, true);
           if (missing.length === 0) continue;
           blockGroups.push({
             blockGroup: this.blockGroupToWire(bg),
@@ -2087,6 +2106,24 @@ export class MetadataNode {
         if (result.op !== 'openSession')
           throw new DogfsError('INTERNAL', `open session answered ${result.op}`);
         return { clientId: result.clientId };
+      },
+      SetDraining: async (req, ctx) => {
+        this.host.requireLeader(CLUSTER_GROUP);
+        const id = req.chunkServerId;
+        if (this.cluster.state.server(id) === undefined)
+          throw new DogfsError('NOT_FOUND', `chunk server '${id.slice(0, 128)}' is not registered`);
+        const result = await this.proposeCluster(
+          { op: 'setDraining', timeMs: this.clusterNow(), id, draining: req.draining },
+          ctx.deadline,
+        );
+        if (!result.ok) raise(result);
+        if (result.op !== 'setDraining')
+          throw new DogfsError('INTERNAL', `setDraining answered ${result.op}`);
+        if (result.changed)
+          this.log.warn(req.draining ? 'chunk server draining' : 'chunk server no longer draining', {
+            server: id,
+          });
+        return { changed: result.changed };
       },
       FindLeader: (req) => {
         const status = this.host.status(req.group);

@@ -444,6 +444,9 @@ export class FakeMeta {
       CommitRepair: () => {
         throw new DogfsError('UNIMPLEMENTED', 'the fake has no repair');
       },
+      SetDraining: () => {
+        throw new DogfsError('UNIMPLEMENTED', 'the fake has no chunk servers');
+      },
     };
   }
 

@@ -27,6 +27,20 @@ test('a damaged file is handed out only after the delay, to a server that takes 
   assert.equal(s.inProgress().length, 1);
 });
 
+test('a file whose only damage is a shard on a server being drained waits no delay', () => {
+  const s = schedule(20_000);
+  s.observeScan(['/damaged', '/draining'], 1_000, new Set(['/draining']));
+  assert.deepEqual(
+    s.plan(['c1', 'c2'], 1_000, first).map((a) => a.path),
+    ['/draining'],
+  );
+  assert.deepEqual(s.plan(['c1', 'c2'], 20_999, first), [], 'the other waits the delay');
+  assert.deepEqual(
+    s.plan(['c1', 'c2'], 21_000, first).map((a) => a.path),
+    ['/damaged'],
+  );
+});
+
 test('limits: repairs at once over the cluster and per server; the least busy server first', () => {
   const s = schedule(0, { maxInFlight: 3, perServer: 2 });
   s.observeScan(['/a', '/b', '/c', '/d', '/e'], 0);

@@ -239,7 +239,7 @@ test('cluster: commands, results and snapshots round-trip; replicas agree; bad b
   for (let i = 0; i < 200; i++) {
     const id = `cs${i % 13}`;
     const t = 1000 + i * 500;
-    switch (i % 5) {
+    switch (i % 6) {
       case 0:
         commands.push(register(id, t, `rack-${i % 3}`));
         break;
@@ -259,6 +259,9 @@ test('cluster: commands, results and snapshots round-trip; replicas agree; bad b
         break;
       case 3:
         commands.push({ op: 'markAlive', timeMs: t, id });
+        break;
+      case 4:
+        commands.push({ op: 'setDraining', timeMs: t, id, draining: i % 4 === 0 });
         break;
       default:
         commands.push({
@@ -295,6 +298,38 @@ test('cluster: commands, results and snapshots round-trip; replicas agree; bad b
     }),
     { numRuns: 200 },
   );
+});
+
+test('cluster: a drained server gets no new shards and stays drained through a restart and a snapshot', () => {
+  const cluster = new Replica();
+  const never = new Replica();
+  for (const r of [cluster, never]) {
+    r.apply(register('cs1', 100));
+    r.apply(register('cs2', 100));
+  }
+  const drain = (id: string, draining: boolean) =>
+    cluster.apply({ op: 'setDraining', timeMs: 100, id, draining });
+  assert.deepEqual(drain('nope', true), {
+    ok: false,
+    code: 'NOT_FOUND',
+    message: 'chunk server nope is not registered',
+  });
+  assert.deepEqual(drain('cs1', true), { ok: true, op: 'setDraining', changed: true });
+  assert.deepEqual(drain('cs1', true), { ok: true, op: 'setDraining', changed: false });
+  assert.deepEqual(
+    cluster.placementCandidates().map((s) => s.id),
+    ['cs2'],
+  );
+  cluster.apply(register('cs1', 100)); // a restart registers again
+  assert.equal(cluster.server('cs1')?.draining, true);
+  const restored = ClusterState.restore(cluster.snapshot());
+  assert.equal(restored.server('cs1')?.draining, true);
+  assert.equal(restored.server('cs2')?.draining, false);
+  assert.equal(restored.stateHash(), cluster.stateHash());
+  assert.deepEqual(drain('cs1', false), { ok: true, op: 'setDraining', changed: true });
+  never.apply(register('cs1', 100));
+  // Undrained, the snapshot is what it would have been without (so the last version reads it too).
+  assert.deepEqual(Buffer.from(cluster.snapshot()), Buffer.from(never.snapshot()));
 });
 
 // ---- placement ----

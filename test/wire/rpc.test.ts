@@ -89,6 +89,7 @@ before(async () => {
     RenewLease: unimplemented,
     SetSettings: unimplemented,
     OpenSession: unimplemented,
+    SetDraining: unimplemented,
   });
   const port = await server.listen('127.0.0.1', 0);
   address = `127.0.0.1:${port}`;

@@ -24,8 +24,10 @@
  *   cluster it belongs to (`register.clusterId`, '' when new) and is refused by any other: its shards are
  *   another cluster's, which this one's garbage collection and orphan sweep must never touch (HDFS keeps
  *   a clusterID in every storage directory for the same reason).
+ * - `setDraining { id, draining }`: an operator drains a server (`dogfs admin drain`) or stops draining
+ *   it: placement skips it, and automatic repair moves its shards elsewhere (ChunkServerRecord.draining).
  *
- * Reads: `servers()` (sorted by id), `server(id)`, `placementCandidates()`, `silentServers(nowMs)`
+ * Reads: `servers()` (sorted by id), `server(id)`, `placementCandidates()` (not draining), `silentServers(nowMs)`
  * (what the leader should declare dead), `settings`. Snapshot: `snapshot()` / `ClusterState.restore()`
  * (the registry is small: one record per chunk server) and `stateHash()`.
  *
@@ -75,6 +77,12 @@ export interface ChunkServerRecord {
   readonly registeredMs: number;
   /** Leader time at which `state` last changed. */
   readonly stateSinceMs: number;
+  /**
+   * Being drained (decommissioned) by an operator: no new shards are placed on it, and automatic repair
+   * moves the ones it holds to other servers, reading them from the rest of their block groups. It keeps
+   * serving reads meanwhile; once it holds nothing the metadata records, it can be stopped for good.
+   */
+  readonly draining: boolean;
 }
 
 export interface ClusterSettings {
@@ -152,13 +160,19 @@ export interface InitClusterCommand extends Base {
   readonly op: 'initCluster';
   readonly clusterId: string;
 }
+export interface SetDrainingCommand extends Base {
+  readonly op: 'setDraining';
+  readonly id: string;
+  readonly draining: boolean;
+}
 export type ClusterCommand =
   | RegisterCommand
   | HeartbeatCommand
   | DeclareDeadCommand
   | MarkAliveCommand
   | SetSettingsCommand
-  | InitClusterCommand;
+  | InitClusterCommand
+  | SetDrainingCommand;
 export type ClusterOp = ClusterCommand['op'];
 
 export interface ClusterResultPayloads {
@@ -168,6 +182,7 @@ export interface ClusterResultPayloads {
   markAlive: { readonly changed: boolean };
   setSettings: { readonly settings: ClusterSettings };
   initCluster: { readonly clusterId: string; readonly changed: boolean };
+  setDraining: { readonly changed: boolean };
 }
 export type ClusterSuccess<K extends ClusterOp> = {
   readonly ok: true;
@@ -324,6 +339,8 @@ export class ClusterState {
           lastHeartbeatIndex: beatIndex(cmd),
           registeredMs: now,
           stateSinceMs: known?.state === 'alive' ? known.stateSinceMs : now,
+          // A server registering again (a restart) is still being drained.
+          draining: known?.draining ?? false,
         });
         return {
           ok: true,
@@ -372,6 +389,12 @@ export class ClusterState {
         this.registry.set(cmd.id, { ...known, state: 'alive', stateSinceMs: now });
         return { ok: true, op: 'markAlive', changed: true };
       }
+      case 'setDraining': {
+        if (known === undefined) return fail('NOT_FOUND', `chunk server ${cmd.id} is not registered`);
+        if (known.draining === cmd.draining) return { ok: true, op: 'setDraining', changed: false };
+        this.registry.set(cmd.id, { ...known, draining: cmd.draining });
+        return { ok: true, op: 'setDraining', changed: true };
+      }
     }
   }
 
@@ -384,8 +407,9 @@ export class ClusterState {
     return [...this.registry.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
 
+  /** Servers new shards may go to (placement skips dead ones itself): not those being drained. */
   placementCandidates(): PlacementCandidate[] {
-    return this.servers();
+    return this.servers().filter((s) => !s.draining);
   }
 
   /** Alive servers whose last heartbeat is older than `deadAfterMs` at `nowMs` (leader's clock). */
@@ -414,6 +438,13 @@ export class ClusterState {
     // After it, so that a snapshot written before heartbeats recorded their index still reads (as 0).
     w.uint(servers.length);
     for (const s of servers) w.uint(s.lastHeartbeatIndex);
+    // After them, and only when there are any: a snapshot of a cluster that never drained a server reads
+    // as before, in this version and the last.
+    const draining = servers.filter((s) => s.draining);
+    if (draining.length > 0) {
+      w.uint(draining.length);
+      for (const s of draining) w.string(s.id);
+    }
     return w.finish();
   }
 
@@ -444,6 +475,7 @@ export class ClusterState {
         lastHeartbeatIndex: 0,
         registeredMs: r.uint('registered'),
         stateSinceMs: r.uint('state since'),
+        draining: false,
       };
       if (state.registry.has(record.id))
         throw new StateCodecError(`cluster snapshot: server ${record.id} twice`);
@@ -464,6 +496,17 @@ export class ClusterState {
         state.registry.set(id, { ...record, lastHeartbeatIndex: r.uint('last heartbeat index') });
       }
     }
+    if (r.remaining > 0) {
+      const count = r.count('draining servers', MAX_CHUNK_SERVERS);
+      if (count === 0) throw new StateCodecError('cluster snapshot: an empty list of draining servers');
+      for (let i = 0; i < count; i++) {
+        const id = r.string('draining server', MAX_SERVER_ID_BYTES);
+        const record = state.registry.get(id);
+        if (record === undefined || record.draining)
+          throw new StateCodecError(`cluster snapshot: draining server ${id.slice(0, 64)} unknown or twice`);
+        state.registry.set(id, { ...record, draining: true });
+      }
+    }
     r.end();
     return state;
   }
@@ -481,6 +524,7 @@ const CLUSTER_OP_TAGS: Record<ClusterOp, number> = {
   markAlive: 4,
   setSettings: 5,
   initCluster: 6,
+  setDraining: 7,
 };
 const CLUSTER_OPS_BY_TAG = new Map<number, ClusterOp>(
   (Object.entries(CLUSTER_OP_TAGS) as [ClusterOp, number][]).map(([op, tag]) => [tag, op]),
@@ -535,6 +579,9 @@ export function encodeClusterCommand(cmd: ClusterCommand): Uint8Array {
       break;
     case 'initCluster':
       w.string(cmd.clusterId);
+      break;
+    case 'setDraining':
+      w.string(cmd.id).bool(cmd.draining);
       break;
   }
   return w.finish();
@@ -600,6 +647,9 @@ export function decodeClusterCommand(bytes: Uint8Array): ClusterCommand {
     case 'initCluster':
       cmd = { op, timeMs, clusterId: r.string('cluster id', MAX_CLUSTER_ID_CHARS) };
       break;
+    case 'setDraining':
+      cmd = { op, timeMs, id: id(), draining: r.bool('draining') };
+      break;
   }
   r.end();
   return cmd;
@@ -623,6 +673,7 @@ export function encodeClusterResult(result: ClusterResult): Uint8Array {
       break;
     case 'declareDead':
     case 'markAlive':
+    case 'setDraining':
       w.bool(result.changed);
       break;
     case 'setSettings':
@@ -661,6 +712,7 @@ export function decodeClusterResult(bytes: Uint8Array): ClusterResult {
         break;
       case 'declareDead':
       case 'markAlive':
+      case 'setDraining':
         result = { ok: true, op, changed: r.bool('changed') };
         break;
       case 'setSettings':

@@ -1,0 +1,93 @@
+/**
+ * Draining (decommissioning) a chunk server through the real cluster (`dogfs up`, 3 metadata servers, 6
+ * chunk servers, rs-3-2, automatic repair's delay left at a minute): `dogfs admin drain ID` moves every
+ * shard off the server without waiting for that delay, new files are placed elsewhere, and once it holds
+ * nothing it can be stopped, and two more servers lost, with every file still whole.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { assertOneLineError, clusterCommands, startCluster, waitFor } from '../helpers/index.js';
+
+const up = startCluster(['--meta', '3', '--chunk', '6', '--ec', 'rs-3-2'], {
+  ...process.env,
+  DOGFS_REPAIR_DELAY_MS: '60000',
+  DOGFS_GC_GRACE_MS: '0',
+});
+after(() => up.stop());
+
+interface StatJson {
+  blockGroups: { shards: { chunkServer: string }[] }[];
+}
+
+test('a drained chunk server is emptied at once, gets no new shards, and can then be stopped', async () => {
+  const cluster = await up.ready();
+  const { dogfs, report, sameBytes } = clusterCommands(up);
+  const chunks = cluster.processes.filter((p) => p.role === 'chunk');
+  const holdersOf = async (path: string) => {
+    const stat = await dogfs(['stat', '--json', path]);
+    assert.equal(stat.status, 0, stat.stderr);
+    return (JSON.parse(stat.stdout) as StatJson).blockGroups.flatMap((g) =>
+      g.shards.map((s) => s.chunkServer),
+    );
+  };
+  const put = async (path: string, bytes: Buffer) => {
+    const local = join(up.dir.path, path.slice(1));
+    writeFileSync(local, bytes);
+    const r = await dogfs(['put', local, path]);
+    assert.equal(r.status, 0, r.stderr);
+  };
+
+  const files = new Map<string, Buffer>();
+  for (let i = 0; i < 6; i++) files.set(`/f${i}`, randomBytes(200_000 + i * 150_000));
+  for (const [path, bytes] of files) await put(path, bytes);
+  const victim = (await holdersOf('/f0'))[0]!;
+
+  // Bad input first: changes nothing.
+  const unknown = await dogfs(['admin', 'drain', 'no-such-server']);
+  assert.equal(unknown.status, 1);
+  assert.match(assertOneLineError(unknown.stderr), /no-such-server.*not registered/);
+  assert.equal((await dogfs(['admin', 'drain'])).status, 2, 'no ID: a usage error');
+  assert.ok((await report()).chunkServers.every((c) => !c.draining));
+
+  const drain = await dogfs(['admin', 'drain', victim]);
+  assert.equal(drain.status, 0, drain.stderr);
+  assert.match(drain.stdout, new RegExp(`^${victim}: draining: no new shards go to it`));
+  assert.match((await dogfs(['admin', 'drain', victim])).stdout, /draining \(already\)/);
+  const text = await dogfs(['admin', 'report']);
+  assert.match(text.stdout, new RegExp(`draining: ${victim}; files with a shard still on them: [1-9]`));
+
+  // Emptied well before the minute automatic repair waits for damage: a drain is not damage to wait on.
+  const startedMs = Date.now();
+  await waitFor(
+    'every shard moved off the drained server',
+    async () => {
+      const r = await report();
+      const server = r.chunkServers.find((c) => c.id === victim);
+      return r.filesOnDrainingServers === 0 && r.repairs.length === 0 && server?.shardCount === 0 && r;
+    },
+    45_000,
+    250,
+  );
+  assert.ok(Date.now() - startedMs < 60_000);
+  for (const path of files.keys())
+    assert.ok(!(await holdersOf(path)).includes(victim), `${path} has no shard on ${victim}`);
+
+  // New files go elsewhere.
+  const late = randomBytes(300_000);
+  await put('/late', late);
+  files.set('/late', late);
+  assert.ok(!(await holdersOf('/late')).includes(victim));
+
+  // Stopped for good, and two more servers lost: every file still whole (full redundancy was kept).
+  const byId = new Map(chunks.map((c) => [c.id, c]));
+  process.kill(byId.get(victim)!.pid, 'SIGKILL');
+  for (const c of chunks.filter((c) => c.id !== victim).slice(0, 2)) process.kill(c.pid, 'SIGKILL');
+  for (const [path, expected] of files) await sameBytes(path, expected, `${path} with three servers gone`);
+
+  const cancel = await dogfs(['admin', 'drain', '--cancel', victim]);
+  assert.equal(cancel.status, 0, cancel.stderr);
+  assert.match(cancel.stdout, new RegExp(`^${victim}: no longer draining\\n$`));
+});
