@@ -198,7 +198,6 @@ export class DogfsClient {
     return answer.settings;
   }
 
-  /** Groups, leaders and terms; chunk servers and their state; files missing shards. */
   /**
    * Drains chunk server `id` (decommission: no new shards go to it, and automatic repair moves its shards
    * to other servers), or stops draining it. Resolves whether that changed anything.
@@ -207,6 +206,7 @@ export class DogfsClient {
     return (await this.meta.call('SetDraining', { chunkServerId: id, draining }, options)).changed;
   }
 
+  /** Groups, leaders and terms; chunk servers and their state; files missing shards. */
   report(options: MetaCallOptions & { damagedAfter?: string } = {}): Promise<ClusterReportResponse> {
     const { damagedAfter, ...callOptions } = options;
     return this.meta.call('ClusterReport', { damagedAfter: damagedAfter ?? '' }, callOptions);

@@ -159,14 +159,18 @@ async function rebuildBlockGroup(
   const k = bg.dataShards;
   const total = k + bg.parityShards;
   const missing = new Set(plan.missing);
-  const sources = bg.shards
-    .filter((s) => !missing.has(s.index) && s.durable && s.addr !== '')
-    .sort((a, b) => a.index - b.index)
-    .slice(0, replicate ? 1 : k);
+  // Shards being moved off a server that is drained are rebuilt too, but can still be read: sources when
+  // the others are too few.
+  const readable = new Set(plan.readable.filter((i) => missing.has(i)));
+  const usable = (s: ShardLocation) => s.durable && s.addr !== '';
+  const sources = [
+    ...bg.shards.filter((s) => !missing.has(s.index) && usable(s)).sort((a, b) => a.index - b.index),
+    ...bg.shards.filter((s) => readable.has(s.index) && usable(s)).sort((a, b) => a.index - b.index),
+  ].slice(0, replicate ? 1 : k);
   if (sources.length < (replicate ? 1 : k))
     throw new DogfsError(
       'UNAVAILABLE',
-      `block group ${bg.id}: ${total - missing.size} of ${total} shards survive, ${k} are needed to rebuild the rest`,
+      `block group ${bg.id}: ${total - missing.size + readable.size} of ${total} shards survive, ${k} are needed to rebuild the rest`,
     );
   const shardLength = shardLengthOf(bg);
   const window = Math.max(1, Math.min(options.windowBytes ?? DEFAULT_WINDOW_BYTES, shardLength));

@@ -1456,12 +1456,12 @@ export class MetadataNode {
     return { paths, count, onDraining };
   }
 
-  /** Whether a shard of `bg` is on a live server being drained. */
+  /**
+   * Whether a shard of `bg` is recorded on a server being drained, alive or not: one that died while
+   * draining still holds what was not moved, and must not be reported empty.
+   */
   private onDrainingServer(bg: BlockGroupInfo): boolean {
-    return bg.servers.some((id) => {
-      const server = id === '' ? undefined : this.cluster.state.server(id);
-      return server?.draining === true && server.state === 'alive';
-    });
+    return bg.servers.some((id) => id !== '' && this.cluster.state.server(id)?.draining === true);
   }
 
   /** A new server for each missing shard that can be placed (none that already holds a shard of the group). */
@@ -1965,12 +1965,18 @@ export class MetadataNode {
           throw new DogfsError('IS_A_DIRECTORY', `${found.path}: is a directory`);
         const blockGroups: Init<BlockGroupRepair>[] = [];
         for (const bg of found.inode.blockGroups) {
-          const missing = this.missingShards(bg, suspects, true);
+          // Shards on a server being drained are rebuilt elsewhere too, but they can still be read, and
+          // come after the lost ones: when targets run short, what is lost is rebuilt first, and a group
+          // with more than M lost counting the drained ones is still rebuilt from them.
+          const lost = this.missingShards(bg, suspects);
+          const readable = this.missingShards(bg, suspects, true).filter((i) => !lost.includes(i));
+          const missing = [...lost, ...readable];
           if (missing.length === 0) continue;
           blockGroups.push({
             blockGroup: this.blockGroupToWire(bg),
             missing,
             targets: this.repairTargets(bg, missing),
+            readable,
           });
         }
         return { inode: this.inodeToWire(found.inode, false), blockGroups };
@@ -2109,6 +2115,13 @@ export class MetadataNode {
       },
       SetDraining: async (req, ctx) => {
         this.host.requireLeader(CLUSTER_GROUP);
+        // Nothing but automatic repair moves a drained server's shards: refused rather than left waiting.
+        if (req.draining && this.autoRepair === undefined)
+          throw new DogfsError(
+            'FAILED_PRECONDITION',
+            'automatic repair is off on the cluster leader (dogfs meta --repair-delay off), and nothing else would move the shards; run dogfs admin repair PATH for each file instead',
+          );
+        await this.host.readBarrier(CLUSTER_GROUP, ctx.deadline);
         const id = req.chunkServerId;
         if (this.cluster.state.server(id) === undefined)
           throw new DogfsError('NOT_FOUND', `chunk server '${id.slice(0, 128)}' is not registered`);

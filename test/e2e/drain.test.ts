@@ -2,7 +2,9 @@
  * Draining (decommissioning) a chunk server through the real cluster (`dogfs up`, 3 metadata servers, 6
  * chunk servers, rs-3-2, automatic repair's delay left at a minute): `dogfs admin drain ID` moves every
  * shard off the server without waiting for that delay, new files are placed elsewhere, and once it holds
- * nothing it can be stopped, and two more servers lost, with every file still whole.
+ * nothing it can be stopped, and two more servers lost, with every file still whole. And a drain never
+ * leaves a file less repairable: with two holders of a block group dead and a third draining, the lost
+ * shards are rebuilt from the draining one.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -56,8 +58,10 @@ test('a drained chunk server is emptied at once, gets no new shards, and can the
   assert.equal(drain.status, 0, drain.stderr);
   assert.match(drain.stdout, new RegExp(`^${victim}: draining: no new shards go to it`));
   assert.match((await dogfs(['admin', 'drain', victim])).stdout, /draining \(already\)/);
+  // (How many are left depends on how far the moving has gone by now.)
   const text = await dogfs(['admin', 'report']);
-  assert.match(text.stdout, new RegExp(`draining: ${victim}; files with a shard still on them: [1-9]`));
+  assert.match(text.stdout, new RegExp(`${victim} .*\\(draining\\)`));
+  assert.match(text.stdout, new RegExp(`draining: ${victim}; files with a shard still on them: \\d+`));
 
   // Emptied well before the minute automatic repair waits for damage: a drain is not damage to wait on.
   const startedMs = Date.now();
@@ -90,4 +94,48 @@ test('a drained chunk server is emptied at once, gets no new shards, and can the
   const cancel = await dogfs(['admin', 'drain', '--cancel', victim]);
   assert.equal(cancel.status, 0, cancel.stderr);
   assert.match(cancel.stdout, new RegExp(`^${victim}: no longer draining\\n$`));
+});
+
+test('with more than M shards of a block group lost or draining, the draining one is read to rebuild the lost', async () => {
+  // Chunk servers that take no repair work: the repair below is the test's own, run when it chooses.
+  const second = startCluster(['--meta', '3', '--chunk', '7', '--ec', 'rs-3-2'], {
+    ...process.env,
+    DOGFS_CHUNK_REPAIRS: 'off',
+    DOGFS_REPAIR_DELAY_MS: '600000', // on (a drain is refused without it), but no server takes the work
+    DOGFS_GC_GRACE_MS: '0',
+  });
+  try {
+    const cluster = await second.ready();
+    const { dogfs, report, sameBytes } = clusterCommands(second);
+    assert.equal((await dogfs(['admin', 'settings', '--dead-after', '3000'])).status, 0);
+    const bytes = randomBytes(900_000);
+    const local = join(second.dir.path, 'g');
+    writeFileSync(local, bytes);
+    assert.equal((await dogfs(['put', local, '/g'])).status, 0);
+    const stat = await dogfs(['stat', '--json', '/g']);
+    const holders = (JSON.parse(stat.stdout) as StatJson).blockGroups[0]!.shards.map((s) => s.chunkServer);
+    assert.equal(holders.length, 5);
+    const pid = (id: string) => cluster.processes.find((p) => p.id === id)!.pid;
+    process.kill(pid(holders[0]!), 'SIGKILL');
+    process.kill(pid(holders[1]!), 'SIGKILL');
+    await waitFor(
+      'both declared dead',
+      async () => (await report()).chunkServers.filter((c) => c.state === 'dead').length === 2,
+      30_000,
+      200,
+    );
+    assert.equal((await dogfs(['admin', 'drain', holders[2]!])).status, 0);
+    // Three of five shards gone or going, K = 3 needed: the two lost ones are rebuilt on the two servers
+    // that hold none of the group, read from the two survivors and the draining server; the drained
+    // shard has nowhere left to go, and says so.
+    const repair = await dogfs(['admin', 'repair', '/g']);
+    assert.match(repair.stdout, /\/g: rebuilt 2 shard\(s\)/, repair.stdout + repair.stderr);
+    assert.equal(repair.status, 1, 'one shard could not be moved');
+    assert.match(repair.stderr, /1 shard\(s\) could not be repaired/);
+    assert.equal((await report()).filesWithMissingShardsCount, 0);
+    process.kill(pid(holders[2]!), 'SIGKILL');
+    await sameBytes('/g', bytes, 'with the draining server gone too');
+  } finally {
+    await second.stop();
+  }
 });
