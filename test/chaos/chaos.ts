@@ -36,6 +36,8 @@ const SHARD_HEADER_BYTES = 64;
 const PAUSE_MS = 1500;
 /** A cut lasts longer than a chunk server's dead timeout here (3 s) and several elections. */
 const PARTITION_MS = 4000;
+/** How long a drained chunk server stays drained before the drain is cancelled. */
+const DRAIN_MS = 6000;
 const CALL_TIMEOUT_MS = 30_000;
 const HEAL_TIMEOUT_MS = 90_000;
 /** After the heal, how long automatic repair may take before the manual rounds (polled, not slept). */
@@ -291,14 +293,33 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
     const corrupted = new Set<string>();
     let lastChunkKill: { id: string; atMs: number } | undefined;
     let cutOff: { role: string; id: string } | undefined;
+    /** The chunk server being drained (one at a time), until its drain is cancelled. */
+    let drained: string | undefined;
+    const undrain = async (id: string) => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await dogfs.setDraining(id, false, { timeoutMs: 5000 });
+          say(`      undrain ${id}`);
+          if (drained === id) drained = undefined;
+          return;
+        } catch (error) {
+          // A leader change or a paused leader: asked again (the heal waits for it).
+          if (attempt >= 30) {
+            say(`      undrain ${id} failed: ${toDogfsError(error).message}`);
+            return;
+          }
+          await new Promise((resolve) => setTimeout(resolve, 500));
+        }
+      }
+    };
     const injectOne = async () => {
       const now = readCluster();
       const chunks = now.processes.filter((p) => p.role === 'chunk');
       const metas = now.processes.filter((p) => p.role === 'meta');
       const kinds =
         options.partitions === undefined
-          ? (['kill-chunk', 'kill-leader', 'pause-leader', 'corrupt'] as const)
-          : (['kill-chunk', 'kill-leader', 'pause-leader', 'corrupt', 'partition'] as const);
+          ? (['kill-chunk', 'kill-leader', 'pause-leader', 'corrupt', 'drain'] as const)
+          : (['kill-chunk', 'kill-leader', 'pause-leader', 'corrupt', 'drain', 'partition'] as const);
       const kind = kinds[Math.floor(random() * kinds.length)]!;
       // One member down, paused or cut off at a time among the metadata servers, and among the chunk servers.
       const metaDown = metas.some((p) => !processAlive(p.pid)) || paused.size > 0 || cutOff?.role === 'meta';
@@ -335,6 +356,15 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
           if (cutOff === cut) cutOff = undefined;
           say(`      heal ${victim.id}`);
         }, PARTITION_MS);
+      } else if (kind === 'drain') {
+        // Drained while the faults go on, then cancelled: automatic repair moves its shards meanwhile,
+        // racing kills, pauses and cuts. One at a time, and not while a chunk server is down.
+        if (drained !== undefined || !(await chunkBack())) return;
+        const victim = chunks[Math.floor(random() * chunks.length)]!;
+        await dogfs.setDraining(victim.id, true, { timeoutMs: 5000 });
+        drained = victim.id;
+        say(`FAULT drain ${victim.id} for ${DRAIN_MS} ms`);
+        setTimeout(() => void undrain(victim.id), DRAIN_MS);
       } else if (kind === 'kill-chunk') {
         // One down at a time: the last one killed must be running again and have heartbeated since.
         if (!(await chunkBack())) return;
@@ -401,7 +431,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
     await waitFor(
       'every member running and every chunk server alive',
       async () => {
-        if (paused.size > 0 || cutOff !== undefined) return false;
+        if (paused.size > 0 || cutOff !== undefined || drained !== undefined) return false;
         const now = readCluster();
         if (!now.processes.every((p) => processAlive(p.pid))) return false;
         const report = await dogfs.report({ timeoutMs: 5000 });
