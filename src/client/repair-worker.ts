@@ -4,7 +4,7 @@
  * It runs inside each `dogfs chunk` process (the command plugs it into the server's reporter), so repair
  * traffic goes chunk server to chunk server and the metadata servers stay out of the data path.
  *
- * One file at a time per server, and the leader hands out few at once: that is the throttle that keeps
+ * One file at a time per server, with at most 8 handed over at once: that is the throttle that keeps
  * user traffic ahead of repair. The queue is bounded; a file that does not fit is dropped here and handed
  * out again by the leader, which sees it still damaged.
  */
@@ -32,7 +32,7 @@ const CLOSE_WAIT_MS = 5_000;
 export class RepairWorker {
   private readonly queue: string[] = [];
   private running: string | undefined;
-  private draining: Promise<void> | undefined;
+  private working: Promise<void> | undefined;
   private client: Pick<DogfsClient, 'repair' | 'close'> | undefined;
   private readonly abort = new AbortController();
   private readonly maxQueued: number;
@@ -62,9 +62,9 @@ export class RepairWorker {
   }
 
   private kick(): void {
-    if (this.draining !== undefined || this.abort.signal.aborted) return;
-    this.draining = this.drain().finally(() => {
-      this.draining = undefined;
+    if (this.working !== undefined || this.abort.signal.aborted) return;
+    this.working = this.drain().finally(() => {
+      this.working = undefined;
       // A file taken between the drain's last look at the queue and now would wait for the next take.
       if (this.queue.length > 0) this.kick();
     });
@@ -121,7 +121,7 @@ export class RepairWorker {
     this.client?.close();
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
-      this.draining,
+      this.working,
       new Promise((resolve) => {
         timer = setTimeout(resolve, CLOSE_WAIT_MS);
       }),

@@ -1265,12 +1265,6 @@ export class MetadataNode {
       );
   }
 
-  /**
-   * Drops the soft state of a group 0 leadership: heartbeat arrival times, reports half received (a
-   * reporter restarts from page 1 at the new leader), which servers reported in full, and shard health
-   * (heartbeats and reports rebuild it; notes kept from an earlier leadership could name a shard missing
-   * that came back while another node led).
-   */
   /** Called by whatever is about to read or change the soft state, as group 0's leader: see notesTerm. */
   private notesOfThisTerm(): void {
     const term = this.host.status(CLUSTER_GROUP).term;
@@ -1279,6 +1273,12 @@ export class MetadataNode {
     this.notesTerm = term;
   }
 
+  /**
+   * Drops the soft state of a group 0 leadership: heartbeat arrival times, reports half received (a
+   * reporter restarts from page 1 at the new leader), which servers reported in full, shard health, and
+   * automatic repair's schedule (heartbeats and reports rebuild it; notes kept from an earlier leadership
+   * could name a shard missing that came back while another node led).
+   */
   private forgetLeadership(): void {
     this.autoRepair?.clear();
     this.repairWorkers.clear();
