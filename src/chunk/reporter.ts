@@ -30,10 +30,14 @@ export interface RepairWork {
   take(paths: readonly string[]): void;
   /** Files queued or being repaired now. */
   current(): readonly string[];
+  /** Its latest repairs that did not finish, and why (what the leader shows in `admin report`). */
+  failures(): readonly { path: string; reason: string }[];
 }
 
 /** Files a heartbeat names as being repaired, and a heartbeat answer may hand over. */
 const MAX_REPAIR_PATHS = 64;
+/** Unfinished repairs a heartbeat names. */
+const MAX_REPAIR_FAILURES = 16;
 
 export interface ReporterOptions {
   /** Metadata servers (gRPC host:port). */
@@ -302,6 +306,7 @@ export class MetadataReporter {
         corruptShards: corrupt,
         repairs: this.options.repairs !== undefined,
         repairing: this.options.repairs?.current().slice(0, MAX_REPAIR_PATHS) ?? [],
+        repairFailures: this.options.repairs?.failures().slice(0, MAX_REPAIR_FAILURES) ?? [],
       },
       { timeoutMs, signal: this.abort.signal },
     );

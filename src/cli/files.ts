@@ -796,6 +796,11 @@ function reportJson(report: ClusterReportResponse) {
       chunkServerId: r.chunkServerId,
       sinceMs: r.sinceMs,
     })),
+    unfinishedRepairs: report.unfinishedRepairs.map((u) => ({
+      path: u.path,
+      chunkServerId: u.chunkServerId,
+      reason: u.reason,
+    })),
   };
 }
 
@@ -838,6 +843,11 @@ function formatReport(report: ClusterReportResponse): string {
   );
   for (const r of report.repairs.slice(0, 100))
     lines.push(`  ${r.path} on ${r.chunkServerId} for ${seconds(Math.max(0, Date.now() - r.sinceMs))}`);
+  if (report.unfinishedRepairs.length > 0) {
+    lines.push(`  could not finish (tried again later): ${report.unfinishedRepairs.length}`);
+    for (const u of report.unfinishedRepairs.slice(0, 100))
+      lines.push(`  ${u.path} (${u.chunkServerId}): ${u.reason}`);
+  }
   if (report.codecBackend) lines.push('', `Codec backend: ${report.codecBackend}`);
   if (report.clusterId) lines.push(`Cluster id: ${report.clusterId}`);
   return `${lines.join('\n')}\n`;

@@ -28,6 +28,9 @@ export interface RepairWorkerOptions {
 const DEFAULT_MAX_QUEUED = 8;
 const DEFAULT_CALL_TIMEOUT_MS = 60_000;
 const CLOSE_WAIT_MS = 5_000;
+/** Unfinished repairs remembered (and named in heartbeats), the latest kept. */
+const MAX_FAILURES = 16;
+const MAX_REASON_CHARS = 300;
 
 export class RepairWorker {
   private readonly queue: string[] = [];
@@ -38,6 +41,8 @@ export class RepairWorker {
   private readonly maxQueued: number;
   /** Files repaired (whatever the outcome) and failed, since start: for tests and metrics. */
   readonly counts = { repaired: 0, failed: 0, dropped: 0 };
+  /** Files whose latest repair here did not finish, and why; insertion order is age. */
+  private readonly unfinished = new Map<string, string>();
 
   constructor(private readonly options: RepairWorkerOptions) {
     this.maxQueued = options.maxQueued ?? DEFAULT_MAX_QUEUED;
@@ -75,6 +80,21 @@ export class RepairWorker {
     return this.running === undefined ? [...this.queue] : [this.running, ...this.queue];
   }
 
+  /** The latest repairs here that did not finish, and why (a later one that finishes clears its file). */
+  failures(): readonly { path: string; reason: string }[] {
+    return [...this.unfinished].map(([path, reason]) => ({ path, reason }));
+  }
+
+  private noteUnfinished(path: string, reason: string | undefined): void {
+    this.unfinished.delete(path);
+    if (reason === undefined) return;
+    if (this.unfinished.size >= MAX_FAILURES) {
+      const oldest = this.unfinished.keys().next();
+      if (!oldest.done) this.unfinished.delete(oldest.value);
+    }
+    this.unfinished.set(path, reason.slice(0, MAX_REASON_CHARS));
+  }
+
   private async drain(): Promise<void> {
     const signal = this.abort.signal;
     for (let path = this.queue.shift(); path !== undefined && !signal.aborted; path = this.queue.shift()) {
@@ -88,12 +108,18 @@ export class RepairWorker {
         });
         this.counts.repaired++;
         this.logOutcome(outcome, Date.now() - startedMs);
+        const [first, ...more] = outcome.unrepaired;
+        this.noteUnfinished(
+          path,
+          first === undefined ? undefined : more.length > 0 ? `${first} (and ${more.length} more)` : first,
+        );
       } catch (error) {
         if (signal.aborted) return;
         this.counts.failed++;
         const e = toDogfsError(error);
         // The leader sees the file still damaged and hands it out again, after a backoff.
         this.options.log?.warn('automatic repair failed', { path, code: e.code, error: e.message });
+        this.noteUnfinished(path, `${e.code}: ${e.message}`);
       } finally {
         this.running = undefined;
       }

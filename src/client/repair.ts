@@ -364,7 +364,9 @@ export async function repairFile(
       const placed = new Set(group.targets.map((t) => t.index));
       for (const index of group.missing)
         if (!placed.has(index))
-          unrepaired.push(`shard ${index} of block group ${bg.id}: no chunk server to put it on`);
+          unrepaired.push(
+            `shard ${index} of block group ${bg.id}: no live chunk server outside the block group's holders to put it on`,
+          );
       if (group.targets.length === 0) continue;
       let result: { rebuilt: Rebuilt[]; failures: string[]; busyTargets: number };
       try {

@@ -66,6 +66,8 @@ export class AutoRepairSchedule {
   private readonly damagedSince = new Map<string, number>();
   private readonly retry = new Map<string, { attempts: number; notBeforeMs: number }>();
   private readonly assigned = new Map<string, Assignment>();
+  /** Why the latest repair of a tracked file did not finish, as its server said. */
+  private readonly unfinished = new Map<string, { reason: string; server: string; atMs: number }>();
 
   constructor(readonly limits: AutoRepairLimits) {
     assert(limits.delayMs >= 0 && limits.maxInFlight >= 1 && limits.perServer >= 1, 'auto-repair limits');
@@ -83,6 +85,7 @@ export class AutoRepairSchedule {
       if (named.has(path)) continue;
       this.damagedSince.delete(path);
       this.retry.delete(path);
+      this.unfinished.delete(path);
     }
     for (const path of damaged) {
       if (this.damagedSince.size >= this.limits.maxTracked) break;
@@ -192,6 +195,24 @@ export class AutoRepairSchedule {
     this.retry.set(path, { attempts, notBeforeMs: nowMs + waitMs });
   }
 
+  /**
+   * What a server said of its repairs that did not finish. Kept for files still tracked as damaged (a
+   * file repaired since, by anyone, is forgotten at the next walk), at most one reason per file.
+   */
+  noteUnfinished(server: string, failures: readonly { path: string; reason: string }[], nowMs: number): void {
+    for (const { path, reason } of failures) {
+      if (!this.damagedSince.has(path)) continue;
+      const known = this.unfinished.get(path);
+      if (known !== undefined && known.reason === reason && known.server === server) continue;
+      this.unfinished.set(path, { reason, server, atMs: nowMs });
+    }
+  }
+
+  /** Tracked files whose latest repair did not finish, and why, newest first (for `admin report`). */
+  unfinishedRepairs(): { path: string; reason: string; server: string; atMs: number }[] {
+    return [...this.unfinished].map(([path, u]) => ({ path, ...u })).sort((a, b) => b.atMs - a.atMs);
+  }
+
   /** A server declared dead (or no longer taking repairs): what it was handed is handed out again. */
   serverGone(server: string): void {
     for (const [path, a] of this.assigned) if (a.server === server) this.assigned.delete(path);
@@ -214,5 +235,6 @@ export class AutoRepairSchedule {
     this.damagedSince.clear();
     this.retry.clear();
     this.assigned.clear();
+    this.unfinished.clear();
   }
 }

@@ -112,6 +112,8 @@ const MAX_PENDING_DELETES = 10_000;
 /** Shards one CommitRepair may name (K + M is at most 32). */
 const MAX_REPAIRED_SHARDS = 32;
 const MAX_REPORT_REASON_CHARS = 200;
+/** Unfinished repairs one heartbeat may name. */
+const MAX_REPAIR_FAILURES_NAMED = 16;
 /**
  * A shard file that no metadata records (its file deleted while its server was down, a copy replaced by a
  * repair while its server was away, a write abandoned after its shard landed) is deleted once it is this
@@ -1863,6 +1865,14 @@ export class MetadataNode {
             .slice(0, MAX_REPAIRING_NAMED)
             .filter((path) => path.length > 0 && path.length <= MAX_PATH_BYTES);
           repairPaths = this.autoRepair.heartbeat(req.id, req.repairs, repairing, now);
+          this.autoRepair.noteUnfinished(
+            req.id,
+            req.repairFailures
+              .slice(0, MAX_REPAIR_FAILURES_NAMED)
+              .filter((f) => f.path.length > 0 && f.path.length <= MAX_PATH_BYTES)
+              .map((f) => ({ path: f.path, reason: f.reason.slice(0, MAX_REPORT_REASON_CHARS) })),
+            now,
+          );
         }
         return { reregister: result.reregister || !inventoried, repairPaths };
       },
@@ -1947,6 +1957,9 @@ export class MetadataNode {
             sinceMs: a.sinceMs,
           })),
           autoRepair: this.autoRepair !== undefined,
+          unfinishedRepairs: (this.autoRepair?.unfinishedRepairs() ?? [])
+            .slice(0, MAX_REPORTED_DAMAGED_FILES)
+            .map((u) => ({ path: u.path, reason: u.reason, chunkServerId: u.server })),
           autoRepairDelayMs: this.autoRepair?.limits.delayMs ?? 0,
         };
       },

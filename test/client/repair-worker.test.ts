@@ -12,7 +12,7 @@ import { waitFor } from '../helpers/index.js';
 
 /** A client whose repairs wait until the test settles them. */
 function fakeClient() {
-  const calls: { path: string; settle: (error?: Error) => void }[] = [];
+  const calls: { path: string; settle: (error?: Error, unrepaired?: string[]) => void }[] = [];
   let closed = false;
   return {
     calls,
@@ -24,15 +24,15 @@ function fakeClient() {
         new Promise<RepairOutcome>((resolve, reject) => {
           calls.push({
             path,
-            settle: (error) =>
+            settle: (error, unrepaired = []) =>
               error === undefined
                 ? resolve({
                     path,
                     damagedBlockGroups: 1,
-                    repairedBlockGroups: 1,
-                    shardsRebuilt: 1,
+                    repairedBlockGroups: unrepaired.length === 0 ? 1 : 0,
+                    shardsRebuilt: unrepaired.length === 0 ? 1 : 0,
                     bytesWritten: 10,
-                    unrepaired: [],
+                    unrepaired,
                   })
                 : reject(error),
           });
@@ -60,10 +60,19 @@ test('one file at a time, in order, none twice; a failure is counted and the nex
   fake.calls[2]!.settle();
   await waitFor('idle', () => worker.current().length === 0);
   assert.deepEqual(worker.counts, { repaired: 2, failed: 1, dropped: 0 });
+  assert.deepEqual(worker.failures(), [{ path: '/b', reason: 'UNAVAILABLE: no source' }]);
+  // A repair that ends with shards it could not rebuild is unfinished too; one that finishes clears it.
+  worker.take(['/b', '/e']);
+  await waitFor('the repair of /b again', () => fake.calls.length === 4);
+  fake.calls[3]!.settle();
+  await waitFor('/e', () => fake.calls.length === 5);
+  fake.calls[4]!.settle(undefined, ['shard 1: no server', 'shard 2: no server']);
+  await waitFor('idle', () => worker.current().length === 0);
+  assert.deepEqual(worker.failures(), [{ path: '/e', reason: 'shard 1: no server (and 1 more)' }]);
   // Taken again after going idle: a new drain starts.
   worker.take(['/d']);
-  await waitFor('the fourth repair', () => fake.calls.length === 4);
-  fake.calls[3]!.settle();
+  await waitFor('the sixth repair', () => fake.calls.length === 6);
+  fake.calls[5]!.settle();
   await waitFor('idle again', () => worker.current().length === 0);
   await worker.close();
   assert.ok(fake.closed);

@@ -139,3 +139,39 @@ test('with more than M shards of a block group lost or draining, the draining on
     await second.stop();
   }
 });
+
+test('a drain that cannot finish says why in the report', async () => {
+  // Five chunk servers under rs-3-2: every block group is on all five, so a drained shard has nowhere to go.
+  const third = startCluster(['--meta', '3', '--chunk', '5', '--ec', 'rs-3-2'], {
+    ...process.env,
+    DOGFS_REPAIR_DELAY_MS: '60000',
+  });
+  try {
+    const cluster = await third.ready();
+    const { dogfs, report } = clusterCommands(third);
+    const local = join(third.dir.path, 'h');
+    writeFileSync(local, randomBytes(300_000));
+    assert.equal((await dogfs(['put', local, '/h'])).status, 0);
+    const victim = cluster.processes.find((p) => p.role === 'chunk')!.id;
+    assert.equal((await dogfs(['admin', 'drain', victim])).status, 0);
+    const stuck = await waitFor(
+      'the unfinished repair in the report',
+      async () => {
+        const r = await report();
+        return r.unfinishedRepairs.length > 0 && r;
+      },
+      30_000,
+      250,
+    );
+    assert.equal(stuck.unfinishedRepairs[0]!.path, '/h');
+    assert.match(
+      stuck.unfinishedRepairs[0]!.reason,
+      /no live chunk server outside the block group's holders/,
+    );
+    assert.equal(stuck.filesOnDrainingServers, 1);
+    const text = await dogfs(['admin', 'report']);
+    assert.match(text.stdout, /could not finish \(tried again later\): 1\n {2}\/h \(chunk-\d\): shard \d/);
+  } finally {
+    await third.stop();
+  }
+});

@@ -41,6 +41,22 @@ test('a file whose only damage is a shard on a server being drained waits no del
   );
 });
 
+test('why a repair did not finish is kept for files still damaged, and forgotten with them', () => {
+  const s = schedule(0);
+  s.observeScan(['/a'], 0);
+  s.noteUnfinished(
+    'c1',
+    [
+      { path: '/a', reason: 'no server' },
+      { path: '/healthy', reason: 'stale' },
+    ],
+    5,
+  );
+  assert.deepEqual(s.unfinishedRepairs(), [{ path: '/a', reason: 'no server', server: 'c1', atMs: 5 }]);
+  s.observeScan([], 10);
+  assert.deepEqual(s.unfinishedRepairs(), [], 'repaired: forgotten');
+});
+
 test('limits: repairs at once over the cluster and per server; the least busy server first', () => {
   const s = schedule(0, { maxInFlight: 3, perServer: 2 });
   s.observeScan(['/a', '/b', '/c', '/d', '/e'], 0);

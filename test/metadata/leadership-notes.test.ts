@@ -94,6 +94,7 @@ test('a leadership won again in a new term keeps the reports it took before its 
             corruptShards: [],
             repairs: false,
             repairing: [],
+            repairFailures: [],
           },
           ctx,
         )
