@@ -15,6 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { assert } from '../common/assert.js';
 import { writeFileDurably } from '../common/durable-file.js';
 import type { Logger } from '../common/log.js';
+import { Pacer } from '../common/pace.js';
 import { checkShardId, DATA_CHUNK_SIZE, formatShardId } from '../wire/data-transfer.js';
 import { DogfsError } from '../wire/errors.js';
 import type { ShardId } from '../wire/gen/types.js';
@@ -55,18 +56,19 @@ export class Scrubber {
   private after: ShardId | undefined;
   /** Whether `after` has been read from the cursor file (once, at the first start). */
   private cursorLoaded = false;
-  /** When the next piece of work may start (performance.now() time): the rate budget. */
-  private budgetAtMs = 0;
+  /** The scrub rate (common/pace.ts). */
+  private readonly pacer: Pacer;
 
   constructor(
     private readonly store: ShardStore,
     private readonly metrics: ChunkMetrics,
     private readonly log: Logger | undefined,
-    private readonly bytesPerSecond: number,
+    bytesPerSecond: number,
     /** Where the pass's position is kept across restarts; absent: within this process only. */
     private readonly cursorPath?: string,
   ) {
     assert(Number.isFinite(bytesPerSecond) && bytesPerSecond > 0, 'scrub rate is positive');
+    this.pacer = new Pacer(bytesPerSecond);
   }
 
   /** The last shard whose scrub ended in the current pass (undefined: the pass starts at the first). */
@@ -136,15 +138,8 @@ export class Scrubber {
     }
   }
 
-  /**
-   * Waits until work may start under the rate, then charges `bytes` to it: the next piece waits until
-   * this one's share of the rate has passed (time spent doing the work counts towards it). Time left
-   * unused is not saved up, so a scrubber that was slowed (a busy disk) does not then burst.
-   */
-  private async pace(bytes: number, signal: AbortSignal): Promise<void> {
-    const wait = this.budgetAtMs - performance.now();
-    if (wait > 0) await sleep(wait, undefined, { signal }).catch(() => {});
-    this.budgetAtMs = Math.max(this.budgetAtMs, performance.now()) + (bytes / this.bytesPerSecond) * 1000;
+  private pace(bytes: number, signal: AbortSignal): Promise<void> {
+    return this.pacer.pace(bytes, signal);
   }
 
   /** Verifies one shard; a corrupt one is reported by the store itself. */

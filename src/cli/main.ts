@@ -39,7 +39,8 @@ Servers:
   chunk --dir DIR [--listen HOST:PORT] [--data-listen HOST:PORT] [--id ID] [--meta HOST:PORT,...]
         [--failure-domain NAME] [--capacity BYTES] [--scrub-rate BYTES_PER_S (0: off)]
         [--metrics-listen HOST:PORT (Prometheus text at /metrics)] [--repairs on|off (take automatic
-        repair work from the cluster leader; on)] [--log-level L]
+        repair work from the cluster leader; on)] [--repair-rate BYTES_PER_S (rebuilt bytes written per
+        second at most; 67108864; 0: no limit)] [--log-level L]
 
 ${FILE_COMMANDS_USAGE}`;
 
@@ -158,6 +159,7 @@ async function chunk(argv: string[]): Promise<void> {
     'scrub-rate': { type: 'string', env: 'DOGFS_SCRUB_RATE' },
     'metrics-listen': { type: 'string', env: 'DOGFS_METRICS_LISTEN' },
     repairs: { type: 'string', env: 'DOGFS_CHUNK_REPAIRS' },
+    'repair-rate': { type: 'string', env: 'DOGFS_REPAIR_RATE' },
     'log-level': { type: 'string', env: 'DOGFS_LOG_LEVEL' },
   });
   noPositionals(positionals);
@@ -166,13 +168,23 @@ async function chunk(argv: string[]): Promise<void> {
   skipOptimizingCompiler();
   await loadDaemonErrors();
   const { startChunkServer } = await import('../chunk/server.js');
-  const { RepairWorker } = await import('../client/repair-worker.js');
+  const { DEFAULT_REPAIR_BYTES_PER_SECOND, RepairWorker } = await import('../client/repair-worker.js');
   const meta = flags.meta === undefined ? [] : parseAddressList(flags.meta, '--meta');
   const takeRepairs = flags.repairs ?? 'on';
+  const repairRate = parseIntFlag(
+    flags['repair-rate'],
+    'repair-rate',
+    DEFAULT_REPAIR_BYTES_PER_SECOND,
+    0,
+    2 ** 40,
+  );
   if (takeRepairs !== 'on' && takeRepairs !== 'off')
     throw new UsageError(`--repairs must be on or off, got '${takeRepairs.slice(0, 32)}'`);
   await startChunkServer({
-    repairs: takeRepairs === 'off' ? undefined : (log) => new RepairWorker({ meta, log }),
+    repairs:
+      takeRepairs === 'off'
+        ? undefined
+        : (log) => new RepairWorker({ meta, log, bytesPerSecond: repairRate }),
     dir: requireFlag(flags.dir, 'dir', 'DOGFS_DIR'),
     id: flags.id,
     listen,

@@ -9,6 +9,7 @@
  * out again by the leader, which sees it still damaged.
  */
 import type { Logger } from '../common/log.js';
+import { Pacer } from '../common/pace.js';
 import { toDogfsError } from '../wire/errors.js';
 import { DogfsClient } from './client.js';
 import type { RepairOutcome } from './repair.js';
@@ -21,9 +22,21 @@ export interface RepairWorkerOptions {
   readonly maxQueued?: number;
   /** Deadline of each metadata call of a repair (60 s, as `dogfs admin repair`). */
   readonly callTimeoutMs?: number;
+  /**
+   * Rebuilt bytes this server writes per second at most (DEFAULT_REPAIR_BYTES_PER_SECOND); 0: no limit
+   * beyond one file at a time.
+   */
+  readonly bytesPerSecond?: number;
   /** The client the repairs run through (a test seam); default: one made from `meta` when first needed. */
   readonly client?: Pick<DogfsClient, 'repair' | 'close'>;
 }
+
+/**
+ * 64 MiB/s of rebuilt shards per chunk server: about a thirtieth of what this project's development
+ * machine's disk writes (bench:data's raw-disk-write lines), so the repairs of a whole cluster leave its
+ * disks and network to the users, while a lost server's few gigabytes are rebuilt in minutes.
+ */
+export const DEFAULT_REPAIR_BYTES_PER_SECOND = 64 * 1024 * 1024;
 
 const DEFAULT_MAX_QUEUED = 8;
 const DEFAULT_CALL_TIMEOUT_MS = 60_000;
@@ -44,9 +57,13 @@ export class RepairWorker {
   /** Files whose latest repair here did not finish, and why; insertion order is age. */
   private readonly unfinished = new Map<string, string>();
 
+  private readonly pacer: Pacer | undefined;
+
   constructor(private readonly options: RepairWorkerOptions) {
     this.maxQueued = options.maxQueued ?? DEFAULT_MAX_QUEUED;
     this.client = options.client;
+    const rate = options.bytesPerSecond ?? DEFAULT_REPAIR_BYTES_PER_SECOND;
+    this.pacer = rate > 0 ? new Pacer(rate) : undefined;
   }
 
   /** Files handed over; those already here are not queued twice. */
@@ -102,9 +119,11 @@ export class RepairWorker {
       const startedMs = Date.now();
       try {
         this.client ??= new DogfsClient({ meta: this.options.meta });
+        const pacer = this.pacer;
         const outcome = await this.client.repair(path, {
           timeoutMs: this.options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS,
           signal,
+          ...(pacer === undefined ? {} : { pace: (bytes: number) => pacer.pace(bytes, signal) }),
         });
         this.counts.repaired++;
         this.logOutcome(outcome, Date.now() - startedMs);

@@ -5,14 +5,18 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { RepairOutcome } from '../../src/client/repair.js';
+import type { RepairOptions, RepairOutcome } from '../../src/client/repair.js';
 import { RepairWorker } from '../../src/client/repair-worker.js';
 import { DogfsError } from '../../src/wire/errors.js';
 import { waitFor } from '../helpers/index.js';
 
 /** A client whose repairs wait until the test settles them. */
 function fakeClient() {
-  const calls: { path: string; settle: (error?: Error, unrepaired?: string[]) => void }[] = [];
+  const calls: {
+    path: string;
+    options: RepairOptions;
+    settle: (error?: Error, unrepaired?: string[]) => void;
+  }[] = [];
   let closed = false;
   return {
     calls,
@@ -20,10 +24,11 @@ function fakeClient() {
       return closed;
     },
     client: {
-      repair: (path: string) =>
+      repair: (path: string, options: RepairOptions = {}) =>
         new Promise<RepairOutcome>((resolve, reject) => {
           calls.push({
             path,
+            options,
             settle: (error, unrepaired = []) =>
               error === undefined
                 ? resolve({
@@ -91,4 +96,24 @@ test('the queue is bounded; close abandons the running repair and the rest', asy
   assert.equal(fake.calls.length, 1, 'nothing started after close');
   worker.take(['/5']);
   assert.deepEqual(worker.current(), [], 'a closed worker takes nothing');
+});
+
+test('repairs are paced to the rate, unless it is 0', async () => {
+  for (const [bytesPerSecond, paced] of [
+    [undefined, true],
+    [1 << 20, true],
+    [0, false],
+  ] as const) {
+    const fake = fakeClient();
+    const worker = new RepairWorker({
+      meta: ['127.0.0.1:1'],
+      client: fake.client,
+      ...(bytesPerSecond === undefined ? {} : { bytesPerSecond }),
+    });
+    worker.take(['/x']);
+    await waitFor('the repair', () => fake.calls.length === 1);
+    assert.equal(typeof fake.calls[0]!.options.pace === 'function', paced, `rate ${bytesPerSecond}`);
+    fake.calls[0]!.settle();
+    await worker.close();
+  }
 });
