@@ -119,7 +119,11 @@ class FailureTally {
   private unreachable = 0;
   private answered = 0;
   private noQuorum: DogfsError | undefined;
-  private noLeader = false;
+  /**
+   * What the latest answer said: the call's verdict follows it, not any earlier one (one early "electing"
+   * made a busy leader's refusals read as "no quorum").
+   */
+  private latest: 'noQuorum' | 'noLeader' | 'refusal' | undefined;
   private refusal: DogfsError | undefined;
   private refusalFromLeader = false;
 
@@ -139,13 +143,17 @@ class FailureTally {
       return;
     }
     this.answered++;
-    if (error.code === 'NO_QUORUM') this.noQuorum = error;
-    else if (error.code === 'NOT_LEADER' && !error.leaderHint) this.noLeader = true;
+    if (error.code === 'NO_QUORUM') {
+      this.noQuorum = error;
+      this.latest = 'noQuorum';
+    } else if (error.code === 'NOT_LEADER' && !error.leaderHint) this.latest = 'noLeader';
     // Still electing when the deadline comes, with every server answering: they cannot reach each other.
-    else if (error.code === 'UNAVAILABLE' && /is electing a leader/.test(error.message)) this.noLeader = true;
+    else if (error.code === 'UNAVAILABLE' && /is electing a leader/.test(error.message))
+      this.latest = 'noLeader';
     else if (error.code === 'UNAVAILABLE' || error.code === 'RESOURCE_EXHAUSTED') {
       this.refusal = error;
       this.refusalFromLeader = fromLeader;
+      this.latest = 'refusal';
     }
   }
 
@@ -161,7 +169,9 @@ class FailureTally {
       );
     }
     const quorumLost =
-      this.noQuorum !== undefined || this.noLeader || (this.unreachable > 0 && !this.refusalFromLeader);
+      this.latest === 'noQuorum' ||
+      this.latest === 'noLeader' ||
+      (this.unreachable > 0 && !this.refusalFromLeader);
     if (this.refusal !== undefined && !quorumLost) return this.refusal;
     return new DogfsError(
       'NO_QUORUM',

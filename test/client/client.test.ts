@@ -373,6 +373,26 @@ describe('namespace and leader discovery', () => {
     }
   });
 
+  test('an election early in a call, then a leader refusing it until the deadline: the refusal, not NO_QUORUM', async () => {
+    const state = new FakeMetaState();
+    const server = new FakeMeta(state, '');
+    await server.start();
+    state.failInTurn.set('Stat', [
+      new DogfsError('UNAVAILABLE', 'metadata group 1 is electing a leader; retry'),
+    ]);
+    state.failNext.set('Stat', {
+      error: new DogfsError('RESOURCE_EXHAUSTED', 'server busy: 4096 handlers running'),
+      count: 1_000_000,
+    });
+    const c = new DogfsClient({ meta: [server.address], timeoutMs: 800 });
+    try {
+      await rejectsWith(c.stat('/'), 'RESOURCE_EXHAUSTED', /server busy/);
+    } finally {
+      c.close();
+      await server.close();
+    }
+  });
+
   test('no server reachable: UNAVAILABLE naming the seeds', async () => {
     const c = new DogfsClient({ meta: ['127.0.0.1:1', '127.0.0.1:2'], timeoutMs: 600 });
     await rejectsWith(c.stat('/'), 'UNAVAILABLE', /127\.0\.0\.1:1, 127\.0\.0\.1:2/);
