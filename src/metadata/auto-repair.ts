@@ -150,10 +150,9 @@ export class AutoRepairSchedule {
 
   /**
    * A heartbeat from `server` that arrived at `nowMs`, naming the files it is repairing (queued or
-   * running). Returns the files to
-   * hand it in the answer. An assignment told to the server earlier and no longer named has ended: the
-   * repair finished or failed (or the answer that carried it was lost); if the file is still damaged at
-   * the next scan it is handed out again after a backoff.
+   * running). Returns the files to hand it in the answer. An assignment told to the server earlier and
+   * no longer named has ended: the repair finished or failed (or the answer that carried it was lost); if
+   * the file is still damaged at the next scan it is handed out again after a backoff.
    */
   heartbeat(server: string, takesRepairs: boolean, repairing: readonly string[], nowMs: number): string[] {
     const named = new Set(repairing.slice(0, MAX_REPAIRING_NAMED));
