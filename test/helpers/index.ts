@@ -161,7 +161,7 @@ export function assertOneLineError(stderr: string): string {
 }
 
 /** dogfs up's output and the last log lines of every member under `clusterDir`, for a failure message. */
-function clusterDiagnosis(clusterDir: string, output: { stdout: string; stderr: string }): string {
+export function clusterDiagnosis(clusterDir: string, output: { stdout: string; stderr: string }): string {
   const parts = [
     `dogfs up stdout:\n${output.stdout.slice(-2000)}`,
     `dogfs up stderr:\n${output.stderr.slice(-2000)}`,

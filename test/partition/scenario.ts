@@ -19,7 +19,7 @@ import type { ClusterJson } from '../../src/cluster/up.js';
 import { DogfsError, toDogfsError } from '../../src/wire/errors.js';
 import { MetadataService } from '../../src/wire/gen/types.js';
 import { RpcChannel } from '../../src/wire/rpc.js';
-import { startCluster, waitFor } from '../helpers/index.js';
+import { clusterDiagnosis, startCluster, waitFor } from '../helpers/index.js';
 import { hostOf, Partitions } from './netns.js';
 
 const NAMESPACE_GROUP = 1;
@@ -72,6 +72,7 @@ export async function runPartitionScenario(log: (line: string) => void): Promise
     return c;
   };
   let client: DogfsClient | undefined;
+  let finished = false;
   try {
     const json: ClusterJson = await cluster.ready();
     const metas = json.processes.filter((p) => p.role === 'meta');
@@ -299,6 +300,7 @@ export async function runPartitionScenario(log: (line: string) => void): Promise
     say(
       `checked ${acknowledged.size} acknowledged files: ${problems.length === 0 ? 'all intact' : 'PROBLEMS'}`,
     );
+    finished = problems.length === 0;
     return {
       ok: problems.length === 0,
       problems,
@@ -314,6 +316,8 @@ export async function runPartitionScenario(log: (line: string) => void): Promise
     cuts.heal();
     client?.close();
     for (const c of channels.values()) c.close();
+    // The cluster's directory goes with it: on a failure, the members' last log lines are printed first.
+    if (!finished) log(clusterDiagnosis(cluster.clusterDir, cluster.up.output));
     await cluster.stop();
   }
 }
