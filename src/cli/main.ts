@@ -39,8 +39,8 @@ Servers:
   chunk --dir DIR [--listen HOST:PORT] [--data-listen HOST:PORT] [--id ID] [--meta HOST:PORT,...]
         [--failure-domain NAME] [--capacity BYTES] [--scrub-rate BYTES_PER_S (0: off)]
         [--metrics-listen HOST:PORT (Prometheus text at /metrics)] [--repairs on|off (take automatic
-        repair work from the cluster leader; on)] [--repair-rate BYTES_PER_S (rebuilt bytes written per
-        second at most; 67108864; 0: no limit)] [--log-level L]
+        repair work from the cluster leader; on)] [--repair-rate BYTES_PER_S (bytes its repairs read and
+        write per second at most; 67108864; at least 1048576; 0: no limit)] [--log-level L]
 
 ${FILE_COMMANDS_USAGE}`;
 
@@ -168,7 +168,9 @@ async function chunk(argv: string[]): Promise<void> {
   skipOptimizingCompiler();
   await loadDaemonErrors();
   const { startChunkServer } = await import('../chunk/server.js');
-  const { DEFAULT_REPAIR_BYTES_PER_SECOND, RepairWorker } = await import('../client/repair-worker.js');
+  const { DEFAULT_REPAIR_BYTES_PER_SECOND, MIN_REPAIR_BYTES_PER_SECOND, RepairWorker } = await import(
+    '../client/repair-worker.js'
+  );
   const meta = flags.meta === undefined ? [] : parseAddressList(flags.meta, '--meta');
   const takeRepairs = flags.repairs ?? 'on';
   const repairRate = parseIntFlag(
@@ -178,6 +180,10 @@ async function chunk(argv: string[]): Promise<void> {
     0,
     2 ** 40,
   );
+  if (repairRate !== 0 && repairRate < MIN_REPAIR_BYTES_PER_SECOND)
+    throw new UsageError(
+      `--repair-rate must be 0 (no limit) or at least ${MIN_REPAIR_BYTES_PER_SECOND} (1 MiB/s: a slower repair would outlast its transfers' deadline), got ${repairRate}`,
+    );
   if (takeRepairs !== 'on' && takeRepairs !== 'off')
     throw new UsageError(`--repairs must be on or off, got '${takeRepairs.slice(0, 32)}'`);
   await startChunkServer({

@@ -153,7 +153,9 @@ class FailureTally {
     else if (error.code === 'UNAVAILABLE' || error.code === 'RESOURCE_EXHAUSTED') {
       this.refusal = error;
       this.refusalFromLeader = fromLeader;
-      this.latest = 'refusal';
+      // Only a leader's refusal says the group has one again: a follower's (busy) does not undo an
+      // earlier "electing" or "no quorum".
+      if (fromLeader || this.latest === undefined) this.latest = 'refusal';
     }
   }
 

@@ -8,6 +8,8 @@
  * user traffic ahead of repair. The queue is bounded; a file that does not fit is dropped here and handed
  * out again by the leader, which sees it still damaged.
  */
+
+import { assert } from '../common/assert.js';
 import type { Logger } from '../common/log.js';
 import { Pacer } from '../common/pace.js';
 import { toDogfsError } from '../wire/errors.js';
@@ -23,8 +25,8 @@ export interface RepairWorkerOptions {
   /** Deadline of each metadata call of a repair (60 s, as `dogfs admin repair`). */
   readonly callTimeoutMs?: number;
   /**
-   * Rebuilt bytes this server writes per second at most (DEFAULT_REPAIR_BYTES_PER_SECOND); 0: no limit
-   * beyond one file at a time.
+   * Bytes this server's repairs read and write per second at most (DEFAULT_REPAIR_BYTES_PER_SECOND; at
+   * least MIN_REPAIR_BYTES_PER_SECOND); 0: no limit beyond one file at a time.
    */
   readonly bytesPerSecond?: number;
   /** The client the repairs run through (a test seam); default: one made from `meta` when first needed. */
@@ -32,11 +34,17 @@ export interface RepairWorkerOptions {
 }
 
 /**
- * 64 MiB/s of rebuilt shards per chunk server: about a thirtieth of what this project's development
- * machine's disk writes (bench:data's raw-disk-write lines), so the repairs of a whole cluster leave its
- * disks and network to the users, while a lost server's few gigabytes are rebuilt in minutes.
+ * 64 MiB/s of repair reads and writes per chunk server: about a thirtieth of what this project's
+ * development machine's disk writes (bench:data's raw-disk-write lines), so the repairs of a whole
+ * cluster leave its disks and network to the users, while a lost server's few gigabytes are rebuilt in
+ * minutes.
  */
 export const DEFAULT_REPAIR_BYTES_PER_SECOND = 64 * 1024 * 1024;
+/**
+ * Below 1 MiB/s a repair of a large shard would outlast the deadline of its transfers (a block group's
+ * data operation: 30 minutes, or its bytes at 64 KiB/s) and never finish.
+ */
+export const MIN_REPAIR_BYTES_PER_SECOND = 1024 * 1024;
 
 const DEFAULT_MAX_QUEUED = 8;
 const DEFAULT_CALL_TIMEOUT_MS = 60_000;
@@ -44,6 +52,8 @@ const CLOSE_WAIT_MS = 5_000;
 /** Unfinished repairs remembered (and named in heartbeats), the latest kept. */
 const MAX_FAILURES = 16;
 const MAX_REASON_CHARS = 300;
+/** How long an unfinished repair is named in heartbeats (the leader hands the file out again sooner). */
+const UNFINISHED_KEPT_MS = 10 * 60_000;
 
 export class RepairWorker {
   private readonly queue: string[] = [];
@@ -54,8 +64,8 @@ export class RepairWorker {
   private readonly maxQueued: number;
   /** Files repaired (whatever the outcome) and failed, since start: for tests and metrics. */
   readonly counts = { repaired: 0, failed: 0, dropped: 0 };
-  /** Files whose latest repair here did not finish, and why; insertion order is age. */
-  private readonly unfinished = new Map<string, string>();
+  /** Files whose latest repair here did not finish, why, and when; insertion order is age. */
+  private readonly unfinished = new Map<string, { reason: string; atMs: number }>();
 
   private readonly pacer: Pacer | undefined;
 
@@ -63,6 +73,7 @@ export class RepairWorker {
     this.maxQueued = options.maxQueued ?? DEFAULT_MAX_QUEUED;
     this.client = options.client;
     const rate = options.bytesPerSecond ?? DEFAULT_REPAIR_BYTES_PER_SECOND;
+    assert(rate === 0 || rate >= MIN_REPAIR_BYTES_PER_SECOND, 'a repair rate is 0 or at least 1 MiB/s');
     this.pacer = rate > 0 ? new Pacer(rate) : undefined;
   }
 
@@ -99,7 +110,11 @@ export class RepairWorker {
 
   /** The latest repairs here that did not finish, and why (a later one that finishes clears its file). */
   failures(): readonly { path: string; reason: string }[] {
-    return [...this.unfinished].map(([path, reason]) => ({ path, reason }));
+    // An old one may have been repaired since by another server: it is not said for ever.
+    const oldest = Date.now() - UNFINISHED_KEPT_MS;
+    return [...this.unfinished]
+      .filter(([, u]) => u.atMs >= oldest)
+      .map(([path, u]) => ({ path, reason: u.reason }));
   }
 
   private noteUnfinished(path: string, reason: string | undefined): void {
@@ -109,7 +124,7 @@ export class RepairWorker {
       const oldest = this.unfinished.keys().next();
       if (!oldest.done) this.unfinished.delete(oldest.value);
     }
-    this.unfinished.set(path, reason.slice(0, MAX_REASON_CHARS));
+    this.unfinished.set(path, { reason: reason.slice(0, MAX_REASON_CHARS), atMs: Date.now() });
   }
 
   private async drain(): Promise<void> {

@@ -35,10 +35,10 @@ export interface RepairOptions extends MetaCallOptions {
   /** Called after each window, with the shard bytes written so far. */
   onProgress?: (writtenBytes: number) => void;
   /**
-   * Awaited after each window with the bytes it wrote (automatic repair holds itself to a rate with it:
-   * client/repair-worker.ts). Time spent here does not count against the step timeout.
+   * Awaited after each window with the bytes it read and wrote (automatic repair holds itself to a rate
+   * with it: client/repair-worker.ts). Time spent here does not count against the step timeout.
    */
-  pace?: (writtenBytes: number) => Promise<void>;
+  pace?: (bytes: number) => Promise<void>;
   /**
    * A window's read of a source, or write to a target, making no progress this long fails it (60 s):
    * the operation's deadline is hours for a large shard, and a peer gone silent must not hold it that
@@ -282,7 +282,8 @@ async function rebuildBlockGroup(
       );
       progress.written += length * writes.size;
       options.onProgress?.(progress.written);
-      await options.pace?.(length * writes.size);
+      // Charged what the window read and wrote: a repair under rs-10-4 reads ten windows for each it writes.
+      await options.pace?.(length * (reads.length + writes.size));
     }
     const rebuilt: Rebuilt[] = [];
     await Promise.all(

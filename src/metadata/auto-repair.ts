@@ -124,6 +124,8 @@ export class AutoRepairSchedule {
       const server = this.leastBusy(load, pick);
       if (server === undefined) break;
       load.set(server, load.get(server)! + 1);
+      // Tried again now: the last attempt's reason is no longer the news (it is said again if it recurs).
+      this.unfinished.delete(path);
       const assignment: Assignment = { path, server, sinceMs: nowMs, deliveredAtMs: undefined };
       this.assigned.set(path, assignment);
       made.push({ path, server, sinceMs: nowMs });
@@ -201,6 +203,9 @@ export class AutoRepairSchedule {
   noteUnfinished(server: string, failures: readonly { path: string; reason: string }[], nowMs: number): void {
     for (const { path, reason } of failures) {
       if (!this.damagedSince.has(path)) continue;
+      // Handed to another server since: what this one says is an older attempt's.
+      const holder = this.assigned.get(path)?.server;
+      if (holder !== undefined && holder !== server) continue;
       const known = this.unfinished.get(path);
       if (known !== undefined && known.reason === reason && known.server === server) continue;
       this.unfinished.set(path, { reason, server, atMs: nowMs });
@@ -215,6 +220,7 @@ export class AutoRepairSchedule {
   /** A server declared dead (or no longer taking repairs): what it was handed is handed out again. */
   serverGone(server: string): void {
     for (const [path, a] of this.assigned) if (a.server === server) this.assigned.delete(path);
+    for (const [path, u] of this.unfinished) if (u.server === server) this.unfinished.delete(path);
   }
 
   /** Assignments now, oldest first (for `admin report`). */

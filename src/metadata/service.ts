@@ -112,6 +112,16 @@ const MAX_PENDING_DELETES = 10_000;
 /** Shards one CommitRepair may name (K + M is at most 32). */
 const MAX_REPAIRED_SHARDS = 32;
 const MAX_REPORT_REASON_CHARS = 200;
+/** `text` with control characters as spaces: a peer's words printed in a report cannot forge its lines. */
+function printable(text: string): string {
+  let out = '';
+  for (const ch of text) {
+    const code = ch.codePointAt(0)!;
+    out += code < 0x20 || code === 0x7f ? ' ' : ch;
+  }
+  return out;
+}
+
 /** Unfinished repairs one heartbeat may name. */
 const MAX_REPAIR_FAILURES_NAMED = 16;
 /**
@@ -1870,7 +1880,7 @@ export class MetadataNode {
             req.repairFailures
               .slice(0, MAX_REPAIR_FAILURES_NAMED)
               .filter((f) => f.path.length > 0 && f.path.length <= MAX_PATH_BYTES)
-              .map((f) => ({ path: f.path, reason: f.reason.slice(0, MAX_REPORT_REASON_CHARS) })),
+              .map((f) => ({ path: f.path, reason: printable(f.reason.slice(0, MAX_REPORT_REASON_CHARS)) })),
             now,
           );
         }

@@ -373,23 +373,29 @@ describe('namespace and leader discovery', () => {
     }
   });
 
-  test('an election early in a call, then a leader refusing it until the deadline: the refusal, not NO_QUORUM', async () => {
-    const state = new FakeMetaState();
-    const server = new FakeMeta(state, '');
-    await server.start();
-    state.failInTurn.set('Stat', [
-      new DogfsError('UNAVAILABLE', 'metadata group 1 is electing a leader; retry'),
-    ]);
-    state.failNext.set('Stat', {
-      error: new DogfsError('RESOURCE_EXHAUSTED', 'server busy: 4096 handlers running'),
-      count: 1_000_000,
-    });
-    const c = new DogfsClient({ meta: [server.address], timeoutMs: 800 });
-    try {
-      await rejectsWith(c.stat('/'), 'RESOURCE_EXHAUSTED', /server busy/);
-    } finally {
-      c.close();
-      await server.close();
+  test("an election early in a call, then the leader refusing it until the deadline: the leader's refusal, not NO_QUORUM; a follower's is no sign of a leader", async () => {
+    for (const [leads, code] of [
+      [true, 'RESOURCE_EXHAUSTED'],
+      [false, 'NO_QUORUM'],
+    ] as const) {
+      const state = new FakeMetaState();
+      // A leader names itself in FindLeader; a follower that knows no leader names none.
+      const server = leads ? new FakeMeta(state) : new FakeMeta(state, '');
+      await server.start();
+      state.failInTurn.set('Stat', [
+        new DogfsError('UNAVAILABLE', 'metadata group 1 is electing a leader; retry'),
+      ]);
+      state.failNext.set('Stat', {
+        error: new DogfsError('RESOURCE_EXHAUSTED', 'server busy: 4096 handlers running'),
+        count: 1_000_000,
+      });
+      const c = new DogfsClient({ meta: [server.address], timeoutMs: 800 });
+      try {
+        await rejectsWith(c.stat('/'), code, code === 'NO_QUORUM' ? /no quorum/ : /server busy/);
+      } finally {
+        c.close();
+        await server.close();
+      }
     }
   });
 

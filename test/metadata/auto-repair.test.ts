@@ -55,6 +55,21 @@ test('why a repair did not finish is kept for files still damaged, and forgotten
   assert.deepEqual(s.unfinishedRepairs(), [{ path: '/a', reason: 'no server', server: 'c1', atMs: 5 }]);
   s.observeScan([], 10);
   assert.deepEqual(s.unfinishedRepairs(), [], 'repaired: forgotten');
+  // Handed out again: the last reason goes; an older attempt's server is not heard over the new one.
+  const t = schedule(0);
+  t.observeScan(['/b'], 0);
+  t.noteUnfinished('c1', [{ path: '/b', reason: 'first try' }], 1);
+  assert.deepEqual(
+    t.plan(['c2'], 2, first).map((a) => a.server),
+    ['c2'],
+  );
+  assert.deepEqual(t.unfinishedRepairs(), []);
+  t.noteUnfinished('c1', [{ path: '/b', reason: 'first try' }], 3);
+  assert.deepEqual(t.unfinishedRepairs(), [], "c1's word on a file c2 holds now");
+  t.noteUnfinished('c2', [{ path: '/b', reason: 'second try' }], 4);
+  assert.equal(t.unfinishedRepairs()[0]?.reason, 'second try');
+  t.serverGone('c2');
+  assert.deepEqual(t.unfinishedRepairs(), [], 'a dead server says nothing any more');
 });
 
 test('limits: repairs at once over the cluster and per server; the least busy server first', () => {
