@@ -265,7 +265,11 @@ export class MetadataConnection {
                 continue;
               }
               if (this.leaders.get(group) === target) this.leaders.delete(group);
-              if (e.code === 'UNAVAILABLE' || e.code === 'NOT_LEADER') this.seedCursor++;
+              // A server that cannot serve moves the next attempt to the next seed: one cut off from the
+              // others answers NO_QUORUM, and asked again would answer it until the deadline though a
+              // leader is reachable through another seed.
+              if (e.code === 'UNAVAILABLE' || e.code === 'NOT_LEADER' || e.code === 'NO_QUORUM')
+                this.seedCursor++;
               throw e;
             }
           }

@@ -399,6 +399,24 @@ describe('namespace and leader discovery', () => {
     }
   });
 
+  test('a seed cut off from the others (NO_QUORUM) is left for the next seed, which leads', async () => {
+    const state = new FakeMetaState();
+    const isolated = new FakeMeta(state);
+    const leader = new FakeMeta(state);
+    await isolated.start();
+    await leader.start();
+    isolated.noQuorum = true;
+    const c = new DogfsClient({ meta: [isolated.address, leader.address], timeoutMs: 2_000 });
+    try {
+      const root = await c.stat('/');
+      assert.equal(root.type, 'dir');
+    } finally {
+      c.close();
+      await isolated.close();
+      await leader.close();
+    }
+  });
+
   test('no server reachable: UNAVAILABLE naming the seeds', async () => {
     const c = new DogfsClient({ meta: ['127.0.0.1:1', '127.0.0.1:2'], timeoutMs: 600 });
     await rejectsWith(c.stat('/'), 'UNAVAILABLE', /127\.0\.0\.1:1, 127\.0\.0\.1:2/);
