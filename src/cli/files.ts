@@ -36,6 +36,7 @@ import { AddressError, parseAddressList } from '../common/address.js';
 import { EcPolicyError, parseEcPolicy } from '../common/ec-policy.js';
 import { DogfsError, type ErrorCode, toDogfsError } from '../wire/errors.js';
 import type { ClusterReportResponse } from '../wire/gen/types.js';
+import { clusterReportJson } from '../wire/report-json.js';
 import { parseFlags, parseIntFlag, UsageError } from './args.js';
 import { type ByteStreamOut, LocalFileSink, StdoutSink } from './local-file.js';
 import {
@@ -760,50 +761,6 @@ async function intoByteStream(
   }
 }
 
-/**
- * `admin report --json`: every field, numbers as numbers. (A protobuf message's own toJSON leaves out
- * defaults — an empty list, a zero — and writes 64-bit numbers as strings.)
- */
-function reportJson(report: ClusterReportResponse) {
-  return {
-    groups: report.groups.map((g) => ({
-      group: g.group,
-      leader: g.leader,
-      term: g.term,
-      commitIndex: g.commitIndex,
-      members: [...g.members],
-    })),
-    chunkServers: report.chunkServers.map((c) => ({
-      id: c.id,
-      addr: c.addr,
-      state: c.state,
-      failureDomain: c.failureDomain,
-      capacityBytes: c.capacityBytes,
-      usedBytes: c.usedBytes,
-      shardCount: c.shardCount,
-      lastHeartbeatMs: c.lastHeartbeatMs,
-      draining: c.draining,
-    })),
-    filesOnDrainingServers: report.filesOnDrainingServers,
-    filesWithMissingShards: [...report.filesWithMissingShards],
-    filesWithMissingShardsCount: report.filesWithMissingShardsCount,
-    codecBackend: report.codecBackend,
-    clusterId: report.clusterId,
-    autoRepair: report.autoRepair,
-    autoRepairDelayMs: report.autoRepairDelayMs,
-    repairs: report.repairs.map((r) => ({
-      path: r.path,
-      chunkServerId: r.chunkServerId,
-      sinceMs: r.sinceMs,
-    })),
-    unfinishedRepairs: report.unfinishedRepairs.map((u) => ({
-      path: u.path,
-      chunkServerId: u.chunkServerId,
-      reason: u.reason,
-    })),
-  };
-}
-
 /** Milliseconds as seconds for a person: '60 s', '1.5 s'. */
 const seconds = (ms: number): string => `${Math.round(ms / 100) / 10} s`;
 
@@ -872,7 +829,7 @@ async function admin(ctx: Context, argv: string[]): Promise<string | undefined> 
     const report = await ctx.client.report();
     await print(
       ctx.stdout,
-      flags.json ? `${JSON.stringify(reportJson(report), null, 2)}\n` : formatReport(report),
+      flags.json ? `${JSON.stringify(clusterReportJson(report), null, 2)}\n` : formatReport(report),
     );
     return undefined;
   }

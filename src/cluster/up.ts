@@ -30,6 +30,7 @@ import { freePort, portIsFree } from '../common/ports.js';
 import type { ReadyMessage, Role } from '../daemon/daemon.js';
 import { HealthService, MetadataService } from '../wire/gen/types.js';
 import { RpcChannel, RpcChannelPool } from '../wire/rpc.js';
+import { DashboardWatcher, dashboardPage } from './dashboard.js';
 
 export interface UpOptions {
   dir: string;
@@ -199,6 +200,8 @@ export class LocalCluster {
   private readonly running: Running[] = [];
   private stored: StoredCluster | undefined;
   private ui: HttpServer | undefined;
+  /** The status page's sampler; its channels are closed with the page. */
+  private dashboard: { watcher: DashboardWatcher; channels: RpcChannelPool } | undefined;
   private stopping = false;
   private releaseLock: (() => void) | undefined;
 
@@ -403,7 +406,9 @@ export class LocalCluster {
   private onMemberExit(running: Running, code: number | null, signal: NodeJS.Signals | null): void {
     running.child = undefined;
     if (this.stopping) return;
-    this.print(`dogfs up: ${running.record.id} (pid ${running.pid}) exited (${signal ?? `code ${code}`})`);
+    const how = signal ?? `code ${code}`;
+    this.print(`dogfs up: ${running.record.id} (pid ${running.pid}) exited (${how})`);
+    this.dashboard?.watcher.note('warn', `${running.record.id} (pid ${running.pid}) exited (${how})`);
     if (!this.options.restart) return;
     this.scheduleRestart(running);
   }
@@ -428,6 +433,7 @@ export class LocalCluster {
       starting.then(
         () => {
           this.print(`dogfs up: ${running.record.id} restarted (pid ${running.pid})`);
+          this.dashboard?.watcher.note('info', `${running.record.id} restarted (pid ${running.pid})`);
           writeFileAtomic(this.clusterJsonPath, `${JSON.stringify(this.clusterJson(), null, 2)}\n`);
         },
         (error: Error) => {
@@ -574,11 +580,46 @@ export class LocalCluster {
     }
   }
 
+  private makeDashboard(): { watcher: DashboardWatcher; channels: RpcChannelPool } {
+    const channels = new RpcChannelPool(64);
+    const watcher = new DashboardWatcher(
+      () =>
+        this.running.map((r) => ({
+          role: r.record.role,
+          id: r.record.id,
+          addr: r.addr,
+          pid: r.pid,
+          running: r.child !== undefined && r.child.exitCode === null && r.child.signalCode === null,
+        })),
+      this.stored?.ec ?? DEFAULT_EC_POLICY,
+      channels,
+    );
+    return { watcher, channels };
+  }
+
   private startUi(port: number): Promise<HttpServer> {
+    // Made once: a first attempt on a port that was taken leaves nothing to close.
+    this.dashboard ??= this.makeDashboard();
+    const { watcher } = this.dashboard;
     const server = createHttpServer((request, response) => {
+      const json = (body: unknown) => {
+        response.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+        response.end(JSON.stringify(body));
+      };
+      if (request.method !== 'GET' && request.method !== 'HEAD') {
+        response.writeHead(405, { 'content-type': 'text/plain', allow: 'GET, HEAD' });
+        response.end('only GET\n');
+        return;
+      }
       if (request.url === '/cluster.json') {
-        response.writeHead(200, { 'content-type': 'application/json' });
-        response.end(JSON.stringify(this.clusterJson()));
+        json(this.clusterJson());
+        return;
+      }
+      if (request.url === '/status.json') {
+        watcher.status().then(json, (error: Error) => {
+          response.writeHead(500, { 'content-type': 'text/plain' });
+          response.end(`${error.message}\n`);
+        });
         return;
       }
       if (request.url !== '/' && request.url !== '/index.html') {
@@ -587,7 +628,7 @@ export class LocalCluster {
         return;
       }
       response.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
-      response.end(renderStatusPage(this.clusterJson()));
+      response.end(dashboardPage());
     });
     return new Promise((resolvePromise, reject) => {
       server.once('error', (error) =>
@@ -637,8 +678,11 @@ export class LocalCluster {
     this.stopping = true;
     rmSync(this.clusterJsonPath, { force: true });
     await this.stopMembers();
+    this.ui?.closeAllConnections();
     await new Promise<void>((r) => (this.ui ? this.ui.close(() => r()) : r()));
     this.ui = undefined;
+    this.dashboard?.channels.close();
+    this.dashboard = undefined;
     this.releaseLock?.();
     this.releaseLock = undefined;
   }
@@ -660,26 +704,6 @@ function lastLogMessage(logPath: string): string {
   } catch {
     return 'no log';
   }
-}
-
-function escapeHtml(text: string): string {
-  return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-}
-
-function renderStatusPage(cluster: ClusterJson): string {
-  const rows = cluster.processes
-    .map((p) => {
-      const alive = isProcessAlive(p.pid);
-      return `<tr><td>${escapeHtml(p.role)}</td><td>${escapeHtml(p.id)}</td><td>${escapeHtml(p.addr)}</td><td>${p.pid}</td><td class="${alive ? 'up' : 'down'}">${alive ? 'running' : 'stopped'}</td></tr>`;
-    })
-    .join('\n');
-  return `<!doctype html><html><head><meta charset="utf-8"><title>DogFS local cluster</title>
-<meta http-equiv="refresh" content="2">
-<style>body{font-family:system-ui,sans-serif;margin:2em}td,th{padding:.2em 1em;text-align:left}.up{color:#080}.down{color:#c00;font-weight:bold}</style>
-</head><body><h1>DogFS local cluster</h1><p>EC policy ${escapeHtml(cluster.ec)} · metadata ${escapeHtml(cluster.meta.join(', '))}</p>
-<table><tr><th>role</th><th>id</th><th>address</th><th>pid</th><th>state</th></tr>
-${rows}
-</table><p><a href="/cluster.json">cluster.json</a></p></body></html>`;
 }
 
 /** Runs `dogfs up` in the foreground until SIGINT/SIGTERM. */

@@ -2167,6 +2167,19 @@ export class MetadataNode {
           throw new DogfsError('UNAVAILABLE', `group ${req.group} has no leader right now`);
         return { leaderAddr: status.leaderAddr, term: status.term };
       },
+      MemberStatus: () => ({
+        groups: this.host.groupIds().map((g) => {
+          const s = this.host.status(g);
+          return {
+            group: g,
+            role: s.role,
+            term: s.term,
+            leaderAddr: s.leaderAddr,
+            commitIndex: s.commit,
+            appliedIndex: s.applied,
+          };
+        }),
+      }),
     };
   }
 }

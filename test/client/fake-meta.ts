@@ -447,6 +447,9 @@ export class FakeMeta {
       SetDraining: () => {
         throw new DogfsError('UNIMPLEMENTED', 'the fake has no chunk servers');
       },
+      MemberStatus: () => {
+        throw new DogfsError('UNIMPLEMENTED', 'the fake has no Raft groups');
+      },
     };
   }
 

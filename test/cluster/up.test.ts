@@ -73,7 +73,11 @@ test('dogfs up starts a whole cluster, refuses a second supervisor, stops cleanl
   );
   const page = await fetch(cluster.ui);
   assert.equal(page.status, 200);
-  assert.match(await page.text(), /meta-1/);
+  const status = (await (await fetch(`${cluster.ui}status.json`)).json()) as { members: { id: string }[] };
+  assert.deepEqual(
+    status.members.map((m) => m.id),
+    cluster.processes.map((p) => p.id),
+  );
 
   const second = await runDogfs(['up', '--dir', clusterDir]);
   assert.notEqual(second.status, 0);

@@ -90,6 +90,7 @@ before(async () => {
     SetSettings: unimplemented,
     OpenSession: unimplemented,
     SetDraining: unimplemented,
+    MemberStatus: unimplemented,
   });
   const port = await server.listen('127.0.0.1', 0);
   address = `127.0.0.1:${port}`;
