@@ -64,6 +64,10 @@ const MAX_RECORD_BYTES = 64 << 20;
  * SNAPSHOT_GROWTH_DIVISOR), and a log that stayed above a fixed threshold would be rewritten on every sync.
  */
 const REWRITE_THRESHOLD_BYTES = 256 << 20;
+/** Entries per record when the log is rewritten: at most about this many bytes (well under MAX_RECORD_BYTES). */
+const REWRITE_RECORD_BYTES = 4 << 20;
+/** An entry's bytes in a record beyond its data (index, term, type, tags and lengths; a configuration's voters), about. */
+const ENTRY_OVERHEAD_BYTES = 64;
 /**
  * The log is opened with O_DSYNC: a write returns once its data is durable, so a round's records cost one
  * writev instead of a writev and then an fdatasync.
@@ -104,6 +108,11 @@ function snapshotFileName(groupId: number, snapshot: Snapshot): string {
   return `snap-${groupId}-${snapshot.meta.term}-${snapshot.meta.index}.bin`;
 }
 
+function allZero(bytes: Buffer, from: number): boolean {
+  for (let i = from; i < bytes.byteLength; i++) if (bytes[i] !== 0) return false;
+  return true;
+}
+
 function hex(crc: number): string {
   return `0x${crc.toString(16).padStart(8, '0')}`;
 }
@@ -142,6 +151,11 @@ function entriesFrame(group: number, entries: readonly Entry[]): Buffer {
 
 /** Fills the record header in front of the payload that starts at HEADER_BYTES. */
 function withHeader(framed: Buffer): Buffer {
+  // Replay refuses a longer record as corruption: writing one would make the node unable to restart.
+  assert(
+    framed.byteLength - HEADER_BYTES <= MAX_RECORD_BYTES,
+    `raft log record of ${framed.byteLength - HEADER_BYTES} bytes exceeds ${MAX_RECORD_BYTES}`,
+  );
   framed.writeUInt32LE(framed.byteLength - HEADER_BYTES, 0);
   framed.writeUInt32LE(crc32c(framed.subarray(0, 4)), 4);
   framed.writeUInt32LE(crc32c(framed.subarray(HEADER_BYTES)), 8);
@@ -187,17 +201,23 @@ export class DurableStorage implements HostStorage {
   private handle: FileHandle;
   private size: number;
   private rewriteAtBytes: number;
+  private readonly rewriteThresholdBytes: number;
   /** Snapshot files being written in the background (and their .tmp): not unreferenced garbage yet. */
   private readonly snapshotsInFlight = new Set<string>();
 
-  private constructor(dir: string, handle: FileHandle, size: number) {
+  private constructor(dir: string, handle: FileHandle, size: number, rewriteThresholdBytes: number) {
     this.dir = dir;
     this.handle = handle;
     this.size = size;
-    this.rewriteAtBytes = REWRITE_THRESHOLD_BYTES;
+    this.rewriteThresholdBytes = rewriteThresholdBytes;
+    this.rewriteAtBytes = rewriteThresholdBytes;
   }
 
-  static async open(dir: string): Promise<DurableStorage> {
+  /** `rewriteThresholdBytes`: when the log is first rewritten (256 MiB; tests make it small). */
+  static async open(
+    dir: string,
+    options: { readonly rewriteThresholdBytes?: number } = {},
+  ): Promise<DurableStorage> {
     const path = join(dir, LOG_FILE);
     let bytes: Buffer;
     try {
@@ -208,12 +228,17 @@ export class DurableStorage implements HostStorage {
     }
     const mirrors = new Map<number, Mirror>();
     const validBytes = DurableStorage.replay(dir, bytes, mirrors);
+    const created = bytes.byteLength === 0;
     const handle = await open(path, LOG_FLAGS);
+    // A new log's name must survive a power loss too, or its first term and vote go with it.
+    if (created) await fsyncDirAsync(dir);
     if (validBytes < bytes.byteLength) {
       await handle.truncate(validBytes);
       await handle.datasync();
     }
-    const storage = new DurableStorage(dir, handle, validBytes);
+    const threshold = options.rewriteThresholdBytes ?? REWRITE_THRESHOLD_BYTES;
+    assert(Number.isSafeInteger(threshold) && threshold > 0, 'rewrite threshold');
+    const storage = new DurableStorage(dir, handle, validBytes, threshold);
     for (const [g, m] of mirrors) storage.mirrors.set(g, m);
     storage.removeUnreferencedSnapshots();
     return storage;
@@ -227,6 +252,9 @@ export class DurableStorage implements HostStorage {
       if (remaining < HEADER_BYTES) return offset; // torn header
       const length = bytes.readUInt32LE(offset);
       if (crc32c(bytes.subarray(offset, offset + 4)) !== bytes.readUInt32LE(offset + 4)) {
+        // Zeros to the end are a torn tail too: a crash can leave the file extended by blocks never
+        // written. No record is all zeros (the CRC32C of a zero length is not zero), so nothing is lost.
+        if (allZero(bytes, offset)) return offset;
         throw new WalCorruptError(`${join(dir, LOG_FILE)}: damaged record length at byte ${offset}`);
       }
       const crc = bytes.readUInt32LE(offset + 8);
@@ -453,26 +481,54 @@ export class DurableStorage implements HostStorage {
     for (const [group, m] of this.mirrors) {
       named.add(m.snapshotFile.name);
       if (m.snapshot) records.push(snapshotFrame(group, m.snapshot.meta, m.snapshotFile));
-      if (m.entries.length > 0) records.push(entriesFrame(group, m.entries));
+      // A group's tail in records of at most REWRITE_RECORD_BYTES: as one record, a large state's tail
+      // (up to half its snapshot's size) passed MAX_RECORD_BYTES, which replay refuses as corruption.
+      for (let start = 0; start < m.entries.length; ) {
+        let end = start;
+        let bytes = 0;
+        while (end < m.entries.length && (end === start || bytes < REWRITE_RECORD_BYTES)) {
+          const entry = m.entries[end]!;
+          bytes += (entry.kind === 'normal' ? entry.data.byteLength : 0) + ENTRY_OVERHEAD_BYTES;
+          end++;
+        }
+        records.push(entriesFrame(group, m.entries.slice(start, end)));
+        start = end;
+      }
       if (m.hardState) records.push(frame({ group, hardState: m.hardState }));
     }
     const path = join(this.dir, LOG_FILE);
     const tmp = `${path}.tmp`;
-    const out = await open(tmp, 'w');
     let size = 0;
+    for (const r of records) size += r.byteLength;
+    const out = await open(tmp, 'w');
     try {
-      await out.writev(records);
+      // A write may take less than it was given (a full disk says so only at the next one): a short new
+      // log renamed over the old one lost every record past the cut, acknowledged ones included. So each
+      // record is written to its end, and a failure leaves the old log in place (the caller crashes the
+      // node rather than go on without durability; the old log, intact, is what it restarts from).
+      let position = 0;
+      for (const record of records) {
+        for (let at = 0; at < record.byteLength; ) {
+          const { bytesWritten } = await out.write(record, at, record.byteLength - at, position);
+          assert(bytesWritten > 0, `raft log rewrite: wrote nothing at byte ${position}`);
+          at += bytesWritten;
+          position += bytesWritten;
+        }
+      }
+      assert(position === size, `raft log rewrite: ${position} of ${size} bytes`);
       await out.datasync();
-      for (const r of records) size += r.byteLength;
-    } finally {
+    } catch (error) {
       await out.close();
+      unlinkSync(tmp);
+      throw error;
     }
+    await out.close();
     await this.handle.close();
     renameSync(tmp, path);
     fsyncDir(this.dir);
     this.handle = await open(path, LOG_FLAGS);
     this.size = size;
-    this.rewriteAtBytes = Math.max(REWRITE_THRESHOLD_BYTES, 2 * size);
+    this.rewriteAtBytes = Math.max(this.rewriteThresholdBytes, 2 * size);
     this.removeUnreferencedSnapshots(named);
   }
 

@@ -35,9 +35,9 @@ import {
 import { DogfsError } from '../wire/errors.js';
 import { type RaftBatch, RaftTransportService } from '../wire/gen/types.js';
 import { RpcChannel, type RpcServer } from '../wire/rpc.js';
-import { encodeBatchFrame, encodeWireMessage, messageFromWire } from './messages.js';
+import { encodeBatchFrame, encodeWireMessage, messageFromWire, splitBatches } from './messages.js';
 import type { HostStorage } from './storage.js';
-import { FramePeer, FrameServer } from './transport.js';
+import { FramePeer, FrameServer, MAX_FRAME_BYTES } from './transport.js';
 
 /** A deterministic state machine: every replica applies the same commands in the same order. */
 export interface StateMachine {
@@ -170,6 +170,14 @@ const SLOW_SYNC_LOG_INTERVAL_MS = 10_000;
 /** A follower that keeps refusing the snapshot is reported at most this often, per group and follower. */
 const SNAPSHOT_REFUSAL_LOG_INTERVAL_MS = 30_000;
 const MAX_MESSAGES_PER_BATCH = 4096;
+/**
+ * Bytes of messages one batch frame carries at most. Batches are cut by bytes as well as by count: the
+ * transport drops a frame over MAX_FRAME_BYTES whole (with every heartbeat and other group's message in
+ * it), and one round's appends to a follower catching up can pass it (the in-flight window is counted in
+ * entries' bytes, up to 16 MiB, before the frame's); dropped, they came back only after re-probes, ~1 MiB
+ * per 400 ms.
+ */
+const MAX_BATCH_BYTES = MAX_FRAME_BYTES - 64 * 1024;
 /**
  * A group snapshots once it has applied snapshotEvery entries and, of command bytes, at least this fraction
  * of its last snapshot's size: serialising the state then costs at most this many bytes per byte of
@@ -773,10 +781,8 @@ export class RaftHost {
       peer = new FramePeer(addr, channel, this.counters, this.log);
       this.peers.set(to, peer);
     }
-    for (let start = 0; start < messages.length; start += MAX_MESSAGES_PER_BATCH) {
-      const slice = messages.slice(start, start + MAX_MESSAGES_PER_BATCH);
-      peer.sendFrame(encodeBatchFrame(this.nodeId, slice), slice.length);
-    }
+    for (const batch of splitBatches(messages, MAX_MESSAGES_PER_BATCH, MAX_BATCH_BYTES))
+      peer.sendFrame(encodeBatchFrame(this.nodeId, batch), batch.length);
   }
 
   private group(groupId: number): Group {

@@ -376,6 +376,36 @@ const FRAME_LENGTH_BYTES = 4;
  * A transport frame (u32 big-endian length, then RaftBatch{from_node, messages}) of messages already
  * encoded by encodeWireMessage.
  */
+/** What a message adds to a batch beyond its bytes (its field's tag and length), at most. */
+const BATCH_BYTES_PER_MESSAGE = 8;
+
+/**
+ * Encoded messages in order, cut into batches of at most `maxCount` messages and `maxBytes` bytes each (a
+ * message larger than `maxBytes` alone makes a batch of one; the transport then refuses it as it would).
+ */
+export function splitBatches(
+  messages: readonly Uint8Array[],
+  maxCount: number,
+  maxBytes: number,
+): Uint8Array[][] {
+  assert(maxCount >= 1 && maxBytes >= 1, 'batch limits');
+  const batches: Uint8Array[][] = [];
+  let batch: Uint8Array[] = [];
+  let bytes = 0;
+  for (const message of messages) {
+    const size = message.byteLength + BATCH_BYTES_PER_MESSAGE;
+    if (batch.length > 0 && (batch.length >= maxCount || bytes + size > maxBytes)) {
+      batches.push(batch);
+      batch = [];
+      bytes = 0;
+    }
+    batch.push(message);
+    bytes += size;
+  }
+  if (batch.length > 0) batches.push(batch);
+  return batches;
+}
+
 export function encodeBatchFrame(fromNode: number, messages: readonly Uint8Array[]): Buffer {
   const head = encodeMessage('dogfs.v1.RaftBatch', { fromNode });
   const frame = spliceRepeated(FRAME_LENGTH_BYTES, head, TAG_RAFT_BATCH_MESSAGES, messages);

@@ -448,3 +448,62 @@ test('a record from before snapshots carried a length and CRC32C loads its file 
     await s.close();
   }
 });
+
+test('zeros after the last record (a file extended by blocks never written) are a torn tail, not corruption', async () => {
+  const dir = freshDir();
+  const storage = await DurableStorage.open(dir);
+  storage.group(1).saveSnapshot(bootstrap);
+  storage.group(1).append([entry(1, 1), entry(1, 2)]);
+  storage.group(1).setHardState(hard(1, 1, 2));
+  await storage.close();
+  const synced = statSync(join(dir, 'raft.log')).size;
+  appendFileSync(join(dir, 'raft.log'), Buffer.alloc(4096));
+  const reopened = await DurableStorage.open(dir);
+  const state = reopened.group(1).load();
+  assert.deepEqual(
+    state?.entries.map((e) => e.index),
+    [1, 2],
+  );
+  assert.deepEqual(state?.hardState, hard(1, 1, 2));
+  await reopened.close();
+  assert.equal(statSync(join(dir, 'raft.log')).size, synced, 'the zeros are cut away');
+  // A non-zero byte among them is still damage, refused as before.
+  appendFileSync(
+    join(dir, 'raft.log'),
+    Buffer.concat([Buffer.alloc(100), Buffer.from([1]), Buffer.alloc(100)]),
+  );
+  await assert.rejects(DurableStorage.open(dir), WalCorruptError);
+});
+
+test('a rewrite of a tail larger than a record may be is written in records replay accepts', async () => {
+  const dir = freshDir();
+  const storage = await DurableStorage.open(dir, { rewriteThresholdBytes: 70 << 20 });
+  const group = storage.group(1);
+  group.saveSnapshot(bootstrap);
+  // 72 MiB of entries in rounds of 8 MiB (each record well under the 64 MiB limit), no snapshot since:
+  // the rewrite that the 70 MiB threshold sets off keeps them all.
+  await storage.sync();
+  const firstInode = statSync(join(dir, 'raft.log')).ino;
+  const data = Buffer.alloc(8192, 7);
+  let index = 0;
+  for (let round = 0; round < 9; round++) {
+    const entries: Entry[] = [];
+    for (let i = 0; i < 1024; i++)
+      entries.push({ kind: 'normal', term: asTerm(1), index: asIndex(++index), data });
+    group.append(entries);
+    group.setHardState(hard(1, 1, index));
+    await storage.sync();
+  }
+  assert.notEqual(
+    statSync(join(dir, 'raft.log')).ino,
+    firstInode,
+    'the log was rewritten (renamed into place)',
+  );
+  await storage.close();
+  const reopened = await DurableStorage.open(dir);
+  const state = reopened.group(1).load();
+  assert.equal(state?.entries.length, index);
+  assert.equal(state?.entries.at(-1)?.index, index);
+  assert.deepEqual(state?.hardState, hard(1, 1, index));
+  await reopened.close();
+});

@@ -8,9 +8,10 @@ import {
   messageFromWire,
   messageToWire,
   spliceEntries,
+  splitBatches,
   TAG_WAL_RECORD_ENTRIES,
 } from '../../src/raftnode/messages.js';
-import { encodeFrame } from '../../src/raftnode/transport.js';
+import { encodeFrame, MAX_FRAME_BYTES } from '../../src/raftnode/transport.js';
 import { decodeMessage, encodeMessage } from '../../src/wire/proto.js';
 
 const n = asNodeId;
@@ -184,4 +185,38 @@ test('an append whose entries are not what a leader sends is refused before it r
       what,
     );
   }
+});
+
+test('batches are cut by bytes too, so a catching-up follower is not sent a frame the transport drops', () => {
+  // 20 appends of 256 entries of 4 KiB (~1 MiB each): what one round sends a follower in the replicate
+  // state with a 16 MiB window. In one batch: a frame of ~21 MiB, over MAX_FRAME_BYTES.
+  const appends: Uint8Array[] = [];
+  for (let k = 0; k < 20; k++) {
+    const entries = Array.from({ length: 256 }, (_, j) => normal(k * 256 + j + 1, 4096));
+    appends.push(
+      encodeWireMessage(1, {
+        type: 'append',
+        from: n(1),
+        to: n(2),
+        term: t(3),
+        prevIndex: i(k * 256),
+        prevTerm: t(3),
+        entries,
+        commit: i(0),
+      }),
+    );
+  }
+  const heartbeat = encodeWireMessage(0, MESSAGES[0]!);
+  const messages = [heartbeat, ...appends];
+  const batches = splitBatches(messages, 4096, MAX_FRAME_BYTES - 64 * 1024);
+  assert.ok(batches.length >= 2);
+  assert.deepEqual(batches.flat(), messages, 'every message, in order');
+  for (const batch of batches) assert.ok(encodeBatchFrame(1, batch).byteLength - 4 <= MAX_FRAME_BYTES);
+  assert.deepEqual(
+    splitBatches(messages, 3, Number.MAX_SAFE_INTEGER).map((b) => b.length),
+    [3, 3, 3, 3, 3, 3, 3],
+    'and by count',
+  );
+  const huge = new Uint8Array(100);
+  assert.deepEqual(splitBatches([huge], 10, 50), [[huge]], 'a message over the limit alone');
 });
