@@ -85,6 +85,15 @@ export class ClientSessions<R> {
     return this.sessions.has(clientId);
   }
 
+  /**
+   * The result kept for (clientId, seq), if that command was applied and its result is still kept; reads
+   * nothing else and changes nothing (a leader answers a retry of an applied command with it, without
+   * redoing checks whose inputs have changed since).
+   */
+  recorded(clientId: string, seq: number): R | undefined {
+    return this.sessions.get(clientId)?.results.get(seq);
+  }
+
   /** Applies `cmd` exactly once: `execute` runs only for a new (clientId, seq) of an open session. */
   apply(cmd: SessionCommand, execute: () => R): SessionOutcome<R> {
     this.advance(cmd.time);

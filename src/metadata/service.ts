@@ -342,7 +342,8 @@ const AUTO_REPAIR_SCAN_DUTY = 10;
 export class MetadataNode {
   /** A relocated shard's bad reports were about its old copy: they go (see NamespaceMachine). */
   private readonly namespace = new NamespaceMachine((blockGroupId, indexes) => {
-    for (const index of indexes) this.badShards.delete(shardKey(blockGroupId, index));
+    for (const [key, note] of this.badShards)
+      if (note.blockGroupId === blockGroupId && indexes.includes(note.index)) this.badShards.delete(key);
   });
   private readonly cluster = new ClusterMachine();
   /** Automatic repair's schedule (soft state of this node's group 0 leadership); undefined: off. */
@@ -1336,7 +1337,11 @@ export class MetadataNode {
     const term = this.host.status(CLUSTER_GROUP).term;
     // A shard noted absent that this report names is there again (a disk mounted back): the note goes.
     for (const [key, note] of this.badShards) {
-      if (note.chunkServerId === serverId && note.reason === ABSENT_REASON && named.has(key))
+      if (
+        note.chunkServerId === serverId &&
+        note.reason === ABSENT_REASON &&
+        named.has(shardKey(note.blockGroupId, note.index))
+      )
         this.badShards.delete(key);
     }
     this.absentOnServer.delete(serverId);
@@ -1353,7 +1358,7 @@ export class MetadataNode {
         for (let index = 0; index < bg.servers.length; index++) {
           if (bg.servers[index] !== serverId || (bg.durableMask & (2 ** index)) === 0) continue;
           const key = shardKey(bg.id, index);
-          if (named.has(key) || this.badShards.get(key)?.chunkServerId === serverId) continue;
+          if (named.has(key) || this.badShards.has(copyKey(serverId, bg.id, index))) continue;
           if (absent.length < MAX_ABSENT_CHECKS) absent.push({ blockGroupId: bg.id, index });
           else unchecked.add(key);
           if (unchecked.size >= MAX_RECONCILED_SHARDS) break walk;
@@ -1412,9 +1417,13 @@ export class MetadataNode {
     }
   }
 
-  /** Records a bad shard (bounded: the oldest report goes first). */
+  /**
+   * Records a bad copy of a shard (bounded: the oldest report goes first). Keyed by the server named too:
+   * keyed by the shard alone, a report naming another server (a stale copy left by a repair, or a server
+   * that lies) replaced the holder's, and the file stopped counting as damaged.
+   */
   private noteBadShard(report: BadShardReport): void {
-    const key = shardKey(report.blockGroupId, report.index);
+    const key = copyKey(report.chunkServerId, report.blockGroupId, report.index);
     this.badShards.delete(key);
     if (this.badShards.size >= MAX_BAD_SHARD_REPORTS) {
       const oldest = this.badShards.keys().next();
@@ -1434,13 +1443,12 @@ export class MetadataNode {
     for (let i = 0; i < total; i++) {
       const serverId = bg.servers[i] ?? '';
       const server = serverId === '' ? undefined : this.cluster.state.server(serverId);
-      const bad = this.badShards.get(shardKey(bg.id, i));
       if (
         (bg.durableMask & (2 ** i)) === 0 ||
         server === undefined ||
         server.state !== 'alive' ||
         (draining && server.draining) ||
-        (bad !== undefined && bad.chunkServerId === serverId) ||
+        this.badShards.has(copyKey(serverId, bg.id, i)) ||
         this.absentOnServer.get(serverId)?.has(shardKey(bg.id, i)) === true ||
         suspects?.has(shardKey(bg.id, i))
       )
@@ -1631,6 +1639,15 @@ export class MetadataNode {
         // A leader new to its term may not have applied a Create committed in the last one yet: without
         // the barrier the write in progress would be refused as unknown.
         await this.host.readBarrier(NAMESPACE_GROUP, ctx.deadline);
+        // A retry of an allocation already applied (its answer lost) gets that answer: the checks below
+        // would judge today's lease and servers, and could refuse what was done (3 servers died since).
+        const earlier = this.namespace.state.recordedResult(sessionOf(req.session));
+        if (earlier !== undefined) {
+          if (!earlier.ok) raise(earlier);
+          if (earlier.op !== 'allocateBlockGroup')
+            throw new DogfsError('INVALID_ARGUMENT', `session seq ${req.session?.seq} was a ${earlier.op}`);
+          return { blockGroup: this.blockGroupToWire(earlier.blockGroup) };
+        }
         const pending = this.namespace.state.pendingFile(id);
         if (pending === undefined || pending.leaseId !== req.leaseId) {
           throw new DogfsError(
@@ -1812,12 +1829,15 @@ export class MetadataNode {
         const now = Date.now();
         const stateNow = this.clusterNow();
         const known = this.cluster.state.server(req.id);
+        // A server this replica does not know registers first: answered from here, not with a Raft entry
+        // and an fsync on every replica per heartbeat of any id anyone sends (and what it says of shards
+        // is not taken either). A registration this new leader has not applied yet costs one more.
+        if (known === undefined) return { reregister: true, repairPaths: [] };
         // Liveness is the leader's memory between commits: a heartbeat is committed (one Raft entry and
-        // fsync on every replica) only every third of the dead-timeout, or when the server is unknown or
-        // dead — not once a second per chunk server, which kept the metadata servers busy while idle.
+        // fsync on every replica) only every third of the dead-timeout, or when the server is dead — not
+        // once a second per chunk server, which kept the metadata servers busy while idle.
         let result: { reregister: boolean; dead: boolean } = { reregister: false, dead: false };
         if (
-          known === undefined ||
           known.state !== 'alive' ||
           stateNow - known.lastHeartbeatMs >= this.cluster.state.settings.deadAfterMs / 3
         ) {
@@ -1839,7 +1859,7 @@ export class MetadataNode {
             throw new DogfsError('INTERNAL', `heartbeat answered ${committed.op}`);
           result = committed;
         }
-        if (known !== undefined) this.lastSeen.set(req.id, now);
+        this.lastSeen.set(req.id, now);
         for (const shard of req.corruptShards.slice(0, MAX_REPAIR_SUSPECTS)) {
           if (
             !Number.isSafeInteger(shard.blockGroupId) ||
@@ -1847,8 +1867,7 @@ export class MetadataNode {
             shard.index >= MAX_REPAIRED_SHARDS
           )
             continue;
-          const known = this.badShards.get(shardKey(shard.blockGroupId, shard.index));
-          if (known?.chunkServerId === req.id) continue;
+          if (this.badShards.has(copyKey(req.id, shard.blockGroupId, shard.index))) continue;
           this.noteBadShard({
             blockGroupId: shard.blockGroupId,
             index: shard.index,
@@ -2009,17 +2028,20 @@ export class MetadataNode {
         const ledTerm = this.host.status(NAMESPACE_GROUP).term;
         if (req.shards.length === 0 || req.shards.length > MAX_REPAIRED_SHARDS)
           throw new DogfsError('INVALID_ARGUMENT', `a repair names 1..${MAX_REPAIRED_SHARDS} shards`);
+        // A leader new to its term may not have applied the last one's tail yet (the file, the block
+        // group's latest locations): the checks below read the namespace.
+        await this.host.readBarrier(NAMESPACE_GROUP, ctx.deadline);
+        // A retry of a repair already applied (its answer lost) skips the checks, which judge the block
+        // group as it is now, and gets the recorded answer through the proposal.
+        const applied = this.namespace.state.recordedResult(sessionOf(req.session)) !== undefined;
         const found = this.namespace.state.stat(req.path);
-        if (!found.ok) raise(found);
+        if (!found.ok && !applied) raise(found);
         const bg =
-          found.inode.type === 'file'
+          found.ok && found.inode.type === 'file'
             ? found.inode.blockGroups.find((b) => b.id === req.blockGroupId)
             : undefined;
-        if (bg === undefined)
-          throw new DogfsError(
-            'NOT_FOUND',
-            `block group ${req.blockGroupId} does not belong to ${found.path}`,
-          );
+        if (bg === undefined && !applied)
+          throw new DogfsError('NOT_FOUND', `block group ${req.blockGroupId} does not belong to ${req.path}`);
         // A copy waiting to be deleted as replaced may be the very one this repair takes back (a repair
         // reads back a copy it finds on its target): it is not deleted now, and one being deleted is
         // gone first, so the check below sees what will be there.
@@ -2034,7 +2056,10 @@ export class MetadataNode {
             this.pendingDeletes.delete(key);
             await this.deletingCopies.get(key);
           }
-          await Promise.all(req.shards.map((shard) => this.verifyRebuilt(bg, shard, ctx.deadline, ledTerm)));
+          if (bg !== undefined && !applied)
+            await Promise.all(
+              req.shards.map((shard) => this.verifyRebuilt(bg, shard, ctx.deadline, ledTerm)),
+            );
           proposing = true;
           result = await this.proposeNamespace(
             {

@@ -436,6 +436,11 @@ export class NamespaceState {
     }
   }
 
+  /** The result this replica keeps for a client command already applied (see ClientSessions.recorded). */
+  recordedResult(session: { readonly clientId: string; readonly seq: number }): NamespaceResult | undefined {
+    return this.sessions.recorded(session.clientId, session.seq);
+  }
+
   private execute(cmd: NamespaceCommand): NamespaceResult {
     switch (cmd.op) {
       case 'mkdir':
