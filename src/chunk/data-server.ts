@@ -15,6 +15,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 // Only the checksum modules: the chunk server needs no erasure-coding backend in memory.
 import { chunkAlignedRange } from '../codec/checksum.js';
 import { type Logger, ThrottledWarning } from '../common/log.js';
+import { listenOn } from '../daemon/listen.js';
 import {
   adoptAcceptedSocket,
   checkShardId,
@@ -33,7 +34,6 @@ import {
 } from '../wire/data-transfer.js';
 import { DogfsError, toDogfsError } from '../wire/errors.js';
 import { DataOp, type DataRequestHeader } from '../wire/gen/types.js';
-import { listenOn } from './listen.js';
 import type { ChunkMetrics } from './metrics.js';
 import { diskFailure, type ShardReader, type ShardStore, type ShardWriteSession } from './store.js';
 

@@ -18,7 +18,6 @@
  *  - server.ts       the `dogfs chunk` process putting these together
  */
 export * from './data-server.js';
-export * from './listen.js';
 export * from './metrics.js';
 export * from './reporter.js';
 export * from './scrubber.js';

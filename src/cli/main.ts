@@ -35,7 +35,7 @@ Servers:
         [--gc-grace MS (garbage shards are deleted this long after their file went; 30000)]
         [--orphan-age MS (shard files no metadata records are deleted once this old; 600000; 0: never)]
         [--repair-delay MS|off (a file damaged this long is rebuilt by a chunk server; 60000)]
-        [--log-level L]
+        [--metrics-listen HOST:PORT (Prometheus text at /metrics)] [--log-level L]
   chunk --dir DIR [--listen HOST:PORT] [--data-listen HOST:PORT] [--id ID] [--meta HOST:PORT,...]
         [--failure-domain NAME] [--capacity BYTES] [--scrub-rate BYTES_PER_S (0: off)]
         [--metrics-listen HOST:PORT (Prometheus text at /metrics)] [--repairs on|off (take automatic
@@ -109,10 +109,12 @@ async function meta(argv: string[]): Promise<void> {
     'gc-grace': { type: 'string', env: 'DOGFS_GC_GRACE_MS' },
     'orphan-age': { type: 'string', env: 'DOGFS_ORPHAN_AGE_MS' },
     'repair-delay': { type: 'string', env: 'DOGFS_REPAIR_DELAY_MS' },
+    'metrics-listen': { type: 'string', env: 'DOGFS_METRICS_LISTEN' },
     'log-level': { type: 'string', env: 'DOGFS_LOG_LEVEL' },
   });
   noPositionals(positionals);
   sourceAddress(); // a bad DOGFS_SOURCE_ADDRESS stops the server now, not at its first connection
+  const listen = parseListenFlag(flags.listen, 'listen', '127.0.0.1:0');
   const peers = flags.peers === undefined ? [] : flags.peers.split(',').filter((p) => p !== '');
   for (const peer of peers) {
     const [id, address] = peer.split('=');
@@ -126,7 +128,7 @@ async function meta(argv: string[]): Promise<void> {
   await startMetaServer({
     dir: requireFlag(flags.dir, 'dir', 'DOGFS_DIR'),
     id: flags.id,
-    listen: parseListenFlag(flags.listen, 'listen', '127.0.0.1:0'),
+    listen,
     peers,
     defaultEc: ecFlag(flags.ec),
     gcGraceMs:
@@ -143,6 +145,10 @@ async function meta(argv: string[]): Promise<void> {
         : flags['repair-delay'] === 'off'
           ? null
           : parseIntFlag(flags['repair-delay'], 'repair-delay', 60_000, 0, 30 * 86_400_000),
+    metricsListen:
+      flags['metrics-listen'] === undefined
+        ? undefined
+        : parseListenFlag(flags['metrics-listen'], 'metrics-listen', `${listen.host}:0`),
     logLevel: parseLogLevel(flags['log-level']),
   });
 }

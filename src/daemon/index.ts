@@ -4,3 +4,5 @@
  * Owns: nothing that is specific to a role. May import: wire, common.
  */
 export * from './daemon.js';
+export * from './listen.js';
+export * from './metrics.js';

@@ -12,8 +12,10 @@ import { formatHostPort, type HostPort } from '../common/address.js';
 import type { LogLevel } from '../common/log.js';
 import { asNodeId } from '../consensus/index.js';
 import { DaemonStartError, runDaemon } from '../daemon/daemon.js';
+import { MetricsEndpoint } from '../daemon/metrics.js';
 import { DurableStorage } from '../raftnode/durable.js';
 import { RaftHost } from '../raftnode/host.js';
+import { prometheusText } from './metrics.js';
 import { MetadataNode } from './service.js';
 
 export interface MetaServerOptions {
@@ -30,6 +32,8 @@ export interface MetaServerOptions {
   orphanAgeMs?: number | undefined;
   /** Automatic repair's delay (60 s); null: off. */
   autoRepairDelayMs?: number | null | undefined;
+  /** Where the Prometheus endpoint (GET /metrics) listens; none when undefined. */
+  metricsListen?: HostPort | undefined;
   logLevel: LogLevel;
 }
 
@@ -125,6 +129,13 @@ export function startMetaServer(options: MetaServerOptions) {
       });
       host.start(context.rpc);
       node.start(context.rpc);
+      if (options.metricsListen !== undefined) {
+        const endpoint = new MetricsEndpoint(() => prometheusText(context.id, node.metrics()));
+        const { host: metricsHost } = options.metricsListen;
+        const port = await endpoint.listen(metricsHost, options.metricsListen.port);
+        context.readyInfo['metricsAddr'] = formatHostPort({ host: metricsHost, port });
+        context.onShutdown(() => endpoint.close());
+      }
       context.readyInfo['peers'] = peers.map((p) => `${p.id}=${p.addr}`).join(',');
       context.readyInfo['raftNode'] = String(position + 1);
       context.onShutdown(async () => {

@@ -7,8 +7,9 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { DataServer } from '../../src/chunk/data-server.js';
-import { ChunkMetrics, MetricsEndpoint, prometheusGauges } from '../../src/chunk/metrics.js';
+import { ChunkMetrics, prometheusGauges } from '../../src/chunk/metrics.js';
 import { ShardStore } from '../../src/chunk/store.js';
+import { MetricsEndpoint } from '../../src/daemon/metrics.js';
 import { tempDir } from '../helpers/index.js';
 import { newClient, seededBytes } from './helpers.js';
 

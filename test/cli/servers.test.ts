@@ -130,6 +130,43 @@ test('dogfs chunk --metrics-listen: Prometheus text at /metrics', async () => {
   }
 });
 
+test('dogfs meta --metrics-listen: its own view of each Raft group, its log writes, and on the cluster leader repair', async () => {
+  const server = startDogfs([
+    'meta',
+    '--dir',
+    join(dir.path, 'meta-metrics'),
+    '--metrics-listen',
+    '127.0.0.1:0',
+  ]);
+  try {
+    const listening = await waitFor('listening log line', () => {
+      const line = server.output.stderr.split('\n').find((l) => l.includes('"msg":"listening"'));
+      return line === undefined ? undefined : (JSON.parse(line) as { id: string; metricsAddr?: string });
+    });
+    assert.ok(listening.metricsAddr, 'the ready line names the metrics address');
+    // A metadata server without peers is a group of one: it leads both groups once it has elected itself.
+    const text = await waitFor('both groups led', async () => {
+      const body = await (await fetch(`http://${listening.metricsAddr}/metrics`)).text();
+      return (
+        /dogfs_meta_raft_leader\{server="[^"]+",group="0"\} 1/.test(body) &&
+        /dogfs_meta_raft_leader\{server="[^"]+",group="1"\} 1/.test(body) &&
+        body
+      );
+    });
+    const server_ = `server="${listening.id}"`;
+    assert.match(text, /^# TYPE dogfs_meta_raft_term gauge$/m);
+    assert.match(text, new RegExp(`^dogfs_meta_raft_term\\{${server_},group="1"\\} [1-9]\\d*$`, 'm'));
+    assert.match(text, new RegExp(`^dogfs_meta_raft_log_writes_total\\{${server_}\\} [1-9]\\d*$`, 'm'));
+    assert.match(text, new RegExp(`^dogfs_meta_chunk_servers\\{${server_},state="alive"\\} 0$`, 'm'));
+    assert.match(text, new RegExp(`^dogfs_meta_damaged_files_tracked\\{${server_}\\} 0$`, 'm'));
+    assert.match(text, /^dogfs_meta_resident_memory_bytes\{[^}]*\} [1-9]\d*$/m);
+    assert.equal((await fetch(`http://${listening.metricsAddr}/other`)).status, 404);
+  } finally {
+    server.child.kill('SIGTERM');
+    await server.exited;
+  }
+});
+
 test('a server whose code throws where nothing catches it logs one JSON line and exits 70', async () => {
   // A server made with runDaemon, as meta and chunk are, whose setup leaves a bug behind: an exception
   // thrown later on the event loop, outside any handler.

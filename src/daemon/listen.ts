@@ -1,5 +1,5 @@
 /**
- * chunk/listen — starts a server (the data-transfer one, the metrics one) listening, with a clear
+ * daemon/listen — starts a server (a chunk server's data-transfer one, a metrics endpoint) listening, with a clear
  * UNAVAILABLE error naming what could not listen where.
  */
 import type { Server } from 'node:net';
