@@ -618,7 +618,7 @@ export class ShardStore {
   /**
    * Gives the copy of `shard` held now a modification time later than the one it had, in memory at once
    * (a `delete` naming the old time is refused from the moment this is called) and on disk, fsynced,
-   * before resolving (so also after a restart). NOT_FOUND if absent.
+   * before resolving (so also after a restart). NOT_FOUND if absent, or deleted before it resolves.
    */
   async claim(shard: ShardId): Promise<ShardRecord> {
     const id = checkShardId(shard);
@@ -643,27 +643,38 @@ export class ShardStore {
     } finally {
       await handle.close();
     }
+    // Deleted meanwhile (a deletion that needed no time, its file opened here before its unlink): the
+    // claim answers for a copy held, never for one gone.
+    if (this.records.get(shardKey(id)) !== record)
+      throw new DogfsError('NOT_FOUND', `shard ${formatShardId(id)} not found (deleted while claimed)`);
     return record;
   }
 
   /** Stat for a shard, with its modification time read from disk when not known. */
   async stat(shard: ShardId): Promise<ShardRecord> {
     const id = checkShardId(shard);
-    const record = this.records.get(shardKey(id));
+    const key = shardKey(id);
+    const record = this.records.get(key);
     if (record === undefined) throw new DogfsError('NOT_FOUND', `shard ${formatShardId(id)} not found`);
-    if (record.mtimeMs === 0) {
-      let mtimeMs: number;
-      try {
-        mtimeMs = (await stat(this.pathFor(id, record).path)).mtimeMs;
-      } catch (error) {
-        // Removed behind the store's back: as absent. Anything else (EIO, EMFILE) is the caller's to see.
-        if ((error as NodeJS.ErrnoException).code === 'ENOENT')
-          throw new DogfsError('NOT_FOUND', `shard ${formatShardId(id)} not found (its file is gone)`);
-        throw error;
-      }
-      record.mtimeMs = Math.floor(mtimeMs);
+    if (record.mtimeMs !== 0) return record;
+    let mtimeMs: number;
+    try {
+      mtimeMs = (await stat(this.pathFor(id, record).path)).mtimeMs;
+    } catch (error) {
+      // Removed behind the store's back: as absent. Anything else (EIO, EMFILE) is the caller's to see.
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT')
+        throw new DogfsError('NOT_FOUND', `shard ${formatShardId(id)} not found (its file is gone)`);
+      throw error;
     }
-    return record;
+    // Only into a time still unknown, of the copy still held: a claim meanwhile set a later one (and is
+    // writing it to disk), which the time read here, maybe before that write, must not undo. It did: a
+    // conditional delete naming the old time then matched, and removed the copy the claim answered for.
+    const held = this.records.get(key);
+    if (held === record && record.mtimeMs === 0) record.mtimeMs = Math.floor(mtimeMs);
+    // A copy written since the lookup (its time known from its write) is the one to answer for.
+    if (held === undefined) throw new DogfsError('NOT_FOUND', `shard ${formatShardId(id)} not found`);
+    assert(held === record || held.mtimeMs !== 0, 'a copy written since start-up has its time');
+    return held;
   }
 }
 

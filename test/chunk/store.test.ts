@@ -1,0 +1,82 @@
+/**
+ * The shard store alone, on a real directory: what it does when its calls on one shard overlap, and with
+ * files on disk it did not expect.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, statSync, utimesSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { ShardStore } from '../../src/chunk/store.js';
+import { crc32c } from '../../src/codec/index.js';
+import { DATA_CHUNK_SIZE } from '../../src/wire/data-transfer.js';
+import type { ShardId } from '../../src/wire/gen/types.js';
+import { tempDir } from '../helpers/index.js';
+import { seededBytes } from './helpers.js';
+
+const dir = tempDir('dogfs-chunk-store-');
+after(() => dir.remove());
+
+/** Writes `data` as `id` through the store's own write path; the path of its file. */
+async function put(store: ShardStore, id: ShardId, data: Buffer): Promise<string> {
+  const session = await store.beginWrite(id, data.length);
+  for (let at = 0; at < data.length; at += DATA_CHUNK_SIZE) {
+    const chunk = data.subarray(at, Math.min(at + DATA_CHUNK_SIZE, data.length));
+    await session.append([chunk], chunk.length, [crc32c(chunk)]);
+  }
+  const record = await session.commit(session.crc32c);
+  return store.pathFor(id, record).path;
+}
+
+/** Sets a file's modification time to `ms` and returns it as the store reads it back (floored). */
+function setMtime(path: string, ms: number): number {
+  utimesSync(path, ms / 1000, ms / 1000);
+  return Math.floor(statSync(path).mtimeMs);
+}
+
+test('after a restart, a deletion naming the old time and a claim arriving together: never both, and the file is there iff the claim succeeded', async () => {
+  const storeDir = join(dir.path, 'claim-delete');
+  const id = { blockGroupId: 4, index: 1, generation: 0 };
+  const path = await put(await ShardStore.open({ dir: storeDir }), id, seededBytes(1000, 1));
+  // An hour old, so a claim's new time cannot be the same millisecond.
+  const old = setMtime(path, Date.now() - 3_600_000);
+  // Reopened: the time of every shard is unknown until read from disk.
+  const store = await ShardStore.open({ dir: storeDir });
+  assert.equal(store.get(id)?.mtimeMs, 0);
+  const [deleted, claimed] = await Promise.allSettled([store.delete(id, old), store.claim(id)]);
+  assert.ok(
+    deleted.status === 'rejected' || claimed.status === 'rejected',
+    'a copy the claim answered for was deleted by a deletion decided before it',
+  );
+  assert.equal(existsSync(path), claimed.status === 'fulfilled', 'the file is there iff the claim succeeded');
+  if (claimed.status === 'fulfilled') {
+    assert.equal((deleted as PromiseRejectedResult).reason.code, 'FAILED_PRECONDITION');
+    assert.ok(claimed.value.mtimeMs > old);
+    assert.equal(store.get(id)?.mtimeMs, claimed.value.mtimeMs);
+    assert.equal(Math.floor(statSync(path).mtimeMs), claimed.value.mtimeMs, 'the claimed time on disk');
+  }
+});
+
+test('a deletion needing no time, arriving while a claim writes its time: the claim does not answer for the copy deleted', async () => {
+  const storeDir = join(dir.path, 'claim-unconditional');
+  const store = await ShardStore.open({ dir: storeDir });
+  const id = { blockGroupId: 5, index: 1, generation: 0 };
+  const path = await put(store, id, seededBytes(1000, 2));
+  const [claimed, deleted] = await Promise.allSettled([store.claim(id), store.delete(id)]);
+  assert.equal(deleted.status, 'fulfilled');
+  assert.equal(existsSync(path), false);
+  assert.equal(claimed.status, 'rejected', 'the claim answered for a copy deleted');
+  assert.equal((claimed as PromiseRejectedResult).reason.code, 'NOT_FOUND');
+});
+
+test('after a restart, a stat racing a claim leaves the claimed time, in memory as on disk', async () => {
+  const storeDir = join(dir.path, 'claim-stat');
+  const id = { blockGroupId: 6, index: 1, generation: 0 };
+  const path = await put(await ShardStore.open({ dir: storeDir }), id, seededBytes(1000, 3));
+  const old = setMtime(path, Date.now() - 3_600_000);
+  const store = await ShardStore.open({ dir: storeDir });
+  const [, claimed] = await Promise.all([store.stat(id), store.claim(id)]);
+  const onDisk = Math.floor(statSync(path).mtimeMs);
+  assert.ok(onDisk > old);
+  assert.equal(claimed.mtimeMs, onDisk);
+  assert.equal(store.get(id)?.mtimeMs, onDisk, 'the time in memory rolled back below the one claimed');
+});
