@@ -251,9 +251,21 @@ export class MetadataReporter {
     }
   }
 
+  /**
+   * The filesystem's free space read again before it is reported (in `capacityBytes`): other data may fill
+   * the disk while the server runs. A statfs that fails leaves the last value, and is said: the call that
+   * keeps this server alive must not fail for it.
+   */
+  private async refreshSpace(): Promise<void> {
+    await this.options.store.refreshSpace().catch((error: unknown) => {
+      this.options.log?.warn('free space not read; reporting the last known', { error });
+    });
+  }
+
   /** Registers with the current target; the heartbeat interval it asks for. */
   private async register(timeoutMs: number): Promise<number> {
     const { store } = this.options;
+    await this.refreshSpace();
     const registered = await this.channel(this.target).call(
       MetadataService,
       'RegisterChunkServer',
@@ -293,6 +305,7 @@ export class MetadataReporter {
 
   private async heartbeat(timeoutMs: number): Promise<{ reregister: boolean }> {
     const { store } = this.options;
+    await this.refreshSpace();
     const corrupt: ShardId[] = store.corruptList().slice(0, MAX_CORRUPT_PER_HEARTBEAT);
     const response = await this.channel(this.target).call(
       MetadataService,

@@ -81,7 +81,10 @@ export interface ShardRecord {
 
 export interface ShardStoreOptions {
   dir: string;
-  /** Most bytes of shard files to hold; default: the filesystem's size. */
+  /**
+   * Most bytes of shard files to hold; default: the filesystem's size. An upper bound: what the store
+   * reports (`capacityBytes`) is never more than its shards plus the filesystem's free space.
+   */
   capacityBytes?: number | undefined;
   log?: Logger | undefined;
   io?: StoreIo | undefined;
@@ -251,6 +254,7 @@ export class ShardStore {
   private readonly io: StoreIo;
   private readonly log: Logger | undefined;
   private readonly onCorrupt: ((id: ShardId, reason: string) => void) | undefined;
+  /** The configured capacity, or the filesystem's size. */
   private capacity = 0;
   private used = 0;
   private reserved = 0;
@@ -277,6 +281,7 @@ export class ShardStore {
     const filesystemBytes = stats.blocks * stats.bsize;
     store.capacity = options.capacityBytes ?? filesystemBytes;
     assert(Number.isSafeInteger(store.capacity) && store.capacity >= 0, 'capacity is a byte count');
+    store.noteFilesystemFree(stats);
     await store.chooseWriteMode(options.directWrites ?? true);
     await store.rebuild();
     return store;
@@ -365,8 +370,14 @@ export class ShardStore {
   get shardCount(): number {
     return this.records.size;
   }
+  /**
+   * The capacity offered to placement: the configured one (or the filesystem's size), but never more than
+   * the shards held plus what the filesystem had free at the last `refreshSpace`. Placement takes capacity
+   * minus used as free; with the filesystem's size and only shard files counted as used, a disk filled by
+   * other data looked empty, and went on being chosen for writes that all failed NO_SPACE.
+   */
   get capacityBytes(): number {
-    return this.capacity;
+    return Math.min(this.capacity, this.used + this.filesystemFree);
   }
   get usedBytes(): number {
     return this.used;
@@ -428,7 +439,15 @@ export class ShardStore {
 
   private async refreshFilesystemFree(): Promise<void> {
     if (Date.now() - this.filesystemCheckedAt < 1000) return;
-    const stats = await statfs(this.shardsDir);
+    this.noteFilesystemFree(await statfs(this.shardsDir));
+  }
+
+  /** Reads the filesystem's free space now (for `capacityBytes`, before it is reported). */
+  async refreshSpace(): Promise<void> {
+    this.noteFilesystemFree(await statfs(this.shardsDir));
+  }
+
+  private noteFilesystemFree(stats: { bavail: number; bsize: number }): void {
     this.filesystemFree = Math.max(0, stats.bavail * stats.bsize - FILESYSTEM_RESERVE_BYTES);
     this.filesystemCheckedAt = Date.now();
   }

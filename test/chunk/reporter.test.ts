@@ -4,6 +4,7 @@
  * re-registration.
  */
 import assert from 'node:assert/strict';
+import { rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { MetadataReporter } from '../../src/chunk/reporter.js';
@@ -22,6 +23,7 @@ import { tempDir, waitFor } from '../helpers/index.js';
 
 const dir = tempDir('dogfs-chunk-reporter-');
 after(() => dir.remove());
+const MiB = 1024 * 1024;
 
 function fakeMetadata(handlers: Partial<ServiceHandlers<MetadataMethods>>): ServiceHandlers<MetadataMethods> {
   const unimplemented = () => {
@@ -338,6 +340,67 @@ test('with no metadata leader to be found, the reporter retries at least once a 
     assert.ok(delays.at(-1)! >= 900, 'the backoff grows to its cap');
   } finally {
     await reporter.stop();
+  }
+});
+
+test('the capacity reported never offers placement more than the filesystem has free, as the disk fills with other data', async () => {
+  const storeDir = join(dir.path, 'space');
+  const store = await ShardStore.open({ dir: storeDir });
+  const registrations: RegisterChunkServerRequest[] = [];
+  const heartbeats: HeartbeatRequest[] = [];
+  const meta = new RpcServer();
+  meta.addService(
+    MetadataService,
+    fakeMetadata({
+      RegisterChunkServer: (request) => {
+        registrations.push(request);
+        return { heartbeatIntervalMs: 50 };
+      },
+      BlockReport: () => ({}),
+      Heartbeat: (request) => {
+        heartbeats.push(request);
+        return {};
+      },
+    }),
+  );
+  const reporter = new MetadataReporter({
+    meta: [`127.0.0.1:${await meta.listen('127.0.0.1', 0)}`],
+    id: 'chunk-space',
+    dataAddr: '127.0.0.1:7000',
+    controlAddr: '127.0.0.1:7001',
+    failureDomain: '',
+    store,
+    activeTransfers: () => 0,
+  });
+  /**
+   * What placement takes as free (capacity minus used) against the filesystem's free space read after the
+   * report was made; the slack covers what other processes on this machine write meanwhile.
+   */
+  const slack = 8 * MiB;
+  const offersNoMoreThanFree = (report: { capacityBytes: number; usedBytes: number }, what: string) => {
+    const stats = statfsSync(storeDir);
+    const available = stats.bavail * stats.bsize;
+    const offered = report.capacityBytes - report.usedBytes;
+    assert.ok(offered <= available + slack, `${what}: ${offered} bytes offered, ${available} free`);
+  };
+  reporter.start();
+  try {
+    await waitFor('registered and heartbeating', () => registrations.length >= 1 && heartbeats.length >= 1);
+    offersNoMoreThanFree(registrations[0]!, 'registration');
+    offersNoMoreThanFree(heartbeats[0]!, 'heartbeat');
+    // Other data fills the disk while the server runs: the heartbeats after it say so. (The one in flight
+    // when the file was written may not; the one after must.)
+    const before = heartbeats.length;
+    writeFileSync(join(storeDir, 'other-data'), Buffer.alloc(64 * MiB, 1));
+    await waitFor('two heartbeats more', () => heartbeats.length >= before + 2);
+    offersNoMoreThanFree(heartbeats.at(-1)!, 'heartbeat after 64 MiB of other data');
+    // A configured capacity stays the upper bound.
+    const bounded = await ShardStore.open({ dir: join(dir.path, 'space-bounded'), capacityBytes: MiB });
+    assert.equal(bounded.capacityBytes, MiB);
+  } finally {
+    await reporter.stop();
+    await meta.close(0);
+    rmSync(join(storeDir, 'other-data'), { force: true });
   }
 });
 
