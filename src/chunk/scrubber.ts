@@ -148,7 +148,7 @@ export class Scrubber {
     try {
       reader = await this.store.openRead(id);
     } catch (error) {
-      // NOT_FOUND: deleted meanwhile. CORRUPT: already reported by the store.
+      // NOT_FOUND: deleted meanwhile, or its file lost (which the store marks corrupt, as it does CORRUPT).
       if (error instanceof DogfsError && (error.code === 'NOT_FOUND' || error.code === 'CORRUPT')) {
         return;
       }

@@ -551,7 +551,10 @@ export class ShardStore {
       handle = await open(path, 'r');
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
-        // Deleted since the lookup, or removed behind our back.
+        // Deleted since the lookup, or, with its record still held, removed behind the store's back: lost,
+        // and marked so, which is what gets it reported and rebuilt (the scrubber took it for deleted, and
+        // the shard stayed listed, counted and unreported for good).
+        this.markCorrupt(record, 'its file is missing');
         throw new DogfsError('NOT_FOUND', `shard ${formatShardId(id)} not found`);
       }
       // EIO opening it is as lost as EIO reading it: CORRUPT, remembered and reported for repair.
@@ -606,7 +609,11 @@ export class ShardStore {
     const key = shardKey(id);
     if (ifMtimeMs !== undefined) {
       // Fills in a modification time not yet read from disk (the copy the caller saw was stated the same way).
-      if (this.records.has(key)) await this.stat(id);
+      // A file found gone meanwhile is forgotten: nothing to delete.
+      if (this.records.has(key))
+        await this.stat(id).catch((error: unknown) => {
+          if (!(error instanceof DogfsError && error.code === 'NOT_FOUND')) throw error;
+        });
       const held = this.records.get(key);
       if (held !== undefined && held.mtimeMs !== ifMtimeMs) {
         throw new DogfsError(
@@ -649,8 +656,7 @@ export class ShardStore {
     try {
       handle = await open(this.pathFor(id, record).path, 'r');
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT')
-        throw new DogfsError('NOT_FOUND', `shard ${formatShardId(id)} not found (its file is gone)`);
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') throw this.fileGone(record);
       throw error;
     }
     try {
@@ -669,6 +675,21 @@ export class ShardStore {
     return record;
   }
 
+  /**
+   * NOT_FOUND for a shard whose file was not there when a stat or a claim looked. A record still held then
+   * is of a file removed behind the store's back, and is forgotten: the metadata service asking takes the
+   * answer for "not there" (a replaced copy gone, a shard absent to repair) and never deletes such a copy,
+   * so a record kept would stay listed, counted and reported corrupt for good.
+   */
+  private fileGone(record: ShardRecord): DogfsError {
+    const key = shardKey(record.id);
+    if (this.records.get(key) === record) {
+      this.log?.warn('shard file missing; shard forgotten', { shard: formatShardId(record.id) });
+      this.forget(key, record);
+    }
+    return new DogfsError('NOT_FOUND', `shard ${formatShardId(record.id)} not found (its file is gone)`);
+  }
+
   /** Stat for a shard, with its modification time read from disk when not known. */
   async stat(shard: ShardId): Promise<ShardRecord> {
     const id = checkShardId(shard);
@@ -681,8 +702,7 @@ export class ShardStore {
       mtimeMs = (await stat(this.pathFor(id, record).path)).mtimeMs;
     } catch (error) {
       // Removed behind the store's back: as absent. Anything else (EIO, EMFILE) is the caller's to see.
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT')
-        throw new DogfsError('NOT_FOUND', `shard ${formatShardId(id)} not found (its file is gone)`);
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') throw this.fileGone(record);
       throw error;
     }
     // Only into a time still unknown, of the copy still held: a claim meanwhile set a later one (and is

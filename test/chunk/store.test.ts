@@ -3,14 +3,16 @@
  * files on disk it did not expect.
  */
 import assert from 'node:assert/strict';
-import { existsSync, statSync, utimesSync } from 'node:fs';
+import { existsSync, statSync, unlinkSync, utimesSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
+import { ChunkMetrics } from '../../src/chunk/metrics.js';
+import { Scrubber } from '../../src/chunk/scrubber.js';
 import { ShardStore } from '../../src/chunk/store.js';
 import { crc32c } from '../../src/codec/index.js';
 import { DATA_CHUNK_SIZE } from '../../src/wire/data-transfer.js';
 import type { ShardId } from '../../src/wire/gen/types.js';
-import { tempDir } from '../helpers/index.js';
+import { tempDir, waitFor } from '../helpers/index.js';
 import { seededBytes } from './helpers.js';
 
 const dir = tempDir('dogfs-chunk-store-');
@@ -79,4 +81,41 @@ test('after a restart, a stat racing a claim leaves the claimed time, in memory 
   assert.ok(onDisk > old);
   assert.equal(claimed.mtimeMs, onDisk);
   assert.equal(store.get(id)?.mtimeMs, onDisk, 'the time in memory rolled back below the one claimed');
+});
+
+test('a shard file removed behind the store: the scrubber reports it lost (as corrupt), and the metadata service asking about it ends its record', async () => {
+  const storeDir = join(dir.path, 'missing');
+  const lost = { blockGroupId: 7, index: 3, generation: 0 };
+  const kept = { blockGroupId: 8, index: 3, generation: 0 };
+  const first = await ShardStore.open({ dir: storeDir });
+  const path = await put(first, lost, seededBytes(100_000, 4));
+  await put(first, kept, seededBytes(100_000, 5));
+  const reported: ShardId[] = [];
+  // Reopened, as after a restart (times unknown), with the corrupt-shard hook the server counts by.
+  const store = await ShardStore.open({ dir: storeDir, onCorrupt: (id) => reported.push(id) });
+  const keptBytes = store.get(kept)!.fileBytes;
+  unlinkSync(path);
+  const metrics = new ChunkMetrics();
+  const scrubber = new Scrubber(store, metrics, undefined, 1024 * 1024 * 1024);
+  scrubber.start();
+  try {
+    await waitFor('a scrub pass', () => metrics.get('scrub_passes') >= 1);
+  } finally {
+    await scrubber.stop();
+  }
+  // What heartbeats name (chunk/reporter.ts), so the metadata service has it rebuilt.
+  assert.deepEqual(store.corruptList(), [lost], 'the lost shard is reported');
+  assert.deepEqual(reported, [lost]);
+  assert.equal(metrics.get('scrub_shards'), 1, 'the other shard is scrubbed as before');
+  // After the rebuild elsewhere, the metadata service deletes the replaced copy, asking its time first
+  // (StatShard): "not there" ends it here too, where it had stayed listed and counted for good.
+  await assert.rejects(store.stat(lost), { code: 'NOT_FOUND' });
+  assert.equal(store.get(lost), undefined);
+  assert.deepEqual(store.corruptList(), []);
+  assert.equal(store.usedBytes, keptBytes);
+  // A deletion naming a time of a lost file with its record held: nothing to delete, no error.
+  const again = await ShardStore.open({ dir: storeDir });
+  unlinkSync(again.pathFor(kept, again.get(kept)!).path);
+  assert.equal(await again.delete(kept, 12345), false);
+  assert.equal(again.shardCount, 0);
 });
