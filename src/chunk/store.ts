@@ -330,10 +330,12 @@ export class ShardStore {
       await Promise.all(
         leaves.slice(i, i + REBUILD_CONCURRENCY).map(async (leaf) => {
           this.knownDirs.add(leaf);
+          let changed = false;
           for (const name of await readdir(leaf)) {
             if (TMP_PATTERN.test(name)) {
               await unlink(join(leaf, name));
               tmpRemoved++;
+              changed = true;
               continue;
             }
             const parsed = parseFileName(name);
@@ -353,11 +355,14 @@ export class ShardStore {
             this.records.set(key, record);
             this.used += record.fileBytes;
           }
+          // The removals made durable where they were made, within the listing's bounded concurrency: every
+          // one of the 4,096 leaves was fsynced at once after any removal, a descriptor each, and a crash's
+          // leftovers made the next start fail EMFILE under a low descriptor limit.
+          if (changed) await fsyncDir(leaf);
         }),
       );
     }
     this.sorted = [...this.records.values()].sort((a, b) => compareShardIds(a.id, b.id));
-    if (tmpRemoved > 0) await Promise.all(leaves.map((leaf) => fsyncDir(leaf)));
     this.log?.info('inventory rebuilt', {
       shards: this.records.size,
       usedBytes: this.used,

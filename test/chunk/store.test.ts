@@ -3,7 +3,8 @@
  * files on disk it did not expect.
  */
 import assert from 'node:assert/strict';
-import { existsSync, statSync, unlinkSync, utimesSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, statSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { ChunkMetrics } from '../../src/chunk/metrics.js';
@@ -13,7 +14,7 @@ import { crc32c } from '../../src/codec/index.js';
 import { DATA_CHUNK_SIZE } from '../../src/wire/data-transfer.js';
 import type { ShardId } from '../../src/wire/gen/types.js';
 import { tempDir, waitFor } from '../helpers/index.js';
-import { seededBytes } from './helpers.js';
+import { seededBytes, shardFiles } from './helpers.js';
 
 const dir = tempDir('dogfs-chunk-store-');
 after(() => dir.remove());
@@ -118,4 +119,40 @@ test('a shard file removed behind the store: the scrubber reports it lost (as co
   unlinkSync(again.pathFor(kept, again.get(kept)!).path);
   assert.equal(await again.delete(kept, 12345), false);
   assert.equal(again.shardCount, 0);
+});
+
+test('a restart after a crash that left temp files opens under a low descriptor limit, and removes them', () => {
+  const hex = (n: number) => n.toString(16).padStart(2, '0');
+  /** A store directory with all its 64 x 64 leaf directories, temp files left in those `withTmp` picks. */
+  const layout = (name: string, withTmp: (leaf: number) => boolean): string => {
+    const storeDir = join(dir.path, name);
+    for (let leaf = 0; leaf < 64 * 64; leaf++) {
+      const path = join(storeDir, 'shards', hex(leaf >> 6), hex(leaf & 63));
+      mkdirSync(path, { recursive: true });
+      if (withTmp(leaf)) writeFileSync(join(path, `b${leaf + 1}_i0_g0.0123456789ab.tmp`), 'x');
+    }
+    return storeDir;
+  };
+  const few = layout('tmp-few', (leaf) => leaf % 1500 === 7);
+  const every = layout('tmp-every', () => true);
+  const store = new URL('../../src/chunk/store.js', import.meta.url).href;
+  const script = `import { ShardStore } from ${JSON.stringify(store)};
+    for (const dir of process.argv.slice(1)) await ShardStore.open({ dir, directWrites: false });`;
+  // 128 descriptors (hard and soft: Node raises its soft limit to the hard one), several times what the
+  // store needs at once, a thirtieth of its leaf directories.
+  const child = spawnSync(
+    'sh',
+    [
+      '-c',
+      'ulimit -n 128 && exec "$0" --input-type=module -e "$1" "$2" "$3"',
+      process.execPath,
+      script,
+      few,
+      every,
+    ],
+    { encoding: 'utf8', timeout: 60_000 },
+  );
+  assert.equal(child.status, 0, `the store did not open: ${child.stderr}`);
+  assert.deepEqual(shardFiles(few), []);
+  assert.deepEqual(shardFiles(every), []);
 });
