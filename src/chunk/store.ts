@@ -66,6 +66,11 @@ const REBUILD_CONCURRENCY = 32;
 const FILESYSTEM_RESERVE_BYTES = 16 * 1024 * 1024;
 const NAME_PATTERN = /^b(\d{1,16})_i(\d{1,2})_g(\d{1,16})_l(\d{1,10})_c([0-9a-f]{8})\.shard$/;
 const TMP_PATTERN = /\.tmp$/;
+/**
+ * Added to the name of a shard file set aside at start-up (the older of two files for one shard): no longer
+ * a shard name, so the inventory passes over it, and never deleted by the store (an operator's to judge).
+ */
+export const STALE_SUFFIX = '.stale';
 
 assert(DATA_CHUNK_SIZE === CHECKSUM_CHUNK_SIZE, 'the wire and the disk checksum the same chunks');
 
@@ -318,6 +323,7 @@ export class ShardStore {
   private async rebuild(): Promise<void> {
     const started = Date.now();
     let tmpRemoved = 0;
+    let setAside = 0;
     let ignored = 0;
     const leaves: string[] = [];
     for (const first of await readdir(this.shardsDir)) {
@@ -351,7 +357,17 @@ export class ShardStore {
               fileBytes: shardFileBytes(parsed.length),
             };
             const key = shardKey(parsed.id);
-            assert(!this.records.has(key), `two files for shard ${key}`);
+            const other = this.records.get(key);
+            if (other !== undefined) {
+              // Two files for one shard (a deletion whose unlink failed, then the shard written again with
+              // other bytes): the store refused to open, and a chunk server that will not start is worse
+              // than a stale copy. The newer is the shard; the older is set aside, never deleted.
+              const older = await this.setOlderAside(leaf, other, record);
+              setAside++;
+              changed = true;
+              if (older === record) continue;
+              this.used -= other.fileBytes;
+            }
             this.records.set(key, record);
             this.used += record.fileBytes;
           }
@@ -367,9 +383,29 @@ export class ShardStore {
       shards: this.records.size,
       usedBytes: this.used,
       tmpRemoved,
+      setAside,
       ignored,
       ms: Date.now() - started,
     });
+  }
+
+  /**
+   * Of two files in `leaf` for one shard, renames the older (by modification time; on a tie, the one found
+   * second) out of the inventory's way, with a warning naming both. Returns the older's record.
+   */
+  private async setOlderAside(leaf: string, held: ShardRecord, listed: ShardRecord): Promise<ShardRecord> {
+    const path = (r: ShardRecord) => join(leaf, fileName(r.id, r.length, r.crc32c));
+    assert(this.pathFor(held.id, held).dir === leaf, 'both files of a shard are in its directory');
+    const mtime = async (r: ShardRecord) => (await stat(path(r), { bigint: true })).mtimeNs;
+    const [heldTime, listedTime] = await Promise.all([mtime(held), mtime(listed)]);
+    const [newer, older] = listedTime > heldTime ? [listed, held] : [held, listed];
+    await rename(path(older), `${path(older)}${STALE_SUFFIX}`);
+    this.log?.warn('two files for one shard: the newer kept, the older set aside', {
+      shard: formatShardId(held.id),
+      kept: path(newer),
+      setAside: `${path(older)}${STALE_SUFFIX}`,
+    });
+    return older;
   }
 
   get shardCount(): number {

@@ -4,13 +4,23 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, statSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  statSync,
+  unlinkSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import { after, test } from 'node:test';
 import { ChunkMetrics } from '../../src/chunk/metrics.js';
 import { Scrubber } from '../../src/chunk/scrubber.js';
-import { ShardStore } from '../../src/chunk/store.js';
+import { ShardStore, STALE_SUFFIX } from '../../src/chunk/store.js';
 import { crc32c } from '../../src/codec/index.js';
+import { createLogger } from '../../src/common/log.js';
 import { DATA_CHUNK_SIZE } from '../../src/wire/data-transfer.js';
 import type { ShardId } from '../../src/wire/gen/types.js';
 import { tempDir, waitFor } from '../helpers/index.js';
@@ -155,4 +165,51 @@ test('a restart after a crash that left temp files opens under a low descriptor 
   assert.equal(child.status, 0, `the store did not open: ${child.stderr}`);
   assert.deepEqual(shardFiles(few), []);
   assert.deepEqual(shardFiles(every), []);
+});
+
+test('two files for one shard: the store opens, keeps the newer and sets the older aside, whichever is listed first', async () => {
+  const id = { blockGroupId: 9, index: 0, generation: 0 };
+  const first = seededBytes(70_000, 11);
+  const second = seededBytes(70_000, 13);
+  // Each copy as the store writes it (in a store of its own), then both in one store's directory.
+  const a = await put(await ShardStore.open({ dir: join(dir.path, 'two-a') }), id, first);
+  const b = await put(await ShardStore.open({ dir: join(dir.path, 'two-b') }), id, second);
+  assert.notEqual(basename(a), basename(b), 'names differ by checksum');
+  for (const [name, newer] of [
+    ['two-a-newer', a],
+    ['two-b-newer', b],
+  ] as const) {
+    const storeDir = join(dir.path, name);
+    const leaf = join(storeDir, 'shards', basename(dirname(dirname(a))), basename(dirname(a)));
+    mkdirSync(leaf, { recursive: true });
+    const hour = Date.now() - 3_600_000;
+    for (const copy of [a, b]) {
+      const path = join(leaf, basename(copy));
+      copyFileSync(copy, path);
+      setMtime(path, copy === newer ? hour + 60_000 : hour);
+    }
+    const older = newer === a ? b : a;
+    const warnings: string[] = [];
+    const log = createLogger('warn', {}, (line) => warnings.push(line));
+    const store = await ShardStore.open({ dir: storeDir, log });
+    assert.equal(store.shardCount, 1);
+    const held = store.get(id)!;
+    assert.equal(basename(store.pathFor(id, held).path), basename(newer), 'the newer copy is the shard');
+    assert.equal(store.usedBytes, held.fileBytes);
+    assert.deepEqual(readdirSync(leaf).sort(), [basename(newer), `${basename(older)}${STALE_SUFFIX}`].sort());
+    const warning = warnings.find((line) => line.includes('two files for one shard'));
+    assert.ok(
+      warning?.includes(basename(newer)) && warning.includes(basename(older)),
+      'a warning names both',
+    );
+    const reader = await store.openRead(id);
+    try {
+      const { data } = await reader.readChunks(0, 70_000, Buffer.alloc(70_000));
+      assert.ok(data.equals(newer === a ? first : second));
+    } finally {
+      await reader.close();
+    }
+    // Opened again, the copy set aside is passed over.
+    assert.equal((await ShardStore.open({ dir: storeDir })).get(id)?.crc32c, held.crc32c);
+  }
 });
