@@ -109,6 +109,13 @@ static void load_isal(void) {
     snprintf(isal.error, sizeof isal.error, "%s lacks an erasure-code symbol", isal.library);
     dlclose(isal.handle);
     isal.handle = NULL;
+    /* Every symbol goes with the library: one kept (crc32_iscsi) would point into unmapped code. */
+    isal.ec_encode_data = NULL;
+    isal.ec_init_tables = NULL;
+    isal.gf_gen_cauchy1_matrix = NULL;
+    isal.gf_invert_matrix = NULL;
+    isal.gf_mul = NULL;
+    isal.crc32_iscsi = NULL;
   }
 }
 

@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import { splitNibbleTables } from '../../src/codec/gf256.js';
 import {
@@ -154,4 +156,32 @@ test('retainFreedMemory without the addon is false and changes nothing', () => {
   });
   assert.equal(child.status, 0, child.stderr);
   assert.equal(child.stdout, 'false');
+});
+
+test('a library with CRC32C but no erasure-code symbols is refused whole: crc32c throws rather than jump into it', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'dogfs-stub-isal-'));
+  try {
+    writeFileSync(
+      join(dir, 'stub.c'),
+      'unsigned int crc32_iscsi(unsigned char *b, int n, unsigned int c) { (void)b; (void)n; return c; }\n',
+    );
+    const cc = spawnSync('cc', ['-shared', '-fPIC', '-o', join(dir, 'stub.so'), join(dir, 'stub.c')], {
+      encoding: 'utf8',
+    });
+    assert.equal(cc.status, 0, `cc: ${cc.error?.message ?? cc.stderr}`);
+    const child = spawnSync(
+      process.execPath,
+      [
+        '-e',
+        `const a = require(${JSON.stringify(nativeAddonPath())});
+         try { a.crc32c(Buffer.from('x')); process.stdout.write('returned'); }
+         catch (e) { process.stdout.write('threw: ' + e.message); }`,
+      ],
+      { encoding: 'utf8', env: { ...process.env, DOGFS_ISAL_LIBRARY: join(dir, 'stub.so') } },
+    );
+    assert.equal(child.signal, null, `the process died of ${child.signal}`);
+    assert.match(child.stdout, /^threw: .*crc32_iscsi is not loaded/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
