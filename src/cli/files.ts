@@ -805,6 +805,10 @@ function formatReport(report: ClusterReportResponse): string {
     for (const u of report.unfinishedRepairs.slice(0, 100))
       lines.push(`  ${u.path} (${u.chunkServerId}): ${u.reason}`);
   }
+  for (const r of report.rebalancing)
+    lines.push(
+      `  rebalancing: ${r.id} holds more than its share (${Math.round(r.usedFraction * 100)}% used, cluster ${Math.round(r.clusterFraction * 100)}%): shards move to emptier servers`,
+    );
   if (report.codecBackend) lines.push('', `Codec backend: ${report.codecBackend}`);
   if (report.clusterId) lines.push(`Cluster id: ${report.clusterId}`);
   return `${lines.join('\n')}\n`;

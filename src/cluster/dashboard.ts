@@ -172,6 +172,14 @@ export function changesBetween(
     if (damagedAfter === 0) info('every file whole again');
     else (damagedAfter > damagedBefore ? warn : info)(`${damagedAfter} file(s) with missing shards`);
   }
+  const sheddingBefore = new Set(before.report.rebalancing.map((r) => r.id));
+  const sheddingAfter = new Set(after.report.rebalancing.map((r) => r.id));
+  for (const r of after.report.rebalancing)
+    if (!sheddingBefore.has(r.id))
+      info(
+        `${r.id} holds more than its share (${Math.round(r.usedFraction * 100)}% used, cluster ${Math.round(r.clusterFraction * 100)}%): moving shards off it`,
+      );
+  for (const id of sheddingBefore) if (!sheddingAfter.has(id)) info(`${id} back near the cluster's usage`);
   const repairsBefore = before.report.repairs.length;
   const repairsAfter = after.report.repairs.length;
   if (repairsBefore === 0 && repairsAfter > 0) info(`automatic repair: ${repairsAfter} file(s) in progress`);
@@ -335,11 +343,12 @@ function render(s) {
   const chunks = document.getElementById("chunks"); chunks.replaceChildren();
   row(chunks, ["id", "process", "state", "used / capacity", "shards", "last heartbeat", "domain"], true);
   const reported = new Map((s.report ? s.report.chunkServers : []).map((c) => [c.id, c]));
+  const shedding = new Set((s.report ? s.report.rebalancing : []).map((r) => r.id));
   for (const m of s.members.filter((x) => x.role === "chunk")) {
     const c = reported.get(m.id);
     const bar = el("span"); if (c) { const b = el("span", undefined, "bar"); const fill = el("span"); fill.style.width = (c.capacityBytes ? Math.min(100, 100 * c.usedBytes / c.capacityBytes) : 0) + "%"; b.append(fill); bar.append(b, " " + bytes(c.usedBytes) + " / " + bytes(c.capacityBytes)); }
     row(chunks, [m.id, el("span", m.running ? "pid " + m.pid : "stopped", m.running ? "" : "bad"),
-      c ? el("span", c.state + (c.draining ? " (draining)" : ""), c.state === "alive" ? (c.draining ? "warn" : "good") : "bad") : el("span", s.report ? "not registered" : "?", "muted"),
+      c ? el("span", c.state + (c.draining ? " (draining)" : "") + (shedding.has(c.id) ? " (shedding: above its share)" : ""), c.state === "alive" ? (c.draining ? "warn" : "good") : "bad") : el("span", s.report ? "not registered" : "?", "muted"),
       bar, c ? c.shardCount : "", c && c.lastHeartbeatMs ? ago(c.lastHeartbeatMs, s.atMs) : "", c ? c.failureDomain || "—" : ""]);
   }
   const files = document.getElementById("files"); files.replaceChildren();

@@ -39,6 +39,7 @@ import type { Init } from '../wire/proto.js';
 import { type RpcChannel, RpcChannelPool, type RpcServer, type ServiceHandlers } from '../wire/rpc.js';
 import { AutoRepairSchedule, DEFAULT_AUTO_REPAIR_LIMITS, MAX_REPAIRING_NAMED } from './auto-repair.js';
 import type { MetadataMetrics } from './metrics.js';
+import { RebalancePlan } from './rebalance.js';
 import {
   type BlockGroupCommit,
   type BlockGroupInfo,
@@ -339,6 +340,11 @@ const AUTO_REPAIR_NEW_PER_SCAN = 1_000;
  * repaired, the walk would otherwise take a core of a large namespace's leader every 5 s, forever.
  */
 const AUTO_REPAIR_SCAN_DUTY = 10;
+/**
+ * Files a walk starts moving off servers that hold more than their share (rebalance.ts): each move
+ * rebuilds a file's shards there on another server, reading K of its block group, so few at a time.
+ */
+const REBALANCE_NEW_PER_SCAN = 8;
 
 export class MetadataNode {
   /** A relocated shard's bad reports were about its old copy: they go (see NamespaceMachine). */
@@ -349,6 +355,8 @@ export class MetadataNode {
   private readonly cluster = new ClusterMachine();
   /** Automatic repair's schedule (soft state of this node's group 0 leadership); undefined: off. */
   private readonly autoRepair: AutoRepairSchedule | undefined;
+  /** Which chunk servers hold more than their share (soft state of group 0's leadership; see rebalance.ts). */
+  private readonly rebalance = new RebalancePlan();
   /** Chunk servers whose last heartbeat said they take repair work. */
   private readonly repairWorkers = new Set<string>();
   private autoRepairNextScanMs = 0;
@@ -545,7 +553,26 @@ export class MetadataNode {
   private scheduleRepairs(now: number): void {
     const schedule = this.autoRepair;
     if (schedule === undefined) return;
+    const { started, stopped } = this.rebalance.update(
+      this.cluster.state.servers().map((s) => ({
+        id: s.id,
+        alive: s.state === 'alive',
+        draining: s.draining,
+        capacityBytes: s.capacityBytes,
+        usedBytes: s.usedBytes,
+      })),
+    );
+    for (const share of this.rebalance.sheddingServers())
+      if (started.includes(share.id))
+        this.log.info('rebalance: chunk server holds more than its share; moving shards off it', {
+          server: share.id,
+          usedPercent: Math.round(share.usage * 100),
+          clusterPercent: Math.round(share.mean * 100),
+        });
+    for (const id of stopped)
+      this.log.info('rebalance: chunk server back near the cluster mean', { server: id });
     const knownMissing =
+      this.rebalance.sheddingServers().length > 0 ||
       this.badShards.size > 0 ||
       this.absentOnServer.size > 0 ||
       schedule.trackedCount > 0 ||
@@ -563,7 +590,13 @@ export class MetadataNode {
           if (found === undefined || this.clusterLeadership?.term !== term) return;
           if (!this.host.isLeader(CLUSTER_GROUP) || this.host.status(CLUSTER_GROUP).term !== term) return;
           // Shards on a server being drained are moved at once: an operator asked, nothing may come back.
-          schedule.observeScan(found.paths, Date.now(), found.drainOnly);
+          // Moves off a server with more than its share come only when nothing is damaged or draining.
+          const moving = found.paths.length === 0 ? found.moves : [];
+          schedule.observeScan(
+            [...found.paths, ...moving],
+            Date.now(),
+            new Set([...found.drainOnly, ...moving]),
+          );
           this.autoRepairLastFullScanMs = Date.now();
         })
         .catch((error: unknown) =>
@@ -593,9 +626,13 @@ export class MetadataNode {
   private async scanDamagedFiles(
     newLimit: number,
     tracked: (path: string) => boolean,
-  ): Promise<{ paths: string[]; drainOnly: Set<string> } | undefined> {
+  ): Promise<{ paths: string[]; drainOnly: Set<string>; moves: string[] } | undefined> {
     const paths: string[] = [];
     const drainOnly = new Set<string>();
+    /** Whole files with a shard on a shedding server: the tracked ones, and a few new ones a walk. */
+    const moves: string[] = [];
+    let newMoves = 0;
+    const shedding = this.rebalance.sheddingServers().length > 0;
     let added = 0;
     let files = 0;
     for (const { path, inode } of this.namespace.state.files()) {
@@ -605,7 +642,16 @@ export class MetadataNode {
       }
       const damaged = inode.blockGroups.some((bg) => this.missingShards(bg).length > 0);
       const draining = !damaged && inode.blockGroups.some((bg) => this.onDrainingServer(bg));
-      if (!damaged && !draining) continue;
+      if (!damaged && !draining) {
+        if (shedding && inode.blockGroups.some((bg) => this.onSheddingServer(bg))) {
+          if (tracked(path)) moves.push(path);
+          else if (newMoves < REBALANCE_NEW_PER_SCAN) {
+            newMoves++;
+            moves.push(path);
+          }
+        }
+        continue;
+      }
       if (tracked(path)) paths.push(path);
       else if (added < newLimit) {
         added++;
@@ -613,7 +659,7 @@ export class MetadataNode {
       } else continue;
       if (draining) drainOnly.add(path);
     }
-    return { paths, drainOnly };
+    return { paths, drainOnly, moves };
   }
 
   /** Leader-only work: each node does it for the groups it leads, so exactly the leaders act. */
@@ -1326,6 +1372,7 @@ export class MetadataNode {
    */
   private forgetLeadership(): void {
     this.autoRepair?.clear();
+    this.rebalance.clear();
     this.repairWorkers.clear();
     this.lastSeen.clear();
     this.reportsInProgress.clear();
@@ -1467,7 +1514,8 @@ export class MetadataNode {
   /**
    * Shard indexes of a committed block group that cannot be counted on: never durable, no server, a dead
    * or unknown server, reported bad on the server that holds it, or named by the caller as a suspect;
-   * with `draining`, also those on a server being drained (to be moved, though still readable).
+   * with `draining`, also those on a server being drained or shedding shards (to be moved, though still
+   * readable).
    */
   private missingShards(bg: BlockGroupInfo, suspects?: ReadonlySet<string>, draining = false): number[] {
     const missing: number[] = [];
@@ -1479,7 +1527,7 @@ export class MetadataNode {
         (bg.durableMask & (2 ** i)) === 0 ||
         server === undefined ||
         server.state !== 'alive' ||
-        (draining && server.draining) ||
+        (draining && (server.draining || this.rebalance.isShedding(serverId))) ||
         this.badShards.has(copyKey(serverId, bg.id, i)) ||
         this.absentOnServer.get(serverId)?.has(shardKey(bg.id, i)) === true ||
         suspects?.has(shardKey(bg.id, i))
@@ -1512,13 +1560,20 @@ export class MetadataNode {
    * Whether a shard of `bg` is recorded on a server being drained, alive or not: one that died while
    * draining still holds what was not moved, and must not be reported empty.
    */
+  private onSheddingServer(bg: BlockGroupInfo): boolean {
+    return bg.servers.some((id) => id !== '' && this.rebalance.isShedding(id));
+  }
+
   private onDrainingServer(bg: BlockGroupInfo): boolean {
     return bg.servers.some((id) => id !== '' && this.cluster.state.server(id)?.draining === true);
   }
 
   /** A new server for each missing shard that can be placed (none that already holds a shard of the group). */
   private repairTargets(bg: BlockGroupInfo, missing: readonly number[]): Init<BlockGroupRepair>['targets'] {
-    const candidates = this.cluster.state.placementCandidates();
+    // A server shedding shards takes none back (it would be moved off again).
+    const candidates = this.cluster.state
+      .placementCandidates()
+      .filter((s) => !this.rebalance.isShedding(s.id));
     for (let count = missing.length; count >= 1; count--) {
       const placement = placeBlockGroup({
         servers: candidates,
@@ -2022,6 +2077,9 @@ export class MetadataNode {
             .slice(0, MAX_REPORTED_DAMAGED_FILES)
             .map((u) => ({ path: u.path, reason: u.reason, chunkServerId: u.server })),
           autoRepairDelayMs: this.autoRepair?.limits.delayMs ?? 0,
+          rebalancing: this.rebalance
+            .sheddingServers()
+            .map((s) => ({ id: s.id, usedFraction: s.usage, clusterFraction: s.mean })),
         };
       },
       PlanRepair: async (req, ctx) => {

@@ -37,6 +37,11 @@ export function clusterReportJson(report: ClusterReportResponse) {
       chunkServerId: r.chunkServerId,
       sinceMs: r.sinceMs,
     })),
+    rebalancing: report.rebalancing.map((r) => ({
+      id: r.id,
+      usedFraction: r.usedFraction,
+      clusterFraction: r.clusterFraction,
+    })),
     unfinishedRepairs: report.unfinishedRepairs.map((u) => ({
       path: u.path,
       chunkServerId: u.chunkServerId,

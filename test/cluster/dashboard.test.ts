@@ -63,6 +63,7 @@ function report(overrides: Partial<ClusterReportJson> = {}): ClusterReportJson {
     autoRepair: true,
     autoRepairDelayMs: 60_000,
     repairs: [],
+    rebalancing: [],
     unfinishedRepairs: [],
     ...overrides,
   };
