@@ -28,6 +28,7 @@ import {
   type FileStatus,
   type FileWriteStream,
   joinPath,
+  type MemberView,
   normalizePath,
   type ReadSink,
   type RepairOutcome,
@@ -814,6 +815,64 @@ function formatReport(report: ClusterReportResponse): string {
   return `${lines.join('\n')}\n`;
 }
 
+const GROUP_NAMES: Readonly<Record<number, string>> = { 0: 'cluster', 1: 'namespace' };
+
+function membersJson(views: readonly MemberView[]) {
+  return views.map((v) =>
+    v.error !== undefined
+      ? { addr: v.addr, error: { code: v.error.code, message: v.error.message } }
+      : {
+          addr: v.addr,
+          groups: v.groups.map((g) => ({
+            group: g.group,
+            role: g.role,
+            term: g.term,
+            leader: g.leaderAddr,
+            commitIndex: g.commitIndex,
+            appliedIndex: g.appliedIndex,
+          })),
+        },
+  );
+}
+
+/**
+ * `admin members`: each server's own view, then per group who leads by those views (the member that
+ * says so at the highest term: a cut-off old leader may still say so at an older one), or that none does.
+ */
+function formatMembers(views: readonly MemberView[]): string {
+  const lines = ["Metadata servers, each one's own view (no quorum needed):"];
+  lines.push(
+    '  server                 group           role            term  leader                  commit   applied',
+  );
+  const leaders = new Map<number, { addr: string; term: number }>();
+  const groups = new Set<number>();
+  for (const v of views) {
+    if (v.error !== undefined) {
+      lines.push(`  ${v.addr.padEnd(21)}  no answer: ${v.error.message}`);
+      continue;
+    }
+    for (const g of v.groups) {
+      groups.add(g.group);
+      if (g.role === 'leader' && g.term > (leaders.get(g.group)?.term ?? -1))
+        leaders.set(g.group, { addr: v.addr, term: g.term });
+      const name = `${g.group} (${GROUP_NAMES[g.group] ?? 'group'})`;
+      lines.push(
+        `  ${v.addr.padEnd(21)}  ${name.padEnd(14)}  ${g.role.padEnd(12)}  ${String(g.term).padStart(6)}  ${(g.leaderAddr || '(none)').padEnd(21)}  ${String(g.commitIndex).padStart(8)}  ${String(g.appliedIndex).padStart(8)}`,
+      );
+    }
+  }
+  lines.push('');
+  for (const group of [...groups].sort((a, b) => a - b)) {
+    const leader = leaders.get(group);
+    lines.push(
+      leader === undefined
+        ? `Group ${group} (${GROUP_NAMES[group] ?? 'group'}): no leader — a majority of its metadata servers must be up and reach each other`
+        : `Group ${group} (${GROUP_NAMES[group] ?? 'group'}): led by ${leader.addr}, term ${leader.term}`,
+    );
+  }
+  return `${lines.join('\n')}\n`;
+}
+
 /** Deadline of each metadata call of a repair. */
 const REPAIR_CALL_MS = 60_000;
 /** Report pages (of up to 1000 damaged files) one `admin repair` without a PATH goes through. */
@@ -946,6 +1005,21 @@ async function admin(ctx: Context, argv: string[]): Promise<string | undefined> 
       );
     return undefined;
   }
+  if (sub === 'members') {
+    const { flags, positionals } = parseFlags(rest, { json: { type: 'boolean' }, meta: { type: 'string' } });
+    if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`);
+    const views = await ctx.client.members();
+    if (views.every((v) => v.error !== undefined))
+      throw new DogfsError(
+        'UNAVAILABLE',
+        `no metadata server answers: ${views.map((v) => `${v.addr}: ${v.error?.message}`).join('; ')}`,
+      );
+    await print(
+      ctx.stdout,
+      flags.json ? `${JSON.stringify(membersJson(views), null, 2)}\n` : formatMembers(views),
+    );
+    return undefined;
+  }
   if (sub === 'drain') {
     const { flags, positionals } = parseFlags(rest, {
       cancel: { type: 'boolean' },
@@ -967,7 +1041,7 @@ async function admin(ctx: Context, argv: string[]): Promise<string | undefined> 
   }
   throw new UsageError(
     sub === undefined
-      ? 'admin needs a subcommand: report, settings, repair or drain'
+      ? 'admin needs a subcommand: report, members, settings, repair or drain'
       : `unknown admin command '${sub}'`,
   );
 }

@@ -10,7 +10,7 @@ import { DogfsError } from '../wire/errors.js';
 import { type ClusterReportResponse, type ClusterSettings, FileType, type Inode } from '../wire/gen/types.js';
 import type { Init } from '../wire/proto.js';
 import { DataTransferShardTransport } from './data-transport.js';
-import { type MetaCallOptions, MetadataConnection } from './meta.js';
+import { type MemberView, type MetaCallOptions, MetadataConnection } from './meta.js';
 import { joinPath, normalizePath } from './paths.js';
 import {
   FileReader,
@@ -204,6 +204,15 @@ export class DogfsClient {
    */
   async setDraining(id: string, draining: boolean, options: MetaCallOptions = {}): Promise<boolean> {
     return (await this.meta.call('SetDraining', { chunkServerId: id, draining }, options)).changed;
+  }
+
+  /**
+   * What each metadata server (each seed) says of its own Raft groups — role, term, the leader it
+   * follows, commit and applied index — without needing a quorum: what to look at when the cluster
+   * refuses with "no quorum". Each seed gets `timeoutMs` (2 s) to answer.
+   */
+  members(options: { timeoutMs?: number } = {}): Promise<MemberView[]> {
+    return this.meta.members(options.timeoutMs ?? 2000);
   }
 
   /** Groups, leaders and terms; chunk servers and their state; files missing shards. */

@@ -7,7 +7,7 @@
 export type { DogfsClientOptions, FileKind, FileStatus, ListOptions } from './client.js';
 export { DogfsClient, toFileStatus } from './client.js';
 export { DataTransferShardTransport } from './data-transport.js';
-export type { MetaCallOptions, MetadataConnectionOptions, MetadataMethod } from './meta.js';
+export type { MemberView, MetaCallOptions, MetadataConnectionOptions, MetadataMethod } from './meta.js';
 export { MetadataConnection } from './meta.js';
 export { baseName, joinPath, normalizePath } from './paths.js';
 export type { BadShard, ReadOutcome, ReadSink, ReadStreamOptions } from './reader.js';

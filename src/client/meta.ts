@@ -6,7 +6,7 @@
  */
 import { assert } from '../common/assert.js';
 import { DogfsError, isRetryable, toDogfsError } from '../wire/errors.js';
-import { type MetadataMethods, MetadataService } from '../wire/gen/types.js';
+import { type MemberGroupView, type MetadataMethods, MetadataService } from '../wire/gen/types.js';
 import type { Init } from '../wire/proto.js';
 import {
   DEFAULT_TIMEOUT_MS,
@@ -403,8 +403,34 @@ export class MetadataConnection {
     return this.channels.get(address);
   }
 
+  /**
+   * Each seed's own view of its Raft groups, asked of every seed at once (MemberStatus: no read barrier,
+   * so a server cut off from the others, or one of a group that lost its quorum, still answers for
+   * itself). A seed that does not answer within `timeoutMs` gets its error instead.
+   */
+  async members(timeoutMs: number): Promise<MemberView[]> {
+    if (this.closed) throw new DogfsError('CANCELLED', 'client is closed');
+    return Promise.all(
+      this.seeds.map(async (addr): Promise<MemberView> => {
+        try {
+          const answer = await this.channels
+            .get(addr)
+            .call(MetadataService, 'MemberStatus', {}, { timeoutMs });
+          return { addr, groups: answer.groups };
+        } catch (error) {
+          return { addr, error: toDogfsError(error) };
+        }
+      }),
+    );
+  }
+
   close(): void {
     this.closed = true;
     this.channels.close();
   }
 }
+
+/** One metadata server's own view of its groups (`groups`), or why it gave none (`error`). */
+export type MemberView =
+  | { readonly addr: string; readonly groups: readonly MemberGroupView[]; readonly error?: undefined }
+  | { readonly addr: string; readonly groups?: undefined; readonly error: DogfsError };

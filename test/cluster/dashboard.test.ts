@@ -200,6 +200,17 @@ test('the status page follows a real cluster through a lost chunk server, its re
       `one leader of group ${group}`,
     );
   assert.equal(first.report?.chunkServers.filter((c) => c.state === 'alive').length, 5);
+  // The same views from the command line: `dogfs admin members`.
+  const members = await dogfs(['admin', 'members', '--json']);
+  assert.equal(members.status, 0, members.stderr);
+  const views = JSON.parse(members.stdout) as { addr: string; groups?: { group: number; role: string }[] }[];
+  assert.deepEqual(views.map((v) => v.addr).sort(), [...cluster.meta].sort());
+  for (const group of [0, 1])
+    assert.equal(
+      views.filter((v) => v.groups?.find((g) => g.group === group)?.role === 'leader').length,
+      1,
+      `admin members: one leader of group ${group}`,
+    );
 
   assert.equal((await dogfs(['admin', 'settings', '--dead-after', '3000'])).status, 0);
   await putRandomFile(up, '/f', 300_000);
@@ -264,4 +275,9 @@ test('the status page follows a real cluster through a lost chunk server, its re
     'the one left leads nothing',
   );
   assert.ok(down.metaViews.filter((v) => v.error !== '').length === 2);
+  const cli = await dogfs(['admin', 'members']);
+  assert.equal(cli.status, 0, cli.stderr);
+  assert.equal(cli.stdout.match(/no answer: /g)?.length, 2, cli.stdout);
+  assert.match(cli.stdout, /^Group 0 \(cluster\): no leader — a majority/m);
+  assert.match(cli.stdout, /^Group 1 \(namespace\): no leader — a majority/m);
 });
