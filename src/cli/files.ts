@@ -808,7 +808,7 @@ function formatReport(report: ClusterReportResponse): string {
   }
   for (const r of report.rebalancing)
     lines.push(
-      `  rebalancing: ${r.id} holds more than its share (${Math.round(r.usedFraction * 100)}% used, cluster ${Math.round(r.clusterFraction * 100)}%): shards move to emptier servers`,
+      `  rebalancing: ${r.id} holds more than its share (${Math.round(r.usedFraction * 100)}% used, cluster ${Math.round(r.clusterFraction * 100)}%): shards move to emptier servers${report.filesWithMissingShardsCount > 0 || report.filesOnDrainingServers > 0 ? ' once no file is damaged or on a draining server' : ''}`,
     );
   if (report.codecBackend) lines.push('', `Codec backend: ${report.codecBackend}`);
   if (report.clusterId) lines.push(`Cluster id: ${report.clusterId}`);

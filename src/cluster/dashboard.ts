@@ -132,6 +132,8 @@ export function healthOf(
 export function changesBetween(
   before: DashboardStatus,
   after: Omit<DashboardStatus, 'events'>,
+  /** The last report seen before `after` (a sample between them may have had none: an outage). */
+  lastReport: ClusterReportJson | null = before.report,
 ): Omit<DashboardEvent, 'atMs'>[] {
   const out: Omit<DashboardEvent, 'atMs'>[] = [];
   const info = (text: string) => out.push({ level: 'info', text });
@@ -155,8 +157,10 @@ export function changesBetween(
   }
   if (before.report !== null && after.report === null)
     warn(`cluster report unavailable: ${after.reportError}`);
-  if (before.report === null || after.report === null) return out;
-  const serversBefore = new Map(before.report.chunkServers.map((c) => [c.id, c]));
+  // What changed in the report is told against the last one seen: across an outage (no quorum for a
+  // while) a server declared dead meanwhile is still news.
+  if (lastReport === null || after.report === null) return out;
+  const serversBefore = new Map(lastReport.chunkServers.map((c) => [c.id, c]));
   for (const c of after.report.chunkServers) {
     const was = serversBefore.get(c.id);
     if (was === undefined) {
@@ -166,13 +170,13 @@ export function changesBetween(
     if (was.state !== c.state) (c.state === 'alive' ? info : warn)(`${c.id} declared ${c.state}`);
     if (was.draining !== c.draining) info(c.draining ? `${c.id} draining` : `${c.id} no longer draining`);
   }
-  const damagedBefore = before.report.filesWithMissingShardsCount;
+  const damagedBefore = lastReport.filesWithMissingShardsCount;
   const damagedAfter = after.report.filesWithMissingShardsCount;
   if (damagedAfter !== damagedBefore) {
     if (damagedAfter === 0) info('every file whole again');
     else (damagedAfter > damagedBefore ? warn : info)(`${damagedAfter} file(s) with missing shards`);
   }
-  const sheddingBefore = new Set(before.report.rebalancing.map((r) => r.id));
+  const sheddingBefore = new Set(lastReport.rebalancing.map((r) => r.id));
   const sheddingAfter = new Set(after.report.rebalancing.map((r) => r.id));
   for (const r of after.report.rebalancing)
     if (!sheddingBefore.has(r.id))
@@ -180,7 +184,7 @@ export function changesBetween(
         `${r.id} holds more than its share (${Math.round(r.usedFraction * 100)}% used, cluster ${Math.round(r.clusterFraction * 100)}%): moving shards off it`,
       );
   for (const id of sheddingBefore) if (!sheddingAfter.has(id)) info(`${id} back near the cluster's usage`);
-  const repairsBefore = before.report.repairs.length;
+  const repairsBefore = lastReport.repairs.length;
   const repairsAfter = after.report.repairs.length;
   if (repairsBefore === 0 && repairsAfter > 0) info(`automatic repair: ${repairsAfter} file(s) in progress`);
   else if (repairsBefore > 0 && repairsAfter === 0) info('automatic repair: nothing in progress');
@@ -190,6 +194,8 @@ export function changesBetween(
 /** Samples the cluster on demand and keeps the event log. */
 export class DashboardWatcher {
   private last: DashboardStatus | undefined;
+  /** The latest sample's report that was not null. */
+  private lastReport: ClusterReportJson | null = null;
   private sampling: Promise<DashboardStatus> | undefined;
   private readonly events: DashboardEvent[] = [];
 
@@ -280,7 +286,9 @@ export class DashboardWatcher {
       reportError,
     };
     if (this.last !== undefined)
-      for (const change of changesBetween(this.last, partial)) this.push({ atMs: partial.atMs, ...change });
+      for (const change of changesBetween(this.last, partial, this.lastReport))
+        this.push({ atMs: partial.atMs, ...change });
+    if (report !== null) this.lastReport = report;
     this.last = { ...partial, events: [...this.events] };
     return this.last;
   }

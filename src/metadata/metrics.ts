@@ -73,8 +73,9 @@ export function prometheusText(serverId: string, m: MetadataMetrics): string {
   metric('dogfs_meta_chunk_servers', 'gauge', [
     [',state="alive"', m.chunkServers.alive],
     [',state="dead"', m.chunkServers.dead],
-    [',state="draining"', m.chunkServers.draining],
   ]);
+  // Draining cuts across alive and dead (a server may die while draining): a gauge of its own.
+  metric('dogfs_meta_chunk_servers_draining', 'gauge', [['', m.chunkServers.draining]]);
   if (m.damagedFilesTracked !== undefined)
     metric('dogfs_meta_damaged_files_tracked', 'gauge', [['', m.damagedFilesTracked]]);
   if (m.repairsInProgress !== undefined)

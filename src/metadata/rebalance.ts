@@ -4,13 +4,13 @@
  * as the cluster group records them (capacity and used bytes from their heartbeats), and it says which
  * ones shed. Automatic repair then moves, in a cluster with nothing damaged, a few files at a time that
  * have a shard on a shedding server: the shard is rebuilt on another server (read from the rest of its
- * block group, as a drain does) and the old copy deleted once the new location is committed; repair
- * targets leave shedding servers out.
+ * block group, as a drain does) and the old copy deleted once the new location is committed.
  *
  * A server sheds when its share of its capacity in use is more than START_ABOVE_MEAN over the cluster's
  * (all used over all capacity, alive servers not being drained), and stops at STOP_ABOVE_MEAN: the gap
- * between the two keeps a server near the line from starting and stopping with every heartbeat. New,
- * empty servers are where the shards go (placement and repair targets are weighted by free space).
+ * between the two keeps a server near the line from starting and stopping with every heartbeat. Which
+ * shard moves where is the service's (`rebalanceMove`): never to a server that would lower a group's
+ * failure-domain spread or end fuller than the source; when nothing can move, rebalancing pauses.
  */
 import { assert } from '../common/assert.js';
 
@@ -28,9 +28,13 @@ export interface ServerUsage {
 
 export class RebalancePlan {
   private readonly shedding = new Map<string, { usage: number; mean: number }>();
+  private pausedUntilMs = 0;
 
-  /** Takes the servers' latest usage; returns the ids that started or stopped shedding. */
-  update(servers: readonly ServerUsage[]): { started: string[]; stopped: string[] } {
+  /**
+   * Takes the servers' latest usage at `nowMs`; returns the ids that started or stopped shedding. While
+   * paused (`pause`), none sheds.
+   */
+  update(nowMs: number, servers: readonly ServerUsage[]): { started: string[]; stopped: string[] } {
     const counted = servers.filter((s) => s.alive && !s.draining && s.capacityBytes > 0);
     let used = 0;
     let capacity = 0;
@@ -43,7 +47,7 @@ export class RebalancePlan {
     const started: string[] = [];
     const stopped: string[] = [];
     const now = new Set<string>();
-    for (const s of counted) {
+    for (const s of nowMs < this.pausedUntilMs ? [] : counted) {
       const usage = Math.min(s.usedBytes, s.capacityBytes) / s.capacityBytes;
       const was = this.shedding.has(s.id);
       if (usage > mean + (was ? STOP_ABOVE_MEAN : START_ABOVE_MEAN)) {
@@ -60,6 +64,15 @@ export class RebalancePlan {
     return { started, stopped };
   }
 
+  /**
+   * No server sheds until `untilMs`: a walk found nothing on the shedding servers that could move (every
+   * move would lower a group's failure-domain spread or overfill its target), and asking again every few
+   * seconds would walk the namespace for nothing. The next update drops the shedding servers.
+   */
+  pause(untilMs: number): void {
+    this.pausedUntilMs = Math.max(this.pausedUntilMs, untilMs);
+  }
+
   isShedding(id: string): boolean {
     return this.shedding.has(id);
   }
@@ -73,5 +86,6 @@ export class RebalancePlan {
 
   clear(): void {
     this.shedding.clear();
+    this.pausedUntilMs = 0;
   }
 }

@@ -39,7 +39,8 @@ import type { Init } from '../wire/proto.js';
 import { type RpcChannel, RpcChannelPool, type RpcServer, type ServiceHandlers } from '../wire/rpc.js';
 import { AutoRepairSchedule, DEFAULT_AUTO_REPAIR_LIMITS, MAX_REPAIRING_NAMED } from './auto-repair.js';
 import type { MetadataMetrics } from './metrics.js';
-import { RebalancePlan } from './rebalance.js';
+import { RebalancePlan, STOP_ABOVE_MEAN } from './rebalance.js';
+import type { ChunkServerRecord } from './state/cluster.js';
 import {
   type BlockGroupCommit,
   type BlockGroupInfo,
@@ -59,6 +60,7 @@ import {
   type NamespaceCommand,
   type NamespaceResult,
   NamespaceState,
+  type PlacementCandidate,
   placeBlockGroup,
   type Session,
   StateCodecError,
@@ -345,6 +347,8 @@ const AUTO_REPAIR_SCAN_DUTY = 10;
  * rebuilds a file's shards there on another server, reading K of its block group, so few at a time.
  */
 const REBALANCE_NEW_PER_SCAN = 8;
+/** After a walk found nothing that could move off the shedding servers, rebalancing rests this long. */
+const REBALANCE_PAUSE_MS = 10 * 60_000;
 
 export class MetadataNode {
   /** A relocated shard's bad reports were about its old copy: they go (see NamespaceMachine). */
@@ -357,6 +361,14 @@ export class MetadataNode {
   private readonly autoRepair: AutoRepairSchedule | undefined;
   /** Which chunk servers hold more than their share (soft state of group 0's leadership; see rebalance.ts). */
   private readonly rebalance = new RebalancePlan();
+  /** Files the last walk handed to automatic repair as rebalancing moves (PlanRepair moves only these). */
+  private readonly movePaths = new Set<string>();
+  /**
+   * Bytes of the current batch of moves planned off (negative) and onto (positive) each server, not yet
+   * in its heartbeats: without them, moves planned together all took the same fullest source and the
+   * same emptiest target.
+   */
+  private readonly movesPlanned = new Map<string, number>();
   /** Chunk servers whose last heartbeat said they take repair work. */
   private readonly repairWorkers = new Set<string>();
   private autoRepairNextScanMs = 0;
@@ -489,7 +501,10 @@ export class MetadataNode {
         dead: servers.filter((s) => s.state !== 'alive').length,
         draining: servers.filter((s) => s.draining).length,
       },
-      damagedFilesTracked: leadsCluster ? (this.autoRepair?.trackedCount ?? 0) : undefined,
+      damagedFilesTracked: leadsCluster
+        ? (this.autoRepair?.trackedCount ?? 0) -
+          [...this.movePaths].filter((p) => this.autoRepair?.isTracked(p) === true).length
+        : undefined,
       repairsInProgress: leadsCluster ? (this.autoRepair?.inProgress().length ?? 0) : undefined,
       residentBytes: process.memoryUsage.rss(),
     };
@@ -554,6 +569,7 @@ export class MetadataNode {
     const schedule = this.autoRepair;
     if (schedule === undefined) return;
     const { started, stopped } = this.rebalance.update(
+      now,
       this.cluster.state.servers().map((s) => ({
         id: s.id,
         alive: s.state === 'alive',
@@ -570,7 +586,10 @@ export class MetadataNode {
           clusterPercent: Math.round(share.mean * 100),
         });
     for (const id of stopped)
-      this.log.info('rebalance: chunk server back near the cluster mean', { server: id });
+      this.log.info(
+        'rebalance: chunk server no longer sheds (near the cluster mean, or rebalancing paused)',
+        { server: id },
+      );
     const knownMissing =
       this.rebalance.sheddingServers().length > 0 ||
       this.badShards.size > 0 ||
@@ -585,13 +604,30 @@ export class MetadataNode {
       this.autoRepairNextScanMs = now + AUTO_REPAIR_SCAN_MS;
       const term = this.host.status(CLUSTER_GROUP).term;
       const startedMs = performance.now();
-      this.scanDamagedFiles(AUTO_REPAIR_NEW_PER_SCAN, (path) => schedule.isTracked(path))
+      // New moves go out in batches, when nothing is being repaired or moved: a damaged file found
+      // meanwhile then waits behind a batch at most, not behind a full queue of moves.
+      const newMoves = schedule.inProgress().length === 0 ? REBALANCE_NEW_PER_SCAN : 0;
+      // The previous batch is done and in the heartbeats' usage by now (or never ran).
+      if (newMoves > 0) this.movesPlanned.clear();
+      this.scanDamagedFiles(AUTO_REPAIR_NEW_PER_SCAN, (path) => schedule.isTracked(path), newMoves)
         .then((found) => {
           if (found === undefined || this.clusterLeadership?.term !== term) return;
           if (!this.host.isLeader(CLUSTER_GROUP) || this.host.status(CLUSTER_GROUP).term !== term) return;
           // Shards on a server being drained are moved at once: an operator asked, nothing may come back.
           // Moves off a server with more than its share come only when nothing is damaged or draining.
           const moving = found.paths.length === 0 ? found.moves : [];
+          this.movePaths.clear();
+          for (const path of moving) this.movePaths.add(path);
+          const shedding = this.rebalance.sheddingServers();
+          if (shedding.length > 0 && found.paths.length === 0 && moving.length === 0 && newMoves > 0) {
+            // Nothing on the shedding servers can move without lowering a group's failure-domain spread
+            // or overfilling its target: stop asking (and walking every 5 s) for a while.
+            this.rebalance.pause(Date.now() + REBALANCE_PAUSE_MS);
+            this.log.info('rebalance: nothing on the fuller servers can move; paused', {
+              servers: shedding.map((x) => x.id),
+              pauseMs: REBALANCE_PAUSE_MS,
+            });
+          }
           schedule.observeScan(
             [...found.paths, ...moving],
             Date.now(),
@@ -626,6 +662,7 @@ export class MetadataNode {
   private async scanDamagedFiles(
     newLimit: number,
     tracked: (path: string) => boolean,
+    newMoveLimit = 0,
   ): Promise<{ paths: string[]; drainOnly: Set<string>; moves: string[] } | undefined> {
     const paths: string[] = [];
     const drainOnly = new Set<string>();
@@ -643,12 +680,15 @@ export class MetadataNode {
       const damaged = inode.blockGroups.some((bg) => this.missingShards(bg).length > 0);
       const draining = !damaged && inode.blockGroups.some((bg) => this.onDrainingServer(bg));
       if (!damaged && !draining) {
-        if (shedding && inode.blockGroups.some((bg) => this.onSheddingServer(bg))) {
-          if (tracked(path)) moves.push(path);
-          else if (newMoves < REBALANCE_NEW_PER_SCAN) {
-            newMoves++;
-            moves.push(path);
-          }
+        // Whether a file can move is asked only of those on a shedding server (a placement per group).
+        const candidate =
+          shedding &&
+          (tracked(path) || newMoves < newMoveLimit) &&
+          inode.blockGroups.some((bg) => this.onSheddingServer(bg)) &&
+          inode.blockGroups.some((bg) => this.rebalanceMove(bg) !== undefined);
+        if (candidate) {
+          if (!tracked(path)) newMoves++;
+          moves.push(path);
         }
         continue;
       }
@@ -1373,6 +1413,8 @@ export class MetadataNode {
   private forgetLeadership(): void {
     this.autoRepair?.clear();
     this.rebalance.clear();
+    this.movePaths.clear();
+    this.movesPlanned.clear();
     this.repairWorkers.clear();
     this.lastSeen.clear();
     this.reportsInProgress.clear();
@@ -1514,8 +1556,7 @@ export class MetadataNode {
   /**
    * Shard indexes of a committed block group that cannot be counted on: never durable, no server, a dead
    * or unknown server, reported bad on the server that holds it, or named by the caller as a suspect;
-   * with `draining`, also those on a server being drained or shedding shards (to be moved, though still
-   * readable).
+   * with `draining`, also those on a server being drained (to be moved, though still readable).
    */
   private missingShards(bg: BlockGroupInfo, suspects?: ReadonlySet<string>, draining = false): number[] {
     const missing: number[] = [];
@@ -1527,7 +1568,7 @@ export class MetadataNode {
         (bg.durableMask & (2 ** i)) === 0 ||
         server === undefined ||
         server.state !== 'alive' ||
-        (draining && (server.draining || this.rebalance.isShedding(serverId))) ||
+        (draining && server.draining) ||
         this.badShards.has(copyKey(serverId, bg.id, i)) ||
         this.absentOnServer.get(serverId)?.has(shardKey(bg.id, i)) === true ||
         suspects?.has(shardKey(bg.id, i))
@@ -1564,16 +1605,78 @@ export class MetadataNode {
     return bg.servers.some((id) => id !== '' && this.rebalance.isShedding(id));
   }
 
+  /**
+   * A rebalancing move for `bg`, or undefined: its shard on the fullest shedding server, rebuilt on the
+   * emptiest server that (1) is alive, not draining, not shedding and holds nothing of the group, (2)
+   * keeps as many failure domains among the group's holders as before (a move is optional: it must not
+   * make a rack's loss worse; a review found rebalancing putting two of three shards in one), and (3)
+   * ends emptier than the source (no shard bounces between two servers near the line). Only a whole
+   * group (nothing lost or draining: those are repair's and a drain's), one shard at a time.
+   */
+  private rebalanceMove(bg: BlockGroupInfo, plan = false): Init<BlockGroupRepair> | undefined {
+    if (!bg.committed || this.missingShards(bg, undefined, true).length > 0) return undefined;
+    // Usage counts the moves of this batch already planned (heartbeats have not caught up with them).
+    const usage = (s: { id: string; usedBytes: number; capacityBytes: number }, plusBytes: number) =>
+      (s.usedBytes + (this.movesPlanned.get(s.id) ?? 0) + plusBytes) / s.capacityBytes;
+    const shares = new Map(this.rebalance.sheddingServers().map((x) => [x.id, x]));
+    let from: { index: number; server: ChunkServerRecord } | undefined;
+    for (let i = 0; i < bg.servers.length; i++) {
+      const server = this.cluster.state.server(bg.servers[i] ?? '');
+      const share = shares.get(server?.id ?? '');
+      if (server === undefined || share === undefined) continue;
+      // Planned moves already bring it back near the cluster's share: it gives no more this batch.
+      if (usage(server, 0) <= share.mean + STOP_ABOVE_MEAN) continue;
+      if (from === undefined || usage(server, 0) > usage(from.server, 0)) from = { index: i, server };
+    }
+    if (from === undefined) return undefined;
+    const source = from;
+    const shardBytes = bg.shardLengths[source.index] ?? 0;
+    const domainsOf = (ids: readonly string[]) =>
+      new Set(ids.map((id) => this.cluster.state.server(id)?.failureDomain ?? ''));
+    const before = domainsOf(bg.servers).size;
+    const others = bg.servers.filter((_, i) => i !== source.index);
+    const sourceAfter = usage(source.server, -shardBytes);
+    let best: PlacementCandidate | undefined;
+    for (const candidate of this.cluster.state.placementCandidates()) {
+      if (candidate.state !== 'alive' || candidate.capacityBytes <= 0) continue;
+      if (bg.servers.includes(candidate.id) || this.rebalance.isShedding(candidate.id)) continue;
+      if (domainsOf([...others, candidate.id]).size < before) continue;
+      if (usage(candidate, shardBytes) >= sourceAfter) continue;
+      if (best === undefined || usage(candidate, 0) < usage(best, 0)) best = candidate;
+    }
+    if (best === undefined) return undefined;
+    if (plan) {
+      this.movesPlanned.set(source.server.id, (this.movesPlanned.get(source.server.id) ?? 0) - shardBytes);
+      this.movesPlanned.set(best.id, (this.movesPlanned.get(best.id) ?? 0) + shardBytes);
+    }
+    return {
+      blockGroup: this.blockGroupToWire(bg),
+      missing: [source.index],
+      readable: [source.index],
+      targets: [
+        {
+          index: source.index,
+          chunkServerId: best.id,
+          addr: this.dataAddrOf(best.id),
+          length: 0,
+          crc32c: 0,
+          durable: false,
+          generation: 0,
+        },
+      ],
+    };
+  }
+
   private onDrainingServer(bg: BlockGroupInfo): boolean {
     return bg.servers.some((id) => id !== '' && this.cluster.state.server(id)?.draining === true);
   }
 
   /** A new server for each missing shard that can be placed (none that already holds a shard of the group). */
   private repairTargets(bg: BlockGroupInfo, missing: readonly number[]): Init<BlockGroupRepair>['targets'] {
-    // A server shedding shards takes none back (it would be moved off again).
-    const candidates = this.cluster.state
-      .placementCandidates()
-      .filter((s) => !this.rebalance.isShedding(s.id));
+    // Shedding servers are candidates too: placement weighs free space, and a lost or drained shard
+    // that only a shedding server can take is better there than not rebuilt at all (excluded, a group
+    // with one such target stayed damaged while the gate below kept rebalancing from lowering usage).
+    const candidates = this.cluster.state.placementCandidates();
     for (let count = missing.length; count >= 1; count--) {
       const placement = placeBlockGroup({
         servers: candidates,
@@ -2103,7 +2206,13 @@ export class MetadataNode {
           const lost = this.missingShards(bg, suspects);
           const readable = this.missingShards(bg, suspects, true).filter((i) => !lost.includes(i));
           const missing = [...lost, ...readable];
-          if (missing.length === 0) continue;
+          if (missing.length === 0) {
+            // A file handed out as a rebalancing move (not any file `admin repair` names): one shard of
+            // each group that can move.
+            const move = this.movePaths.has(found.path) ? this.rebalanceMove(bg, true) : undefined;
+            if (move !== undefined) blockGroups.push(move);
+            continue;
+          }
           blockGroups.push({
             blockGroup: this.blockGroupToWire(bg),
             missing,

@@ -372,10 +372,6 @@ export function encodeWireMessage(group: number, m: Message): Uint8Array {
 
 const FRAME_LENGTH_BYTES = 4;
 
-/**
- * A transport frame (u32 big-endian length, then RaftBatch{from_node, messages}) of messages already
- * encoded by encodeWireMessage.
- */
 /** What a message adds to a batch beyond its bytes (its field's tag and length), at most. */
 const BATCH_BYTES_PER_MESSAGE = 8;
 
@@ -406,6 +402,10 @@ export function splitBatches(
   return batches;
 }
 
+/**
+ * A transport frame (u32 big-endian length, then RaftBatch{from_node, messages}) of messages already
+ * encoded by encodeWireMessage.
+ */
 export function encodeBatchFrame(fromNode: number, messages: readonly Uint8Array[]): Buffer {
   const head = encodeMessage('dogfs.v1.RaftBatch', { fromNode });
   const frame = spliceRepeated(FRAME_LENGTH_BYTES, head, TAG_RAFT_BATCH_MESSAGES, messages);

@@ -169,6 +169,17 @@ test('changes between samples: leaders, answers, chunk server states, damage and
     ['cluster group: no leader (was meta-2)', 'cluster report unavailable: no leader'],
   );
   assert.deepEqual(changesBetween(whole, whole), [], 'nothing changed, nothing said');
+  // Across an outage: what changed in the report meanwhile is still told, against the last one seen.
+  const back = status([view('meta-2', [[0, 'leader', 4, 'meta-2']])], dead);
+  assert.deepEqual(
+    changesBetween(lost, back, whole.report).map((e) => e.text),
+    [
+      'cluster group: meta-2 leads, term 4',
+      'chunk-1 declared dead',
+      '2 file(s) with missing shards',
+      'automatic repair: 1 file(s) in progress',
+    ],
+  );
 });
 
 test('the status page follows a real cluster through a lost chunk server, its repair and a lost quorum', async () => {

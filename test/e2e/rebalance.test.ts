@@ -12,6 +12,10 @@ import { after, test } from 'node:test';
 import { clusterCommands, startCluster, startDogfs, waitFor } from '../helpers/index.js';
 
 const CAPACITY = 64 * 1024 * 1024;
+
+interface StatJson {
+  blockGroups: { shards: { chunkServer: string }[] }[];
+}
 const up = startCluster(['--meta', '3', '--chunk', '3', '--ec', 'rs-2-1'], {
   ...process.env,
   DOGFS_CAPACITY: String(CAPACITY),
@@ -56,6 +60,9 @@ test('servers that join empty take shards from the full ones until usage is even
         meta,
         '--capacity',
         String(CAPACITY),
+        // joined-1 and joined-2 in one rack: a group may move one shard there, not two.
+        '--failure-domain',
+        i === 3 ? 'rack-b' : 'rack-a',
       ]),
     );
   }
@@ -85,10 +92,38 @@ test('servers that join empty take shards from the full ones until usage is even
   );
   const usage = settled.chunkServers.map((c) => c.usedBytes / c.capacityBytes);
   const mean = usage.reduce((a, b) => a + b, 0) / usage.length;
-  for (const [i, u] of usage.entries())
-    assert.ok(
-      u <= mean + 0.1,
-      `${settled.chunkServers[i]!.id} at ${(u * 100).toFixed(1)}% (mean ${(mean * 100).toFixed(1)}%)`,
-    );
+  const shown = settled.chunkServers.map((c, i) => `${c.id} ${(usage[i]! * 100).toFixed(1)}%`).join(', ');
+  for (const u of usage) assert.ok(u <= mean + 0.1, `${shown} (mean ${(mean * 100).toFixed(1)}%)`);
   for (const [path, bytes] of files) await sameBytes(path, bytes, `${path} after the moves`);
+  // joined-1 and joined-2 share a failure domain: a move never puts a second shard of a group there (it
+  // would lower the group's spread over domains); every other server is a domain of its own.
+  for (const path of files.keys()) {
+    const stat = await dogfs(['stat', '--json', path]);
+    assert.equal(stat.status, 0, stat.stderr);
+    for (const g of (JSON.parse(stat.stdout) as StatJson).blockGroups) {
+      const holders = g.shards.map((x) => x.chunkServer);
+      const inRackA = holders.filter((h) => h === 'joined-1' || h === 'joined-2').length;
+      assert.ok(inRackA <= 1, `${path}: ${holders.join(', ')}: two shards of one group in rack-a`);
+    }
+  }
+
+  // A joined server dies: its shards are rebuilt, on any server that can take them (the fuller ones
+  // included), and nothing stays damaged.
+  assert.equal((await dogfs(['admin', 'settings', '--dead-after', '3000'])).status, 0);
+  const victim = joined[0]!;
+  victim.child.kill('SIGKILL');
+  await victim.exited;
+  await waitFor(
+    'the dead server declared and every file whole again',
+    async () => {
+      const r = await report();
+      return (
+        r.chunkServers.find((c) => c.id === 'joined-1')?.state === 'dead' &&
+        r.filesWithMissingShardsCount === 0
+      );
+    },
+    60_000,
+    500,
+  );
+  for (const [path, bytes] of files) await sameBytes(path, bytes, `${path} after the repair`);
 });
