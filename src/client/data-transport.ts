@@ -105,7 +105,10 @@ export class DataTransferShardTransport implements ShardTransport {
 
   openWrite(target: ShardTarget, options: OpenWriteOptions): ShardWriteHandle {
     return new WriteHandle(
-      this.client.openWrite(target.addr, target.shard, options.length, { deadline: options.deadline }),
+      this.client.openWrite(target.addr, target.shard, options.length, {
+        deadline: options.deadline,
+        ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
+      }),
     );
   }
 

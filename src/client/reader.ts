@@ -15,7 +15,7 @@ import { assert } from '../common/assert.js';
 import { DogfsError, toDogfsError } from '../wire/errors.js';
 import { type BlockGroup, FileType, type Inode, type ShardLocation } from '../wire/gen/types.js';
 import type { MetaCallOptions, MetadataConnection } from './meta.js';
-import { withStepTimeout } from './timeout.js';
+import { withStallTimeout } from './timeout.js';
 import type { ShardReadHandle, ShardTransport } from './transport.js';
 
 export interface ReadStreamOptions {
@@ -97,8 +97,15 @@ class ShardCursor {
    * Copies bytes [offset, offset + length) of the shard to dest[at...]; offset must not be behind the
    * cursor. The transport's pieces are transient (valid until its next `next()`), so each is copied as
    * soon as it arrives; a cursor closed meanwhile (given up as slow or failed) copies nothing more.
+   * `progress` is called with each piece: the shard is moving, however slowly.
    */
-  async take(offset: number, length: number, dest: Uint8Array, at: number): Promise<void> {
+  async take(
+    offset: number,
+    length: number,
+    dest: Uint8Array,
+    at: number,
+    progress: () => void,
+  ): Promise<void> {
     assert(offset >= this.position && offset + length <= this.end, 'cursor read outside its range');
     let needed = length;
     while (needed > 0) {
@@ -113,6 +120,7 @@ class ShardCursor {
           );
         }
         this.pending = next;
+        progress();
       }
       const skip = offset - this.position;
       if (skip > 0) {
@@ -348,8 +356,11 @@ class GroupReader {
     }
     const taking = cursor;
     try {
-      await withStepTimeout(
-        taking.take(offset, length, dest, at),
+      // The timeout runs from the last piece, not from the start of the take: a cell is 1-2 MiB, and a
+      // bound on all of it failed every read over a link slower than ~205 KiB/s per shard (a put over
+      // the same link works: data-transfer sizes deadlines for 64 KiB/s).
+      await withStallTimeout(
+        (progress) => taking.take(offset, length, dest, at, progress),
         this.shardTimeoutMs,
         `shard ${index}`,
         'UNAVAILABLE',

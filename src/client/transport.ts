@@ -36,6 +36,11 @@ export interface OpenWriteOptions {
   readonly length: number;
   /** Absolute deadline, ms since the epoch, for the whole shard. */
   readonly deadline: number;
+  /**
+   * Called whenever more of the shard's bytes have left for the server (the real transport: as each
+   * packet is taken by the socket), so a stall timeout can tell a slow shard from a stopped one.
+   */
+  readonly onProgress?: () => void;
 }
 
 export interface ShardReadHandle {

@@ -31,7 +31,7 @@ import type { BlockGroup, Inode, ShardLocation } from '../wire/gen/types.js';
 import type { Init } from '../wire/proto.js';
 import type { MetaCallOptions, MetadataConnection } from './meta.js';
 import type { ClientSession } from './session.js';
-import { withStepTimeout } from './timeout.js';
+import { withStallTimeout } from './timeout.js';
 import type { ShardTransport, ShardWriteHandle } from './transport.js';
 
 export interface WriteStreamOptions {
@@ -143,9 +143,37 @@ class ShardStream {
   error: DogfsError | undefined;
   /** The failure was this process's own (see fail). */
   localFault = false;
+  /** Restarts the stall timeout of the step in progress (a write or the finish), if any. */
+  private onProgress: (() => void) | undefined;
 
   constructor(location: Init<ShardLocation>) {
     this.location = location;
+  }
+
+  /** The transport took more of this shard's bytes. */
+  progressed(): void {
+    this.onProgress?.();
+  }
+
+  /**
+   * Runs a step of this shard's write (`handle.write`, `handle.finish`) under a stall timeout that
+   * restarts whenever the transport takes bytes: a cell of 1-2 MiB over a slow link that keeps moving
+   * takes longer than `ms`, and a bound on the whole step failed puts at 60 KiB/s per shard.
+   */
+  async step<T>(run: (handle: ShardWriteHandle) => Promise<T>, ms: number): Promise<T> {
+    try {
+      return await withStallTimeout(
+        (progress) => {
+          this.onProgress = progress;
+          return run(this.handle!);
+        },
+        ms,
+        `shard ${this.location.index}`,
+        'DEADLINE_EXCEEDED',
+      );
+    } finally {
+      this.onProgress = undefined;
+    }
   }
 
   get alive(): boolean {
@@ -226,7 +254,7 @@ class GroupWriter {
       try {
         stream.handle = transport.openWrite(
           { addr: target.addr, shard: { blockGroupId: block.id, index: i, generation: target.generation } },
-          { length: shardLength, deadline },
+          { length: shardLength, deadline, onProgress: () => stream.progressed() },
         );
       } catch (error) {
         stream.fail(error);
@@ -270,12 +298,7 @@ class GroupWriter {
       this.shards.map(async (stream, i) => {
         if (!stream.alive) return;
         try {
-          await withStepTimeout(
-            stream.handle!.write(cells[i]!),
-            timeoutMs,
-            `shard ${i}`,
-            'DEADLINE_EXCEEDED',
-          );
+          await stream.step((handle) => handle.write(cells[i]!), timeoutMs);
         } catch (error) {
           stream.fail(error);
         }
@@ -294,12 +317,7 @@ class GroupWriter {
       this.shards.map(async (stream) => {
         if (!stream.alive) return;
         try {
-          const result = await withStepTimeout(
-            stream.handle!.finish(),
-            timeoutMs,
-            `shard ${stream.location.index}`,
-            'DEADLINE_EXCEEDED',
-          );
+          const result = await stream.step((handle) => handle.finish(), timeoutMs);
           if (result.length !== expected) {
             stream.fail(new DogfsError('CORRUPT', `stored ${result.length} bytes, sent ${expected}`));
           }

@@ -788,7 +788,7 @@ export class DataTransferClient {
     address: string,
     shard: ShardId,
     length: number,
-    options: DataCallOptions = {},
+    options: DataCallOptions & { onProgress?: () => void } = {},
   ): Promise<ShardWriter> {
     checkShardId(shard);
     checkWireInteger(length, MAX_SHARD_BYTES, 'shard length');
@@ -798,11 +798,21 @@ export class DataTransferClient {
     const connection = await this.acquire(address, deadline);
     const context = `${address} write ${formatShardId(shard)}`;
     const guard = new OperationGuard(connection, context, deadline, options.signal);
-    return new ShardWriter(connection, guard, this.crc32c, this.packetSize, shard, length, deadline, (ok) => {
-      guard.done();
-      if (ok) this.release(connection);
-      else connection.socket.destroy();
-    });
+    return new ShardWriter(
+      connection,
+      guard,
+      this.crc32c,
+      this.packetSize,
+      shard,
+      length,
+      deadline,
+      (ok) => {
+        guard.done();
+        if (ok) this.release(connection);
+        else connection.socket.destroy();
+      },
+      options.onProgress,
+    );
   }
 
   /** Writes a whole shard from bytes or a stream of bytes, with back-pressure. */
@@ -1033,6 +1043,8 @@ export class ShardWriter {
     readonly length: number,
     deadline: number,
     private readonly onDone: (ok: boolean) => void,
+    /** Called as each packet is taken by the socket (a stall timeout restarts on it). */
+    private readonly onProgress?: () => void,
   ) {
     this.packetBytes = Math.min(packetSize, length);
     connection.socket.write(
@@ -1180,7 +1192,12 @@ export class ShardWriter {
       encodeFrame('dogfs.v1.DataPacketHeader', { length: payload.length, chunkCrc32c: this.packetCrcs }),
     );
     // The callback runs once the kernel has the bytes, or with an error when the socket is destroyed.
-    const taken = new Promise<void>((resolve) => socket.write(payload, () => resolve()));
+    const taken = new Promise<void>((resolve) =>
+      socket.write(payload, (error) => {
+        if (error === undefined || error === null) this.onProgress?.();
+        resolve();
+      }),
+    );
     this.inSocket[this.turn] = taken;
     socket.uncork();
     this.turn ^= 1;

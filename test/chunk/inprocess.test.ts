@@ -312,6 +312,30 @@ for (const mode of WRITE_MODES)
     }
   });
 
+test("a shard write reports progress as each packet is taken by the socket (the client's stall timeout restarts on it)", async () => {
+  const { server, addr } = await serve('progress');
+  try {
+    const length = 3 * MiB + 100;
+    let progress = 0;
+    const writer = await client.openWrite(addr, { blockGroupId: 9, index: 0, generation: 1 }, length, {
+      onProgress: () => progress++,
+    });
+    const data = seededBytes(length, 9);
+    const seen: number[] = [];
+    for (let at = 0; at < length; at += 256 * 1024) {
+      await writer.write(data.subarray(at, Math.min(length, at + 256 * 1024)));
+      seen.push(progress);
+    }
+    const result = await writer.finish();
+    assert.equal(result.length, length);
+    // Three whole 1 MiB packets and the short last one.
+    assert.equal(progress, 4);
+    assert.ok(seen[seen.length - 2]! >= 2, `progress reported while the write went on: ${seen.join(',')}`);
+  } finally {
+    await server.close();
+  }
+});
+
 test('beyond the concurrent-write or bytes-in-flight limit: RESOURCE_EXHAUSTED, and it passes', async () => {
   const { server, addr } = await serve('limits', undefined, {
     maxConcurrentWrites: 1,

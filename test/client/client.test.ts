@@ -900,6 +900,89 @@ describe('write and read paths (in-memory data plane)', () => {
     }
   });
 
+  /**
+   * Runs `body` with block groups of stripes of `stripeSize` (default group size): cells of a third of
+   * it under rs-3-2, so a cell can be made of many of the memory transport's 16 KiB pieces.
+   */
+  async function withStripeSize(stripeSize: number, body: () => Promise<void>): Promise<void> {
+    const before = cluster.state.options;
+    cluster.state.options = { ...before, stripeSize, blockGroupBytes: 0 };
+    try {
+      await body();
+    } finally {
+      cluster.state.options = before;
+    }
+  }
+  /** Cells of 128 KiB: 8 pieces, so at 60 ms a piece a cell takes ~480 ms, past a 300 ms stall timeout. */
+  const SLOW_STRIPE = 3 * 128 * 1024;
+  const PIECE = 16 * 1024;
+
+  test('a slow shard that keeps delivering is read through, however long its cell takes; one that stops mid-cell is decoded around', () =>
+    withStripeSize(SLOW_STRIPE, async () => {
+      const data = randomBytes(2 * SLOW_STRIPE + 10);
+      await client.writeFile('/slow-link', data, { ec: 'rs-3-2' });
+      const groups = (await client.stat('/slow-link')).inode.blockGroups;
+      assert.equal(groups.length, 1);
+      for (let i = 0; i < 7; i++) transport.slow.set(`mem-${i}:1`, 60);
+      try {
+        const stream = client.createReadStream('/slow-link', { shardTimeoutMs: 300 });
+        const parts: Buffer[] = [];
+        for await (const part of stream) parts.push(part as Buffer);
+        assert.deepEqual(Buffer.concat(parts), data);
+        assert.deepEqual(stream.badShards, [], 'no shard given up: each kept delivering');
+
+        // Shard 1 sends one piece, then nothing: given up after the timeout, read around, not reported.
+        const shard1 = groups[0]!.shards.find((s) => s.index === 1)!;
+        transport.stallAfter.set(shard1.addr, PIECE);
+        const reportsBefore = cluster.state.badShards.length;
+        const again = client.createReadStream('/slow-link', { shardTimeoutMs: 300 });
+        const more: Buffer[] = [];
+        for await (const part of again) more.push(part as Buffer);
+        assert.deepEqual(Buffer.concat(more), data);
+        assert.deepEqual(
+          again.badShards.map((b) => [b.index, b.error.code]),
+          [[1, 'UNAVAILABLE']],
+        );
+        assert.match(again.badShards[0]!.error.message, /no progress in 300 ms/);
+        assert.equal(
+          cluster.state.badShards.length,
+          reportsBefore,
+          'a stalled server says nothing of its copy',
+        );
+      } finally {
+        transport.slow.clear();
+        transport.stallAfter.clear();
+      }
+    }));
+
+  test('a slow shard write that keeps moving is kept, however long its cell takes; one that stops is dropped', () =>
+    withStripeSize(SLOW_STRIPE, async () => {
+      const data = randomBytes(2 * SLOW_STRIPE);
+      // Exactly five live servers: the stalling one holds a shard.
+      for (const id of ['cs-5', 'cs-6']) cluster.state.chunkServers.get(id)!.alive = false;
+      for (let i = 0; i < 7; i++) transport.slow.set(`mem-${i}:1`, 60);
+      const stalling = 'mem-0:1';
+      transport.stallAfter.set(stalling, PIECE);
+      try {
+        const stream = await client.writeFile('/slow-write', data, { ec: 'rs-3-2', shardTimeoutMs: 300 });
+        const shards = stream.blockGroups[0]!.shards;
+        assert.deepEqual(
+          shards.filter((s) => !s.durable).map((s) => s.addr),
+          [stalling],
+          'only the shard that stopped was given up',
+        );
+        const given = shards.find((s) => !s.durable)!;
+        assert.equal(given.error?.code, 'DEADLINE_EXCEEDED');
+        assert.match(given.error!.message, /no progress in 300 ms/);
+        transport.slow.clear();
+        assert.deepEqual(await client.readFile('/slow-write'), data);
+      } finally {
+        for (const id of ['cs-5', 'cs-6']) cluster.state.chunkServers.get(id)!.alive = true;
+        transport.slow.clear();
+        transport.stallAfter.clear();
+      }
+    }));
+
   test('a read stream destroyed while a shard read stalls closes at once, with no shard called bad', async () => {
     const data = randomBytes(S + 10);
     await client.writeFile('/destroyed-mid-read', data, { ec: 'rs-3-2' });

@@ -5,6 +5,7 @@
 
 import type {
   OpenReadOptions,
+  OpenWriteOptions,
   ShardReadHandle,
   ShardTarget,
   ShardTransport,
@@ -39,15 +40,29 @@ export class MemoryTransport implements ShardTransport {
   lateDeliveries = 0;
   /** Address → bytes after which writes fail (a server dying mid-write). */
   readonly dieAfter = new Map<string, number>();
+  /**
+   * Address → milliseconds each piece (PIECE_BYTES) takes there, reads and writes: a slow link whose
+   * bytes keep coming. Writes report each piece through `onProgress`.
+   */
+  readonly slow = new Map<string, number>();
+  /**
+   * Address → bytes after which reads and writes there stop moving (neither delivering nor failing)
+   * until closed or aborted: a server that stalls mid-transfer.
+   */
+  readonly stallAfter = new Map<string, number>();
   readonly reads: { addr: string; index: number; offset: number; length: number }[] = [];
 
   /** Shard writes opened and not yet finished or aborted. */
   openWrites = 0;
 
-  openWrite(target: ShardTarget, options: { length: number }): ShardWriteHandle {
+  openWrite(target: ShardTarget, options: Pick<OpenWriteOptions, 'length' | 'onProgress'>): ShardWriteHandle {
     const parts: Buffer[] = [];
     let written = 0;
     let aborted = false;
+    let onAbort: (() => void) | undefined;
+    const abortedPromise = new Promise<void>((resolve) => {
+      onAbort = resolve;
+    });
     let ended = false;
     this.openWrites++;
     const end = () => {
@@ -69,8 +84,21 @@ export class MemoryTransport implements ShardTransport {
     return {
       write: async (data: Uint8Array): Promise<void> => {
         check();
-        parts.push(Buffer.from(data));
-        written += data.length;
+        for (let at = 0; at < data.length; ) {
+          const stall = this.stallAfter.get(target.addr);
+          if (stall !== undefined && written >= stall) {
+            await abortedPromise;
+            check();
+          }
+          const delay = this.slow.get(target.addr);
+          if (delay !== undefined) await new Promise((resolve) => setTimeout(resolve, delay));
+          check();
+          const piece = data.subarray(at, Math.min(data.length, at + PIECE_BYTES));
+          parts.push(Buffer.from(piece));
+          written += piece.length;
+          at += piece.length;
+          options.onProgress?.();
+        }
         check();
       },
       finish: async (): Promise<ShardWriteResult> => {
@@ -84,6 +112,7 @@ export class MemoryTransport implements ShardTransport {
       abort: () => {
         end();
         aborted = true;
+        onAbort?.();
       },
     };
   }
@@ -113,9 +142,18 @@ export class MemoryTransport implements ShardTransport {
           throw new DogfsError('UNAVAILABLE', `${target.addr}: connection refused`);
         if (this.busy.has(target.addr))
           throw new DogfsError('RESOURCE_EXHAUSTED', `${target.addr}: chunk server busy`);
-        if (gate === undefined && this.hung.has(target.addr)) {
+        const stall = this.stallAfter.get(target.addr);
+        if (
+          gate === undefined &&
+          (this.hung.has(target.addr) || (stall !== undefined && position - offset >= stall))
+        ) {
           await closedPromise;
           throw new DogfsError('CANCELLED', 'closed');
+        }
+        const delay = this.slow.get(target.addr);
+        if (delay !== undefined) {
+          await new Promise((resolve) => setTimeout(resolve, delay));
+          if (done) throw new DogfsError('CANCELLED', 'closed');
         }
         const shard = this.shards.get(key(target));
         if (!shard) throw new DogfsError('NOT_FOUND', `${target.addr}: no such shard`);
