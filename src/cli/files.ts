@@ -261,14 +261,19 @@ interface Context {
   stdout: Writable;
   stdin: NodeJS.ReadableStream;
   /**
-   * Registers what an interrupt (SIGINT, SIGTERM) must undo before the process exits: a put's pending
-   * file abandoned, a get's temporary file removed. Returns the unregistering function.
+   * Registers what an interrupt (SIGHUP, SIGINT, SIGTERM) must undo before the process exits: a put's
+   * pending file abandoned, a get's temporary file removed. Returns the unregistering function.
    */
   onInterrupt(cleanup: () => Promise<void>): () => void;
 }
 
 /** Time an interrupted command gets to clean up (abandon its write, remove its temp file) before exit. */
 const INTERRUPT_CLEANUP_MS = 3000;
+
+/** The signals a file command cleans up after, with the status a shell shows for each (128 + number). */
+const INTERRUPT_STATUS = { SIGHUP: 129, SIGINT: 130, SIGTERM: 143 } as const;
+type InterruptSignal = keyof typeof INTERRUPT_STATUS;
+const INTERRUPT_SIGNALS = Object.keys(INTERRUPT_STATUS) as InterruptSignal[];
 
 /**
  * Destroys a write stream, which abandons its file, and waits until the service has had the word; a
@@ -1066,6 +1071,17 @@ function operandOf(command: string, argv: string[]): string | undefined {
 }
 
 /**
+ * Ends the process by SIGHUP itself once a hangup's cleanups are done (a shell shows 129). Not
+ * process.exit: Node 20 aborts (SIGABRT, an assertion in its ResetStdio) when it exits after its
+ * terminal hung up, as putting the terminal's modes back fails with EIO. Removing the last listener
+ * gives the signal back its default action (libuv restores it), so raising it then kills the process.
+ */
+function dieOfHangup(listener: (signal: InterruptSignal) => void): void {
+  process.off('SIGHUP', listener);
+  process.kill(process.pid, 'SIGHUP');
+}
+
+/**
  * Runs one file command; prints its one-line error (if any) and returns the exit status. Never throws.
  */
 export async function runFileCommand(
@@ -1076,7 +1092,7 @@ export async function runFileCommand(
     stdout?: Writable;
     stderr?: Writable;
     env?: NodeJS.ProcessEnv;
-    /** Handle SIGINT and SIGTERM (the CLI process; not a test running commands in its own process). */
+    /** Handle SIGHUP, SIGINT and SIGTERM (the CLI process; not a test running commands in-process). */
     signals?: boolean;
   } = {},
 ): Promise<number> {
@@ -1087,25 +1103,31 @@ export async function runFileCommand(
   let interrupted = false;
   // Node's default for these signals ends the process at once: a put's name then stayed taken until its
   // lease expired, a get left its temporary file. Undo those first (bounded), then exit as a signal does.
-  const onSignal = (signal: NodeJS.Signals): void => {
+  // SIGHUP too: a closed terminal (or ssh session) sends it, and Node resets it to its default at start
+  // even under nohup, so it ended the command without its cleanups.
+  const onSignal = (signal: InterruptSignal): void => {
     if (interrupted) return;
     interrupted = true;
+    const status = INTERRUPT_STATUS[signal];
     // If nothing else keeps the process alive meanwhile, it still ends with the signal's status.
-    process.exitCode = signal === 'SIGINT' ? 130 : 143;
+    process.exitCode = status;
+    if (signal === 'SIGHUP') {
+      // The terminal is likely gone: each write to it fails (EIO), and an 'error' event with no
+      // listener would end the process here, before the cleanups. Nobody is left to be told.
+      for (const stream of new Set([stderr, process.stderr])) stream.on('error', () => {});
+    }
     // On a line of its own: a progress bar may be drawn on the current one (ended here, so the put's or
     // get's own abandon adds no empty line), or the terminal's echo of ^C.
     const barEnded = endOpenLines();
     const newline = !barEnded && (stderr as NodeJS.WriteStream).isTTY === true;
     stderr.write(`${newline ? '\n' : ''}dogfs: interrupted\n`);
     const bound = new Promise<void>((resolve) => setTimeout(resolve, INTERRUPT_CLEANUP_MS).unref());
-    void Promise.race([Promise.allSettled([...cleanups].map((cleanup) => cleanup())), bound]).then(() =>
-      process.exit(signal === 'SIGINT' ? 130 : 143),
-    );
+    void Promise.race([Promise.allSettled([...cleanups].map((cleanup) => cleanup())), bound]).then(() => {
+      if (signal === 'SIGHUP') dieOfHangup(onSignal);
+      process.exit(status);
+    });
   };
-  if (io.signals === true) {
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-  }
+  if (io.signals === true) for (const signal of INTERRUPT_SIGNALS) process.on(signal, onSignal);
   let brokenPipe = false;
   let stdoutFailure: Error | undefined;
   const onStdoutError = (error: NodeJS.ErrnoException) => {
@@ -1214,10 +1236,7 @@ export async function runFileCommand(
     return status;
   } finally {
     stdout.off('error', onStdoutError);
-    if (io.signals === true) {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-    }
+    if (io.signals === true) for (const signal of INTERRUPT_SIGNALS) process.off(signal, onSignal);
     client?.close();
   }
 }

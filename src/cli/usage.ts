@@ -19,6 +19,7 @@ export const FILE_COMMANDS_USAGE = `Files (endpoints: --meta HOST:PORT,... | $DO
   admin repair [--json] [PATH]          rebuild missing shards of PATH (or of every damaged file)
   admin members [--json]                each metadata server's own view of its Raft groups (no quorum needed)
   admin drain [--cancel] ID             move every shard off chunk server ID (decommission), or stop
-Exit status: 0 done, 1 failed, 2 usage error, 130/143 interrupted (SIGINT/SIGTERM); a command whose
+Exit status: 0 done, 1 failed, 2 usage error, 130/143 interrupted (SIGINT/SIGTERM), 129 hung up
+(SIGHUP: the terminal closed; killed by it after cleaning up); a command whose
 stdout is closed (| head) is killed by SIGPIPE (141 in a shell), as cat is.
 `;

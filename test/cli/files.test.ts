@@ -596,6 +596,98 @@ describe('dogfs file commands', () => {
     }
   });
 
+  test('SIGHUP (the terminal closed): a put abandons its file, a get leaves no temporary file; the process dies of SIGHUP', async () => {
+    const local = join(dir.path, 'hangup.bin');
+    writeFileSync(local, randomBytes(3 << 20));
+    const run = (args: string[]) => {
+      const child = spawn(process.execPath, [DOGFS_BIN, ...args], {
+        env,
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      let stderr = '';
+      child.stderr.setEncoding('utf8').on('data', (d: string) => {
+        stderr += d;
+      });
+      const exited = new Promise<NodeJS.Signals | number | null>((resolve) =>
+        child.once('close', (code, signal) => resolve(signal ?? code)),
+      );
+      return { child, exited, stderr: () => stderr };
+    };
+
+    // A put waiting for its second block group (the service holds that answer).
+    let release: () => void = () => {};
+    meta.state.holdReply.set('AllocateBlockGroup', new Promise<void>((resolve) => (release = resolve)));
+    const allocations = meta.state.count('AllocateBlockGroup');
+    const abandons = meta.state.count('AbandonFile');
+    const put = run(['put', local, '/hangup']);
+    try {
+      await waitFor(
+        'the put to wait on an allocation',
+        () => meta.state.count('AllocateBlockGroup') > allocations,
+      );
+      put.child.kill('SIGHUP');
+      // Killed by the signal itself once the cleanup is done: a shell shows 129.
+      assert.equal(await put.exited, 'SIGHUP');
+    } finally {
+      meta.state.holdReply.delete('AllocateBlockGroup');
+      release();
+    }
+    assert.equal(assertOneLineError(put.stderr()), 'dogfs: interrupted');
+    assert.equal(meta.state.count('AbandonFile'), abandons + 1, 'the pending file was abandoned');
+    assert.ok(
+      ![...meta.state.pending.values()].some((p) => p.path === '/hangup'),
+      'nothing pending under the name',
+    );
+    const again = await binary(['put', local, '/hangup']);
+    assert.equal(again.status, 0, again.stderr);
+
+    // Gets stalled on a stopped chunk server (a shard read waits 5 s before decoding around it).
+    const into = join(dir.path, 'hangup-get');
+    mkdirSync(into);
+    const holder = meta.state.nodes.get('/hangup')!.blockGroups[0]!.shards.find((s) => s.index === 0)!;
+    const stopped = chunks.find((c) => c.dataAddr === holder.addr)!;
+    const pid = stopped.process.child.pid!;
+    process.kill(pid, 'SIGSTOP');
+    try {
+      const get = run(['get', '/hangup', join(into, 'got.bin')]);
+      await waitFor('the temporary file', () => readdirSync(into).some((f) => f.endsWith('.tmp')));
+      get.child.kill('SIGHUP');
+      assert.equal(await get.exited, 'SIGHUP');
+      assert.equal(assertOneLineError(get.stderr()), 'dogfs: interrupted');
+      assert.deepEqual(readdirSync(into), [], 'no temporary file, no partial target');
+
+      // A real hangup: the get runs on a pseudo-terminal (script(1)) under a shell that leads its session,
+      // as in a terminal window. Killing script closes the terminal: the kernel hangs it up, the leader
+      // dies of SIGHUP and the foreground job, the get, is sent SIGHUP. Its writes to the terminal then
+      // fail (EIO), and Node 20 crashes if it exits normally. A shell between them ignores SIGHUP, so it
+      // outlives the terminal to record the get's status.
+      const statusFile = join(dir.path, 'hangup-status');
+      const quote = (word: string) => `'${word.replaceAll("'", "'\\''")}'`;
+      const command = [process.execPath, DOGFS_BIN, 'get', '/hangup', join(into, 'got.bin')].map(quote);
+      const recorded = `trap '' HUP; ${command.join(' ')}; echo $? > ${quote(statusFile)}`;
+      // `; true`: the leader must not exec the inner shell, which would then lead, ignoring SIGHUP.
+      const terminal = spawn('script', ['-qec', `sh -c ${quote(recorded)}; true`, '/dev/null'], {
+        env: { ...env, SHELL: '/bin/sh' },
+        stdio: 'ignore',
+      });
+      // script(1) is util-linux's, which .ci/run installs.
+      const terminalClosed = new Promise((resolve, reject) => {
+        terminal.once('close', resolve);
+        terminal.once('error', reject);
+      });
+      await waitFor('the temporary file', () => readdirSync(into).some((f) => f.endsWith('.tmp')));
+      terminal.kill('SIGKILL');
+      await terminalClosed;
+      const status = await waitFor('the get to end', () =>
+        existsSync(statusFile) ? readFileSync(statusFile, 'utf8').trim() || undefined : undefined,
+      );
+      assert.equal(status, '129', 'died of SIGHUP, after its cleanup');
+      assert.deepEqual(readdirSync(into), [], 'no temporary file after the terminal closed');
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+  });
+
   test('endpoints: --meta, $DOGFS_META, $DOGFS_CLUSTER, ./cluster.json; none reachable: a clear error', async () => {
     const clusterFile = join(dir.path, 'cluster.json');
     writeFileSync(clusterFile, JSON.stringify({ meta: [meta.leader.address], processes: [] }));
