@@ -69,6 +69,9 @@ const MAX_REPORTS = 1024;
  * until the shard is repaired, so an unavailable one would count an intact copy as lost: a chaos run
  * saw a block group with one corrupt shard, one never written and one reported while its server was
  * restarting, which repair then took for three lost of five and refused to rebuild, while the file read.
+ * Bytes damaged on their way here (CORRUPT `inTransit`: the server had checked them) are not reported
+ * either: a flaky link, NIC or this machine's memory explains them, and a client with such a fault
+ * made the leader treat the intact copies it read as missing.
  */
 const REPORTED_FAILURES: ReadonlySet<string> = new Set(['CORRUPT', 'NOT_FOUND']);
 
@@ -561,7 +564,7 @@ export class FileReader {
     if (this.badShards.length >= MAX_REPORTS) return;
     this.badShards.push(bad);
     this.onBadShard?.(bad);
-    if (!REPORTED_FAILURES.has(bad.error.code)) return;
+    if (!REPORTED_FAILURES.has(bad.error.code) || bad.error.inTransit) return;
     this.reports.push(
       this.context.meta
         .call(

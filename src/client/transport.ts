@@ -46,7 +46,8 @@ export interface OpenWriteOptions {
 export interface ShardReadHandle {
   /**
    * The next bytes of the range, in order; null after the last. Rejects with a DogfsError (CORRUPT when
-   * a checksum fails, UNAVAILABLE when the server is gone, NOT_FOUND when it has no such shard).
+   * a checksum fails, with `inTransit` when the bytes were damaged on their way here rather than in the
+   * stored copy; UNAVAILABLE when the server is gone, NOT_FOUND when it has no such shard).
    */
   next(): Promise<Uint8Array | null>;
   /** Stops reading (closes the connection). Idempotent. */

@@ -934,9 +934,12 @@ export class DataTransferClient {
         chunkChecksumsOfSlices(slices, this.crc32c, crcs);
         for (let i = 0; i < crcs.length; i++) {
           if (crcs[i] !== packet.chunkCrc32c[i]) {
+            // The server checked this chunk against its stored checksum before sending it: the copy
+            // on its disk is not in question (a reader must not report it bad).
             throw new DogfsError(
               'CORRUPT',
               `${context}: chunk at offset ${position + i * DATA_CHUNK_SIZE} damaged in transit (checksum mismatch)`,
+              { inTransit: true },
             );
           }
         }

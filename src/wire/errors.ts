@@ -33,6 +33,8 @@ export function isErrorCode(value: string): value is ErrorCode {
 export interface DogfsErrorOptions {
   /** NOT_LEADER: the address of the leader, when the server knows it. */
   leaderHint?: string;
+  /** CORRUPT found by this process on bytes as they arrived (see DogfsError.inTransit). */
+  inTransit?: boolean;
   cause?: unknown;
 }
 
@@ -40,11 +42,18 @@ export class DogfsError extends Error {
   override name = 'DogfsError';
   readonly code: ErrorCode;
   readonly leaderHint: string | undefined;
+  /**
+   * CORRUPT from bytes that failed their checksum on arrival here, though the sender checked them: the
+   * damage happened on the way (a link, a NIC, this machine's memory), which says nothing about the
+   * copy they came from. Never crosses the wire.
+   */
+  readonly inTransit: boolean;
 
   constructor(code: ErrorCode, message: string, options: DogfsErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.leaderHint = options.leaderHint;
+    this.inTransit = options.inTransit === true;
   }
 }
 

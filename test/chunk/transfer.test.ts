@@ -282,6 +282,51 @@ test('a server that answers a read with a range short of what was asked is refus
   }
 });
 
+test("a chunk that fails its checksum on arrival is CORRUPT in transit; the server's own CORRUPT is not", async () => {
+  const chunkBytes = Buffer.alloc(64 * KiB, 7);
+  /** A fake chunk server: block group 1 arrives damaged (a wrong CRC), block group 2 fails on its disk. */
+  const fake = createServer((socket) => {
+    socket.on('error', () => {});
+    const reader = new FrameReader(socket);
+    reader
+      .readFrame('dogfs.v1.DataRequestHeader')
+      .then((request) => {
+        const length = 64 * KiB;
+        socket.write(
+          encodeFrame('dogfs.v1.DataResponseHeader', { code: 'OK', offset: 0, length, shardLength: length }),
+        );
+        if (request!.shard!.blockGroupId === 1) {
+          socket.write(
+            encodeFrame('dogfs.v1.DataPacketHeader', { length, chunkCrc32c: [crc32c(chunkBytes) ^ 1] }),
+          );
+          socket.write(chunkBytes);
+        } else {
+          socket.write(
+            encodeFrame('dogfs.v1.DataPacketHeader', {
+              errorCode: 'CORRUPT',
+              errorMessage: 'chunk at offset 0 fails its stored checksum',
+            }),
+          );
+        }
+      })
+      .catch(() => socket.destroy());
+  });
+  await new Promise<void>((resolve) => fake.listen(0, '127.0.0.1', resolve));
+  const address = `127.0.0.1:${(fake.address() as { port: number }).port}`;
+  try {
+    await assert.rejects(
+      client.readShardBytes(address, { blockGroupId: 1, index: 0, generation: 1 }),
+      (error: DogfsError) => error.code === 'CORRUPT' && error.inTransit && /in transit/.test(error.message),
+    );
+    await assert.rejects(
+      client.readShardBytes(address, { blockGroupId: 2, index: 0, generation: 1 }),
+      (error: DogfsError) => error.code === 'CORRUPT' && !error.inTransit,
+    );
+  } finally {
+    fake.close();
+  }
+});
+
 test('dogfs chunk writes with O_DIRECT by default; DOGFS_CHUNK_DIRECT_WRITES=0 goes through the page cache', async () => {
   // The test directory's filesystem takes O_DIRECT (ext4 here; inprocess.test.ts relies on it too).
   assert.equal(chunk.writeMode, 'direct');

@@ -881,6 +881,42 @@ describe('write and read paths (in-memory data plane)', () => {
     transport.dead.clear();
   });
 
+  test('a checksum failing in transit is not reported as a bad copy; a server whose stored checksums fail is', async () => {
+    const data = randomBytes(S + 10);
+    await client.writeFile('/transit', data, { ec: 'rs-3-2' });
+    const shards = (await client.stat('/transit')).inode.blockGroups[0]!.shards;
+    const shard1 = shards.find((s) => s.index === 1)!;
+    const shard2 = shards.find((s) => s.index === 2)!;
+    // What the data-transfer client raises when a chunk's bytes fail the CRC the server sent with them.
+    transport.failReads.set(
+      shard1.addr,
+      new DogfsError('CORRUPT', `${shard1.addr}: chunk at offset 0 damaged in transit (checksum mismatch)`, {
+        inTransit: true,
+      }),
+    );
+    // What a chunk server answers when the copy on its disk fails its stored checksums.
+    transport.failReads.set(
+      shard2.addr,
+      new DogfsError('CORRUPT', `shard ${shard2.index}: chunk at offset 0 fails its stored checksum`),
+    );
+    const reportsBefore = cluster.state.badShards.length;
+    try {
+      const { bytes, outcome } = await readIntoBuffer(client, '/transit');
+      assert.deepEqual(bytes, data);
+      assert.deepEqual(outcome.badShards.map((b) => [b.index, b.error.code]).sort(), [
+        [1, 'CORRUPT'],
+        [2, 'CORRUPT'],
+      ]);
+      assert.deepEqual(
+        cluster.state.badShards.slice(reportsBefore).map((b) => [b.index, b.chunkServerId]),
+        [[2, shard2.chunkServerId]],
+        'only the copy its own server found corrupt is reported',
+      );
+    } finally {
+      transport.failReads.clear();
+    }
+  });
+
   test('a silent shard is decoded around after the shard timeout', async () => {
     const data = randomBytes(S + 10);
     await client.writeFile('/slow', data, { ec: 'rs-3-2' });

@@ -28,6 +28,8 @@ export class MemoryTransport implements ShardTransport {
   readonly dead = new Set<string>();
   /** Addresses whose reads are refused as a busy server's are (RESOURCE_EXHAUSTED). */
   readonly busy = new Set<string>();
+  /** Address → the error reads there fail with (a chunk server's answer, or the transport's own finding). */
+  readonly failReads = new Map<string, DogfsError>();
   /** Addresses whose reads never deliver. */
   readonly hung = new Set<string>();
   /** Addresses whose disks are full: every shard write there is refused NO_SPACE. */
@@ -142,6 +144,8 @@ export class MemoryTransport implements ShardTransport {
           throw new DogfsError('UNAVAILABLE', `${target.addr}: connection refused`);
         if (this.busy.has(target.addr))
           throw new DogfsError('RESOURCE_EXHAUSTED', `${target.addr}: chunk server busy`);
+        const failure = this.failReads.get(target.addr);
+        if (failure !== undefined) throw failure;
         const stall = this.stallAfter.get(target.addr);
         if (
           gate === undefined &&
