@@ -69,6 +69,7 @@ class ReadHandle implements ShardReadHandle {
       deadline: options.deadline,
       transient: options.transient === true,
       signal: this.controller.signal,
+      ...(options.shardLength === undefined ? {} : { shardLength: options.shardLength }),
     });
   }
 

@@ -351,8 +351,14 @@ class GroupReader {
         },
         offset,
         this.spanEnd - offset,
-        // Transient: pieces are copied into their place as they arrive (ShardCursor.take).
-        { deadline: Date.now() + SHARD_READ_DEADLINE_MS, transient: true },
+        {
+          deadline: Date.now() + SHARD_READ_DEADLINE_MS,
+          // Transient: pieces are copied into their place as they arrive (ShardCursor.take).
+          transient: true,
+          // A server holding a copy of another length is CORRUPT for this shard (read around, reported).
+          // 0: a record without lengths, nothing to hold the copy to.
+          ...(location.length > 0 ? { shardLength: location.length } : {}),
+        },
       );
       cursor = new ShardCursor(index, handle, offset, this.spanEnd);
       this.cursors.set(index, cursor);

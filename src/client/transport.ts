@@ -57,6 +57,12 @@ export interface ShardReadHandle {
 export interface OpenReadOptions {
   readonly deadline: number;
   /**
+   * The shard's length as committed. A server whose copy has another length holds something other than
+   * the committed shard (a stale or foreign copy, however self-consistent its chunk checksums): the
+   * read fails CORRUPT before any byte is delivered.
+   */
+  readonly shardLength?: number;
+  /**
    * Each piece `next` returns is valid only until the following `next` (the transport may reuse its
    * memory, saving a copy): for callers that copy or use the bytes at once.
    */

@@ -591,6 +591,11 @@ export interface ReadShardOptions extends DataCallOptions {
    * it, every packet is copied once into a Buffer the caller owns.
    */
   transient?: boolean;
+  /**
+   * The length the shard should have (as committed): a server answering with another holds a different
+   * copy, and the read fails CORRUPT before any byte is yielded.
+   */
+  shardLength?: number;
 }
 
 export interface WriteShardResult {
@@ -898,6 +903,14 @@ export class DataTransferClient {
     let complete = false;
     try {
       if (response.code !== 'OK') throw responseError(response.code, response.message, context);
+      // Chunk checksums only show that the bytes are those the server stored, not that they are this
+      // shard's: a copy of another length is not the one committed, whatever its checksums say.
+      if (options.shardLength !== undefined && response.shardLength !== options.shardLength) {
+        throw new DogfsError(
+          'CORRUPT',
+          `${context}: the server holds ${response.shardLength} bytes, ${options.shardLength} were committed`,
+        );
+      }
       const alignedStart = response.offset;
       const alignedLength = response.length;
       const wantEnd = Math.min(offset + length, response.shardLength);

@@ -327,6 +327,56 @@ test("a chunk that fails its checksum on arrival is CORRUPT in transit; the serv
   }
 });
 
+test('a server whose copy has another length than committed: the read is CORRUPT before any byte', async () => {
+  const chunkBytes = Buffer.alloc(64 * KiB, 7);
+  /** A fake chunk server holding a self-consistent copy of 128 KiB, asked for one of 64 KiB. */
+  const fake = createServer((socket) => {
+    socket.on('error', () => {});
+    const reader = new FrameReader(socket);
+    reader
+      .readFrame('dogfs.v1.DataRequestHeader')
+      .then(() => {
+        const length = 64 * KiB;
+        socket.write(
+          encodeFrame('dogfs.v1.DataResponseHeader', {
+            code: 'OK',
+            offset: 0,
+            length,
+            shardLength: 2 * length,
+          }),
+        );
+        socket.write(encodeFrame('dogfs.v1.DataPacketHeader', { length, chunkCrc32c: [crc32c(chunkBytes)] }));
+        socket.write(chunkBytes);
+      })
+      .catch(() => socket.destroy());
+  });
+  await new Promise<void>((resolve) => fake.listen(0, '127.0.0.1', resolve));
+  const address = `127.0.0.1:${(fake.address() as { port: number }).port}`;
+  const shard = { blockGroupId: 3, index: 0, generation: 1 };
+  try {
+    const yielded: number[] = [];
+    await assert.rejects(
+      (async () => {
+        for await (const piece of client.readShard(address, shard, {
+          length: 64 * KiB,
+          shardLength: 64 * KiB,
+        }))
+          yielded.push(piece.length);
+      })(),
+      (error: DogfsError) =>
+        error.code === 'CORRUPT' &&
+        !error.inTransit &&
+        /holds 131072 bytes, 65536 were committed/.test(error.message),
+    );
+    assert.deepEqual(yielded, [], 'no byte of the other copy');
+    // Without an expected length the same answer is taken: nothing to hold the copy to.
+    const bytes = await client.readShardBytes(address, shard, { length: 64 * KiB });
+    assert.equal(bytes.length, 64 * KiB);
+  } finally {
+    fake.close();
+  }
+});
+
 test('dogfs chunk writes with O_DIRECT by default; DOGFS_CHUNK_DIRECT_WRITES=0 goes through the page cache', async () => {
   // The test directory's filesystem takes O_DIRECT (ext4 here; inprocess.test.ts relies on it too).
   assert.equal(chunk.writeMode, 'direct');

@@ -917,6 +917,33 @@ describe('write and read paths (in-memory data plane)', () => {
     }
   });
 
+  test('a server holding a copy of another length than committed: CORRUPT for that shard, read around and reported, never its bytes', async () => {
+    const data = randomBytes(2 * S + 5);
+    await client.writeFile('/lying', data, { ec: 'rs-3-2' });
+    const group = (await client.stat('/lying')).inode.blockGroups[0]!;
+    const shard0 = group.shards.find((s) => s.index === 0)!;
+    const shard0Key = `${shard0.addr}/${group.id}/0`;
+    const kept = transport.shards.get(shard0Key)!;
+    // Other bytes, one chunk longer (a stale or foreign copy): a server sends such a copy with chunk
+    // checksums that match it, so only its length gives it away.
+    transport.shards.set(shard0Key, randomBytes(kept.length + 64 * 1024));
+    const reportsBefore = cluster.state.badShards.length;
+    try {
+      const { bytes, outcome } = await readIntoBuffer(client, '/lying');
+      assert.deepEqual(bytes, data);
+      assert.deepEqual(
+        outcome.badShards.map((b) => [b.index, b.error.code]),
+        [[0, 'CORRUPT']],
+      );
+      assert.deepEqual(
+        cluster.state.badShards.slice(reportsBefore).map((b) => [b.index, b.chunkServerId]),
+        [[0, shard0.chunkServerId]],
+      );
+    } finally {
+      transport.shards.set(shard0Key, kept);
+    }
+  });
+
   test('a silent shard is decoded around after the shard timeout', async () => {
     const data = randomBytes(S + 10);
     await client.writeFile('/slow', data, { ec: 'rs-3-2' });

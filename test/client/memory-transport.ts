@@ -123,7 +123,7 @@ export class MemoryTransport implements ShardTransport {
     target: ShardTarget,
     offset: number,
     length: number,
-    options?: Pick<OpenReadOptions, 'transient'>,
+    options?: Pick<OpenReadOptions, 'transient' | 'shardLength'>,
   ): ShardReadHandle {
     this.reads.push({ addr: target.addr, index: target.shard.index, offset, length });
     let position = offset;
@@ -161,6 +161,11 @@ export class MemoryTransport implements ShardTransport {
         }
         const shard = this.shards.get(key(target));
         if (!shard) throw new DogfsError('NOT_FOUND', `${target.addr}: no such shard`);
+        if (options?.shardLength !== undefined && shard.length !== options.shardLength)
+          throw new DogfsError(
+            'CORRUPT',
+            `${target.addr}: holds ${shard.length} bytes, ${options.shardLength} expected`,
+          );
         const end = offset + length;
         if (position >= end) return null;
         const piece = shard.subarray(position, Math.min(end, position + PIECE_BYTES));
