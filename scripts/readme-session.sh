@@ -28,5 +28,8 @@ echo "# kill -9 $H1 $H2"; kill -9 $(pid_of $H1) $(pid_of $H2)
 run "dogfs get /pictures/photo.bin copy2.bin && cmp photo.bin copy2.bin && echo identical"
 echo "# kill -9 $H3"; kill -9 $(pid_of $H3)
 run "dogfs get /pictures/photo.bin copy3.bin; echo exit \$?"
+echo "# kill -9 meta-1 meta-2"; kill -9 $(pid_of meta-1) $(pid_of meta-2)
+run "dogfs ls /pictures; echo exit \$?"
+run "dogfs admin members"
 } | tee session.txt
 kill -INT $UP; wait $UP
