@@ -13,7 +13,9 @@
  * transport); bytes of one request and of all
  * requests in progress together (counted while they arrive, so an oversized one is refused before it is
  * buffered, and the stream is then reset so the sender stops); how long a call may run, counted from its
- * headers whatever grpc-timeout it sent (a request that never finishes arriving is answered too); the
+ * headers whatever grpc-timeout it sent (a request that never finishes arriving is answered too); how
+ * long a request's body may take to arrive whole (frameAssemblyMs from its headers, as the lean
+ * transport allows a frame: past it the stream is refused and its bytes given back); the
  * length of an error message (4 KiB); idle connections (closed after 10 minutes). Only identity encoding
  * is accepted (DogFS never compresses).
  */
@@ -134,6 +136,11 @@ export interface GrpcServerLimits {
   readonly maxBufferedBytes: number;
   /** Longest a call may run (from its headers), whatever grpc-timeout the caller sent. */
   readonly maxCallMs: number;
+  /**
+   * How long a request's body may take to arrive whole, from its headers (the lean transport's
+   * FRAME_ASSEMBLY_TIMEOUT_MS): past it the stream is refused and its bytes are given back.
+   */
+  readonly frameAssemblyMs: number;
 }
 
 /**
@@ -214,10 +221,6 @@ export class GrpcServer {
     };
     /** A handler holds its request's bytes until it returns, whether or not its stream is still open. */
     let handlerRunning = false;
-    stream.once('close', () => {
-      clearTimeout(deadlineTimer);
-      if (!handlerRunning) release();
-    });
     const chunks: Buffer[] = [];
     let refused = false;
     const refuse = (error: DogfsError): void => {
@@ -226,6 +229,24 @@ export class GrpcServer {
       release();
       this.fail(stream, error);
     };
+    // The call's deadline alone would let a body that never ends hold its bytes for up to maxCallMs
+    // (5 minutes without grpc-timeout): sixteen such would refuse every request of both transports.
+    // The lean transport cuts the same case at frameAssemblyMs, and so does this.
+    const assemblyTimer = setTimeout(
+      () =>
+        refuse(
+          new DogfsError(
+            'DEADLINE_EXCEEDED',
+            `${path}: request body not whole within ${this.limits.frameAssemblyMs} ms of its headers`,
+          ),
+        ),
+      this.limits.frameAssemblyMs,
+    );
+    stream.once('close', () => {
+      clearTimeout(deadlineTimer);
+      clearTimeout(assemblyTimer);
+      if (!handlerRunning) release();
+    });
     stream.on('data', (chunk: Buffer) => {
       if (refused) return;
       held += chunk.byteLength;
@@ -249,6 +270,7 @@ export class GrpcServer {
       }
     });
     stream.on('end', () => {
+      clearTimeout(assemblyTimer);
       if (refused || stream.headersSent) return;
       const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, held);
       const framing = this.checkFraming(path, body);

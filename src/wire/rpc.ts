@@ -18,7 +18,7 @@ import { GrpcServer, type UnaryCall } from './grpc-server.js';
 import { DEFAULT_MAX_RUNNING_HANDLERS, HandlerSlots } from './handler-slots.js';
 import { LEAN_FIRST_BYTE } from './lean.js';
 import { LeanConnection } from './lean-client.js';
-import { LeanServer } from './lean-server.js';
+import { FRAME_ASSEMBLY_TIMEOUT_MS, LeanServer } from './lean-server.js';
 import { decodeMessage, encodeMessage, type Init, type MessageName } from './proto.js';
 
 /** Largest message either side accepts (snapshot chunks and block reports are paged below this). */
@@ -46,7 +46,10 @@ export interface RpcServerOptions {
   maxMessageBytes?: number;
   /** Lean connections whose answers wait unsent this long with none taken are dropped (default 30 s). */
   unsentStallMs?: number;
-  /** A lean request arriving in pieces must be whole within this, or its connection is cut (60 s). */
+  /**
+   * A request arriving in pieces must be whole within this (60 s): a lean one from its head, or its
+   * connection is cut; a gRPC one from its headers, or its stream is refused.
+   */
   frameAssemblyMs?: number;
   /**
    * Handlers running at once on the whole server, both transports and every connection together,
@@ -88,7 +91,7 @@ export class RpcServer {
       maxBufferedBytes: 16 * maxMessageBytes,
       maxCallMs: MAX_SERVER_CALL_MS,
       unsentStallMs: options.unsentStallMs,
-      frameAssemblyMs: options.frameAssemblyMs,
+      frameAssemblyMs: options.frameAssemblyMs ?? FRAME_ASSEMBLY_TIMEOUT_MS,
     };
     this.slots = new HandlerSlots(options.maxRunningHandlers ?? DEFAULT_MAX_RUNNING_HANDLERS);
     this.grpc = new GrpcServer(limits, { held: 0 }, this.slots);

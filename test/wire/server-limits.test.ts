@@ -1,0 +1,93 @@
+/**
+ * What an RpcServer holds for clients that start calls and do not finish them, and what it keeps for
+ * everyone else meanwhile: request bytes given back when a body does not arrive in time, a share of
+ * the byte budget for the cluster's own control calls. Each test starts a server of its own with small
+ * limits.
+ */
+import assert from 'node:assert/strict';
+import http2 from 'node:http2';
+import { test } from 'node:test';
+import type { DogfsError } from '../../src/wire/errors.js';
+import { MetadataService } from '../../src/wire/gen/types.js';
+import { RpcChannel, RpcServer, type RpcServerOptions } from '../../src/wire/rpc.js';
+import { waitFor } from '../helpers/index.js';
+import { statOnly } from '../helpers/lean.js';
+
+const MAX_MESSAGE = 64 * 1024;
+/** The server's request-byte budget at MAX_MESSAGE: sixteen largest requests. */
+const BUDGET_STREAMS = 16;
+
+/** A server with Stat (answers its path) and Heartbeat (answers empty), and its address. */
+async function startServer(options: RpcServerOptions): Promise<{ server: RpcServer; address: string }> {
+  const server = new RpcServer({ maxMessageBytes: MAX_MESSAGE, ...options });
+  server.addService(MetadataService, {
+    ...statOnly(async () => {}),
+    Heartbeat: async () => ({}),
+  });
+  const port = await server.listen('127.0.0.1', 0);
+  return { server, address: `127.0.0.1:${port}` };
+}
+
+interface Unfinished {
+  session: http2.ClientHttp2Session;
+  /** The gRPC status headers each stream was answered with, as they come. */
+  answers: http2.IncomingHttpHeaders[];
+}
+
+/**
+ * Fills the server's byte budget over gRPC: BUDGET_STREAMS Stat streams, each sending a whole
+ * MAX_MESSAGE of body (prefix included) and never ending it, no grpc-timeout (the server's 5 minutes).
+ * Resolves once the server has read every byte (it answered a ping sent after them).
+ */
+async function fillBudget(address: string): Promise<Unfinished> {
+  const session = http2.connect(`http://${address}`);
+  session.on('error', () => {});
+  const answers: http2.IncomingHttpHeaders[] = [];
+  const prefix = Buffer.alloc(5);
+  prefix.writeUInt32BE(MAX_MESSAGE - 5, 1);
+  const written: Promise<void>[] = [];
+  for (let i = 0; i < BUDGET_STREAMS; i++) {
+    const stream = session.request({
+      ':method': 'POST',
+      ':path': `/${MetadataService.name}/Stat`,
+      'content-type': 'application/grpc',
+    });
+    stream.on('error', () => {});
+    stream.on('response', (headers) => answers.push(headers));
+    stream.write(prefix);
+    written.push(new Promise((resolve) => stream.write(Buffer.alloc(MAX_MESSAGE - 5), () => resolve())));
+  }
+  await Promise.all(written);
+  await new Promise<void>((resolve, reject) =>
+    session.ping((error) => (error === null ? resolve() : reject(error))),
+  );
+  return { session, answers };
+}
+
+test('a gRPC request body that never ends is refused after the assembly limit and gives its bytes back', async () => {
+  const { server, address } = await startServer({ frameAssemblyMs: 1000 });
+  const lean = new RpcChannel(address, { transport: 'lean' });
+  const large = 'x'.repeat(60 * 1024);
+  let unfinished: Unfinished | undefined;
+  try {
+    unfinished = await fillBudget(address);
+    const { answers } = unfinished;
+    // The budget is full: a request with a body is refused, on the other transport too.
+    await assert.rejects(
+      lean.call(MetadataService, 'Stat', { path: large }, { timeoutMs: 5000 }),
+      (error: DogfsError) => error.code === 'RESOURCE_EXHAUSTED' && /server busy/.test(error.message),
+    );
+    // Without the limit they would hold it for the call's 5 minutes.
+    await waitFor('every unfinished stream refused', () => answers.length === BUDGET_STREAMS, 10_000);
+    for (const headers of answers) {
+      assert.equal(headers['dogfs-code'], 'DEADLINE_EXCEEDED');
+      assert.match(String(headers['grpc-message']), /not whole within 1000 ms of its headers/);
+    }
+    const answer = await lean.call(MetadataService, 'Stat', { path: large }, { timeoutMs: 5000 });
+    assert.equal(answer.inode?.ec, large);
+  } finally {
+    unfinished?.session.destroy();
+    lean.close();
+    await server.close(0);
+  }
+});
