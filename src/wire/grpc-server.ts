@@ -11,7 +11,7 @@
  * Limits, all explicit: concurrent streams per connection (256); handlers running per connection (768,
  * those of reset streams included) and on the whole server (wire/handler-slots.ts, shared with the lean
  * transport); bytes of one request and of all
- * requests in progress together (counted while they arrive, so an oversized one is refused before it is
+ * requests in progress together (control calls with a reserve past it; counted while they arrive, so an oversized one is refused before it is
  * buffered, and the stream is then reset so the sender stops); how long a call may run, counted from its
  * headers whatever grpc-timeout it sent (a request that never finishes arriving is answered too); how
  * long a request's body may take to arrive whole (frameAssemblyMs from its headers, as the lean
@@ -30,7 +30,7 @@ import {
   LEADER_KEY,
   PREFIX_BYTES,
 } from './grpc-client.js';
-import { HandlerSlots } from './handler-slots.js';
+import { HandlerSlots, isControlPath } from './handler-slots.js';
 
 const {
   HTTP2_HEADER_METHOD,
@@ -151,6 +151,17 @@ export interface RequestBytes {
   held: number;
 }
 
+/**
+ * The request bytes all calls together may hold once a request of `path` is admitted: the budget, and a
+ * sixteenth more for the cluster's control calls (isControlPath). The handler slots keep such a reserve
+ * too, but slots alone did not let a heartbeat through: requests that fill the byte budget (sixteen of
+ * the largest) refused every request with a body, so a crowd of uploads would have the metadata leader
+ * declare live chunk servers dead. A sixteenth holds one largest BlockReport, or many heartbeats.
+ */
+export function requestByteCap(maxBufferedBytes: number, path: string): number {
+  return isControlPath(path) ? maxBufferedBytes + Math.ceil(maxBufferedBytes / 16) : maxBufferedBytes;
+}
+
 export class GrpcServer {
   private readonly server: http2.Http2Server;
   readonly handlers = new Map<string, UnaryHandler>();
@@ -214,6 +225,7 @@ export class GrpcServer {
       () => this.fail(stream, new DogfsError('DEADLINE_EXCEEDED', `${path}: deadline exceeded`)),
       callMs,
     );
+    const byteCap = requestByteCap(this.limits.maxBufferedBytes, path);
     let held = 0;
     const release = (): void => {
       this.requestBytes.held -= held;
@@ -258,7 +270,7 @@ export class GrpcServer {
             `${path}: request exceeds the ${this.limits.maxMessageBytes}-byte limit`,
           ),
         );
-      } else if (this.requestBytes.held > this.limits.maxBufferedBytes) {
+      } else if (this.requestBytes.held > byteCap) {
         refuse(
           new DogfsError(
             'RESOURCE_EXHAUSTED',

@@ -30,6 +30,14 @@ const CONTROL_PATHS: ReadonlySet<string> = new Set([
   '/dogfs.v1.RaftTransport/Endpoint',
   '/dogfs.v1.Health/Check',
 ]);
+/**
+ * Whether `path` is one of the cluster's control calls, which have a reserve past the server's limits
+ * on running handlers (here) and on request bytes (wire/grpc-server.ts, requestByteCap).
+ */
+export function isControlPath(path: string): boolean {
+  return CONTROL_PATHS.has(path);
+}
+
 /** The reserve: a sixteenth of the limit, at least 16 (every chunk server's one call, for a cluster). */
 function controlReserve(limit: number): number {
   return Math.max(16, Math.ceil(limit / 16));
@@ -86,7 +94,7 @@ export class HandlerSlots {
    */
   take(path: string): HandlerSlot | DogfsError {
     if (this.closed) return new DogfsError('UNAVAILABLE', `${path}: server is shutting down`);
-    const cap = CONTROL_PATHS.has(path) ? this.limit + this.reserve : this.limit;
+    const cap = isControlPath(path) ? this.limit + this.reserve : this.limit;
     if (this.running >= cap) {
       return new DogfsError(
         'RESOURCE_EXHAUSTED',

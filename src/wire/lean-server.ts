@@ -9,7 +9,8 @@
  * returned (requests are not read while MAX_RUNNING_HANDLERS run; past HARD_RUNNING_HANDLERS they are
  * refused), so cancelling does not let a client run more; handlers running on the whole server, both
  * transports together (wire/handler-slots.ts: past it a request is refused, server busy); the size of a request (read past and refused)
- * and of all requests held by running handlers together; how long a call may run, whatever timeout it
+ * and of all requests held by running handlers together (the cluster's control calls have a sixteenth
+ * more: grpc-server.ts, requestByteCap); how long a call may run, whatever timeout it
  * carried (a handler still running at its deadline is answered DEADLINE_EXCEEDED); unsent answers per
  * connection (above HIGH_WATER_BYTES the connection's requests are not read until the client has taken
  * its answers: back-pressure, not buffering; a client whose kernel takes nothing for a while is
@@ -18,7 +19,7 @@
 import type { Socket } from 'node:net';
 import { assert } from '../common/assert.js';
 import { DogfsError, toDogfsError } from './errors.js';
-import type { RequestBytes, UnaryCall, UnaryHandler } from './grpc-server.js';
+import { type RequestBytes, requestByteCap, type UnaryCall, type UnaryHandler } from './grpc-server.js';
 import { type HandlerSlot, HandlerSlots } from './handler-slots.js';
 import {
   decodeRequest,
@@ -29,6 +30,7 @@ import {
   LEAN_MAGIC,
   MAX_CALLS_PER_CONNECTION,
   maxFrameBytes,
+  requestPathOf,
   responseFrame,
   TickBatchedWriter,
 } from './lean.js';
@@ -129,11 +131,14 @@ class LeanServerConnection {
       },
       // A request arriving in pieces holds its whole size from its head on: counted like one in flight,
       // and it must be whole within FRAME_ASSEMBLY_TIMEOUT_MS.
-      admit: (type, _callId, length) => {
+      admit: (type, _callId, length, start) => {
         // Only requests carry bodies worth assembling (a CANCEL or PING is its head alone).
         if (type !== FrameType.REQUEST)
           throw new DogfsError('INVALID_ARGUMENT', `frame type ${type} of ${length} bytes from a client`);
-        if (server.requestBytes.held + length > server.limits.maxBufferedBytes) return false;
+        // A head that arrived without its whole path counts as a data call's: a control call refused so
+        // is retried (RESOURCE_EXHAUSTED), and one cut there is rare.
+        const cap = requestByteCap(server.limits.maxBufferedBytes, requestPathOf(start) ?? '');
+        if (server.requestBytes.held + length > cap) return false;
         server.requestBytes.held += length;
         this.armAssemblyTimer();
         return true;
@@ -252,7 +257,10 @@ class LeanServerConnection {
       );
       return;
     }
-    if (server.requestBytes.held + message.byteLength > server.limits.maxBufferedBytes) {
+    if (
+      server.requestBytes.held + message.byteLength >
+      requestByteCap(server.limits.maxBufferedBytes, path)
+    ) {
       refuse(
         new DogfsError(
           'RESOURCE_EXHAUSTED',

@@ -137,6 +137,17 @@ export function decodeRequest(body: Buffer): LeanRequest {
   return { timeoutMs, path, message: body.subarray(REQUEST_FIXED_BYTES + pathBytes) };
 }
 
+/**
+ * The method path of a REQUEST from the start of its body, or undefined if the path has not all arrived
+ * yet (or the body does not hold a valid one: decodeRequest says why once the frame is whole).
+ */
+export function requestPathOf(start: Buffer): string | undefined {
+  if (start.byteLength < REQUEST_FIXED_BYTES) return undefined;
+  const pathBytes = start.readUInt16BE(4);
+  if (pathBytes > MAX_PATH_BYTES || REQUEST_FIXED_BYTES + pathBytes > start.byteLength) return undefined;
+  return start.toString('latin1', REQUEST_FIXED_BYTES, REQUEST_FIXED_BYTES + pathBytes);
+}
+
 /** A RESPONSE frame as the buffers to write (see requestFrame). */
 export function responseFrame(callId: number, message: Uint8Array): Buffer[] {
   const frame = head(FrameType.RESPONSE, callId, message.byteLength, copiedBytes(message));
@@ -210,9 +221,10 @@ export interface FrameHandlers {
    * Optional: asked before a frame longer than the bytes at hand is assembled in a buffer of its own
    * (`length` bytes held until it is whole). False reads past it instead (then `oversized`); true
    * holds those bytes until `released` is called with the same length, when the frame is whole (a
-   * connection that ends mid-frame gives back `assemblingBytes` itself).
+   * connection that ends mid-frame gives back `assemblingBytes` itself). `start` is the frame's body as
+   * far as it has arrived (perhaps nothing of it).
    */
-  admit?(type: number, callId: number, length: number): boolean;
+  admit?(type: number, callId: number, length: number, start: Buffer): boolean;
   released?(length: number): void;
 }
 
@@ -292,7 +304,8 @@ export class FrameReader {
       // A frame longer than what is here: assemble it in its own buffer (one copy), if admitted.
       const type = data[at + LENGTH_BYTES]!;
       const callId = data.readUInt32BE(at + LENGTH_BYTES + 1);
-      if (this.handlers.admit?.(type, callId, length) === false) {
+      const start = data.subarray(at + LENGTH_BYTES + HEAD_BYTES);
+      if (this.handlers.admit?.(type, callId, length, start) === false) {
         if (type !== FrameType.REQUEST && type !== FrameType.RESPONSE) {
           throw new DogfsError('INVALID_ARGUMENT', `frame type ${type} of ${length} bytes not admitted`);
         }

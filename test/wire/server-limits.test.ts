@@ -9,9 +9,11 @@ import http2 from 'node:http2';
 import { test } from 'node:test';
 import type { DogfsError } from '../../src/wire/errors.js';
 import { MetadataService } from '../../src/wire/gen/types.js';
+import { encodeRequest, FrameType, LEAN_MAGIC } from '../../src/wire/lean.js';
+import { encodeMessage } from '../../src/wire/proto.js';
 import { RpcChannel, RpcServer, type RpcServerOptions } from '../../src/wire/rpc.js';
 import { waitFor } from '../helpers/index.js';
-import { statOnly } from '../helpers/lean.js';
+import { errorOf, rawLeanConnection, statOnly } from '../helpers/lean.js';
 
 const MAX_MESSAGE = 64 * 1024;
 /** The server's request-byte budget at MAX_MESSAGE: sixteen largest requests. */
@@ -88,6 +90,52 @@ test('a gRPC request body that never ends is refused after the assembly limit an
   } finally {
     unfinished?.session.destroy();
     lean.close();
+    await server.close(0);
+  }
+});
+
+test('heartbeats get through over both transports while data requests fill the byte budget', async () => {
+  // The unfinished streams would be cut only after the default 60 s: the reserve is what lets these in.
+  const { server, address } = await startServer({});
+  const lean = new RpcChannel(address, { transport: 'lean' });
+  const grpc = new RpcChannel(address, { transport: 'grpc' });
+  const heartbeat = { id: 'chunk-1', capacityBytes: 1 << 40, usedBytes: 1 << 30, repairing: ['/a', '/b'] };
+  let unfinished: Unfinished | undefined;
+  try {
+    unfinished = await fillBudget(address);
+    for (const channel of [lean, grpc]) {
+      await assert.rejects(
+        channel.call(MetadataService, 'Stat', { path: '/a' }, { timeoutMs: 5000 }),
+        (error: DogfsError) => error.code === 'RESOURCE_EXHAUSTED' && /server busy/.test(error.message),
+        channel.transport,
+      );
+      await channel.call(MetadataService, 'Heartbeat', heartbeat, { timeoutMs: 5000 });
+    }
+    // A heartbeat whose frame arrives in two pieces is admitted into the reserve from its first piece.
+    const { socket, frames } = await rawLeanConnection(Number(address.split(':')[1]));
+    try {
+      const frame = encodeRequest(
+        1,
+        `/${MetadataService.name}/Heartbeat`,
+        5000,
+        encodeMessage('dogfs.v1.HeartbeatRequest', heartbeat),
+      );
+      const held = (server as unknown as { grpc: { requestBytes: { held: number } } }).grpc.requestBytes;
+      const budget = BUDGET_STREAMS * MAX_MESSAGE;
+      socket.write(Buffer.concat([LEAN_MAGIC, frame.subarray(0, frame.byteLength - 10)]));
+      await waitFor('the first piece admitted or refused', () => held.held > budget || frames.length > 0);
+      assert.equal(errorOf(frames, 1)?.message, undefined);
+      socket.write(frame.subarray(frame.byteLength - 10));
+      await waitFor('the answer', () => frames.length > 0);
+      assert.equal(frames[0]?.type, FrameType.RESPONSE);
+    } finally {
+      socket.destroy();
+    }
+    assert.equal(unfinished.answers.length, 0, 'the streams filling the budget are still open');
+  } finally {
+    unfinished?.session.destroy();
+    lean.close();
+    grpc.close();
     await server.close(0);
   }
 });
