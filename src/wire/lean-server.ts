@@ -362,17 +362,15 @@ class LeanServerConnection {
     const socket = this.socket;
     if (socket.destroyed) return;
     const hold = socket.writableLength > HIGH_WATER_BYTES || this.running >= MAX_RUNNING_HANDLERS;
-    if (hold && !socket.isPaused()) {
-      socket.pause();
-      // The client cannot finish a request this server does not read: its time starts again on resume.
-      clearTimeout(this.assemblyTimer);
-    } else if (!hold && socket.isPaused()) {
-      socket.resume();
-      if (this.reader.assemblingBytes > 0) this.armAssemblyTimer();
-    }
+    // A request being assembled keeps its time running while reading waits: its bytes stay held all
+    // the while, and a client that makes the server wait (answers left unread, then taken a trickle at a
+    // time to escape the stall rule) would otherwise hold them, and that share of the budget, for good.
+    // A client that reads its answers lets reading resume long before the limit.
+    if (hold && !socket.isPaused()) socket.pause();
+    else if (!hold && socket.isPaused()) socket.resume();
   }
 
-  /** A request being assembled must be whole within the limit, counted while this server reads. */
+  /** A request being assembled must be whole within the limit, counted from its head. */
   private armAssemblyTimer(): void {
     clearTimeout(this.assemblyTimer);
     this.assemblyTimer = setTimeout(

@@ -6,24 +6,47 @@
  */
 import assert from 'node:assert/strict';
 import http2 from 'node:http2';
+import type { Socket } from 'node:net';
 import { test } from 'node:test';
 import type { DogfsError } from '../../src/wire/errors.js';
 import { MetadataService } from '../../src/wire/gen/types.js';
 import { encodeRequest, FrameType, LEAN_MAGIC } from '../../src/wire/lean.js';
 import { encodeMessage } from '../../src/wire/proto.js';
 import { RpcChannel, RpcServer, type RpcServerOptions } from '../../src/wire/rpc.js';
-import { waitFor } from '../helpers/index.js';
-import { errorOf, rawLeanConnection, statOnly } from '../helpers/lean.js';
+import { gate, waitFor } from '../helpers/index.js';
+import { errorOf, rawLeanConnection, STAT, statOnly, statRequest } from '../helpers/lean.js';
 
 const MAX_MESSAGE = 64 * 1024;
 /** The server's request-byte budget at MAX_MESSAGE: sixteen largest requests. */
 const BUDGET_STREAMS = 16;
 
-/** A server with Stat (answers its path) and Heartbeat (answers empty), and its address. */
-async function startServer(options: RpcServerOptions): Promise<{ server: RpcServer; address: string }> {
+/** The server's internals a test looks at: the bytes requests hold, the lean connections' sockets. */
+function internals(server: RpcServer): {
+  requestBytes: { held: number };
+  leanSockets: () => Socket[];
+} {
+  const inner = server as unknown as {
+    grpc: { requestBytes: { held: number } };
+    lean: { connections: Set<{ socket: Socket }> };
+  };
+  return {
+    requestBytes: inner.grpc.requestBytes,
+    leanSockets: () => [...inner.lean.connections].map((connection) => connection.socket),
+  };
+}
+
+/**
+ * A server with Stat (runs `stat`, then answers `answer(path)`, the path unless told) and Heartbeat
+ * (answers empty), and its address.
+ */
+async function startServer(
+  options: RpcServerOptions,
+  stat: (path: string) => Promise<void> = async () => {},
+  answer?: (path: string) => string,
+): Promise<{ server: RpcServer; address: string }> {
   const server = new RpcServer({ maxMessageBytes: MAX_MESSAGE, ...options });
   server.addService(MetadataService, {
-    ...statOnly(async () => {}),
+    ...statOnly(stat, answer),
     Heartbeat: async () => ({}),
   });
   const port = await server.listen('127.0.0.1', 0);
@@ -120,7 +143,7 @@ test('heartbeats get through over both transports while data requests fill the b
         5000,
         encodeMessage('dogfs.v1.HeartbeatRequest', heartbeat),
       );
-      const held = (server as unknown as { grpc: { requestBytes: { held: number } } }).grpc.requestBytes;
+      const held = internals(server).requestBytes;
       const budget = BUDGET_STREAMS * MAX_MESSAGE;
       socket.write(Buffer.concat([LEAN_MAGIC, frame.subarray(0, frame.byteLength - 10)]));
       await waitFor('the first piece admitted or refused', () => held.held > budget || frames.length > 0);
@@ -136,6 +159,46 @@ test('heartbeats get through over both transports while data requests fill the b
     unfinished?.session.destroy();
     lean.close();
     grpc.close();
+    await server.close(0);
+  }
+});
+
+test('a lean request admitted in pieces must be whole in time even while its connection is not read', async () => {
+  // Answers of 120 KiB to 256 calls: far past the 8 MiB of unsent answers at which reading pauses.
+  const bigAnswer = 'a'.repeat(120 * 1024);
+  const { passed, open } = gate();
+  let started = 0;
+  const { server, address } = await startServer(
+    { maxMessageBytes: 16 << 20, frameAssemblyMs: 2000, unsentStallMs: 60_000 },
+    async (path) => {
+      if (path !== 'big') return;
+      started++;
+      await passed;
+    },
+    (path) => (path === 'big' ? bigAnswer : path),
+  );
+  const { requestBytes, leanSockets } = internals(server);
+  const { socket } = await rawLeanConnection(Number(address.split(':')[1]));
+  try {
+    socket.pause(); // never reads its answers (nor so sees its end)
+    const requests: Buffer[] = [LEAN_MAGIC];
+    for (let id = 1; id <= 256; id++) requests.push(statRequest(id, 'big', 60_000));
+    // Then the first KiB of a 1 MiB request, admitted whole into the budget from its head.
+    const large = encodeRequest(257, STAT, 60_000, Buffer.alloc(1 << 20));
+    socket.write(Buffer.concat([...requests, large.subarray(0, 1024)]));
+    await waitFor('the handlers running and the large request admitted', () => {
+      return started === 256 && requestBytes.held >= 1 << 20;
+    });
+    // Their answers pile up unsent, so the server stops reading: the large request cannot be finished.
+    open();
+    await waitFor('reading paused', () => leanSockets()[0]?.isPaused() === true);
+    // The bytes it holds are not kept past the assembly limit for that (the unsent-answer stall rule
+    // would take a minute here, and a client reading a trickle escapes it).
+    await waitFor('the connection cut', () => leanSockets().length === 0, 10_000);
+    await waitFor('its bytes given back', () => requestBytes.held === 0);
+  } finally {
+    open();
+    socket.destroy();
     await server.close(0);
   }
 });
