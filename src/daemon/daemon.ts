@@ -133,6 +133,7 @@ export async function runDaemon(
     const readyInfo: Record<string, string> = {};
     rpc = new RpcServer({
       onInternalError: (method, error) => log.error('handler failed', { method, error }),
+      log,
     });
     const server = rpc;
     server.addService(HealthService, {

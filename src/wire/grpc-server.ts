@@ -168,6 +168,10 @@ export class GrpcServer {
   private readonly sessions = new Set<http2.ServerHttp2Session>();
   /** Handlers not yet returned, per connection (see MAX_RUNNING_HANDLERS_PER_SESSION). */
   private readonly running = new WeakMap<http2.Http2Session, number>();
+  /** Told once, when a connection's first call begins (its headers arrive); removed when told. */
+  private readonly onBegun = new WeakMap<http2.Http2Session, () => void>();
+  /** What accept() was given, for the session http2 makes while accept() runs. */
+  private accepting: (() => void) | undefined;
 
   constructor(
     private readonly limits: GrpcServerLimits,
@@ -187,6 +191,8 @@ export class GrpcServer {
     });
     this.server.on('session', (session) => {
       this.sessions.add(session);
+      if (this.accepting !== undefined) this.onBegun.set(session, this.accepting);
+      this.accepting = undefined;
       session.on('close', () => this.sessions.delete(session));
       // A broken connection ends its streams, whose own handlers answer for them.
       session.on('error', () => {});
@@ -217,6 +223,12 @@ export class GrpcServer {
     if (handler === undefined) {
       this.fail(stream, new DogfsError('UNIMPLEMENTED', `${path}: no such method`));
       return;
+    }
+    const session = stream.session;
+    const onBegun = session === undefined ? undefined : this.onBegun.get(session);
+    if (session !== undefined && onBegun !== undefined) {
+      this.onBegun.delete(session);
+      onBegun();
     }
     const timeoutMs = parseGrpcTimeout(header(headers, 'grpc-timeout'));
     // The deadline runs from the headers, so a request that never finishes arriving is answered too.
@@ -290,7 +302,6 @@ export class GrpcServer {
         this.fail(stream, framing);
         return;
       }
-      const session = stream.session;
       const running = session === undefined ? 0 : (this.running.get(session) ?? 0);
       if (running >= MAX_RUNNING_HANDLERS_PER_SESSION) {
         this.fail(
@@ -404,9 +415,18 @@ export class GrpcServer {
     }
   }
 
-  /** Serves HTTP/2 on a connection the RpcServer accepted (and saw start like HTTP/2). */
-  accept(socket: Socket): void {
-    this.server.emit('connection', socket);
+  /**
+   * Serves HTTP/2 on a connection the RpcServer accepted (and saw start like HTTP/2); `begun` is called
+   * when its first call's headers arrive.
+   */
+  accept(socket: Socket, begun: () => void = () => {}): void {
+    // http2 makes the connection's session within this emit ('session' above pairs the two).
+    this.accepting = begun;
+    try {
+      this.server.emit('connection', socket);
+    } finally {
+      this.accepting = undefined;
+    }
   }
 
   /** Every session: GOAWAY (no new streams), closing once its running streams are answered. */

@@ -112,11 +112,15 @@ class LeanServerConnection {
   private goingAway = false;
   private sweep: NodeJS.Timeout | undefined;
   private readonly magicTimer: NodeJS.Timeout;
+  /** Told once, when the connection begins its first request (wire/rpc.ts: it then holds its place). */
+  private onBegun: (() => void) | undefined;
 
   constructor(
     private readonly server: LeanServer,
     readonly socket: Socket,
+    onBegun: () => void,
   ) {
+    this.onBegun = onBegun;
     const maxFrame = maxFrameBytes(server.limits.maxMessageBytes);
     this.reader = new FrameReader(maxFrame, {
       frame: (type, callId, body) => this.onFrame(type, callId, body),
@@ -135,6 +139,7 @@ class LeanServerConnection {
         // Only requests carry bodies worth assembling (a CANCEL or PING is its head alone).
         if (type !== FrameType.REQUEST)
           throw new DogfsError('INVALID_ARGUMENT', `frame type ${type} of ${length} bytes from a client`);
+        this.begin();
         // A head that arrived without its whole path counts as a data call's: a control call refused so
         // is retried (RESOURCE_EXHAUSTED), and one cut there is rare.
         const cap = requestByteCap(server.limits.maxBufferedBytes, requestPathOf(start) ?? '');
@@ -204,7 +209,15 @@ class LeanServerConnection {
     }
   }
 
+  private begin(): void {
+    if (this.onBegun === undefined) return;
+    const onBegun = this.onBegun;
+    this.onBegun = undefined;
+    onBegun();
+  }
+
   private onRequest(callId: number, body: Buffer): void {
+    this.begin();
     if (callId <= this.lastCallId)
       throw new DogfsError('INVALID_ARGUMENT', `call id ${callId} after ${this.lastCallId}: ids only grow`);
     if (this.goingAway) {
@@ -468,9 +481,12 @@ export class LeanServer {
     readonly slots: HandlerSlots = new HandlerSlots(),
   ) {}
 
-  /** Takes over a connection; `head` holds the bytes already read from it (the start of the magic). */
-  accept(socket: Socket, head: Buffer): void {
-    const connection = new LeanServerConnection(this, socket);
+  /**
+   * Takes over a connection; `head` holds the bytes already read from it (the start of the magic).
+   * `begun` is called when its first request begins to arrive.
+   */
+  accept(socket: Socket, head: Buffer, begun: () => void = () => {}): void {
+    const connection = new LeanServerConnection(this, socket, begun);
     this.connections.add(connection);
     socket.unshift(head);
     socket.resume();

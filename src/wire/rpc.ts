@@ -11,6 +11,8 @@
  * (DESIGN section 5).
  */
 import { createServer, type Server, type Socket } from 'node:net';
+import { assert } from '../common/assert.js';
+import { type Logger, ThrottledWarning } from '../common/log.js';
 import { DogfsError, isRetryable, toDogfsError } from './errors.js';
 import type { MethodDescriptor, ServiceDescriptor } from './gen/types.js';
 import { GrpcConnection } from './grpc-client.js';
@@ -59,15 +61,48 @@ export interface RpcServerOptions {
   maxRunningHandlers?: number;
   /** Called for handler failures that are not DogfsErrors (bugs): they still reach the caller as INTERNAL. */
   onInternalError?: (method: string, error: unknown) => void;
+  /**
+   * Connections open at once, both transports (default DEFAULT_MAX_CONNECTIONS). Past it a new one
+   * takes the place of the oldest that has begun no request, or is closed if every one has.
+   */
+  maxConnections?: number;
+  /** A connection that has begun no request this long after it was accepted is closed (20 s). */
+  firstRequestMs?: number;
+  /** Where connections closed for the limits above are told, at most once per 10 s for each kind. */
+  log?: Logger;
 }
 
+/**
+ * Connections one server keeps open unless told otherwise: far more than a cluster's own (clients,
+ * peers, chunk servers, a connection or two each), far below the descriptors a process may hold, so a
+ * crowd of connections cannot leave a server unable to open its own files.
+ */
+export const DEFAULT_MAX_CONNECTIONS = 4096;
 /** How long an accepted connection may take to send its first byte (which says gRPC or lean). */
 const FIRST_BYTE_TIMEOUT_MS = 10_000;
+/**
+ * How long an accepted connection may take to begin its first request. DogFS's clients open a
+ * connection for a call and send it at once; without this a connection that sent only the lean magic
+ * or the HTTP/2 preface was kept as long as an idle one that has served calls (10 minutes).
+ */
+export const FIRST_REQUEST_TIMEOUT_MS = 20_000;
+
+/** Connections an RpcServer closed to keep its limits; monotonically increasing. */
+export interface RpcServerStats {
+  /** Closed on arrival: maxConnections were open and every one had begun a request. */
+  connectionsRefused: number;
+  /** Closed to make room for a new one: the oldest that had begun no request. */
+  connectionsReplaced: number;
+  /** Closed for beginning no request within firstRequestMs. */
+  connectionsSilent: number;
+}
 
 /**
  * Serves typed unary handlers on one port, over both transports: gRPC (wire/grpc-server.ts) for any
  * client, and the lean framing (wire/lean-server.ts) DogFS's own processes use. A connection's first
- * byte tells which: HTTP/2 starts with "PRI", a lean connection with LEAN_MAGIC.
+ * byte tells which: HTTP/2 starts with "PRI", a lean connection with LEAN_MAGIC. Connections are
+ * bounded here, for both transports: at most maxConnections open (see makeRoom), each closed if it has
+ * not sent its first byte within 10 s or begun a request within firstRequestMs.
  */
 export class RpcServer {
   private readonly grpc: GrpcServer;
@@ -76,6 +111,17 @@ export class RpcServer {
   private readonly sockets = new Set<Socket>();
   /** Connections whose first byte has not arrived yet. */
   private readonly deciding = new Set<Socket>();
+  /**
+   * Connections that have begun no request yet, oldest first (a Map keeps insertion order), each with
+   * the timer that closes it at firstRequestMs.
+   */
+  private readonly unstarted = new Map<Socket, NodeJS.Timeout>();
+  private readonly maxConnections: number;
+  private readonly firstRequestMs: number;
+  readonly stats: RpcServerStats = { connectionsRefused: 0, connectionsReplaced: 0, connectionsSilent: 0 };
+  private readonly refusedWarning: ThrottledWarning | undefined;
+  private readonly replacedWarning: ThrottledWarning | undefined;
+  private readonly silentWarning: ThrottledWarning | undefined;
   private readonly onInternalError: (method: string, error: unknown) => void;
   /** Running handlers of both transports, against one server-wide limit. */
   private readonly slots: HandlerSlots;
@@ -84,6 +130,17 @@ export class RpcServer {
 
   constructor(options: RpcServerOptions = {}) {
     this.onInternalError = options.onInternalError ?? (() => {});
+    this.maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    assert(
+      Number.isSafeInteger(this.maxConnections) && this.maxConnections >= 1,
+      `maxConnections must be 1 or more, not ${this.maxConnections}`,
+    );
+    this.firstRequestMs = options.firstRequestMs ?? FIRST_REQUEST_TIMEOUT_MS;
+    const log = options.log;
+    this.refusedWarning = log && new ThrottledWarning(log, 'RPC connection refused: too many open');
+    this.replacedWarning =
+      log && new ThrottledWarning(log, 'RPC connection closed for a new one: too many open');
+    this.silentWarning = log && new ThrottledWarning(log, 'RPC connection closed: no request began in time');
     const maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
     const limits = {
       maxMessageBytes,
@@ -99,14 +156,74 @@ export class RpcServer {
     this.listener = createServer((socket) => this.sniff(socket));
   }
 
+  /**
+   * Makes room for a new connection at maxConnections: closes the oldest connection that has begun no
+   * request, or, if every one has, the new one. Refusing every new connection at the limit would let
+   * whoever holds that many idle connections lock out every client, for as long as it reconnects; and
+   * connections that have begun requests are the clients being served, so none of them is closed for
+   * room. A connection that has begun nothing for longest is the least likely to be a client: DogFS's
+   * clients send their first request as they connect, so a new client loses its place only if more
+   * than maxConnections others arrive before its first request does.
+   */
+  private makeRoom(incoming: Socket): boolean {
+    if (this.sockets.size < this.maxConnections) return true;
+    const oldest = this.unstarted.keys().next();
+    if (oldest.done === true) {
+      incoming.destroy();
+      this.stats.connectionsRefused++;
+      this.refusedWarning?.warn({
+        peer: incoming.remoteAddress,
+        maxConnections: this.maxConnections,
+        refused: this.stats.connectionsRefused,
+      });
+      return false;
+    }
+    const replaced = oldest.value;
+    this.forget(replaced);
+    replaced.destroy();
+    this.stats.connectionsReplaced++;
+    this.replacedWarning?.warn({
+      peer: replaced.remoteAddress,
+      maxConnections: this.maxConnections,
+      replaced: this.stats.connectionsReplaced,
+    });
+    return true;
+  }
+
+  /** Takes a connection out of every count (at once, rather than on its 'close', when closed for room). */
+  private forget(socket: Socket): void {
+    this.sockets.delete(socket);
+    this.deciding.delete(socket);
+    this.begun(socket);
+  }
+
+  /** The connection began a request: it no longer gives way to new ones, nor is closed as silent. */
+  private begun(socket: Socket): void {
+    const timer = this.unstarted.get(socket);
+    if (timer === undefined) return;
+    clearTimeout(timer);
+    this.unstarted.delete(socket);
+  }
+
   /** Reads a new connection's first byte and hands the connection to the transport it speaks. */
   private sniff(socket: Socket): void {
+    if (!this.makeRoom(socket)) return;
     this.sockets.add(socket);
     this.deciding.add(socket);
-    socket.once('close', () => {
-      this.sockets.delete(socket);
-      this.deciding.delete(socket);
-    });
+    this.unstarted.set(
+      socket,
+      setTimeout(() => {
+        this.forget(socket);
+        socket.destroy();
+        this.stats.connectionsSilent++;
+        this.silentWarning?.warn({
+          peer: socket.remoteAddress,
+          firstRequestMs: this.firstRequestMs,
+          silent: this.stats.connectionsSilent,
+        });
+      }, this.firstRequestMs),
+    );
+    socket.once('close', () => this.forget(socket));
     const onError = (): void => {
       // 'close' follows; a client that resets before its first byte is nobody's business.
     };
@@ -122,11 +239,12 @@ export class RpcServer {
       socket.off('timeout', silent);
       this.deciding.delete(socket);
       socket.off('error', onError);
+      const begun = (): void => this.begun(socket);
       if (head[0] === LEAN_FIRST_BYTE) {
-        this.lean.accept(socket, head);
+        this.lean.accept(socket, head, begun);
       } else {
         socket.unshift(head);
-        this.grpc.accept(socket);
+        this.grpc.accept(socket, begun);
       }
     });
   }

@@ -6,10 +6,10 @@
  */
 import assert from 'node:assert/strict';
 import http2 from 'node:http2';
-import type { Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { test } from 'node:test';
 import type { DogfsError } from '../../src/wire/errors.js';
-import { MetadataService } from '../../src/wire/gen/types.js';
+import { HealthService, MetadataService } from '../../src/wire/gen/types.js';
 import { encodeRequest, FrameType, LEAN_MAGIC } from '../../src/wire/lean.js';
 import { encodeMessage } from '../../src/wire/proto.js';
 import { RpcChannel, RpcServer, type RpcServerOptions } from '../../src/wire/rpc.js';
@@ -20,19 +20,39 @@ const MAX_MESSAGE = 64 * 1024;
 /** The server's request-byte budget at MAX_MESSAGE: sixteen largest requests. */
 const BUDGET_STREAMS = 16;
 
-/** The server's internals a test looks at: the bytes requests hold, the lean connections' sockets. */
+/**
+ * The server's internals a test looks at: the bytes requests hold, the lean connections' sockets, every
+ * connection open.
+ */
 function internals(server: RpcServer): {
   requestBytes: { held: number };
   leanSockets: () => Socket[];
+  connections: () => number;
 } {
   const inner = server as unknown as {
     grpc: { requestBytes: { held: number } };
     lean: { connections: Set<{ socket: Socket }> };
+    sockets: Set<Socket>;
   };
   return {
     requestBytes: inner.grpc.requestBytes,
     leanSockets: () => [...inner.lean.connections].map((connection) => connection.socket),
+    connections: () => inner.sockets.size,
   };
+}
+
+function portOf(address: string): number {
+  return Number(address.split(':')[1]);
+}
+
+/** A TCP connection that writes `first` (if anything) and then nothing; counts itself in `closed`. */
+function silentConnection(port: number, first: Buffer | undefined, closed: { count: number }): Socket {
+  const socket = connect({ host: '127.0.0.1', port });
+  socket.on('error', () => {});
+  socket.on('close', () => closed.count++);
+  socket.resume(); // reads, so that it sees the server close it
+  if (first !== undefined) socket.write(first);
+  return socket;
 }
 
 /**
@@ -48,6 +68,9 @@ async function startServer(
   server.addService(MetadataService, {
     ...statOnly(stat, answer),
     Heartbeat: async () => ({}),
+  });
+  server.addService(HealthService, {
+    Check: () => ({ role: 'meta', id: 'test', pid: process.pid, version: 'x', uptimeMs: 1, addr: '' }),
   });
   const port = await server.listen('127.0.0.1', 0);
   return { server, address: `127.0.0.1:${port}` };
@@ -135,7 +158,7 @@ test('heartbeats get through over both transports while data requests fill the b
       await channel.call(MetadataService, 'Heartbeat', heartbeat, { timeoutMs: 5000 });
     }
     // A heartbeat whose frame arrives in two pieces is admitted into the reserve from its first piece.
-    const { socket, frames } = await rawLeanConnection(Number(address.split(':')[1]));
+    const { socket, frames } = await rawLeanConnection(portOf(address));
     try {
       const frame = encodeRequest(
         1,
@@ -178,7 +201,7 @@ test('a lean request admitted in pieces must be whole in time even while its con
     (path) => (path === 'big' ? bigAnswer : path),
   );
   const { requestBytes, leanSockets } = internals(server);
-  const { socket } = await rawLeanConnection(Number(address.split(':')[1]));
+  const { socket } = await rawLeanConnection(portOf(address));
   try {
     socket.pause(); // never reads its answers (nor so sees its end)
     const requests: Buffer[] = [LEAN_MAGIC];
@@ -199,6 +222,95 @@ test('a lean request admitted in pieces must be whole in time even while its con
   } finally {
     open();
     socket.destroy();
+    await server.close(0);
+  }
+});
+
+test('past maxConnections a new connection takes the place of the oldest that began no request', async () => {
+  const { server, address } = await startServer({ maxConnections: 8 });
+  const client = await rawLeanConnection(portOf(address));
+  const idle: Socket[] = [];
+  const idleClosed = { count: 0 };
+  const lean = new RpcChannel(address, { transport: 'lean' });
+  const grpc = new RpcChannel(address, { transport: 'grpc' });
+  try {
+    // A client that has made a call holds its place whatever arrives after.
+    client.socket.write(Buffer.concat([LEAN_MAGIC, statRequest(1, 'first')]));
+    await waitFor('its answer', () => client.frames.length === 1);
+    // Twenty connections that send the lean magic and nothing more: all but seven are closed.
+    for (let i = 0; i < 20; i++) idle.push(silentConnection(portOf(address), LEAN_MAGIC, idleClosed));
+    await waitFor('13 idle connections closed', () => idleClosed.count === 13);
+    assert.equal(internals(server).connections(), 8);
+    // New clients, over both transports, are served: each takes an idle connection's place.
+    assert.equal((await lean.call(HealthService, 'Check', {}, { timeoutMs: 5000 })).id, 'test');
+    assert.equal((await grpc.call(HealthService, 'Check', {}, { timeoutMs: 5000 })).id, 'test');
+    await waitFor('15 idle connections closed', () => idleClosed.count === 15);
+    client.socket.write(statRequest(2, 'second'));
+    await waitFor('the first client answered again', () => client.frames.length === 2);
+    assert.equal(client.closed(), false);
+    assert.deepEqual(server.stats, { connectionsRefused: 0, connectionsReplaced: 15, connectionsSilent: 0 });
+  } finally {
+    for (const socket of idle) socket.destroy();
+    client.socket.destroy();
+    lean.close();
+    grpc.close();
+    await server.close(0);
+  }
+});
+
+test('past maxConnections, when every connection has begun a request, a new one is closed', async () => {
+  const { server, address } = await startServer({ maxConnections: 2 });
+  const first = new RpcChannel(address, { transport: 'lean' });
+  const second = new RpcChannel(address, { transport: 'grpc' });
+  const closed = { count: 0 };
+  let third: Socket | undefined;
+  try {
+    for (const channel of [first, second])
+      assert.equal((await channel.call(HealthService, 'Check', {}, { timeoutMs: 5000 })).id, 'test');
+    third = silentConnection(portOf(address), LEAN_MAGIC, closed);
+    await waitFor('the third connection closed', () => closed.count === 1);
+    assert.deepEqual(server.stats, { connectionsRefused: 1, connectionsReplaced: 0, connectionsSilent: 0 });
+    // The two clients were not touched: their connections serve on.
+    for (const channel of [first, second])
+      assert.equal((await channel.call(HealthService, 'Check', {}, { timeoutMs: 5000 })).id, 'test');
+    assert.equal(internals(server).connections(), 2);
+  } finally {
+    third?.destroy();
+    first.close();
+    second.close();
+    await server.close(0);
+  }
+});
+
+test('a connection that begins no request within firstRequestMs is closed; one that has is kept', async () => {
+  const { server, address } = await startServer({ firstRequestMs: 300 });
+  const lean = new RpcChannel(address, { transport: 'lean' });
+  const grpc = new RpcChannel(address, { transport: 'grpc' });
+  const closed = { count: 0 };
+  const silent: Socket[] = [];
+  let preface: http2.ClientHttp2Session | undefined;
+  try {
+    // Clients that made a call first, so any timer of theirs would fire before the silent ones'.
+    for (const channel of [lean, grpc])
+      assert.equal((await channel.call(HealthService, 'Check', {}, { timeoutMs: 5000 })).id, 'test');
+    silent.push(silentConnection(portOf(address), LEAN_MAGIC, closed));
+    silent.push(silentConnection(portOf(address), undefined, closed));
+    // An HTTP/2 connection: preface and settings, no stream.
+    preface = http2.connect(`http://${address}`);
+    preface.on('error', () => {});
+    preface.on('close', () => closed.count++);
+    await waitFor('the three silent connections closed', () => closed.count === 3, 5000);
+    assert.equal(server.stats.connectionsSilent, 3);
+    // The clients' connections are the ones still open, and they serve on.
+    assert.equal(internals(server).connections(), 2);
+    for (const channel of [lean, grpc])
+      assert.equal((await channel.call(HealthService, 'Check', {}, { timeoutMs: 5000 })).id, 'test');
+    assert.equal(internals(server).connections(), 2);
+  } finally {
+    for (const socket of silent) socket.destroy();
+    preface?.destroy();
+    lean.close();
+    grpc.close();
     await server.close(0);
   }
 });
