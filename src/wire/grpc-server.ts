@@ -15,7 +15,9 @@
  * buffered, and the stream is then reset so the sender stops); how long a call may run, counted from its
  * headers whatever grpc-timeout it sent (a request that never finishes arriving is answered too); how
  * long a request's body may take to arrive whole (frameAssemblyMs from its headers, as the lean
- * transport allows a frame: past it the stream is refused and its bytes given back); the
+ * transport allows a frame: past it the stream is refused and its bytes given back); requests arriving
+ * at once on the whole server, from headers to the end of their bodies (4,096, control calls with a
+ * reserve past it: a stream's state is kept from its headers, before any byte is counted); the
  * length of an error message (4 KiB); idle connections (closed after 10 minutes). Only identity encoding
  * is accepted (DogFS never compresses).
  */
@@ -30,7 +32,7 @@ import {
   LEADER_KEY,
   PREFIX_BYTES,
 } from './grpc-client.js';
-import { HandlerSlots, isControlPath } from './handler-slots.js';
+import { controlReserve, HandlerSlots, isControlPath } from './handler-slots.js';
 
 const {
   HTTP2_HEADER_METHOD,
@@ -141,7 +143,21 @@ export interface GrpcServerLimits {
    * FRAME_ASSEMBLY_TIMEOUT_MS): past it the stream is refused and its bytes are given back.
    */
   readonly frameAssemblyMs: number;
+  /**
+   * Requests arriving at once on the whole server, from their headers until their bodies end: past it
+   * a call is refused (RESOURCE_EXHAUSTED, server busy) before anything of it is kept. The cluster's
+   * control calls have a reserve past it (controlReserve).
+   */
+  readonly maxArrivingStreams: number;
 }
+
+/**
+ * Requests one server lets arrive at once unless told otherwise. Each is a stream with its headers and
+ * state (and bytes, which the byte budget counts); the streams per connection (256) times the
+ * connections (4,096) would allow a million. A request arrives in well under a millisecond unless its
+ * body is large or its client slow, so this is far more than clients keep arriving together.
+ */
+export const DEFAULT_MAX_ARRIVING_STREAMS = 4096;
 
 /**
  * Request bytes held now by calls still arriving or running, bounded by limits.maxBufferedBytes: one
@@ -172,6 +188,8 @@ export class GrpcServer {
   private readonly onBegun = new WeakMap<http2.Http2Session, () => void>();
   /** What accept() was given, for the session http2 makes while accept() runs. */
   private accepting: (() => void) | undefined;
+  /** Requests whose headers have arrived and whose bodies have not ended (limits.maxArrivingStreams). */
+  private arriving = 0;
 
   constructor(
     private readonly limits: GrpcServerLimits,
@@ -230,6 +248,27 @@ export class GrpcServer {
       this.onBegun.delete(session);
       onBegun();
     }
+    const arrivingCap = isControlPath(path)
+      ? this.limits.maxArrivingStreams + controlReserve(this.limits.maxArrivingStreams)
+      : this.limits.maxArrivingStreams;
+    if (this.arriving >= arrivingCap) {
+      this.fail(
+        stream,
+        new DogfsError(
+          'RESOURCE_EXHAUSTED',
+          `${path}: server busy: ${this.arriving} requests already arriving`,
+        ),
+      );
+      return;
+    }
+    this.arriving++;
+    let arrived = false;
+    /** The request is no longer arriving: its body ended, it was refused, or its stream closed. */
+    const done = (): void => {
+      if (arrived) return;
+      arrived = true;
+      this.arriving--;
+    };
     const timeoutMs = parseGrpcTimeout(header(headers, 'grpc-timeout'));
     // The deadline runs from the headers, so a request that never finishes arriving is answered too.
     const callMs = Math.min(timeoutMs ?? this.limits.maxCallMs, this.limits.maxCallMs);
@@ -248,6 +287,7 @@ export class GrpcServer {
     const chunks: Buffer[] = [];
     let refused = false;
     const refuse = (error: DogfsError): void => {
+      done();
       refused = true;
       chunks.length = 0;
       release();
@@ -267,6 +307,7 @@ export class GrpcServer {
       this.limits.frameAssemblyMs,
     );
     stream.once('close', () => {
+      done();
       clearTimeout(deadlineTimer);
       clearTimeout(assemblyTimer);
       if (!handlerRunning) release();
@@ -294,6 +335,7 @@ export class GrpcServer {
       }
     });
     stream.on('end', () => {
+      done();
       clearTimeout(assemblyTimer);
       if (refused || stream.headersSent) return;
       const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, held);

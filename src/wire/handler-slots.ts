@@ -38,8 +38,11 @@ export function isControlPath(path: string): boolean {
   return CONTROL_PATHS.has(path);
 }
 
-/** The reserve: a sixteenth of the limit, at least 16 (every chunk server's one call, for a cluster). */
-function controlReserve(limit: number): number {
+/**
+ * The reserve: a sixteenth of the limit, at least 16 (every chunk server's one call, for a cluster).
+ * Also that of the gRPC requests arriving at once (wire/grpc-server.ts).
+ */
+export function controlReserve(limit: number): number {
   return Math.max(16, Math.ceil(limit / 16));
 }
 

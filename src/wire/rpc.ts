@@ -16,7 +16,7 @@ import { type Logger, ThrottledWarning } from '../common/log.js';
 import { DogfsError, isRetryable, toDogfsError } from './errors.js';
 import type { MethodDescriptor, ServiceDescriptor } from './gen/types.js';
 import { GrpcConnection } from './grpc-client.js';
-import { GrpcServer, type UnaryCall } from './grpc-server.js';
+import { DEFAULT_MAX_ARRIVING_STREAMS, GrpcServer, type UnaryCall } from './grpc-server.js';
 import { DEFAULT_MAX_RUNNING_HANDLERS, HandlerSlots } from './handler-slots.js';
 import { LEAN_FIRST_BYTE } from './lean.js';
 import { LeanConnection } from './lean-client.js';
@@ -68,6 +68,12 @@ export interface RpcServerOptions {
   maxConnections?: number;
   /** A connection that has begun no request this long after it was accepted is closed (20 s). */
   firstRequestMs?: number;
+  /**
+   * gRPC requests arriving at once on the whole server, from their headers until their bodies end
+   * (default DEFAULT_MAX_ARRIVING_STREAMS); past it calls are refused with RESOURCE_EXHAUSTED. A lean
+   * connection assembles one request at a time, so maxConnections bounds those.
+   */
+  maxArrivingStreams?: number;
   /** Where connections closed for the limits above are told, at most once per 10 s for each kind. */
   log?: Logger;
 }
@@ -149,6 +155,7 @@ export class RpcServer {
       maxCallMs: MAX_SERVER_CALL_MS,
       unsentStallMs: options.unsentStallMs,
       frameAssemblyMs: options.frameAssemblyMs ?? FRAME_ASSEMBLY_TIMEOUT_MS,
+      maxArrivingStreams: options.maxArrivingStreams ?? DEFAULT_MAX_ARRIVING_STREAMS,
     };
     this.slots = new HandlerSlots(options.maxRunningHandlers ?? DEFAULT_MAX_RUNNING_HANDLERS);
     this.grpc = new GrpcServer(limits, { held: 0 }, this.slots);

@@ -314,3 +314,58 @@ test('a connection that begins no request within firstRequestMs is closed; one t
     await server.close(0);
   }
 });
+
+test('gRPC requests arriving at once are bounded server-wide; control calls have a reserve past it', async () => {
+  const { server, address } = await startServer({ maxArrivingStreams: 4 });
+  const session = http2.connect(`http://${address}`);
+  session.on('error', () => {});
+  const grpc = new RpcChannel(address, { transport: 'grpc' });
+  const lean = new RpcChannel(address, { transport: 'lean' });
+  try {
+    await new Promise((resolve) => session.once('connect', resolve));
+    // Four calls whose headers arrive and whose bodies do not (yet).
+    const streams: http2.ClientHttp2Stream[] = [];
+    for (let i = 0; i < 4; i++) {
+      const stream = session.request({
+        ':method': 'POST',
+        ':path': `/${MetadataService.name}/Stat`,
+        'content-type': 'application/grpc',
+      });
+      stream.on('error', () => {});
+      streams.push(stream);
+    }
+    await new Promise<void>((resolve, reject) =>
+      session.ping((error) => (error === null ? resolve() : reject(error))),
+    );
+    await assert.rejects(
+      grpc.call(MetadataService, 'Stat', { path: '/a' }, { timeoutMs: 5000 }),
+      (error: DogfsError) =>
+        error.code === 'RESOURCE_EXHAUSTED' && /4 requests already arriving/.test(error.message),
+    );
+    assert.equal((await grpc.call(HealthService, 'Check', {}, { timeoutMs: 5000 })).id, 'test');
+    await grpc.call(MetadataService, 'Heartbeat', { id: 'chunk-1' }, { timeoutMs: 5000 });
+    // The lean transport assembles one request per connection: maxConnections bounds those.
+    assert.equal(
+      (await lean.call(MetadataService, 'Stat', { path: '/a' }, { timeoutMs: 5000 })).inode?.ec,
+      '/a',
+    );
+    // One body ends: that call is answered, and there is room for another.
+    const message = encodeMessage('dogfs.v1.StatRequest', { path: '/b' });
+    const prefix = Buffer.alloc(5);
+    prefix.writeUInt32BE(message.byteLength, 1);
+    const answered = new Promise<http2.IncomingHttpHeaders>((resolve) =>
+      streams[0]!.once('response', resolve),
+    );
+    streams[0]!.end(Buffer.concat([prefix, message]));
+    assert.equal((await answered)[':status'], 200);
+    assert.equal(
+      (await grpc.call(MetadataService, 'Stat', { path: '/c' }, { timeoutMs: 5000 })).inode?.ec,
+      '/c',
+    );
+  } finally {
+    session.destroy();
+    grpc.close();
+    lean.close();
+    await server.close(0);
+  }
+});
