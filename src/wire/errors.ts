@@ -18,6 +18,10 @@ export const ERROR_CODES = [
   'DEADLINE_EXCEEDED',
   'CANCELLED',
   'RESOURCE_EXHAUSTED',
+  // A request or answer over a message-size limit: unlike a busy server's RESOURCE_EXHAUSTED it fails
+  // the same way every time, so it is not retried (a retry would run the handler again for an answer
+  // that cannot arrive). gRPC callers see RESOURCE_EXHAUSTED, as gRPC says for a message too large.
+  'TOO_LARGE',
   'NO_SPACE',
   'CORRUPT',
   'UNIMPLEMENTED',

@@ -206,7 +206,7 @@ export function checkCall(
   const where = `${address} ${options.label}`;
   if (message.byteLength > options.maxMessageBytes) {
     return new DogfsError(
-      'RESOURCE_EXHAUSTED',
+      'TOO_LARGE',
       `${where}: request of ${message.byteLength} bytes exceeds the ${options.maxMessageBytes}-byte limit`,
     );
   }
@@ -346,7 +346,7 @@ export class GrpcConnection {
           chunks.length = 0;
           cut(
             new DogfsError(
-              'RESOURCE_EXHAUSTED',
+              'TOO_LARGE',
               `${where}: response exceeds the ${options.maxMessageBytes}-byte limit`,
             ),
           );

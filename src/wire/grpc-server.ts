@@ -72,6 +72,7 @@ const GRPC_STATUS_OF: Record<ErrorCode, number> = {
   DEADLINE_EXCEEDED: GrpcStatus.DEADLINE_EXCEEDED,
   CANCELLED: GrpcStatus.CANCELLED,
   RESOURCE_EXHAUSTED: GrpcStatus.RESOURCE_EXHAUSTED,
+  TOO_LARGE: GrpcStatus.RESOURCE_EXHAUSTED,
   NO_SPACE: GrpcStatus.RESOURCE_EXHAUSTED,
   CORRUPT: GrpcStatus.DATA_LOSS,
   UNIMPLEMENTED: GrpcStatus.UNIMPLEMENTED,
@@ -319,7 +320,7 @@ export class GrpcServer {
       if (held > this.limits.maxMessageBytes + PREFIX_BYTES) {
         refuse(
           new DogfsError(
-            'RESOURCE_EXHAUSTED',
+            'TOO_LARGE',
             `${path}: request exceeds the ${this.limits.maxMessageBytes}-byte limit`,
           ),
         );

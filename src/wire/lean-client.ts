@@ -90,7 +90,7 @@ class LeanSocket {
           this.settle(
             call,
             new DogfsError(
-              'RESOURCE_EXHAUSTED',
+              'TOO_LARGE',
               `${call.where}: response exceeds the ${call.maxMessageBytes}-byte limit`,
             ),
           );
@@ -133,7 +133,7 @@ class LeanSocket {
         this.settle(
           call,
           new DogfsError(
-            'RESOURCE_EXHAUSTED',
+            'TOO_LARGE',
             `${call.where}: response exceeds the ${call.maxMessageBytes}-byte limit`,
           ),
         );

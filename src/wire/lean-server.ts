@@ -127,11 +127,14 @@ class LeanServerConnection {
       oversized: (type, callId, length) => {
         if (type !== FrameType.REQUEST) throw new DogfsError('INVALID_ARGUMENT', 'a client sent a response');
         this.lastCallId = Math.max(this.lastCallId, callId);
-        const reason =
+        const error =
           length > maxFrame
-            ? `request exceeds the ${server.limits.maxMessageBytes}-byte limit`
-            : `server busy: ${server.limits.maxBufferedBytes} bytes of requests already in progress`;
-        this.send(encodeError(callId, new DogfsError('RESOURCE_EXHAUSTED', reason)));
+            ? new DogfsError('TOO_LARGE', `request exceeds the ${server.limits.maxMessageBytes}-byte limit`)
+            : new DogfsError(
+                'RESOURCE_EXHAUSTED',
+                `server busy: ${server.limits.maxBufferedBytes} bytes of requests already in progress`,
+              );
+        this.send(encodeError(callId, error));
       },
       // A request arriving in pieces holds its whole size from its head on: counted like one in flight,
       // and it must be whole within FRAME_ASSEMBLY_TIMEOUT_MS.
@@ -246,7 +249,7 @@ class LeanServerConnection {
     if (message.byteLength > server.limits.maxMessageBytes) {
       refuse(
         new DogfsError(
-          'RESOURCE_EXHAUSTED',
+          'TOO_LARGE',
           `${path}: request exceeds the ${server.limits.maxMessageBytes}-byte limit`,
         ),
       );

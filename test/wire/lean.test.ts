@@ -191,7 +191,7 @@ test('a lean client that breaks the rules gets a clear code per call, or loses o
   assert.equal(errorOf(frames, 1)?.code, 'UNIMPLEMENTED');
   assert.equal(errorOf(frames, 2)?.code, 'INVALID_ARGUMENT');
   assert.match(errorOf(frames, 3)?.message ?? '', /exceeds the 65536-byte limit/);
-  assert.equal(errorOf(frames, 3)?.code, 'RESOURCE_EXHAUSTED');
+  assert.equal(errorOf(frames, 3)?.code, 'TOO_LARGE');
   assert.equal(errorOf(frames, 4)?.code, 'INVALID_ARGUMENT', 'a malformed protobuf request');
   assert.equal(statAnswer(frames.find((f) => f.callId === 5)), 'fine');
   // A ping is answered; then a frame type only servers send breaks the framing: connection dropped.
@@ -316,7 +316,7 @@ test('a lean client facing a server that lies: wrong ids ignored, oversized answ
     assert.equal((await stat()).inode?.ec, 'mine');
     // An answer over the channel's limit is read past and refused; the connection goes on.
     reply = (callId, socket) => socket.write(encodeResponse(callId, Buffer.alloc(64 * 1024)));
-    await assert.rejects(stat(), (e: unknown) => e instanceof DogfsError && e.code === 'RESOURCE_EXHAUSTED');
+    await assert.rejects(stat(), (e: unknown) => e instanceof DogfsError && e.code === 'TOO_LARGE');
     reply = (callId, socket) => socket.write(encodeResponse(callId, answer('after')));
     assert.equal((await stat()).inode?.ec, 'after');
     assert.equal(sockets.length, 1, 'one connection throughout');

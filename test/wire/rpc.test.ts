@@ -137,7 +137,7 @@ test('a malformed request is INVALID_ARGUMENT; an oversized one is refused', asy
       await assert.rejects(
         channel.call(MetadataService, 'Stat', { path: 'x'.repeat(100 * 1024) }),
         (e: unknown) => {
-          return e instanceof DogfsError && e.code === 'RESOURCE_EXHAUSTED';
+          return e instanceof DogfsError && e.code === 'TOO_LARGE';
         },
         transport,
       );
@@ -208,7 +208,7 @@ test('the server refuses an oversized request from a stock gRPC client with RESO
       );
     });
     assert.equal(status.code, grpc.status.RESOURCE_EXHAUSTED);
-    assert.equal(status.metadata.get('dogfs-code')[0], 'RESOURCE_EXHAUSTED');
+    assert.equal(status.metadata.get('dogfs-code')[0], 'TOO_LARGE');
   } finally {
     raw.close();
   }
@@ -442,18 +442,45 @@ for (const transport of ['lean', 'grpc'] as const) {
     }
   });
 
-  test(`${transport}: a response over the channel limit is refused with RESOURCE_EXHAUSTED`, async () => {
+  test(`${transport}: a response over the channel limit is refused with TOO_LARGE`, async () => {
     const channel = new RpcChannel(address, { maxMessageBytes: 1024, transport });
     try {
       await assert.rejects(
         channel.call(MetadataService, 'Stat', { path: '/big' }),
-        (e: unknown) =>
-          e instanceof DogfsError && e.code === 'RESOURCE_EXHAUSTED' && e.message.includes('1024'),
+        (e: unknown) => e instanceof DogfsError && e.code === 'TOO_LARGE' && e.message.includes('1024'),
       );
       // The channel stays usable for answers within the limit.
       assert.equal((await channel.call(MetadataService, 'Stat', { path: '/ok' })).inode?.id, 7);
     } finally {
       channel.close();
+    }
+  });
+
+  test(`${transport}: a message over a size limit is not retried, and the handler runs once`, async () => {
+    const small = new RpcChannel(address, { maxMessageBytes: 1024, transport });
+    const large = new RpcChannel(address, { transport });
+    const tooLarge = (e: unknown) => e instanceof DogfsError && e.code === 'TOO_LARGE';
+    try {
+      const before = statCalls;
+      // An answer over the channel's limit: a retry would only run the handler again.
+      await assert.rejects(
+        callWithRetry(small, MetadataService, 'Stat', { path: '/big' }, { timeoutMs: 5000 }),
+        tooLarge,
+      );
+      assert.equal(statCalls - before, 1);
+      // A request over the server's limit (64 KiB), and one over the channel's own.
+      await assert.rejects(
+        callWithRetry(large, MetadataService, 'Stat', { path: 'x'.repeat(100 * 1024) }, { timeoutMs: 5000 }),
+        tooLarge,
+      );
+      await assert.rejects(
+        callWithRetry(small, MetadataService, 'Stat', { path: 'x'.repeat(2000) }, { timeoutMs: 5000 }),
+        tooLarge,
+      );
+      assert.equal(statCalls - before, 1);
+    } finally {
+      small.close();
+      large.close();
     }
   });
 
