@@ -288,19 +288,24 @@ export class RpcServer {
     // that asks for it: most never do, and on a metadata leader these were a visible share of each call.
     let abort: AbortController | undefined;
     let timer: NodeJS.Timeout | undefined;
+    let returned = false;
     const context: CallContext = {
       deadline,
       get signal() {
         if (abort === undefined) {
           const controller = new AbortController();
           abort = controller;
-          timer = setTimeout(
-            () => controller.abort(new DogfsError('DEADLINE_EXCEEDED', `${path}: deadline exceeded`)),
-            Math.max(0, deadline - Date.now()),
-          );
-          call.onCancel(() =>
-            controller.abort(new DogfsError('CANCELLED', `${path}: cancelled by the caller`)),
-          );
+          // Asked for first after the handler returned (by work it left running): the call is over, and
+          // a deadline timer made now would be cleared by nothing, kept until the deadline.
+          if (!returned) {
+            timer = setTimeout(
+              () => controller.abort(new DogfsError('DEADLINE_EXCEEDED', `${path}: deadline exceeded`)),
+              Math.max(0, deadline - Date.now()),
+            );
+            call.onCancel(() =>
+              controller.abort(new DogfsError('CANCELLED', `${path}: cancelled by the caller`)),
+            );
+          }
         }
         return abort.signal;
       },
@@ -312,6 +317,7 @@ export class RpcServer {
       const response = await handler(request, context);
       return encodeMessage(method.responseType as MessageName, response as Init<never>);
     } finally {
+      returned = true;
       if (timer !== undefined) clearTimeout(timer);
     }
   }

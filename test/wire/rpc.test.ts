@@ -8,7 +8,7 @@ import * as grpc from '@grpc/grpc-js';
 import { DogfsError } from '../../src/wire/errors.js';
 import { FileType, HealthService, MetadataService } from '../../src/wire/gen/types.js';
 import { decodeMessage, encodeMessage } from '../../src/wire/proto.js';
-import { callWithRetry, RpcChannel, RpcServer, withRetry } from '../../src/wire/rpc.js';
+import { type CallContext, callWithRetry, RpcChannel, RpcServer, withRetry } from '../../src/wire/rpc.js';
 import { waitFor } from '../helpers/index.js';
 import { statOnly } from '../helpers/lean.js';
 
@@ -331,6 +331,35 @@ test('after a drain no handler starts: a gRPC request whose body arrives later i
   } finally {
     session.destroy();
     await draining.close(0);
+  }
+});
+
+test('a handler that first looks at its signal after returning leaves no timer behind', async () => {
+  const later = new RpcServer();
+  const contexts: CallContext[] = [];
+  later.addService(HealthService, {
+    Check: (_request, context) => {
+      contexts.push(context); // for work the handler leaves running after it answers
+      return { role: 'meta', id: 'later', pid: process.pid, version: 'x', uptimeMs: 1, addr: '' };
+    },
+  });
+  const laterAddress = `127.0.0.1:${await later.listen('127.0.0.1', 0)}`;
+  const channels = [
+    new RpcChannel(laterAddress, { transport: 'lean' }),
+    new RpcChannel(laterAddress, { transport: 'grpc' }),
+  ];
+  const timers = () => process.getActiveResourcesInfo().filter((kind) => kind === 'Timeout').length;
+  try {
+    for (const channel of channels)
+      for (let i = 0; i < 10; i++) await channel.call(HealthService, 'Check', {}, { timeoutMs: 60_000 });
+    const before = timers();
+    const signals = contexts.map((context) => context.signal);
+    assert.equal(timers(), before, 'a deadline timer per signal, for up to a minute');
+    assert.equal(signals.length, 20);
+    assert.ok(signals.every((signal) => !signal.aborted));
+  } finally {
+    for (const channel of channels) channel.close();
+    await later.close(0);
   }
 });
 
