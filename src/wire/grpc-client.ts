@@ -173,7 +173,7 @@ function headerString(value: string | string[] | number | undefined): string | u
   return value === undefined ? undefined : String(value);
 }
 
-/** grpc-message is percent-encoded; a malformed one is shown as sent rather than lost. */
+/** grpc-message and dogfs-leader are percent-encoded; a malformed one is shown as sent rather than lost. */
 function decodeGrpcMessage(raw: string | undefined): string {
   if (raw === undefined) return '';
   try {
@@ -396,7 +396,8 @@ export class GrpcConnection {
     const grpcStatus = Number(headerString(status['grpc-status']));
     if (grpcStatus !== GrpcStatus.OK) {
       const sent = headerString(status[CODE_KEY]);
-      const leader = headerString(status[LEADER_KEY]);
+      // Percent-encoded by the server as grpc-message is (an IPv6 zone's '%', anything not ASCII).
+      const leader = decodeGrpcMessage(headerString(status[LEADER_KEY]));
       const message = decodeGrpcMessage(headerString(status['grpc-message']));
       const code = sent !== undefined && isErrorCode(sent) ? sent : codeOfGrpcStatus(grpcStatus);
       // Server-sent errors carry their own message; others get the address so they make sense alone.

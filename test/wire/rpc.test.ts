@@ -41,6 +41,10 @@ before(async () => {
       if (request.path === '/leader-elsewhere') {
         throw new DogfsError('NOT_LEADER', 'not the leader', { leaderHint: '127.0.0.1:9' });
       }
+      if (request.path === '/leader-zoned') {
+        // An IPv6 zone has a '%', which gRPC percent-encodes in a trailer; so is anything not ASCII.
+        throw new DogfsError('NOT_LEADER', 'not the leader', { leaderHint: '[fe80::1%eth0]:7000 é' });
+      }
       if (request.path === '/flaky' && statCalls % 3 !== 0) throw new DogfsError('UNAVAILABLE', 'try again');
       if (request.path === '/slow') {
         slowStarted = true;
@@ -386,6 +390,10 @@ for (const transport of ['lean', 'grpc'] as const) {
           return e instanceof DogfsError && e.code === 'NOT_LEADER' && e.leaderHint === '127.0.0.1:9';
         },
       );
+      await assert.rejects(channel.call(MetadataService, 'Stat', { path: '/leader-zoned' }), (e: unknown) => {
+        assert.equal((e as DogfsError).leaderHint, '[fe80::1%eth0]:7000 é');
+        return true;
+      });
       await assert.rejects(channel.call(MetadataService, 'Stat', { path: '/bug' }), (e: unknown) => {
         return e instanceof DogfsError && e.code === 'INTERNAL';
       });
