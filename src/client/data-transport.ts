@@ -70,6 +70,7 @@ class ReadHandle implements ShardReadHandle {
       transient: options.transient === true,
       signal: this.controller.signal,
       ...(options.shardLength === undefined ? {} : { shardLength: options.shardLength }),
+      ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
     });
   }
 

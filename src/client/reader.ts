@@ -88,6 +88,8 @@ class ShardCursor {
   lastUsedAt = Date.now();
   private pending: Uint8Array | null = null;
   private closed = false;
+  /** The running take's progress: the transport calls `arrived` as bytes come in, between pieces too. */
+  private progressOfTake: (() => void) | undefined;
 
   constructor(index: number, handle: ShardReadHandle, start: number, end: number) {
     this.index = index;
@@ -110,6 +112,26 @@ class ShardCursor {
     progress: () => void,
   ): Promise<void> {
     assert(offset >= this.position && offset + length <= this.end, 'cursor read outside its range');
+    this.progressOfTake = progress;
+    try {
+      await this.takeInto(offset, length, dest, at, progress);
+    } finally {
+      this.progressOfTake = undefined;
+    }
+  }
+
+  /** Bytes of this read arrived (a piece may still be incomplete): progress for the take waiting on them. */
+  arrived(): void {
+    this.progressOfTake?.();
+  }
+
+  private async takeInto(
+    offset: number,
+    length: number,
+    dest: Uint8Array,
+    at: number,
+    progress: () => void,
+  ): Promise<void> {
     let needed = length;
     while (needed > 0) {
       if (this.pending === null || this.pending.length === 0) {
@@ -344,6 +366,7 @@ class GroupReader {
     }
     if (cursor === undefined) {
       const location = this.shards[index]!;
+      let opened: ShardCursor | undefined;
       const handle = this.context.transport.openRead(
         {
           addr: location.addr,
@@ -358,9 +381,13 @@ class GroupReader {
           // A server holding a copy of another length is CORRUPT for this shard (read around, reported).
           // 0: a record without lengths, nothing to hold the copy to.
           ...(location.length > 0 ? { shardLength: location.length } : {}),
+          // Bytes arriving inside a packet count as progress: a packet is 1 MiB, which a slow link
+          // (150 KiB/s) takes longer than the stall timeout to bring in whole.
+          onProgress: () => opened?.arrived(),
         },
       );
       cursor = new ShardCursor(index, handle, offset, this.spanEnd);
+      opened = cursor;
       this.cursors.set(index, cursor);
     }
     const taking = cursor;

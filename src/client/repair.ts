@@ -383,7 +383,9 @@ export async function repairFile(
           const key = `${error.shard.blockGroupId}:${error.shard.index}`;
           // A source busy or briefly unreachable is read again before it is named a suspect: a suspect
           // counts as missing, and with exactly K survivors one blip made the group unrepairable.
-          if (TRANSIENT_CODES.has(error.error.code) && !retried.has(key)) {
+          // So is one whose bytes were damaged on their way here (its stored copy checked out on its
+          // server): naming it a suspect rebuilt an intact copy and deleted the original.
+          if ((TRANSIENT_CODES.has(error.error.code) || error.error.inTransit) && !retried.has(key)) {
             retried.add(key);
             replan = true;
             backOff = true;

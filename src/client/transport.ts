@@ -67,6 +67,8 @@ export interface OpenReadOptions {
    * memory, saving a copy): for callers that copy or use the bytes at once.
    */
   readonly transient?: boolean;
+  /** Called as bytes of the read arrive, however few: the shard is moving (a stall timeout's progress). */
+  readonly onProgress?: () => void;
 }
 
 export interface ShardTransport {

@@ -216,6 +216,12 @@ export class FrameReader {
   private ended = false;
   private failure: Error | undefined;
   private wake: (() => void) | undefined;
+  /**
+   * Called when bytes arrive while the consumer waits for more (a packet half in): what a reader's
+   * stall timeout takes for progress, so a slow link that keeps delivering is not taken for a dead one
+   * (a 1 MiB packet at 150 KiB/s takes 7 s to come in whole).
+   */
+  onArrival: (() => void) | undefined;
   /** Bytes the waiting consumer needs buffered (0: nobody waits). */
   private wanted = 0;
   /** For a socket's `onread` option: reads go into this reader's receive arena. */
@@ -270,6 +276,7 @@ export class FrameReader {
     // packet), and wake the consumer only once it has all it needs: one wake-up per packet.
     if (this.pendingBytes >= Math.max(this.readAheadBytes, this.wanted)) this.stream?.pause();
     if (this.wanted > 0 && this.pendingBytes >= this.wanted) this.notify();
+    else if (this.wanted > 0) this.onArrival?.();
   }
 
   private notify(): void {
@@ -596,6 +603,8 @@ export interface ReadShardOptions extends DataCallOptions {
    * copy, and the read fails CORRUPT before any byte is yielded.
    */
   shardLength?: number;
+  /** Called as the read's bytes arrive, however few (before a whole packet is in): it is moving. */
+  onProgress?: () => void;
 }
 
 export interface WriteShardResult {
@@ -928,6 +937,7 @@ export class DataTransferClient {
       let position = alignedStart;
       const end = alignedStart + alignedLength;
       const crcs: number[] = [];
+      connection.reader.onArrival = options.onProgress;
       while (position < end) {
         const packet = await connection.reader.readFrame('dogfs.v1.DataPacketHeader');
         if (packet === undefined)
@@ -996,6 +1006,8 @@ export class DataTransferClient {
     } catch (error) {
       throw guard.explain(error);
     } finally {
+      // The connection goes back to the pool: the next operation on it is not this read's progress.
+      connection.reader.onArrival = undefined;
       guard.done();
       if (complete && guard.failure === undefined) this.release(connection);
       else connection.socket.destroy();

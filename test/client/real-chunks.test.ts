@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { DogfsClient } from '../../src/client/index.js';
@@ -27,6 +28,51 @@ function shardFile(chunkDir: string, blockGroupId: number, index: number): strin
     .find((f) => new RegExp(`(^|/)b${blockGroupId}_i${index}_g\\d+_.*\\.shard$`).test(f));
   assert.ok(name, `shard ${blockGroupId}/${index} on disk in ${chunkDir}`);
   return join(chunkDir, 'shards', name);
+}
+
+/**
+ * A TCP proxy to `target` whose answers come back slowly: 16 KiB every 40 ms (a slow link that keeps
+ * delivering). What the client sends passes at once.
+ */
+async function slowProxy(target: string): Promise<{ address: string; close: () => Promise<void> }> {
+  const [host, port] = [
+    target.slice(0, target.lastIndexOf(':')),
+    Number(target.slice(target.lastIndexOf(':') + 1)),
+  ];
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = connect(port, host);
+    sockets.add(client).add(upstream);
+    client.pipe(upstream);
+    const queue: Buffer[] = [];
+    const pace = setInterval(() => {
+      const next = queue.shift();
+      if (next === undefined) return;
+      if (next.length > 16 * 1024) queue.unshift(next.subarray(16 * 1024));
+      client.write(next.subarray(0, 16 * 1024));
+      if (queue.length === 0) upstream.resume();
+    }, 40);
+    upstream.on('data', (chunk: Buffer) => {
+      queue.push(chunk);
+      upstream.pause();
+    });
+    const end = () => {
+      clearInterval(pace);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('close', end).on('error', end);
+    upstream.on('close', end).on('error', end);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    address: `127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
 }
 
 describe('client ↔ real chunk servers', () => {
@@ -91,6 +137,31 @@ describe('client ↔ real chunk servers', () => {
       [[block.id, 2, 'cs0']],
     );
     assert.match(reported[0]!.reason, /^CORRUPT/);
+  });
+
+  test('a slow link that keeps delivering is read, though a packet takes longer than the stall timeout', async () => {
+    // The data shards' servers behind proxies that pass 16 KiB every 40 ms back to the client (~400
+    // KiB/s): a shard's packet (~340 KiB here) takes ~0.85 s to come in whole, the stall timeout is 250
+    // ms. Bytes arriving inside a packet are progress; only silence is a stall.
+    const proxies = await Promise.all(
+      ['cs3', 'cs4', 'cs0'].map((id) => slowProxy(meta.state.chunkServers.get(id)!.addr)),
+    );
+    const direct = new Map(['cs3', 'cs4', 'cs0'].map((id) => [id, meta.state.chunkServers.get(id)!.addr]));
+    try {
+      ['cs3', 'cs4', 'cs0'].forEach((id, i) => {
+        meta.state.chunkServers.get(id)!.addr = proxies[i]!.address;
+      });
+      const data = randomBytes(GROUP);
+      await client.writeFile('/slow-link', data);
+      const stream = client.createReadStream('/slow-link', { shardTimeoutMs: 250 });
+      const parts: Buffer[] = [];
+      for await (const part of stream) parts.push(part as Buffer);
+      assert.deepEqual(Buffer.concat(parts), data);
+      assert.deepEqual(stream.badShards, [], 'no shard was given up as stalled');
+    } finally {
+      for (const [id, addr] of direct) meta.state.chunkServers.get(id)!.addr = addr;
+      await Promise.all(proxies.map((p) => p.close()));
+    }
   });
 
   test('a chunk server SIGKILLed mid-write: stored with K+1 durable, read back exactly', async () => {

@@ -1,9 +1,11 @@
 /**
- * Repairs meeting passing trouble (`dogfs up`, 1 metadata server, 8 chunk servers, rs-3-2):
+ * Repairs meeting passing trouble (`dogfs up`, 1 metadata server, 9 chunk servers, rs-3-2):
  * - a source busy for a moment is read again in a next round instead of being named a suspect (a
  *   suspect counts as missing: the blip moved a healthy shard, or, with only K survivors or no free
  *   server for it, left the file unrepaired);
- * - a CommitRepair of several rebuilt shards refused for one of them commits the others one by one.
+ * - a CommitRepair of several rebuilt shards refused for one of them commits the others one by one;
+ * - a source whose bytes were damaged in transit (its stored copy intact) is read again, not moved
+ *   (last: it kills one more server).
  */
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
@@ -15,9 +17,10 @@ import {
   repairFile,
   type ShardTransport,
 } from '../../src/client/index.js';
+import { DogfsError } from '../../src/wire/errors.js';
 import { killChunkServers, processAlive, putRandomFile, runDogfs, startCluster } from '../helpers/index.js';
 
-const up = startCluster(['--meta', '1', '--chunk', '8', '--ec', 'rs-3-2']);
+const up = startCluster(['--meta', '1', '--chunk', '9', '--ec', 'rs-3-2']);
 after(() => up.stop());
 
 test('a source that stalls once (no byte within the step timeout) is read again, not taken for missing', async () => {
@@ -130,6 +133,60 @@ test('a commit of several rebuilt shards, one on a server gone silent, commits t
     assert.ok((await client.readFile('/c.bin')).equals(data));
   } finally {
     transport.close();
+    client.close();
+    meta.close();
+  }
+});
+
+test('a source whose bytes were damaged on the way (its copy intact) is read again, not rebuilt elsewhere', async () => {
+  const cluster = await up.ready();
+  const env = { ...process.env, DOGFS_CLUSTER: up.clusterPath };
+  const chunks = cluster.processes.filter((p) => p.role === 'chunk');
+  assert.equal((await runDogfs(['admin', 'settings', '--dead-after', '3000'], { env })).status, 0);
+  const { data } = await putRandomFile(up, '/t.bin', 900_000);
+  const meta = new MetadataConnection({ seeds: cluster.meta });
+  const session = new ClientSession();
+  const real = new DataTransferShardTransport();
+  const client = new DogfsClient({ meta: cluster.meta });
+  try {
+    const groupOf = async () => (await meta.call('Stat', { path: '/t.bin' })).inode!.blockGroups[0]!;
+    const bg = await groupOf();
+    const alive = bg.shards.filter((s) =>
+      chunks.some((c) => c.id === s.chunkServerId && processAlive(c.pid)),
+    );
+    const victim = chunks.find((c) => c.id === alive[0]!.chunkServerId)!;
+    const lost = alive[0]!.index;
+    await killChunkServers([victim], () => client.report());
+    // The first source the repair opens (not the lost shard) delivers bytes damaged in transit, once.
+    let flaky: number | undefined;
+    const transport: ShardTransport = {
+      openWrite: (target, options) => real.openWrite(target, options),
+      openRead: (target, offset, length, options) => {
+        if (flaky !== undefined || target.shard.index === lost)
+          return real.openRead(target, offset, length, options);
+        flaky = target.shard.index;
+        return {
+          next: () =>
+            Promise.reject(
+              new DogfsError('CORRUPT', 'chunk at offset 0 damaged in transit (checksum mismatch)', {
+                inTransit: true,
+              }),
+            ),
+          close: () => {},
+        };
+      },
+      close: () => real.close(),
+    };
+    const outcome = await repairFile({ meta, session, transport }, '/t.bin');
+    assert.ok(flaky !== undefined, `a source was damaged in transit: ${JSON.stringify(outcome)} ${JSON.stringify(bg.shards)} victim ${victim.id}`);
+    assert.deepEqual(outcome.unrepaired, []);
+    const after = await groupOf();
+    const holder = (g: typeof bg, index: number) => g.shards.find((s) => s.index === index)!.chunkServerId;
+    assert.equal(holder(after, flaky), holder(bg, flaky), 'the source damaged in transit was not moved');
+    assert.notEqual(holder(after, lost), victim.id, 'the lost shard was rebuilt');
+    assert.ok((await client.readFile('/t.bin')).equals(data));
+  } finally {
+    real.close();
     client.close();
     meta.close();
   }
