@@ -114,7 +114,7 @@ class ShardCursor {
     assert(offset >= this.position && offset + length <= this.end, 'cursor read outside its range');
     this.progressOfTake = progress;
     try {
-      await this.takeInto(offset, length, dest, at, progress);
+      await this.copyInto(offset, length, dest, at, progress);
     } finally {
       this.progressOfTake = undefined;
     }
@@ -125,13 +125,7 @@ class ShardCursor {
     this.progressOfTake?.();
   }
 
-  private async takeInto(
-    offset: number,
-    length: number,
-    dest: Uint8Array,
-    at: number,
-    progress: () => void,
-  ): Promise<void> {
+  private async copyInto(...[offset, length, dest, at, progress]: Parameters<ShardCursor['take']>) {
     let needed = length;
     while (needed > 0) {
       if (this.pending === null || this.pending.length === 0) {
