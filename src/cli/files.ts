@@ -841,8 +841,9 @@ function membersJson(views: readonly MemberView[]) {
 }
 
 /**
- * `admin members`: each server's own view, then per group who leads by those views (the member that
- * says so at the highest term: a cut-off old leader may still say so at an older one), or that none does.
+ * `admin members`: each server's own view, then per group who leads by those views (the leader named
+ * at the highest term, by itself or by a follower: a cut-off old leader may still say so at an older
+ * one), or that none of those that answered knows one.
  */
 function formatMembers(views: readonly MemberView[]): string {
   const lines = ["Metadata servers, each one's own view (no quorum needed):"];
@@ -858,8 +859,9 @@ function formatMembers(views: readonly MemberView[]): string {
     }
     for (const g of v.groups) {
       groups.add(g.group);
-      if (g.role === 'leader' && g.term > (leaders.get(g.group)?.term ?? -1))
-        leaders.set(g.group, { addr: v.addr, term: g.term });
+      // A follower names the leader it follows: with one seed given, that is all there is to go on.
+      if (g.leaderAddr !== '' && g.term > (leaders.get(g.group)?.term ?? -1))
+        leaders.set(g.group, { addr: g.leaderAddr, term: g.term });
       const name = `${g.group} (${GROUP_NAMES[g.group] ?? 'group'})`;
       lines.push(
         `  ${v.addr.padEnd(21)}  ${name.padEnd(14)}  ${g.role.padEnd(12)}  ${String(g.term).padStart(6)}  ${(g.leaderAddr || '(none)').padEnd(21)}  ${String(g.commitIndex).padStart(8)}  ${String(g.appliedIndex).padStart(8)}`,

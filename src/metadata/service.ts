@@ -1608,8 +1608,8 @@ export class MetadataNode {
   /**
    * A rebalancing move for `bg`, or undefined: its shard on the fullest shedding server, rebuilt on the
    * emptiest server that (1) is alive, not draining, not shedding and holds nothing of the group, (2)
-   * keeps as many failure domains among the group's holders as before (a move is optional: it must not
-   * make a rack's loss worse; a review found rebalancing putting two of three shards in one), and (3)
+   * does not raise the most shards of the group any one failure domain holds (a move is optional: it
+   * must not make a rack's loss worse; a review found rebalancing putting two of three in one), and (3)
    * ends emptier than the source (no shard bounces between two servers near the line). Only a whole
    * group (nothing lost or draining: those are repair's and a drain's), one shard at a time.
    */
@@ -1631,16 +1631,26 @@ export class MetadataNode {
     if (from === undefined) return undefined;
     const source = from;
     const shardBytes = bg.shardLengths[source.index] ?? 0;
-    const domainsOf = (ids: readonly string[]) =>
-      new Set(ids.map((id) => this.cluster.state.server(id)?.failureDomain ?? ''));
-    const before = domainsOf(bg.servers).size;
+    // Shards per failure domain, as placement counts them (an unlabelled server is a domain of its own):
+    // a move may not raise the most any domain holds (three racks of rs-4-2 at 2/2/2 must not become
+    // 1/3/2, where one rack's loss is more than M; a count of distinct domains let it).
+    const domainOf = (id: string) => {
+      const domain = this.cluster.state.server(id)?.failureDomain ?? '';
+      return domain === '' ? `\0server:${id}` : domain;
+    };
+    const mostInOneDomain = (ids: readonly string[]) => {
+      const counts = new Map<string, number>();
+      for (const id of ids) if (id !== '') counts.set(domainOf(id), (counts.get(domainOf(id)) ?? 0) + 1);
+      return Math.max(0, ...counts.values());
+    };
+    const before = mostInOneDomain(bg.servers);
     const others = bg.servers.filter((_, i) => i !== source.index);
     const sourceAfter = usage(source.server, -shardBytes);
     let best: PlacementCandidate | undefined;
     for (const candidate of this.cluster.state.placementCandidates()) {
       if (candidate.state !== 'alive' || candidate.capacityBytes <= 0) continue;
       if (bg.servers.includes(candidate.id) || this.rebalance.isShedding(candidate.id)) continue;
-      if (domainsOf([...others, candidate.id]).size < before) continue;
+      if (mostInOneDomain([...others, candidate.id]) > before) continue;
       if (usage(candidate, shardBytes) >= sourceAfter) continue;
       if (best === undefined || usage(candidate, 0) < usage(best, 0)) best = candidate;
     }

@@ -211,6 +211,13 @@ test('the status page follows a real cluster through a lost chunk server, its re
       `one leader of group ${group}`,
     );
   assert.equal(first.report?.chunkServers.filter((c) => c.state === 'alive').length, 5);
+  // One seed is enough to name both groups' leaders: a follower names the leader it follows.
+  for (const seed of cluster.meta) {
+    const one = await dogfs(['admin', 'members', '--meta', seed]);
+    assert.equal(one.status, 0, one.stderr);
+    assert.match(one.stdout, /^Group 0 \(cluster\): led by 127\.0\.0\.1:\d+, term \d+$/m, one.stdout);
+    assert.match(one.stdout, /^Group 1 \(namespace\): led by 127\.0\.0\.1:\d+, term \d+$/m, one.stdout);
+  }
   // The same views from the command line: `dogfs admin members`.
   const members = await dogfs(['admin', 'members', '--json']);
   assert.equal(members.status, 0, members.stderr);

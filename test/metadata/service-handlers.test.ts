@@ -164,3 +164,74 @@ test('a heartbeat of an id nobody registered is answered "register" without a Ra
     node.node.stop();
   }
 });
+
+test('a rebalancing move never raises the most shards of a group one failure domain holds', async () => {
+  const MiB = 1024 * 1024;
+  for (const [emptyDomain, allowed] of [
+    ['rack-b', false], // 2/2/2 in racks a, b, c: a third in rack-b would be more than M = 2 there
+    ['rack-d', true], // a new rack: 1/2/2/1
+  ] as const) {
+    const node = instantNode(() => true, { autoRepairDelayMs: null });
+    try {
+      const { h, ctx } = node;
+      const servers = [
+        ['a1', 'rack-a', 60],
+        ['a2', 'rack-a', 60],
+        ['b1', 'rack-b', 20],
+        ['b2', 'rack-b', 20],
+        ['c1', 'rack-c', 20],
+        ['c2', 'rack-c', 20],
+        ['new', emptyDomain, 0],
+      ] as const;
+      for (const [id, domain, usedMiB] of servers)
+        await h.RegisterChunkServer(
+          {
+            id,
+            addr: `127.0.0.1:1${servers.findIndex((s) => s[0] === id)}`,
+            controlAddr: '127.0.0.1:2',
+            failureDomain: domain,
+            capacityBytes: 100 * MiB,
+            usedBytes: usedMiB * MiB,
+            clusterId: '',
+          },
+          ctx,
+        );
+      const internals = node.node as unknown as {
+        rebalance: { update(now: number, servers: unknown[]): void };
+        rebalanceMove(bg: unknown): { targets: { chunkServerId: string }[] } | undefined;
+      };
+      internals.rebalance.update(
+        0,
+        servers.map(([id, , usedMiB]) => ({
+          id,
+          alive: true,
+          draining: false,
+          capacityBytes: 100 * MiB,
+          usedBytes: usedMiB * MiB,
+        })),
+      );
+      const move = internals.rebalanceMove({
+        id: 7,
+        offset: 0,
+        length: 4 * MiB,
+        dataShards: 4,
+        parityShards: 2,
+        stripeSize: 4 * MiB,
+        maxBytes: 64 * MiB,
+        committed: true,
+        servers: ['a1', 'b1', 'c1', 'a2', 'b2', 'c2'],
+        shardLengths: [MiB, MiB, MiB, MiB, MiB, MiB],
+        crcs: [1, 2, 3, 4, 5, 6],
+        durableMask: 0b111111,
+      });
+      if (allowed)
+        assert.deepEqual(
+          move?.targets.map((t) => t.chunkServerId),
+          ['new'],
+        );
+      else assert.equal(move, undefined, 'no move into rack-b');
+    } finally {
+      node.node.stop();
+    }
+  }
+});
