@@ -178,7 +178,10 @@ test('a source whose bytes were damaged on the way (its copy intact) is read aga
       close: () => real.close(),
     };
     const outcome = await repairFile({ meta, session, transport }, '/t.bin');
-    assert.ok(flaky !== undefined, `a source was damaged in transit: ${JSON.stringify(outcome)} ${JSON.stringify(bg.shards)} victim ${victim.id}`);
+    assert.ok(
+      flaky !== undefined,
+      `a source was damaged in transit: ${JSON.stringify(outcome)} ${JSON.stringify(bg.shards)} victim ${victim.id}`,
+    );
     assert.deepEqual(outcome.unrepaired, []);
     const after = await groupOf();
     const holder = (g: typeof bg, index: number) => g.shards.find((s) => s.index === index)!.chunkServerId;
