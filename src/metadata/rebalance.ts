@@ -9,8 +9,9 @@
  * A server sheds when its share of its capacity in use is more than START_ABOVE_MEAN over the cluster's
  * (all used over all capacity, alive servers not being drained), and stops at STOP_ABOVE_MEAN: the gap
  * between the two keeps a server near the line from starting and stopping with every heartbeat. Which
- * shard moves where is the service's (`rebalanceMove`): never to a server that would lower a group's
- * failure-domain spread or end fuller than the source; when nothing can move, rebalancing pauses.
+ * shard moves where is the service's (`rebalanceMove`): never to a server that would crowd one failure
+ * domain with more of a group's shards or end fuller than the source; when nothing can move,
+ * rebalancing pauses.
  */
 import { assert } from '../common/assert.js';
 
@@ -66,7 +67,7 @@ export class RebalancePlan {
 
   /**
    * No server sheds until `untilMs`: a walk found nothing on the shedding servers that could move (every
-   * move would lower a group's failure-domain spread or overfill its target), and asking again every few
+   * move would crowd a failure domain or overfill its target), and asking again every few
    * seconds would walk the namespace for nothing. The next update drops the shedding servers.
    */
   pause(untilMs: number): void {

@@ -620,8 +620,8 @@ export class MetadataNode {
           for (const path of moving) this.movePaths.add(path);
           const shedding = this.rebalance.sheddingServers();
           if (shedding.length > 0 && found.paths.length === 0 && moving.length === 0 && newMoves > 0) {
-            // Nothing on the shedding servers can move without lowering a group's failure-domain spread
-            // or overfilling its target: stop asking (and walking every 5 s) for a while.
+            // Nothing on the shedding servers can move without crowding a failure domain or overfilling
+            // its target: stop asking (and walking every 5 s) for a while.
             this.rebalance.pause(Date.now() + REBALANCE_PAUSE_MS);
             this.log.info('rebalance: nothing on the fuller servers can move; paused', {
               servers: shedding.map((x) => x.id),
