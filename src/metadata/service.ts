@@ -369,6 +369,8 @@ export class MetadataNode {
    * same emptiest target.
    */
   private readonly movesPlanned = new Map<string, number>();
+  /** The move planned for each block group in this batch (its bytes are in movesPlanned). */
+  private readonly moveOfGroup = new Map<number, { from: string; to: string; bytes: number }>();
   /** Chunk servers whose last heartbeat said they take repair work. */
   private readonly repairWorkers = new Set<string>();
   private autoRepairNextScanMs = 0;
@@ -608,7 +610,10 @@ export class MetadataNode {
       // meanwhile then waits behind a batch at most, not behind a full queue of moves.
       const newMoves = schedule.inProgress().length === 0 ? REBALANCE_NEW_PER_SCAN : 0;
       // The previous batch is done and in the heartbeats' usage by now (or never ran).
-      if (newMoves > 0) this.movesPlanned.clear();
+      if (newMoves > 0) {
+        this.movesPlanned.clear();
+        this.moveOfGroup.clear();
+      }
       this.scanDamagedFiles(AUTO_REPAIR_NEW_PER_SCAN, (path) => schedule.isTracked(path), newMoves)
         .then((found) => {
           if (found === undefined || this.clusterLeadership?.term !== term) return;
@@ -1415,6 +1420,7 @@ export class MetadataNode {
     this.rebalance.clear();
     this.movePaths.clear();
     this.movesPlanned.clear();
+    this.moveOfGroup.clear();
     this.repairWorkers.clear();
     this.lastSeen.clear();
     this.reportsInProgress.clear();
@@ -1601,6 +1607,22 @@ export class MetadataNode {
    * Whether a shard of `bg` is recorded on a server being drained, alive or not: one that died while
    * draining still holds what was not moved, and must not be reported empty.
    */
+  /** Records `move` as block group `id`'s planned move of this batch (undefined: none), in both maps. */
+  private planMove(id: number, move: { from: string; to: string; bytes: number } | undefined): void {
+    const add = (server: string, bytes: number) =>
+      this.movesPlanned.set(server, (this.movesPlanned.get(server) ?? 0) + bytes);
+    const earlier = this.moveOfGroup.get(id);
+    if (earlier !== undefined) {
+      add(earlier.from, earlier.bytes);
+      add(earlier.to, -earlier.bytes);
+      this.moveOfGroup.delete(id);
+    }
+    if (move === undefined) return;
+    add(move.from, -move.bytes);
+    add(move.to, move.bytes);
+    this.moveOfGroup.set(id, move);
+  }
+
   private onSheddingServer(bg: BlockGroupInfo): boolean {
     return bg.servers.some((id) => id !== '' && this.rebalance.isShedding(id));
   }
@@ -1615,6 +1637,9 @@ export class MetadataNode {
    */
   private rebalanceMove(bg: BlockGroupInfo, plan = false): Init<BlockGroupRepair> | undefined {
     if (!bg.committed || this.missingShards(bg, undefined, true).length > 0) return undefined;
+    // A repairer plans again after a round that failed: this group's earlier move is replaced, not
+    // counted twice (its bytes would have made both ends look moved twice over).
+    if (plan) this.planMove(bg.id, undefined);
     // Usage counts the moves of this batch already planned (heartbeats have not caught up with them).
     const usage = (s: { id: string; usedBytes: number; capacityBytes: number }, plusBytes: number) =>
       (s.usedBytes + (this.movesPlanned.get(s.id) ?? 0) + plusBytes) / s.capacityBytes;
@@ -1655,10 +1680,7 @@ export class MetadataNode {
       if (best === undefined || usage(candidate, 0) < usage(best, 0)) best = candidate;
     }
     if (best === undefined) return undefined;
-    if (plan) {
-      this.movesPlanned.set(source.server.id, (this.movesPlanned.get(source.server.id) ?? 0) - shardBytes);
-      this.movesPlanned.set(best.id, (this.movesPlanned.get(best.id) ?? 0) + shardBytes);
-    }
+    if (plan) this.planMove(bg.id, { from: source.server.id, to: best.id, bytes: shardBytes });
     return {
       blockGroup: this.blockGroupToWire(bg),
       missing: [source.index],

@@ -198,7 +198,8 @@ test('a rebalancing move never raises the most shards of a group one failure dom
         );
       const internals = node.node as unknown as {
         rebalance: { update(now: number, servers: unknown[]): void };
-        rebalanceMove(bg: unknown): { targets: { chunkServerId: string }[] } | undefined;
+        rebalanceMove(bg: unknown, plan?: boolean): { targets: { chunkServerId: string }[] } | undefined;
+        movesPlanned: Map<string, number>;
       };
       internals.rebalance.update(
         0,
@@ -210,7 +211,7 @@ test('a rebalancing move never raises the most shards of a group one failure dom
           usedBytes: usedMiB * MiB,
         })),
       );
-      const move = internals.rebalanceMove({
+      const group = {
         id: 7,
         offset: 0,
         length: 4 * MiB,
@@ -223,13 +224,25 @@ test('a rebalancing move never raises the most shards of a group one failure dom
         shardLengths: [MiB, MiB, MiB, MiB, MiB, MiB],
         crcs: [1, 2, 3, 4, 5, 6],
         durableMask: 0b111111,
-      });
-      if (allowed)
-        assert.deepEqual(
-          move?.targets.map((t) => t.chunkServerId),
-          ['new'],
-        );
-      else assert.equal(move, undefined, 'no move into rack-b');
+      };
+      const move = internals.rebalanceMove(group);
+      if (!allowed) {
+        assert.equal(move, undefined, 'no move into rack-b');
+        continue;
+      }
+      assert.deepEqual(
+        move?.targets.map((t) => t.chunkServerId),
+        ['new'],
+      );
+      // Planned, then planned again (a repairer's second round): its bytes count once at each end.
+      internals.rebalanceMove(group, true);
+      internals.rebalanceMove(group, true);
+      assert.equal(internals.movesPlanned.get('new'), MiB);
+      assert.equal(
+        [...internals.movesPlanned.values()].reduce((a, b) => a + b, 0),
+        0,
+        'what one server gives, another takes',
+      );
     } finally {
       node.node.stop();
     }
