@@ -478,6 +478,21 @@ export class MetadataNode {
     host.addGroup(NAMESPACE_GROUP, this.namespace);
   }
 
+  /** This member's own view of each group it hosts (no read barrier: what MemberStatus and metrics say). */
+  private ownGroupViews() {
+    return this.host.groupIds().map((g) => {
+      const s = this.host.status(g);
+      return {
+        group: g,
+        role: s.role,
+        term: s.term,
+        leaderAddr: s.leaderAddr,
+        commitIndex: s.commit,
+        appliedIndex: s.applied,
+      };
+    });
+  }
+
   /** What this member says of itself for its metrics endpoint (metadata/metrics.ts); cheap: no walk. */
   metrics(): MetadataMetrics {
     const servers = this.cluster.state.servers();
@@ -485,10 +500,7 @@ export class MetadataNode {
     if (leadsCluster) this.notesOfThisTerm();
     const c = this.host.counters;
     return {
-      groups: this.host.groupIds().map((g) => {
-        const s = this.host.status(g);
-        return { group: g, role: s.role, term: s.term, commitIndex: s.commit, appliedIndex: s.applied };
-      }),
+      groups: this.ownGroupViews(),
       raft: {
         proposals: c.proposals,
         applied: c.applied,
@@ -2423,19 +2435,7 @@ export class MetadataNode {
           throw new DogfsError('UNAVAILABLE', `group ${req.group} has no leader right now`);
         return { leaderAddr: status.leaderAddr, term: status.term };
       },
-      MemberStatus: () => ({
-        groups: this.host.groupIds().map((g) => {
-          const s = this.host.status(g);
-          return {
-            group: g,
-            role: s.role,
-            term: s.term,
-            leaderAddr: s.leaderAddr,
-            commitIndex: s.commit,
-            appliedIndex: s.applied,
-          };
-        }),
-      }),
+      MemberStatus: () => ({ groups: this.ownGroupViews() }),
     };
   }
 }

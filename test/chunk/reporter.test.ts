@@ -34,6 +34,28 @@ function fakeMetadata(handlers: Partial<ServiceHandlers<MetadataMethods>>): Serv
   return { ...(all as unknown as ServiceHandlers<MetadataMethods>), ...handlers };
 }
 
+/** A metadata service that records registrations and heartbeats and asks for one every `intervalMs`. */
+function recordingMetadata(intervalMs: number) {
+  const registrations: RegisterChunkServerRequest[] = [];
+  const heartbeats: HeartbeatRequest[] = [];
+  const meta = new RpcServer();
+  meta.addService(
+    MetadataService,
+    fakeMetadata({
+      RegisterChunkServer: (request) => {
+        registrations.push(request);
+        return { heartbeatIntervalMs: intervalMs };
+      },
+      BlockReport: () => ({}),
+      Heartbeat: (request) => {
+        heartbeats.push(request);
+        return {};
+      },
+    }),
+  );
+  return { meta, registrations, heartbeats };
+}
+
 test('registers with the leader (following NOT_LEADER hints), reports its inventory, heartbeats corrupt shards', async () => {
   const store = await ShardStore.open({ dir: join(dir.path, 'c') });
   for (let i = 0; i < 25; i++) {
@@ -346,23 +368,7 @@ test('with no metadata leader to be found, the reporter retries at least once a 
 test('the capacity reported never offers placement more than the filesystem has free, as the disk fills with other data', async () => {
   const storeDir = join(dir.path, 'space');
   const store = await ShardStore.open({ dir: storeDir });
-  const registrations: RegisterChunkServerRequest[] = [];
-  const heartbeats: HeartbeatRequest[] = [];
-  const meta = new RpcServer();
-  meta.addService(
-    MetadataService,
-    fakeMetadata({
-      RegisterChunkServer: (request) => {
-        registrations.push(request);
-        return { heartbeatIntervalMs: 50 };
-      },
-      BlockReport: () => ({}),
-      Heartbeat: (request) => {
-        heartbeats.push(request);
-        return {};
-      },
-    }),
-  );
+  const { meta, registrations, heartbeats } = recordingMetadata(50);
   const reporter = new MetadataReporter({
     meta: [`127.0.0.1:${await meta.listen('127.0.0.1', 0)}`],
     id: 'chunk-space',
@@ -406,23 +412,7 @@ test('the capacity reported never offers placement more than the filesystem has 
 
 test('dogfs chunk --meta registers its data and control addresses and heartbeats; SIGTERM stops it cleanly', async () => {
   const { startChunk } = await import('./helpers.js');
-  const registrations: RegisterChunkServerRequest[] = [];
-  const heartbeats: HeartbeatRequest[] = [];
-  const meta = new RpcServer();
-  meta.addService(
-    MetadataService,
-    fakeMetadata({
-      RegisterChunkServer: (request) => {
-        registrations.push(request);
-        return { heartbeatIntervalMs: 100 };
-      },
-      BlockReport: () => ({}),
-      Heartbeat: (request) => {
-        heartbeats.push(request);
-        return {};
-      },
-    }),
-  );
+  const { meta, registrations, heartbeats } = recordingMetadata(100);
   const metaAddr = `127.0.0.1:${await meta.listen('127.0.0.1', 0)}`;
   const chunk = await startChunk(join(dir.path, 'proc'), [
     '--meta',

@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
-import { createServer } from 'node:net';
+import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { operationDeadline } from '../../src/chunk/data-server.js';
 import { crc32c } from '../../src/codec/index.js';
 import { dataOperationMs, encodeFrame, FrameReader, MAX_SHARD_BYTES } from '../../src/wire/data-transfer.js';
 import type { DogfsError } from '../../src/wire/errors.js';
-import { ChunkControlService } from '../../src/wire/gen/types.js';
+import { ChunkControlService, type DataRequestHeader } from '../../src/wire/gen/types.js';
 import { tempDir } from '../helpers/index.js';
 import {
   counter,
@@ -37,6 +37,28 @@ after(async () => {
 
 const KiB = 1024;
 const SIZES = [0, 1, 64 * KiB - 1, 64 * KiB, 64 * KiB + 1, 5 * 1024 * KiB + 123];
+
+/**
+ * A fake chunk server: each connection's first request (a DataRequestHeader) is handed to `answer`,
+ * which writes what the test wants the server to say.
+ */
+async function fakeReadServer(
+  answer: (socket: Socket, request: DataRequestHeader | undefined) => void,
+): Promise<{ address: string; close: () => void }> {
+  const fake = createServer((socket) => {
+    socket.on('error', () => {});
+    new FrameReader(socket)
+      .readFrame('dogfs.v1.DataRequestHeader')
+      .then((request) => answer(socket, request))
+      .catch(() => socket.destroy());
+  });
+  await new Promise<void>((resolve) => fake.listen(0, '127.0.0.1', resolve));
+  return {
+    address: `127.0.0.1:${(fake.address() as { port: number }).port}`,
+    // Not waited for: the client's pool may keep its connections open until the client closes.
+    close: () => fake.close(),
+  };
+}
 
 test('write then read back shards of sizes 0, 1, 64 KiB ± 1 and several MiB; stat and list them', async () => {
   for (const [i, size] of SIZES.entries()) {
@@ -248,27 +270,16 @@ test('a read or a write aborted while its connection is being made is CANCELLED,
 test('a server that answers a read with a range short of what was asked is refused, not taken as the end', async () => {
   const chunkBytes = Buffer.alloc(64 * KiB, 7);
   /** A fake chunk server answering every read with `answer`'s header (and one chunk when it has length). */
-  const fake = createServer((socket) => {
-    socket.on('error', () => {});
-    const reader = new FrameReader(socket);
-    reader
-      .readFrame('dogfs.v1.DataRequestHeader')
-      .then((request) => {
-        const length = request!.offset === 0 ? 0 : 64 * KiB; // case 1: nothing; case 2: the wrong chunk
-        socket.write(
-          encodeFrame('dogfs.v1.DataResponseHeader', { code: 'OK', offset: 0, length, shardLength: 200_000 }),
-        );
-        if (length > 0) {
-          socket.write(
-            encodeFrame('dogfs.v1.DataPacketHeader', { length, chunkCrc32c: [crc32c(chunkBytes)] }),
-          );
-          socket.write(chunkBytes);
-        }
-      })
-      .catch(() => socket.destroy());
+  const { address, close } = await fakeReadServer((socket, request) => {
+    const length = request!.offset === 0 ? 0 : 64 * KiB; // case 1: nothing; case 2: the wrong chunk
+    socket.write(
+      encodeFrame('dogfs.v1.DataResponseHeader', { code: 'OK', offset: 0, length, shardLength: 200_000 }),
+    );
+    if (length > 0) {
+      socket.write(encodeFrame('dogfs.v1.DataPacketHeader', { length, chunkCrc32c: [crc32c(chunkBytes)] }));
+      socket.write(chunkBytes);
+    }
   });
-  await new Promise<void>((resolve) => fake.listen(0, '127.0.0.1', resolve));
-  const address = `127.0.0.1:${(fake.address() as { port: number }).port}`;
   const shard = { blockGroupId: 5, index: 0, generation: 1 };
   try {
     for (const offset of [0, 128 * KiB]) {
@@ -278,41 +289,32 @@ test('a server that answers a read with a range short of what was asked is refus
       );
     }
   } finally {
-    fake.close();
+    close();
   }
 });
 
 test("a chunk that fails its checksum on arrival is CORRUPT in transit; the server's own CORRUPT is not", async () => {
   const chunkBytes = Buffer.alloc(64 * KiB, 7);
   /** A fake chunk server: block group 1 arrives damaged (a wrong CRC), block group 2 fails on its disk. */
-  const fake = createServer((socket) => {
-    socket.on('error', () => {});
-    const reader = new FrameReader(socket);
-    reader
-      .readFrame('dogfs.v1.DataRequestHeader')
-      .then((request) => {
-        const length = 64 * KiB;
-        socket.write(
-          encodeFrame('dogfs.v1.DataResponseHeader', { code: 'OK', offset: 0, length, shardLength: length }),
-        );
-        if (request!.shard!.blockGroupId === 1) {
-          socket.write(
-            encodeFrame('dogfs.v1.DataPacketHeader', { length, chunkCrc32c: [crc32c(chunkBytes) ^ 1] }),
-          );
-          socket.write(chunkBytes);
-        } else {
-          socket.write(
-            encodeFrame('dogfs.v1.DataPacketHeader', {
-              errorCode: 'CORRUPT',
-              errorMessage: 'chunk at offset 0 fails its stored checksum',
-            }),
-          );
-        }
-      })
-      .catch(() => socket.destroy());
+  const { address, close } = await fakeReadServer((socket, request) => {
+    const length = 64 * KiB;
+    socket.write(
+      encodeFrame('dogfs.v1.DataResponseHeader', { code: 'OK', offset: 0, length, shardLength: length }),
+    );
+    if (request!.shard!.blockGroupId === 1) {
+      socket.write(
+        encodeFrame('dogfs.v1.DataPacketHeader', { length, chunkCrc32c: [crc32c(chunkBytes) ^ 1] }),
+      );
+      socket.write(chunkBytes);
+    } else {
+      socket.write(
+        encodeFrame('dogfs.v1.DataPacketHeader', {
+          errorCode: 'CORRUPT',
+          errorMessage: 'chunk at offset 0 fails its stored checksum',
+        }),
+      );
+    }
   });
-  await new Promise<void>((resolve) => fake.listen(0, '127.0.0.1', resolve));
-  const address = `127.0.0.1:${(fake.address() as { port: number }).port}`;
   try {
     await assert.rejects(
       client.readShardBytes(address, { blockGroupId: 1, index: 0, generation: 1 }),
@@ -323,35 +325,26 @@ test("a chunk that fails its checksum on arrival is CORRUPT in transit; the serv
       (error: DogfsError) => error.code === 'CORRUPT' && !error.inTransit,
     );
   } finally {
-    fake.close();
+    close();
   }
 });
 
 test('a server whose copy has another length than committed: the read is CORRUPT before any byte', async () => {
   const chunkBytes = Buffer.alloc(64 * KiB, 7);
   /** A fake chunk server holding a self-consistent copy of 128 KiB, asked for one of 64 KiB. */
-  const fake = createServer((socket) => {
-    socket.on('error', () => {});
-    const reader = new FrameReader(socket);
-    reader
-      .readFrame('dogfs.v1.DataRequestHeader')
-      .then(() => {
-        const length = 64 * KiB;
-        socket.write(
-          encodeFrame('dogfs.v1.DataResponseHeader', {
-            code: 'OK',
-            offset: 0,
-            length,
-            shardLength: 2 * length,
-          }),
-        );
-        socket.write(encodeFrame('dogfs.v1.DataPacketHeader', { length, chunkCrc32c: [crc32c(chunkBytes)] }));
-        socket.write(chunkBytes);
-      })
-      .catch(() => socket.destroy());
+  const { address, close } = await fakeReadServer((socket) => {
+    const length = 64 * KiB;
+    socket.write(
+      encodeFrame('dogfs.v1.DataResponseHeader', {
+        code: 'OK',
+        offset: 0,
+        length,
+        shardLength: 2 * length,
+      }),
+    );
+    socket.write(encodeFrame('dogfs.v1.DataPacketHeader', { length, chunkCrc32c: [crc32c(chunkBytes)] }));
+    socket.write(chunkBytes);
   });
-  await new Promise<void>((resolve) => fake.listen(0, '127.0.0.1', resolve));
-  const address = `127.0.0.1:${(fake.address() as { port: number }).port}`;
   const shard = { blockGroupId: 3, index: 0, generation: 1 };
   try {
     const yielded: number[] = [];
@@ -373,7 +366,7 @@ test('a server whose copy has another length than committed: the read is CORRUPT
     const bytes = await client.readShardBytes(address, shard, { length: 64 * KiB });
     assert.equal(bytes.length, 64 * KiB);
   } finally {
-    fake.close();
+    close();
   }
 });
 

@@ -511,22 +511,88 @@ describe('dogfs file commands', () => {
     assert.equal(listed[0]!.path, '/deep/d');
   });
 
+  /** `dogfs ARGS` as a child the test can signal: how it ended (its signal, else its code) and its stderr. */
+  const spawnCli = (args: string[]) => {
+    const child = spawn(process.execPath, [DOGFS_BIN, ...args], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+      stderr += d;
+    });
+    const exited = new Promise<NodeJS.Signals | number | null>((resolve) =>
+      child.once('close', (code, signal) => resolve(signal ?? code)),
+    );
+    return { child, exited, stderr: () => stderr };
+  };
+
+  /**
+   * A put waiting for its second block group (the service holds that answer) gets `signal`: it ends as
+   * `ended` with one line, its pending file abandoned and the name free.
+   */
+  const interruptHeldPut = async (
+    signal: NodeJS.Signals,
+    ended: NodeJS.Signals | number,
+    local: string,
+    remote: string,
+  ) => {
+    let release: () => void = () => {};
+    meta.state.holdReply.set('AllocateBlockGroup', new Promise<void>((resolve) => (release = resolve)));
+    const allocations = meta.state.count('AllocateBlockGroup');
+    const abandons = meta.state.count('AbandonFile');
+    const put = spawnCli(['put', local, remote]);
+    try {
+      await waitFor(
+        'the put to wait on an allocation',
+        () => meta.state.count('AllocateBlockGroup') > allocations,
+      );
+      put.child.kill(signal);
+      assert.equal(await put.exited, ended);
+    } finally {
+      meta.state.holdReply.delete('AllocateBlockGroup');
+      release();
+    }
+    assert.equal(assertOneLineError(put.stderr()), 'dogfs: interrupted');
+    assert.equal(meta.state.count('AbandonFile'), abandons + 1, 'the pending file was abandoned');
+    assert.ok(
+      ![...meta.state.pending.values()].some((p) => p.path === remote),
+      'nothing pending under the name',
+    );
+    const again = await binary(['put', local, remote]);
+    assert.equal(again.status, 0, again.stderr);
+  };
+
+  /**
+   * A get of `remote` stalled on a stopped chunk server (a shard read waits 5 s before decoding around it)
+   * gets `signal`: it ends as `ended` with one line and leaves nothing in `into`. `alsoStalled` runs
+   * while the server is still stopped.
+   */
+  const interruptStalledGet = async (
+    signal: NodeJS.Signals,
+    ended: NodeJS.Signals | number,
+    remote: string,
+    into: string,
+    alsoStalled: () => Promise<void> = async () => {},
+  ) => {
+    mkdirSync(into);
+    const holder = meta.state.nodes.get(remote)!.blockGroups[0]!.shards.find((s) => s.index === 0)!;
+    const stopped = chunks.find((c) => c.dataAddr === holder.addr)!;
+    const pid = stopped.process.child.pid!;
+    process.kill(pid, 'SIGSTOP');
+    try {
+      const get = spawnCli(['get', remote, join(into, 'got.bin')]);
+      await waitFor('the temporary file', () => readdirSync(into).some((f) => f.endsWith('.tmp')));
+      get.child.kill(signal);
+      assert.equal(await get.exited, ended);
+      assert.equal(assertOneLineError(get.stderr()), 'dogfs: interrupted');
+      assert.deepEqual(readdirSync(into), [], 'no temporary file, no partial target');
+      await alsoStalled();
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+  };
+
   test('SIGINT: a put abandons its file (the name is free at once), a get leaves no temporary file', async () => {
     const local = join(dir.path, 'interrupted.bin');
-    const data = randomBytes(3 << 20);
-    writeFileSync(local, data);
-    const run = (args: string[]) => {
-      const child = spawn(process.execPath, [DOGFS_BIN, ...args], {
-        env,
-        stdio: ['ignore', 'ignore', 'pipe'],
-      });
-      let stderr = '';
-      child.stderr.setEncoding('utf8').on('data', (d: string) => {
-        stderr += d;
-      });
-      const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
-      return { child, exited, stderr: () => stderr };
-    };
+    writeFileSync(local, randomBytes(3 << 20));
 
     // Interrupted while its Create is on its way (applied, not answered): the put waits for the answer
     // and then abandons the file, as later in the put.
@@ -534,7 +600,7 @@ describe('dogfs file commands', () => {
     meta.state.holdReply.set('Create', new Promise<void>((resolve) => (answer = resolve)));
     const creates = meta.state.count('Create');
     const abandonsBefore = meta.state.count('AbandonFile');
-    const creating = run(['put', local, '/interrupted-creating']);
+    const creating = spawnCli(['put', local, '/interrupted-creating']);
     try {
       await waitFor('the put to wait on its Create', () => meta.state.count('Create') > creates);
       creating.child.kill('SIGINT');
@@ -551,111 +617,18 @@ describe('dogfs file commands', () => {
       'nothing pending under the name',
     );
 
-    // A put waiting for its second block group (the service holds that answer) is interrupted.
-    let release: () => void = () => {};
-    meta.state.holdReply.set('AllocateBlockGroup', new Promise<void>((resolve) => (release = resolve)));
-    const allocations = meta.state.count('AllocateBlockGroup');
-    const put = run(['put', local, '/interrupted']);
-    try {
-      await waitFor(
-        'the put to wait on an allocation',
-        () => meta.state.count('AllocateBlockGroup') > allocations,
-      );
-      put.child.kill('SIGINT');
-      assert.equal(await put.exited, 130);
-    } finally {
-      meta.state.holdReply.delete('AllocateBlockGroup');
-      release();
-    }
-    assert.equal(assertOneLineError(put.stderr()), 'dogfs: interrupted');
-    assert.ok(meta.state.calls.includes('AbandonFile'), 'the pending file was abandoned');
-    assert.equal(
-      [...meta.state.pending.values()].filter((p) => p.path === '/interrupted').length,
-      0,
-      'nothing pending under the name',
-    );
-    const again = await binary(['put', local, '/interrupted']);
-    assert.equal(again.status, 0, again.stderr);
-
-    // A get stalled on a stopped chunk server (a shard read waits 5 s before decoding around it).
-    const into = join(dir.path, 'interrupted-get');
-    mkdirSync(into);
-    const holder = meta.state.nodes.get('/interrupted')!.blockGroups[0]!.shards.find((s) => s.index === 0)!;
-    const stopped = chunks.find((c) => c.dataAddr === holder.addr)!;
-    const pid = stopped.process.child.pid!;
-    process.kill(pid, 'SIGSTOP');
-    try {
-      const get = run(['get', '/interrupted', join(into, 'got.bin')]);
-      await waitFor('the temporary file', () => readdirSync(into).some((f) => f.endsWith('.tmp')));
-      get.child.kill('SIGINT');
-      assert.equal(await get.exited, 130);
-      assert.equal(assertOneLineError(get.stderr()), 'dogfs: interrupted');
-      assert.deepEqual(readdirSync(into), [], 'no temporary file, no partial target');
-    } finally {
-      process.kill(pid, 'SIGCONT');
-    }
+    await interruptHeldPut('SIGINT', 130, local, '/interrupted');
+    await interruptStalledGet('SIGINT', 130, '/interrupted', join(dir.path, 'interrupted-get'));
   });
 
   test('SIGHUP (the terminal closed): a put abandons its file, a get leaves no temporary file; the process dies of SIGHUP', async () => {
     const local = join(dir.path, 'hangup.bin');
     writeFileSync(local, randomBytes(3 << 20));
-    const run = (args: string[]) => {
-      const child = spawn(process.execPath, [DOGFS_BIN, ...args], {
-        env,
-        stdio: ['ignore', 'ignore', 'pipe'],
-      });
-      let stderr = '';
-      child.stderr.setEncoding('utf8').on('data', (d: string) => {
-        stderr += d;
-      });
-      const exited = new Promise<NodeJS.Signals | number | null>((resolve) =>
-        child.once('close', (code, signal) => resolve(signal ?? code)),
-      );
-      return { child, exited, stderr: () => stderr };
-    };
 
-    // A put waiting for its second block group (the service holds that answer).
-    let release: () => void = () => {};
-    meta.state.holdReply.set('AllocateBlockGroup', new Promise<void>((resolve) => (release = resolve)));
-    const allocations = meta.state.count('AllocateBlockGroup');
-    const abandons = meta.state.count('AbandonFile');
-    const put = run(['put', local, '/hangup']);
-    try {
-      await waitFor(
-        'the put to wait on an allocation',
-        () => meta.state.count('AllocateBlockGroup') > allocations,
-      );
-      put.child.kill('SIGHUP');
-      // Killed by the signal itself once the cleanup is done: a shell shows 129.
-      assert.equal(await put.exited, 'SIGHUP');
-    } finally {
-      meta.state.holdReply.delete('AllocateBlockGroup');
-      release();
-    }
-    assert.equal(assertOneLineError(put.stderr()), 'dogfs: interrupted');
-    assert.equal(meta.state.count('AbandonFile'), abandons + 1, 'the pending file was abandoned');
-    assert.ok(
-      ![...meta.state.pending.values()].some((p) => p.path === '/hangup'),
-      'nothing pending under the name',
-    );
-    const again = await binary(['put', local, '/hangup']);
-    assert.equal(again.status, 0, again.stderr);
-
-    // Gets stalled on a stopped chunk server (a shard read waits 5 s before decoding around it).
+    // Killed by the signal itself once the cleanup is done: a shell shows 129.
+    await interruptHeldPut('SIGHUP', 'SIGHUP', local, '/hangup');
     const into = join(dir.path, 'hangup-get');
-    mkdirSync(into);
-    const holder = meta.state.nodes.get('/hangup')!.blockGroups[0]!.shards.find((s) => s.index === 0)!;
-    const stopped = chunks.find((c) => c.dataAddr === holder.addr)!;
-    const pid = stopped.process.child.pid!;
-    process.kill(pid, 'SIGSTOP');
-    try {
-      const get = run(['get', '/hangup', join(into, 'got.bin')]);
-      await waitFor('the temporary file', () => readdirSync(into).some((f) => f.endsWith('.tmp')));
-      get.child.kill('SIGHUP');
-      assert.equal(await get.exited, 'SIGHUP');
-      assert.equal(assertOneLineError(get.stderr()), 'dogfs: interrupted');
-      assert.deepEqual(readdirSync(into), [], 'no temporary file, no partial target');
-
+    await interruptStalledGet('SIGHUP', 'SIGHUP', '/hangup', into, async () => {
       // A real hangup: the get runs on a pseudo-terminal (script(1)) under a shell that leads its session,
       // as in a terminal window. Killing script closes the terminal: the kernel hangs it up, the leader
       // dies of SIGHUP and the foreground job, the get, is sent SIGHUP. Its writes to the terminal then
@@ -683,11 +656,8 @@ describe('dogfs file commands', () => {
       );
       assert.equal(status, '129', 'died of SIGHUP, after its cleanup');
       assert.deepEqual(readdirSync(into), [], 'no temporary file after the terminal closed');
-    } finally {
-      process.kill(pid, 'SIGCONT');
-    }
+    });
   });
-
   test('endpoints: --meta, $DOGFS_META, $DOGFS_CLUSTER, ./cluster.json; none reachable: a clear error', async () => {
     const clusterFile = join(dir.path, 'cluster.json');
     writeFileSync(clusterFile, JSON.stringify({ meta: [meta.leader.address], processes: [] }));
