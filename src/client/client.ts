@@ -6,6 +6,7 @@
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { assert } from '../common/assert.js';
+import { compareNames } from '../common/code-point-order.js';
 import { DogfsError } from '../wire/errors.js';
 import { type ClusterReportResponse, type ClusterSettings, FileType, type Inode } from '../wire/gen/types.js';
 import type { Init } from '../wire/proto.js';
@@ -161,7 +162,7 @@ export class DogfsClient {
       }
       const last = answer.entries[answer.entries.length - 1];
       if (!answer.more || last === undefined) return;
-      assert(last.name > startAfter || startAfter === '', 'list pages must advance');
+      assert(startAfter === '' || compareNames(last.name, startAfter) > 0, 'list pages must advance');
       startAfter = last.name;
     }
     throw new DogfsError('FAILED_PRECONDITION', `${p}: more than ${MAX_LIST_PAGES} pages`);

@@ -5,6 +5,7 @@
 export * from './address.js';
 export * from './assert.js';
 export * from './cluster-id.js';
+export * from './code-point-order.js';
 export * from './dirlock.js';
 export * from './durable-file.js';
 export * from './ec-policy.js';

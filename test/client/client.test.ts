@@ -134,6 +134,17 @@ describe('namespace and leader discovery', () => {
     await rejectsWith(client.stat('/a/b'), 'NOT_FOUND');
   });
 
+  test('list pages advance in code-point order, where it and UTF-16 order disagree', async () => {
+    // U+FFFF sorts before U+1F600 by code point (and UTF-8 bytes, the service's order), after it by
+    // UTF-16 code units (JavaScript's <): a page boundary between them must not look like going back.
+    await client.mkdir('/order');
+    for (const name of ['\uffff', '\u{1f600}', '\u{1f601}', 'z']) await client.touch(`/order/${name}`);
+    const seen: string[] = [];
+    for await (const entry of client.list('/order', { pageSize: 1 })) seen.push(entry.name);
+    assert.deepEqual(seen, ['z', '\uffff', '\u{1f600}', '\u{1f601}']);
+    await client.delete('/order', { recursive: true });
+  });
+
   test('a new client opens one session before its first mutations, however many start at once', async () => {
     const fresh = new DogfsClient({ meta: [cluster.leader.address], timeoutMs: 5000 });
     try {

@@ -6,7 +6,9 @@
  * the shards; CompleteFile makes the file appear (replacing an old one atomically). Several instances can
  * share one state, one of them the leader, the others answering NOT_LEADER with a hint.
  */
+
 import { join } from 'node:path';
+import { compareNames } from '../../src/common/code-point-order.js';
 import { DogfsError } from '../../src/wire/errors.js';
 import {
   type BlockGroup,
@@ -352,8 +354,8 @@ export class FakeMeta {
         const names = [...s.nodes.keys()]
           .filter((p) => p !== r.path && p.startsWith(prefix) && !p.slice(prefix.length).includes('/'))
           .map((p) => p.slice(prefix.length))
-          .filter((n) => n > r.startAfter)
-          .sort();
+          .filter((n) => compareNames(n, r.startAfter) > 0)
+          .sort(compareNames);
         const limit = r.limit === 0 ? 1000 : r.limit;
         const page = names.slice(0, limit);
         return {

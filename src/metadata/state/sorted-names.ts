@@ -9,26 +9,11 @@
  * listings) expect, unlike JavaScript's `<` on UTF-16 code units.
  */
 import { assert } from '../../common/assert.js';
+import { compareNames } from '../../common/code-point-order.js';
 
 const MAX_CHUNK = 512;
 
-/** Compares two strings in code-point (= UTF-8 byte) order. */
-export function compareNames(a: string, b: string): number {
-  const n = Math.min(a.length, b.length);
-  for (let i = 0; i < n; i++) {
-    let x = a.charCodeAt(i);
-    let y = b.charCodeAt(i);
-    if (x === y) continue;
-    // Surrogates (0xD800..0xDFFF) encode code points above 0xFFFF, so they sort after 0xE000..0xFFFF:
-    // shift them up and the BMP's top range down, as ICU's code-point-order comparison does.
-    if (x >= 0xd800 && y >= 0xd800) {
-      x = x >= 0xe000 ? x - 0x800 : x + 0x2000;
-      y = y >= 0xe000 ? y - 0x800 : y + 0x2000;
-    }
-    return x - y;
-  }
-  return a.length - b.length;
-}
+export { compareNames } from '../../common/code-point-order.js';
 
 export class SortedNames {
   private chunks: string[][] = [];
