@@ -21,7 +21,8 @@ const ALLOWED: Record<string, readonly string[]> = {
   metadata: ['raftnode', 'consensus', 'codec', 'wire', 'daemon', 'common'],
   client: ['codec', 'wire', 'common'],
   cluster: ['daemon', 'wire', 'common'],
-  cli: ['client', 'cluster', 'metadata', 'chunk', 'daemon', 'codec', 'wire', 'common'],
+  s3: ['client', 'codec', 'daemon', 'wire', 'common'],
+  cli: ['client', 'cluster', 'metadata', 'chunk', 's3', 'daemon', 'codec', 'wire', 'common'],
 };
 
 function sourceFiles(dir: string): string[] {

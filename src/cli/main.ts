@@ -2,8 +2,8 @@
  * cli — the `dogfs` command: argument parsing and dispatch to the server processes (`meta`, `chunk`), the
  * local-cluster supervisor (`up`) and the client library (put/get/ls/...). A user error prints one line on
  * stderr (`dogfs: ...`) and exits non-zero; never a stack trace.
- * May import: client, cluster, metadata, chunk, daemon, codec (aligned memory for direct writes), wire,
- * common.
+ * May import: client, cluster, metadata, chunk, s3, daemon, codec (aligned memory for direct writes),
+ * wire, common.
  */
 
 import { setFlagsFromString } from 'node:v8';
@@ -41,6 +41,11 @@ Servers:
         [--metrics-listen HOST:PORT (Prometheus text at /metrics)] [--repairs on|off (take automatic
         repair work from the cluster leader; on)] [--repair-rate BYTES_PER_S (bytes its repairs read and
         write per second at most; 67108864; at least 1048576; 0: no limit)] [--log-level L]
+
+S3-compatible gateway (path-style: http://HOST:PORT/BUCKET/KEY; a bucket is a directory under /):
+  s3    [--listen HOST:PORT (127.0.0.1:9000)] [--meta HOST:PORT,...]
+        [--access-key KEY --secret-key SECRET (require SigV4 signatures; also $DOGFS_S3_ACCESS_KEY,
+        $DOGFS_S3_SECRET_KEY; without them every request is accepted)] [--region R] [--log-level L]
 
 ${FILE_COMMANDS_USAGE}`;
 
@@ -251,7 +256,7 @@ export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   // The servers and `up` log on stderr and keep running whatever happens to stdout (up.ts); the
   // one-shot commands end on a closed stdout as a C program does (cli/stdout.ts).
-  const oneShot = command !== 'up' && command !== 'meta' && command !== 'chunk';
+  const oneShot = command !== 'up' && command !== 'meta' && command !== 'chunk' && command !== 's3';
   const finish = oneShot ? watchStdout() : (status: number) => status;
   try {
     switch (command) {
@@ -276,6 +281,11 @@ export async function main(argv: string[]): Promise<number> {
       case 'chunk':
         await chunk(rest).catch((error: unknown) => Promise.reject(new CommandFailure('chunk', error)));
         return 0;
+      case 's3': {
+        const { runS3 } = await import('./s3.js');
+        await runS3(rest).catch((error: unknown) => Promise.reject(new CommandFailure('s3', error)));
+        return 0;
+      }
       default:
         if (CLIENT_COMMANDS.has(command)) {
           // Loaded by file commands only: the servers (`meta`, `chunk`), `up` and `--version` start without

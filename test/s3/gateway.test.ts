@@ -1,0 +1,452 @@
+/**
+ * The S3 gateway end to end: `dogfs up` (3 metadata servers, 5 chunk servers, rs-3-2) and `dogfs s3`
+ * requiring signatures, spoken to over HTTP by a small SigV4 client written here (independent of the
+ * gateway's own verifier, which test/s3/sigv4.test.ts checks against AWS's published examples).
+ */
+import assert from 'node:assert/strict';
+import { createHash, createHmac, randomBytes } from 'node:crypto';
+import { request } from 'node:http';
+import { connect } from 'node:net';
+import { after, before, test } from 'node:test';
+import { crc32 } from 'node:zlib';
+import type { ClusterJson } from '../../src/cluster/up.js';
+import { chunkSignature, type SigningContext } from '../../src/s3/sigv4.js';
+import {
+  killChunkServers,
+  listeningAddr,
+  runDogfs,
+  startCluster,
+  startDogfs,
+  waitFor,
+} from '../helpers/index.js';
+
+const ACCESS_KEY = 'AKIDDOGFSTEST';
+const SECRET_KEY = 'dogfs-test-secret';
+const REGION = 'us-east-1';
+
+const up = startCluster(['--meta', '3', '--chunk', '5', '--ec', 'rs-3-2']);
+let gateway: ReturnType<typeof startDogfs>;
+let addr = '';
+let cluster: ClusterJson;
+const env = () => ({ ...process.env, DOGFS_CLUSTER: up.clusterPath });
+
+before(async () => {
+  cluster = await up.ready();
+  gateway = startDogfs(
+    ['s3', '--listen', '127.0.0.1:0', '--access-key', ACCESS_KEY, '--log-level', 'debug'],
+    { ...env(), DOGFS_S3_SECRET_KEY: SECRET_KEY },
+  );
+  addr = await listeningAddr(gateway);
+});
+after(async () => {
+  gateway?.child.kill('SIGTERM');
+  await gateway?.exited;
+  await up.stop();
+});
+
+interface Reply {
+  readonly status: number;
+  readonly headers: Record<string, string | string[] | undefined>;
+  readonly body: Buffer;
+  readonly text: string;
+}
+
+const sha256 = (data: Buffer | string) => createHash('sha256').update(data).digest('hex');
+const hmac = (key: Buffer | string, data: string) => createHmac('sha256', key).update(data).digest();
+/** RFC 3986 with '/' kept, as SigV4 canonical paths want. */
+const encodePath = (path: string) =>
+  path
+    .split('/')
+    .map((s) =>
+      encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`),
+    )
+    .join('/');
+
+interface Call {
+  readonly query?: string;
+  readonly headers?: Record<string, string>;
+  readonly body?: Buffer;
+  /** Sign (default), or send unsigned. */
+  readonly sign?: boolean;
+  /** x-amz-content-sha256 to sign instead of the body's hash. */
+  readonly payloadHash?: string;
+}
+
+/** Builds the signed headers of a request; returns them and the signing context for chunk signatures. */
+function signedHeaders(
+  method: string,
+  path: string,
+  call: Call,
+): { headers: Record<string, string>; context: SigningContext } {
+  const now = new Date();
+  const amzDate = now
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d{3}/, '');
+  const date = amzDate.slice(0, 8);
+  const headers: Record<string, string> = {
+    ...call.headers,
+    host: addr,
+    'x-amz-date': amzDate,
+    'x-amz-content-sha256': call.payloadHash ?? sha256(call.body ?? Buffer.alloc(0)),
+  };
+  const names = Object.keys(headers)
+    .map((n) => n.toLowerCase())
+    .sort();
+  const lower = Object.fromEntries(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), v]));
+  const query = (call.query ?? '')
+    .split('&')
+    .filter((p) => p !== '')
+    .map((p) => (p.includes('=') ? p : `${p}=`))
+    .sort()
+    .join('&');
+  const canonical = [
+    method,
+    encodePath(path),
+    query,
+    names.map((n) => `${n}:${String(lower[n]).trim()}\n`).join(''),
+    names.join(';'),
+    headers['x-amz-content-sha256'],
+  ].join('\n');
+  const scope = `${date}/${REGION}/s3/aws4_request`;
+  const key = hmac(hmac(hmac(hmac(`AWS4${SECRET_KEY}`, date), REGION), 's3'), 'aws4_request');
+  const signature = hmac(key, ['AWS4-HMAC-SHA256', amzDate, scope, sha256(canonical)].join('\n')).toString(
+    'hex',
+  );
+  headers.authorization = `AWS4-HMAC-SHA256 Credential=${ACCESS_KEY}/${scope}, SignedHeaders=${names.join(';')}, Signature=${signature}`;
+  return { headers, context: { signingKey: key, amzDate, scope, seedSignature: signature } };
+}
+
+function s3(method: string, path: string, call: Call = {}): Promise<Reply> {
+  const headers = call.sign === false ? { ...call.headers } : signedHeaders(method, path, call).headers;
+  return send(method, path, call.query, headers, call.body);
+}
+
+function send(
+  method: string,
+  path: string,
+  query: string | undefined,
+  headers: Record<string, string>,
+  body: Buffer | undefined,
+): Promise<Reply> {
+  const [host, port] = addr.split(':');
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        host,
+        port: Number(port),
+        method,
+        path: `${encodePath(path)}${query ? `?${query}` : ''}`,
+        headers: { ...headers, 'content-length': String(body?.length ?? 0) },
+      },
+      (res) => {
+        const parts: Buffer[] = [];
+        res.on('data', (d: Buffer) => parts.push(d));
+        res.on('end', () => {
+          const data = Buffer.concat(parts);
+          resolve({
+            status: res.statusCode ?? 0,
+            headers: res.headers,
+            body: data,
+            text: data.toString('utf8'),
+          });
+        });
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+/** The text of the first `<name>` element of an XML reply. */
+function xmlField(text: string, name: string): string | undefined {
+  const raw = new RegExp(`<${name}>([^<]*)</${name}>`).exec(text)?.[1];
+  return raw?.replace(/&(quot|apos|lt|gt|amp);/g, (_, e: string) => XML_ENTITIES[e]!);
+}
+
+const XML_ENTITIES: Record<string, string> = { quot: '"', apos: "'", lt: '<', gt: '>', amp: '&' };
+
+function xmlFields(text: string, name: string): string[] {
+  return [...text.matchAll(new RegExp(`<${name}>([^<]*)</${name}>`, 'g'))].map((m) => m[1]!);
+}
+
+function assertError(reply: Reply, status: number, code: string): void {
+  assert.equal(reply.status, status, reply.text);
+  assert.equal(xmlField(reply.text, 'Code'), code, reply.text);
+}
+
+const objects = new Map<string, Buffer>();
+
+test('signatures required; buckets and objects round-trip byte-exact; the tree shows them as files', async () => {
+  assertError(await s3('GET', '/', { sign: false }), 403, 'AccessDenied');
+  assert.equal((await s3('PUT', '/photos')).status, 200);
+  assertError(await s3('PUT', '/photos'), 409, 'BucketAlreadyOwnedByYou');
+  for (const [key, size] of [
+    ['empty', 0],
+    ['one', 1],
+    ['2026/jan/big.bin', 3 * 1024 * 1024 + 7],
+    ['a-b', 5],
+    ['a.txt', 6],
+  ] as const) {
+    const data = randomBytes(size);
+    const md5 = createHash('md5').update(data).digest('base64');
+    const put = await s3('PUT', `/photos/${key}`, { body: data, headers: { 'content-md5': md5 } });
+    assert.equal(put.status, 200, put.text);
+    assert.match(String(put.headers.etag), /^"[0-9a-f]+-[0-9a-f]+"$/);
+    objects.set(key, data);
+  }
+  for (const [key, data] of objects) {
+    const got = await s3('GET', `/photos/${key}`);
+    assert.equal(got.status, 200);
+    assert.ok(got.body.equals(data), key);
+  }
+  const big = objects.get('2026/jan/big.bin')!;
+  const range = await s3('GET', '/photos/2026/jan/big.bin', { headers: { range: 'bytes=1048570-1048590' } });
+  assert.equal(range.status, 206);
+  assert.equal(range.headers['content-range'], `bytes 1048570-1048590/${big.length}`);
+  assert.ok(range.body.equals(big.subarray(1048570, 1048591)));
+  const head = await s3('HEAD', '/photos/2026/jan/big.bin');
+  assert.equal(head.headers['content-length'], String(big.length));
+  assertError(
+    await s3('GET', '/photos/2026/jan/big.bin', { headers: { 'if-match': '"other"' } }),
+    412,
+    'PreconditionFailed',
+  );
+  assert.equal(
+    (await s3('GET', '/photos/2026/jan/big.bin', { headers: { 'if-none-match': String(head.headers.etag) } }))
+      .status,
+    304,
+  );
+
+  // S3 order: 'a-b' and 'a.txt' before the 'a...' that '2026/' is not; with '/', one level and prefixes.
+  const all = await s3('GET', '/photos', { query: 'list-type=2' });
+  assert.deepEqual(xmlFields(all.text, 'Key'), ['2026/jan/big.bin', 'a-b', 'a.txt', 'empty', 'one']);
+  const level = await s3('GET', '/photos', { query: 'delimiter=%2F&list-type=2' });
+  assert.deepEqual(xmlFields(level.text, 'Key'), ['a-b', 'a.txt', 'empty', 'one']);
+  assert.deepEqual(xmlFields(level.text, 'Prefix').slice(1), ['2026/']);
+  const paged: string[] = [];
+  let token = '';
+  for (let page = 0; page < 10; page++) {
+    const reply = await s3('GET', '/photos', {
+      query: `list-type=2&max-keys=2${token ? `&continuation-token=${encodeURIComponent(token)}` : ''}`,
+    });
+    paged.push(...xmlFields(reply.text, 'Key'));
+    if (xmlField(reply.text, 'IsTruncated') !== 'true') break;
+    token = xmlField(reply.text, 'NextContinuationToken')!;
+  }
+  assert.deepEqual(paged, xmlFields(all.text, 'Key'));
+
+  const ls = await runDogfs(['ls', '-R', '/photos'], { env: env() });
+  assert.equal(ls.status, 0, ls.stderr);
+  assert.match(ls.stdout, /big\.bin/);
+  const stat = await runDogfs(['stat', '--json', '/photos/2026/jan/big.bin'], { env: env() });
+  assert.equal((JSON.parse(stat.stdout) as { size: number }).size, big.length);
+});
+
+test('a bad digest, a wrong payload hash or a cut-off upload changes nothing', async () => {
+  const before = objects.get('one')!;
+  const other = Buffer.from('replacement');
+  const wrongMd5 = createHash('md5').update('something else').digest('base64');
+  assertError(
+    await s3('PUT', '/photos/one', { body: other, headers: { 'content-md5': wrongMd5 } }),
+    400,
+    'BadDigest',
+  );
+  assertError(
+    await s3('PUT', '/photos/one', { body: other, payloadHash: sha256('x') }),
+    400,
+    'XAmzContentSHA256Mismatch',
+  );
+  assert.ok((await s3('GET', '/photos/one')).body.equals(before), 'the old version stays');
+
+  // A client that goes away after 100 KiB of a declared 1 MiB: the object must not appear.
+  const { headers } = signedHeaders('PUT', '/photos/cut', { payloadHash: 'UNSIGNED-PAYLOAD' });
+  const [host, port] = addr.split(':');
+  const socket = connect(Number(port), host!);
+  await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+  const head = Object.entries({ ...headers, 'content-length': String(1 << 20) })
+    .map(([k, v]) => `${k}: ${v}\r\n`)
+    .join('');
+  socket.write(`PUT /photos/cut HTTP/1.1\r\n${head}\r\n`);
+  socket.write(randomBytes(100 * 1024));
+  await waitFor('the gateway to start storing the upload', () =>
+    gateway.output.stderr.includes('"path":"/photos/cut"') ? true : undefined,
+  );
+  socket.destroy();
+  await waitFor(
+    'the cut-off upload to fail',
+    () =>
+      gateway.output.stderr
+        .split('\n')
+        .some((l) => l.includes('"resource":"/photos/cut"') && l.includes('IncompleteBody')) || undefined,
+  );
+  assertError(await s3('GET', '/photos/cut'), 404, 'NoSuchKey');
+});
+
+/** An aws-chunked body: `pieces` as chunks, signed in a chain from `context` when given, then trailers. */
+function chunked(pieces: Buffer[], context: SigningContext | undefined, trailer = ''): Buffer {
+  const parts: Buffer[] = [];
+  let previous = context?.seedSignature ?? '';
+  for (const piece of [...pieces, Buffer.alloc(0)]) {
+    let ext = '';
+    if (context !== undefined) {
+      previous = chunkSignature(context, previous, sha256(piece));
+      ext = `;chunk-signature=${previous}`;
+    }
+    parts.push(Buffer.from(`${piece.length.toString(16)}${ext}\r\n`), piece);
+    if (piece.length > 0) parts.push(Buffer.from('\r\n'));
+  }
+  parts.push(Buffer.from(`${trailer}\r\n`));
+  return Buffer.concat(parts);
+}
+
+test('streaming uploads: signed aws-chunked verified chunk by chunk; a trailing checksum checked', async () => {
+  const data = randomBytes(200_000);
+  const pieces = [data.subarray(0, 65536), data.subarray(65536, 131072), data.subarray(131072)];
+  const streamingHeaders = {
+    'content-encoding': 'aws-chunked',
+    'x-amz-decoded-content-length': String(data.length),
+  };
+  const signed = signedHeaders('PUT', '/photos/streamed', {
+    headers: streamingHeaders,
+    payloadHash: 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD',
+  });
+  const ok = await send(
+    'PUT',
+    '/photos/streamed',
+    undefined,
+    signed.headers,
+    chunked(pieces, signed.context),
+  );
+  assert.equal(ok.status, 200, ok.text);
+  assert.ok((await s3('GET', '/photos/streamed')).body.equals(data));
+
+  const again = signedHeaders('PUT', '/photos/streamed-bad', {
+    headers: streamingHeaders,
+    payloadHash: 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD',
+  });
+  // A byte of the last chunk's data changed in transit: its signature no longer matches.
+  const spliced = chunked(pieces, again.context);
+  spliced[spliced.length - 1000] = spliced[spliced.length - 1000]! ^ 0xff;
+  assertError(
+    await send('PUT', '/photos/streamed-bad', undefined, again.headers, spliced),
+    403,
+    'SignatureDoesNotMatch',
+  );
+  assertError(await s3('GET', '/photos/streamed-bad'), 404, 'NoSuchKey');
+
+  const crc = Buffer.alloc(4);
+  crc.writeUInt32BE(crc32(data));
+  for (const [value, expected] of [
+    [crc.toString('base64'), 200],
+    ['AAAAAA==', 400],
+  ] as const) {
+    const unsigned = signedHeaders('PUT', '/photos/trailer', {
+      headers: { ...streamingHeaders, 'x-amz-trailer': 'x-amz-checksum-crc32' },
+      payloadHash: 'STREAMING-UNSIGNED-PAYLOAD-TRAILER',
+    });
+    const reply = await send(
+      'PUT',
+      '/photos/trailer',
+      undefined,
+      unsigned.headers,
+      chunked(pieces, undefined, `x-amz-checksum-crc32:${value}\r\n`),
+    );
+    assert.equal(reply.status, expected, reply.text);
+  }
+  assert.ok(
+    (await s3('GET', '/photos/trailer')).body.equals(data),
+    'the upload with the good checksum stays',
+  );
+});
+
+test('multipart uploads complete in part order; wrong ETags refused; aborts leave nothing; copies', async () => {
+  const created = await s3('POST', '/photos/mp/object.bin', { query: 'uploads' });
+  assert.equal(created.status, 200, created.text);
+  const uploadId = xmlField(created.text, 'UploadId')!;
+  const parts = [randomBytes(5 * 1024 * 1024), randomBytes(12_345)];
+  const etags: string[] = [];
+  for (const [i, part] of parts.entries()) {
+    const reply = await s3('PUT', '/photos/mp/object.bin', {
+      query: `partNumber=${i + 1}&uploadId=${uploadId}`,
+      body: part,
+    });
+    assert.equal(reply.status, 200, reply.text);
+    etags.push(String(reply.headers.etag));
+  }
+  const completion = (tags: string[]) =>
+    Buffer.from(
+      `<CompleteMultipartUpload>${tags.map((t, i) => `<Part><PartNumber>${i + 1}</PartNumber><ETag>${t}</ETag></Part>`).join('')}</CompleteMultipartUpload>`,
+    );
+  const wrong = await s3('POST', '/photos/mp/object.bin', {
+    query: `uploadId=${uploadId}`,
+    body: completion(['"1-1"', etags[1]!]),
+  });
+  assertError(wrong, 400, 'InvalidPart');
+  const done = await s3('POST', '/photos/mp/object.bin', {
+    query: `uploadId=${uploadId}`,
+    body: completion(etags),
+  });
+  assert.equal(done.status, 200, done.text);
+  assert.ok(xmlField(done.text, 'ETag'), done.text);
+  assert.ok((await s3('GET', '/photos/mp/object.bin')).body.equals(Buffer.concat(parts)));
+  assertError(
+    await s3('DELETE', '/photos/mp/object.bin', { query: `uploadId=${uploadId}` }),
+    404,
+    'NoSuchUpload',
+  );
+
+  const aborted = xmlField((await s3('POST', '/photos/mp/gone.bin', { query: 'uploads' })).text, 'UploadId')!;
+  await s3('PUT', '/photos/mp/gone.bin', {
+    query: `partNumber=1&uploadId=${aborted}`,
+    body: randomBytes(1000),
+  });
+  assert.equal((await s3('DELETE', '/photos/mp/gone.bin', { query: `uploadId=${aborted}` })).status, 204);
+  assertError(await s3('GET', '/photos/mp/gone.bin'), 404, 'NoSuchKey');
+  const uploads = await runDogfs(['ls', '/.s3-uploads'], { env: env() });
+  assert.equal(uploads.stdout.trim(), '', 'no upload left behind');
+
+  const copied = await s3('PUT', '/photos/copy.bin', {
+    headers: { 'x-amz-copy-source': '/photos/2026/jan/big.bin' },
+  });
+  assert.equal(copied.status, 200, copied.text);
+  assert.ok(xmlField(copied.text, 'ETag'), copied.text);
+  assert.ok((await s3('GET', '/photos/copy.bin')).body.equals(objects.get('2026/jan/big.bin')!));
+});
+
+test('bad names and requests get S3 errors that say why, and change nothing', async () => {
+  assertError(await s3('PUT', '/Bad_Bucket'), 400, 'InvalidBucketName');
+  const dotdot = await s3('PUT', '/photos/a/../escape', { body: Buffer.from('x') });
+  assertError(dotdot, 400, 'InvalidArgument');
+  assert.match(xmlField(dotdot.text, 'Message')!, /'\.\.' component/);
+  assertError(await s3('PUT', '/photos/one/below', { body: Buffer.from('x') }), 400, 'InvalidRequest');
+  assertError(await s3('GET', '/photos', { query: 'delimiter=%2C' }), 501, 'NotImplemented');
+  assertError(await s3('PUT', '/nobucket/key', { body: Buffer.from('x') }), 404, 'NoSuchBucket');
+  assertError(await s3('DELETE', '/photos'), 409, 'BucketNotEmpty');
+  const root = await runDogfs(['ls', '/'], { env: env() });
+  assert.doesNotMatch(root.stdout, /escape|Bad_Bucket|nobucket/);
+});
+
+test('deleting keys removes directories left empty; reads survive M killed chunk servers', async () => {
+  assert.equal((await s3('DELETE', '/photos/a-b')).status, 204);
+  assert.equal((await s3('DELETE', '/photos/a-b')).status, 204, 'deleting a missing key succeeds, as in S3');
+  const multi = await s3('POST', '/photos', {
+    query: 'delete',
+    body: Buffer.from(
+      '<Delete><Object><Key>mp/object.bin</Key></Object><Object><Key>streamed</Key></Object></Delete>',
+    ),
+  });
+  assert.deepEqual(xmlFields(multi.text, 'Key'), ['mp/object.bin', 'streamed']);
+  const mp = await runDogfs(['stat', '/photos/mp'], { env: env() });
+  assert.notEqual(mp.status, 0, 'the emptied directory went with its last key');
+
+  const victims = cluster.processes.filter((p) => p.role === 'chunk').slice(0, 2);
+  await killChunkServers(victims, async () => {
+    const report = await runDogfs(['admin', 'report', '--json'], { env: env() });
+    return JSON.parse(report.stdout) as { chunkServers: { id: string; state: string }[] };
+  });
+  const got = await s3('GET', '/photos/2026/jan/big.bin');
+  assert.equal(got.status, 200);
+  assert.ok(got.body.equals(objects.get('2026/jan/big.bin')!), 'decoded around the lost shards');
+});
