@@ -887,7 +887,9 @@ const MAX_REPAIR_PAGES = 100_000;
 
 function formatRepair(o: RepairOutcome): string {
   if (o.damagedBlockGroups === 0) return `${o.path}: no missing shards`;
-  const rebuilt = `${o.path}: rebuilt ${o.shardsRebuilt} shard(s) in ${o.repairedBlockGroups} of ${o.damagedBlockGroups} damaged block group(s), ${formatBytes(o.bytesWritten)} written`;
+  // A moved shard copied from its holder is not rebuilt: said apart, and only when there is one.
+  const copied = o.shardsCopied > 0 ? `, copied ${o.shardsCopied}` : '';
+  const rebuilt = `${o.path}: rebuilt ${o.shardsRebuilt} shard(s)${copied} in ${o.repairedBlockGroups} of ${o.damagedBlockGroups} damaged block group(s), ${formatBytes(o.bytesWritten)} written`;
   return o.unrepaired.length === 0 ? rebuilt : `${rebuilt}; ${o.unrepaired.length} left: ${o.unrepaired[0]}`;
 }
 
@@ -1005,10 +1007,11 @@ async function admin(ctx: Context, argv: string[]): Promise<string | undefined> 
     const left = [...failed, ...outcomes.flatMap((o) => o.unrepaired.map((u) => `${o.path}: ${u}`))];
     if (left.length > 0)
       throw new DogfsError('UNAVAILABLE', `${left.length} shard(s) could not be repaired, first: ${left[0]}`);
+    const copied = outcomes.reduce((n, o) => n + o.shardsCopied, 0);
     if (!flags.json && positionals[0] === undefined)
       await print(
         ctx.stdout,
-        `repair: ${outcomes.length} damaged file(s), ${outcomes.reduce((n, o) => n + o.shardsRebuilt, 0)} shard(s) rebuilt\n`,
+        `repair: ${outcomes.length} damaged file(s), ${outcomes.reduce((n, o) => n + o.shardsRebuilt, 0)} shard(s) rebuilt${copied > 0 ? `, ${copied} copied` : ''}\n`,
       );
     return undefined;
   }
@@ -1041,7 +1044,7 @@ async function admin(ctx: Context, argv: string[]): Promise<string | undefined> 
     await print(
       ctx.stdout,
       draining
-        ? `${id}: draining${was}: no new shards go to it, and its shards are rebuilt on other servers; once \`dogfs admin report\` shows no file on draining servers, it can be stopped\n`
+        ? `${id}: draining${was}: no new shards go to it, and its shards are moved to other servers; once \`dogfs admin report\` shows no file on draining servers, it can be stopped\n`
         : `${id}: no longer draining${was}\n`,
     );
     return undefined;

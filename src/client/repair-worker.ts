@@ -164,6 +164,7 @@ export class RepairWorker {
     const fields = {
       path: o.path,
       shardsRebuilt: o.shardsRebuilt,
+      shardsCopied: o.shardsCopied,
       blockGroups: `${o.repairedBlockGroups}/${o.damagedBlockGroups}`,
       bytesWritten: o.bytesWritten,
       ms,

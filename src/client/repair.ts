@@ -11,6 +11,13 @@
  * plan, which then rebuilds it too (bounded rounds). A target that already holds the shard (a copy left
  * by a repair whose commit was lost; nothing else deletes it) is read back and committed if it is
  * exactly the rebuilt bytes, else reported. Memory: one window per shard plus the transport's.
+ *
+ * A shard that moves while its copy is good (PlanRepair names it `readable`: on a server being drained,
+ * or a rebalancing move's source) is copied from its holder instead: one read rather than K, no decode,
+ * through the same windows, step timeouts and checks (the copy must be the recorded length and whole-
+ * shard CRC32C before its last window is sent, and the target must report storing those bytes). A copy
+ * that fails for any reason is not committed; the next round rebuilds that shard from the rest of its
+ * group, as before copies existed.
  */
 import { createCodec } from '../codec/backends.js';
 import { crc32c } from '../codec/crc32c.js';
@@ -54,7 +61,13 @@ export interface RepairOutcome {
   /** Block groups found damaged, and those fully repaired. */
   readonly damagedBlockGroups: number;
   readonly repairedBlockGroups: number;
+  /** Shards decoded from K others of their block group (or, replicated, read from another copy) and committed. */
   readonly shardsRebuilt: number;
+  /**
+   * Shards being moved (off a server being drained, or by rebalancing) copied from their current holder
+   * and committed: one read each, no decode. A copy that failed was rebuilt instead, and counts there.
+   */
+  readonly shardsCopied: number;
   readonly bytesWritten: number;
   /** Shards that are still missing (no target could be placed, or their rebuild failed), with why. */
   readonly unrepaired: readonly string[];
@@ -148,24 +161,14 @@ async function readBackCrc(
 }
 
 /**
- * Rebuilds the planned shards of one block group. Resolves with the shards that are now durable on their
- * targets (a target that failed is left out: it stays missing); rejects with SourceFailed when a source
- * could not be read, or UNAVAILABLE when fewer than K sources exist.
+ * The K shards (one, under a replicate policy) a rebuild reads: those that are not being rebuilt first,
+ * then shards being moved off a server that is drained (rebuilt too, but still readable: sources when the
+ * others are too few). Throws UNAVAILABLE when fewer exist.
  */
-async function rebuildBlockGroup(
-  context: RepairContext,
-  plan: BlockGroupRepair,
-  replicate: boolean,
-  options: RepairOptions,
-  progress: { written: number },
-): Promise<{ rebuilt: Rebuilt[]; failures: string[]; busyTargets: number }> {
-  const bg = plan.blockGroup;
-  if (!bg) throw new DogfsError('INTERNAL', 'PlanRepair answered a block group without its layout');
+function rebuildSources(plan: BlockGroupRepair, bg: BlockGroup, replicate: boolean): ShardLocation[] {
   const k = bg.dataShards;
   const total = k + bg.parityShards;
   const missing = new Set(plan.missing);
-  // Shards being moved off a server that is drained are rebuilt too, but can still be read: sources when
-  // the others are too few.
   const readable = new Set(plan.readable.filter((i) => missing.has(i)));
   const usable = (s: ShardLocation) => s.durable && s.addr !== '';
   const sources = [
@@ -177,6 +180,69 @@ async function rebuildBlockGroup(
       'UNAVAILABLE',
       `block group ${bg.id}: ${total - missing.size + readable.size} of ${total} shards survive, ${k} are needed to rebuild the rest`,
     );
+  return sources;
+}
+
+/** How a suspect, or a shard whose copy failed, is named within one repair. */
+function shardRef(blockGroupId: number, index: number): string {
+  return `${blockGroupId}:${index}`;
+}
+
+/**
+ * The planned shards to copy rather than rebuild, each with the location its bytes are read from: a
+ * shard being moved while its copy is still good (PlanRepair names it `readable`: on a server being
+ * drained, or a rebalancing move's source) and placed on a target, whose copy is recorded durable with
+ * the block group's shard length on a server that can be reached. One read instead of K, and no decode
+ * (HDFS copies a decommissioning node's EC blocks the same way). A lost shard has no such copy, and one
+ * whose copy already failed in this repair (`refused`, by shardRef) is rebuilt as before.
+ */
+export function copySources(
+  plan: BlockGroupRepair,
+  refused: ReadonlySet<string>,
+): Map<number, ShardLocation> {
+  const copies = new Map<number, ShardLocation>();
+  const bg = plan.blockGroup;
+  if (!bg) return copies;
+  const placed = new Set(plan.targets.map((t) => t.index));
+  const missing = new Set(plan.missing);
+  const committedLength = bg.shards.find((s) => s.durable)?.length;
+  for (const index of plan.readable) {
+    if (!missing.has(index) || !placed.has(index) || refused.has(shardRef(bg.id, index))) continue;
+    const source = bg.shards.find((s) => s.index === index);
+    if (source === undefined || !source.durable || source.addr === '') continue;
+    if (source.length !== committedLength) continue;
+    copies.set(index, source);
+  }
+  return copies;
+}
+
+/** What one transfer of a block group's shards left on their targets. */
+interface TransferResult {
+  /** Shards now durable on their targets, with what they hold (a target that failed is left out). */
+  readonly rebuilt: Rebuilt[];
+  readonly failures: string[];
+  /** Targets refused as already holding the shard, which then was not there to read: a write still ending. */
+  readonly busyTargets: number;
+}
+
+/**
+ * Writes shards of one block group to their targets from `sources`, read in windows: decoded from K of
+ * them, or (`decode` false: a replicate policy's shard, or a copy) the first source's bytes as they are.
+ * Every source is checked against its recorded whole-shard CRC32C before its last window is used, and
+ * every target's stored CRC32C against the bytes sent. Resolves with the targets that now hold their
+ * shard; rejects with SourceFailed when a source could not be read.
+ */
+async function transferShards(
+  context: RepairContext,
+  bg: BlockGroup,
+  sources: readonly ShardLocation[],
+  targets: readonly ShardLocation[],
+  decode: boolean,
+  options: RepairOptions,
+  progress: { written: number },
+): Promise<TransferResult> {
+  const k = bg.dataShards;
+  const total = k + bg.parityShards;
   const shardLength = shardLengthOf(bg);
   const window = Math.max(1, Math.min(options.windowBytes ?? DEFAULT_WINDOW_BYTES, shardLength));
   const deadline = Date.now() + dataOperationMs(shardLength);
@@ -194,7 +260,7 @@ async function rebuildBlockGroup(
     crc: 0,
   }));
   const writes = new Map<number, { location: ShardLocation; handle: ShardWriteHandle }>();
-  for (const target of plan.targets) {
+  for (const target of targets) {
     writes.set(target.index, {
       location: target,
       handle: context.transport.openWrite(
@@ -226,7 +292,7 @@ async function rebuildBlockGroup(
       `shard ${index} of block group ${bg.id} to ${write.location.chunkServerId}: ${toDogfsError(error).message}`,
     );
   };
-  const codec = replicate ? undefined : createCodec(k, bg.parityShards);
+  const codec = decode ? createCodec(k, bg.parityShards) : undefined;
   try {
     for (let offset = 0; offset < shardLength && writes.size + held.size > 0; offset += window) {
       const length = Math.min(window, shardLength - offset);
@@ -337,6 +403,45 @@ async function rebuildBlockGroup(
 }
 
 /**
+ * Copies each planned shard that `copies` names from its current holder to its target, all at once: one
+ * read per shard, checked end to end against the length and whole-shard CRC32C recorded at commit, and
+ * the target's stored CRC32C against the bytes sent (transferShards). Never rejects: a copy that did not
+ * leave its target holding the shard is named in `failures`, for the caller to rebuild it instead.
+ */
+async function copyShards(
+  context: RepairContext,
+  bg: BlockGroup,
+  targets: readonly ShardLocation[],
+  copies: ReadonlyMap<number, ShardLocation>,
+  options: RepairOptions,
+  progress: { written: number },
+): Promise<{ copied: Rebuilt[]; failures: { index: number; reason: string }[] }> {
+  const copied: Rebuilt[] = [];
+  const failures: { index: number; reason: string }[] = [];
+  await Promise.all(
+    targets.map(async (target) => {
+      const source = copies.get(target.index);
+      if (source === undefined) return;
+      const from = `from ${source.chunkServerId}`;
+      try {
+        const result = await transferShards(context, bg, [source], [target], false, options, progress);
+        const done = result.rebuilt.find((r) => r.location.index === target.index);
+        if (done !== undefined) copied.push(done);
+        else
+          failures.push({
+            index: target.index,
+            reason: `${from}: ${result.failures[0] ?? 'its target was still busy with an earlier write'}`,
+          });
+      } catch (error) {
+        const e = error instanceof SourceFailed ? error.error : toDogfsError(error);
+        failures.push({ index: target.index, reason: `${from}: ${e.message}` });
+      }
+    }),
+  );
+  return { copied, failures };
+}
+
+/**
  * Rebuilds every missing shard of the file at `path` that can be placed. Resolves with what was done;
  * shards that could not be repaired are listed in `unrepaired` (the caller decides whether that is an
  * error). Rejects when the file cannot be read at all (fewer than K shards of a block group survive).
@@ -352,6 +457,9 @@ export async function repairFile(
   const progress = { written: 0 };
   let damaged = -1;
   let shardsRebuilt = 0;
+  let shardsCopied = 0;
+  /** Moved shards whose copy failed in an earlier round: rebuilt from now on (by shardRef). */
+  const copyFailed = new Set<string>();
   const repairedGroups = new Set<number>();
   let unrepaired: string[] = [];
   for (let round = 0; round < MAX_ROUNDS; round++) {
@@ -375,12 +483,23 @@ export async function repairFile(
             `shard ${index} of block group ${bg.id}: no live chunk server outside the block group's holders to put it on`,
           );
       if (group.targets.length === 0) continue;
-      let result: { rebuilt: Rebuilt[]; failures: string[]; busyTargets: number };
+      const copies = copySources(group, copyFailed);
+      const rebuildTargets = group.targets.filter((t) => !copies.has(t.index));
+      let result: TransferResult = { rebuilt: [], failures: [], busyTargets: 0 };
       try {
-        result = await rebuildBlockGroup(context, group, replicate, options, progress);
+        if (rebuildTargets.length > 0)
+          result = await transferShards(
+            context,
+            bg,
+            rebuildSources(group, bg, replicate),
+            rebuildTargets,
+            !replicate,
+            options,
+            progress,
+          );
       } catch (error) {
         if (error instanceof SourceFailed) {
-          const key = `${error.shard.blockGroupId}:${error.shard.index}`;
+          const key = shardRef(error.shard.blockGroupId, error.shard.index);
           // A source busy or briefly unreachable is read again before it is named a suspect: a suspect
           // counts as missing, and with exactly K survivors one blip made the group unrepairable.
           // So is one whose bytes were damaged on their way here (its stored copy checked out on its
@@ -397,11 +516,26 @@ export async function repairFile(
             break;
           }
         }
-        // This block group cannot be repaired now (too few survivors, ...): the others still can.
+        // These shards cannot be rebuilt now (too few survivors, ...): the copies, and the other block
+        // groups, still can be done.
         const e = error instanceof SourceFailed ? error.error : toDogfsError(error);
         unrepaired.push(`block group ${bg.id}: ${e.message}`);
-        continue;
       }
+      const copied = await copyShards(context, bg, group.targets, copies, options, progress);
+      for (const failure of copied.failures) {
+        // Rebuilt from the rest of its group next round, as a lost shard is: a copy that fails for any
+        // reason (a dead or slow source, bytes that are not the committed shard, a target that refused)
+        // never fails the move, and is never committed.
+        copyFailed.add(shardRef(bg.id, failure.index));
+        replan = true;
+        // Its aborted write may still be ending on the target the next plan names again.
+        backOff = true;
+        unrepaired.push(
+          `shard ${failure.index} of block group ${bg.id}: not copied (${failure.reason}); to be rebuilt`,
+        );
+      }
+      const copiedIndexes = new Set(copied.copied.map((c) => c.location.index));
+      const done = [...result.rebuilt, ...copied.copied].sort((x, y) => x.location.index - y.location.index);
       unrepaired.push(...result.failures);
       if (result.busyTargets > 0) {
         // This round's aborted writes (a source failed) may still be ending on their servers.
@@ -411,7 +545,7 @@ export async function repairFile(
           `block group ${bg.id}: ${result.busyTargets} target(s) still busy with an earlier write`,
         );
       }
-      if (result.rebuilt.length === 0) continue;
+      if (done.length === 0) continue;
       const inodeId = plan.inode.id;
       const commit = (rebuilt: readonly Rebuilt[]) =>
         context.meta.mutate(
@@ -431,14 +565,14 @@ export async function repairFile(
           },
           options,
         );
-      let committed = 0;
+      const committed: Rebuilt[] = [];
       try {
-        await commit(result.rebuilt);
-        committed = result.rebuilt.length;
+        await commit(done);
+        committed.push(...done);
       } catch (error) {
         const refusal = toDogfsError(error).message;
         // Unanswered (no quorum, a deadline, an unknown outcome): one by one would only wait longer.
-        if (result.rebuilt.length === 1 || !ANSWERED_REFUSAL(toDogfsError(error).code)) {
+        if (done.length === 1 || !ANSWERED_REFUSAL(toDogfsError(error).code)) {
           // Lost a race (another repair, an overwrite) or the service refused: the rebuilt copy stays as
           // an orphan on its server; this block group is reported as not repaired.
           unrepaired.push(`block group ${bg.id}: commit refused: ${refusal}`);
@@ -446,10 +580,10 @@ export async function repairFile(
         }
         // The service checks every copy and refuses all for one bad one (its server died since, say):
         // the others are committed one by one, each its own compare-and-set, at most K + M calls.
-        for (const one of result.rebuilt) {
+        for (const one of done) {
           try {
             await commit([one]);
-            committed++;
+            committed.push(one);
           } catch (each) {
             unrepaired.push(
               `shard ${one.location.index} of block group ${bg.id}: commit refused: ${toDogfsError(each).message}`,
@@ -457,8 +591,11 @@ export async function repairFile(
           }
         }
       }
-      shardsRebuilt += committed;
-      if (committed === group.missing.length) repairedGroups.add(bg.id);
+      for (const one of committed) {
+        if (copiedIndexes.has(one.location.index)) shardsCopied++;
+        else shardsRebuilt++;
+      }
+      if (committed.length === group.missing.length) repairedGroups.add(bg.id);
     }
     if (!replan) break;
     if (round === MAX_ROUNDS - 1) {
@@ -473,6 +610,7 @@ export async function repairFile(
     damagedBlockGroups: Math.max(0, damaged),
     repairedBlockGroups: repairedGroups.size,
     shardsRebuilt,
+    shardsCopied,
     bytesWritten: progress.written,
     unrepaired,
   };

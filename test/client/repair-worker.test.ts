@@ -36,6 +36,7 @@ function fakeClient() {
                     damagedBlockGroups: 1,
                     repairedBlockGroups: unrepaired.length === 0 ? 1 : 0,
                     shardsRebuilt: unrepaired.length === 0 ? 1 : 0,
+                    shardsCopied: 0,
                     bytesWritten: 10,
                     unrepaired,
                   })
