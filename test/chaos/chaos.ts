@@ -27,7 +27,7 @@ import { DogfsClient, MetadataConnection } from '../../src/client/index.js';
 import type { ClusterJson } from '../../src/cluster/up.js';
 import { crc32c } from '../../src/codec/index.js';
 import { DogfsError, toDogfsError } from '../../src/wire/errors.js';
-import { processAlive, waitFor } from '../helpers/index.js';
+import { autoRepairTotals, memberLog, processAlive, waitFor } from '../helpers/index.js';
 import { hostOf, type Partitions } from '../partition/netns.js';
 
 const DOGFS_BIN = fileURLToPath(new URL('../../../bin/dogfs.js', import.meta.url));
@@ -537,7 +537,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
             );
         }
     }
-    // What the chunk servers rebuilt by themselves, from their logs (a restarted server appends).
+    // From the members' logs (a restarted server appends).
     const logLinesOf = (role: string, msg: string): string[] =>
       readCluster()
         .processes.filter((p) => p.role === role)
@@ -550,15 +550,14 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
             return [];
           }
         });
-    const autoRepaired = { files: 0, shards: 0 };
-    for (const line of logLinesOf('chunk', '"msg":"automatic repair ')) {
-      const entry = JSON.parse(line) as { msg: string; shardsRebuilt?: number };
-      if (entry.msg !== 'automatic repair done' && entry.msg !== 'automatic repair incomplete') continue;
-      autoRepaired.files++;
-      autoRepaired.shards += entry.shardsRebuilt ?? 0;
-    }
+    // What the chunk servers repaired by themselves.
+    const autoRepaired = autoRepairTotals(
+      readCluster()
+        .processes.filter((p) => p.role === 'chunk')
+        .map(memberLog),
+    );
     say(
-      `automatic repair during the run: ${autoRepaired.files} file(s) handled, ${autoRepaired.shards} shard(s) rebuilt`,
+      `automatic repair during the run: ${autoRepaired.files} file(s) handled, ${autoRepaired.rebuilt} shard(s) rebuilt, ${autoRepaired.copied} copied`,
     );
     say(
       `checked ${acknowledged.size + uncertain.size} files: ${problems.length === 0 ? 'nothing lost, no wrong bytes' : `${problems.length} problem(s)`}; ${deleted.size} deleted files gone; ${recordedShards} recorded shards on disk`,
@@ -579,7 +578,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosOutcome> {
       filesDeleted: deleted.size,
       orphansDeleted: logLinesOf('meta', 'orphan shard deleted').length,
       autoRepaired: autoRepaired.files,
-      autoShardsRebuilt: autoRepaired.shards,
+      autoShardsRebuilt: autoRepaired.rebuilt,
     };
   } finally {
     options.partitions?.heal();

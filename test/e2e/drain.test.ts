@@ -2,7 +2,8 @@
  * Draining (decommissioning) a chunk server through the real cluster (`dogfs up`, 3 metadata servers, 6
  * chunk servers, rs-3-2, automatic repair's delay left at a minute): `dogfs admin drain ID` moves every
  * shard off the server without waiting for that delay, new files are placed elsewhere, and once it holds
- * nothing it can be stopped, and two more servers lost, with every file still whole. And a drain never
+ * nothing it can be stopped, and two more servers lost, with every file still whole; every shard moved
+ * was copied from the drained server (one read), not rebuilt from K others. And a drain never
  * leaves a file less repairable: with two holders of a block group dead and a third draining, the lost
  * shards are rebuilt from the draining one.
  */
@@ -11,7 +12,14 @@ import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { assertOneLineError, clusterCommands, startCluster, waitFor } from '../helpers/index.js';
+import {
+  assertOneLineError,
+  autoRepairTotals,
+  clusterCommands,
+  memberLog,
+  startCluster,
+  waitFor,
+} from '../helpers/index.js';
 
 const up = startCluster(['--meta', '3', '--chunk', '6', '--ec', 'rs-3-2'], {
   ...process.env,
@@ -46,6 +54,8 @@ test('a drained chunk server is emptied at once, gets no new shards, and can the
   for (let i = 0; i < 6; i++) files.set(`/f${i}`, randomBytes(200_000 + i * 150_000));
   for (const [path, bytes] of files) await put(path, bytes);
   const victim = (await holdersOf('/f0'))[0]!;
+  let victimShards = 0;
+  for (const path of files.keys()) victimShards += (await holdersOf(path)).filter((h) => h === victim).length;
 
   // Bad input first: changes nothing.
   const unknown = await dogfs(['admin', 'drain', 'no-such-server']);
@@ -78,6 +88,18 @@ test('a drained chunk server is emptied at once, gets no new shards, and can the
   assert.ok(Date.now() - startedMs < 60_000);
   for (const path of files.keys())
     assert.ok(!(await holdersOf(path)).includes(victim), `${path} has no shard on ${victim}`);
+  // Every shard was copied from the drained server (its copies are good), none rebuilt from K others.
+  // The workers' log lines may land a moment after the report shows the moves done.
+  const totals = await waitFor(
+    'the moves in the chunk servers logs',
+    () => {
+      const t = autoRepairTotals(chunks.map(memberLog));
+      return t.copied + t.rebuilt >= victimShards && t;
+    },
+    10_000,
+    100,
+  );
+  assert.deepEqual({ copied: totals.copied, rebuilt: totals.rebuilt }, { copied: victimShards, rebuilt: 0 });
 
   // New files go elsewhere.
   const late = randomBytes(300_000);

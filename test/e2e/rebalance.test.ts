@@ -1,15 +1,22 @@
 /**
  * Rebalancing through the real cluster (`dogfs up`, 3 metadata servers, 3 chunk servers of 64 MiB,
  * rs-2-1, automatic repair on): files fill the three to a quarter each, three empty servers join, and
- * the leader moves shards off the full ones until every server is near the cluster's usage, with every
- * file whole and readable throughout, and nothing left damaged.
+ * the leader moves shards off the full ones until every server is near the cluster's usage (each copied
+ * from its holder, not rebuilt), with every file whole and readable throughout, and nothing left damaged.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { clusterCommands, startCluster, startDogfs, waitFor } from '../helpers/index.js';
+import {
+  autoRepairTotals,
+  clusterCommands,
+  memberLog,
+  startCluster,
+  startDogfs,
+  waitFor,
+} from '../helpers/index.js';
 
 const CAPACITY = 64 * 1024 * 1024;
 
@@ -106,6 +113,22 @@ test('servers that join empty take shards from the full ones until usage is even
       assert.ok(inRackA <= 1, `${path}: ${holders.join(', ')}: two shards of one group in rack-a`);
     }
   }
+
+  // Every move copied its shard from the full server (nothing was damaged, so nothing was rebuilt).
+  const logs = () => [
+    ...cluster.processes.filter((p) => p.role === 'chunk').map(memberLog),
+    ...joined.map((j) => j.output.stderr),
+  ];
+  const moved = await waitFor(
+    'the moves in the chunk servers logs',
+    () => {
+      const t = autoRepairTotals(logs());
+      return t.copied > 0 && t;
+    },
+    10_000,
+    100,
+  );
+  assert.equal(moved.rebuilt, 0, `${moved.copied} copied, ${moved.rebuilt} rebuilt`);
 
   // A joined server dies: its shards are rebuilt, on any server that can take them (the fuller ones
   // included), and nothing stays damaged.

@@ -248,6 +248,33 @@ export function clusterCommands(cluster: {
   return { env, dogfs, report, sameBytes };
 }
 
+/**
+ * What automatic repair did, summed from chunk servers' logs (the JSON lines of each `dogfs.log`, or a
+ * server's captured stderr): files handled, and shards copied from their holder or rebuilt from others.
+ */
+export function autoRepairTotals(logs: readonly string[]): {
+  files: number;
+  copied: number;
+  rebuilt: number;
+} {
+  const totals = { files: 0, copied: 0, rebuilt: 0 };
+  for (const line of logs.flatMap((log) => log.split('\n'))) {
+    if (!line.includes('"msg":"automatic repair ')) continue;
+    const entry = JSON.parse(line) as { msg: string; shardsCopied?: number; shardsRebuilt?: number };
+    if (entry.msg !== 'automatic repair done' && entry.msg !== 'automatic repair incomplete') continue;
+    totals.files++;
+    totals.copied += entry.shardsCopied ?? 0;
+    totals.rebuilt += entry.shardsRebuilt ?? 0;
+  }
+  return totals;
+}
+
+/** A member's log (`dogfs up` writes each member's to DIR/<id>/dogfs.log); '' before it has one. */
+export function memberLog(member: { readonly dir: string }): string {
+  const path = join(member.dir, 'dogfs.log');
+  return existsSync(path) ? readFileSync(path, 'utf8') : '';
+}
+
 /** The file of shard `index` of block group `blockGroupId` under a chunk server's directory, if any. */
 export function shardFile(root: string, blockGroupId: number, index: number): string | undefined {
   for (const e of readdirSync(root, { withFileTypes: true, recursive: true })) {
