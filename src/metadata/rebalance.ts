@@ -3,8 +3,9 @@
  * even usage"). Soft state of group 0's leader, time-free and pure: each duty round hands it the servers
  * as the cluster group records them (capacity and used bytes from their heartbeats), and it says which
  * ones shed. Automatic repair then moves, in a cluster with nothing damaged, a few files at a time that
- * have a shard on a shedding server: the shard is rebuilt on another server (read from the rest of its
- * block group, as a drain does) and the old copy deleted once the new location is committed.
+ * have a shard on a shedding server: the shard is copied to another server (PlanRepair names it
+ * `readable`, as a drain's: the repairer reads that one copy, and rebuilds from the rest of its block
+ * group only when the copy fails) and the old copy deleted once the new location is committed.
  *
  * A server sheds when its share of its capacity in use is more than START_ABOVE_MEAN over the cluster's
  * (all used over all capacity, alive servers not being drained), and stops at STOP_ABOVE_MEAN: the gap

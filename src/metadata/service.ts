@@ -344,7 +344,8 @@ const AUTO_REPAIR_NEW_PER_SCAN = 1_000;
 const AUTO_REPAIR_SCAN_DUTY = 10;
 /**
  * Files a walk starts moving off servers that hold more than their share (rebalance.ts): each move
- * rebuilds a file's shards there on another server, reading K of its block group, so few at a time.
+ * copies one shard of each of a file's block groups from there to another server (rebuilt from K of
+ * its group when the copy fails), so few at a time.
  */
 const REBALANCE_NEW_PER_SCAN = 8;
 /** After a walk found nothing that could move off the shedding servers, rebalancing rests this long. */
@@ -1640,7 +1641,7 @@ export class MetadataNode {
   }
 
   /**
-   * A rebalancing move for `bg`, or undefined: its shard on the fullest shedding server, rebuilt on the
+   * A rebalancing move for `bg`, or undefined: its shard on the fullest shedding server, copied to the
    * emptiest server that (1) is alive, not draining, not shedding and holds nothing of the group, (2)
    * does not raise the most shards of the group any one failure domain holds (a move is optional: it
    * must not make a rack's loss worse; a review found rebalancing putting two of three in one), and (3)
@@ -2244,8 +2245,8 @@ export class MetadataNode {
           throw new DogfsError('IS_A_DIRECTORY', `${found.path}: is a directory`);
         const blockGroups: Init<BlockGroupRepair>[] = [];
         for (const bg of found.inode.blockGroups) {
-          // Shards on a server being drained are rebuilt elsewhere too, but they can still be read, and
-          // come after the lost ones: when targets run short, what is lost is rebuilt first, and a group
+          // Shards on a server being drained move elsewhere too (the repairer copies them from there), but
+          // they can still be read, and come after the lost ones: when targets run short, what is lost is rebuilt first, and a group
           // with more than M lost counting the drained ones is still rebuilt from them.
           const lost = this.missingShards(bg, suspects);
           const readable = this.missingShards(bg, suspects, true).filter((i) => !lost.includes(i));
