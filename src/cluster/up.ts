@@ -92,7 +92,14 @@ interface MemberRecord {
 
 interface StoredCluster {
   version: 1;
+  /** The default EC policy the cluster was created with (`--ec`). */
   ec: string;
+  /**
+   * The cluster's default-EC setting has been set to `ec` once. After that the setting is the cluster's
+   * own (`dogfs admin settings --default-ec` changes it); absent in clusters whose metadata servers ran
+   * with `--ec`, which overrode the setting for good.
+   */
+  ecSettled?: boolean;
   uiPort: number;
   members: MemberRecord[];
 }
@@ -135,6 +142,32 @@ async function waitUntil(
     await new Promise((r) => setTimeout(r, pollMs));
   }
   return condition();
+}
+
+/**
+ * Tries `attempt` every `pollMs` until it resolves or `deadline` passes: undefined when it did, else
+ * the last attempt's error message (what a person needs to see in the UpError).
+ */
+async function retryUntil(
+  attempt: () => Promise<unknown>,
+  deadline: number,
+  pollMs = 100,
+): Promise<string | undefined> {
+  let lastError = '';
+  const done = await waitUntil(
+    async () => {
+      try {
+        await attempt();
+        return true;
+      } catch (error) {
+        lastError = (error as Error).message;
+        return false;
+      }
+    },
+    deadline,
+    pollMs,
+  );
+  return done ? undefined : lastError;
 }
 
 function loadStored(dir: string): StoredCluster | undefined {
@@ -181,7 +214,7 @@ function planCluster(options: UpOptions, stored: StoredCluster | undefined): Sto
   const members: MemberRecord[] = [];
   for (let i = 1; i <= metaCount; i++) members.push({ role: 'meta', id: `meta-${i}`, port: 0 });
   for (let i = 1; i <= chunkCount; i++) members.push({ role: 'chunk', id: `chunk-${i}`, port: 0 });
-  return { version: 1, ec, uiPort: 0, members };
+  return { version: 1, ec, ecSettled: false, uiPort: 0, members };
 }
 
 interface Running {
@@ -236,6 +269,7 @@ export class LocalCluster {
       await this.spawnAll(stored, deadline);
       await this.waitForHealth(deadline);
       await this.waitForMetadataLeaders(deadline);
+      await this.settleDefaultEc(stored, deadline);
       this.ui = await this.startUiOnFreePort(stored);
       const cluster = this.clusterJson();
       writeFileAtomic(this.clusterJsonPath, `${JSON.stringify(cluster, null, 2)}\n`);
@@ -325,7 +359,8 @@ export class LocalCluster {
     common.push('--log-level', this.options.logLevel);
     if (record.role === 'meta') {
       const peers = metaMembers.map((m) => `${m.id}=${this.addressOf(m)}`).join(',');
-      return [...memberNodeArgs(), MAIN_MODULE, 'meta', ...common, '--peers', peers, '--ec', stored.ec];
+      // No --ec: it would override the cluster's default-EC setting for good (settleDefaultEc sets it).
+      return [...memberNodeArgs(), MAIN_MODULE, 'meta', ...common, '--peers', peers];
     }
     const meta = metaMembers.map((m) => this.addressOf(m)).join(',');
     return [
@@ -455,27 +490,52 @@ export class LocalCluster {
       this.running.map(async (running) => {
         const channel = new RpcChannel(running.addr);
         try {
-          let lastError = '';
-          const healthy = await waitUntil(
-            async () => {
-              try {
-                const health = await channel.call(HealthService, 'Check', {}, { timeoutMs: 1000 });
-                return health.id === running.record.id;
-              } catch (error) {
-                lastError = (error as Error).message;
-                return false;
-              }
-            },
-            deadline,
-            100,
-          );
-          if (!healthy)
-            throw new UpError(`${running.record.id} at ${running.addr} does not answer health: ${lastError}`);
+          const failed = await retryUntil(async () => {
+            const health = await channel.call(HealthService, 'Check', {}, { timeoutMs: 1000 });
+            if (health.id !== running.record.id)
+              throw new Error(`it is ${health.id}, not ${running.record.id}`);
+          }, deadline);
+          if (failed !== undefined)
+            throw new UpError(`${running.record.id} at ${running.addr} does not answer health: ${failed}`);
         } finally {
           channel.close();
         }
       }),
     );
+  }
+
+  /**
+   * Makes `--ec` the cluster's default-EC setting, once (at creation, or the first start of a directory
+   * whose metadata servers were given `--ec`, which overrode the setting: `admin settings --default-ec`
+   * was shown and ignored). From then on the setting is the cluster's to change. Before cluster.json
+   * exists, so no client has created a file under another default.
+   */
+  private async settleDefaultEc(stored: StoredCluster, deadline: number): Promise<void> {
+    if (stored.ecSettled === true) return;
+    const meta = this.running.find((r) => r.record.role === 'meta');
+    if (meta === undefined) return;
+    const channel = new RpcChannel(meta.addr);
+    const leaderChannels = new RpcChannelPool(4);
+    try {
+      const failed = await retryUntil(async () => {
+        const { leaderAddr } = await channel.call(
+          MetadataService,
+          'FindLeader',
+          { group: 0 },
+          { timeoutMs: 1000 },
+        );
+        await leaderChannels
+          .get(leaderAddr)
+          .call(MetadataService, 'SetSettings', { settings: { defaultEc: stored.ec } }, { timeoutMs: 2000 });
+      }, deadline);
+      if (failed !== undefined)
+        throw new UpError(`could not set the cluster's default EC policy to ${stored.ec}: ${failed}`);
+    } finally {
+      leaderChannels.close();
+      channel.close();
+    }
+    stored.ecSettled = true;
+    this.saveMembers(stored);
   }
 
   /**
@@ -488,21 +548,12 @@ export class LocalCluster {
     const channel = new RpcChannel(meta.addr);
     try {
       for (const group of [0, 1]) {
-        let lastError = '';
-        const led = await waitUntil(
-          async () => {
-            try {
-              await channel.call(MetadataService, 'FindLeader', { group }, { timeoutMs: 1000 });
-              return true;
-            } catch (error) {
-              lastError = (error as Error).message;
-              return false;
-            }
-          },
+        const failed = await retryUntil(
+          () => channel.call(MetadataService, 'FindLeader', { group }, { timeoutMs: 1000 }),
           deadline,
-          100,
         );
-        if (!led) throw new UpError(`metadata group ${group} elected no leader in time: ${lastError}`);
+        if (failed !== undefined)
+          throw new UpError(`metadata group ${group} elected no leader in time: ${failed}`);
       }
       // Every chunk server registered and alive, so the first write is placed on all of them.
       const chunkIds = this.running.filter((r) => r.record.role === 'chunk').map((r) => r.record.id);

@@ -2356,6 +2356,13 @@ export class MetadataNode {
         await this.host.readBarrier(CLUSTER_GROUP, ctx.deadline);
         const current = this.cluster.state.settings;
         const asked = req.settings;
+        // A server started with --ec overrides the setting for every file it creates: taking a new
+        // setting would show one policy and apply another.
+        if (asked?.defaultEc && this.defaultEc !== undefined && asked.defaultEc !== this.defaultEc)
+          throw new DogfsError(
+            'FAILED_PRECONDITION',
+            `this metadata server runs with --ec ${this.defaultEc}, which overrides the cluster's default EC policy: restart the metadata servers without --ec to set it to ${asked.defaultEc}`,
+          );
         const settings: ClusterSettings = {
           defaultEc: asked?.defaultEc || current.defaultEc,
           stripeSize: asked?.stripeSize || current.stripeSize,

@@ -187,3 +187,38 @@ test('--restart: a member whose restart fails (its directory held by another pro
     await up.exited;
   }
 });
+
+test("--ec becomes the cluster's default-EC setting once; admin settings then changes it, and a restart keeps it", async () => {
+  const upDir = join(dir.path, 'default-ec');
+  const env = { ...process.env, DOGFS_CLUSTER: join(upDir, 'cluster.json') };
+  const ecOf = async (path: string) => {
+    const touched = await runDogfs(['touch', path], { env });
+    assert.equal(touched.status, 0, touched.stderr);
+    const stat = await runDogfs(['stat', '--json', path], { env });
+    return (JSON.parse(stat.stdout) as { ec: string }).ec;
+  };
+  const settingsEc = async () => {
+    const shown = await runDogfs(['admin', 'settings', '--json'], { env });
+    assert.equal(shown.status, 0, shown.stderr);
+    return (JSON.parse(shown.stdout) as { defaultEc: string }).defaultEc;
+  };
+  let up = startDogfs(['up', '--dir', upDir, '--meta', '1', '--chunk', '3', '--ec', 'rs-2-1']);
+  try {
+    await waitFor('cluster.json', () => readClusterJson(upDir), 30_000);
+    assert.equal(await settingsEc(), 'rs-2-1');
+    assert.equal(await ecOf('/first'), 'rs-2-1');
+    // The metadata servers once ran with --ec, which overrode this setting: it was shown, and ignored.
+    const set = await runDogfs(['admin', 'settings', '--default-ec', 'replicate-3'], { env });
+    assert.equal(set.status, 0, set.stderr);
+    assert.equal(await ecOf('/second'), 'replicate-3');
+    up.child.kill('SIGINT');
+    await up.exited;
+    up = startDogfs(['up', '--dir', upDir]);
+    await waitFor('cluster.json after restart', () => readClusterJson(upDir), 30_000);
+    assert.equal(await settingsEc(), 'replicate-3', 'a restart does not set --ec again');
+    assert.equal(await ecOf('/third'), 'replicate-3');
+  } finally {
+    up.child.kill('SIGINT');
+    await up.exited;
+  }
+});
