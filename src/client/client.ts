@@ -177,6 +177,36 @@ export class DogfsClient {
     );
   }
 
+  /**
+   * Joins complete files into one without copying a byte: `path` becomes the files named `sources` in
+   * directory `sourceDir`, in that order, and they are gone (one metadata command; all must share one EC
+   * policy). ALREADY_EXISTS if `path` exists, unless `overwrite`; with `sourceIds` (the inode ids the
+   * caller checked, in order) FAILED_PRECONDITION if a source was replaced since.
+   */
+  async compose(
+    path: string,
+    sourceDir: string,
+    sources: readonly string[],
+    options: { overwrite?: boolean; mode?: number; sourceIds?: readonly number[] } & MetaCallOptions = {},
+  ): Promise<FileStatus> {
+    const p = normalizePath(path);
+    const answer = await this.meta.mutate(
+      this.session,
+      'ComposeFile',
+      {
+        path: p,
+        sourceDir: normalizePath(sourceDir),
+        sources: [...sources],
+        sourceIds: [...(options.sourceIds ?? [])],
+        overwrite: options.overwrite ?? false,
+        mode: options.mode ?? 0o644,
+      },
+      options,
+    );
+    if (!answer.inode) throw new DogfsError('INTERNAL', `${p}: ComposeFile answered without an inode`);
+    return toFileStatus(p, answer.inode);
+  }
+
   async delete(path: string, options: { recursive?: boolean } & MetaCallOptions = {}): Promise<void> {
     await this.meta.mutate(
       this.session,

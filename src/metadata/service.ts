@@ -1982,6 +1982,26 @@ export class MetadataNode {
         if (!result.ok) raise(result);
         return {};
       },
+      ComposeFile: async (req, ctx) => {
+        const result = await this.proposeNamespace(
+          {
+            op: 'composeFile',
+            timeMs: this.namespaceNow(),
+            session: sessionOf(req.session),
+            path: req.path,
+            sourceDir: req.sourceDir,
+            sources: req.sources,
+            sourceIds: req.sourceIds.map(inodeId),
+            overwrite: req.overwrite,
+            mode: req.mode || 0o644,
+          },
+          ctx.deadline,
+        );
+        if (!result.ok) raise(result);
+        if (result.op !== 'composeFile')
+          throw new DogfsError('INTERNAL', `composeFile answered ${result.op}`);
+        return { inode: this.inodeToWire(result.inode) };
+      },
       Delete: async (req, ctx) => {
         const result = await this.proposeNamespace(
           {

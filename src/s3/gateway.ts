@@ -15,7 +15,7 @@ import { once } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
-import type { DogfsClient, FileStatus } from '../client/index.js';
+import { baseName, type DogfsClient, type FileStatus } from '../client/index.js';
 import { assert } from '../common/assert.js';
 import type { Logger } from '../common/log.js';
 import { listenOn } from '../daemon/listen.js';
@@ -886,7 +886,14 @@ export class S3Gateway {
     const parts = childrenNamed(root, 'Part');
     if (parts.length === 0 || parts.length > MAX_PARTS)
       throw new S3Error('MalformedXML', `a completion lists 1 to ${MAX_PARTS} parts`);
+    // One listing, not a stat per part: a completion may name 10,000 of them.
+    const uploaded = new Map<string, FileStatus>();
+    for await (const entry of this.client.list(`${dir}/parts`)) {
+      if (uploaded.size >= MAX_PARTS) break;
+      uploaded.set(entry.name, entry);
+    }
     const sources: { path: string; id: number; start: number; end: number }[] = [];
+    const policies = new Set<string>();
     let size = 0;
     let previous = 0;
     for (const part of parts) {
@@ -897,29 +904,54 @@ export class S3Gateway {
         throw new S3Error('InvalidPartOrder', 'parts must be listed in ascending order, once each');
       previous = n;
       const partPath = partFile(dir, n);
-      const entry = await this.tree.stat(partPath);
-      if (entry === undefined || entry.dir) throw new S3Error('InvalidPart', `part ${n} was not uploaded`);
-      const given = (childText(part, 'ETag') ?? '')
-        .trim()
-        .replace(/^"|"$/g, '')
-        .replace(/^&quot;|&quot;$/g, '');
-      if (given !== '' && `"${given}"` !== etagOf({ id: entry.id, mtime: entry.mtimeMs }))
+      const entry = uploaded.get(baseName(partPath));
+      if (entry === undefined || entry.type !== 'file')
+        throw new S3Error('InvalidPart', `part ${n} was not uploaded`);
+      const given = (childText(part, 'ETag') ?? '').trim().replace(/^"|"$/g, '');
+      if (given !== '' && `"${given}"` !== etagOf(entry))
         throw new S3Error('InvalidPart', `part ${n}'s ETag is not the one uploaded last`);
       sources.push({ path: partPath, id: entry.id, start: 0, end: entry.size - 1 });
+      policies.add(entry.ec);
       size += entry.size;
     }
     const { path } = keyPath(r.bucket, r.key);
     await this.ensureParent(r.bucket, path);
-    await this.longRunning(r, async () => {
-      const written = await this.copyInto(path, sources, size);
-      await this.client.delete(dir, { recursive: true });
-      return el(
+    const result = (written: { id: number; mtime: number }) =>
+      el(
         'CompleteMultipartUploadResult',
         el('Location', `/${r.bucket}/${r.key}`),
         el('Bucket', r.bucket),
         el('Key', r.key),
         el('ETag', etagOf(written)),
       );
+    if (policies.size === 1) {
+      // One metadata command joins the parts' block groups into the object: no byte is copied. It
+      // joins the parts checked above: one replaced since is refused, as the copy below would be.
+      const joined = await this.client
+        .compose(
+          path,
+          `${dir}/parts`,
+          sources.map((s) => baseName(s.path)),
+          { overwrite: true, sourceIds: sources.map((s) => s.id) },
+        )
+        .catch((error: unknown) => {
+          if (error instanceof DogfsError && error.code === 'FAILED_PRECONDITION')
+            throw new S3Error('InvalidPart', `a part was replaced during the completion: ${error.message}`);
+          throw error;
+        });
+      await this.client.delete(dir, { recursive: true });
+      this.sendXml(r, result(joined));
+      return;
+    }
+    // A file has one EC policy, and the default changed during the upload: the parts are copied.
+    this.log.info('s3 multipart parts have different EC policies: copying them into the object', {
+      path,
+      policies: [...policies],
+    });
+    await this.longRunning(r, async () => {
+      const written = await this.copyInto(path, sources, size);
+      await this.client.delete(dir, { recursive: true });
+      return result(written);
     });
   }
 

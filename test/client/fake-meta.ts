@@ -452,6 +452,9 @@ export class FakeMeta {
       MemberStatus: () => {
         throw new DogfsError('UNIMPLEMENTED', 'the fake has no Raft groups');
       },
+      ComposeFile: () => {
+        throw new DogfsError('UNIMPLEMENTED', 'the fake composes nothing (the real service is tested)');
+      },
     };
   }
 

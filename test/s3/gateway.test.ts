@@ -159,6 +159,34 @@ function send(
   });
 }
 
+/** The ids of the block groups of a DogFS file, in file order (`dogfs stat --json`). */
+async function blockGroupIds(path: string): Promise<number[]> {
+  const stat = await runDogfs(['stat', '--json', path], { env: env() });
+  assert.equal(stat.status, 0, stat.stderr);
+  return (JSON.parse(stat.stdout) as { blockGroups: { id: number }[] }).blockGroups.map((b) => b.id);
+}
+
+async function settings(args: string[]): Promise<void> {
+  const set = await runDogfs(['admin', 'settings', ...args], { env: env() });
+  assert.equal(set.status, 0, set.stderr);
+}
+
+/**
+ * Sets the cluster's default EC policy and waits until files the gateway creates get it: the namespace
+ * leader reads the setting from its own copy of the cluster group, which learns of the change within a
+ * heartbeat.
+ */
+async function defaultEcForNewFiles(ec: string): Promise<void> {
+  await settings(['--default-ec', ec]);
+  await waitFor(`new files to be ${ec}`, async () => {
+    assert.equal((await s3('PUT', '/photos/ec-probe', { body: Buffer.from('x') })).status, 200);
+    const stat = await runDogfs(['stat', '--json', '/photos/ec-probe'], { env: env() });
+    assert.equal(stat.status, 0, stat.stderr);
+    return (JSON.parse(stat.stdout) as { ec: string }).ec === ec || undefined;
+  });
+  assert.equal((await s3('DELETE', '/photos/ec-probe')).status, 204);
+}
+
 /** The text of the first `<name>` element of an XML reply. */
 function xmlField(text: string, name: string): string | undefined {
   const raw = new RegExp(`<${name}>([^<]*)</${name}>`).exec(text)?.[1];
@@ -384,6 +412,8 @@ test('multipart uploads complete in part order; wrong ETags refused; aborts leav
     body: completion(['"1-1"', etags[1]!]),
   });
   assertError(wrong, 400, 'InvalidPart');
+  const partGroups = async (n: number) => blockGroupIds(`/.s3-uploads/${uploadId}/parts/0000${n}`);
+  const expectedGroups = [...(await partGroups(1)), ...(await partGroups(2))];
   const done = await s3('POST', '/photos/mp/object.bin', {
     query: `uploadId=${uploadId}`,
     body: completion(etags),
@@ -391,6 +421,36 @@ test('multipart uploads complete in part order; wrong ETags refused; aborts leav
   assert.equal(done.status, 200, done.text);
   assert.ok(xmlField(done.text, 'ETag'), done.text);
   assert.ok((await s3('GET', '/photos/mp/object.bin')).body.equals(Buffer.concat(parts)));
+  assert.deepEqual(
+    await blockGroupIds('/photos/mp/object.bin'),
+    expectedGroups,
+    "completion joined the parts' block groups: no byte copied",
+  );
+
+  // Parts of two EC policies (the default changed mid-upload) cannot be joined: they are copied.
+  const mixedId = xmlField(
+    (await s3('POST', '/photos/mp/mixed.bin', { query: 'uploads' })).text,
+    'UploadId',
+  )!;
+  const mixed = [randomBytes(100_000), randomBytes(50_000)];
+  const mixedTags: string[] = [];
+  for (const [i, part] of mixed.entries()) {
+    if (i === 1) await defaultEcForNewFiles('rs-2-1');
+    const reply = await s3('PUT', '/photos/mp/mixed.bin', {
+      query: `partNumber=${i + 1}&uploadId=${mixedId}`,
+      body: part,
+    });
+    mixedTags.push(String(reply.headers.etag));
+  }
+  await defaultEcForNewFiles('rs-3-2');
+  const mixedDone = await s3('POST', '/photos/mp/mixed.bin', {
+    query: `uploadId=${mixedId}`,
+    body: completion(mixedTags),
+  });
+  assert.equal(mixedDone.status, 200, mixedDone.text);
+  assert.equal(xmlField(mixedDone.text, 'Code'), undefined, mixedDone.text);
+  assert.ok((await s3('GET', '/photos/mp/mixed.bin')).body.equals(Buffer.concat(mixed)));
+  assert.match(gateway.output.stderr, /parts have different EC policies: copying them/);
   assertError(
     await s3('DELETE', '/photos/mp/object.bin', { query: `uploadId=${uploadId}` }),
     404,
@@ -434,10 +494,10 @@ test('deleting keys removes directories left empty; reads survive M killed chunk
   const multi = await s3('POST', '/photos', {
     query: 'delete',
     body: Buffer.from(
-      '<Delete><Object><Key>mp/object.bin</Key></Object><Object><Key>streamed</Key></Object></Delete>',
+      '<Delete><Object><Key>mp/object.bin</Key></Object><Object><Key>mp/mixed.bin</Key></Object><Object><Key>streamed</Key></Object></Delete>',
     ),
   });
-  assert.deepEqual(xmlFields(multi.text, 'Key'), ['mp/object.bin', 'streamed']);
+  assert.deepEqual(xmlFields(multi.text, 'Key'), ['mp/object.bin', 'mp/mixed.bin', 'streamed']);
   const mp = await runDogfs(['stat', '/photos/mp'], { env: env() });
   assert.notEqual(mp.status, 0, 'the emptied directory went with its last key');
 

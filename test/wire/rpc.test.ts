@@ -81,6 +81,7 @@ before(async () => {
     List: unimplemented,
     Rename: unimplemented,
     Delete: unimplemented,
+    ComposeFile: unimplemented,
     ReportBadShard: unimplemented,
     RegisterChunkServer: unimplemented,
     Heartbeat: unimplemented,

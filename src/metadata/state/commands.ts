@@ -21,6 +21,8 @@ export const MAX_LEASE_ID_BYTES = 32;
 export const MAX_SESSION_NONCE_BYTES = 32;
 export const MAX_EC_NAME_BYTES = 32;
 export const MAX_BLOCK_GROUPS_PER_FILE = 65_536;
+/** Files one composeFile may join (S3's limit on the parts of a multipart upload). */
+export const MAX_COMPOSE_SOURCES = 10_000;
 export const MAX_LIST_LIMIT = 1000;
 export const MAX_GARBAGE_PER_COLLECT = 10_000;
 export const MAX_LEASE_MS = 3_600_000;
@@ -220,6 +222,26 @@ export interface RenameCommand extends CommandBase {
   readonly noReplace: boolean;
 }
 
+/**
+ * Joins complete files into one, without copying a byte: the file at `path` becomes the files named
+ * `sources` in directory `sourceDir`, in that order — their block groups, one after another — and the
+ * sources are gone (their block groups now belong to it). What an S3 multipart upload's completion is.
+ */
+export interface ComposeFileCommand extends CommandBase {
+  readonly op: 'composeFile';
+  readonly path: string;
+  readonly sourceDir: string;
+  readonly sources: readonly string[];
+  /**
+   * The inode id each source must still have (empty: any): a caller that checked the files it joins
+   * (S3's part ETags) joins those files and not ones that replaced them since.
+   */
+  readonly sourceIds: readonly InodeId[];
+  /** Replace an existing file at `path` (its block groups become garbage). */
+  readonly overwrite: boolean;
+  readonly mode: number;
+}
+
 export interface DeleteCommand extends CommandBase {
   readonly op: 'delete';
   readonly path: string;
@@ -268,6 +290,7 @@ export type NamespaceCommand =
   | CompleteFileCommand
   | AbandonFileCommand
   | RenameCommand
+  | ComposeFileCommand
   | DeleteCommand
   | ExpireLeasesCommand
   | CollectGarbageCommand
@@ -286,6 +309,7 @@ export const CLIENT_OPS: ReadonlySet<NamespaceOp> = new Set<NamespaceOp>([
   'completeFile',
   'abandonFile',
   'rename',
+  'composeFile',
   'delete',
   'repairShards',
   'renewLease',
@@ -304,6 +328,7 @@ export interface ResultPayloads {
   allocateBlockGroup: { readonly blockGroup: BlockGroupInfo };
   commitBlockGroup: { readonly blockGroup: BlockGroupInfo };
   completeFile: { readonly inode: FileInode };
+  composeFile: { readonly inode: FileInode };
   abandonFile: Record<never, never>;
   rename: Record<never, never>;
   delete: { readonly files: number; readonly dirs: number };
@@ -335,6 +360,7 @@ const OP_TAGS: Record<NamespaceOp, number> = {
   repairShards: 11,
   renewLease: 12,
   openSession: 13,
+  composeFile: 14,
 };
 const OPS_BY_TAG = new Map<number, NamespaceOp>(
   (Object.entries(OP_TAGS) as [NamespaceOp, number][]).map(([op, tag]) => [tag, op]),
@@ -535,6 +561,12 @@ export function encodeNamespaceCommand(cmd: NamespaceCommand): Uint8Array {
     case 'rename':
       w.string(cmd.src).string(cmd.dst).bool(cmd.noReplace);
       break;
+    case 'composeFile':
+      w.string(cmd.path).string(cmd.sourceDir).bool(cmd.overwrite).uint(cmd.mode);
+      writeStrings(w, cmd.sources);
+      w.uint(cmd.sourceIds.length);
+      for (const id of cmd.sourceIds) w.uint(id);
+      break;
     case 'delete':
       w.string(cmd.path).bool(cmd.recursive);
       break;
@@ -641,6 +673,18 @@ export function decodeNamespaceCommand(bytes: Uint8Array): NamespaceCommand {
     case 'rename':
       cmd = { op, ...base, src: path('src'), dst: path('dst'), noReplace: r.bool('no replace') };
       break;
+    case 'composeFile': {
+      const target = path();
+      const sourceDir = path('source dir');
+      const overwrite = r.bool('overwrite');
+      const mode = r.uint('mode');
+      const sources = readStrings(r, 'source name', MAX_COMPOSE_SOURCES, MAX_PATH_BYTES);
+      const sourceIds: InodeId[] = [];
+      for (let n = r.count('source ids', MAX_COMPOSE_SOURCES); n > 0; n--)
+        sourceIds.push(r.uint('source id') as InodeId);
+      cmd = { op, ...base, path: target, sourceDir, sources, sourceIds, overwrite, mode };
+      break;
+    }
     case 'openSession':
       // Absent in the entries of the first hour of explicit sessions (ecb7b25): ids `s<counter>` then.
       cmd = { op, ...base, nonce: r.remaining > 0 ? r.string('nonce', MAX_SESSION_NONCE_BYTES) : '' };
@@ -714,6 +758,7 @@ export function writeResult(w: ByteWriter, result: NamespaceResult): void {
       writeBlockGroup(w, result.blockGroup);
       break;
     case 'completeFile':
+    case 'composeFile':
       writeInode(w, result.inode);
       break;
     case 'abandonFile':
@@ -783,6 +828,7 @@ export function readResult(r: ByteReader): NamespaceResult {
     case 'repairShards':
       return { ok: true, op, blockGroup: readBlockGroup(r) };
     case 'completeFile':
+    case 'composeFile':
       return { ok: true, op, inode: fileInode() };
     case 'abandonFile':
     case 'rename':

@@ -67,6 +67,7 @@ import {
   type CollectGarbageCommand,
   type CommitBlockGroupCommand,
   type CompleteFileCommand,
+  type ComposeFileCommand,
   type CreateCommand,
   type DeleteCommand,
   type DirEntry,
@@ -80,6 +81,7 @@ import {
   MAX_BLOCK_GROUP_BYTES,
   MAX_BLOCK_GROUPS_PER_FILE,
   MAX_CLIENT_ID_BYTES,
+  MAX_COMPOSE_SOURCES,
   MAX_LEASE_ID_BYTES,
   MAX_LEASE_MS,
   MAX_LIST_LIMIT,
@@ -116,7 +118,7 @@ import {
   ROOT_GROUP,
   ROOT_INODE_ID,
 } from './ids.js';
-import { type ParsedPath, parsePath, utf8Length } from './paths.js';
+import { checkName, type ParsedPath, parsePath, utf8Length } from './paths.js';
 import { type Failure, fail } from './result.js';
 import { compareNames, SortedNames } from './sorted-names.js';
 
@@ -457,6 +459,8 @@ export class NamespaceState {
         return this.abandonFile(cmd);
       case 'rename':
         return this.rename(cmd);
+      case 'composeFile':
+        return this.composeFile(cmd);
       case 'delete':
         return this.delete(cmd);
       case 'expireLeases':
@@ -949,6 +953,99 @@ export class NamespaceState {
     this.putEntry(parent, file.name, inode, existing);
     this.removePending(file);
     return this.ok('completeFile', { inode });
+  }
+
+  /** See ComposeFileCommand: checked whole first, then applied; a refusal changes nothing. */
+  private composeFile(cmd: ComposeFileCommand): ResultOf<'composeFile'> {
+    const badMode = this.checkMode(cmd.mode);
+    if (badMode) return badMode;
+    if (cmd.sources.length === 0 || cmd.sources.length > MAX_COMPOSE_SOURCES)
+      return fail(
+        'INVALID_ARGUMENT',
+        `compose joins 1 to ${MAX_COMPOSE_SOURCES} files, not ${cmd.sources.length}`,
+      );
+    const sourcePath = parsePath(cmd.sourceDir);
+    if (!sourcePath.ok) return sourcePath;
+    const from = this.resolveDir(sourcePath, sourcePath.components.length);
+    if (!from.ok) return from;
+    const target = parsePath(cmd.path);
+    if (!target.ok) return target;
+    if (target.components.length === 0) return fail('IS_A_DIRECTORY', '/: is a directory');
+    const to = this.lookupEntry(target);
+    if (!to.ok) return to;
+    const existing = to.inode;
+    if (existing?.type === 'dir') return fail('IS_A_DIRECTORY', `${target.path}: is a directory`);
+    if (existing !== undefined && !cmd.overwrite)
+      return fail('ALREADY_EXISTS', `${target.path}: file exists`);
+    if (cmd.sourceIds.length !== 0 && cmd.sourceIds.length !== cmd.sources.length)
+      return fail(
+        'INVALID_ARGUMENT',
+        `${cmd.sources.length} files to join but ${cmd.sourceIds.length} inode ids to check them by`,
+      );
+    const files: FileInode[] = [];
+    const named = new Set<string>();
+    let size = 0;
+    let blockGroups = 0;
+    for (const name of cmd.sources) {
+      const bad = checkName(name);
+      if (bad) return bad;
+      if (named.has(name)) return fail('INVALID_ARGUMENT', `${sourcePath.path}/${name}: named twice`);
+      named.add(name);
+      const file = from.dir.entries.get(name);
+      if (file === undefined) return fail('NOT_FOUND', `${sourcePath.path}/${name}: no such file`);
+      if (file.type !== 'file') return fail('IS_A_DIRECTORY', `${sourcePath.path}/${name}: is a directory`);
+      const expected = cmd.sourceIds[files.length];
+      if (expected !== undefined && file.id !== expected)
+        return fail(
+          'FAILED_PRECONDITION',
+          `${sourcePath.path}/${name}: replaced since it was checked (inode ${file.id}, not ${expected})`,
+        );
+      if (file === existing)
+        return fail('INVALID_ARGUMENT', `${target.path}: the target cannot be one of the files it joins`);
+      // One policy per file: its name is what stat shows and what repair and placement read.
+      if (files.length > 0 && file.ec !== files[0]!.ec)
+        return fail(
+          'FAILED_PRECONDITION',
+          `${sourcePath.path}/${name}: ${file.ec}, not ${files[0]!.ec} as the others`,
+        );
+      files.push(file);
+      size += file.size;
+      blockGroups += file.blockGroups.length;
+    }
+    if (!Number.isSafeInteger(size)) return fail('INVALID_ARGUMENT', 'the joined file would be too large');
+    if (blockGroups > MAX_BLOCK_GROUPS_PER_FILE)
+      return fail(
+        'INVALID_ARGUMENT',
+        `the joined file would have more than ${MAX_BLOCK_GROUPS_PER_FILE} block groups`,
+      );
+    if (existing === undefined && to.parent !== from.dir) {
+      const room = this.checkRoom(to.parent, target.path);
+      if (room) return room;
+    }
+    if (this.idsLeft() < 1) return fail('FAILED_PRECONDITION', 'inode ids of this group are exhausted');
+    // From here nothing can fail. The sources' block groups move to the new file, shifted to its offsets.
+    const joined: BlockGroupInfo[] = [];
+    let offset = 0;
+    for (const file of files)
+      for (const bg of file.blockGroups) {
+        joined.push(bg.offset === offset ? bg : { ...bg, offset });
+        offset += bg.length;
+      }
+    assert(offset === size, 'a complete file holds its size in its block groups');
+    for (let i = 0; i < files.length; i++) this.removeEntry(from.dir, cmd.sources[i]!, files[i]!);
+    const inode: FileInode = {
+      type: 'file',
+      id: this.allocId() as InodeId,
+      mode: cmd.mode,
+      size,
+      mtimeMs: this.clockMs,
+      ctimeMs: this.clockMs,
+      ec: files[0]!.ec,
+      blockGroups: joined,
+    };
+    if (existing !== undefined) for (const bg of existing.blockGroups) this.garbageList.set(bg.id, bg);
+    this.putEntry(to.parent, ownString(to.name), inode, existing);
+    return this.ok('composeFile', { inode });
   }
 
   private abandonFile(cmd: AbandonFileCommand): ResultOf<'abandonFile'> {
