@@ -168,11 +168,16 @@ export class DogfsClient {
     throw new DogfsError('FAILED_PRECONDITION', `${p}: more than ${MAX_LIST_PAGES} pages`);
   }
 
-  async rename(src: string, dst: string, options: MetaCallOptions = {}): Promise<void> {
+  /** Moves `src` to `dst`, replacing a file or empty directory there unless `noReplace` (ALREADY_EXISTS). */
+  async rename(
+    src: string,
+    dst: string,
+    options: { noReplace?: boolean } & MetaCallOptions = {},
+  ): Promise<void> {
     await this.meta.mutate(
       this.session,
       'Rename',
-      { src: normalizePath(src), dst: normalizePath(dst) },
+      { src: normalizePath(src), dst: normalizePath(dst), noReplace: options.noReplace ?? false },
       options,
     );
   }

@@ -1975,7 +1975,7 @@ export class MetadataNode {
             session: sessionOf(req.session),
             src: req.src,
             dst: req.dst,
-            noReplace: false,
+            noReplace: req.noReplace,
           },
           ctx.deadline,
         );

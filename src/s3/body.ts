@@ -41,6 +41,7 @@ export class AwsChunkedDecoder extends Transform {
   private chunkSigned = '';
   private previousSignature: string;
   private trailerText = '';
+  private trailerSignatureSeen = false;
 
   constructor(
     private readonly expectedLength: number,
@@ -149,14 +150,20 @@ export class AwsChunkedDecoder extends Transform {
 
   private onTrailer(text: string): void {
     if (text === '') {
+      // A signed upload's trailers are signed too, or a checksum could be swapped for the bytes sent.
+      if (this.signing !== undefined && this.trailers.size > 0 && !this.trailerSignatureSeen)
+        throw new S3Error('SignatureDoesNotMatch', 'the upload trailers are not signed');
       this.state = 'done';
       return;
     }
+    if (this.trailerSignatureSeen)
+      throw new S3Error('InvalidRequest', 'an aws-chunked trailer after the trailer signature');
     const colon = text.indexOf(':');
     if (colon <= 0) throw new S3Error('InvalidRequest', 'malformed aws-chunked trailer');
     const name = text.slice(0, colon).trim().toLowerCase();
     const value = text.slice(colon + 1).trim();
     if (name === 'x-amz-trailer-signature') {
+      this.trailerSignatureSeen = true;
       if (this.signing !== undefined) {
         const expected = trailerSignature(this.signing, this.previousSignature, this.trailerText);
         if (!signaturesMatch(expected, value))

@@ -65,6 +65,30 @@ const IDLE_TIMEOUT_MS = 120_000;
 const MAX_CONNECTIONS = 256;
 /** Attempts at a read whose file was replaced between its stat and its open. */
 const READ_ATTEMPTS = 3;
+/**
+ * Where uploads are written before they are renamed onto their key: two PUTs of one key both complete
+ * (the later rename wins, as in S3) instead of the second's create cancelling the first's write.
+ */
+const STAGING_DIR = `${UPLOADS_DIR}/tmp`;
+/** Attempts at renaming a staged object into place while its directory is removed and made again. */
+const PLACE_ATTEMPTS = 3;
+/** Write options S3 has and the gateway cannot honour: refused, never ignored. */
+const UNSUPPORTED_WRITE_HEADERS = [
+  'x-amz-object-lock-mode',
+  'x-amz-object-lock-retain-until-date',
+  'x-amz-object-lock-legal-hold',
+  'x-amz-tagging',
+  'x-amz-tagging-directive',
+  'x-amz-server-side-encryption',
+  'x-amz-server-side-encryption-customer-algorithm',
+  'x-amz-server-side-encryption-aws-kms-key-id',
+  'x-amz-copy-source-server-side-encryption-customer-algorithm',
+  'x-amz-website-redirect-location',
+  'x-amz-grant-read',
+  'x-amz-grant-read-acp',
+  'x-amz-grant-write-acp',
+  'x-amz-grant-full-control',
+];
 const OBJECT_CONTENT_TYPE = 'binary/octet-stream';
 /** Bucket subresources S3 has and the gateway does not (ACLs, policies, versioning, lifecycle, ...). */
 const UNSUPPORTED_BUCKET_QUERIES = [
@@ -115,6 +139,19 @@ interface Request {
   readonly signing: SigningContext | undefined;
 }
 
+/**
+ * Where a staged write goes: an object's key (its directories made as needed; with `noReplace` only if
+ * the key is free), or a part of an upload (which may have been completed or aborted meanwhile).
+ */
+type Destination =
+  | { readonly kind: 'object'; readonly bucket: string; readonly path: string; readonly noReplace: boolean }
+  | { readonly kind: 'part'; readonly path: string };
+
+interface Written {
+  readonly id: number;
+  readonly mtime: number;
+}
+
 /** An opaque version tag: changes whenever the object is replaced (new inode) or rewritten. */
 export function etagOf(entry: { readonly id: number; readonly mtime: number }): string {
   return `"${entry.id.toString(16)}-${Math.floor(entry.mtime).toString(16)}"`;
@@ -138,6 +175,7 @@ export class S3Gateway {
   private readonly log: Logger;
   private readonly tree: TreeReader;
   private server: Server | undefined;
+  private stagingDirMade = false;
 
   constructor(options: S3GatewayOptions) {
     this.options = options;
@@ -154,6 +192,7 @@ export class S3Gateway {
       { requestTimeout: 0, headersTimeout: 60_000, keepAliveTimeout: 65_000 },
       (req, res) => this.handle(req, res),
     );
+    server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => this.handle(req, res));
     // A connection silent this long either way is given up: a stalled client cannot hold a write lease
     // and its stripe buffers forever. Long answers send keepalive bytes well within it.
     server.setTimeout(IDLE_TIMEOUT_MS);
@@ -189,10 +228,15 @@ export class S3Gateway {
       const key = slash < 0 ? '' : decodeKey(rawPath.slice(slash + 1));
       const method = req.method ?? 'GET';
       const signing = verifyRequest(
-        { method, rawPath, rawQuery, headers: req.headers },
+        { method, rawPath, rawQuery, headers: req.headersDistinct },
         this.options.credentials,
         Date.now(),
       );
+      // Every request, not just CreateBucket: a name no bucket can have (`.s3-uploads`, `a%2Fb`) would
+      // reach the gateway's own files or a directory below another bucket.
+      if (bucket !== '') checkBucketName(bucket);
+      // Only now is the client told to send its body (Node answers 100-continue itself otherwise).
+      if (req.headers.expect?.toLowerCase() === '100-continue') res.writeContinue();
       request = { req, res, id, method, rawPath, query: new URLSearchParams(rawQuery), bucket, key, signing };
     } catch (error) {
       this.fail(req, res, id, rawPath, error);
@@ -284,6 +328,7 @@ export class S3Gateway {
     const unsupported = UNSUPPORTED_OBJECT_QUERIES.find((sub) => query.has(sub));
     if (unsupported !== undefined)
       throw new S3Error('NotImplemented', `object ?${unsupported} is not supported by the DogFS gateway`);
+    if (method === 'PUT' || method === 'POST') refuseUnsupportedWriteOptions(r.req);
     switch (method) {
       case 'PUT':
         if (query.has('uploadId')) return this.uploadPart(r);
@@ -452,17 +497,19 @@ export class S3Gateway {
     const items: ListedItem[] = [];
     let truncated = false;
     const walk = listKeys(this.tree, { bucketPath: `/${r.bucket}`, prefix, delimiter, startAfter });
-    try {
-      for await (const item of walk) {
-        if (items.length >= Math.min(maxKeys, MAX_KEYS)) {
-          truncated = true;
-          break;
+    // max-keys=0 asks for none and is not truncated (as S3 answers): no token to resume from.
+    if (maxKeys > 0)
+      try {
+        for await (const item of walk) {
+          if (items.length >= Math.min(maxKeys, MAX_KEYS)) {
+            truncated = true;
+            break;
+          }
+          items.push(item);
         }
-        items.push(item);
+      } finally {
+        await walk.return(undefined);
       }
-    } finally {
-      await walk.return(undefined);
-    }
     const last = items[items.length - 1];
     const lastKey = last === undefined ? '' : last.kind === 'object' ? last.key : last.prefix;
     const contents = items.flatMap((item) =>
@@ -633,12 +680,13 @@ export class S3Gateway {
   private async putObject(r: Request): Promise<void> {
     const { path, marker } = keyPath(r.bucket, r.key);
     if (marker) {
-      const body = openBody(r);
-      if (body.length !== 0)
-        throw new S3Error(
+      const body = openBody(r, {
+        maxBytes: 0,
+        tooLarge: new S3Error(
           'InvalidArgument',
           `${r.key}: a key ending in '/' names a directory and holds no bytes`,
-        );
+        ),
+      });
       await drain(body.stream);
       await this.ensureParent(r.bucket, path);
       const dir = await this.client.mkdir(path, { parents: true }).catch((error: unknown) => {
@@ -649,29 +697,95 @@ export class S3Gateway {
       this.sendEmpty(r, 200, { ETag: etagOf(dir) });
       return;
     }
+    const noReplace = writeConditions(r.req);
     await this.ensureParent(r.bucket, path);
-    // Opened only now, and piped at once: a body check that fails while nothing listens would be an
-    // unhandled 'error' (and a small body can arrive whole during the awaits above).
-    const written = await this.writeObject(path, openBody(r));
+    const written = await this.writeObject({ kind: 'object', bucket: r.bucket, path, noReplace }, r);
     this.sendEmpty(r, 200, { ETag: etagOf(written) });
   }
 
   /** Streams a request body into `path` (replacing it); resolves with the completed file. */
-  private async writeObject(path: string, body: OpenedBody): Promise<{ id: number; mtime: number }> {
-    this.log.debug('s3 upload', { path, bytes: body.length });
-    const writer = this.client.createWriteStream(path, { size: body.length, overwrite: true });
+  /** A fresh name to stage a write under (its directory made once per gateway, again if removed). */
+  private async stagingPath(): Promise<string> {
+    if (!this.stagingDirMade) {
+      await this.client.mkdir(STAGING_DIR, { parents: true });
+      this.stagingDirMade = true;
+    }
+    return `${STAGING_DIR}/${randomBytes(16).toString('hex')}`;
+  }
+
+  /**
+   * Runs `write` against a staging name, then renames the result onto `to`: the object appears whole,
+   * and concurrent writes of one key each complete. A failure removes what was staged.
+   */
+  private async staged(to: Destination, write: (staging: string) => Promise<Written>): Promise<Written> {
+    const staging = await this.stagingPath();
+    let written: Written;
     try {
-      await pipeline(body.stream, writer);
+      written = await write(staging);
     } catch (error) {
-      if (error instanceof DogfsError && error.code === 'NOT_FOUND')
-        throw new S3Error('ServiceUnavailable', `${path}: its directory was removed meanwhile; retry`);
-      if (error instanceof DogfsError && error.code === 'IS_A_DIRECTORY')
-        throw new S3Error('InvalidRequest', `${path}: a directory holds that name (keys below it exist)`);
+      // Perhaps the staging directory was removed from under the gateway: the next write makes it again.
+      if (error instanceof DogfsError && error.code === 'NOT_FOUND') this.stagingDirMade = false;
       throw error;
     }
-    const inode = writer.inode;
-    assert(inode !== undefined, 'a finished write stream knows its inode');
-    return { id: inode.id, mtime: inode.mtimeMs };
+    try {
+      await this.place(staging, to);
+      return written;
+    } catch (error) {
+      await this.client
+        .delete(staging)
+        .catch((cleanup: unknown) =>
+          this.log.warn('s3 could not remove a staged upload', { path: staging, error: cleanup }),
+        );
+      throw error;
+    }
+  }
+
+  private async place(staging: string, to: Destination): Promise<void> {
+    const noReplace = to.kind === 'object' && to.noReplace;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.client.rename(staging, to.path, { noReplace });
+        return;
+      } catch (error) {
+        if (!(error instanceof DogfsError)) throw error;
+        if (error.code === 'NOT_FOUND') {
+          if (to.kind === 'part')
+            throw new S3Error('NoSuchUpload', 'the upload was completed or aborted meanwhile');
+          // The key's directory was removed (its last other key deleted) while this one was written.
+          if (attempt >= PLACE_ATTEMPTS)
+            throw new S3Error('ServiceUnavailable', `${to.path}: its directory keeps being removed; retry`);
+          await this.ensureParent(to.bucket, to.path);
+          continue;
+        }
+        if (error.code === 'ALREADY_EXISTS' && noReplace)
+          throw new S3Error('PreconditionFailed', 'If-None-Match: * and the key exists');
+        if (['IS_A_DIRECTORY', 'NOT_A_DIRECTORY', 'NOT_EMPTY'].includes(error.code))
+          throw new S3Error(
+            'InvalidRequest',
+            `${to.path}: a directory holds that name (keys below it exist)`,
+          );
+        throw error;
+      }
+    }
+  }
+
+  /** Stores the request's body at `to`. */
+  private async writeObject(to: Destination, r: Request): Promise<Written> {
+    return this.staged(to, async (staging) => {
+      // Opened only now, and piped at once: a body check that fails while nothing listens would be an
+      // unhandled 'error' (and a small body can arrive whole during the awaits before).
+      const body = openBody(r);
+      this.log.debug('s3 upload', { path: to.path, bytes: body.length });
+      const writer = this.client.createWriteStream(staging, { size: body.length });
+      await pipeline(body.stream, writer).catch((error: unknown) => {
+        if (error instanceof DogfsError && error.code === 'NOT_FOUND')
+          throw new S3Error('ServiceUnavailable', `${STAGING_DIR} was removed during the upload; retry`);
+        throw error;
+      });
+      const inode = writer.inode;
+      assert(inode !== undefined, 'a finished write stream knows its inode');
+      return { id: inode.id, mtime: inode.mtimeMs };
+    });
   }
 
   private async deleteObject(r: Request): Promise<void> {
@@ -747,20 +861,23 @@ export class S3Gateway {
     const slash = source.indexOf('/');
     if (slash <= 0 || slash === source.length - 1)
       throw new S3Error('InvalidArgument', 'x-amz-copy-source must be BUCKET/KEY');
-    return { bucket: source.slice(0, slash), key: source.slice(slash + 1) };
+    const bucket = source.slice(0, slash);
+    checkBucketName(bucket);
+    return { bucket, key: source.slice(slash + 1) };
   }
 
   private async copyObject(r: Request): Promise<void> {
     const source = this.copySource(r);
     const { path: target, marker } = keyPath(r.bucket, r.key);
     if (marker) throw new S3Error('InvalidArgument', `${r.key}: cannot copy onto a directory key`);
+    const noReplace = writeConditions(r.req);
     const { path, marker: sourceMarker, entry } = await this.statKey(source.bucket, source.key);
     if (sourceMarker) throw new S3Error('InvalidArgument', `${source.key}: cannot copy a directory key`);
     await drain(openBody(r).stream);
     await this.ensureParent(r.bucket, target);
     await this.longRunning(r, async () => {
       const copied = await this.copyInto(
-        target,
+        { kind: 'object', bucket: r.bucket, path: target, noReplace },
         [{ path, id: entry.id, start: 0, end: entry.size - 1 }],
         entry.size,
       );
@@ -774,40 +891,42 @@ export class S3Gateway {
    * checked (`id`): a file replaced meanwhile fails the copy rather than mixing versions.
    */
   private async copyInto(
-    target: string,
+    to: Destination,
     sources: readonly { path: string; id: number; start: number; end: number }[],
     size: number,
-  ): Promise<{ id: number; mtime: number }> {
-    const writer = this.client.createWriteStream(target, { size, overwrite: true });
-    const failed = finished(writer).then(
-      () => undefined,
-      (error: unknown) => error,
-    );
-    try {
-      for (const source of sources) {
-        if (source.end < source.start) continue;
-        const reader = this.client.createReadStream(source.path, { start: source.start, end: source.end });
-        try {
-          for await (const chunk of reader) {
-            if (reader.inode?.id !== source.id)
-              throw new S3Error('OperationAborted', `${source.path} was replaced during the copy; retry`);
-            if (!writer.write(chunk)) await Promise.race([once(writer, 'drain'), failed]);
-            if (writer.destroyed) throw (await failed) ?? new DogfsError('CANCELLED', 'copy target closed');
+  ): Promise<Written> {
+    return this.staged(to, async (staging) => {
+      const writer = this.client.createWriteStream(staging, { size });
+      const failed = finished(writer).then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+      try {
+        for (const source of sources) {
+          if (source.end < source.start) continue;
+          const reader = this.client.createReadStream(source.path, { start: source.start, end: source.end });
+          try {
+            for await (const chunk of reader) {
+              if (reader.inode?.id !== source.id)
+                throw new S3Error('OperationAborted', `${source.path} was replaced during the copy; retry`);
+              if (!writer.write(chunk)) await Promise.race([once(writer, 'drain'), failed]);
+              if (writer.destroyed) throw (await failed) ?? new DogfsError('CANCELLED', 'copy target closed');
+            }
+          } finally {
+            reader.destroy();
           }
-        } finally {
-          reader.destroy();
         }
+        writer.end();
+        const error = await failed;
+        if (error !== undefined) throw error;
+      } catch (error) {
+        writer.destroy(error as Error);
+        throw error;
       }
-      writer.end();
-      const error = await failed;
-      if (error !== undefined) throw error;
-    } catch (error) {
-      writer.destroy(error as Error);
-      throw error;
-    }
-    const inode = writer.inode;
-    assert(inode !== undefined, 'a finished write stream knows its inode');
-    return { id: inode.id, mtime: inode.mtimeMs };
+      const inode = writer.inode;
+      assert(inode !== undefined, 'a finished write stream knows its inode');
+      return { id: inode.id, mtime: inode.mtimeMs };
+    });
   }
 
   private uploadDir(r: Request): string {
@@ -866,7 +985,7 @@ export class S3Gateway {
       await drain(openBody(r).stream);
       await this.longRunning(r, async () => {
         const copied = await this.copyInto(
-          partPath,
+          { kind: 'part', path: partPath },
           [{ path, id: entry.id, ...range }],
           range.end - range.start + 1,
         );
@@ -874,7 +993,7 @@ export class S3Gateway {
       });
       return;
     }
-    const written = await this.writeObject(partPath, openBody(r));
+    const written = await this.writeObject({ kind: 'part', path: partPath }, r);
     this.sendEmpty(r, 200, { ETag: etagOf(written) });
   }
 
@@ -924,21 +1043,9 @@ export class S3Gateway {
         el('Key', r.key),
         el('ETag', etagOf(written)),
       );
+    const noReplace = writeConditions(r.req);
     if (policies.size === 1) {
-      // One metadata command joins the parts' block groups into the object: no byte is copied. It
-      // joins the parts checked above: one replaced since is refused, as the copy below would be.
-      const joined = await this.client
-        .compose(
-          path,
-          `${dir}/parts`,
-          sources.map((s) => baseName(s.path)),
-          { overwrite: true, sourceIds: sources.map((s) => s.id) },
-        )
-        .catch((error: unknown) => {
-          if (error instanceof DogfsError && error.code === 'FAILED_PRECONDITION')
-            throw new S3Error('InvalidPart', `a part was replaced during the completion: ${error.message}`);
-          throw error;
-        });
+      const joined = await this.joinParts(r, dir, path, sources, noReplace);
       await this.client.delete(dir, { recursive: true });
       this.sendXml(r, result(joined));
       return;
@@ -949,10 +1056,48 @@ export class S3Gateway {
       policies: [...policies],
     });
     await this.longRunning(r, async () => {
-      const written = await this.copyInto(path, sources, size);
+      const written = await this.copyInto(
+        { kind: 'object', bucket: r.bucket, path, noReplace },
+        sources,
+        size,
+      );
       await this.client.delete(dir, { recursive: true });
       return result(written);
     });
+  }
+
+  /**
+   * One metadata command joins the parts' block groups into the object: no byte is copied. It joins the
+   * parts whose ETags were checked: one replaced since is refused, as the copy would be.
+   */
+  private async joinParts(
+    r: Request,
+    dir: string,
+    path: string,
+    sources: readonly { path: string; id: number }[],
+    noReplace: boolean,
+  ): Promise<FileStatus> {
+    const names = sources.map((s) => baseName(s.path));
+    const sourceIds = sources.map((s) => s.id);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.client.compose(path, `${dir}/parts`, names, { overwrite: !noReplace, sourceIds });
+      } catch (error) {
+        if (!(error instanceof DogfsError)) throw error;
+        if (error.code === 'FAILED_PRECONDITION')
+          throw new S3Error('InvalidPart', `a part was replaced during the completion: ${error.message}`);
+        if (error.code === 'ALREADY_EXISTS' && noReplace)
+          throw new S3Error('PreconditionFailed', 'If-None-Match: * and the key exists');
+        if (error.code === 'IS_A_DIRECTORY')
+          throw new S3Error('InvalidRequest', `${r.key}: a directory holds that name (keys below it exist)`);
+        if (error.code !== 'NOT_FOUND') throw error;
+        // The upload aborted meanwhile (NoSuchUpload), or the key's directory removed: made again.
+        await this.requireUpload(r);
+        if (attempt >= PLACE_ATTEMPTS)
+          throw new S3Error('ServiceUnavailable', `${path}: its directory keeps being removed; retry`);
+        await this.ensureParent(r.bucket, path);
+      }
+    }
   }
 
   private async abortUpload(r: Request): Promise<void> {
@@ -984,7 +1129,11 @@ function header(req: IncomingMessage, name: string): string | undefined {
  * The request body as bytes of a known length, decoded and checked as its headers declare. Its consumer
  * must attach at once (pipeline, for await): a failed check emits 'error' on the returned stream.
  */
-function openBody(r: Request): OpenedBody {
+/**
+ * The request's body, checked against every digest it declares. `maxBytes`: the most it may declare,
+ * refused with `tooLarge` before anything is piped.
+ */
+function openBody(r: Request, bound?: { maxBytes: number; tooLarge: S3Error }): OpenedBody {
   const { req } = r;
   const contentSha256 = header(req, 'x-amz-content-sha256');
   const streaming = contentSha256?.startsWith('STREAMING-') ?? false;
@@ -998,17 +1147,15 @@ function openBody(r: Request): OpenedBody {
   const length = Number(lengthHeader);
   if (!Number.isSafeInteger(length) || length < 0)
     throw new S3Error('InvalidArgument', 'malformed content length');
-  let source: Readable = req;
-  let decoder: AwsChunkedDecoder | undefined;
+  // Every header is checked before a stream is piped: a refusal thrown after the pipe would leave a
+  // stream nobody listens to, whose next error ends the process.
+  let signedChunks = false;
   if (streaming) {
-    const signed =
+    signedChunks =
       contentSha256 === 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD' ||
       contentSha256 === 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER';
-    if (!signed && contentSha256 !== 'STREAMING-UNSIGNED-PAYLOAD-TRAILER')
+    if (!signedChunks && contentSha256 !== 'STREAMING-UNSIGNED-PAYLOAD-TRAILER')
       throw new S3Error('NotImplemented', `x-amz-content-sha256 ${contentSha256} is not supported`);
-    decoder = new AwsChunkedDecoder(length, signed ? r.signing : undefined);
-    source = req.pipe(decoder);
-    cutOffWith(req, decoder);
   }
   const expectations: {
     length: number;
@@ -1034,6 +1181,7 @@ function openBody(r: Request): OpenedBody {
     expectations.checksum = { algorithm, value: header(req, name) ?? '' };
   }
   const trailer = header(req, 'x-amz-trailer')?.trim().toLowerCase();
+  let trailerAlgorithm: ChecksumAlgorithm | undefined;
   if (trailer !== undefined && trailer !== '') {
     const algorithm = trailer.slice('x-amz-checksum-'.length) as ChecksumAlgorithm;
     if (!trailer.startsWith('x-amz-checksum-') || !CHECKSUM_ALGORITHMS.includes(algorithm))
@@ -1041,13 +1189,22 @@ function openBody(r: Request): OpenedBody {
         'InvalidRequest',
         `trailer ${trailer} is not supported (use a CRC32, CRC32C, SHA1 or SHA256 checksum)`,
       );
-    if (decoder === undefined) throw new S3Error('InvalidRequest', 'x-amz-trailer needs an aws-chunked body');
-    expectations.trailerChecksum = { algorithm, decoder };
+    if (!streaming) throw new S3Error('InvalidRequest', 'x-amz-trailer needs an aws-chunked body');
+    trailerAlgorithm = algorithm;
+  }
+  if (bound !== undefined && length > bound.maxBytes) throw bound.tooLarge;
+  let source: Readable = req;
+  if (streaming) {
+    const decoder = new AwsChunkedDecoder(length, signedChunks ? r.signing : undefined);
+    if (trailerAlgorithm !== undefined)
+      expectations.trailerChecksum = { algorithm: trailerAlgorithm, decoder };
+    cutOffWith(req, decoder);
+    source = req.pipe(decoder);
   }
   const check = new BodyCheck(expectations as BodyExpectations);
-  source.pipe(check);
   if (source === req) cutOffWith(req, check);
   else source.on('error', (error) => check.destroy(error));
+  source.pipe(check);
   return { stream: check, length };
 }
 
@@ -1075,14 +1232,46 @@ async function drain(stream: Readable): Promise<void> {
 
 /** A small body (XML) read whole, bounded. */
 async function readSmallBody(r: Request, limit: number): Promise<string> {
-  const body = openBody(r);
-  if (body.length > limit) throw new S3Error('MalformedXML', `request body over ${limit} bytes`);
+  const body = openBody(r, {
+    maxBytes: limit,
+    tooLarge: new S3Error('MalformedXML', `request body over ${limit} bytes`),
+  });
   const parts: Buffer[] = [];
   for await (const chunk of body.stream) parts.push(chunk as Buffer);
   return Buffer.concat(parts).toString('utf8');
 }
 
 // ---- conditions and ranges ----
+
+/**
+ * A write's conditions: `If-None-Match: *` means only if the key is free (true: the rename into place
+ * refuses to replace). If-Match would need a compare-and-replace the namespace does not have yet.
+ */
+function writeConditions(req: IncomingMessage): boolean {
+  if (header(req, 'if-match') !== undefined)
+    throw new S3Error('NotImplemented', 'If-Match on a write is not supported by the DogFS gateway');
+  const ifNoneMatch = header(req, 'if-none-match');
+  if (ifNoneMatch === undefined) return false;
+  if (ifNoneMatch.trim() !== '*')
+    throw new S3Error('NotImplemented', 'a write takes only If-None-Match: * (create if absent)');
+  return true;
+}
+
+/** Refuses the write options the gateway cannot honour (object lock, tags, encryption, ACL grants). */
+function refuseUnsupportedWriteOptions(req: IncomingMessage): void {
+  const unsupported = UNSUPPORTED_WRITE_HEADERS.find((name) => req.headers[name] !== undefined);
+  if (unsupported !== undefined)
+    throw new S3Error('NotImplemented', `${unsupported} is not supported by the DogFS gateway`);
+  const acl = header(req, 'x-amz-acl');
+  if (acl !== undefined && acl !== 'private')
+    throw new S3Error('NotImplemented', `x-amz-acl ${acl}: the DogFS gateway keeps every object private`);
+  const storageClass = header(req, 'x-amz-storage-class');
+  if (storageClass !== undefined && storageClass !== 'STANDARD')
+    throw new S3Error(
+      'NotImplemented',
+      `x-amz-storage-class ${storageClass}: DogFS has one storage class (its EC policy is set per directory)`,
+    );
+}
 
 /** Evaluates If-Match / If-None-Match / If-(Un)Modified-Since: throws 412, or returns true for a 304. */
 function checkConditions(req: IncomingMessage, etag: string, mtimeMs: number): boolean {

@@ -53,6 +53,15 @@ export async function* listKeys(tree: TreeReader, query: ListQuery): AsyncGenera
   const slash = query.prefix.lastIndexOf('/');
   const dirKey = query.prefix.slice(0, slash + 1);
   const fragment = query.prefix.slice(slash + 1);
+  // Keys with empty, '.' or '..' components cannot be stored (keys.ts), so no key has such a prefix;
+  // looked up, `a//` or `a/./` would name `a/` and list its keys under the wrong names.
+  if (
+    dirKey
+      .split('/')
+      .slice(0, -1)
+      .some((c) => c === '' || c === '.' || c === '..')
+  )
+    return;
   const dirPath = dirKey === '' ? query.bucketPath : `${query.bucketPath}/${dirKey.slice(0, -1)}`;
   let dir: TreeEntry | undefined;
   if (dirKey !== '') {
@@ -64,14 +73,9 @@ export async function* listKeys(tree: TreeReader, query: ListQuery): AsyncGenera
     empty = false;
     yield item;
   }
-  // The prefix names an empty directory exactly (`b/`): its marker, as a listing from above shows it.
-  if (
-    empty &&
-    dir !== undefined &&
-    fragment === '' &&
-    query.delimiter === '' &&
-    after(dirKey, query.startAfter)
-  )
+  // The prefix names an empty directory exactly (`b/`): its marker, as a listing from above shows it
+  // (with the delimiter too: nothing follows the prefix in `b/`, so it is a key, not a common prefix).
+  if (empty && dir !== undefined && fragment === '' && after(dirKey, query.startAfter))
     yield { kind: 'object', key: dirKey, entry: dir };
 }
 

@@ -6,7 +6,6 @@
  * refused, as S3 does, so a captured request cannot be replayed for long.
  */
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
-import type { IncomingHttpHeaders } from 'node:http';
 import { S3Error } from './errors.js';
 
 export interface S3Credentials {
@@ -33,7 +32,8 @@ export interface RequestToVerify {
   readonly rawPath: string;
   /** The query as sent, without `?` ('' when none). */
   readonly rawQuery: string;
-  readonly headers: IncomingHttpHeaders;
+  /** Each header's values as sent (`req.headersDistinct`), or one value each. */
+  readonly headers: Readonly<Record<string, string | readonly string[] | undefined>>;
 }
 
 /** RFC 3986 encoding as SigV4 wants it: everything but A-Z a-z 0-9 - . _ ~ (and `/` in paths). */
@@ -76,9 +76,10 @@ function sameSignature(expected: string, given: string): boolean {
   return a.length === b.length && timingSafeEqual(a, b);
 }
 
-function headerValue(headers: IncomingHttpHeaders, name: string): string | undefined {
+/** A header's value as SigV4 canonicalizes it: repeated headers joined with ','. */
+function headerValue(headers: RequestToVerify['headers'], name: string): string | undefined {
   const value = headers[name];
-  return Array.isArray(value) ? value.join(',') : value;
+  return typeof value === 'string' || value === undefined ? value : value.join(',');
 }
 
 /** `20261128T041200Z` → ms since the epoch, or NaN. */
@@ -211,8 +212,25 @@ export function verifyRequest(
       'RequestTimeTooSkewed',
       'the request time differs from the gateway clock by more than 15 minutes',
     );
+  // A URL dated ahead would stay valid longer than its X-Amz-Expires says.
+  if (parsed.presigned && signedAt - nowMs > MAX_SKEW_MS)
+    throw new S3Error(
+      'AccessDenied',
+      'the presigned URL is dated more than 15 minutes ahead of the gateway clock',
+    );
   if (!parsed.signedHeaders.includes('host'))
     throw new S3Error('AccessDenied', 'the host header must be signed');
+  // S3's rule: an x-amz-* header changes what the request does (a copy's source, a checksum), so one
+  // added to a signed request (a presigned PUT turned into a copy of any object) is refused.
+  const signed = new Set(parsed.signedHeaders);
+  const unsigned = Object.keys(request.headers).filter(
+    (name) => name.startsWith('x-amz-') && !signed.has(name) && request.headers[name] !== undefined,
+  );
+  if (unsigned.length > 0)
+    throw new S3Error(
+      'AccessDenied',
+      `headers present in the request were not signed: ${unsigned.join(', ')}`,
+    );
   const canonicalUri = request.rawPath
     .split('/')
     .map((segment) => uriEncode(decode(segment), false))

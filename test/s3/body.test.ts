@@ -10,6 +10,7 @@ import { test } from 'node:test';
 import { crc32 } from 'node:zlib';
 import { AwsChunkedDecoder, BodyCheck, type BodyExpectations } from '../../src/s3/body.js';
 import { S3Error } from '../../src/s3/errors.js';
+import { trailerSignature } from '../../src/s3/sigv4.js';
 import { CHUNKED_EXAMPLE_SIGNATURES, chunkedExampleContext } from './aws-examples.js';
 
 /** AWS's example body: 64 KiB and 1 KiB of 'a', then the final chunk, each with AWS's signature. */
@@ -62,6 +63,30 @@ test('a changed byte, a reordered chunk, or a missing final chunk fails the sign
   await rejectsWithCode(
     decode(unsignedChunk, new AwsChunkedDecoder(5, chunkedExampleContext()), 3),
     'SignatureDoesNotMatch',
+  );
+});
+
+test("a signed chunked body's trailers must be signed, and nothing may follow their signature", async () => {
+  const lastChunk = CHUNKED_EXAMPLE_SIGNATURES[2]!;
+  const trailer = 'x-amz-checksum-crc32:AAAAAA==';
+  const signature = trailerSignature(chunkedExampleContext(), lastChunk, `${trailer}\n`);
+  const withTrailers = (lines: string[]) => {
+    const body = exampleBody();
+    // The example ends with the final chunk's line and an empty line: the trailers go between them.
+    return Buffer.concat([
+      body.subarray(0, body.length - 2),
+      Buffer.from(lines.map((l) => `${l}\r\n`).join('')),
+      Buffer.from('\r\n'),
+    ]);
+  };
+  const run = (lines: string[]) =>
+    decode(withTrailers(lines), new AwsChunkedDecoder(66560, chunkedExampleContext()), 4096);
+  assert.equal((await run([trailer, `x-amz-trailer-signature:${signature}`])).length, 66560);
+  await rejectsWithCode(run([trailer]), 'SignatureDoesNotMatch');
+  await rejectsWithCode(run([trailer, `x-amz-trailer-signature:${'0'.repeat(64)}`]), 'SignatureDoesNotMatch');
+  await rejectsWithCode(
+    run([trailer, `x-amz-trailer-signature:${signature}`, 'x-amz-checksum-crc32c:AAAAAA==']),
+    'InvalidRequest',
   );
 });
 

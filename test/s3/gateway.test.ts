@@ -465,7 +465,9 @@ test('multipart uploads complete in part order; wrong ETags refused; aborts leav
   assert.equal((await s3('DELETE', '/photos/mp/gone.bin', { query: `uploadId=${aborted}` })).status, 204);
   assertError(await s3('GET', '/photos/mp/gone.bin'), 404, 'NoSuchKey');
   const uploads = await runDogfs(['ls', '/.s3-uploads'], { env: env() });
-  assert.equal(uploads.stdout.trim(), '', 'no upload left behind');
+  assert.match(uploads.stdout.trim(), /^\S+\s.* tmp\/$/, 'no upload left behind, only the staging directory');
+  const staged = await runDogfs(['ls', '/.s3-uploads/tmp'], { env: env() });
+  assert.equal(staged.stdout.trim(), '', 'nothing left staged');
 
   const copied = await s3('PUT', '/photos/copy.bin', {
     headers: { 'x-amz-copy-source': '/photos/2026/jan/big.bin' },
@@ -486,6 +488,127 @@ test('bad names and requests get S3 errors that say why, and change nothing', as
   assertError(await s3('DELETE', '/photos'), 409, 'BucketNotEmpty');
   const root = await runDogfs(['ls', '/'], { env: env() });
   assert.doesNotMatch(root.stdout, /escape|Bad_Bucket|nobucket/);
+});
+
+test('concurrent PUTs of one key both complete; If-None-Match: * is atomic; options it cannot honour are refused', async () => {
+  const bodies = [randomBytes(3 << 20), randomBytes(3 << 20)];
+  const puts = await Promise.all(bodies.map((body) => s3('PUT', '/photos/race.bin', { body })));
+  for (const put of puts) assert.equal(put.status, 200, put.text);
+  const raced = await s3('GET', '/photos/race.bin');
+  assert.ok(
+    bodies.some((b) => b.equals(raced.body)),
+    'one of the two, whole',
+  );
+  assert.ok(puts.some((p) => p.headers.etag === raced.headers.etag));
+
+  const create = (body: string) =>
+    s3('PUT', '/photos/once.txt', { body: Buffer.from(body), headers: { 'if-none-match': '*' } });
+  assert.equal((await create('first')).status, 200);
+  assertError(await create('second'), 412, 'PreconditionFailed');
+  assert.equal((await s3('GET', '/photos/once.txt')).text, 'first');
+  const both = await Promise.all(
+    [1, 2, 3].map(() =>
+      s3('PUT', '/photos/once-race.txt', {
+        body: Buffer.from('x'),
+        headers: { 'if-none-match': '*' },
+      }),
+    ),
+  );
+  assert.deepEqual(both.map((r) => r.status).sort(), [200, 412, 412], 'exactly one creates it');
+  assertError(
+    await s3('PUT', '/photos/once.txt', { body: Buffer.from('x'), headers: { 'if-match': '"abc"' } }),
+    501,
+    'NotImplemented',
+  );
+  for (const headers of <Record<string, string>[]>[
+    { 'x-amz-tagging': 'a=b' },
+    { 'x-amz-acl': 'public-read' },
+    { 'x-amz-storage-class': 'GLACIER' },
+    { 'x-amz-server-side-encryption': 'AES256' },
+    { 'x-amz-object-lock-mode': 'GOVERNANCE' },
+  ])
+    assertError(
+      await s3('PUT', '/photos/opt.txt', { body: Buffer.from('x'), headers }),
+      501,
+      'NotImplemented',
+    );
+  assert.equal((await s3('GET', '/photos/opt.txt')).status, 404, 'none of them stored it');
+  assert.equal(
+    (await s3('PUT', '/photos/opt.txt', { body: Buffer.from('x'), headers: { 'x-amz-acl': 'private' } }))
+      .status,
+    200,
+  );
+});
+
+test("the gateway's own files are no bucket; unsigned headers, early bodies and odd listings are refused or answered as S3 does", async () => {
+  assertError(await s3('GET', '/.s3-uploads/tmp'), 400, 'InvalidBucketName');
+  assertError(
+    await s3('PUT', '/photos/stolen', { headers: { 'x-amz-copy-source': '/.s3-uploads/tmp/x' } }),
+    400,
+    'InvalidBucketName',
+  );
+  // A header added after signing: a signed GET cannot be turned into something else.
+  const signed = signedHeaders('PUT', '/photos/added', { body: Buffer.from('x') }).headers;
+  const added = await send(
+    'PUT',
+    '/photos/added',
+    undefined,
+    { ...signed, 'x-amz-copy-source': '/photos/one' },
+    Buffer.from('x'),
+  );
+  assertError(added, 403, 'AccessDenied');
+  assert.match(xmlField(added.text, 'Message')!, /not signed: x-amz-copy-source/);
+
+  // Refused before its body is read (an unsupported checksum), an aws-chunked body that is malformed
+  // too must not take the gateway down.
+  const malformed = await s3('PUT', '/photos/malformed', {
+    body: Buffer.from('zz\r\nhello\r\n0\r\n\r\n'),
+    payloadHash: 'STREAMING-UNSIGNED-PAYLOAD-TRAILER',
+    headers: {
+      'content-encoding': 'aws-chunked',
+      'x-amz-decoded-content-length': '5',
+      'x-amz-checksum-md4': 'AAAA',
+    },
+  });
+  assertError(malformed, 400, 'InvalidRequest');
+  assert.equal((await s3('GET', '/photos/one')).status, 200, 'the gateway still serves');
+  assert.equal(gateway.child.exitCode, null);
+
+  // An unsigned upload that asks to continue is refused without being told to send its body.
+  const [host, port] = addr.split(':');
+  let continued = false;
+  const refused = await new Promise<number>((resolve, reject) => {
+    const req = request({
+      host,
+      port: Number(port),
+      method: 'PUT',
+      path: '/photos/unsigned',
+      headers: { expect: '100-continue', 'content-length': '1000' },
+    });
+    req.on('continue', () => {
+      continued = true;
+      req.end(Buffer.alloc(1000));
+    });
+    req.on('response', (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+      req.destroy();
+    });
+    req.on('error', reject);
+    req.flushHeaders();
+  });
+  assert.equal(refused, 403);
+  assert.equal(continued, false, 'no 100 Continue before the signature was checked');
+
+  const none = await s3('GET', '/photos', { query: 'list-type=2&max-keys=0' });
+  assert.equal(xmlField(none.text, 'IsTruncated'), 'false', none.text);
+  assert.equal(xmlField(none.text, 'KeyCount'), '0', none.text);
+  assert.equal((await s3('PUT', '/photos/emptydir/')).status, 200);
+  const marker = await s3('GET', '/photos', { query: 'delimiter=%2F&list-type=2&prefix=emptydir%2F' });
+  assert.deepEqual(xmlFields(marker.text, 'Key'), ['emptydir/'], marker.text);
+  assert.equal((await s3('DELETE', '/photos/emptydir/')).status, 204);
+  const doubled = await s3('GET', '/photos', { query: 'list-type=2&prefix=2026%2F%2F' });
+  assert.deepEqual(xmlFields(doubled.text, 'Key'), [], 'no key holds an empty component');
 });
 
 test('deleting keys removes directories left empty; reads survive M killed chunk servers', async () => {

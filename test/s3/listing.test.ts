@@ -88,16 +88,14 @@ function itemKey(item: ListedItem): string {
 
 /** What S3 would list for these keys: in byte order, after `startAfter`, grouped at '/' if asked. */
 function model(tree: MemoryTree, prefix: string, delimiter: '' | '/', startAfter: string): string[] {
-  const { files, dirs, emptyDirs } = tree.keys();
-  const keys = (delimiter === '' ? [...files, ...emptyDirs] : [...files, ...dirs]).filter((k) =>
-    k.startsWith(prefix),
-  );
+  // The keys S3 would hold: every file, and a marker `dir/` for every empty directory.
+  const { files, emptyDirs } = tree.keys();
+  const keys = [...files, ...emptyDirs].filter((k) => k.startsWith(prefix));
   const items = new Set<string>();
   for (const key of keys) {
     const rest = key.slice(prefix.length);
     const slash = delimiter === '' ? -1 : rest.indexOf('/');
-    if (slash >= 0) items.add(prefix + rest.slice(0, slash + 1));
-    else if (delimiter === '' || !key.endsWith('/')) items.add(key);
+    items.add(slash >= 0 ? prefix + rest.slice(0, slash + 1) : key);
   }
   return [...items].filter((k) => startAfter === '' || byBytes(k, startAfter) > 0).sort(byBytes);
 }
@@ -123,7 +121,8 @@ function randomTree(prng: Prng): MemoryTree {
     let n = '';
     const length = 1 + prng.int(0, 3 - 1);
     for (let i = 0; i < length; i++) n += ALPHABET[prng.int(0, ALPHABET.length - 1)];
-    return n;
+    // '.' and '..' are no file's name (and no key's component): a DogFS tree cannot hold them.
+    return n === '.' || n === '..' ? `${n}x` : n;
   };
   for (let i = 0; i < 40; i++) {
     const depth = 1 + prng.int(0, 3 - 1);
@@ -138,13 +137,14 @@ test('listings match the S3 model on random trees, from the start and resumed af
   for (let seed = 1; seed <= 60; seed++) {
     const prng = new Prng(seed);
     const tree = randomTree(prng);
-    const { files } = tree.keys();
+    const { files, emptyDirs } = tree.keys();
     const prefixes = [
       '',
       'a',
       'a-',
       `${files[0]!.slice(0, 2)}`,
       files[0]!.includes('/') ? files[0]!.slice(0, files[0]!.indexOf('/') + 1) : 'b/',
+      emptyDirs[0] ?? 'a/',
     ];
     for (const prefix of prefixes) {
       for (const delimiter of ['', '/'] as const) {
@@ -191,4 +191,12 @@ test('a prefix through a file or a missing directory lists nothing', async () =>
   assert.deepEqual(await walk(tree, 'a/b/', '', ''), []);
   assert.deepEqual(await walk(tree, 'x/', '/', ''), []);
   assert.deepEqual(await walk(tree, 'a/', '/', ''), ['a/b']);
+});
+
+test("a prefix with an empty, '.' or '..' component lists nothing: no key can hold one", async () => {
+  const tree = new MemoryTree();
+  tree.add('/bucket/a/b', false);
+  for (const prefix of ['a//', '/a/', 'a/./', './a/', 'a/../a/', '../', 'a//b'])
+    for (const delimiter of ['', '/'] as const)
+      assert.deepEqual(await walk(tree, prefix, delimiter, ''), [], `${prefix} '${delimiter}'`);
 });

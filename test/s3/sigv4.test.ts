@@ -104,4 +104,37 @@ test('a presigned URL verifies until it expires', () => {
   assert.throws(() => verifyRequest(request, CREDENTIALS, SIGNED_AT + 86_401_000), /expired/);
   const tampered = { ...request, rawPath: '/other.txt' };
   refusedWith(() => verifyRequest(tampered, CREDENTIALS, SIGNED_AT + 3600_000), 'SignatureDoesNotMatch');
+  // Dated ahead of the clock, it would outlive its X-Amz-Expires.
+  assert.notEqual(verifyRequest(request, CREDENTIALS, SIGNED_AT - 14 * 60_000), undefined);
+  assert.throws(
+    () => verifyRequest(request, CREDENTIALS, SIGNED_AT - 16 * 60_000),
+    /ahead of the gateway clock/,
+  );
+  // A header that changes what the request does, added to the signed URL: a PUT becomes a copy.
+  const copying = { ...request, headers: { ...request.headers, 'x-amz-copy-source': '/secrets/key' } };
+  assert.throws(
+    () => verifyRequest(copying, CREDENTIALS, SIGNED_AT + 3600_000),
+    /not signed: x-amz-copy-source/,
+  );
+});
+
+test('every x-amz-* header of a signed request must be signed; repeated headers sign as one', () => {
+  const added = getObjectExample();
+  (added.headers as Record<string, string>)['x-amz-checksum-crc32'] = 'AAAAAA==';
+  refusedWith(() => verifyRequest(added, CREDENTIALS, SIGNED_AT), 'AccessDenied');
+  // As node:http's headersDistinct gives them: one array per header; SigV4 joins repeats with ','.
+  const distinct = Object.fromEntries(Object.entries(getObjectExample().headers).map(([k, v]) => [k, [v]]));
+  assert.notEqual(
+    verifyRequest({ ...getObjectExample(), headers: distinct }, CREDENTIALS, SIGNED_AT),
+    undefined,
+  );
+  refusedWith(
+    () =>
+      verifyRequest(
+        { ...getObjectExample(), headers: { ...distinct, range: ['bytes=0-9', 'bytes=20-29'] } },
+        CREDENTIALS,
+        SIGNED_AT,
+      ),
+    'SignatureDoesNotMatch',
+  );
 });
