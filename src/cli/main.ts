@@ -46,6 +46,7 @@ S3-compatible gateway (path-style: http://HOST:PORT/BUCKET/KEY; a bucket is a di
   s3    [--listen HOST:PORT (127.0.0.1:9000)] [--meta HOST:PORT,...]
         [--access-key KEY --secret-key SECRET (require SigV4 signatures; also $DOGFS_S3_ACCESS_KEY,
         $DOGFS_S3_SECRET_KEY; without them every request is accepted)] [--region R] [--log-level L]
+        [--abort-uploads-after MS|off (a multipart upload idle this long is aborted; 604800000 = 7 days)]
 
 ${FILE_COMMANDS_USAGE}`;
 

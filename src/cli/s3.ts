@@ -4,8 +4,15 @@
  */
 import { DogfsClient } from '../client/index.js';
 import { createLogger } from '../common/log.js';
-import { S3Gateway } from '../s3/index.js';
-import { noPositionals, parseFlags, parseListenFlag, parseLogLevel, UsageError } from './args.js';
+import { DEFAULT_ABORT_UPLOADS_AFTER_MS, S3Gateway } from '../s3/index.js';
+import {
+  noPositionals,
+  parseFlags,
+  parseIntFlag,
+  parseListenFlag,
+  parseLogLevel,
+  UsageError,
+} from './args.js';
 import { resolveEndpoints } from './files.js';
 
 export async function runS3(argv: string[]): Promise<void> {
@@ -15,6 +22,7 @@ export async function runS3(argv: string[]): Promise<void> {
     'access-key': { type: 'string', env: 'DOGFS_S3_ACCESS_KEY' },
     'secret-key': { type: 'string', env: 'DOGFS_S3_SECRET_KEY' },
     region: { type: 'string', env: 'DOGFS_S3_REGION' },
+    'abort-uploads-after': { type: 'string', env: 'DOGFS_S3_ABORT_UPLOADS_AFTER_MS' },
     'log-level': { type: 'string', env: 'DOGFS_LOG_LEVEL' },
   });
   noPositionals(positionals);
@@ -27,6 +35,16 @@ export async function runS3(argv: string[]): Promise<void> {
     );
   if (accessKey === '' || secretKey === '')
     throw new UsageError('--access-key and --secret-key must not be empty');
+  const abortUploadsAfterMs =
+    flags['abort-uploads-after'] === 'off'
+      ? 0
+      : parseIntFlag(
+          flags['abort-uploads-after'],
+          'abort-uploads-after',
+          DEFAULT_ABORT_UPLOADS_AFTER_MS,
+          1000,
+          365 * 86_400_000,
+        );
   const meta = await resolveEndpoints(flags.meta);
   const log = createLogger(parseLogLevel(flags['log-level']), { role: 's3', pid: process.pid });
   const client = new DogfsClient({ meta });
@@ -34,11 +52,13 @@ export async function runS3(argv: string[]): Promise<void> {
     client,
     credentials: accessKey === undefined || secretKey === undefined ? undefined : { accessKey, secretKey },
     region: flags.region,
+    abortUploadsAfterMs,
     log,
   });
   const port = await gateway.listen(listen.host, listen.port);
   const endpoint = `http://${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${port}`;
   log.info('listening', { addr: `${listen.host}:${port}`, endpoint, meta, signed: accessKey !== undefined });
+  gateway.startSweeping();
   if (accessKey === undefined && !isLoopback(listen.host))
     log.warn(
       'accepting unsigned requests on a non-loopback address: anyone who can reach it can read and write',

@@ -50,8 +50,15 @@ export interface S3GatewayOptions {
   readonly credentials?: S3Credentials | undefined;
   /** What GetBucketLocation answers ('' = us-east-1, as S3 says it). */
   readonly region?: string | undefined;
+  /**
+   * A multipart upload with no part uploaded for this long is aborted (S3 needs a lifecycle rule for
+   * that; the gateway has none). 0: never. Default 7 days.
+   */
+  readonly abortUploadsAfterMs?: number | undefined;
   readonly log: Logger;
 }
+
+export const DEFAULT_ABORT_UPLOADS_AFTER_MS = 7 * 86_400_000;
 
 /** Where multipart uploads keep their parts until completed or aborted (not a valid bucket name). */
 export const UPLOADS_DIR = '/.s3-uploads';
@@ -72,6 +79,15 @@ const READ_ATTEMPTS = 3;
 const STAGING_DIR = `${UPLOADS_DIR}/tmp`;
 /** Attempts at renaming a staged object into place while its directory is removed and made again. */
 const PLACE_ATTEMPTS = 3;
+/**
+ * A staged file is complete for only the moment between its write and its rename: one older than this
+ * was left by a gateway that died in between, and is removed.
+ */
+const STAGED_MAX_AGE_MS = 10 * 60_000;
+/** The most sweeps wait between them (shorter when uploads expire sooner). */
+const MAX_SWEEP_INTERVAL_MS = 10 * 60_000;
+/** Entries one sweep looks at in each directory: the next sweep goes on with the rest. */
+const MAX_SWEPT_ENTRIES = 10_000;
 /** Write options S3 has and the gateway cannot honour: refused, never ignored. */
 const UNSUPPORTED_WRITE_HEADERS = [
   'x-amz-object-lock-mode',
@@ -176,6 +192,8 @@ export class S3Gateway {
   private readonly tree: TreeReader;
   private server: Server | undefined;
   private stagingDirMade = false;
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private sweeping: Promise<void> | undefined;
 
   constructor(options: S3GatewayOptions) {
     this.options = options;
@@ -202,7 +220,75 @@ export class S3Gateway {
     return listenOn(server, host, port, 'S3 gateway');
   }
 
+  /**
+   * Removes, now and then every few minutes, what no request will finish: staged files a dead gateway
+   * left, and multipart uploads idle past `abortUploadsAfterMs`. Errors are logged and the next sweep
+   * tries again.
+   */
+  startSweeping(): void {
+    assert(this.sweepTimer === undefined, 'start sweeping once');
+    const abortAfter = this.options.abortUploadsAfterMs ?? DEFAULT_ABORT_UPLOADS_AFTER_MS;
+    const interval = Math.max(
+      100,
+      Math.min(MAX_SWEEP_INTERVAL_MS, abortAfter > 0 ? abortAfter / 2 : MAX_SWEEP_INTERVAL_MS),
+    );
+    const run = () => {
+      if (this.sweeping !== undefined) return;
+      this.sweeping = this.sweep(Date.now()).finally(() => {
+        this.sweeping = undefined;
+      });
+    };
+    this.sweepTimer = setInterval(run, interval);
+    this.sweepTimer.unref();
+    run();
+  }
+
+  /** One sweep (see startSweeping); resolves when done, never rejects. */
+  async sweep(nowMs: number): Promise<void> {
+    const abortAfter = this.options.abortUploadsAfterMs ?? DEFAULT_ABORT_UPLOADS_AFTER_MS;
+    const stagedAge = abortAfter > 0 ? Math.min(STAGED_MAX_AGE_MS, abortAfter) : STAGED_MAX_AGE_MS;
+    try {
+      for await (const entry of this.entriesOf(STAGING_DIR)) {
+        if (entry.type !== 'file' || nowMs - entry.mtime < stagedAge) continue;
+        await this.client.delete(entry.path);
+        this.log.info('s3 removed a staged file left by a gateway that stopped', { path: entry.path });
+      }
+      if (abortAfter === 0) return;
+      for await (const upload of this.entriesOf(UPLOADS_DIR)) {
+        if (upload.type !== 'dir' || !/^[0-9a-f]{32}$/.test(upload.name)) continue;
+        // Its parts directory changes with every part; the upload's own with its start.
+        const parts = await this.tree.stat(`${upload.path}/parts`);
+        const lastActivity = Math.max(upload.mtime, parts?.mtimeMs ?? 0);
+        if (nowMs - lastActivity < abortAfter) continue;
+        await this.client.delete(upload.path, { recursive: true });
+        this.log.info('s3 aborted a multipart upload idle too long', {
+          uploadId: upload.name,
+          idleMs: nowMs - lastActivity,
+        });
+      }
+    } catch (error) {
+      this.log.warn('s3 sweep failed; the next one tries again', { error });
+    }
+  }
+
+  /** A directory's first entries (none if it is not there). */
+  private async *entriesOf(path: string): AsyncGenerator<FileStatus> {
+    let seen = 0;
+    try {
+      for await (const entry of this.client.list(path)) {
+        if (++seen > MAX_SWEPT_ENTRIES) return;
+        yield entry;
+      }
+    } catch (error) {
+      if (error instanceof DogfsError && error.code === 'NOT_FOUND') return;
+      throw error;
+    }
+  }
+
   async close(): Promise<void> {
+    if (this.sweepTimer !== undefined) clearInterval(this.sweepTimer);
+    this.sweepTimer = undefined;
+    await this.sweeping;
     const server = this.server;
     if (server === undefined) return;
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));

@@ -7,7 +7,14 @@
  */
 export type { S3ErrorCode } from './errors.js';
 export { fromDogfsError, S3Error } from './errors.js';
-export { etagOf, parseRange, S3Gateway, type S3GatewayOptions, UPLOADS_DIR } from './gateway.js';
+export {
+  DEFAULT_ABORT_UPLOADS_AFTER_MS,
+  etagOf,
+  parseRange,
+  S3Gateway,
+  type S3GatewayOptions,
+  UPLOADS_DIR,
+} from './gateway.js';
 export { bucketNameProblem, keyPath } from './keys.js';
 export { type ListedItem, type ListQuery, listKeys, type TreeEntry, type TreeReader } from './listing.js';
 export { type S3Credentials, uriEncode, verifyRequest } from './sigv4.js';

@@ -5,8 +5,12 @@
  */
 import assert from 'node:assert/strict';
 import { createHash, createHmac, randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { mkdtemp } from 'node:fs/promises';
 import { request } from 'node:http';
 import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { crc32 } from 'node:zlib';
 import type { ClusterJson } from '../../src/cluster/up.js';
@@ -609,6 +613,46 @@ test("the gateway's own files are no bucket; unsigned headers, early bodies and 
   assert.equal((await s3('DELETE', '/photos/emptydir/')).status, 204);
   const doubled = await s3('GET', '/photos', { query: 'list-type=2&prefix=2026%2F%2F' });
   assert.deepEqual(xmlFields(doubled.text, 'Key'), [], 'no key holds an empty component');
+});
+
+test('a gateway aborts multipart uploads idle past --abort-uploads-after and removes staged files left behind', async () => {
+  const idle = xmlField((await s3('POST', '/photos/idle.bin', { query: 'uploads' })).text, 'UploadId')!;
+  assert.equal(
+    (await s3('PUT', '/photos/idle.bin', { query: `partNumber=1&uploadId=${idle}`, body: randomBytes(1000) }))
+      .status,
+    200,
+  );
+  // What a gateway that died between writing an object and renaming it into place leaves.
+  const local = join(await mkdtemp(join(tmpdir(), 'dogfs-s3-')), 'orphan');
+  writeFileSync(local, randomBytes(1000));
+  const put = await runDogfs(['put', local, '/.s3-uploads/tmp/orphan'], { env: env() });
+  assert.equal(put.status, 0, put.stderr);
+  const exists = async (path: string) => (await runDogfs(['stat', path], { env: env() })).status === 0;
+  assert.ok(await exists(`/.s3-uploads/${idle}`));
+
+  const sweeper = startDogfs(
+    ['s3', '--listen', '127.0.0.1:0', '--abort-uploads-after', '1500', '--log-level', 'info'],
+    env(),
+  );
+  try {
+    await waitFor(
+      'the idle upload and the staged file to be removed',
+      async () =>
+        (!(await exists(`/.s3-uploads/${idle}`)) && !(await exists('/.s3-uploads/tmp/orphan'))) || undefined,
+      30_000,
+      200,
+    );
+    assert.match(sweeper.output.stderr, new RegExp(`aborted a multipart upload idle too long.*${idle}`));
+    assert.match(sweeper.output.stderr, /removed a staged file left by a gateway that stopped/);
+  } finally {
+    sweeper.child.kill('SIGTERM');
+    await sweeper.exited;
+  }
+  assertError(
+    await s3('POST', '/photos/idle.bin', { query: `uploadId=${idle}`, body: Buffer.from('<x/>') }),
+    404,
+    'NoSuchUpload',
+  );
 });
 
 test('deleting keys removes directories left empty; reads survive M killed chunk servers', async () => {
