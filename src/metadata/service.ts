@@ -1650,9 +1650,16 @@ export class MetadataNode {
    */
   private rebalanceMove(bg: BlockGroupInfo, plan = false): Init<BlockGroupRepair> | undefined {
     if (!bg.committed || this.missingShards(bg, undefined, true).length > 0) return undefined;
-    // A repairer plans again after a round that failed: this group's earlier move is replaced, not
-    // counted twice (its bytes would have made both ends look moved twice over).
-    if (plan) this.planMove(bg.id, undefined);
+    if (plan) {
+      // A repairer plans again after a round that failed. A group whose move of this batch committed
+      // (its shard is on the target now) moves nothing more: one shard per group per batch, and that
+      // move's bytes stay counted until heartbeats show them. One that did not is planned afresh, its
+      // earlier move replaced rather than counted twice.
+      const earlier = this.moveOfGroup.get(bg.id);
+      if (earlier !== undefined && bg.servers.includes(earlier.to) && !bg.servers.includes(earlier.from))
+        return undefined;
+      this.planMove(bg.id, undefined);
+    }
     // Usage counts the moves of this batch already planned (heartbeats have not caught up with them).
     const usage = (s: { id: string; usedBytes: number; capacityBytes: number }, plusBytes: number) =>
       (s.usedBytes + (this.movesPlanned.get(s.id) ?? 0) + plusBytes) / s.capacityBytes;

@@ -243,6 +243,12 @@ test('a rebalancing move never raises the most shards of a group one failure dom
         0,
         'what one server gives, another takes',
       );
+      // The move committed, then the repairer's next round (another group's copy failed) plans the
+      // file again: this group moved its shard this batch, and its bytes stay counted.
+      const moved = { ...group, servers: group.servers.map((id) => (id === 'a1' ? 'new' : id)) };
+      assert.equal(internals.rebalanceMove(moved, true), undefined);
+      assert.equal(internals.movesPlanned.get('new'), MiB);
+      assert.equal(internals.movesPlanned.get('a1'), -MiB);
     } finally {
       node.node.stop();
     }
