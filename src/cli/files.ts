@@ -34,7 +34,7 @@ import {
   type RepairOutcome,
 } from '../client/index.js';
 import { AddressError, parseAddressList } from '../common/address.js';
-import { EcPolicyError, parseEcPolicy } from '../common/ec-policy.js';
+import { EcPolicyError, parseNewEcPolicy } from '../common/ec-policy.js';
 import { DogfsError, type ErrorCode, toDogfsError } from '../wire/errors.js';
 import type { ClusterReportResponse } from '../wire/gen/types.js';
 import { clusterReportJson } from '../wire/report-json.js';
@@ -449,7 +449,7 @@ async function put(ctx: Context, argv: string[]): Promise<string> {
   });
   if (positionals.length !== 2) throw new UsageError('put takes LOCAL REMOTE');
   const [local, remoteArg] = positionals as [string, string];
-  if (flags.ec !== undefined) parseEcPolicy(flags.ec);
+  if (flags.ec !== undefined) parseNewEcPolicy(flags.ec);
   let remote = normalizePath(remoteArg);
   // Putting into an existing directory stores the file under its own name there, as cp does.
   const existing = await statIfExists(ctx.client, remote);
@@ -920,7 +920,7 @@ async function admin(ctx: Context, argv: string[]): Promise<string | undefined> 
     type NumberFlag = 'stripe-size' | 'block-group-size' | 'dead-after' | 'lease' | 'heartbeat';
     const number = (flag: NumberFlag, max: number) => parseIntFlag(flags[flag], flag, 0, 1, max);
     const ec = flags['default-ec'];
-    if (ec !== undefined) parseEcPolicy(ec);
+    if (ec !== undefined) parseNewEcPolicy(ec);
     const update = {
       stripeSize: number('stripe-size', 2 ** 31),
       blockGroupMaxBytes: number('block-group-size', 2 ** 50),
@@ -1183,7 +1183,7 @@ export async function runFileCommand(
       }
       case 'touch': {
         const { flags, positionals } = parseFlags(argv, { ec: { type: 'string' }, meta: { type: 'string' } });
-        if (flags.ec !== undefined) parseEcPolicy(flags.ec);
+        if (flags.ec !== undefined) parseNewEcPolicy(flags.ec);
         const path = onePath(positionals, 'touch');
         // Like touch(1) without the time update: an existing file or directory is left as it is.
         const touching = ctx.client;

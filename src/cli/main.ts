@@ -9,7 +9,7 @@
 import { setFlagsFromString } from 'node:v8';
 import { AddressError, parseAddressList, sourceAddress } from '../common/address.js';
 import { DirLockedError } from '../common/dirlock.js';
-import { EcPolicyError, parseEcPolicy } from '../common/ec-policy.js';
+import { EcPolicyError, parseNewEcPolicy } from '../common/ec-policy.js';
 import { DOGFS_VERSION } from '../common/version.js';
 import { DogfsError } from '../wire/errors.js';
 import {
@@ -77,7 +77,7 @@ class CommandFailure extends Error {
 
 function ecFlag(value: string | undefined): string | undefined {
   if (value === undefined) return undefined;
-  parseEcPolicy(value);
+  parseNewEcPolicy(value);
   return value;
 }
 

@@ -24,7 +24,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { assert } from '../common/assert.js';
 import { DirLockedError, isProcessAlive, lockDir, lockHolder } from '../common/dirlock.js';
-import { DEFAULT_EC_POLICY, parseEcPolicy, totalShards } from '../common/ec-policy.js';
+import { DEFAULT_EC_POLICY, parseNewEcPolicy, totalShards } from '../common/ec-policy.js';
 import type { LogLevel } from '../common/log.js';
 import { freePort, portIsFree } from '../common/ports.js';
 import type { ReadyMessage, Role } from '../daemon/daemon.js';
@@ -203,7 +203,7 @@ function planCluster(options: UpOptions, stored: StoredCluster | undefined): Sto
     return stored;
   }
   const ec = options.ec ?? DEFAULT_EC_POLICY;
-  const policy = parseEcPolicy(ec);
+  const policy = parseNewEcPolicy(ec);
   const metaCount = options.meta ?? DEFAULT_META;
   const chunkCount = options.chunk ?? DEFAULT_CHUNK;
   if (chunkCount < Math.min(totalShards(policy), policy.dataShards + 1)) {

@@ -49,6 +49,22 @@ export function parseEcPolicy(name: string): EcPolicy {
   );
 }
 
+/**
+ * `parseEcPolicy` for a name given from outside (a flag, a request): only the canonical spelling, so
+ * one policy has one name (`rs-03-02` would be stored, shown and compared as another policy than
+ * `rs-3-2`). The state machine keeps the lenient `parseEcPolicy`: entries already in a log must apply
+ * as they did.
+ */
+export function parseNewEcPolicy(name: string): EcPolicy {
+  const policy = parseEcPolicy(name);
+  const canonical =
+    policy.kind === 'rs'
+      ? `rs-${policy.dataShards}-${policy.parityShards}`
+      : `replicate-${policy.parityShards + 1}`;
+  if (name !== canonical) throw new EcPolicyError(`EC policy '${name}' is written ${canonical}`);
+  return policy;
+}
+
 export function totalShards(policy: EcPolicy): number {
   return policy.dataShards + policy.parityShards;
 }

@@ -19,7 +19,7 @@
  */
 import { randomBytes, randomInt, randomUUID } from 'node:crypto';
 import { assert } from '../common/assert.js';
-import { type EcPolicy, parseEcPolicy } from '../common/ec-policy.js';
+import { type EcPolicy, parseEcPolicy, parseNewEcPolicy } from '../common/ec-policy.js';
 import type { Logger } from '../common/log.js';
 import type { LogIndex, Term } from '../consensus/index.js';
 import type { RaftHost, SnapshotStream, StateMachine } from '../raftnode/host.js';
@@ -203,6 +203,15 @@ function ecPolicyOrUndefined(name: string): EcPolicy | undefined {
     return parseEcPolicy(name);
   } catch {
     return undefined;
+  }
+}
+
+/** A policy name from a request: canonical only (INVALID_ARGUMENT otherwise, before any proposal). */
+function newEcPolicy(name: string): EcPolicy {
+  try {
+    return parseNewEcPolicy(name);
+  } catch (error) {
+    throw new DogfsError('INVALID_ARGUMENT', (error as Error).message);
   }
 }
 
@@ -1846,6 +1855,7 @@ export class MetadataNode {
         return { inode: this.inodeToWire(result.inode) };
       },
       Create: async (req, ctx) => {
+        if (req.ec !== '') newEcPolicy(req.ec);
         const settings = this.cluster.state.settings;
         const defaultEc = this.defaultEc ?? settings.defaultEc;
         const firstBlockGroup =
@@ -2383,6 +2393,7 @@ export class MetadataNode {
         await this.host.readBarrier(CLUSTER_GROUP, ctx.deadline);
         const current = this.cluster.state.settings;
         const asked = req.settings;
+        if (asked?.defaultEc) newEcPolicy(asked.defaultEc);
         // A server started with --ec overrides the setting for every file it creates: taking a new
         // setting would show one policy and apply another.
         if (asked?.defaultEc && this.defaultEc !== undefined && asked.defaultEc !== this.defaultEc)

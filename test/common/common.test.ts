@@ -9,7 +9,7 @@ import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { parseAddressList, parseHostPort } from '../../src/common/address.js';
 import { DirLockedError, lockDir, lockHolder } from '../../src/common/dirlock.js';
-import { parseEcPolicy } from '../../src/common/ec-policy.js';
+import { parseEcPolicy, parseNewEcPolicy } from '../../src/common/ec-policy.js';
 import { createLogger } from '../../src/common/log.js';
 import { ephemeralRangeStart, freePort, randomLoopbackHost } from '../../src/common/ports.js';
 import { DOGFS_VERSION } from '../../src/common/version.js';
@@ -157,7 +157,13 @@ test('EC policy names', () => {
   });
   for (const bad of ['rs-0-3', 'rs-6-0', 'rs-30-3', 'rs-6', 'raid5', 'replicate-0', 'rs-6-3 ', 'RS-6-3']) {
     assert.throws(() => parseEcPolicy(bad), /unknown EC policy/, bad);
+    assert.throws(() => parseNewEcPolicy(bad), /unknown EC policy/, bad);
   }
+  // One policy, one name: a new name must be the canonical spelling (the state machine stays lenient).
+  assert.equal(parseEcPolicy('rs-03-02').dataShards, 3);
+  assert.throws(() => parseNewEcPolicy('rs-03-02'), /'rs-03-02' is written rs-3-2/);
+  assert.throws(() => parseNewEcPolicy('replicate-03'), /is written replicate-3/);
+  assert.equal(parseNewEcPolicy('rs-10-4').name, 'rs-10-4');
 });
 
 test('logs are JSON lines filtered by level', () => {

@@ -112,6 +112,31 @@ test("a report naming another server's copy does not hide the holder's report of
   }
 });
 
+test('a policy name not in its canonical spelling is refused before anything is proposed', async () => {
+  const node = instantNode(() => true, { autoRepairDelayMs: null });
+  try {
+    const { h, ctx } = node;
+    const session = await sixServers(node);
+    const proposals = () => [...node.host.proposals.values()].reduce((a, b) => a + b, 0);
+    const before = proposals();
+    const create = (ec: string) =>
+      h.Create(
+        { path: '/p', ec, overwrite: false, mode: 0, session: session(), complete: true, allocate: false },
+        ctx,
+      );
+    for (const ec of ['rs-03-02', 'rs-3-02', 'replicate-03'])
+      await assert.rejects(async () => create(ec), /INVALID_ARGUMENT|is written/, ec);
+    await assert.rejects(
+      async () => h.SetSettings({ settings: { defaultEc: 'rs-06-3' } } as never, ctx),
+      /is written rs-6-3/,
+    );
+    assert.equal(proposals(), before);
+    await create('rs-3-2');
+  } finally {
+    node.node.stop();
+  }
+});
+
 test('a retry of an allocation already applied gets its answer, though placement would now refuse', async () => {
   const node = instantNode(() => true, { autoRepairDelayMs: null });
   try {
