@@ -215,6 +215,18 @@ function newEcPolicy(name: string): EcPolicy {
   }
 }
 
+/**
+ * A stripe gives each data shard at least one 4 KiB block: SetSettings checks the default policy, and a
+ * file naming a wider one (or a directory's) is checked here, when it is created and at each block group.
+ */
+function checkStripeFits(policy: string, dataShards: number, stripeSize: number): void {
+  if (stripeSize >= dataShards * 4096) return;
+  throw new DogfsError(
+    'INVALID_ARGUMENT',
+    `${policy} needs a stripe of at least ${dataShards * 4096} bytes (4 KiB per data shard), and the cluster's stripe size is ${stripeSize}: raise it with 'dogfs admin settings --stripe-size'`,
+  );
+}
+
 function raise(failure: Failure): never {
   throw new DogfsError(failure.code, failure.message);
 }
@@ -1858,6 +1870,11 @@ export class MetadataNode {
         if (req.ec !== '') newEcPolicy(req.ec);
         const settings = this.cluster.state.settings;
         const defaultEc = this.defaultEc ?? settings.defaultEc;
+        // Refused here, not by the codec at the first write of a file that would already exist.
+        if (!req.complete) {
+          const policy = this.namespace.state.policyFor(req.path, req.ec, defaultEc);
+          if (policy !== undefined) checkStripeFits(policy.name, policy.dataShards, settings.stripeSize);
+        }
         const firstBlockGroup =
           req.allocate && !req.complete ? this.placeFirstBlockGroup(req.path, req.ec, defaultEc) : undefined;
         const result = await this.proposeNamespace(
@@ -1908,6 +1925,7 @@ export class MetadataNode {
           );
         }
         const settings = this.cluster.state.settings;
+        checkStripeFits(pending.ec, pending.dataShards, settings.stripeSize);
         const placement = placeBlockGroup({
           servers: this.cluster.state.placementCandidates(),
           dataShards: pending.dataShards,

@@ -137,6 +137,27 @@ test('a policy name not in its canonical spelling is refused before anything is 
   }
 });
 
+test("a file whose policy needs a wider stripe than the cluster's is refused at its create, not its first write", async () => {
+  const node = instantNode(() => true, { autoRepairDelayMs: null });
+  try {
+    const { h, ctx } = node;
+    const session = await sixServers(node);
+    await h.SetSettings({ settings: { defaultEc: 'rs-3-2', stripeSize: 16384 } } as never, ctx);
+    const create = (path: string, ec: string) =>
+      h.Create(
+        { path, ec, overwrite: false, mode: 0, session: session(), complete: false, allocate: true },
+        ctx,
+      );
+    await assert.rejects(
+      async () => create('/wide', 'rs-6-3'),
+      /rs-6-3 needs a stripe of at least 24576 bytes .* stripe size is 16384/,
+    );
+    assert.ok(((await create('/narrow', '')) as CreateResponse).blockGroup, 'the default policy fits');
+  } finally {
+    node.node.stop();
+  }
+});
+
 test('a retry of an allocation already applied gets its answer, though placement would now refuse', async () => {
   const node = instantNode(() => true, { autoRepairDelayMs: null });
   try {
