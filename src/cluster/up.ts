@@ -170,6 +170,16 @@ async function retryUntil(
   return done ? undefined : lastError;
 }
 
+/** Group 0's commit index (or applied index) in a member's status. */
+function groupZeroIndex(
+  status: { groups: { group: number; commitIndex: number; appliedIndex: number }[] },
+  which: 'commit' | 'applied' = 'commit',
+): number {
+  const view = status.groups.find((g) => g.group === 0);
+  if (view === undefined) throw new Error('the member reports no view of the cluster group');
+  return which === 'commit' ? view.commitIndex : view.appliedIndex;
+}
+
 function loadStored(dir: string): StoredCluster | undefined {
   let text: string;
   try {
@@ -512,6 +522,7 @@ export class LocalCluster {
    */
   private async settleDefaultEc(stored: StoredCluster, deadline: number): Promise<void> {
     if (stored.ecSettled === true) return;
+    let appliedBy = 0;
     const meta = this.running.find((r) => r.record.role === 'meta');
     if (meta === undefined) return;
     const channel = new RpcChannel(meta.addr);
@@ -524,12 +535,38 @@ export class LocalCluster {
           { group: 0 },
           { timeoutMs: 1000 },
         );
-        await leaderChannels
-          .get(leaderAddr)
-          .call(MetadataService, 'SetSettings', { settings: { defaultEc: stored.ec } }, { timeoutMs: 2000 });
+        const leader = leaderChannels.get(leaderAddr);
+        await leader.call(
+          MetadataService,
+          'SetSettings',
+          { settings: { defaultEc: stored.ec } },
+          { timeoutMs: 2000 },
+        );
+        appliedBy = groupZeroIndex(
+          await leader.call(MetadataService, 'MemberStatus', {}, { timeoutMs: 1000 }),
+        );
       }, deadline);
       if (failed !== undefined)
         throw new UpError(`could not set the cluster's default EC policy to ${stored.ec}: ${failed}`);
+      // A create reads the setting from its own server's copy of group 0: every member must have applied
+      // it before cluster.json says the cluster can serve, or the first put could take the old default.
+      const members = this.running.filter((r) => r.record.role === 'meta');
+      const lagging = await retryUntil(async () => {
+        for (const member of members) {
+          const status = await leaderChannels
+            .get(member.addr)
+            .call(MetadataService, 'MemberStatus', {}, { timeoutMs: 1000 });
+          const applied = groupZeroIndex(status, 'applied');
+          if (applied < appliedBy)
+            throw new Error(
+              `${member.record.id} has applied ${applied} of ${appliedBy} cluster-group entries`,
+            );
+        }
+      }, deadline);
+      if (lagging !== undefined)
+        throw new UpError(
+          `the default EC policy ${stored.ec} did not reach every metadata server: ${lagging}`,
+        );
     } finally {
       leaderChannels.close();
       channel.close();
