@@ -149,6 +149,18 @@ function claimOutlived(claim: string): boolean {
   }
 }
 
+/** The live process (not this one) that a lock seen as `seen` names, if it names one. */
+function liveHolder(seen: Seen | undefined): number | undefined {
+  const pid = seen?.pid;
+  return pid !== undefined && pid !== process.pid && isProcessAlive(pid) ? pid : undefined;
+}
+
+/** The live process (not this one) taking a file over through `claim`, seen as `seen`, if there is one. */
+function claimant(claim: string, seen: Seen): number | undefined {
+  const pid = liveHolder(seen);
+  return pid !== undefined && !claimOutlived(claim) ? pid : undefined;
+}
+
 /**
  * Renames the file at `fresh` over `target`, which was seen stale as `seen`, if it still is that file and
  * no other process is taking it over. `lockPath` names the claims.
@@ -168,13 +180,8 @@ function replaceStale(lockPath: string, target: string, seen: Seen, fresh: strin
       const other = look(claim);
       // Its maker finished (or gave up) meanwhile: the caller looks at the target again.
       if (other === undefined) return { replaced: false, by: undefined };
-      if (
-        other.pid !== undefined &&
-        other.pid !== process.pid &&
-        isProcessAlive(other.pid) &&
-        !claimOutlived(claim)
-      )
-        return { replaced: false, by: other.pid, claim };
+      const by = claimant(claim, other);
+      if (by !== undefined) return { replaced: false, by, claim };
       if (depth + 1 >= MAX_CLAIM_DEPTH) {
         const why = `has too many stale takeover claims beside its lock; remove ${basename(lockPath)}.takeover.* by hand`;
         throw new DirLockedError(dirname(lockPath), -1, why);
@@ -195,6 +202,13 @@ function replaceStale(lockPath: string, target: string, seen: Seen, fresh: strin
   }
 }
 
+/**
+ * Attempts at linking or taking over the lock before lockDir gives up. Each attempt after the first
+ * follows one that found the lock changed under it (another taker won, or was still at it), so a few
+ * suffice; bounded, never a loop on what other processes do.
+ */
+export const MAX_TAKEOVER_ATTEMPTS = 4;
+
 /** Takes DIR/<name>, or throws DirLockedError naming the live holder. */
 export function lockDir(dir: string, name = 'LOCK'): DirLock {
   const path = join(dir, name);
@@ -208,12 +222,8 @@ export function lockDir(dir: string, name = 'LOCK'): DirLock {
       if (readHolder(path) === process.pid) unlinkSync(path);
     },
   };
-  let holder: number | undefined;
-  let claimBy: string | undefined;
   try {
-    // A few rounds: each follows a takeover that did not happen because the lock changed under it.
-    // Bounded, never a loop on input.
-    for (let round = 0; round < 4; round++) {
+    for (let attempt = 0; attempt < MAX_TAKEOVER_ATTEMPTS; attempt++) {
       try {
         linkSync(mine.path, path);
         return lock;
@@ -222,10 +232,8 @@ export function lockDir(dir: string, name = 'LOCK'): DirLock {
       }
       const seen = look(path);
       if (seen === undefined) continue;
-      holder = seen.pid;
-      if (holder !== undefined && holder !== process.pid && isProcessAlive(holder)) {
-        throw new DirLockedError(dir, holder);
-      }
+      const holder = liveHolder(seen);
+      if (holder !== undefined) throw new DirLockedError(dir, holder);
       // Stale (its holder gone) or unreadable: replaced by ours, unless someone else is doing that.
       const takeover = replaceStale(path, path, seen, mine.path, 0);
       if (takeover.replaced) {
@@ -233,16 +241,33 @@ export function lockDir(dir: string, name = 'LOCK'): DirLock {
         if (look(path)?.text !== mine.text) throw new DirLockedError(dir, readHolder(path) ?? -1);
         return lock;
       }
-      holder = takeover.by ?? holder;
-      claimBy = takeover.claim;
     }
-    if (claimBy !== undefined && holder !== undefined)
-      throw new DirLockedError(
-        dir,
-        holder,
-        `is being taken over by another process (pid ${holder}, in ${basename(claimBy)}; if that process is not a dogfs, remove the file)`,
-      );
-    throw new DirLockedError(dir, holder ?? -1);
+    // What the last attempt saw is out of date: it ended because the lock or its claim changed, most
+    // often as the taker that beat this one finished. A refusal named from it would name the dead
+    // holder the winner has just replaced; the lock as it is now names the winner.
+    const now = look(path);
+    const holder = liveHolder(now);
+    if (holder !== undefined) throw new DirLockedError(dir, holder);
+    if (now !== undefined) {
+      const claim = `${path}.takeover.${now.key}`;
+      const claimSeen = look(claim);
+      const by = claimSeen === undefined ? undefined : claimant(claim, claimSeen);
+      if (by !== undefined)
+        throw new DirLockedError(
+          dir,
+          by,
+          `is being taken over by another process (pid ${by}, in ${basename(claim)}; if that process is not a dogfs, remove the file)`,
+        );
+      // A taker renames its lock into place before it removes its claim: a claim gone since the lock
+      // was read may be one that has just finished, and the lock read again names its maker.
+      const finished = liveHolder(look(path));
+      if (finished !== undefined) throw new DirLockedError(dir, finished);
+    }
+    throw new DirLockedError(
+      dir,
+      -1,
+      `is contended: its lock changed under each of ${MAX_TAKEOVER_ATTEMPTS} attempts to take it; try again`,
+    );
   } finally {
     unlinkIfThere(mine.path);
   }

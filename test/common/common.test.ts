@@ -1,14 +1,23 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, fork, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
+import fs, {
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  unlinkSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
+import { syncBuiltinESMExports } from 'node:module';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { parseAddressList, parseHostPort } from '../../src/common/address.js';
-import { DirLockedError, lockDir, lockHolder } from '../../src/common/dirlock.js';
+import { DirLockedError, lockDir, lockHolder, MAX_TAKEOVER_ATTEMPTS } from '../../src/common/dirlock.js';
 import { parseEcPolicy, parseNewEcPolicy } from '../../src/common/ec-policy.js';
 import { createLogger } from '../../src/common/log.js';
 import { ephemeralRangeStart, freePort, randomLoopbackHost } from '../../src/common/ports.js';
@@ -126,6 +135,73 @@ test('two processes taking over the same stale lock at once: exactly one gets it
     }
   } finally {
     for (const t of takers) t.child.kill();
+  }
+});
+
+test('a taker that runs out of takeover attempts as the winner finishes names the winner, not the dead holder', () => {
+  // Between processes, the loser runs out of attempts only when the winner stalls (descheduled) between
+  // its claim and its rename for all but the last of them: rare, and no timing makes it happen on
+  // demand. Here the winner's steps are made by this process, inside the loser's own link calls of the
+  // claim (node:fs patched, its ESM bindings synced), so each interleaving happens on every run.
+  const dead = spawnSync(process.execPath, [
+    '-e',
+    'process.stdout.write(String(process.pid))',
+  ]).stdout.toString();
+  const winner = process.ppid; // live, and not this process: a holder lockDir must not take over
+  const realLink = fs.linkSync;
+  try {
+    // The winner finishes at the loser's k-th claim link (just before it, or just after it failed), or,
+    // past the last attempt, not at all. k = MAX_TAKEOVER_ATTEMPTS is the race this test is for.
+    for (const finishes of ['before', 'after'] as const) {
+      for (let k = 1; k <= MAX_TAKEOVER_ATTEMPTS + 1; k++) {
+        const what = `winner finishes ${finishes} the loser's claim link ${k}`;
+        const lockDirPath = join(dir.path, `exhausted-${finishes}-${k}`);
+        mkdirSync(lockDirPath);
+        const lockPath = join(lockDirPath, 'LOCK');
+        const claimPath = `${lockPath}.takeover.0badc0de`;
+        writeFileSync(lockPath, `${dead} 0badc0de\n`);
+        // The winner has made its claim on the stale lock and not yet renamed its own over it.
+        writeFileSync(claimPath, `${winner} 600d600d\n`);
+        const finishWinner = () => {
+          writeFileSync(`${lockPath}.winner.tmp`, `${winner} 600d600d\n`);
+          renameSync(`${lockPath}.winner.tmp`, lockPath);
+          unlinkSync(claimPath);
+        };
+        let claimLinks = 0;
+        fs.linkSync = (existing: fs.PathLike, newPath: fs.PathLike) => {
+          if (newPath !== claimPath) return realLink(existing, newPath);
+          claimLinks++;
+          if (claimLinks === k && finishes === 'before') finishWinner();
+          try {
+            return realLink(existing, newPath);
+          } finally {
+            if (claimLinks === k && finishes === 'after') finishWinner();
+          }
+        };
+        syncBuiltinESMExports();
+        assert.throws(
+          () => lockDir(lockDirPath),
+          (e: unknown) =>
+            e instanceof DirLockedError &&
+            e.holderPid === winner &&
+            new RegExp(`pid ${winner}\\b`).test(e.message) &&
+            !new RegExp(`pid ${dead}\\b`).test(e.message),
+          what,
+        );
+        // Every attempt up to the winner's finish was used: with k at the bound, the loser ran out.
+        assert.equal(claimLinks, Math.min(k, MAX_TAKEOVER_ATTEMPTS), what);
+        if (k <= MAX_TAKEOVER_ATTEMPTS) {
+          assert.equal(lockHolder(lockDirPath), winner, what);
+          assert.deepEqual(readdirSync(lockDirPath), ['LOCK'], what);
+        } else {
+          assert.equal(lockHolder(lockDirPath), undefined, what);
+          assert.deepEqual(readdirSync(lockDirPath).sort(), ['LOCK', 'LOCK.takeover.0badc0de'], what);
+        }
+      }
+    }
+  } finally {
+    fs.linkSync = realLink;
+    syncBuiltinESMExports();
   }
 });
 
