@@ -53,6 +53,17 @@ export async function runS3(argv: string[]): Promise<void> {
     credentials: accessKey === undefined || secretKey === undefined ? undefined : { accessKey, secretKey },
     region: flags.region,
     abortUploadsAfterMs,
+    // For tests only: how old an orphaned staged file must be to be removed (10 minutes otherwise).
+    stagedMaxAgeMs:
+      process.env['DOGFS_S3_STAGED_MAX_AGE_MS'] === undefined
+        ? undefined
+        : parseIntFlag(
+            process.env['DOGFS_S3_STAGED_MAX_AGE_MS'],
+            'DOGFS_S3_STAGED_MAX_AGE_MS',
+            0,
+            0,
+            86_400_000,
+          ),
     log,
   });
   const port = await gateway.listen(listen.host, listen.port);

@@ -55,6 +55,8 @@ export interface S3GatewayOptions {
    * that; the gateway has none). 0: never. Default 7 days.
    */
   readonly abortUploadsAfterMs?: number | undefined;
+  /** How old a staged file must be for the sweep to remove it (default 10 minutes; tests shorten it). */
+  readonly stagedMaxAgeMs?: number | undefined;
   readonly log: Logger;
 }
 
@@ -246,28 +248,44 @@ export class S3Gateway {
   /** One sweep (see startSweeping); resolves when done, never rejects. */
   async sweep(nowMs: number): Promise<void> {
     const abortAfter = this.options.abortUploadsAfterMs ?? DEFAULT_ABORT_UPLOADS_AFTER_MS;
-    const stagedAge = abortAfter > 0 ? Math.min(STAGED_MAX_AGE_MS, abortAfter) : STAGED_MAX_AGE_MS;
+    const stagedAge = this.options.stagedMaxAgeMs ?? STAGED_MAX_AGE_MS;
     try {
       for await (const entry of this.entriesOf(STAGING_DIR)) {
         if (entry.type !== 'file' || nowMs - entry.mtime < stagedAge) continue;
-        await this.client.delete(entry.path);
-        this.log.info('s3 removed a staged file left by a gateway that stopped', { path: entry.path });
+        if (await this.removeSwept(entry.path, false))
+          this.log.info('s3 removed a staged file left by a gateway that stopped', { path: entry.path });
       }
       if (abortAfter === 0) return;
       for await (const upload of this.entriesOf(UPLOADS_DIR)) {
         if (upload.type !== 'dir' || !/^[0-9a-f]{32}$/.test(upload.name)) continue;
-        // Its parts directory changes with every part; the upload's own with its start.
-        const parts = await this.tree.stat(`${upload.path}/parts`);
-        const lastActivity = Math.max(upload.mtime, parts?.mtimeMs ?? 0);
+        // A directory's mtime is its making, so activity is the newest part's completion (or the start).
+        let lastActivity = upload.mtime;
+        for await (const part of this.entriesOf(`${upload.path}/parts`))
+          lastActivity = Math.max(lastActivity, part.mtime);
         if (nowMs - lastActivity < abortAfter) continue;
-        await this.client.delete(upload.path, { recursive: true });
-        this.log.info('s3 aborted a multipart upload idle too long', {
-          uploadId: upload.name,
-          idleMs: nowMs - lastActivity,
-        });
+        if (await this.removeSwept(upload.path, true))
+          this.log.info('s3 aborted a multipart upload idle too long', {
+            uploadId: upload.name,
+            idleMs: nowMs - lastActivity,
+          });
       }
     } catch (error) {
       this.log.warn('s3 sweep failed; the next one tries again', { error });
+    }
+  }
+
+  /**
+   * Removes one swept entry: false if it was gone already (another gateway's sweep, an abort). Any
+   * other failure is logged and left to the next sweep; the pass goes on.
+   */
+  private async removeSwept(path: string, recursive: boolean): Promise<boolean> {
+    try {
+      await this.client.delete(path, { recursive });
+      return true;
+    } catch (error) {
+      if (!(error instanceof DogfsError && error.code === 'NOT_FOUND'))
+        this.log.warn('s3 sweep could not remove an entry; the next one tries again', { path, error });
+      return false;
     }
   }
 
@@ -835,6 +853,11 @@ export class S3Gateway {
       } catch (error) {
         if (!(error instanceof DogfsError)) throw error;
         if (error.code === 'NOT_FOUND') {
+          if ((await this.tree.stat(staging)) === undefined)
+            throw new S3Error(
+              'ServiceUnavailable',
+              `${staging} was removed before it was put in place; retry`,
+            );
           if (to.kind === 'part')
             throw new S3Error('NoSuchUpload', 'the upload was completed or aborted meanwhile');
           // The key's directory was removed (its last other key deleted) while this one was written.
@@ -864,8 +887,10 @@ export class S3Gateway {
       this.log.debug('s3 upload', { path: to.path, bytes: body.length });
       const writer = this.client.createWriteStream(staging, { size: body.length });
       await pipeline(body.stream, writer).catch((error: unknown) => {
-        if (error instanceof DogfsError && error.code === 'NOT_FOUND')
+        if (error instanceof DogfsError && error.code === 'NOT_FOUND') {
+          this.stagingDirMade = false; // the next write makes it again
           throw new S3Error('ServiceUnavailable', `${STAGING_DIR} was removed during the upload; retry`);
+        }
         throw error;
       });
       const inode = writer.inode;
@@ -1132,7 +1157,12 @@ export class S3Gateway {
     const noReplace = writeConditions(r.req);
     if (policies.size === 1) {
       const joined = await this.joinParts(r, dir, path, sources, noReplace);
-      await this.client.delete(dir, { recursive: true });
+      // The object is there: what is left of the upload (its key marker) is the sweep's if this fails.
+      await this.client
+        .delete(dir, { recursive: true })
+        .catch((error: unknown) =>
+          this.log.warn('s3 could not remove a completed upload', { path: dir, error }),
+        );
       this.sendXml(r, result(joined));
       return;
     }
@@ -1170,7 +1200,9 @@ export class S3Gateway {
         return await this.client.compose(path, `${dir}/parts`, names, { overwrite: !noReplace, sourceIds });
       } catch (error) {
         if (!(error instanceof DogfsError)) throw error;
-        if (error.code === 'FAILED_PRECONDITION')
+        // Only the refusal of a part replaced since its ETag was checked: other preconditions (a full
+        // directory, an answer lost with its session) are not the parts' fault.
+        if (error.code === 'FAILED_PRECONDITION' && error.message.includes('replaced since it was checked'))
           throw new S3Error('InvalidPart', `a part was replaced during the completion: ${error.message}`);
         if (error.code === 'ALREADY_EXISTS' && noReplace)
           throw new S3Error('PreconditionFailed', 'If-None-Match: * and the key exists');

@@ -615,13 +615,19 @@ test("the gateway's own files are no bucket; unsigned headers, early bodies and 
   assert.deepEqual(xmlFields(doubled.text, 'Key'), [], 'no key holds an empty component');
 });
 
-test('a gateway aborts multipart uploads idle past --abort-uploads-after and removes staged files left behind', async () => {
-  const idle = xmlField((await s3('POST', '/photos/idle.bin', { query: 'uploads' })).text, 'UploadId')!;
-  assert.equal(
-    (await s3('PUT', '/photos/idle.bin', { query: `partNumber=1&uploadId=${idle}`, body: randomBytes(1000) }))
-      .status,
-    200,
-  );
+test('a gateway aborts multipart uploads no part reached for --abort-uploads-after, keeps busy ones, and removes staged files left behind', async () => {
+  const start = async (key: string) =>
+    xmlField((await s3('POST', key, { query: 'uploads' })).text, 'UploadId')!;
+  const part = async (key: string, id: string, n: number) =>
+    assert.equal(
+      (await s3('PUT', key, { query: `partNumber=${n}&uploadId=${id}`, body: randomBytes(1000) })).status,
+      200,
+    );
+  // Started first, and kept busy: older than the idle one, but a part arrives every few hundred ms.
+  const busy = await start('/photos/busy.bin');
+  await part('/photos/busy.bin', busy, 1);
+  const idle = await start('/photos/idle.bin');
+  await part('/photos/idle.bin', idle, 1);
   // What a gateway that died between writing an object and renaming it into place leaves.
   const local = join(await mkdtemp(join(tmpdir(), 'dogfs-s3-')), 'orphan');
   writeFileSync(local, randomBytes(1000));
@@ -632,16 +638,25 @@ test('a gateway aborts multipart uploads idle past --abort-uploads-after and rem
 
   const sweeper = startDogfs(
     ['s3', '--listen', '127.0.0.1:0', '--abort-uploads-after', '1500', '--log-level', 'info'],
-    env(),
+    {
+      ...env(),
+      DOGFS_S3_STAGED_MAX_AGE_MS: '1000',
+    },
   );
   try {
+    let n = 2;
     await waitFor(
       'the idle upload and the staged file to be removed',
-      async () =>
-        (!(await exists(`/.s3-uploads/${idle}`)) && !(await exists('/.s3-uploads/tmp/orphan'))) || undefined,
+      async () => {
+        await part('/photos/busy.bin', busy, n++);
+        return (
+          (!(await exists(`/.s3-uploads/${idle}`)) && !(await exists('/.s3-uploads/tmp/orphan'))) || undefined
+        );
+      },
       30_000,
       200,
     );
+    assert.ok(await exists(`/.s3-uploads/${busy}`), 'an upload receiving parts is not idle, however old');
     assert.match(sweeper.output.stderr, new RegExp(`aborted a multipart upload idle too long.*${idle}`));
     assert.match(sweeper.output.stderr, /removed a staged file left by a gateway that stopped/);
   } finally {
@@ -653,6 +668,7 @@ test('a gateway aborts multipart uploads idle past --abort-uploads-after and rem
     404,
     'NoSuchUpload',
   );
+  assert.equal((await s3('DELETE', '/photos/busy.bin', { query: `uploadId=${busy}` })).status, 204);
 });
 
 test('deleting keys removes directories left empty; reads survive M killed chunk servers', async () => {
