@@ -106,6 +106,12 @@ const UNSUPPORTED_WRITE_HEADERS = [
   'x-amz-grant-read-acp',
   'x-amz-grant-write-acp',
   'x-amz-grant-full-control',
+  // Conditions on a copy's source: not evaluated yet, so refused rather than copy a replaced source.
+  'x-amz-copy-source-if-match',
+  'x-amz-copy-source-if-none-match',
+  'x-amz-copy-source-if-modified-since',
+  'x-amz-copy-source-if-unmodified-since',
+  'x-amz-bucket-object-lock-enabled',
 ];
 const OBJECT_CONTENT_TYPE = 'binary/octet-stream';
 /** Bucket subresources S3 has and the gateway does not (ACLs, policies, versioning, lifecycle, ...). */
@@ -520,6 +526,7 @@ export class S3Gateway {
 
   private async createBucket(r: Request): Promise<void> {
     checkBucketName(r.bucket);
+    refuseUnsupportedWriteOptions(r.req);
     await readSmallBody(r, MAX_XML_BODY_BYTES); // CreateBucketConfiguration: a region DogFS has no use for
     try {
       await this.client.mkdir(`/${r.bucket}`);

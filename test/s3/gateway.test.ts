@@ -537,6 +537,19 @@ test('concurrent PUTs of one key both complete; If-None-Match: * is atomic; opti
       'NotImplemented',
     );
   assert.equal((await s3('GET', '/photos/opt.txt')).status, 404, 'none of them stored it');
+  assertError(
+    await s3('PUT', '/photos/opt.txt', {
+      headers: { 'x-amz-copy-source': '/photos/one', 'x-amz-copy-source-if-match': '"x"' },
+    }),
+    501,
+    'NotImplemented',
+  );
+  assertError(
+    await s3('PUT', '/locked', { headers: { 'x-amz-bucket-object-lock-enabled': 'true' } }),
+    501,
+    'NotImplemented',
+  );
+  assertError(await s3('GET', '/locked'), 404, 'NoSuchBucket');
   assert.equal(
     (await s3('PUT', '/photos/opt.txt', { body: Buffer.from('x'), headers: { 'x-amz-acl': 'private' } }))
       .status,
