@@ -12,6 +12,7 @@ import { after, test } from 'node:test';
 import { DataServer } from '../../src/chunk/data-server.js';
 import { ChunkMetrics } from '../../src/chunk/metrics.js';
 import { SCRUB_OPEN_COST_BYTES, Scrubber } from '../../src/chunk/scrubber.js';
+import { StagingPool } from '../../src/chunk/shard-file.js';
 import { SHARD_HEADER_BYTES, ShardStore, type StoreIo } from '../../src/chunk/store.js';
 import { crc32c } from '../../src/codec/index.js';
 import { createLogger, type Logger } from '../../src/common/log.js';
@@ -594,6 +595,32 @@ test('more direct writes open than staging buffers: none waits for another, the 
     await reader.close();
     assert.ok(data.equals(seededBytes(length, i)), `shard ${i} reads back`);
   }
+});
+
+test('a staging pool allocates prewarmed buffers at once, hands them out without allocating, and never past its size', () => {
+  let allocations = 0;
+  const pool = new StagingPool(
+    3,
+    (bytes) => {
+      allocations++;
+      return Buffer.alloc(bytes);
+    },
+    8192,
+    4096,
+  );
+  pool.prewarm(2);
+  assert.equal(allocations, 2);
+  assert.equal(pool.buffersAllocated, 2);
+  assert.equal(pool.buffersInUse, 0, 'prewarmed buffers are free');
+  const pair = pool.tryAcquirePair();
+  assert.ok(pair !== undefined);
+  assert.equal(allocations, 2, 'the pair came from the prewarmed buffers');
+  pool.prewarm(10);
+  assert.equal(allocations, 3, 'prewarming stops at the pool size');
+  assert.ok(pool.tryAcquire() !== undefined);
+  assert.equal(pool.tryAcquire(), undefined, 'a full pool gives nothing more');
+  for (const buffer of pair) pool.release(buffer);
+  assert.equal(pool.buffersInUse, 1);
 });
 
 test('a filesystem that refuses O_DIRECT (EINVAL at open): the store writes through the page cache instead', async () => {
