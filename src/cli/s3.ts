@@ -53,17 +53,10 @@ export async function runS3(argv: string[]): Promise<void> {
     credentials: accessKey === undefined || secretKey === undefined ? undefined : { accessKey, secretKey },
     region: flags.region,
     abortUploadsAfterMs,
-    // For tests only: how old an orphaned staged file must be to be removed (10 minutes otherwise).
-    stagedMaxAgeMs:
-      process.env['DOGFS_S3_STAGED_MAX_AGE_MS'] === undefined
-        ? undefined
-        : parseIntFlag(
-            process.env['DOGFS_S3_STAGED_MAX_AGE_MS'],
-            'DOGFS_S3_STAGED_MAX_AGE_MS',
-            0,
-            0,
-            86_400_000,
-          ),
+    // For tests only: how old an orphaned staged file must be to be removed (10 minutes otherwise),
+    // and how long a completed upload's record is kept (an hour otherwise).
+    stagedMaxAgeMs: testOnlyMs('DOGFS_S3_STAGED_MAX_AGE_MS'),
+    completedKeptMs: testOnlyMs('DOGFS_S3_COMPLETED_KEPT_MS'),
     log,
   });
   const port = await gateway.listen(listen.host, listen.port);
@@ -92,4 +85,10 @@ export async function runS3(argv: string[]): Promise<void> {
 
 function isLoopback(host: string): boolean {
   return host.startsWith('127.') || host === '::1' || host === 'localhost';
+}
+
+/** A duration from environment variable `name` (tests shorten the gateway's waits with them). */
+function testOnlyMs(name: string): number | undefined {
+  const value = process.env[name];
+  return value === undefined ? undefined : parseIntFlag(value, name, 0, 0, 86_400_000);
 }

@@ -39,6 +39,7 @@ import {
   MAX_XML_BODY_BYTES,
   parseXml,
   XML_DECLARATION,
+  type XmlElement,
   type XmlNode,
   xmlDocument,
   xmlRoot,
@@ -57,6 +58,11 @@ export interface S3GatewayOptions {
   readonly abortUploadsAfterMs?: number | undefined;
   /** How old a staged file must be for the sweep to remove it (default 10 minutes; tests shorten it). */
   readonly stagedMaxAgeMs?: number | undefined;
+  /**
+   * How long a completed upload's record answers a repeated CompleteMultipartUpload (default an hour;
+   * tests shorten it).
+   */
+  readonly completedKeptMs?: number | undefined;
   readonly log: Logger;
 }
 
@@ -86,6 +92,15 @@ const PLACE_ATTEMPTS = 3;
  * was left by a gateway that died in between, and is removed.
  */
 const STAGED_MAX_AGE_MS = 10 * 60_000;
+/**
+ * A completed upload keeps its directory with its key marker and a record, `completed-<object id in
+ * hex>`, for this long: a client whose CompleteMultipartUpload answer was lost retries it, and S3 answers
+ * the retry with the same result rather than NoSuchUpload (SDKs retry on a dropped connection).
+ */
+const COMPLETED_KEPT_MS = 60 * 60_000;
+const COMPLETED_RECORD_PREFIX = 'completed-';
+/** Entries an upload's own directory holds: `key`, `parts` and a completion record. */
+const MAX_UPLOAD_DIR_ENTRIES = 8;
 /** The most sweeps wait between them (shorter when uploads expire sooner). */
 const MAX_SWEEP_INTERVAL_MS = 10 * 60_000;
 /** Entries one sweep looks at in each directory: the next sweep goes on with the rest. */
@@ -202,6 +217,11 @@ export class S3Gateway {
   private stagingDirMade = false;
   private sweepTimer: NodeJS.Timeout | undefined;
   private sweeping: Promise<void> | undefined;
+  /**
+   * Completions running in this gateway, by upload id: a second completion of one upload (a client
+   * retrying one it gave up on) waits for the first, then finds its record. At most one per connection.
+   */
+  private readonly completing = new Map<string, Promise<void>>();
 
   constructor(options: S3GatewayOptions) {
     this.options = options;
@@ -255,15 +275,23 @@ export class S3Gateway {
   async sweep(nowMs: number): Promise<void> {
     const abortAfter = this.options.abortUploadsAfterMs ?? DEFAULT_ABORT_UPLOADS_AFTER_MS;
     const stagedAge = this.options.stagedMaxAgeMs ?? STAGED_MAX_AGE_MS;
+    const completedKept = this.options.completedKeptMs ?? COMPLETED_KEPT_MS;
     try {
       for await (const entry of this.entriesOf(STAGING_DIR)) {
         if (entry.type !== 'file' || nowMs - entry.mtime < stagedAge) continue;
         if (await this.removeSwept(entry.path, false))
           this.log.info('s3 removed a staged file left by a gateway that stopped', { path: entry.path });
       }
-      if (abortAfter === 0) return;
       for await (const upload of this.entriesOf(UPLOADS_DIR)) {
         if (upload.type !== 'dir' || !/^[0-9a-f]{32}$/.test(upload.name)) continue;
+        // Completed records go whatever --abort-uploads-after says (off included).
+        const completed = await this.completionRecord(upload.path);
+        if (completed !== undefined) {
+          if (nowMs - completed.mtime >= completedKept && (await this.removeSwept(upload.path, true)))
+            this.log.info("s3 removed a completed upload's record", { uploadId: upload.name });
+          continue;
+        }
+        if (abortAfter === 0) continue;
         // A directory's mtime is its making, so activity is the newest part's completion (or the start).
         let lastActivity = upload.mtime;
         for await (const part of this.entriesOf(`${upload.path}/parts`))
@@ -307,6 +335,26 @@ export class S3Gateway {
       if (error instanceof DogfsError && error.code === 'NOT_FOUND') return;
       throw error;
     }
+  }
+
+  /**
+   * The record a completed upload leaves in its directory `dir`: the object's inode id and when it was
+   * completed. Undefined while the upload is open (or gone).
+   */
+  private async completionRecord(dir: string): Promise<{ objectId: number; mtime: number } | undefined> {
+    let seen = 0;
+    try {
+      for await (const entry of this.client.list(dir)) {
+        if (++seen > MAX_UPLOAD_DIR_ENTRIES) return undefined;
+        if (!entry.name.startsWith(COMPLETED_RECORD_PREFIX)) continue;
+        const objectId = Number.parseInt(entry.name.slice(COMPLETED_RECORD_PREFIX.length), 16);
+        if (Number.isSafeInteger(objectId)) return { objectId, mtime: entry.mtime };
+      }
+    } catch (error) {
+      if (error instanceof DogfsError && error.code === 'NOT_FOUND') return undefined;
+      throw error;
+    }
+    return undefined;
   }
 
   async close(): Promise<void> {
@@ -1118,6 +1166,62 @@ export class S3Gateway {
   private async completeUpload(r: Request): Promise<void> {
     const dir = await this.requireUpload(r);
     const root = parseXml(await readSmallBody(r, MAX_XML_BODY_BYTES));
+    const uploadId = baseName(dir);
+    const before = this.completing.get(uploadId);
+    const mine = (before ?? Promise.resolve()).catch(() => {}).then(() => this.completeOnce(r, dir, root));
+    const settled = mine.catch(() => {});
+    this.completing.set(uploadId, settled);
+    try {
+      await mine;
+    } finally {
+      if (this.completing.get(uploadId) === settled) this.completing.delete(uploadId);
+    }
+  }
+
+  /** A repeated completion of an upload completed already: the object it made, if it is still there. */
+  private async repeatCompletion(r: Request, objectId: number): Promise<void> {
+    const { path } = keyPath(r.bucket, r.key);
+    const object = await this.client.stat(path).catch((error: unknown) => {
+      if (error instanceof DogfsError && ['NOT_FOUND', 'NOT_A_DIRECTORY'].includes(error.code))
+        return undefined;
+      throw error;
+    });
+    if (object === undefined || object.type !== 'file' || object.id !== objectId)
+      throw new S3Error(
+        'NoSuchUpload',
+        `upload ${r.query.get('uploadId')} was completed, and its object has been replaced or deleted since`,
+      );
+    this.sendXml(r, completionResult(r, object));
+  }
+
+  /**
+   * What is left of an upload once its object is there: its parts' directory goes, and a record of the
+   * completion stays for a repeated completion to find (the sweep removes it after `completedKeptMs`).
+   * Failures are logged, not answered: the object is there.
+   */
+  private async retireUpload(dir: string, objectId: number): Promise<void> {
+    const recorded = await this.client
+      .touch(`${dir}/${COMPLETED_RECORD_PREFIX}${objectId.toString(16)}`)
+      .then(
+        () => true,
+        (error: unknown) => {
+          this.log.warn('s3 could not record a completed upload; a repeated completion will be refused', {
+            path: dir,
+            error,
+          });
+          return false;
+        },
+      );
+    await this.client
+      .delete(recorded ? `${dir}/parts` : dir, { recursive: true })
+      .catch((error: unknown) =>
+        this.log.warn('s3 could not remove a completed upload', { path: dir, error }),
+      );
+  }
+
+  private async completeOnce(r: Request, dir: string, root: XmlElement): Promise<void> {
+    const completed = await this.completionRecord(dir);
+    if (completed !== undefined) return this.repeatCompletion(r, completed.objectId);
     if (root.name !== 'CompleteMultipartUpload')
       throw new S3Error('MalformedXML', 'expected a <CompleteMultipartUpload> document');
     const parts = childrenNamed(root, 'Part');
@@ -1153,24 +1257,11 @@ export class S3Gateway {
     }
     const { path } = keyPath(r.bucket, r.key);
     await this.ensureParent(r.bucket, path);
-    const result = (written: { id: number; mtime: number }) =>
-      el(
-        'CompleteMultipartUploadResult',
-        el('Location', `/${r.bucket}/${r.key}`),
-        el('Bucket', r.bucket),
-        el('Key', r.key),
-        el('ETag', etagOf(written)),
-      );
     const noReplace = writeConditions(r.req);
     if (policies.size === 1) {
       const joined = await this.joinParts(r, dir, path, sources, noReplace);
-      // The object is there: what is left of the upload (its key marker) is the sweep's if this fails.
-      await this.client
-        .delete(dir, { recursive: true })
-        .catch((error: unknown) =>
-          this.log.warn('s3 could not remove a completed upload', { path: dir, error }),
-        );
-      this.sendXml(r, result(joined));
+      await this.retireUpload(dir, joined.id);
+      this.sendXml(r, completionResult(r, joined));
       return;
     }
     // A file has one EC policy, and the default changed during the upload: the parts are copied.
@@ -1184,8 +1275,8 @@ export class S3Gateway {
         sources,
         size,
       );
-      await this.client.delete(dir, { recursive: true });
-      return result(written);
+      await this.retireUpload(dir, written.id);
+      return completionResult(r, written);
     });
   }
 
@@ -1227,9 +1318,22 @@ export class S3Gateway {
 
   private async abortUpload(r: Request): Promise<void> {
     const dir = await this.requireUpload(r);
+    // As S3: an upload completed is no longer there to abort (its record stays for repeated completions).
+    if ((await this.completionRecord(dir)) !== undefined)
+      throw new S3Error('NoSuchUpload', `upload ${r.query.get('uploadId')} was completed`);
     await this.client.delete(dir, { recursive: true });
     this.sendEmpty(r, 204);
   }
+}
+
+function completionResult(r: Request, object: { id: number; mtime: number }): XmlNode {
+  return el(
+    'CompleteMultipartUploadResult',
+    el('Location', `/${r.bucket}/${r.key}`),
+    el('Bucket', r.bucket),
+    el('Key', r.key),
+    el('ETag', etagOf(object)),
+  );
 }
 
 /** Where part `n` of the upload in `dir` is kept (zero-padded: the directory lists in part order). */

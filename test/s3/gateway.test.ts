@@ -430,6 +430,23 @@ test('multipart uploads complete in part order; wrong ETags refused; aborts leav
     expectedGroups,
     "completion joined the parts' block groups: no byte copied",
   );
+  // A client whose answer was lost completes again (twice at once here): the same result, as S3 gives,
+  // and the object untouched. A part sent to the completed upload finds no upload.
+  const repeated = await Promise.all(
+    [1, 2].map(() =>
+      s3('POST', '/photos/mp/object.bin', { query: `uploadId=${uploadId}`, body: completion(etags) }),
+    ),
+  );
+  for (const again of repeated) {
+    assert.equal(again.status, 200, again.text);
+    assert.equal(xmlField(again.text, 'ETag'), xmlField(done.text, 'ETag'), 'the same object, the same ETag');
+  }
+  assert.deepEqual(await blockGroupIds('/photos/mp/object.bin'), expectedGroups);
+  assertError(
+    await s3('PUT', '/photos/mp/object.bin', { query: `partNumber=3&uploadId=${uploadId}`, body: parts[1]! }),
+    404,
+    'NoSuchUpload',
+  );
 
   // Parts of two EC policies (the default changed mid-upload) cannot be joined: they are copied.
   const mixedId = xmlField(
@@ -469,9 +486,28 @@ test('multipart uploads complete in part order; wrong ETags refused; aborts leav
   assert.equal((await s3('DELETE', '/photos/mp/gone.bin', { query: `uploadId=${aborted}` })).status, 204);
   assertError(await s3('GET', '/photos/mp/gone.bin'), 404, 'NoSuchKey');
   const uploads = await runDogfs(['ls', '/.s3-uploads'], { env: env() });
-  assert.match(uploads.stdout.trim(), /^\S+\s.* tmp\/$/, 'no upload left behind, only the staging directory');
+  assert.deepEqual(
+    uploads.stdout
+      .trim()
+      .split('\n')
+      .map((line) => line.split(/\s+/).at(-1))
+      .sort(),
+    [`${mixedId}/`, `${uploadId}/`, 'tmp/'].sort(),
+    'the aborted upload left nothing; the completed ones their records',
+  );
+  const record = await runDogfs(['ls', `/.s3-uploads/${uploadId}`], { env: env() });
+  assert.match(record.stdout, /completed-[0-9a-f]+\n/, record.stdout);
+  assert.doesNotMatch(record.stdout, /parts/, "a completed upload's parts are gone");
   const staged = await runDogfs(['ls', '/.s3-uploads/tmp'], { env: env() });
   assert.equal(staged.stdout.trim(), '', 'nothing left staged');
+
+  // Once the object is replaced, a repeated completion no longer names it: the upload is gone.
+  assert.equal((await s3('PUT', '/photos/mp/object.bin', { body: parts[1]! })).status, 200);
+  assertError(
+    await s3('POST', '/photos/mp/object.bin', { query: `uploadId=${uploadId}`, body: completion(etags) }),
+    404,
+    'NoSuchUpload',
+  );
 
   const copied = await s3('PUT', '/photos/copy.bin', {
     headers: { 'x-amz-copy-source': '/photos/2026/jan/big.bin' },
@@ -648,22 +684,37 @@ test('a gateway aborts multipart uploads no part reached for --abort-uploads-aft
   assert.equal(put.status, 0, put.stderr);
   const exists = async (path: string) => (await runDogfs(['stat', path], { env: env() })).status === 0;
   assert.ok(await exists(`/.s3-uploads/${idle}`));
+  // A completed upload keeps a record (for repeated completions) until the sweep's time for it.
+  const completed = await start('/photos/completed.bin');
+  await part('/photos/completed.bin', completed, 1);
+  const completion = await s3('POST', '/photos/completed.bin', {
+    query: `uploadId=${completed}`,
+    body: Buffer.from(
+      '<CompleteMultipartUpload><Part><PartNumber>1</PartNumber></Part></CompleteMultipartUpload>',
+    ),
+  });
+  assert.equal(completion.status, 200, completion.text);
+  assert.ok(await exists(`/.s3-uploads/${completed}`));
 
   const sweeper = startDogfs(
     ['s3', '--listen', '127.0.0.1:0', '--abort-uploads-after', '1500', '--log-level', 'info'],
     {
       ...env(),
       DOGFS_S3_STAGED_MAX_AGE_MS: '1000',
+      DOGFS_S3_COMPLETED_KEPT_MS: '1000',
     },
   );
   try {
     let n = 2;
     await waitFor(
-      'the idle upload and the staged file to be removed',
+      'the idle upload, the staged file and the completed record to be removed',
       async () => {
         await part('/photos/busy.bin', busy, n++);
         return (
-          (!(await exists(`/.s3-uploads/${idle}`)) && !(await exists('/.s3-uploads/tmp/orphan'))) || undefined
+          (!(await exists(`/.s3-uploads/${idle}`)) &&
+            !(await exists('/.s3-uploads/tmp/orphan')) &&
+            !(await exists(`/.s3-uploads/${completed}`))) ||
+          undefined
         );
       },
       30_000,
@@ -672,6 +723,8 @@ test('a gateway aborts multipart uploads no part reached for --abort-uploads-aft
     assert.ok(await exists(`/.s3-uploads/${busy}`), 'an upload receiving parts is not idle, however old');
     assert.match(sweeper.output.stderr, new RegExp(`aborted a multipart upload idle too long.*${idle}`));
     assert.match(sweeper.output.stderr, /removed a staged file left by a gateway that stopped/);
+    assert.match(sweeper.output.stderr, new RegExp(`removed a completed upload's record.*${completed}`));
+    assert.equal((await s3('HEAD', '/photos/completed.bin')).status, 200, 'the object stays');
   } finally {
     sweeper.child.kill('SIGTERM');
     await sweeper.exited;
