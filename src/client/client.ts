@@ -168,16 +168,24 @@ export class DogfsClient {
     throw new DogfsError('FAILED_PRECONDITION', `${p}: more than ${MAX_LIST_PAGES} pages`);
   }
 
-  /** Moves `src` to `dst`, replacing a file or empty directory there unless `noReplace` (ALREADY_EXISTS). */
+  /**
+   * Moves `src` to `dst`, replacing a file or empty directory there unless `noReplace` (ALREADY_EXISTS);
+   * with `ifDstId`, only if dst is that inode now (FAILED_PRECONDITION otherwise): one atomic check.
+   */
   async rename(
     src: string,
     dst: string,
-    options: { noReplace?: boolean } & MetaCallOptions = {},
+    options: { noReplace?: boolean; ifDstId?: number } & MetaCallOptions = {},
   ): Promise<void> {
     await this.meta.mutate(
       this.session,
       'Rename',
-      { src: normalizePath(src), dst: normalizePath(dst), noReplace: options.noReplace ?? false },
+      {
+        src: normalizePath(src),
+        dst: normalizePath(dst),
+        noReplace: options.noReplace ?? false,
+        ifDstId: options.ifDstId ?? 0,
+      },
       options,
     );
   }
@@ -192,7 +200,13 @@ export class DogfsClient {
     path: string,
     sourceDir: string,
     sources: readonly string[],
-    options: { overwrite?: boolean; mode?: number; sourceIds?: readonly number[] } & MetaCallOptions = {},
+    options: {
+      overwrite?: boolean;
+      mode?: number;
+      sourceIds?: readonly number[];
+      /** Replace `path` only if it is this inode now (FAILED_PRECONDITION otherwise; with overwrite). */
+      ifDstId?: number;
+    } & MetaCallOptions = {},
   ): Promise<FileStatus> {
     const p = normalizePath(path);
     const answer = await this.meta.mutate(
@@ -205,6 +219,7 @@ export class DogfsClient {
         sourceIds: [...(options.sourceIds ?? [])],
         overwrite: options.overwrite ?? false,
         mode: options.mode ?? 0o644,
+        ifDstId: options.ifDstId ?? 0,
       },
       options,
     );

@@ -2011,6 +2011,7 @@ export class MetadataNode {
             src: req.src,
             dst: req.dst,
             noReplace: req.noReplace,
+            ...(req.ifDstId === 0 ? {} : { ifDstId: inodeId(req.ifDstId) }),
           },
           ctx.deadline,
         );
@@ -2029,6 +2030,7 @@ export class MetadataNode {
             sourceIds: req.sourceIds.map(inodeId),
             overwrite: req.overwrite,
             mode: req.mode || 0o644,
+            ...(req.ifDstId === 0 ? {} : { ifDstId: inodeId(req.ifDstId) }),
           },
           ctx.deadline,
         );

@@ -183,8 +183,18 @@ interface Request {
  * the key is free), or a part of an upload (which may have been completed or aborted meanwhile).
  */
 type Destination =
-  | { readonly kind: 'object'; readonly bucket: string; readonly path: string; readonly noReplace: boolean }
+  | ({ readonly kind: 'object'; readonly bucket: string; readonly path: string } & WriteCondition)
   | { readonly kind: 'part'; readonly path: string };
+
+/**
+ * What a write asks of the key it replaces: `noReplace` (If-None-Match: *) only a free key; `ifId`
+ * (If-Match) only the version it named, by its inode id, checked again by the namespace when the write
+ * is put in place (a compare-and-replace: a version written meanwhile is not overwritten).
+ */
+interface WriteCondition {
+  readonly noReplace: boolean;
+  readonly ifId?: number | undefined;
+}
 
 interface Written {
   readonly id: number;
@@ -839,6 +849,8 @@ export class S3Gateway {
   private async putObject(r: Request): Promise<void> {
     const { path, marker } = keyPath(r.bucket, r.key);
     if (marker) {
+      if (header(r.req, 'if-match') !== undefined || header(r.req, 'if-none-match') !== undefined)
+        throw new S3Error('NotImplemented', `${r.key}: a key ending in '/' takes no write conditions`);
       const body = openBody(r, {
         maxBytes: 0,
         tooLarge: new S3Error(
@@ -856,9 +868,9 @@ export class S3Gateway {
       this.sendEmpty(r, 200, { ETag: etagOf(dir) });
       return;
     }
-    const noReplace = writeConditions(r.req);
+    const condition = await this.writeCondition(r, path);
     await this.ensureParent(r.bucket, path);
-    const written = await this.writeObject({ kind: 'object', bucket: r.bucket, path, noReplace }, r);
+    const written = await this.writeObject({ kind: 'object', bucket: r.bucket, path, ...condition }, r);
     this.sendEmpty(r, 200, { ETag: etagOf(written) });
   }
 
@@ -901,9 +913,13 @@ export class S3Gateway {
 
   private async place(staging: string, to: Destination): Promise<void> {
     const noReplace = to.kind === 'object' && to.noReplace;
+    const ifDstId = to.kind === 'object' ? to.ifId : undefined;
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.client.rename(staging, to.path, { noReplace });
+        await this.client.rename(staging, to.path, {
+          noReplace,
+          ...(ifDstId === undefined ? {} : { ifDstId }),
+        });
         return;
       } catch (error) {
         if (!(error instanceof DogfsError)) throw error;
@@ -923,6 +939,7 @@ export class S3Gateway {
         }
         if (error.code === 'ALREADY_EXISTS' && noReplace)
           throw new S3Error('PreconditionFailed', 'If-None-Match: * and the key exists');
+        if (error.code === 'FAILED_PRECONDITION' && ifDstId !== undefined) throw ifMatchLost(error);
         if (['IS_A_DIRECTORY', 'NOT_A_DIRECTORY', 'NOT_EMPTY'].includes(error.code))
           throw new S3Error(
             'InvalidRequest',
@@ -1032,18 +1049,46 @@ export class S3Gateway {
     return { bucket, key: source.slice(slash + 1) };
   }
 
+  /**
+   * The conditions of a write of `path`: `If-None-Match: *` (only a free key), or `If-Match` (only the
+   * version named: NoSuchKey when there is no object, PreconditionFailed for another one; checked here,
+   * before any byte is taken, and again atomically when the write is put in place).
+   */
+  private async writeCondition(r: Request, path: string): Promise<WriteCondition> {
+    const ifMatch = header(r.req, 'if-match');
+    const ifNoneMatch = header(r.req, 'if-none-match');
+    if (ifMatch !== undefined && ifNoneMatch !== undefined)
+      throw new S3Error('InvalidArgument', 'a write takes If-Match or If-None-Match, not both');
+    if (ifNoneMatch !== undefined) {
+      if (ifNoneMatch.trim() !== '*')
+        throw new S3Error('NotImplemented', 'a write takes only If-None-Match: * (create if absent)');
+      return { noReplace: true };
+    }
+    if (ifMatch === undefined) return { noReplace: false };
+    const current = await this.client.stat(path).catch((error: unknown) => {
+      if (error instanceof DogfsError && ['NOT_FOUND', 'NOT_A_DIRECTORY'].includes(error.code))
+        return undefined;
+      throw error;
+    });
+    if (current === undefined || current.type !== 'file')
+      throw new S3Error('NoSuchKey', `${r.key}: no such key (If-Match names a version of it)`);
+    if (!etagListMatches(ifMatch, etagOf(current)))
+      throw new S3Error('PreconditionFailed', 'If-Match does not match the object');
+    return { noReplace: false, ifId: current.id };
+  }
+
   private async copyObject(r: Request): Promise<void> {
     const source = this.copySource(r);
     const { path: target, marker } = keyPath(r.bucket, r.key);
     if (marker) throw new S3Error('InvalidArgument', `${r.key}: cannot copy onto a directory key`);
-    const noReplace = writeConditions(r.req);
+    const condition = await this.writeCondition(r, target);
     const { path, marker: sourceMarker, entry } = await this.statKey(source.bucket, source.key);
     if (sourceMarker) throw new S3Error('InvalidArgument', `${source.key}: cannot copy a directory key`);
     await drain(openBody(r).stream);
     await this.ensureParent(r.bucket, target);
     await this.longRunning(r, async () => {
       const copied = await this.copyInto(
-        { kind: 'object', bucket: r.bucket, path: target, noReplace },
+        { kind: 'object', bucket: r.bucket, path: target, ...condition },
         [{ path, id: entry.id, start: 0, end: entry.size - 1 }],
         entry.size,
       );
@@ -1257,9 +1302,9 @@ export class S3Gateway {
     }
     const { path } = keyPath(r.bucket, r.key);
     await this.ensureParent(r.bucket, path);
-    const noReplace = writeConditions(r.req);
+    const condition = await this.writeCondition(r, path);
     if (policies.size === 1) {
-      const joined = await this.joinParts(r, dir, path, sources, noReplace);
+      const joined = await this.joinParts(r, dir, path, sources, condition);
       await this.retireUpload(dir, joined.id);
       this.sendXml(r, completionResult(r, joined));
       return;
@@ -1271,7 +1316,7 @@ export class S3Gateway {
     });
     await this.longRunning(r, async () => {
       const written = await this.copyInto(
-        { kind: 'object', bucket: r.bucket, path, noReplace },
+        { kind: 'object', bucket: r.bucket, path, ...condition },
         sources,
         size,
       );
@@ -1289,13 +1334,18 @@ export class S3Gateway {
     dir: string,
     path: string,
     sources: readonly { path: string; id: number }[],
-    noReplace: boolean,
+    condition: WriteCondition,
   ): Promise<FileStatus> {
     const names = sources.map((s) => baseName(s.path));
     const sourceIds = sources.map((s) => s.id);
+    const { noReplace, ifId } = condition;
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.client.compose(path, `${dir}/parts`, names, { overwrite: !noReplace, sourceIds });
+        return await this.client.compose(path, `${dir}/parts`, names, {
+          overwrite: !noReplace,
+          sourceIds,
+          ...(ifId === undefined ? {} : { ifDstId: ifId }),
+        });
       } catch (error) {
         if (!(error instanceof DogfsError)) throw error;
         // Only the refusal of a part replaced since its ETag was checked: other preconditions (a full
@@ -1304,6 +1354,8 @@ export class S3Gateway {
           throw new S3Error('InvalidPart', `a part was replaced during the completion: ${error.message}`);
         if (error.code === 'ALREADY_EXISTS' && noReplace)
           throw new S3Error('PreconditionFailed', 'If-None-Match: * and the key exists');
+        // Any other refusal with a version to replace is that version's: the key changed.
+        if (error.code === 'FAILED_PRECONDITION' && ifId !== undefined) throw ifMatchLost(error);
         if (error.code === 'IS_A_DIRECTORY')
           throw new S3Error('InvalidRequest', `${r.key}: a directory holds that name (keys below it exist)`);
         if (error.code !== 'NOT_FOUND') throw error;
@@ -1472,18 +1524,20 @@ async function readSmallBody(r: Request, limit: number): Promise<string> {
 
 // ---- conditions and ranges ----
 
-/**
- * A write's conditions: `If-None-Match: *` means only if the key is free (true: the rename into place
- * refuses to replace). If-Match would need a compare-and-replace the namespace does not have yet.
- */
-function writeConditions(req: IncomingMessage): boolean {
-  if (header(req, 'if-match') !== undefined)
-    throw new S3Error('NotImplemented', 'If-Match on a write is not supported by the DogFS gateway');
-  const ifNoneMatch = header(req, 'if-none-match');
-  if (ifNoneMatch === undefined) return false;
-  if (ifNoneMatch.trim() !== '*')
-    throw new S3Error('NotImplemented', 'a write takes only If-None-Match: * (create if absent)');
-  return true;
+/** An If-Match that no longer held when the write was put in place: the key changed meanwhile. */
+function ifMatchLost(error: DogfsError): S3Error {
+  return new S3Error(
+    'PreconditionFailed',
+    `If-Match: the object changed during the write (${error.message})`,
+  );
+}
+
+/** Whether an If-Match / If-None-Match list (ETags, quoted or not, or `*`) names `etag`. */
+function etagListMatches(list: string, etag: string): boolean {
+  return list.split(',').some((tag) => {
+    const t = tag.trim();
+    return t === '*' || t === etag || t === etag.slice(1, -1);
+  });
 }
 
 /** Refuses the write options the gateway cannot honour (object lock, tags, encryption, ACL grants). */
@@ -1504,11 +1558,7 @@ function refuseUnsupportedWriteOptions(req: IncomingMessage): void {
 
 /** Evaluates If-Match / If-None-Match / If-(Un)Modified-Since: throws 412, or returns true for a 304. */
 function checkConditions(req: IncomingMessage, etag: string, mtimeMs: number): boolean {
-  const matches = (list: string) =>
-    list.split(',').some((tag) => {
-      const t = tag.trim();
-      return t === '*' || t === etag || t === etag.slice(1, -1);
-    });
+  const matches = (list: string) => etagListMatches(list, etag);
   const ifMatch = header(req, 'if-match');
   if (ifMatch !== undefined && !matches(ifMatch))
     throw new S3Error('PreconditionFailed', 'If-Match does not match the object');

@@ -497,6 +497,34 @@ test('rename: files and directories, POSIX replacement rules, own-subtree refusa
   ns.checkInvariants();
 });
 
+test('rename with ifDstId replaces only that inode: a missing or other one is refused and changes nothing; encoded as a trailing field', () => {
+  const { ns, c } = fresh();
+  c.writeFile('/staged', 4);
+  c.writeFile('/key', 2);
+  const key = ns.stat('/key');
+  assert.ok(key.ok);
+  const mv = (dst: string, ifDstId: number, noReplace = false) =>
+    ({ op: 'rename', src: '/staged', dst, noReplace, ifDstId: ifDstId as InodeId }) as const;
+  refusedUnchanged(ns, c, 'FAILED_PRECONDITION', mv('/key', key.inode.id + 1000));
+  refusedUnchanged(ns, c, 'FAILED_PRECONDITION', mv('/missing', key.inode.id));
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', mv('/key', key.inode.id, true));
+  const staged = ns.stat('/staged');
+  assert.ok(staged.ok);
+  c.ok(mv('/key', key.inode.id));
+  const replaced = ns.stat('/key');
+  assert.ok(replaced.ok && replaced.inode.type === 'file' && replaced.inode.id === staged.inode.id);
+  assert.equal(replaced.inode.size, 4);
+  assert.equal(ns.stat('/staged').ok, false);
+  ns.checkInvariants();
+  // Without the condition a rename encodes as before the field existed; with it, the field round-trips.
+  const base = { op: 'rename', timeMs: 1, src: '/a', dst: '/b', noReplace: false } as const;
+  const plain = encodeNamespaceCommand(base);
+  assert.deepEqual(decodeNamespaceCommand(plain), base);
+  const conditional = encodeNamespaceCommand({ ...base, ifDstId: 77 as InodeId });
+  assert.deepEqual(conditional.subarray(0, plain.length), plain, 'the condition only appends');
+  assert.deepEqual(decodeNamespaceCommand(conditional), { ...base, ifDstId: 77 });
+});
+
 test('delete: file, empty directory, recursive; non-empty without recursive is refused', () => {
   const { ns, c } = fresh();
   c.mkdir('/t/u/v', true);
@@ -1357,8 +1385,18 @@ test('composeFile: joins complete files without copying, in order, atomically; b
   const ids = parts.map((p) => p.id);
   refusedUnchanged(ns, c, 'FAILED_PRECONDITION', compose({ sourceIds: [ids[0], ids[2], ids[1], ids[3]] }));
   refusedUnchanged(ns, c, 'INVALID_ARGUMENT', compose({ sourceIds: ids.slice(1) }));
+  // Replacing only the version the caller checked (S3's If-Match): another one, or none, is refused.
+  refusedUnchanged(ns, c, 'FAILED_PRECONDITION', compose({ ifDstId: (oldStat.inode.id + 1000) as InodeId }));
+  refusedUnchanged(ns, c, 'FAILED_PRECONDITION', compose({ path: '/out/new', ifDstId: oldStat.inode.id }));
+  refusedUnchanged(ns, c, 'INVALID_ARGUMENT', compose({ overwrite: false, ifDstId: oldStat.inode.id }));
+  const conditional = encodeNamespaceCommand({ ...compose({ ifDstId: 77 as InodeId }), timeMs: 1 });
+  assert.equal(
+    (decodeNamespaceCommand(conditional) as { ifDstId?: number }).ifDstId,
+    77,
+    'the condition round-trips',
+  );
 
-  const done = c.ok(compose({ sourceIds: ids }));
+  const done = c.ok(compose({ sourceIds: ids, ifDstId: oldStat.inode.id }));
   const stat = ns.stat('/out/obj');
   assert.ok(stat.ok && stat.inode.type === 'file');
   assert.deepEqual(done.inode, stat.inode);

@@ -530,7 +530,7 @@ test('bad names and requests get S3 errors that say why, and change nothing', as
   assert.doesNotMatch(root.stdout, /escape|Bad_Bucket|nobucket/);
 });
 
-test('concurrent PUTs of one key both complete; If-None-Match: * is atomic; options it cannot honour are refused', async () => {
+test('concurrent PUTs of one key both complete; If-None-Match: * and If-Match are atomic; options it cannot honour are refused', async () => {
   const bodies = [randomBytes(3 << 20), randomBytes(3 << 20)];
   const puts = await Promise.all(bodies.map((body) => s3('PUT', '/photos/race.bin', { body })));
   for (const put of puts) assert.equal(put.status, 200, put.text);
@@ -555,11 +555,61 @@ test('concurrent PUTs of one key both complete; If-None-Match: * is atomic; opti
     ),
   );
   assert.deepEqual(both.map((r) => r.status).sort(), [200, 412, 412], 'exactly one creates it');
+  // If-Match on a write: only the version named is replaced, checked atomically with the replacement.
+  const ifMatch = (etag: string, body: string) =>
+    s3('PUT', '/photos/once.txt', { body: Buffer.from(body), headers: { 'if-match': etag } });
+  assertError(await ifMatch('"abc"', 'x'), 412, 'PreconditionFailed');
   assertError(
-    await s3('PUT', '/photos/once.txt', { body: Buffer.from('x'), headers: { 'if-match': '"abc"' } }),
-    501,
-    'NotImplemented',
+    await s3('PUT', '/photos/no-such.txt', { body: Buffer.from('x'), headers: { 'if-match': '"abc"' } }),
+    404,
+    'NoSuchKey',
   );
+  assert.equal((await s3('GET', '/photos/no-such.txt')).status, 404, 'If-Match never creates');
+  assertError(
+    await s3('PUT', '/photos/once.txt', {
+      body: Buffer.from('x'),
+      headers: { 'if-match': '*', 'if-none-match': '*' },
+    }),
+    400,
+    'InvalidArgument',
+  );
+  const firstTag = String((await s3('HEAD', '/photos/once.txt')).headers.etag);
+  const racers = await Promise.all(['a', 'b', 'c'].map((body) => ifMatch(firstTag, body.repeat(1 << 20))));
+  assert.deepEqual(
+    racers.map((r) => r.status).sort(),
+    [200, 412, 412],
+    'three writes naming one version: exactly one replaces it',
+  );
+  const winner = racers.find((r) => r.status === 200)!;
+  const now = await s3('GET', '/photos/once.txt');
+  assert.equal(now.headers.etag, winner.headers.etag);
+  assert.equal(now.body.length, 1 << 20);
+  assertError(await ifMatch(firstTag, 'stale'), 412, 'PreconditionFailed');
+  assertError(
+    await s3('PUT', '/photos/once.txt', {
+      headers: { 'x-amz-copy-source': '/photos/race.bin', 'if-match': firstTag },
+    }),
+    412,
+    'PreconditionFailed',
+  );
+  // A multipart completion with If-Match: refused for a stale version (the upload stays), done for the
+  // current one.
+  const upload = xmlField((await s3('POST', '/photos/once.txt', { query: 'uploads' })).text, 'UploadId')!;
+  const part = await s3('PUT', '/photos/once.txt', {
+    query: `partNumber=1&uploadId=${upload}`,
+    body: Buffer.from('joined'),
+  });
+  const complete = (etag: string) =>
+    s3('POST', '/photos/once.txt', {
+      query: `uploadId=${upload}`,
+      headers: { 'if-match': etag },
+      body: Buffer.from(
+        `<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>${part.headers.etag}</ETag></Part></CompleteMultipartUpload>`,
+      ),
+    });
+  assertError(await complete(firstTag), 412, 'PreconditionFailed');
+  assert.equal((await complete(String(winner.headers.etag))).status, 200);
+  assert.equal((await s3('GET', '/photos/once.txt')).text, 'joined');
   for (const headers of <Record<string, string>[]>[
     { 'x-amz-tagging': 'a=b' },
     { 'x-amz-acl': 'public-read' },

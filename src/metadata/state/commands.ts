@@ -220,6 +220,11 @@ export interface RenameCommand extends CommandBase {
   readonly dst: string;
   /** Refuse (ALREADY_EXISTS) when dst exists, instead of POSIX replacement. */
   readonly noReplace: boolean;
+  /**
+   * Replace dst only if it is this inode (FAILED_PRECONDITION when it is another or nothing): a
+   * compare-and-swap of a name, as S3's If-Match on a write needs. Not with noReplace.
+   */
+  readonly ifDstId?: InodeId | undefined;
 }
 
 /**
@@ -240,6 +245,8 @@ export interface ComposeFileCommand extends CommandBase {
   /** Replace an existing file at `path` (its block groups become garbage). */
   readonly overwrite: boolean;
   readonly mode: number;
+  /** Replace `path` only if it is this inode (FAILED_PRECONDITION otherwise); needs `overwrite`. */
+  readonly ifDstId?: InodeId | undefined;
 }
 
 export interface DeleteCommand extends CommandBase {
@@ -560,12 +567,15 @@ export function encodeNamespaceCommand(cmd: NamespaceCommand): Uint8Array {
       break;
     case 'rename':
       w.string(cmd.src).string(cmd.dst).bool(cmd.noReplace);
+      // A trailing field, only when set: renames without it encode as they did before it existed.
+      if (cmd.ifDstId !== undefined) w.bool(true).uint(cmd.ifDstId);
       break;
     case 'composeFile':
       w.string(cmd.path).string(cmd.sourceDir).bool(cmd.overwrite).uint(cmd.mode);
       writeStrings(w, cmd.sources);
       w.uint(cmd.sourceIds.length);
       for (const id of cmd.sourceIds) w.uint(id);
+      if (cmd.ifDstId !== undefined) w.bool(true).uint(cmd.ifDstId);
       break;
     case 'delete':
       w.string(cmd.path).bool(cmd.recursive);
@@ -672,6 +682,8 @@ export function decodeNamespaceCommand(bytes: Uint8Array): NamespaceCommand {
       break;
     case 'rename':
       cmd = { op, ...base, src: path('src'), dst: path('dst'), noReplace: r.bool('no replace') };
+      if (r.remaining > 0 && r.bool('has if dst id'))
+        cmd = { ...cmd, ifDstId: r.uint('if dst id') as InodeId };
       break;
     case 'composeFile': {
       const target = path();
@@ -683,6 +695,8 @@ export function decodeNamespaceCommand(bytes: Uint8Array): NamespaceCommand {
       for (let n = r.count('source ids', MAX_COMPOSE_SOURCES); n > 0; n--)
         sourceIds.push(r.uint('source id') as InodeId);
       cmd = { op, ...base, path: target, sourceDir, sources, sourceIds, overwrite, mode };
+      if (r.remaining > 0 && r.bool('has if dst id'))
+        cmd = { ...cmd, ifDstId: r.uint('if dst id') as InodeId };
       break;
     }
     case 'openSession':

@@ -975,8 +975,12 @@ export class NamespaceState {
     if (!to.ok) return to;
     const existing = to.inode;
     if (existing?.type === 'dir') return fail('IS_A_DIRECTORY', `${target.path}: is a directory`);
+    if (cmd.ifDstId !== undefined && !cmd.overwrite)
+      return fail('INVALID_ARGUMENT', 'a compose that replaces one inode must be allowed to overwrite');
     if (existing !== undefined && !cmd.overwrite)
       return fail('ALREADY_EXISTS', `${target.path}: file exists`);
+    const notExpected = notTheExpectedInode(target.path, existing, cmd.ifDstId);
+    if (notExpected) return notExpected;
     if (cmd.sourceIds.length !== 0 && cmd.sourceIds.length !== cmd.sources.length)
       return fail(
         'INVALID_ARGUMENT',
@@ -1111,8 +1115,12 @@ export class NamespaceState {
     }
     const to = this.lookupEntry(dst);
     if (!to.ok) return to;
-    if (src.path === dst.path) return this.ok('rename', {});
     const replaced = to.inode;
+    if (cmd.ifDstId !== undefined && cmd.noReplace)
+      return fail('INVALID_ARGUMENT', 'a rename cannot both refuse to replace and replace one inode');
+    const notExpected = notTheExpectedInode(dst.path, replaced, cmd.ifDstId);
+    if (notExpected) return notExpected;
+    if (src.path === dst.path) return this.ok('rename', {});
     if (replaced !== undefined) {
       if (cmd.noReplace) return fail('ALREADY_EXISTS', `${dst.path}: exists`);
       if (moving.type === 'file' && replaced.type === 'dir')
@@ -1992,4 +2000,21 @@ export class NamespaceRestorer {
     this.parts.sessions = { latestTime: this.sessionClock, sessions: this.sessionList };
     return NamespaceState.fromParts(this.parts, this.sessionLimits);
   }
+}
+
+/**
+ * A command that replaces only inode `expected` at `path` (a compare-and-replace: S3's If-Match) is
+ * refused when something else, or nothing, is there. Undefined when it may go on.
+ */
+function notTheExpectedInode(
+  path: string,
+  found: Inode | undefined,
+  expected: InodeId | undefined,
+): Failure | undefined {
+  if (expected === undefined) return undefined;
+  if (found === undefined)
+    return fail('FAILED_PRECONDITION', `${path}: no such file (inode ${expected} expected)`);
+  if (found.id !== expected)
+    return fail('FAILED_PRECONDITION', `${path}: inode ${found.id}, not ${expected} as expected`);
+  return undefined;
 }
