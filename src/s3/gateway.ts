@@ -1049,6 +1049,16 @@ export class S3Gateway {
     return { bucket, key: source.slice(slash + 1) };
   }
 
+  /** The file at `path`; undefined when there is none (nothing, a directory, or a path through a file). */
+  private async fileAt(path: string): Promise<FileStatus | undefined> {
+    const entry = await this.client.stat(path).catch((error: unknown) => {
+      if (error instanceof DogfsError && ['NOT_FOUND', 'NOT_A_DIRECTORY'].includes(error.code))
+        return undefined;
+      throw error;
+    });
+    return entry?.type === 'file' ? entry : undefined;
+  }
+
   /**
    * The conditions of a write of `path`: `If-None-Match: *` (only a free key), or `If-Match` (only the
    * version named: NoSuchKey when there is no object, PreconditionFailed for another one; checked here,
@@ -1065,12 +1075,8 @@ export class S3Gateway {
       return { noReplace: true };
     }
     if (ifMatch === undefined) return { noReplace: false };
-    const current = await this.client.stat(path).catch((error: unknown) => {
-      if (error instanceof DogfsError && ['NOT_FOUND', 'NOT_A_DIRECTORY'].includes(error.code))
-        return undefined;
-      throw error;
-    });
-    if (current === undefined || current.type !== 'file')
+    const current = await this.fileAt(path);
+    if (current === undefined)
       throw new S3Error('NoSuchKey', `${r.key}: no such key (If-Match names a version of it)`);
     if (!etagListMatches(ifMatch, etagOf(current)))
       throw new S3Error('PreconditionFailed', 'If-Match does not match the object');
@@ -1225,13 +1231,8 @@ export class S3Gateway {
 
   /** A repeated completion of an upload completed already: the object it made, if it is still there. */
   private async repeatCompletion(r: Request, objectId: number): Promise<void> {
-    const { path } = keyPath(r.bucket, r.key);
-    const object = await this.client.stat(path).catch((error: unknown) => {
-      if (error instanceof DogfsError && ['NOT_FOUND', 'NOT_A_DIRECTORY'].includes(error.code))
-        return undefined;
-      throw error;
-    });
-    if (object === undefined || object.type !== 'file' || object.id !== objectId)
+    const object = await this.fileAt(keyPath(r.bucket, r.key).path);
+    if (object === undefined || object.id !== objectId)
       throw new S3Error(
         'NoSuchUpload',
         `upload ${r.query.get('uploadId')} was completed, and its object has been replaced or deleted since`,
