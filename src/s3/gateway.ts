@@ -74,7 +74,10 @@ const MAX_KEYS = 1000;
 const MAX_PARTS = 10_000;
 const MAX_DELETE_KEYS = 1000;
 const MAX_BUCKETS_LISTED = 10_000;
-/** A long CompleteMultipartUpload or CopyObject sends a space this often so clients do not time out. */
+/**
+ * A CompleteMultipartUpload or copy still running after this long answers 200, then sends a space this
+ * often so clients do not time out.
+ */
 const KEEPALIVE_MS = 10_000;
 const IDLE_TIMEOUT_MS = 120_000;
 const MAX_CONNECTIONS = 256;
@@ -307,6 +310,8 @@ export class S3Gateway {
         for await (const part of this.entriesOf(`${upload.path}/parts`))
           lastActivity = Math.max(lastActivity, part.mtime);
         if (nowMs - lastActivity < abortAfter) continue;
+        // Completed since it was first looked at (its parts gone with it): a record now, not idle.
+        if ((await this.completionRecord(upload.path)) !== undefined) continue;
         if (await this.removeSwept(upload.path, true))
           this.log.info('s3 aborted a multipart upload idle too long', {
             uploadId: upload.name,
@@ -348,23 +353,30 @@ export class S3Gateway {
   }
 
   /**
-   * The record a completed upload leaves in its directory `dir`: the object's inode id and when it was
-   * completed. Undefined while the upload is open (or gone).
+   * The records a completed upload leaves in its directory `dir`: the objects' inode ids (two gateways
+   * that each completed it by copying leave two) and when the newest was written. Undefined while the
+   * upload is open (or gone).
    */
-  private async completionRecord(dir: string): Promise<{ objectId: number; mtime: number } | undefined> {
+  private async completionRecord(
+    dir: string,
+  ): Promise<{ objectIds: readonly number[]; mtime: number } | undefined> {
+    const objectIds: number[] = [];
+    let mtime = 0;
     let seen = 0;
     try {
-      for await (const entry of this.client.list(dir)) {
-        if (++seen > MAX_UPLOAD_DIR_ENTRIES) return undefined;
+      for await (const entry of this.client.list(dir, { pageSize: MAX_UPLOAD_DIR_ENTRIES })) {
+        if (++seen > MAX_UPLOAD_DIR_ENTRIES) break;
         if (!entry.name.startsWith(COMPLETED_RECORD_PREFIX)) continue;
         const objectId = Number.parseInt(entry.name.slice(COMPLETED_RECORD_PREFIX.length), 16);
-        if (Number.isSafeInteger(objectId)) return { objectId, mtime: entry.mtime };
+        if (!Number.isSafeInteger(objectId)) continue;
+        objectIds.push(objectId);
+        mtime = Math.max(mtime, entry.mtime);
       }
     } catch (error) {
       if (error instanceof DogfsError && error.code === 'NOT_FOUND') return undefined;
       throw error;
     }
-    return undefined;
+    return objectIds.length === 0 ? undefined : { objectIds, mtime };
   }
 
   async close(): Promise<void> {
@@ -541,13 +553,23 @@ export class S3Gateway {
    * status is already sent. Clients that speak S3 read both.
    */
   private async longRunning(r: Request, work: () => Promise<XmlNode>): Promise<void> {
-    r.res.writeHead(200, { 'Content-Type': 'application/xml' });
-    r.res.write(XML_DECLARATION);
-    const keepalive = setInterval(() => r.res.write(' '), KEEPALIVE_MS);
+    // The 200 goes out only when the work outlasts one keepalive interval: quicker work is answered
+    // as any request is, errors with their own status.
+    let started = false;
+    const keepalive = setInterval(() => {
+      if (!started) {
+        started = true;
+        r.res.writeHead(200, { 'Content-Type': 'application/xml' });
+        r.res.write(XML_DECLARATION);
+      }
+      r.res.write(' ');
+    }, KEEPALIVE_MS);
     try {
       const result = await work();
-      r.res.end(xmlRoot(result));
+      if (started) r.res.end(xmlRoot(result));
+      else this.sendXml(r, result);
     } catch (error) {
+      if (!started) throw error;
       const s3 = fromDogfsError(error);
       if (s3.code === 'InternalError') this.log.error('s3 request failed', { resource: r.rawPath, error });
       r.res.end(errorElement(s3.code, s3.message, r.rawPath, r.id));
@@ -1165,6 +1187,17 @@ export class S3Gateway {
     return dir;
   }
 
+  /**
+   * requireUpload, and not completed: a part or an abort of a completed upload is refused before any
+   * byte of it is read (its record stays for repeated completions).
+   */
+  private async requireOpenUpload(r: Request): Promise<string> {
+    const dir = await this.requireUpload(r);
+    if ((await this.completionRecord(dir)) !== undefined)
+      throw new S3Error('NoSuchUpload', `upload ${r.query.get('uploadId')} was completed`);
+    return dir;
+  }
+
   private async createUpload(r: Request): Promise<void> {
     const { path, marker } = keyPath(r.bucket, r.key);
     if (marker)
@@ -1192,7 +1225,7 @@ export class S3Gateway {
 
   private async uploadPart(r: Request): Promise<void> {
     const part = this.partNumber(r);
-    const dir = await this.requireUpload(r);
+    const dir = await this.requireOpenUpload(r);
     const partPath = partFile(dir, part);
     if (r.req.headers['x-amz-copy-source'] !== undefined) {
       const source = this.copySource(r);
@@ -1219,25 +1252,32 @@ export class S3Gateway {
     const root = parseXml(await readSmallBody(r, MAX_XML_BODY_BYTES));
     const uploadId = baseName(dir);
     const before = this.completing.get(uploadId);
-    const mine = (before ?? Promise.resolve()).catch(() => {}).then(() => this.completeOnce(r, dir, root));
-    const settled = mine.catch(() => {});
+    const work = (async () => {
+      await before;
+      return this.completeOnce(r, dir, root);
+    })();
+    const settled = work.then(
+      () => {},
+      () => {},
+    );
     this.completing.set(uploadId, settled);
     try {
-      await mine;
+      // A retry waiting for a long copy is kept alive meanwhile, as the copy's own request is.
+      await this.longRunning(r, () => work);
     } finally {
       if (this.completing.get(uploadId) === settled) this.completing.delete(uploadId);
     }
   }
 
   /** A repeated completion of an upload completed already: the object it made, if it is still there. */
-  private async repeatCompletion(r: Request, objectId: number): Promise<void> {
+  private async repeatCompletion(r: Request, objectIds: readonly number[]): Promise<XmlNode> {
     const object = await this.fileAt(keyPath(r.bucket, r.key).path);
-    if (object === undefined || object.id !== objectId)
+    if (object === undefined || !objectIds.includes(object.id))
       throw new S3Error(
         'NoSuchUpload',
         `upload ${r.query.get('uploadId')} was completed, and its object has been replaced or deleted since`,
       );
-    this.sendXml(r, completionResult(r, object));
+    return completionResult(r, object);
   }
 
   /**
@@ -1265,9 +1305,10 @@ export class S3Gateway {
       );
   }
 
-  private async completeOnce(r: Request, dir: string, root: XmlElement): Promise<void> {
+  /** One completion of the upload in `dir` (the caller answers with the result or the error). */
+  private async completeOnce(r: Request, dir: string, root: XmlElement): Promise<XmlNode> {
     const completed = await this.completionRecord(dir);
-    if (completed !== undefined) return this.repeatCompletion(r, completed.objectId);
+    if (completed !== undefined) return this.repeatCompletion(r, completed.objectIds);
     if (root.name !== 'CompleteMultipartUpload')
       throw new S3Error('MalformedXML', 'expected a <CompleteMultipartUpload> document');
     const parts = childrenNamed(root, 'Part');
@@ -1275,9 +1316,16 @@ export class S3Gateway {
       throw new S3Error('MalformedXML', `a completion lists 1 to ${MAX_PARTS} parts`);
     // One listing, not a stat per part: a completion may name 10,000 of them.
     const uploaded = new Map<string, FileStatus>();
-    for await (const entry of this.client.list(`${dir}/parts`)) {
-      if (uploaded.size >= MAX_PARTS) break;
-      uploaded.set(entry.name, entry);
+    try {
+      for await (const entry of this.client.list(`${dir}/parts`)) {
+        if (uploaded.size >= MAX_PARTS) break;
+        uploaded.set(entry.name, entry);
+      }
+    } catch (error) {
+      // Aborted, swept, or completed by another gateway while this one waited.
+      if (error instanceof DogfsError && error.code === 'NOT_FOUND')
+        throw new S3Error('NoSuchUpload', `upload ${r.query.get('uploadId')} is no longer open`);
+      throw error;
     }
     const sources: { path: string; id: number; start: number; end: number }[] = [];
     const policies = new Set<string>();
@@ -1307,23 +1355,20 @@ export class S3Gateway {
     if (policies.size === 1) {
       const joined = await this.joinParts(r, dir, path, sources, condition);
       await this.retireUpload(dir, joined.id);
-      this.sendXml(r, completionResult(r, joined));
-      return;
+      return completionResult(r, joined);
     }
     // A file has one EC policy, and the default changed during the upload: the parts are copied.
     this.log.info('s3 multipart parts have different EC policies: copying them into the object', {
       path,
       policies: [...policies],
     });
-    await this.longRunning(r, async () => {
-      const written = await this.copyInto(
-        { kind: 'object', bucket: r.bucket, path, ...condition },
-        sources,
-        size,
-      );
-      await this.retireUpload(dir, written.id);
-      return completionResult(r, written);
-    });
+    const written = await this.copyInto(
+      { kind: 'object', bucket: r.bucket, path, ...condition },
+      sources,
+      size,
+    );
+    await this.retireUpload(dir, written.id);
+    return completionResult(r, written);
   }
 
   /**
@@ -1370,10 +1415,8 @@ export class S3Gateway {
   }
 
   private async abortUpload(r: Request): Promise<void> {
-    const dir = await this.requireUpload(r);
     // As S3: an upload completed is no longer there to abort (its record stays for repeated completions).
-    if ((await this.completionRecord(dir)) !== undefined)
-      throw new S3Error('NoSuchUpload', `upload ${r.query.get('uploadId')} was completed`);
+    const dir = await this.requireOpenUpload(r);
     await this.client.delete(dir, { recursive: true });
     this.sendEmpty(r, 204);
   }

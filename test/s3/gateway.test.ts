@@ -509,6 +509,36 @@ test('multipart uploads complete in part order; wrong ETags refused; aborts leav
     'NoSuchUpload',
   );
 
+  // Two completions of one upload at once (a retry sent while the first still runs): the second waits
+  // for the first and answers the same. Once the object is deleted, a completion finds no upload.
+  const twiceId = xmlField(
+    (await s3('POST', '/photos/mp/twice.bin', { query: 'uploads' })).text,
+    'UploadId',
+  )!;
+  const twicePart = await s3('PUT', '/photos/mp/twice.bin', {
+    query: `partNumber=1&uploadId=${twiceId}`,
+    body: parts[0]!,
+  });
+  const twice = await Promise.all(
+    [1, 2].map(() =>
+      s3('POST', '/photos/mp/twice.bin', {
+        query: `uploadId=${twiceId}`,
+        body: completion([String(twicePart.headers.etag)]),
+      }),
+    ),
+  );
+  for (const reply of twice) assert.equal(reply.status, 200, reply.text);
+  assert.equal(xmlField(twice[0]!.text, 'ETag'), xmlField(twice[1]!.text, 'ETag'));
+  assert.equal((await s3('DELETE', '/photos/mp/twice.bin')).status, 204);
+  assertError(
+    await s3('POST', '/photos/mp/twice.bin', {
+      query: `uploadId=${twiceId}`,
+      body: completion([String(twicePart.headers.etag)]),
+    }),
+    404,
+    'NoSuchUpload',
+  );
+
   const copied = await s3('PUT', '/photos/copy.bin', {
     headers: { 'x-amz-copy-source': '/photos/2026/jan/big.bin' },
   });
