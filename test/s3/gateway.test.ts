@@ -203,6 +203,13 @@ function xmlFields(text: string, name: string): string[] {
   return [...text.matchAll(new RegExp(`<${name}>([^<]*)</${name}>`, 'g'))].map((m) => m[1]!);
 }
 
+/** Starts a multipart upload of `key` (a path with its bucket); its upload id. */
+async function startUpload(key: string): Promise<string> {
+  const reply = await s3('POST', key, { query: 'uploads' });
+  assert.equal(reply.status, 200, reply.text);
+  return xmlField(reply.text, 'UploadId')!;
+}
+
 function assertError(reply: Reply, status: number, code: string): void {
   assert.equal(reply.status, status, reply.text);
   assert.equal(xmlField(reply.text, 'Code'), code, reply.text);
@@ -449,10 +456,7 @@ test('multipart uploads complete in part order; wrong ETags refused; aborts leav
   );
 
   // Parts of two EC policies (the default changed mid-upload) cannot be joined: they are copied.
-  const mixedId = xmlField(
-    (await s3('POST', '/photos/mp/mixed.bin', { query: 'uploads' })).text,
-    'UploadId',
-  )!;
+  const mixedId = await startUpload('/photos/mp/mixed.bin');
   const mixed = [randomBytes(100_000), randomBytes(50_000)];
   const mixedTags: string[] = [];
   for (const [i, part] of mixed.entries()) {
@@ -478,7 +482,7 @@ test('multipart uploads complete in part order; wrong ETags refused; aborts leav
     'NoSuchUpload',
   );
 
-  const aborted = xmlField((await s3('POST', '/photos/mp/gone.bin', { query: 'uploads' })).text, 'UploadId')!;
+  const aborted = await startUpload('/photos/mp/gone.bin');
   await s3('PUT', '/photos/mp/gone.bin', {
     query: `partNumber=1&uploadId=${aborted}`,
     body: randomBytes(1000),
@@ -511,10 +515,7 @@ test('multipart uploads complete in part order; wrong ETags refused; aborts leav
 
   // Two completions of one upload at once (a retry sent while the first still runs): the second waits
   // for the first and answers the same. Once the object is deleted, a completion finds no upload.
-  const twiceId = xmlField(
-    (await s3('POST', '/photos/mp/twice.bin', { query: 'uploads' })).text,
-    'UploadId',
-  )!;
+  const twiceId = await startUpload('/photos/mp/twice.bin');
   const twicePart = await s3('PUT', '/photos/mp/twice.bin', {
     query: `partNumber=1&uploadId=${twiceId}`,
     body: parts[0]!,
@@ -624,7 +625,7 @@ test('concurrent PUTs of one key both complete; If-None-Match: * and If-Match ar
   );
   // A multipart completion with If-Match: refused for a stale version (the upload stays), done for the
   // current one.
-  const upload = xmlField((await s3('POST', '/photos/once.txt', { query: 'uploads' })).text, 'UploadId')!;
+  const upload = await startUpload('/photos/once.txt');
   const part = await s3('PUT', '/photos/once.txt', {
     query: `partNumber=1&uploadId=${upload}`,
     body: Buffer.from('joined'),
@@ -745,17 +746,15 @@ test("the gateway's own files are no bucket; unsigned headers, early bodies and 
 });
 
 test('a gateway aborts multipart uploads no part reached for --abort-uploads-after, keeps busy ones, and removes staged files left behind', async () => {
-  const start = async (key: string) =>
-    xmlField((await s3('POST', key, { query: 'uploads' })).text, 'UploadId')!;
   const part = async (key: string, id: string, n: number) =>
     assert.equal(
       (await s3('PUT', key, { query: `partNumber=${n}&uploadId=${id}`, body: randomBytes(1000) })).status,
       200,
     );
   // Started first, and kept busy: older than the idle one, but a part arrives every few hundred ms.
-  const busy = await start('/photos/busy.bin');
+  const busy = await startUpload('/photos/busy.bin');
   await part('/photos/busy.bin', busy, 1);
-  const idle = await start('/photos/idle.bin');
+  const idle = await startUpload('/photos/idle.bin');
   await part('/photos/idle.bin', idle, 1);
   // What a gateway that died between writing an object and renaming it into place leaves.
   const local = join(await mkdtemp(join(tmpdir(), 'dogfs-s3-')), 'orphan');
@@ -765,7 +764,7 @@ test('a gateway aborts multipart uploads no part reached for --abort-uploads-aft
   const exists = async (path: string) => (await runDogfs(['stat', path], { env: env() })).status === 0;
   assert.ok(await exists(`/.s3-uploads/${idle}`));
   // A completed upload keeps a record (for repeated completions) until the sweep's time for it.
-  const completed = await start('/photos/completed.bin');
+  const completed = await startUpload('/photos/completed.bin');
   await part('/photos/completed.bin', completed, 1);
   const completion = await s3('POST', '/photos/completed.bin', {
     query: `uploadId=${completed}`,
